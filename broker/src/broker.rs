@@ -1,0 +1,544 @@
+//! The in-process `Broker` handle: topics and their partition logs in one data directory.
+//! The Kafka protocol server, the engine, SQL and connectors all go through it.
+//!
+//! Layout of the data directory: `topics.json` (the catalog), `<topic>-<partition>/` per
+//! partition log, and `.lock` (held while a process has the directory open).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{BrokerConfig, LogConfig};
+use crate::error::{BrokerError, IoContext, Result};
+use crate::log::cleaner::CleanStats;
+use crate::log::{AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, now_ms};
+use crate::partitioner::Partitioner;
+use crate::record::{Record, records_to_batch};
+use crate::topic::{self, TopicMeta};
+
+/// A topic to create.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewTopic {
+    pub name: String,
+    /// `None`: the broker's `num.partitions`.
+    pub partitions: Option<i32>,
+    /// Topic config overrides, by Kafka key name.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl NewTopic {
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        NewTopic { name: name.into(), partitions: Some(partitions), configs: BTreeMap::new() }
+    }
+
+    pub fn with_config(mut self, key: &str, value: &str) -> Self {
+        self.configs.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
+/// A partition's state, as described to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: i32,
+    pub offsets: LogOffsets,
+}
+
+/// A topic as described to users.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub id: String,
+    pub partitions: Vec<PartitionInfo>,
+    /// Overrides set on the topic.
+    pub overrides: BTreeMap<String, String>,
+    /// Every topic config with its effective value.
+    pub config: LogConfig,
+}
+
+/// A change to a topic's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChange {
+    Set(String, String),
+    /// Back to the broker default.
+    Delete(String),
+}
+
+struct Topic {
+    meta: TopicMeta,
+    config: Arc<LogConfig>,
+    logs: Vec<Arc<Log>>,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serializes catalog changes (create, delete, alter) so the file matches memory.
+    catalog_lock: Mutex<()>,
+    partitioner: Partitioner,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    _lock_file: File,
+}
+
+/// The broker. Clone it freely: clones share one broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("data_dir", &self.inner.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+/// Takes the data directory's lock file, or says who holds it.
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(BrokerError::DataDirLocked {
+                dir: dir.to_owned(),
+                holder: if holder.is_empty() { "another process".into() } else { holder.to_owned() },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(BrokerError::io(path, e)),
+    }
+    let who = format!(
+        "process {} ({})",
+        std::process::id(),
+        std::env::args().take(2).collect::<Vec<_>>().join(" ")
+    );
+    file.set_len(0).at(&path)?;
+    file.write_all(who.as_bytes()).at(&path)?;
+    Ok(file)
+}
+
+impl Broker {
+    /// Opens the data directory (creating it), recovers every partition log, and starts the
+    /// background work: retention, compaction and time-based flushes. Must run inside a Tokio runtime.
+    pub async fn open(config: BrokerConfig) -> Result<Broker> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let lock_file = lock_data_dir(&dir)?;
+        let metas = topic::load_catalog(&dir)?;
+        let mut topics = BTreeMap::new();
+        for meta in metas {
+            let config_for_topic = Arc::new(config.log.with_overrides(&meta.configs)?);
+            let mut logs = Vec::with_capacity(meta.partitions as usize);
+            for p in 0..meta.partitions {
+                let log = Log::open(&partition_dir(&dir, &meta.name, p), &meta.name, p, config_for_topic.clone())?;
+                logs.push(Arc::new(log));
+            }
+            topics.insert(meta.name.clone(), Arc::new(Topic { meta, config: config_for_topic, logs }));
+        }
+        remove_orphans(&dir, &topics)?;
+        let (shutdown, _) = watch::channel(false);
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                config,
+                topics: RwLock::new(topics),
+                catalog_lock: Mutex::new(()),
+                partitioner: Partitioner::default(),
+                shutdown,
+                tasks: Mutex::new(Vec::new()),
+                _lock_file: lock_file,
+            }),
+        };
+        broker.start_background();
+        Ok(broker)
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    fn start_background(&self) {
+        let mut tasks = self.inner.tasks.lock();
+        let retention_every = Duration::from_millis(self.inner.config.retention_check_interval_ms);
+        let cleaner_every = Duration::from_millis(self.inner.config.cleaner_backoff_ms);
+        tasks.push(self.spawn_periodic(retention_every, |b| async move {
+            b.run_retention();
+        }));
+        tasks.push(self.spawn_periodic(cleaner_every, |b| async move {
+            b.run_cleaner().await;
+        }));
+        tasks.push(self.spawn_periodic(Duration::from_millis(50), |b| async move {
+            b.run_timed_flushes().await;
+        }));
+    }
+
+    fn spawn_periodic<F, Fut>(&self, every: Duration, job: F) -> JoinHandle<()>
+    where
+        F: Fn(Broker) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        // Hold a weak reference so background tasks do not keep a dropped broker alive.
+        let weak = Arc::downgrade(&self.inner);
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                job(Broker { inner }).await;
+            }
+        })
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.inner.topics.read().get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
+    }
+
+    /// The log of one partition.
+    pub fn log(&self, topic: &str, partition: i32) -> Result<Arc<Log>> {
+        let t = self.topic(topic)?;
+        usize::try_from(partition).ok().and_then(|p| t.logs.get(p)).cloned().ok_or(BrokerError::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+            partitions: t.meta.partitions,
+        })
+    }
+
+    fn persist(&self, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
+        let metas: Vec<TopicMeta> = topics.values().map(|t| t.meta.clone()).collect();
+        topic::save_catalog(&self.inner.config.data_dir, &metas)
+    }
+
+    /// Creates a topic. Name, partition count and every config are checked first.
+    pub async fn create_topic(&self, new: NewTopic) -> Result<TopicDescription> {
+        topic::validate_name(&new.name)?;
+        let partitions = new.partitions.unwrap_or(self.inner.config.num_partitions);
+        topic::validate_partitions(partitions)?;
+        let config = Arc::new(self.inner.config.log.with_overrides(&new.configs)?);
+        {
+            let _catalog = self.inner.catalog_lock.lock();
+            let current = self.inner.topics.read().clone();
+            if current.contains_key(&new.name) {
+                return Err(BrokerError::TopicExists(new.name));
+            }
+            if let Some(other) = current.keys().find(|k| topic::collides(k, &new.name)) {
+                return Err(BrokerError::InvalidTopicName {
+                    name: new.name.clone(),
+                    reason: format!("it collides with existing topic '{other}' ('.' and '_' are treated alike)"),
+                });
+            }
+            let dir = &self.inner.config.data_dir;
+            let mut logs = Vec::with_capacity(partitions as usize);
+            for p in 0..partitions {
+                let pdir = partition_dir(dir, &new.name, p);
+                // A leftover directory from an interrupted delete must not leak old data.
+                if pdir.exists() {
+                    std::fs::remove_dir_all(&pdir).at(&pdir)?;
+                }
+                logs.push(Arc::new(Log::open(&pdir, &new.name, p, config.clone())?));
+            }
+            let meta = TopicMeta {
+                name: new.name.clone(),
+                id: topic::new_topic_id(),
+                partitions,
+                configs: new.configs.clone(),
+                created_ms: now_ms(),
+            };
+            let mut next = current;
+            next.insert(new.name.clone(), Arc::new(Topic { meta, config, logs }));
+            self.persist(&next)?;
+            *self.inner.topics.write() = next;
+        }
+        tracing::info!(topic = %new.name, partitions, "created topic");
+        self.describe_topic(&new.name)
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let removed = {
+            let _catalog = self.inner.catalog_lock.lock();
+            let mut next = self.inner.topics.read().clone();
+            let removed = next.remove(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            self.persist(&next)?;
+            *self.inner.topics.write() = next;
+            removed
+        };
+        for log in &removed.logs {
+            log.delete()?;
+        }
+        tracing::info!(topic = %name, "deleted topic");
+        Ok(())
+    }
+
+    /// Names of all topics, sorted.
+    pub fn list_topics(&self) -> Vec<String> {
+        self.inner.topics.read().keys().cloned().collect()
+    }
+
+    /// True if the topic exists.
+    pub fn topic_exists(&self, name: &str) -> bool {
+        self.inner.topics.read().contains_key(name)
+    }
+
+    /// Number of partitions of a topic.
+    pub fn partition_count(&self, name: &str) -> Result<i32> {
+        Ok(self.topic(name)?.meta.partitions)
+    }
+
+    /// Partitions, offsets and configs of a topic.
+    pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let t = self.topic(name)?;
+        Ok(TopicDescription {
+            name: t.meta.name.clone(),
+            id: t.meta.id.clone(),
+            partitions: t
+                .logs
+                .iter()
+                .map(|l| PartitionInfo { partition: l.partition(), offsets: l.offsets() })
+                .collect(),
+            overrides: t.meta.configs.clone(),
+            config: (*t.config).clone(),
+        })
+    }
+
+    /// Raises a topic's partition count to `total`.
+    pub async fn add_partitions(&self, name: &str, total: i32) -> Result<TopicDescription> {
+        {
+            let _catalog = self.inner.catalog_lock.lock();
+            let mut next = self.inner.topics.read().clone();
+            let t = next.get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            if total <= t.meta.partitions {
+                return Err(BrokerError::InvalidPartitions(format!(
+                    "topic '{name}' has {} partitions; the new count {total} must be larger (partitions cannot be removed)",
+                    t.meta.partitions
+                )));
+            }
+            topic::validate_partitions(total)?;
+            let mut logs = t.logs.clone();
+            for p in t.meta.partitions..total {
+                let pdir = partition_dir(&self.inner.config.data_dir, name, p);
+                if pdir.exists() {
+                    std::fs::remove_dir_all(&pdir).at(&pdir)?;
+                }
+                logs.push(Arc::new(Log::open(&pdir, name, p, t.config.clone())?));
+            }
+            let mut meta = t.meta.clone();
+            meta.partitions = total;
+            next.insert(name.to_owned(), Arc::new(Topic { meta, config: t.config.clone(), logs }));
+            self.persist(&next)?;
+            *self.inner.topics.write() = next;
+        }
+        self.describe_topic(name)
+    }
+
+    /// Changes topic configs. All changes are checked before any takes effect.
+    pub async fn alter_topic_config(&self, name: &str, changes: &[ConfigChange]) -> Result<TopicDescription> {
+        {
+            let _catalog = self.inner.catalog_lock.lock();
+            let mut next = self.inner.topics.read().clone();
+            let t = next.get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            let mut overrides = t.meta.configs.clone();
+            for change in changes {
+                match change {
+                    ConfigChange::Set(k, v) => {
+                        overrides.insert(k.clone(), v.clone());
+                    }
+                    ConfigChange::Delete(k) => {
+                        if LogConfig::default().get(k).is_none() {
+                            return Err(BrokerError::InvalidConfig(format!("unknown topic config '{k}'")));
+                        }
+                        overrides.remove(k);
+                    }
+                }
+            }
+            let config = Arc::new(self.inner.config.log.with_overrides(&overrides)?);
+            let mut meta = t.meta.clone();
+            meta.configs = overrides;
+            for log in &t.logs {
+                log.set_config(config.clone());
+            }
+            next.insert(name.to_owned(), Arc::new(Topic { meta, config, logs: t.logs.clone() }));
+            self.persist(&next)?;
+            *self.inner.topics.write() = next;
+        }
+        self.describe_topic(name)
+    }
+
+    /// Appends an envelope batch to one partition (offsets assigned by the log), honouring the
+    /// topic's flush policy.
+    pub async fn append(&self, topic: &str, partition: i32, batch: &RecordBatch, producer: ProducerInfo) -> Result<AppendInfo> {
+        if *self.inner.shutdown.borrow() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        self.log(topic, partition)?.append(batch, producer).await
+    }
+
+    /// Sends records to a topic, choosing partitions like Kafka's default partitioner (murmur2
+    /// of the key; round-robin per call for null keys). Returns `(partition, AppendInfo)` per
+    /// partition written. Creates the topic if missing and `auto.create.topics.enable` is on.
+    pub async fn produce(&self, topic: &str, records: &[Record]) -> Result<Vec<(i32, AppendInfo)>> {
+        let partitions = match self.partition_count(topic) {
+            Ok(n) => n,
+            Err(BrokerError::UnknownTopic(_)) if self.inner.config.auto_create_topics => {
+                match self.create_topic(NewTopic { name: topic.to_owned(), ..NewTopic::default() }).await {
+                    Ok(d) => d.partitions.len() as i32,
+                    Err(BrokerError::TopicExists(_)) => self.partition_count(topic)?,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let unkeyed = self.inner.partitioner.partition(None, partitions);
+        let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+        for r in records {
+            let p = match &r.key {
+                Some(k) => crate::partitioner::partition_for_key(k, partitions),
+                None => unkeyed,
+            };
+            by_partition.entry(p).or_default().push(r.clone());
+        }
+        let mut out = Vec::with_capacity(by_partition.len());
+        for (p, recs) in by_partition {
+            out.push((p, self.append(topic, p, &records_to_batch(&recs), ProducerInfo::NONE).await?));
+        }
+        Ok(out)
+    }
+
+    /// Reads from `offset`, about `max_bytes` of batches.
+    pub fn read(&self, topic: &str, partition: i32, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.log(topic, partition)?.read(offset, max_bytes)
+    }
+
+    /// Like `read`, but waits up to `timeout` for records at `offset` when there are none yet.
+    pub async fn read_wait(&self, topic: &str, partition: i32, offset: i64, max_bytes: usize, timeout: Duration) -> Result<ReadResult> {
+        let log = self.log(topic, partition)?;
+        if log.end_offset() <= offset {
+            let mut stop = self.inner.shutdown.subscribe();
+            tokio::select! {
+                _ = log.wait_for(offset, timeout) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }
+        log.read(offset, max_bytes)
+    }
+
+    /// The earliest offset with a timestamp at least `timestamp_ms`, with its timestamp.
+    pub fn offset_for_timestamp(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        self.log(topic, partition)?.offset_for_timestamp(timestamp_ms)
+    }
+
+    /// Log start, end and durable offsets of a partition.
+    pub fn offsets(&self, topic: &str, partition: i32) -> Result<LogOffsets> {
+        Ok(self.log(topic, partition)?.offsets())
+    }
+
+    /// Every partition log, for background work.
+    fn all_logs(&self) -> Vec<Arc<Log>> {
+        self.inner.topics.read().values().flat_map(|t| t.logs.iter().cloned()).collect()
+    }
+
+    /// Applies retention to every partition now. Returns segments deleted.
+    pub fn run_retention(&self) -> usize {
+        let now = now_ms();
+        let mut deleted = 0;
+        for log in self.all_logs() {
+            match log.enforce_retention(now) {
+                Ok(n) => deleted += n,
+                Err(e) => tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "retention failed"),
+            }
+        }
+        deleted
+    }
+
+    /// Runs one compaction pass over every compacted partition now.
+    pub async fn run_cleaner(&self) -> CleanStats {
+        let mut total = CleanStats::default();
+        for log in self.all_logs() {
+            if !log.config().cleanup_policy.compact {
+                continue;
+            }
+            match log.compact().await {
+                Ok(s) => {
+                    total.segments_cleaned += s.segments_cleaned;
+                    total.records_kept += s.records_kept;
+                    total.records_removed += s.records_removed;
+                    total.bytes_before += s.bytes_before;
+                    total.bytes_after += s.bytes_after;
+                }
+                Err(e) => tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "compaction failed"),
+            }
+        }
+        total
+    }
+
+    async fn run_timed_flushes(&self) {
+        let now = now_ms();
+        for log in self.all_logs() {
+            if let Err(e) = log.flush_if_due(now).await {
+                tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "flush failed");
+            }
+        }
+    }
+
+    /// Fsyncs every partition.
+    pub async fn flush(&self) -> Result<()> {
+        for log in self.all_logs() {
+            log.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops background work, flushes and persists indexes. Appends fail afterwards.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        for log in self.all_logs() {
+            log.close().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes partition directories that belong to no topic (left by a delete interrupted by a crash).
+fn remove_orphans(dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        if !entry.file_type().at(&entry.path())?.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((topic, partition)) = name.rsplit_once('-') else { continue };
+        let Ok(partition) = partition.parse::<i32>() else { continue };
+        if topic::validate_name(topic).is_err() {
+            continue;
+        }
+        let known = topics.get(topic).is_some_and(|t| partition < t.meta.partitions);
+        if !known {
+            tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
+            std::fs::remove_dir_all(entry.path()).at(&entry.path())?;
+        }
+    }
+    Ok(())
+}

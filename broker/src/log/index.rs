@@ -1,0 +1,188 @@
+//! Sparse indexes of a segment, kept in memory and persisted beside the segment when it closes.
+//!
+//! - Offset index: `(offset, file position)` of a frame start every `index.interval.bytes`.
+//! - Time index: `(max timestamp so far, frame base offset)`, added at the same points when the
+//!   maximum timestamp grew.
+//!
+//! File layout (both kinds): magic `QIDX`, u32 version, u64 segment length the index covers,
+//! u64 entry count, entries as `(i64, i64)` pairs, u32 CRC32C of everything before it. An index
+//! whose covered length differs from the segment file, or whose CRC fails, is stale and is rebuilt.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+const MAGIC: &[u8; 4] = b"QIDX";
+const VERSION: u32 = 1;
+
+/// `(offset, position)` entries, both strictly increasing.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OffsetIndex {
+    entries: Vec<(i64, u64)>,
+}
+
+impl OffsetIndex {
+    /// Adds an entry for a frame starting at `position` with base offset `offset`.
+    pub fn push(&mut self, offset: i64, position: u64) {
+        debug_assert!(self.entries.last().is_none_or(|&(o, p)| o < offset && p < position));
+        self.entries.push((offset, position));
+    }
+
+    /// The position of the last indexed frame whose base offset is at most `offset` (0 if none).
+    pub fn lookup(&self, offset: i64) -> u64 {
+        let i = self.entries.partition_point(|&(o, _)| o <= offset);
+        if i == 0 { 0 } else { self.entries[i - 1].1 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn save(&self, path: &Path, covered_len: u64) -> Result<()> {
+        save_pairs(path, covered_len, self.entries.iter().map(|&(o, p)| (o, p as i64)))
+    }
+
+    pub fn load(path: &Path, covered_len: u64) -> Option<Self> {
+        let pairs = load_pairs(path, covered_len)?;
+        let ok = pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+            && pairs.iter().all(|&(o, p)| o >= 0 && p >= 0 && (p as u64) < covered_len);
+        ok.then(|| OffsetIndex { entries: pairs.into_iter().map(|(o, p)| (o, p as u64)).collect() })
+    }
+}
+
+/// `(max timestamp so far, frame base offset)` entries, both strictly increasing.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TimeIndex {
+    entries: Vec<(i64, i64)>,
+}
+
+impl TimeIndex {
+    /// Records that every record before the frame at `offset` (inclusive) has timestamp <= `max_ts`.
+    pub fn push(&mut self, max_ts: i64, offset: i64) {
+        if self.entries.last().is_none_or(|&(t, o)| t < max_ts && o < offset) {
+            self.entries.push((max_ts, offset));
+        }
+    }
+
+    /// An offset from which a scan for the first record with timestamp >= `ts` may start:
+    /// every record in frames before it is older than `ts`. `None` means scan from the start.
+    pub fn lookup(&self, ts: i64) -> Option<i64> {
+        let i = self.entries.partition_point(|&(t, _)| t < ts);
+        (i > 0).then(|| self.entries[i - 1].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The last entry: the largest timestamp indexed and the frame it was seen at.
+    pub fn max_entry(&self) -> Option<(i64, i64)> {
+        self.entries.last().copied()
+    }
+
+    pub fn save(&self, path: &Path, covered_len: u64) -> Result<()> {
+        save_pairs(path, covered_len, self.entries.iter().copied())
+    }
+
+    pub fn load(path: &Path, covered_len: u64) -> Option<Self> {
+        let pairs = load_pairs(path, covered_len)?;
+        pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1).then_some(TimeIndex { entries: pairs })
+    }
+}
+
+fn save_pairs(path: &Path, covered_len: u64, pairs: impl ExactSizeIterator<Item = (i64, i64)>) -> Result<()> {
+    let mut buf = Vec::with_capacity(24 + pairs.len() * 16 + 4);
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&VERSION.to_le_bytes());
+    buf.extend_from_slice(&covered_len.to_le_bytes());
+    buf.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
+    for (a, b) in pairs {
+        buf.extend_from_slice(&a.to_le_bytes());
+        buf.extend_from_slice(&b.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    let mut file = std::fs::File::create(path).at(path)?;
+    file.write_all(&buf).at(path)?;
+    // Indexes are derived data: a lost or torn index is rebuilt, so no fsync here.
+    Ok(())
+}
+
+fn load_pairs(path: &Path, covered_len: u64) -> Option<Vec<(i64, i64)>> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() < 28 || &bytes[0..4] != MAGIC {
+        return None;
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return None;
+    }
+    let word = |at: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&body[at..at + 8]);
+        x
+    };
+    let version = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+    let covered = u64::from_le_bytes(word(8));
+    let count = u64::from_le_bytes(word(16)) as usize;
+    if version != VERSION || covered != covered_len || body.len() != 24 + count.checked_mul(16)? {
+        return None;
+    }
+    Some((0..count).map(|i| (i64::from_le_bytes(word(24 + i * 16)), i64::from_le_bytes(word(32 + i * 16)))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_lookup_finds_floor_entry() {
+        let mut idx = OffsetIndex::default();
+        idx.push(10, 0);
+        idx.push(20, 4096);
+        idx.push(30, 9000);
+        assert_eq!(idx.lookup(5), 0);
+        assert_eq!(idx.lookup(10), 0);
+        assert_eq!(idx.lookup(25), 4096);
+        assert_eq!(idx.lookup(1000), 9000);
+    }
+
+    #[test]
+    fn time_lookup_is_conservative() {
+        let mut idx = TimeIndex::default();
+        idx.push(100, 0);
+        idx.push(200, 10);
+        idx.push(150, 20); // not increasing: ignored
+        idx.push(300, 30);
+        assert_eq!(idx.lookup(50), None);
+        assert_eq!(idx.lookup(150), Some(0));
+        assert_eq!(idx.lookup(250), Some(10));
+        assert_eq!(idx.lookup(301), Some(30));
+    }
+
+    #[test]
+    fn save_and_load_checks_covered_length_and_crc() {
+        let dir = tempfile::tempdir().ok();
+        let Some(dir) = dir else { return };
+        let path = dir.path().join("x.index");
+        let mut idx = OffsetIndex::default();
+        idx.push(0, 0);
+        idx.push(5, 100);
+        idx.save(&path, 200).ok();
+        assert_eq!(OffsetIndex::load(&path, 200), Some(idx.clone()));
+        assert_eq!(OffsetIndex::load(&path, 201), None, "stale: segment length changed");
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        bytes[30] ^= 0xff;
+        std::fs::write(&path, bytes).ok();
+        assert_eq!(OffsetIndex::load(&path, 200), None, "corrupt: CRC fails");
+    }
+}

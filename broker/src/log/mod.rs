@@ -1,0 +1,615 @@
+//! The partition log: a directory of segments named by base offset, each a file of framed Arrow
+//! record batches with sparse offset and time indexes.
+//!
+//! Concurrency: one mutex guards the segment list and the append path (offsets are assigned and
+//! frames written under it). Reads take the lock only to find the segments and their current
+//! ends, then read files without it, so readers never block writers for I/O. Durability is by
+//! group commit: appends that must be durable wait on one shared fsync (see [`Log::flush_to`]).
+
+pub mod cleaner;
+pub mod frame;
+pub mod index;
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray};
+use arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::config::{LogConfig, TimestampType};
+use crate::error::{BrokerError, IoContext, Result};
+use crate::record::{EnvelopeColumns, col};
+pub use frame::{BatchHeader, ProducerInfo, attributes};
+use frame::FrameEncoder;
+use segment::{Segment, SegmentView, Truncation};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker's timestamp when the topic uses LogAppendTime, else `None`.
+    pub log_append_time_ms: Option<i64>,
+    pub log_start_offset: i64,
+}
+
+/// One stored batch as read: its batch-level facts and its rows (sliced to the requested offset).
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub header: BatchHeader,
+    pub records: RecordBatch,
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub batches: Vec<StoredBatch>,
+    /// Where the next read should start (after the last batch returned, or the requested offset).
+    pub next_offset: i64,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+}
+
+impl ReadResult {
+    /// Number of records in all batches.
+    pub fn record_count(&self) -> usize {
+        self.batches.iter().map(|b| b.records.num_rows()).sum()
+    }
+}
+
+/// Offsets and size of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+    /// Offsets below this are on disk (fsynced).
+    pub durable_offset: i64,
+    pub size_bytes: u64,
+    pub segments: usize,
+}
+
+struct Inner {
+    config: Arc<LogConfig>,
+    segments: BTreeMap<i64, Segment>,
+    next_offset: i64,
+    log_start_offset: i64,
+    encoder: FrameEncoder,
+    scratch: Vec<u8>,
+    /// A segment file was created or removed since the last directory fsync.
+    dir_dirty: bool,
+}
+
+impl Inner {
+    fn active(&mut self) -> Result<&mut Segment> {
+        self.segments.values_mut().next_back().ok_or_else(|| BrokerError::Internal("log has no segment".into()))
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+}
+
+/// One partition's log. Cheap to share (`Arc<Log>`); every method takes `&self`.
+pub struct Log {
+    topic: String,
+    partition: i32,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    durable_offset: AtomicI64,
+    last_flush_ms: AtomicI64,
+    flush_lock: tokio::sync::Mutex<()>,
+    cleaner_lock: tokio::sync::Mutex<()>,
+    end_offset: watch::Sender<i64>,
+    deleted: AtomicBool,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("topic", &self.topic).field("partition", &self.partition).finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering the active segment: a torn or corrupt
+    /// tail is cut to the last whole batch, and the cut is logged.
+    pub fn open(dir: &Path, topic: &str, partition: i32, config: Arc<LogConfig>) -> Result<Log> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir).at(dir)? {
+            let entry = entry.at(dir)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".cleaned") {
+                // A compaction that did not finish: the original segment is still in place.
+                tracing::warn!(file = %entry.path().display(), "removing unfinished compaction output");
+                std::fs::remove_file(entry.path()).at(&entry.path())?;
+            } else if let Some(stem) = name.strip_suffix(".log")
+                && let Ok(base) = stem.parse::<i64>()
+            {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let mut truncations: Vec<Truncation> = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let active = i + 1 == bases.len();
+            let (seg, cut) = Segment::open(dir, base, active, config.index_interval_bytes)?;
+            if let Some(cut) = cut {
+                truncations.push(cut);
+            }
+            segments.insert(base, seg);
+        }
+        for t in &truncations {
+            tracing::warn!(
+                file = %t.path.display(), kept_bytes = t.valid_bytes, dropped_bytes = t.dropped_bytes,
+                reason = %t.reason, "recovered a damaged segment: dropped its tail after the last whole batch"
+            );
+        }
+        if segments.is_empty() {
+            segments.insert(0, Segment::create(dir, 0, config.index_interval_bytes, now_ms())?);
+        }
+        let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
+        let log_start_offset = segments.keys().next().copied().unwrap_or(0);
+        let (end_offset, _) = watch::channel(next_offset);
+        Ok(Log {
+            topic: topic.to_owned(),
+            partition,
+            dir: dir.to_owned(),
+            inner: Mutex::new(Inner {
+                config,
+                segments,
+                next_offset,
+                log_start_offset,
+                encoder: FrameEncoder::default(),
+                scratch: Vec::new(),
+                dir_dirty: true,
+            }),
+            // What survived recovery is what the disk holds; a crash cannot lose it again.
+            durable_offset: AtomicI64::new(next_offset),
+            last_flush_ms: AtomicI64::new(now_ms()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            cleaner_lock: tokio::sync::Mutex::new(()),
+            end_offset,
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> Arc<LogConfig> {
+        self.inner.lock().config.clone()
+    }
+
+    /// Replaces the config (takes effect on the next append, roll, retention or clean).
+    pub fn set_config(&self, config: Arc<LogConfig>) {
+        self.inner.lock().config = config;
+    }
+
+    /// Current offsets and size.
+    pub fn offsets(&self) -> LogOffsets {
+        let inner = self.inner.lock();
+        LogOffsets {
+            log_start_offset: inner.log_start_offset,
+            log_end_offset: inner.next_offset,
+            durable_offset: self.durable_offset.load(Ordering::Acquire),
+            size_bytes: inner.size_bytes(),
+            segments: inner.segments.len(),
+        }
+    }
+
+    /// The log end offset (the offset the next record will get).
+    pub fn end_offset(&self) -> i64 {
+        *self.end_offset.borrow()
+    }
+
+    /// A receiver that sees the log end offset change on every append (for waiting readers).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.end_offset.subscribe()
+    }
+
+    /// Waits until the log end offset is past `offset`, or `timeout` passes. True if data is there.
+    pub async fn wait_for(&self, offset: i64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let wait = rx.wait_for(|&end| end > offset);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
+    }
+
+    /// Checks a batch against the envelope schema and the topic's limits before anything is written.
+    fn validate(&self, config: &LogConfig, batch: &RecordBatch) -> Result<()> {
+        let cols = EnvelopeColumns::try_new(batch)?;
+        if batch.num_rows() == 0 {
+            return Err(BrokerError::InvalidRecords("a batch needs at least one record".into()));
+        }
+        if i32::try_from(batch.num_rows()).is_err() {
+            return Err(BrokerError::InvalidRecords(format!("{} records do not fit one batch", batch.num_rows())));
+        }
+        if cols.timestamps.null_count() > 0 {
+            return Err(BrokerError::InvalidRecords("timestamps must not be null".into()));
+        }
+        for i in 0..batch.num_rows() {
+            let size = cols.key(i).map_or(0, <[u8]>::len) + cols.value(i).map_or(0, <[u8]>::len) + cols.header_bytes(i);
+            if size > config.max_message_bytes {
+                return Err(BrokerError::RecordTooLarge {
+                    topic: self.topic.clone(),
+                    index: i,
+                    size,
+                    max: config.max_message_bytes,
+                });
+            }
+            if config.cleanup_policy.compact && cols.key(i).is_none() {
+                return Err(BrokerError::InvalidRecords(format!(
+                    "record {i} has no key; topic '{}' is compacted (cleanup.policy=compact) and every record needs a key",
+                    self.topic
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a batch (envelope schema; its offset column is ignored and replaced) without
+    /// waiting for fsync. Returns the offsets assigned. Nothing is written if validation fails.
+    pub fn append_unflushed(&self, batch: &RecordBatch, producer: ProducerInfo) -> Result<AppendInfo> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(BrokerError::UnknownTopic(self.topic.clone()));
+        }
+        let config = self.inner.lock().config.clone();
+        self.validate(&config, batch)?;
+        let n = batch.num_rows();
+        let now = now_ms();
+        let mut producer = producer;
+        producer.attributes &= attributes::LOG_APPEND_TIME | attributes::TRANSACTIONAL | attributes::CONTROL;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let log_append_time = match config.timestamp_type {
+            TimestampType::LogAppendTime => {
+                columns[col::TIMESTAMP] = Arc::new(TimestampMillisecondArray::from(vec![now; n]));
+                producer.attributes |= attributes::LOG_APPEND_TIME;
+                Some(now)
+            }
+            TimestampType::CreateTime => {
+                producer.attributes &= !attributes::LOG_APPEND_TIME;
+                None
+            }
+        };
+        let (first_ts, max_ts) = {
+            let ts = columns[col::TIMESTAMP]
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .ok_or_else(|| BrokerError::Internal("timestamp column type".into()))?;
+            (ts.value(0), ts.values().iter().copied().max().unwrap_or(i64::MIN))
+        };
+
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let base = inner.next_offset;
+        columns[col::OFFSET] = Arc::new(Int64Array::from_iter_values(base..base + n as i64));
+        let stamped = RecordBatch::try_new(batch.schema(), columns)?;
+        let header = BatchHeader {
+            base_offset: base,
+            last_offset_delta: (n - 1) as i32,
+            record_count: n as i32,
+            first_timestamp: first_ts,
+            max_timestamp: max_ts,
+            producer,
+        };
+        let mut scratch = std::mem::take(&mut inner.scratch);
+        scratch.clear();
+        let encoded = inner.encoder.encode(&header, &stamped, &mut scratch);
+        let result = encoded.and_then(|()| {
+            self.maybe_roll(inner, scratch.len() as u64, now)?;
+            inner.active()?.append(&scratch, &header)
+        });
+        if scratch.capacity() <= 16 << 20 {
+            inner.scratch = scratch;
+        }
+        result?;
+        inner.next_offset = header.next_offset();
+        let info = AppendInfo {
+            base_offset: base,
+            last_offset: header.last_offset(),
+            log_append_time_ms: log_append_time,
+            log_start_offset: inner.log_start_offset,
+        };
+        let end = inner.next_offset;
+        drop(guard);
+        self.end_offset.send_replace(end);
+        Ok(info)
+    }
+
+    /// Appends a batch and, when the topic's flush policy asks for it (`flush.messages`), waits
+    /// until it is fsynced. Concurrent appends share fsyncs (group commit).
+    pub async fn append(&self, batch: &RecordBatch, producer: ProducerInfo) -> Result<AppendInfo> {
+        let info = self.append_unflushed(batch, producer)?;
+        if let Some(every) = self.config().flush_messages {
+            let unflushed = (info.last_offset + 1 - self.durable_offset.load(Ordering::Acquire)).max(0) as u64;
+            if unflushed >= every {
+                self.flush_to(info.last_offset + 1).await?;
+            }
+        }
+        Ok(info)
+    }
+
+    /// Rolls to a new segment when the frame would push the active one past `segment.bytes`, or
+    /// the active one is older than `segment.ms`. The closed segment's indexes are persisted.
+    fn maybe_roll(&self, inner: &mut Inner, frame_len: u64, now: i64) -> Result<()> {
+        let segment_bytes = inner.config.segment_bytes;
+        let segment_ms = inner.config.segment_ms;
+        let interval = inner.config.index_interval_bytes;
+        let next = inner.next_offset;
+        let active = inner.active()?;
+        let full = active.size + frame_len > segment_bytes;
+        let old = now.saturating_sub(active.created_ms) >= segment_ms;
+        if active.is_empty() || !(full || old) {
+            return Ok(());
+        }
+        active.save_indexes()?;
+        let seg = Segment::create(&self.dir, next, interval, now)?;
+        inner.segments.insert(next, seg);
+        inner.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Makes every record below `target` durable: one caller fsyncs everything written so far
+    /// while the others wait for it, so N concurrent appends cost about two fsyncs, not N.
+    pub async fn flush_to(&self, target: i64) -> Result<()> {
+        if self.durable_offset.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let _turn = self.flush_lock.lock().await;
+        let durable = self.durable_offset.load(Ordering::Acquire);
+        if durable >= target {
+            return Ok(());
+        }
+        let (files, dir, end) = {
+            let mut inner = self.inner.lock();
+            let files: Vec<SegmentView> =
+                inner.segments.values().filter(|s| s.next_offset > durable).map(Segment::view).collect();
+            let dir = std::mem::take(&mut inner.dir_dirty).then(|| self.dir.clone());
+            (files, dir, inner.next_offset)
+        };
+        let synced = tokio::task::spawn_blocking(move || -> Result<()> {
+            for view in &files {
+                view.file.sync_data().at(&view.path)?;
+            }
+            if let Some(dir) = dir {
+                std::fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("fsync task failed: {e}")))?;
+        if let Err(e) = synced {
+            self.inner.lock().dir_dirty = true;
+            return Err(e);
+        }
+        self.durable_offset.fetch_max(end, Ordering::AcqRel);
+        self.last_flush_ms.store(now_ms(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Fsyncs everything appended so far.
+    pub async fn flush(&self) -> Result<()> {
+        self.flush_to(self.end_offset()).await
+    }
+
+    /// Flushes if `flush.ms` has passed since the last flush and something is unflushed.
+    pub async fn flush_if_due(&self, now: i64) -> Result<()> {
+        let Some(every) = self.config().flush_ms else { return Ok(()) };
+        let due = now - self.last_flush_ms.load(Ordering::Acquire) >= every as i64;
+        if due && self.durable_offset.load(Ordering::Acquire) < self.end_offset() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn out_of_range(&self, offset: i64, inner: &Inner) -> BrokerError {
+        BrokerError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset,
+            log_start_offset: inner.log_start_offset,
+            log_end_offset: inner.next_offset,
+        }
+    }
+
+    /// Reads batches starting at `offset`, about `max_bytes` of stored frames (the first batch is
+    /// always returned whole, even if larger). The first batch is sliced so that it starts
+    /// exactly at `offset`. Reading at the log end returns no batches.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let (views, start_pos, log_start, end) = {
+            let inner = self.inner.lock();
+            if offset < inner.log_start_offset || offset > inner.next_offset {
+                return Err(self.out_of_range(offset, &inner));
+            }
+            let mut views = Vec::new();
+            let mut start_pos = 0;
+            if offset < inner.next_offset {
+                if let Some((_, first)) = inner.segments.range(..=offset).next_back() {
+                    start_pos = first.offset_index.lookup(offset);
+                    views.push(first.view());
+                }
+                views.extend(inner.segments.range(offset + 1..).map(|(_, s)| s.view()));
+            }
+            (views, start_pos, inner.log_start_offset, inner.next_offset)
+        };
+        let mut result = ReadResult { batches: Vec::new(), next_offset: offset, log_start_offset: log_start, high_watermark: end };
+        let mut budget = max_bytes;
+        for (i, view) in views.iter().enumerate() {
+            let from = if i == 0 { start_pos } else { 0 };
+            if !read_segment(view, from, offset, &mut budget, &mut result)? || budget == 0 {
+                break;
+            }
+        }
+        Ok(result)
+    }
+
+    /// The earliest offset whose record timestamp is at least `timestamp_ms`, with that timestamp;
+    /// `None` when every record is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        let (views, start_pos, log_start) = {
+            let inner = self.inner.lock();
+            let Some((_, seg)) = inner.segments.iter().find(|(_, s)| s.max_timestamp >= timestamp_ms) else {
+                return Ok(None);
+            };
+            let from_offset = seg.time_index.lookup(timestamp_ms).unwrap_or(seg.base_offset);
+            let pos = seg.offset_index.lookup(from_offset);
+            let views: Vec<SegmentView> = inner.segments.range(seg.base_offset..).map(|(_, s)| s.view()).collect();
+            (views, pos, inner.log_start_offset)
+        };
+        for (i, view) in views.iter().enumerate() {
+            let mut pos = if i == 0 { start_pos } else { 0 };
+            while pos < view.end {
+                let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+                if h.batch.max_timestamp >= timestamp_ms && h.batch.last_offset() >= log_start {
+                    let buf = segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
+                    let batch = frame::decode(&buf, &h)?;
+                    let cols = EnvelopeColumns::try_new(&batch)?;
+                    for row in 0..batch.num_rows() {
+                        let (o, t) = (cols.offsets.value(row), cols.timestamps.value(row));
+                        if t >= timestamp_ms && o >= log_start {
+                            return Ok(Some((o, t)));
+                        }
+                    }
+                }
+                pos += h.frame_len;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes closed segments past `retention.ms` (by their newest record) or while the log is
+    /// larger than `retention.bytes`, oldest first. The active segment is never deleted.
+    /// Returns the number of segments deleted.
+    pub fn enforce_retention(&self, now: i64) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        let config = inner.config.clone();
+        if !config.cleanup_policy.delete {
+            return Ok(0);
+        }
+        let closed: Vec<(i64, u64, i64)> = {
+            let n = inner.segments.len();
+            inner.segments.values().take(n.saturating_sub(1)).map(|s| (s.base_offset, s.size, s.max_timestamp)).collect()
+        };
+        let mut size = inner.size_bytes();
+        let mut doomed = Vec::new();
+        for (base, seg_size, max_ts) in closed {
+            let expired = config.retention_ms.is_some_and(|ms| max_ts < now.saturating_sub(ms));
+            let oversized = config.retention_bytes.is_some_and(|limit| size.saturating_sub(seg_size) >= limit);
+            if !(expired || oversized) {
+                break;
+            }
+            size -= seg_size;
+            doomed.push(base);
+        }
+        for base in &doomed {
+            if let Some(seg) = inner.segments.remove(base) {
+                seg.delete_files()?;
+                inner.dir_dirty = true;
+            }
+        }
+        if let Some(&first) = inner.segments.keys().next() {
+            inner.log_start_offset = inner.log_start_offset.max(first);
+        }
+        if !doomed.is_empty() {
+            tracing::info!(topic = %self.topic, partition = self.partition, segments = doomed.len(),
+                log_start_offset = inner.log_start_offset, "retention deleted old segments");
+        }
+        Ok(doomed.len())
+    }
+
+    /// Persists indexes of the active segment and fsyncs everything (clean shutdown).
+    pub async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        let mut inner = self.inner.lock();
+        inner.active()?.save_indexes()
+    }
+
+    /// Marks the log deleted (appends fail from now on) and removes its directory.
+    pub fn delete(&self) -> Result<()> {
+        self.deleted.store(true, Ordering::Release);
+        let _inner = self.inner.lock();
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BrokerError::io(&self.dir, e)),
+        }
+    }
+}
+
+/// Reads frames of one segment from `pos`, skipping those that end before `offset`, into
+/// `result` until `budget` runs out. Returns false when the budget stopped it.
+fn read_segment(view: &SegmentView, mut pos: u64, offset: i64, budget: &mut usize, result: &mut ReadResult) -> Result<bool> {
+    // Skip frames that end before the requested offset (at most one index interval of them).
+    while pos < view.end {
+        let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+        if h.batch.last_offset() >= offset.max(result.next_offset) {
+            break;
+        }
+        pos += h.frame_len;
+    }
+    if pos >= view.end {
+        return Ok(true);
+    }
+    let first = segment::read_header(&view.file, &view.path, pos, view.end)?;
+    let want = (first.frame_len as usize).max(*budget).min((view.end - pos) as usize);
+    let chunk = segment::read_aligned(&view.file, &view.path, pos, want)?;
+    let mut at = 0usize;
+    while at + frame::HEADER_LEN <= chunk.len() {
+        let h = frame::FrameHeader::parse(&chunk[at..])
+            .map_err(|reason| BrokerError::Corrupt { path: view.path.clone(), reason })?;
+        let len = h.frame_len as usize;
+        if at + len > chunk.len() || (!result.batches.is_empty() && len > *budget) {
+            break;
+        }
+        let bytes = chunk.slice_with_length(at, len);
+        if !frame::crc_matches(&bytes, &h) {
+            return Err(BrokerError::Corrupt {
+                path: view.path.clone(),
+                reason: format!("CRC mismatch in batch at offset {}", h.batch.base_offset),
+            });
+        }
+        let mut records = frame::decode(&bytes, &h)?;
+        if h.batch.base_offset < offset {
+            let offsets = records
+                .column(col::OFFSET)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| BrokerError::Internal("offset column type".into()))?;
+            let skip = offsets.values().partition_point(|&o| o < offset);
+            records = records.slice(skip, records.num_rows() - skip);
+        }
+        *budget = budget.saturating_sub(len);
+        result.next_offset = h.batch.next_offset();
+        if records.num_rows() > 0 {
+            result.batches.push(StoredBatch { header: h.batch, records });
+        }
+        at += len;
+        if *budget == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(pos + (at as u64) >= view.end)
+}

@@ -1,0 +1,292 @@
+//! A segment: one file of frames starting at a base offset, with its sparse indexes.
+//! Only the partition's last segment (the active one) is appended to; the others are closed and
+//! immutable, except that compaction may replace one wholesale.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::buffer::{Buffer, MutableBuffer};
+
+use super::frame::{self, BatchHeader, FrameHeader, HEADER_LEN};
+use super::index::{OffsetIndex, TimeIndex};
+use crate::error::{BrokerError, IoContext, Result};
+
+/// File name of the segment with this base offset (20 digits, as Kafka).
+pub fn file_name(base_offset: i64, suffix: &str) -> String {
+    format!("{base_offset:020}.{suffix}")
+}
+
+/// What recovery cut off a damaged segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub path: PathBuf,
+    pub valid_bytes: u64,
+    pub dropped_bytes: u64,
+    pub reason: String,
+}
+
+/// A segment and what is known about its contents.
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: i64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    /// Bytes of whole frames; appends go here.
+    pub size: u64,
+    /// One past the last offset stored; `base_offset` when empty.
+    pub next_offset: i64,
+    /// Largest record timestamp; `i64::MIN` when empty.
+    pub max_timestamp: i64,
+    /// Wall-clock time the segment was started, for `segment.ms`.
+    pub created_ms: i64,
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    bytes_since_index: u64,
+    index_interval_bytes: u64,
+}
+
+/// A read-only view of a segment for use outside the partition lock.
+#[derive(Debug, Clone)]
+pub struct SegmentView {
+    pub base_offset: i64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    /// Reads stop here (the segment's size when the view was taken).
+    pub end: u64,
+}
+
+impl Segment {
+    /// Creates an empty segment file (fails if it exists).
+    pub fn create(dir: &Path, base_offset: i64, index_interval_bytes: u64, now_ms: i64) -> Result<Segment> {
+        let path = dir.join(file_name(base_offset, "log"));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).at(&path)?;
+        Ok(Segment {
+            base_offset,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            created_ms: now_ms,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index: 0,
+            index_interval_bytes,
+        })
+    }
+
+    /// Opens an existing segment. A closed segment with valid index files is trusted; otherwise
+    /// every frame is read and checked, and a torn or corrupt tail is cut off (and reported).
+    pub fn open(
+        dir: &Path,
+        base_offset: i64,
+        active: bool,
+        index_interval_bytes: u64,
+    ) -> Result<(Segment, Option<Truncation>)> {
+        let path = dir.join(file_name(base_offset, "log"));
+        let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
+        let meta = file.metadata().at(&path)?;
+        let created_ms = meta
+            .created()
+            .or_else(|_| meta.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let len = meta.len();
+        let mut segment = Segment {
+            base_offset,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            created_ms,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index: 0,
+            index_interval_bytes,
+        };
+        if !active && segment.load_indexes(dir, len)? {
+            return Ok((segment, None));
+        }
+        let truncation = segment.recover(len)?;
+        Ok((segment, truncation))
+    }
+
+    /// Trusts persisted indexes if both cover exactly `len` bytes; reads the last frame for the
+    /// segment's end offset. Returns false when they are missing or stale.
+    fn load_indexes(&mut self, dir: &Path, len: u64) -> Result<bool> {
+        let (Some(oi), Some(ti)) = (
+            OffsetIndex::load(&dir.join(file_name(self.base_offset, "index")), len),
+            TimeIndex::load(&dir.join(file_name(self.base_offset, "timeindex")), len),
+        ) else {
+            return Ok(false);
+        };
+        // Walk frame headers from the last index entry to learn the end offset and max timestamp.
+        let mut pos = oi.lookup(i64::MAX);
+        let mut max_ts = i64::MIN;
+        let mut next = self.base_offset;
+        while pos < len {
+            let Ok(h) = self.read_header(pos, len) else { return Ok(false) };
+            next = h.batch.next_offset();
+            max_ts = max_ts.max(h.batch.max_timestamp);
+            pos += h.frame_len;
+        }
+        if pos != len {
+            return Ok(false);
+        }
+        // The max timestamp of earlier frames is in the time index.
+        self.max_timestamp = max_ts.max(ti.max_entry().map_or(i64::MIN, |(t, _)| t));
+        self.next_offset = next;
+        self.size = len;
+        self.offset_index = oi;
+        self.time_index = ti;
+        Ok(true)
+    }
+
+    /// Reads every frame, checks CRC and offset order, and truncates at the first bad one.
+    fn recover(&mut self, len: u64) -> Result<Option<Truncation>> {
+        let file = self.file.clone();
+        let mut reader = BufReader::with_capacity(1 << 20, &*file);
+        let mut pos = 0u64;
+        let mut frame = Vec::new();
+        let mut reason = None;
+        while pos < len {
+            if len - pos < HEADER_LEN as u64 {
+                reason = Some(format!("{} trailing bytes are shorter than a frame header", len - pos));
+                break;
+            }
+            frame.resize(HEADER_LEN, 0);
+            if let Err(e) = reader.read_exact(&mut frame) {
+                reason = Some(format!("read failed: {e}"));
+                break;
+            }
+            let header = match FrameHeader::parse(&frame) {
+                Ok(h) => h,
+                Err(e) => {
+                    reason = Some(e);
+                    break;
+                }
+            };
+            if header.frame_len > len - pos {
+                reason = Some(format!("frame of {} bytes is cut off at {} bytes", header.frame_len, len - pos));
+                break;
+            }
+            frame.resize(header.frame_len as usize, 0);
+            if let Err(e) = reader.read_exact(&mut frame[HEADER_LEN..]) {
+                reason = Some(format!("read failed: {e}"));
+                break;
+            }
+            if !frame::crc_matches(&frame, &header) {
+                reason = Some("CRC mismatch".into());
+                break;
+            }
+            if header.batch.base_offset < self.next_offset || header.batch.record_count == 0 {
+                reason = Some(format!(
+                    "batch at offset {} does not follow offset {}",
+                    header.batch.base_offset, self.next_offset
+                ));
+                break;
+            }
+            self.note_frame(pos, &header.batch, header.frame_len);
+            pos += header.frame_len;
+        }
+        self.size = pos;
+        if pos < len {
+            self.file.set_len(pos).at(&self.path)?;
+            self.file.sync_all().at(&self.path)?;
+            return Ok(Some(Truncation {
+                path: self.path.clone(),
+                valid_bytes: pos,
+                dropped_bytes: len - pos,
+                reason: reason.unwrap_or_default(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Updates the in-memory facts and indexes for a frame written at `pos`.
+    fn note_frame(&mut self, pos: u64, batch: &BatchHeader, frame_len: u64) {
+        debug_assert!(batch.base_offset >= self.next_offset, "offsets must increase");
+        if pos == 0 || self.bytes_since_index >= self.index_interval_bytes {
+            self.offset_index.push(batch.base_offset, pos);
+            self.time_index.push(self.max_timestamp.max(batch.max_timestamp), batch.base_offset);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += frame_len;
+        self.next_offset = batch.next_offset();
+        self.max_timestamp = self.max_timestamp.max(batch.max_timestamp);
+    }
+
+    /// Appends one encoded frame. On a write error the file is cut back, so nothing partial stays.
+    pub fn append(&mut self, frame_bytes: &[u8], batch: &BatchHeader) -> Result<()> {
+        let pos = self.size;
+        if let Err(e) = self.file.write_all_at(frame_bytes, pos) {
+            // Best effort: the partial frame would also be cut by recovery.
+            let _ = self.file.set_len(pos);
+            return Err(BrokerError::io(&self.path, e));
+        }
+        self.note_frame(pos, batch, frame_bytes.len() as u64);
+        self.size = pos + frame_bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Reads the frame header at `pos`, which must lie before `end`.
+    pub fn read_header(&self, pos: u64, end: u64) -> Result<FrameHeader> {
+        read_header(&self.file, &self.path, pos, end)
+    }
+
+    /// Persists both indexes (done when the segment closes or the log shuts down).
+    pub fn save_indexes(&self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        self.offset_index.save(&dir.join(file_name(self.base_offset, "index")), self.size)?;
+        self.time_index.save(&dir.join(file_name(self.base_offset, "timeindex")), self.size)
+    }
+
+    /// Removes the segment's files.
+    pub fn delete_files(&self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        for suffix in ["index", "timeindex"] {
+            let p = dir.join(file_name(self.base_offset, suffix));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BrokerError::io(p, e)),
+            }
+        }
+        std::fs::remove_file(&self.path).at(&self.path)
+    }
+
+    pub fn view(&self) -> SegmentView {
+        SegmentView { base_offset: self.base_offset, path: self.path.clone(), file: self.file.clone(), end: self.size }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+}
+
+/// Reads and parses a frame header at `pos` of `file`, refusing one that runs past `end`.
+pub fn read_header(file: &File, path: &Path, pos: u64, end: u64) -> Result<FrameHeader> {
+    let mut buf = [0u8; HEADER_LEN];
+    if end.saturating_sub(pos) < HEADER_LEN as u64 {
+        return Err(BrokerError::Corrupt { path: path.to_owned(), reason: format!("no frame header at position {pos}") });
+    }
+    file.read_exact_at(&mut buf, pos).at(path)?;
+    let header = FrameHeader::parse(&buf)
+        .map_err(|reason| BrokerError::Corrupt { path: path.to_owned(), reason: format!("at position {pos}: {reason}") })?;
+    if pos + header.frame_len > end {
+        return Err(BrokerError::Corrupt { path: path.to_owned(), reason: format!("frame at {pos} runs past {end}") });
+    }
+    Ok(header)
+}
+
+/// Reads `len` bytes at `pos` into a 64-byte aligned buffer (so Arrow decodes without copying).
+pub fn read_aligned(file: &File, path: &Path, pos: u64, len: usize) -> Result<Buffer> {
+    let mut buf = MutableBuffer::from_len_zeroed(len);
+    file.read_exact_at(buf.as_slice_mut(), pos).at(path)?;
+    Ok(buf.into())
+}
