@@ -10,6 +10,8 @@ pub mod cleaner;
 pub mod frame;
 pub mod index;
 pub mod segment;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
