@@ -36,7 +36,11 @@ pub struct NewTopic {
 
 impl NewTopic {
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
-        NewTopic { name: name.into(), partitions: Some(partitions), configs: BTreeMap::new() }
+        NewTopic {
+            name: name.into(),
+            partitions: Some(partitions),
+            configs: BTreeMap::new(),
+        }
     }
 
     pub fn with_config(mut self, key: &str, value: &str) -> Self {
@@ -86,8 +90,20 @@ struct Inner {
     partitioner: Partitioner,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    cluster_id: String,
+    producer_ids: Mutex<ProducerIdBlock>,
     _lock_file: File,
 }
+
+/// Producer ids are handed out from blocks whose end is persisted before use, so no id is
+/// ever given twice, even across crashes.
+#[derive(Debug)]
+struct ProducerIdBlock {
+    next: i64,
+    end: i64,
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// The broker. Clone it freely: clones share one broker.
 #[derive(Clone)]
@@ -97,7 +113,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("data_dir", &self.inner.config.data_dir).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +126,13 @@ fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
 /// Takes the data directory's lock file, or says who holds it.
 fn lock_data_dir(dir: &Path) -> Result<File> {
     let path = dir.join(".lock");
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -116,7 +140,11 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
             let holder = holder.trim();
             return Err(BrokerError::DataDirLocked {
                 dir: dir.to_owned(),
-                holder: if holder.is_empty() { "another process".into() } else { holder.to_owned() },
+                holder: if holder.is_empty() {
+                    "another process".into()
+                } else {
+                    holder.to_owned()
+                },
             });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(BrokerError::io(path, e)),
@@ -144,12 +172,26 @@ impl Broker {
             let config_for_topic = Arc::new(config.log.with_overrides(&meta.configs)?);
             let mut logs = Vec::with_capacity(meta.partitions as usize);
             for p in 0..meta.partitions {
-                let log = Log::open(&partition_dir(&dir, &meta.name, p), &meta.name, p, config_for_topic.clone())?;
+                let log = Log::open(
+                    &partition_dir(&dir, &meta.name, p),
+                    &meta.name,
+                    p,
+                    config_for_topic.clone(),
+                )?;
                 logs.push(Arc::new(log));
             }
-            topics.insert(meta.name.clone(), Arc::new(Topic { meta, config: config_for_topic, logs }));
+            topics.insert(
+                meta.name.clone(),
+                Arc::new(Topic {
+                    meta,
+                    config: config_for_topic,
+                    logs,
+                }),
+            );
         }
         remove_orphans(&dir, &topics)?;
+        let cluster_id = load_or_create_cluster_id(&dir, config.kafka.node_id)?;
+        let next_producer_id = read_i64_file(&dir.join("producer-id-block"))?.unwrap_or(0);
         let (shutdown, _) = watch::channel(false);
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -159,6 +201,11 @@ impl Broker {
                 partitioner: Partitioner::default(),
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
+                cluster_id,
+                producer_ids: Mutex::new(ProducerIdBlock {
+                    next: next_producer_id,
+                    end: next_producer_id,
+                }),
                 _lock_file: lock_file,
             }),
         };
@@ -171,6 +218,24 @@ impl Broker {
         &self.inner.config
     }
 
+    /// The cluster id (made on first start, kept in `meta.properties`).
+    pub fn cluster_id(&self) -> &str {
+        &self.inner.cluster_id
+    }
+
+    /// A producer id never handed out before (for idempotent producers).
+    pub fn allocate_producer_id(&self) -> Result<i64> {
+        let mut ids = self.inner.producer_ids.lock();
+        if ids.next >= ids.end {
+            let end = ids.next + PRODUCER_ID_BLOCK;
+            write_i64_file(&self.inner.config.data_dir.join("producer-id-block"), end)?;
+            ids.end = end;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+
     fn start_background(&self) {
         let mut tasks = self.inner.tasks.lock();
         let retention_every = Duration::from_millis(self.inner.config.retention_check_interval_ms);
@@ -181,9 +246,11 @@ impl Broker {
         tasks.push(self.spawn_periodic(cleaner_every, |b| async move {
             b.run_cleaner().await;
         }));
-        tasks.push(self.spawn_periodic(Duration::from_millis(50), |b| async move {
-            b.run_timed_flushes().await;
-        }));
+        tasks.push(
+            self.spawn_periodic(Duration::from_millis(50), |b| async move {
+                b.run_timed_flushes().await;
+            }),
+        );
     }
 
     fn spawn_periodic<F, Fut>(&self, every: Duration, job: F) -> JoinHandle<()>
@@ -210,17 +277,26 @@ impl Broker {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>> {
-        self.inner.topics.read().get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
+        self.inner
+            .topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
     }
 
     /// The log of one partition.
     pub fn log(&self, topic: &str, partition: i32) -> Result<Arc<Log>> {
         let t = self.topic(topic)?;
-        usize::try_from(partition).ok().and_then(|p| t.logs.get(p)).cloned().ok_or(BrokerError::UnknownPartition {
-            topic: topic.to_owned(),
-            partition,
-            partitions: t.meta.partitions,
-        })
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| t.logs.get(p))
+            .cloned()
+            .ok_or(BrokerError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: t.meta.partitions,
+            })
     }
 
     fn persist(&self, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
@@ -243,7 +319,9 @@ impl Broker {
             if let Some(other) = current.keys().find(|k| topic::collides(k, &new.name)) {
                 return Err(BrokerError::InvalidTopicName {
                     name: new.name.clone(),
-                    reason: format!("it collides with existing topic '{other}' ('.' and '_' are treated alike)"),
+                    reason: format!(
+                        "it collides with existing topic '{other}' ('.' and '_' are treated alike)"
+                    ),
                 });
             }
             let dir = &self.inner.config.data_dir;
@@ -277,7 +355,9 @@ impl Broker {
         let removed = {
             let _catalog = self.inner.catalog_lock.lock();
             let mut next = self.inner.topics.read().clone();
-            let removed = next.remove(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            let removed = next
+                .remove(name)
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
             self.persist(&next)?;
             *self.inner.topics.write() = next;
             removed
@@ -313,7 +393,10 @@ impl Broker {
             partitions: t
                 .logs
                 .iter()
-                .map(|l| PartitionInfo { partition: l.partition(), offsets: l.offsets() })
+                .map(|l| PartitionInfo {
+                    partition: l.partition(),
+                    offsets: l.offsets(),
+                })
                 .collect(),
             overrides: t.meta.configs.clone(),
             config: (*t.config).clone(),
@@ -325,7 +408,10 @@ impl Broker {
         {
             let _catalog = self.inner.catalog_lock.lock();
             let mut next = self.inner.topics.read().clone();
-            let t = next.get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            let t = next
+                .get(name)
+                .cloned()
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
             if total <= t.meta.partitions {
                 return Err(BrokerError::InvalidPartitions(format!(
                     "topic '{name}' has {} partitions; the new count {total} must be larger (partitions cannot be removed)",
@@ -343,7 +429,14 @@ impl Broker {
             }
             let mut meta = t.meta.clone();
             meta.partitions = total;
-            next.insert(name.to_owned(), Arc::new(Topic { meta, config: t.config.clone(), logs }));
+            next.insert(
+                name.to_owned(),
+                Arc::new(Topic {
+                    meta,
+                    config: t.config.clone(),
+                    logs,
+                }),
+            );
             self.persist(&next)?;
             *self.inner.topics.write() = next;
         }
@@ -351,11 +444,18 @@ impl Broker {
     }
 
     /// Changes topic configs. All changes are checked before any takes effect.
-    pub async fn alter_topic_config(&self, name: &str, changes: &[ConfigChange]) -> Result<TopicDescription> {
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        changes: &[ConfigChange],
+    ) -> Result<TopicDescription> {
         {
             let _catalog = self.inner.catalog_lock.lock();
             let mut next = self.inner.topics.read().clone();
-            let t = next.get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            let t = next
+                .get(name)
+                .cloned()
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
             let mut overrides = t.meta.configs.clone();
             for change in changes {
                 match change {
@@ -364,7 +464,9 @@ impl Broker {
                     }
                     ConfigChange::Delete(k) => {
                         if LogConfig::default().get(k).is_none() {
-                            return Err(BrokerError::InvalidConfig(format!("unknown topic config '{k}'")));
+                            return Err(BrokerError::InvalidConfig(format!(
+                                "unknown topic config '{k}'"
+                            )));
                         }
                         overrides.remove(k);
                     }
@@ -376,7 +478,14 @@ impl Broker {
             for log in &t.logs {
                 log.set_config(config.clone());
             }
-            next.insert(name.to_owned(), Arc::new(Topic { meta, config, logs: t.logs.clone() }));
+            next.insert(
+                name.to_owned(),
+                Arc::new(Topic {
+                    meta,
+                    config,
+                    logs: t.logs.clone(),
+                }),
+            );
             self.persist(&next)?;
             *self.inner.topics.write() = next;
         }
@@ -385,7 +494,13 @@ impl Broker {
 
     /// Appends an envelope batch to one partition (offsets assigned by the log), honouring the
     /// topic's flush policy.
-    pub async fn append(&self, topic: &str, partition: i32, batch: &RecordBatch, producer: ProducerInfo) -> Result<AppendInfo> {
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: &RecordBatch,
+        producer: ProducerInfo,
+    ) -> Result<AppendInfo> {
         if *self.inner.shutdown.borrow() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -398,13 +513,17 @@ impl Broker {
     pub async fn produce(&self, topic: &str, records: &[Record]) -> Result<Vec<(i32, AppendInfo)>> {
         let partitions = match self.partition_count(topic) {
             Ok(n) => n,
-            Err(BrokerError::UnknownTopic(_)) if self.inner.config.auto_create_topics => {
-                match self.create_topic(NewTopic { name: topic.to_owned(), ..NewTopic::default() }).await {
-                    Ok(d) => d.partitions.len() as i32,
-                    Err(BrokerError::TopicExists(_)) => self.partition_count(topic)?,
-                    Err(e) => return Err(e),
-                }
-            }
+            Err(BrokerError::UnknownTopic(_)) if self.inner.config.auto_create_topics => match self
+                .create_topic(NewTopic {
+                    name: topic.to_owned(),
+                    ..NewTopic::default()
+                })
+                .await
+            {
+                Ok(d) => d.partitions.len() as i32,
+                Err(BrokerError::TopicExists(_)) => self.partition_count(topic)?,
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
         };
         let unkeyed = self.inner.partitioner.partition(None, partitions);
@@ -418,32 +537,55 @@ impl Broker {
         }
         let mut out = Vec::with_capacity(by_partition.len());
         for (p, recs) in by_partition {
-            out.push((p, self.append(topic, p, &records_to_batch(&recs), ProducerInfo::NONE).await?));
+            out.push((
+                p,
+                self.append(topic, p, &records_to_batch(&recs), ProducerInfo::NONE)
+                    .await?,
+            ));
         }
         Ok(out)
     }
 
     /// Reads from `offset`, about `max_bytes` of batches.
-    pub fn read(&self, topic: &str, partition: i32, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
         self.log(topic, partition)?.read(offset, max_bytes)
     }
 
     /// Like `read`, but waits up to `timeout` for records at `offset` when there are none yet.
-    pub async fn read_wait(&self, topic: &str, partition: i32, offset: i64, max_bytes: usize, timeout: Duration) -> Result<ReadResult> {
+    pub async fn read_wait(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<ReadResult> {
         let log = self.log(topic, partition)?;
         if log.end_offset() <= offset {
             let mut stop = self.inner.shutdown.subscribe();
             tokio::select! {
                 _ = log.wait_for(offset, timeout) => {}
-                _ = stop.wait_for(|s| *s) => {}
+                _ = stopped(&mut stop) => {}
             }
         }
         log.read(offset, max_bytes)
     }
 
     /// The earliest offset with a timestamp at least `timestamp_ms`, with its timestamp.
-    pub fn offset_for_timestamp(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
-        self.log(topic, partition)?.offset_for_timestamp(timestamp_ms)
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp_ms: i64,
+    ) -> Result<Option<(i64, i64)>> {
+        self.log(topic, partition)?
+            .offset_for_timestamp(timestamp_ms)
     }
 
     /// Log start, end and durable offsets of a partition.
@@ -453,7 +595,12 @@ impl Broker {
 
     /// Every partition log, for background work.
     fn all_logs(&self) -> Vec<Arc<Log>> {
-        self.inner.topics.read().values().flat_map(|t| t.logs.iter().cloned()).collect()
+        self.inner
+            .topics
+            .read()
+            .values()
+            .flat_map(|t| t.logs.iter().cloned())
+            .collect()
     }
 
     /// Applies retention to every partition now. Returns segments deleted.
@@ -463,7 +610,9 @@ impl Broker {
         for log in self.all_logs() {
             match log.enforce_retention(now) {
                 Ok(n) => deleted += n,
-                Err(e) => tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "retention failed"),
+                Err(e) => {
+                    tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "retention failed")
+                }
             }
         }
         deleted
@@ -484,7 +633,9 @@ impl Broker {
                     total.bytes_before += s.bytes_before;
                     total.bytes_after += s.bytes_after;
                 }
-                Err(e) => tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "compaction failed"),
+                Err(e) => {
+                    tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "compaction failed")
+                }
             }
         }
         total
@@ -521,6 +672,93 @@ impl Broker {
     }
 }
 
+/// Resolves once the flag is true (or its sender is gone). Unlike `watch::Receiver::wait_for`,
+/// the future holds no guard, so it can be awaited inside spawned tasks.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn read_i64_file(path: &Path) -> Result<Option<i64>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| BrokerError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("expected a number, found {s:?}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BrokerError::io(path, e)),
+    }
+}
+
+/// Writes a number durably (temp file, fsync, rename, fsync directory).
+fn write_i64_file(path: &Path, value: i64) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).at(&tmp)?;
+    f.write_all(value.to_string().as_bytes()).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Kafka-style cluster id: 22 characters of URL-safe base64 of a random UUID.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut bits: u32 = 0;
+    let mut nbits = 0;
+    let mut out = String::with_capacity(22);
+    for b in bytes {
+        bits = (bits << 8) | u32::from(b);
+        nbits += 8;
+        while nbits >= 6 {
+            nbits -= 6;
+            out.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
+        }
+    }
+    if nbits > 0 {
+        out.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
+    }
+    out
+}
+
+/// Reads `cluster.id` from `meta.properties`, creating the file on first start.
+fn load_or_create_cluster_id(dir: &Path, node_id: i32) -> Result<String> {
+    let path = dir.join("meta.properties");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("cluster.id="))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| BrokerError::Corrupt {
+                path: path.clone(),
+                reason: "no cluster.id line".into(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = new_cluster_id();
+            let tmp = path.with_extension("tmp");
+            let mut f = File::create(&tmp).at(&tmp)?;
+            writeln!(
+                f,
+                "# Written by Quiver on first start.\nversion=1\ncluster.id={id}\nnode.id={node_id}"
+            )
+            .at(&tmp)?;
+            f.sync_all().at(&tmp)?;
+            std::fs::rename(&tmp, &path).at(&path)?;
+            Ok(id)
+        }
+        Err(e) => Err(BrokerError::io(path, e)),
+    }
+}
+
 /// Removes partition directories that belong to no topic (left by a delete interrupted by a crash).
 fn remove_orphans(dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
     for entry in std::fs::read_dir(dir).at(dir)? {
@@ -529,12 +767,18 @@ fn remove_orphans(dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<(
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((topic, partition)) = name.rsplit_once('-') else { continue };
-        let Ok(partition) = partition.parse::<i32>() else { continue };
+        let Some((topic, partition)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(partition) = partition.parse::<i32>() else {
+            continue;
+        };
         if topic::validate_name(topic).is_err() {
             continue;
         }
-        let known = topics.get(topic).is_some_and(|t| partition < t.meta.partitions);
+        let known = topics
+            .get(topic)
+            .is_some_and(|t| partition < t.meta.partitions);
         if !known {
             tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
             std::fs::remove_dir_all(entry.path()).at(&entry.path())?;

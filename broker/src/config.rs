@@ -86,7 +86,10 @@ impl Default for LogConfig {
             retention_bytes: None,
             segment_bytes: 1 << 30,
             segment_ms: 7 * DAY_MS,
-            cleanup_policy: CleanupPolicy { delete: true, compact: false },
+            cleanup_policy: CleanupPolicy {
+                delete: true,
+                compact: false,
+            },
             max_message_bytes: 1_048_588,
             flush_messages: None,
             flush_ms: None,
@@ -101,13 +104,22 @@ impl Default for LogConfig {
 /// The topic config keys Quiver knows, each with a one-line description (shown in errors and help).
 pub const TOPIC_CONFIG_KEYS: &[(&str, &str)] = &[
     ("cleanup.policy", "delete, compact, or compact,delete"),
-    ("delete.retention.ms", "how long tombstones survive compaction"),
-    ("flush.messages", "fsync after this many records (1 = every append)"),
+    (
+        "delete.retention.ms",
+        "how long tombstones survive compaction",
+    ),
+    (
+        "flush.messages",
+        "fsync after this many records (1 = every append)",
+    ),
     ("flush.ms", "fsync at least this often"),
     ("index.interval.bytes", "bytes between offset index entries"),
     ("max.message.bytes", "largest record accepted"),
     ("message.timestamp.type", "CreateTime or LogAppendTime"),
-    ("min.compaction.lag.ms", "records younger than this are not compacted"),
+    (
+        "min.compaction.lag.ms",
+        "records younger than this are not compacted",
+    ),
     ("retention.bytes", "size limit of a partition (-1 = none)"),
     ("retention.ms", "age limit of records (-1 = none)"),
     ("segment.bytes", "size at which a segment rolls"),
@@ -115,21 +127,33 @@ pub const TOPIC_CONFIG_KEYS: &[(&str, &str)] = &[
 ];
 
 fn known_topic_keys() -> String {
-    TOPIC_CONFIG_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+    TOPIC_CONFIG_KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_i64(key: &str, value: &str) -> Result<i64> {
-    value.trim().parse::<i64>().map_err(|_| {
-        BrokerError::InvalidConfig(format!("{key}={value:?} is not a whole number"))
-    })
+    value
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| BrokerError::InvalidConfig(format!("{key}={value:?} is not a whole number")))
 }
 
 fn parse_at_least(key: &str, value: &str, min: i64) -> Result<i64> {
     let v = parse_i64(key, value)?;
     if v < min {
-        return Err(BrokerError::InvalidConfig(format!("{key}={v} must be at least {min}")));
+        return Err(BrokerError::InvalidConfig(format!(
+            "{key}={v} must be at least {min}"
+        )));
     }
     Ok(v)
+}
+
+fn parse_i32_at_least(key: &str, value: &str, min: i64) -> Result<i32> {
+    let v = parse_at_least(key, value, min)?;
+    i32::try_from(v).map_err(|_| BrokerError::InvalidConfig(format!("{key}={v} is too large")))
 }
 
 /// `-1` (or any negative) means "no limit", as in Kafka.
@@ -149,11 +173,16 @@ impl LogConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "retention.ms" => self.retention_ms = parse_optional_limit(key, value)?,
-            "retention.bytes" => self.retention_bytes = parse_optional_limit(key, value)?.map(|v| v as u64),
+            "retention.bytes" => {
+                self.retention_bytes = parse_optional_limit(key, value)?.map(|v| v as u64)
+            }
             "segment.bytes" => {
                 let v = parse_at_least(key, value, 1024)?;
                 if v > i64::from(i32::MAX) {
-                    return Err(BrokerError::InvalidConfig(format!("segment.bytes={v} must be at most {}", i32::MAX)));
+                    return Err(BrokerError::InvalidConfig(format!(
+                        "segment.bytes={v} must be at most {}",
+                        i32::MAX
+                    )));
                 }
                 self.segment_bytes = v as u64;
             }
@@ -170,7 +199,9 @@ impl LogConfig {
             "flush.ms" => self.flush_ms = parse_flush(key, value)?,
             "delete.retention.ms" => self.delete_retention_ms = parse_at_least(key, value, 0)?,
             "min.compaction.lag.ms" => self.min_compaction_lag_ms = parse_at_least(key, value, 0)?,
-            "index.interval.bytes" => self.index_interval_bytes = parse_at_least(key, value, 0)? as u64,
+            "index.interval.bytes" => {
+                self.index_interval_bytes = parse_at_least(key, value, 0)? as u64
+            }
             "message.timestamp.type" => {
                 self.timestamp_type = match value {
                     "CreateTime" => TimestampType::CreateTime,
@@ -227,7 +258,10 @@ impl LogConfig {
 
     /// Every key with its effective value.
     pub fn entries(&self) -> Vec<(String, String)> {
-        TOPIC_CONFIG_KEYS.iter().filter_map(|(k, _)| self.get(k).map(|v| ((*k).to_owned(), v))).collect()
+        TOPIC_CONFIG_KEYS
+            .iter()
+            .filter_map(|(k, _)| self.get(k).map(|v| ((*k).to_owned(), v)))
+            .collect()
     }
 }
 
@@ -247,6 +281,133 @@ pub struct BrokerConfig {
     pub cleaner_backoff_ms: u64,
     /// Topic defaults (`log.retention.*`, `log.segment.bytes`, `message.max.bytes`, ...).
     pub log: LogConfig,
+    /// The Kafka protocol listener and group coordinator.
+    pub kafka: KafkaConfig,
+}
+
+/// A `NAME://HOST:PORT` listener, as in Kafka's `listeners`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Listener {
+    /// Parses `PLAINTEXT://host:port` (an empty host means all interfaces, as in Kafka).
+    pub fn parse(value: &str) -> Result<Listener> {
+        let bad = |why: &str| {
+            BrokerError::InvalidConfig(format!(
+                "listener {value:?}: {why}; expected NAME://HOST:PORT such as PLAINTEXT://0.0.0.0:9092"
+            ))
+        };
+        let (name, rest) = value
+            .trim()
+            .split_once("://")
+            .ok_or_else(|| bad("no '://'"))?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+        if !name.eq_ignore_ascii_case("PLAINTEXT") {
+            return Err(bad("only PLAINTEXT listeners are supported"));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Listener {
+            name: name.to_ascii_uppercase(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// Parses a comma-separated list.
+    pub fn parse_list(value: &str) -> Result<Vec<Listener>> {
+        let list: Vec<Listener> = value
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(Listener::parse)
+            .collect::<Result<_>>()?;
+        if list.is_empty() {
+            return Err(BrokerError::InvalidConfig("listeners is empty".into()));
+        }
+        Ok(list)
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.name, self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.name, self.host, self.port)
+        }
+    }
+}
+
+/// Settings of the Kafka wire protocol server and the group coordinator (Kafka's key names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    /// `listeners`: where the Kafka protocol is served.
+    pub listeners: Vec<Listener>,
+    /// `advertised.listeners`: what clients are told to connect to; defaults to `listeners`
+    /// with a wildcard host replaced by `localhost`.
+    pub advertised_listeners: Option<Vec<Listener>>,
+    /// `node.id` (or `broker.id`).
+    pub node_id: i32,
+    /// `socket.request.max.bytes`: larger requests are refused before they are read.
+    pub socket_request_max_bytes: usize,
+    /// `group.min.session.timeout.ms`.
+    pub group_min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`.
+    pub group_max_session_timeout_ms: i32,
+    /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members before its first rebalance.
+    pub group_initial_rebalance_delay_ms: i32,
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_num_partitions: i32,
+    /// `offsets.retention.minutes`: committed offsets of empty groups expire after this.
+    pub offsets_retention_minutes: i64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            listeners: vec![Listener {
+                name: "PLAINTEXT".into(),
+                host: "0.0.0.0".into(),
+                port: 9092,
+            }],
+            advertised_listeners: None,
+            node_id: 0,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_initial_rebalance_delay_ms: 3_000,
+            offsets_topic_num_partitions: 50,
+            offsets_retention_minutes: 7 * 24 * 60,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The listeners clients are told about: `advertised.listeners`, else `listeners` with a
+    /// wildcard host replaced by `localhost`.
+    pub fn advertised(&self) -> Vec<Listener> {
+        match &self.advertised_listeners {
+            Some(a) => a.clone(),
+            None => self
+                .listeners
+                .iter()
+                .map(|l| {
+                    let host = if l.host.is_empty() || l.host == "0.0.0.0" || l.host == "::" {
+                        "localhost".to_owned()
+                    } else {
+                        l.host.clone()
+                    };
+                    Listener { host, ..l.clone() }
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -258,13 +419,24 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 300_000,
             cleaner_backoff_ms: 15_000,
             log: LogConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
 
 /// The server keys Quiver knows (Kafka's names).
 pub const BROKER_CONFIG_KEYS: &[&str] = &[
+    "advertised.listeners",
     "auto.create.topics.enable",
+    "broker.id",
+    "group.initial.rebalance.delay.ms",
+    "group.max.session.timeout.ms",
+    "group.min.session.timeout.ms",
+    "listeners",
+    "node.id",
+    "offsets.retention.minutes",
+    "offsets.topic.num.partitions",
+    "socket.request.max.bytes",
     "log.cleaner.backoff.ms",
     "log.cleaner.delete.retention.ms",
     "log.cleanup.policy",
@@ -289,11 +461,21 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
 impl BrokerConfig {
     /// Applies one server key (Kafka's name). Unknown keys are errors listing the known ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let hours = |v: i64| if v < 0 { -1 } else { v.saturating_mul(3_600_000) };
+        let hours = |v: i64| {
+            if v < 0 {
+                -1
+            } else {
+                v.saturating_mul(3_600_000)
+            }
+        };
         let minutes = |v: i64| if v < 0 { -1 } else { v.saturating_mul(60_000) };
         match key {
             "log.dirs" | "log.dir" => {
-                let dirs: Vec<&str> = value.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+                let dirs: Vec<&str> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .collect();
                 match dirs.as_slice() {
                     [one] => self.data_dir = PathBuf::from(one),
                     [] => return Err(BrokerError::InvalidConfig(format!("{key} is empty"))),
@@ -306,24 +488,40 @@ impl BrokerConfig {
             }
             "num.partitions" => {
                 let v = parse_at_least(key, value, 1)?;
-                self.num_partitions = i32::try_from(v)
-                    .map_err(|_| BrokerError::InvalidConfig(format!("num.partitions={v} is too large")))?;
+                self.num_partitions = i32::try_from(v).map_err(|_| {
+                    BrokerError::InvalidConfig(format!("num.partitions={v} is too large"))
+                })?;
             }
             "auto.create.topics.enable" => {
                 self.auto_create_topics = match value.trim() {
                     "true" => true,
                     "false" => false,
-                    _ => return Err(BrokerError::InvalidConfig(format!("{key}={value:?}: expected true or false"))),
+                    _ => {
+                        return Err(BrokerError::InvalidConfig(format!(
+                            "{key}={value:?}: expected true or false"
+                        )));
+                    }
                 }
             }
-            "log.retention.check.interval.ms" => self.retention_check_interval_ms = parse_at_least(key, value, 1)? as u64,
-            "log.cleaner.backoff.ms" => self.cleaner_backoff_ms = parse_at_least(key, value, 1)? as u64,
-            "log.retention.hours" => self.log.set("retention.ms", &hours(parse_i64(key, value)?).to_string())?,
-            "log.retention.minutes" => self.log.set("retention.ms", &minutes(parse_i64(key, value)?).to_string())?,
+            "log.retention.check.interval.ms" => {
+                self.retention_check_interval_ms = parse_at_least(key, value, 1)? as u64
+            }
+            "log.cleaner.backoff.ms" => {
+                self.cleaner_backoff_ms = parse_at_least(key, value, 1)? as u64
+            }
+            "log.retention.hours" => self
+                .log
+                .set("retention.ms", &hours(parse_i64(key, value)?).to_string())?,
+            "log.retention.minutes" => self
+                .log
+                .set("retention.ms", &minutes(parse_i64(key, value)?).to_string())?,
             "log.retention.ms" => self.log.set("retention.ms", value)?,
             "log.retention.bytes" => self.log.set("retention.bytes", value)?,
             "log.segment.bytes" => self.log.set("segment.bytes", value)?,
-            "log.roll.hours" => self.log.set("segment.ms", &hours(parse_at_least(key, value, 1)?).to_string())?,
+            "log.roll.hours" => self.log.set(
+                "segment.ms",
+                &hours(parse_at_least(key, value, 1)?).to_string(),
+            )?,
             "log.roll.ms" => self.log.set("segment.ms", value)?,
             "log.cleanup.policy" => self.log.set("cleanup.policy", value)?,
             "log.cleaner.delete.retention.ms" => self.log.set("delete.retention.ms", value)?,
@@ -332,6 +530,41 @@ impl BrokerConfig {
             "log.index.interval.bytes" => self.log.set("index.interval.bytes", value)?,
             "log.message.timestamp.type" => self.log.set("message.timestamp.type", value)?,
             "message.max.bytes" => self.log.set("max.message.bytes", value)?,
+            "listeners" => self.kafka.listeners = Listener::parse_list(value)?,
+            "advertised.listeners" => {
+                self.kafka.advertised_listeners = Some(Listener::parse_list(value)?)
+            }
+            "node.id" | "broker.id" => {
+                self.kafka.node_id =
+                    i32::try_from(parse_at_least(key, value, 0)?).map_err(|_| {
+                        BrokerError::InvalidConfig(format!("{key}={value} is too large"))
+                    })?
+            }
+            "socket.request.max.bytes" => {
+                let v = parse_at_least(key, value, 1024)?;
+                if v > i64::from(i32::MAX) {
+                    return Err(BrokerError::InvalidConfig(format!(
+                        "{key}={v} must be at most {}",
+                        i32::MAX
+                    )));
+                }
+                self.kafka.socket_request_max_bytes = v as usize;
+            }
+            "group.min.session.timeout.ms" => {
+                self.kafka.group_min_session_timeout_ms = parse_i32_at_least(key, value, 1)?
+            }
+            "group.max.session.timeout.ms" => {
+                self.kafka.group_max_session_timeout_ms = parse_i32_at_least(key, value, 1)?
+            }
+            "group.initial.rebalance.delay.ms" => {
+                self.kafka.group_initial_rebalance_delay_ms = parse_i32_at_least(key, value, 0)?
+            }
+            "offsets.topic.num.partitions" => {
+                self.kafka.offsets_topic_num_partitions = parse_i32_at_least(key, value, 1)?
+            }
+            "offsets.retention.minutes" => {
+                self.kafka.offsets_retention_minutes = parse_at_least(key, value, 1)?
+            }
             _ => {
                 return Err(BrokerError::InvalidConfig(format!(
                     "unknown server config '{key}'; known keys: {}",
@@ -349,8 +582,15 @@ mod tests {
 
     #[test]
     fn unknown_topic_key_names_the_known_ones() {
-        let err = LogConfig::default().set("retention.msx", "1").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("unknown topic config 'retention.msx'"), "{err}");
+        let err = LogConfig::default()
+            .set("retention.msx", "1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("unknown topic config 'retention.msx'"),
+            "{err}"
+        );
         assert!(err.contains("retention.ms"), "{err}");
     }
 
@@ -361,7 +601,13 @@ mod tests {
         assert!(c.set("segment.bytes", "10").is_err());
         assert!(c.set("cleanup.policy", "shred").is_err());
         c.set("cleanup.policy", "compact,delete").ok();
-        assert_eq!(c.cleanup_policy, CleanupPolicy { delete: true, compact: true });
+        assert_eq!(
+            c.cleanup_policy,
+            CleanupPolicy {
+                delete: true,
+                compact: true
+            }
+        );
         c.set("retention.ms", "-1").ok();
         assert_eq!(c.retention_ms, None);
         assert_eq!(c.get("retention.ms").as_deref(), Some("-1"));
@@ -379,5 +625,28 @@ mod tests {
         assert!(b.set("log.dirs", "/a,/b").is_err());
         assert!(b.set("no.such.key", "1").is_err());
         assert!(b.set("num.partitions", "0").is_err());
+    }
+
+    #[test]
+    fn listeners_parse_like_kafka() {
+        let l = Listener::parse_list("PLAINTEXT://127.0.0.1:19092").unwrap_or_default();
+        assert_eq!(
+            l,
+            vec![Listener {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 19092
+            }]
+        );
+        assert!(Listener::parse("SSL://h:1").is_err());
+        assert!(Listener::parse("PLAINTEXT://h").is_err());
+        assert!(Listener::parse("PLAINTEXT://h:99999").is_err());
+        let mut b = BrokerConfig::default();
+        assert_eq!(b.kafka.advertised()[0].host, "localhost");
+        b.set("listeners", "PLAINTEXT://:9093").ok();
+        assert_eq!(b.kafka.advertised()[0].port, 9093);
+        b.set("advertised.listeners", "PLAINTEXT://example:1234")
+            .ok();
+        assert_eq!(b.kafka.advertised()[0].host, "example");
     }
 }

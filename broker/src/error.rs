@@ -19,7 +19,11 @@ pub enum BrokerError {
 
     /// The partition does not exist in an existing topic.
     #[error("unknown partition {partition} of topic '{topic}' (it has {partitions} partitions)")]
-    UnknownPartition { topic: String, partition: i32, partitions: i32 },
+    UnknownPartition {
+        topic: String,
+        partition: i32,
+        partitions: i32,
+    },
 
     /// Creating a topic that exists.
     #[error("topic '{0}' already exists")]
@@ -38,21 +42,56 @@ pub enum BrokerError {
         "record {index} is {size} bytes, larger than max.message.bytes={max} of topic '{topic}'; \
          raise the topic's max.message.bytes or send smaller records"
     )]
-    RecordTooLarge { topic: String, index: usize, size: usize, max: usize },
+    RecordTooLarge {
+        topic: String,
+        index: usize,
+        size: usize,
+        max: usize,
+    },
 
     /// A batch that breaks the envelope contract (wrong schema, null key on a compacted topic, ...).
     #[error("invalid records: {0}")]
     InvalidRecords(String),
+
+    /// An idempotent producer skipped or repeated sequence numbers out of order.
+    #[error(
+        "out of order sequence number from producer {producer_id} on {topic}-{partition}: expected {expected}, received {received}"
+    )]
+    OutOfOrderSequence {
+        topic: String,
+        partition: i32,
+        producer_id: i64,
+        expected: i32,
+        received: i32,
+    },
+
+    /// A producer with an old epoch (fenced by a newer instance).
+    #[error(
+        "producer {producer_id} has epoch {epoch}, older than the current epoch {current_epoch}; it was fenced by a newer instance"
+    )]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
 
     /// A read below the log start offset or beyond the log end offset.
     #[error(
         "offset {offset} is out of range for {topic}-{partition}: valid offsets are \
          {log_start_offset}..={log_end_offset}"
     )]
-    OffsetOutOfRange { topic: String, partition: i32, offset: i64, log_start_offset: i64, log_end_offset: i64 },
+    OffsetOutOfRange {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
 
     /// Another process holds the data directory.
-    #[error("data directory {dir} is in use by {holder}; stop that process or pass another --data-dir")]
+    #[error(
+        "data directory {dir} is in use by {holder}; stop that process or pass another --data-dir"
+    )]
     DataDirLocked { dir: PathBuf, holder: String },
 
     /// The broker is shutting down and takes no more work.
@@ -61,7 +100,10 @@ pub enum BrokerError {
 
     /// Disk or file trouble, with the file it concerns.
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// Stored data that does not decode (caught by CRC or structure checks).
     #[error("corrupt data in {path}: {reason}")]
@@ -79,7 +121,10 @@ pub enum BrokerError {
 impl BrokerError {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        BrokerError::Io { path: path.into(), source }
+        BrokerError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// True when the caller's input was at fault (as opposed to the disk or Quiver).

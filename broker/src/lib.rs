@@ -4,9 +4,11 @@
 //! Every partition is a sequence of Arrow record batches with one envelope schema
 //! ([`record::envelope_schema`]); batch-level producer facts travel in [`ProducerInfo`].
 
+pub mod alloc;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod kafka;
 pub mod log;
 pub mod partitioner;
 pub mod record;
@@ -16,6 +18,11 @@ pub use broker::{Broker, NewTopic, PartitionInfo, TopicDescription};
 pub use config::{BrokerConfig, CleanupPolicy, LogConfig, TimestampType};
 pub use error::{BrokerError, Result};
 pub use log::cleaner::CleanStats;
-pub use log::{AppendInfo, BatchHeader, Log, LogOffsets, ProducerInfo, ReadResult, StoredBatch, now_ms};
+pub use log::{
+    AppendInfo, BatchHeader, Log, LogOffsets, ProducerInfo, ReadResult, StoredBatch, now_ms,
+};
 pub use partitioner::{Partitioner, murmur2, partition_for_key};
-pub use record::{EnvelopeBuilder, EnvelopeColumns, Header, Record, batch_to_records, envelope_schema, records_to_batch};
+pub use record::{
+    EnvelopeBuilder, EnvelopeColumns, Header, Record, batch_to_records, envelope_schema,
+    records_to_batch,
+};

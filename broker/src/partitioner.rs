@@ -53,7 +53,9 @@ impl Partitioner {
     pub fn partition(&self, key: Option<&[u8]>, num_partitions: i32) -> i32 {
         match key {
             Some(key) => partition_for_key(key, num_partitions),
-            None => (self.next.fetch_add(1, Ordering::Relaxed) % num_partitions.max(1) as u32) as i32,
+            None => {
+                (self.next.fetch_add(1, Ordering::Relaxed) % num_partitions.max(1) as u32) as i32
+            }
         }
     }
 }
@@ -70,7 +72,10 @@ mod tests {
             ("foobar", -790332482),
             ("a-little-bit-long-string", -985981536),
             ("a-little-bit-longer-string", -1486304829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             ("abc", 479470107),
         ];
         for (input, expected) in cases {
@@ -86,7 +91,10 @@ mod tests {
             assert_eq!(p, partition_for_key(b"foobar", n));
         }
         // toPositive(-790332482) % 3
-        assert_eq!(partition_for_key(b"foobar", 3), ((-790332482i32 & 0x7fffffff) % 3));
+        assert_eq!(
+            partition_for_key(b"foobar", 3),
+            ((-790332482i32 & 0x7fffffff) % 3)
+        );
     }
 
     #[test]

@@ -33,12 +33,20 @@ fn header_fields() -> Fields {
 static ENVELOPE: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("offset", DataType::Int64, false),
-        Field::new("timestamp", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
         Field::new("key", DataType::Binary, true),
         Field::new("value", DataType::Binary, true),
         Field::new(
             "headers",
-            DataType::List(Arc::new(Field::new("item", DataType::Struct(header_fields()), false))),
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(header_fields()),
+                false,
+            ))),
             false,
         ),
     ]))
@@ -80,7 +88,10 @@ impl Record {
 
     /// Adds a header.
     pub fn with_header(mut self, key: &str, value: Option<&[u8]>) -> Self {
-        self.headers.push(Header { key: key.to_owned(), value: value.map(Bytes::copy_from_slice) });
+        self.headers.push(Header {
+            key: key.to_owned(),
+            value: value.map(Bytes::copy_from_slice),
+        });
         self
     }
 
@@ -88,7 +99,11 @@ impl Record {
     pub fn size_bytes(&self) -> usize {
         self.key.as_ref().map_or(0, |k| k.len())
             + self.value.as_ref().map_or(0, |v| v.len())
-            + self.headers.iter().map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len())).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
     }
 }
 
@@ -112,7 +127,10 @@ impl EnvelopeBuilder {
     pub fn with_capacity(rows: usize, data_bytes: usize) -> Self {
         let header_builder = StructBuilder::new(
             header_fields(),
-            vec![Box::new(StringBuilder::new()), Box::new(BinaryBuilder::new())],
+            vec![
+                Box::new(StringBuilder::new()),
+                Box::new(BinaryBuilder::new()),
+            ],
         );
         let item = Arc::new(Field::new("item", DataType::Struct(header_fields()), false));
         EnvelopeBuilder {
@@ -159,9 +177,17 @@ impl EnvelopeBuilder {
 
     /// Appends one `Record`.
     pub fn append_record(&mut self, record: &Record) {
-        let headers: Vec<(&str, Option<&[u8]>)> =
-            record.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref())).collect();
-        self.append(record.timestamp_ms, record.key.as_deref(), record.value.as_deref(), &headers);
+        let headers: Vec<(&str, Option<&[u8]>)> = record
+            .headers
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_deref()))
+            .collect();
+        self.append(
+            record.timestamp_ms,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        );
     }
 
     /// Finishes the batch (offsets all 0) and resets the builder.
@@ -169,7 +195,9 @@ impl EnvelopeBuilder {
         let n = self.timestamps.len();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![0i64; n])),
-            Arc::new(TimestampMillisecondArray::from(std::mem::take(&mut self.timestamps))),
+            Arc::new(TimestampMillisecondArray::from(std::mem::take(
+                &mut self.timestamps,
+            ))),
             Arc::new(self.keys.finish()),
             Arc::new(self.values.finish()),
             Arc::new(self.headers.finish()),
@@ -210,13 +238,34 @@ impl<'a> EnvelopeColumns<'a> {
                 batch.schema().fields()
             )));
         }
-        let bad = |name: &str| BrokerError::InvalidRecords(format!("column {name} has the wrong type"));
+        let bad =
+            |name: &str| BrokerError::InvalidRecords(format!("column {name} has the wrong type"));
         Ok(EnvelopeColumns {
-            offsets: batch.column(col::OFFSET).as_any().downcast_ref().ok_or_else(|| bad("offset"))?,
-            timestamps: batch.column(col::TIMESTAMP).as_any().downcast_ref().ok_or_else(|| bad("timestamp"))?,
-            keys: batch.column(col::KEY).as_any().downcast_ref().ok_or_else(|| bad("key"))?,
-            values: batch.column(col::VALUE).as_any().downcast_ref().ok_or_else(|| bad("value"))?,
-            headers: batch.column(col::HEADERS).as_any().downcast_ref().ok_or_else(|| bad("headers"))?,
+            offsets: batch
+                .column(col::OFFSET)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(|| bad("offset"))?,
+            timestamps: batch
+                .column(col::TIMESTAMP)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(|| bad("timestamp"))?,
+            keys: batch
+                .column(col::KEY)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(|| bad("key"))?,
+            values: batch
+                .column(col::VALUE)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(|| bad("value"))?,
+            headers: batch
+                .column(col::HEADERS)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(|| bad("headers"))?,
         })
     }
 
@@ -233,14 +282,18 @@ impl<'a> EnvelopeColumns<'a> {
     /// Headers of row `i`.
     pub fn headers(&self, i: usize) -> Vec<Header> {
         let list = self.headers.value(i);
-        let Some(structs) = list.as_any().downcast_ref::<StructArray>() else { return Vec::new() };
+        let Some(structs) = list.as_any().downcast_ref::<StructArray>() else {
+            return Vec::new();
+        };
         let keys = structs.column(0).as_any().downcast_ref::<StringArray>();
         let values = structs.column(1).as_any().downcast_ref::<BinaryArray>();
         match (keys, values) {
             (Some(keys), Some(values)) => (0..structs.len())
                 .map(|j| Header {
                     key: keys.value(j).to_owned(),
-                    value: values.is_valid(j).then(|| Bytes::copy_from_slice(values.value(j))),
+                    value: values
+                        .is_valid(j)
+                        .then(|| Bytes::copy_from_slice(values.value(j))),
                 })
                 .collect(),
             _ => Vec::new(),
@@ -250,14 +303,25 @@ impl<'a> EnvelopeColumns<'a> {
     /// Sum of header key and value bytes of row `i` (what counts against max.message.bytes).
     pub fn header_bytes(&self, i: usize) -> usize {
         let list = self.headers.value(i);
-        let Some(structs) = list.as_any().downcast_ref::<StructArray>() else { return 0 };
+        let Some(structs) = list.as_any().downcast_ref::<StructArray>() else {
+            return 0;
+        };
         let (Some(keys), Some(values)) = (
             structs.column(0).as_any().downcast_ref::<StringArray>(),
             structs.column(1).as_any().downcast_ref::<BinaryArray>(),
         ) else {
             return 0;
         };
-        (0..structs.len()).map(|j| keys.value(j).len() + if values.is_valid(j) { values.value(j).len() } else { 0 }).sum()
+        (0..structs.len())
+            .map(|j| {
+                keys.value(j).len()
+                    + if values.is_valid(j) {
+                        values.value(j).len()
+                    } else {
+                        0
+                    }
+            })
+            .sum()
     }
 
     /// Row `i` as a `Record`.
@@ -285,7 +349,9 @@ mod tests {
     #[test]
     fn records_round_trip_through_a_batch() {
         let records = vec![
-            Record::new(1, Some(b"k1"), Some(b"v1")).with_header("h", Some(b"x")).with_header("n", None),
+            Record::new(1, Some(b"k1"), Some(b"v1"))
+                .with_header("h", Some(b"x"))
+                .with_header("n", None),
             Record::new(2, None, None),
             Record::new(3, Some(b""), Some(b"only value")),
         ];
@@ -298,7 +364,12 @@ mod tests {
     fn foreign_schema_is_refused() {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]);
-        let Ok(batch) = batch else { panic!("test batch") };
-        assert!(matches!(EnvelopeColumns::try_new(&batch), Err(BrokerError::InvalidRecords(_))));
+        let Ok(batch) = batch else {
+            panic!("test batch")
+        };
+        assert!(matches!(
+            EnvelopeColumns::try_new(&batch),
+            Err(BrokerError::InvalidRecords(_))
+        ));
     }
 }

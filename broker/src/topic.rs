@@ -16,7 +16,12 @@ pub const MAX_PARTITIONS: i32 = 10_000;
 
 /// Checks a topic name against Kafka's rules: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason: String| Err(BrokerError::InvalidTopicName { name: name.to_owned(), reason });
+    let bad = |reason: String| {
+        Err(BrokerError::InvalidTopicName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("the name is empty".into());
     }
@@ -24,10 +29,18 @@ pub fn validate_name(name: &str) -> Result<()> {
         return bad("'.' and '..' are not allowed".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return bad(format!("{} characters is longer than the limit of {MAX_NAME_LEN}", name.len()));
+        return bad(format!(
+            "{} characters is longer than the limit of {MAX_NAME_LEN}",
+            name.len()
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return bad(format!("character {c:?} is not allowed; use ASCII letters, digits, '.', '_' and '-'"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return bad(format!(
+            "character {c:?} is not allowed; use ASCII letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -40,10 +53,14 @@ pub fn collides(a: &str, b: &str) -> bool {
 /// Checks a partition count for a new topic.
 pub fn validate_partitions(partitions: i32) -> Result<()> {
     if partitions < 1 {
-        return Err(BrokerError::InvalidPartitions(format!("{partitions}: a topic needs at least 1 partition")));
+        return Err(BrokerError::InvalidPartitions(format!(
+            "{partitions}: a topic needs at least 1 partition"
+        )));
     }
     if partitions > MAX_PARTITIONS {
-        return Err(BrokerError::InvalidPartitions(format!("{partitions}: at most {MAX_PARTITIONS} partitions per topic")));
+        return Err(BrokerError::InvalidPartitions(format!(
+            "{partitions}: at most {MAX_PARTITIONS} partitions per topic"
+        )));
     }
     Ok(())
 }
@@ -78,8 +95,10 @@ pub fn load_catalog(data_dir: &Path) -> Result<Vec<TopicMeta>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(BrokerError::io(path, e)),
     };
-    let file: CatalogFile = serde_json::from_slice(&bytes)
-        .map_err(|e| BrokerError::Corrupt { path: path.clone(), reason: format!("topic catalog does not parse: {e}") })?;
+    let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| BrokerError::Corrupt {
+        path: path.clone(),
+        reason: format!("topic catalog does not parse: {e}"),
+    })?;
     Ok(file.topics)
 }
 
@@ -87,14 +106,19 @@ pub fn load_catalog(data_dir: &Path) -> Result<Vec<TopicMeta>> {
 pub fn save_catalog(data_dir: &Path, topics: &[TopicMeta]) -> Result<()> {
     let path = data_dir.join(CATALOG);
     let tmp = data_dir.join(format!("{CATALOG}.tmp"));
-    let json = serde_json::to_vec_pretty(&CatalogFile { version: 1, topics: topics.to_vec() })
-        .map_err(|e| BrokerError::Internal(format!("catalog serialization: {e}")))?;
+    let json = serde_json::to_vec_pretty(&CatalogFile {
+        version: 1,
+        topics: topics.to_vec(),
+    })
+    .map_err(|e| BrokerError::Internal(format!("catalog serialization: {e}")))?;
     let mut file = std::fs::File::create(&tmp).at(&tmp)?;
     file.write_all(&json).at(&tmp)?;
     file.sync_all().at(&tmp)?;
     drop(file);
     std::fs::rename(&tmp, &path).at(&path)?;
-    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).at(data_dir)?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .at(data_dir)?;
     Ok(())
 }
 
@@ -113,8 +137,19 @@ mod tests {
         for ok in ["orders", "a.b_c-d", "X", &"a".repeat(249)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "has space", "slash/", "ünïcode", &"a".repeat(250)] {
-            let err = validate_name(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        for bad in [
+            "",
+            ".",
+            "..",
+            "has space",
+            "slash/",
+            "ünïcode",
+            &"a".repeat(250),
+        ] {
+            let err = validate_name(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.starts_with("invalid topic name"), "{bad}: {err}");
         }
         assert!(collides("a.b", "a_b"));

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use quiver_broker::broker::ConfigChange;
 use quiver_broker::{
-    Broker, BrokerConfig, BrokerError, NewTopic, ProducerInfo, Record, batch_to_records, partition_for_key,
-    records_to_batch,
+    Broker, BrokerConfig, BrokerError, NewTopic, ProducerInfo, Record, batch_to_records,
+    partition_for_key, records_to_batch,
 };
 
 fn config(dir: &std::path::Path) -> BrokerConfig {
-    BrokerConfig { data_dir: dir.to_owned(), ..BrokerConfig::default() }
+    BrokerConfig {
+        data_dir: dir.to_owned(),
+        ..BrokerConfig::default()
+    }
 }
 
 async fn open(dir: &std::path::Path) -> Broker {
@@ -31,19 +34,33 @@ async fn topics_configs_and_data_survive_reopen() {
     {
         let broker = open(dir.path()).await;
         let created = broker
-            .create_topic(NewTopic::new("orders", 3).with_config("retention.ms", "3600000").with_config("cleanup.policy", "compact"))
+            .create_topic(
+                NewTopic::new("orders", 3)
+                    .with_config("retention.ms", "3600000")
+                    .with_config("cleanup.policy", "compact"),
+            )
             .await;
         assert!(created.is_ok(), "{created:?}");
         broker.create_topic(NewTopic::new("events", 1)).await.ok();
-        let records: Vec<Record> = (0..30).map(|i| Record::new(i, Some(format!("k{i}").as_bytes()), Some(b"v"))).collect();
+        let records: Vec<Record> = (0..30)
+            .map(|i| Record::new(i, Some(format!("k{i}").as_bytes()), Some(b"v")))
+            .collect();
         broker.produce("orders", &records).await.ok();
         broker.shutdown().await.ok();
     }
     let broker = open(dir.path()).await;
-    assert_eq!(broker.list_topics(), vec!["events".to_owned(), "orders".to_owned()]);
-    let d = broker.describe_topic("orders").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        broker.list_topics(),
+        vec!["events".to_owned(), "orders".to_owned()]
+    );
+    let d = broker
+        .describe_topic("orders")
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.partitions.len(), 3);
-    assert_eq!(d.overrides.get("retention.ms").map(String::as_str), Some("3600000"));
+    assert_eq!(
+        d.overrides.get("retention.ms").map(String::as_str),
+        Some("3600000")
+    );
     assert_eq!(d.config.retention_ms, Some(3_600_000));
     assert!(d.config.cleanup_policy.compact);
     let total: i64 = d.partitions.iter().map(|p| p.offsets.log_end_offset).sum();
@@ -55,26 +72,60 @@ async fn bad_topic_requests_get_precise_errors_and_change_nothing() {
     let dir = tempdir();
     let broker = open(dir.path()).await;
     let cases: Vec<(NewTopic, &str)> = vec![
-        (NewTopic::new("bad name", 1), "invalid topic name 'bad name'"),
+        (
+            NewTopic::new("bad name", 1),
+            "invalid topic name 'bad name'",
+        ),
         (NewTopic::new("", 1), "invalid topic name ''"),
         (NewTopic::new("..", 1), "invalid topic name '..'"),
-        (NewTopic::new("x".repeat(250), 1), "longer than the limit of 249"),
+        (
+            NewTopic::new("x".repeat(250), 1),
+            "longer than the limit of 249",
+        ),
         (NewTopic::new("ok", 0), "at least 1 partition"),
         (NewTopic::new("ok", -4), "at least 1 partition"),
-        (NewTopic::new("ok", 1).with_config("retention.msec", "1"), "unknown topic config 'retention.msec'"),
-        (NewTopic::new("ok", 1).with_config("segment.bytes", "lots"), "segment.bytes=\"lots\" is not a whole number"),
+        (
+            NewTopic::new("ok", 1).with_config("retention.msec", "1"),
+            "unknown topic config 'retention.msec'",
+        ),
+        (
+            NewTopic::new("ok", 1).with_config("segment.bytes", "lots"),
+            "segment.bytes=\"lots\" is not a whole number",
+        ),
     ];
     for (topic, expected) in cases {
-        let err = broker.create_topic(topic.clone()).await.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains(expected), "{topic:?}: got {err:?}, want {expected:?}");
+        let err = broker
+            .create_topic(topic.clone())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(expected),
+            "{topic:?}: got {err:?}, want {expected:?}"
+        );
     }
     assert!(broker.list_topics().is_empty());
     broker.create_topic(NewTopic::new("a.b", 1)).await.ok();
-    assert!(matches!(broker.create_topic(NewTopic::new("a.b", 1)).await, Err(BrokerError::TopicExists(_))));
-    let err = broker.create_topic(NewTopic::new("a_b", 1)).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(matches!(
+        broker.create_topic(NewTopic::new("a.b", 1)).await,
+        Err(BrokerError::TopicExists(_))
+    ));
+    let err = broker
+        .create_topic(NewTopic::new("a_b", 1))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("collides with existing topic 'a.b'"), "{err}");
-    assert!(matches!(broker.read("nope", 0, 0, 100), Err(BrokerError::UnknownTopic(_))));
-    assert!(matches!(broker.read("a.b", 1, 0, 100), Err(BrokerError::UnknownPartition { partitions: 1, .. })));
+    assert!(matches!(
+        broker.read("nope", 0, 0, 100),
+        Err(BrokerError::UnknownTopic(_))
+    ));
+    assert!(matches!(
+        broker.read("a.b", 1, 0, 100),
+        Err(BrokerError::UnknownPartition { partitions: 1, .. })
+    ));
     assert_eq!(broker.list_topics(), vec!["a.b".to_owned()]);
 }
 
@@ -84,25 +135,58 @@ async fn alter_configs_and_add_partitions() {
     let broker = open(dir.path()).await;
     broker.create_topic(NewTopic::new("t", 2)).await.ok();
     let d = broker
-        .alter_topic_config("t", &[ConfigChange::Set("max.message.bytes".into(), "10".into())])
+        .alter_topic_config(
+            "t",
+            &[ConfigChange::Set("max.message.bytes".into(), "10".into())],
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.config.max_message_bytes, 10);
     let big = records_to_batch(&[Record::new(0, None, Some(&[0u8; 11]))]);
-    assert!(matches!(broker.append("t", 0, &big, ProducerInfo::NONE).await, Err(BrokerError::RecordTooLarge { .. })));
-    broker.alter_topic_config("t", &[ConfigChange::Delete("max.message.bytes".into())]).await.ok();
-    assert!(broker.append("t", 0, &big, ProducerInfo::NONE).await.is_ok());
-    assert!(broker.alter_topic_config("t", &[ConfigChange::Set("nope".into(), "1".into())]).await.is_err());
+    assert!(matches!(
+        broker.append("t", 0, &big, ProducerInfo::NONE).await,
+        Err(BrokerError::RecordTooLarge { .. })
+    ));
+    broker
+        .alter_topic_config("t", &[ConfigChange::Delete("max.message.bytes".into())])
+        .await
+        .ok();
+    assert!(
+        broker
+            .append("t", 0, &big, ProducerInfo::NONE)
+            .await
+            .is_ok()
+    );
+    assert!(
+        broker
+            .alter_topic_config("t", &[ConfigChange::Set("nope".into(), "1".into())])
+            .await
+            .is_err()
+    );
 
-    assert!(broker.add_partitions("t", 2).await.is_err(), "not an increase");
-    let d = broker.add_partitions("t", 5).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        broker.add_partitions("t", 2).await.is_err(),
+        "not an increase"
+    );
+    let d = broker
+        .add_partitions("t", 5)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.partitions.len(), 5);
-    assert!(broker.append("t", 4, &big, ProducerInfo::NONE).await.is_ok());
+    assert!(
+        broker
+            .append("t", 4, &big, ProducerInfo::NONE)
+            .await
+            .is_ok()
+    );
     broker.shutdown().await.ok();
     drop(broker);
     let broker = open(dir.path()).await;
     assert_eq!(broker.partition_count("t").ok(), Some(5));
-    assert_eq!(broker.offsets("t", 4).map(|o| o.log_end_offset).ok(), Some(1));
+    assert_eq!(
+        broker.offsets("t", 4).map(|o| o.log_end_offset).ok(),
+        Some(1)
+    );
 }
 
 #[tokio::test]
@@ -111,10 +195,15 @@ async fn produce_partitions_like_kafka() {
     let broker = open(dir.path()).await;
     broker.create_topic(NewTopic::new("keyed", 6)).await.ok();
     let keys = ["alpha", "beta", "gamma", "delta", "21", "foobar"];
-    let records: Vec<Record> = keys.iter().map(|k| Record::new(0, Some(k.as_bytes()), Some(k.as_bytes()))).collect();
+    let records: Vec<Record> = keys
+        .iter()
+        .map(|k| Record::new(0, Some(k.as_bytes()), Some(k.as_bytes())))
+        .collect();
     broker.produce("keyed", &records).await.ok();
     for p in 0..6 {
-        let res = broker.read("keyed", p, 0, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        let res = broker
+            .read("keyed", p, 0, 1 << 20)
+            .unwrap_or_else(|e| panic!("{e}"));
         for b in &res.batches {
             for r in batch_to_records(&b.records).unwrap_or_default() {
                 let key = r.key.unwrap_or_default();
@@ -123,9 +212,18 @@ async fn produce_partitions_like_kafka() {
         }
     }
     // "foobar" hashes to -790332482 in Java: toPositive(..) % 6 = 1357151166 % 6 = 0.
-    assert_eq!(broker.offsets("keyed", 0).map(|o| o.log_end_offset > 0).ok(), Some(true));
+    assert_eq!(
+        broker
+            .offsets("keyed", 0)
+            .map(|o| o.log_end_offset > 0)
+            .ok(),
+        Some(true)
+    );
     // Auto-create with num.partitions.
-    broker.produce("fresh", &[Record::new(0, None, Some(b"x"))]).await.ok();
+    broker
+        .produce("fresh", &[Record::new(0, None, Some(b"x"))])
+        .await
+        .ok();
     assert_eq!(broker.partition_count("fresh").ok(), Some(1));
 }
 
@@ -134,19 +232,33 @@ async fn delete_topic_removes_data_and_name_can_be_reused() {
     let dir = tempdir();
     let broker = open(dir.path()).await;
     broker.create_topic(NewTopic::new("gone", 2)).await.ok();
-    broker.produce("gone", &[Record::new(0, Some(b"k"), Some(b"v"))]).await.ok();
+    broker
+        .produce("gone", &[Record::new(0, Some(b"k"), Some(b"v"))])
+        .await
+        .ok();
     broker.delete_topic("gone").await.ok();
     assert!(!dir.path().join("gone-0").exists());
-    assert!(matches!(broker.delete_topic("gone").await, Err(BrokerError::UnknownTopic(_))));
+    assert!(matches!(
+        broker.delete_topic("gone").await,
+        Err(BrokerError::UnknownTopic(_))
+    ));
     broker.create_topic(NewTopic::new("gone", 1)).await.ok();
-    assert_eq!(broker.offsets("gone", 0).map(|o| o.log_end_offset).ok(), Some(0), "no old data comes back");
+    assert_eq!(
+        broker.offsets("gone", 0).map(|o| o.log_end_offset).ok(),
+        Some(0),
+        "no old data comes back"
+    );
 }
 
 #[tokio::test]
 async fn second_open_of_a_data_dir_names_the_holder() {
     let dir = tempdir();
     let _first = open(dir.path()).await;
-    let err = Broker::open(config(dir.path())).await.err().map(|e| e.to_string()).unwrap_or_default();
+    let err = Broker::open(config(dir.path()))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("is in use by process"), "{err}");
     assert!(err.contains(&std::process::id().to_string()), "{err}");
 }
@@ -158,14 +270,28 @@ async fn read_wait_wakes_on_append() {
     broker.create_topic(NewTopic::new("w", 1)).await.ok();
     let reader = {
         let broker = broker.clone();
-        tokio::spawn(async move { broker.read_wait("w", 0, 0, 1 << 20, Duration::from_secs(30)).await })
+        tokio::spawn(async move {
+            broker
+                .read_wait("w", 0, 0, 1 << 20, Duration::from_secs(30))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = std::time::Instant::now();
-    broker.produce("w", &[Record::new(0, None, Some(b"hello"))]).await.ok();
-    let res = reader.await.ok().and_then(Result::ok).map(|r| r.record_count());
+    broker
+        .produce("w", &[Record::new(0, None, Some(b"hello"))])
+        .await
+        .ok();
+    let res = reader
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|r| r.record_count());
     assert_eq!(res, Some(1));
-    assert!(started.elapsed() < Duration::from_secs(10), "woken by the append, not the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken by the append, not the timeout"
+    );
 }
 
 #[tokio::test]
@@ -175,13 +301,32 @@ async fn compaction_runs_through_the_broker() {
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_owned(), "compact".to_owned());
     configs.insert("segment.bytes".to_owned(), "2048".to_owned());
-    broker.create_topic(NewTopic { name: "table".into(), partitions: Some(1), configs }).await.ok();
+    broker
+        .create_topic(NewTopic {
+            name: "table".into(),
+            partitions: Some(1),
+            configs,
+        })
+        .await
+        .ok();
     for v in 0..40 {
-        broker.produce("table", &[Record::new(0, Some(b"same-key"), Some(format!("v{v}").as_bytes()))]).await.ok();
+        broker
+            .produce(
+                "table",
+                &[Record::new(
+                    0,
+                    Some(b"same-key"),
+                    Some(format!("v{v}").as_bytes()),
+                )],
+            )
+            .await
+            .ok();
     }
     let stats = broker.run_cleaner().await;
     assert!(stats.records_removed > 0, "{stats:?}");
-    let res = broker.read("table", 0, 0, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let res = broker
+        .read("table", 0, 0, 1 << 20)
+        .unwrap_or_else(|e| panic!("{e}"));
     let values: Vec<String> = res
         .batches
         .iter()

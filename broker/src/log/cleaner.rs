@@ -44,13 +44,19 @@ pub enum CrashPoint {
 }
 
 /// Calls `f` for every frame of a segment view, with its decoded rows.
-fn for_each_frame(view: &SegmentView, mut f: impl FnMut(&frame::FrameHeader, &arrow::buffer::Buffer) -> Result<()>) -> Result<()> {
+fn for_each_frame(
+    view: &SegmentView,
+    mut f: impl FnMut(&frame::FrameHeader, &arrow::buffer::Buffer) -> Result<()>,
+) -> Result<()> {
     let mut pos = 0;
     while pos < view.end {
         let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
         let buf = segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
         if !frame::crc_matches(&buf, &h) {
-            return Err(BrokerError::Corrupt { path: view.path.clone(), reason: format!("CRC mismatch at position {pos}") });
+            return Err(BrokerError::Corrupt {
+                path: view.path.clone(),
+                reason: format!("CRC mismatch at position {pos}"),
+            });
         }
         f(&h, &buf)?;
         pos += h.frame_len;
@@ -70,7 +76,12 @@ impl Log {
         let (config, views) = {
             let inner = self.inner.lock();
             let n = inner.segments.len();
-            let views: Vec<SegmentView> = inner.segments.values().take(n.saturating_sub(1)).map(Segment::view).collect();
+            let views: Vec<SegmentView> = inner
+                .segments
+                .values()
+                .take(n.saturating_sub(1))
+                .map(Segment::view)
+                .collect();
             (inner.config.clone(), views)
         };
         if !config.cleanup_policy.compact {
@@ -125,9 +136,16 @@ impl Log {
         let mut stats = CleanStats::default();
         let mut encoder = FrameEncoder::default();
         for view in cleanable.iter().take(mapped) {
-            let tombstones_expire = max_ts.get(&view.base_offset).is_some_and(|&t| t < now.saturating_sub(config.delete_retention_ms));
+            let tombstones_expire = max_ts
+                .get(&view.base_offset)
+                .is_some_and(|&t| t < now.saturating_sub(config.delete_retention_ms));
             let cleaned_path = view.path.with_extension("log.cleaned");
-            let out = OpenOptions::new().write(true).create(true).truncate(true).open(&cleaned_path).at(&cleaned_path)?;
+            let out = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&cleaned_path)
+                .at(&cleaned_path)?;
             let mut out_pos = 0u64;
             let mut scratch = Vec::new();
             let mut changed = false;
@@ -193,10 +211,18 @@ impl Log {
     }
 
     /// Replaces a closed segment by its cleaned copy, if the segment is still the one we read.
-    fn swap_in(&self, view: &SegmentView, cleaned: &std::path::Path, crash: Option<CrashPoint>) -> Result<()> {
+    fn swap_in(
+        &self,
+        view: &SegmentView,
+        cleaned: &std::path::Path,
+        crash: Option<CrashPoint>,
+    ) -> Result<()> {
         let mut inner = self.inner.lock();
         let interval = inner.config.index_interval_bytes;
-        let still_there = inner.segments.get(&view.base_offset).is_some_and(|s| Arc::ptr_eq(&s.file, &view.file));
+        let still_there = inner
+            .segments
+            .get(&view.base_offset)
+            .is_some_and(|s| Arc::ptr_eq(&s.file, &view.file));
         if !still_there {
             // Retention removed it meanwhile.
             let _ = std::fs::remove_file(cleaned);
@@ -212,7 +238,9 @@ impl Log {
             }
         }
         std::fs::rename(cleaned, &view.path).at(&view.path)?;
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .at(&dir)?;
         if crash == Some(CrashPoint::AfterSwap) {
             return Ok(());
         }

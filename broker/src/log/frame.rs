@@ -20,7 +20,9 @@ use std::sync::LazyLock;
 
 use arrow::buffer::Buffer;
 use arrow::ipc::reader::FileDecoder;
-use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message};
+use arrow::ipc::writer::{
+    DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
+};
 use arrow::ipc::{Block, MetadataVersion};
 use arrow::record_batch::RecordBatch;
 
@@ -52,7 +54,12 @@ pub struct ProducerInfo {
 
 impl ProducerInfo {
     /// No producer id, epoch or sequence (Kafka's -1s).
-    pub const NONE: ProducerInfo = ProducerInfo { producer_id: -1, producer_epoch: -1, base_sequence: -1, attributes: 0 };
+    pub const NONE: ProducerInfo = ProducerInfo {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        attributes: 0,
+    };
 }
 
 impl Default for ProducerInfo {
@@ -110,7 +117,10 @@ impl FrameHeader {
     /// Parses and sanity-checks a header; `Err` means the bytes are not a frame start.
     pub fn parse(bytes: &[u8]) -> std::result::Result<FrameHeader, String> {
         if bytes.len() < HEADER_LEN {
-            return Err(format!("{} bytes is shorter than a frame header", bytes.len()));
+            return Err(format!(
+                "{} bytes is shorter than a frame header",
+                bytes.len()
+            ));
         }
         let frame_len = u64::from(le_u32(bytes, 0));
         if frame_len < HEADER_LEN as u64 || frame_len % 8 != 0 || frame_len > MAX_FRAME_LEN {
@@ -173,23 +183,35 @@ impl Default for FrameEncoder {
             .unwrap_or_else(|e| unreachable!("8-byte alignment with V5 is valid: {e}"));
         let mut context = IpcWriteContext::default();
         context.set_reserve_scratch(true);
-        FrameEncoder { generator: IpcDataGenerator::default(), options, context }
+        FrameEncoder {
+            generator: IpcDataGenerator::default(),
+            options,
+            context,
+        }
     }
 }
 
 impl FrameEncoder {
     /// Encodes `batch` (envelope schema, offsets already assigned) as one frame appended to `out`.
-    pub fn encode(&mut self, header: &BatchHeader, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    pub fn encode(
+        &mut self,
+        header: &BatchHeader,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let start = out.len();
         out.resize(start + HEADER_LEN, 0);
         let mut tracker = DictionaryTracker::new(false);
-        let (_dicts, encoded) = self.generator.encode(batch, &mut tracker, &self.options, &mut self.context)?;
+        let (_dicts, encoded) =
+            self.generator
+                .encode(batch, &mut tracker, &self.options, &mut self.context)?;
         let (meta_len, body_len) = write_message(&mut *out, encoded, &self.options)?;
         let pad = (8 - (out.len() - start) % 8) % 8;
         out.resize(out.len() + pad, 0);
         let frame_len = out.len() - start;
-        let frame_len_u32 = u32::try_from(frame_len)
-            .map_err(|_| BrokerError::InvalidRecords(format!("batch of {frame_len} bytes is too large to store")))?;
+        let frame_len_u32 = u32::try_from(frame_len).map_err(|_| {
+            BrokerError::InvalidRecords(format!("batch of {frame_len} bytes is too large to store"))
+        })?;
         let h = &mut out[start..start + HEADER_LEN];
         h[0..4].copy_from_slice(&frame_len_u32.to_le_bytes());
         h[8] = VERSION;
@@ -218,7 +240,9 @@ static DECODER: LazyLock<FileDecoder> =
 pub fn decode(frame: &Buffer, header: &FrameHeader) -> Result<RecordBatch> {
     let ipc_len = u64::from(header.ipc_meta_len) + header.ipc_body_len;
     if (frame.len() as u64) < HEADER_LEN as u64 + ipc_len || header.ipc_meta_len < 8 {
-        return Err(BrokerError::Internal("frame shorter than its IPC message".into()));
+        return Err(BrokerError::Internal(
+            "frame shorter than its IPC message".into(),
+        ));
     }
     let ipc = frame.slice_with_length(HEADER_LEN, ipc_len as usize);
     let block = Block::new(0, header.ipc_meta_len as i32, header.ipc_body_len as i64);
@@ -234,25 +258,40 @@ mod tests {
 
     #[test]
     fn frame_round_trip() {
-        let batch = records_to_batch(&[Record::new(5, Some(b"k"), Some(b"v")).with_header("a", Some(b"b"))]);
+        let batch =
+            records_to_batch(
+                &[Record::new(5, Some(b"k"), Some(b"v")).with_header("a", Some(b"b"))],
+            );
         let header = BatchHeader {
             base_offset: 0,
             last_offset_delta: 0,
             record_count: 1,
             first_timestamp: 5,
             max_timestamp: 5,
-            producer: ProducerInfo { producer_id: 7, producer_epoch: 1, base_sequence: 3, attributes: 0 },
+            producer: ProducerInfo {
+                producer_id: 7,
+                producer_epoch: 1,
+                base_sequence: 3,
+                attributes: 0,
+            },
         };
         let mut out = Vec::new();
-        FrameEncoder::default().encode(&header, &batch, &mut out).ok();
+        FrameEncoder::default()
+            .encode(&header, &batch, &mut out)
+            .ok();
         assert_eq!(out.len() % 8, 0);
         let parsed = FrameHeader::parse(&out).ok();
-        let Some(parsed) = parsed else { panic!("header parses") };
+        let Some(parsed) = parsed else {
+            panic!("header parses")
+        };
         assert_eq!(parsed.batch, header);
         assert!(crc_matches(&out, &parsed));
         let buf = Buffer::from_vec(out.clone());
         let decoded = decode(&buf, &parsed).ok();
-        assert_eq!(decoded.map(|b| batch_to_records(&b).unwrap_or_default()), Some(batch_to_records(&batch).unwrap_or_default()));
+        assert_eq!(
+            decoded.map(|b| batch_to_records(&b).unwrap_or_default()),
+            Some(batch_to_records(&batch).unwrap_or_default())
+        );
         out[HEADER_LEN + 3] ^= 1;
         assert!(!crc_matches(&out, &parsed));
     }

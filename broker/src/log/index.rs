@@ -25,7 +25,11 @@ pub struct OffsetIndex {
 impl OffsetIndex {
     /// Adds an entry for a frame starting at `position` with base offset `offset`.
     pub fn push(&mut self, offset: i64, position: u64) {
-        debug_assert!(self.entries.last().is_none_or(|&(o, p)| o < offset && p < position));
+        debug_assert!(
+            self.entries
+                .last()
+                .is_none_or(|&(o, p)| o < offset && p < position)
+        );
         self.entries.push((offset, position));
     }
 
@@ -44,14 +48,22 @@ impl OffsetIndex {
     }
 
     pub fn save(&self, path: &Path, covered_len: u64) -> Result<()> {
-        save_pairs(path, covered_len, self.entries.iter().map(|&(o, p)| (o, p as i64)))
+        save_pairs(
+            path,
+            covered_len,
+            self.entries.iter().map(|&(o, p)| (o, p as i64)),
+        )
     }
 
     pub fn load(path: &Path, covered_len: u64) -> Option<Self> {
         let pairs = load_pairs(path, covered_len)?;
         let ok = pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
-            && pairs.iter().all(|&(o, p)| o >= 0 && p >= 0 && (p as u64) < covered_len);
-        ok.then(|| OffsetIndex { entries: pairs.into_iter().map(|(o, p)| (o, p as u64)).collect() })
+            && pairs
+                .iter()
+                .all(|&(o, p)| o >= 0 && p >= 0 && (p as u64) < covered_len);
+        ok.then(|| OffsetIndex {
+            entries: pairs.into_iter().map(|(o, p)| (o, p as u64)).collect(),
+        })
     }
 }
 
@@ -64,7 +76,11 @@ pub struct TimeIndex {
 impl TimeIndex {
     /// Records that every record before the frame at `offset` (inclusive) has timestamp <= `max_ts`.
     pub fn push(&mut self, max_ts: i64, offset: i64) {
-        if self.entries.last().is_none_or(|&(t, o)| t < max_ts && o < offset) {
+        if self
+            .entries
+            .last()
+            .is_none_or(|&(t, o)| t < max_ts && o < offset)
+        {
             self.entries.push((max_ts, offset));
         }
     }
@@ -95,11 +111,18 @@ impl TimeIndex {
 
     pub fn load(path: &Path, covered_len: u64) -> Option<Self> {
         let pairs = load_pairs(path, covered_len)?;
-        pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1).then_some(TimeIndex { entries: pairs })
+        pairs
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+            .then_some(TimeIndex { entries: pairs })
     }
 }
 
-fn save_pairs(path: &Path, covered_len: u64, pairs: impl ExactSizeIterator<Item = (i64, i64)>) -> Result<()> {
+fn save_pairs(
+    path: &Path,
+    covered_len: u64,
+    pairs: impl ExactSizeIterator<Item = (i64, i64)>,
+) -> Result<()> {
     let mut buf = Vec::with_capacity(24 + pairs.len() * 16 + 4);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&VERSION.to_le_bytes());
@@ -137,7 +160,16 @@ fn load_pairs(path: &Path, covered_len: u64) -> Option<Vec<(i64, i64)>> {
     if version != VERSION || covered != covered_len || body.len() != 24 + count.checked_mul(16)? {
         return None;
     }
-    Some((0..count).map(|i| (i64::from_le_bytes(word(24 + i * 16)), i64::from_le_bytes(word(32 + i * 16)))).collect())
+    Some(
+        (0..count)
+            .map(|i| {
+                (
+                    i64::from_le_bytes(word(24 + i * 16)),
+                    i64::from_le_bytes(word(32 + i * 16)),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -179,7 +211,11 @@ mod tests {
         idx.push(5, 100);
         idx.save(&path, 200).ok();
         assert_eq!(OffsetIndex::load(&path, 200), Some(idx.clone()));
-        assert_eq!(OffsetIndex::load(&path, 201), None, "stale: segment length changed");
+        assert_eq!(
+            OffsetIndex::load(&path, 201),
+            None,
+            "stale: segment length changed"
+        );
         let mut bytes = std::fs::read(&path).unwrap_or_default();
         bytes[30] ^= 0xff;
         std::fs::write(&path, bytes).ok();

@@ -9,6 +9,7 @@
 pub mod cleaner;
 pub mod frame;
 pub mod index;
+pub mod producer_state;
 pub mod segment;
 #[cfg(test)]
 mod tests;
@@ -27,8 +28,9 @@ use tokio::sync::watch;
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::record::{EnvelopeColumns, col};
-pub use frame::{BatchHeader, ProducerInfo, attributes};
 use frame::FrameEncoder;
+pub use frame::{BatchHeader, ProducerInfo, attributes};
+use producer_state::{ProducerStates, SequenceCheck};
 use segment::{Segment, SegmentView, Truncation};
 
 /// Milliseconds since the Unix epoch.
@@ -92,11 +94,15 @@ struct Inner {
     scratch: Vec<u8>,
     /// A segment file was created or removed since the last directory fsync.
     dir_dirty: bool,
+    producers: ProducerStates,
 }
 
 impl Inner {
     fn active(&mut self) -> Result<&mut Segment> {
-        self.segments.values_mut().next_back().ok_or_else(|| BrokerError::Internal("log has no segment".into()))
+        self.segments
+            .values_mut()
+            .next_back()
+            .ok_or_else(|| BrokerError::Internal("log has no segment".into()))
     }
 
     fn size_bytes(&self) -> u64 {
@@ -120,7 +126,10 @@ pub struct Log {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("topic", &self.topic).field("partition", &self.partition).finish_non_exhaustive()
+        f.debug_struct("Log")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
     }
 }
 
@@ -162,10 +171,21 @@ impl Log {
             );
         }
         if segments.is_empty() {
-            segments.insert(0, Segment::create(dir, 0, config.index_interval_bytes, now_ms())?);
+            segments.insert(
+                0,
+                Segment::create(dir, 0, config.index_interval_bytes, now_ms())?,
+            );
         }
         let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
-        let log_start_offset = segments.keys().next().copied().unwrap_or(0);
+        let first_base = segments.keys().next().copied().unwrap_or(0);
+        let log_start_offset = read_log_start(dir)?
+            .unwrap_or(first_base)
+            .clamp(first_base, next_offset);
+        let (mut producers, replay_from) = match ProducerStates::load(dir, next_offset)? {
+            Some((states, at)) => (states, at),
+            None => (ProducerStates::default(), first_base),
+        };
+        replay_producers(&segments, replay_from, &mut producers)?;
         let (end_offset, _) = watch::channel(next_offset);
         Ok(Log {
             topic: topic.to_owned(),
@@ -179,6 +199,7 @@ impl Log {
                 encoder: FrameEncoder::default(),
                 scratch: Vec::new(),
                 dir_dirty: true,
+                producers,
             }),
             // What survived recovery is what the disk holds; a crash cannot lose it again.
             durable_offset: AtomicI64::new(next_offset),
@@ -223,6 +244,17 @@ impl Log {
         }
     }
 
+    /// The largest record timestamp in the log, if it has records.
+    pub fn max_timestamp(&self) -> Option<i64> {
+        let inner = self.inner.lock();
+        inner
+            .segments
+            .values()
+            .map(|s| s.max_timestamp)
+            .max()
+            .filter(|&t| t != i64::MIN)
+    }
+
     /// The log end offset (the offset the next record will get).
     pub fn end_offset(&self) -> i64 {
         *self.end_offset.borrow()
@@ -244,16 +276,25 @@ impl Log {
     fn validate(&self, config: &LogConfig, batch: &RecordBatch) -> Result<()> {
         let cols = EnvelopeColumns::try_new(batch)?;
         if batch.num_rows() == 0 {
-            return Err(BrokerError::InvalidRecords("a batch needs at least one record".into()));
+            return Err(BrokerError::InvalidRecords(
+                "a batch needs at least one record".into(),
+            ));
         }
         if i32::try_from(batch.num_rows()).is_err() {
-            return Err(BrokerError::InvalidRecords(format!("{} records do not fit one batch", batch.num_rows())));
+            return Err(BrokerError::InvalidRecords(format!(
+                "{} records do not fit one batch",
+                batch.num_rows()
+            )));
         }
         if cols.timestamps.null_count() > 0 {
-            return Err(BrokerError::InvalidRecords("timestamps must not be null".into()));
+            return Err(BrokerError::InvalidRecords(
+                "timestamps must not be null".into(),
+            ));
         }
         for i in 0..batch.num_rows() {
-            let size = cols.key(i).map_or(0, <[u8]>::len) + cols.value(i).map_or(0, <[u8]>::len) + cols.header_bytes(i);
+            let size = cols.key(i).map_or(0, <[u8]>::len)
+                + cols.value(i).map_or(0, <[u8]>::len)
+                + cols.header_bytes(i);
             if size > config.max_message_bytes {
                 return Err(BrokerError::RecordTooLarge {
                     topic: self.topic.clone(),
@@ -274,7 +315,11 @@ impl Log {
 
     /// Appends a batch (envelope schema; its offset column is ignored and replaced) without
     /// waiting for fsync. Returns the offsets assigned. Nothing is written if validation fails.
-    pub fn append_unflushed(&self, batch: &RecordBatch, producer: ProducerInfo) -> Result<AppendInfo> {
+    pub fn append_unflushed(
+        &self,
+        batch: &RecordBatch,
+        producer: ProducerInfo,
+    ) -> Result<AppendInfo> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(BrokerError::UnknownTopic(self.topic.clone()));
         }
@@ -283,7 +328,8 @@ impl Log {
         let n = batch.num_rows();
         let now = now_ms();
         let mut producer = producer;
-        producer.attributes &= attributes::LOG_APPEND_TIME | attributes::TRANSACTIONAL | attributes::CONTROL;
+        producer.attributes &=
+            attributes::LOG_APPEND_TIME | attributes::TRANSACTIONAL | attributes::CONTROL;
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         let log_append_time = match config.timestamp_type {
             TimestampType::LogAppendTime => {
@@ -301,11 +347,33 @@ impl Log {
                 .as_any()
                 .downcast_ref::<TimestampMillisecondArray>()
                 .ok_or_else(|| BrokerError::Internal("timestamp column type".into()))?;
-            (ts.value(0), ts.values().iter().copied().max().unwrap_or(i64::MIN))
+            (
+                ts.value(0),
+                ts.values().iter().copied().max().unwrap_or(i64::MIN),
+            )
         };
 
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
+        let idempotent = producer.producer_id >= 0 && producer.base_sequence >= 0;
+        if idempotent {
+            let check = inner.producers.check(
+                &self.topic,
+                self.partition,
+                producer.producer_id,
+                producer.producer_epoch,
+                producer.base_sequence,
+                n as i32,
+            )?;
+            if let SequenceCheck::Duplicate(dup) = check {
+                return Ok(AppendInfo {
+                    base_offset: dup.base_offset,
+                    last_offset: dup.last_offset,
+                    log_append_time_ms: log_append_time,
+                    log_start_offset: inner.log_start_offset,
+                });
+            }
+        }
         let base = inner.next_offset;
         columns[col::OFFSET] = Arc::new(Int64Array::from_iter_values(base..base + n as i64));
         let stamped = RecordBatch::try_new(batch.schema(), columns)?;
@@ -329,6 +397,17 @@ impl Log {
         }
         result?;
         inner.next_offset = header.next_offset();
+        if idempotent {
+            inner.producers.update(
+                producer.producer_id,
+                producer.producer_epoch,
+                producer.base_sequence,
+                n as i32,
+                base,
+                header.last_offset(),
+                now,
+            );
+        }
         let info = AppendInfo {
             base_offset: base,
             last_offset: header.last_offset(),
@@ -346,7 +425,8 @@ impl Log {
     pub async fn append(&self, batch: &RecordBatch, producer: ProducerInfo) -> Result<AppendInfo> {
         let info = self.append_unflushed(batch, producer)?;
         if let Some(every) = self.config().flush_messages {
-            let unflushed = (info.last_offset + 1 - self.durable_offset.load(Ordering::Acquire)).max(0) as u64;
+            let unflushed =
+                (info.last_offset + 1 - self.durable_offset.load(Ordering::Acquire)).max(0) as u64;
             if unflushed >= every {
                 self.flush_to(info.last_offset + 1).await?;
             }
@@ -368,6 +448,7 @@ impl Log {
             return Ok(());
         }
         active.save_indexes()?;
+        inner.producers.save(&self.dir, next, now)?;
         let seg = Segment::create(&self.dir, next, interval, now)?;
         inner.segments.insert(next, seg);
         inner.dir_dirty = true;
@@ -387,8 +468,12 @@ impl Log {
         }
         let (files, dir, end) = {
             let mut inner = self.inner.lock();
-            let files: Vec<SegmentView> =
-                inner.segments.values().filter(|s| s.next_offset > durable).map(Segment::view).collect();
+            let files: Vec<SegmentView> = inner
+                .segments
+                .values()
+                .filter(|s| s.next_offset > durable)
+                .map(Segment::view)
+                .collect();
             let dir = std::mem::take(&mut inner.dir_dirty).then(|| self.dir.clone());
             (files, dir, inner.next_offset)
         };
@@ -397,7 +482,9 @@ impl Log {
                 view.file.sync_data().at(&view.path)?;
             }
             if let Some(dir) = dir {
-                std::fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+                std::fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .at(&dir)?;
             }
             Ok(())
         })
@@ -419,7 +506,9 @@ impl Log {
 
     /// Flushes if `flush.ms` has passed since the last flush and something is unflushed.
     pub async fn flush_if_due(&self, now: i64) -> Result<()> {
-        let Some(every) = self.config().flush_ms else { return Ok(()) };
+        let Some(every) = self.config().flush_ms else {
+            return Ok(());
+        };
         let due = now - self.last_flush_ms.load(Ordering::Acquire) >= every as i64;
         if due && self.durable_offset.load(Ordering::Acquire) < self.end_offset() {
             self.flush().await?;
@@ -457,7 +546,12 @@ impl Log {
             }
             (views, start_pos, inner.log_start_offset, inner.next_offset)
         };
-        let mut result = ReadResult { batches: Vec::new(), next_offset: offset, log_start_offset: log_start, high_watermark: end };
+        let mut result = ReadResult {
+            batches: Vec::new(),
+            next_offset: offset,
+            log_start_offset: log_start,
+            high_watermark: end,
+        };
         let mut budget = max_bytes;
         for (i, view) in views.iter().enumerate() {
             let from = if i == 0 { start_pos } else { 0 };
@@ -473,12 +567,23 @@ impl Log {
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
         let (views, start_pos, log_start) = {
             let inner = self.inner.lock();
-            let Some((_, seg)) = inner.segments.iter().find(|(_, s)| s.max_timestamp >= timestamp_ms) else {
+            let Some((_, seg)) = inner
+                .segments
+                .iter()
+                .find(|(_, s)| s.max_timestamp >= timestamp_ms)
+            else {
                 return Ok(None);
             };
-            let from_offset = seg.time_index.lookup(timestamp_ms).unwrap_or(seg.base_offset);
+            let from_offset = seg
+                .time_index
+                .lookup(timestamp_ms)
+                .unwrap_or(seg.base_offset);
             let pos = seg.offset_index.lookup(from_offset);
-            let views: Vec<SegmentView> = inner.segments.range(seg.base_offset..).map(|(_, s)| s.view()).collect();
+            let views: Vec<SegmentView> = inner
+                .segments
+                .range(seg.base_offset..)
+                .map(|(_, s)| s.view())
+                .collect();
             (views, pos, inner.log_start_offset)
         };
         for (i, view) in views.iter().enumerate() {
@@ -486,7 +591,8 @@ impl Log {
             while pos < view.end {
                 let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
                 if h.batch.max_timestamp >= timestamp_ms && h.batch.last_offset() >= log_start {
-                    let buf = segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
+                    let buf =
+                        segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
                     let batch = frame::decode(&buf, &h)?;
                     let cols = EnvelopeColumns::try_new(&batch)?;
                     for row in 0..batch.num_rows() {
@@ -513,13 +619,22 @@ impl Log {
         }
         let closed: Vec<(i64, u64, i64)> = {
             let n = inner.segments.len();
-            inner.segments.values().take(n.saturating_sub(1)).map(|s| (s.base_offset, s.size, s.max_timestamp)).collect()
+            inner
+                .segments
+                .values()
+                .take(n.saturating_sub(1))
+                .map(|s| (s.base_offset, s.size, s.max_timestamp))
+                .collect()
         };
         let mut size = inner.size_bytes();
         let mut doomed = Vec::new();
         for (base, seg_size, max_ts) in closed {
-            let expired = config.retention_ms.is_some_and(|ms| max_ts < now.saturating_sub(ms));
-            let oversized = config.retention_bytes.is_some_and(|limit| size.saturating_sub(seg_size) >= limit);
+            let expired = config
+                .retention_ms
+                .is_some_and(|ms| max_ts < now.saturating_sub(ms));
+            let oversized = config
+                .retention_bytes
+                .is_some_and(|limit| size.saturating_sub(seg_size) >= limit);
             if !(expired || oversized) {
                 break;
             }
@@ -546,7 +661,44 @@ impl Log {
     pub async fn close(&self) -> Result<()> {
         self.flush().await?;
         let mut inner = self.inner.lock();
-        inner.active()?.save_indexes()
+        inner.active()?.save_indexes()?;
+        let end = inner.next_offset;
+        inner.producers.save(&self.dir, end, now_ms())
+    }
+
+    /// Kafka's DeleteRecords: moves the log start offset up to `offset` (persisted), so reads
+    /// below it fail, and deletes closed segments that lie wholly below it. Returns the new log
+    /// start offset.
+    pub fn delete_records(&self, offset: i64) -> Result<i64> {
+        let mut inner = self.inner.lock();
+        let target = if offset == -1 {
+            inner.next_offset
+        } else {
+            offset
+        };
+        if target < 0 || target > inner.next_offset {
+            return Err(self.out_of_range(offset, &inner));
+        }
+        if target <= inner.log_start_offset {
+            return Ok(inner.log_start_offset);
+        }
+        write_log_start(&self.dir, target)?;
+        inner.log_start_offset = target;
+        let n = inner.segments.len();
+        let doomed: Vec<i64> = inner
+            .segments
+            .values()
+            .take(n.saturating_sub(1))
+            .take_while(|s| s.next_offset <= target)
+            .map(|s| s.base_offset)
+            .collect();
+        for base in doomed {
+            if let Some(seg) = inner.segments.remove(&base) {
+                seg.delete_files()?;
+                inner.dir_dirty = true;
+            }
+        }
+        Ok(target)
     }
 
     /// Marks the log deleted (appends fail from now on) and removes its directory.
@@ -561,9 +713,78 @@ impl Log {
     }
 }
 
+const LOG_START_FILE: &str = "log-start-offset";
+
+fn read_log_start(dir: &Path) -> Result<Option<i64>> {
+    let path = dir.join(LOG_START_FILE);
+    match std::fs::read(&path) {
+        Ok(b) if b.len() == 12 && crc32c::crc32c(&b[..8]).to_le_bytes() == b[8..12] => {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[..8]);
+            Ok(Some(i64::from_le_bytes(x)))
+        }
+        Ok(_) => {
+            tracing::warn!(file = %path.display(), "ignoring an unreadable log start offset checkpoint");
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BrokerError::io(path, e)),
+    }
+}
+
+/// Persists the log start offset atomically (write, fsync, rename, fsync directory).
+fn write_log_start(dir: &Path, offset: i64) -> Result<()> {
+    let path = dir.join(LOG_START_FILE);
+    let tmp = dir.join(format!("{LOG_START_FILE}.tmp"));
+    let mut b = offset.to_le_bytes().to_vec();
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let f = std::fs::File::create(&tmp).at(&tmp)?;
+    std::os::unix::fs::FileExt::write_all_at(&f, &b, 0).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    std::fs::rename(&tmp, &path).at(&path)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Rebuilds producer state from frame headers at or after `from`.
+fn replay_producers(
+    segments: &BTreeMap<i64, Segment>,
+    from: i64,
+    states: &mut ProducerStates,
+) -> Result<()> {
+    let now = now_ms();
+    for seg in segments.values().filter(|s| s.next_offset > from) {
+        let mut pos = seg.offset_index.lookup(from);
+        while pos < seg.size {
+            let h = seg.read_header(pos, seg.size)?;
+            let b = &h.batch;
+            if b.base_offset >= from && b.producer.producer_id >= 0 && b.producer.base_sequence >= 0
+            {
+                states.update(
+                    b.producer.producer_id,
+                    b.producer.producer_epoch,
+                    b.producer.base_sequence,
+                    b.last_offset_delta + 1,
+                    b.base_offset,
+                    b.last_offset(),
+                    now,
+                );
+            }
+            pos += h.frame_len;
+        }
+    }
+    Ok(())
+}
+
 /// Reads frames of one segment from `pos`, skipping those that end before `offset`, into
 /// `result` until `budget` runs out. Returns false when the budget stopped it.
-fn read_segment(view: &SegmentView, mut pos: u64, offset: i64, budget: &mut usize, result: &mut ReadResult) -> Result<bool> {
+fn read_segment(
+    view: &SegmentView,
+    mut pos: u64,
+    offset: i64,
+    budget: &mut usize,
+    result: &mut ReadResult,
+) -> Result<bool> {
     // Skip frames that end before the requested offset (at most one index interval of them).
     while pos < view.end {
         let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
@@ -576,12 +797,16 @@ fn read_segment(view: &SegmentView, mut pos: u64, offset: i64, budget: &mut usiz
         return Ok(true);
     }
     let first = segment::read_header(&view.file, &view.path, pos, view.end)?;
-    let want = (first.frame_len as usize).max(*budget).min((view.end - pos) as usize);
+    let want = (first.frame_len as usize)
+        .max(*budget)
+        .min((view.end - pos) as usize);
     let chunk = segment::read_aligned(&view.file, &view.path, pos, want)?;
     let mut at = 0usize;
     while at + frame::HEADER_LEN <= chunk.len() {
-        let h = frame::FrameHeader::parse(&chunk[at..])
-            .map_err(|reason| BrokerError::Corrupt { path: view.path.clone(), reason })?;
+        let h = frame::FrameHeader::parse(&chunk[at..]).map_err(|reason| BrokerError::Corrupt {
+            path: view.path.clone(),
+            reason,
+        })?;
         let len = h.frame_len as usize;
         if at + len > chunk.len() || (!result.batches.is_empty() && len > *budget) {
             break;
@@ -606,7 +831,10 @@ fn read_segment(view: &SegmentView, mut pos: u64, offset: i64, budget: &mut usiz
         *budget = budget.saturating_sub(len);
         result.next_offset = h.batch.next_offset();
         if records.num_rows() > 0 {
-            result.batches.push(StoredBatch { header: h.batch, records });
+            result.batches.push(StoredBatch {
+                header: h.batch,
+                records,
+            });
         }
         at += len;
         if *budget == 0 {

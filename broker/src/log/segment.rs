@@ -60,9 +60,19 @@ pub struct SegmentView {
 
 impl Segment {
     /// Creates an empty segment file (fails if it exists).
-    pub fn create(dir: &Path, base_offset: i64, index_interval_bytes: u64, now_ms: i64) -> Result<Segment> {
+    pub fn create(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Segment> {
         let path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).at(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
         Ok(Segment {
             base_offset,
             path,
@@ -87,7 +97,11 @@ impl Segment {
         index_interval_bytes: u64,
     ) -> Result<(Segment, Option<Truncation>)> {
         let path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
         let meta = file.metadata().at(&path)?;
         let created_ms = meta
             .created()
@@ -130,7 +144,9 @@ impl Segment {
         let mut max_ts = i64::MIN;
         let mut next = self.base_offset;
         while pos < len {
-            let Ok(h) = self.read_header(pos, len) else { return Ok(false) };
+            let Ok(h) = self.read_header(pos, len) else {
+                return Ok(false);
+            };
             next = h.batch.next_offset();
             max_ts = max_ts.max(h.batch.max_timestamp);
             pos += h.frame_len;
@@ -156,7 +172,10 @@ impl Segment {
         let mut reason = None;
         while pos < len {
             if len - pos < HEADER_LEN as u64 {
-                reason = Some(format!("{} trailing bytes are shorter than a frame header", len - pos));
+                reason = Some(format!(
+                    "{} trailing bytes are shorter than a frame header",
+                    len - pos
+                ));
                 break;
             }
             frame.resize(HEADER_LEN, 0);
@@ -172,7 +191,11 @@ impl Segment {
                 }
             };
             if header.frame_len > len - pos {
-                reason = Some(format!("frame of {} bytes is cut off at {} bytes", header.frame_len, len - pos));
+                reason = Some(format!(
+                    "frame of {} bytes is cut off at {} bytes",
+                    header.frame_len,
+                    len - pos
+                ));
                 break;
             }
             frame.resize(header.frame_len as usize, 0);
@@ -210,10 +233,16 @@ impl Segment {
 
     /// Updates the in-memory facts and indexes for a frame written at `pos`.
     fn note_frame(&mut self, pos: u64, batch: &BatchHeader, frame_len: u64) {
-        debug_assert!(batch.base_offset >= self.next_offset, "offsets must increase");
+        debug_assert!(
+            batch.base_offset >= self.next_offset,
+            "offsets must increase"
+        );
         if pos == 0 || self.bytes_since_index >= self.index_interval_bytes {
             self.offset_index.push(batch.base_offset, pos);
-            self.time_index.push(self.max_timestamp.max(batch.max_timestamp), batch.base_offset);
+            self.time_index.push(
+                self.max_timestamp.max(batch.max_timestamp),
+                batch.base_offset,
+            );
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += frame_len;
@@ -242,8 +271,12 @@ impl Segment {
     /// Persists both indexes (done when the segment closes or the log shuts down).
     pub fn save_indexes(&self) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        self.offset_index.save(&dir.join(file_name(self.base_offset, "index")), self.size)?;
-        self.time_index.save(&dir.join(file_name(self.base_offset, "timeindex")), self.size)
+        self.offset_index
+            .save(&dir.join(file_name(self.base_offset, "index")), self.size)?;
+        self.time_index.save(
+            &dir.join(file_name(self.base_offset, "timeindex")),
+            self.size,
+        )
     }
 
     /// Removes the segment's files.
@@ -261,7 +294,12 @@ impl Segment {
     }
 
     pub fn view(&self) -> SegmentView {
-        SegmentView { base_offset: self.base_offset, path: self.path.clone(), file: self.file.clone(), end: self.size }
+        SegmentView {
+            base_offset: self.base_offset,
+            path: self.path.clone(),
+            file: self.file.clone(),
+            end: self.size,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -273,13 +311,21 @@ impl Segment {
 pub fn read_header(file: &File, path: &Path, pos: u64, end: u64) -> Result<FrameHeader> {
     let mut buf = [0u8; HEADER_LEN];
     if end.saturating_sub(pos) < HEADER_LEN as u64 {
-        return Err(BrokerError::Corrupt { path: path.to_owned(), reason: format!("no frame header at position {pos}") });
+        return Err(BrokerError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("no frame header at position {pos}"),
+        });
     }
     file.read_exact_at(&mut buf, pos).at(path)?;
-    let header = FrameHeader::parse(&buf)
-        .map_err(|reason| BrokerError::Corrupt { path: path.to_owned(), reason: format!("at position {pos}: {reason}") })?;
+    let header = FrameHeader::parse(&buf).map_err(|reason| BrokerError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("at position {pos}: {reason}"),
+    })?;
     if pos + header.frame_len > end {
-        return Err(BrokerError::Corrupt { path: path.to_owned(), reason: format!("frame at {pos} runs past {end}") });
+        return Err(BrokerError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("frame at {pos} runs past {end}"),
+        });
     }
     Ok(header)
 }

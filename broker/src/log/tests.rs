@@ -12,7 +12,11 @@ use crate::config::{CleanupPolicy, LogConfig};
 use crate::record::{Record, batch_to_records, records_to_batch};
 
 fn small_segments() -> LogConfig {
-    LogConfig { segment_bytes: 4096, index_interval_bytes: 512, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        ..LogConfig::default()
+    }
 }
 
 fn open(dir: &Path, config: LogConfig) -> Log {
@@ -23,7 +27,11 @@ fn open(dir: &Path, config: LogConfig) -> Log {
 }
 
 fn rec(i: i64) -> Record {
-    Record::new(1_000 + i, Some(format!("key-{}", i % 7).as_bytes()), Some(format!("value-{i}").as_bytes()))
+    Record::new(
+        1_000 + i,
+        Some(format!("key-{}", i % 7).as_bytes()),
+        Some(format!("value-{i}").as_bytes()),
+    )
 }
 
 fn append(log: &Log, records: &[Record]) -> AppendInfo {
@@ -45,7 +53,10 @@ fn read_all(log: &Log, mut offset: i64) -> Vec<Record> {
             out.extend(batch_to_records(&b.records).unwrap_or_default());
         }
         if res.next_offset == offset {
-            assert_eq!(offset, res.high_watermark, "a read that makes no progress must be at the end");
+            assert_eq!(
+                offset, res.high_watermark,
+                "a read that makes no progress must be at the end"
+            );
             return out;
         }
         offset = res.next_offset;
@@ -64,7 +75,9 @@ fn round_trip_keys_nulls_headers_timestamps() {
     let dir = tempdir();
     let log = open(dir.path(), LogConfig::default());
     let records = vec![
-        Record::new(5, Some(b"k"), Some(b"v")).with_header("trace", Some(b"abc")).with_header("empty", None),
+        Record::new(5, Some(b"k"), Some(b"v"))
+            .with_header("trace", Some(b"abc"))
+            .with_header("empty", None),
         Record::new(-1, None, None),
         Record::new(i64::MAX, Some(b""), Some(b"")),
         Record::new(7, None, Some(&[0u8, 255, 1])),
@@ -72,7 +85,14 @@ fn round_trip_keys_nulls_headers_timestamps() {
     let info = append(&log, &records);
     assert_eq!((info.base_offset, info.last_offset), (0, 3));
     let got = read_all(&log, 0);
-    let expected: Vec<Record> = records.iter().enumerate().map(|(i, r)| Record { offset: i as i64, ..r.clone() }).collect();
+    let expected: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            offset: i as i64,
+            ..r.clone()
+        })
+        .collect();
     assert_eq!(got, expected);
 }
 
@@ -84,17 +104,27 @@ fn reads_from_any_offset_across_segments() {
     for chunk in all.chunks(7) {
         append(&log, chunk);
     }
-    assert!(log.offsets().segments > 5, "small segment.bytes must roll: {:?}", log.offsets());
+    assert!(
+        log.offsets().segments > 5,
+        "small segment.bytes must roll: {:?}",
+        log.offsets()
+    );
     for start in [0, 1, 6, 7, 8, 99, 150, 298, 299, 300] {
         let got = read_all(&log, start);
         let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, (start..300).collect::<Vec<_>>(), "from {start}");
         for r in &got {
-            assert_eq!(Some(r.value.clone().unwrap_or_default()), Some(bytes::Bytes::from(format!("value-{}", r.offset))));
+            assert_eq!(
+                Some(r.value.clone().unwrap_or_default()),
+                Some(bytes::Bytes::from(format!("value-{}", r.offset)))
+            );
         }
     }
     // Beyond the end is out of range; the end itself is empty.
-    assert!(matches!(log.read(301, 100), Err(BrokerError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(301, 100),
+        Err(BrokerError::OffsetOutOfRange { .. })
+    ));
     assert_eq!(log.read(300, 100).map(|r| r.batches.len()).ok(), Some(0));
 }
 
@@ -106,9 +136,16 @@ fn max_bytes_bounds_reads_but_returns_at_least_one_batch() {
         append(&log, &[Record::new(i, None, Some(&vec![b'x'; 2000]))]);
     }
     let one = log.read(0, 1).ok().map(|r| r.batches.len());
-    assert_eq!(one, Some(1), "a tiny max_bytes still returns the first batch");
+    assert_eq!(
+        one,
+        Some(1),
+        "a tiny max_bytes still returns the first batch"
+    );
     let some = log.read(0, 5000).ok().map(|r| r.batches.len()).unwrap_or(0);
-    assert!((1..10).contains(&some), "5000 bytes holds some but not all 2 KB batches: {some}");
+    assert!(
+        (1..10).contains(&some),
+        "5000 bytes holds some but not all 2 KB batches: {some}"
+    );
 }
 
 #[test]
@@ -125,16 +162,25 @@ fn reopen_keeps_data_and_uses_or_rebuilds_indexes() {
     assert_eq!(read_all(&log, 123).len(), 77);
     drop(log);
     // Damage every persisted index: they must be detected as stale and rebuilt.
-    for entry in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "index" || e == "timeindex") {
+        if p.extension()
+            .is_some_and(|e| e == "index" || e == "timeindex")
+        {
             let _ = std::fs::write(&p, b"garbage");
         }
     }
     let log = open(dir.path(), small_segments());
     assert_eq!(log.end_offset(), 200);
     assert_eq!(read_all(&log, 0).len(), 200);
-    assert_eq!(log.offset_for_timestamp(1_000 + 150).ok().flatten(), Some((150, 1_150)));
+    assert_eq!(
+        log.offset_for_timestamp(1_000 + 150).ok().flatten(),
+        Some((150, 1_150))
+    );
 }
 
 #[test]
@@ -142,46 +188,101 @@ fn offset_for_timestamp_finds_first_at_or_after() {
     let dir = tempdir();
     let log = open(dir.path(), small_segments());
     // Timestamps 0, 10, 20, ... with one out-of-order record.
-    let mut records: Vec<Record> = (0..100).map(|i| Record::new(i * 10, None, Some(b"v"))).collect();
+    let mut records: Vec<Record> = (0..100)
+        .map(|i| Record::new(i * 10, None, Some(b"v")))
+        .collect();
     records[50].timestamp_ms = 5;
     for chunk in records.chunks(3) {
         append(&log, chunk);
     }
     assert_eq!(log.offset_for_timestamp(0).ok().flatten(), Some((0, 0)));
     assert_eq!(log.offset_for_timestamp(5).ok().flatten(), Some((1, 10)));
-    assert_eq!(log.offset_for_timestamp(495).ok().flatten(), Some((51, 510)));
-    assert_eq!(log.offset_for_timestamp(990).ok().flatten(), Some((99, 990)));
+    assert_eq!(
+        log.offset_for_timestamp(495).ok().flatten(),
+        Some((51, 510))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(990).ok().flatten(),
+        Some((99, 990))
+    );
     assert_eq!(log.offset_for_timestamp(991).ok().flatten(), None);
 }
 
 #[test]
 fn bad_input_is_refused_and_nothing_is_appended() {
     let dir = tempdir();
-    let log = open(dir.path(), LogConfig { max_message_bytes: 100, ..LogConfig::default() });
+    let log = open(
+        dir.path(),
+        LogConfig {
+            max_message_bytes: 100,
+            ..LogConfig::default()
+        },
+    );
     append(&log, &[rec(0)]);
-    let too_big = vec![Record::new(1, None, Some(b"ok")), Record::new(1, None, Some(&[0u8; 101]))];
+    let too_big = vec![
+        Record::new(1, None, Some(b"ok")),
+        Record::new(1, None, Some(&[0u8; 101])),
+    ];
     let err = log.append_unflushed(&records_to_batch(&too_big), ProducerInfo::NONE);
-    assert!(matches!(err, Err(BrokerError::RecordTooLarge { index: 1, size: 101, max: 100, .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Err(BrokerError::RecordTooLarge {
+                index: 1,
+                size: 101,
+                max: 100,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     // Headers count towards the size too.
     let big_header = vec![Record::new(1, None, Some(b"x")).with_header("h", Some(&[0u8; 100]))];
-    assert!(log.append_unflushed(&records_to_batch(&big_header), ProducerInfo::NONE).is_err());
+    assert!(
+        log.append_unflushed(&records_to_batch(&big_header), ProducerInfo::NONE)
+            .is_err()
+    );
     let empty = records_to_batch(&[]);
-    assert!(matches!(log.append_unflushed(&empty, ProducerInfo::NONE), Err(BrokerError::InvalidRecords(_))));
+    assert!(matches!(
+        log.append_unflushed(&empty, ProducerInfo::NONE),
+        Err(BrokerError::InvalidRecords(_))
+    ));
     assert_eq!(log.end_offset(), 1, "nothing appended by refused batches");
     assert_eq!(read_all(&log, 0).len(), 1);
 
     let compacted = tempdir();
-    let log = open(compacted.path(), LogConfig { cleanup_policy: CleanupPolicy { compact: true, delete: false }, ..LogConfig::default() });
-    let err = log.append_unflushed(&records_to_batch(&[Record::new(1, None, Some(b"v"))]), ProducerInfo::NONE);
+    let log = open(
+        compacted.path(),
+        LogConfig {
+            cleanup_policy: CleanupPolicy {
+                compact: true,
+                delete: false,
+            },
+            ..LogConfig::default()
+        },
+    );
+    let err = log.append_unflushed(
+        &records_to_batch(&[Record::new(1, None, Some(b"v"))]),
+        ProducerInfo::NONE,
+    );
     let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(msg.contains("has no key") && msg.contains("compacted"), "{msg}");
+    assert!(
+        msg.contains("has no key") && msg.contains("compacted"),
+        "{msg}"
+    );
     assert_eq!(log.end_offset(), 0);
 }
 
 #[test]
 fn log_append_time_overrides_timestamps() {
     let dir = tempdir();
-    let log = open(dir.path(), LogConfig { timestamp_type: crate::config::TimestampType::LogAppendTime, ..LogConfig::default() });
+    let log = open(
+        dir.path(),
+        LogConfig {
+            timestamp_type: crate::config::TimestampType::LogAppendTime,
+            ..LogConfig::default()
+        },
+    );
     let before = now_ms();
     let info = append(&log, &[Record::new(1, None, Some(b"v"))]);
     let stamped = info.log_append_time_ms.unwrap_or(0);
@@ -189,13 +290,19 @@ fn log_append_time_overrides_timestamps() {
     let got = read_all(&log, 0);
     assert_eq!(got[0].timestamp_ms, stamped);
     let res = log.read(0, 1000).ok();
-    assert_eq!(res.map(|r| r.batches[0].header.producer.attributes & attributes::LOG_APPEND_TIME), Some(attributes::LOG_APPEND_TIME));
+    assert_eq!(
+        res.map(|r| r.batches[0].header.producer.attributes & attributes::LOG_APPEND_TIME),
+        Some(attributes::LOG_APPEND_TIME)
+    );
 }
 
 #[test]
 fn retention_deletes_only_closed_segments_past_limits() {
     let dir = tempdir();
-    let config = LogConfig { retention_ms: Some(60_000), ..small_segments() };
+    let config = LogConfig {
+        retention_ms: Some(60_000),
+        ..small_segments()
+    };
     let log = open(dir.path(), config);
     // Old records (timestamp 1_000..) fill several segments; the last segment stays active.
     for chunk in (0..100).map(rec).collect::<Vec<_>>().chunks(5) {
@@ -207,15 +314,25 @@ fn retention_deletes_only_closed_segments_past_limits() {
     assert_eq!(log.enforce_retention(2_000).ok(), Some(0));
     let deleted = log.enforce_retention(now_ms()).unwrap_or(0);
     let after = log.offsets();
-    assert_eq!(deleted, before.segments - 1, "every closed segment expired; the active one stays");
+    assert_eq!(
+        deleted,
+        before.segments - 1,
+        "every closed segment expired; the active one stays"
+    );
     assert_eq!(after.segments, 1);
     assert!(after.log_start_offset > 0 && after.log_start_offset < 100);
     assert_eq!(after.log_end_offset, 100);
     let err = log.read(0, 100);
-    assert!(matches!(err, Err(BrokerError::OffsetOutOfRange { offset: 0, .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(BrokerError::OffsetOutOfRange { offset: 0, .. })),
+        "{err:?}"
+    );
     let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("valid offsets are"), "{msg}");
-    assert_eq!(read_all(&log, after.log_start_offset).len() as i64, 100 - after.log_start_offset);
+    assert_eq!(
+        read_all(&log, after.log_start_offset).len() as i64,
+        100 - after.log_start_offset
+    );
     // The start offset survives a reopen.
     drop(log);
     let log = open(dir.path(), small_segments());
@@ -225,7 +342,14 @@ fn retention_deletes_only_closed_segments_past_limits() {
 #[test]
 fn retention_by_bytes_keeps_the_newest() {
     let dir = tempdir();
-    let log = open(dir.path(), LogConfig { retention_ms: None, retention_bytes: Some(8192), ..small_segments() });
+    let log = open(
+        dir.path(),
+        LogConfig {
+            retention_ms: None,
+            retention_bytes: Some(8192),
+            ..small_segments()
+        },
+    );
     for chunk in (0..200).map(rec).collect::<Vec<_>>().chunks(5) {
         append(&log, chunk);
     }
@@ -234,14 +358,25 @@ fn retention_by_bytes_keeps_the_newest() {
     let deleted = log.enforce_retention(now_ms()).unwrap_or(0);
     let after = log.offsets();
     assert!(deleted > 0);
-    assert!(after.size_bytes >= 8192, "never below the limit: {}", after.size_bytes);
-    assert!(after.size_bytes < 8192 + 4096, "within one segment of it: {}", after.size_bytes);
+    assert!(
+        after.size_bytes >= 8192,
+        "never below the limit: {}",
+        after.size_bytes
+    );
+    assert!(
+        after.size_bytes < 8192 + 4096,
+        "within one segment of it: {}",
+        after.size_bytes
+    );
     assert_eq!(after.log_end_offset, 200);
 }
 
 fn compacted_config() -> LogConfig {
     LogConfig {
-        cleanup_policy: CleanupPolicy { compact: true, delete: false },
+        cleanup_policy: CleanupPolicy {
+            compact: true,
+            delete: false,
+        },
         delete_retention_ms: 60_000,
         ..small_segments()
     }
@@ -254,34 +389,60 @@ fn fill_compacted(log: &Log) -> std::collections::BTreeMap<String, (i64, Option<
     let mut offset = 0;
     for version in 0..6 {
         let batch: Vec<Record> = (0..50)
-            .map(|k| Record::new(1_000 + offset, Some(format!("k{k}").as_bytes()), Some(format!("k{k}-v{version}").as_bytes())))
+            .map(|k| {
+                Record::new(
+                    1_000 + offset,
+                    Some(format!("k{k}").as_bytes()),
+                    Some(format!("k{k}-v{version}").as_bytes()),
+                )
+            })
             .collect();
         for (k, _) in batch.iter().enumerate() {
-            latest.insert(format!("k{k}"), (offset + k as i64, Some(format!("k{k}-v{version}"))));
+            latest.insert(
+                format!("k{k}"),
+                (offset + k as i64, Some(format!("k{k}-v{version}"))),
+            );
         }
         offset += batch.len() as i64;
         for chunk in batch.chunks(10) {
             append(log, chunk);
         }
     }
-    let tombstones: Vec<Record> = (0..5).map(|k| Record::new(5_000, Some(format!("k{k}").as_bytes()), None)).collect();
+    let tombstones: Vec<Record> = (0..5)
+        .map(|k| Record::new(5_000, Some(format!("k{k}").as_bytes()), None))
+        .collect();
     append(log, &tombstones);
     for k in 0..5 {
         latest.insert(format!("k{k}"), (offset + k, None));
     }
     // One more batch so the tombstones sit in a closed segment.
     for _ in 0..30 {
-        append(log, &[Record::new(9_000, Some(b"filler"), Some(&[0u8; 200]))]);
+        append(
+            log,
+            &[Record::new(9_000, Some(b"filler"), Some(&[0u8; 200]))],
+        );
     }
     latest
 }
 
-fn check_latest(log: &Log, latest: &std::collections::BTreeMap<String, (i64, Option<String>)>, tombstones_expected: bool) {
+fn check_latest(
+    log: &Log,
+    latest: &std::collections::BTreeMap<String, (i64, Option<String>)>,
+    tombstones_expected: bool,
+) {
     let all = read_all(log, log.offsets().log_start_offset);
     let mut seen = std::collections::BTreeMap::new();
     for r in &all {
         let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
-        seen.insert(key, (r.offset, r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())));
+        seen.insert(
+            key,
+            (
+                r.offset,
+                r.value
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+            ),
+        );
     }
     for (key, (offset, value)) in latest {
         match (seen.get(key), value, tombstones_expected) {
@@ -301,12 +462,19 @@ async fn compaction_keeps_latest_per_key_at_original_offsets() {
     let before = read_all(&log, 0).len();
     // Clock: tombstones are younger than delete.retention.ms, so they stay this time.
     let stats = log.compact_until(10_000, None).await.unwrap_or_default();
-    assert!(stats.segments_cleaned > 0 && stats.records_removed > 0, "{stats:?}");
+    assert!(
+        stats.segments_cleaned > 0 && stats.records_removed > 0,
+        "{stats:?}"
+    );
     let after = read_all(&log, 0);
     assert!(after.len() < before);
     check_latest(&log, &latest, true);
     // Older versions are gone: each key (other than the filler in the active segment) once at most.
-    let mut keys: Vec<_> = after.iter().filter(|r| r.key.as_deref() != Some(b"filler")).map(|r| r.key.clone()).collect();
+    let mut keys: Vec<_> = after
+        .iter()
+        .filter(|r| r.key.as_deref() != Some(b"filler"))
+        .map(|r| r.key.clone())
+        .collect();
     let n = keys.len();
     keys.sort();
     keys.dedup();
@@ -317,7 +485,12 @@ async fn compaction_keeps_latest_per_key_at_original_offsets() {
     // Later: tombstones have expired and are removed too.
     log.compact_until(i64::MAX / 2, None).await.ok();
     let after = read_all(&log, 0);
-    assert!(after.iter().all(|r| r.value.is_some() || r.offset >= end - 30), "expired tombstones removed");
+    assert!(
+        after
+            .iter()
+            .all(|r| r.value.is_some() || r.offset >= end - 30),
+        "expired tombstones removed"
+    );
     check_latest(&log, &latest, false);
     // Reading from an offset inside a gap starts at the next surviving record.
     let from_gap = read_all(&log, 1);
@@ -336,7 +509,12 @@ async fn crash_in_the_middle_of_a_clean_loses_nothing() {
         };
         // "Restart": the unfinished clean is either discarded or completed by the rename.
         let log = open(dir.path(), compacted_config());
-        let leftovers = std::fs::read_dir(dir.path()).into_iter().flatten().flatten().filter(|e| e.path().to_string_lossy().ends_with(".cleaned")).count();
+        let leftovers = std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().to_string_lossy().ends_with(".cleaned"))
+            .count();
         assert_eq!(leftovers, 0, "{crash:?}: unfinished output removed");
         check_latest(&log, &latest, true);
         // Cleaning again works and still keeps everything.
@@ -348,14 +526,24 @@ async fn crash_in_the_middle_of_a_clean_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_makes_concurrent_appends_durable() {
     let dir = tempdir();
-    let log = Arc::new(open(dir.path(), LogConfig { flush_messages: Some(1), ..LogConfig::default() }));
+    let log = Arc::new(open(
+        dir.path(),
+        LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        },
+    ));
     let mut tasks = Vec::new();
     for t in 0..64 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
-                let info = log.append(&records_to_batch(&[rec(t * 100 + i)]), ProducerInfo::NONE).await;
-                let Ok(info) = info else { panic!("append failed: {info:?}") };
+                let info = log
+                    .append(&records_to_batch(&[rec(t * 100 + i)]), ProducerInfo::NONE)
+                    .await;
+                let Ok(info) = info else {
+                    panic!("append failed: {info:?}")
+                };
                 // Acknowledged means durable.
                 assert!(log.offsets().durable_offset > info.last_offset);
             }
@@ -376,7 +564,9 @@ fn crash_case(batch_sizes: &[usize], damage_at_fraction: f64, flip: bool) {
     {
         let log = open(dir.path(), LogConfig::default());
         for (i, &n) in batch_sizes.iter().enumerate() {
-            let records: Vec<Record> = (0..n).map(|j| Record::new(j as i64, Some(&[i as u8]), Some(&vec![b'a'; j * 3]))).collect();
+            let records: Vec<Record> = (0..n)
+                .map(|j| Record::new(j as i64, Some(&[i as u8]), Some(&vec![b'a'; j * 3])))
+                .collect();
             append(&log, &records);
             ends.push((log.offsets().size_bytes, log.end_offset()));
         }
@@ -394,12 +584,23 @@ fn crash_case(batch_sizes: &[usize], damage_at_fraction: f64, flip: bool) {
         let _ = f.set_len(at);
     }
     // Whole batches that end at or before the damage survive; nothing after it.
-    let expected_end = ends.iter().take_while(|(pos, _)| if flip { *pos <= at } else { *pos <= at }).last().map_or(0, |&(_, end)| end);
+    let expected_end = ends
+        .iter()
+        .take_while(|(pos, _)| if flip { *pos <= at } else { *pos <= at })
+        .last()
+        .map_or(0, |&(_, end)| end);
     let log = open(dir.path(), LogConfig::default());
-    assert_eq!(log.end_offset(), expected_end, "damage at {at} of {len} (flip {flip})");
+    assert_eq!(
+        log.end_offset(),
+        expected_end,
+        "damage at {at} of {len} (flip {flip})"
+    );
     let got = read_all(&log, 0);
     assert_eq!(got.len() as i64, expected_end);
-    assert!(got.iter().enumerate().all(|(i, r)| r.offset == i as i64), "offsets stay contiguous");
+    assert!(
+        got.iter().enumerate().all(|(i, r)| r.offset == i as i64),
+        "offsets stay contiguous"
+    );
     // The log keeps working after recovery.
     let info = append(&log, &[rec(0)]);
     assert_eq!(info.base_offset, expected_end);

@@ -1,0 +1,156 @@
+//! A global allocator that keeps hostile length prefixes from aborting the process.
+//!
+//! Kafka's wire format carries element counts (arrays, records, headers) that decoders turn into
+//! `Vec::with_capacity(count)` before reading a single element; the `kafka-protocol` crate does
+//! this too (an open upstream bug). A frame of a few bytes that claims 2^31 elements then asks for
+//! hundreds of gigabytes, the kernel's overcommit heuristic refuses, and Rust aborts the process
+//! on allocation failure: one malformed request would take the broker down.
+//!
+//! [`GuardedAlloc`] serves any request of at least [`HUGE_BYTES`] with an anonymous
+//! `MAP_NORESERVE` mapping: address space only, no memory until a page is touched. The decoder
+//! then fails on the missing bytes, the vector is dropped and the mapping unmapped; nothing was
+//! ever committed. Real allocations that large (none exist in Quiver; requests are capped at
+//! `socket.request.max.bytes`) still work and use memory as they touch it. Everything smaller
+//! goes to the system allocator untouched.
+//!
+//! Register it in a binary with `#[global_allocator] static A: GuardedAlloc = GuardedAlloc;`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+/// Requests at least this large are served by a no-reserve mapping.
+pub const HUGE_BYTES: usize = 1 << 32;
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuardedAlloc;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as usize } else { 4096 }
+}
+
+fn mapped(layout: &Layout) -> bool {
+    layout.size() >= HUGE_BYTES && layout.align() <= page_size()
+}
+
+// SAFETY: every method either forwards to `System` with the caller's layout unchanged, or, for
+// layouts that satisfy `mapped`, uses mmap/munmap of exactly `layout.size()` bytes. mmap returns
+// page-aligned memory, and `mapped` admits only alignments up to the page size, so the alignment
+// contract holds. `dealloc` and `realloc` decide by the same `mapped(layout)` test that `alloc`
+// used for that layout (the caller must pass the layout the block was allocated with), so a
+// block is always returned to the allocator that produced it. Nothing here unwinds.
+unsafe impl GlobalAlloc for GuardedAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !mapped(&layout) {
+            // SAFETY: forwarded with the caller's layout.
+            return unsafe { System.alloc(layout) };
+        }
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            std::ptr::null_mut()
+        } else {
+            p.cast()
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !mapped(&layout) {
+            // SAFETY: forwarded with the caller's layout.
+            return unsafe { System.alloc_zeroed(layout) };
+        }
+        // Anonymous mappings are zero-filled.
+        // SAFETY: same contract as `alloc`.
+        unsafe { self.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if mapped(&layout) {
+            // SAFETY: `ptr` came from our mmap of `layout.size()` bytes (see the impl comment).
+            unsafe { libc::munmap(ptr.cast(), layout.size()) };
+        } else {
+            // SAFETY: `ptr` came from `System` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees `new_size` with `layout.align()` is a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        if !mapped(&layout) && !mapped(&new_layout) {
+            // SAFETY: both old and new blocks belong to `System`.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        // Crossing the threshold (or resizing a mapping): allocate, copy, free.
+        // SAFETY: `new_layout` is valid; the copy covers the smaller of the two sizes, both of
+        // which are readable/writable; the old block is freed with its own layout.
+        unsafe {
+            let new = self.alloc(new_layout);
+            if !new.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            new
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_untouched_allocation_costs_nothing_and_frees() {
+        let a = GuardedAlloc;
+        // 1 TiB: far beyond this machine's memory; the overcommit heuristic would refuse it.
+        let Ok(layout) = Layout::from_size_align(1 << 40, 8) else {
+            panic!("layout")
+        };
+        // SAFETY: layout is non-zero sized; the block is freed with the same layout.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null(), "a no-reserve mapping of 1 TiB succeeds");
+            *p = 7; // touching one page commits one page
+            assert_eq!(*p, 7);
+            a.dealloc(p, layout);
+        }
+    }
+
+    #[test]
+    fn small_allocations_and_growth_across_the_threshold_work() {
+        let a = GuardedAlloc;
+        let Ok(small) = Layout::from_size_align(64, 8) else {
+            panic!("layout")
+        };
+        // SAFETY: each block is used within its size and freed with its final layout.
+        unsafe {
+            let p = a.alloc(small);
+            assert!(!p.is_null());
+            p.write_bytes(0xab, 64);
+            let grown = a.realloc(p, small, HUGE_BYTES);
+            assert!(!grown.is_null());
+            assert_eq!(
+                *grown.add(63),
+                0xab,
+                "contents survive the move into a mapping"
+            );
+            let Ok(big) = Layout::from_size_align(HUGE_BYTES, 8) else {
+                panic!("layout")
+            };
+            let shrunk = a.realloc(grown, big, 32);
+            assert_eq!(*shrunk.add(31), 0xab);
+            a.dealloc(shrunk, Layout::from_size_align_unchecked(32, 8));
+        }
+    }
+}

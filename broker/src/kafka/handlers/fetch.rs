@@ -1,0 +1,141 @@
+//! Fetch: reads Arrow batches from the logs and encodes them as Kafka record batches. When less
+//! than `min_bytes` is available, the request waits (up to `max_wait_ms`) on the logs' append
+//! notifications — it wakes when data arrives, it does not poll.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::BrokerId;
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::{
+    FetchResponse, FetchableTopicResponse, PartitionData,
+};
+
+use super::{Ctx, error_code};
+use crate::kafka::records;
+
+/// Longest wait a client may ask for.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
+
+pub async fn handle(ctx: &Ctx, version: i16, req: FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let deadline = Instant::now() + wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    loop {
+        // Subscribe before reading, so an append between the read and the wait is not missed.
+        let mut watchers = Vec::new();
+        for t in &req.topics {
+            for p in &t.partitions {
+                if let Ok(log) = ctx.broker.log(&t.topic.0, p.partition) {
+                    watchers.push(log.subscribe());
+                }
+            }
+        }
+        let (resp, bytes, any_error) = read_once(ctx, version, &req);
+        let now = Instant::now();
+        if bytes >= min_bytes.max(1) || any_error || now >= deadline {
+            return resp;
+        }
+        if watchers.is_empty() {
+            tokio::time::sleep(deadline - now).await;
+            return resp;
+        }
+        let changes = watchers.iter_mut().map(|w| w.changed().boxed());
+        let _ = tokio::time::timeout(deadline - now, futures::future::select_all(changes)).await;
+    }
+}
+
+/// One pass over the requested partitions. Returns the response, record bytes in it, and
+/// whether any partition had an error (which answers the fetch at once).
+fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usize, bool) {
+    let mut budget = if req.max_bytes > 0 {
+        req.max_bytes as usize
+    } else {
+        usize::MAX
+    };
+    let mut total = 0usize;
+    let mut any_error = false;
+    let read_committed = req.isolation_level == 1;
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let mut data = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_aborted_transactions(read_committed.then(Vec::new));
+            let log = match ctx.broker.log(&t.topic.0, p.partition) {
+                Ok(log) => log,
+                Err(e) => {
+                    any_error = true;
+                    partitions.push(data.with_error_code(error_code(&e)));
+                    continue;
+                }
+            };
+            let per_partition = (p.partition_max_bytes.max(0) as usize).min(budget);
+            // The first batch of a response is always sent whole, so a large batch cannot stall a consumer.
+            let max = if total == 0 {
+                per_partition.max(1)
+            } else {
+                per_partition
+            };
+            let read = if max == 0 {
+                log.read(p.fetch_offset, 0).map(|mut r| {
+                    r.batches.clear();
+                    r
+                })
+            } else {
+                log.read(p.fetch_offset, max)
+            };
+            match read {
+                Ok(result) => {
+                    let mut out = Vec::new();
+                    for b in &result.batches {
+                        if let Err(e) = records::encode_batch(&mut out, &b.header, &b.records) {
+                            tracing::error!(topic = %t.topic.0.as_str(), partition = p.partition, error = %e, "cannot encode a stored batch");
+                            any_error = true;
+                            data = data.with_error_code(ResponseError::CorruptMessage.code());
+                            break;
+                        }
+                    }
+                    total += out.len();
+                    budget = budget.saturating_sub(out.len());
+                    data = data
+                        .with_high_watermark(result.high_watermark)
+                        .with_last_stable_offset(result.high_watermark)
+                        .with_log_start_offset(result.log_start_offset)
+                        .with_records(Some(Bytes::from(out)));
+                }
+                Err(e) => {
+                    any_error = true;
+                    let o = log.offsets();
+                    data = data
+                        .with_error_code(error_code(&e))
+                        .with_high_watermark(o.log_end_offset)
+                        .with_last_stable_offset(o.log_end_offset)
+                        .with_log_start_offset(o.log_start_offset);
+                }
+            }
+            if version < 5 {
+                data.log_start_offset = -1;
+            }
+            partitions.push(data);
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (
+        FetchResponse::default().with_responses(topics),
+        total,
+        any_error,
+    )
+}

@@ -1,0 +1,107 @@
+//! ListOffsets (earliest, latest, by timestamp, max timestamp) and OffsetForLeaderEpoch (every
+//! partition has leader epoch 0 on this single node).
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderEpochRequest;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
+
+use super::{Ctx, error_code};
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+
+pub fn handle(ctx: &Ctx, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let resp = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_leader_epoch(if version >= 4 { 0 } else { -1 });
+                    let log = match ctx.broker.log(&t.name.0, p.partition_index) {
+                        Ok(log) => log,
+                        Err(e) => {
+                            return resp
+                                .with_error_code(error_code(&e))
+                                .with_offset(-1)
+                                .with_timestamp(-1);
+                        }
+                    };
+                    let o = log.offsets();
+                    let found = match p.timestamp {
+                        LATEST => Ok(Some((o.log_end_offset, -1))),
+                        EARLIEST | EARLIEST_LOCAL => Ok(Some((o.log_start_offset, -1))),
+                        MAX_TIMESTAMP => log
+                            .max_timestamp()
+                            .map_or(Ok(None), |ts| log.offset_for_timestamp(ts)),
+                        ts if ts >= 0 => log.offset_for_timestamp(ts),
+                        other => {
+                            return resp
+                                .with_error_code(ResponseError::InvalidRequest.code())
+                                .with_offset(-1)
+                                .with_timestamp(other);
+                        }
+                    };
+                    match found {
+                        Ok(Some((offset, ts))) => resp.with_offset(offset).with_timestamp(ts),
+                        Ok(None) => resp.with_offset(-1).with_timestamp(-1),
+                        Err(e) => resp
+                            .with_error_code(error_code(&e))
+                            .with_offset(-1)
+                            .with_timestamp(-1),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+pub fn offset_for_leader_epoch(
+    ctx: &Ctx,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let resp = EpochEndOffset::default().with_partition(p.partition);
+                    match ctx.broker.log(&t.topic.0, p.partition) {
+                        Err(e) => resp
+                            .with_error_code(error_code(&e))
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1),
+                        // Epoch 0 is the only epoch; its end is the log end.
+                        Ok(log) if p.leader_epoch <= 0 => {
+                            resp.with_leader_epoch(0).with_end_offset(log.end_offset())
+                        }
+                        Ok(_) => resp.with_leader_epoch(-1).with_end_offset(-1),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}

@@ -1,0 +1,127 @@
+//! One handler per Kafka API. [`handle`] dispatches a decoded request; [`supported`] is the
+//! single list of what is handled, which ApiVersions advertises and the server enforces.
+
+pub mod admin;
+pub mod api_versions;
+pub mod fetch;
+pub mod groups;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+pub mod producer_id;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+
+use crate::broker::Broker;
+use crate::config::Listener;
+use crate::error::BrokerError;
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct Ctx {
+    pub broker: Broker,
+    /// The address clients are told to connect to (this node).
+    pub advertised: Listener,
+    pub node_id: i32,
+}
+
+impl Ctx {
+    pub fn new(broker: Broker, advertised: Listener) -> Ctx {
+        let node_id = broker.config().kafka.node_id;
+        Ctx {
+            broker,
+            advertised,
+            node_id,
+        }
+    }
+}
+
+/// The APIs handled here, with version ranges (within what `kafka-protocol` can decode).
+const CORE: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+];
+
+/// Every `(api, min version, max version)` this server handles.
+pub fn supported() -> impl Iterator<Item = (ApiKey, i16, i16)> {
+    CORE.iter()
+        .chain(groups::VERSIONS)
+        .chain(admin::VERSIONS)
+        .copied()
+}
+
+/// True when `version` of `api` is handled.
+pub fn is_supported(api: ApiKey, version: i16) -> bool {
+    supported().any(|(k, lo, hi)| k == api && (lo..=hi).contains(&version))
+}
+
+/// Runs the handler of a request. `Ok(None)` means no response is sent (acks=0);
+/// `Err` closes the connection with that reason.
+pub async fn handle(
+    ctx: &Ctx,
+    header: &RequestHeader,
+    request: RequestKind,
+) -> Result<Option<ResponseKind>, String> {
+    let v = header.request_api_version;
+    Ok(Some(match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+        RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(ctx, v, req).await),
+        RequestKind::Produce(req) => match produce::handle(ctx, v, req).await {
+            Some(resp) => ResponseKind::Produce(resp),
+            None => return Ok(None),
+        },
+        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(ctx, v, req).await),
+        RequestKind::ListOffsets(req) => {
+            ResponseKind::ListOffsets(list_offsets::handle(ctx, v, req))
+        }
+        RequestKind::OffsetForLeaderEpoch(req) => {
+            ResponseKind::OffsetForLeaderEpoch(list_offsets::offset_for_leader_epoch(ctx, req))
+        }
+        RequestKind::InitProducerId(req) => {
+            ResponseKind::InitProducerId(producer_id::handle(ctx, req))
+        }
+        other => match groups::dispatch(ctx, header, other).await {
+            Ok(resp) => resp,
+            Err(other) => match admin::dispatch(ctx, header, other).await {
+                Ok(resp) => resp,
+                Err(other) => return Err(format!("no handler for {:?}", api_key_of(&other))),
+            },
+        },
+    }))
+}
+
+fn api_key_of(req: &RequestKind) -> String {
+    let dbg = format!("{req:?}");
+    dbg.split('(').next().unwrap_or("request").to_owned()
+}
+
+/// The Kafka error code for a broker error.
+pub fn error_code(e: &BrokerError) -> i16 {
+    let err = match e {
+        BrokerError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
+        BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        BrokerError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        BrokerError::RecordTooLarge { .. } => ResponseError::MessageTooLarge,
+        BrokerError::InvalidRecords(_) => ResponseError::InvalidRecord,
+        BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        BrokerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        BrokerError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        BrokerError::Io { .. } => ResponseError::KafkaStorageError,
+        BrokerError::Corrupt { .. } => ResponseError::CorruptMessage,
+        BrokerError::DataDirLocked { .. } | BrokerError::Arrow(_) | BrokerError::Internal(_) => {
+            ResponseError::UnknownServerError
+        }
+    };
+    err.code()
+}

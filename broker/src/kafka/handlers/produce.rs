@@ -1,0 +1,143 @@
+//! Produce: record batches from clients are checked (CRC, magic, sizes, every record), decoded
+//! straight into Arrow and appended. All batches of a partition are decoded before any is
+//! appended, so a bad batch leaves the partition untouched.
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Ctx, error_code};
+use crate::kafka::records::{self, DecodeScratch, RecordError};
+use crate::log::{ProducerInfo, attributes};
+use crate::record::EnvelopeBuilder;
+
+/// Returns `None` for acks=0 (no response is sent).
+pub async fn handle(ctx: &Ctx, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for p in topic.partition_data {
+            partitions.push(for_version(
+                version,
+                produce_partition(ctx, &name, p.index, p.records).await,
+            ));
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    (req.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+}
+
+/// Clears fields the response version does not have.
+fn for_version(version: i16, mut r: PartitionProduceResponse) -> PartitionProduceResponse {
+    if version < 5 {
+        r.log_start_offset = -1;
+    }
+    if version < 8 {
+        r.error_message = None;
+        r.record_errors.clear();
+    }
+    r
+}
+
+fn failed(index: i32, code: i16, message: String) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(code)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(Some(StrBytes::from_string(message)))
+}
+
+fn record_error_code(e: &RecordError) -> i16 {
+    match e {
+        RecordError::Corrupt(_) => ResponseError::CorruptMessage.code(),
+        RecordError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+        RecordError::InvalidRecord(_) => ResponseError::InvalidRecord.code(),
+    }
+}
+
+async fn produce_partition(
+    ctx: &Ctx,
+    topic: &str,
+    index: i32,
+    records: Option<Bytes>,
+) -> PartitionProduceResponse {
+    let log = match ctx.broker.log(topic, index) {
+        Ok(log) => log,
+        Err(e) => return failed(index, error_code(&e), e.to_string()),
+    };
+    let bytes = records.unwrap_or_default();
+    let batches = match records::parse_batches(&bytes) {
+        Ok(b) => b,
+        Err(e) => return failed(index, record_error_code(&e), e.to_string()),
+    };
+    let config = log.config();
+    let max_uncompressed = ctx.broker.config().kafka.socket_request_max_bytes;
+    let mut decoded = Vec::with_capacity(batches.len());
+    let mut scratch = DecodeScratch::default();
+    for batch in &batches {
+        if batch.raw.len() > config.max_message_bytes {
+            let msg = format!(
+                "record batch of {} bytes is larger than max.message.bytes={} of topic '{topic}'",
+                batch.raw.len(),
+                config.max_message_bytes
+            );
+            return failed(index, ResponseError::MessageTooLarge.code(), msg);
+        }
+        if batch.is_transactional() || batch.is_control() {
+            return failed(
+                index,
+                ResponseError::InvalidRecord.code(),
+                "transactional batches are not supported yet".into(),
+            );
+        }
+        let mut builder =
+            EnvelopeBuilder::with_capacity(batch.record_count.max(0) as usize, batch.records.len());
+        if let Err(e) = records::decode_records(batch, &mut builder, &mut scratch, max_uncompressed)
+        {
+            return failed(index, record_error_code(&e), e.to_string());
+        }
+        if builder.is_empty() {
+            continue;
+        }
+        let producer = ProducerInfo {
+            producer_id: batch.producer_id,
+            producer_epoch: batch.producer_epoch,
+            base_sequence: batch.base_sequence,
+            attributes: batch.attributes & (attributes::TRANSACTIONAL | attributes::CONTROL),
+        };
+        decoded.push((builder.finish(), producer));
+    }
+    let mut first = None;
+    for (batch, producer) in &decoded {
+        match log.append(batch, *producer).await {
+            Ok(info) => {
+                first.get_or_insert(info);
+            }
+            Err(e) => return failed(index, error_code(&e), e.to_string()),
+        }
+    }
+    let offsets = log.offsets();
+    match first {
+        Some(info) => PartitionProduceResponse::default()
+            .with_index(index)
+            .with_base_offset(info.base_offset)
+            .with_log_append_time_ms(info.log_append_time_ms.unwrap_or(-1))
+            .with_log_start_offset(offsets.log_start_offset),
+        None => PartitionProduceResponse::default()
+            .with_index(index)
+            .with_base_offset(offsets.log_end_offset)
+            .with_log_append_time_ms(-1)
+            .with_log_start_offset(offsets.log_start_offset),
+    }
+}

@@ -1,0 +1,11 @@
+//! The Kafka wire protocol server. The `kafka-protocol` crate encodes and decodes messages;
+//! this module owns connections (read-ahead, in-order responses), limits, version negotiation,
+//! and one handler per API key (`handlers/`). Record batches are converted to and from Arrow
+//! by `records` without going through per-record structs.
+
+pub mod compression;
+pub mod handlers;
+pub mod records;
+pub mod server;
+
+pub use server::KafkaServer;

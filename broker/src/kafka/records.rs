@@ -1,0 +1,598 @@
+//! Kafka record batches (magic 2) to and from envelope Arrow batches.
+//!
+//! Both directions work on bytes directly: produce decodes records straight into Arrow builders
+//! and fetch encodes Arrow columns straight into the response buffer, with no per-record
+//! allocation. `kafka-protocol`'s `Record` type is not used on these paths.
+
+use arrow::array::Array;
+use arrow::record_batch::RecordBatch;
+
+use super::compression;
+use crate::log::{BatchHeader, attributes};
+use crate::record::{EnvelopeBuilder, EnvelopeColumns};
+
+/// Bytes of a v2 batch header, up to and including the record count.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Offset of the CRC'd part (attributes onwards).
+const CRC_START: usize = 21;
+
+/// Why a batch from a client was refused, with the Kafka error it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// CORRUPT_MESSAGE: framing or CRC is wrong.
+    Corrupt(String),
+    /// UNSUPPORTED_FOR_MESSAGE_FORMAT: magic 0 or 1.
+    UnsupportedMagic(i8),
+    /// INVALID_RECORD: a record inside a sound batch is malformed.
+    InvalidRecord(String),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Corrupt(m) => write!(f, "corrupt record batch: {m}"),
+            RecordError::UnsupportedMagic(m) => write!(
+                f,
+                "record batch magic {m} is not supported; use a client that writes magic 2 (Kafka 0.11+)"
+            ),
+            RecordError::InvalidRecord(m) => write!(f, "invalid record: {m}"),
+        }
+    }
+}
+
+/// A parsed v2 batch header and its records section (still compressed, if it is).
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaBatch<'a> {
+    pub base_offset: i64,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+    /// The whole batch as sent (for its size).
+    pub raw: &'a [u8],
+    pub records: &'a [u8],
+}
+
+impl KafkaBatch<'_> {
+    pub fn compression(&self) -> i16 {
+        self.attributes & 0x07
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & attributes::TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & attributes::CONTROL != 0
+    }
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(x)
+}
+
+/// Splits a produce payload into its batches, checking length, magic and CRC of each.
+pub fn parse_batches(mut bytes: &[u8]) -> Result<Vec<KafkaBatch<'_>>, RecordError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return Err(RecordError::Corrupt(format!(
+                "{} bytes are too few for a batch header",
+                bytes.len()
+            )));
+        }
+        let batch_length = be_i32(bytes, 8);
+        let magic = bytes[16] as i8;
+        if magic != 2 {
+            return Err(RecordError::UnsupportedMagic(magic));
+        }
+        let total = usize::try_from(batch_length)
+            .ok()
+            .and_then(|l| l.checked_add(12));
+        let Some(total) = total.filter(|&t| t >= BATCH_HEADER_LEN && t <= bytes.len()) else {
+            return Err(RecordError::Corrupt(format!(
+                "batch length {batch_length} does not fit the {} bytes sent",
+                bytes.len()
+            )));
+        };
+        let raw = &bytes[..total];
+        let crc = be_i32(raw, 17) as u32;
+        if crc32c::crc32c(&raw[CRC_START..]) != crc {
+            return Err(RecordError::Corrupt("CRC mismatch".into()));
+        }
+        let record_count = be_i32(raw, 57);
+        if record_count < 0 {
+            return Err(RecordError::Corrupt(format!(
+                "negative record count {record_count}"
+            )));
+        }
+        out.push(KafkaBatch {
+            base_offset: be_i64(raw, 0),
+            attributes: be_i16(raw, 21),
+            last_offset_delta: be_i32(raw, 23),
+            base_timestamp: be_i64(raw, 27),
+            max_timestamp: be_i64(raw, 35),
+            producer_id: be_i64(raw, 43),
+            producer_epoch: be_i16(raw, 51),
+            base_sequence: be_i32(raw, 53),
+            record_count,
+            raw,
+            records: &raw[BATCH_HEADER_LEN..],
+        });
+        bytes = &bytes[total..];
+    }
+    Ok(out)
+}
+
+/// A cursor over record bytes with Kafka's zigzag varints.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn varlong(&mut self) -> Result<i64, RecordError> {
+        let mut value: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(RecordError::InvalidRecord(
+                    "varint runs past the end of the batch".into(),
+                ));
+            };
+            self.pos += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(RecordError::InvalidRecord("varint is too long".into()));
+            }
+        }
+    }
+
+    #[inline]
+    fn varint(&mut self) -> Result<i32, RecordError> {
+        let v = self.varlong()?;
+        i32::try_from(v)
+            .map_err(|_| RecordError::InvalidRecord(format!("varint {v} is out of range")))
+    }
+
+    #[inline]
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8], RecordError> {
+        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len());
+        let Some(end) = end else {
+            return Err(RecordError::InvalidRecord(format!(
+                "a field of {len} bytes runs past the end of its record"
+            )));
+        };
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// A length-prefixed field; `None` for length -1.
+    #[inline]
+    fn nullable(&mut self) -> Result<Option<&'a [u8]>, RecordError> {
+        match self.varint()? {
+            -1 => Ok(None),
+            n if n >= 0 => self.bytes(n as usize).map(Some),
+            n => Err(RecordError::InvalidRecord(format!("negative length {n}"))),
+        }
+    }
+}
+
+/// Reusable space for decoding (header slices of one record).
+#[derive(Debug, Default)]
+pub struct DecodeScratch {
+    decompressed: Vec<u8>,
+}
+
+/// Decodes the records of `batch` into `builder` (timestamps resolved, offsets left to the log).
+/// `max_uncompressed` caps how large a compressed batch may expand.
+pub fn decode_records(
+    batch: &KafkaBatch<'_>,
+    builder: &mut EnvelopeBuilder,
+    scratch: &mut DecodeScratch,
+    max_uncompressed: usize,
+) -> Result<(), RecordError> {
+    let records: &[u8] = match batch.compression() {
+        compression::codec::NONE => batch.records,
+        codec => {
+            scratch.decompressed = compression::decompress(codec, batch.records, max_uncompressed)
+                .map_err(RecordError::Corrupt)?;
+            &scratch.decompressed
+        }
+    };
+    let mut cur = Cursor {
+        buf: records,
+        pos: 0,
+    };
+    let mut headers: Vec<(&str, Option<&[u8]>)> = Vec::new();
+    for i in 0..batch.record_count {
+        let len = cur.varint()?;
+        if len < 0 {
+            return Err(RecordError::InvalidRecord(format!(
+                "record {i} has negative length {len}"
+            )));
+        }
+        let start = cur.pos;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|&e| e <= records.len());
+        let Some(end) = end else {
+            return Err(RecordError::InvalidRecord(format!(
+                "record {i} of {len} bytes runs past the end of the batch"
+            )));
+        };
+        let mut rec = Cursor {
+            buf: &records[..end],
+            pos: start,
+        };
+        rec.bytes(1)?; // attributes (unused in v2)
+        let ts_delta = rec.varlong()?;
+        let _offset_delta = rec.varint()?;
+        let key = rec.nullable()?;
+        let value = rec.nullable()?;
+        let header_count = rec.varint()?;
+        if header_count < 0 || header_count as usize > end - rec.pos {
+            return Err(RecordError::InvalidRecord(format!(
+                "record {i} claims {header_count} headers"
+            )));
+        }
+        headers.clear();
+        for _ in 0..header_count {
+            let k = rec.nullable()?.ok_or_else(|| {
+                RecordError::InvalidRecord(format!("record {i} has a header with a null key"))
+            })?;
+            let k = std::str::from_utf8(k).map_err(|_| {
+                RecordError::InvalidRecord(format!("record {i} has a header key that is not UTF-8"))
+            })?;
+            let v = rec.nullable()?;
+            headers.push((k, v));
+        }
+        if rec.pos != end {
+            return Err(RecordError::InvalidRecord(format!(
+                "record {i} has {} bytes left over",
+                end - rec.pos
+            )));
+        }
+        cur.pos = end;
+        builder.append(
+            batch.base_timestamp.wrapping_add(ts_delta),
+            key,
+            value,
+            &headers,
+        );
+    }
+    if cur.pos != records.len() {
+        return Err(RecordError::InvalidRecord(format!(
+            "batch says {} records but has {} more bytes after them",
+            batch.record_count,
+            records.len() - cur.pos
+        )));
+    }
+    Ok(())
+}
+
+#[inline]
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline]
+fn varint_len(v: i64) -> usize {
+    let z = zigzag(v);
+    (((64 - (z | 1).leading_zeros()) + 6) / 7) as usize
+}
+
+#[inline]
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = zigzag(v);
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// Appends one v2 batch (uncompressed) holding the rows of `records` to `out`.
+/// `header` gives the batch-level facts; rows may start after its base offset (a sliced batch).
+pub fn encode_batch(
+    out: &mut Vec<u8>,
+    header: &BatchHeader,
+    records: &RecordBatch,
+) -> Result<(), crate::BrokerError> {
+    let cols = EnvelopeColumns::try_new(records)?;
+    let n = records.num_rows();
+    if n == 0 {
+        return Ok(());
+    }
+    let base_offset = cols.offsets.value(0);
+    let ts = cols.timestamps.values();
+    let base_ts = ts[0];
+    let start = out.len();
+    let data_bytes = cols.values.values().len() + cols.keys.values().len();
+    out.reserve(BATCH_HEADER_LEN + data_bytes + n * 16);
+    out.resize(start + BATCH_HEADER_LEN, 0);
+
+    let key_nulls = cols.keys.nulls().cloned();
+    let value_nulls = cols.values.nulls().cloned();
+    let key_offsets = cols.keys.value_offsets();
+    let value_offsets = cols.values.value_offsets();
+    let key_data = cols.keys.value_data();
+    let value_data = cols.values.value_data();
+    let header_offsets = cols.headers.value_offsets();
+    let has_headers = header_offsets.last() != header_offsets.first();
+    for row in 0..n {
+        let key = if key_nulls.as_ref().is_some_and(|b| b.is_null(row)) {
+            None
+        } else {
+            Some(&key_data[key_offsets[row] as usize..key_offsets[row + 1] as usize])
+        };
+        let value = if value_nulls.as_ref().is_some_and(|b| b.is_null(row)) {
+            None
+        } else {
+            Some(&value_data[value_offsets[row] as usize..value_offsets[row + 1] as usize])
+        };
+        let ts_delta = ts[row].wrapping_sub(base_ts);
+        let offset_delta = cols.offsets.value(row) - base_offset;
+        let headers = if has_headers && header_offsets[row + 1] > header_offsets[row] {
+            cols.headers(row)
+        } else {
+            Vec::new()
+        };
+        let field_len =
+            |f: Option<&[u8]>| f.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len());
+        let mut body = 1
+            + varint_len(ts_delta)
+            + varint_len(offset_delta)
+            + field_len(key)
+            + field_len(value)
+            + varint_len(headers.len() as i64);
+        for h in &headers {
+            body += field_len(Some(h.key.as_bytes())) + field_len(h.value.as_deref());
+        }
+        put_varint(out, body as i64);
+        out.push(0);
+        put_varint(out, ts_delta);
+        put_varint(out, offset_delta);
+        for f in [key, value] {
+            match f {
+                None => put_varint(out, -1),
+                Some(b) => {
+                    put_varint(out, b.len() as i64);
+                    out.extend_from_slice(b);
+                }
+            }
+        }
+        put_varint(out, headers.len() as i64);
+        for h in &headers {
+            put_varint(out, h.key.len() as i64);
+            out.extend_from_slice(h.key.as_bytes());
+            match &h.value {
+                None => put_varint(out, -1),
+                Some(v) => {
+                    put_varint(out, v.len() as i64);
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+    }
+    let max_ts = if header.producer.attributes & attributes::LOG_APPEND_TIME != 0 {
+        header.max_timestamp
+    } else {
+        ts.iter().copied().max().unwrap_or(base_ts)
+    };
+    // A sliced batch keeps its producer's sequence numbering.
+    let skipped = (base_offset - header.base_offset).max(0);
+    let base_sequence = if header.producer.base_sequence >= 0 {
+        ((i64::from(header.producer.base_sequence) + skipped) % (i64::from(i32::MAX) + 1)) as i32
+    } else {
+        -1
+    };
+    let last_offset_delta =
+        (header.last_offset() - base_offset).max(offset_delta_of_last(&cols, n, base_offset))
+            as i32;
+    let batch_length = (out.len() - start - 12) as i32;
+    let h = &mut out[start..start + BATCH_HEADER_LEN];
+    h[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    h[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    h[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    h[16] = 2;
+    h[21..23].copy_from_slice(&(header.producer.attributes & !0x07).to_be_bytes());
+    h[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+    h[27..35].copy_from_slice(&base_ts.to_be_bytes());
+    h[35..43].copy_from_slice(&max_ts.to_be_bytes());
+    h[43..51].copy_from_slice(&header.producer.producer_id.to_be_bytes());
+    h[51..53].copy_from_slice(&header.producer.producer_epoch.to_be_bytes());
+    h[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    h[57..61].copy_from_slice(&(n as i32).to_be_bytes());
+    let crc = crc32c::crc32c(&out[start + CRC_START..]);
+    out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
+}
+
+fn offset_delta_of_last(cols: &EnvelopeColumns<'_>, n: usize, base: i64) -> i64 {
+    cols.offsets.value(n - 1) - base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::ProducerInfo;
+    use crate::record::{Record, batch_to_records, records_to_batch};
+    use arrow::array::Int64Array;
+    use std::sync::Arc;
+
+    fn with_offsets(batch: RecordBatch, base: i64) -> RecordBatch {
+        let mut cols = batch.columns().to_vec();
+        cols[0] = Arc::new(Int64Array::from_iter_values(
+            base..base + batch.num_rows() as i64,
+        ));
+        RecordBatch::try_new(batch.schema(), cols).unwrap_or(batch)
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        let records = vec![
+            Record::new(1000, Some(b"k1"), Some(b"v1"))
+                .with_header("h1", Some(b"x"))
+                .with_header("h2", None),
+            Record::new(999, None, None),
+            Record::new(1005, Some(b""), Some(&[7u8; 300])),
+        ];
+        let batch = with_offsets(records_to_batch(&records), 40);
+        let header = BatchHeader {
+            base_offset: 40,
+            last_offset_delta: 2,
+            record_count: 3,
+            first_timestamp: 1000,
+            max_timestamp: 1005,
+            producer: ProducerInfo {
+                producer_id: 9,
+                producer_epoch: 2,
+                base_sequence: 17,
+                attributes: 0,
+            },
+        };
+        let mut out = Vec::new();
+        encode_batch(&mut out, &header, &batch).ok();
+        let parsed = parse_batches(&out).unwrap_or_default();
+        assert_eq!(parsed.len(), 1);
+        let b = parsed[0];
+        assert_eq!(
+            (
+                b.base_offset,
+                b.last_offset_delta,
+                b.record_count,
+                b.producer_id,
+                b.base_sequence
+            ),
+            (40, 2, 3, 9, 17)
+        );
+        assert_eq!((b.base_timestamp, b.max_timestamp), (1000, 1005));
+        let mut builder = EnvelopeBuilder::default();
+        decode_records(&b, &mut builder, &mut DecodeScratch::default(), 1 << 20).ok();
+        let decoded = batch_to_records(&builder.finish()).unwrap_or_default();
+        let expected: Vec<Record> = records
+            .iter()
+            .map(|r| Record {
+                offset: 0,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(decoded, expected);
+
+        // The same bytes decode with kafka-protocol's own decoder (a second opinion on the format).
+        let mut bytes = bytes::Bytes::from(out.clone());
+        let theirs = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes).ok();
+        let theirs = theirs
+            .map(|bs| bs.into_iter().flat_map(|b| b.records).collect::<Vec<_>>())
+            .unwrap_or_default();
+        assert_eq!(theirs.len(), 3);
+        assert_eq!(theirs[0].offset, 40);
+        assert_eq!(theirs[2].offset, 42);
+        assert_eq!(theirs[0].headers.len(), 2);
+        assert_eq!(theirs[1].value, None);
+        assert_eq!(theirs[1].timestamp, 999);
+
+        // A sliced batch starts at its first row and keeps the sequence numbering.
+        let sliced = batch.slice(1, 2);
+        let mut out2 = Vec::new();
+        encode_batch(&mut out2, &header, &sliced).ok();
+        let p2 = parse_batches(&out2).unwrap_or_default();
+        assert_eq!(
+            (
+                p2[0].base_offset,
+                p2[0].last_offset_delta,
+                p2[0].base_sequence,
+                p2[0].record_count
+            ),
+            (41, 1, 18, 2)
+        );
+
+        // Damage is caught by the CRC.
+        out[70] ^= 1;
+        assert!(matches!(parse_batches(&out), Err(RecordError::Corrupt(_))));
+    }
+
+    #[test]
+    fn hostile_batches_are_refused_without_panics() {
+        let batch = with_offsets(
+            records_to_batch(&[Record::new(1, Some(b"k"), Some(b"v"))]),
+            0,
+        );
+        let header = BatchHeader {
+            base_offset: 0,
+            last_offset_delta: 0,
+            record_count: 1,
+            first_timestamp: 1,
+            max_timestamp: 1,
+            producer: ProducerInfo::NONE,
+        };
+        let mut good = Vec::new();
+        encode_batch(&mut good, &header, &batch).ok();
+        // Truncations at every length.
+        for cut in 0..good.len() {
+            assert!(parse_batches(&good[..cut]).is_err() || cut == 0);
+        }
+        // A record count far beyond the bytes, with a valid CRC.
+        let mut lying = good.clone();
+        lying[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&lying[CRC_START..]);
+        lying[17..21].copy_from_slice(&crc.to_be_bytes());
+        let parsed = parse_batches(&lying).unwrap_or_default();
+        let res = decode_records(
+            &parsed[0],
+            &mut EnvelopeBuilder::default(),
+            &mut DecodeScratch::default(),
+            1 << 20,
+        );
+        assert!(matches!(res, Err(RecordError::InvalidRecord(_))), "{res:?}");
+        // Old magic.
+        let mut old = good.clone();
+        old[16] = 1;
+        assert_eq!(
+            parse_batches(&old).err(),
+            Some(RecordError::UnsupportedMagic(1))
+        );
+    }
+
+    #[test]
+    fn varint_sizes() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            8191,
+            -8192,
+            1 << 40,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+            let mut c = Cursor { buf: &out, pos: 0 };
+            assert_eq!(c.varlong().ok(), Some(v));
+        }
+    }
+}

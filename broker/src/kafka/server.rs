@@ -1,0 +1,411 @@
+//! Listener and connection handling.
+//!
+//! Each connection has a reader task that reads frames ahead (bounded) and a processor that
+//! handles them one at a time, in order, writing each response before taking the next request.
+//! That is Kafka's per-connection contract: an idempotent producer's pipelined batches are
+//! appended in the order sent, and responses come back in request order.
+//!
+//! A frame whose length prefix exceeds `socket.request.max.bytes` is refused before anything
+//! is allocated for it, and the connection is closed, as Kafka does. So is a frame that does not
+//! decode, or an unknown API key or version (except ApiVersions, which gets UNSUPPORTED_VERSION
+//! with the supported ranges so the client can retry with a version we speak).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::handlers::{self, Ctx};
+use crate::broker::{Broker, stopped};
+use crate::config::Listener;
+use crate::error::{BrokerError, Result};
+
+/// Requests read ahead of the one being processed, per connection.
+const READ_AHEAD: usize = 32;
+
+/// A bound Kafka listener, ready to serve.
+#[derive(Debug)]
+pub struct KafkaServer {
+    ctx: Arc<Ctx>,
+    listeners: Vec<TcpListener>,
+}
+
+impl KafkaServer {
+    /// Binds every configured listener. A listener with port 0 gets a free port, and the
+    /// advertised address follows the port actually bound.
+    pub async fn bind(broker: Broker) -> Result<KafkaServer> {
+        let config = broker.config().kafka.clone();
+        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let host = if l.host.is_empty() {
+                "0.0.0.0"
+            } else {
+                l.host.as_str()
+            };
+            let listener = TcpListener::bind((host, l.port)).await.map_err(|e| {
+                BrokerError::io(
+                    format!("listener {l}"),
+                    std::io::Error::new(e.kind(), format!("cannot listen on {l}: {e}")),
+                )
+            })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| BrokerError::io(format!("listener {l}"), e))?;
+            bound.push(Listener {
+                port: addr.port(),
+                ..l.clone()
+            });
+            listeners.push(listener);
+        }
+        let advertised = match &config.advertised_listeners {
+            Some(a) => a.clone(),
+            None => {
+                let mut c = config.clone();
+                c.listeners = bound;
+                c.advertised()
+            }
+        };
+        let first = advertised
+            .first()
+            .cloned()
+            .ok_or_else(|| BrokerError::InvalidConfig("no listener to advertise".into()))?;
+        let ctx = Arc::new(Ctx::new(broker, first));
+        Ok(KafkaServer { ctx, listeners })
+    }
+
+    /// The addresses the listeners are bound to.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The listener clients are told to use.
+    pub fn advertised(&self) -> &Listener {
+        &self.ctx.advertised
+    }
+
+    /// Accepts connections until `shutdown` becomes true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let mut accepts = tokio::task::JoinSet::new();
+        for listener in self.listeners {
+            let ctx = self.ctx.clone();
+            let mut stop = shutdown.clone();
+            accepts.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stopped(&mut stop) => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let ctx = ctx.clone();
+                                tokio::spawn(async move { serve(ctx, stream, peer).await });
+                            }
+                            Err(e) => {
+                                // Out of file descriptors and the like: back off, keep serving.
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        stopped(&mut shutdown).await;
+        accepts.abort_all();
+        Ok(())
+    }
+}
+
+/// What to do after a request.
+pub(crate) enum Outcome {
+    Respond(BytesMut),
+    /// Produce with acks=0 gets no response.
+    Silent,
+    Close(String),
+}
+
+async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(READ_AHEAD);
+    let max = ctx.broker.config().kafka.socket_request_max_bytes;
+    let reader = tokio::spawn(async move {
+        let mut rd = BufReader::with_capacity(64 * 1024, rd);
+        loop {
+            let len = match rd.read_i32().await {
+                Ok(n) => n,
+                Err(_) => return None, // closed
+            };
+            if len < 0 || len as usize > max {
+                return Some(format!(
+                    "request of {len} bytes is larger than socket.request.max.bytes={max} (or negative); closing the connection"
+                ));
+            }
+            let mut buf = BytesMut::zeroed(len as usize);
+            if rd.read_exact(&mut buf).await.is_err() {
+                return None;
+            }
+            if tx.send(buf.freeze()).await.is_err() {
+                return None;
+            }
+        }
+    });
+    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(frame) = rx.recv().await {
+        match process(&ctx, frame).await {
+            Outcome::Respond(bytes) => {
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                if rx.is_empty() && wr.flush().await.is_err() {
+                    break;
+                }
+            }
+            Outcome::Silent => {}
+            Outcome::Close(reason) => {
+                tracing::warn!(%peer, %reason, "closing Kafka connection");
+                break;
+            }
+        }
+    }
+    let _ = wr.flush().await;
+    reader.abort();
+    if let Ok(Some(reason)) = reader.await {
+        tracing::warn!(%peer, %reason, "closing Kafka connection");
+    }
+}
+
+/// Decodes one frame, runs its handler and encodes the response.
+pub(crate) async fn process(ctx: &Ctx, mut frame: Bytes) -> Outcome {
+    if frame.len() < 8 {
+        return Outcome::Close(format!(
+            "frame of {} bytes is too short for a request header",
+            frame.len()
+        ));
+    }
+    let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api_key) = ApiKey::try_from(api_key_raw) else {
+        return Outcome::Close(format!("unknown API key {api_key_raw}"));
+    };
+    if !handlers::is_supported(api_key, version) {
+        if api_key == ApiKey::ApiVersions {
+            // Tell the client what we speak, in the v0 format every client can read.
+            let body = handlers::api_versions::unsupported_version();
+            return encode_response(
+                correlation_id,
+                ApiKey::ApiVersions,
+                0,
+                &ResponseKind::ApiVersions(body),
+            );
+        }
+        return Outcome::Close(format!("{api_key:?} version {version} is not supported"));
+    }
+    let header_version = api_key.request_header_version(version);
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let header = RequestHeader::decode(&mut frame, header_version)?;
+        let body = RequestKind::decode(api_key, &mut frame, version)?;
+        anyhow::Ok((header, body))
+    }));
+    let (header, request) = match decoded {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            return Outcome::Close(format!(
+                "{api_key:?} v{version} request does not decode: {e}"
+            ));
+        }
+        Err(_) => {
+            return Outcome::Close(format!(
+                "{api_key:?} v{version} request made the decoder panic"
+            ));
+        }
+    };
+    match handlers::handle(ctx, &header, request).await {
+        Ok(Some(response)) => encode_response(correlation_id, api_key, version, &response),
+        Ok(None) => Outcome::Silent,
+        Err(reason) => Outcome::Close(reason),
+    }
+}
+
+fn encode_response(
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    body: &ResponseKind,
+) -> Outcome {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = api_key.response_header_version(version);
+    if let Err(e) = header.encode(&mut buf, header_version) {
+        return Outcome::Close(format!("response header does not encode: {e}"));
+    }
+    if let Err(e) = body.encode(&mut buf, version) {
+        tracing::error!(?api_key, version, error = %e, "a response does not encode (a bug in Quiver)");
+        return Outcome::Close(format!(
+            "{api_key:?} v{version} response does not encode: {e}"
+        ));
+    }
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Outcome::Respond(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Record, records_to_batch};
+    use crate::{BrokerConfig, NewTopic};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    fn topic() -> TopicName {
+        TopicName(StrBytes::from_static_str("sweep"))
+    }
+
+    fn kafka_batch() -> Bytes {
+        let batch =
+            records_to_batch(
+                &[Record::new(5, Some(b"k"), Some(b"v")).with_header("h", Some(b"x"))],
+            );
+        let header = crate::log::BatchHeader {
+            base_offset: 0,
+            last_offset_delta: 0,
+            record_count: 1,
+            first_timestamp: 5,
+            max_timestamp: 5,
+            producer: crate::log::ProducerInfo::NONE,
+        };
+        let mut out = Vec::new();
+        let _ = crate::kafka::records::encode_batch(&mut out, &header, &batch);
+        Bytes::from(out)
+    }
+
+    /// A realistic request of each core API.
+    fn request(api: ApiKey) -> Option<RequestKind> {
+        use kafka_protocol::messages::{
+            fetch_request as f, list_offsets_request as l, metadata_request as m,
+            offset_for_leader_epoch_request as e, produce_request as p,
+        };
+        Some(match api {
+            ApiKey::ApiVersions => RequestKind::ApiVersions(ApiVersionsRequest::default()),
+            ApiKey::Metadata => {
+                RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+                    m::MetadataRequestTopic::default().with_name(Some(topic())),
+                ])))
+            }
+            ApiKey::Produce => RequestKind::Produce(
+                ProduceRequest::default()
+                    .with_acks(1)
+                    .with_timeout_ms(1000)
+                    .with_topic_data(vec![
+                        p::TopicProduceData::default()
+                            .with_name(topic())
+                            .with_partition_data(vec![
+                                p::PartitionProduceData::default()
+                                    .with_index(0)
+                                    .with_records(Some(kafka_batch())),
+                            ]),
+                    ]),
+            ),
+            ApiKey::Fetch => RequestKind::Fetch(
+                FetchRequest::default()
+                    .with_max_wait_ms(0)
+                    .with_max_bytes(1 << 20)
+                    .with_topics(vec![
+                        f::FetchTopic::default()
+                            .with_topic(topic())
+                            .with_partitions(vec![
+                                f::FetchPartition::default()
+                                    .with_partition(0)
+                                    .with_fetch_offset(0)
+                                    .with_partition_max_bytes(1 << 20),
+                            ]),
+                    ]),
+            ),
+            ApiKey::ListOffsets => {
+                RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+                l::ListOffsetsTopic::default().with_name(topic()).with_partitions(vec![
+                    l::ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1),
+                    l::ListOffsetsPartition::default().with_partition_index(0).with_timestamp(0),
+                ]),
+            ]))
+            }
+            ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
+                OffsetForLeaderEpochRequest::default().with_topics(vec![
+                    e::OffsetForLeaderTopic::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![
+                            e::OffsetForLeaderPartition::default().with_partition(0),
+                        ]),
+                ]),
+            ),
+            ApiKey::InitProducerId => RequestKind::InitProducerId(InitProducerIdRequest::default()),
+            _ => return None,
+        })
+    }
+
+    fn frame(api: ApiKey, version: i16, body: &RequestKind) -> Option<Bytes> {
+        let mut buf = BytesMut::new();
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(9)
+            .with_client_id(Some(StrBytes::from_static_str("sweep")));
+        header
+            .encode(&mut buf, api.request_header_version(version))
+            .ok()?;
+        body.encode(&mut buf, version).ok()?;
+        Some(buf.freeze())
+    }
+
+    #[tokio::test]
+    async fn every_advertised_version_answers() {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let broker = crate::Broker::open(BrokerConfig {
+            data_dir: dir.path().to_owned(),
+            ..BrokerConfig::default()
+        })
+        .await;
+        let Ok(broker) = broker else { panic!("open") };
+        broker.create_topic(NewTopic::new("sweep", 1)).await.ok();
+        let ctx = Ctx::new(
+            broker,
+            Listener {
+                name: "PLAINTEXT".into(),
+                host: "localhost".into(),
+                port: 9092,
+            },
+        );
+        let mut checked = 0;
+        for (api, lo, hi) in handlers::supported() {
+            let Some(req) = request(api) else { continue };
+            for version in lo..=hi {
+                let Some(bytes) = frame(api, version, &req) else {
+                    panic!("{api:?} v{version}: the test request does not encode")
+                };
+                match process(&ctx, bytes).await {
+                    Outcome::Respond(resp) => {
+                        assert_eq!(
+                            &resp[4..8],
+                            &9i32.to_be_bytes(),
+                            "{api:?} v{version}: correlation id"
+                        );
+                        checked += 1;
+                    }
+                    Outcome::Silent => panic!("{api:?} v{version}: no response"),
+                    Outcome::Close(why) => panic!("{api:?} v{version}: connection closed: {why}"),
+                }
+            }
+        }
+        assert!(checked > 40, "{checked} versions checked");
+    }
+}

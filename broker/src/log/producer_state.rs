@@ -1,0 +1,349 @@
+//! Idempotent producer state of one partition: per producer id, its epoch, its last sequence
+//! number and its five most recent batches, so a retried batch is recognised (and answered with
+//! its original offsets) and a gap in sequences is refused.
+//!
+//! The state is snapshotted to `<offset>.snapshot` when a segment rolls and when the log closes,
+//! and rebuilt on open from the newest snapshot plus the frame headers after it (each frame
+//! keeps its producer id, epoch and base sequence).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use crate::error::{BrokerError, IoContext, Result};
+
+/// Batches remembered per producer (Kafka's `max.in.flight.requests.per.connection` limit).
+const RECENT_BATCHES: usize = 5;
+/// Producers idle longer than this are forgotten at the next snapshot (Kafka's `producer.id.expiration.ms`).
+const EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
+const MAGIC: &[u8; 4] = b"QPST";
+
+/// A batch a producer wrote: its sequence range and the offsets it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedBatch {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    epoch: i16,
+    batches: VecDeque<CachedBatch>,
+    last_append_ms: i64,
+}
+
+/// What to do with a batch from an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Append it.
+    Append,
+    /// Already written: answer with these offsets and append nothing.
+    Duplicate(CachedBatch),
+}
+
+fn last_seq(first: i32, count: i32) -> i32 {
+    ((i64::from(first) + i64::from(count) - 1) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX { 0 } else { seq + 1 }
+}
+
+/// The producer state of one partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProducerStates {
+    producers: HashMap<i64, Entry>,
+}
+
+impl ProducerStates {
+    /// Checks a batch of `count` sequence numbers from `first_seq` against the producer's state.
+    pub fn check(
+        &self,
+        topic: &str,
+        partition: i32,
+        pid: i64,
+        epoch: i16,
+        first_seq: i32,
+        count: i32,
+    ) -> Result<SequenceCheck> {
+        let Some(entry) = self.producers.get(&pid) else {
+            // Unknown producer (new, or its state expired): accept, as Kafka does.
+            return Ok(SequenceCheck::Append);
+        };
+        if epoch < entry.epoch {
+            return Err(BrokerError::InvalidProducerEpoch {
+                producer_id: pid,
+                epoch,
+                current_epoch: entry.epoch,
+            });
+        }
+        if epoch > entry.epoch {
+            return if first_seq == 0 {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(BrokerError::OutOfOrderSequence {
+                    topic: topic.to_owned(),
+                    partition,
+                    producer_id: pid,
+                    expected: 0,
+                    received: first_seq,
+                })
+            };
+        }
+        let last = last_seq(first_seq, count);
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first_seq && b.last_seq == last)
+        {
+            return Ok(SequenceCheck::Duplicate(*dup));
+        }
+        let expected = entry.batches.back().map_or(0, |b| next_seq(b.last_seq));
+        if first_seq != expected {
+            return Err(BrokerError::OutOfOrderSequence {
+                topic: topic.to_owned(),
+                partition,
+                producer_id: pid,
+                expected,
+                received: first_seq,
+            });
+        }
+        Ok(SequenceCheck::Append)
+    }
+
+    /// Records an appended batch.
+    pub fn update(
+        &mut self,
+        pid: i64,
+        epoch: i16,
+        first_seq: i32,
+        count: i32,
+        base_offset: i64,
+        last_offset: i64,
+        now: i64,
+    ) {
+        let entry = self.producers.entry(pid).or_insert_with(|| Entry {
+            epoch,
+            batches: VecDeque::new(),
+            last_append_ms: now,
+        });
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == RECENT_BATCHES {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(CachedBatch {
+            first_seq,
+            last_seq: last_seq(first_seq, count),
+            base_offset,
+            last_offset,
+        });
+        entry.last_append_ms = now;
+    }
+
+    /// Number of producers tracked.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Writes a snapshot of the state as of `offset` and removes all but the newest two snapshots.
+    pub fn save(&mut self, dir: &Path, offset: i64, now: i64) -> Result<()> {
+        self.producers
+            .retain(|_, e| now - e.last_append_ms < EXPIRATION_MS);
+        let mut buf = Vec::with_capacity(32 + self.producers.len() * 64);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&offset.to_le_bytes());
+        buf.extend_from_slice(&(self.producers.len() as u64).to_le_bytes());
+        for (pid, e) in &self.producers {
+            buf.extend_from_slice(&pid.to_le_bytes());
+            buf.extend_from_slice(&e.epoch.to_le_bytes());
+            buf.extend_from_slice(&e.last_append_ms.to_le_bytes());
+            buf.push(e.batches.len() as u8);
+            for b in &e.batches {
+                buf.extend_from_slice(&b.first_seq.to_le_bytes());
+                buf.extend_from_slice(&b.last_seq.to_le_bytes());
+                buf.extend_from_slice(&b.base_offset.to_le_bytes());
+                buf.extend_from_slice(&b.last_offset.to_le_bytes());
+            }
+        }
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        let path = snapshot_path(dir, offset);
+        let tmp = path.with_extension("snapshot.tmp");
+        std::fs::write(&tmp, &buf).at(&tmp)?;
+        std::fs::rename(&tmp, &path).at(&path)?;
+        let mut all = list_snapshots(dir)?;
+        all.sort_unstable();
+        let keep_from = all.len().saturating_sub(2);
+        for old in &all[..keep_from] {
+            let p = snapshot_path(dir, *old);
+            std::fs::remove_file(&p).at(&p)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the newest snapshot at or below `end_offset` (deleting any above it, which a
+    /// truncated log has outrun). Returns the state and the offset it is valid at.
+    pub fn load(dir: &Path, end_offset: i64) -> Result<Option<(ProducerStates, i64)>> {
+        let mut all = list_snapshots(dir)?;
+        all.sort_unstable();
+        for &offset in all.iter().rev() {
+            let path = snapshot_path(dir, offset);
+            if offset > end_offset {
+                std::fs::remove_file(&path).at(&path)?;
+                continue;
+            }
+            if let Some(states) = std::fs::read(&path).ok().and_then(|b| parse(&b)) {
+                return Ok(Some((states, offset)));
+            }
+            tracing::warn!(file = %path.display(), "ignoring an unreadable producer state snapshot");
+        }
+        Ok(None)
+    }
+}
+
+fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{offset:020}.snapshot"))
+}
+
+fn list_snapshots(dir: &Path) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let name = entry.at(dir)?.file_name();
+        if let Some(stem) = name.to_string_lossy().strip_suffix(".snapshot")
+            && let Ok(o) = stem.parse::<i64>()
+        {
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+fn parse(bytes: &[u8]) -> Option<ProducerStates> {
+    if bytes.len() < 28 || &bytes[..4] != MAGIC {
+        return None;
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return None;
+    }
+    let mut at = 8 + 8;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = body.get(at..at + n)?;
+        at += n;
+        Some(s)
+    };
+    let u64_of = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
+    let count = u64_of(take(8)?) as usize;
+    let mut producers = HashMap::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let pid = u64_of(take(8)?) as i64;
+        let epoch = i16::from_le_bytes(take(2)?.try_into().ok()?);
+        let last_append_ms = u64_of(take(8)?) as i64;
+        let n = take(1)?[0] as usize;
+        let mut batches = VecDeque::with_capacity(n.min(RECENT_BATCHES));
+        for _ in 0..n {
+            let first_seq = i32::from_le_bytes(take(4)?.try_into().ok()?);
+            let last_seq = i32::from_le_bytes(take(4)?.try_into().ok()?);
+            let base_offset = u64_of(take(8)?) as i64;
+            let last_offset = u64_of(take(8)?) as i64;
+            batches.push_back(CachedBatch {
+                first_seq,
+                last_seq,
+                base_offset,
+                last_offset,
+            });
+        }
+        producers.insert(
+            pid,
+            Entry {
+                epoch,
+                batches,
+                last_append_ms,
+            },
+        );
+    }
+    Some(ProducerStates { producers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_duplicates_gaps_and_epochs() {
+        let mut s = ProducerStates::default();
+        assert_eq!(
+            s.check("t", 0, 1, 0, 0, 5).ok(),
+            Some(SequenceCheck::Append)
+        );
+        s.update(1, 0, 0, 5, 100, 104, 0);
+        assert_eq!(
+            s.check("t", 0, 1, 0, 5, 5).ok(),
+            Some(SequenceCheck::Append)
+        );
+        let dup = s.check("t", 0, 1, 0, 0, 5).ok();
+        assert_eq!(
+            dup,
+            Some(SequenceCheck::Duplicate(CachedBatch {
+                first_seq: 0,
+                last_seq: 4,
+                base_offset: 100,
+                last_offset: 104
+            }))
+        );
+        assert!(matches!(
+            s.check("t", 0, 1, 0, 7, 1),
+            Err(BrokerError::OutOfOrderSequence {
+                expected: 5,
+                received: 7,
+                ..
+            })
+        ));
+        // A newer epoch must start at 0; an older one is fenced.
+        assert!(s.check("t", 0, 1, 1, 3, 1).is_err());
+        assert_eq!(
+            s.check("t", 0, 1, 1, 0, 1).ok(),
+            Some(SequenceCheck::Append)
+        );
+        s.update(1, 1, 0, 1, 105, 105, 0);
+        assert!(matches!(
+            s.check("t", 0, 1, 0, 5, 1),
+            Err(BrokerError::InvalidProducerEpoch { .. })
+        ));
+        // Wrap-around at i32::MAX.
+        s.update(2, 0, i32::MAX - 1, 2, 0, 1, 0);
+        assert_eq!(
+            s.check("t", 0, 2, 0, 0, 1).ok(),
+            Some(SequenceCheck::Append)
+        );
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_outrun_ones_are_dropped() {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let mut s = ProducerStates::default();
+        s.update(7, 3, 0, 10, 0, 9, crate::log::now_ms());
+        s.save(dir.path(), 10, crate::log::now_ms()).ok();
+        s.update(7, 3, 10, 10, 10, 19, crate::log::now_ms());
+        s.save(dir.path(), 20, crate::log::now_ms()).ok();
+        let loaded = ProducerStates::load(dir.path(), 15).ok().flatten();
+        assert_eq!(loaded.as_ref().map(|(_, o)| *o), Some(10));
+        assert_eq!(
+            loaded.map(|(st, _)| st.check("t", 0, 7, 3, 10, 10).ok()),
+            Some(Some(SequenceCheck::Append))
+        );
+        assert!(
+            !dir.path().join(format!("{:020}.snapshot", 20)).exists(),
+            "a snapshot past the log end is removed"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The Kafka listener in-process, driven over TCP: kcat when it is installed, and raw frames.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use quiver_broker::alloc::GuardedAlloc;
+use quiver_broker::kafka::KafkaServer;
+use quiver_broker::{Broker, BrokerConfig};
+
+// The server process registers this allocator; so does this test, which feeds it hostile frames.
+#[global_allocator]
+static ALLOC: GuardedAlloc = GuardedAlloc;
+
+struct Running {
+    broker: Broker,
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut config = BrokerConfig {
+        data_dir: dir.path().to_owned(),
+        ..BrokerConfig::default()
+    };
+    config
+        .set("listeners", "PLAINTEXT://127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("{e}"));
+    config.set("group.initial.rebalance.delay.ms", "0").ok();
+    let broker = Broker::open(config)
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
+    let server = KafkaServer::bind(broker.clone())
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = server.local_addrs()[0];
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(server.run(rx));
+    Running {
+        broker,
+        addr,
+        stop,
+        _dir: dir,
+    }
+}
+
+fn have_kcat() -> bool {
+    Command::new("kcat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs kcat with `args`, feeding `input`, and returns its stdout.
+fn kcat(addr: SocketAddr, args: &[&str], input: &str) -> String {
+    let mut child = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("kcat: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).ok();
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("kcat: {e}"));
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_metadata_produce_consume_every_codec() {
+    if !have_kcat() {
+        // scripts/test installs kcat; a bare `cargo test` on a machine without it checks the rest.
+        eprintln!("kcat is not installed; skipping (scripts/test installs it)");
+        return;
+    }
+    let s = start().await;
+    let addr = s.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut log = String::new();
+        for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            let topic = format!("kcat-{codec}");
+            let input: String = (0..50)
+                .map(|i| format!("key{i}:value {i} via {codec}\n"))
+                .collect();
+            kcat(
+                addr,
+                &[
+                    "-P",
+                    "-t",
+                    &topic,
+                    "-K",
+                    ":",
+                    "-z",
+                    codec,
+                    "-H",
+                    "trace=abc",
+                ],
+                &input,
+            );
+            let consumed = kcat(
+                addr,
+                &[
+                    "-C",
+                    "-t",
+                    &topic,
+                    "-o",
+                    "beginning",
+                    "-e",
+                    "-f",
+                    "%k=%s|%h\n",
+                ],
+                "",
+            );
+            log.push_str(&consumed);
+            let lines: Vec<&str> = consumed.lines().collect();
+            assert_eq!(lines.len(), 50, "{codec}: {consumed}");
+            for i in 0..50 {
+                assert!(
+                    lines.contains(&format!("key{i}=value {i} via {codec}|trace=abc").as_str()),
+                    "{codec}: missing {i}"
+                );
+            }
+            // From an offset, and from the end (nothing).
+            let tail = kcat(
+                addr,
+                &[
+                    "-C", "-t", &topic, "-p", "0", "-o", "45", "-e", "-f", "%o\n",
+                ],
+                "",
+            );
+            assert_eq!(
+                tail.lines().collect::<Vec<_>>(),
+                vec!["45", "46", "47", "48", "49"]
+            );
+            let end = kcat(addr, &["-C", "-t", &topic, "-o", "end", "-e"], "");
+            assert_eq!(end, "");
+        }
+        let meta = kcat(addr, &["-L"], "");
+        assert!(
+            meta.contains("topic \"kcat-zstd\" with 1 partitions"),
+            "{meta}"
+        );
+        log
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.is_empty());
+    assert_eq!(
+        s.broker
+            .offsets("kcat-gzip", 0)
+            .map(|o| o.log_end_offset)
+            .ok(),
+        Some(50)
+    );
+    s.stop.send_replace(true);
+}
+
+fn api_versions_frame(correlation: i32) -> Vec<u8> {
+    // ApiVersions v0: api_key 18, version 0, correlation id, client id "t".
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&correlation.to_be_bytes());
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.push(b't');
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Sends ApiVersions v0 and returns the correlation id of the answer.
+fn api_versions_round_trip(addr: SocketAddr) -> Option<i32> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(&api_versions_frame(77)).ok()?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+}
+
+/// Sends bytes and reports whether the server closed the connection (read returns 0 or an error).
+fn send_and_expect_close(addr: SocketAddr, bytes: &[u8]) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let _ = s.write_all(bytes);
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(0) | Err(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_never_takes_the_server_down() {
+    let s = start().await;
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(api_versions_round_trip(addr), Some(77));
+        let mut hostile: Vec<Vec<u8>> = vec![
+            // 2 GiB length prefix: refused before anything is read.
+            0x7fff_ffffi32.to_be_bytes().to_vec(),
+            // Negative length.
+            (-5i32).to_be_bytes().to_vec(),
+            // Unknown API key 999.
+            [
+                &10i32.to_be_bytes()[..],
+                &999i16.to_be_bytes(),
+                &0i16.to_be_bytes(),
+                &1i32.to_be_bytes(),
+                &[0, 0],
+            ]
+            .concat(),
+            // Metadata v0 claiming 54 million topics in 5 bytes (an allocation bomb).
+            [
+                &13i32.to_be_bytes()[..],
+                &3i16.to_be_bytes(),
+                &0i16.to_be_bytes(),
+                &1i32.to_be_bytes(),
+                &(-1i16).to_be_bytes(),
+                &0x033c_0c00i32.to_be_bytes(),
+                &[0xb6],
+            ]
+            .concat(),
+            // Produce v9 with garbage after the header.
+            [
+                &16i32.to_be_bytes()[..],
+                &0i16.to_be_bytes(),
+                &9i16.to_be_bytes(),
+                &1i32.to_be_bytes(),
+                &[0xff; 8],
+            ]
+            .concat(),
+            // Fetch v12 claiming 2^31 - 1 topics (compact array).
+            [
+                &20i32.to_be_bytes()[..],
+                &1i16.to_be_bytes(),
+                &12i16.to_be_bytes(),
+                &1i32.to_be_bytes(),
+                &(-1i16).to_be_bytes(),
+                &[0],
+                &[0xff; 10],
+            ]
+            .concat(),
+        ];
+        // Truncated frames: a length that promises more than is sent, then the socket closes.
+        hostile.push([&100i32.to_be_bytes()[..], &18i16.to_be_bytes()].concat());
+        for (i, bytes) in hostile.iter().enumerate() {
+            if i < 6 {
+                assert!(
+                    send_and_expect_close(addr, bytes),
+                    "case {i}: the server closes the connection"
+                );
+            } else if let Ok(mut s) = TcpStream::connect(addr) {
+                let _ = s.write_all(bytes);
+            }
+            assert_eq!(
+                api_versions_round_trip(addr),
+                Some(77),
+                "case {i}: the server still answers"
+            );
+        }
+        // Random bytes.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200 {
+            let len = (seed % 64) as usize + 4;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let mut frame = ((len as i32) - 4).to_be_bytes().to_vec();
+            frame.extend_from_slice(&bytes[4..]);
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let _ = s.write_all(&frame);
+                let mut buf = [0u8; 256];
+                s.set_read_timeout(Some(Duration::from_millis(200))).ok();
+                let _ = s.read(&mut buf);
+            }
+        }
+        assert_eq!(
+            api_versions_round_trip(addr),
+            Some(77),
+            "still serving after random frames"
+        );
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    s.stop.send_replace(true);
+}
