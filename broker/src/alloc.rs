@@ -106,6 +106,21 @@ unsafe impl GlobalAlloc for GuardedAlloc {
     }
 }
 
+/// Keeps freed memory in the process instead of returning it to the kernel after every large
+/// request. Fetch and produce handle buffers of several megabytes; with glibc's defaults each
+/// one is a fresh `mmap` that the kernel must fault in and zero, which cost about a third of the
+/// broker's CPU per consumed message in profiles. Up to 64 MiB blocks come from the heap and up
+/// to 256 MiB of free heap is kept for reuse. Call once at start-up; a no-op off glibc.
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; these are valid values for both options.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -779,10 +779,41 @@ fn remove_orphans(dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<(
         let known = topics
             .get(topic)
             .is_some_and(|t| partition < t.meta.partitions);
-        if !known {
+        if known {
+            continue;
+        }
+        // Only a directory that holds nothing but a partition log's own files is ours to remove;
+        // anything else in the data directory is left alone (and reported).
+        if is_partition_dir(&entry.path())? {
             tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
             std::fs::remove_dir_all(entry.path()).at(&entry.path())?;
+        } else {
+            tracing::warn!(dir = %entry.path().display(), "ignoring a directory that is not a Quiver partition");
         }
     }
     Ok(())
+}
+
+/// True when every file in `dir` is one a partition log writes (segments, indexes, snapshots,
+/// checkpoints and their temporaries), and there are no subdirectories.
+fn is_partition_dir(dir: &Path) -> Result<bool> {
+    const SUFFIXES: &[&str] = &[
+        ".log",
+        ".index",
+        ".timeindex",
+        ".snapshot",
+        ".cleaned",
+        ".tmp",
+    ];
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        if !entry.file_type().at(&entry.path())?.is_file() {
+            return Ok(false);
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "log-start-offset" && !SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -300,28 +300,26 @@ impl<'a> EnvelopeColumns<'a> {
         }
     }
 
-    /// Sum of header key and value bytes of row `i` (what counts against max.message.bytes).
-    pub fn header_bytes(&self, i: usize) -> usize {
-        let list = self.headers.value(i);
-        let Some(structs) = list.as_any().downcast_ref::<StructArray>() else {
-            return 0;
-        };
-        let (Some(keys), Some(values)) = (
-            structs.column(0).as_any().downcast_ref::<StringArray>(),
-            structs.column(1).as_any().downcast_ref::<BinaryArray>(),
-        ) else {
-            return 0;
-        };
-        (0..structs.len())
-            .map(|j| {
-                keys.value(j).len()
-                    + if values.is_valid(j) {
-                        values.value(j).len()
-                    } else {
-                        0
-                    }
-            })
-            .sum()
+    /// The size Kafka counts against `max.message.bytes` for every row (key + value + header
+    /// keys and values), computed from the offset buffers without touching the data.
+    pub fn record_sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        let keys = self.keys.value_offsets();
+        let values = self.values.value_offsets();
+        let lists = self.headers.value_offsets();
+        let structs = self.headers.values().as_any().downcast_ref::<StructArray>();
+        let header_offsets = structs.and_then(|s| {
+            let k = s.column(0).as_any().downcast_ref::<StringArray>()?;
+            let v = s.column(1).as_any().downcast_ref::<BinaryArray>()?;
+            Some((k.value_offsets(), v.value_offsets()))
+        });
+        (0..self.offsets.len()).map(move |i| {
+            let mut size = (keys[i + 1] - keys[i]) as usize + (values[i + 1] - values[i]) as usize;
+            if let Some((hk, hv)) = header_offsets {
+                let (lo, hi) = (lists[i] as usize, lists[i + 1] as usize);
+                size += (hk[hi] - hk[lo]) as usize + (hv[hi] - hv[lo]) as usize;
+            }
+            size
+        })
     }
 
     /// Row `i` as a `Record`.

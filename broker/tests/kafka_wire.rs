@@ -83,11 +83,7 @@ fn kcat(addr: SocketAddr, args: &[&str], input: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcat_metadata_produce_consume_every_codec() {
-    if !have_kcat() {
-        // scripts/test installs kcat; a bare `cargo test` on a machine without it checks the rest.
-        eprintln!("kcat is not installed; skipping (scripts/test installs it)");
-        return;
-    }
+    assert!(have_kcat(), "kcat is not installed: run ./scripts/test, which installs it (Debian package kcat)");
     let s = start().await;
     let addr = s.addr;
     let out = tokio::task::spawn_blocking(move || {

@@ -297,7 +297,7 @@ fn zigzag(v: i64) -> u64 {
 #[inline]
 fn varint_len(v: i64) -> usize {
     let z = zigzag(v);
-    (((64 - (z | 1).leading_zeros()) + 6) / 7) as usize
+    (64 - (z | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 #[inline]

@@ -291,10 +291,7 @@ impl Log {
                 "timestamps must not be null".into(),
             ));
         }
-        for i in 0..batch.num_rows() {
-            let size = cols.key(i).map_or(0, <[u8]>::len)
-                + cols.value(i).map_or(0, <[u8]>::len)
-                + cols.header_bytes(i);
+        for (i, size) in cols.record_sizes().enumerate() {
             if size > config.max_message_bytes {
                 return Err(BrokerError::RecordTooLarge {
                     topic: self.topic.clone(),
@@ -303,12 +300,15 @@ impl Log {
                     max: config.max_message_bytes,
                 });
             }
-            if config.cleanup_policy.compact && cols.key(i).is_none() {
-                return Err(BrokerError::InvalidRecords(format!(
-                    "record {i} has no key; topic '{}' is compacted (cleanup.policy=compact) and every record needs a key",
-                    self.topic
-                )));
-            }
+        }
+        if config.cleanup_policy.compact && cols.keys.null_count() > 0 {
+            let i = (0..batch.num_rows())
+                .find(|&i| cols.keys.is_null(i))
+                .unwrap_or(0);
+            return Err(BrokerError::InvalidRecords(format!(
+                "record {i} has no key; topic '{}' is compacted (cleanup.policy=compact) and every record needs a key",
+                self.topic
+            )));
         }
         Ok(())
     }
@@ -403,8 +403,7 @@ impl Log {
                 producer.producer_epoch,
                 producer.base_sequence,
                 n as i32,
-                base,
-                header.last_offset(),
+                (base, header.last_offset()),
                 now,
             );
         }
@@ -765,8 +764,7 @@ fn replay_producers(
                     b.producer.producer_epoch,
                     b.producer.base_sequence,
                     b.last_offset_delta + 1,
-                    b.base_offset,
-                    b.last_offset(),
+                    (b.base_offset, b.last_offset()),
                     now,
                 );
             }

@@ -119,8 +119,7 @@ impl ProducerStates {
         epoch: i16,
         first_seq: i32,
         count: i32,
-        base_offset: i64,
-        last_offset: i64,
+        (base_offset, last_offset): (i64, i64),
         now: i64,
     ) {
         let entry = self.producers.entry(pid).or_insert_with(|| Entry {
@@ -285,7 +284,7 @@ mod tests {
             s.check("t", 0, 1, 0, 0, 5).ok(),
             Some(SequenceCheck::Append)
         );
-        s.update(1, 0, 0, 5, 100, 104, 0);
+        s.update(1, 0, 0, 5, (100, 104), 0);
         assert_eq!(
             s.check("t", 0, 1, 0, 5, 5).ok(),
             Some(SequenceCheck::Append)
@@ -314,13 +313,13 @@ mod tests {
             s.check("t", 0, 1, 1, 0, 1).ok(),
             Some(SequenceCheck::Append)
         );
-        s.update(1, 1, 0, 1, 105, 105, 0);
+        s.update(1, 1, 0, 1, (105, 105), 0);
         assert!(matches!(
             s.check("t", 0, 1, 0, 5, 1),
             Err(BrokerError::InvalidProducerEpoch { .. })
         ));
         // Wrap-around at i32::MAX.
-        s.update(2, 0, i32::MAX - 1, 2, 0, 1, 0);
+        s.update(2, 0, i32::MAX - 1, 2, (0, 1), 0);
         assert_eq!(
             s.check("t", 0, 2, 0, 0, 1).ok(),
             Some(SequenceCheck::Append)
@@ -331,9 +330,9 @@ mod tests {
     fn snapshots_round_trip_and_outrun_ones_are_dropped() {
         let Ok(dir) = tempfile::tempdir() else { return };
         let mut s = ProducerStates::default();
-        s.update(7, 3, 0, 10, 0, 9, crate::log::now_ms());
+        s.update(7, 3, 0, 10, (0, 9), crate::log::now_ms());
         s.save(dir.path(), 10, crate::log::now_ms()).ok();
-        s.update(7, 3, 10, 10, 10, 19, crate::log::now_ms());
+        s.update(7, 3, 10, 10, (10, 19), crate::log::now_ms());
         s.save(dir.path(), 20, crate::log::now_ms()).ok();
         let loaded = ProducerStates::load(dir.path(), 15).ok().flatten();
         assert_eq!(loaded.as_ref().map(|(_, o)| *o), Some(10));

@@ -586,7 +586,7 @@ fn crash_case(batch_sizes: &[usize], damage_at_fraction: f64, flip: bool) {
     // Whole batches that end at or before the damage survive; nothing after it.
     let expected_end = ends
         .iter()
-        .take_while(|(pos, _)| if flip { *pos <= at } else { *pos <= at })
+        .take_while(|(pos, _)| *pos <= at)
         .last()
         .map_or(0, |&(_, end)| end);
     let log = open(dir.path(), LogConfig::default());

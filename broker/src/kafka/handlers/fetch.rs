@@ -94,7 +94,9 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
             };
             match read {
                 Ok(result) => {
-                    let mut out = Vec::new();
+                    // Kafka's encoding of these rows is about the size of their Arrow frames.
+                    let estimate: usize = result.batches.iter().map(|b| b.records.get_array_memory_size() / 2 + 64).sum();
+                    let mut out = Vec::with_capacity(estimate);
                     for b in &result.batches {
                         if let Err(e) = records::encode_batch(&mut out, &b.header, &b.records) {
                             tracing::error!(topic = %t.topic.0.as_str(), partition = p.partition, error = %e, "cannot encode a stored batch");

@@ -1,0 +1,8 @@
+//! Quiver: stream processing with a bundled Kafka-compatible broker that stores partitions as
+//! Apache Arrow record batches.
+//!
+//! This package is the `quiver` binary and a facade over the workspace's library crates, so a
+//! Rust program can depend on `quiver` alone.
+
+/// The broker: the Arrow partition log, topics and the in-process `Broker` handle.
+pub use quiver_broker as broker;

@@ -1,0 +1,97 @@
+//! `quiver server`: opens the data directory with the broker and runs until Ctrl-C or SIGTERM,
+//! then shuts down cleanly (flushing every partition).
+//!
+//! The Kafka wire-protocol listener (`listeners`, default `PLAINTEXT://0.0.0.0:9092`) runs beside
+//! the broker and is stopped before the broker on shutdown, so no request is cut off mid-append.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use quiver_broker::Broker;
+use quiver_broker::kafka::KafkaServer;
+use quiver_broker::config::BROKER_CONFIG_KEYS;
+
+use crate::data_dir::{self, Intent};
+use crate::signal::StopSignals;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = server_help())]
+pub struct ServerArgs {
+    /// Config file: TOML with Kafka's server key names, e.g. `log.dirs = "/var/lib/quiver"`,
+    /// `num.partitions = 3`, `log.retention.hours = 168`
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Data directory; wins over log.dirs from --config and QUIVER_LOG_DIRS [default: ./quiver-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Where Kafka clients connect, e.g. PLAINTEXT://0.0.0.0:9092 (port 0 picks a free port)
+    /// [default: PLAINTEXT://0.0.0.0:9092]
+    #[arg(long, value_name = "LISTENERS")]
+    pub listeners: Option<String>,
+
+    /// The address clients are told to use, if not the listener's (e.g. behind NAT)
+    #[arg(long, value_name = "LISTENERS")]
+    pub advertised_listeners: Option<String>,
+}
+
+fn server_help() -> String {
+    format!(
+        "Settings come from the --config file, then QUIVER_* environment variables (QUIVER_NUM_PARTITIONS=3 \
+         sets num.partitions), then flags; later ones win.\n\nServer keys: {}",
+        BROKER_CONFIG_KEYS.join(", ")
+    )
+}
+
+/// Runs the server until a stop signal. `signals` are installed before the data directory is
+/// opened, so that a stop request during start-up is not lost.
+pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
+    let mut config = crate::config::resolve(
+        args.config.as_deref(),
+        std::env::vars_os(),
+        args.data_dir.as_deref(),
+    )?;
+    if let Some(l) = &args.listeners {
+        config.set("listeners", l).context("--listeners")?;
+    }
+    if let Some(l) = &args.advertised_listeners {
+        config.set("advertised.listeners", l).context("--advertised-listeners")?;
+    }
+    data_dir::check(&config.data_dir, Intent::Create)?;
+    let broker = Broker::open(config).await?;
+    let dir = broker.config().data_dir.clone();
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let topics = broker.list_topics().len();
+    let kafka = match KafkaServer::bind(broker.clone()).await {
+        Ok(k) => k,
+        Err(e) => {
+            broker.shutdown().await.ok();
+            return Err(e).context("cannot start the Kafka listener; is another broker on that port? (--listeners)");
+        }
+    };
+    let bound: Vec<String> = kafka.local_addrs().iter().map(ToString::to_string).collect();
+    let advertised = kafka.advertised().to_string();
+    tracing::info!(data_dir = %dir.display(), topics, listeners = ?bound, %advertised, "broker open");
+    println!(
+        "quiver server ready: Kafka on {} (advertised as {advertised}), data in {} ({topics} topic{}); stop with Ctrl-C",
+        bound.join(", "),
+        dir.display(),
+        if topics == 1 { "" } else { "s" }
+    );
+    let (stop_kafka, kafka_stopped) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(kafka.run(kafka_stopped));
+
+    let why = signals.recv().await;
+    tracing::info!("{why} received; shutting down (again to exit at once)");
+    stop_kafka.send_replace(true);
+    let _ = serving.await;
+    tokio::select! {
+        done = broker.shutdown() => done?,
+        why = signals.recv() => bail!(
+            "{why} received during shutdown; exiting without flushing (the next start recovers the log tails)"
+        ),
+    }
+    println!("quiver server stopped");
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Helpers for end-to-end tests: run the real `quiver` binary with bounded waits.
+
+#![allow(dead_code)] // Each test file uses a different part.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest any one command may take before the test fails (debug builds on a busy 2-core box).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The binary with an environment that does not leak the developer's settings.
+pub fn quiver() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("QUIVER_")) {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// What a finished command did.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with the output unless the command succeeded.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert!(self.status.success(), "command failed: {self:#?}");
+        self
+    }
+
+    /// Panics unless the command failed; returns its standard error.
+    #[track_caller]
+    pub fn failed(self) -> String {
+        assert!(
+            !self.status.success(),
+            "command should have failed: {self:#?}"
+        );
+        assert!(
+            self.stdout.is_empty(),
+            "a failed command printed results: {self:#?}"
+        );
+        self.stderr
+    }
+
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = from.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Waits for `child` to exit, killing it (and failing the test) after `timeout`.
+#[track_caller]
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("process {} did not exit within {timeout:?}", child.id());
+            }
+            Err(e) => panic!("waiting for process {}: {e}", child.id()),
+        }
+    }
+}
+
+/// Runs `quiver ARGS` with `stdin` as its input and waits (bounded) for it to finish.
+#[track_caller]
+pub fn run(args: &[&str], stdin: &[u8]) -> Output {
+    run_with_env(args, stdin, &[])
+}
+
+/// Like [`run`], with extra environment variables.
+#[track_caller]
+pub fn run_with_env(args: &[&str], stdin: &[u8], envs: &[(&str, &str)]) -> Output {
+    let mut child = quiver()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn quiver");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The command may exit without reading everything (on an error); that is not our failure.
+        let _ = input.write_all(&data);
+    });
+    let out = drain(child.stdout.take().expect("stdout is piped"));
+    let err = drain(child.stderr.take().expect("stderr is piped"));
+    let status = wait_bounded(&mut child, COMMAND_TIMEOUT);
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out.join().expect("stdout reader")).into_owned();
+    let stderr = String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A data directory in a fresh temporary directory; the data directory itself is not created.
+pub struct DataDir {
+    tmp: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl DataDir {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let path = tmp.path().join("data");
+        DataDir { tmp, path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("temp paths are UTF-8")
+    }
+
+    /// Runs `quiver ARGS --data-dir DIR`.
+    #[track_caller]
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", self.arg()]);
+        run(&all, stdin)
+    }
+
+    /// All records of a topic as printed by `consume --from-beginning --timeout-ms 0` with `extra` flags.
+    #[track_caller]
+    pub fn consume_all(&self, topic: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["consume", topic, "--from-beginning", "--timeout-ms", "0"];
+        args.extend(extra);
+        self.run(&args, b"")
+            .ok()
+            .lines()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A running `quiver server`.
+pub struct Server {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    /// The ready line.
+    pub ready: String,
+}
+
+impl Server {
+    /// Starts `quiver server ARGS` and waits (bounded) for its ready line.
+    #[track_caller]
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        // Tests run in parallel: each server gets a free loopback port unless the test picks one.
+        let listeners: &[&str] = if args.contains(&"--listeners") {
+            &[]
+        } else {
+            &["--listeners", "PLAINTEXT://127.0.0.1:0"]
+        };
+        let mut child = quiver()
+            .arg("server")
+            .args(args)
+            .args(listeners)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn quiver server");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Some(drain(child.stderr.take().expect("stderr is piped")));
+        let mut server = Server {
+            child,
+            stdout: rx,
+            stderr,
+            ready: String::new(),
+        };
+        match server.stdout.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(line) if line.starts_with("quiver server ready") => server.ready = line,
+            other => {
+                let _ = server.child.kill();
+                let status = server.child.wait();
+                panic!(
+                    "no ready line from the server: got {other:?}, exit {status:?}, stderr:\n{}",
+                    server.take_stderr()
+                );
+            }
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`) with the system's `kill`.
+    #[track_caller]
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Waits (bounded) for the server to exit; returns its status, the rest of its standard
+    /// output, and its standard error.
+    #[track_caller]
+    pub fn wait(mut self) -> Output {
+        let status = wait_bounded(&mut self.child, COMMAND_TIMEOUT);
+        let mut stdout = String::new();
+        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        let stderr = self.take_stderr();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn take_stderr(&mut self) -> String {
+        let bytes = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
