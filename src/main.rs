@@ -23,7 +23,6 @@ use tracing_subscriber::EnvFilter;
 static ALLOC: GuardedAlloc = GuardedAlloc;
 
 fn main() -> ExitCode {
-    quiver_broker::alloc::tune_malloc();
     let cli = cli::Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_filter()));

@@ -17,7 +17,6 @@ static ALLOC: GuardedAlloc = GuardedAlloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    quiver_broker::alloc::tune_malloc();
     let mut args = std::env::args().skip(1);
     let data_dir = args.next().unwrap_or_else(|| "quiver-embedded".into());
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:19092".into());
