@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{self, Client};
 use crate::commands::consume::{self, ConsumeArgs};
+use crate::commands::groups::{self, GroupsArgs};
 use crate::commands::produce::{self, ProduceArgs};
 use crate::commands::topics::{self, TopicsArgs};
 use crate::server::{self, ServerArgs};
@@ -34,6 +35,10 @@ pub enum Command {
 
     /// Print a topic's records, one per line, and keep following new ones
     Consume(ConsumeArgs),
+
+    /// List consumer groups, or describe one: members, committed offsets and lag (needs
+    /// --bootstrap-server)
+    Groups(GroupsArgs),
 }
 
 impl Command {
@@ -67,6 +72,7 @@ pub async fn run(command: Command) -> Result<()> {
             let result = consume::run(&client, args, signals).await;
             finish(client, result).await
         }
+        Command::Groups(args) => groups::run(args).await,
     }
 }
 

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use quiver_broker::Broker;
-use quiver_broker::kafka::KafkaServer;
 use quiver_broker::config::BROKER_CONFIG_KEYS;
+use quiver_broker::kafka::KafkaServer;
 
 use crate::data_dir::{self, Intent};
 use crate::signal::StopSignals;
@@ -56,7 +56,9 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
         config.set("listeners", l).context("--listeners")?;
     }
     if let Some(l) = &args.advertised_listeners {
-        config.set("advertised.listeners", l).context("--advertised-listeners")?;
+        config
+            .set("advertised.listeners", l)
+            .context("--advertised-listeners")?;
     }
     data_dir::check(&config.data_dir, Intent::Create)?;
     let broker = Broker::open(config).await?;
@@ -67,10 +69,16 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
         Ok(k) => k,
         Err(e) => {
             broker.shutdown().await.ok();
-            return Err(e).context("cannot start the Kafka listener; is another broker on that port? (--listeners)");
+            return Err(e).context(
+                "cannot start the Kafka listener; is another broker on that port? (--listeners)",
+            );
         }
     };
-    let bound: Vec<String> = kafka.local_addrs().iter().map(ToString::to_string).collect();
+    let bound: Vec<String> = kafka
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let advertised = kafka.advertised().to_string();
     tracing::info!(data_dir = %dir.display(), topics, listeners = ?bound, %advertised, "broker open");
     println!(

@@ -17,8 +17,14 @@ fn ready_line(dir: &Path, topics: &str) -> String {
 
 #[track_caller]
 fn assert_ready(ready: &str, expected_tail: String) {
-    assert!(ready.starts_with("quiver server ready: Kafka on 127.0.0.1:"), "{ready}");
-    assert!(ready.ends_with(&expected_tail), "{ready} should end with {expected_tail}");
+    assert!(
+        ready.starts_with("quiver server ready: Kafka on 127.0.0.1:"),
+        "{ready}"
+    );
+    assert!(
+        ready.ends_with(&expected_tail),
+        "{ready} should end with {expected_tail}"
+    );
 }
 
 #[track_caller]

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{BrokerError, IoContext, Result};
+use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::cleaner::CleanStats;
 use crate::log::{AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, now_ms};
 use crate::partitioner::Partitioner;
@@ -93,6 +94,8 @@ struct Inner {
     cluster_id: String,
     producer_ids: Mutex<ProducerIdBlock>,
     _lock_file: File,
+    /// Consumer groups and committed offsets.
+    groups: GroupCoordinator,
 }
 
 /// Producer ids are handed out from blocks whose end is persisted before use, so no id is
@@ -104,6 +107,17 @@ struct ProducerIdBlock {
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// A broker handle that does not keep the broker alive; `upgrade` gives a [`Broker`] while
+/// it is still open.
+#[derive(Clone)]
+pub(crate) struct WeakBroker(std::sync::Weak<Inner>);
+
+impl WeakBroker {
+    pub(crate) fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|inner| Broker { inner })
+    }
+}
 
 /// The broker. Clone it freely: clones share one broker.
 #[derive(Clone)]
@@ -193,6 +207,7 @@ impl Broker {
         let cluster_id = load_or_create_cluster_id(&dir, config.kafka.node_id)?;
         let next_producer_id = read_i64_file(&dir.join("producer-id-block"))?.unwrap_or(0);
         let (shutdown, _) = watch::channel(false);
+        let groups = GroupCoordinator::new(GroupConfig::from_kafka(&config.kafka));
         let broker = Broker {
             inner: Arc::new(Inner {
                 config,
@@ -207,15 +222,28 @@ impl Broker {
                     end: next_producer_id,
                 }),
                 _lock_file: lock_file,
+                groups,
             }),
         };
         broker.start_background();
+        // After the topics are open: it reads its groups back from __consumer_offsets.
+        broker.inner.groups.start(&broker)?;
         Ok(broker)
     }
 
     /// The broker's settings.
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
+    }
+
+    /// The group coordinator: consumer groups and committed offsets.
+    pub fn groups(&self) -> &GroupCoordinator {
+        &self.inner.groups
+    }
+
+    /// A handle that does not keep the broker alive (for the broker's own background work).
+    pub(crate) fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.inner))
     }
 
     /// The cluster id (made on first start, kept in `meta.properties`).
@@ -660,6 +688,7 @@ impl Broker {
 
     /// Stops background work, flushes and persists indexes. Appends fail afterwards.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.groups.shutdown().await;
         self.inner.shutdown.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock());
         for t in tasks {

@@ -458,6 +458,29 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "num.partitions",
 ];
 
+/// The server keys that set the broker-wide default of a topic key, most specific first (the
+/// order in which Kafka lists them as synonyms). Empty for topic keys with no server key here.
+pub fn broker_synonyms(topic_key: &str) -> &'static [&'static str] {
+    match topic_key {
+        "cleanup.policy" => &["log.cleanup.policy"],
+        "delete.retention.ms" => &["log.cleaner.delete.retention.ms"],
+        "flush.messages" => &["log.flush.interval.messages"],
+        "flush.ms" => &["log.flush.interval.ms"],
+        "index.interval.bytes" => &["log.index.interval.bytes"],
+        "max.message.bytes" => &["message.max.bytes"],
+        "message.timestamp.type" => &["log.message.timestamp.type"],
+        "retention.bytes" => &["log.retention.bytes"],
+        "retention.ms" => &[
+            "log.retention.ms",
+            "log.retention.minutes",
+            "log.retention.hours",
+        ],
+        "segment.bytes" => &["log.segment.bytes"],
+        "segment.ms" => &["log.roll.ms", "log.roll.hours"],
+        _ => &[],
+    }
+}
+
 impl BrokerConfig {
     /// Applies one server key (Kafka's name). Unknown keys are errors listing the known ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -574,6 +597,63 @@ impl BrokerConfig {
         }
         Ok(())
     }
+
+    /// The value of a server key as Kafka would print it; `None` for a key not in
+    /// [`BROKER_CONFIG_KEYS`]. Keys that are units of one setting (`log.retention.{ms,minutes,hours}`,
+    /// `log.roll.{ms,hours}`) each show that setting in their unit, rounded down;
+    /// `advertised.listeners` shows what clients are told when it is not set.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let log = &self.log;
+        let listeners = |list: &[Listener]| {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let per = |ms: Option<i64>, unit_ms: i64| ms.map_or(-1, |v| v / unit_ms).to_string();
+        let topic = |topic_key: &str| log.get(topic_key);
+        Some(match key {
+            "advertised.listeners" => listeners(&self.kafka.advertised()),
+            "auto.create.topics.enable" => self.auto_create_topics.to_string(),
+            "broker.id" | "node.id" => self.kafka.node_id.to_string(),
+            "group.initial.rebalance.delay.ms" => {
+                self.kafka.group_initial_rebalance_delay_ms.to_string()
+            }
+            "group.max.session.timeout.ms" => self.kafka.group_max_session_timeout_ms.to_string(),
+            "group.min.session.timeout.ms" => self.kafka.group_min_session_timeout_ms.to_string(),
+            "listeners" => listeners(&self.kafka.listeners),
+            "offsets.retention.minutes" => self.kafka.offsets_retention_minutes.to_string(),
+            "offsets.topic.num.partitions" => self.kafka.offsets_topic_num_partitions.to_string(),
+            "socket.request.max.bytes" => self.kafka.socket_request_max_bytes.to_string(),
+            "log.cleaner.backoff.ms" => self.cleaner_backoff_ms.to_string(),
+            "log.cleaner.delete.retention.ms" => topic("delete.retention.ms")?,
+            "log.cleanup.policy" => topic("cleanup.policy")?,
+            "log.dir" | "log.dirs" => self.data_dir.display().to_string(),
+            "log.flush.interval.messages" => topic("flush.messages")?,
+            "log.flush.interval.ms" => topic("flush.ms")?,
+            "log.index.interval.bytes" => topic("index.interval.bytes")?,
+            "log.message.timestamp.type" => topic("message.timestamp.type")?,
+            "log.retention.bytes" => topic("retention.bytes")?,
+            "log.retention.check.interval.ms" => self.retention_check_interval_ms.to_string(),
+            "log.retention.hours" => per(log.retention_ms, 3_600_000),
+            "log.retention.minutes" => per(log.retention_ms, 60_000),
+            "log.retention.ms" => topic("retention.ms")?,
+            "log.roll.hours" => per(Some(log.segment_ms), 3_600_000),
+            "log.roll.ms" => topic("segment.ms")?,
+            "log.segment.bytes" => topic("segment.bytes")?,
+            "message.max.bytes" => topic("max.message.bytes")?,
+            "num.partitions" => self.num_partitions.to_string(),
+            _ => return None,
+        })
+    }
+
+    /// Every server key of [`BROKER_CONFIG_KEYS`] with its value (see [`BrokerConfig::get`]).
+    pub fn entries(&self) -> Vec<(String, String)> {
+        BROKER_CONFIG_KEYS
+            .iter()
+            .filter_map(|k| self.get(k).map(|v| ((*k).to_owned(), v)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -625,6 +705,36 @@ mod tests {
         assert!(b.set("log.dirs", "/a,/b").is_err());
         assert!(b.set("no.such.key", "1").is_err());
         assert!(b.set("num.partitions", "0").is_err());
+    }
+
+    #[test]
+    fn every_server_key_reads_back_what_set_accepts() {
+        let mut b = BrokerConfig::default();
+        b.set("log.retention.hours", "5").ok();
+        b.set("listeners", "PLAINTEXT://127.0.0.1:19092").ok();
+        for key in BROKER_CONFIG_KEYS {
+            let Some(value) = b.get(key) else {
+                panic!("no value for server key {key}")
+            };
+            let mut again = b.clone();
+            if let Err(e) = again.set(key, &value) {
+                panic!("{key}={value} does not set: {e}");
+            }
+            assert_eq!(again.get(key), Some(value), "{key}");
+        }
+        assert_eq!(b.get("log.retention.ms").as_deref(), Some("18000000"));
+        assert_eq!(b.get("log.retention.minutes").as_deref(), Some("300"));
+        assert_eq!(b.get("no.such.key"), None);
+        assert_eq!(b.entries().len(), BROKER_CONFIG_KEYS.len());
+    }
+
+    #[test]
+    fn broker_synonyms_are_server_keys() {
+        for (topic_key, _) in TOPIC_CONFIG_KEYS {
+            for key in broker_synonyms(topic_key) {
+                assert!(BROKER_CONFIG_KEYS.contains(key), "{topic_key}: {key}");
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod kafka;
 pub mod log;
 pub mod partitioner;

@@ -349,40 +349,86 @@ async fn foreign_directories_in_the_data_dir_are_left_alone() {
     std::fs::create_dir_all(&leftover).ok();
     std::fs::write(leftover.join("00000000000000000000.log"), b"").ok();
     let broker = open(dir.path()).await;
-    assert!(foreign.join("notes.txt").exists(), "a directory that is not a partition log is never removed");
-    assert!(!leftover.exists(), "a partition directory of no topic is removed");
+    assert!(
+        foreign.join("notes.txt").exists(),
+        "a directory that is not a partition log is never removed"
+    );
+    assert!(
+        !leftover.exists(),
+        "a partition directory of no topic is removed"
+    );
     drop(broker);
 }
 
 #[tokio::test]
 async fn idempotent_producer_state_survives_restart() {
     let dir = tempdir();
-    let batch = |n: usize| records_to_batch(&(0..n).map(|i| Record::new(i as i64, Some(b"k"), Some(b"v"))).collect::<Vec<_>>());
-    let producer = |seq: i32| ProducerInfo { producer_id: 42, producer_epoch: 0, base_sequence: seq, attributes: 0 };
+    let batch = |n: usize| {
+        records_to_batch(
+            &(0..n)
+                .map(|i| Record::new(i as i64, Some(b"k"), Some(b"v")))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let producer = |seq: i32| ProducerInfo {
+        producer_id: 42,
+        producer_epoch: 0,
+        base_sequence: seq,
+        attributes: 0,
+    };
     {
         let broker = open(dir.path()).await;
         broker.create_topic(NewTopic::new("idem", 1)).await.ok();
-        let first = broker.append("idem", 0, &batch(5), producer(0)).await.unwrap_or_else(|e| panic!("{e}"));
+        let first = broker
+            .append("idem", 0, &batch(5), producer(0))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((first.base_offset, first.last_offset), (0, 4));
         broker.append("idem", 0, &batch(3), producer(5)).await.ok();
         // Crash: no clean shutdown, so no snapshot; state comes from the frame headers.
     }
     let broker = open(dir.path()).await;
     // A retry of the last batch is recognised and answered with its original offsets.
-    let retry = broker.append("idem", 0, &batch(3), producer(5)).await.unwrap_or_else(|e| panic!("{e}"));
+    let retry = broker
+        .append("idem", 0, &batch(3), producer(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((retry.base_offset, retry.last_offset), (5, 7));
-    assert_eq!(broker.offsets("idem", 0).map(|o| o.log_end_offset).ok(), Some(8), "nothing appended twice");
+    assert_eq!(
+        broker.offsets("idem", 0).map(|o| o.log_end_offset).ok(),
+        Some(8),
+        "nothing appended twice"
+    );
     // A gap is refused.
     let gap = broker.append("idem", 0, &batch(1), producer(10)).await;
-    assert!(matches!(gap, Err(BrokerError::OutOfOrderSequence { expected: 8, received: 10, .. })), "{gap:?}");
+    assert!(
+        matches!(
+            gap,
+            Err(BrokerError::OutOfOrderSequence {
+                expected: 8,
+                received: 10,
+                ..
+            })
+        ),
+        "{gap:?}"
+    );
     // The next batch in sequence is appended.
-    let next = broker.append("idem", 0, &batch(2), producer(8)).await.unwrap_or_else(|e| panic!("{e}"));
+    let next = broker
+        .append("idem", 0, &batch(2), producer(8))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(next.base_offset, 8);
     broker.shutdown().await.ok();
     drop(broker);
     // After a clean shutdown the state comes from the snapshot.
     let broker = open(dir.path()).await;
-    let retry = broker.append("idem", 0, &batch(2), producer(8)).await.unwrap_or_else(|e| panic!("{e}"));
+    let retry = broker
+        .append("idem", 0, &batch(2), producer(8))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(retry.base_offset, 8);
-    assert_eq!(broker.offsets("idem", 0).map(|o| o.log_end_offset).ok(), Some(10));
+    assert_eq!(
+        broker.offsets("idem", 0).map(|o| o.log_end_offset).ok(),
+        Some(10)
+    );
 }

@@ -83,7 +83,10 @@ fn kcat(addr: SocketAddr, args: &[&str], input: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcat_metadata_produce_consume_every_codec() {
-    assert!(have_kcat(), "kcat is not installed: run ./scripts/test, which installs it (Debian package kcat)");
+    assert!(
+        have_kcat(),
+        "kcat is not installed: run ./scripts/test, which installs it (Debian package kcat)"
+    );
     let s = start().await;
     let addr = s.addr;
     let out = tokio::task::spawn_blocking(move || {

@@ -93,8 +93,8 @@ fn topic_info(d: TopicDescription) -> TopicInfo {
                 partition: p.partition,
                 log_start_offset: p.offsets.log_start_offset,
                 log_end_offset: p.offsets.log_end_offset,
-                size_bytes: p.offsets.size_bytes,
-                segments: p.offsets.segments,
+                size_bytes: Some(p.offsets.size_bytes),
+                segments: Some(p.offsets.segments),
             })
             .collect(),
         overrides: d.overrides,

@@ -1,12 +1,13 @@
 //! What the `topics`, `produce` and `consume` commands need from a broker, and the backends that
 //! provide it.
 //!
-//! Today there is one backend, [`direct::DirectClient`], which opens the data directory in this
-//! process (so it cannot run while `quiver server` holds the directory). A Kafka-protocol backend
-//! (`--bootstrap-server`) will implement the same [`Client`] trait and be chosen in [`connect`];
-//! the commands are generic over the trait and do not change.
+//! Two backends implement [`Client`]: [`kafka::KafkaBackend`] talks to a running broker over the
+//! Kafka protocol (`--bootstrap-server`), and [`direct::DirectClient`] opens the data directory
+//! in this process (so it cannot run while `quiver server` holds the directory). [`connect`]
+//! picks one from the flags; the commands are generic over the trait and do not care which.
 
 pub mod direct;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,15 +21,30 @@ use quiver_broker::{NewTopic, Record};
 /// How the commands reach a broker.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// Data directory to open in this process, the one `quiver server` uses (QUIVER_LOG_DIRS
-    /// also sets it). Only one process at a time may have it open [default: ./quiver-data]
+    /// A running broker to talk to over the Kafka protocol, HOST:PORT (`quiver server`'s
+    /// listener, or any Kafka broker); comma-separate several to try in turn
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        global = true,
+        conflicts_with = "data_dir"
+    )]
+    pub bootstrap_server: Option<String>,
+
+    /// Data directory to open in this process instead, the one `quiver server` uses
+    /// (QUIVER_LOG_DIRS also sets it); only while no server has it open. Used when
+    /// --bootstrap-server is not given [default: ./quiver-data]
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 }
 
-/// Opens the backend `args` choose.
-pub fn connect(args: &ConnectArgs) -> Result<direct::DirectClient> {
-    direct::DirectClient::new(args.data_dir.as_deref())
+/// Picks the backend `args` choose: the Kafka protocol with `--bootstrap-server`, else the data
+/// directory. Nothing is opened or connected until the first request.
+pub fn connect(args: &ConnectArgs) -> Result<AnyClient> {
+    Ok(match &args.bootstrap_server {
+        Some(bootstrap) => AnyClient::Kafka(kafka::KafkaBackend::new(bootstrap)),
+        None => AnyClient::Direct(direct::DirectClient::new(args.data_dir.as_deref())?),
+    })
 }
 
 /// A partition's state.
@@ -37,8 +53,10 @@ pub struct PartitionState {
     pub partition: i32,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
-    pub size_bytes: u64,
-    pub segments: usize,
+    /// `None` when the backend cannot tell (a broker without DescribeLogDirs).
+    pub size_bytes: Option<u64>,
+    /// `None` over the Kafka protocol, which does not tell.
+    pub segments: Option<usize>,
 }
 
 /// A topic as the commands show it.
@@ -123,4 +141,82 @@ pub trait Client {
 
     /// Flushes and releases the broker (or the connection).
     async fn close(self) -> Result<()>;
+}
+
+/// The backend [`connect`] chose; forwards every call to it.
+#[derive(Debug)]
+pub enum AnyClient {
+    Direct(direct::DirectClient),
+    Kafka(kafka::KafkaBackend),
+}
+
+/// Calls `$call` on whichever backend `$self` holds.
+macro_rules! forward {
+    ($self:expr, $client:ident => $call:expr) => {
+        match $self {
+            AnyClient::Direct($client) => $call,
+            AnyClient::Kafka($client) => $call,
+        }
+    };
+}
+
+impl Client for AnyClient {
+    async fn create_topic(&self, topic: &NewTopic) -> Result<TopicInfo> {
+        forward!(self, c => c.create_topic(topic).await)
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        forward!(self, c => c.delete_topic(name).await)
+    }
+
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        forward!(self, c => c.list_topics().await)
+    }
+
+    async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        forward!(self, c => c.describe_topic(name).await)
+    }
+
+    async fn alter_topic_config(&self, name: &str, changes: &[ConfigChange]) -> Result<()> {
+        forward!(self, c => c.alter_topic_config(name, changes).await)
+    }
+
+    async fn create_partitions(&self, name: &str, total: i32) -> Result<()> {
+        forward!(self, c => c.create_partitions(name, total).await)
+    }
+
+    async fn prepare_produce(&self, topic: &str, partition: Option<i32>) -> Result<()> {
+        forward!(self, c => c.prepare_produce(topic, partition).await)
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: &[Record],
+    ) -> Result<Vec<i32>> {
+        forward!(self, c => c.produce(topic, partition, records).await)
+    }
+
+    async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp_ms: i64,
+    ) -> Result<Option<i64>> {
+        forward!(self, c => c.offset_for_timestamp(topic, partition, timestamp_ms).await)
+    }
+
+    async fn fetch(
+        &self,
+        topic: &str,
+        positions: &[(i32, i64)],
+        max_wait: Duration,
+    ) -> Result<Vec<Fetched>> {
+        forward!(self, c => c.fetch(topic, positions, max_wait).await)
+    }
+
+    async fn close(self) -> Result<()> {
+        forward!(self, c => c.close().await)
+    }
 }

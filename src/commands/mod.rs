@@ -1,6 +1,8 @@
-//! The client commands: `topics`, `produce` and `consume`. Each is generic over
-//! [`crate::client::Client`], so it works the same on every backend.
+//! The client commands: `topics`, `produce` and `consume`, each generic over
+//! [`crate::client::Client`] so that it works the same on every backend; and `groups`, which
+//! only a running broker can answer.
 
 pub mod consume;
+pub mod groups;
 pub mod produce;
 pub mod topics;

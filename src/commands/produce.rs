@@ -6,8 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use clap::builder::NonEmptyStringValueParser;
@@ -25,6 +26,10 @@ const BATCH_BYTES_MAX: usize = 1 << 20;
 const LINE_BYTES_MAX: usize = 64 << 20;
 /// Records parsed ahead of sending.
 const CHANNEL_RECORDS_MAX: usize = 2 * BATCH_RECORDS_MAX;
+/// A run shorter than this shows no progress line.
+const PROGRESS_AFTER: Duration = Duration::from_secs(1);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, clap::Args)]
 pub struct ProduceArgs {
@@ -75,6 +80,7 @@ pub async fn run(client: &impl Client, args: ProduceArgs, mut signals: StopSigna
 
     let mut sent = 0usize;
     let mut partitions = BTreeSet::new();
+    let mut progress = Progress::new(std::io::stderr().is_terminal());
     let result = async {
         loop {
             let first = tokio::select! {
@@ -89,6 +95,7 @@ pub async fn run(client: &impl Client, args: ProduceArgs, mut signals: StopSigna
             if !batch.is_empty() {
                 partitions.extend(client.produce(&args.topic, args.partition, &batch).await?);
                 sent += batch.len();
+                progress.update(sent);
             }
             if let Some(e) = failure {
                 return Err(anyhow!("{e:#}; the {sent} records before it were sent"));
@@ -96,6 +103,7 @@ pub async fn run(client: &impl Client, args: ProduceArgs, mut signals: StopSigna
         }
     }
     .await;
+    progress.clear();
     let listed: Vec<String> = partitions.iter().map(i32::to_string).collect();
     let plural = if listed.len() == 1 { "" } else { "s" };
     let where_ = if listed.is_empty() {
@@ -109,6 +117,47 @@ pub async fn run(client: &impl Client, args: ProduceArgs, mut signals: StopSigna
         args.topic
     );
     result
+}
+
+/// A line on standard error that counts records sent, redrawn in place, for runs long enough to
+/// wonder about; only on a terminal, so logs and pipes get the summary line alone.
+struct Progress {
+    enabled: bool,
+    started: Instant,
+    drawn: Option<Instant>,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Progress {
+            enabled,
+            started: Instant::now(),
+            drawn: None,
+        }
+    }
+
+    fn update(&mut self, sent: usize) {
+        let elapsed = self.started.elapsed();
+        let due = self.drawn.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+        if !self.enabled || elapsed < PROGRESS_AFTER || !due {
+            return;
+        }
+        let rate = sent as f64 / elapsed.as_secs_f64();
+        let mut err = std::io::stderr().lock();
+        // Progress is a nicety: a failed write to the terminal is no reason to stop.
+        let _ = write!(err, "\r\x1b[Kproducing: {sent} records sent ({rate:.0}/s)");
+        let _ = err.flush();
+        self.drawn = Some(Instant::now());
+    }
+
+    /// Erases the line, so that the summary takes its place.
+    fn clear(&mut self) {
+        if self.drawn.take().is_some() {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+        }
+    }
 }
 
 /// Takes `first` and whatever else is ready, up to the batch limits. Stops at a bad line and

@@ -223,8 +223,8 @@ fn render_description(info: &TopicInfo) -> String {
             p.partition.to_string(),
             p.log_start_offset.to_string(),
             p.log_end_offset.to_string(),
-            human_bytes(p.size_bytes),
-            p.segments.to_string(),
+            p.size_bytes.map_or_else(|| "-".to_owned(), human_bytes),
+            p.segments.map_or_else(|| "-".to_owned(), |s| s.to_string()),
         ]);
     }
     out.push_str(&partitions.to_string());
@@ -267,8 +267,8 @@ mod tests {
                 partition: 0,
                 log_start_offset: 0,
                 log_end_offset: 12,
-                size_bytes: 2048,
-                segments: 1,
+                size_bytes: Some(2048),
+                segments: Some(1),
             }],
             overrides: [("retention.ms".to_owned(), "1000".to_owned())].into(),
             effective: vec![

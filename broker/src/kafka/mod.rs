@@ -3,6 +3,7 @@
 //! and one handler per API key (`handlers/`). Record batches are converted to and from Arrow
 //! by `records` without going through per-record structs.
 
+pub mod client;
 pub mod compression;
 pub mod handlers;
 pub mod records;

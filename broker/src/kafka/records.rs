@@ -210,6 +210,28 @@ pub fn decode_records(
     scratch: &mut DecodeScratch,
     max_uncompressed: usize,
 ) -> Result<(), RecordError> {
+    decode_into(batch, builder, scratch, max_uncompressed, None)
+}
+
+/// Like [`decode_records`], and pushes each record's offset (base offset plus its offset delta)
+/// onto `offsets`: what a reader of fetched batches needs, since a compacted batch has gaps.
+pub fn decode_records_with_offsets(
+    batch: &KafkaBatch<'_>,
+    builder: &mut EnvelopeBuilder,
+    scratch: &mut DecodeScratch,
+    max_uncompressed: usize,
+    offsets: &mut Vec<i64>,
+) -> Result<(), RecordError> {
+    decode_into(batch, builder, scratch, max_uncompressed, Some(offsets))
+}
+
+fn decode_into(
+    batch: &KafkaBatch<'_>,
+    builder: &mut EnvelopeBuilder,
+    scratch: &mut DecodeScratch,
+    max_uncompressed: usize,
+    mut offsets: Option<&mut Vec<i64>>,
+) -> Result<(), RecordError> {
     let records: &[u8] = match batch.compression() {
         compression::codec::NONE => batch.records,
         codec => {
@@ -245,7 +267,7 @@ pub fn decode_records(
         };
         rec.bytes(1)?; // attributes (unused in v2)
         let ts_delta = rec.varlong()?;
-        let _offset_delta = rec.varint()?;
+        let offset_delta = rec.varint()?;
         let key = rec.nullable()?;
         let value = rec.nullable()?;
         let header_count = rec.varint()?;
@@ -272,6 +294,9 @@ pub fn decode_records(
             )));
         }
         cur.pos = end;
+        if let Some(offsets) = offsets.as_deref_mut() {
+            offsets.push(batch.base_offset.wrapping_add(i64::from(offset_delta)));
+        }
         builder.append(
             batch.base_timestamp.wrapping_add(ts_delta),
             key,

@@ -95,7 +95,11 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
             match read {
                 Ok(result) => {
                     // Kafka's encoding of these rows is about the size of their Arrow frames.
-                    let estimate: usize = result.batches.iter().map(|b| b.records.get_array_memory_size() / 2 + 64).sum();
+                    let estimate: usize = result
+                        .batches
+                        .iter()
+                        .map(|b| b.records.get_array_memory_size() / 2 + 64)
+                        .sum();
                     let mut out = Vec::with_capacity(estimate);
                     for b in &result.batches {
                         if let Err(e) = records::encode_batch(&mut out, &b.header, &b.records) {

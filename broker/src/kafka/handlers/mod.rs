@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_versions;
 pub mod fetch;
+pub mod fetch_encode;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;

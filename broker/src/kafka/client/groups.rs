@@ -1,0 +1,534 @@
+//! Consumer groups: finding a group's coordinator, listing and describing groups, and reading
+//! and committing offsets (as a client outside the group: generation -1, no member id).
+//!
+//! Group requests go to the group's coordinator. While a coordinator loads or moves, Kafka
+//! answers with a retriable error and processes nothing, so those requests are tried again
+//! (up to [`super::ClientConfig::retry_attempts_max`]) after looking the coordinator up anew.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::consumer_protocol_assignment::ConsumerProtocolAssignment;
+use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequest, OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::{ApiKey, GroupId};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use super::connection::Connection;
+use super::{ApiError, ClientError, KafkaClient, Node, Result, address, topic_name, versions};
+
+/// A group as ListGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedGroup {
+    pub group_id: String,
+    /// `consumer` for Kafka consumers; empty for groups that only commit offsets.
+    pub protocol_type: String,
+    /// ListGroups v4+ (e.g. `Stable`, `Empty`).
+    pub state: Option<String>,
+}
+
+/// A group as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty` or `Dead` (a group the
+    /// coordinator does not know).
+    pub state: String,
+    pub protocol_type: String,
+    /// The assignor of a consumer group (e.g. `range`).
+    pub protocol: String,
+    pub members: Vec<GroupMember>,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    /// The partitions assigned to it, by topic; decoded for consumer groups only (empty for
+    /// other protocols and during a rebalance).
+    pub assignment: Vec<(String, Vec<i32>)>,
+}
+
+/// A committed offset of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// `None` when the group has no offset for the partition.
+    pub offset: Option<i64>,
+    pub metadata: Option<String>,
+    pub error: Option<ApiError>,
+}
+
+/// The errors after which a request should go to a (re-)looked-up coordinator.
+fn coordinator_not_ready(e: &ApiError) -> bool {
+    matches!(
+        e.error,
+        ResponseError::CoordinatorLoadInProgress
+            | ResponseError::CoordinatorNotAvailable
+            | ResponseError::NotCoordinator
+    )
+}
+
+fn group_id(group: &str) -> GroupId {
+    GroupId(StrBytes::from_string(group.to_owned()))
+}
+
+/// The partitions in a consumer group member's assignment (Kafka's ConsumerProtocolAssignment,
+/// prefixed with its version). Empty when there is none or it does not decode.
+fn decode_assignment(bytes: &Bytes) -> Vec<(String, Vec<i32>)> {
+    if bytes.len() < 2 {
+        return Vec::new();
+    }
+    let mut buf = bytes.clone();
+    let version = buf.get_i16();
+    if version < 0 {
+        return Vec::new();
+    }
+    // Later versions only add fields at the end, which the newest known version skips.
+    let version = version.min(3);
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ConsumerProtocolAssignment::decode(&mut buf, version)
+    }));
+    match decoded {
+        Ok(Ok(a)) => a
+            .assigned_partitions
+            .into_iter()
+            .map(|tp| (tp.topic.0.to_string(), tp.partitions))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl KafkaClient {
+    /// The broker that coordinates `group`.
+    pub async fn find_coordinator(&self, group: &str) -> Result<Node> {
+        let attempts = self.config.retry_attempts_max.max(1);
+        for attempt in 1..=attempts {
+            let conn = self.bootstrap_connection().await?;
+            let (version, response) = self
+                .call(
+                    &conn,
+                    ApiKey::FindCoordinator,
+                    versions::FIND_COORDINATOR,
+                    self.request_timeout(),
+                    |v| {
+                        let key = StrBytes::from_string(group.to_owned());
+                        Ok(if v >= 4 {
+                            FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+                        } else {
+                            FindCoordinatorRequest::default().with_key(key)
+                        })
+                    },
+                )
+                .await?;
+            let (code, message, node) = if version >= 4 {
+                let Some(c) = response.coordinators.into_iter().next() else {
+                    return Err(ClientError::Protocol {
+                        addr: conn.addr().to_owned(),
+                        reason: "FindCoordinator answered without a coordinator".into(),
+                    });
+                };
+                let node = Node {
+                    node_id: c.node_id.0,
+                    host: c.host.to_string(),
+                    port: c.port,
+                    rack: None,
+                };
+                (c.error_code, c.error_message.map(|m| m.to_string()), node)
+            } else {
+                let node = Node {
+                    node_id: response.node_id.0,
+                    host: response.host.to_string(),
+                    port: response.port,
+                    rack: None,
+                };
+                (
+                    response.error_code,
+                    response.error_message.map(|m| m.to_string()),
+                    node,
+                )
+            };
+            match ApiError::from_code(code, message.as_deref()) {
+                None => {
+                    self.remember_coordinator(group, &node).await?;
+                    return Ok(node);
+                }
+                Some(e) if e.is_retriable() && attempt < attempts => self.backoff().await,
+                Some(error) => {
+                    return Err(ClientError::Api {
+                        context: format!("cannot find the coordinator of group '{group}'"),
+                        error,
+                    });
+                }
+            }
+        }
+        Err(ClientError::InvalidArgument(
+            "no attempts configured (retry_attempts_max)".into(),
+        ))
+    }
+
+    async fn remember_coordinator(&self, group: &str, node: &Node) -> Result<()> {
+        if self.cluster.lock().brokers.is_empty() {
+            self.metadata(Some(&[]), false).await?;
+        }
+        let mut cluster = self.cluster.lock();
+        cluster
+            .brokers
+            .entry(node.node_id)
+            .or_insert_with(|| address(&node.host, node.port));
+        cluster.coordinators.insert(group.to_owned(), node.node_id);
+        Ok(())
+    }
+
+    async fn coordinator_connection(&self, group: &str) -> Result<Arc<Connection>> {
+        let known = self.cluster.lock().coordinators.get(group).copied();
+        let node = match known {
+            Some(node) => node,
+            None => self.find_coordinator(group).await?.node_id,
+        };
+        self.node_connection(node).await
+    }
+
+    /// Runs `request` on the coordinator of `group`, again on a fresh lookup while the
+    /// coordinator is not ready.
+    async fn on_coordinator<T, F, Fut>(&self, group: &str, mut request: F) -> Result<T>
+    where
+        F: FnMut(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let attempts = self.config.retry_attempts_max.max(1);
+        let mut attempt = 1;
+        loop {
+            let conn = self.coordinator_connection(group).await?;
+            match request(conn).await {
+                Err(ClientError::Api { error, .. })
+                    if coordinator_not_ready(&error) && attempt < attempts =>
+                {
+                    self.cluster.lock().coordinators.remove(group);
+                    attempt += 1;
+                    self.backoff().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Every group of the cluster (each broker lists the groups it coordinates), by group id.
+    pub async fn list_groups(&self) -> Result<Vec<ListedGroup>> {
+        let metadata = self.metadata(Some(&[]), false).await?;
+        let mut groups = BTreeMap::new();
+        for broker in &metadata.brokers {
+            let attempts = self.config.retry_attempts_max.max(1);
+            for attempt in 1..=attempts {
+                let conn = self.node_connection(broker.node_id).await?;
+                let (version, response) = self
+                    .call(
+                        &conn,
+                        ApiKey::ListGroups,
+                        versions::LIST_GROUPS,
+                        self.request_timeout(),
+                        |_| Ok(ListGroupsRequest::default()),
+                    )
+                    .await?;
+                match ApiError::from_code(response.error_code, None) {
+                    None => {
+                        for g in response.groups {
+                            let id = g.group_id.0.to_string();
+                            groups.insert(
+                                id.clone(),
+                                ListedGroup {
+                                    group_id: id,
+                                    protocol_type: g.protocol_type.to_string(),
+                                    state: (version >= 4).then(|| g.group_state.to_string()),
+                                },
+                            );
+                        }
+                        break;
+                    }
+                    Some(e) if e.is_retriable() && attempt < attempts => self.backoff().await,
+                    Some(error) => {
+                        return Err(ClientError::Api {
+                            context: format!("cannot list the groups of broker {}", broker.node_id),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// Describes each group (concurrently, each at its coordinator). A group the coordinator
+    /// does not know comes back in state `Dead` with no members, as Kafka reports it.
+    pub async fn describe_groups(
+        &self,
+        groups: &[&str],
+    ) -> Result<Vec<(String, Result<GroupDescription, ApiError>)>> {
+        let described =
+            futures::future::join_all(groups.iter().map(|g| self.describe_group(g))).await;
+        let mut out = Vec::with_capacity(groups.len());
+        for (group, result) in groups.iter().zip(described) {
+            match result {
+                Ok(d) => out.push(((*group).to_owned(), Ok(d))),
+                Err(ClientError::Api { error, .. }) => out.push(((*group).to_owned(), Err(error))),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        self.on_coordinator(group, |conn| async move {
+            let (_, response) = self
+                .call(
+                    &conn,
+                    ApiKey::DescribeGroups,
+                    versions::DESCRIBE_GROUPS,
+                    self.request_timeout(),
+                    |_| Ok(DescribeGroupsRequest::default().with_groups(vec![group_id(group)])),
+                )
+                .await?;
+            let Some(g) = response
+                .groups
+                .into_iter()
+                .find(|g| g.group_id.0.as_str() == group)
+            else {
+                return Err(ClientError::Protocol {
+                    addr: conn.addr().to_owned(),
+                    reason: format!("DescribeGroups answered without group '{group}'"),
+                });
+            };
+            if let Some(error) = ApiError::from_code(g.error_code, g.error_message.as_deref()) {
+                return Err(ClientError::Api {
+                    context: format!("cannot describe group '{group}'"),
+                    error,
+                });
+            }
+            let consumer = g.protocol_type.as_str() == "consumer";
+            Ok(GroupDescription {
+                group_id: group.to_owned(),
+                state: g.group_state.to_string(),
+                protocol_type: g.protocol_type.to_string(),
+                protocol: g.protocol_data.to_string(),
+                members: g
+                    .members
+                    .into_iter()
+                    .map(|m| GroupMember {
+                        member_id: m.member_id.to_string(),
+                        group_instance_id: m.group_instance_id.map(|i| i.to_string()),
+                        client_id: m.client_id.to_string(),
+                        client_host: m.client_host.to_string(),
+                        assignment: if consumer {
+                            decode_assignment(&m.member_assignment)
+                        } else {
+                            Vec::new()
+                        },
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    /// The offsets `group` committed: for the given `(topic, partitions)`, or for every
+    /// partition it committed when `topics` is `None` (OffsetFetch v2+).
+    pub async fn offset_fetch(
+        &self,
+        group: &str,
+        topics: Option<&[(&str, Vec<i32>)]>,
+    ) -> Result<Vec<CommittedOffset>> {
+        self.on_coordinator(group, |conn| async move {
+            let addr = conn.addr().to_owned();
+            let (version, response) = self
+                .call(
+                    &conn,
+                    ApiKey::OffsetFetch,
+                    versions::OFFSET_FETCH,
+                    self.request_timeout(),
+                    |v| {
+                        if v >= 8 {
+                            let wanted = topics.map(|ts| {
+                                ts.iter()
+                                    .map(|(name, partitions)| {
+                                        OffsetFetchRequestTopics::default()
+                                            .with_name(topic_name(name))
+                                            .with_partition_indexes(partitions.clone())
+                                    })
+                                    .collect()
+                            });
+                            return Ok(OffsetFetchRequest::default().with_groups(vec![
+                                OffsetFetchRequestGroup::default()
+                                    .with_group_id(group_id(group))
+                                    .with_topics(wanted),
+                            ]));
+                        }
+                        if topics.is_none() && v < 2 {
+                            return Err(ClientError::Unsupported {
+                                addr: addr.clone(),
+                                api: "OffsetFetch".into(),
+                                ours: (2, versions::OFFSET_FETCH.1),
+                                theirs: Some((v, v)),
+                            });
+                        }
+                        let wanted = topics.map(|ts| {
+                            ts.iter()
+                                .map(|(name, partitions)| {
+                                    OffsetFetchRequestTopic::default()
+                                        .with_name(topic_name(name))
+                                        .with_partition_indexes(partitions.clone())
+                                })
+                                .collect()
+                        });
+                        Ok(OffsetFetchRequest::default()
+                            .with_group_id(group_id(group))
+                            .with_topics(wanted))
+                    },
+                )
+                .await?;
+            let partition =
+                |topic: &str, p: i32, offset: i64, metadata: Option<&StrBytes>, code: i16| {
+                    CommittedOffset {
+                        topic: topic.to_owned(),
+                        partition: p,
+                        offset: Some(offset).filter(|&o| o >= 0),
+                        metadata: metadata.map(ToString::to_string),
+                        error: ApiError::from_code(code, None),
+                    }
+                };
+            let (code, offsets): (i16, Vec<CommittedOffset>) = if version >= 8 {
+                let Some(g) = response.groups.into_iter().next() else {
+                    return Err(ClientError::Protocol {
+                        addr,
+                        reason: format!("OffsetFetch answered without group '{group}'"),
+                    });
+                };
+                let offsets = g
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions.iter().map(|p| {
+                            partition(
+                                t.name.0.as_str(),
+                                p.partition_index,
+                                p.committed_offset,
+                                p.metadata.as_ref(),
+                                p.error_code,
+                            )
+                        })
+                    })
+                    .collect();
+                (g.error_code, offsets)
+            } else {
+                let offsets = response
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions.iter().map(|p| {
+                            partition(
+                                t.name.0.as_str(),
+                                p.partition_index,
+                                p.committed_offset,
+                                p.metadata.as_ref(),
+                                p.error_code,
+                            )
+                        })
+                    })
+                    .collect();
+                (response.error_code, offsets)
+            };
+            if let Some(error) = ApiError::from_code(code, None) {
+                return Err(ClientError::Api {
+                    context: format!("cannot read the committed offsets of group '{group}'"),
+                    error,
+                });
+            }
+            Ok(offsets)
+        })
+        .await
+    }
+
+    /// Commits `(topic, partition, offset)`s for `group` from outside the group (generation
+    /// -1, no member id), as Kafka's admin tools do. Brokers accept that only while the group
+    /// has no active members.
+    pub async fn offset_commit(
+        &self,
+        group: &str,
+        offsets: &[(&str, i32, i64)],
+    ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
+        let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+        for (topic, partition, offset) in offsets {
+            by_topic
+                .entry(topic)
+                .or_default()
+                .push((*partition, *offset));
+        }
+        let by_topic = &by_topic;
+        self.on_coordinator(group, |conn| async move {
+            let request = OffsetCommitRequest::default()
+                .with_group_id(group_id(group))
+                .with_generation_id_or_member_epoch(-1)
+                .with_member_id(StrBytes::default())
+                .with_topics(
+                    by_topic
+                        .iter()
+                        .map(|(topic, partitions)| {
+                            OffsetCommitRequestTopic::default()
+                                .with_name(topic_name(topic))
+                                .with_partitions(
+                                    partitions
+                                        .iter()
+                                        .map(|(p, offset)| {
+                                            OffsetCommitRequestPartition::default()
+                                                .with_partition_index(*p)
+                                                .with_committed_offset(*offset)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+            let (_, response) = self
+                .call(
+                    &conn,
+                    ApiKey::OffsetCommit,
+                    versions::OFFSET_COMMIT,
+                    self.request_timeout(),
+                    |_| Ok(request),
+                )
+                .await?;
+            let mut out = Vec::new();
+            for t in response.topics {
+                for p in t.partitions {
+                    let result = match ApiError::from_code(p.error_code, None) {
+                        // Nothing was committed: let the caller's retry find the coordinator.
+                        Some(error) if coordinator_not_ready(&error) => {
+                            return Err(ClientError::Api {
+                                context: format!("cannot commit offsets of group '{group}'"),
+                                error,
+                            });
+                        }
+                        Some(error) => Err(error),
+                        None => Ok(()),
+                    };
+                    out.push((t.name.0.to_string(), p.partition_index, result));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
