@@ -119,6 +119,8 @@ pub struct Log {
     durable_offset: AtomicI64,
     last_flush_ms: AtomicI64,
     flush_lock: tokio::sync::Mutex<()>,
+    /// Bumped after every fsync attempt; waiters watch it instead of queueing on `flush_lock`.
+    flush_rounds: watch::Sender<u64>,
     cleaner_lock: tokio::sync::Mutex<()>,
     end_offset: watch::Sender<i64>,
     deleted: AtomicBool,
@@ -205,6 +207,7 @@ impl Log {
             durable_offset: AtomicI64::new(next_offset),
             last_flush_ms: AtomicI64::new(now_ms()),
             flush_lock: tokio::sync::Mutex::new(()),
+            flush_rounds: watch::channel(0).0,
             cleaner_lock: tokio::sync::Mutex::new(()),
             end_offset,
             deleted: AtomicBool::new(false),
@@ -457,14 +460,35 @@ impl Log {
     /// Makes every record below `target` durable: one caller fsyncs everything written so far
     /// while the others wait for it, so N concurrent appends cost about two fsyncs, not N.
     pub async fn flush_to(&self, target: i64) -> Result<()> {
-        if self.durable_offset.load(Ordering::Acquire) >= target {
-            return Ok(());
+        // Subscribed before the first check, so a round that ends after it is never missed.
+        let mut rounds = self.flush_rounds.subscribe();
+        loop {
+            if self.durable_offset.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            match self.flush_lock.try_lock() {
+                Ok(turn) => {
+                    let result = self.fsync_written().await;
+                    // Release before waking: a waiter not covered by this round must be able to
+                    // start the next one. Every waiter wakes at once, not one lock handoff each.
+                    drop(turn);
+                    self.flush_rounds.send_modify(|n| *n = n.wrapping_add(1));
+                    return result;
+                }
+                Err(_) => {
+                    if rounds.changed().await.is_err() {
+                        return Err(BrokerError::Internal("flush round channel closed".into()));
+                    }
+                }
+            }
         }
-        let _turn = self.flush_lock.lock().await;
+    }
+
+    /// Fsyncs every segment written past the durable offset (and the directory if a segment
+    /// was created or deleted), then moves the durable offset to what was written before.
+    /// Callers hold `flush_lock`.
+    async fn fsync_written(&self) -> Result<()> {
         let durable = self.durable_offset.load(Ordering::Acquire);
-        if durable >= target {
-            return Ok(());
-        }
         let (files, dir, end) = {
             let mut inner = self.inner.lock();
             let files: Vec<SegmentView> = inner

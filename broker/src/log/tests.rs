@@ -523,7 +523,7 @@ async fn crash_in_the_middle_of_a_clean_loses_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_makes_concurrent_appends_durable() {
     let dir = tempdir();
     let log = Arc::new(open(
@@ -537,7 +537,7 @@ async fn group_commit_makes_concurrent_appends_durable() {
     for t in 0..64 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            for i in 0..5 {
+            for i in 0..40 {
                 let info = log
                     .append(&records_to_batch(&[rec(t * 100 + i)]), ProducerInfo::NONE)
                     .await;
@@ -549,11 +549,15 @@ async fn group_commit_makes_concurrent_appends_durable() {
             }
         }));
     }
-    for t in tasks {
-        assert!(t.await.is_ok());
-    }
+    // A lost wake-up between flush rounds would hang here; bound the wait.
+    let all = futures::future::join_all(tasks);
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(120), all).await;
+    let Ok(results) = joined else {
+        panic!("group commit hung: an appender was never woken")
+    };
+    assert!(results.iter().all(Result::is_ok));
     let o = log.offsets();
-    assert_eq!((o.log_end_offset, o.durable_offset), (320, 320));
+    assert_eq!((o.log_end_offset, o.durable_offset), (2560, 2560));
 }
 
 /// Writes batches, then damages the active segment's tail (truncation or a flipped byte at
