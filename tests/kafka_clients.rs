@@ -12,10 +12,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{DataDir, Server};
+use common::{Output, Running, drain, run_bounded};
 
 /// Longest one client script may run (a debug server on a busy 2-core machine).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -26,135 +25,11 @@ const KCAT_TIMEOUT: Duration = Duration::from_secs(60);
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// A server on a fresh data directory with a free loopback port.
-struct Running {
-    server: Option<Server>,
-    data: DataDir,
-    port: u16,
-}
-
-impl Running {
-    fn start(envs: &[(&str, &str)]) -> Running {
-        let data = DataDir::new();
-        let server = Server::start(&["--data-dir", data.arg()], envs);
-        let port = port_of(&server.ready);
-        Running {
-            server: Some(server),
-            data,
-            port,
-        }
-    }
-
-    /// `127.0.0.1:PORT`.
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn server(&self) -> &Server {
-        self.server.as_ref().expect("the server is running")
-    }
-
-    /// Stops the server with SIGTERM, checks that it shut down cleanly, and returns its
-    /// standard error.
-    #[track_caller]
-    fn stop(&mut self) -> String {
-        let server = self.server.take().expect("the server is running");
-        server.signal("TERM");
-        let out = server.wait().ok();
-        assert_eq!(out.stdout, "quiver server stopped\n", "{out:#?}");
-        out.stderr
-    }
-
-    /// Stops the server (SIGTERM) and starts it again on the same data directory; the new
-    /// server has a new port.
-    #[track_caller]
-    fn restart(&mut self, envs: &[(&str, &str)]) {
-        self.stop();
-        let server = Server::start(&["--data-dir", self.data.arg()], envs);
-        self.port = port_of(&server.ready);
-        self.server = Some(server);
-    }
-
-    /// True while the server process has not exited.
-    fn is_running(&self) -> bool {
-        Command::new("kill")
-            .args(["-0", &self.server().pid().to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-/// The port from "quiver server ready: Kafka on 127.0.0.1:PORT (advertised as ...".
+/// Checks that a stopped server said so (see [`Running::stop`]); returns its standard error.
 #[track_caller]
-fn port_of(ready: &str) -> u16 {
-    ready
-        .split_once("Kafka on ")
-        .and_then(|(_, rest)| rest.split([' ', ',']).next())
-        .and_then(|addr| addr.rsplit_once(':'))
-        .and_then(|(_, port)| port.parse().ok())
-        .unwrap_or_else(|| panic!("no Kafka port in the ready line: {ready}"))
-}
-
-/// What a finished client process did.
-struct Ran {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = from.read_to_end(&mut buf);
-        buf
-    })
-}
-
-/// Runs `cmd` with `input` on its standard input; kills it and fails the test (with what it
-/// printed) after `timeout`.
-#[track_caller]
-fn run_bounded(mut cmd: Command, input: &[u8], timeout: Duration) -> Ran {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let data = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = drain(child.stdout.take().expect("stdout is piped"));
-    let err = drain(child.stderr.take().expect("stderr is piped"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Err(e) => panic!("waiting for {what}: {e}"),
-        }
-    };
-    let _ = writer.join();
-    let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
-    let Some(status) = status else {
-        panic!(
-            "{what} did not finish within {timeout:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
-    };
-    Ran {
-        success: status.success(),
-        stdout,
-        stderr,
-    }
+fn stopped_cleanly(out: Output) -> String {
+    assert_eq!(out.stdout, "quiver server stopped\n", "{out:#?}");
+    out.stderr
 }
 
 /// The venv's Python: `$QUIVER_PYTHON`, else `./.venv/bin/python`.
@@ -187,9 +62,10 @@ fn py(script: &str, args: &[&str]) -> String {
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let ran = run_bounded(cmd, b"", SCRIPT_TIMEOUT);
     assert!(
-        ran.success,
+        ran.status.success(),
         "{script} {args:?} failed\n--- stdout\n{}\n--- stderr\n{}",
-        ran.stdout, ran.stderr
+        ran.stdout,
+        ran.stderr
     );
     ran.stdout
 }
@@ -216,9 +92,10 @@ fn kcat(bootstrap: &str, args: &[&str], input: &str) -> String {
     cmd.args(["-b", bootstrap]).args(args);
     let ran = run_bounded(cmd, input.as_bytes(), KCAT_TIMEOUT);
     assert!(
-        ran.success,
+        ran.status.success(),
         "kcat {args:?} failed\n--- stdout\n{}\n--- stderr\n{}",
-        ran.stdout, ran.stderr
+        ran.stdout,
+        ran.stderr
     );
     ran.stdout
 }
@@ -230,14 +107,14 @@ fn kcat(bootstrap: &str, args: &[&str], input: &str) -> String {
 #[test]
 fn kafka_python_seed_snippets() {
     let b = Running::start(&[]);
-    let out = py("kafka_python_clients.py", &["seed", &b.port.to_string()]);
+    let out = py("kafka_python_clients.py", &["seed", &b.port().to_string()]);
     assert!(out.contains("seed snippets: ok"), "{out}");
 }
 
 #[test]
 fn kafka_python_every_codec_round_trips() {
     let b = Running::start(&[]);
-    let out = py("kafka_python_clients.py", &["codecs", &b.bootstrap()]);
+    let out = py("kafka_python_clients.py", &["codecs", b.bootstrap()]);
     assert!(out.contains("codecs: ok"), "{out}");
 }
 
@@ -250,31 +127,31 @@ fn confluent_idempotent_producer_consumer_group_rebalances_and_commits_survive_a
     // No initial rebalance delay: members join at once (Kafka's default waits 3 s).
     let envs = [("QUIVER_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")];
     let mut b = Running::start(&envs);
-    let state = b.data.tmp().join("groups-state.json");
+    let state = b.data().tmp().join("groups-state.json");
     let state = state.to_str().expect("temp paths are UTF-8");
     let out = py(
         "consumer_groups.py",
-        &["produce-and-consume", &b.bootstrap(), state],
+        &["produce-and-consume", b.bootstrap(), state],
     );
     assert!(out.contains("produce-and-consume: ok"), "{out}");
 
-    b.restart(&envs);
-    let out = py("consumer_groups.py", &["resume", &b.bootstrap(), state]);
+    stopped_cleanly(b.restart(&envs));
+    let out = py("consumer_groups.py", &["resume", b.bootstrap(), state]);
     assert!(out.contains("resume: 600 records"), "{out}");
-    b.stop();
+    stopped_cleanly(b.stop());
 }
 
 #[test]
 fn confluent_admin_client_topic_lifecycle_and_errors() {
     let b = Running::start(&[]);
-    let out = py("admin.py", &[&b.bootstrap()]);
+    let out = py("admin.py", &[b.bootstrap()]);
     assert!(out.contains("admin: ok"), "{out}");
 }
 
 #[test]
 fn confluent_keyed_records_land_where_javas_partitioner_puts_them() {
     let b = Running::start(&[]);
-    let out = py("partitioner.py", &[&b.bootstrap()]);
+    let out = py("partitioner.py", &[b.bootstrap()]);
     assert!(
         out.contains("keys in the partitions Java picks: ok"),
         "{out}"
@@ -328,7 +205,7 @@ fn kcat_metadata_keys_headers_offsets_in_every_codec() {
             .collect();
         let codec_header = format!("codec={codec}");
         kcat(
-            &bs,
+            bs,
             &[
                 "-P",
                 "-t",
@@ -345,9 +222,9 @@ fn kcat_metadata_keys_headers_offsets_in_every_codec() {
             &input,
         );
 
-        let meta = kcat(&bs, &["-L", "-t", &topic], "");
+        let meta = kcat(bs, &["-L", "-t", &topic], "");
         assert!(
-            meta.contains(&format!(" broker 0 at 127.0.0.1:{}", b.port)),
+            meta.contains(&format!(" broker 0 at 127.0.0.1:{}", b.port())),
             "{meta}"
         );
         assert!(
@@ -364,7 +241,7 @@ fn kcat_metadata_keys_headers_offsets_in_every_codec() {
         // Everything from the beginning: offsets dense per partition, each key in one partition
         // and in the order sent, headers as sent.
         let all = parse_consumed(&kcat(
-            &bs,
+            bs,
             &[
                 "-C",
                 "-t",
@@ -430,7 +307,7 @@ fn kcat_metadata_keys_headers_offsets_in_every_codec() {
         let p = p.to_string();
         let from = (len - 3).to_string();
         let tail = parse_consumed(&kcat(
-            &bs,
+            bs,
             &[
                 "-C",
                 "-t",
@@ -448,7 +325,7 @@ fn kcat_metadata_keys_headers_offsets_in_every_codec() {
         let want: Vec<Consumed> = records[len - 3..].iter().map(|r| (*r).clone()).collect();
         assert_eq!(tail, want, "{codec}: from offset {from}");
         let last2 = parse_consumed(&kcat(
-            &bs,
+            bs,
             &[
                 "-C",
                 "-t",
@@ -464,7 +341,7 @@ fn kcat_metadata_keys_headers_offsets_in_every_codec() {
             "",
         ));
         assert_eq!(last2, want[1..], "{codec}: the last 2");
-        let end = kcat(&bs, &["-C", "-t", &topic, "-o", "end", "-e"], "");
+        let end = kcat(bs, &["-C", "-t", &topic, "-o", "end", "-e"], "");
         assert_eq!(end, "", "{codec}: from the end");
     }
 }
@@ -475,14 +352,14 @@ fn kcat_from_the_end_gets_what_is_produced_after_it_started() {
     let b = Running::start(&[]);
     let bs = b.bootstrap();
     kcat(
-        &bs,
+        bs,
         &["-P", "-t", "live", "-p", "0"],
         "old 0\nold 1\nold 2\n",
     );
 
     let mut consumer = Command::new("kcat")
         .args([
-            "-b", &bs, "-C", "-t", "live", "-p", "0", "-o", "end", "-c", "1",
+            "-b", bs, "-C", "-t", "live", "-p", "0", "-o", "end", "-c", "1",
         ])
         .args(["-f", "%o\t%s\n"])
         .stdin(Stdio::null())
@@ -505,7 +382,7 @@ fn kcat_from_the_end_gets_what_is_produced_after_it_started() {
             break None;
         }
         kcat(
-            &bs,
+            bs,
             &["-P", "-t", "live", "-p", "0"],
             &format!("new {sent}\n"),
         );
@@ -595,7 +472,7 @@ fn hostile_bytes_over_tcp_leave_the_server_serving_real_clients() {
     require_kcat();
     let mut b = Running::start(&[]);
     let bs = b.bootstrap();
-    assert_eq!(api_versions(&bs), Ok(4242));
+    assert_eq!(api_versions(bs), Ok(4242));
 
     // Frames the server must refuse by closing the connection.
     let refused: Vec<(&str, Vec<u8>)> = vec![
@@ -620,11 +497,8 @@ fn hostile_bytes_over_tcp_leave_the_server_serving_real_clients() {
         ),
     ];
     for (what, bytes) in &refused {
-        assert!(
-            closed_after(&bs, bytes),
-            "{what}: the connection stays open"
-        );
-        assert_eq!(api_versions(&bs), Ok(4242), "after {what}");
+        assert!(closed_after(bs, bytes), "{what}: the connection stays open");
+        assert_eq!(api_versions(bs), Ok(4242), "after {what}");
     }
 
     // Truncated frames: promise more than is sent, then hang up; or send half a length.
@@ -633,13 +507,13 @@ fn hostile_bytes_over_tcp_leave_the_server_serving_real_clients() {
         frame(18, 3, 7, &[0; 20])[..9].to_vec(),
         vec![0, 0],
     ] {
-        let mut s = TcpStream::connect(&bs).expect("connect");
+        let mut s = TcpStream::connect(bs).expect("connect");
         s.write_all(&bytes).expect("write");
         drop(s);
-        assert_eq!(api_versions(&bs), Ok(4242), "after truncated {bytes:?}");
+        assert_eq!(api_versions(bs), Ok(4242), "after truncated {bytes:?}");
     }
     // A truncated frame on a connection that stays open does not block anyone else.
-    let mut stalled = TcpStream::connect(&bs).expect("connect");
+    let mut stalled = TcpStream::connect(bs).expect("connect");
     stalled
         .write_all(&[&64i32.to_be_bytes()[..], &[0; 10]].concat())
         .expect("write");
@@ -660,23 +534,23 @@ fn hostile_bytes_over_tcp_leave_the_server_serving_real_clients() {
             framed.append(&mut bytes);
             bytes = framed;
         }
-        if let Ok(mut s) = TcpStream::connect(&bs) {
+        if let Ok(mut s) = TcpStream::connect(bs) {
             let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
             let _ = s.write_all(&bytes);
             let _ = s.read(&mut [0u8; 256]);
         }
     }
     assert!(b.is_running(), "the server exited");
-    assert_eq!(api_versions(&bs), Ok(4242), "after garbage");
+    assert_eq!(api_versions(bs), Ok(4242), "after garbage");
 
     // A real client still works.
     kcat(
-        &bs,
+        bs,
         &["-P", "-t", "after-garbage", "-K", ":"],
         "k1:still\nk2:serving\n",
     );
     let got = kcat(
-        &bs,
+        bs,
         &[
             "-C",
             "-t",
@@ -692,6 +566,6 @@ fn hostile_bytes_over_tcp_leave_the_server_serving_real_clients() {
     assert_eq!(got, "0 k1=still\n1 k2=serving\n");
     drop(stalled);
 
-    let stderr = b.stop();
+    let stderr = stopped_cleanly(b.stop());
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

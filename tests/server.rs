@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{DataDir, Server};
+use common::{Cli, DataDir, Server};
 
 /// The part of the ready line that names the data directory and topic count.
 fn ready_line(dir: &Path, topics: &str) -> String {

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test file uses a different part.
 
+pub mod scenarios;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -59,7 +61,9 @@ impl Output {
     }
 }
 
-fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+/// Reads everything from `from` on a thread of its own (so that a full pipe never blocks the
+/// child that writes it).
+pub fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = from.read_to_end(&mut buf);
@@ -67,21 +71,63 @@ fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     })
 }
 
-/// Waits for `child` to exit, killing it (and failing the test) after `timeout`.
-#[track_caller]
-pub fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
+/// Waits for `child` to exit; after `timeout`, kills it and returns `None`.
+pub fn wait_until(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return status,
+            Ok(Some(status)) => return Some(status),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("process {} did not exit within {timeout:?}", child.id());
+                return None;
             }
             Err(e) => panic!("waiting for process {}: {e}", child.id()),
         }
+    }
+}
+
+/// Waits for `child` to exit, killing it (and failing the test) after `timeout`.
+#[track_caller]
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let id = child.id();
+    wait_until(child, timeout)
+        .unwrap_or_else(|| panic!("process {id} did not exit within {timeout:?}"))
+}
+
+/// Runs `cmd` with `stdin` as its input; kills it and fails the test (with what it printed)
+/// after `timeout`.
+#[track_caller]
+pub fn run_bounded(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The command may exit without reading everything (on an error); that is not our failure.
+        let _ = input.write_all(&data);
+    });
+    let out = drain(child.stdout.take().expect("stdout is piped"));
+    let err = drain(child.stderr.take().expect("stderr is piped"));
+    let status = wait_until(&mut child, timeout);
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+    let Some(status) = status else {
+        panic!(
+            "{what} did not finish within {timeout:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
     }
 }
 
@@ -94,30 +140,50 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Output {
 /// Like [`run`], with extra environment variables.
 #[track_caller]
 pub fn run_with_env(args: &[&str], stdin: &[u8], envs: &[(&str, &str)]) -> Output {
-    let mut child = quiver()
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn quiver");
-    let mut input = child.stdin.take().expect("stdin is piped");
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        // The command may exit without reading everything (on an error); that is not our failure.
-        let _ = input.write_all(&data);
-    });
-    let out = drain(child.stdout.take().expect("stdout is piped"));
-    let err = drain(child.stderr.take().expect("stderr is piped"));
-    let status = wait_bounded(&mut child, COMMAND_TIMEOUT);
-    let _ = writer.join();
-    let stdout = String::from_utf8_lossy(&out.join().expect("stdout reader")).into_owned();
-    let stderr = String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned();
-    Output {
-        status,
-        stdout,
-        stderr,
+    let mut cmd = quiver();
+    cmd.args(args).envs(envs.iter().copied());
+    run_bounded(cmd, stdin, COMMAND_TIMEOUT)
+}
+
+/// A place the `quiver` commands `topics`, `produce` and `consume` work against: a data
+/// directory ([`DataDir`]) or a running server ([`Running`]). The scenarios in [`scenarios`]
+/// take any `Cli`, so that each runs against every backend.
+///
+/// An implementation gives only [`Cli::target`]; the provided methods run the real binary with
+/// those two arguments appended, each run bounded by [`COMMAND_TIMEOUT`]. Nothing is shared
+/// between runs but the backend's state (the directory, the server).
+pub trait Cli {
+    /// The flag and value that point a command here (`--data-dir DIR`,
+    /// `--bootstrap-server HOST:PORT`).
+    fn target(&self) -> [&str; 2];
+
+    /// `quiver ARGS` pointed here, not yet started.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = quiver();
+        cmd.args(args).args(self.target());
+        cmd
+    }
+
+    /// Runs `quiver ARGS` pointed here, with `stdin` as its input, and waits (bounded).
+    #[track_caller]
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(self.target());
+        run(&all, stdin)
+    }
+
+    /// All records of a topic as printed by `consume --from-beginning --timeout-ms 0` with
+    /// `extra` flags.
+    #[track_caller]
+    fn consume_all(&self, topic: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["consume", topic, "--from-beginning", "--timeout-ms", "0"];
+        args.extend(extra);
+        self.run(&args, b"")
+            .ok()
+            .lines()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -145,26 +211,11 @@ impl DataDir {
     pub fn arg(&self) -> &str {
         self.path.to_str().expect("temp paths are UTF-8")
     }
+}
 
-    /// Runs `quiver ARGS --data-dir DIR`.
-    #[track_caller]
-    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut all = args.to_vec();
-        all.extend(["--data-dir", self.arg()]);
-        run(&all, stdin)
-    }
-
-    /// All records of a topic as printed by `consume --from-beginning --timeout-ms 0` with `extra` flags.
-    #[track_caller]
-    pub fn consume_all(&self, topic: &str, extra: &[&str]) -> Vec<String> {
-        let mut args = vec!["consume", topic, "--from-beginning", "--timeout-ms", "0"];
-        args.extend(extra);
-        self.run(&args, b"")
-            .ok()
-            .lines()
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
+impl Cli for DataDir {
+    fn target(&self) -> [&str; 2] {
+        ["--data-dir", self.arg()]
     }
 }
 
@@ -278,4 +329,95 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A `quiver server` on a fresh data directory with a free loopback port, for commands that
+/// take `--bootstrap-server` and for Kafka clients.
+pub struct Running {
+    server: Option<Server>,
+    data: DataDir,
+    bootstrap: String,
+}
+
+impl Running {
+    /// Starts `quiver server` with extra environment variables and waits for it to be ready.
+    #[track_caller]
+    pub fn start(envs: &[(&str, &str)]) -> Running {
+        let data = DataDir::new();
+        let server = Server::start(&["--data-dir", data.arg()], envs);
+        let bootstrap = bootstrap_of(&server.ready);
+        Running {
+            server: Some(server),
+            data,
+            bootstrap,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn port(&self) -> u16 {
+        self.bootstrap
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.bootstrap))
+    }
+
+    /// The server's data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("the server is running")
+    }
+
+    /// True while the server process has not exited.
+    pub fn is_running(&self) -> bool {
+        Command::new("kill")
+            .args(["-0", &self.server().pid().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Stops the server with SIGTERM, so that the data directory can be opened in-process;
+    /// fails the test unless it exits successfully. Returns what it printed.
+    #[track_caller]
+    pub fn stop(&mut self) -> Output {
+        let server = self.server.take().expect("the server is running");
+        server.signal("TERM");
+        server.wait().ok()
+    }
+
+    /// Stops the server (as [`Running::stop`] does, returning what it printed) and starts
+    /// another on the same data directory; the new server has a new port.
+    #[track_caller]
+    pub fn restart(&mut self, envs: &[(&str, &str)]) -> Output {
+        let stopped = self.stop();
+        let server = Server::start(&["--data-dir", self.data.arg()], envs);
+        self.bootstrap = bootstrap_of(&server.ready);
+        self.server = Some(server);
+        stopped
+    }
+}
+
+impl Cli for Running {
+    fn target(&self) -> [&str; 2] {
+        ["--bootstrap-server", &self.bootstrap]
+    }
+}
+
+/// `127.0.0.1:PORT` from the ready line `quiver server ready: Kafka on 127.0.0.1:PORT (...`.
+#[track_caller]
+pub fn bootstrap_of(ready: &str) -> String {
+    let rest = ready
+        .strip_prefix("quiver server ready: Kafka on ")
+        .unwrap_or_else(|| panic!("unexpected ready line: {ready}"));
+    rest.split([' ', ','])
+        .next()
+        .unwrap_or_else(|| panic!("no address in: {ready}"))
+        .to_owned()
 }
