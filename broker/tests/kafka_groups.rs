@@ -3,6 +3,8 @@
 //! groups), committed offsets, and kcat's balanced consumer resuming from its commits across a
 //! broker restart (when kcat is installed).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,57 +16,28 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use quiver_broker::kafka::KafkaServer;
+use common::have_kcat;
+use quiver_broker::kafka::LocalServer;
 use quiver_broker::{Broker, BrokerConfig, NewTopic, Record};
 
-struct Running {
-    broker: Broker,
-    addr: SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<quiver_broker::Result<()>>,
-}
-
-async fn start(dir: &std::path::Path) -> Running {
+async fn start(dir: &std::path::Path) -> LocalServer {
     let mut config = BrokerConfig {
         data_dir: dir.to_owned(),
         ..BrokerConfig::default()
     };
-    config
-        .set("listeners", "PLAINTEXT://127.0.0.1:0")
-        .unwrap_or_else(|e| panic!("{e}"));
     config.set("group.initial.rebalance.delay.ms", "0").ok();
     config.set("offsets.topic.num.partitions", "4").ok();
     // A restart may find the previous broker still held by connections that are closing.
     let mut tries = 0;
-    let broker = loop {
-        match Broker::open(config.clone()).await {
-            Ok(b) => break b,
+    loop {
+        match LocalServer::start(config.clone()).await {
+            Ok(server) => return server,
             Err(quiver_broker::BrokerError::DataDirLocked { .. }) if tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("open: {e}"),
+            Err(e) => panic!("start: {e}"),
         }
-    };
-    let server = KafkaServer::bind(broker.clone())
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = server.local_addrs()[0];
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(server.run(rx));
-    Running {
-        broker,
-        addr,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        let _ = self.task.await;
-        self.broker.shutdown().await.ok();
     }
 }
 
@@ -240,14 +213,14 @@ impl Conn {
 async fn two_clients_rebalance_and_commit_over_tcp() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let s = start(dir.path()).await;
-    s.broker
+    s.broker()
         .create_topic(NewTopic::new("orders", 2))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let (mut c1, mut c2, mut c3) = (
-        Conn::open(s.addr).await,
-        Conn::open(s.addr).await,
-        Conn::open(s.addr).await,
+        Conn::open(s.addr()).await,
+        Conn::open(s.addr()).await,
+        Conn::open(s.addr()).await,
     );
 
     let found = c1
@@ -261,7 +234,7 @@ async fn two_clients_rebalance_and_commit_over_tcp() {
     let ResponseKind::FindCoordinator(found) = found else {
         panic!()
     };
-    assert_eq!(found.coordinators[0].port, i32::from(s.addr.port()));
+    assert_eq!(found.coordinators[0].port, i32::from(s.addr().port()));
 
     let j1 = c1.join_new("tcp").await;
     assert_eq!((j1.error_code, j1.generation_id), (0, 1));
@@ -370,16 +343,7 @@ async fn two_clients_rebalance_and_commit_over_tcp() {
         panic!()
     };
     assert_eq!(d.results[0].error_code, 0);
-    s.stop().await;
-}
-
-fn have_kcat() -> bool {
-    Command::new("kcat")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    s.stop().await.ok();
 }
 
 /// Reads `count` messages with kcat's balanced consumer in `group`; returns their values.
@@ -432,12 +396,12 @@ async fn kcat_group_consumer_resumes_from_committed_offsets_after_a_restart() {
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let s = start(dir.path()).await;
-    s.broker
+    s.broker()
         .create_topic(NewTopic::new("orders", 3))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    produce(&s.broker, 0..30).await;
-    let addr = s.addr;
+    produce(s.broker(), 0..30).await;
+    let addr = s.addr();
     let mut first = tokio::task::spawn_blocking(move || kcat_group(addr, "kc", 30))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -445,12 +409,12 @@ async fn kcat_group_consumer_resumes_from_committed_offsets_after_a_restart() {
     let mut want: Vec<String> = (0..30).map(|i| format!("v{i}")).collect();
     want.sort();
     assert_eq!(first, want);
-    s.stop().await;
+    s.stop().await.ok();
 
     // Restart on the same directory: the group's commits are read back.
     let s = start(dir.path()).await;
-    produce(&s.broker, 30..40).await;
-    let addr = s.addr;
+    produce(s.broker(), 30..40).await;
+    let addr = s.addr();
     let mut second = tokio::task::spawn_blocking(move || kcat_group(addr, "kc", 10))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -458,5 +422,5 @@ async fn kcat_group_consumer_resumes_from_committed_offsets_after_a_restart() {
     let mut want: Vec<String> = (30..40).map(|i| format!("v{i}")).collect();
     want.sort();
     assert_eq!(second, want, "only what was produced after the commits");
-    s.stop().await;
+    s.stop().await.ok();
 }

@@ -1,59 +1,33 @@
 //! The Kafka listener in-process, driven over TCP: kcat when it is installed, and raw frames.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::have_kcat;
+use quiver_broker::BrokerConfig;
 use quiver_broker::alloc::GuardedAlloc;
-use quiver_broker::kafka::KafkaServer;
-use quiver_broker::{Broker, BrokerConfig};
+use quiver_broker::kafka::LocalServer;
 
 // The server process registers this allocator; so does this test, which feeds it hostile frames.
 #[global_allocator]
 static ALLOC: GuardedAlloc = GuardedAlloc;
 
-struct Running {
-    broker: Broker,
-    addr: SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Running {
+/// A broker serving Kafka on loopback, on a fresh temporary data directory.
+async fn start() -> (LocalServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut config = BrokerConfig {
         data_dir: dir.path().to_owned(),
         ..BrokerConfig::default()
     };
-    config
-        .set("listeners", "PLAINTEXT://127.0.0.1:0")
-        .unwrap_or_else(|e| panic!("{e}"));
     config.set("group.initial.rebalance.delay.ms", "0").ok();
-    let broker = Broker::open(config)
+    let server = LocalServer::start(config)
         .await
-        .unwrap_or_else(|e| panic!("open: {e}"));
-    let server = KafkaServer::bind(broker.clone())
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = server.local_addrs()[0];
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(server.run(rx));
-    Running {
-        broker,
-        addr,
-        stop,
-        _dir: dir,
-    }
-}
-
-fn have_kcat() -> bool {
-    Command::new("kcat")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    (server, dir)
 }
 
 /// Runs kcat with `args`, feeding `input`, and returns its stdout.
@@ -87,8 +61,8 @@ async fn kcat_metadata_produce_consume_every_codec() {
         have_kcat(),
         "kcat is not installed: run ./scripts/test, which installs it (Debian package kcat)"
     );
-    let s = start().await;
-    let addr = s.addr;
+    let (s, _dir) = start().await;
+    let addr = s.addr();
     let out = tokio::task::spawn_blocking(move || {
         let mut log = String::new();
         for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
@@ -160,13 +134,13 @@ async fn kcat_metadata_produce_consume_every_codec() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.is_empty());
     assert_eq!(
-        s.broker
+        s.broker()
             .offsets("kcat-gzip", 0)
             .map(|o| o.log_end_offset)
             .ok(),
         Some(50)
     );
-    s.stop.send_replace(true);
+    s.stop().await.ok();
 }
 
 fn api_versions_frame(correlation: i32) -> Vec<u8> {
@@ -207,8 +181,8 @@ fn send_and_expect_close(addr: SocketAddr, bytes: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_never_takes_the_server_down() {
-    let s = start().await;
-    let addr = s.addr;
+    let (s, _dir) = start().await;
+    let addr = s.addr();
     tokio::task::spawn_blocking(move || {
         assert_eq!(api_versions_round_trip(addr), Some(77));
         let mut hostile: Vec<Vec<u8>> = vec![
@@ -303,5 +277,5 @@ async fn garbage_never_takes_the_server_down() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    s.stop.send_replace(true);
+    s.stop().await.ok();
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use quiver_broker::broker::ConfigChange;
 use quiver_broker::{
     Broker, BrokerConfig, BrokerError, NewTopic, ProducerInfo, Record, TopicDescription,
@@ -17,7 +17,9 @@ use quiver_broker::{
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
-use super::{Client, Fetched, PartitionState, TopicInfo};
+use super::{
+    Client, Fetched, PartitionState, TopicInfo, check_auto_created_partition, check_partition,
+};
 use crate::data_dir::{self, Intent};
 
 /// Most bytes read from one partition by one fetch (the first batch is returned whole even if larger).
@@ -155,22 +157,9 @@ impl Client for DirectClient {
             return Ok(());
         };
         match broker.partition_count(topic) {
-            Ok(count) if (0..count).contains(&partition) => Ok(()),
-            Ok(count) => Err(BrokerError::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-                partitions: count,
-            }
-            .into()),
+            Ok(count) => check_partition(topic, count, partition),
             Err(BrokerError::UnknownTopic(_)) if broker.config().auto_create_topics => {
-                let count = broker.config().num_partitions;
-                if !(0..count).contains(&partition) {
-                    bail!(
-                        "topic '{topic}' does not exist, and auto-creating it (num.partitions={count}) would not \
-                         make partition {partition}; create it first with `quiver topics create {topic} --partitions N`"
-                    );
-                }
-                Ok(())
+                check_auto_created_partition(topic, broker.config().num_partitions, partition)
             }
             Err(e) => Err(e.into()),
         }

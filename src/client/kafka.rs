@@ -21,7 +21,9 @@ use quiver_broker::kafka::client::{
 use quiver_broker::{BrokerError, NewTopic, Record, partition_for_key, records_to_batch, topic};
 use tokio::sync::{Mutex, OnceCell};
 
-use super::{Client, Fetched, PartitionState, TopicInfo};
+use super::{
+    Client, Fetched, PartitionState, TopicInfo, check_auto_created_partition, check_partition,
+};
 
 /// Most key, value and header bytes in one Kafka record batch: well under the default
 /// `max.message.bytes` (1 MiB) with the batch's own overhead. A larger record goes alone.
@@ -341,15 +343,7 @@ impl Client for KafkaBackend {
         match t.error {
             None => {
                 let count = t.partitions.len() as i32;
-                match partition {
-                    Some(p) if !(0..count).contains(&p) => Err(BrokerError::UnknownPartition {
-                        topic: topic.to_owned(),
-                        partition: p,
-                        partitions: count,
-                    }
-                    .into()),
-                    _ => Ok(()),
-                }
+                partition.map_or(Ok(()), |p| check_partition(topic, count, p))
             }
             Some(ApiError {
                 error: ResponseError::UnknownTopicOrPartition,
@@ -365,13 +359,7 @@ impl Client for KafkaBackend {
                          (auto.create.topics.enable=false); create it first with `quiver topics create {topic}`"
                     );
                 }
-                match partition {
-                    Some(p) if !(0..count).contains(&p) => bail!(
-                        "topic '{topic}' does not exist, and auto-creating it (num.partitions={count}) would not \
-                         make partition {p}; create it first with `quiver topics create {topic} --partitions N`"
-                    ),
-                    _ => Ok(()),
-                }
+                partition.map_or(Ok(()), |p| check_auto_created_partition(topic, count, p))
             }
             Some(e) => Err(topic_error(topic, e)),
         }

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use arrow::record_batch::RecordBatch;
 use quiver_broker::broker::ConfigChange;
-use quiver_broker::{NewTopic, Record};
+use quiver_broker::{BrokerError, NewTopic, Record};
 
 /// How the commands reach a broker.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +36,31 @@ pub struct ConnectArgs {
     /// --bootstrap-server is not given [default: ./quiver-data]
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+}
+
+/// Checks that `partition` is one of the `count` partitions of the existing `topic`.
+fn check_partition(topic: &str, count: i32, partition: i32) -> Result<()> {
+    if (0..count).contains(&partition) {
+        return Ok(());
+    }
+    Err(BrokerError::UnknownPartition {
+        topic: topic.to_owned(),
+        partition,
+        partitions: count,
+    }
+    .into())
+}
+
+/// Checks that auto-creating the missing `topic` with `count` partitions (the broker's
+/// `num.partitions`) would make `partition`.
+fn check_auto_created_partition(topic: &str, count: i32, partition: i32) -> Result<()> {
+    if !(0..count).contains(&partition) {
+        bail!(
+            "topic '{topic}' does not exist, and auto-creating it (num.partitions={count}) would not \
+             make partition {partition}; create it first with `quiver topics create {topic} --partitions N`"
+        );
+    }
+    Ok(())
 }
 
 /// Picks the backend `args` choose: the Kafka protocol with `--bootstrap-server`, else the data

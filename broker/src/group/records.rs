@@ -183,6 +183,22 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Starts reading a `what` value: its version, which must be 0 to 4 (flexible from 4 on);
+    /// returns the reader positioned after it, and the version.
+    fn value(buf: &'a [u8], what: &str) -> Result<(Reader<'a>, i16)> {
+        let mut r = Reader {
+            buf,
+            flexible: false,
+        };
+        let version = r.i16()?;
+        if !(0..=4).contains(&version) {
+            return Err(MalformedRecord(format!(
+                "{what} value version {version} is unknown"
+            )));
+        }
+        r.flexible = version >= 4;
+        Ok((r, version))
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.buf.len() < n {
             return Err(MalformedRecord(format!(
@@ -291,17 +307,7 @@ pub fn decode_key(key: &[u8]) -> Result<RecordKey> {
 
 /// Reads an offset value (versions 0-4).
 pub fn decode_offset_value(value: &[u8]) -> Result<OffsetValue> {
-    let mut r = Reader {
-        buf: value,
-        flexible: false,
-    };
-    let version = r.i16()?;
-    if !(0..=4).contains(&version) {
-        return Err(MalformedRecord(format!(
-            "offset value version {version} is unknown"
-        )));
-    }
-    r.flexible = version >= 4;
+    let (mut r, version) = Reader::value(value, "offset")?;
     let offset = r.i64()?;
     let leader_epoch = if version >= 3 { r.i32()? } else { -1 };
     let metadata = r.string()?;
@@ -323,17 +329,7 @@ pub fn decode_offset_value(value: &[u8]) -> Result<OffsetValue> {
 
 /// Reads a group value (versions 0-4).
 pub fn decode_group_value(value: &[u8]) -> Result<GroupValue> {
-    let mut r = Reader {
-        buf: value,
-        flexible: false,
-    };
-    let version = r.i16()?;
-    if !(0..=4).contains(&version) {
-        return Err(MalformedRecord(format!(
-            "group value version {version} is unknown"
-        )));
-    }
-    r.flexible = version >= 4;
+    let (mut r, version) = Reader::value(value, "group")?;
     let protocol_type = r.string()?;
     let generation = r.i32()?;
     let protocol = r.nullable_string()?;

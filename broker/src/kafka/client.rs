@@ -265,6 +265,11 @@ impl KafkaClient {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
+    /// The request timeout as the `timeout_ms` field of a request (capped to fit).
+    fn request_timeout_ms(&self) -> i32 {
+        self.config.request_timeout_ms.min(i32::MAX as u64) as i32
+    }
+
     async fn connection(&self, addr: &str, lane: Lane) -> Result<Arc<Connection>> {
         let mut connections = self.connections.lock().await;
         let key = (addr.to_owned(), lane);

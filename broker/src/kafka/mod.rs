@@ -9,4 +9,4 @@ pub mod handlers;
 pub mod records;
 pub mod server;
 
-pub use server::KafkaServer;
+pub use server::{KafkaServer, LocalServer};

@@ -1,4 +1,5 @@
-//! Listener and connection handling.
+//! Listener and connection handling: [`KafkaServer`] serves the configured listeners, and
+//! [`LocalServer`] runs a broker with one listener on a loopback port (tests, embedding).
 //!
 //! Each connection has a reader task that reads frames ahead (bounded) and a processor that
 //! handles them one at a time, in order, writing each response before taking the next request.
@@ -19,10 +20,11 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::handlers::{self, Ctx};
 use crate::broker::{Broker, stopped};
-use crate::config::Listener;
+use crate::config::{BrokerConfig, Listener};
 use crate::error::{BrokerError, Result};
 
 /// Requests read ahead of the one being processed, per connection.
@@ -120,6 +122,96 @@ impl KafkaServer {
         stopped(&mut shutdown).await;
         accepts.abort_all();
         Ok(())
+    }
+}
+
+/// A broker with its Kafka listener on a loopback port the system picks, served on the current
+/// Tokio runtime: for tests, and for programs that embed Quiver and let Kafka clients on the
+/// same machine talk to it.
+///
+/// [`LocalServer::start`] opens the broker and starts serving; [`LocalServer::stop`] stops
+/// accepting connections, waits for the listener to finish and shuts the broker down.
+/// Dropping a `LocalServer` without `stop` only stops accepting connections; the broker closes
+/// when its last handle is dropped.
+///
+/// ```
+/// # async fn example(dir: &std::path::Path) -> quiver_broker::Result<()> {
+/// use quiver_broker::BrokerConfig;
+/// use quiver_broker::kafka::LocalServer;
+///
+/// let config = BrokerConfig {
+///     data_dir: dir.to_owned(),
+///     ..BrokerConfig::default()
+/// };
+/// let server = LocalServer::start(config).await?;
+/// // Kafka clients connect to `server.addr()`; this program can use `server.broker()` directly.
+/// println!("Kafka on {}", server.addr());
+/// server.stop().await
+/// # }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # tokio::runtime::Runtime::new()?.block_on(example(dir.path()))?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct LocalServer {
+    broker: Broker,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    serving: Option<JoinHandle<Result<()>>>,
+}
+
+impl LocalServer {
+    /// Opens a broker with `config`, its `listeners` replaced by one on `127.0.0.1` port 0,
+    /// and serves the Kafka protocol there until stopped. Call it within a Tokio runtime.
+    pub async fn start(mut config: BrokerConfig) -> Result<LocalServer> {
+        config.set("listeners", "PLAINTEXT://127.0.0.1:0")?;
+        let broker = Broker::open(config).await?;
+        let server = KafkaServer::bind(broker.clone()).await?;
+        let addr = server.local_addrs().first().copied().ok_or_else(|| {
+            BrokerError::Internal("the loopback Kafka listener has no address".into())
+        })?;
+        let (shutdown, stopped) = watch::channel(false);
+        let serving = tokio::spawn(server.run(stopped));
+        Ok(LocalServer {
+            broker,
+            addr,
+            shutdown,
+            serving: Some(serving),
+        })
+    }
+
+    /// The in-process handle to the broker that the listener serves.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Where Kafka clients connect: `127.0.0.1` and the port bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, waits for the listener to finish, and shuts the broker
+    /// down ([`Broker::shutdown`]), even when the listener failed. Returns the first error.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.send_replace(true);
+        let served = match self.serving.take() {
+            Some(serving) => serving.await.unwrap_or_else(|e| {
+                Err(BrokerError::Internal(format!(
+                    "the Kafka listener task failed: {e}"
+                )))
+            }),
+            None => Ok(()),
+        };
+        let shut = self.broker.shutdown().await;
+        served.and(shut)
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
     }
 }
 

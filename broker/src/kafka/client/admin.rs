@@ -119,7 +119,7 @@ impl KafkaClient {
         validate_only: bool,
     ) -> Result<Vec<(String, Result<CreatedTopic, ApiError>)>> {
         let conn = self.admin_connection().await?;
-        let timeout_ms = self.config.request_timeout_ms.min(i32::MAX as u64) as i32;
+        let timeout_ms = self.request_timeout_ms();
         let request = CreateTopicsRequest::default()
             .with_topics(
                 topics
@@ -193,7 +193,7 @@ impl KafkaClient {
         names: &[&str],
     ) -> Result<Vec<(String, Result<(), ApiError>)>> {
         let conn = self.admin_connection().await?;
-        let timeout_ms = self.config.request_timeout_ms.min(i32::MAX as u64) as i32;
+        let timeout_ms = self.request_timeout_ms();
         let (_, response) = self
             .call(
                 &conn,
@@ -239,7 +239,7 @@ impl KafkaClient {
         validate_only: bool,
     ) -> Result<Vec<(String, Result<(), ApiError>)>> {
         let conn = self.admin_connection().await?;
-        let timeout_ms = self.config.request_timeout_ms.min(i32::MAX as u64) as i32;
+        let timeout_ms = self.request_timeout_ms();
         let request = CreatePartitionsRequest::default()
             .with_topics(
                 totals

@@ -291,9 +291,7 @@ impl KafkaClient {
         }
         let partitions: Vec<i32> = seen.into_iter().collect();
         let (by_leader, failed) = self.by_leader(topic, &partitions).await?;
-        let mut out: Vec<(i32, Result<ProduceAck, ApiError>)> =
-            failed.into_iter().map(|(p, e)| (p, Err(e))).collect();
-        let timeout_ms = self.config.request_timeout_ms.min(i32::MAX as u64) as i32;
+        let timeout_ms = self.request_timeout_ms();
         let requests = by_leader.into_iter().map(|(node, partitions)| {
             let data: Vec<PartitionProduceData> = encoded
                 .iter()
@@ -345,18 +343,8 @@ impl KafkaClient {
                 Ok::<_, ClientError>(results)
             }
         });
-        for answered in futures::future::join_all(requests).await {
-            out.extend(answered?);
-        }
-        if out
-            .iter()
-            .any(|(_, r)| r.as_ref().is_err_and(leader_may_have_moved))
-        {
-            self.forget_leaders(topic);
-        }
         let order: Vec<i32> = batches.iter().map(|(p, _)| *p).collect();
-        out.sort_by_key(|(p, _)| order.iter().position(|q| q == p));
-        Ok(out)
+        self.gather(topic, failed, requests, &order).await
     }
 
     /// Reads `topic` from each `(partition, offset)`, one request per leader. When no partition
@@ -370,8 +358,6 @@ impl KafkaClient {
     ) -> Result<Vec<(i32, Result<FetchedRecords, ApiError>)>> {
         let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
         let (by_leader, failed) = self.by_leader(topic, &partitions).await?;
-        let mut out: Vec<(i32, Result<FetchedRecords, ApiError>)> =
-            failed.into_iter().map(|(p, e)| (p, Err(e))).collect();
         let max_wait_ms = options.max_wait.as_millis().min(i32::MAX as u128) as i32;
         let max_bytes = options
             .max_bytes
@@ -441,17 +427,7 @@ impl KafkaClient {
                 Ok::<_, ClientError>(results)
             }
         });
-        for answered in futures::future::join_all(requests).await {
-            out.extend(answered?);
-        }
-        if out
-            .iter()
-            .any(|(_, r)| r.as_ref().is_err_and(leader_may_have_moved))
-        {
-            self.forget_leaders(topic);
-        }
-        out.sort_by_key(|(p, _)| partitions.iter().position(|q| q == p));
-        Ok(out)
+        self.gather(topic, failed, requests, &partitions).await
     }
 
     /// Looks up offsets of `topic`, one spec per partition. `Ok(None)` when there is no such
@@ -469,8 +445,6 @@ impl KafkaClient {
         }
         let partitions: Vec<i32> = specs.iter().map(|(p, _)| *p).collect();
         let (by_leader, failed) = self.by_leader(topic, &partitions).await?;
-        let mut out: Vec<(i32, Result<Option<ListedOffset>, ApiError>)> =
-            failed.into_iter().map(|(p, e)| (p, Err(e))).collect();
         let requests = by_leader.into_iter().map(|(node, led)| {
             let wanted: Vec<(i32, OffsetSpec)> =
                 specs.iter().filter(|(p, _)| led.contains(p)).copied().collect();
@@ -529,6 +503,24 @@ impl KafkaClient {
                 Ok::<_, ClientError>(results)
             }
         });
+        self.gather(topic, failed, requests, &partitions).await
+    }
+
+    /// Waits for the per-leader `requests` of `topic` and returns their per-partition results
+    /// with those of the partitions no leader was found for (`failed`), in the partition order
+    /// of `order`; an `Err` when a leader was not reached. When a result says a leader may have
+    /// moved, forgets the topic's leaders so that the next call looks them up again.
+    async fn gather<T>(
+        &self,
+        topic: &str,
+        failed: Vec<(i32, ApiError)>,
+        requests: impl IntoIterator<
+            Item = impl Future<Output = Result<Vec<(i32, Result<T, ApiError>)>>>,
+        >,
+        order: &[i32],
+    ) -> Result<Vec<(i32, Result<T, ApiError>)>> {
+        let mut out: Vec<(i32, Result<T, ApiError>)> =
+            failed.into_iter().map(|(p, e)| (p, Err(e))).collect();
         for answered in futures::future::join_all(requests).await {
             out.extend(answered?);
         }
@@ -538,7 +530,7 @@ impl KafkaClient {
         {
             self.forget_leaders(topic);
         }
-        out.sort_by_key(|(p, _)| partitions.iter().position(|q| q == p));
+        out.sort_by_key(|(p, _)| order.iter().position(|q| q == p));
         Ok(out)
     }
 }

@@ -1,4 +1,4 @@
-//! The client against an in-process [`KafkaServer`] on a loopback port, and against fake
+//! The client against an in-process [`LocalServer`] on a loopback port, and against fake
 //! brokers that misbehave on purpose.
 
 use std::collections::BTreeMap;
@@ -12,41 +12,21 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::broker::ConfigChange;
-use crate::kafka::KafkaServer;
+use crate::kafka::LocalServer;
 use crate::record::{Record, batch_to_records, records_to_batch};
-use crate::{Broker, BrokerConfig, NewTopic};
+use crate::{BrokerConfig, NewTopic};
 
-struct Running {
-    broker: Broker,
-    addr: SocketAddr,
-    _stop: tokio::sync::watch::Sender<bool>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Running {
+/// A broker serving Kafka on loopback, on a fresh temporary data directory.
+async fn start() -> (LocalServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let mut config = BrokerConfig {
+    let config = BrokerConfig {
         data_dir: dir.path().to_owned(),
         ..BrokerConfig::default()
     };
-    config
-        .set("listeners", "PLAINTEXT://127.0.0.1:0")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let broker = Broker::open(config)
+    let server = LocalServer::start(config)
         .await
-        .unwrap_or_else(|e| panic!("open: {e}"));
-    let server = KafkaServer::bind(broker.clone())
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = server.local_addrs()[0];
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(server.run(rx));
-    Running {
-        broker,
-        addr,
-        _stop: stop,
-        _dir: dir,
-    }
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    (server, dir)
 }
 
 async fn client(addr: SocketAddr) -> KafkaClient {
@@ -75,8 +55,8 @@ fn records(batches: &[RecordBatch]) -> Vec<Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_are_created_described_altered_and_deleted() -> Result<()> {
-    let s = start().await;
-    let c = client(s.addr).await;
+    let (s, _dir) = start().await;
+    let c = client(s.addr()).await;
 
     let metadata = c.metadata(None, false).await?;
     assert_eq!(metadata.brokers.len(), 1);
@@ -130,7 +110,7 @@ async fn topics_are_created_described_altered_and_deleted() -> Result<()> {
         Some(ResponseError::UnknownTopicOrPartition)
     );
     assert!(
-        !s.broker.topic_exists("missing"),
+        !s.broker().topic_exists("missing"),
         "metadata without auto-creation created a topic"
     );
 
@@ -158,7 +138,7 @@ async fn topics_are_created_described_altered_and_deleted() -> Result<()> {
         )
         .await?;
     assert_eq!(altered, vec![(topic.clone(), Ok(()))]);
-    let overrides = s.broker.describe_topic("orders").map(|d| d.overrides);
+    let overrides = s.broker().describe_topic("orders").map(|d| d.overrides);
     assert_eq!(
         overrides.ok(),
         Some(BTreeMap::from([(
@@ -185,7 +165,7 @@ async fn topics_are_created_described_altered_and_deleted() -> Result<()> {
         .await?;
     assert_eq!(grown[0], ("orders".to_owned(), Ok(())));
     assert!(grown[1].1.is_err());
-    assert_eq!(s.broker.partition_count("orders").ok(), Some(5));
+    assert_eq!(s.broker().partition_count("orders").ok(), Some(5));
 
     let sizes = c.partition_sizes("orders", &[0, 1, 2, 3, 4]).await?;
     assert_eq!(sizes.len(), 5);
@@ -196,15 +176,15 @@ async fn topics_are_created_described_altered_and_deleted() -> Result<()> {
         deleted[1].1.as_ref().err().map(|e| e.error),
         Some(ResponseError::UnknownTopicOrPartition)
     );
-    assert!(!s.broker.topic_exists("orders"));
+    assert!(!s.broker().topic_exists("orders"));
     c.close().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_round_trip_with_offsets_keys_and_headers() -> Result<()> {
-    let s = start().await;
-    let c = client(s.addr).await;
+    let (s, _dir) = start().await;
+    let c = client(s.addr()).await;
     c.create_topics(&[new_topic("t", Some(2), &[])], false)
         .await?;
 
@@ -297,8 +277,8 @@ async fn records_round_trip_with_offsets_keys_and_headers() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_fetch_wakes_when_records_arrive() -> Result<()> {
-    let s = start().await;
-    let c = std::sync::Arc::new(client(s.addr).await);
+    let (s, _dir) = start().await;
+    let c = std::sync::Arc::new(client(s.addr()).await);
     c.create_topics(&[new_topic("t", Some(1), &[])], false)
         .await?;
     let reader = {
@@ -525,13 +505,13 @@ async fn a_silent_or_foreign_server_times_out_or_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_committed_from_outside_a_group_are_listed_and_described() -> Result<()> {
-    let s = start().await;
-    let c = client(s.addr).await;
+    let (s, _dir) = start().await;
+    let c = client(s.addr()).await;
     c.create_topics(&[new_topic("t", Some(2), &[])], false)
         .await?;
 
     let coordinator = c.find_coordinator("g").await?;
-    assert_eq!(coordinator.port, i32::from(s.addr.port()));
+    assert_eq!(coordinator.port, i32::from(s.addr().port()));
 
     let committed = c.offset_commit("g", &[("t", 0, 5), ("t", 1, 7)]).await?;
     assert_eq!(
@@ -574,13 +554,13 @@ async fn offsets_committed_from_outside_a_group_are_listed_and_described() -> Re
 /// a field its version lacks, so each version's request must be built for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_works_at_every_version() -> Result<()> {
-    let s = start().await;
+    let (s, _dir) = start().await;
     for below in 0..=12 {
         let config = ClientConfig {
             versions_below_max: below,
             ..ClientConfig::default()
         };
-        let c = KafkaClient::connect(&s.addr.to_string(), config).await?;
+        let c = KafkaClient::connect(&s.addr().to_string(), config).await?;
         let topic = format!("v{below}");
         let name = topic.as_str();
         let created = c
