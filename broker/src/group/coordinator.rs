@@ -280,7 +280,7 @@ fn write_error(e: &BrokerError) -> ResponseError {
 }
 
 impl GroupCoordinator {
-    /// A coordinator with no groups. [`Broker::open`] starts it with [`GroupCoordinator::start`].
+    /// A coordinator with no groups. [`Broker::open`] starts it with `GroupCoordinator::start`.
     pub fn new(config: GroupConfig) -> GroupCoordinator {
         let check_every = Duration::from_millis(config.offsets_retention_check_interval_ms);
         GroupCoordinator {

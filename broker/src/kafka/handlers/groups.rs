@@ -1,7 +1,7 @@
 //! Consumer group APIs (the classic protocol): FindCoordinator, JoinGroup, SyncGroup,
 //! Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups
 //! and OffsetDelete. Each handler turns the request into a call on the broker's
-//! [`GroupCoordinator`](crate::group::GroupCoordinator) and builds the response for the
+//! [`GroupCoordinator`] and builds the response for the
 //! request's version.
 //!
 //! The `kafka-protocol` encoder refuses a response that sets a field its version lacks, and
