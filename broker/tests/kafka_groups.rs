@@ -263,6 +263,11 @@ async fn two_clients_rebalance_and_commit_over_tcp() {
         panic!()
     };
     assert_eq!(d.groups[0].group_state.as_str(), "PreparingRebalance");
+    // Members are reported with the address they connect from, as Kafka does.
+    assert!(!d.groups[0].members.is_empty());
+    for m in &d.groups[0].members {
+        assert_eq!(m.client_host.as_str(), "/127.0.0.1");
+    }
     assert_eq!(
         c1.heartbeat("tcp", 1, &m1).await,
         ResponseError::RebalanceInProgress.code()

@@ -215,6 +215,12 @@ impl Drop for LocalServer {
     }
 }
 
+tokio::task_local! {
+    /// The address of the client whose request is being handled (Kafka reports it as a group
+    /// member's client host).
+    pub(crate) static PEER: SocketAddr;
+}
+
 /// What to do after a request.
 pub(crate) enum Outcome {
     /// The response frame, as chunks to write in order (record data is not copied into one buffer).
@@ -252,7 +258,7 @@ async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     });
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(frame) = rx.recv().await {
-        match process(&ctx, frame).await {
+        match PEER.scope(peer, process(&ctx, frame)).await {
             Outcome::Respond(chunks) => {
                 let mut failed = false;
                 for chunk in &chunks {

@@ -196,8 +196,10 @@ async fn join_group(ctx: &Ctx, header: &RequestHeader, req: JoinGroupRequest) ->
             None
         },
         client_id: opt(header.client_id.as_ref()).unwrap_or_default(),
-        // The peer address is not known to handlers; DescribeGroups shows an empty host.
-        client_host: String::new(),
+        // As Kafka reports it: "/" and the client's IP address.
+        client_host: crate::kafka::server::PEER
+            .try_with(|p| format!("/{}", p.ip()))
+            .unwrap_or_default(),
         session_timeout_ms: req.session_timeout_ms,
         rebalance_timeout_ms,
         protocol_type: req.protocol_type.as_str().to_owned(),
