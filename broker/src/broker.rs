@@ -22,7 +22,7 @@ use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::cleaner::CleanStats;
 use crate::log::{AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, now_ms};
 use crate::partitioner::Partitioner;
-use crate::record::{Record, records_to_batch};
+use crate::record::{EnvelopeBuilder, Record};
 use crate::topic::{self, TopicMeta};
 
 /// A topic to create.
@@ -407,6 +407,19 @@ impl Broker {
         self.inner.topics.read().contains_key(name)
     }
 
+    /// The name of the topic with this Kafka topic id, if any.
+    pub fn topic_name_by_id(&self, id: &uuid::Uuid) -> Option<String> {
+        if id.is_nil() {
+            return None;
+        }
+        let hex = id.simple().to_string();
+        let topics = self.inner.topics.read();
+        topics
+            .values()
+            .find(|t| t.meta.id == hex)
+            .map(|t| t.meta.name.clone())
+    }
+
     /// Number of partitions of a topic.
     pub fn partition_count(&self, name: &str) -> Result<i32> {
         Ok(self.topic(name)?.meta.partitions)
@@ -555,21 +568,18 @@ impl Broker {
             Err(e) => return Err(e),
         };
         let unkeyed = self.inner.partitioner.partition(None, partitions);
-        let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, EnvelopeBuilder> = BTreeMap::new();
         for r in records {
             let p = match &r.key {
                 Some(k) => crate::partitioner::partition_for_key(k, partitions),
                 None => unkeyed,
             };
-            by_partition.entry(p).or_default().push(r.clone());
+            by_partition.entry(p).or_default().append_record(r);
         }
         let mut out = Vec::with_capacity(by_partition.len());
-        for (p, recs) in by_partition {
-            out.push((
-                p,
-                self.append(topic, p, &records_to_batch(&recs), ProducerInfo::NONE)
-                    .await?,
-            ));
+        for (p, mut builder) in by_partition {
+            let batch = builder.finish();
+            out.push((p, self.append(topic, p, &batch, ProducerInfo::NONE).await?));
         }
         Ok(out)
     }

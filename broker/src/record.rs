@@ -281,23 +281,46 @@ impl<'a> EnvelopeColumns<'a> {
 
     /// Headers of row `i`.
     pub fn headers(&self, i: usize) -> Vec<Header> {
-        let list = self.headers.value(i);
-        let Some(structs) = list.as_any().downcast_ref::<StructArray>() else {
-            return Vec::new();
-        };
-        let keys = structs.column(0).as_any().downcast_ref::<StringArray>();
-        let values = structs.column(1).as_any().downcast_ref::<BinaryArray>();
-        match (keys, values) {
-            (Some(keys), Some(values)) => (0..structs.len())
-                .map(|j| Header {
-                    key: keys.value(j).to_owned(),
-                    value: values
-                        .is_valid(j)
-                        .then(|| Bytes::copy_from_slice(values.value(j))),
-                })
-                .collect(),
-            _ => Vec::new(),
+        self.header_range(i)
+            .map(|(keys, values, range)| {
+                range
+                    .map(|j| Header {
+                        key: keys.value(j).to_owned(),
+                        value: values
+                            .is_valid(j)
+                            .then(|| Bytes::copy_from_slice(values.value(j))),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The header keys and values of all rows (the list's child columns), if the batch has any
+    /// header column data.
+    fn header_children(&self) -> Option<(&'a StringArray, &'a BinaryArray)> {
+        let structs = self
+            .headers
+            .values()
+            .as_any()
+            .downcast_ref::<StructArray>()?;
+        Some((
+            structs.column(0).as_any().downcast_ref::<StringArray>()?,
+            structs.column(1).as_any().downcast_ref::<BinaryArray>()?,
+        ))
+    }
+
+    /// Row `i`'s headers as indexes into the header key and value columns, without copying.
+    pub fn header_range(
+        &self,
+        i: usize,
+    ) -> Option<(&'a StringArray, &'a BinaryArray, std::ops::Range<usize>)> {
+        let lists = self.headers.value_offsets();
+        let range = lists[i] as usize..lists[i + 1] as usize;
+        if range.is_empty() {
+            return None;
         }
+        let (keys, values) = self.header_children()?;
+        Some((keys, values, range))
     }
 
     /// The size Kafka counts against `max.message.bytes` for every row (key + value + header
@@ -306,12 +329,9 @@ impl<'a> EnvelopeColumns<'a> {
         let keys = self.keys.value_offsets();
         let values = self.values.value_offsets();
         let lists = self.headers.value_offsets();
-        let structs = self.headers.values().as_any().downcast_ref::<StructArray>();
-        let header_offsets = structs.and_then(|s| {
-            let k = s.column(0).as_any().downcast_ref::<StringArray>()?;
-            let v = s.column(1).as_any().downcast_ref::<BinaryArray>()?;
-            Some((k.value_offsets(), v.value_offsets()))
-        });
+        let header_offsets = self
+            .header_children()
+            .map(|(k, v)| (k.value_offsets(), v.value_offsets()));
         (0..self.offsets.len()).map(move |i| {
             let mut size = (keys[i + 1] - keys[i]) as usize + (values[i + 1] - values[i]) as usize;
             if let Some((hk, hv)) = header_offsets {

@@ -361,8 +361,15 @@ pub fn encode_batch(
     let value_offsets = cols.values.value_offsets();
     let key_data = cols.keys.value_data();
     let value_data = cols.values.value_data();
-    let header_offsets = cols.headers.value_offsets();
-    let has_headers = header_offsets.last() != header_offsets.first();
+    let field_len =
+        |f: Option<&[u8]>| f.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len());
+    let put_field = |out: &mut Vec<u8>, f: Option<&[u8]>| match f {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    };
     for row in 0..n {
         let key = if key_nulls.as_ref().is_some_and(|b| b.is_null(row)) {
             None
@@ -376,46 +383,33 @@ pub fn encode_batch(
         };
         let ts_delta = ts[row].wrapping_sub(base_ts);
         let offset_delta = cols.offsets.value(row) - base_offset;
-        let headers = if has_headers && header_offsets[row + 1] > header_offsets[row] {
-            cols.headers(row)
-        } else {
-            Vec::new()
+        // Headers are read in place from the Arrow columns: no per-record allocation.
+        let headers = cols.header_range(row);
+        let header_at = |j: usize| {
+            headers
+                .as_ref()
+                .map(|(k, v, _)| (k.value(j).as_bytes(), v.is_valid(j).then(|| v.value(j))))
         };
-        let field_len =
-            |f: Option<&[u8]>| f.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len());
+        let header_indexes = headers.as_ref().map_or(0..0, |(_, _, r)| r.clone());
         let mut body = 1
             + varint_len(ts_delta)
             + varint_len(offset_delta)
             + field_len(key)
             + field_len(value)
-            + varint_len(headers.len() as i64);
-        for h in &headers {
-            body += field_len(Some(h.key.as_bytes())) + field_len(h.value.as_deref());
+            + varint_len(header_indexes.len() as i64);
+        for (hk, hv) in header_indexes.clone().filter_map(header_at) {
+            body += field_len(Some(hk)) + field_len(hv);
         }
         put_varint(out, body as i64);
         out.push(0);
         put_varint(out, ts_delta);
         put_varint(out, offset_delta);
-        for f in [key, value] {
-            match f {
-                None => put_varint(out, -1),
-                Some(b) => {
-                    put_varint(out, b.len() as i64);
-                    out.extend_from_slice(b);
-                }
-            }
-        }
-        put_varint(out, headers.len() as i64);
-        for h in &headers {
-            put_varint(out, h.key.len() as i64);
-            out.extend_from_slice(h.key.as_bytes());
-            match &h.value {
-                None => put_varint(out, -1),
-                Some(v) => {
-                    put_varint(out, v.len() as i64);
-                    out.extend_from_slice(v);
-                }
-            }
+        put_field(out, key);
+        put_field(out, value);
+        put_varint(out, header_indexes.len() as i64);
+        for (hk, hv) in header_indexes.filter_map(header_at) {
+            put_field(out, Some(hk));
+            put_field(out, hv);
         }
     }
     let max_ts = if header.producer.attributes & attributes::LOG_APPEND_TIME != 0 {
@@ -430,9 +424,9 @@ pub fn encode_batch(
     } else {
         -1
     };
-    let last_offset_delta =
-        (header.last_offset() - base_offset).max(offset_delta_of_last(&cols, n, base_offset))
-            as i32;
+    // The stored batch may end past its last surviving row (compaction); its end is kept.
+    debug_assert!(header.last_offset() >= cols.offsets.value(n - 1));
+    let last_offset_delta = (header.last_offset() - base_offset) as i32;
     let batch_length = (out.len() - start - 12) as i32;
     let h = &mut out[start..start + BATCH_HEADER_LEN];
     h[0..8].copy_from_slice(&base_offset.to_be_bytes());
@@ -450,10 +444,6 @@ pub fn encode_batch(
     let crc = crc32c::crc32c(&out[start + CRC_START..]);
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
     Ok(())
-}
-
-fn offset_delta_of_last(cols: &EnvelopeColumns<'_>, n: usize, base: i64) -> i64 {
-    cols.offsets.value(n - 1) - base
 }
 
 #[cfg(test)]

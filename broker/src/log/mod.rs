@@ -808,17 +808,16 @@ fn read_segment(
     result: &mut ReadResult,
 ) -> Result<bool> {
     // Skip frames that end before the requested offset (at most one index interval of them).
-    while pos < view.end {
+    let first = loop {
+        if pos >= view.end {
+            return Ok(true);
+        }
         let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
         if h.batch.last_offset() >= offset.max(result.next_offset) {
-            break;
+            break h;
         }
         pos += h.frame_len;
-    }
-    if pos >= view.end {
-        return Ok(true);
-    }
-    let first = segment::read_header(&view.file, &view.path, pos, view.end)?;
+    };
     let want = (first.frame_len as usize)
         .max(*budget)
         .min((view.end - pos) as usize);

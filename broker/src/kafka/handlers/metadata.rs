@@ -43,11 +43,7 @@ pub async fn handle(ctx: &Ctx, version: i16, req: MetadataRequest) -> MetadataRe
     for name in names {
         let name = match name {
             Ok(n) => n,
-            Err(id) => match broker
-                .list_topics()
-                .into_iter()
-                .find(|n| broker.describe_topic(n).is_ok_and(|d| uuid_of(&d.id) == id))
-            {
+            Err(id) => match broker.topic_name_by_id(&id) {
                 Some(n) => n,
                 None => {
                     topics.push(

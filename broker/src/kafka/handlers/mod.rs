@@ -91,15 +91,15 @@ pub async fn handle(
             Ok(resp) => resp,
             Err(other) => match admin::dispatch(ctx, header, other).await {
                 Ok(resp) => resp,
-                Err(other) => return Err(format!("no handler for {:?}", api_key_of(&other))),
+                Err(_) => {
+                    return Err(format!(
+                        "no handler for API key {} v{v}",
+                        header.request_api_key
+                    ));
+                }
             },
         },
     }))
-}
-
-fn api_key_of(req: &RequestKind) -> String {
-    let dbg = format!("{req:?}");
-    dbg.split('(').next().unwrap_or("request").to_owned()
 }
 
 /// The Kafka error code for a broker error.

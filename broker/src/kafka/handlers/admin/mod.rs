@@ -24,7 +24,6 @@ use kafka_protocol::messages::{ApiKey, BrokerId, RequestHeader, RequestKind, Res
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, error_code};
-use crate::broker::Broker;
 use crate::error::BrokerError;
 
 /// Admin APIs handled, with version ranges (within what `kafka-protocol` decodes).
@@ -139,18 +138,6 @@ pub(crate) fn check_replicas(
             ),
         )),
     }
-}
-
-/// The name of the topic with this id, if any.
-pub(crate) fn topic_name_by_id(broker: &Broker, id: uuid::Uuid) -> Option<String> {
-    if id.is_nil() {
-        return None;
-    }
-    broker.list_topics().into_iter().find(|name| {
-        broker
-            .describe_topic(name)
-            .is_ok_and(|d| super::metadata::uuid_of(&d.id) == id)
-    })
 }
 
 /// Names that appear more than once, for refusing requests that name a resource twice.

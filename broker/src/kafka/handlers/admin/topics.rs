@@ -24,7 +24,7 @@ use kafka_protocol::messages::delete_topics_response::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::configs::topic_entries;
-use super::{ApiError, check_replicas, duplicates, listed_twice, outcome, topic_name_by_id};
+use super::{ApiError, check_replicas, duplicates, listed_twice, outcome};
 use crate::broker::NewTopic;
 use crate::config::LogConfig;
 use crate::error::BrokerError;
@@ -277,7 +277,7 @@ async fn delete_one(
             );
             return (Some(name), id, Err(err));
         }
-        (None, _) => match topic_name_by_id(broker, id) {
+        (None, _) => match broker.topic_name_by_id(&id) {
             Some(n) => TopicName(StrBytes::from_string(n)),
             None => {
                 let err = ApiError::new(
