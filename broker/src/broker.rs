@@ -334,24 +334,11 @@ impl Broker {
 
     /// Creates a topic. Name, partition count and every config are checked first.
     pub async fn create_topic(&self, new: NewTopic) -> Result<TopicDescription> {
-        topic::validate_name(&new.name)?;
-        let partitions = new.partitions.unwrap_or(self.inner.config.num_partitions);
-        topic::validate_partitions(partitions)?;
-        let config = Arc::new(self.inner.config.log.with_overrides(&new.configs)?);
         {
             let _catalog = self.inner.catalog_lock.lock();
+            let (partitions, config) = self.check_new_topic(&new)?;
+            let config = Arc::new(config);
             let current = self.inner.topics.read().clone();
-            if current.contains_key(&new.name) {
-                return Err(BrokerError::TopicExists(new.name));
-            }
-            if let Some(other) = current.keys().find(|k| topic::collides(k, &new.name)) {
-                return Err(BrokerError::InvalidTopicName {
-                    name: new.name.clone(),
-                    reason: format!(
-                        "it collides with existing topic '{other}' ('.' and '_' are treated alike)"
-                    ),
-                });
-            }
             let dir = &self.inner.config.data_dir;
             let mut logs = Vec::with_capacity(partitions as usize);
             for p in 0..partitions {
@@ -373,9 +360,32 @@ impl Broker {
             next.insert(new.name.clone(), Arc::new(Topic { meta, config, logs }));
             self.persist(&next)?;
             *self.inner.topics.write() = next;
+            tracing::info!(topic = %new.name, partitions, "created topic");
         }
-        tracing::info!(topic = %new.name, partitions, "created topic");
         self.describe_topic(&new.name)
+    }
+
+    /// Every check `create_topic` makes, without creating anything (CreateTopics with
+    /// `validate_only`): name, partition count, configs, and no existing topic of the same or a
+    /// colliding name. Returns the partition count and the effective config.
+    pub fn check_new_topic(&self, new: &NewTopic) -> Result<(i32, LogConfig)> {
+        topic::validate_name(&new.name)?;
+        let partitions = new.partitions.unwrap_or(self.inner.config.num_partitions);
+        topic::validate_partitions(partitions)?;
+        let config = self.inner.config.log.with_overrides(&new.configs)?;
+        let topics = self.inner.topics.read();
+        if topics.contains_key(&new.name) {
+            return Err(BrokerError::TopicExists(new.name.clone()));
+        }
+        if let Some(other) = topics.keys().find(|k| topic::collides(k, &new.name)) {
+            return Err(BrokerError::InvalidTopicName {
+                name: new.name.clone(),
+                reason: format!(
+                    "it collides with existing topic '{other}' ('.' and '_' are treated alike)"
+                ),
+            });
+        }
+        Ok((partitions, config))
     }
 
     /// Deletes a topic and its data.

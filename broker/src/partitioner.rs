@@ -49,6 +49,14 @@ pub struct Partitioner {
 }
 
 impl Partitioner {
+    /// A partitioner whose round-robin starts at `start` (e.g. from the clock, so that many
+    /// short-lived producers do not all begin on partition 0, as Kafka's start at random).
+    pub fn starting_at(start: u32) -> Self {
+        Partitioner {
+            next: AtomicU32::new(start),
+        }
+    }
+
     /// The partition for a record with this key in a topic of `num_partitions`.
     pub fn partition(&self, key: Option<&[u8]>, num_partitions: i32) -> i32 {
         match key {

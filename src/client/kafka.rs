@@ -8,7 +8,6 @@
 //! (Kafka's sticky partitioner, one batch at a time).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -18,7 +17,7 @@ use quiver_broker::kafka::client::{
     ApiError, ClientConfig, ClientError, ConfigEntry, ConfigResource, ConfigSource, FetchOptions,
     KafkaClient, OffsetSpec,
 };
-use quiver_broker::{BrokerError, NewTopic, Record, partition_for_key, records_to_batch, topic};
+use quiver_broker::{BrokerError, EnvelopeBuilder, NewTopic, Partitioner, Record, topic};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{
@@ -51,9 +50,9 @@ pub struct KafkaBackend {
     client: OnceCell<KafkaClient>,
     /// Partition count of each topic produced to, learned at its first produce.
     partitions: Mutex<HashMap<String, i32>>,
-    /// Counts produce calls with unkeyed records, to move the sticky partition along; starts
-    /// anywhere, so that many short runs do not all load partition 0 (Kafka starts at random).
-    sticky: AtomicU32,
+    /// Kafka's default partitioner: murmur2 for keys; for records without a key, one partition
+    /// per produce call, moving on each call from a start that varies between runs.
+    partitioner: Partitioner,
 }
 
 impl KafkaBackend {
@@ -63,7 +62,7 @@ impl KafkaBackend {
             bootstrap: bootstrap.to_owned(),
             client: OnceCell::new(),
             partitions: Mutex::new(HashMap::new()),
-            sticky: AtomicU32::new(
+            partitioner: Partitioner::starting_at(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos())
@@ -204,12 +203,12 @@ fn configs_of(
 
 /// Splits `records` into runs of at most [`PRODUCE_BATCH_BYTES_MAX`] bytes (a larger record
 /// alone).
-fn chunks(records: Vec<Record>) -> Vec<Vec<Record>> {
+fn chunks<R: std::borrow::Borrow<Record>>(records: Vec<R>) -> Vec<Vec<R>> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
     for record in records {
-        let size = record.size_bytes();
+        let size = record.borrow().size_bytes();
         if !current.is_empty() && bytes + size > PRODUCE_BATCH_BYTES_MAX {
             out.push(std::mem::take(&mut current));
             bytes = 0;
@@ -373,21 +372,21 @@ impl Client for KafkaBackend {
     ) -> Result<Vec<i32>> {
         let client = self.client().await?;
         let count = self.partition_count(topic).await?;
-        let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
         let sticky = if records.iter().any(|r| r.key.is_none()) {
-            (self.sticky.fetch_add(1, Ordering::Relaxed) % count.max(1) as u32) as i32
+            self.partitioner.partition(None, count)
         } else {
             0
         };
         for record in records {
             let p = match (partition, &record.key) {
                 (Some(p), _) => p,
-                (None, Some(key)) => partition_for_key(key, count),
+                (None, Some(key)) => self.partitioner.partition(Some(key), count),
                 (None, None) => sticky,
             };
-            by_partition.entry(p).or_default().push(record.clone());
+            by_partition.entry(p).or_default().push(record);
         }
-        let mut rounds: Vec<Vec<(i32, Vec<Record>)>> = Vec::new();
+        let mut rounds: Vec<Vec<(i32, Vec<&Record>)>> = Vec::new();
         for (p, records) in by_partition {
             for (i, chunk) in chunks(records).into_iter().enumerate() {
                 if rounds.len() <= i {
@@ -402,7 +401,14 @@ impl Client for KafkaBackend {
         for round in rounds {
             let batches: Vec<(i32, arrow::record_batch::RecordBatch)> = round
                 .iter()
-                .map(|(p, records)| (*p, records_to_batch(records)))
+                .map(|(p, records)| {
+                    let bytes = records.iter().map(|r| r.size_bytes()).sum();
+                    let mut batch = EnvelopeBuilder::with_capacity(records.len(), bytes);
+                    for r in records {
+                        batch.append_record(r);
+                    }
+                    (*p, batch.finish())
+                })
                 .collect();
             let refs: Vec<(i32, &arrow::record_batch::RecordBatch)> =
                 batches.iter().map(|(p, b)| (*p, b)).collect();

@@ -32,8 +32,7 @@ use tokio::time::Instant;
 
 use super::member::Member;
 use super::records::{
-    self, GroupValue, MemberValue, OffsetValue, RecordKey, decode_group_value, decode_key,
-    decode_offset_value,
+    self, GroupValue, MemberValue, RecordKey, decode_group_value, decode_key, decode_offset_value,
 };
 use super::state::{Cx, Group, JoinStep, SyncStep};
 use super::{
@@ -43,7 +42,7 @@ use super::{
 use crate::broker::{Broker, NewTopic, WeakBroker, stopped};
 use crate::error::{BrokerError, Result};
 use crate::log::{Log, ProducerInfo, now_ms};
-use crate::record::{EnvelopeColumns, Record, records_to_batch};
+use crate::record::{EnvelopeBuilder, EnvelopeColumns};
 
 /// Timers never fire more often than this (a burst of deadlines is handled in one pass).
 const MIN_TICK: Duration = Duration::from_millis(5);
@@ -55,17 +54,8 @@ const OFFSETS_TOPIC_MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// `segment.bytes` of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`).
 const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 100 << 20;
 
-/// A committed offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommittedOffset {
-    pub offset: i64,
-    /// -1 when the client did not say.
-    pub leader_epoch: i32,
-    pub metadata: String,
-    pub commit_timestamp_ms: i64,
-    /// Set by OffsetCommit v2-v4 with an explicit retention time.
-    pub expire_timestamp_ms: Option<i64>,
-}
+/// A committed offset: the same facts as stored in `__consumer_offsets`.
+pub use super::records::OffsetValue as CommittedOffset;
 
 /// A JoinGroup, as the coordinator needs it.
 #[derive(Debug, Clone, Default)]
@@ -366,15 +356,19 @@ impl GroupCoordinator {
     /// Bookkeeping after an operation on a group, under its lock: persist its metadata if it
     /// changed, and arm the timer for its next deadline.
     fn after_op(&self, broker: Option<&Broker>, g: &mut Group) {
-        if g.metadata_dirty {
-            g.metadata_dirty = false;
-            if let Some(broker) = broker {
-                self.write_group_metadata(broker, g);
-            }
-        }
+        self.persist_if_dirty(broker, g);
         g.hint = g.next_deadline();
         if let Some(at) = g.hint {
             self.schedule(at);
+        }
+    }
+
+    /// Writes the group's metadata if an operation changed it.
+    fn persist_if_dirty(&self, broker: Option<&Broker>, g: &mut Group) {
+        if std::mem::take(&mut g.metadata_dirty)
+            && let Some(broker) = broker
+        {
+            self.write_group_metadata(broker, g);
         }
     }
 
@@ -393,12 +387,7 @@ impl GroupCoordinator {
             let mut g = g.lock();
             if g.hint.is_some_and(|at| at <= now) {
                 g.fire_timers(&cx);
-                if g.metadata_dirty {
-                    g.metadata_dirty = false;
-                    if let Some(b) = &broker {
-                        self.write_group_metadata(b, &g);
-                    }
-                }
+                self.persist_if_dirty(broker.as_ref(), &mut g);
                 g.hint = g.next_deadline();
             }
             if let Some(at) = g.hint {
@@ -470,14 +459,14 @@ impl GroupCoordinator {
         &self,
         broker: &Broker,
         group_id: &str,
-        records: &[Record],
+        batch: &mut EnvelopeBuilder,
     ) -> Result<(Arc<Log>, i64)> {
         let partitions = self.partitions.load(Ordering::Acquire);
         if partitions <= 0 {
             return Err(BrokerError::UnknownTopic(OFFSETS_TOPIC.to_owned()));
         }
         let log = broker.log(OFFSETS_TOPIC, partition_for(group_id, partitions))?;
-        let info = log.append_unflushed(&records_to_batch(records), ProducerInfo::NONE)?;
+        let info = log.append_unflushed(&batch.finish(), ProducerInfo::NONE)?;
         Ok((log, info.last_offset + 1))
     }
 
@@ -511,8 +500,14 @@ impl GroupCoordinator {
     fn write_group_metadata(&self, broker: &Broker, g: &Group) {
         let value = (g.state != GroupState::Dead)
             .then(|| records::encode_group_value(&Self::group_value(g)));
-        let record = Record::new(now_ms(), Some(&records::group_key(&g.id)), value.as_deref());
-        if let Err(e) = self.append(broker, &g.id, &[record]) {
+        let mut batch = EnvelopeBuilder::with_capacity(1, value.as_ref().map_or(0, Vec::len));
+        batch.append(
+            now_ms(),
+            Some(&records::group_key(&g.id)),
+            value.as_deref(),
+            &[],
+        );
+        if let Err(e) = self.append(broker, &g.id, &mut batch) {
             tracing::warn!(group = %g.id, generation = g.generation, error = %e, "cannot persist the group's metadata; it goes on in memory, and after a restart resumes from the last metadata persisted");
         }
     }
@@ -526,17 +521,17 @@ impl GroupCoordinator {
         group_too: bool,
     ) -> Option<(Arc<Log>, i64)> {
         let ts = now_ms();
-        let mut recs: Vec<Record> = offsets
-            .iter()
-            .map(|(t, p)| Record::new(ts, Some(&records::offset_key(group_id, t, *p)), None))
-            .collect();
-        if group_too {
-            recs.push(Record::new(ts, Some(&records::group_key(group_id)), None));
+        let mut batch = EnvelopeBuilder::with_capacity(offsets.len() + 1, 0);
+        for (t, p) in offsets {
+            batch.append(ts, Some(&records::offset_key(group_id, t, *p)), None, &[]);
         }
-        if recs.is_empty() {
+        if group_too {
+            batch.append(ts, Some(&records::group_key(group_id)), None, &[]);
+        }
+        if batch.is_empty() {
             return None;
         }
-        match self.append(broker, group_id, &recs) {
+        match self.append(broker, group_id, &mut batch) {
             Ok(done) => Some(done),
             Err(e) => {
                 tracing::warn!(group = %group_id, error = %e, "cannot write tombstones; the removal holds in memory but may come back after a restart");
@@ -602,16 +597,7 @@ impl GroupCoordinator {
                                         Ok(())
                                     }
                                     Some(Ok(v)) => {
-                                        entry.offsets.insert(
-                                            (topic, partition),
-                                            CommittedOffset {
-                                                offset: v.offset,
-                                                leader_epoch: v.leader_epoch,
-                                                metadata: v.metadata,
-                                                commit_timestamp_ms: v.commit_timestamp_ms,
-                                                expire_timestamp_ms: v.expire_timestamp_ms,
-                                            },
-                                        );
+                                        entry.offsets.insert((topic, partition), v);
                                         Ok(())
                                     }
                                     Some(Err(e)) => Err(e),
@@ -911,26 +897,13 @@ impl GroupCoordinator {
                 expire_timestamp_ms: expire,
             })
             .collect();
-        let recs: Vec<Record> = commit
-            .offsets
-            .iter()
-            .zip(&values)
-            .map(|(o, v)| {
-                let value = records::encode_offset_value(&OffsetValue {
-                    offset: v.offset,
-                    leader_epoch: v.leader_epoch,
-                    metadata: v.metadata.clone(),
-                    commit_timestamp_ms: v.commit_timestamp_ms,
-                    expire_timestamp_ms: v.expire_timestamp_ms,
-                });
-                Record::new(
-                    cx.now_ms,
-                    Some(&records::offset_key(&g.id, &o.topic, o.partition)),
-                    Some(&value),
-                )
-            })
-            .collect();
-        let written = self.append(broker, &g.id, &recs).map_err(|e| {
+        let mut batch = EnvelopeBuilder::with_capacity(values.len(), values.len() * 64);
+        for (o, v) in commit.offsets.iter().zip(&values) {
+            let key = records::offset_key(&g.id, &o.topic, o.partition);
+            let value = records::encode_offset_value(v);
+            batch.append(cx.now_ms, Some(&key), Some(&value), &[]);
+        }
+        let written = self.append(broker, &g.id, &mut batch).map_err(|e| {
             tracing::error!(group = %g.id, error = %e, "cannot write committed offsets");
             write_error(&e)
         })?;
@@ -1159,8 +1132,9 @@ impl GroupCoordinator {
         }
     }
 
-    /// The group's state, generation and member ids (for tests and tools).
-    pub fn group_summary(&self, group_id: &str) -> Option<(GroupState, i32, Vec<String>)> {
+    /// The group's state, generation and member ids (for tests).
+    #[cfg(test)]
+    pub(crate) fn group_summary(&self, group_id: &str) -> Option<(GroupState, i32, Vec<String>)> {
         let g = self.existing(group_id)?;
         let g = g.lock();
         Some((g.state, g.generation, g.members.keys().cloned().collect()))
@@ -1192,7 +1166,6 @@ fn restore_metadata(g: &mut Group, meta: GroupValue, now: Instant, now_ms: i64) 
                 client_host: m.client_host,
                 rebalance_timeout_ms: m.rebalance_timeout_ms,
                 session_timeout_ms: m.session_timeout_ms,
-                protocol_type: g.protocol_type.clone().unwrap_or_default(),
                 protocols: vec![(protocol.clone(), m.subscription)],
                 assignment: m.assignment,
                 join_waiter: None,
@@ -1208,16 +1181,5 @@ fn restore_metadata(g: &mut Group, meta: GroupValue, now: Instant, now_ms: i64) 
         .or_else(|| g.members.keys().next().cloned());
     g.protocol_name = Some(protocol);
     g.state = GroupState::Stable;
-    g.subscribed_topics = {
-        let protocol = g.protocol_name.clone().unwrap_or_default();
-        if g.protocol_type.as_deref() == Some(super::consumer_protocol::CONSUMER_PROTOCOL_TYPE) {
-            g.members
-                .values()
-                .map(|m| super::consumer_protocol::subscribed_topics(&m.metadata(&protocol)))
-                .collect::<Option<Vec<Vec<String>>>>()
-                .map(|v| v.into_iter().flatten().collect())
-        } else {
-            None
-        }
-    };
+    g.subscribed_topics = g.compute_subscribed_topics();
 }

@@ -17,7 +17,6 @@ pub struct Member {
     pub client_host: String,
     pub rebalance_timeout_ms: i32,
     pub session_timeout_ms: i32,
-    pub protocol_type: String,
     /// `(name, metadata)` in the member's order of preference.
     pub protocols: Vec<(String, Bytes)>,
     /// What the leader assigned it in the current generation.

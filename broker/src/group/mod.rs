@@ -138,5 +138,6 @@ pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
     if partitions <= 0 {
         return 0;
     }
-    (java_string_hash(group_id) & 0x7fff_ffff) % partitions
+    // Kafka's `Utils.abs`: the absolute value, with i32::MIN mapped to 0 (not a bit mask).
+    java_string_hash(group_id).checked_abs().unwrap_or(0) % partitions
 }

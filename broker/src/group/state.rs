@@ -207,7 +207,7 @@ impl Group {
             .map(|c| (*c).to_owned())
     }
 
-    fn compute_subscribed_topics(&self) -> Option<BTreeSet<String>> {
+    pub(super) fn compute_subscribed_topics(&self) -> Option<BTreeSet<String>> {
         if self.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
             return None;
         }
@@ -426,7 +426,6 @@ impl Group {
                 client_host: req.client_host.clone(),
                 rebalance_timeout_ms: req.rebalance_timeout_ms,
                 session_timeout_ms: req.session_timeout_ms,
-                protocol_type: req.protocol_type.clone(),
                 protocols: req.protocols.clone(),
                 assignment: Bytes::new(),
                 join_waiter: Some(tx),

@@ -947,7 +947,10 @@ fn groups_land_where_kafka_puts_them() {
     // Java: "hello".hashCode() == 99162322; abs % 50 == 22.
     assert_eq!(super::java_string_hash("hello"), 99_162_322);
     assert_eq!(partition_for("hello", 50), 22);
-    // Negative hashes are masked like Kafka's Utils.abs.
+    // Negative hashes take the absolute value, like Kafka's Utils.abs (a bit mask would put
+    // "my-group", hash -1906497762, on partition 36 instead of Kafka's 12).
+    assert_eq!(super::java_string_hash("my-group"), -1_906_497_762);
+    assert_eq!(partition_for("my-group", 50), 12);
     assert!(super::java_string_hash("polygenelubricants") < 0);
     assert!((0..50).contains(&partition_for("polygenelubricants", 50)));
     assert_eq!(partition_for("", 50), 0);

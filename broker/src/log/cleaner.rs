@@ -73,16 +73,16 @@ impl Log {
     /// A compaction pass at time `now`, optionally stopping at `crash` (tests).
     pub async fn compact_until(&self, now: i64, crash: Option<CrashPoint>) -> Result<CleanStats> {
         let _one_at_a_time = self.cleaner_lock.lock().await;
-        let (config, views) = {
+        let (config, closed) = {
             let inner = self.inner.lock();
             let n = inner.segments.len();
-            let views: Vec<SegmentView> = inner
+            let closed: Vec<(SegmentView, i64)> = inner
                 .segments
                 .values()
                 .take(n.saturating_sub(1))
-                .map(Segment::view)
+                .map(|s| (s.view(), s.max_timestamp))
                 .collect();
-            (inner.config.clone(), views)
+            (inner.config.clone(), closed)
         };
         if !config.cleanup_policy.compact {
             return Ok(CleanStats::default());
@@ -91,14 +91,7 @@ impl Log {
         let lag_limit = now.saturating_sub(config.min_compaction_lag_ms);
         let mut max_ts = HashMap::new();
         let mut cleanable = Vec::new();
-        for view in views {
-            let mut newest = i64::MIN;
-            let mut pos = 0;
-            while pos < view.end {
-                let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
-                newest = newest.max(h.batch.max_timestamp);
-                pos += h.frame_len;
-            }
+        for (view, newest) in closed {
             if newest > lag_limit {
                 break;
             }

@@ -186,8 +186,11 @@ fn decode_partition(
         complete += 1;
         let parsed = records::parse_batches(raw).map_err(|e| corrupt(e.to_string()))?;
         for batch in &parsed {
-            next_offset =
-                next_offset.max(batch.base_offset + i64::from(batch.last_offset_delta) + 1);
+            let end = batch
+                .base_offset
+                .checked_add(i64::from(batch.last_offset_delta) + 1)
+                .ok_or_else(|| corrupt("a batch's offsets overflow".into()))?;
+            next_offset = next_offset.max(end);
             if batch.is_control() {
                 continue;
             }

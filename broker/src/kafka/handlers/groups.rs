@@ -434,10 +434,14 @@ type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
 /// Committed offsets grouped by topic, in the order asked (or sorted, for "all").
 fn by_topic(found: Vec<(String, i32, Option<CommittedOffset>)>) -> Vec<TopicOffsets> {
     let mut out: Vec<TopicOffsets> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (topic, partition, offset) in found {
-        match out.iter_mut().find(|(t, _)| *t == topic) {
-            Some((_, parts)) => parts.push((partition, offset)),
-            None => out.push((topic, vec![(partition, offset)])),
+        match index.get(&topic) {
+            Some(&i) => out[i].1.push((partition, offset)),
+            None => {
+                index.insert(topic.clone(), out.len());
+                out.push((topic, vec![(partition, offset)]));
+            }
         }
     }
     out

@@ -164,23 +164,7 @@ fn planned_partitions(node_id: i32, t: &CreatableTopic) -> Result<Option<i32>, A
 
 /// The checks `Broker::create_topic` makes, without creating anything.
 fn dry_run(ctx: &Ctx, new: NewTopic) -> Result<Created, ApiError> {
-    let broker = &ctx.broker;
-    let partitions = new.partitions.unwrap_or(broker.config().num_partitions);
-    topic::validate_partitions(partitions)?;
-    let config = broker.config().log.with_overrides(&new.configs)?;
-    if let Some(other) = broker
-        .list_topics()
-        .into_iter()
-        .find(|k| topic::collides(k, &new.name))
-    {
-        return Err(BrokerError::InvalidTopicName {
-            name: new.name,
-            reason: format!(
-                "it collides with existing topic '{other}' ('.' and '_' are treated alike)"
-            ),
-        }
-        .into());
-    }
+    let (partitions, config) = ctx.broker.check_new_topic(&new)?;
     Ok(Created {
         partitions,
         overrides: new.configs,
