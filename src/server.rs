@@ -92,8 +92,14 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
 
     let why = signals.recv().await;
     tracing::info!("{why} received; shutting down (again to exit at once)");
+    // Stop serving first (requests already read are answered), then close the logs.
     stop_kafka.send_replace(true);
-    let _ = serving.await;
+    tokio::select! {
+        _ = serving => {}
+        why = signals.recv() => bail!(
+            "{why} received during shutdown; exiting without flushing (the next start recovers the log tails)"
+        ),
+    }
     tokio::select! {
         done = broker.shutdown() => done?,
         why = signals.recv() => bail!(

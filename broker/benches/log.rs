@@ -35,7 +35,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use quiver_broker::{EnvelopeBuilder, Log, LogConfig, ProducerInfo, now_ms};
+use quiver_broker::{Ack, EnvelopeBuilder, Log, LogConfig, ProducerInfo, now_ms};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
@@ -149,7 +149,11 @@ fn log_append_fsync(rt: &Runtime, iters: u64, batch: &RecordBatch) -> Duration {
     rt.block_on(async {
         let start = Instant::now();
         for _ in 0..iters {
-            black_box(log.append(batch, ProducerInfo::NONE).await.expect("append"));
+            black_box(
+                log.append(batch, ProducerInfo::NONE, Ack::Written)
+                    .await
+                    .expect("append"),
+            );
         }
         start.elapsed()
     })
@@ -325,7 +329,7 @@ fn concurrent_appends(rt: &Runtime, appenders: usize, iters: u64, batch: &Record
             let (log, batch) = (log.clone(), batch.clone());
             tasks.spawn(async move {
                 for _ in 0..appends {
-                    log.append(&batch, ProducerInfo::NONE)
+                    log.append(&batch, ProducerInfo::NONE, Ack::Written)
                         .await
                         .expect("append");
                 }

@@ -2,7 +2,9 @@
 //! The Kafka protocol server, the engine, SQL and connectors all go through it.
 //!
 //! Layout of the data directory: `topics.json` (the catalog), `<topic>-<partition>/` per
-//! partition log, and `.lock` (held while a process has the directory open).
+//! partition log, `.lock` (held while a process has the directory open), and
+//! `.clean-shutdown` (written after the last clean shutdown, removed on open; its absence
+//! means the partitions must be recovered as after a crash).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,7 +22,7 @@ use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::cleaner::CleanStats;
-use crate::log::{AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, now_ms};
+use crate::log::{Ack, AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, Shutdown, now_ms};
 use crate::partitioner::Partitioner;
 use crate::record::{EnvelopeBuilder, Record};
 use crate::topic::{self, TopicMeta};
@@ -55,6 +57,8 @@ impl NewTopic {
 pub struct PartitionInfo {
     pub partition: i32,
     pub offsets: LogOffsets,
+    /// The current leader epoch (bumped by every open after an unclean shutdown).
+    pub leader_epoch: i32,
 }
 
 /// A topic as described to users.
@@ -180,19 +184,26 @@ impl Broker {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).at(&dir)?;
         let lock_file = lock_data_dir(&dir)?;
+        let shutdown_was = take_clean_shutdown_marker(&dir)?;
+        if shutdown_was == Shutdown::Unclean {
+            tracing::info!(dir = %dir.display(), "no clean shutdown recorded: recovering every partition's active segment");
+        }
         let metas = topic::load_catalog(&dir)?;
         let mut topics = BTreeMap::new();
         for meta in metas {
             let config_for_topic = Arc::new(config.log.with_overrides(&meta.configs)?);
             let mut logs = Vec::with_capacity(meta.partitions as usize);
             for p in 0..meta.partitions {
-                let log = Log::open(
+                let log = Log::open_after(
                     &partition_dir(&dir, &meta.name, p),
                     &meta.name,
                     p,
                     config_for_topic.clone(),
+                    shutdown_was,
                 )?;
-                logs.push(Arc::new(log));
+                let log = Arc::new(log);
+                log.start_flusher();
+                logs.push(log);
             }
             topics.insert(
                 meta.name.clone(),
@@ -347,7 +358,9 @@ impl Broker {
                 if pdir.exists() {
                     std::fs::remove_dir_all(&pdir).at(&pdir)?;
                 }
-                logs.push(Arc::new(Log::open(&pdir, &new.name, p, config.clone())?));
+                let log = Arc::new(Log::open(&pdir, &new.name, p, config.clone())?);
+                log.start_flusher();
+                logs.push(log);
             }
             let meta = TopicMeta {
                 name: new.name.clone(),
@@ -447,6 +460,7 @@ impl Broker {
                 .map(|l| PartitionInfo {
                     partition: l.partition(),
                     offsets: l.offsets(),
+                    leader_epoch: l.leader_epoch(),
                 })
                 .collect(),
             overrides: t.meta.configs.clone(),
@@ -476,7 +490,9 @@ impl Broker {
                 if pdir.exists() {
                     std::fs::remove_dir_all(&pdir).at(&pdir)?;
                 }
-                logs.push(Arc::new(Log::open(&pdir, name, p, t.config.clone())?));
+                let log = Arc::new(Log::open(&pdir, name, p, t.config.clone())?);
+                log.start_flusher();
+                logs.push(log);
             }
             let mut meta = t.meta.clone();
             meta.partitions = total;
@@ -543,8 +559,9 @@ impl Broker {
         self.describe_topic(name)
     }
 
-    /// Appends an envelope batch to one partition (offsets assigned by the log), honouring the
-    /// topic's flush policy.
+    /// Appends an envelope batch to one partition (offsets assigned by the log) and returns once
+    /// it is acknowledged as Kafka's acks=all would be: durable with `log.flush.on.ack` (the
+    /// default), else written.
     pub async fn append(
         &self,
         topic: &str,
@@ -555,7 +572,9 @@ impl Broker {
         if *self.inner.shutdown.borrow() {
             return Err(BrokerError::ShuttingDown);
         }
-        self.log(topic, partition)?.append(batch, producer).await
+        self.log(topic, partition)?
+            .append(batch, producer, Ack::All)
+            .await
     }
 
     /// Sends records to a topic, choosing partitions like Kafka's default partitioner (murmur2
@@ -594,7 +613,7 @@ impl Broker {
         Ok(out)
     }
 
-    /// Reads from `offset`, about `max_bytes` of batches.
+    /// Reads from `offset`, about `max_bytes` of batches, up to the high watermark.
     pub fn read(
         &self,
         topic: &str,
@@ -605,7 +624,7 @@ impl Broker {
         self.log(topic, partition)?.read(offset, max_bytes)
     }
 
-    /// Like `read`, but waits up to `timeout` for records at `offset` when there are none yet.
+    /// Like `read`, but waits up to `timeout` for records at `offset` when none are visible yet.
     pub async fn read_wait(
         &self,
         topic: &str,
@@ -615,7 +634,7 @@ impl Broker {
         timeout: Duration,
     ) -> Result<ReadResult> {
         let log = self.log(topic, partition)?;
-        if log.end_offset() <= offset {
+        if log.high_watermark() <= offset {
             let mut stop = self.inner.shutdown.subscribe();
             tokio::select! {
                 _ = log.wait_for(offset, timeout) => {}
@@ -706,7 +725,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Stops background work, flushes and persists indexes. Appends fail afterwards.
+    /// Stops background work, closes every log (fsynced, indexes persisted) and, when all of
+    /// that succeeded, records a clean shutdown so the next open skips recovery. Appends fail
+    /// afterwards. Callers that serve requests (the Kafka server) stop serving first.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.groups.shutdown().await;
         self.inner.shutdown.send_replace(true);
@@ -717,7 +738,7 @@ impl Broker {
         for log in self.all_logs() {
             log.close().await?;
         }
-        Ok(())
+        write_clean_shutdown_marker(&self.inner.config.data_dir)
     }
 }
 
@@ -729,6 +750,29 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
+
+/// Whether the last process shut down cleanly; removes the marker (durably) before anything
+/// is written, so a crash from here on is seen as unclean by the next start.
+fn take_clean_shutdown_marker(dir: &Path) -> Result<Shutdown> {
+    let path = dir.join(CLEAN_SHUTDOWN_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
+            Ok(Shutdown::Clean)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Shutdown::Unclean),
+        Err(e) => Err(BrokerError::io(path, e)),
+    }
+}
+
+fn write_clean_shutdown_marker(dir: &Path) -> Result<()> {
+    let path = dir.join(CLEAN_SHUTDOWN_FILE);
+    let f = File::create(&path).at(&path)?;
+    f.sync_all().at(&path)?;
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 fn read_i64_file(path: &Path) -> Result<Option<i64>> {
@@ -860,7 +904,8 @@ fn is_partition_dir(dir: &Path) -> Result<bool> {
             return Ok(false);
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name != "log-start-offset" && !SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        let own = ["log-start-offset", crate::log::epoch::FILE];
+        if !own.contains(&name.as_str()) && !SUFFIXES.iter().any(|s| name.ends_with(s)) {
             return Ok(false);
         }
     }

@@ -75,6 +75,16 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// `message.timestamp.type`.
     pub timestamp_type: TimestampType,
+    /// `message.timestamp.before.max.ms`: with CreateTime, a record more than this older than the
+    /// broker's clock is refused; `None` = no limit.
+    pub timestamp_before_max_ms: Option<i64>,
+    /// `message.timestamp.after.max.ms`: with CreateTime, a record more than this ahead of the
+    /// broker's clock is refused, so one bad clock cannot stall time-based retention; `None` = no limit.
+    pub timestamp_after_max_ms: Option<i64>,
+    /// Server key `log.flush.on.ack` (no topic key): acks=all is answered after the fsync, and
+    /// the high watermark is the durable offset (consumers never see what a power loss could
+    /// take away). Off: acks=all is answered after the write, as Kafka does on one node.
+    pub flush_on_ack: bool,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -97,6 +107,10 @@ impl Default for LogConfig {
             min_compaction_lag_ms: 0,
             index_interval_bytes: 4096,
             timestamp_type: TimestampType::CreateTime,
+            timestamp_before_max_ms: None,
+            // Kafka 4.0's default (KIP-937).
+            timestamp_after_max_ms: Some(60 * 60 * 1000),
+            flush_on_ack: true,
         }
     }
 }
@@ -115,6 +129,14 @@ pub const TOPIC_CONFIG_KEYS: &[(&str, &str)] = &[
     ("flush.ms", "fsync at least this often"),
     ("index.interval.bytes", "bytes between offset index entries"),
     ("max.message.bytes", "largest record accepted"),
+    (
+        "message.timestamp.after.max.ms",
+        "refuse records this far ahead of the broker's clock (CreateTime)",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "refuse records this far behind the broker's clock (CreateTime)",
+    ),
     ("message.timestamp.type", "CreateTime or LogAppendTime"),
     (
         "min.compaction.lag.ms",
@@ -162,6 +184,22 @@ fn parse_optional_limit(key: &str, value: &str) -> Result<Option<i64>> {
     Ok((v >= 0).then_some(v))
 }
 
+/// Kafka's "Long.MAX_VALUE means no limit" for timestamp bounds.
+fn parse_timestamp_bound(key: &str, value: &str) -> Result<Option<i64>> {
+    let v = parse_at_least(key, value, 0)?;
+    Ok((v != i64::MAX).then_some(v))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(BrokerError::InvalidConfig(format!(
+            "{key}={value:?}: expected true or false"
+        ))),
+    }
+}
+
 /// Kafka's "Long.MAX_VALUE means never" for flush settings.
 fn parse_flush(key: &str, value: &str) -> Result<Option<u64>> {
     let v = parse_at_least(key, value, 1)?;
@@ -201,6 +239,12 @@ impl LogConfig {
             "min.compaction.lag.ms" => self.min_compaction_lag_ms = parse_at_least(key, value, 0)?,
             "index.interval.bytes" => {
                 self.index_interval_bytes = parse_at_least(key, value, 0)? as u64
+            }
+            "message.timestamp.before.max.ms" => {
+                self.timestamp_before_max_ms = parse_timestamp_bound(key, value)?
+            }
+            "message.timestamp.after.max.ms" => {
+                self.timestamp_after_max_ms = parse_timestamp_bound(key, value)?
             }
             "message.timestamp.type" => {
                 self.timestamp_type = match value {
@@ -248,6 +292,12 @@ impl LogConfig {
             "delete.retention.ms" => self.delete_retention_ms.to_string(),
             "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
+            "message.timestamp.before.max.ms" => {
+                flush(self.timestamp_before_max_ms.map(|v| v as u64))
+            }
+            "message.timestamp.after.max.ms" => {
+                flush(self.timestamp_after_max_ms.map(|v| v as u64))
+            }
             "message.timestamp.type" => match self.timestamp_type {
                 TimestampType::CreateTime => "CreateTime".into(),
                 TimestampType::LogAppendTime => "LogAppendTime".into(),
@@ -444,7 +494,10 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "log.dirs",
     "log.flush.interval.messages",
     "log.flush.interval.ms",
+    "log.flush.on.ack",
     "log.index.interval.bytes",
+    "log.message.timestamp.after.max.ms",
+    "log.message.timestamp.before.max.ms",
     "log.message.timestamp.type",
     "log.retention.bytes",
     "log.retention.check.interval.ms",
@@ -469,6 +522,8 @@ pub fn broker_synonyms(topic_key: &str) -> &'static [&'static str] {
         "index.interval.bytes" => &["log.index.interval.bytes"],
         "max.message.bytes" => &["message.max.bytes"],
         "message.timestamp.type" => &["log.message.timestamp.type"],
+        "message.timestamp.after.max.ms" => &["log.message.timestamp.after.max.ms"],
+        "message.timestamp.before.max.ms" => &["log.message.timestamp.before.max.ms"],
         "retention.bytes" => &["log.retention.bytes"],
         "retention.ms" => &[
             "log.retention.ms",
@@ -515,17 +570,8 @@ impl BrokerConfig {
                     BrokerError::InvalidConfig(format!("num.partitions={v} is too large"))
                 })?;
             }
-            "auto.create.topics.enable" => {
-                self.auto_create_topics = match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(BrokerError::InvalidConfig(format!(
-                            "{key}={value:?}: expected true or false"
-                        )));
-                    }
-                }
-            }
+            "auto.create.topics.enable" => self.auto_create_topics = parse_bool(key, value)?,
+            "log.flush.on.ack" => self.log.flush_on_ack = parse_bool(key, value)?,
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse_at_least(key, value, 1)? as u64
             }
@@ -552,6 +598,12 @@ impl BrokerConfig {
             "log.flush.interval.ms" => self.log.set("flush.ms", value)?,
             "log.index.interval.bytes" => self.log.set("index.interval.bytes", value)?,
             "log.message.timestamp.type" => self.log.set("message.timestamp.type", value)?,
+            "log.message.timestamp.before.max.ms" => {
+                self.log.set("message.timestamp.before.max.ms", value)?
+            }
+            "log.message.timestamp.after.max.ms" => {
+                self.log.set("message.timestamp.after.max.ms", value)?
+            }
             "message.max.bytes" => self.log.set("max.message.bytes", value)?,
             "listeners" => self.kafka.listeners = Listener::parse_list(value)?,
             "advertised.listeners" => {
@@ -631,7 +683,10 @@ impl BrokerConfig {
             "log.dir" | "log.dirs" => self.data_dir.display().to_string(),
             "log.flush.interval.messages" => topic("flush.messages")?,
             "log.flush.interval.ms" => topic("flush.ms")?,
+            "log.flush.on.ack" => log.flush_on_ack.to_string(),
             "log.index.interval.bytes" => topic("index.interval.bytes")?,
+            "log.message.timestamp.after.max.ms" => topic("message.timestamp.after.max.ms")?,
+            "log.message.timestamp.before.max.ms" => topic("message.timestamp.before.max.ms")?,
             "log.message.timestamp.type" => topic("message.timestamp.type")?,
             "log.retention.bytes" => topic("retention.bytes")?,
             "log.retention.check.interval.ms" => self.retention_check_interval_ms.to_string(),

@@ -53,6 +53,10 @@ pub enum BrokerError {
     #[error("invalid records: {0}")]
     InvalidRecords(String),
 
+    /// A record timestamp outside the topic's `message.timestamp.{before,after}.max.ms`.
+    #[error("invalid timestamp: {0}")]
+    InvalidTimestamp(String),
+
     /// An idempotent producer skipped or repeated sequence numbers out of order.
     #[error(
         "out of order sequence number from producer {producer_id} on {topic}-{partition}: expected {expected}, received {received}"

@@ -20,7 +20,8 @@ pub use config::{BrokerConfig, CleanupPolicy, LogConfig, TimestampType};
 pub use error::{BrokerError, Result};
 pub use log::cleaner::CleanStats;
 pub use log::{
-    AppendInfo, BatchHeader, Log, LogOffsets, ProducerInfo, ReadResult, StoredBatch, now_ms,
+    Ack, AppendInfo, BatchHeader, Log, LogOffsets, ProducerInfo, ReadResult, Shutdown, StoredBatch,
+    now_ms,
 };
 pub use partitioner::{Partitioner, murmur2, partition_for_key};
 pub use record::{

@@ -432,3 +432,44 @@ async fn idempotent_producer_state_survives_restart() {
         Some(10)
     );
 }
+
+#[tokio::test]
+async fn leader_epoch_bumps_after_a_crash_not_after_a_clean_shutdown() {
+    let dir = tempdir();
+    let epoch_of = |b: &Broker| {
+        b.describe_topic("e")
+            .map(|d| d.partitions[0].leader_epoch)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let broker = open(dir.path()).await;
+    broker
+        .create_topic(NewTopic::new("e", 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let batch = records_to_batch(&[Record::new(quiver_broker::now_ms(), Some(b"k"), Some(b"v"))]);
+    broker
+        .append("e", 0, &batch, ProducerInfo::NONE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(epoch_of(&broker), 0);
+    broker.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(broker);
+    assert!(dir.path().join(".clean-shutdown").exists());
+
+    let broker = open(dir.path()).await;
+    assert!(
+        !dir.path().join(".clean-shutdown").exists(),
+        "the marker is consumed on open, so a crash from now on is seen"
+    );
+    assert_eq!(epoch_of(&broker), 0, "clean shutdown: same epoch");
+    broker
+        .append("e", 0, &batch, ProducerInfo::NONE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(broker); // a crash
+
+    let broker = open(dir.path()).await;
+    assert_eq!(epoch_of(&broker), 1, "unclean shutdown: new epoch");
+    let o = broker.offsets("e", 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((o.log_end_offset, o.high_watermark), (2, 2));
+}

@@ -9,8 +9,9 @@
 //!
 //! Writes go to the group's partition of `__consumer_offsets` under the group's lock (the append
 //! itself does not wait for the disk), so records reach the log in the order the group changed.
-//! An OffsetCommit then waits, without the lock, until its records are fsynced before it
-//! answers. Group metadata is written on a best-effort basis: if it cannot be written the
+//! An OffsetCommit then waits, without the lock, until its records are acknowledged by the
+//! rule acks=all produce follows (fsynced with `log.flush.on.ack`, the default), and only then
+//! makes the new offsets visible to OffsetFetch; if the write fails, the old offsets stay. Group metadata is written on a best-effort basis: if it cannot be written the
 //! group keeps working, and after a restart it resumes from the last metadata written.
 //!
 //! Timers: one task sleeps until the earliest deadline of any group (session timeouts, join
@@ -41,7 +42,7 @@ use super::{
 };
 use crate::broker::{Broker, NewTopic, WeakBroker, stopped};
 use crate::error::{BrokerError, Result};
-use crate::log::{Log, ProducerInfo, now_ms};
+use crate::log::{Ack, Log, ProducerInfo, now_ms};
 use crate::record::{EnvelopeBuilder, EnvelopeColumns};
 
 /// Timers never fire more often than this (a burst of deadlines is handled in one pass).
@@ -572,7 +573,25 @@ impl GroupCoordinator {
             let log = broker.log(OFFSETS_TOPIC, p)?;
             let mut offset = log.offsets().log_start_offset;
             loop {
-                let read = log.read(offset, LOAD_READ_BYTES)?;
+                let read = match log.read(offset, LOAD_READ_BYTES) {
+                    Ok(read) => read,
+                    // A damaged segment must not keep the broker from starting: what it held
+                    // is lost (groups fall back to older commits), the rest is loaded.
+                    Err(e @ BrokerError::Corrupt { .. }) => match log.next_segment_base(offset) {
+                        Some(next) => {
+                            tracing::error!(partition = p, offset, resume_at = next, error = %e,
+                                "damaged data in {OFFSETS_TOPIC}; skipping to the next segment (commits in the damaged range are lost)");
+                            offset = next;
+                            continue;
+                        }
+                        None => {
+                            tracing::error!(partition = p, offset, error = %e,
+                                "damaged data at the end of {OFFSETS_TOPIC}; commits from here on are lost");
+                            break;
+                        }
+                    },
+                    Err(e) => return Err(e),
+                };
                 if read.batches.is_empty() || read.next_offset <= offset {
                     break;
                 }
@@ -846,12 +865,26 @@ impl GroupCoordinator {
             self.after_op(Some(&broker), &mut g);
             written
         };
-        let (log, end) = match written {
+        let (log, end, seq, values) = match written {
             Ok(w) => w,
             Err(e) => return all(e),
         };
-        if let Err(e) = log.flush_to(end).await {
-            tracing::error!(group = %commit.group_id, error = %e, "cannot fsync committed offsets");
+        let acked = log.acknowledge(end, Ack::All).await;
+        let mut g = group.lock();
+        for (o, v) in commit.offsets.iter().zip(values) {
+            let key = (o.topic.clone(), o.partition);
+            if g.pending_offsets.get(&key) != Some(&seq) {
+                // A newer commit of this partition is in flight; it decides what is visible.
+                continue;
+            }
+            g.pending_offsets.remove(&key);
+            if acked.is_ok() && g.state != GroupState::Dead && g.offsets.insert(key, v).is_none() {
+                self.offsets_total.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        drop(g);
+        if let Err(e) = acked {
+            tracing::error!(group = %commit.group_id, error = %e, "cannot make committed offsets durable; the previous offsets stay");
             return all(ResponseError::CoordinatorNotAvailable);
         }
         vec![0; commit.offsets.len()]
@@ -863,7 +896,7 @@ impl GroupCoordinator {
         g: &mut Group,
         commit: &OffsetCommit,
         cx: &Cx,
-    ) -> Result<(Arc<Log>, i64), ResponseError> {
+    ) -> Result<(Arc<Log>, i64, u64, Vec<CommittedOffset>), ResponseError> {
         g.validate_commit(
             commit.generation_id,
             &commit.member_id,
@@ -903,15 +936,17 @@ impl GroupCoordinator {
             let value = records::encode_offset_value(v);
             batch.append(cx.now_ms, Some(&key), Some(&value), &[]);
         }
-        let written = self.append(broker, &g.id, &mut batch).map_err(|e| {
+        let (log, end) = self.append(broker, &g.id, &mut batch).map_err(|e| {
             tracing::error!(group = %g.id, error = %e, "cannot write committed offsets");
             write_error(&e)
         })?;
-        for (o, v) in commit.offsets.iter().zip(values) {
-            g.offsets.insert((o.topic.clone(), o.partition), v);
+        g.commit_seq += 1;
+        let seq = g.commit_seq;
+        for o in &commit.offsets {
+            g.pending_offsets
+                .insert((o.topic.clone(), o.partition), seq);
         }
-        self.offsets_total.fetch_add(added, Ordering::AcqRel);
-        Ok(written)
+        Ok((log, end, seq, values))
     }
 
     /// Handles an OffsetFetch of one group: the committed offset of each partition asked for

@@ -90,7 +90,13 @@ pub struct Group {
     new_member_added: bool,
     /// Topics the members subscribe to (consumer groups whose subscriptions parse).
     pub subscribed_topics: Option<BTreeSet<String>>,
+    /// Committed offsets that are durable (what OffsetFetch answers).
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Partitions with a commit written but not yet durable, with the sequence number of the
+    /// newest such commit: only that commit may make its offset visible once it is durable.
+    pub pending_offsets: HashMap<(String, i32), u64>,
+    /// Numbers commits for `pending_offsets`.
+    pub commit_seq: u64,
     /// The group's metadata changed in a way that is persisted (set here, cleared by the coordinator).
     pub metadata_dirty: bool,
     /// The earliest deadline, as of the last operation (the coordinator's timer reads it).
@@ -125,6 +131,8 @@ impl Group {
             new_member_added: false,
             subscribed_topics: None,
             offsets: BTreeMap::new(),
+            pending_offsets: HashMap::new(),
+            commit_seq: 0,
             metadata_dirty: false,
             hint: None,
         }

@@ -342,6 +342,17 @@ pub fn encode_batch(
     header: &BatchHeader,
     records: &RecordBatch,
 ) -> Result<(), crate::BrokerError> {
+    encode_batch_in_epoch(out, header, records, 0)
+}
+
+/// [`encode_batch`] with the partition leader epoch the batch was written in (what Fetch
+/// sends, so clients can validate their position with `OffsetForLeaderEpoch`).
+pub fn encode_batch_in_epoch(
+    out: &mut Vec<u8>,
+    header: &BatchHeader,
+    records: &RecordBatch,
+    leader_epoch: i32,
+) -> Result<(), crate::BrokerError> {
     let cols = EnvelopeColumns::try_new(records)?;
     let n = records.num_rows();
     if n == 0 {
@@ -431,7 +442,7 @@ pub fn encode_batch(
     let h = &mut out[start..start + BATCH_HEADER_LEN];
     h[0..8].copy_from_slice(&base_offset.to_be_bytes());
     h[8..12].copy_from_slice(&batch_length.to_be_bytes());
-    h[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    h[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
     h[16] = 2;
     h[21..23].copy_from_slice(&(header.producer.attributes & !0x07).to_be_bytes());
     h[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());

@@ -10,6 +10,11 @@
 //! is allocated for it, and the connection is closed, as Kafka does. So is a frame that does not
 //! decode, or an unknown API key or version (except ApiVersions, which gets UNSUPPORTED_VERSION
 //! with the supported ranges so the client can retry with a version we speak).
+//!
+//! Stopping ([`KafkaServer::run`] seeing its shutdown signal) stops accepting, stops reading new
+//! requests, answers the ones already read (long polls return at once) and waits for every
+//! connection to finish, up to [`DRAIN_MAX`]; only then may the broker close its logs, so no
+//! request is cut off mid-append and no append lands after a log is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +34,9 @@ use crate::error::{BrokerError, Result};
 
 /// Requests read ahead of the one being processed, per connection.
 const READ_AHEAD: usize = 32;
+
+/// How long a stopping server waits for connections to answer the requests they have read.
+pub const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A bound Kafka listener, ready to serve.
 #[derive(Debug)]
@@ -94,12 +102,16 @@ impl KafkaServer {
         &self.ctx.advertised
     }
 
-    /// Accepts connections until `shutdown` becomes true.
+    /// Accepts connections until `shutdown` becomes true, then drains them (see the module
+    /// docs) and returns.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let mut accepts = tokio::task::JoinSet::new();
+        // Counts live connections; each holds a guard that decrements it.
+        let live = Arc::new(watch::channel(0usize).0);
         for listener in self.listeners {
             let ctx = self.ctx.clone();
             let mut stop = shutdown.clone();
+            let live = live.clone();
             accepts.spawn(async move {
                 loop {
                     tokio::select! {
@@ -107,7 +119,11 @@ impl KafkaServer {
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
                                 let ctx = ctx.clone();
-                                tokio::spawn(async move { serve(ctx, stream, peer).await });
+                                let guard = ConnectionGuard::new(live.clone());
+                                tokio::spawn(async move {
+                                    serve(ctx, stream, peer).await;
+                                    drop(guard);
+                                });
                             }
                             Err(e) => {
                                 // Out of file descriptors and the like: back off, keep serving.
@@ -121,7 +137,32 @@ impl KafkaServer {
         }
         stopped(&mut shutdown).await;
         accepts.abort_all();
+        self.ctx.draining.send_replace(true);
+        let mut remaining = live.subscribe();
+        let drained = tokio::time::timeout(DRAIN_MAX, remaining.wait_for(|&n| n == 0)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = *live.borrow(),
+                "connections still busy after {DRAIN_MAX:?}; stopping without them"
+            );
+        }
         Ok(())
+    }
+}
+
+/// Holds one count of live connections for as long as the connection is served.
+struct ConnectionGuard(Arc<watch::Sender<usize>>);
+
+impl ConnectionGuard {
+    fn new(live: Arc<watch::Sender<usize>>) -> Self {
+        live.send_modify(|n| *n += 1);
+        ConnectionGuard(live)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -235,12 +276,17 @@ async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let (rd, wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(READ_AHEAD);
     let max = ctx.broker.config().kafka.socket_request_max_bytes;
+    let mut draining = ctx.draining.subscribe();
     let reader = tokio::spawn(async move {
         let mut rd = BufReader::with_capacity(64 * 1024, rd);
         loop {
-            let len = match rd.read_i32().await {
-                Ok(n) => n,
-                Err(_) => return None, // closed
+            // A stopping server reads no new request; those already read are answered.
+            let len = tokio::select! {
+                _ = stopped(&mut draining) => return None,
+                len = rd.read_i32() => match len {
+                    Ok(n) => n,
+                    Err(_) => return None, // closed
+                },
             };
             if len < 0 || len as usize > max {
                 return Some(format!(

@@ -5,29 +5,40 @@
 //! frames written under it). Reads take the lock only to find the segments and their current
 //! ends, then read files without it, so readers never block writers for I/O. Durability is by
 //! group commit: appends that must be durable wait on one shared fsync (see [`Log::flush_to`]).
+//!
+//! Visibility: readers see records up to the high watermark. With `log.flush.on.ack` (the
+//! default) that is the durable offset, so no consumer reads (or commits past) a record that a
+//! power loss could take away; every append then kicks the partition's flusher (started by the
+//! [`Broker`](crate::Broker) with [`Log::start_flusher`]), so the high watermark follows the
+//! log end one group-committed fsync behind, whatever the producer's acks. Without it the high
+//! watermark is the log end.
 
 pub mod cleaner;
+pub mod epoch;
 pub mod frame;
 pub mod index;
 pub mod producer_state;
 pub mod segment;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod visibility_tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray};
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::record::{EnvelopeColumns, col};
+use epoch::LeaderEpochs;
 use frame::FrameEncoder;
 pub use frame::{BatchHeader, ProducerInfo, attributes};
 use producer_state::{ProducerStates, SequenceCheck};
@@ -38,6 +49,27 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// When an append is acknowledged (Kafka's `acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// acks=0/1: once written to the log (the page cache).
+    Written,
+    /// acks=all: once durable when `log.flush.on.ack` is on (the default), else once written.
+    All,
+}
+
+/// How a log is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shutdown {
+    /// The last process closed the log cleanly: its persisted indexes are trusted and the
+    /// active segment is not rescanned.
+    Clean,
+    /// It may have crashed: the active segment is checked frame by frame, and the leader epoch
+    /// is bumped.
+    #[default]
+    Unclean,
 }
 
 /// What an append did.
@@ -65,6 +97,8 @@ pub struct ReadResult {
     pub next_offset: i64,
     pub log_start_offset: i64,
     pub high_watermark: i64,
+    /// The leader epoch each batch was written in, by base offset (for Kafka's batch header).
+    pub epochs: Arc<LeaderEpochs>,
 }
 
 impl ReadResult {
@@ -81,6 +115,8 @@ pub struct LogOffsets {
     pub log_end_offset: i64,
     /// Offsets below this are on disk (fsynced).
     pub durable_offset: i64,
+    /// What readers may see: the durable offset with `log.flush.on.ack`, else the log end.
+    pub high_watermark: i64,
     pub size_bytes: u64,
     pub segments: usize,
 }
@@ -122,8 +158,24 @@ pub struct Log {
     /// Bumped after every fsync attempt; waiters watch it instead of queueing on `flush_lock`.
     flush_rounds: watch::Sender<u64>,
     cleaner_lock: tokio::sync::Mutex<()>,
-    end_offset: watch::Sender<i64>,
+    /// The log end offset (also under `inner`; here so it is read without the lock).
+    log_end: AtomicI64,
+    /// The high watermark; readers wait on it.
+    high_watermark: watch::Sender<i64>,
+    /// Wakes the flusher task after an append (see [`Log::start_flusher`]).
+    flush_kick: Arc<Notify>,
+    /// Leader epochs; replaced whole (readers hold an `Arc` to the one they saw).
+    epochs: parking_lot::RwLock<Arc<LeaderEpochs>>,
     deleted: AtomicBool,
+    /// Set by `close`: no append lands after it.
+    closed: AtomicBool,
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Lets the flusher task see the log is gone and end.
+        self.flush_kick.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -136,9 +188,23 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir`, recovering the active segment: a torn or corrupt
-    /// tail is cut to the last whole batch, and the cut is logged.
+    /// Opens (or creates) the log in `dir` as after an unclean shutdown (see [`Log::open_after`]).
     pub fn open(dir: &Path, topic: &str, partition: i32, config: Arc<LogConfig>) -> Result<Log> {
+        Self::open_after(dir, topic, partition, config, Shutdown::Unclean)
+    }
+
+    /// Opens (or creates) the log in `dir`. After an unclean shutdown the active segment is
+    /// recovered (a torn or corrupt tail is cut to the last whole batch, and the cut is
+    /// logged) and the leader epoch is bumped; after a clean one the persisted indexes are
+    /// trusted.
+    pub fn open_after(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        config: Arc<LogConfig>,
+        shutdown: Shutdown,
+    ) -> Result<Log> {
+        let existed = dir.exists();
         std::fs::create_dir_all(dir).at(dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir).at(dir)? {
@@ -159,8 +225,10 @@ impl Log {
         let mut segments = BTreeMap::new();
         let mut truncations: Vec<Truncation> = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
-            let active = i + 1 == bases.len();
-            let (seg, cut) = Segment::open(dir, base, active, config.index_interval_bytes)?;
+            // After a clean shutdown the active segment's indexes were saved at close and are
+            // trusted like a closed segment's (they are checked against the file length).
+            let scan = i + 1 == bases.len() && shutdown == Shutdown::Unclean;
+            let (seg, cut) = Segment::open(dir, base, scan, config.index_interval_bytes)?;
             if let Some(cut) = cut {
                 truncations.push(cut);
             }
@@ -188,7 +256,33 @@ impl Log {
             None => (ProducerStates::default(), first_base),
         };
         replay_producers(&segments, replay_from, &mut producers)?;
-        let (end_offset, _) = watch::channel(next_offset);
+        let epochs = match LeaderEpochs::load(dir)? {
+            Some(mut epochs) if existed => {
+                if shutdown == Shutdown::Unclean {
+                    epochs.bump(next_offset);
+                    epochs.save(dir)?;
+                }
+                epochs
+            }
+            _ => {
+                let mut epochs = LeaderEpochs::new(log_start_offset);
+                // A log written before epochs were kept, opened after a crash.
+                if existed && shutdown == Shutdown::Unclean && next_offset > log_start_offset {
+                    epochs.bump(next_offset);
+                }
+                epochs.save(dir)?;
+                epochs
+            }
+        };
+        if shutdown == Shutdown::Unclean && existed {
+            tracing::info!(
+                topic,
+                partition,
+                leader_epoch = epochs.current(),
+                log_end_offset = next_offset,
+                "opened a partition after an unclean shutdown; new leader epoch"
+            );
+        }
         Ok(Log {
             topic: topic.to_owned(),
             partition,
@@ -209,9 +303,48 @@ impl Log {
             flush_lock: tokio::sync::Mutex::new(()),
             flush_rounds: watch::channel(0).0,
             cleaner_lock: tokio::sync::Mutex::new(()),
-            end_offset,
+            log_end: AtomicI64::new(next_offset),
+            high_watermark: watch::channel(next_offset).0,
+            flush_kick: Arc::new(Notify::new()),
+            epochs: parking_lot::RwLock::new(Arc::new(epochs)),
             deleted: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
+    }
+
+    /// Starts the task that makes appends durable in the background (one group-committed fsync
+    /// round after another while appends arrive), so the high watermark advances by itself with
+    /// `log.flush.on.ack` whatever the producers' acks. The task holds no strong reference: it
+    /// ends when the log is dropped, deleted or closed, or when an fsync fails (the partition is
+    /// then offline for writes). Call once, from a Tokio runtime.
+    pub fn start_flusher(self: &Arc<Self>) {
+        let weak: Weak<Log> = Arc::downgrade(self);
+        let kick = self.flush_kick.clone();
+        tokio::spawn(async move {
+            loop {
+                kick.notified().await;
+                let Some(log) = weak.upgrade() else { return };
+                if log.deleted.load(Ordering::Acquire) || log.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let end = log.end_offset();
+                if let Err(e) = log.flush_to(end).await {
+                    tracing::error!(topic = %log.topic, partition = log.partition, error = %e,
+                        "background flush failed; the partition takes no more writes");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The current leader epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        self.epochs.read().current()
+    }
+
+    /// The leader epochs (which epoch each offset range was written in).
+    pub fn leader_epochs(&self) -> Arc<LeaderEpochs> {
+        self.epochs.read().clone()
     }
 
     pub fn topic(&self) -> &str {
@@ -242,9 +375,21 @@ impl Log {
             log_start_offset: inner.log_start_offset,
             log_end_offset: inner.next_offset,
             durable_offset: self.durable_offset.load(Ordering::Acquire),
+            high_watermark: self.high_watermark(),
             size_bytes: inner.size_bytes(),
             segments: inner.segments.len(),
         }
+    }
+
+    /// The base offset of the first segment after the one holding `offset` (to skip a damaged
+    /// segment), if there is one.
+    pub fn next_segment_base(&self, offset: i64) -> Option<i64> {
+        let inner = self.inner.lock();
+        inner
+            .segments
+            .range(offset + 1..)
+            .next()
+            .map(|(&base, _)| base)
     }
 
     /// The largest record timestamp in the log, if it has records.
@@ -260,15 +405,31 @@ impl Log {
 
     /// The log end offset (the offset the next record will get).
     pub fn end_offset(&self) -> i64 {
-        *self.end_offset.borrow()
+        self.log_end.load(Ordering::Acquire)
     }
 
-    /// A receiver that sees the log end offset change on every append (for waiting readers).
+    /// The high watermark: readers see records below it (see the module docs).
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+
+    /// A receiver that sees the high watermark move (for waiting readers).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.end_offset.subscribe()
+        self.high_watermark.subscribe()
     }
 
-    /// Waits until the log end offset is past `offset`, or `timeout` passes. True if data is there.
+    /// Raises the high watermark to `offset` (never lowers it) and wakes readers.
+    fn publish_high_watermark(&self, offset: i64) {
+        self.high_watermark.send_if_modified(|hw| {
+            let raise = offset > *hw;
+            if raise {
+                *hw = offset;
+            }
+            raise
+        });
+    }
+
+    /// Waits until the high watermark is past `offset`, or `timeout` passes. True if data is there.
     pub async fn wait_for(&self, offset: i64, timeout: Duration) -> bool {
         let mut rx = self.subscribe();
         let wait = rx.wait_for(|&end| end > offset);
@@ -294,6 +455,9 @@ impl Log {
                 "timestamps must not be null".into(),
             ));
         }
+        if config.timestamp_type == TimestampType::CreateTime {
+            self.check_timestamps(config, cols.timestamps.values(), now_ms())?;
+        }
         for (i, size) in cols.record_sizes().enumerate() {
             if size > config.max_message_bytes {
                 return Err(BrokerError::RecordTooLarge {
@@ -310,6 +474,36 @@ impl Log {
                 .unwrap_or(0);
             return Err(BrokerError::InvalidRecords(format!(
                 "record {i} has no key; topic '{}' is compacted (cleanup.policy=compact) and every record needs a key",
+                self.topic
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a batch with a timestamp outside `message.timestamp.before.max.ms` /
+    /// `message.timestamp.after.max.ms` of `now` (Kafka's INVALID_TIMESTAMP), so one record
+    /// from a broken clock cannot hold back time-based retention for years.
+    fn check_timestamps(&self, config: &LogConfig, timestamps: &[i64], now: i64) -> Result<()> {
+        let (min, max) = timestamps
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        if let Some(after) = config.timestamp_after_max_ms
+            && max > now.saturating_add(after)
+        {
+            return Err(BrokerError::InvalidTimestamp(format!(
+                "record timestamp {max} is {} ms ahead of the broker's clock ({now}); topic '{}' \
+                 allows at most message.timestamp.after.max.ms={after}",
+                max - now,
+                self.topic
+            )));
+        }
+        if let Some(before) = config.timestamp_before_max_ms
+            && min < now.saturating_sub(before)
+        {
+            return Err(BrokerError::InvalidTimestamp(format!(
+                "record timestamp {min} is {} ms behind the broker's clock ({now}); topic '{}' \
+                 allows at most message.timestamp.before.max.ms={before}",
+                now.saturating_sub(min),
                 self.topic
             )));
         }
@@ -358,6 +552,10 @@ impl Log {
 
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
+        // Checked under the lock `close` takes, so no append lands after a close.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
         let idempotent = producer.producer_id >= 0 && producer.base_sequence >= 0;
         if idempotent {
             let check = inner.producers.check(
@@ -417,23 +615,43 @@ impl Log {
             log_start_offset: inner.log_start_offset,
         };
         let end = inner.next_offset;
+        let flush_on_ack = inner.config.flush_on_ack;
+        self.log_end.store(end, Ordering::Release);
         drop(guard);
-        self.end_offset.send_replace(end);
+        if flush_on_ack {
+            self.flush_kick.notify_one();
+        } else {
+            self.publish_high_watermark(end);
+        }
         Ok(info)
     }
 
-    /// Appends a batch and, when the topic's flush policy asks for it (`flush.messages`), waits
-    /// until it is fsynced. Concurrent appends share fsyncs (group commit).
-    pub async fn append(&self, batch: &RecordBatch, producer: ProducerInfo) -> Result<AppendInfo> {
+    /// Appends a batch and waits as `ack` asks (see [`Log::acknowledge`]). Concurrent appends
+    /// share fsyncs (group commit).
+    pub async fn append(
+        &self,
+        batch: &RecordBatch,
+        producer: ProducerInfo,
+        ack: Ack,
+    ) -> Result<AppendInfo> {
         let info = self.append_unflushed(batch, producer)?;
-        if let Some(every) = self.config().flush_messages {
-            let unflushed =
-                (info.last_offset + 1 - self.durable_offset.load(Ordering::Acquire)).max(0) as u64;
-            if unflushed >= every {
-                self.flush_to(info.last_offset + 1).await?;
-            }
-        }
+        self.acknowledge(info.last_offset + 1, ack).await?;
         Ok(info)
+    }
+
+    /// Waits until appends that ended at `end` may be acknowledged: with [`Ack::All`] and
+    /// `log.flush.on.ack`, until they are durable; otherwise at once, unless the topic's
+    /// `flush.messages` policy asks for an fsync now.
+    pub async fn acknowledge(&self, end: i64, ack: Ack) -> Result<()> {
+        let config = self.config();
+        let durable = self.durable_offset.load(Ordering::Acquire);
+        let policy_due = config
+            .flush_messages
+            .is_some_and(|every| (end - durable).max(0) as u64 >= every);
+        if policy_due || (ack == Ack::All && config.flush_on_ack) {
+            self.flush_to(end).await?;
+        }
+        Ok(())
     }
 
     /// Rolls to a new segment when the frame would push the active one past `segment.bytes`, or
@@ -519,6 +737,9 @@ impl Log {
         }
         self.durable_offset.fetch_max(end, Ordering::AcqRel);
         self.last_flush_ms.store(now_ms(), Ordering::Release);
+        if self.inner.lock().config.flush_on_ack {
+            self.publish_high_watermark(end);
+        }
         Ok(())
     }
 
@@ -552,42 +773,48 @@ impl Log {
     /// Reads batches starting at `offset`, about `max_bytes` of stored frames (the first batch is
     /// always returned whole, even if larger). The first batch is sliced so that it starts
     /// exactly at `offset`. Reading at the log end returns no batches.
+    ///
+    /// Only records below the high watermark are returned; an offset between it and the log
+    /// end is valid and reads nothing yet.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let (views, start_pos, log_start, end) = {
+        let (views, start_pos, log_start, hw) = {
             let inner = self.inner.lock();
             if offset < inner.log_start_offset || offset > inner.next_offset {
                 return Err(self.out_of_range(offset, &inner));
             }
+            let hw = self.high_watermark().min(inner.next_offset);
             let mut views = Vec::new();
             let mut start_pos = 0;
-            if offset < inner.next_offset {
+            if offset < hw {
                 if let Some((_, first)) = inner.segments.range(..=offset).next_back() {
                     start_pos = first.offset_index.lookup(offset);
                     views.push(first.view());
                 }
                 views.extend(inner.segments.range(offset + 1..).map(|(_, s)| s.view()));
             }
-            (views, start_pos, inner.log_start_offset, inner.next_offset)
+            (views, start_pos, inner.log_start_offset, hw)
         };
         let mut result = ReadResult {
             batches: Vec::new(),
             next_offset: offset,
             log_start_offset: log_start,
-            high_watermark: end,
+            high_watermark: hw,
+            epochs: self.leader_epochs(),
         };
         let mut budget = max_bytes;
         for (i, view) in views.iter().enumerate() {
             let from = if i == 0 { start_pos } else { 0 };
-            if !read_segment(view, from, offset, &mut budget, &mut result)? || budget == 0 {
+            if !read_segment(view, from, offset, hw, &mut budget, &mut result)? || budget == 0 {
                 break;
             }
         }
         Ok(result)
     }
 
-    /// The earliest offset whose record timestamp is at least `timestamp_ms`, with that timestamp;
-    /// `None` when every record is older.
+    /// The earliest offset below the high watermark whose record timestamp is at least
+    /// `timestamp_ms`, with that timestamp; `None` when every record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        let hw = self.high_watermark();
         let (views, start_pos, log_start) = {
             let inner = self.inner.lock();
             let Some((_, seg)) = inner
@@ -613,6 +840,9 @@ impl Log {
             let mut pos = if i == 0 { start_pos } else { 0 };
             while pos < view.end {
                 let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+                if h.batch.base_offset >= hw {
+                    return Ok(None);
+                }
                 if h.batch.max_timestamp >= timestamp_ms && h.batch.last_offset() >= log_start {
                     let buf =
                         segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
@@ -680,8 +910,15 @@ impl Log {
         Ok(doomed.len())
     }
 
-    /// Persists indexes of the active segment and fsyncs everything (clean shutdown).
+    /// Closes the log for a clean shutdown: appends fail from now on, everything is fsynced and
+    /// the active segment's indexes and the producer state are persisted (so the next open need
+    /// not rescan).
     pub async fn close(&self) -> Result<()> {
+        {
+            let _inner = self.inner.lock();
+            self.closed.store(true, Ordering::Release);
+        }
+        self.flush_kick.notify_one();
         self.flush().await?;
         let mut inner = self.inner.lock();
         inner.active()?.save_indexes()?;
@@ -804,6 +1041,7 @@ fn read_segment(
     view: &SegmentView,
     mut pos: u64,
     offset: i64,
+    high_watermark: i64,
     budget: &mut usize,
     result: &mut ReadResult,
 ) -> Result<bool> {
@@ -813,6 +1051,9 @@ fn read_segment(
             return Ok(true);
         }
         let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+        if h.batch.base_offset >= high_watermark {
+            return Ok(false);
+        }
         if h.batch.last_offset() >= offset.max(result.next_offset) {
             break h;
         }
@@ -829,6 +1070,9 @@ fn read_segment(
             reason,
         })?;
         let len = h.frame_len as usize;
+        if h.batch.base_offset >= high_watermark {
+            return Ok(false);
+        }
         if at + len > chunk.len() || (!result.batches.is_empty() && len > *budget) {
             break;
         }

@@ -19,7 +19,15 @@ fn small_segments() -> LogConfig {
     }
 }
 
+/// Opens a log whose high watermark is its end (`log.flush.on.ack` off), so these storage tests
+/// read what they append without a flusher, and that takes any timestamp (these tests store
+/// extreme ones); visibility and timestamp bounds are tested in `visibility_tests`.
 fn open(dir: &Path, config: LogConfig) -> Log {
+    let config = LogConfig {
+        flush_on_ack: false,
+        timestamp_after_max_ms: None,
+        ..config
+    };
     match Log::open(dir, "t", 0, Arc::new(config)) {
         Ok(log) => log,
         Err(e) => panic!("open log: {e}"),
@@ -539,7 +547,11 @@ async fn group_commit_makes_concurrent_appends_durable() {
         tasks.push(tokio::spawn(async move {
             for i in 0..40 {
                 let info = log
-                    .append(&records_to_batch(&[rec(t * 100 + i)]), ProducerInfo::NONE)
+                    .append(
+                        &records_to_batch(&[rec(t * 100 + i)]),
+                        ProducerInfo::NONE,
+                        Ack::Written,
+                    )
                     .await;
                 let Ok(info) = info else {
                     panic!("append failed: {info:?}")

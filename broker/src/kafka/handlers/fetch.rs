@@ -1,6 +1,7 @@
 //! Fetch: reads Arrow batches from the logs and encodes them as Kafka record batches. When less
 //! than `min_bytes` is available, the request waits (up to `max_wait_ms`) on the logs' append
-//! notifications — it wakes when data arrives, it does not poll.
+//! notifications — it wakes when the high watermark moves (with `log.flush.on.ack`, once new
+//! records are durable), it does not poll.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use kafka_protocol::messages::fetch_response::{
     FetchResponse, FetchableTopicResponse, PartitionData,
 };
 
-use super::{Ctx, error_code};
+use super::{Ctx, check_leader_epoch, error_code};
 use crate::kafka::records;
 
 /// Longest wait a client may ask for.
@@ -33,16 +34,16 @@ pub async fn handle(ctx: &Ctx, version: i16, req: FetchRequest) -> FetchResponse
                 }
             }
         }
+        let mut draining = ctx.draining.subscribe();
         let (resp, bytes, any_error) = read_once(ctx, version, &req);
         let now = Instant::now();
-        if bytes >= min_bytes.max(1) || any_error || now >= deadline {
+        if bytes >= min_bytes.max(1) || any_error || now >= deadline || *draining.borrow() {
             return resp;
         }
-        if watchers.is_empty() {
-            tokio::time::sleep(deadline - now).await;
-            return resp;
-        }
-        let changes = watchers.iter_mut().map(|w| w.changed().boxed());
+        let changes = watchers
+            .iter_mut()
+            .map(|w| w.changed().boxed())
+            .chain(std::iter::once(draining.changed().boxed()));
         let _ = tokio::time::timeout(deadline - now, futures::future::select_all(changes)).await;
     }
 }
@@ -77,6 +78,11 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                     continue;
                 }
             };
+            if let Err(e) = check_leader_epoch(&log, p.current_leader_epoch) {
+                any_error = true;
+                partitions.push(data.with_error_code(e.code()));
+                continue;
+            }
             let per_partition = (p.partition_max_bytes.max(0) as usize).min(budget);
             // The first batch of a response is always sent whole, so a large batch cannot stall a consumer.
             let max = if total == 0 {
@@ -102,7 +108,10 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                         .sum();
                     let mut out = Vec::with_capacity(estimate);
                     for b in &result.batches {
-                        if let Err(e) = records::encode_batch(&mut out, &b.header, &b.records) {
+                        let epoch = result.epochs.epoch_for(b.header.base_offset);
+                        if let Err(e) =
+                            records::encode_batch_in_epoch(&mut out, &b.header, &b.records, epoch)
+                        {
                             tracing::error!(topic = %t.topic.0.as_str(), partition = p.partition, error = %e, "cannot encode a stored batch");
                             any_error = true;
                             data = data.with_error_code(ResponseError::CorruptMessage.code());
@@ -122,8 +131,8 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                     let o = log.offsets();
                     data = data
                         .with_error_code(error_code(&e))
-                        .with_high_watermark(o.log_end_offset)
-                        .with_last_stable_offset(o.log_end_offset)
+                        .with_high_watermark(o.high_watermark)
+                        .with_last_stable_offset(o.high_watermark)
                         .with_log_start_offset(o.log_start_offset);
                 }
             }

@@ -1,5 +1,8 @@
-//! ListOffsets (earliest, latest, by timestamp, max timestamp) and OffsetForLeaderEpoch (every
-//! partition has leader epoch 0 on this single node).
+//! ListOffsets (earliest, latest, by timestamp, max timestamp) and OffsetForLeaderEpoch.
+//! "Latest" is the high watermark, as in Kafka (with `log.flush.on.ack`, the durable offset).
+//! Leader epochs come from the partition's epoch checkpoint: a single node is always the
+//! leader, but the epoch is bumped after every unclean shutdown, so a client whose position
+//! lies past what survived a crash detects it as a truncation.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
@@ -11,7 +14,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
 };
 
-use super::{Ctx, error_code};
+use super::{Ctx, check_leader_epoch, error_code};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -29,7 +32,7 @@ pub fn handle(ctx: &Ctx, version: i16, req: ListOffsetsRequest) -> ListOffsetsRe
                 .map(|p| {
                     let resp = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
-                        .with_leader_epoch(if version >= 4 { 0 } else { -1 });
+                        .with_leader_epoch(-1);
                     let log = match ctx.broker.log(&t.name.0, p.partition_index) {
                         Ok(log) => log,
                         Err(e) => {
@@ -39,9 +42,23 @@ pub fn handle(ctx: &Ctx, version: i16, req: ListOffsetsRequest) -> ListOffsetsRe
                                 .with_timestamp(-1);
                         }
                     };
+                    if let Err(e) = check_leader_epoch(&log, p.current_leader_epoch) {
+                        return resp
+                            .with_error_code(e.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1);
+                    }
+                    let epochs = log.leader_epochs();
+                    let epoch_of = |offset: i64| {
+                        if version >= 4 {
+                            epochs.epoch_for(offset)
+                        } else {
+                            -1
+                        }
+                    };
                     let o = log.offsets();
                     let found = match p.timestamp {
-                        LATEST => Ok(Some((o.log_end_offset, -1))),
+                        LATEST => Ok(Some((o.high_watermark, -1))),
                         EARLIEST | EARLIEST_LOCAL => Ok(Some((o.log_start_offset, -1))),
                         MAX_TIMESTAMP => log
                             .max_timestamp()
@@ -55,7 +72,10 @@ pub fn handle(ctx: &Ctx, version: i16, req: ListOffsetsRequest) -> ListOffsetsRe
                         }
                     };
                     match found {
-                        Ok(Some((offset, ts))) => resp.with_offset(offset).with_timestamp(ts),
+                        Ok(Some((offset, ts))) => resp
+                            .with_offset(offset)
+                            .with_timestamp(ts)
+                            .with_leader_epoch(epoch_of(offset)),
                         Ok(None) => resp.with_offset(-1).with_timestamp(-1),
                         Err(e) => resp
                             .with_error_code(error_code(&e))
@@ -85,17 +105,28 @@ pub fn offset_for_leader_epoch(
                 .iter()
                 .map(|p| {
                     let resp = EpochEndOffset::default().with_partition(p.partition);
-                    match ctx.broker.log(&t.topic.0, p.partition) {
-                        Err(e) => resp
-                            .with_error_code(error_code(&e))
-                            .with_leader_epoch(-1)
-                            .with_end_offset(-1),
-                        // Epoch 0 is the only epoch; its end is the log end.
-                        Ok(log) if p.leader_epoch <= 0 => {
-                            resp.with_leader_epoch(0).with_end_offset(log.end_offset())
+                    let log = match ctx.broker.log(&t.topic.0, p.partition) {
+                        Ok(log) => log,
+                        Err(e) => {
+                            return resp
+                                .with_error_code(error_code(&e))
+                                .with_leader_epoch(-1)
+                                .with_end_offset(-1);
                         }
-                        Ok(_) => resp.with_leader_epoch(-1).with_end_offset(-1),
+                    };
+                    if let Err(e) = check_leader_epoch(&log, p.current_leader_epoch) {
+                        return resp
+                            .with_error_code(e.code())
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1);
                     }
+                    // The end of the current epoch is the high watermark: what a consumer can
+                    // have read (Kafka's leader answers with its log end, which on a leader
+                    // with replicas a consumer cannot read past either).
+                    let (epoch, end) = log
+                        .leader_epochs()
+                        .end_offset_for(p.leader_epoch, log.high_watermark());
+                    resp.with_leader_epoch(epoch).with_end_offset(end)
                 })
                 .collect();
             OffsetForLeaderTopicResult::default()

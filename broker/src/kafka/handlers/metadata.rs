@@ -109,7 +109,7 @@ fn describe(ctx: &Ctx, version: i16, name: &str) -> MetadataResponseTopic {
                     MetadataResponsePartition::default()
                         .with_partition_index(p.partition)
                         .with_leader_id(node)
-                        .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                        .with_leader_epoch(if version >= 7 { p.leader_epoch } else { -1 })
                         .with_replica_nodes(vec![node])
                         .with_isr_nodes(vec![node])
                 })

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod api_versions;
+#[cfg(test)]
+mod epoch_tests;
 pub mod fetch;
 pub mod fetch_encode;
 pub mod groups;
@@ -25,6 +27,9 @@ pub struct Ctx {
     /// The address clients are told to connect to (this node).
     pub advertised: Listener,
     pub node_id: i32,
+    /// Set when the server stops: long polls answer at once, so in-flight requests finish
+    /// before the broker closes its logs.
+    pub draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ctx {
@@ -34,6 +39,7 @@ impl Ctx {
             broker,
             advertised,
             node_id,
+            draining: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -102,6 +108,24 @@ pub async fn handle(
     }))
 }
 
+/// Kafka's check of the leader epoch a client names (`current_leader_epoch`, -1 for none): an
+/// older one means the client's metadata is stale (FENCED_LEADER_EPOCH, it refreshes and
+/// validates its position), a newer one that this broker is behind (UNKNOWN_LEADER_EPOCH).
+pub(crate) fn check_leader_epoch(
+    log: &crate::log::Log,
+    requested: i32,
+) -> Result<(), ResponseError> {
+    if requested < 0 {
+        return Ok(());
+    }
+    let current = log.leader_epoch();
+    match requested.cmp(&current) {
+        std::cmp::Ordering::Less => Err(ResponseError::FencedLeaderEpoch),
+        std::cmp::Ordering::Greater => Err(ResponseError::UnknownLeaderEpoch),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
 /// The Kafka error code for a broker error.
 pub fn error_code(e: &BrokerError) -> i16 {
     let err = match e {
@@ -114,6 +138,7 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
         BrokerError::RecordTooLarge { .. } => ResponseError::MessageTooLarge,
         BrokerError::InvalidRecords(_) => ResponseError::InvalidRecord,
+        BrokerError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
         BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         BrokerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,

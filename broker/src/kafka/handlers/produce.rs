@@ -1,6 +1,8 @@
 //! Produce: record batches from clients are checked (CRC, magic, sizes, every record), decoded
 //! straight into Arrow and appended. All batches of a partition are decoded before any is
-//! appended, so a bad batch leaves the partition untouched.
+//! appended, so a bad batch leaves the partition untouched. acks=all is answered once the
+//! partition's records are durable (with `log.flush.on.ack`, the default: one group-committed
+//! fsync shared with every concurrent producer); acks=0/1 once they are written.
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -12,11 +14,16 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, error_code};
 use crate::kafka::records::{self, DecodeScratch, RecordError};
-use crate::log::{ProducerInfo, attributes};
+use crate::log::{Ack, ProducerInfo, attributes};
 use crate::record::EnvelopeBuilder;
 
 /// Returns `None` for acks=0 (no response is sent).
 pub async fn handle(ctx: &Ctx, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
+    let ack = if req.acks == -1 {
+        Ack::All
+    } else {
+        Ack::Written
+    };
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
@@ -24,7 +31,7 @@ pub async fn handle(ctx: &Ctx, version: i16, req: ProduceRequest) -> Option<Prod
         for p in topic.partition_data {
             partitions.push(for_version(
                 version,
-                produce_partition(ctx, &name, p.index, p.records).await,
+                produce_partition(ctx, &name, p.index, p.records, ack).await,
             ));
         }
         responses.push(
@@ -71,6 +78,7 @@ async fn produce_partition(
     topic: &str,
     index: i32,
     records: Option<Bytes>,
+    ack: Ack,
 ) -> PartitionProduceResponse {
     let log = match ctx.broker.log(topic, index) {
         Ok(log) => log,
@@ -119,13 +127,20 @@ async fn produce_partition(
         decoded.push((builder.finish(), producer));
     }
     let mut first = None;
+    let mut end = None;
     for (batch, producer) in &decoded {
-        match log.append(batch, *producer).await {
+        match log.append_unflushed(batch, *producer) {
             Ok(info) => {
                 first.get_or_insert(info);
+                end = Some(info.last_offset + 1);
             }
             Err(e) => return failed(index, error_code(&e), e.to_string()),
         }
+    }
+    if let Some(end) = end
+        && let Err(e) = log.acknowledge(end, ack).await
+    {
+        return failed(index, error_code(&e), e.to_string());
     }
     let offsets = log.offsets();
     match first {

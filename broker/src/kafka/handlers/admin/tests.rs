@@ -509,7 +509,10 @@ async fn delete_records_moves_the_low_watermark() {
         .unwrap_or_else(|e| panic!("{e}"));
     for i in 0..5 {
         let batch = crate::record::records_to_batch(&[Record::new(i, Some(b"k"), Some(b"v"))]);
-        if let Err(e) = log.append(&batch, crate::log::ProducerInfo::NONE).await {
+        if let Err(e) = log
+            .append(&batch, crate::log::ProducerInfo::NONE, crate::log::Ack::All)
+            .await
+        {
             panic!("append: {e}");
         }
     }
@@ -956,7 +959,7 @@ async fn describe_log_dirs_sizes_partitions() {
     let log = ctx.broker.log("sized", 1).unwrap_or_else(|e| panic!("{e}"));
     let batch = crate::record::records_to_batch(&[Record::new(1, Some(b"k"), Some(b"value"))]);
     assert!(
-        log.append(&batch, crate::log::ProducerInfo::NONE)
+        log.append(&batch, crate::log::ProducerInfo::NONE, crate::log::Ack::All)
             .await
             .is_ok()
     );
