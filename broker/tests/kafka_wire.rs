@@ -279,3 +279,76 @@ async fn garbage_never_takes_the_server_down() {
     .unwrap_or_else(|e| panic!("{e}"));
     s.stop().await.ok();
 }
+
+/// A long-poll Fetch in flight when the server stops is answered (at once, not after its wait),
+/// and only then does the broker close its logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_answers_a_long_poll_in_flight_instead_of_cutting_it_off() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    let (s, _dir) = start().await;
+    s.broker()
+        .create_topic(quiver_broker::NewTopic::new("quiet", 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let version = 12;
+    let mut body = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(77)
+        .with_client_id(Some(StrBytes::from_static_str("drain")))
+        .encode(&mut body, ApiKey::Fetch.request_header_version(version))
+        .unwrap_or_else(|e| panic!("{e}"));
+    FetchRequest::default()
+        .with_max_wait_ms(60_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("quiet")))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(-1)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ])
+        .encode(&mut body, version)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = s.addr();
+    let started = std::time::Instant::now();
+    let client = std::thread::spawn(move || -> std::io::Result<(i32, i32)> {
+        let mut conn = TcpStream::connect(addr)?;
+        conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+        conn.write_all(&(body.len() as i32).to_be_bytes())?;
+        conn.write_all(&body)?;
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len)?;
+        let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut resp)?;
+        Ok((
+            i32::from_be_bytes(len),
+            i32::from_be_bytes([resp[0], resp[1], resp[2], resp[3]]),
+        ))
+    });
+    // Let the request reach the broker and start waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.stop().await.unwrap_or_else(|e| panic!("stop: {e}"));
+    let answered = tokio::task::spawn_blocking(move || client.join())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|_| panic!("client thread panicked"));
+    let (len, correlation_id) =
+        answered.unwrap_or_else(|e| panic!("no answer before the close: {e}"));
+    assert!(len > 4);
+    assert_eq!(correlation_id, 77);
+    // Answered when the server stopped, not when the client's 60 s wait ran out.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -4,7 +4,7 @@
 pub mod admin;
 pub mod api_versions;
 #[cfg(test)]
-mod epoch_tests;
+mod durability_tests;
 pub mod fetch;
 pub mod fetch_encode;
 pub mod groups;

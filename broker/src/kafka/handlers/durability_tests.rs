@@ -1,5 +1,6 @@
-//! Leader epochs and the high watermark as Kafka clients see them: Metadata, Fetch,
-//! ListOffsets and OffsetForLeaderEpoch after an unclean restart.
+//! Durability as Kafka clients see it: acks=all answered after the fsync, and leader epochs
+//! and the high watermark in Fetch, ListOffsets and OffsetForLeaderEpoch after an unclean
+//! restart.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::TopicName;
@@ -12,7 +13,11 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{Ctx, fetch, list_offsets};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+
+use super::{Ctx, fetch, list_offsets, produce};
 use crate::broker::{Broker, NewTopic};
 use crate::config::{BrokerConfig, Listener};
 use crate::log::ProducerInfo;
@@ -161,4 +166,52 @@ async fn clients_see_the_epoch_that_ended_at_a_crash() {
     let resp = list_offsets::handle(&ctx, 8, req);
     let p = &resp.topics[0].partitions[0];
     assert_eq!((p.error_code, p.offset, p.leader_epoch), (0, 5, 1));
+}
+
+#[tokio::test]
+async fn produce_acks_all_is_answered_once_durable() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broker = open(dir.path()).await;
+    broker
+        .create_topic(NewTopic::new("e", 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ctx = ctx(broker.clone());
+    let now = crate::log::now_ms();
+    let rows: Vec<Record> = (0..10)
+        .map(|_| Record::new(now, Some(b"k"), Some(b"v")))
+        .collect();
+    let header = crate::log::BatchHeader {
+        base_offset: 0,
+        last_offset_delta: 9,
+        record_count: 10,
+        first_timestamp: now,
+        max_timestamp: now,
+        producer: ProducerInfo::NONE,
+    };
+    let mut wire = Vec::new();
+    crate::kafka::records::encode_batch(&mut wire, &header, &records_to_batch(&rows))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for round in 0..20 {
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic())
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(bytes::Bytes::from(wire.clone()))),
+                    ]),
+            ]);
+        let resp = produce::handle(&ctx, 9, req)
+            .await
+            .unwrap_or_else(|| panic!("acks=all gets an answer"));
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, round * 10));
+        // The answer came after the fsync: a power loss now could not take these records.
+        let o = broker.offsets("e", 0).unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.durable_offset >= (round + 1) * 10, "{o:?}");
+    }
 }
