@@ -178,8 +178,9 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 }
 
 impl Broker {
-    /// Opens the data directory (creating it), recovers every partition log, and starts the
-    /// background work: retention, compaction and time-based flushes. Must run inside a Tokio runtime.
+    /// Opens the data directory (creating it), recovers every partition log (on blocking
+    /// threads, several at once), and starts the background work: retention, compaction,
+    /// time-based flushes and each partition's flusher. Must run inside a Tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).at(&dir)?;
@@ -189,21 +190,11 @@ impl Broker {
             tracing::info!(dir = %dir.display(), "no clean shutdown recorded: recovering every partition's active segment");
         }
         let metas = topic::load_catalog(&dir)?;
+        let opened = open_partitions(&dir, &config.log, &metas, shutdown_was).await?;
         let mut topics = BTreeMap::new();
-        for meta in metas {
-            let config_for_topic = Arc::new(config.log.with_overrides(&meta.configs)?);
-            let mut logs = Vec::with_capacity(meta.partitions as usize);
-            for p in 0..meta.partitions {
-                let log = Log::open_after(
-                    &partition_dir(&dir, &meta.name, p),
-                    &meta.name,
-                    p,
-                    config_for_topic.clone(),
-                    shutdown_was,
-                )?;
-                let log = Arc::new(log);
+        for (meta, (config_for_topic, logs)) in metas.into_iter().zip(opened) {
+            for log in &logs {
                 log.start_flusher();
-                logs.push(log);
             }
             topics.insert(
                 meta.name.clone(),
@@ -750,6 +741,62 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Partitions recovered at once on start (Kafka's `num.recovery.threads.per.data.dir` role).
+const RECOVERY_THREADS_MAX: usize = 8;
+
+/// Opens every partition of `metas` on blocking threads, several at a time (recovery reads
+/// whole segments and must not stall the runtime). Returns each topic's effective config and
+/// its logs, in the order of `metas`.
+async fn open_partitions(
+    dir: &Path,
+    defaults: &LogConfig,
+    metas: &[TopicMeta],
+    shutdown_was: Shutdown,
+) -> Result<Vec<(Arc<LogConfig>, Vec<Arc<Log>>)>> {
+    let mut configs = Vec::with_capacity(metas.len());
+    for meta in metas {
+        configs.push(Arc::new(defaults.with_overrides(&meta.configs)?));
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, RECOVERY_THREADS_MAX);
+    let mut pending = metas
+        .iter()
+        .zip(&configs)
+        .enumerate()
+        .flat_map(|(t, (meta, config))| {
+            (0..meta.partitions).map(move |p| (t, p, meta.name.clone(), config.clone()))
+        });
+    let mut opened: Vec<Vec<Option<Arc<Log>>>> = metas
+        .iter()
+        .map(|m| vec![None; m.partitions.max(0) as usize])
+        .collect();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < threads {
+            let Some((t, p, name, config)) = pending.next() else {
+                break;
+            };
+            let pdir = partition_dir(dir, &name, p);
+            running.spawn_blocking(move || {
+                Log::open_after(&pdir, &name, p, config, shutdown_was).map(|log| (t, p, log))
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        let (t, p, log) = done.map_err(|e| {
+            BrokerError::Internal(format!("a partition recovery task failed: {e}"))
+        })??;
+        opened[t][p as usize] = Some(Arc::new(log));
+    }
+    Ok(configs
+        .into_iter()
+        .zip(opened)
+        .map(|(config, logs)| (config, logs.into_iter().flatten().collect()))
+        .collect())
 }
 
 const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
