@@ -265,12 +265,13 @@ impl Log {
                 epochs
             }
             _ => {
+                // No checkpoint means epoch 0 from the start, so a new partition writes none
+                // (creating a topic costs no extra fsyncs); one is written at the first bump.
                 let mut epochs = LeaderEpochs::new(log_start_offset);
-                // A log written before epochs were kept, opened after a crash.
                 if existed && shutdown == Shutdown::Unclean && next_offset > log_start_offset {
                     epochs.bump(next_offset);
+                    epochs.save(dir)?;
                 }
-                epochs.save(dir)?;
                 epochs
             }
         };
