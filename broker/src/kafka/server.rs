@@ -77,6 +77,11 @@ impl KafkaServer {
             .first()
             .cloned()
             .ok_or_else(|| BrokerError::InvalidConfig("no listener to advertise".into()))?;
+        if !crate::alloc::huge_allocations_are_survivable() {
+            tracing::warn!(
+                "the global allocator aborts on impossible allocations, so a malformed Kafka request can take this process down; register quiver_broker::alloc::GuardedAlloc as the #[global_allocator]"
+            );
+        }
         let ctx = Arc::new(Ctx::new(broker, first));
         Ok(KafkaServer { ctx, listeners })
     }
