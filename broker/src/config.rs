@@ -356,6 +356,9 @@ pub struct KafkaConfig {
     pub node_id: i32,
     /// `socket.request.max.bytes`: larger requests are refused before they are read.
     pub socket_request_max_bytes: usize,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries, whatever the client
+    /// asks for (each partition's read is capped by it too); the first batch is sent whole.
+    pub fetch_max_bytes: usize,
     /// `group.min.session.timeout.ms`.
     pub group_min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`.
@@ -379,6 +382,7 @@ impl Default for KafkaConfig {
             advertised_listeners: None,
             node_id: 0,
             socket_request_max_bytes: 100 * 1024 * 1024,
+            fetch_max_bytes: 57_671_680,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: 3_000,
@@ -429,6 +433,7 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
     "broker.id",
+    "fetch.max.bytes",
     "group.initial.rebalance.delay.ms",
     "group.max.session.timeout.ms",
     "group.min.session.timeout.ms",
@@ -573,6 +578,9 @@ impl BrokerConfig {
                 }
                 self.kafka.socket_request_max_bytes = v as usize;
             }
+            "fetch.max.bytes" => {
+                self.kafka.fetch_max_bytes = parse_i32_at_least(key, value, 1024)? as usize
+            }
             "group.min.session.timeout.ms" => {
                 self.kafka.group_min_session_timeout_ms = parse_i32_at_least(key, value, 1)?
             }
@@ -616,6 +624,7 @@ impl BrokerConfig {
             "advertised.listeners" => listeners(&self.kafka.advertised()),
             "auto.create.topics.enable" => self.auto_create_topics.to_string(),
             "broker.id" | "node.id" => self.kafka.node_id.to_string(),
+            "fetch.max.bytes" => self.kafka.fetch_max_bytes.to_string(),
             "group.initial.rebalance.delay.ms" => {
                 self.kafka.group_initial_rebalance_delay_ms.to_string()
             }
