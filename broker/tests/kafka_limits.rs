@@ -1,4 +1,6 @@
-//! The listener's limits over TCP: fetch sizes (`fetch.max.bytes`, `min_bytes`).
+//! The listener's limits over TCP: connections (`max.connections`, `connections.max.idle.ms`),
+//! the read-ahead budget (`queued.max.request.bytes`) and fetch sizes (`fetch.max.bytes`,
+//! `min_bytes`).
 //!
 //! This test binary keeps the system allocator (no `GuardedAlloc`), as a program embedding the
 //! broker would.
@@ -50,6 +52,7 @@ fn st(s: &str) -> StrBytes {
 
 fn api_of(req: &RequestKind) -> ApiKey {
     match req {
+        RequestKind::ApiVersions(_) => ApiKey::ApiVersions,
         RequestKind::Fetch(_) => ApiKey::Fetch,
         RequestKind::Produce(_) => ApiKey::Produce,
         other => panic!("not used here: {other:?}"),
@@ -119,6 +122,21 @@ impl Conn {
     async fn call(&mut self, version: i16, body: RequestKind) -> Option<ResponseKind> {
         self.send(version, body).await;
         self.recv().await
+    }
+
+    /// True when an ApiVersions round trip works.
+    async fn works(&mut self) -> bool {
+        let req = RequestKind::ApiVersions(ApiVersionsRequest::default());
+        matches!(self.call(0, req).await, Some(ResponseKind::ApiVersions(r)) if r.error_code == 0)
+    }
+
+    /// True when the server closes the connection (within [`PATIENCE`]).
+    async fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(PATIENCE, self.stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
     }
 }
 
@@ -199,6 +217,64 @@ fn fetched(resp: Option<ResponseKind>) -> (i16, Bytes) {
     (p.error_code, p.records.clone().unwrap_or_default())
 }
 
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what}: not within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_and_the_server_keeps_serving() {
+    let (s, _dir) = start(&[("max.connections", "2")]).await;
+    let mut first = Conn::open(s.addr()).await;
+    let mut second = Conn::open(s.addr()).await;
+    assert!(first.works().await && second.works().await);
+    let mut third = Conn::open(s.addr()).await;
+    assert!(
+        third.closed_by_server().await,
+        "the third connection is closed"
+    );
+    assert!(first.works().await, "the others keep being served");
+    drop(first);
+    wait_until("the closed connection frees its place", || {
+        s.open_connections() == 1
+    })
+    .await;
+    let mut again = Conn::open(s.addr()).await;
+    assert!(
+        again.works().await,
+        "a freed place is taken by a new connection"
+    );
+    assert!(second.works().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_a_long_poll_is_not_idleness() {
+    let (s, _dir) = start(&[("connections.max.idle.ms", "300")]).await;
+    let mut quiet = Conn::open(s.addr()).await;
+    assert!(quiet.works().await);
+    assert!(
+        quiet.closed_by_server().await,
+        "idle past connections.max.idle.ms"
+    );
+
+    // A fetch waiting three idle periods for data is a request in progress, not idleness.
+    let mut polling = Conn::open(s.addr()).await;
+    let (code, records) = fetched(polling.call(12, fetch("empty", 0, 1000, 1, 1 << 20)).await);
+    assert_eq!((code, records.len()), (0, 0));
+    assert!(polling.works().await);
+    assert!(polling.closed_by_server().await);
+    wait_until("closed connections are counted out", || {
+        s.open_connections() == 0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_asking_for_2_gib_is_served_within_the_cap() {
     let cap = 64 * 1024;
@@ -258,4 +334,45 @@ async fn fetch_with_min_bytes_0_answers_at_once() {
         "min_bytes=0 waited {:?} of max_wait_ms=10000",
         asked.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_read_ahead_budget_wait_for_room() {
+    let (s, _dir) = start(&[("queued.max.request.bytes", "4096")]).await;
+    let batch = kafka_batch(10, 280); // about 3 KiB
+    let mut a = Conn::open(s.addr()).await;
+    // A long poll, then a produce read ahead behind it: together about 3 KiB of the 4 KiB.
+    a.send(12, fetch("empty", 0, 2000, 1, 1 << 20)).await;
+    a.send(9, produce("data", batch.clone())).await;
+    wait_until("the produce behind the long poll is read ahead", || {
+        s.queued_request_bytes() > 2900
+    })
+    .await;
+    // Another connection's 3 KiB do not fit: the server reads them only once the first
+    // connection's requests are handled, so its records land after that produce's, although
+    // that produce waited for the long poll and this one was sent while it waited.
+    let mut b = Conn::open(s.addr()).await;
+    b.send(9, produce("data", batch.clone())).await;
+    let base_offset = |resp: Option<ResponseKind>| match resp {
+        Some(ResponseKind::Produce(r)) => {
+            let p = &r.responses[0].partition_responses[0];
+            assert_eq!(p.error_code, 0);
+            p.base_offset
+        }
+        other => panic!("not a produce response: {other:?}"),
+    };
+    let (code, _) = fetched(a.recv().await);
+    assert_eq!(code, 0);
+    assert_eq!(base_offset(a.recv().await), 0);
+    assert_eq!(base_offset(b.recv().await), 10);
+    // A request larger than the whole budget goes through once nothing else is queued.
+    assert!(produced_ok(
+        b.call(9, produce("data", kafka_batch(20, 500))).await
+    ));
+    assert_eq!(s.queued_request_bytes(), 0);
+    let end = s
+        .broker()
+        .log("data", 0)
+        .map(|l| l.offsets().log_end_offset);
+    assert_eq!(end.ok(), Some(40));
 }
