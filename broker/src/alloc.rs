@@ -19,9 +19,23 @@
 //! mimalloc cut the broker's CPU per consumed message by about 45%.
 //!
 //! Register it in a binary with `#[global_allocator] static A: GuardedAlloc = GuardedAlloc;`.
+//!
+//! What the guard is still needed for: only `kafka-protocol`'s message decoders, which Quiver
+//! cannot change. Its array decoders reserve `Vec::with_capacity(count)` from the wire before
+//! reading an element (requests on the server, responses in Quiver's client); its record batch
+//! decoder reserves by the batch's record count, but Quiver never uses it on untrusted bytes.
+//! Quiver's own decoders never size an allocation by a count from outside: record batches
+//! (`kafka::records`, the produce path and the client's fetch decoding) reserve at most what the
+//! bytes present can hold, and the group metadata and consumer protocol decoders clamp their
+//! counts the same way. A program that embeds the Kafka listener without registering
+//! [`GuardedAlloc`] is safe from those; for `kafka-protocol`'s arrays it depends on the global
+//! allocator returning null, or lazily mapped memory, for an impossible request rather than
+//! aborting. [`huge_allocations_are_survivable`] checks that, and the listener warns at start
+//! when it does not hold.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::sync::OnceLock;
 
 use mimalloc::MiMalloc;
 
@@ -111,6 +125,30 @@ unsafe impl GlobalAlloc for GuardedAlloc {
             new
         }
     }
+}
+
+/// True when the process's global allocator survives a request for far more memory than the
+/// machine has (as [`GuardedAlloc`] does, or the system allocator with overcommit always on).
+/// When false, a malformed request whose array count makes `kafka-protocol` reserve terabytes
+/// aborts the process. Checked once, by asking for 1 TiB and freeing it untouched.
+pub fn huge_allocations_are_survivable() -> bool {
+    static SURVIVABLE: OnceLock<bool> = OnceLock::new();
+    *SURVIVABLE.get_or_init(|| {
+        let Ok(layout) = Layout::from_size_align(1 << 40, 8) else {
+            return false;
+        };
+        // SAFETY: the layout has a non-zero size; a non-null block is freed at once with the
+        // same layout and never touched. `alloc` returning null is not an error here (only
+        // `handle_alloc_error` would abort, and it is not called).
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            if p.is_null() {
+                return false;
+            }
+            std::alloc::dealloc(p, layout);
+        }
+        true
+    })
 }
 
 #[cfg(test)]

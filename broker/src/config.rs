@@ -406,6 +406,19 @@ pub struct KafkaConfig {
     pub node_id: i32,
     /// `socket.request.max.bytes`: larger requests are refused before they are read.
     pub socket_request_max_bytes: usize,
+    /// `queued.max.request.bytes`: request bytes read ahead across all connections (from the
+    /// read until the request is handled); a connection whose next request does not fit stops
+    /// reading its socket until room frees up. Kafka's default is unbounded; Quiver's is 100 MiB.
+    pub queued_max_request_bytes: usize,
+    /// `max.connections`: open connections across all listeners; more are closed on accept.
+    pub max_connections: usize,
+    /// `max.connections.per.ip`: open connections from one client address; more are closed on accept.
+    pub max_connections_per_ip: usize,
+    /// `connections.max.idle.ms`: a connection with no request for this long is closed.
+    pub connections_max_idle_ms: u64,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries, whatever the client
+    /// asks for (each partition's read is capped by it too); the first batch is sent whole.
+    pub fetch_max_bytes: usize,
     /// `group.min.session.timeout.ms`.
     pub group_min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`.
@@ -429,6 +442,11 @@ impl Default for KafkaConfig {
             advertised_listeners: None,
             node_id: 0,
             socket_request_max_bytes: 100 * 1024 * 1024,
+            queued_max_request_bytes: 100 * 1024 * 1024,
+            max_connections: i32::MAX as usize,
+            max_connections_per_ip: i32::MAX as usize,
+            connections_max_idle_ms: 600_000,
+            fetch_max_bytes: 57_671_680,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: 3_000,
@@ -479,13 +497,18 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
     "broker.id",
+    "connections.max.idle.ms",
+    "fetch.max.bytes",
     "group.initial.rebalance.delay.ms",
     "group.max.session.timeout.ms",
     "group.min.session.timeout.ms",
     "listeners",
+    "max.connections",
+    "max.connections.per.ip",
     "node.id",
     "offsets.retention.minutes",
     "offsets.topic.num.partitions",
+    "queued.max.request.bytes",
     "socket.request.max.bytes",
     "log.cleaner.backoff.ms",
     "log.cleaner.delete.retention.ms",
@@ -625,6 +648,29 @@ impl BrokerConfig {
                 }
                 self.kafka.socket_request_max_bytes = v as usize;
             }
+            "queued.max.request.bytes" => {
+                // Kafka's -1 (unbounded) is refused: read-ahead is always bounded here.
+                let v = parse_i64(key, value)?;
+                if !(1..=i64::from(i32::MAX)).contains(&v) {
+                    return Err(BrokerError::InvalidConfig(format!(
+                        "{key}={v}: give a byte count from 1 to {} (default 104857600); Quiver always bounds the request bytes it reads ahead",
+                        i32::MAX
+                    )));
+                }
+                self.kafka.queued_max_request_bytes = v as usize;
+            }
+            "max.connections" => {
+                self.kafka.max_connections = parse_i32_at_least(key, value, 0)? as usize
+            }
+            "max.connections.per.ip" => {
+                self.kafka.max_connections_per_ip = parse_i32_at_least(key, value, 0)? as usize
+            }
+            "connections.max.idle.ms" => {
+                self.kafka.connections_max_idle_ms = parse_at_least(key, value, 1)? as u64
+            }
+            "fetch.max.bytes" => {
+                self.kafka.fetch_max_bytes = parse_i32_at_least(key, value, 1024)? as usize
+            }
             "group.min.session.timeout.ms" => {
                 self.kafka.group_min_session_timeout_ms = parse_i32_at_least(key, value, 1)?
             }
@@ -668,15 +714,20 @@ impl BrokerConfig {
             "advertised.listeners" => listeners(&self.kafka.advertised()),
             "auto.create.topics.enable" => self.auto_create_topics.to_string(),
             "broker.id" | "node.id" => self.kafka.node_id.to_string(),
+            "connections.max.idle.ms" => self.kafka.connections_max_idle_ms.to_string(),
+            "fetch.max.bytes" => self.kafka.fetch_max_bytes.to_string(),
             "group.initial.rebalance.delay.ms" => {
                 self.kafka.group_initial_rebalance_delay_ms.to_string()
             }
             "group.max.session.timeout.ms" => self.kafka.group_max_session_timeout_ms.to_string(),
             "group.min.session.timeout.ms" => self.kafka.group_min_session_timeout_ms.to_string(),
             "listeners" => listeners(&self.kafka.listeners),
+            "max.connections" => self.kafka.max_connections.to_string(),
+            "max.connections.per.ip" => self.kafka.max_connections_per_ip.to_string(),
             "offsets.retention.minutes" => self.kafka.offsets_retention_minutes.to_string(),
             "offsets.topic.num.partitions" => self.kafka.offsets_topic_num_partitions.to_string(),
             "socket.request.max.bytes" => self.kafka.socket_request_max_bytes.to_string(),
+            "queued.max.request.bytes" => self.kafka.queued_max_request_bytes.to_string(),
             "log.cleaner.backoff.ms" => self.cleaner_backoff_ms.to_string(),
             "log.cleaner.delete.retention.ms" => topic("delete.retention.ms")?,
             "log.cleanup.policy" => topic("cleanup.policy")?,
@@ -781,6 +832,29 @@ mod tests {
         assert_eq!(b.get("log.retention.minutes").as_deref(), Some("300"));
         assert_eq!(b.get("no.such.key"), None);
         assert_eq!(b.entries().len(), BROKER_CONFIG_KEYS.len());
+    }
+
+    #[test]
+    fn connection_and_fetch_limits_have_kafkas_names_and_bounds() {
+        let mut b = BrokerConfig::default();
+        assert_eq!(b.get("fetch.max.bytes").as_deref(), Some("57671680"));
+        assert_eq!(b.get("connections.max.idle.ms").as_deref(), Some("600000"));
+        assert_eq!(b.get("max.connections").as_deref(), Some("2147483647"));
+        assert_eq!(
+            b.get("queued.max.request.bytes").as_deref(),
+            Some("104857600")
+        );
+        let err = b
+            .set("queued.max.request.bytes", "-1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("always bounds"), "{err}");
+        assert!(b.set("fetch.max.bytes", "1023").is_err());
+        assert!(b.set("max.connections.per.ip", "-1").is_err());
+        assert!(b.set("connections.max.idle.ms", "0").is_err());
+        b.set("max.connections.per.ip", "0").ok();
+        assert_eq!(b.kafka.max_connections_per_ip, 0);
     }
 
     #[test]

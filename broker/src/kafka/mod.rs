@@ -6,6 +6,7 @@
 pub mod client;
 pub mod compression;
 pub mod handlers;
+pub mod limits;
 pub mod records;
 pub mod server;
 

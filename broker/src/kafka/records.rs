@@ -15,6 +15,18 @@ use crate::record::{EnvelopeBuilder, EnvelopeColumns};
 pub const BATCH_HEADER_LEN: usize = 61;
 /// Offset of the CRC'd part (attributes onwards).
 const CRC_START: usize = 21;
+/// The fewest bytes a v2 record takes: its length, attributes, timestamp delta, offset delta,
+/// key length, value length and header count, one byte each.
+pub const RECORD_BYTES_MIN: usize = 7;
+
+/// How many records `record_bytes` bytes of (uncompressed) records can hold, at most `record_count`:
+/// the capacity to reserve for a batch whose count came from outside. A batch's count is
+/// untrusted, so it never sizes an allocation by itself.
+pub fn records_bound(record_count: i32, record_bytes: usize) -> usize {
+    usize::try_from(record_count)
+        .unwrap_or(0)
+        .min(record_bytes / RECORD_BYTES_MIN)
+}
 
 /// Why a batch from a client was refused, with the Kafka error it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +252,15 @@ fn decode_into(
             &scratch.decompressed
         }
     };
+    // A count the bytes cannot hold is refused before any record is decoded.
+    if usize::try_from(batch.record_count).unwrap_or(0) > records.len() / RECORD_BYTES_MIN {
+        return Err(RecordError::InvalidRecord(format!(
+            "batch says {} records but its {} bytes of records hold at most {}",
+            batch.record_count,
+            records.len(),
+            records.len() / RECORD_BYTES_MIN
+        )));
+    }
     let mut cur = Cursor {
         buf: records,
         pos: 0,
@@ -597,6 +618,14 @@ mod tests {
             parse_batches(&old).err(),
             Some(RecordError::UnsupportedMagic(1))
         );
+    }
+
+    #[test]
+    fn record_capacity_is_bounded_by_the_bytes_not_the_count() {
+        assert_eq!(records_bound(i32::MAX, 70), 10);
+        assert_eq!(records_bound(3, 70), 3);
+        assert_eq!(records_bound(-5, 70), 0);
+        assert_eq!(records_bound(i32::MAX, 0), 0);
     }
 
     #[test]

@@ -15,19 +15,31 @@
 //! requests, answers the ones already read (long polls return at once) and waits for every
 //! connection to finish, up to [`DRAIN_MAX`]; only then may the broker close its logs, so no
 //! request is cut off mid-append and no append lands after a log is closed.
+//!
+//! Limits ([`super::limits`]): a connection past `max.connections` or `max.connections.per.ip`
+//! is closed as soon as it is accepted. Before a request's bytes are read, room for them is
+//! reserved in the `queued.max.request.bytes` budget shared by all connections, and given back
+//! when the request has been handled; until there is room the connection's socket is not read.
+//! A connection with no request in progress and none arriving for `connections.max.idle.ms` is
+//! closed, and so is one whose request does not arrive whole, or whose client takes no bytes of
+//! a response, within that time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::handlers::{self, Ctx};
+use super::limits::{ConnectionLimits, RequestBudget};
 use crate::broker::{Broker, stopped};
 use crate::config::{BrokerConfig, Listener};
 use crate::error::{BrokerError, Result};
@@ -43,6 +55,8 @@ pub const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct KafkaServer {
     ctx: Arc<Ctx>,
     listeners: Vec<TcpListener>,
+    connections: Arc<ConnectionLimits>,
+    budget: Arc<RequestBudget>,
 }
 
 impl KafkaServer {
@@ -85,8 +99,21 @@ impl KafkaServer {
             .first()
             .cloned()
             .ok_or_else(|| BrokerError::InvalidConfig("no listener to advertise".into()))?;
+        if !crate::alloc::huge_allocations_are_survivable() {
+            tracing::warn!(
+                "the global allocator aborts on impossible allocations, so a malformed Kafka request can take this process down; register quiver_broker::alloc::GuardedAlloc as the #[global_allocator]"
+            );
+        }
         let ctx = Arc::new(Ctx::new(broker, first));
-        Ok(KafkaServer { ctx, listeners })
+        Ok(KafkaServer {
+            ctx,
+            listeners,
+            connections: ConnectionLimits::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            ),
+            budget: Arc::new(RequestBudget::new(config.queued_max_request_bytes)),
+        })
     }
 
     /// The addresses the listeners are bound to.
@@ -102,6 +129,17 @@ impl KafkaServer {
         &self.ctx.advertised
     }
 
+    /// Bytes of requests read and not yet handled, across all connections (at most
+    /// `queued.max.request.bytes`).
+    pub fn queued_request_bytes(&self) -> usize {
+        self.budget.queued_bytes()
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
+
     /// Accepts connections until `shutdown` becomes true, then drains them (see the module
     /// docs) and returns.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
@@ -110,6 +148,8 @@ impl KafkaServer {
         let live = Arc::new(watch::channel(0usize).0);
         for listener in self.listeners {
             let ctx = self.ctx.clone();
+            let connections = self.connections.clone();
+            let budget = self.budget.clone();
             let mut stop = shutdown.clone();
             let live = live.clone();
             accepts.spawn(async move {
@@ -118,10 +158,15 @@ impl KafkaServer {
                         _ = stopped(&mut stop) => return,
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
+                                // Past a limit the socket is dropped, which closes it (`admit`
+                                // logged why); the client sees the connection closed, as with Kafka.
+                                let Ok(slot) = connections.admit(peer.ip()) else { continue };
                                 let ctx = ctx.clone();
                                 let guard = ConnectionGuard::new(live.clone());
+                                let budget = budget.clone();
                                 tokio::spawn(async move {
-                                    serve(ctx, stream, peer).await;
+                                    serve(ctx, budget, stream, peer).await;
+                                    drop(slot);
                                     drop(guard);
                                 });
                             }
@@ -199,6 +244,8 @@ impl Drop for ConnectionGuard {
 pub struct LocalServer {
     broker: Broker,
     addr: SocketAddr,
+    budget: Arc<RequestBudget>,
+    connections: Arc<ConnectionLimits>,
     shutdown: watch::Sender<bool>,
     serving: Option<JoinHandle<Result<()>>>,
 }
@@ -213,11 +260,15 @@ impl LocalServer {
         let addr = server.local_addrs().first().copied().ok_or_else(|| {
             BrokerError::Internal("the loopback Kafka listener has no address".into())
         })?;
+        let budget = server.budget.clone();
+        let connections = server.connections.clone();
         let (shutdown, stopped) = watch::channel(false);
         let serving = tokio::spawn(server.run(stopped));
         Ok(LocalServer {
             broker,
             addr,
+            budget,
+            connections,
             shutdown,
             serving: Some(serving),
         })
@@ -231,6 +282,16 @@ impl LocalServer {
     /// Where Kafka clients connect: `127.0.0.1` and the port bound.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// See [`KafkaServer::queued_request_bytes`].
+    pub fn queued_request_bytes(&self) -> usize {
+        self.budget.queued_bytes()
+    }
+
+    /// See [`KafkaServer::open_connections`].
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
     }
 
     /// Stops accepting connections, waits for the listener to finish, and shuts the broker
@@ -271,53 +332,84 @@ pub(crate) enum Outcome {
     Close(String),
 }
 
-async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+/// When a connection last did something, and how many of its requests are read but not yet
+/// answered (a connection waiting on its own long poll is not idle).
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now_ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(now_ms, Ordering::Release);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Why a connection's reader stopped.
+enum ReaderEnd {
+    /// The client closed the connection (or it broke).
+    Closed,
+    /// Nothing happened on it for `connections.max.idle.ms`.
+    Idle,
+    /// The client sent something the server refuses; the reason is logged.
+    Refused(String),
+}
+
+/// A request read from a connection, holding its room in the read-ahead budget.
+type Queued = (Bytes, OwnedSemaphorePermit);
+
+async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(READ_AHEAD);
-    let max = ctx.broker.config().kafka.socket_request_max_bytes;
-    let mut draining = ctx.draining.subscribe();
-    let reader = tokio::spawn(async move {
-        let mut rd = BufReader::with_capacity(64 * 1024, rd);
-        loop {
-            // A stopping server reads no new request; those already read are answered.
-            let len = tokio::select! {
-                _ = stopped(&mut draining) => return None,
-                len = rd.read_i32() => match len {
-                    Ok(n) => n,
-                    Err(_) => return None, // closed
-                },
-            };
-            if len < 0 || len as usize > max {
-                return Some(format!(
-                    "request of {len} bytes is larger than socket.request.max.bytes={max} (or negative); closing the connection"
-                ));
-            }
-            let mut buf = BytesMut::zeroed(len as usize);
-            if rd.read_exact(&mut buf).await.is_err() {
-                return None;
-            }
-            if tx.send(buf.freeze()).await.is_err() {
-                return None;
-            }
-        }
-    });
+    let (tx, mut rx) = mpsc::channel::<Queued>(READ_AHEAD);
+    let kafka = &ctx.broker.config().kafka;
+    let max = kafka.socket_request_max_bytes;
+    let idle = Duration::from_millis(kafka.connections_max_idle_ms);
+    let activity = Arc::new(Activity::new());
+    let draining = ctx.draining.subscribe();
+    let reader = tokio::spawn(read_requests(
+        rd,
+        tx,
+        budget,
+        activity.clone(),
+        max,
+        idle,
+        draining,
+    ));
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some(frame) = rx.recv().await {
-        match PEER.scope(peer, process(&ctx, frame)).await {
+    while let Some((frame, room)) = rx.recv().await {
+        let outcome = PEER.scope(peer, process(&ctx, frame)).await;
+        // Handled: its bytes leave the read-ahead budget (the response is not request bytes).
+        drop(room);
+        match outcome {
             Outcome::Respond(chunks) => {
-                let mut failed = false;
-                for chunk in &chunks {
-                    // BufWriter passes large chunks straight to the socket.
-                    if wr.write_all(chunk).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
-                if failed {
+                if let Err(e) = write_response(&mut wr, &chunks, idle).await {
+                    tracing::debug!(%peer, error = %e, "closing Kafka connection: the response was not taken");
                     break;
                 }
-                if rx.is_empty() && wr.flush().await.is_err() {
+                let flush_failed = rx.is_empty()
+                    && !matches!(tokio::time::timeout(idle, wr.flush()).await, Ok(Ok(())));
+                if flush_failed {
                     break;
                 }
             }
@@ -327,11 +419,117 @@ async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
                 break;
             }
         }
+        activity.touch();
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
-    let _ = wr.flush().await;
+    let _ = tokio::time::timeout(idle, wr.flush()).await;
     reader.abort();
-    if let Ok(Some(reason)) = reader.await {
-        tracing::warn!(%peer, %reason, "closing Kafka connection");
+    match reader.await {
+        Ok(ReaderEnd::Refused(reason)) => {
+            tracing::warn!(%peer, %reason, "closing Kafka connection");
+        }
+        Ok(ReaderEnd::Idle) => {
+            tracing::debug!(%peer, idle_ms = idle.as_millis() as u64, "closing idle Kafka connection (connections.max.idle.ms)");
+        }
+        Ok(ReaderEnd::Closed) | Err(_) => {}
+    }
+}
+
+/// Writes one response. A client that takes no bytes of it for `idle` is treated as gone.
+async fn write_response(
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    chunks: &[Bytes],
+    idle: Duration,
+) -> std::io::Result<()> {
+    for chunk in chunks {
+        let mut at = 0;
+        while at < chunk.len() {
+            // BufWriter passes large chunks straight to the socket.
+            let written = tokio::time::timeout(idle, wr.write(&chunk[at..]))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took no response bytes for connections.max.idle.ms",
+                    )
+                })??;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            at += written;
+        }
+    }
+    Ok(())
+}
+
+/// Reads request frames ahead of the processor: at most [`READ_AHEAD`] of them, each only once
+/// `budget` has room for it.
+async fn read_requests(
+    rd: OwnedReadHalf,
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<RequestBudget>,
+    activity: Arc<Activity>,
+    max: usize,
+    idle: Duration,
+    mut draining: watch::Receiver<bool>,
+) -> ReaderEnd {
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    loop {
+        // Wait for the next request. While one is in progress the connection is not idle; after
+        // that, `idle` counts from its response.
+        loop {
+            let busy = activity.busy();
+            let wait = if busy {
+                idle
+            } else {
+                idle.saturating_sub(activity.idle_for())
+            };
+            // A stopping server reads no new request; those already read are answered.
+            let next = tokio::select! {
+                _ = stopped(&mut draining) => return ReaderEnd::Closed,
+                next = tokio::time::timeout(wait, rd.fill_buf()) => next,
+            };
+            match next {
+                Ok(Ok([])) | Ok(Err(_)) => return ReaderEnd::Closed,
+                Ok(Ok(_)) => break,
+                Err(_) if !activity.busy() && activity.idle_for() >= idle => {
+                    return ReaderEnd::Idle;
+                }
+                Err(_) => {}
+            }
+        }
+        // The whole request must arrive within `idle` of its first bytes: a client trickling
+        // bytes cannot hold its room in the budget for longer.
+        let deadline = tokio::time::Instant::now() + idle;
+        let mut len = [0u8; 4];
+        match tokio::time::timeout_at(deadline, rd.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return ReaderEnd::Closed,
+            Err(_) => return ReaderEnd::Idle,
+        }
+        let len = i32::from_be_bytes(len);
+        let Some(len) = usize::try_from(len).ok().filter(|&l| l <= max) else {
+            return ReaderEnd::Refused(format!(
+                "request of {len} bytes is larger than socket.request.max.bytes={max} (or negative); closing the connection"
+            ));
+        };
+        // Until the budget has room this connection's socket is not read, so the client's
+        // sends back up instead of the server buffering them.
+        let Some(room) = budget.reserve(len).await else {
+            return ReaderEnd::Closed;
+        };
+        let deadline = deadline.max(tokio::time::Instant::now() + idle);
+        let mut buf = BytesMut::zeroed(len);
+        match tokio::time::timeout_at(deadline, rd.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return ReaderEnd::Closed,
+            Err(_) => return ReaderEnd::Idle,
+        }
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
+        if tx.send((buf.freeze(), room)).await.is_err() {
+            return ReaderEnd::Closed;
+        }
     }
 }
 

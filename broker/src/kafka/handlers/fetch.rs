@@ -37,7 +37,9 @@ pub async fn handle(ctx: &Ctx, version: i16, req: FetchRequest) -> FetchResponse
         let mut draining = ctx.draining.subscribe();
         let (resp, bytes, any_error) = read_once(ctx, version, &req);
         let now = Instant::now();
-        if bytes >= min_bytes.max(1) || any_error || now >= deadline || *draining.borrow() {
+        // min_bytes=0 asks for an answer at once, data or not (Kafka's semantics).
+        let enough = min_bytes == 0 || bytes >= min_bytes;
+        if enough || any_error || now >= deadline || *draining.borrow() {
             return resp;
         }
         let changes = watchers
@@ -51,11 +53,9 @@ pub async fn handle(ctx: &Ctx, version: i16, req: FetchRequest) -> FetchResponse
 /// One pass over the requested partitions. Returns the response, record bytes in it, and
 /// whether any partition had an error (which answers the fetch at once).
 fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usize, bool) {
-    let mut budget = if req.max_bytes > 0 {
-        req.max_bytes as usize
-    } else {
-        usize::MAX
-    };
+    // What the client asks for, within `fetch.max.bytes`: a read never allocates for more, so a
+    // fetch asking for 2 GiB is served like one asking for the cap.
+    let mut budget = (req.max_bytes.max(0) as usize).min(ctx.broker.config().kafka.fetch_max_bytes);
     let mut total = 0usize;
     let mut any_error = false;
     let read_committed = req.isolation_level == 1;
@@ -106,8 +106,9 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                         .iter()
                         .map(|b| b.records.get_array_memory_size() / 2 + 64)
                         .sum();
-                    let mut out = Vec::with_capacity(estimate);
+                    let mut out = Vec::with_capacity(estimate.min(max));
                     for b in &result.batches {
+                        let before = out.len();
                         let epoch = result.epochs.epoch_for(b.header.base_offset);
                         if let Err(e) =
                             records::encode_batch_in_epoch(&mut out, &b.header, &b.records, epoch)
@@ -115,6 +116,12 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                             tracing::error!(topic = %t.topic.0.as_str(), partition = p.partition, error = %e, "cannot encode a stored batch");
                             any_error = true;
                             data = data.with_error_code(ResponseError::CorruptMessage.code());
+                            break;
+                        }
+                        // A Kafka batch can be larger than its stored frame: one that takes the
+                        // partition past its share waits for the next fetch, unless it is the first.
+                        if out.len() > max && (before > 0 || total > 0) {
+                            out.truncate(before);
                             break;
                         }
                     }

@@ -33,9 +33,11 @@ pub async fn handle(ctx: &Ctx, version: i16, req: MetadataRequest) -> MetadataRe
         }
         Some(list) => list
             .into_iter()
+            // A non-zero id wins over the name, as in Kafka: Java's AdminClient describes topics
+            // by id with an empty (not null) name.
             .map(|t| match t.name {
-                Some(name) => Ok(name.0.to_string()),
-                None => Err(t.topic_id),
+                Some(name) if t.topic_id.is_nil() => Ok(name.0.to_string()),
+                _ => Err(t.topic_id),
             })
             .collect(),
     };
@@ -128,5 +130,60 @@ fn describe(ctx: &Ctx, version: i16, name: &str) -> MetadataResponseTopic {
             };
             topic.with_error_code(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Listener;
+    use crate::{Broker, BrokerConfig};
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+
+    #[tokio::test]
+    async fn metadata_v12_by_topic_id_with_an_empty_name_resolves_the_topic() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_owned(),
+            ..BrokerConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
+        broker.create_topic(NewTopic::new("orders", 2)).await.ok();
+        let id = broker
+            .describe_topic("orders")
+            .map(|d| uuid_of(&d.id))
+            .unwrap_or_else(|e| panic!("describe: {e}"));
+        assert!(!id.is_nil());
+        let ctx = Ctx::new(
+            broker,
+            Listener {
+                name: "PLAINTEXT".into(),
+                host: "localhost".into(),
+                port: 9092,
+            },
+        );
+        let unknown = uuid::Uuid::from_u128(0x1234);
+        // What Java's AdminClient sends for describeTopics(TopicCollection.ofTopicIds(..)).
+        let by_id = |id: uuid::Uuid| {
+            MetadataRequestTopic::default()
+                .with_topic_id(id)
+                .with_name(Some(TopicName(StrBytes::from_static_str(""))))
+        };
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![by_id(id), by_id(unknown)]))
+            .with_allow_auto_topic_creation(true);
+        let resp = handle(&ctx, 12, req).await;
+        assert_eq!(resp.topics.len(), 2);
+        let found = &resp.topics[0];
+        assert_eq!(found.error_code, 0);
+        assert_eq!(found.topic_id, id);
+        assert_eq!(found.name.as_ref().map(|n| n.0.as_str()), Some("orders"));
+        assert_eq!(found.partitions.len(), 2);
+        let missing = &resp.topics[1];
+        assert_eq!(missing.error_code, ResponseError::UnknownTopicId.code());
+        assert_eq!(missing.topic_id, unknown);
+        // Nothing was auto-created under the empty name.
+        assert_eq!(ctx.broker.list_topics(), vec!["orders".to_owned()]);
     }
 }

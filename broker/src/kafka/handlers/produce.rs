@@ -109,8 +109,10 @@ async fn produce_partition(
                 "transactional batches are not supported yet".into(),
             );
         }
-        let mut builder =
-            EnvelopeBuilder::with_capacity(batch.record_count.max(0) as usize, batch.records.len());
+        // The count is the client's; the bytes bound it (for a compressed batch the hint is low
+        // and the builder grows).
+        let rows = records::records_bound(batch.record_count, batch.records.len());
+        let mut builder = EnvelopeBuilder::with_capacity(rows, batch.records.len());
         if let Err(e) = records::decode_records(batch, &mut builder, &mut scratch, max_uncompressed)
         {
             return failed(index, record_error_code(&e), e.to_string());
@@ -154,5 +156,90 @@ async fn produce_partition(
             .with_base_offset(offsets.log_end_offset)
             .with_log_append_time_ms(-1)
             .with_log_start_offset(offsets.log_start_offset),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Listener;
+    use crate::log::BatchHeader;
+    use crate::record::{Record, records_to_batch};
+    use crate::{Broker, BrokerConfig, NewTopic};
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+
+    /// A valid one-record batch whose record count is then rewritten to `count` (CRC fixed up).
+    fn batch_claiming(count: i32) -> Bytes {
+        let header = BatchHeader {
+            base_offset: 0,
+            last_offset_delta: 0,
+            record_count: 1,
+            first_timestamp: 1,
+            max_timestamp: 1,
+            producer: ProducerInfo::NONE,
+        };
+        let batch = records_to_batch(&[Record::new(1, Some(b"k"), Some(b"v"))]);
+        let mut out = Vec::new();
+        records::encode_batch(&mut out, &header, &batch).ok();
+        out[57..61].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&out[21..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(out)
+    }
+
+    // This test binary runs on the system allocator, not `crate::alloc::GuardedAlloc`: a
+    // capacity taken from the count (2^31 rows) would abort it or commit gigabytes.
+    #[tokio::test]
+    async fn produce_with_a_record_count_its_bytes_cannot_hold_is_refused_without_allocating_for_it()
+     {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_owned(),
+            ..BrokerConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
+        broker.create_topic(NewTopic::new("t", 1)).await.ok();
+        let ctx = Ctx::new(
+            broker,
+            Listener {
+                name: "PLAINTEXT".into(),
+                host: "localhost".into(),
+                port: 9092,
+            },
+        );
+        let produce = |records: Bytes| {
+            ProduceRequest::default()
+                .with_acks(1)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_static_str("t")))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(records)),
+                        ]),
+                ])
+        };
+        let Some(resp) = handle(&ctx, 9, produce(batch_claiming(i32::MAX))).await else {
+            panic!("acks=1 gets a response")
+        };
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, ResponseError::InvalidRecord.code());
+        let message = p.error_message.as_ref().map(|m| m.to_string());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("batch says 2147483647 records")),
+            "{message:?}"
+        );
+        // The partition is untouched and still takes honest batches.
+        let Some(resp) = handle(&ctx, 9, produce(batch_claiming(1))).await else {
+            panic!("acks=1 gets a response")
+        };
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, 0));
     }
 }
