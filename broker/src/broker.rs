@@ -388,7 +388,8 @@ impl Broker {
         Ok((partitions, config))
     }
 
-    /// Deletes a topic and its data.
+    /// Deletes a topic and its data, and every group's committed offsets of it. Internal
+    /// topics are refused.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let removed = {
             let _catalog = self.inner.catalog_lock.lock();
@@ -396,6 +397,7 @@ impl Broker {
             let removed = next
                 .remove(name)
                 .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            topic::refuse_internal(name, "deleted")?;
             self.persist(&next)?;
             *self.inner.topics.write() = next;
             removed
@@ -404,6 +406,7 @@ impl Broker {
             log.delete()?;
         }
         tracing::info!(topic = %name, "deleted topic");
+        self.inner.groups.remove_topic_offsets(self, name).await;
         Ok(())
     }
 
@@ -454,7 +457,7 @@ impl Broker {
         })
     }
 
-    /// Raises a topic's partition count to `total`.
+    /// Raises a topic's partition count to `total`. Internal topics are refused.
     pub async fn add_partitions(&self, name: &str, total: i32) -> Result<TopicDescription> {
         {
             let _catalog = self.inner.catalog_lock.lock();
@@ -463,6 +466,7 @@ impl Broker {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            topic::refuse_internal(name, "re-partitioned")?;
             if total <= t.meta.partitions {
                 return Err(BrokerError::InvalidPartitions(format!(
                     "topic '{name}' has {} partitions; the new count {total} must be larger (partitions cannot be removed)",
@@ -494,7 +498,8 @@ impl Broker {
         self.describe_topic(name)
     }
 
-    /// Changes topic configs. All changes are checked before any takes effect.
+    /// Changes topic configs. All changes are checked before any takes effect. Internal topics
+    /// are refused.
     pub async fn alter_topic_config(
         &self,
         name: &str,
@@ -507,6 +512,7 @@ impl Broker {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            topic::refuse_internal(name, "reconfigured")?;
             let mut overrides = t.meta.configs.clone();
             for change in changes {
                 match change {

@@ -48,6 +48,26 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Kafka's internal topics: group offsets and transaction state. They are created and managed by
+/// the broker; clients cannot delete, re-partition or reconfigure them.
+pub const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
+
+/// True for one of [`INTERNAL_TOPICS`].
+pub fn is_internal(name: &str) -> bool {
+    INTERNAL_TOPICS.contains(&name)
+}
+
+/// Refuses `action` ("deleted", "re-partitioned", "reconfigured") on an internal topic.
+pub fn refuse_internal(name: &str, action: &'static str) -> Result<()> {
+    if is_internal(name) {
+        return Err(BrokerError::InternalTopic {
+            topic: name.to_owned(),
+            action,
+        });
+    }
+    Ok(())
+}
+
 /// Kafka refuses names that differ only in '.' vs '_' (they collide in metric names).
 pub fn collides(a: &str, b: &str) -> bool {
     a != b && a.replace('.', "_") == b.replace('.', "_")
@@ -311,4 +331,10 @@ mod tests {
         assert!(err.contains("topic catalog version 2"), "{err}");
     }
 
+    #[test]
+    fn internal_topics_are_kafkas() {
+        assert!(is_internal("__consumer_offsets"));
+        assert!(is_internal("__transaction_state"));
+        assert!(!is_internal("consumer_offsets"));
+    }
 }

@@ -632,6 +632,26 @@ impl GroupCoordinator {
                 }
             }
         }
+        // Offsets of topics deleted while the broker stopped before their tombstones were
+        // written (commits of unknown topics are refused, so nothing else leaves these).
+        let mut orphaned = 0usize;
+        for (id, l) in &mut loaded {
+            let gone: Vec<(String, i32)> = l
+                .offsets
+                .keys()
+                .filter(|(t, _)| !broker.topic_exists(t))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for k in &gone {
+                l.offsets.remove(k);
+            }
+            orphaned += gone.len();
+            let now_dead = l.metadata.is_none() && l.offsets.is_empty();
+            self.write_tombstones(broker, id, &gone, now_dead);
+        }
         let now = Instant::now();
         let wall = now_ms();
         let mut groups = self.groups.lock();
@@ -655,6 +675,7 @@ impl GroupCoordinator {
             offsets = total,
             records = records_read,
             malformed,
+            orphaned,
             "loaded consumer groups from {OFFSETS_TOPIC}"
         );
         Ok(())
@@ -1061,23 +1082,68 @@ impl GroupCoordinator {
                 continue;
             }
             let expired = g.expire_offsets(now_ms, self.config.offsets_retention_ms);
-            self.offsets_total
-                .fetch_sub(expired.len(), Ordering::AcqRel);
             removed_total += expired.len();
-            let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
-            if let Some(b) = &broker {
-                self.write_tombstones(b, &g.id, &expired, now_dead);
-            }
             if !expired.is_empty() {
                 tracing::info!(group = %g.id, offsets = expired.len(), "expired committed offsets");
             }
-            if now_dead {
-                tracing::info!(group = %g.id, "removing group: it is empty and has no offsets left");
-                g.mark_dead(&cx);
-                self.forget(&g);
+            self.offsets_removed(broker.as_ref(), &mut g, &expired, &cx);
+        }
+        removed_total
+    }
+
+    /// Drops every group's committed offsets of a deleted topic and writes their tombstones,
+    /// as Kafka does on topic deletion, so that a topic created again under the same name does
+    /// not inherit them. Groups left empty with no offsets are removed. Returns the number of
+    /// offsets removed. Called by [`Broker::delete_topic`].
+    pub(crate) async fn remove_topic_offsets(&self, broker: &Broker, topic: &str) -> usize {
+        let cx = self.cx();
+        let mut removed_total = 0;
+        let mut flushes = Vec::new();
+        for group in self.snapshot() {
+            let mut g = group.lock();
+            if g.state == GroupState::Dead {
+                continue;
+            }
+            let of_topic = (topic.to_owned(), i32::MIN)..=(topic.to_owned(), i32::MAX);
+            let removed: Vec<(String, i32)> =
+                g.offsets.range(of_topic).map(|(k, _)| k.clone()).collect();
+            if removed.is_empty() {
+                continue;
+            }
+            for k in &removed {
+                g.offsets.remove(k);
+            }
+            removed_total += removed.len();
+            tracing::info!(group = %g.id, topic, offsets = removed.len(), "removed committed offsets of a deleted topic");
+            flushes.extend(self.offsets_removed(Some(broker), &mut g, &removed, &cx));
+        }
+        for (log, end) in flushes {
+            if let Err(e) = log.flush_to(end).await {
+                tracing::warn!(topic, error = %e, "cannot fsync the tombstones of a deleted topic's offsets; they are written and reach the disk with the next flush");
             }
         }
         removed_total
+    }
+
+    /// Bookkeeping after offsets were taken out of `g.offsets`: the count, their tombstones,
+    /// and the group's removal when it is left empty with no offsets. Returns what to fsync.
+    fn offsets_removed(
+        &self,
+        broker: Option<&Broker>,
+        g: &mut Group,
+        removed: &[(String, i32)],
+        cx: &Cx,
+    ) -> Option<(Arc<Log>, i64)> {
+        self.offsets_total
+            .fetch_sub(removed.len(), Ordering::AcqRel);
+        let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
+        let flush = broker.and_then(|b| self.write_tombstones(b, &g.id, removed, now_dead));
+        if now_dead {
+            tracing::info!(group = %g.id, "removing group: it is empty and has no offsets left");
+            g.mark_dead(cx);
+            self.forget(g);
+        }
+        flush
     }
 
     // ------------------------------------------------------------------------------------------
