@@ -15,7 +15,9 @@
 //!
 //! Timers: one task sleeps until the earliest deadline of any group (session timeouts, join
 //! and sync phases, the initial rebalance delay, offset expiry) and is woken when an operation
-//! sets an earlier one.
+//! sets an earlier one. A deadline queue (`timers`) says which groups are due, so a pass looks
+//! only at those, not at every group. Its lock is taken last: under a group's lock, never the
+//! reverse.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use super::records::{
     self, GroupValue, MemberValue, RecordKey, decode_group_value, decode_key, decode_offset_value,
 };
 use super::state::{Cx, Group, JoinStep, SyncStep};
+use super::timers::DeadlineQueue;
 use super::{
     GroupConfig, GroupState, MAX_GROUPS, MAX_MEMBER_METADATA_BYTES, MAX_OFFSETS_PER_GROUP,
     MAX_OFFSETS_TOTAL, MAX_PROTOCOLS_PER_MEMBER, OFFSETS_TOPIC, partition_for,
@@ -240,6 +243,8 @@ pub struct GroupCoordinator {
     topic_lock: tokio::sync::Mutex<()>,
     offsets_total: AtomicUsize,
     wake: Arc<Notify>,
+    /// Which group is due when.
+    timers: Mutex<DeadlineQueue>,
     /// When the timer task will next wake; `None` while it scans.
     next_wake: Mutex<Option<Instant>>,
     next_expiry_check: Mutex<Instant>,
@@ -281,6 +286,7 @@ impl GroupCoordinator {
             topic_lock: tokio::sync::Mutex::new(()),
             offsets_total: AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
+            timers: Mutex::new(DeadlineQueue::default()),
             next_wake: Mutex::new(None),
             next_expiry_check: Mutex::new(Instant::now() + check_every),
             stopped: AtomicBool::new(false),
@@ -358,7 +364,9 @@ impl GroupCoordinator {
     fn after_op(&self, broker: Option<&Broker>, g: &mut Group) {
         self.persist_if_dirty(broker, g);
         g.hint = g.next_deadline();
-        if let Some(at) = g.hint {
+        if let Some(at) = g.hint
+            && self.timers.lock().schedule(&g.id, at)
+        {
             self.schedule(at);
         }
     }
@@ -372,7 +380,8 @@ impl GroupCoordinator {
         }
     }
 
-    /// One pass of the timer task: fires what is due, returns when to run again.
+    /// One pass of the timer task: fires what is due, returns when to run again. Looks only
+    /// at the groups whose deadline has passed.
     fn tick(&self) -> Instant {
         *self.next_wake.lock() = None;
         let now = Instant::now();
@@ -382,25 +391,35 @@ impl GroupCoordinator {
             config: &self.config,
         };
         let broker = self.broker.get().and_then(WeakBroker::upgrade);
-        let mut next = now + Duration::from_secs(60);
-        for g in self.snapshot() {
-            let mut g = g.lock();
+        let due = self.timers.lock().pop_due(now);
+        for id in due {
+            // Gone since it was scheduled; a group made later under the same name schedules itself.
+            let Some(group) = self.existing(&id) else {
+                continue;
+            };
+            let mut g = group.lock();
+            // An entry may be earlier than the group's deadline (a heartbeat moved it later).
             if g.hint.is_some_and(|at| at <= now) {
                 g.fire_timers(&cx);
                 self.persist_if_dirty(broker.as_ref(), &mut g);
-                g.hint = g.next_deadline();
             }
+            g.hint = g.next_deadline();
             if let Some(at) = g.hint {
-                next = next.min(at);
+                self.timers.lock().schedule(&g.id, at);
             }
         }
+        let next = self
+            .timers
+            .lock()
+            .next()
+            .unwrap_or(now + Duration::from_secs(60));
         let expiry_due = *self.next_expiry_check.lock() <= now;
         if expiry_due {
             self.expire_offsets_at(cx.now_ms);
             *self.next_expiry_check.lock() =
                 now + Duration::from_millis(self.config.offsets_retention_check_interval_ms);
         }
-        next = next.min(*self.next_expiry_check.lock()).max(now + MIN_TICK);
+        let next = next.min(*self.next_expiry_check.lock()).max(now + MIN_TICK);
         *self.next_wake.lock() = Some(next);
         next
     }
@@ -551,6 +570,7 @@ impl GroupCoordinator {
             .is_some_and(|r| r.data_ptr().cast_const() == std::ptr::from_ref(g))
         {
             groups.remove(&g.id);
+            self.timers.lock().remove(&g.id);
         }
     }
 
@@ -667,6 +687,9 @@ impl GroupCoordinator {
             total += l.offsets.len();
             g.offsets = l.offsets;
             g.hint = g.next_deadline();
+            if let Some(at) = g.hint {
+                self.timers.lock().schedule(&id, at);
+            }
             groups.insert(id, Arc::new(Mutex::new(g)));
         }
         self.offsets_total.store(total, Ordering::Release);
@@ -1196,6 +1219,12 @@ impl GroupCoordinator {
             Some(g) => g.lock().describe(),
             None => dead(),
         }
+    }
+
+    /// Number of groups with a deadline in the timer queue (for tests).
+    #[cfg(test)]
+    pub(crate) fn scheduled_groups(&self) -> usize {
+        self.timers.lock().len()
     }
 
     /// The group's state, generation and member ids (for tests).

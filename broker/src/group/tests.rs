@@ -1056,3 +1056,42 @@ async fn offsets_of_a_topic_deleted_before_its_tombstones_were_written_are_dropp
         .fetch_offsets("g", Some(&[("t2".into(), 0)]), false);
     assert_eq!(fetched[0].2, None);
 }
+
+#[tokio::test]
+async fn group_timer_schedules_only_groups_with_deadlines() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let g = b.groups();
+    // Many groups with committed offsets and no members have nothing to time out.
+    for i in 0..200 {
+        let commit = OffsetCommit {
+            group_id: format!("idle-{i}"),
+            generation_id: -1,
+            offsets: vec![entry("t1", 0, i)],
+            ..OffsetCommit::default()
+        };
+        assert_eq!(g.commit_offsets(commit).await, vec![NONE]);
+    }
+    assert_eq!(g.scheduled_groups(), 0);
+    // One group with a member has a session deadline, and it still times out.
+    let short = JoinRequest {
+        session_timeout_ms: 200,
+        ..req("live", "")
+    };
+    let a = form_alone(&b, short, b"a").await;
+    assert_eq!(g.scheduled_groups(), 1);
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if state(&b, "live").0 == GroupState::Empty {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the silent member's session timed out");
+    assert_eq!(
+        g.heartbeat("live", &a, None, 1),
+        code(ResponseError::UnknownMemberId)
+    );
+    assert_eq!(g.scheduled_groups(), 0);
+}
