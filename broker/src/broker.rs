@@ -175,7 +175,8 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 
 impl Broker {
     /// Opens the data directory (creating it), recovers every partition log, and starts the
-    /// background work: retention, compaction and time-based flushes. Must run inside a Tokio runtime.
+    /// background work: retention, compaction, time-based flushes and producer id expiry.
+    /// Must run inside a Tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).at(&dir)?;
@@ -279,6 +280,11 @@ impl Broker {
                 b.run_timed_flushes().await;
             }),
         );
+        let producers_every =
+            Duration::from_millis(self.inner.config.producer_id_expiration_check_interval_ms);
+        tasks.push(self.spawn_periodic(producers_every, |b| async move {
+            b.expire_producers(now_ms());
+        }));
     }
 
     fn spawn_periodic<F, Fut>(&self, every: Duration, job: F) -> JoinHandle<()>
@@ -670,6 +676,22 @@ impl Broker {
             }
         }
         deleted
+    }
+
+    /// Forgets idempotent producers idle for `producer.id.expiration.ms` as of `now_ms`, in
+    /// every partition. Runs every `producer.id.expiration.check.interval.ms`. Returns how many
+    /// were forgotten.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        let expiration_ms = self.inner.config.producer_id_expiration_ms;
+        let expired: usize = self
+            .all_logs()
+            .iter()
+            .map(|log| log.expire_producers(now_ms, expiration_ms))
+            .sum();
+        if expired > 0 {
+            tracing::info!(expired, expiration_ms, "forgot idle idempotent producers");
+        }
+        expired
     }
 
     /// Runs one compaction pass over every compacted partition now.

@@ -279,6 +279,10 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// `log.cleaner.backoff.ms`: how often the compaction cleaner looks for work.
     pub cleaner_backoff_ms: u64,
+    /// `producer.id.expiration.ms`: idempotent producers idle this long are forgotten.
+    pub producer_id_expiration_ms: i64,
+    /// `producer.id.expiration.check.interval.ms`: how often idle producers are looked for.
+    pub producer_id_expiration_check_interval_ms: u64,
     /// Topic defaults (`log.retention.*`, `log.segment.bytes`, `message.max.bytes`, ...).
     pub log: LogConfig,
     /// The Kafka protocol listener and group coordinator.
@@ -418,6 +422,8 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             retention_check_interval_ms: 300_000,
             cleaner_backoff_ms: 15_000,
+            producer_id_expiration_ms: DAY_MS,
+            producer_id_expiration_check_interval_ms: 600_000,
             log: LogConfig::default(),
             kafka: KafkaConfig::default(),
         }
@@ -456,7 +462,10 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "log.segment.bytes",
     "message.max.bytes",
     "num.partitions",
+    "producer.id.expiration.check.interval.ms",
+    "producer.id.expiration.ms",
 ];
+
 
 /// The server keys that set the broker-wide default of a topic key, most specific first (the
 /// order in which Kafka lists them as synonyms). Empty for topic keys with no server key here.
@@ -588,6 +597,13 @@ impl BrokerConfig {
             "offsets.retention.minutes" => {
                 self.kafka.offsets_retention_minutes = parse_at_least(key, value, 1)?
             }
+            "producer.id.expiration.ms" => {
+                self.producer_id_expiration_ms = i64::from(parse_i32_at_least(key, value, 1)?)
+            }
+            "producer.id.expiration.check.interval.ms" => {
+                self.producer_id_expiration_check_interval_ms =
+                    parse_i32_at_least(key, value, 1)? as u64
+            }
             _ => {
                 return Err(BrokerError::InvalidConfig(format!(
                     "unknown server config '{key}'; known keys: {}",
@@ -643,6 +659,10 @@ impl BrokerConfig {
             "log.segment.bytes" => topic("segment.bytes")?,
             "message.max.bytes" => topic("max.message.bytes")?,
             "num.partitions" => self.num_partitions.to_string(),
+            "producer.id.expiration.check.interval.ms" => {
+                self.producer_id_expiration_check_interval_ms.to_string()
+            }
+            "producer.id.expiration.ms" => self.producer_id_expiration_ms.to_string(),
             _ => return None,
         })
     }
@@ -726,6 +746,26 @@ mod tests {
         assert_eq!(b.get("log.retention.minutes").as_deref(), Some("300"));
         assert_eq!(b.get("no.such.key"), None);
         assert_eq!(b.entries().len(), BROKER_CONFIG_KEYS.len());
+    }
+
+    #[test]
+    fn producer_id_expiration_keys_take_kafkas_defaults_and_limits() {
+        let mut b = BrokerConfig::default();
+        assert_eq!(
+            b.get("producer.id.expiration.ms").as_deref(),
+            Some("86400000")
+        );
+        assert_eq!(
+            b.get("producer.id.expiration.check.interval.ms").as_deref(),
+            Some("600000")
+        );
+        assert!(b.set("producer.id.expiration.ms", "0").is_err());
+        assert!(
+            b.set("producer.id.expiration.ms", "3000000000").is_err(),
+            "an int, as in Kafka"
+        );
+        b.set("producer.id.expiration.ms", "50").ok();
+        assert_eq!(b.producer_id_expiration_ms, 50);
     }
 
     #[test]
