@@ -466,6 +466,68 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "producer.id.expiration.ms",
 ];
 
+/// Server keys Kafka users carry over that mean nothing to Quiver, each with why. A config file
+/// or environment variable may give them: they are accepted with a warning, not refused.
+pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
+    ("zookeeper.connect", NO_ZOOKEEPER),
+    ("zookeeper.connection.timeout.ms", NO_ZOOKEEPER),
+    ("zookeeper.session.timeout.ms", NO_ZOOKEEPER),
+    ("zookeeper.set.acl", NO_ZOOKEEPER),
+    ("zookeeper.metadata.migration.enable", NO_ZOOKEEPER),
+    ("process.roles", NO_KRAFT),
+    ("controller.quorum.voters", NO_KRAFT),
+    ("controller.quorum.bootstrap.servers", NO_KRAFT),
+    ("controller.listener.names", NO_KRAFT),
+    ("controller.quorum.election.timeout.ms", NO_KRAFT),
+    ("controller.quorum.fetch.timeout.ms", NO_KRAFT),
+    ("metadata.log.dir", NO_KRAFT),
+    ("inter.broker.listener.name", SINGLE_NODE),
+    ("listener.security.protocol.map", PLAINTEXT_ONLY),
+    ("broker.rack", SINGLE_NODE),
+    ("default.replication.factor", SINGLE_NODE),
+    ("min.insync.replicas", SINGLE_NODE),
+    ("offsets.topic.replication.factor", SINGLE_NODE),
+    ("transaction.state.log.replication.factor", SINGLE_NODE),
+    ("transaction.state.log.min.isr", SINGLE_NODE),
+    (
+        "share.coordinator.state.topic.replication.factor",
+        SINGLE_NODE,
+    ),
+    ("share.coordinator.state.topic.min.isr", SINGLE_NODE),
+    ("unclean.leader.election.enable", SINGLE_NODE),
+    ("auto.leader.rebalance.enable", SINGLE_NODE),
+    ("num.replica.fetchers", SINGLE_NODE),
+    ("replica.lag.time.max.ms", SINGLE_NODE),
+    ("num.network.threads", THREADS),
+    ("num.io.threads", THREADS),
+    ("num.recovery.threads.per.data.dir", THREADS),
+    ("background.threads", THREADS),
+    ("socket.send.buffer.bytes", SOCKET_BUFFERS),
+    ("socket.receive.buffer.bytes", SOCKET_BUFFERS),
+    ("metric.reporters", NO_JMX),
+    ("kafka.metrics.reporters", NO_JMX),
+    ("kafka.metrics.polling.interval.secs", NO_JMX),
+    ("auto.include.jmx.reporter", NO_JMX),
+    ("metrics.num.samples", NO_JMX),
+    ("metrics.sample.window.ms", NO_JMX),
+    ("metrics.recording.level", NO_JMX),
+];
+
+const NO_ZOOKEEPER: &str = "Quiver keeps its metadata in the data directory and needs no ZooKeeper";
+const NO_KRAFT: &str = "Quiver is one node with its metadata in the data directory; there is no KRaft controller quorum";
+const SINGLE_NODE: &str = "Quiver is a single node: every partition has one replica, on this node";
+const PLAINTEXT_ONLY: &str = "Quiver's listeners are PLAINTEXT";
+const THREADS: &str = "Quiver sizes its async runtime to the machine's cores";
+const SOCKET_BUFFERS: &str = "Quiver leaves socket buffer sizes to the operating system";
+const NO_JMX: &str = "Quiver has no JMX and loads no metrics reporters";
+
+/// Why a server key has no effect in Quiver, if it is one of [`NO_EFFECT_KEYS`].
+pub fn no_effect(key: &str) -> Option<&'static str> {
+    NO_EFFECT_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, why)| *why)
+}
 
 /// The server keys that set the broker-wide default of a topic key, most specific first (the
 /// order in which Kafka lists them as synonyms). Empty for topic keys with no server key here.
@@ -746,6 +808,16 @@ mod tests {
         assert_eq!(b.get("log.retention.minutes").as_deref(), Some("300"));
         assert_eq!(b.get("no.such.key"), None);
         assert_eq!(b.entries().len(), BROKER_CONFIG_KEYS.len());
+    }
+
+    #[test]
+    fn no_effect_keys_are_not_server_keys() {
+        for (key, why) in NO_EFFECT_KEYS {
+            assert!(!BROKER_CONFIG_KEYS.contains(key), "{key} is both");
+            assert_eq!(no_effect(key), Some(*why));
+            assert!(BrokerConfig::default().set(key, "1").is_err(), "{key}");
+        }
+        assert_eq!(no_effect("log.dirs"), None);
     }
 
     #[test]
