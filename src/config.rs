@@ -1,13 +1,20 @@
-//! Where the broker's settings come from, in one place: Kafka's defaults, then a TOML file with
-//! Kafka's server key names, then `QUIVER_*` environment variables, then command-line flags.
-//! Later sources win. Every key is checked by [`BrokerConfig::set`], so an unknown or bad key is
-//! an error naming its source, never silently ignored.
+//! Where the broker's settings come from, in one place: Kafka's defaults, then a config file
+//! with Kafka's server key names (Kafka's `server.properties` format, or TOML), then `QUIVER_*`
+//! environment variables, then command-line flags. Later sources win. Every key is checked by
+//! [`BrokerConfig::set`], so an unknown or bad key is an error naming its source (with the line,
+//! in a properties file), never silently ignored. Keys Kafka users carry over that mean nothing
+//! here ([`NO_EFFECT_KEYS`](quiver_broker::config::NO_EFFECT_KEYS): ZooKeeper, KRaft quorum,
+//! replication, thread counts, JMX) are accepted with a one-line warning each.
+//!
+//! Which format a file is in: `*.properties` is Java properties, `*.toml` is TOML, and any other
+//! name is TOML when it parses as TOML and Java properties otherwise.
 
 use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use quiver_broker::BrokerConfig;
+use quiver_broker::config::no_effect;
 
 /// Environment variables with this prefix set server keys: `QUIVER_LOG_RETENTION_HOURS=1` is
 /// `log.retention.hours=1`.
@@ -15,6 +22,15 @@ pub const ENV_PREFIX: &str = "QUIVER_";
 
 /// Largest config file read; a real one is a few hundred bytes.
 const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// One setting of a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSetting {
+    pub key: String,
+    pub value: String,
+    /// The line it is on (properties files; TOML keys are not tracked to lines).
+    pub line: Option<usize>,
+}
 
 /// Builds the broker's settings from, in rising precedence: defaults, `file`, the `QUIVER_*`
 /// variables in `env`, and the `--data-dir` flag.
@@ -24,17 +40,38 @@ pub fn resolve(
     data_dir: Option<&Path>,
 ) -> Result<BrokerConfig> {
     let mut config = BrokerConfig::default();
+    let file_settings = match file {
+        Some(path) => read_file(path)?,
+        None => Vec::new(),
+    };
+    let env = env_settings(env)?;
+    // Kafka's combined-mode files list the controller's listener beside the broker's; it is
+    // named by `controller.listener.names`, which may come after `listeners`.
+    let controller_listeners: Vec<String> = file_settings
+        .iter()
+        .map(|s| (s.key.as_str(), s.value.as_str()))
+        .chain(env.iter().map(|(_, k, v)| (k.as_str(), v.as_str())))
+        .rfind(|(k, _)| *k == "controller.listener.names")
+        .map(|(_, v)| list_items(v))
+        .unwrap_or_default();
     if let Some(path) = file {
-        for (key, value) in read_file(path)? {
-            config
-                .set(&key, &value)
-                .with_context(|| path.display().to_string())?;
+        for s in &file_settings {
+            let source = match s.line {
+                Some(line) => format!("{}:{line}", path.display()),
+                None => path.display().to_string(),
+            };
+            apply(
+                &mut config,
+                &s.key,
+                &s.value,
+                &source,
+                &controller_listeners,
+            )?;
         }
     }
-    for (var, key, value) in env_settings(env)? {
-        config
-            .set(&key, &value)
-            .with_context(|| format!("environment variable {var}"))?;
+    for (var, key, value) in &env {
+        let source = format!("environment variable {var}");
+        apply(&mut config, key, value, &source, &controller_listeners)?;
     }
     if let Some(dir) = data_dir {
         // Set directly rather than through `log.dirs`, which splits on ',' and wants UTF-8.
@@ -43,8 +80,86 @@ pub fn resolve(
     Ok(config)
 }
 
-/// Reads a TOML config file into `(key, value)` pairs with dotted Kafka key names.
-pub fn read_file(path: &Path) -> Result<Vec<(String, String)>> {
+/// Sets one key from `source`: keys with no effect in Quiver are skipped with a warning, and
+/// controller listeners are dropped from `listeners` and `advertised.listeners`.
+fn apply(
+    config: &mut BrokerConfig,
+    key: &str,
+    value: &str,
+    source: &str,
+    controller_listeners: &[String],
+) -> Result<()> {
+    if let Some(why) = no_effect(key) {
+        tracing::warn!("{source}: {key} has no effect in Quiver: {why}");
+        return Ok(());
+    }
+    let value = if matches!(key, "listeners" | "advertised.listeners") {
+        without_controller_listeners(key, value, source, controller_listeners)?
+    } else {
+        value.to_owned()
+    };
+    config.set(key, &value).with_context(|| source.to_owned())
+}
+
+/// `value` (a listener list) without the listeners named in `controller.listener.names`.
+fn without_controller_listeners(
+    key: &str,
+    value: &str,
+    source: &str,
+    controller: &[String],
+) -> Result<String> {
+    let all = list_items(value);
+    let (dropped, kept): (Vec<&String>, Vec<&String>) = all.iter().partition(|l| {
+        let name = l.split_once("://").map_or("", |(n, _)| n.trim());
+        controller.iter().any(|c| c.eq_ignore_ascii_case(name))
+    });
+    for l in &dropped {
+        tracing::warn!(
+            "{source}: {key} entry {l} has no effect in Quiver: it is a controller listener (controller.listener.names), and Quiver has no KRaft controller"
+        );
+    }
+    if kept.is_empty() && !dropped.is_empty() {
+        bail!(
+            "{source}: {key}={value:?} has only controller listeners; add a PLAINTEXT listener for clients, such as PLAINTEXT://:9092"
+        );
+    }
+    Ok(kept
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// The items of a comma-separated list, trimmed, without empty ones.
+fn list_items(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The formats a config file may be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Properties,
+    /// Decided by the content: TOML when it parses as TOML, else properties.
+    Either,
+}
+
+fn format_of(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("properties") => Format::Properties,
+        Some(e) if e.eq_ignore_ascii_case("toml") => Format::Toml,
+        _ => Format::Either,
+    }
+}
+
+/// Reads a config file (see the module docs for how its format is chosen) into settings with
+/// dotted Kafka key names.
+pub fn read_file(path: &Path) -> Result<Vec<FileSetting>> {
     let name = path.display();
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read config file {name}"))?;
@@ -56,7 +171,38 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, String)>> {
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read config file {name}"))?;
-    parse_toml(&text).with_context(|| name.to_string())
+    let from_toml = |pairs: Vec<(String, String)>| {
+        pairs
+            .into_iter()
+            .map(|(key, value)| FileSetting {
+                key,
+                value,
+                line: None,
+            })
+            .collect()
+    };
+    match format_of(path) {
+        Format::Toml => Ok(from_toml(
+            parse_toml(&text).with_context(|| name.to_string())?,
+        )),
+        Format::Properties => parse_properties(&text).with_context(|| name.to_string()),
+        Format::Either => match parse_toml(&text) {
+            Ok(pairs) => Ok(from_toml(pairs)),
+            Err(_) => parse_properties(&text).with_context(|| name.to_string()),
+        },
+    }
+}
+
+/// Parses Kafka's `server.properties` format. Values are trimmed, as Kafka trims them.
+pub fn parse_properties(text: &str) -> Result<Vec<FileSetting>> {
+    Ok(crate::properties::parse(text)?
+        .into_iter()
+        .map(|p| FileSetting {
+            key: p.key,
+            value: p.value.trim().to_owned(),
+            line: Some(p.line),
+        })
+        .collect())
 }
 
 /// Parses TOML into dotted keys. TOML reads `log.dirs = "x"` as a table `log` holding `dirs`,
@@ -265,5 +411,171 @@ mod tests {
             err.starts_with("cannot read config file /no/such/quiver.toml: "),
             "{err}"
         );
+    }
+
+    /// A realistic Kafka KRaft `server.properties` (the keys of Kafka's stock file).
+    const KAFKA_SERVER_PROPERTIES: &str =
+        include_str!("../tests/data/kafka-kraft-server.properties");
+
+    fn write(dir: &Path, name: &str, text: &str) -> Result<std::path::PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    #[test]
+    fn kafka_stock_server_properties_is_read_with_its_meaning() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = write(dir.path(), "server.properties", KAFKA_SERVER_PROPERTIES)?;
+        let c = resolve(Some(&file), env(&[]), None)?;
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/kraft-combined-logs"));
+        assert_eq!(c.kafka.node_id, 1);
+        assert_eq!(c.num_partitions, 1);
+        assert_eq!(c.log.retention_ms, Some(168 * 3_600_000));
+        assert_eq!(c.kafka.socket_request_max_bytes, 104_857_600);
+        // The controller listener is dropped; the broker's stays.
+        assert_eq!(
+            c.get("listeners").as_deref(),
+            Some("PLAINTEXT://:9092"),
+            "listeners"
+        );
+        assert_eq!(
+            c.get("advertised.listeners").as_deref(),
+            Some("PLAINTEXT://localhost:9092")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn typo_in_a_properties_file_is_refused_naming_file_and_line() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let text = format!("{KAFKA_SERVER_PROPERTIES}\nlog.retention.hour=24\n");
+        let line = text.lines().count();
+        let file = write(dir.path(), "server.properties", &text)?;
+        let err = format!(
+            "{:#}",
+            resolve(Some(&file), env(&[]), None)
+                .err()
+                .ok_or_else(|| anyhow!("accepted"))?
+        );
+        assert!(
+            err.starts_with(&format!(
+                "{}:{line}: invalid config: unknown server config 'log.retention.hour'; known keys: ",
+                file.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("log.retention.hours"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn properties_values_are_trimmed_and_continued_as_kafka_reads_them() -> Result<()> {
+        let pairs: Vec<(String, String, Option<usize>)> = parse_properties(
+            "num.partitions = 3   \nlisteners: PLAINTEXT://127.0.0.1:1,\\\n   PLAINTEXT://[::1]:2\n",
+        )?
+        .into_iter()
+        .map(|s| (s.key, s.value, s.line))
+        .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("num.partitions".into(), "3".into(), Some(1)),
+                (
+                    "listeners".into(),
+                    "PLAINTEXT://127.0.0.1:1,PLAINTEXT://[::1]:2".into(),
+                    Some(2)
+                ),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn file_format_is_chosen_by_extension_then_by_content() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        // Not TOML (an unquoted string), so any name but *.toml reads it as properties.
+        let props = "log.dirs=/p\nnum.partitions=2\n";
+        for name in ["server.properties", "server.conf", "server"] {
+            let file = write(dir.path(), name, props)?;
+            let c = resolve(Some(&file), env(&[]), None)?;
+            assert_eq!(
+                (c.data_dir, c.num_partitions),
+                (PathBuf::from("/p"), 2),
+                "{name}"
+            );
+        }
+        let file = write(dir.path(), "server.toml", props)?;
+        let err = format!(
+            "{:#}",
+            resolve(Some(&file), env(&[]), None)
+                .err()
+                .ok_or_else(|| anyhow!("accepted"))?
+        );
+        assert!(err.contains("not valid TOML"), "{err}");
+        // TOML content under another name is TOML: its quotes are not part of the value.
+        let file = write(dir.path(), "server.conf", "log.dirs = \"/t\"\n")?;
+        assert_eq!(
+            resolve(Some(&file), env(&[]), None)?.data_dir,
+            PathBuf::from("/t")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn keys_with_no_effect_are_accepted_from_file_and_env() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = write(
+            dir.path(),
+            "server.properties",
+            "zookeeper.connect=localhost:2181\nnum.io.threads=8\nnum.partitions=2\n",
+        )?;
+        let c = resolve(
+            Some(&file),
+            env(&[("QUIVER_DEFAULT_REPLICATION_FACTOR", "3")]),
+            None,
+        )?;
+        assert_eq!(c.num_partitions, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn only_controller_listeners_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = write(
+            dir.path(),
+            "controller.properties",
+            "listeners=CONTROLLER://:9093\ncontroller.listener.names=CONTROLLER\n",
+        )?;
+        let err = format!(
+            "{:#}",
+            resolve(Some(&file), env(&[]), None)
+                .err()
+                .ok_or_else(|| anyhow!("accepted"))?
+        );
+        assert!(
+            err.starts_with(&format!(
+                "{}:1: listeners=\"CONTROLLER://:9093\" has only controller listeners",
+                file.display()
+            )),
+            "{err}"
+        );
+        // Without controller.listener.names it is an unsupported listener, as before.
+        let file = write(
+            dir.path(),
+            "other.properties",
+            "listeners=CONTROLLER://:9093\n",
+        )?;
+        let err = format!(
+            "{:#}",
+            resolve(Some(&file), env(&[]), None)
+                .err()
+                .ok_or_else(|| anyhow!("accepted"))?
+        );
+        assert!(
+            err.contains("only PLAINTEXT listeners are supported"),
+            "{err}"
+        );
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use quiver_broker::Broker;
-use quiver_broker::config::BROKER_CONFIG_KEYS;
+use quiver_broker::config::{BROKER_CONFIG_KEYS, NO_EFFECT_KEYS};
 use quiver_broker::kafka::KafkaServer;
 
 use crate::data_dir::{self, Intent};
@@ -17,8 +17,9 @@ use crate::signal::StopSignals;
 #[derive(Debug, clap::Args)]
 #[command(after_help = server_help())]
 pub struct ServerArgs {
-    /// Config file: TOML with Kafka's server key names, e.g. `log.dirs = "/var/lib/quiver"`,
-    /// `num.partitions = 3`, `log.retention.hours = 168`
+    /// Config file with Kafka's server key names: Kafka's server.properties format
+    /// (`log.dirs=/var/lib/quiver`; a file named *.properties, or any file that is not TOML) or
+    /// TOML (`log.dirs = "/var/lib/quiver"`)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -39,8 +40,14 @@ pub struct ServerArgs {
 fn server_help() -> String {
     format!(
         "Settings come from the --config file, then QUIVER_* environment variables (QUIVER_NUM_PARTITIONS=3 \
-         sets num.partitions), then flags; later ones win.\n\nServer keys: {}",
-        BROKER_CONFIG_KEYS.join(", ")
+         sets num.partitions), then flags; later ones win.\n\nServer keys: {}\n\nAccepted with a warning that \
+         they have no effect (Kafka settings for ZooKeeper, KRaft, replication, threads and JMX): {}",
+        BROKER_CONFIG_KEYS.join(", "),
+        NO_EFFECT_KEYS
+            .iter()
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

@@ -253,3 +253,80 @@ fn bad_settings_are_refused_naming_their_source() {
         "a refused start created the data directory"
     );
 }
+
+/// A Kafka KRaft `server.properties` with the keys of Kafka's stock file.
+const KAFKA_SERVER_PROPERTIES: &str = include_str!("data/kafka-kraft-server.properties");
+
+#[test]
+fn kafka_stock_server_properties_starts_the_server() {
+    let d = DataDir::new();
+    let file = d.tmp().join("server.properties");
+    std::fs::write(&file, KAFKA_SERVER_PROPERTIES).expect("write config");
+    let config = file.to_str().expect("utf-8 path");
+
+    // The data directory and listener flags win over the file's log.dirs and listeners.
+    let server = Server::start(&["--config", config, "--data-dir", d.arg()], &[]);
+    assert_ready(&server.ready, ready_line(d.path(), "0 topics"));
+    server.signal("TERM");
+    let out = server.wait().ok();
+    assert_eq!(out.stdout, "quiver server stopped\n");
+    let line_of = |key: &str| {
+        KAFKA_SERVER_PROPERTIES
+            .lines()
+            .position(|l| l.starts_with(&format!("{key}=")))
+            .expect("the key is in the file")
+            + 1
+    };
+    // One warning line per key that means nothing here, naming where it is.
+    for key in [
+        "process.roles",
+        "controller.quorum.voters",
+        "num.recovery.threads.per.data.dir",
+        "offsets.topic.replication.factor",
+    ] {
+        let line = line_of(key);
+        let warning = format!("{config}:{line}: {key} has no effect in Quiver: ");
+        assert_eq!(
+            out.stderr.matches(&warning).count(),
+            1,
+            "{warning}\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains(&format!(
+            "{config}:{}: listeners entry CONTROLLER://:9093 has no effect in Quiver",
+            line_of("listeners")
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn typo_in_server_properties_is_refused_naming_file_and_line() {
+    let d = DataDir::new();
+    let file = d.tmp().join("server.properties");
+    let text = KAFKA_SERVER_PROPERTIES.replace("num.partitions=1", "num.partitons=1");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("num.partitons="))
+        .expect("the typo is in the file")
+        + 1;
+    std::fs::write(&file, text).expect("write config");
+    let config = file.to_str().expect("utf-8 path");
+    let stderr = common::run(&["server", "--config", config, "--data-dir", d.arg()], b"").failed();
+    // The warnings about keys read before it come first; the error is the last line.
+    let err = stderr.lines().last().unwrap_or_default();
+    assert!(
+        err.starts_with(&format!(
+            "error: {config}:{line}: invalid config: unknown server config 'num.partitons'; known keys: "
+        )),
+        "{stderr}"
+    );
+    assert!(err.contains("num.partitions"), "{err}");
+    assert!(
+        !d.path().exists(),
+        "a refused start created the data directory"
+    );
+}

@@ -180,7 +180,8 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 impl Broker {
     /// Opens the data directory (creating it), recovers every partition log (on blocking
     /// threads, several at once), and starts the background work: retention, compaction,
-    /// time-based flushes and each partition's flusher. Must run inside a Tokio runtime.
+    /// time-based flushes, producer id expiry and each partition's flusher. Must run inside a
+    /// Tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).at(&dir)?;
@@ -281,6 +282,11 @@ impl Broker {
                 b.run_timed_flushes().await;
             }),
         );
+        let producers_every =
+            Duration::from_millis(self.inner.config.producer_id_expiration_check_interval_ms);
+        tasks.push(self.spawn_periodic(producers_every, |b| async move {
+            b.expire_producers(now_ms());
+        }));
     }
 
     fn spawn_periodic<F, Fut>(&self, every: Duration, job: F) -> JoinHandle<()>
@@ -392,7 +398,8 @@ impl Broker {
         Ok((partitions, config))
     }
 
-    /// Deletes a topic and its data.
+    /// Deletes a topic and its data, and every group's committed offsets of it. Internal
+    /// topics are refused.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let removed = {
             let _catalog = self.inner.catalog_lock.lock();
@@ -400,6 +407,7 @@ impl Broker {
             let removed = next
                 .remove(name)
                 .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            topic::refuse_internal(name, "deleted")?;
             self.persist(&next)?;
             *self.inner.topics.write() = next;
             removed
@@ -408,6 +416,7 @@ impl Broker {
             log.delete()?;
         }
         tracing::info!(topic = %name, "deleted topic");
+        self.inner.groups.remove_topic_offsets(self, name).await;
         Ok(())
     }
 
@@ -459,7 +468,7 @@ impl Broker {
         })
     }
 
-    /// Raises a topic's partition count to `total`.
+    /// Raises a topic's partition count to `total`. Internal topics are refused.
     pub async fn add_partitions(&self, name: &str, total: i32) -> Result<TopicDescription> {
         {
             let _catalog = self.inner.catalog_lock.lock();
@@ -468,6 +477,7 @@ impl Broker {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            topic::refuse_internal(name, "re-partitioned")?;
             if total <= t.meta.partitions {
                 return Err(BrokerError::InvalidPartitions(format!(
                     "topic '{name}' has {} partitions; the new count {total} must be larger (partitions cannot be removed)",
@@ -501,7 +511,8 @@ impl Broker {
         self.describe_topic(name)
     }
 
-    /// Changes topic configs. All changes are checked before any takes effect.
+    /// Changes topic configs. All changes are checked before any takes effect. Internal topics
+    /// are refused.
     pub async fn alter_topic_config(
         &self,
         name: &str,
@@ -514,6 +525,7 @@ impl Broker {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))?;
+            topic::refuse_internal(name, "reconfigured")?;
             let mut overrides = t.meta.configs.clone();
             for change in changes {
                 match change {
@@ -674,6 +686,22 @@ impl Broker {
             }
         }
         deleted
+    }
+
+    /// Forgets idempotent producers idle for `producer.id.expiration.ms` as of `now_ms`, in
+    /// every partition. Runs every `producer.id.expiration.check.interval.ms`. Returns how many
+    /// were forgotten.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        let expiration_ms = self.inner.config.producer_id_expiration_ms;
+        let expired: usize = self
+            .all_logs()
+            .iter()
+            .map(|log| log.expire_producers(now_ms, expiration_ms))
+            .sum();
+        if expired > 0 {
+            tracing::info!(expired, expiration_ms, "forgot idle idempotent producers");
+        }
+        expired
     }
 
     /// Runs one compaction pass over every compacted partition now.

@@ -329,6 +329,10 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// `log.cleaner.backoff.ms`: how often the compaction cleaner looks for work.
     pub cleaner_backoff_ms: u64,
+    /// `producer.id.expiration.ms`: idempotent producers idle this long are forgotten.
+    pub producer_id_expiration_ms: i64,
+    /// `producer.id.expiration.check.interval.ms`: how often idle producers are looked for.
+    pub producer_id_expiration_check_interval_ms: u64,
     /// Topic defaults (`log.retention.*`, `log.segment.bytes`, `message.max.bytes`, ...).
     pub log: LogConfig,
     /// The Kafka protocol listener and group coordinator.
@@ -486,6 +490,8 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             retention_check_interval_ms: 300_000,
             cleaner_backoff_ms: 15_000,
+            producer_id_expiration_ms: DAY_MS,
+            producer_id_expiration_check_interval_ms: 600_000,
             log: LogConfig::default(),
             kafka: KafkaConfig::default(),
         }
@@ -532,7 +538,72 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "log.segment.bytes",
     "message.max.bytes",
     "num.partitions",
+    "producer.id.expiration.check.interval.ms",
+    "producer.id.expiration.ms",
 ];
+
+/// Server keys Kafka users carry over that mean nothing to Quiver, each with why. A config file
+/// or environment variable may give them: they are accepted with a warning, not refused.
+pub const NO_EFFECT_KEYS: &[(&str, &str)] = &[
+    ("zookeeper.connect", NO_ZOOKEEPER),
+    ("zookeeper.connection.timeout.ms", NO_ZOOKEEPER),
+    ("zookeeper.session.timeout.ms", NO_ZOOKEEPER),
+    ("zookeeper.set.acl", NO_ZOOKEEPER),
+    ("zookeeper.metadata.migration.enable", NO_ZOOKEEPER),
+    ("process.roles", NO_KRAFT),
+    ("controller.quorum.voters", NO_KRAFT),
+    ("controller.quorum.bootstrap.servers", NO_KRAFT),
+    ("controller.listener.names", NO_KRAFT),
+    ("controller.quorum.election.timeout.ms", NO_KRAFT),
+    ("controller.quorum.fetch.timeout.ms", NO_KRAFT),
+    ("metadata.log.dir", NO_KRAFT),
+    ("inter.broker.listener.name", SINGLE_NODE),
+    ("listener.security.protocol.map", PLAINTEXT_ONLY),
+    ("broker.rack", SINGLE_NODE),
+    ("default.replication.factor", SINGLE_NODE),
+    ("min.insync.replicas", SINGLE_NODE),
+    ("offsets.topic.replication.factor", SINGLE_NODE),
+    ("transaction.state.log.replication.factor", SINGLE_NODE),
+    ("transaction.state.log.min.isr", SINGLE_NODE),
+    (
+        "share.coordinator.state.topic.replication.factor",
+        SINGLE_NODE,
+    ),
+    ("share.coordinator.state.topic.min.isr", SINGLE_NODE),
+    ("unclean.leader.election.enable", SINGLE_NODE),
+    ("auto.leader.rebalance.enable", SINGLE_NODE),
+    ("num.replica.fetchers", SINGLE_NODE),
+    ("replica.lag.time.max.ms", SINGLE_NODE),
+    ("num.network.threads", THREADS),
+    ("num.io.threads", THREADS),
+    ("num.recovery.threads.per.data.dir", THREADS),
+    ("background.threads", THREADS),
+    ("socket.send.buffer.bytes", SOCKET_BUFFERS),
+    ("socket.receive.buffer.bytes", SOCKET_BUFFERS),
+    ("metric.reporters", NO_JMX),
+    ("kafka.metrics.reporters", NO_JMX),
+    ("kafka.metrics.polling.interval.secs", NO_JMX),
+    ("auto.include.jmx.reporter", NO_JMX),
+    ("metrics.num.samples", NO_JMX),
+    ("metrics.sample.window.ms", NO_JMX),
+    ("metrics.recording.level", NO_JMX),
+];
+
+const NO_ZOOKEEPER: &str = "Quiver keeps its metadata in the data directory and needs no ZooKeeper";
+const NO_KRAFT: &str = "Quiver is one node with its metadata in the data directory; there is no KRaft controller quorum";
+const SINGLE_NODE: &str = "Quiver is a single node: every partition has one replica, on this node";
+const PLAINTEXT_ONLY: &str = "Quiver's listeners are PLAINTEXT";
+const THREADS: &str = "Quiver sizes its async runtime to the machine's cores";
+const SOCKET_BUFFERS: &str = "Quiver leaves socket buffer sizes to the operating system";
+const NO_JMX: &str = "Quiver has no JMX and loads no metrics reporters";
+
+/// Why a server key has no effect in Quiver, if it is one of [`NO_EFFECT_KEYS`].
+pub fn no_effect(key: &str) -> Option<&'static str> {
+    NO_EFFECT_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, why)| *why)
+}
 
 /// The server keys that set the broker-wide default of a topic key, most specific first (the
 /// order in which Kafka lists them as synonyms). Empty for topic keys with no server key here.
@@ -686,6 +757,13 @@ impl BrokerConfig {
             "offsets.retention.minutes" => {
                 self.kafka.offsets_retention_minutes = parse_at_least(key, value, 1)?
             }
+            "producer.id.expiration.ms" => {
+                self.producer_id_expiration_ms = i64::from(parse_i32_at_least(key, value, 1)?)
+            }
+            "producer.id.expiration.check.interval.ms" => {
+                self.producer_id_expiration_check_interval_ms =
+                    parse_i32_at_least(key, value, 1)? as u64
+            }
             _ => {
                 return Err(BrokerError::InvalidConfig(format!(
                     "unknown server config '{key}'; known keys: {}",
@@ -749,6 +827,10 @@ impl BrokerConfig {
             "log.segment.bytes" => topic("segment.bytes")?,
             "message.max.bytes" => topic("max.message.bytes")?,
             "num.partitions" => self.num_partitions.to_string(),
+            "producer.id.expiration.check.interval.ms" => {
+                self.producer_id_expiration_check_interval_ms.to_string()
+            }
+            "producer.id.expiration.ms" => self.producer_id_expiration_ms.to_string(),
             _ => return None,
         })
     }
@@ -855,6 +937,36 @@ mod tests {
         assert!(b.set("connections.max.idle.ms", "0").is_err());
         b.set("max.connections.per.ip", "0").ok();
         assert_eq!(b.kafka.max_connections_per_ip, 0);
+    }
+
+    #[test]
+    fn no_effect_keys_are_not_server_keys() {
+        for (key, why) in NO_EFFECT_KEYS {
+            assert!(!BROKER_CONFIG_KEYS.contains(key), "{key} is both");
+            assert_eq!(no_effect(key), Some(*why));
+            assert!(BrokerConfig::default().set(key, "1").is_err(), "{key}");
+        }
+        assert_eq!(no_effect("log.dirs"), None);
+    }
+
+    #[test]
+    fn producer_id_expiration_keys_take_kafkas_defaults_and_limits() {
+        let mut b = BrokerConfig::default();
+        assert_eq!(
+            b.get("producer.id.expiration.ms").as_deref(),
+            Some("86400000")
+        );
+        assert_eq!(
+            b.get("producer.id.expiration.check.interval.ms").as_deref(),
+            Some("600000")
+        );
+        assert!(b.set("producer.id.expiration.ms", "0").is_err());
+        assert!(
+            b.set("producer.id.expiration.ms", "3000000000").is_err(),
+            "an int, as in Kafka"
+        );
+        b.set("producer.id.expiration.ms", "50").ok();
+        assert_eq!(b.producer_id_expiration_ms, 50);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub enum BrokerError {
     #[error("topic '{0}' already exists")]
     TopicExists(String),
 
+    /// Deleting, re-partitioning or reconfiguring an internal topic (`__consumer_offsets`, ...),
+    /// which the broker manages itself.
+    #[error("topic '{topic}' is an internal topic managed by the broker; it cannot be {action}")]
+    InternalTopic { topic: String, action: &'static str },
+
     /// A partition count that is zero, negative, too large, or not an increase.
     #[error("invalid partition count: {0}")]
     InvalidPartitions(String),

@@ -1,7 +1,10 @@
 //! Topic names (Kafka's rules) and the persisted topic catalog (`topics.json` in the data
 //! directory, replaced atomically on every change).
+//!
+//! The catalog is checked entry by entry when it is read: a topic name becomes a directory name,
+//! so a hand-edited or damaged file must not point the broker outside its data directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
@@ -41,6 +44,26 @@ pub fn validate_name(name: &str) -> Result<()> {
         return bad(format!(
             "character {c:?} is not allowed; use ASCII letters, digits, '.', '_' and '-'"
         ));
+    }
+    Ok(())
+}
+
+/// Kafka's internal topics: group offsets and transaction state. They are created and managed by
+/// the broker; clients cannot delete, re-partition or reconfigure them.
+pub const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
+
+/// True for one of [`INTERNAL_TOPICS`].
+pub fn is_internal(name: &str) -> bool {
+    INTERNAL_TOPICS.contains(&name)
+}
+
+/// Refuses `action` ("deleted", "re-partitioned", "reconfigured") on an internal topic.
+pub fn refuse_internal(name: &str, action: &'static str) -> Result<()> {
+    if is_internal(name) {
+        return Err(BrokerError::InternalTopic {
+            topic: name.to_owned(),
+            action,
+        });
     }
     Ok(())
 }
@@ -86,8 +109,12 @@ struct CatalogFile {
 }
 
 const CATALOG: &str = "topics.json";
+/// The catalog layout this build writes and reads.
+const CATALOG_VERSION: u32 = 1;
 
-/// Reads the catalog; a missing file is an empty catalog.
+/// Reads the catalog; a missing file is an empty catalog. Every entry is checked (name, id,
+/// partition count, configs, no repeated name or id); the first bad one is a
+/// [`BrokerError::Corrupt`] naming the file and the entry.
 pub fn load_catalog(data_dir: &Path) -> Result<Vec<TopicMeta>> {
     let path = data_dir.join(CATALOG);
     let bytes = match std::fs::read(&path) {
@@ -99,7 +126,50 @@ pub fn load_catalog(data_dir: &Path) -> Result<Vec<TopicMeta>> {
         path: path.clone(),
         reason: format!("topic catalog does not parse: {e}"),
     })?;
+    if file.version != CATALOG_VERSION {
+        return Err(BrokerError::Corrupt {
+            path,
+            reason: format!(
+                "topic catalog version {} is not the version {CATALOG_VERSION} this build reads",
+                file.version
+            ),
+        });
+    }
+    validate_catalog(&file.topics).map_err(|reason| BrokerError::Corrupt { path, reason })?;
     Ok(file.topics)
+}
+
+/// Checks every entry of a catalog; the error names the first bad entry and says why.
+fn validate_catalog(topics: &[TopicMeta]) -> std::result::Result<(), String> {
+    let mut names = HashSet::with_capacity(topics.len());
+    let mut ids = HashSet::with_capacity(topics.len());
+    for (index, meta) in topics.iter().enumerate() {
+        let bad = |why: String| {
+            format!(
+                "entry {index} (topic {:?}): {why}; fix or remove that entry",
+                meta.name
+            )
+        };
+        // The name becomes a directory name: Kafka's rules keep it inside the data directory.
+        validate_name(&meta.name).map_err(|e| bad(e.to_string()))?;
+        validate_partitions(meta.partitions).map_err(|e| bad(e.to_string()))?;
+        if meta.id.len() != 32 || !meta.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!("id {:?} is not 32 hex digits", meta.id)));
+        }
+        crate::config::LogConfig::default()
+            .with_overrides(&meta.configs)
+            .map_err(|e| bad(e.to_string()))?;
+        if !names.insert(meta.name.as_str()) {
+            return Err(bad("the topic is listed more than once".into()));
+        }
+        if !ids.insert(meta.id.to_ascii_lowercase()) {
+            return Err(bad(format!(
+                "id {} is also the id of an earlier entry",
+                meta.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes the catalog atomically: temp file, fsync, rename, fsync of the directory.
@@ -107,7 +177,7 @@ pub fn save_catalog(data_dir: &Path, topics: &[TopicMeta]) -> Result<()> {
     let path = data_dir.join(CATALOG);
     let tmp = data_dir.join(format!("{CATALOG}.tmp"));
     let json = serde_json::to_vec_pretty(&CatalogFile {
-        version: 1,
+        version: CATALOG_VERSION,
         topics: topics.to_vec(),
     })
     .map_err(|e| BrokerError::Internal(format!("catalog serialization: {e}")))?;
@@ -162,5 +232,109 @@ mod tests {
         assert!(validate_partitions(-3).is_err());
         assert!(validate_partitions(1).is_ok());
         assert!(validate_partitions(MAX_PARTITIONS + 1).is_err());
+    }
+
+    /// Writes `topics.json` with the given entries (JSON objects) and loads it.
+    fn load_entries(entries: &[&str]) -> (tempfile::TempDir, Result<Vec<TopicMeta>>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let json = format!("{{\"version\": 1, \"topics\": [{}]}}", entries.join(","));
+        std::fs::write(dir.path().join(CATALOG), json).unwrap_or_else(|e| panic!("write: {e}"));
+        let loaded = load_catalog(dir.path());
+        (dir, loaded)
+    }
+
+    fn load_error(entries: &[&str]) -> String {
+        let (dir, loaded) = load_entries(entries);
+        let err = loaded.err().map(|e| e.to_string()).unwrap_or_default();
+        let file = dir.path().join(CATALOG);
+        assert!(
+            err.starts_with(&format!("corrupt data in {}: ", file.display())),
+            "names the file: {err}"
+        );
+        err
+    }
+
+    const GOOD: &str =
+        r#"{"name": "orders", "id": "0123456789abcdef0123456789abcdef", "partitions": 3}"#;
+
+    #[test]
+    fn a_good_catalog_loads() {
+        let (_dir, loaded) = load_entries(&[GOOD]);
+        let names: Vec<String> = loaded
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["orders"]);
+    }
+
+    #[test]
+    fn catalog_entry_whose_name_escapes_the_data_dir_is_refused() {
+        for name in ["../outside", "..", "a/b", "/etc"] {
+            let entry = format!(
+                r#"{{"name": {name:?}, "id": "00000000000000000000000000000001", "partitions": 1}}"#
+            );
+            let err = load_error(&[GOOD, &entry]);
+            assert!(
+                err.contains(&format!("entry 1 (topic {name:?}): invalid topic name")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn catalog_entry_with_a_bad_partition_count_is_refused() {
+        for partitions in [0, -1, MAX_PARTITIONS + 1] {
+            let entry = format!(
+                r#"{{"name": "t", "id": "00000000000000000000000000000001", "partitions": {partitions}}}"#
+            );
+            let err = load_error(&[&entry]);
+            assert!(
+                err.contains("entry 0 (topic \"t\"): invalid partition count"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn catalog_with_a_repeated_name_or_id_is_refused() {
+        let same_name =
+            r#"{"name": "orders", "id": "00000000000000000000000000000001", "partitions": 1}"#;
+        let err = load_error(&[GOOD, same_name]);
+        assert!(
+            err.contains("entry 1 (topic \"orders\"): the topic is listed more than once"),
+            "{err}"
+        );
+        let same_id =
+            r#"{"name": "other", "id": "0123456789ABCDEF0123456789ABCDEF", "partitions": 1}"#;
+        let err = load_error(&[GOOD, same_id]);
+        assert!(err.contains("entry 1 (topic \"other\"): id"), "{err}");
+    }
+
+    #[test]
+    fn catalog_entry_with_a_bad_id_or_config_is_refused() {
+        let bad_id = r#"{"name": "t", "id": "../../x", "partitions": 1}"#;
+        assert!(load_error(&[bad_id]).contains("is not 32 hex digits"));
+        let bad_config = r#"{"name": "t", "id": "00000000000000000000000000000001", "partitions": 1, "configs": {"retention.msx": "1"}}"#;
+        assert!(load_error(&[bad_config]).contains("unknown topic config 'retention.msx'"));
+    }
+
+    #[test]
+    fn catalog_of_another_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        std::fs::write(dir.path().join(CATALOG), r#"{"version": 2, "topics": []}"#)
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        let err = load_catalog(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("topic catalog version 2"), "{err}");
+    }
+
+    #[test]
+    fn internal_topics_are_kafkas() {
+        assert!(is_internal("__consumer_offsets"));
+        assert!(is_internal("__transaction_state"));
+        assert!(!is_internal("consumer_offsets"));
     }
 }

@@ -473,3 +473,65 @@ async fn leader_epoch_bumps_after_a_crash_not_after_a_clean_shutdown() {
     let o = broker.offsets("e", 0).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((o.log_end_offset, o.high_watermark), (2, 2));
 }
+
+#[tokio::test]
+async fn idle_producer_expires_on_the_timer_not_only_at_segment_roll() {
+    let dir = tempdir();
+    let mut config = config(dir.path());
+    config.producer_id_expiration_ms = 200;
+    config.producer_id_expiration_check_interval_ms = 20;
+    let broker = Broker::open(config)
+        .await
+        .unwrap_or_else(|e| panic!("open broker: {e}"));
+    broker.create_topic(NewTopic::new("idem", 1)).await.ok();
+    let batch = records_to_batch(&[Record::new(0, Some(b"k"), Some(b"v"))]);
+    let producer = |seq: i32| ProducerInfo {
+        producer_id: 42,
+        producer_epoch: 0,
+        base_sequence: seq,
+        attributes: 0,
+    };
+    broker
+        .append("idem", 0, &batch, producer(0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // While the producer is known, a gap in its sequence is refused.
+    let gap = broker.append("idem", 0, &batch, producer(7)).await;
+    assert!(
+        matches!(gap, Err(BrokerError::OutOfOrderSequence { .. })),
+        "{gap:?}"
+    );
+    let log = broker.log("idem", 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(log.producer_count(), 1);
+    // No segment rolls here (segment.bytes and segment.ms are far off): only the timer expires it.
+    let mut expired = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if log.producer_count() == 0 {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "the idle producer was not expired");
+    assert_eq!(log.offsets().segments, 1, "no segment rolled");
+    // Kafka (2.5 and later) accepts any sequence from a producer it has no state for.
+    let next = broker
+        .append("idem", 0, &batch, producer(7))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(next.base_offset, 1);
+    // And from there on the producer is tracked again.
+    let gap = broker.append("idem", 0, &batch, producer(9)).await;
+    assert!(
+        matches!(
+            gap,
+            Err(BrokerError::OutOfOrderSequence {
+                expected: 8,
+                received: 9,
+                ..
+            })
+        ),
+        "{gap:?}"
+    );
+    broker.shutdown().await.ok();
+}

@@ -16,7 +16,9 @@
 //!
 //! Timers: one task sleeps until the earliest deadline of any group (session timeouts, join
 //! and sync phases, the initial rebalance delay, offset expiry) and is woken when an operation
-//! sets an earlier one.
+//! sets an earlier one. A deadline queue (`timers`) says which groups are due, so a pass looks
+//! only at those, not at every group. Its lock is taken last: under a group's lock, never the
+//! reverse.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use super::records::{
     self, GroupValue, MemberValue, RecordKey, decode_group_value, decode_key, decode_offset_value,
 };
 use super::state::{Cx, Group, JoinStep, SyncStep};
+use super::timers::DeadlineQueue;
 use super::{
     GroupConfig, GroupState, MAX_GROUPS, MAX_MEMBER_METADATA_BYTES, MAX_OFFSETS_PER_GROUP,
     MAX_OFFSETS_TOTAL, MAX_PROTOCOLS_PER_MEMBER, OFFSETS_TOPIC, partition_for,
@@ -241,6 +244,8 @@ pub struct GroupCoordinator {
     topic_lock: tokio::sync::Mutex<()>,
     offsets_total: AtomicUsize,
     wake: Arc<Notify>,
+    /// Which group is due when.
+    timers: Mutex<DeadlineQueue>,
     /// When the timer task will next wake; `None` while it scans.
     next_wake: Mutex<Option<Instant>>,
     next_expiry_check: Mutex<Instant>,
@@ -282,6 +287,7 @@ impl GroupCoordinator {
             topic_lock: tokio::sync::Mutex::new(()),
             offsets_total: AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
+            timers: Mutex::new(DeadlineQueue::default()),
             next_wake: Mutex::new(None),
             next_expiry_check: Mutex::new(Instant::now() + check_every),
             stopped: AtomicBool::new(false),
@@ -359,7 +365,9 @@ impl GroupCoordinator {
     fn after_op(&self, broker: Option<&Broker>, g: &mut Group) {
         self.persist_if_dirty(broker, g);
         g.hint = g.next_deadline();
-        if let Some(at) = g.hint {
+        if let Some(at) = g.hint
+            && self.timers.lock().schedule(&g.id, at)
+        {
             self.schedule(at);
         }
     }
@@ -373,7 +381,8 @@ impl GroupCoordinator {
         }
     }
 
-    /// One pass of the timer task: fires what is due, returns when to run again.
+    /// One pass of the timer task: fires what is due, returns when to run again. Looks only
+    /// at the groups whose deadline has passed.
     fn tick(&self) -> Instant {
         *self.next_wake.lock() = None;
         let now = Instant::now();
@@ -383,25 +392,35 @@ impl GroupCoordinator {
             config: &self.config,
         };
         let broker = self.broker.get().and_then(WeakBroker::upgrade);
-        let mut next = now + Duration::from_secs(60);
-        for g in self.snapshot() {
-            let mut g = g.lock();
+        let due = self.timers.lock().pop_due(now);
+        for id in due {
+            // Gone since it was scheduled; a group made later under the same name schedules itself.
+            let Some(group) = self.existing(&id) else {
+                continue;
+            };
+            let mut g = group.lock();
+            // An entry may be earlier than the group's deadline (a heartbeat moved it later).
             if g.hint.is_some_and(|at| at <= now) {
                 g.fire_timers(&cx);
                 self.persist_if_dirty(broker.as_ref(), &mut g);
-                g.hint = g.next_deadline();
             }
+            g.hint = g.next_deadline();
             if let Some(at) = g.hint {
-                next = next.min(at);
+                self.timers.lock().schedule(&g.id, at);
             }
         }
+        let next = self
+            .timers
+            .lock()
+            .next()
+            .unwrap_or(now + Duration::from_secs(60));
         let expiry_due = *self.next_expiry_check.lock() <= now;
         if expiry_due {
             self.expire_offsets_at(cx.now_ms);
             *self.next_expiry_check.lock() =
                 now + Duration::from_millis(self.config.offsets_retention_check_interval_ms);
         }
-        next = next.min(*self.next_expiry_check.lock()).max(now + MIN_TICK);
+        let next = next.min(*self.next_expiry_check.lock()).max(now + MIN_TICK);
         *self.next_wake.lock() = Some(next);
         next
     }
@@ -552,6 +571,7 @@ impl GroupCoordinator {
             .is_some_and(|r| r.data_ptr().cast_const() == std::ptr::from_ref(g))
         {
             groups.remove(&g.id);
+            self.timers.lock().remove(&g.id);
         }
     }
 
@@ -651,6 +671,26 @@ impl GroupCoordinator {
                 }
             }
         }
+        // Offsets of topics deleted while the broker stopped before their tombstones were
+        // written (commits of unknown topics are refused, so nothing else leaves these).
+        let mut orphaned = 0usize;
+        for (id, l) in &mut loaded {
+            let gone: Vec<(String, i32)> = l
+                .offsets
+                .keys()
+                .filter(|(t, _)| !broker.topic_exists(t))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for k in &gone {
+                l.offsets.remove(k);
+            }
+            orphaned += gone.len();
+            let now_dead = l.metadata.is_none() && l.offsets.is_empty();
+            self.write_tombstones(broker, id, &gone, now_dead);
+        }
         let now = Instant::now();
         let wall = now_ms();
         let mut groups = self.groups.lock();
@@ -666,6 +706,9 @@ impl GroupCoordinator {
             total += l.offsets.len();
             g.offsets = l.offsets;
             g.hint = g.next_deadline();
+            if let Some(at) = g.hint {
+                self.timers.lock().schedule(&id, at);
+            }
             groups.insert(id, Arc::new(Mutex::new(g)));
         }
         self.offsets_total.store(total, Ordering::Release);
@@ -674,6 +717,7 @@ impl GroupCoordinator {
             offsets = total,
             records = records_read,
             malformed,
+            orphaned,
             "loaded consumer groups from {OFFSETS_TOPIC}"
         );
         Ok(())
@@ -1096,23 +1140,68 @@ impl GroupCoordinator {
                 continue;
             }
             let expired = g.expire_offsets(now_ms, self.config.offsets_retention_ms);
-            self.offsets_total
-                .fetch_sub(expired.len(), Ordering::AcqRel);
             removed_total += expired.len();
-            let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
-            if let Some(b) = &broker {
-                self.write_tombstones(b, &g.id, &expired, now_dead);
-            }
             if !expired.is_empty() {
                 tracing::info!(group = %g.id, offsets = expired.len(), "expired committed offsets");
             }
-            if now_dead {
-                tracing::info!(group = %g.id, "removing group: it is empty and has no offsets left");
-                g.mark_dead(&cx);
-                self.forget(&g);
+            self.offsets_removed(broker.as_ref(), &mut g, &expired, &cx);
+        }
+        removed_total
+    }
+
+    /// Drops every group's committed offsets of a deleted topic and writes their tombstones,
+    /// as Kafka does on topic deletion, so that a topic created again under the same name does
+    /// not inherit them. Groups left empty with no offsets are removed. Returns the number of
+    /// offsets removed. Called by [`Broker::delete_topic`].
+    pub(crate) async fn remove_topic_offsets(&self, broker: &Broker, topic: &str) -> usize {
+        let cx = self.cx();
+        let mut removed_total = 0;
+        let mut flushes = Vec::new();
+        for group in self.snapshot() {
+            let mut g = group.lock();
+            if g.state == GroupState::Dead {
+                continue;
+            }
+            let of_topic = (topic.to_owned(), i32::MIN)..=(topic.to_owned(), i32::MAX);
+            let removed: Vec<(String, i32)> =
+                g.offsets.range(of_topic).map(|(k, _)| k.clone()).collect();
+            if removed.is_empty() {
+                continue;
+            }
+            for k in &removed {
+                g.offsets.remove(k);
+            }
+            removed_total += removed.len();
+            tracing::info!(group = %g.id, topic, offsets = removed.len(), "removed committed offsets of a deleted topic");
+            flushes.extend(self.offsets_removed(Some(broker), &mut g, &removed, &cx));
+        }
+        for (log, end) in flushes {
+            if let Err(e) = log.flush_to(end).await {
+                tracing::warn!(topic, error = %e, "cannot fsync the tombstones of a deleted topic's offsets; they are written and reach the disk with the next flush");
             }
         }
         removed_total
+    }
+
+    /// Bookkeeping after offsets were taken out of `g.offsets`: the count, their tombstones,
+    /// and the group's removal when it is left empty with no offsets. Returns what to fsync.
+    fn offsets_removed(
+        &self,
+        broker: Option<&Broker>,
+        g: &mut Group,
+        removed: &[(String, i32)],
+        cx: &Cx,
+    ) -> Option<(Arc<Log>, i64)> {
+        self.offsets_total
+            .fetch_sub(removed.len(), Ordering::AcqRel);
+        let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
+        let flush = broker.and_then(|b| self.write_tombstones(b, &g.id, removed, now_dead));
+        if now_dead {
+            tracing::info!(group = %g.id, "removing group: it is empty and has no offsets left");
+            g.mark_dead(cx);
+            self.forget(g);
+        }
+        flush
     }
 
     // ------------------------------------------------------------------------------------------
@@ -1165,6 +1254,12 @@ impl GroupCoordinator {
             Some(g) => g.lock().describe(),
             None => dead(),
         }
+    }
+
+    /// Number of groups with a deadline in the timer queue (for tests).
+    #[cfg(test)]
+    pub(crate) fn scheduled_groups(&self) -> usize {
+        self.timers.lock().len()
     }
 
     /// The group's state, generation and member ids (for tests).

@@ -10,8 +10,8 @@
 //!
 //! Layout: [`state`] is the per-group state machine (pure: it takes the time as an argument and
 //! hands back waiters to answer), [`member`] a member's metadata, [`coordinator`] owns the
-//! groups, the timers and the writes, [`records`] the on-disk layouts, and
-//! [`consumer_protocol`] reads the subscriptions of `consumer` groups.
+//! groups, the timers and the writes, `timers` says which group is due when, [`records`] the
+//! on-disk layouts, and [`consumer_protocol`] reads the subscriptions of `consumer` groups.
 
 pub mod consumer_protocol;
 pub mod coordinator;
@@ -20,6 +20,7 @@ pub mod records;
 pub mod state;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 pub use coordinator::{
     CommittedOffset, GroupCoordinator, GroupDescription, GroupListing, JoinRequest, JoinResponse,

@@ -955,3 +955,143 @@ fn groups_land_where_kafka_puts_them() {
     assert!((0..50).contains(&partition_for("polygenelubricants", 50)));
     assert_eq!(partition_for("", 50), 0);
 }
+
+#[tokio::test]
+async fn offsets_of_a_deleted_topic_are_dropped_from_every_group_and_stay_dropped() {
+    let dir = tempdir();
+    {
+        let b = open(dir.path()).await;
+        let g = b.groups();
+        // "both" commits to two topics; "only-t2" only to the topic about to go.
+        let both = OffsetCommit {
+            group_id: "both".into(),
+            generation_id: -1,
+            offsets: vec![entry("t1", 0, 5), entry("t2", 0, 6), entry("t2", 1, 7)],
+            ..OffsetCommit::default()
+        };
+        assert_eq!(g.commit_offsets(both).await, vec![NONE; 3]);
+        let only = OffsetCommit {
+            group_id: "only-t2".into(),
+            generation_id: -1,
+            offsets: vec![entry("t2", 1, 9)],
+            ..OffsetCommit::default()
+        };
+        assert_eq!(g.commit_offsets(only).await, vec![NONE]);
+        // A live member subscribed to the topic does not keep its offsets either (as in Kafka).
+        let a = form_alone(&b, req("live", ""), b"a").await;
+        let live = OffsetCommit {
+            group_id: "live".into(),
+            generation_id: 1,
+            member_id: a,
+            offsets: vec![entry("t2", 0, 3)],
+            ..OffsetCommit::default()
+        };
+        assert_eq!(g.commit_offsets(live).await, vec![NONE]);
+
+        b.delete_topic("t2").await.unwrap_or_else(|e| panic!("{e}"));
+        let left = |group: &str| -> Vec<(String, i32)> {
+            g.fetch_offsets(group, None, false)
+                .into_iter()
+                .map(|(t, p, _)| (t, p))
+                .collect()
+        };
+        assert_eq!(left("both"), [("t1".to_owned(), 0)]);
+        assert!(left("only-t2").is_empty());
+        assert!(
+            g.group_summary("only-t2").is_none(),
+            "an empty group left with no offsets is removed"
+        );
+        assert!(left("live").is_empty());
+        assert_eq!(state(&b, "live").0, GroupState::Stable, "members stay");
+
+        // A topic created again under the name starts with no committed offsets.
+        b.create_topic(NewTopic::new("t2", 2)).await.ok();
+        let fetched = g.fetch_offsets("both", Some(&[("t2".into(), 0)]), false);
+        assert_eq!(fetched[0].2, None);
+        b.shutdown().await.ok();
+    }
+    // The tombstones are in __consumer_offsets: a restart does not bring the offsets back.
+    let b = open(dir.path()).await;
+    assert_eq!(b.groups().fetch_offsets("both", None, false).len(), 1);
+    assert!(b.groups().fetch_offsets("only-t2", None, false).is_empty());
+    assert!(b.groups().fetch_offsets("live", None, false).is_empty());
+}
+
+#[tokio::test]
+async fn offsets_of_a_topic_deleted_before_its_tombstones_were_written_are_dropped_on_load() {
+    let dir = tempdir();
+    {
+        let b = open(dir.path()).await;
+        let commit = OffsetCommit {
+            group_id: "g".into(),
+            generation_id: -1,
+            offsets: vec![entry("t1", 0, 5), entry("t2", 0, 6)],
+            ..OffsetCommit::default()
+        };
+        assert_eq!(b.groups().commit_offsets(commit).await, vec![NONE; 2]);
+        b.shutdown().await.ok();
+    }
+    // Remove t2 from the catalog behind the broker's back, as a crash right after the catalog
+    // was written (and before the tombstones) would leave it.
+    let catalog = dir.path().join("topics.json");
+    let text = std::fs::read_to_string(&catalog).unwrap_or_else(|e| panic!("{e}"));
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(topics) = json["topics"].as_array_mut() {
+        topics.retain(|t| t["name"] != "t2");
+    }
+    std::fs::write(&catalog, json.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    {
+        let b = Broker::open(config(dir.path(), 0))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        let left = b.groups().fetch_offsets("g", None, false);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, "t1");
+        b.shutdown().await.ok();
+    }
+    // Created again, t2 has no offset from before.
+    let b = open(dir.path()).await;
+    let fetched = b
+        .groups()
+        .fetch_offsets("g", Some(&[("t2".into(), 0)]), false);
+    assert_eq!(fetched[0].2, None);
+}
+
+#[tokio::test]
+async fn group_timer_schedules_only_groups_with_deadlines() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let g = b.groups();
+    // Many groups with committed offsets and no members have nothing to time out.
+    for i in 0..200 {
+        let commit = OffsetCommit {
+            group_id: format!("idle-{i}"),
+            generation_id: -1,
+            offsets: vec![entry("t1", 0, i)],
+            ..OffsetCommit::default()
+        };
+        assert_eq!(g.commit_offsets(commit).await, vec![NONE]);
+    }
+    assert_eq!(g.scheduled_groups(), 0);
+    // One group with a member has a session deadline, and it still times out.
+    let short = JoinRequest {
+        session_timeout_ms: 200,
+        ..req("live", "")
+    };
+    let a = form_alone(&b, short, b"a").await;
+    assert_eq!(g.scheduled_groups(), 1);
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if state(&b, "live").0 == GroupState::Empty {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the silent member's session timed out");
+    assert_eq!(
+        g.heartbeat("live", &a, None, 1),
+        code(ResponseError::UnknownMemberId)
+    );
+    assert_eq!(g.scheduled_groups(), 0);
+}

@@ -669,7 +669,7 @@ impl Log {
             return Ok(());
         }
         active.save_indexes()?;
-        inner.producers.save(&self.dir, next, now)?;
+        inner.producers.save(&self.dir, next)?;
         let seg = Segment::create(&self.dir, next, interval, now)?;
         inner.segments.insert(next, seg);
         inner.dir_dirty = true;
@@ -924,7 +924,18 @@ impl Log {
         let mut inner = self.inner.lock();
         inner.active()?.save_indexes()?;
         let end = inner.next_offset;
-        inner.producers.save(&self.dir, end, now_ms())
+        inner.producers.save(&self.dir, end)
+    }
+
+    /// Forgets idempotent producers idle for `expiration_ms` or longer as of `now_ms` (Kafka's
+    /// `producer.id.expiration.ms`). Returns how many were forgotten.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.inner.lock().producers.expire(now_ms, expiration_ms)
+    }
+
+    /// Number of idempotent producers whose state this partition keeps.
+    pub fn producer_count(&self) -> usize {
+        self.inner.lock().producers.len()
     }
 
     /// Kafka's DeleteRecords: moves the log start offset up to `offset` (persisted), so reads

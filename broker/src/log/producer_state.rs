@@ -5,6 +5,10 @@
 //! The state is snapshotted to `<offset>.snapshot` when a segment rolls and when the log closes,
 //! and rebuilt on open from the newest snapshot plus the frame headers after it (each frame
 //! keeps its producer id, epoch and base sequence).
+//!
+//! Producers idle longer than `producer.id.expiration.ms` are forgotten by the broker's timer
+//! ([`ProducerStates::expire`]); the next batch of a forgotten producer is accepted whatever its
+//! sequence, as Kafka (2.5 and later) accepts it from a producer it has no state for.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -13,8 +17,6 @@ use crate::error::{BrokerError, IoContext, Result};
 
 /// Batches remembered per producer (Kafka's `max.in.flight.requests.per.connection` limit).
 const RECENT_BATCHES: usize = 5;
-/// Producers idle longer than this are forgotten at the next snapshot (Kafka's `producer.id.expiration.ms`).
-const EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
 const MAGIC: &[u8; 4] = b"QPST";
 
 /// A batch a producer wrote: its sequence range and the offsets it got.
@@ -152,10 +154,17 @@ impl ProducerStates {
         self.producers.is_empty()
     }
 
-    /// Writes a snapshot of the state as of `offset` and removes all but the newest two snapshots.
-    pub fn save(&mut self, dir: &Path, offset: i64, now: i64) -> Result<()> {
+    /// Forgets producers whose last append is `expiration_ms` or more before `now_ms` (Kafka's
+    /// `producer.id.expiration.ms`). Returns how many were forgotten.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
         self.producers
-            .retain(|_, e| now - e.last_append_ms < EXPIRATION_MS);
+            .retain(|_, e| now_ms.saturating_sub(e.last_append_ms) < expiration_ms);
+        before - self.producers.len()
+    }
+
+    /// Writes a snapshot of the state as of `offset` and removes all but the newest two snapshots.
+    pub fn save(&mut self, dir: &Path, offset: i64) -> Result<()> {
         let mut buf = Vec::with_capacity(32 + self.producers.len() * 64);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&1u32.to_le_bytes());
@@ -331,9 +340,9 @@ mod tests {
         let Ok(dir) = tempfile::tempdir() else { return };
         let mut s = ProducerStates::default();
         s.update(7, 3, 0, 10, (0, 9), crate::log::now_ms());
-        s.save(dir.path(), 10, crate::log::now_ms()).ok();
+        s.save(dir.path(), 10).ok();
         s.update(7, 3, 10, 10, (10, 19), crate::log::now_ms());
-        s.save(dir.path(), 20, crate::log::now_ms()).ok();
+        s.save(dir.path(), 20).ok();
         let loaded = ProducerStates::load(dir.path(), 15).ok().flatten();
         assert_eq!(loaded.as_ref().map(|(_, o)| *o), Some(10));
         assert_eq!(
@@ -344,5 +353,26 @@ mod tests {
             !dir.path().join(format!("{:020}.snapshot", 20)).exists(),
             "a snapshot past the log end is removed"
         );
+    }
+
+    #[test]
+    fn idle_producer_is_forgotten_after_expiration_ms_and_then_accepted_at_any_sequence() {
+        let mut s = ProducerStates::default();
+        s.update(1, 0, 0, 5, (0, 4), 1_000);
+        s.update(2, 0, 0, 5, (5, 9), 1_500);
+        // Still known: a gap is refused.
+        assert!(matches!(
+            s.check("t", 0, 1, 0, 7, 1),
+            Err(BrokerError::OutOfOrderSequence { .. })
+        ));
+        assert_eq!(s.expire(1_999, 1_000), 0, "idle 999 ms of 1000");
+        assert_eq!(s.expire(2_000, 1_000), 1, "producer 1 idle 1000 ms");
+        assert_eq!(s.len(), 1);
+        // Kafka 2.5+: no state for the producer, so any sequence is accepted.
+        assert_eq!(
+            s.check("t", 0, 1, 0, 7, 1).ok(),
+            Some(SequenceCheck::Append)
+        );
+        assert!(s.check("t", 0, 2, 0, 7, 1).is_err(), "producer 2 is kept");
     }
 }

@@ -19,7 +19,7 @@ const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 
 /// Topics that are Kafka-internal (hidden from `listTopics()` by clients).
 pub fn is_internal(name: &str) -> bool {
-    name == "__consumer_offsets" || name == "__transaction_state"
+    topic::is_internal(name)
 }
 
 pub async fn handle(ctx: &Ctx, version: i16, req: MetadataRequest) -> MetadataResponse {

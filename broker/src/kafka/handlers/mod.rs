@@ -129,7 +129,10 @@ pub(crate) fn check_leader_epoch(
 /// The Kafka error code for a broker error.
 pub fn error_code(e: &BrokerError) -> i16 {
     let err = match e {
-        BrokerError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
+        // Kafka's answer to operations refused on internal topics (as for DeleteRecords).
+        BrokerError::InvalidTopicName { .. } | BrokerError::InternalTopic { .. } => {
+            ResponseError::InvalidTopicException
+        }
         BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
             ResponseError::UnknownTopicOrPartition
         }

@@ -201,6 +201,13 @@ fn unsupported_resource(resource_type: i8) -> ApiError {
     )
 }
 
+/// Internal topics keep the configs the broker gave them. Kafka answers INVALID_REQUEST for
+/// configs it will not change, as for static broker configs.
+fn refuse_internal(name: &str) -> Result<(), ApiError> {
+    topic::refuse_internal(name, "reconfigured")
+        .map_err(|e| ApiError::new(ResponseError::InvalidRequest, e.to_string()))
+}
+
 /// A topic that exists, or the Kafka error for it.
 fn existing_topic(ctx: &Ctx, name: &str) -> Result<crate::broker::TopicDescription, ApiError> {
     topic::validate_name(name)?;
@@ -323,6 +330,7 @@ async fn replace_topic_configs(
 ) -> Result<(), ApiError> {
     let wanted = non_null(r.configs.iter().map(|c| (&c.name, c.value.as_ref())))?;
     let d = existing_topic(ctx, &r.resource_name)?;
+    refuse_internal(&r.resource_name)?;
     apply(ctx, &r.resource_name, &d.overrides, wanted, validate_only).await
 }
 
@@ -448,6 +456,7 @@ async fn alter_topic(
     validate_only: bool,
 ) -> Result<(), ApiError> {
     let d = existing_topic(ctx, name)?;
+    refuse_internal(name)?;
     if let Some(key) = duplicates(configs.iter().map(|c| &*c.name)).first() {
         return Err(ApiError::new(
             ResponseError::InvalidRequest,

@@ -1101,3 +1101,80 @@ async fn every_admin_version_answers_over_the_wire() {
         VERSIONS.iter().map(|(_, lo, hi)| hi - lo + 1).sum::<i16>()
     );
 }
+
+#[tokio::test]
+async fn internal_topics_cannot_be_deleted_repartitioned_or_reconfigured() {
+    let (_dir, ctx) = setup(|_| {}).await;
+    let offsets = crate::group::OFFSETS_TOPIC;
+    ctx.broker
+        .groups()
+        .ensure_ready()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let partitions = ctx.broker.partition_count(offsets).ok();
+    let overrides_before = overrides(&ctx, offsets);
+
+    let req = DeleteTopicsRequest::default().with_topic_names(vec![name(offsets)]);
+    let r = &delete_topics(&ctx, 5, req).await.responses[0];
+    assert_eq!(r.error_code, code(ResponseError::InvalidTopicException));
+    assert_eq!(
+        text(&r.error_message),
+        "topic '__consumer_offsets' is an internal topic managed by the broker; it cannot be deleted"
+    );
+    // A missing internal topic is unknown, as any missing topic.
+    let req = DeleteTopicsRequest::default().with_topic_names(vec![name("__transaction_state")]);
+    let r = &delete_topics(&ctx, 5, req).await.responses[0];
+    assert_eq!(r.error_code, code(ResponseError::UnknownTopicOrPartition));
+
+    for validate_only in [true, false] {
+        let req = CreatePartitionsRequest::default()
+            .with_topics(vec![
+                CreatePartitionsTopic::default()
+                    .with_name(name(offsets))
+                    .with_count(100)
+                    .with_assignments(None),
+            ])
+            .with_validate_only(validate_only);
+        let r = &create_partitions(&ctx, 3, req).await.results[0];
+        assert_eq!(r.error_code, code(ResponseError::InvalidTopicException));
+        assert!(text(&r.error_message).contains("cannot be re-partitioned"));
+
+        let req = AlterConfigsRequest::default()
+            .with_resources(vec![alter_resource(2, offsets, &[("retention.ms", "1")])])
+            .with_validate_only(validate_only);
+        let r = &alter_configs(&ctx, 2, req).await.responses[0];
+        assert_eq!(r.error_code, code(ResponseError::InvalidRequest));
+        assert!(text(&r.error_message).contains("cannot be reconfigured"));
+
+        let req = inc_request(2, offsets, vec![op("cleanup.policy", 0, Some("delete"))])
+            .with_validate_only(validate_only);
+        let r = &incremental_alter_configs(&ctx, 1, req).await.responses[0];
+        assert_eq!(r.error_code, code(ResponseError::InvalidRequest));
+        assert!(text(&r.error_message).contains("cannot be reconfigured"));
+    }
+
+    // The in-process API refuses the same.
+    let b = &ctx.broker;
+    assert!(matches!(
+        b.delete_topic(offsets).await,
+        Err(crate::BrokerError::InternalTopic { .. })
+    ));
+    assert!(matches!(
+        b.add_partitions(offsets, 100).await,
+        Err(crate::BrokerError::InternalTopic { .. })
+    ));
+    let change = [ConfigChange::Delete("cleanup.policy".into())];
+    assert!(matches!(
+        b.alter_topic_config(offsets, &change).await,
+        Err(crate::BrokerError::InternalTopic { .. })
+    ));
+
+    assert_eq!(b.partition_count(offsets).ok(), partitions);
+    assert_eq!(overrides(&ctx, offsets), overrides_before);
+    // Describing it still works.
+    let req = DescribeConfigsRequest::default().with_resources(vec![resource(2, offsets)]);
+    assert_eq!(
+        describe_configs(&ctx, 4, req).await.results[0].error_code,
+        NONE
+    );
+}

@@ -311,6 +311,8 @@ async fn add_partitions(
     let broker = &ctx.broker;
     let name: &str = &t.name.0;
     let current = broker.partition_count(name)?;
+    // Before the count checks, so a validate_only request gets the same answer.
+    topic::refuse_internal(name, "re-partitioned")?;
     if t.count == current {
         return Err(BrokerError::InvalidPartitions(format!(
             "topic '{name}' already has {current} partitions"
