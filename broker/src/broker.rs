@@ -20,6 +20,7 @@ use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::cleaner::CleanStats;
+use crate::log::storage::{FileStorage, Storage};
 use crate::log::{AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, now_ms};
 use crate::partitioner::Partitioner;
 use crate::record::{EnvelopeBuilder, Record};
@@ -96,6 +97,8 @@ struct Inner {
     _lock_file: File,
     /// Consumer groups and committed offsets.
     groups: GroupCoordinator,
+    /// The file layer under every partition log.
+    storage: Arc<dyn Storage>,
 }
 
 /// Producer ids are handed out from blocks whose end is persisted before use, so no id is
@@ -177,6 +180,15 @@ impl Broker {
     /// Opens the data directory (creating it), recovers every partition log, and starts the
     /// background work: retention, compaction and time-based flushes. Must run inside a Tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker> {
+        Broker::open_with_storage(config, FileStorage::shared()).await
+    }
+
+    /// [`Broker::open`] with every partition log's segment and index files on `storage`
+    /// (fault injection in tests).
+    pub async fn open_with_storage(
+        config: BrokerConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Broker> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).at(&dir)?;
         let lock_file = lock_data_dir(&dir)?;
@@ -186,11 +198,12 @@ impl Broker {
             let config_for_topic = Arc::new(config.log.with_overrides(&meta.configs)?);
             let mut logs = Vec::with_capacity(meta.partitions as usize);
             for p in 0..meta.partitions {
-                let log = Log::open(
+                let log = Log::open_with(
                     &partition_dir(&dir, &meta.name, p),
                     &meta.name,
                     p,
                     config_for_topic.clone(),
+                    storage.clone(),
                 )?;
                 logs.push(Arc::new(log));
             }
@@ -223,6 +236,7 @@ impl Broker {
                 }),
                 _lock_file: lock_file,
                 groups,
+                storage,
             }),
         };
         broker.start_background();
@@ -347,7 +361,14 @@ impl Broker {
                 if pdir.exists() {
                     std::fs::remove_dir_all(&pdir).at(&pdir)?;
                 }
-                logs.push(Arc::new(Log::open(&pdir, &new.name, p, config.clone())?));
+                let storage = self.inner.storage.clone();
+                logs.push(Arc::new(Log::open_with(
+                    &pdir,
+                    &new.name,
+                    p,
+                    config.clone(),
+                    storage,
+                )?));
             }
             let meta = TopicMeta {
                 name: new.name.clone(),
@@ -476,7 +497,14 @@ impl Broker {
                 if pdir.exists() {
                     std::fs::remove_dir_all(&pdir).at(&pdir)?;
                 }
-                logs.push(Arc::new(Log::open(&pdir, name, p, t.config.clone())?));
+                let storage = self.inner.storage.clone();
+                logs.push(Arc::new(Log::open_with(
+                    &pdir,
+                    name,
+                    p,
+                    t.config.clone(),
+                    storage,
+                )?));
             }
             let mut meta = t.meta.clone();
             meta.partitions = total;

@@ -7,8 +7,6 @@
 //! log deletes) or the new one (with missing indexes that opening the log rebuilds).
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use arrow::array::BooleanArray;
@@ -16,6 +14,7 @@ use arrow::compute::filter_record_batch;
 
 use super::frame::{self, BatchHeader, FrameEncoder};
 use super::segment::{self, Segment, SegmentView};
+use super::storage::OpenMode;
 use super::{Log, now_ms};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::record::EnvelopeColumns;
@@ -50,8 +49,8 @@ fn for_each_frame(
 ) -> Result<()> {
     let mut pos = 0;
     while pos < view.end {
-        let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
-        let buf = segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
+        let h = segment::read_header(&*view.file, &view.path, pos, view.end)?;
+        let buf = segment::read_aligned(&*view.file, &view.path, pos, h.frame_len as usize)?;
         if !frame::crc_matches(&buf, &h) {
             return Err(BrokerError::Corrupt {
                 path: view.path.clone(),
@@ -133,11 +132,9 @@ impl Log {
                 .get(&view.base_offset)
                 .is_some_and(|&t| t < now.saturating_sub(config.delete_retention_ms));
             let cleaned_path = view.path.with_extension("log.cleaned");
-            let out = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&cleaned_path)
+            let out = self
+                .storage
+                .open(&cleaned_path, OpenMode::CreateTruncate)
                 .at(&cleaned_path)?;
             let mut out_pos = 0u64;
             let mut scratch = Vec::new();
@@ -185,10 +182,10 @@ impl Log {
             stats.bytes_after += out_pos;
             if !changed {
                 drop(out);
-                std::fs::remove_file(&cleaned_path).at(&cleaned_path)?;
+                self.storage.remove_file(&cleaned_path).at(&cleaned_path)?;
                 continue;
             }
-            out.sync_all().at(&cleaned_path)?;
+            out.sync_data().at(&cleaned_path)?;
             drop(out);
             if crash == Some(CrashPoint::BeforeSwap) {
                 return Ok(stats);
@@ -218,28 +215,26 @@ impl Log {
             .is_some_and(|s| Arc::ptr_eq(&s.file, &view.file));
         if !still_there {
             // Retention removed it meanwhile.
-            let _ = std::fs::remove_file(cleaned);
+            let _ = self.storage.remove_file(cleaned);
             return Ok(());
         }
         let dir = self.dir.clone();
         for suffix in ["index", "timeindex"] {
             let p = dir.join(segment::file_name(view.base_offset, suffix));
-            if let Err(e) = std::fs::remove_file(&p)
+            if let Err(e) = self.storage.remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 return Err(BrokerError::io(p, e));
             }
         }
-        std::fs::rename(cleaned, &view.path).at(&view.path)?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .at(&dir)?;
+        self.storage.rename(cleaned, &view.path).at(&view.path)?;
+        self.storage.sync_dir(&dir).at(&dir)?;
         if crash == Some(CrashPoint::AfterSwap) {
             return Ok(());
         }
         // The indexes are gone, so opening scans the new file and rebuilds them.
-        let (seg, _) = Segment::open(&dir, view.base_offset, false, interval)?;
-        seg.save_indexes()?;
+        let (seg, _) = Segment::open(&*self.storage, &dir, view.base_offset, false, interval)?;
+        seg.save_indexes(&*self.storage)?;
         inner.segments.insert(view.base_offset, seg);
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod index;
 pub mod producer_state;
 pub mod segment;
+pub mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ use frame::FrameEncoder;
 pub use frame::{BatchHeader, ProducerInfo, attributes};
 use producer_state::{ProducerStates, SequenceCheck};
 use segment::{Segment, SegmentView, Truncation};
+use storage::{FileStorage, Storage};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -124,6 +126,8 @@ pub struct Log {
     cleaner_lock: tokio::sync::Mutex<()>,
     end_offset: watch::Sender<i64>,
     deleted: AtomicBool,
+    /// The file layer under the segments and indexes.
+    storage: Arc<dyn Storage>,
 }
 
 impl std::fmt::Debug for Log {
@@ -139,6 +143,18 @@ impl Log {
     /// Opens (or creates) the log in `dir`, recovering the active segment: a torn or corrupt
     /// tail is cut to the last whole batch, and the cut is logged.
     pub fn open(dir: &Path, topic: &str, partition: i32, config: Arc<LogConfig>) -> Result<Log> {
+        Log::open_with(dir, topic, partition, config, FileStorage::shared())
+    }
+
+    /// [`Log::open`] with its segment and index files on `storage` (tests put a
+    /// fault-injecting layer there).
+    pub fn open_with(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        config: Arc<LogConfig>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Log> {
         std::fs::create_dir_all(dir).at(dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir).at(dir)? {
@@ -148,7 +164,7 @@ impl Log {
             if name.ends_with(".cleaned") {
                 // A compaction that did not finish: the original segment is still in place.
                 tracing::warn!(file = %entry.path().display(), "removing unfinished compaction output");
-                std::fs::remove_file(entry.path()).at(&entry.path())?;
+                storage.remove_file(&entry.path()).at(&entry.path())?;
             } else if let Some(stem) = name.strip_suffix(".log")
                 && let Ok(base) = stem.parse::<i64>()
             {
@@ -160,7 +176,8 @@ impl Log {
         let mut truncations: Vec<Truncation> = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let active = i + 1 == bases.len();
-            let (seg, cut) = Segment::open(dir, base, active, config.index_interval_bytes)?;
+            let (seg, cut) =
+                Segment::open(&*storage, dir, base, active, config.index_interval_bytes)?;
             if let Some(cut) = cut {
                 truncations.push(cut);
             }
@@ -175,7 +192,7 @@ impl Log {
         if segments.is_empty() {
             segments.insert(
                 0,
-                Segment::create(dir, 0, config.index_interval_bytes, now_ms())?,
+                Segment::create(&*storage, dir, 0, config.index_interval_bytes, now_ms())?,
             );
         }
         let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
@@ -211,6 +228,7 @@ impl Log {
             cleaner_lock: tokio::sync::Mutex::new(()),
             end_offset,
             deleted: AtomicBool::new(false),
+            storage,
         })
     }
 
@@ -449,9 +467,9 @@ impl Log {
         if active.is_empty() || !(full || old) {
             return Ok(());
         }
-        active.save_indexes()?;
+        active.save_indexes(&*self.storage)?;
         inner.producers.save(&self.dir, next, now)?;
-        let seg = Segment::create(&self.dir, next, interval, now)?;
+        let seg = Segment::create(&*self.storage, &self.dir, next, interval, now)?;
         inner.segments.insert(next, seg);
         inner.dir_dirty = true;
         Ok(())
@@ -500,14 +518,13 @@ impl Log {
             let dir = std::mem::take(&mut inner.dir_dirty).then(|| self.dir.clone());
             (files, dir, inner.next_offset)
         };
+        let storage = self.storage.clone();
         let synced = tokio::task::spawn_blocking(move || -> Result<()> {
             for view in &files {
                 view.file.sync_data().at(&view.path)?;
             }
             if let Some(dir) = dir {
-                std::fs::File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .at(&dir)?;
+                storage.sync_dir(&dir).at(&dir)?;
             }
             Ok(())
         })
@@ -612,10 +629,10 @@ impl Log {
         for (i, view) in views.iter().enumerate() {
             let mut pos = if i == 0 { start_pos } else { 0 };
             while pos < view.end {
-                let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+                let h = segment::read_header(&*view.file, &view.path, pos, view.end)?;
                 if h.batch.max_timestamp >= timestamp_ms && h.batch.last_offset() >= log_start {
                     let buf =
-                        segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
+                        segment::read_aligned(&*view.file, &view.path, pos, h.frame_len as usize)?;
                     let batch = frame::decode(&buf, &h)?;
                     let cols = EnvelopeColumns::try_new(&batch)?;
                     for row in 0..batch.num_rows() {
@@ -666,7 +683,7 @@ impl Log {
         }
         for base in &doomed {
             if let Some(seg) = inner.segments.remove(base) {
-                seg.delete_files()?;
+                seg.delete_files(&*self.storage)?;
                 inner.dir_dirty = true;
             }
         }
@@ -684,7 +701,7 @@ impl Log {
     pub async fn close(&self) -> Result<()> {
         self.flush().await?;
         let mut inner = self.inner.lock();
-        inner.active()?.save_indexes()?;
+        inner.active()?.save_indexes(&*self.storage)?;
         let end = inner.next_offset;
         inner.producers.save(&self.dir, end, now_ms())
     }
@@ -717,7 +734,7 @@ impl Log {
             .collect();
         for base in doomed {
             if let Some(seg) = inner.segments.remove(&base) {
-                seg.delete_files()?;
+                seg.delete_files(&*self.storage)?;
                 inner.dir_dirty = true;
             }
         }
@@ -812,7 +829,7 @@ fn read_segment(
         if pos >= view.end {
             return Ok(true);
         }
-        let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+        let h = segment::read_header(&*view.file, &view.path, pos, view.end)?;
         if h.batch.last_offset() >= offset.max(result.next_offset) {
             break h;
         }
@@ -821,7 +838,7 @@ fn read_segment(
     let want = (first.frame_len as usize)
         .max(*budget)
         .min((view.end - pos) as usize);
-    let chunk = segment::read_aligned(&view.file, &view.path, pos, want)?;
+    let chunk = segment::read_aligned(&*view.file, &view.path, pos, want)?;
     let mut at = 0usize;
     while at + frame::HEADER_LEN <= chunk.len() {
         let h = frame::FrameHeader::parse(&chunk[at..]).map_err(|reason| BrokerError::Corrupt {
