@@ -742,10 +742,15 @@ impl Broker {
         for t in tasks {
             let _ = t.await;
         }
+        // One partition whose disk failed must not keep the others from closing cleanly.
+        let mut first_error = None;
         for log in self.all_logs() {
-            log.close().await?;
+            if let Err(e) = log.close().await {
+                tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "closing the partition failed");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

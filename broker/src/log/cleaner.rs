@@ -72,6 +72,10 @@ impl Log {
     /// A compaction pass at time `now`, optionally stopping at `crash` (tests).
     pub async fn compact_until(&self, now: i64, crash: Option<CrashPoint>) -> Result<CleanStats> {
         let _one_at_a_time = self.cleaner_lock.lock().await;
+        if self.is_offline() {
+            // Its disk failed: rewrite nothing there until a restart.
+            return Ok(CleanStats::default());
+        }
         let (config, closed) = {
             let inner = self.inner.lock();
             let n = inner.segments.len();
@@ -185,7 +189,9 @@ impl Log {
                 self.storage.remove_file(&cleaned_path).at(&cleaned_path)?;
                 continue;
             }
-            out.sync_data().at(&cleaned_path)?;
+            if let Err(e) = out.sync_data() {
+                return Err(self.go_offline(cleaned_path, &e));
+            }
             drop(out);
             if crash == Some(CrashPoint::BeforeSwap) {
                 return Ok(stats);
@@ -228,7 +234,9 @@ impl Log {
             }
         }
         self.storage.rename(cleaned, &view.path).at(&view.path)?;
-        self.storage.sync_dir(&dir).at(&dir)?;
+        if let Err(e) = self.storage.sync_dir(&dir) {
+            return Err(self.go_offline(dir, &e));
+        }
         if crash == Some(CrashPoint::AfterSwap) {
             return Ok(());
         }

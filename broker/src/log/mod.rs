@@ -9,6 +9,8 @@
 pub mod cleaner;
 pub mod frame;
 pub mod index;
+#[cfg(test)]
+mod power_loss_tests;
 pub mod producer_state;
 pub mod segment;
 pub mod storage;
@@ -17,8 +19,8 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray};
@@ -128,6 +130,15 @@ pub struct Log {
     deleted: AtomicBool,
     /// The file layer under the segments and indexes.
     storage: Arc<dyn Storage>,
+    /// Set once, when a sync fails: from then on the partition takes no writes.
+    offline: OnceLock<Offline>,
+}
+
+/// Why a partition went offline.
+#[derive(Debug, Clone)]
+struct Offline {
+    path: PathBuf,
+    cause: String,
 }
 
 impl std::fmt::Debug for Log {
@@ -229,6 +240,7 @@ impl Log {
             end_offset,
             deleted: AtomicBool::new(false),
             storage,
+            offline: OnceLock::new(),
         })
     }
 
@@ -293,6 +305,42 @@ impl Log {
         matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
     }
 
+    /// True once a failed fsync has taken the partition offline for writes (until a restart).
+    pub fn is_offline(&self) -> bool {
+        self.offline.get().is_some()
+    }
+
+    /// The error every write gets once the partition is offline.
+    fn offline_error(&self) -> Option<BrokerError> {
+        self.offline.get().map(|o| BrokerError::PartitionOffline {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            path: o.path.clone(),
+            cause: o.cause.clone(),
+        })
+    }
+
+    /// Takes the partition offline after a failed sync of `path`. After a failed fsync the
+    /// kernel may have dropped the dirty pages and marked them clean, so a retry could
+    /// succeed without the data being on disk: nothing written since the last good sync can
+    /// be called durable, and only a restart (which re-reads what the disk really holds)
+    /// brings the partition back, as Kafka does for a failed log directory.
+    fn go_offline(&self, path: PathBuf, error: &std::io::Error) -> BrokerError {
+        let offline = Offline {
+            path,
+            cause: error.to_string(),
+        };
+        if self.offline.set(offline.clone()).is_ok() {
+            tracing::error!(
+                topic = %self.topic, partition = self.partition, file = %offline.path.display(),
+                error = %offline.cause, durable_offset = self.durable_offset.load(Ordering::Acquire),
+                "fsync failed: partition is offline for writes until the broker is restarted after the disk is fixed"
+            );
+        }
+        self.offline_error()
+            .unwrap_or_else(|| BrokerError::io(offline.path, std::io::Error::other(offline.cause)))
+    }
+
     /// Checks a batch against the envelope schema and the topic's limits before anything is written.
     fn validate(&self, config: &LogConfig, batch: &RecordBatch) -> Result<()> {
         let cols = EnvelopeColumns::try_new(batch)?;
@@ -343,6 +391,9 @@ impl Log {
     ) -> Result<AppendInfo> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(BrokerError::UnknownTopic(self.topic.clone()));
+        }
+        if let Some(e) = self.offline_error() {
+            return Err(e);
         }
         let config = self.inner.lock().config.clone();
         self.validate(&config, batch)?;
@@ -477,12 +528,17 @@ impl Log {
 
     /// Makes every record below `target` durable: one caller fsyncs everything written so far
     /// while the others wait for it, so N concurrent appends cost about two fsyncs, not N.
+    /// Once a sync has failed, every caller whose records are not yet durable gets
+    /// [`BrokerError::PartitionOffline`].
     pub async fn flush_to(&self, target: i64) -> Result<()> {
         // Subscribed before the first check, so a round that ends after it is never missed.
         let mut rounds = self.flush_rounds.subscribe();
         loop {
             if self.durable_offset.load(Ordering::Acquire) >= target {
                 return Ok(());
+            }
+            if let Some(e) = self.offline_error() {
+                return Err(e);
             }
             match self.flush_lock.try_lock() {
                 Ok(turn) => {
@@ -504,8 +560,12 @@ impl Log {
 
     /// Fsyncs every segment written past the durable offset (and the directory if a segment
     /// was created or deleted), then moves the durable offset to what was written before.
+    /// A failed sync takes the partition offline and leaves the durable offset where it was.
     /// Callers hold `flush_lock`.
     async fn fsync_written(&self) -> Result<()> {
+        if let Some(e) = self.offline_error() {
+            return Err(e);
+        }
         let durable = self.durable_offset.load(Ordering::Acquire);
         let (files, dir, end) = {
             let mut inner = self.inner.lock();
@@ -519,20 +579,19 @@ impl Log {
             (files, dir, inner.next_offset)
         };
         let storage = self.storage.clone();
-        let synced = tokio::task::spawn_blocking(move || -> Result<()> {
+        let synced = tokio::task::spawn_blocking(move || {
             for view in &files {
-                view.file.sync_data().at(&view.path)?;
+                view.file.sync_data().map_err(|e| (view.path.clone(), e))?;
             }
             if let Some(dir) = dir {
-                storage.sync_dir(&dir).at(&dir)?;
+                storage.sync_dir(&dir).map_err(|e| (dir, e))?;
             }
             Ok(())
         })
         .await
         .map_err(|e| BrokerError::Internal(format!("fsync task failed: {e}")))?;
-        if let Err(e) = synced {
-            self.inner.lock().dir_dirty = true;
-            return Err(e);
+        if let Err((path, e)) = synced {
+            return Err(self.go_offline(path, &e));
         }
         self.durable_offset.fetch_max(end, Ordering::AcqRel);
         self.last_flush_ms.store(now_ms(), Ordering::Release);
@@ -549,6 +608,10 @@ impl Log {
         let Some(every) = self.config().flush_ms else {
             return Ok(());
         };
+        if self.is_offline() {
+            // Already reported once; a timer has nothing to add.
+            return Ok(());
+        }
         let due = now - self.last_flush_ms.load(Ordering::Acquire) >= every as i64;
         if due && self.durable_offset.load(Ordering::Acquire) < self.end_offset() {
             self.flush().await?;

@@ -15,6 +15,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(test)]
+pub(crate) mod fault;
+
 /// How [`Storage::open`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -34,7 +37,7 @@ pub enum OpenMode {
 /// after the write; a created, removed or renamed name is durable only once
 /// [`Storage::sync_dir`] of its directory returned `Ok` after the change. A failed sync says
 /// nothing about what reached the disk, so callers must not retry it and then treat earlier
-/// writes as durable.
+/// writes as durable (the log takes the partition offline instead).
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Opens `path` as `mode` says.
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
