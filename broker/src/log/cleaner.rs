@@ -1,5 +1,7 @@
 //! Log compaction for `cleanup.policy=compact`: keep the latest record per key in closed
 //! segments, drop tombstones once they are older than `delete.retention.ms`, keep offsets.
+//! A segment's last batch is kept even when none of its records is (as an empty batch), so
+//! every segment still ends where the next begins.
 //!
 //! Crash safety: each segment is rewritten to `<base>.log.cleaned`, fsynced, then renamed over
 //! the original (an atomic replace). Its index files are removed before the rename and written
@@ -42,10 +44,10 @@ pub enum CrashPoint {
     AfterSwap,
 }
 
-/// Calls `f` for every frame of a segment view, with its decoded rows.
+/// Calls `f` for every frame of a segment view, with its bytes and whether it is the last.
 fn for_each_frame(
     view: &SegmentView,
-    mut f: impl FnMut(&frame::FrameHeader, &arrow::buffer::Buffer) -> Result<()>,
+    mut f: impl FnMut(&frame::FrameHeader, &arrow::buffer::Buffer, bool) -> Result<()>,
 ) -> Result<()> {
     let mut pos = 0;
     while pos < view.end {
@@ -57,8 +59,8 @@ fn for_each_frame(
                 reason: format!("CRC mismatch at position {pos}"),
             });
         }
-        f(&h, &buf)?;
         pos += h.frame_len;
+        f(&h, &buf, pos >= view.end)?;
     }
     Ok(())
 }
@@ -107,7 +109,7 @@ impl Log {
         let mut map_bytes = 0usize;
         let mut mapped = 0;
         for view in &cleanable {
-            for_each_frame(view, |h, buf| {
+            for_each_frame(view, |h, buf, _| {
                 let batch = frame::decode(buf, h)?;
                 let cols = EnvelopeColumns::try_new(&batch)?;
                 for row in 0..batch.num_rows() {
@@ -143,7 +145,7 @@ impl Log {
             let mut out_pos = 0u64;
             let mut scratch = Vec::new();
             let mut changed = false;
-            for_each_frame(view, |h, buf| {
+            for_each_frame(view, |h, buf, last_frame| {
                 let batch = frame::decode(buf, h)?;
                 let cols = EnvelopeColumns::try_new(&batch)?;
                 let keep: BooleanArray = (0..batch.num_rows())
@@ -158,7 +160,10 @@ impl Log {
                 stats.records_kept += kept as u64;
                 stats.records_removed += (batch.num_rows() - kept) as u64;
                 stats.bytes_before += h.frame_len;
-                if kept == 0 {
+                // The last batch stays, emptied if need be, so the segment still ends where
+                // the next one starts: recovery takes a hole between segments for writes that
+                // a crash lost (as Kafka keeps empty batches, this keeps the offsets).
+                if kept == 0 && !last_frame {
                     changed = true;
                     return Ok(());
                 }

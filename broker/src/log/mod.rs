@@ -194,6 +194,7 @@ impl Log {
             }
             segments.insert(base, seg);
         }
+        drop_segments_after_gap(&*storage, dir, &mut segments, &mut truncations)?;
         for t in &truncations {
             tracing::warn!(
                 file = %t.path.display(), kept_bytes = t.valid_bytes, dropped_bytes = t.dropped_bytes,
@@ -849,6 +850,46 @@ fn write_log_start(dir: &Path, offset: i64) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Keeps the segments' offsets contiguous after recovery. A closed segment whose unsynced
+/// tail was lost (or cut as damaged) ends before the next segment starts, and a segment whose
+/// name was lost leaves a hole; everything after such a gap was written after the lost bytes
+/// and was never synced ahead of them (a sync covers every segment written), so it was never
+/// acknowledged as durable. Those later segments are deleted (durably, so that a second crash
+/// cannot bring them back behind new appends) and the cut is reported.
+///
+/// A segment whose persisted indexes still match it lost nothing since it was closed, so a
+/// hole after it is compaction's (segments that older versions compacted may end early);
+/// compaction now keeps each segment's last batch, so it makes no such holes.
+fn drop_segments_after_gap(
+    storage: &dyn Storage,
+    dir: &Path,
+    segments: &mut BTreeMap<i64, Segment>,
+    truncations: &mut Vec<Truncation>,
+) -> Result<()> {
+    let gap = segments
+        .values()
+        .zip(segments.values().skip(1))
+        .find(|(a, b)| a.scanned && a.next_offset != b.base_offset)
+        .map(|(a, b)| (a.next_offset, b.base_offset));
+    let Some((end, next_base)) = gap else {
+        return Ok(());
+    };
+    let doomed = segments.split_off(&next_base);
+    for seg in doomed.values() {
+        seg.delete_files(storage)?;
+        truncations.push(Truncation {
+            path: seg.path.clone(),
+            valid_bytes: 0,
+            dropped_bytes: seg.size,
+            reason: format!(
+                "the log before it ends at offset {end} but this segment starts at {}",
+                seg.base_offset
+            ),
+        });
+    }
+    storage.sync_dir(dir).at(dir)
+}
+
 /// Rebuilds producer state from frame headers at or after `from`.
 fn replay_producers(
     segments: &BTreeMap<i64, Segment>,
@@ -929,9 +970,11 @@ fn read_segment(
             let skip = offsets.values().partition_point(|&o| o < offset);
             records = records.slice(skip, records.num_rows() - skip);
         }
-        *budget = budget.saturating_sub(len);
         result.next_offset = h.batch.next_offset();
+        // An emptied batch (compaction's end marker) costs no budget, so a small read still
+        // reaches the records after it.
         if records.num_rows() > 0 {
+            *budget = budget.saturating_sub(len);
             result.batches.push(StoredBatch {
                 header: h.batch,
                 records,

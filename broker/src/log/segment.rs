@@ -43,6 +43,9 @@ pub struct Segment {
     pub created_ms: i64,
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
+    /// Opening read and checked every frame, because no persisted index matched the file
+    /// (it was the active segment, or changed since its indexes were written).
+    pub scanned: bool,
     bytes_since_index: u64,
     index_interval_bytes: u64,
 }
@@ -78,6 +81,7 @@ impl Segment {
             created_ms: now_ms,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            scanned: false,
             bytes_since_index: 0,
             index_interval_bytes,
         })
@@ -106,12 +110,14 @@ impl Segment {
             created_ms,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            scanned: false,
             bytes_since_index: 0,
             index_interval_bytes,
         };
         if !active && segment.load_indexes(storage, dir, len)? {
             return Ok((segment, None));
         }
+        segment.scanned = true;
         let truncation = segment.recover(len)?;
         Ok((segment, truncation))
     }
@@ -201,7 +207,9 @@ impl Segment {
                 reason = Some("CRC mismatch".into());
                 break;
             }
-            if header.batch.base_offset < self.next_offset || header.batch.record_count == 0 {
+            // An empty batch is compaction's end marker (see the cleaner); a negative count or
+            // an offset that goes back is damage.
+            if header.batch.base_offset < self.next_offset || header.batch.record_count < 0 {
                 reason = Some(format!(
                     "batch at offset {} does not follow offset {}",
                     header.batch.base_offset, self.next_offset
