@@ -22,6 +22,7 @@ use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::cleaner::CleanStats;
+use crate::log::storage::{FileStorage, Storage};
 use crate::log::{Ack, AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, Shutdown, now_ms};
 use crate::partitioner::Partitioner;
 use crate::record::{EnvelopeBuilder, Record};
@@ -100,6 +101,8 @@ struct Inner {
     _lock_file: File,
     /// Consumer groups and committed offsets.
     groups: GroupCoordinator,
+    /// The file layer under every partition log.
+    storage: Arc<dyn Storage>,
 }
 
 /// Producer ids are handed out from blocks whose end is persisted before use, so no id is
@@ -183,6 +186,15 @@ impl Broker {
     /// time-based flushes, producer id expiry and each partition's flusher. Must run inside a
     /// Tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker> {
+        Broker::open_with_storage(config, FileStorage::shared()).await
+    }
+
+    /// [`Broker::open`] with every partition log's segment and index files on `storage`
+    /// (fault injection in tests).
+    pub async fn open_with_storage(
+        config: BrokerConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Broker> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).at(&dir)?;
         let lock_file = lock_data_dir(&dir)?;
@@ -191,7 +203,7 @@ impl Broker {
             tracing::info!(dir = %dir.display(), "no clean shutdown recorded: recovering every partition's active segment");
         }
         let metas = topic::load_catalog(&dir)?;
-        let opened = open_partitions(&dir, &config.log, &metas, shutdown_was).await?;
+        let opened = open_partitions(&dir, &config.log, &metas, &storage, shutdown_was).await?;
         let mut topics = BTreeMap::new();
         for (meta, (config_for_topic, logs)) in metas.into_iter().zip(opened) {
             for log in &logs {
@@ -226,6 +238,7 @@ impl Broker {
                 }),
                 _lock_file: lock_file,
                 groups,
+                storage,
             }),
         };
         broker.start_background();
@@ -355,7 +368,15 @@ impl Broker {
                 if pdir.exists() {
                     std::fs::remove_dir_all(&pdir).at(&pdir)?;
                 }
-                let log = Arc::new(Log::open(&pdir, &new.name, p, config.clone())?);
+                let storage = self.inner.storage.clone();
+                let log = Arc::new(Log::open_with(
+                    &pdir,
+                    &new.name,
+                    p,
+                    config.clone(),
+                    storage,
+                    Shutdown::Unclean,
+                )?);
                 log.start_flusher();
                 logs.push(log);
             }
@@ -491,7 +512,15 @@ impl Broker {
                 if pdir.exists() {
                     std::fs::remove_dir_all(&pdir).at(&pdir)?;
                 }
-                let log = Arc::new(Log::open(&pdir, name, p, t.config.clone())?);
+                let storage = self.inner.storage.clone();
+                let log = Arc::new(Log::open_with(
+                    &pdir,
+                    name,
+                    p,
+                    t.config.clone(),
+                    storage,
+                    Shutdown::Unclean,
+                )?);
                 log.start_flusher();
                 logs.push(log);
             }
@@ -754,10 +783,18 @@ impl Broker {
         for t in tasks {
             let _ = t.await;
         }
+        // One partition whose disk failed must not keep the others from closing cleanly.
+        let mut first_error = None;
         for log in self.all_logs() {
-            log.close().await?;
+            if let Err(e) = log.close().await {
+                tracing::error!(topic = log.topic(), partition = log.partition(), error = %e, "closing the partition failed");
+                first_error.get_or_insert(e);
+            }
         }
-        write_clean_shutdown_marker(&self.inner.config.data_dir)
+        match first_error {
+            Some(e) => Err(e),
+            None => write_clean_shutdown_marker(&self.inner.config.data_dir),
+        }
     }
 }
 
@@ -781,6 +818,7 @@ async fn open_partitions(
     dir: &Path,
     defaults: &LogConfig,
     metas: &[TopicMeta],
+    storage: &Arc<dyn Storage>,
     shutdown_was: Shutdown,
 ) -> Result<Vec<(Arc<LogConfig>, Vec<Arc<Log>>)>> {
     let mut configs = Vec::with_capacity(metas.len());
@@ -808,8 +846,10 @@ async fn open_partitions(
                 break;
             };
             let pdir = partition_dir(dir, &name, p);
+            let storage = storage.clone();
             running.spawn_blocking(move || {
-                Log::open_after(&pdir, &name, p, config, shutdown_was).map(|log| (t, p, log))
+                Log::open_with(&pdir, &name, p, config, storage, shutdown_was)
+                    .map(|log| (t, p, log))
             });
         }
         let Some(done) = running.join_next().await else {

@@ -114,6 +114,20 @@ pub enum BrokerError {
         source: std::io::Error,
     },
 
+    /// A failed fsync took the partition offline for writes (as Kafka takes a failed log
+    /// directory offline); it stays so until the broker restarts.
+    #[error(
+        "partition {topic}-{partition} is offline: fsync of {path} failed ({cause}), so writes \
+         since the last successful fsync may not be on disk and the partition takes no more \
+         writes; fix the disk, then restart the broker"
+    )]
+    PartitionOffline {
+        topic: String,
+        partition: i32,
+        path: PathBuf,
+        cause: String,
+    },
+
     /// Stored data that does not decode (caught by CRC or structure checks).
     #[error("corrupt data in {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -141,6 +155,7 @@ impl BrokerError {
         !matches!(
             self,
             BrokerError::Io { .. }
+                | BrokerError::PartitionOffline { .. }
                 | BrokerError::Corrupt { .. }
                 | BrokerError::Arrow(_)
                 | BrokerError::Internal(_)

@@ -1,5 +1,7 @@
 //! Log compaction for `cleanup.policy=compact`: keep the latest record per key in closed
 //! segments, drop tombstones once they are older than `delete.retention.ms`, keep offsets.
+//! A segment's last batch is kept even when none of its records is (as an empty batch), so
+//! every segment still ends where the next begins.
 //!
 //! Crash safety: each segment is rewritten to `<base>.log.cleaned`, fsynced, then renamed over
 //! the original (an atomic replace). Its index files are removed before the rename and written
@@ -7,8 +9,6 @@
 //! log deletes) or the new one (with missing indexes that opening the log rebuilds).
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use arrow::array::BooleanArray;
@@ -16,6 +16,7 @@ use arrow::compute::filter_record_batch;
 
 use super::frame::{self, BatchHeader, FrameEncoder};
 use super::segment::{self, Segment, SegmentView};
+use super::storage::OpenMode;
 use super::{Log, now_ms};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::record::EnvelopeColumns;
@@ -43,23 +44,23 @@ pub enum CrashPoint {
     AfterSwap,
 }
 
-/// Calls `f` for every frame of a segment view, with its decoded rows.
+/// Calls `f` for every frame of a segment view, with its bytes and whether it is the last.
 fn for_each_frame(
     view: &SegmentView,
-    mut f: impl FnMut(&frame::FrameHeader, &arrow::buffer::Buffer) -> Result<()>,
+    mut f: impl FnMut(&frame::FrameHeader, &arrow::buffer::Buffer, bool) -> Result<()>,
 ) -> Result<()> {
     let mut pos = 0;
     while pos < view.end {
-        let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
-        let buf = segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
+        let h = segment::read_header(&*view.file, &view.path, pos, view.end)?;
+        let buf = segment::read_aligned(&*view.file, &view.path, pos, h.frame_len as usize)?;
         if !frame::crc_matches(&buf, &h) {
             return Err(BrokerError::Corrupt {
                 path: view.path.clone(),
                 reason: format!("CRC mismatch at position {pos}"),
             });
         }
-        f(&h, &buf)?;
         pos += h.frame_len;
+        f(&h, &buf, pos >= view.end)?;
     }
     Ok(())
 }
@@ -73,6 +74,10 @@ impl Log {
     /// A compaction pass at time `now`, optionally stopping at `crash` (tests).
     pub async fn compact_until(&self, now: i64, crash: Option<CrashPoint>) -> Result<CleanStats> {
         let _one_at_a_time = self.cleaner_lock.lock().await;
+        if self.is_offline() {
+            // Its disk failed: rewrite nothing there until a restart.
+            return Ok(CleanStats::default());
+        }
         let (config, closed) = {
             let inner = self.inner.lock();
             let n = inner.segments.len();
@@ -104,7 +109,7 @@ impl Log {
         let mut map_bytes = 0usize;
         let mut mapped = 0;
         for view in &cleanable {
-            for_each_frame(view, |h, buf| {
+            for_each_frame(view, |h, buf, _| {
                 let batch = frame::decode(buf, h)?;
                 let cols = EnvelopeColumns::try_new(&batch)?;
                 for row in 0..batch.num_rows() {
@@ -133,16 +138,14 @@ impl Log {
                 .get(&view.base_offset)
                 .is_some_and(|&t| t < now.saturating_sub(config.delete_retention_ms));
             let cleaned_path = view.path.with_extension("log.cleaned");
-            let out = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&cleaned_path)
+            let out = self
+                .storage
+                .open(&cleaned_path, OpenMode::CreateTruncate)
                 .at(&cleaned_path)?;
             let mut out_pos = 0u64;
             let mut scratch = Vec::new();
             let mut changed = false;
-            for_each_frame(view, |h, buf| {
+            for_each_frame(view, |h, buf, last_frame| {
                 let batch = frame::decode(buf, h)?;
                 let cols = EnvelopeColumns::try_new(&batch)?;
                 let keep: BooleanArray = (0..batch.num_rows())
@@ -157,7 +160,10 @@ impl Log {
                 stats.records_kept += kept as u64;
                 stats.records_removed += (batch.num_rows() - kept) as u64;
                 stats.bytes_before += h.frame_len;
-                if kept == 0 {
+                // The last batch stays, emptied if need be, so the segment still ends where
+                // the next one starts: recovery takes a hole between segments for writes that
+                // a crash lost (as Kafka keeps empty batches, this keeps the offsets).
+                if kept == 0 && !last_frame {
                     changed = true;
                     return Ok(());
                 }
@@ -185,10 +191,12 @@ impl Log {
             stats.bytes_after += out_pos;
             if !changed {
                 drop(out);
-                std::fs::remove_file(&cleaned_path).at(&cleaned_path)?;
+                self.storage.remove_file(&cleaned_path).at(&cleaned_path)?;
                 continue;
             }
-            out.sync_all().at(&cleaned_path)?;
+            if let Err(e) = out.sync_data() {
+                return Err(self.go_offline(cleaned_path, &e));
+            }
             drop(out);
             if crash == Some(CrashPoint::BeforeSwap) {
                 return Ok(stats);
@@ -218,28 +226,28 @@ impl Log {
             .is_some_and(|s| Arc::ptr_eq(&s.file, &view.file));
         if !still_there {
             // Retention removed it meanwhile.
-            let _ = std::fs::remove_file(cleaned);
+            let _ = self.storage.remove_file(cleaned);
             return Ok(());
         }
         let dir = self.dir.clone();
         for suffix in ["index", "timeindex"] {
             let p = dir.join(segment::file_name(view.base_offset, suffix));
-            if let Err(e) = std::fs::remove_file(&p)
+            if let Err(e) = self.storage.remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 return Err(BrokerError::io(p, e));
             }
         }
-        std::fs::rename(cleaned, &view.path).at(&view.path)?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .at(&dir)?;
+        self.storage.rename(cleaned, &view.path).at(&view.path)?;
+        if let Err(e) = self.storage.sync_dir(&dir) {
+            return Err(self.go_offline(dir, &e));
+        }
         if crash == Some(CrashPoint::AfterSwap) {
             return Ok(());
         }
         // The indexes are gone, so opening scans the new file and rebuilds them.
-        let (seg, _) = Segment::open(&dir, view.base_offset, false, interval)?;
-        seg.save_indexes()?;
+        let (seg, _) = Segment::open(&*self.storage, &dir, view.base_offset, false, interval)?;
+        seg.save_indexes(&*self.storage)?;
         inner.segments.insert(view.base_offset, seg);
         Ok(())
     }

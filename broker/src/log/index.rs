@@ -8,9 +8,10 @@
 //! u64 entry count, entries as `(i64, i64)` pairs, u32 CRC32C of everything before it. An index
 //! whose covered length differs from the segment file, or whose CRC fails, is stale and is rebuilt.
 
-use std::io::Write;
 use std::path::Path;
 
+use super::frame::HEADER_LEN;
+use super::storage::{self, OpenMode, Storage};
 use crate::error::{IoContext, Result};
 
 const MAGIC: &[u8; 4] = b"QIDX";
@@ -47,16 +48,17 @@ impl OffsetIndex {
         self.entries.is_empty()
     }
 
-    pub fn save(&self, path: &Path, covered_len: u64) -> Result<()> {
+    pub fn save(&self, storage: &dyn Storage, path: &Path, covered_len: u64) -> Result<()> {
         save_pairs(
+            storage,
             path,
             covered_len,
             self.entries.iter().map(|&(o, p)| (o, p as i64)),
         )
     }
 
-    pub fn load(path: &Path, covered_len: u64) -> Option<Self> {
-        let pairs = load_pairs(path, covered_len)?;
+    pub fn load(storage: &dyn Storage, path: &Path, covered_len: u64) -> Option<Self> {
+        let pairs = load_pairs(storage, path, covered_len)?;
         let ok = pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
             && pairs
                 .iter()
@@ -105,12 +107,12 @@ impl TimeIndex {
         self.entries.last().copied()
     }
 
-    pub fn save(&self, path: &Path, covered_len: u64) -> Result<()> {
-        save_pairs(path, covered_len, self.entries.iter().copied())
+    pub fn save(&self, storage: &dyn Storage, path: &Path, covered_len: u64) -> Result<()> {
+        save_pairs(storage, path, covered_len, self.entries.iter().copied())
     }
 
-    pub fn load(path: &Path, covered_len: u64) -> Option<Self> {
-        let pairs = load_pairs(path, covered_len)?;
+    pub fn load(storage: &dyn Storage, path: &Path, covered_len: u64) -> Option<Self> {
+        let pairs = load_pairs(storage, path, covered_len)?;
         pairs
             .windows(2)
             .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
@@ -119,6 +121,7 @@ impl TimeIndex {
 }
 
 fn save_pairs(
+    storage: &dyn Storage,
     path: &Path,
     covered_len: u64,
     pairs: impl ExactSizeIterator<Item = (i64, i64)>,
@@ -134,14 +137,16 @@ fn save_pairs(
     }
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
-    let mut file = std::fs::File::create(path).at(path)?;
-    file.write_all(&buf).at(path)?;
+    let file = storage.open(path, OpenMode::CreateTruncate).at(path)?;
+    file.write_all_at(&buf, 0).at(path)?;
     // Indexes are derived data: a lost or torn index is rebuilt, so no fsync here.
     Ok(())
 }
 
-fn load_pairs(path: &Path, covered_len: u64) -> Option<Vec<(i64, i64)>> {
-    let bytes = std::fs::read(path).ok()?;
+fn load_pairs(storage: &dyn Storage, path: &Path, covered_len: u64) -> Option<Vec<(i64, i64)>> {
+    // At most one entry per frame, so a longer file is not an index of this segment.
+    let max_entries = covered_len / HEADER_LEN as u64 + 1;
+    let bytes = storage::read_file(storage, path, 28 + max_entries * 16).ok()?;
     if bytes.len() < 28 || &bytes[0..4] != MAGIC {
         return None;
     }
@@ -209,16 +214,21 @@ mod tests {
         let mut idx = OffsetIndex::default();
         idx.push(0, 0);
         idx.push(5, 100);
-        idx.save(&path, 200).ok();
-        assert_eq!(OffsetIndex::load(&path, 200), Some(idx.clone()));
+        let fs = storage::FileStorage;
+        idx.save(&fs, &path, 200).ok();
+        assert_eq!(OffsetIndex::load(&fs, &path, 200), Some(idx.clone()));
         assert_eq!(
-            OffsetIndex::load(&path, 201),
+            OffsetIndex::load(&fs, &path, 201),
             None,
             "stale: segment length changed"
         );
         let mut bytes = std::fs::read(&path).unwrap_or_default();
         bytes[30] ^= 0xff;
         std::fs::write(&path, bytes).ok();
-        assert_eq!(OffsetIndex::load(&path, 200), None, "corrupt: CRC fails");
+        assert_eq!(
+            OffsetIndex::load(&fs, &path, 200),
+            None,
+            "corrupt: CRC fails"
+        );
     }
 }

@@ -17,8 +17,11 @@ pub mod cleaner;
 pub mod epoch;
 pub mod frame;
 pub mod index;
+#[cfg(test)]
+mod power_loss_tests;
 pub mod producer_state;
 pub mod segment;
+pub mod storage;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -27,7 +30,7 @@ mod visibility_tests;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray};
@@ -43,6 +46,7 @@ use frame::FrameEncoder;
 pub use frame::{BatchHeader, ProducerInfo, attributes};
 use producer_state::{ProducerStates, SequenceCheck};
 use segment::{Segment, SegmentView, Truncation};
+use storage::{FileStorage, Storage};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -169,6 +173,10 @@ pub struct Log {
     deleted: AtomicBool,
     /// Set by `close`: no append lands after it.
     closed: AtomicBool,
+    /// The file layer under the segments and indexes.
+    storage: Arc<dyn Storage>,
+    /// Set once, when a sync fails: from then on the partition takes no writes.
+    offline: OnceLock<Offline>,
 }
 
 impl Drop for Log {
@@ -176,6 +184,13 @@ impl Drop for Log {
         // Lets the flusher task see the log is gone and end.
         self.flush_kick.notify_one();
     }
+}
+
+/// Why a partition went offline.
+#[derive(Debug, Clone)]
+struct Offline {
+    path: PathBuf,
+    cause: String,
 }
 
 impl std::fmt::Debug for Log {
@@ -193,15 +208,35 @@ impl Log {
         Self::open_after(dir, topic, partition, config, Shutdown::Unclean)
     }
 
-    /// Opens (or creates) the log in `dir`. After an unclean shutdown the active segment is
-    /// recovered (a torn or corrupt tail is cut to the last whole batch, and the cut is
-    /// logged) and the leader epoch is bumped; after a clean one the persisted indexes are
-    /// trusted.
+    /// [`Log::open_with`] on the real file system.
     pub fn open_after(
         dir: &Path,
         topic: &str,
         partition: i32,
         config: Arc<LogConfig>,
+        shutdown: Shutdown,
+    ) -> Result<Log> {
+        Self::open_with(
+            dir,
+            topic,
+            partition,
+            config,
+            FileStorage::shared(),
+            shutdown,
+        )
+    }
+
+    /// Opens (or creates) the log in `dir`, its segment and index files on `storage` (tests
+    /// put a fault-injecting layer there). After an unclean shutdown the active segment is
+    /// recovered (a torn or corrupt tail is cut to the last whole batch, and the cut is
+    /// logged) and the leader epoch is bumped; after a clean one the persisted indexes are
+    /// trusted.
+    pub fn open_with(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        config: Arc<LogConfig>,
+        storage: Arc<dyn Storage>,
         shutdown: Shutdown,
     ) -> Result<Log> {
         let existed = dir.exists();
@@ -214,7 +249,7 @@ impl Log {
             if name.ends_with(".cleaned") {
                 // A compaction that did not finish: the original segment is still in place.
                 tracing::warn!(file = %entry.path().display(), "removing unfinished compaction output");
-                std::fs::remove_file(entry.path()).at(&entry.path())?;
+                storage.remove_file(&entry.path()).at(&entry.path())?;
             } else if let Some(stem) = name.strip_suffix(".log")
                 && let Ok(base) = stem.parse::<i64>()
             {
@@ -228,12 +263,14 @@ impl Log {
             // After a clean shutdown the active segment's indexes were saved at close and are
             // trusted like a closed segment's (they are checked against the file length).
             let scan = i + 1 == bases.len() && shutdown == Shutdown::Unclean;
-            let (seg, cut) = Segment::open(dir, base, scan, config.index_interval_bytes)?;
+            let (seg, cut) =
+                Segment::open(&*storage, dir, base, scan, config.index_interval_bytes)?;
             if let Some(cut) = cut {
                 truncations.push(cut);
             }
             segments.insert(base, seg);
         }
+        drop_segments_after_gap(&*storage, dir, &mut segments, &mut truncations)?;
         for t in &truncations {
             tracing::warn!(
                 file = %t.path.display(), kept_bytes = t.valid_bytes, dropped_bytes = t.dropped_bytes,
@@ -243,7 +280,7 @@ impl Log {
         if segments.is_empty() {
             segments.insert(
                 0,
-                Segment::create(dir, 0, config.index_interval_bytes, now_ms())?,
+                Segment::create(&*storage, dir, 0, config.index_interval_bytes, now_ms())?,
             );
         }
         let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
@@ -310,6 +347,8 @@ impl Log {
             epochs: parking_lot::RwLock::new(Arc::new(epochs)),
             deleted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            storage,
+            offline: OnceLock::new(),
         })
     }
 
@@ -330,8 +369,11 @@ impl Log {
                 }
                 let end = log.end_offset();
                 if let Err(e) = log.flush_to(end).await {
-                    tracing::error!(topic = %log.topic, partition = log.partition, error = %e,
-                        "background flush failed; the partition takes no more writes");
+                    // A failed fsync took the partition offline and was reported there, once.
+                    if !log.is_offline() {
+                        tracing::error!(topic = %log.topic, partition = log.partition, error = %e,
+                            "background flush failed");
+                    }
                     return;
                 }
             }
@@ -437,6 +479,42 @@ impl Log {
         matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
     }
 
+    /// True once a failed fsync has taken the partition offline for writes (until a restart).
+    pub fn is_offline(&self) -> bool {
+        self.offline.get().is_some()
+    }
+
+    /// The error every write gets once the partition is offline.
+    fn offline_error(&self) -> Option<BrokerError> {
+        self.offline.get().map(|o| BrokerError::PartitionOffline {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            path: o.path.clone(),
+            cause: o.cause.clone(),
+        })
+    }
+
+    /// Takes the partition offline after a failed sync of `path`. After a failed fsync the
+    /// kernel may have dropped the dirty pages and marked them clean, so a retry could
+    /// succeed without the data being on disk: nothing written since the last good sync can
+    /// be called durable, and only a restart (which re-reads what the disk really holds)
+    /// brings the partition back, as Kafka does for a failed log directory.
+    fn go_offline(&self, path: PathBuf, error: &std::io::Error) -> BrokerError {
+        let offline = Offline {
+            path,
+            cause: error.to_string(),
+        };
+        if self.offline.set(offline.clone()).is_ok() {
+            tracing::error!(
+                topic = %self.topic, partition = self.partition, file = %offline.path.display(),
+                error = %offline.cause, durable_offset = self.durable_offset.load(Ordering::Acquire),
+                "fsync failed: partition is offline for writes until the broker is restarted after the disk is fixed"
+            );
+        }
+        self.offline_error()
+            .unwrap_or_else(|| BrokerError::io(offline.path, std::io::Error::other(offline.cause)))
+    }
+
     /// Checks a batch against the envelope schema and the topic's limits before anything is written.
     fn validate(&self, config: &LogConfig, batch: &RecordBatch) -> Result<()> {
         let cols = EnvelopeColumns::try_new(batch)?;
@@ -520,6 +598,9 @@ impl Log {
     ) -> Result<AppendInfo> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(BrokerError::UnknownTopic(self.topic.clone()));
+        }
+        if let Some(e) = self.offline_error() {
+            return Err(e);
         }
         let config = self.inner.lock().config.clone();
         self.validate(&config, batch)?;
@@ -668,9 +749,9 @@ impl Log {
         if active.is_empty() || !(full || old) {
             return Ok(());
         }
-        active.save_indexes()?;
+        active.save_indexes(&*self.storage)?;
         inner.producers.save(&self.dir, next)?;
-        let seg = Segment::create(&self.dir, next, interval, now)?;
+        let seg = Segment::create(&*self.storage, &self.dir, next, interval, now)?;
         inner.segments.insert(next, seg);
         inner.dir_dirty = true;
         Ok(())
@@ -678,12 +759,17 @@ impl Log {
 
     /// Makes every record below `target` durable: one caller fsyncs everything written so far
     /// while the others wait for it, so N concurrent appends cost about two fsyncs, not N.
+    /// Once a sync has failed, every caller whose records are not yet durable gets
+    /// [`BrokerError::PartitionOffline`].
     pub async fn flush_to(&self, target: i64) -> Result<()> {
         // Subscribed before the first check, so a round that ends after it is never missed.
         let mut rounds = self.flush_rounds.subscribe();
         loop {
             if self.durable_offset.load(Ordering::Acquire) >= target {
                 return Ok(());
+            }
+            if let Some(e) = self.offline_error() {
+                return Err(e);
             }
             match self.flush_lock.try_lock() {
                 Ok(turn) => {
@@ -705,8 +791,12 @@ impl Log {
 
     /// Fsyncs every segment written past the durable offset (and the directory if a segment
     /// was created or deleted), then moves the durable offset to what was written before.
+    /// A failed sync takes the partition offline and leaves the durable offset where it was.
     /// Callers hold `flush_lock`.
     async fn fsync_written(&self) -> Result<()> {
+        if let Some(e) = self.offline_error() {
+            return Err(e);
+        }
         let durable = self.durable_offset.load(Ordering::Acquire);
         let (files, dir, end) = {
             let mut inner = self.inner.lock();
@@ -719,22 +809,20 @@ impl Log {
             let dir = std::mem::take(&mut inner.dir_dirty).then(|| self.dir.clone());
             (files, dir, inner.next_offset)
         };
-        let synced = tokio::task::spawn_blocking(move || -> Result<()> {
+        let storage = self.storage.clone();
+        let synced = tokio::task::spawn_blocking(move || {
             for view in &files {
-                view.file.sync_data().at(&view.path)?;
+                view.file.sync_data().map_err(|e| (view.path.clone(), e))?;
             }
             if let Some(dir) = dir {
-                std::fs::File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .at(&dir)?;
+                storage.sync_dir(&dir).map_err(|e| (dir, e))?;
             }
             Ok(())
         })
         .await
         .map_err(|e| BrokerError::Internal(format!("fsync task failed: {e}")))?;
-        if let Err(e) = synced {
-            self.inner.lock().dir_dirty = true;
-            return Err(e);
+        if let Err((path, e)) = synced {
+            return Err(self.go_offline(path, &e));
         }
         self.durable_offset.fetch_max(end, Ordering::AcqRel);
         self.last_flush_ms.store(now_ms(), Ordering::Release);
@@ -754,6 +842,10 @@ impl Log {
         let Some(every) = self.config().flush_ms else {
             return Ok(());
         };
+        if self.is_offline() {
+            // Already reported once; a timer has nothing to add.
+            return Ok(());
+        }
         let due = now - self.last_flush_ms.load(Ordering::Acquire) >= every as i64;
         if due && self.durable_offset.load(Ordering::Acquire) < self.end_offset() {
             self.flush().await?;
@@ -840,13 +932,13 @@ impl Log {
         for (i, view) in views.iter().enumerate() {
             let mut pos = if i == 0 { start_pos } else { 0 };
             while pos < view.end {
-                let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+                let h = segment::read_header(&*view.file, &view.path, pos, view.end)?;
                 if h.batch.base_offset >= hw {
                     return Ok(None);
                 }
                 if h.batch.max_timestamp >= timestamp_ms && h.batch.last_offset() >= log_start {
                     let buf =
-                        segment::read_aligned(&view.file, &view.path, pos, h.frame_len as usize)?;
+                        segment::read_aligned(&*view.file, &view.path, pos, h.frame_len as usize)?;
                     let batch = frame::decode(&buf, &h)?;
                     let cols = EnvelopeColumns::try_new(&batch)?;
                     for row in 0..batch.num_rows() {
@@ -897,7 +989,7 @@ impl Log {
         }
         for base in &doomed {
             if let Some(seg) = inner.segments.remove(base) {
-                seg.delete_files()?;
+                seg.delete_files(&*self.storage)?;
                 inner.dir_dirty = true;
             }
         }
@@ -922,7 +1014,7 @@ impl Log {
         self.flush_kick.notify_one();
         self.flush().await?;
         let mut inner = self.inner.lock();
-        inner.active()?.save_indexes()?;
+        inner.active()?.save_indexes(&*self.storage)?;
         let end = inner.next_offset;
         inner.producers.save(&self.dir, end)
     }
@@ -966,7 +1058,7 @@ impl Log {
             .collect();
         for base in doomed {
             if let Some(seg) = inner.segments.remove(&base) {
-                seg.delete_files()?;
+                seg.delete_files(&*self.storage)?;
                 inner.dir_dirty = true;
             }
         }
@@ -1018,6 +1110,46 @@ fn write_log_start(dir: &Path, offset: i64) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Keeps the segments' offsets contiguous after recovery. A closed segment whose unsynced
+/// tail was lost (or cut as damaged) ends before the next segment starts, and a segment whose
+/// name was lost leaves a hole; everything after such a gap was written after the lost bytes
+/// and was never synced ahead of them (a sync covers every segment written), so it was never
+/// acknowledged as durable. Those later segments are deleted (durably, so that a second crash
+/// cannot bring them back behind new appends) and the cut is reported.
+///
+/// A segment whose persisted indexes still match it lost nothing since it was closed, so a
+/// hole after it is compaction's (segments that older versions compacted may end early);
+/// compaction now keeps each segment's last batch, so it makes no such holes.
+fn drop_segments_after_gap(
+    storage: &dyn Storage,
+    dir: &Path,
+    segments: &mut BTreeMap<i64, Segment>,
+    truncations: &mut Vec<Truncation>,
+) -> Result<()> {
+    let gap = segments
+        .values()
+        .zip(segments.values().skip(1))
+        .find(|(a, b)| a.scanned && a.next_offset != b.base_offset)
+        .map(|(a, b)| (a.next_offset, b.base_offset));
+    let Some((end, next_base)) = gap else {
+        return Ok(());
+    };
+    let doomed = segments.split_off(&next_base);
+    for seg in doomed.values() {
+        seg.delete_files(storage)?;
+        truncations.push(Truncation {
+            path: seg.path.clone(),
+            valid_bytes: 0,
+            dropped_bytes: seg.size,
+            reason: format!(
+                "the log before it ends at offset {end} but this segment starts at {}",
+                seg.base_offset
+            ),
+        });
+    }
+    storage.sync_dir(dir).at(dir)
+}
+
 /// Rebuilds producer state from frame headers at or after `from`.
 fn replay_producers(
     segments: &BTreeMap<i64, Segment>,
@@ -1062,7 +1194,7 @@ fn read_segment(
         if pos >= view.end {
             return Ok(true);
         }
-        let h = segment::read_header(&view.file, &view.path, pos, view.end)?;
+        let h = segment::read_header(&*view.file, &view.path, pos, view.end)?;
         if h.batch.base_offset >= high_watermark {
             return Ok(false);
         }
@@ -1074,7 +1206,7 @@ fn read_segment(
     let want = (first.frame_len as usize)
         .max(*budget)
         .min((view.end - pos) as usize);
-    let chunk = segment::read_aligned(&view.file, &view.path, pos, want)?;
+    let chunk = segment::read_aligned(&*view.file, &view.path, pos, want)?;
     let mut at = 0usize;
     while at + frame::HEADER_LEN <= chunk.len() {
         let h = frame::FrameHeader::parse(&chunk[at..]).map_err(|reason| BrokerError::Corrupt {
@@ -1105,9 +1237,11 @@ fn read_segment(
             let skip = offsets.values().partition_point(|&o| o < offset);
             records = records.slice(skip, records.num_rows() - skip);
         }
-        *budget = budget.saturating_sub(len);
         result.next_offset = h.batch.next_offset();
+        // An emptied batch (compaction's end marker) costs no budget, so a small read still
+        // reaches the records after it.
         if records.num_rows() > 0 {
+            *budget = budget.saturating_sub(len);
             result.batches.push(StoredBatch {
                 header: h.batch,
                 records,

@@ -2,9 +2,7 @@
 //! Only the partition's last segment (the active one) is appended to; the others are closed and
 //! immutable, except that compaction may replace one wholesale.
 
-use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,6 +10,7 @@ use arrow::buffer::{Buffer, MutableBuffer};
 
 use super::frame::{self, BatchHeader, FrameHeader, HEADER_LEN};
 use super::index::{OffsetIndex, TimeIndex};
+use super::storage::{self, OpenMode, Storage, StorageFile};
 use crate::error::{BrokerError, IoContext, Result};
 
 /// File name of the segment with this base offset (20 digits, as Kafka).
@@ -33,7 +32,7 @@ pub struct Truncation {
 pub struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
-    pub file: Arc<File>,
+    pub file: Arc<dyn StorageFile>,
     /// Bytes of whole frames; appends go here.
     pub size: u64,
     /// One past the last offset stored; `base_offset` when empty.
@@ -44,6 +43,9 @@ pub struct Segment {
     pub created_ms: i64,
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
+    /// Opening read and checked every frame, because no persisted index matched the file
+    /// (it was the active segment, or changed since its indexes were written).
+    pub scanned: bool,
     bytes_since_index: u64,
     index_interval_bytes: u64,
 }
@@ -53,7 +55,7 @@ pub struct Segment {
 pub struct SegmentView {
     pub base_offset: i64,
     pub path: PathBuf,
-    pub file: Arc<File>,
+    pub file: Arc<dyn StorageFile>,
     /// Reads stop here (the segment's size when the view was taken).
     pub end: u64,
 }
@@ -61,28 +63,25 @@ pub struct SegmentView {
 impl Segment {
     /// Creates an empty segment file (fails if it exists).
     pub fn create(
+        storage: &dyn Storage,
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u64,
         now_ms: i64,
     ) -> Result<Segment> {
         let path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at(&path)?;
+        let file = storage.open(&path, OpenMode::CreateNew).at(&path)?;
         Ok(Segment {
             base_offset,
             path,
-            file: Arc::new(file),
+            file,
             size: 0,
             next_offset: base_offset,
             max_timestamp: i64::MIN,
             created_ms: now_ms,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            scanned: false,
             bytes_since_index: 0,
             index_interval_bytes,
         })
@@ -91,51 +90,52 @@ impl Segment {
     /// Opens an existing segment. A closed segment with valid index files is trusted; otherwise
     /// every frame is read and checked, and a torn or corrupt tail is cut off (and reported).
     pub fn open(
+        storage: &dyn Storage,
         dir: &Path,
         base_offset: i64,
         active: bool,
         index_interval_bytes: u64,
     ) -> Result<(Segment, Option<Truncation>)> {
         let path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        let meta = file.metadata().at(&path)?;
-        let created_ms = meta
-            .created()
-            .or_else(|_| meta.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as i64);
-        let len = meta.len();
+        let file = storage.open(&path, OpenMode::ReadWrite).at(&path)?;
+        let created_ms = file.created_ms().unwrap_or(0);
+        let len = file.size_bytes().at(&path)?;
         let mut segment = Segment {
             base_offset,
             path,
-            file: Arc::new(file),
+            file,
             size: 0,
             next_offset: base_offset,
             max_timestamp: i64::MIN,
             created_ms,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            scanned: false,
             bytes_since_index: 0,
             index_interval_bytes,
         };
-        if !active && segment.load_indexes(dir, len)? {
+        if !active && segment.load_indexes(storage, dir, len)? {
             return Ok((segment, None));
         }
+        segment.scanned = true;
         let truncation = segment.recover(len)?;
         Ok((segment, truncation))
     }
 
     /// Trusts persisted indexes if both cover exactly `len` bytes; reads the last frame for the
     /// segment's end offset. Returns false when they are missing or stale.
-    fn load_indexes(&mut self, dir: &Path, len: u64) -> Result<bool> {
+    fn load_indexes(&mut self, storage: &dyn Storage, dir: &Path, len: u64) -> Result<bool> {
         let (Some(oi), Some(ti)) = (
-            OffsetIndex::load(&dir.join(file_name(self.base_offset, "index")), len),
-            TimeIndex::load(&dir.join(file_name(self.base_offset, "timeindex")), len),
+            OffsetIndex::load(
+                storage,
+                &dir.join(file_name(self.base_offset, "index")),
+                len,
+            ),
+            TimeIndex::load(
+                storage,
+                &dir.join(file_name(self.base_offset, "timeindex")),
+                len,
+            ),
         ) else {
             return Ok(false);
         };
@@ -166,7 +166,7 @@ impl Segment {
     /// Reads every frame, checks CRC and offset order, and truncates at the first bad one.
     fn recover(&mut self, len: u64) -> Result<Option<Truncation>> {
         let file = self.file.clone();
-        let mut reader = BufReader::with_capacity(1 << 20, &*file);
+        let mut reader = BufReader::with_capacity(1 << 20, storage::Reader::new(&*file, 0));
         let mut pos = 0u64;
         let mut frame = Vec::new();
         let mut reason = None;
@@ -207,7 +207,9 @@ impl Segment {
                 reason = Some("CRC mismatch".into());
                 break;
             }
-            if header.batch.base_offset < self.next_offset || header.batch.record_count == 0 {
+            // An empty batch is compaction's end marker (see the cleaner); a negative count or
+            // an offset that goes back is damage.
+            if header.batch.base_offset < self.next_offset || header.batch.record_count < 0 {
                 reason = Some(format!(
                     "batch at offset {} does not follow offset {}",
                     header.batch.base_offset, self.next_offset
@@ -219,8 +221,8 @@ impl Segment {
         }
         self.size = pos;
         if pos < len {
-            self.file.set_len(pos).at(&self.path)?;
-            self.file.sync_all().at(&self.path)?;
+            self.file.truncate(pos).at(&self.path)?;
+            self.file.sync_data().at(&self.path)?;
             return Ok(Some(Truncation {
                 path: self.path.clone(),
                 valid_bytes: pos,
@@ -255,7 +257,7 @@ impl Segment {
         let pos = self.size;
         if let Err(e) = self.file.write_all_at(frame_bytes, pos) {
             // Best effort: the partial frame would also be cut by recovery.
-            let _ = self.file.set_len(pos);
+            let _ = self.file.truncate(pos);
             return Err(BrokerError::io(&self.path, e));
         }
         self.note_frame(pos, batch, frame_bytes.len() as u64);
@@ -265,32 +267,36 @@ impl Segment {
 
     /// Reads the frame header at `pos`, which must lie before `end`.
     pub fn read_header(&self, pos: u64, end: u64) -> Result<FrameHeader> {
-        read_header(&self.file, &self.path, pos, end)
+        read_header(&*self.file, &self.path, pos, end)
     }
 
     /// Persists both indexes (done when the segment closes or the log shuts down).
-    pub fn save_indexes(&self) -> Result<()> {
+    pub fn save_indexes(&self, storage: &dyn Storage) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        self.offset_index
-            .save(&dir.join(file_name(self.base_offset, "index")), self.size)?;
+        self.offset_index.save(
+            storage,
+            &dir.join(file_name(self.base_offset, "index")),
+            self.size,
+        )?;
         self.time_index.save(
+            storage,
             &dir.join(file_name(self.base_offset, "timeindex")),
             self.size,
         )
     }
 
     /// Removes the segment's files.
-    pub fn delete_files(&self) -> Result<()> {
+    pub fn delete_files(&self, storage: &dyn Storage) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         for suffix in ["index", "timeindex"] {
             let p = dir.join(file_name(self.base_offset, suffix));
-            match std::fs::remove_file(&p) {
+            match storage.remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(BrokerError::io(p, e)),
             }
         }
-        std::fs::remove_file(&self.path).at(&self.path)
+        storage.remove_file(&self.path).at(&self.path)
     }
 
     pub fn view(&self) -> SegmentView {
@@ -308,7 +314,7 @@ impl Segment {
 }
 
 /// Reads and parses a frame header at `pos` of `file`, refusing one that runs past `end`.
-pub fn read_header(file: &File, path: &Path, pos: u64, end: u64) -> Result<FrameHeader> {
+pub fn read_header(file: &dyn StorageFile, path: &Path, pos: u64, end: u64) -> Result<FrameHeader> {
     let mut buf = [0u8; HEADER_LEN];
     if end.saturating_sub(pos) < HEADER_LEN as u64 {
         return Err(BrokerError::Corrupt {
@@ -331,7 +337,7 @@ pub fn read_header(file: &File, path: &Path, pos: u64, end: u64) -> Result<Frame
 }
 
 /// Reads `len` bytes at `pos` into a 64-byte aligned buffer (so Arrow decodes without copying).
-pub fn read_aligned(file: &File, path: &Path, pos: u64, len: usize) -> Result<Buffer> {
+pub fn read_aligned(file: &dyn StorageFile, path: &Path, pos: u64, len: usize) -> Result<Buffer> {
     let mut buf = MutableBuffer::from_len_zeroed(len);
     file.read_exact_at(buf.as_slice_mut(), pos).at(path)?;
     Ok(buf.into())

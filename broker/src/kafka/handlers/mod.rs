@@ -11,6 +11,8 @@ pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+#[cfg(test)]
+mod produce_tests;
 pub mod producer_id;
 
 use kafka_protocol::error::ResponseError;
@@ -146,7 +148,9 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
-        BrokerError::Io { .. } => ResponseError::KafkaStorageError,
+        BrokerError::Io { .. } | BrokerError::PartitionOffline { .. } => {
+            ResponseError::KafkaStorageError
+        }
         BrokerError::Corrupt { .. } => ResponseError::CorruptMessage,
         BrokerError::DataDirLocked { .. } | BrokerError::Arrow(_) | BrokerError::Internal(_) => {
             ResponseError::UnknownServerError

@@ -1,0 +1,541 @@
+//! The partition log on a simulated disk ([`super::storage::fault`]): power fails at random
+//! points while acks=all appenders and a reader run, and a failing fsync takes the partition
+//! offline. What must hold: every acknowledged record survives, at its offset; offsets stay
+//! contiguous; no reader saw a record that a crash took back; after a failed fsync nothing
+//! is called durable that was not synced before it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::storage::fault::{FaultyStorage, Rng};
+use super::*;
+use crate::config::LogConfig;
+use crate::kafka::handlers::error_code;
+use crate::record::{Record, batch_to_records, records_to_batch};
+
+/// Small segments and a dense index, so crashes land around rolls and index writes too.
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
+}
+
+fn open_on(dir: &Path, storage: &FaultyStorage) -> Log {
+    match Log::open_with(
+        dir,
+        "t",
+        0,
+        Arc::new(config()),
+        storage.shared(),
+        Shutdown::Unclean,
+    ) {
+        Ok(log) => log,
+        Err(e) => panic!("open log: {e}"),
+    }
+}
+
+/// `(key, value)` of a record, as compared across a crash.
+type Kv = (Option<bytes::Bytes>, Option<bytes::Bytes>);
+
+fn kv(r: &Record) -> Kv {
+    (r.key.clone(), r.value.clone())
+}
+
+/// Every record from the log start to the end.
+fn read_everything(log: &Log) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut offset = log.offsets().log_start_offset;
+    loop {
+        let res = match log.read(offset, 64 << 10) {
+            Ok(r) => r,
+            Err(e) => panic!("read at {offset}: {e}"),
+        };
+        for b in &res.batches {
+            out.extend(batch_to_records(&b.records).unwrap_or_default());
+        }
+        if res.next_offset == offset {
+            return out;
+        }
+        offset = res.next_offset;
+    }
+}
+
+/// One acks=all producer: appends batches and counts one acknowledged when `flush_to` says it
+/// is durable. Stops at the first error, which only a crash may cause.
+async fn producer(
+    log: Arc<Log>,
+    storage: FaultyStorage,
+    tag: String,
+    seed: u64,
+) -> Vec<(i64, Record)> {
+    let mut rng = Rng::new(seed);
+    let mut acked = Vec::new();
+    for j in 0..12 {
+        let n = 1 + rng.below(3) as usize;
+        let records: Vec<Record> = (0..n)
+            .map(|r| {
+                let pad = "x".repeat(rng.below(300) as usize);
+                let value = format!("{tag}-{j}-{r}-{pad}");
+                Record::new(j, Some(tag.as_bytes()), Some(value.as_bytes()))
+            })
+            .collect();
+        let info = match log.append_unflushed(&records_to_batch(&records), ProducerInfo::NONE) {
+            Ok(info) => info,
+            Err(e) => {
+                assert!(storage.crashed(), "append failed without a crash: {e}");
+                break;
+            }
+        };
+        if let Err(e) = log.flush_to(info.last_offset + 1).await {
+            assert!(storage.crashed(), "flush failed without a crash: {e}");
+            break;
+        }
+        assert!(log.offsets().durable_offset > info.last_offset);
+        for (i, r) in records.into_iter().enumerate() {
+            acked.push((info.base_offset + i as i64, r));
+        }
+        tokio::task::yield_now().await;
+    }
+    acked
+}
+
+/// A consumer that reads only what is durable, as a fetch bounded by the high watermark does.
+async fn reader(log: Arc<Log>, storage: FaultyStorage, done: Arc<AtomicBool>) -> Vec<Record> {
+    let mut seen = Vec::new();
+    let mut next = log.offsets().log_start_offset;
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let durable = log.offsets().durable_offset;
+        if next < durable {
+            match log.read(next, 2048) {
+                Ok(res) => {
+                    for b in &res.batches {
+                        for r in batch_to_records(&b.records).unwrap_or_default() {
+                            if r.offset >= next && r.offset < durable {
+                                next = r.offset + 1;
+                                seen.push(r);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    assert!(storage.crashed(), "read failed without a crash: {e}");
+                    return seen;
+                }
+            }
+        } else if finished {
+            return seen;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// What the log must hold after each crash: every record acknowledged or read so far.
+#[derive(Default)]
+struct Model {
+    must_have: BTreeMap<i64, Kv>,
+}
+
+impl Model {
+    fn require(&mut self, offset: i64, r: &Record, what: &str) {
+        let prev = self.must_have.insert(offset, kv(r));
+        assert!(
+            prev.is_none_or(|p| p == kv(r)),
+            "{what} record at offset {offset} differs from an earlier one"
+        );
+    }
+
+    fn check(&self, log: &Log, context: &str) {
+        let records = read_everything(log);
+        let start = log.offsets().log_start_offset;
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(
+                r.offset,
+                start + i as i64,
+                "{context}: offsets are contiguous"
+            );
+        }
+        let values: HashSet<&Option<bytes::Bytes>> = records.iter().map(|r| &r.value).collect();
+        assert_eq!(values.len(), records.len(), "{context}: no record twice");
+        let end = log.end_offset();
+        for (&offset, want) in &self.must_have {
+            assert!(
+                offset < end,
+                "{context}: acknowledged or read offset {offset} is gone (log ends at {end})"
+            );
+            let got = kv(&records[(offset - start) as usize]);
+            assert_eq!(&got, want, "{context}: offset {offset} changed");
+        }
+    }
+}
+
+/// One scenario: a few cycles on one directory of run, crash at a random point, reopen, check.
+async fn power_loss_scenario(seed: u64, cycles: u64) {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let mut rng = Rng::new(seed);
+    let storage = FaultyStorage::new();
+    let mut model = Model::default();
+    let mut log = Arc::new(open_on(dir.path(), &storage));
+    for cycle in 0..cycles {
+        // About 3 operations per append (write, sync, and now and then a roll), so this puts
+        // most crash points inside the run and some after it.
+        storage.crash_after(rng.below(200));
+        let done = Arc::new(AtomicBool::new(false));
+        let read = tokio::spawn(reader(log.clone(), storage.clone(), done.clone()));
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let tag = format!("s{seed}-c{cycle}-p{p}");
+                tokio::spawn(producer(log.clone(), storage.clone(), tag, rng.next_u64()))
+            })
+            .collect();
+        for task in producers {
+            match task.await {
+                Ok(acked) => {
+                    for (offset, r) in &acked {
+                        model.require(*offset, r, "acknowledged");
+                    }
+                }
+                Err(e) => panic!("seed {seed} cycle {cycle}: producer panicked: {e}"),
+            }
+        }
+        done.store(true, Ordering::Release);
+        let seen = match read.await {
+            Ok(seen) => seen,
+            Err(e) => panic!("seed {seed} cycle {cycle}: reader panicked: {e}"),
+        };
+        for r in &seen {
+            model.require(r.offset, r, "read");
+        }
+        // The power fails (if it has not yet); the process dies without closing anything.
+        storage.crash_now();
+        drop(log);
+        if let Err(e) = storage.power_loss(&mut rng) {
+            panic!("seed {seed} cycle {cycle}: power loss: {e}");
+        }
+        log = match Log::open_with(
+            dir.path(),
+            "t",
+            0,
+            Arc::new(config()),
+            storage.shared(),
+            Shutdown::Unclean,
+        ) {
+            Ok(l) => Arc::new(l),
+            Err(e) => panic!("seed {seed} cycle {cycle}: reopen after power loss: {e}"),
+        };
+        model.check(&log, &format!("seed {seed} cycle {cycle}"));
+        let o = log.offsets();
+        assert_eq!(
+            o.durable_offset, o.log_end_offset,
+            "what survived a crash is durable"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_power_loss_at_random_points() {
+    // 70 scenarios of 3 crash cycles: 210 crashes, each at a seeded random point.
+    for seed in 0..70 {
+        power_loss_scenario(seed, 3).await;
+    }
+}
+
+fn rec(i: i64) -> Record {
+    Record::new(i, Some(b"k"), Some(format!("value-{i}").as_bytes()))
+}
+
+/// Appends one record and waits until it is durable, as an acks=all produce does.
+async fn append_acked(log: &Log, i: i64) -> Result<AppendInfo> {
+    let info = log.append_unflushed(&records_to_batch(&[rec(i)]), ProducerInfo::NONE)?;
+    log.flush_to(info.last_offset + 1).await?;
+    Ok(info)
+}
+
+fn assert_offline(e: &BrokerError) {
+    assert!(
+        matches!(e, BrokerError::PartitionOffline { .. }),
+        "expected the partition offline, got {e}"
+    );
+    assert_eq!(error_code(e), 56, "KAFKA_STORAGE_ERROR");
+    let msg = e.to_string();
+    for needle in ["t-0", "os error 5", "restart the broker"] {
+        assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_failure_takes_the_partition_offline() {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let storage = FaultyStorage::new();
+    let log = Arc::new(open_on(dir.path(), &storage));
+    for i in 0..5 {
+        if let Err(e) = append_acked(&log, i).await {
+            panic!("append before the failure: {e}");
+        }
+    }
+    let durable = log.offsets().durable_offset;
+    assert_eq!(durable, 5);
+
+    storage.fail_syncs_under(dir.path());
+    // Several acks=all producers wait on the failing fsync round; each gets the error.
+    let waiters: Vec<_> = (0..4)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { append_acked(&log, 100 + i).await })
+        })
+        .collect();
+    for w in waiters {
+        match w.await {
+            Ok(Ok(info)) => panic!("acknowledged {info:?} although its fsync failed"),
+            Ok(Err(e)) => assert_offline(&e),
+            Err(e) => panic!("waiter panicked: {e}"),
+        }
+    }
+    assert!(log.is_offline());
+    assert_eq!(
+        log.offsets().durable_offset,
+        durable,
+        "nothing new is durable"
+    );
+
+    // Later writes fail at once, and no fsync is tried again.
+    let syncs_failed = storage.syncs_failed();
+    match log.append_unflushed(&records_to_batch(&[rec(9)]), ProducerInfo::NONE) {
+        Ok(info) => panic!("appended {info:?} to an offline partition"),
+        Err(e) => assert_offline(&e),
+    }
+    match log.flush().await {
+        Ok(()) => panic!("flushed an offline partition"),
+        Err(e) => assert_offline(&e),
+    }
+    assert_eq!(
+        storage.syncs_failed(),
+        syncs_failed,
+        "a failed fsync is never retried"
+    );
+    assert_eq!(log.offsets().durable_offset, durable);
+
+    // What was durable can still be read.
+    let res = match log.read(0, 1 << 20) {
+        Ok(r) => r,
+        Err(e) => panic!("read of durable records: {e}"),
+    };
+    assert!(res.record_count() >= 5);
+
+    // A restart (after the worst a power loss can do) recovers normally.
+    storage.crash_now();
+    drop(res);
+    match Arc::try_unwrap(log) {
+        Ok(log) => drop(log),
+        Err(_) => panic!("the log is still shared"),
+    }
+    if let Err(e) = storage.power_loss(&mut Rng::new(7)) {
+        panic!("power loss: {e}");
+    }
+    let log = open_on(dir.path(), &storage);
+    let records = read_everything(&log);
+    assert!(records.len() >= 5);
+    for (i, r) in records.iter().take(5).enumerate() {
+        assert_eq!(kv(r), kv(&rec(i as i64)), "acknowledged record {i}");
+    }
+    assert!(!log.is_offline());
+    if let Err(e) = append_acked(&log, 200).await {
+        panic!("append after restart: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_directory_fsync_takes_the_partition_offline() {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let storage = FaultyStorage::new();
+    // A new log's first flush syncs the directory too (its segment file is new).
+    let log = open_on(dir.path(), &storage);
+    storage.fail_syncs_of(dir.path());
+    match append_acked(&log, 0).await {
+        Ok(info) => panic!("acknowledged {info:?} although the directory fsync failed"),
+        Err(e) => {
+            assert!(matches!(e, BrokerError::PartitionOffline { .. }), "{e}");
+            assert!(e.to_string().contains(&dir.path().display().to_string()));
+        }
+    }
+    assert_eq!(log.offsets().durable_offset, 0);
+    assert!(log.is_offline());
+}
+
+#[test]
+fn a_segment_after_a_lost_tail_is_dropped_at_recovery() {
+    // The crash that the power-loss test found: the closed segment lost its unsynced tail
+    // while the next segment's file survived, which left a hole in the offsets.
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let storage = FaultyStorage::new();
+    {
+        let log = open_on(dir.path(), &storage);
+        let mut i = 0;
+        while log.offsets().segments < 3 {
+            let value = "v".repeat(500);
+            let r = Record::new(i, Some(b"k"), Some(value.as_bytes()));
+            if let Err(e) = log.append_unflushed(&records_to_batch(&[r]), ProducerInfo::NONE) {
+                panic!("append: {e}");
+            }
+            i += 1;
+        }
+    }
+    // Cut the first segment's last frame, as a lost unsynced tail would.
+    let first = dir.path().join(segment::file_name(0, "log"));
+    let len = std::fs::metadata(&first).map_or(0, |m| m.len());
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&first) {
+        f.set_len(len - 8).ok();
+    }
+    let log = open_on(dir.path(), &storage);
+    let records = read_everything(&log);
+    assert!(!records.is_empty());
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset, i as i64, "offsets are contiguous");
+    }
+    assert_eq!(log.end_offset(), records.len() as i64);
+    assert_eq!(log.offsets().segments, 1, "later segments are dropped");
+    // Appends continue right after the cut.
+    match log.append_unflushed(&records_to_batch(&[rec(0)]), ProducerInfo::NONE) {
+        Ok(info) => assert_eq!(info.base_offset, records.len() as i64),
+        Err(e) => panic!("append after recovery: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_compacted_log_reopened_without_its_indexes_keeps_every_segment() {
+    // Compaction empties whole batches, and a crash can take the unsynced index files with
+    // it; recovery must not take compaction's holes for lost writes.
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let config = LogConfig {
+        cleanup_policy: crate::config::CleanupPolicy {
+            compact: true,
+            delete: false,
+        },
+        ..config()
+    };
+    let storage = FaultyStorage::new();
+    let open = |storage: &FaultyStorage| match Log::open_with(
+        dir.path(),
+        "t",
+        0,
+        Arc::new(config.clone()),
+        storage.shared(),
+        Shutdown::Unclean,
+    ) {
+        Ok(log) => log,
+        Err(e) => panic!("open: {e}"),
+    };
+    let log = open(&storage);
+    // Every batch of a segment but the newest is superseded by the next segment's.
+    for version in 0..8 {
+        for k in 0..6 {
+            let value = format!("k{k}-v{version}-{}", "x".repeat(200));
+            let r = Record::new(0, Some(format!("k{k}").as_bytes()), Some(value.as_bytes()));
+            if let Err(e) = log.append_unflushed(&records_to_batch(&[r]), ProducerInfo::NONE) {
+                panic!("append: {e}");
+            }
+        }
+    }
+    // Durable, so readers see it (the high watermark is the durable offset).
+    if let Err(e) = log.flush().await {
+        panic!("flush: {e}");
+    }
+    let segments = log.offsets().segments;
+    assert!(segments > 2, "{segments} segments");
+    let stats = match log.compact_until(i64::MAX / 2, None).await {
+        Ok(s) => s,
+        Err(e) => panic!("compact: {e}"),
+    };
+    assert!(stats.segments_cleaned > 0, "{stats:?}");
+    let before = read_everything(&log);
+    let end = log.end_offset();
+    drop(log);
+    for entry in std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with("index") {
+            std::fs::remove_file(entry.path()).ok();
+        }
+    }
+    let log = open(&storage);
+    assert_eq!(log.offsets().segments, segments);
+    assert_eq!(log.end_offset(), end);
+    let after = read_everything(&log);
+    assert_eq!(after.len(), before.len());
+    assert!(
+        after
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| kv(a) == kv(b) && a.offset == b.offset)
+    );
+}
+
+#[tokio::test]
+async fn a_small_read_inside_an_emptied_batch_reaches_the_next_records() {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let config = LogConfig {
+        cleanup_policy: crate::config::CleanupPolicy {
+            compact: true,
+            delete: false,
+        },
+        ..config()
+    };
+    let log = match Log::open(dir.path(), "t", 0, Arc::new(config)) {
+        Ok(log) => log,
+        Err(e) => panic!("open: {e}"),
+    };
+    // Each segment's last batch holds only a key that the next segment writes again.
+    for i in 0..40 {
+        let key = if i % 2 == 0 { "even" } else { "odd" };
+        let value = format!("{i}-{}", "x".repeat(600));
+        let r = Record::new(0, Some(key.as_bytes()), Some(value.as_bytes()));
+        if let Err(e) = log.append_unflushed(&records_to_batch(&[r]), ProducerInfo::NONE) {
+            panic!("append: {e}");
+        }
+    }
+    if let Err(e) = log.flush().await {
+        panic!("flush: {e}");
+    }
+    if let Err(e) = log.compact_until(i64::MAX / 2, None).await {
+        panic!("compact: {e}");
+    }
+    let end = log.end_offset();
+    let mut offset = 0;
+    while offset < end {
+        let res = match log.read(offset, 1) {
+            Ok(r) => r,
+            Err(e) => panic!("read at {offset}: {e}"),
+        };
+        let Some(first) = res.batches.first() else {
+            panic!("a 1-byte read at {offset} returned no records before the end {end}")
+        };
+        assert!(first.records.num_rows() > 0);
+        assert!(res.next_offset > offset);
+        offset = res.next_offset;
+    }
+}

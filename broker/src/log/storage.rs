@@ -1,0 +1,220 @@
+//! The file layer under the partition log: everything the log does to its segment and index
+//! files goes through [`Storage`] and [`StorageFile`], so tests can put a fault-injecting layer
+//! there (power loss that drops unsynced writes, failing fsyncs) while the broker runs on
+//! [`FileStorage`], the real file system.
+//!
+//! The calls are coarse (one per frame written, one per read or fsync), so the one dynamic
+//! dispatch per call costs nothing next to the system call behind it, and no bytes are copied.
+//! Directories themselves (creating a partition directory, listing it, deleting a whole
+//! partition) and the small checkpoint files that do their own write-fsync-rename stay on
+//! `std::fs`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+#[cfg(test)]
+pub(crate) mod fault;
+
+/// How [`Storage::open`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// An existing file, for reading.
+    Read,
+    /// An existing file, for reading and writing.
+    ReadWrite,
+    /// A new file for reading and writing; fails if the name exists.
+    CreateNew,
+    /// A file for reading and writing, created if missing and emptied if present.
+    CreateTruncate,
+}
+
+/// The directory operations the log needs, and the way to open its files.
+///
+/// Contract: a file's contents are durable only once [`StorageFile::sync_data`] returned `Ok`
+/// after the write; a created, removed or renamed name is durable only once
+/// [`Storage::sync_dir`] of its directory returned `Ok` after the change. A failed sync says
+/// nothing about what reached the disk, so callers must not retry it and then treat earlier
+/// writes as durable (the log takes the partition offline instead).
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Opens `path` as `mode` says.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
+
+    /// Removes the name `path`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Renames `from` to `to` atomically, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    /// Makes the names in `dir` (creations, removals, renames) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// An open file. Reads and writes are positional, so one handle serves concurrent readers
+/// while the single appender writes past their end.
+pub trait StorageFile: Send + Sync + std::fmt::Debug {
+    /// Reads into `buf` at `pos`; returns the bytes read (0 at the end of the file).
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+
+    /// Reads exactly `buf.len()` bytes at `pos`; a short file is `UnexpectedEof`.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, pos) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ends before the bytes asked for",
+                    ));
+                }
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    pos += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `pos` (not durable until [`StorageFile::sync_data`]).
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+
+    /// Makes every write so far durable, with the file's length (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// The file's length.
+    fn size_bytes(&self) -> io::Result<u64>;
+
+    /// Cuts (or extends with zeros) the file to `len_bytes`.
+    fn truncate(&self, len_bytes: u64) -> io::Result<()>;
+
+    /// When the file was created (its modification time where the file system keeps no
+    /// creation time), in milliseconds since the Unix epoch.
+    fn created_ms(&self) -> io::Result<i64>;
+}
+
+/// Reads a whole file, refusing one longer than `max_bytes` (an `InvalidData` error).
+pub fn read_file(storage: &dyn Storage, path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    let file = storage.open(path, OpenMode::Read)?;
+    let len = file.size_bytes()?;
+    if len > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{len} bytes is more than the {max_bytes} expected"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileStorage;
+
+impl FileStorage {
+    /// The real file system as a shared [`Storage`] (the default for every log).
+    pub fn shared() -> Arc<dyn Storage> {
+        Arc::new(FileStorage)
+    }
+}
+
+impl Storage for FileStorage {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        match mode {
+            OpenMode::Read => {}
+            OpenMode::ReadWrite => {
+                options.write(true);
+            }
+            OpenMode::CreateNew => {
+                options.write(true).create_new(true);
+            }
+            OpenMode::CreateTruncate => {
+                options.write(true).create(true).truncate(true);
+            }
+        }
+        Ok(Arc::new(RealFile(options.open(path)?)))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// A file of the real file system.
+#[derive(Debug)]
+struct RealFile(File);
+
+impl StorageFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.0.read_at(buf, pos)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, pos)
+    }
+
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, pos)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn size_bytes(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn truncate(&self, len_bytes: u64) -> io::Result<()> {
+        self.0.set_len(len_bytes)
+    }
+
+    fn created_ms(&self) -> io::Result<i64> {
+        created_ms(&self.0)
+    }
+}
+
+/// A real file's creation time (or modification time), in milliseconds since the Unix epoch.
+fn created_ms(file: &File) -> io::Result<i64> {
+    let meta = file.metadata()?;
+    let time = meta.created().or_else(|_| meta.modified())?;
+    Ok(time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64))
+}
+
+/// Sequential reads of a [`StorageFile`] from a position, for `BufReader`.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    file: &'a dyn StorageFile,
+    pos: u64,
+}
+
+impl<'a> Reader<'a> {
+    /// Reads `file` from `pos` on.
+    pub fn new(file: &'a dyn StorageFile, pos: u64) -> Self {
+        Reader { file, pos }
+    }
+}
+
+impl io::Read for Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
