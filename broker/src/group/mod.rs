@@ -15,6 +15,8 @@
 
 pub mod consumer_protocol;
 pub mod coordinator;
+#[cfg(test)]
+mod durability_tests;
 pub mod member;
 pub mod records;
 pub mod state;
