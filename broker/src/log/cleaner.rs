@@ -3,12 +3,17 @@
 //! A segment's last batch is kept even when none of its records is (as an empty batch), so
 //! every segment still ends where the next begins.
 //!
+//! The passes read and write on blocking threads, never on the async runtime, and the
+//! partition lock is held only to swap a cleaned segment into the list, not across the rename
+//! and directory fsync, so appends to a partition being compacted keep their latency.
+//!
 //! Crash safety: each segment is rewritten to `<base>.log.cleaned`, fsynced, then renamed over
 //! the original (an atomic replace). Its index files are removed before the rename and written
 //! after it, so a crash leaves either the old segment (plus a `.cleaned` file that opening the
 //! log deletes) or the new one (with missing indexes that opening the log rebuilds).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::BooleanArray;
@@ -16,7 +21,7 @@ use arrow::compute::filter_record_batch;
 
 use super::frame::{self, BatchHeader, FrameEncoder};
 use super::segment::{self, Segment, SegmentView};
-use super::storage::OpenMode;
+use super::storage::Storage;
 use super::{Log, now_ms};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::record::EnvelopeColumns;
@@ -104,105 +109,37 @@ impl Log {
             cleanable.push(view);
         }
 
-        // Pass 1: the latest offset of every key.
-        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
-        let mut map_bytes = 0usize;
-        let mut mapped = 0;
-        for view in &cleanable {
-            for_each_frame(view, |h, buf, _| {
-                let batch = frame::decode(buf, h)?;
-                let cols = EnvelopeColumns::try_new(&batch)?;
-                for row in 0..batch.num_rows() {
-                    let key = cols.key(row).unwrap_or_default();
-                    let offset = cols.offsets.value(row);
-                    if let Some(o) = latest.get_mut(key) {
-                        *o = offset;
-                    } else {
-                        map_bytes += key.len() + 48;
-                        latest.insert(key.to_vec(), offset);
-                    }
-                }
-                Ok(())
-            })?;
-            mapped += 1;
-            if map_bytes > MAX_KEY_MAP_BYTES {
-                break;
-            }
-        }
-
-        // Pass 2: rewrite each mapped segment with only the latest records.
+        // Both passes read and write whole segments: they run on blocking threads, and only
+        // the swap of a cleaned segment into the list takes the partition lock, briefly.
+        let views = cleanable.clone();
+        let (latest, mapped) = blocking(move || map_latest_offsets(&views)).await?;
+        let latest = Arc::new(latest);
         let mut stats = CleanStats::default();
-        let mut encoder = FrameEncoder::default();
-        for view in cleanable.iter().take(mapped) {
+        for view in cleanable.into_iter().take(mapped) {
             let tombstones_expire = max_ts
                 .get(&view.base_offset)
                 .is_some_and(|&t| t < now.saturating_sub(config.delete_retention_ms));
-            let cleaned_path = view.path.with_extension("log.cleaned");
-            let out = self
-                .storage
-                .open(&cleaned_path, OpenMode::CreateTruncate)
-                .at(&cleaned_path)?;
-            let mut out_pos = 0u64;
-            let mut scratch = Vec::new();
-            let mut changed = false;
-            for_each_frame(view, |h, buf, last_frame| {
-                let batch = frame::decode(buf, h)?;
-                let cols = EnvelopeColumns::try_new(&batch)?;
-                let keep: BooleanArray = (0..batch.num_rows())
-                    .map(|row| {
-                        let key = cols.key(row).unwrap_or_default();
-                        let is_latest = latest.get(key) == Some(&cols.offsets.value(row));
-                        let expired_tombstone = cols.value(row).is_none() && tombstones_expire;
-                        Some(is_latest && !expired_tombstone)
-                    })
-                    .collect();
-                let kept = keep.true_count();
-                stats.records_kept += kept as u64;
-                stats.records_removed += (batch.num_rows() - kept) as u64;
-                stats.bytes_before += h.frame_len;
-                // The last batch stays, emptied if need be, so the segment still ends where
-                // the next one starts: recovery takes a hole between segments for writes that
-                // a crash lost (as Kafka keeps empty batches, this keeps the offsets).
-                if kept == 0 && !last_frame {
-                    changed = true;
-                    return Ok(());
-                }
-                let bytes: &[u8] = if kept == batch.num_rows() {
-                    buf.as_slice()
-                } else {
-                    changed = true;
-                    let filtered = filter_record_batch(&batch, &keep)?;
-                    let fcols = EnvelopeColumns::try_new(&filtered)?;
-                    let ts = fcols.timestamps.values();
-                    let header = BatchHeader {
-                        record_count: kept as i32,
-                        first_timestamp: ts.first().copied().unwrap_or(h.batch.first_timestamp),
-                        max_timestamp: ts.iter().copied().max().unwrap_or(h.batch.max_timestamp),
-                        ..h.batch
-                    };
-                    scratch.clear();
-                    encoder.encode(&header, &filtered, &mut scratch)?;
-                    &scratch
-                };
-                out.write_all_at(bytes, out_pos).at(&cleaned_path)?;
-                out_pos += bytes.len() as u64;
-                Ok(())
-            })?;
-            stats.bytes_after += out_pos;
-            if !changed {
-                drop(out);
-                self.storage.remove_file(&cleaned_path).at(&cleaned_path)?;
-                continue;
-            }
-            if let Err(e) = out.sync_data() {
-                return Err(self.go_offline(cleaned_path, &e));
-            }
-            drop(out);
+            let (storage, latest, source) = (self.storage.clone(), latest.clone(), view.clone());
+            let interval = config.index_interval_bytes;
+            let rewritten = blocking(move || {
+                rewrite_segment(&*storage, &source, &latest, tombstones_expire, interval)
+            })
+            .await?;
+            let (cleaned, segment_stats) = match rewritten {
+                Ok(r) => r,
+                Err((path, e)) => return Err(self.go_offline(path, &e)),
+            };
+            stats.records_kept += segment_stats.records_kept;
+            stats.records_removed += segment_stats.records_removed;
+            stats.bytes_before += segment_stats.bytes_before;
+            stats.bytes_after += segment_stats.bytes_after;
+            let Some(cleaned) = cleaned else { continue };
             if crash == Some(CrashPoint::BeforeSwap) {
                 return Ok(stats);
             }
-            self.swap_in(view, &cleaned_path, crash)?;
-            stats.segments_cleaned += 1;
+            if self.swap_in(&view, cleaned, crash).await? {
+                stats.segments_cleaned += 1;
+            }
         }
         if stats.segments_cleaned > 0 {
             tracing::info!(topic = %self.topic, partition = self.partition, segments = stats.segments_cleaned,
@@ -211,44 +148,190 @@ impl Log {
         Ok(stats)
     }
 
-    /// Replaces a closed segment by its cleaned copy, if the segment is still the one we read.
-    fn swap_in(
+    /// Replaces a closed segment by its cleaned copy (written and fsynced at its `.cleaned`
+    /// path, indexes built in memory), if the segment is still the one that was read. Returns
+    /// whether it did.
+    ///
+    /// The partition lock is held only to check and to insert: the rename and the directory
+    /// fsync run on a blocking thread while readers keep using the old file (its inode lives as
+    /// long as their handles), and retention leaves the segment alone meanwhile.
+    async fn swap_in(
         &self,
         view: &SegmentView,
-        cleaned: &std::path::Path,
+        mut cleaned: Segment,
         crash: Option<CrashPoint>,
-    ) -> Result<()> {
-        let mut inner = self.inner.lock();
-        let interval = inner.config.index_interval_bytes;
-        let still_there = inner
-            .segments
-            .get(&view.base_offset)
-            .is_some_and(|s| Arc::ptr_eq(&s.file, &view.file));
-        if !still_there {
-            // Retention removed it meanwhile.
-            let _ = self.storage.remove_file(cleaned);
-            return Ok(());
-        }
-        let dir = self.dir.clone();
-        for suffix in ["index", "timeindex"] {
-            let p = dir.join(segment::file_name(view.base_offset, suffix));
-            if let Err(e) = self.storage.remove_file(&p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(BrokerError::io(p, e));
+    ) -> Result<bool> {
+        let cleaned_path = cleaned.path.clone();
+        {
+            let mut inner = self.inner.lock();
+            let still_there = inner
+                .segments
+                .get(&view.base_offset)
+                .is_some_and(|s| Arc::ptr_eq(&s.file, &view.file));
+            if !still_there {
+                // Retention removed it meanwhile.
+                drop(inner);
+                let _ = self.storage.remove_file(&cleaned_path);
+                return Ok(false);
             }
+            inner.swapping = Some(view.base_offset);
         }
-        self.storage.rename(cleaned, &view.path).at(&view.path)?;
-        if let Err(e) = self.storage.sync_dir(&dir) {
-            return Err(self.go_offline(dir, &e));
+        let (storage, dir, base, target) = (
+            self.storage.clone(),
+            self.dir.clone(),
+            view.base_offset,
+            view.path.clone(),
+        );
+        let swapped = blocking(move || {
+            // Indexes go first: a crash after the rename finds none and rebuilds them.
+            for suffix in ["index", "timeindex"] {
+                let p = dir.join(segment::file_name(base, suffix));
+                if let Err(e) = storage.remove_file(&p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(BrokerError::io(p, e));
+                }
+            }
+            storage.rename(&cleaned_path, &target).at(&target)?;
+            Ok(storage.sync_dir(&dir).map_err(|e| (dir, e)))
+        })
+        .await;
+        let swapped = match swapped {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((dir, e))) => Err(self.go_offline(dir, &e)),
+            Err(e) => Err(e),
+        };
+        if swapped.is_err() || crash == Some(CrashPoint::AfterSwap) {
+            self.inner.lock().swapping = None;
+            return swapped.map(|()| false);
         }
-        if crash == Some(CrashPoint::AfterSwap) {
+        cleaned.path = view.path.clone();
+        let storage = self.storage.clone();
+        let cleaned = blocking(move || cleaned.save_indexes(&*storage).map(|()| cleaned)).await;
+        let mut inner = self.inner.lock();
+        inner.swapping = None;
+        match cleaned {
+            Ok(cleaned) => {
+                inner.segments.insert(base, cleaned);
+                Ok(true)
+            }
+            // The renamed file is in place and its indexes are rebuilt at the next open; until
+            // then the old handle keeps serving reads of the same records.
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BrokerError::Internal(format!("a compaction task failed: {e}")))?
+}
+
+/// Pass 1: the latest offset of every key, over as many segments as fit the key map. Returns
+/// the map and how many segments it covers.
+fn map_latest_offsets(cleanable: &[SegmentView]) -> Result<(HashMap<Vec<u8>, i64>, usize)> {
+    let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut map_bytes = 0usize;
+    let mut mapped = 0;
+    for view in cleanable {
+        for_each_frame(view, |h, buf, _| {
+            let batch = frame::decode(buf, h)?;
+            let cols = EnvelopeColumns::try_new(&batch)?;
+            for row in 0..batch.num_rows() {
+                let key = cols.key(row).unwrap_or_default();
+                let offset = cols.offsets.value(row);
+                if let Some(o) = latest.get_mut(key) {
+                    *o = offset;
+                } else {
+                    map_bytes += key.len() + 48;
+                    latest.insert(key.to_vec(), offset);
+                }
+            }
+            Ok(())
+        })?;
+        mapped += 1;
+        if map_bytes > MAX_KEY_MAP_BYTES {
+            break;
+        }
+    }
+    Ok((latest, mapped))
+}
+
+/// What rewriting a segment gave: the cleaned segment (`None` when nothing changed), written
+/// and fsynced at its `.cleaned` path with its indexes in memory, and its counts. The inner
+/// `Err` is a failed fsync (the partition must go offline).
+type Rewritten = std::result::Result<(Option<Segment>, CleanStats), (PathBuf, std::io::Error)>;
+
+/// Pass 2 for one segment: keeps only the latest record of each key (and tombstones until
+/// they expire), as a new segment file beside it.
+fn rewrite_segment(
+    storage: &dyn Storage,
+    view: &SegmentView,
+    latest: &HashMap<Vec<u8>, i64>,
+    tombstones_expire: bool,
+    index_interval_bytes: u64,
+) -> Result<Rewritten> {
+    let cleaned_path = view.path.with_extension("log.cleaned");
+    let mut out = Segment::create_at(
+        storage,
+        &cleaned_path,
+        view.base_offset,
+        index_interval_bytes,
+        now_ms(),
+    )?;
+    let mut stats = CleanStats::default();
+    let mut encoder = FrameEncoder::default();
+    let mut scratch = Vec::new();
+    let mut changed = false;
+    for_each_frame(view, |h, buf, last_frame| {
+        let batch = frame::decode(buf, h)?;
+        let cols = EnvelopeColumns::try_new(&batch)?;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|row| {
+                let key = cols.key(row).unwrap_or_default();
+                let is_latest = latest.get(key) == Some(&cols.offsets.value(row));
+                let expired_tombstone = cols.value(row).is_none() && tombstones_expire;
+                Some(is_latest && !expired_tombstone)
+            })
+            .collect();
+        let kept = keep.true_count();
+        stats.records_kept += kept as u64;
+        stats.records_removed += (batch.num_rows() - kept) as u64;
+        stats.bytes_before += h.frame_len;
+        // The last batch stays, emptied if need be, so the segment still ends where the next
+        // one starts: recovery takes a hole between segments for writes that a crash lost (as
+        // Kafka keeps empty batches, this keeps the offsets).
+        if kept == 0 && !last_frame {
+            changed = true;
             return Ok(());
         }
-        // The indexes are gone, so opening scans the new file and rebuilds them.
-        let (seg, _) = Segment::open(&*self.storage, &dir, view.base_offset, false, interval)?;
-        seg.save_indexes(&*self.storage)?;
-        inner.segments.insert(view.base_offset, seg);
-        Ok(())
+        if kept == batch.num_rows() {
+            return out.append(buf.as_slice(), &h.batch);
+        }
+        changed = true;
+        let filtered = filter_record_batch(&batch, &keep)?;
+        let fcols = EnvelopeColumns::try_new(&filtered)?;
+        let ts = fcols.timestamps.values();
+        let header = BatchHeader {
+            record_count: kept as i32,
+            first_timestamp: ts.first().copied().unwrap_or(h.batch.first_timestamp),
+            max_timestamp: ts.iter().copied().max().unwrap_or(h.batch.max_timestamp),
+            ..h.batch
+        };
+        scratch.clear();
+        encoder.encode(&header, &filtered, &mut scratch)?;
+        out.append(&scratch, &header)
+    })?;
+    stats.bytes_after += out.size;
+    if !changed {
+        drop(out);
+        storage.remove_file(&cleaned_path).at(&cleaned_path)?;
+        return Ok(Ok((None, stats)));
     }
+    if let Err(e) = out.file.sync_data() {
+        return Ok(Err((cleaned_path, e)));
+    }
+    Ok(Ok((Some(out), stats)))
 }

@@ -135,6 +135,9 @@ struct Inner {
     /// A segment file was created or removed since the last directory fsync.
     dir_dirty: bool,
     producers: ProducerStates,
+    /// The base of a segment the cleaner is swapping for its cleaned copy: retention and
+    /// DeleteRecords leave it alone until the swap is done.
+    swapping: Option<i64>,
 }
 
 impl Inner {
@@ -334,6 +337,7 @@ impl Log {
                 scratch: Vec::new(),
                 dir_dirty: true,
                 producers,
+                swapping: None,
             }),
             // What survived recovery is what the disk holds; a crash cannot lose it again.
             durable_offset: AtomicI64::new(next_offset),
@@ -975,6 +979,10 @@ impl Log {
         let mut size = inner.size_bytes();
         let mut doomed = Vec::new();
         for (base, seg_size, max_ts) in closed {
+            if inner.swapping == Some(base) {
+                // Being swapped for its compacted copy; the next run takes it.
+                break;
+            }
             let expired = config
                 .retention_ms
                 .is_some_and(|ms| max_ts < now.saturating_sub(ms));
@@ -1053,7 +1061,7 @@ impl Log {
             .segments
             .values()
             .take(n.saturating_sub(1))
-            .take_while(|s| s.next_offset <= target)
+            .take_while(|s| s.next_offset <= target && inner.swapping != Some(s.base_offset))
             .map(|s| s.base_offset)
             .collect();
         for base in doomed {

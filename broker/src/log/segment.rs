@@ -71,7 +71,42 @@ impl Segment {
     ) -> Result<Segment> {
         let path = dir.join(file_name(base_offset, "log"));
         let file = storage.open(&path, OpenMode::CreateNew).at(&path)?;
-        Ok(Segment {
+        Ok(Segment::empty(
+            path,
+            file,
+            base_offset,
+            index_interval_bytes,
+            now_ms,
+        ))
+    }
+
+    /// Creates (or truncates) an empty segment file at `path`, which need not be its final
+    /// name (compaction writes `<base>.log.cleaned` and renames it later).
+    pub fn create_at(
+        storage: &dyn Storage,
+        path: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Segment> {
+        let file = storage.open(path, OpenMode::CreateTruncate).at(path)?;
+        Ok(Segment::empty(
+            path.to_owned(),
+            file,
+            base_offset,
+            index_interval_bytes,
+            now_ms,
+        ))
+    }
+
+    fn empty(
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Segment {
+        Segment {
             base_offset,
             path,
             file,
@@ -84,7 +119,7 @@ impl Segment {
             scanned: false,
             bytes_since_index: 0,
             index_interval_bytes,
-        })
+        }
     }
 
     /// Opens an existing segment. A closed segment with valid index files is trusted; otherwise

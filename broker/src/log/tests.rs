@@ -652,3 +652,58 @@ fn recovery_at_every_byte_of_a_small_log() {
         crash_case(&sizes, step as f64 / len as f64, false);
     }
 }
+
+/// Compaction reads and rewrites whole segments; on the async runtime's own thread that stalled
+/// every other task of the runtime (appends, fetches, heartbeats) until the pass was done.
+#[test]
+fn compaction_does_not_stall_the_async_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let dir = tempdir();
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        ..compacted_config()
+    };
+    let log = open(dir.path(), config);
+    // About 8 MiB over 8 closed segments, every key written 4 times.
+    let value = "v".repeat(1000);
+    for round in 0..4 {
+        for chunk in 0..20 {
+            let records: Vec<Record> = (0..100)
+                .map(|i| {
+                    let key = format!("key-{}", chunk * 100 + i);
+                    Record::new(round, Some(key.as_bytes()), Some(value.as_bytes()))
+                })
+                .collect();
+            append(&log, &records);
+        }
+    }
+    append(&log, &[rec(0)]);
+    rt.block_on(async {
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::task::yield_now().await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        tokio::task::yield_now().await;
+        let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        let stats = log
+            .compact_until(i64::MAX / 2, None)
+            .await
+            .unwrap_or_else(|e| panic!("compact: {e}"));
+        let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
+        ticker.abort();
+        assert!(stats.segments_cleaned > 0, "{stats:?}");
+        // On a one-thread runtime, other tasks run only while compaction waits for its
+        // blocking threads.
+        assert!(
+            during > 10,
+            "other tasks ran {during} times during compaction"
+        );
+    });
+}
