@@ -1178,7 +1178,9 @@ fn replay_producers(
                     b.producer.base_sequence,
                     b.last_offset_delta + 1,
                     (b.base_offset, b.last_offset()),
-                    now,
+                    // As Kafka: a producer was last active when its batch was stamped (not when
+                    // a restart read it back), so restarts do not keep idle producers alive.
+                    b.max_timestamp.min(now),
                 );
             }
             pos += h.frame_len;

@@ -238,3 +238,26 @@ fn record_timestamps_far_from_the_broker_clock_are_refused() {
             .is_ok()
     );
 }
+
+#[test]
+fn an_idle_producer_replayed_after_a_crash_keeps_its_idle_clock() {
+    let dir = tempdir();
+    let day_ms = 24 * 3_600_000;
+    let two_days_ago = now_ms() - 2 * day_ms;
+    let log = open_with(dir.path(), LogConfig::default(), Shutdown::Unclean);
+    let producer = ProducerInfo {
+        producer_id: 7,
+        producer_epoch: 0,
+        base_sequence: 0,
+        attributes: 0,
+    };
+    let old = records_to_batch(&[Record::new(two_days_ago, Some(b"k"), Some(b"v"))]);
+    log.append_unflushed(&old, producer)
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(log); // a crash: the state is rebuilt from the batch headers
+    let log = open_with(dir.path(), LogConfig::default(), Shutdown::Unclean);
+    assert_eq!(log.producer_count(), 1);
+    // Last active two days ago, not when the restart read it back.
+    log.expire_producers(now_ms(), day_ms);
+    assert_eq!(log.producer_count(), 0);
+}
