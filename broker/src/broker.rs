@@ -60,6 +60,8 @@ pub struct PartitionInfo {
     pub offsets: LogOffsets,
     /// The current leader epoch (bumped by every open after an unclean shutdown).
     pub leader_epoch: i32,
+    /// A failed fsync took the partition offline for writes (until a restart).
+    pub offline: bool,
 }
 
 /// A topic as described to users.
@@ -482,6 +484,7 @@ impl Broker {
                     partition: l.partition(),
                     offsets: l.offsets(),
                     leader_epoch: l.leader_epoch(),
+                    offline: l.is_offline(),
                 })
                 .collect(),
             overrides: t.meta.configs.clone(),

@@ -108,12 +108,20 @@ fn describe(ctx: &Ctx, version: i16, name: &str) -> MetadataResponseTopic {
                 .partitions
                 .iter()
                 .map(|p| {
-                    MetadataResponsePartition::default()
+                    let partition = MetadataResponsePartition::default()
                         .with_partition_index(p.partition)
-                        .with_leader_id(node)
                         .with_leader_epoch(if version >= 7 { p.leader_epoch } else { -1 })
-                        .with_replica_nodes(vec![node])
-                        .with_isr_nodes(vec![node])
+                        .with_replica_nodes(vec![node]);
+                    if p.offline {
+                        // Its disk failed: no leader, as Kafka shows a partition whose only
+                        // replica's log directory is offline.
+                        partition
+                            .with_error_code(ResponseError::LeaderNotAvailable.code())
+                            .with_leader_id(BrokerId(-1))
+                            .with_offline_replicas(if version >= 5 { vec![node] } else { vec![] })
+                    } else {
+                        partition.with_leader_id(node).with_isr_nodes(vec![node])
+                    }
                 })
                 .collect();
             let id = if version >= 10 {

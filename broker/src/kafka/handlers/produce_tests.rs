@@ -115,4 +115,27 @@ async fn produce_to_a_partition_whose_fsync_failed_gets_kafka_storage_error() {
     let failed_log = broker.log("t", 0).unwrap_or_else(|e| panic!("log: {e}"));
     assert!(failed_log.is_offline());
     assert_eq!(failed_log.offsets().durable_offset, 1);
+
+    // Metadata shows the partition without a leader, as Kafka shows an offline partition.
+    let meta = super::metadata::handle(
+        &ctx,
+        12,
+        kafka_protocol::messages::metadata_request::MetadataRequest::default().with_topics(Some(
+            vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_static_str("t")))),
+            ],
+        )),
+    )
+    .await;
+    let parts = &meta.topics[0].partitions;
+    assert_eq!(
+        (
+            parts[0].error_code,
+            parts[0].leader_id.0,
+            parts[0].offline_replicas.len()
+        ),
+        (ResponseError::LeaderNotAvailable.code(), -1, 1)
+    );
+    assert_eq!((parts[1].error_code, parts[1].leader_id.0), (0, 0));
 }
