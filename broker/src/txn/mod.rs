@@ -87,6 +87,7 @@
 // only the tests use these items.
 #![allow(dead_code)]
 
+pub(crate) mod index;
 pub(crate) mod records;
 pub(crate) mod state;
 
