@@ -42,9 +42,10 @@
 //! `transaction.remove.expired.transaction.cleanup.interval.ms` writes a tombstone for ids that
 //! `TxnMetadata::expired`.
 //!
-//! On start the coordinator replays `__transaction_state` (a later record of an id replaces an
-//! earlier one, a tombstone removes it, a malformed record is skipped with a warning), then for
-//! every id in `PrepareCommit`/`PrepareAbort` writes `state::recovery_markers` and completes.
+//! On start the coordinator replays `__transaction_state` through `records::Replay` (a later
+//! record of an id replaces an earlier one, a tombstone removes it, a malformed record is
+//! skipped with a warning), then for every id in `PrepareCommit`/`PrepareAbort` writes
+//! `state::recovery_markers` and completes.
 //!
 //! A partition, on a transactional append, calls `OngoingTxns::on_transactional_append`; on a
 //! marker, `OngoingTxns::on_marker`, and for an abort it pushes `OngoingTxns::aborted_entry` to

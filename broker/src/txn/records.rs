@@ -23,7 +23,7 @@
 //! No I/O happens here. Decoding never panics and never sizes an allocation from a count it
 //! has not checked against the bytes left.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::state::{NO_PRODUCER_EPOCH, TxnMetadata, TxnPartition, TxnResult, TxnState, TxnVersion};
 
@@ -464,6 +464,52 @@ pub(crate) fn decode_value(value: &[u8]) -> Result<TxnLogValue> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Replaying.
+
+/// The transactional ids `__transaction_state` holds, rebuilt by feeding it every record from
+/// the start of each partition, in log order (what the coordinator does on start).
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    ids: HashMap<String, TxnMetadata>,
+}
+
+impl Replay {
+    /// Applies one record: a value replaces what the id had, a tombstone (or a `Dead` value)
+    /// removes it, keys of other kinds are skipped. A malformed record changes nothing; the
+    /// error is for the caller to count and log.
+    pub(crate) fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let RecordKey::Transaction(id) = decode_key(key)? else {
+            return Ok(());
+        };
+        let Some(value) = value else {
+            self.ids.remove(&id);
+            return Ok(());
+        };
+        let v = decode_value(value)?;
+        match v.state {
+            TxnState::Dead => {
+                self.ids.remove(&id);
+            }
+            TxnState::PrepareEpochFence => {
+                return Err(MalformedRecord(format!(
+                    "transactional id '{id}' is stored in state {}, which is never written",
+                    v.state
+                )));
+            }
+            _ => {
+                self.ids.insert(id.clone(), v.into_metadata(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// The transactional ids and their metadata once every record is applied.
+    pub(crate) fn finish(self) -> HashMap<String, TxnMetadata> {
+        self.ids
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Markers.
 
 /// What a control record's key says.
@@ -730,6 +776,44 @@ mod tests {
         assert_eq!(decode_marker_value(&[0, 1, 0, 0, 1, 0, 7, 7]), Ok(256));
         assert!(decode_marker_value(&[0, 0, 0, 0, 5]).is_err());
         assert!(decode_marker_value(&[0x80, 0, 0, 0, 0, 5]).is_err());
+    }
+
+    #[test]
+    fn replay_keeps_the_last_record_of_each_id_and_drops_tombstones() {
+        let ongoing = value(TxnState::Ongoing, &[("t", 0)]);
+        let committed = TxnLogValue {
+            producer_epoch: 4,
+            ..value(TxnState::CompleteCommit, &[])
+        };
+        let mut replay = Replay::default();
+        let ok = |r: Result<()>| r.unwrap_or_else(|e| panic!("{e}"));
+        ok(replay.apply(&encode_key("a"), Some(&encode_value(&ongoing))));
+        ok(replay.apply(&encode_key("b"), Some(&encode_value(&ongoing))));
+        ok(replay.apply(&encode_key("a"), Some(&encode_value(&committed))));
+        ok(replay.apply(&encode_key("b"), None));
+        ok(replay.apply(&encode_key("c"), Some(&encode_value(&ongoing))));
+        ok(replay.apply(
+            &encode_key("c"),
+            Some(&encode_value(&value(TxnState::Dead, &[]))),
+        ));
+        // Newer record kinds are skipped; malformed records change nothing.
+        ok(replay.apply(&[0, 9, 0, 0], Some(b"whatever")));
+        assert!(replay.apply(&encode_key("a"), Some(&[0, 1, 2])).is_err());
+        assert!(replay.apply(&[0], None).is_err());
+        let fence = value(TxnState::PrepareEpochFence, &[("t", 0)]);
+        assert!(
+            replay
+                .apply(&encode_key("a"), Some(&encode_value(&fence)))
+                .is_err()
+        );
+        let ids = replay.finish();
+        assert_eq!(ids.len(), 1);
+        let a = &ids["a"];
+        assert_eq!(a.transactional_id, "a");
+        assert_eq!(a.state, TxnState::CompleteCommit);
+        assert_eq!(a.producer_epoch, 4);
+        assert_eq!(a.last_producer_epoch, NO_PRODUCER_EPOCH);
+        assert_eq!(a.pending, None);
     }
 
     fn any_state() -> impl Strategy<Value = TxnState> {
