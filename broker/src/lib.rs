@@ -14,6 +14,7 @@ pub mod log;
 pub mod partitioner;
 pub mod record;
 pub mod topic;
+pub mod txn;
 
 pub use broker::{Broker, NewTopic, PartitionInfo, TopicDescription};
 pub use config::{BrokerConfig, CleanupPolicy, LogConfig, TimestampType};
