@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use quiver_broker::{Ack, CleanupPolicy, EnvelopeBuilder, Log, LogConfig, ProducerInfo, now_ms};
 
-const KEYS: usize = 20_000;
+const KEYS: usize = 50_000;
 const VALUE_BYTES: usize = 1_000;
 /// Appends measured with no compaction; each is one 10-record batch with acks=1. While
 /// compacting, appends run for as long as the pass does.
@@ -41,7 +41,7 @@ fn batch(first_key: usize, n: usize) -> arrow::record_batch::RecordBatch {
     b.finish()
 }
 
-/// A log holding every key 4 times over closed segments (about 80 MB), ready to compact.
+/// A log holding every key 4 times over closed segments (about 200 MB), ready to compact.
 fn filled(dir: &Path) -> Arc<Log> {
     let log = Log::open(dir, "bench", 0, Arc::new(config())).expect("open");
     for round in 0..4 {
