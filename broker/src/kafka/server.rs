@@ -317,12 +317,6 @@ impl Drop for LocalServer {
     }
 }
 
-tokio::task_local! {
-    /// The address of the client whose request is being handled (Kafka reports it as a group
-    /// member's client host).
-    pub(crate) static PEER: SocketAddr;
-}
-
 /// What to do after a request.
 pub(crate) enum Outcome {
     /// The response frame, as chunks to write in order (record data is not copied into one buffer).
@@ -398,7 +392,7 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
     ));
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     while let Some((frame, room)) = rx.recv().await {
-        let outcome = PEER.scope(peer, process(&ctx, frame)).await;
+        let outcome = process(&ctx, frame, Some(peer)).await;
         // Handled: its bytes leave the read-ahead budget (the response is not request bytes).
         drop(room);
         match outcome {
@@ -585,8 +579,9 @@ pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind), 
     }
 }
 
-/// Decodes one frame, runs its handler and encodes the response.
-pub(crate) async fn process(ctx: &Ctx, frame: Bytes) -> Outcome {
+/// Decodes one frame, runs its handler and encodes the response. `peer` is the client's
+/// address (`None` for a frame that did not come over a socket).
+pub(crate) async fn process(ctx: &Ctx, frame: Bytes, peer: Option<SocketAddr>) -> Outcome {
     let (header, request) = match decode_request(frame) {
         Ok(x) => x,
         Err(DecodeError::UnsupportedApiVersions { correlation_id }) => {
@@ -604,7 +599,7 @@ pub(crate) async fn process(ctx: &Ctx, frame: Bytes) -> Outcome {
     let api_key = ApiKey::try_from(header.request_api_key).unwrap_or(ApiKey::ApiVersions);
     let version = header.request_api_version;
     let correlation_id = header.correlation_id;
-    match handlers::handle(ctx, &header, request).await {
+    match handlers::handle(ctx, &header, request, peer).await {
         Ok(Some(response)) => encode_response(correlation_id, api_key, version, &response),
         Ok(None) => Outcome::Silent,
         Err(reason) => Outcome::Close(reason),
@@ -956,7 +951,7 @@ mod tests {
                 let Some(bytes) = frame(api, version, &req) else {
                     panic!("{api:?} v{version}: the test request does not encode")
                 };
-                match process(&ctx, bytes).await {
+                match process(&ctx, bytes, None).await {
                     Outcome::Respond(chunks) => {
                         let resp: Vec<u8> = chunks.concat();
                         let len = i32::from_be_bytes([resp[0], resp[1], resp[2], resp[3]]) as usize;

@@ -8,6 +8,8 @@
 //! the connection would close; so fields that only some versions have (protocol type and
 //! name, instance ids, member lists, per-group errors, ...) are set only for those versions.
 
+use std::net::SocketAddr;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::delete_groups_response::{
@@ -75,18 +77,22 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 /// DescribeGroups' authorized operations of a group with no authorizer: READ, DELETE, DESCRIBE.
 const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
-/// Handles a group request, or gives it back if it is not one.
+/// Handles a group request, or gives it back if it is not one. `peer` is the client's address
+/// (`None` when the request did not come over a socket).
 pub async fn dispatch(
     ctx: &Ctx,
     header: &RequestHeader,
     request: RequestKind,
+    peer: Option<SocketAddr>,
 ) -> Result<ResponseKind, RequestKind> {
     let v = header.request_api_version;
     Ok(match request {
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(find_coordinator(ctx, v, req).await)
         }
-        RequestKind::JoinGroup(req) => ResponseKind::JoinGroup(join_group(ctx, header, req).await),
+        RequestKind::JoinGroup(req) => {
+            ResponseKind::JoinGroup(join_group(ctx, header, req, peer).await)
+        }
         RequestKind::SyncGroup(req) => ResponseKind::SyncGroup(sync_group(ctx, v, req).await),
         RequestKind::Heartbeat(req) => ResponseKind::Heartbeat(heartbeat(ctx, req)),
         RequestKind::LeaveGroup(req) => ResponseKind::LeaveGroup(leave_group(ctx, v, req)),
@@ -179,7 +185,12 @@ async fn find_coordinator(
 // ---------------------------------------------------------------------------------------------
 // JoinGroup, SyncGroup, Heartbeat, LeaveGroup
 
-async fn join_group(ctx: &Ctx, header: &RequestHeader, req: JoinGroupRequest) -> JoinGroupResponse {
+async fn join_group(
+    ctx: &Ctx,
+    header: &RequestHeader,
+    req: JoinGroupRequest,
+    peer: Option<SocketAddr>,
+) -> JoinGroupResponse {
     let version = header.request_api_version;
     // v0 has no rebalance timeout: the session timeout serves as both.
     let rebalance_timeout_ms = if version == 0 || req.rebalance_timeout_ms < 0 {
@@ -197,9 +208,7 @@ async fn join_group(ctx: &Ctx, header: &RequestHeader, req: JoinGroupRequest) ->
         },
         client_id: opt(header.client_id.as_ref()).unwrap_or_default(),
         // As Kafka reports it: "/" and the client's IP address.
-        client_host: crate::kafka::server::PEER
-            .try_with(|p| format!("/{}", p.ip()))
-            .unwrap_or_default(),
+        client_host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
         session_timeout_ms: req.session_timeout_ms,
         rebalance_timeout_ms,
         protocol_type: req.protocol_type.as_str().to_owned(),
@@ -701,6 +710,8 @@ mod tests {
     //! fields, through the server's frame processing: each response encodes and decodes, and
     //! says what it should.
 
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::{Decodable, Encodable};
@@ -709,6 +720,9 @@ mod tests {
     use crate::config::Listener;
     use crate::kafka::server::{Outcome, process};
     use crate::{Broker, BrokerConfig, NewTopic};
+
+    /// The client address every test request comes from.
+    const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), 50_000);
 
     fn st(v: &str) -> StrBytes {
         StrBytes::from_string(v.to_owned())
@@ -767,7 +781,7 @@ mod tests {
         if let Err(e) = body.encode(&mut buf, version) {
             panic!("{api:?} v{version}: the test request does not encode: {e}");
         }
-        let resp = match process(ctx, buf.freeze()).await {
+        let resp = match process(ctx, buf.freeze(), Some(PEER)).await {
             Outcome::Respond(resp) => resp,
             Outcome::Silent => panic!("{api:?} v{version}: no response"),
             Outcome::Close(why) => panic!("{api:?} v{version}: connection closed: {why}"),
@@ -839,6 +853,22 @@ mod tests {
         };
         assert_eq!(synced.error_code, 0);
         id
+    }
+
+    /// The member's client host comes from the address the server passes with the request (it
+    /// was a task-local the handler reached into the server for).
+    #[tokio::test]
+    async fn join_group_takes_the_client_host_from_the_peer_passed_with_the_request() {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let ctx = ctx(dir.path()).await;
+        form(&ctx, "hosts").await;
+        let req = DescribeGroupsRequest::default().with_groups(vec![gid("hosts")]);
+        let ResponseKind::DescribeGroups(r) = call(&ctx, 5, RequestKind::DescribeGroups(req)).await
+        else {
+            panic!("not a DescribeGroups response")
+        };
+        assert_eq!(r.groups[0].members.len(), 1);
+        assert_eq!(r.groups[0].members[0].client_host.as_str(), "/10.1.2.3");
     }
 
     #[tokio::test]
