@@ -227,7 +227,7 @@ impl Broker {
 
     /// [`Broker::open`] with every partition log's segment and index files on `storage`
     /// (fault injection in tests).
-    pub async fn open_with_storage(
+    pub(crate) async fn open_with_storage(
         config: BrokerConfig,
         storage: Arc<dyn Storage>,
     ) -> Result<Broker> {
@@ -371,8 +371,18 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
     }
 
-    /// The log of one partition.
-    pub fn log(&self, topic: &str, partition: i32) -> Result<Arc<Log>> {
+    /// A read handle on one partition (appends go through [`Broker::append`]).
+    pub fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<crate::partition::PartitionHandle> {
+        self.log(topic, partition)
+            .map(crate::partition::PartitionHandle::new)
+    }
+
+    /// The log of one partition: the whole storage API, for the broker crate only.
+    pub(crate) fn log(&self, topic: &str, partition: i32) -> Result<Arc<Log>> {
         let t = self.topic(topic)?;
         usize::try_from(partition)
             .ok()
