@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{BrokerError, IoContext, Result};
-use crate::group::{GroupConfig, GroupCoordinator};
+use crate::group::{GroupConfig, GroupCoordinator, OFFSETS_TOPIC, OffsetsStore, OffsetsTopic};
 use crate::log::cleaner::CleanStats;
 use crate::log::storage::{FileStorage, Storage};
 use crate::log::{Ack, AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, Shutdown, now_ms};
@@ -102,7 +103,7 @@ struct Inner {
     producer_ids: Mutex<ProducerIdBlock>,
     _lock_file: File,
     /// Consumer groups and committed offsets.
-    groups: GroupCoordinator,
+    groups: Arc<GroupCoordinator>,
     /// The file layer under every partition log.
     storage: Arc<dyn Storage>,
 }
@@ -125,6 +126,39 @@ pub(crate) struct WeakBroker(std::sync::Weak<Inner>);
 impl WeakBroker {
     pub(crate) fn upgrade(&self) -> Option<Broker> {
         self.0.upgrade().map(|inner| Broker { inner })
+    }
+}
+
+/// `__consumer_offsets` in this broker's catalog, for the group coordinator's offsets store.
+impl OffsetsTopic for WeakBroker {
+    fn partitions(&self) -> Option<Vec<Arc<Log>>> {
+        let broker = self.upgrade()?;
+        let topic = broker.topic(OFFSETS_TOPIC).ok()?;
+        Some(topic.logs.clone())
+    }
+
+    fn create(
+        &self,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Log>>>> {
+        Box::pin(async move {
+            let broker = self.upgrade().ok_or(BrokerError::ShuttingDown)?;
+            let new = NewTopic {
+                name: OFFSETS_TOPIC.to_owned(),
+                partitions: Some(partitions),
+                configs,
+            };
+            match broker.create_topic(new).await {
+                Ok(_) | Err(BrokerError::TopicExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(broker.topic(OFFSETS_TOPIC)?.logs.clone())
+        })
+    }
+
+    fn topic_exists(&self, topic: &str) -> bool {
+        self.upgrade().is_some_and(|b| b.topic_exists(topic))
     }
 }
 
@@ -193,7 +227,7 @@ impl Broker {
 
     /// [`Broker::open`] with every partition log's segment and index files on `storage`
     /// (fault injection in tests).
-    pub async fn open_with_storage(
+    pub(crate) async fn open_with_storage(
         config: BrokerConfig,
         storage: Arc<dyn Storage>,
     ) -> Result<Broker> {
@@ -224,9 +258,16 @@ impl Broker {
         let cluster_id = load_or_create_cluster_id(&dir, config.kafka.node_id)?;
         let next_producer_id = read_i64_file(&dir.join("producer-id-block"))?.unwrap_or(0);
         let (shutdown, _) = watch::channel(false);
-        let groups = GroupCoordinator::new(GroupConfig::from_kafka(&config.kafka));
+        let group_config = GroupConfig::from_kafka(&config.kafka);
+        let offsets_partitions = group_config.offsets_topic_partitions;
         let broker = Broker {
-            inner: Arc::new(Inner {
+            // The coordinator's store reaches the catalog through a weak handle: the broker owns
+            // the coordinator, which must not keep it alive.
+            inner: Arc::new_cyclic(|weak| Inner {
+                groups: Arc::new(GroupCoordinator::new(
+                    group_config,
+                    OffsetsStore::new(Box::new(WeakBroker(weak.clone())), offsets_partitions),
+                )),
                 config,
                 topics: RwLock::new(topics),
                 catalog_lock: Mutex::new(()),
@@ -239,13 +280,12 @@ impl Broker {
                     end: next_producer_id,
                 }),
                 _lock_file: lock_file,
-                groups,
                 storage,
             }),
         };
         broker.start_background();
         // After the topics are open: it reads its groups back from __consumer_offsets.
-        broker.inner.groups.start(&broker)?;
+        broker.inner.groups.start()?;
         Ok(broker)
     }
 
@@ -257,11 +297,6 @@ impl Broker {
     /// The group coordinator: consumer groups and committed offsets.
     pub fn groups(&self) -> &GroupCoordinator {
         &self.inner.groups
-    }
-
-    /// A handle that does not keep the broker alive (for the broker's own background work).
-    pub(crate) fn downgrade(&self) -> WeakBroker {
-        WeakBroker(Arc::downgrade(&self.inner))
     }
 
     /// The cluster id (made on first start, kept in `meta.properties`).
@@ -336,8 +371,18 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
     }
 
-    /// The log of one partition.
-    pub fn log(&self, topic: &str, partition: i32) -> Result<Arc<Log>> {
+    /// A read handle on one partition (appends go through [`Broker::append`]).
+    pub fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<crate::partition::PartitionHandle> {
+        self.log(topic, partition)
+            .map(crate::partition::PartitionHandle::new)
+    }
+
+    /// The log of one partition: the whole storage API, for the broker crate only.
+    pub(crate) fn log(&self, topic: &str, partition: i32) -> Result<Arc<Log>> {
         let t = self.topic(topic)?;
         usize::try_from(partition)
             .ok()
@@ -439,7 +484,7 @@ impl Broker {
             log.delete()?;
         }
         tracing::info!(topic = %name, "deleted topic");
-        self.inner.groups.remove_topic_offsets(self, name).await;
+        self.inner.groups.remove_topic_offsets(name).await;
         Ok(())
     }
 

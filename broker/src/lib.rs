@@ -3,6 +3,11 @@
 //!
 //! Every partition is a sequence of Arrow record batches with one envelope schema
 //! ([`record::envelope_schema`]); batch-level producer facts travel in [`ProducerInfo`].
+//!
+//! Other crates append with [`Broker::append`] and read through [`Broker::partition`] (a
+//! [`PartitionHandle`]); the storage modules under [`log`] (frames, segments, indexes, the
+//! file layer, the cleaner) are private to this crate. [`Log`] itself stays public so the
+//! benches can measure the partition log without a broker around it.
 
 pub mod alloc;
 pub mod broker;
@@ -11,6 +16,7 @@ pub mod error;
 pub mod group;
 pub mod kafka;
 pub mod log;
+pub mod partition;
 pub mod partitioner;
 pub mod record;
 pub mod topic;
@@ -19,11 +25,11 @@ pub mod txn;
 pub use broker::{Broker, NewTopic, PartitionInfo, TopicDescription};
 pub use config::{BrokerConfig, CleanupPolicy, LogConfig, TimestampType};
 pub use error::{BrokerError, Result};
-pub use log::cleaner::CleanStats;
 pub use log::{
-    Ack, AppendInfo, BatchHeader, Log, LogOffsets, ProducerInfo, ReadResult, Shutdown, StoredBatch,
-    now_ms,
+    Ack, AppendInfo, BatchHeader, CleanStats, Log, LogOffsets, ProducerInfo, ReadResult, Shutdown,
+    StoredBatch, now_ms,
 };
+pub use partition::PartitionHandle;
 pub use partitioner::{Partitioner, murmur2, partition_for_key};
 pub use record::{
     EnvelopeBuilder, EnvelopeColumns, Header, Record, batch_to_records, envelope_schema,

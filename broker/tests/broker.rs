@@ -501,7 +501,9 @@ async fn idle_producer_expires_on_the_timer_not_only_at_segment_roll() {
         matches!(gap, Err(BrokerError::OutOfOrderSequence { .. })),
         "{gap:?}"
     );
-    let log = broker.log("idem", 0).unwrap_or_else(|e| panic!("{e}"));
+    let log = broker
+        .partition("idem", 0)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(log.producer_count(), 1);
     // No segment rolls here (segment.bytes and segment.ms are far off): only the timer expires it.
     let mut expired = false;
@@ -532,6 +534,53 @@ async fn idle_producer_expires_on_the_timer_not_only_at_segment_roll() {
             })
         ),
         "{gap:?}"
+    );
+    broker.shutdown().await.ok();
+}
+
+/// Other crates used to get the whole partition `Log` from the broker; they now get a read
+/// handle, which reads, waits for records and shows offsets.
+#[tokio::test]
+async fn a_partition_handle_reads_and_waits_without_the_log() {
+    let dir = tempdir();
+    let broker = open(dir.path()).await;
+    broker
+        .create_topic(NewTopic::new("handle", 2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let handle = broker
+        .partition("handle", 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((handle.topic(), handle.partition()), ("handle", 1));
+    assert!(matches!(
+        broker.partition("handle", 2),
+        Err(BrokerError::UnknownPartition { .. })
+    ));
+    let mut watermark = handle.subscribe();
+    let waiting = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.wait_for(0, Duration::from_secs(30)).await })
+    };
+    let batch = records_to_batch(&[Record::new(1_000, Some(b"k"), Some(b"v"))]);
+    broker
+        .append("handle", 1, &batch, ProducerInfo::NONE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(waiting.await.ok(), Some(true), "the waiter saw the record");
+    assert_eq!(*watermark.borrow_and_update(), 1);
+    assert_eq!(handle.high_watermark(), 1);
+    assert_eq!(handle.offsets().log_end_offset, 1);
+    assert_eq!(
+        handle.offset_for_timestamp(500).ok(),
+        Some(Some((0, 1_000)))
+    );
+    let read = handle.read(0, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read.record_count(), 1);
+    assert_eq!(
+        handle.leader_epoch(),
+        broker
+            .describe_topic("handle")
+            .map_or(-1, |d| d.partitions[1].leader_epoch)
     );
     broker.shutdown().await.ok();
 }

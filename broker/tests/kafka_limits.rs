@@ -371,9 +371,6 @@ async fn requests_past_the_read_ahead_budget_wait_for_room() {
         b.call(9, produce("data", kafka_batch(20, 500))).await
     ));
     assert_eq!(s.queued_request_bytes(), 0);
-    let end = s
-        .broker()
-        .log("data", 0)
-        .map(|l| l.offsets().log_end_offset);
+    let end = s.broker().offsets("data", 0).map(|o| o.log_end_offset);
     assert_eq!(end.ok(), Some(40));
 }

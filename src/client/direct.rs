@@ -229,8 +229,8 @@ impl Client for DirectClient {
         // Nothing yet: wait until any partition gets a record at its position, or time is up.
         let mut waits = JoinSet::new();
         for &(partition, offset) in positions {
-            let log = broker.log(topic, partition)?;
-            waits.spawn(async move { log.wait_for(offset, max_wait).await });
+            let handle = broker.partition(topic, partition)?;
+            waits.spawn(async move { handle.wait_for(offset, max_wait).await });
         }
         waits.join_next().await;
         waits.abort_all();

@@ -1,5 +1,6 @@
-//! The [`GroupCoordinator`]: every group of the broker, their timers, and their records in
-//! `__consumer_offsets`.
+//! The [`GroupCoordinator`]: every group of the broker, the group protocol, and the timers.
+//! Its records in `__consumer_offsets` go through the `OffsetsStore` (`store`), its API's
+//! requests and answers are in `messages`.
 //!
 //! Concurrency: the group map and each group have their own `parking_lot` mutex, and no lock is
 //! held across an `.await`. A JoinGroup or SyncGroup that must wait registers a oneshot sender
@@ -11,8 +12,8 @@
 //! itself does not wait for the disk), so records reach the log in the order the group changed.
 //! An OffsetCommit then waits, without the lock, until its records are acknowledged by the
 //! rule acks=all produce follows (fsynced with `log.flush.on.ack`, the default), and only then
-//! makes the new offsets visible to OffsetFetch; if the write fails, the old offsets stay. Group metadata is written on a best-effort basis: if it cannot be written the
-//! group keeps working, and after a restart it resumes from the last metadata written.
+//! makes the new offsets visible to OffsetFetch; if the write fails, the old offsets stay. Group
+//! metadata is written on a best-effort basis: if it cannot be written the group keeps working, and after a restart it resumes from the last metadata written.
 //!
 //! Timers: one task sleeps until the earliest deadline of any group (session timeouts, join
 //! and sync phases, the initial rebalance delay, offset expiry) and is woken when an operation
@@ -20,13 +21,11 @@
 //! only at those, not at every group. Its lock is taken last: under a group's lock, never the
 //! reverse.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -34,214 +33,34 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::member::Member;
-use super::records::{
-    self, GroupValue, MemberValue, RecordKey, decode_group_value, decode_key, decode_offset_value,
+use super::messages::{
+    CommittedOffset, GroupDescription, GroupListing, JoinRequest, JoinResponse, LeaveResponse,
+    LeavingMember, OffsetCommit, SyncRequest, SyncResponse,
 };
+use super::records::GroupValue;
 use super::state::{Cx, Group, JoinStep, SyncStep};
+use super::store::{OffsetsStore, Written};
 use super::timers::DeadlineQueue;
 use super::{
     GroupConfig, GroupState, MAX_GROUPS, MAX_MEMBER_METADATA_BYTES, MAX_OFFSETS_PER_GROUP,
-    MAX_OFFSETS_TOTAL, MAX_PROTOCOLS_PER_MEMBER, OFFSETS_TOPIC, partition_for,
+    MAX_OFFSETS_TOTAL, MAX_PROTOCOLS_PER_MEMBER, OFFSETS_TOPIC,
 };
-use crate::broker::{Broker, NewTopic, WeakBroker, stopped};
 use crate::error::{BrokerError, Result};
-use crate::log::{Ack, Log, ProducerInfo, now_ms};
-use crate::record::{EnvelopeBuilder, EnvelopeColumns};
+use crate::log::now_ms;
 
 /// Timers never fire more often than this (a burst of deadlines is handled in one pass).
 const MIN_TICK: Duration = Duration::from_millis(5);
-/// Bytes read per step when loading `__consumer_offsets`.
-const LOAD_READ_BYTES: usize = 4 << 20;
-/// `max.message.bytes` of `__consumer_offsets` (a group's metadata record holds every
-/// member's subscription and assignment).
-const OFFSETS_TOPIC_MAX_MESSAGE_BYTES: usize = 16 << 20;
-/// `segment.bytes` of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`).
-const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 100 << 20;
-
-/// A committed offset: the same facts as stored in `__consumer_offsets`.
-pub use super::records::OffsetValue as CommittedOffset;
-
-/// A JoinGroup, as the coordinator needs it.
-#[derive(Debug, Clone, Default)]
-pub struct JoinRequest {
-    pub group_id: String,
-    /// Empty for a member joining for the first time.
-    pub member_id: String,
-    /// `group.instance.id` of a static member (JoinGroup v5+).
-    pub group_instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub session_timeout_ms: i32,
-    pub rebalance_timeout_ms: i32,
-    pub protocol_type: String,
-    /// `(name, metadata)`, most preferred first.
-    pub protocols: Vec<(String, Bytes)>,
-    /// JoinGroup v4+: a new dynamic member first gets an id (MEMBER_ID_REQUIRED) and rejoins with it.
-    pub require_known_member_id: bool,
-    /// JoinGroup v9+: a returning static leader is told to skip the assignment.
-    pub supports_skip_assignment: bool,
-    pub reason: Option<String>,
-}
-
-/// One member as the leader sees it in its JoinGroup response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinedMember {
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub metadata: Bytes,
-}
-
-/// The answer to a JoinGroup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinResponse {
-    /// A Kafka error code (0 = none).
-    pub error: i16,
-    pub generation_id: i32,
-    pub protocol_type: Option<String>,
-    pub protocol_name: Option<String>,
-    pub leader: String,
-    pub skip_assignment: bool,
-    pub member_id: String,
-    /// Every member, for the leader only.
-    pub members: Vec<JoinedMember>,
-}
-
-impl JoinResponse {
-    /// A failed JoinGroup (no generation, no leader).
-    pub fn error(member_id: String, error: ResponseError) -> JoinResponse {
-        JoinResponse {
-            error: error.code(),
-            generation_id: -1,
-            protocol_type: None,
-            protocol_name: None,
-            leader: String::new(),
-            skip_assignment: false,
-            member_id,
-            members: Vec::new(),
-        }
-    }
-}
-
-/// A SyncGroup, as the coordinator needs it.
-#[derive(Debug, Clone, Default)]
-pub struct SyncRequest {
-    pub group_id: String,
-    pub generation_id: i32,
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    /// SyncGroup v5+: checked against the group's.
-    pub protocol_type: Option<String>,
-    pub protocol_name: Option<String>,
-    /// The leader's assignment: `(member id, assignment)`.
-    pub assignments: Vec<(String, Bytes)>,
-}
-
-/// The answer to a SyncGroup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncResponse {
-    pub error: i16,
-    pub protocol_type: Option<String>,
-    pub protocol_name: Option<String>,
-    pub assignment: Bytes,
-}
-
-impl SyncResponse {
-    /// A failed SyncGroup.
-    pub fn error(error: ResponseError) -> SyncResponse {
-        SyncResponse {
-            error: error.code(),
-            protocol_type: None,
-            protocol_name: None,
-            assignment: Bytes::new(),
-        }
-    }
-}
-
-/// A member named in a LeaveGroup.
-#[derive(Debug, Clone, Default)]
-pub struct LeavingMember {
-    /// Empty to remove a static member by its instance id.
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub reason: Option<String>,
-}
-
-/// The answer to a LeaveGroup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaveResponse {
-    /// A group-level error (then `members` is empty).
-    pub error: i16,
-    /// One error code per member, in request order.
-    pub members: Vec<i16>,
-}
-
-/// One partition's offset in an OffsetCommit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OffsetCommitEntry {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub leader_epoch: i32,
-    pub metadata: String,
-}
-
-/// An OffsetCommit, as the coordinator needs it.
-#[derive(Debug, Clone, Default)]
-pub struct OffsetCommit {
-    pub group_id: String,
-    /// -1 with an empty member id: a commit from outside group management.
-    pub generation_id: i32,
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    /// OffsetCommit v2-v4's retention time; `None` uses `offsets.retention.minutes`.
-    pub retention_ms: Option<i64>,
-    pub offsets: Vec<OffsetCommitEntry>,
-}
-
-/// A group as ListGroups shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupListing {
-    pub group_id: String,
-    pub protocol_type: String,
-    pub state: GroupState,
-}
-
-/// A member as DescribeGroups shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberDescription {
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub metadata: Bytes,
-    pub assignment: Bytes,
-}
-
-/// A group as DescribeGroups shows it. An unknown group is described as `Dead` with no members.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupDescription {
-    pub error: i16,
-    pub group_id: String,
-    pub state: GroupState,
-    pub protocol_type: String,
-    /// The selected protocol (only while stable).
-    pub protocol: String,
-    pub members: Vec<MemberDescription>,
-}
 
 type GroupRef = Arc<Mutex<Group>>;
 
-/// The group coordinator of one broker. Owned by the [`Broker`]; reach it with
-/// [`Broker::groups`]. Every method answers with Kafka error codes, never panics on client
-/// input, and bounds what it keeps (see the limits in [`crate::group`]).
+/// The group coordinator of one broker. Owned by the [`Broker`](crate::Broker); reach it with
+/// [`Broker::groups`](crate::Broker::groups). Every method answers with Kafka error codes,
+/// never panics on client input, and bounds what it keeps (see the limits in [`crate::group`]).
 pub struct GroupCoordinator {
     config: GroupConfig,
     groups: Mutex<HashMap<String, GroupRef>>,
-    broker: OnceLock<WeakBroker>,
-    /// Partitions of `__consumer_offsets` (0 until it exists).
-    partitions: AtomicI32,
-    /// Serializes creating `__consumer_offsets`.
-    topic_lock: tokio::sync::Mutex<()>,
+    /// `__consumer_offsets`.
+    store: OffsetsStore,
     offsets_total: AtomicUsize,
     wake: Arc<Notify>,
     /// Which group is due when.
@@ -258,7 +77,7 @@ impl std::fmt::Debug for GroupCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupCoordinator")
             .field("groups", &self.groups.lock().len())
-            .field("partitions", &self.partitions.load(Ordering::Relaxed))
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -276,15 +95,14 @@ fn write_error(e: &BrokerError) -> ResponseError {
 }
 
 impl GroupCoordinator {
-    /// A coordinator with no groups. [`Broker::open`] starts it with `GroupCoordinator::start`.
-    pub fn new(config: GroupConfig) -> GroupCoordinator {
+    /// A coordinator with no groups that keeps its records in `store`.
+    /// [`Broker::open`](crate::Broker::open) starts it with `GroupCoordinator::start`.
+    pub(crate) fn new(config: GroupConfig, store: OffsetsStore) -> GroupCoordinator {
         let check_every = Duration::from_millis(config.offsets_retention_check_interval_ms);
         GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
-            broker: OnceLock::new(),
-            partitions: AtomicI32::new(0),
-            topic_lock: tokio::sync::Mutex::new(()),
+            store,
             offsets_total: AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
             timers: Mutex::new(DeadlineQueue::default()),
@@ -302,23 +120,27 @@ impl GroupCoordinator {
     }
 
     /// Loads the groups and offsets stored in `__consumer_offsets` (if it exists) and starts
-    /// the timers. Called once by [`Broker::open`], inside a Tokio runtime.
-    pub(crate) fn start(&self, broker: &Broker) -> Result<()> {
-        let _ = self.broker.set(broker.downgrade());
-        self.load(broker)?;
-        let weak = broker.downgrade();
+    /// the timers. Called once by [`Broker::open`](crate::Broker::open), after the topics are
+    /// open, inside a Tokio runtime.
+    pub(crate) fn start(self: &Arc<Self>) -> Result<()> {
+        self.load()?;
+        // Weak: the timer task must not keep a dropped broker's coordinator alive.
+        let weak: Weak<GroupCoordinator> = Arc::downgrade(self);
         let wake = self.wake.clone();
         let mut stop = self.stop.subscribe();
         let task = tokio::spawn(async move {
             loop {
                 let next = {
-                    let Some(broker) = weak.upgrade() else { return };
-                    broker.groups().tick()
+                    let Some(coordinator) = weak.upgrade() else {
+                        return;
+                    };
+                    coordinator.tick()
                 };
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => {}
                     _ = wake.notified() => {}
-                    _ = stopped(&mut stop) => return,
+                    // The flag only ever turns true, so any change (or a dropped sender) stops.
+                    _ = stop.changed() => return,
                 }
             }
         });
@@ -362,8 +184,9 @@ impl GroupCoordinator {
 
     /// Bookkeeping after an operation on a group, under its lock: persist its metadata if it
     /// changed, and arm the timer for its next deadline.
-    fn after_op(&self, broker: Option<&Broker>, g: &mut Group) {
-        self.persist_if_dirty(broker, g);
+    /// `persist: false` leaves the metadata unwritten (a heartbeat changes nothing worth it).
+    fn after_op(&self, persist: bool, g: &mut Group) {
+        self.persist_if_dirty(persist, g);
         g.hint = g.next_deadline();
         if let Some(at) = g.hint
             && self.timers.lock().schedule(&g.id, at)
@@ -373,11 +196,9 @@ impl GroupCoordinator {
     }
 
     /// Writes the group's metadata if an operation changed it.
-    fn persist_if_dirty(&self, broker: Option<&Broker>, g: &mut Group) {
-        if std::mem::take(&mut g.metadata_dirty)
-            && let Some(broker) = broker
-        {
-            self.write_group_metadata(broker, g);
+    fn persist_if_dirty(&self, persist: bool, g: &mut Group) {
+        if std::mem::take(&mut g.metadata_dirty) && persist {
+            self.store.write_group_metadata(g);
         }
     }
 
@@ -391,7 +212,6 @@ impl GroupCoordinator {
             now_ms: now_ms(),
             config: &self.config,
         };
-        let broker = self.broker.get().and_then(WeakBroker::upgrade);
         let due = self.timers.lock().pop_due(now);
         for id in due {
             // Gone since it was scheduled; a group made later under the same name schedules itself.
@@ -402,7 +222,7 @@ impl GroupCoordinator {
             // An entry may be earlier than the group's deadline (a heartbeat moved it later).
             if g.hint.is_some_and(|at| at <= now) {
                 g.fire_timers(&cx);
-                self.persist_if_dirty(broker.as_ref(), &mut g);
+                self.persist_if_dirty(true, &mut g);
             }
             g.hint = g.next_deadline();
             if let Some(at) = g.hint {
@@ -428,136 +248,18 @@ impl GroupCoordinator {
     // ------------------------------------------------------------------------------------------
     // __consumer_offsets
 
-    /// The broker, once `__consumer_offsets` exists (it is created on first use, as Kafka does).
-    async fn ready(&self) -> Result<Broker, ResponseError> {
+    /// `__consumer_offsets`, once it exists (it is created on first use, as Kafka does).
+    async fn ready(&self) -> Result<&OffsetsStore, ResponseError> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(ResponseError::NotCoordinator);
         }
-        let broker = self
-            .broker
-            .get()
-            .and_then(WeakBroker::upgrade)
-            .ok_or(ResponseError::NotCoordinator)?;
-        if self.partitions.load(Ordering::Acquire) > 0 && broker.topic_exists(OFFSETS_TOPIC) {
-            return Ok(broker);
-        }
-        let _one_at_a_time = self.topic_lock.lock().await;
-        if let Ok(n) = broker.partition_count(OFFSETS_TOPIC) {
-            self.partitions.store(n, Ordering::Release);
-            return Ok(broker);
-        }
-        let new = NewTopic::new(OFFSETS_TOPIC, self.config.offsets_topic_partitions)
-            .with_config("cleanup.policy", "compact")
-            .with_config("segment.bytes", &OFFSETS_TOPIC_SEGMENT_BYTES.to_string())
-            .with_config(
-                "max.message.bytes",
-                &OFFSETS_TOPIC_MAX_MESSAGE_BYTES.to_string(),
-            );
-        match broker.create_topic(new).await {
-            Ok(_) | Err(BrokerError::TopicExists(_)) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create {OFFSETS_TOPIC}; groups are unavailable");
-                return Err(ResponseError::CoordinatorNotAvailable);
-            }
-        }
-        let n = broker.partition_count(OFFSETS_TOPIC).map_err(|e| {
-            tracing::error!(error = %e, "{OFFSETS_TOPIC} vanished after it was created");
-            ResponseError::CoordinatorNotAvailable
-        })?;
-        self.partitions.store(n, Ordering::Release);
-        Ok(broker)
+        self.store.ensure_exists().await?;
+        Ok(&self.store)
     }
 
     /// Makes sure `__consumer_offsets` exists (FindCoordinator does this, as in Kafka).
     pub async fn ensure_ready(&self) -> Result<(), ResponseError> {
         self.ready().await.map(|_| ())
-    }
-
-    /// Appends records to the group's partition without waiting for the disk. Returns the log
-    /// and the offset after the records (to wait for with `flush_to`).
-    fn append(
-        &self,
-        broker: &Broker,
-        group_id: &str,
-        batch: &mut EnvelopeBuilder,
-    ) -> Result<(Arc<Log>, i64)> {
-        let partitions = self.partitions.load(Ordering::Acquire);
-        if partitions <= 0 {
-            return Err(BrokerError::UnknownTopic(OFFSETS_TOPIC.to_owned()));
-        }
-        let log = broker.log(OFFSETS_TOPIC, partition_for(group_id, partitions))?;
-        let info = log.append_unflushed(&batch.finish(), ProducerInfo::NONE)?;
-        Ok((log, info.last_offset + 1))
-    }
-
-    fn group_value(g: &Group) -> GroupValue {
-        let protocol = g.protocol_name.clone().unwrap_or_default();
-        GroupValue {
-            protocol_type: g.protocol_type.clone().unwrap_or_default(),
-            generation: g.generation,
-            protocol: g.protocol_name.clone(),
-            leader: g.leader.clone(),
-            current_state_timestamp_ms: Some(g.state_since_ms),
-            members: g
-                .members
-                .values()
-                .map(|m| MemberValue {
-                    member_id: m.id.clone(),
-                    group_instance_id: m.instance_id.clone(),
-                    client_id: m.client_id.clone(),
-                    client_host: m.client_host.clone(),
-                    rebalance_timeout_ms: m.rebalance_timeout_ms,
-                    session_timeout_ms: m.session_timeout_ms,
-                    subscription: m.metadata(&protocol),
-                    assignment: m.assignment.clone(),
-                })
-                .collect(),
-        }
-    }
-
-    /// Persists the group's metadata (a tombstone for a dead group). Best effort: a failure is
-    /// logged, and the group goes on in memory.
-    fn write_group_metadata(&self, broker: &Broker, g: &Group) {
-        let value = (g.state != GroupState::Dead)
-            .then(|| records::encode_group_value(&Self::group_value(g)));
-        let mut batch = EnvelopeBuilder::with_capacity(1, value.as_ref().map_or(0, Vec::len));
-        batch.append(
-            now_ms(),
-            Some(&records::group_key(&g.id)),
-            value.as_deref(),
-            &[],
-        );
-        if let Err(e) = self.append(broker, &g.id, &mut batch) {
-            tracing::warn!(group = %g.id, generation = g.generation, error = %e, "cannot persist the group's metadata; it goes on in memory, and after a restart resumes from the last metadata persisted");
-        }
-    }
-
-    /// Writes tombstones for `offsets` (and for the group itself when `group_too`).
-    fn write_tombstones(
-        &self,
-        broker: &Broker,
-        group_id: &str,
-        offsets: &[(String, i32)],
-        group_too: bool,
-    ) -> Option<(Arc<Log>, i64)> {
-        let ts = now_ms();
-        let mut batch = EnvelopeBuilder::with_capacity(offsets.len() + 1, 0);
-        for (t, p) in offsets {
-            batch.append(ts, Some(&records::offset_key(group_id, t, *p)), None, &[]);
-        }
-        if group_too {
-            batch.append(ts, Some(&records::group_key(group_id)), None, &[]);
-        }
-        if batch.is_empty() {
-            return None;
-        }
-        match self.append(broker, group_id, &mut batch) {
-            Ok(done) => Some(done),
-            Err(e) => {
-                tracing::warn!(group = %group_id, error = %e, "cannot write tombstones; the removal holds in memory but may come back after a restart");
-                None
-            }
-        }
     }
 
     /// Removes a dead group from the map and the offset count.
@@ -575,110 +277,18 @@ impl GroupCoordinator {
         }
     }
 
-    /// Reads `__consumer_offsets` from the start and rebuilds every group.
-    fn load(&self, broker: &Broker) -> Result<()> {
-        let Ok(partitions) = broker.partition_count(OFFSETS_TOPIC) else {
-            return Ok(());
-        };
-        self.partitions.store(partitions, Ordering::Release);
-        #[derive(Default)]
-        struct Loaded {
-            metadata: Option<GroupValue>,
-            offsets: BTreeMap<(String, i32), CommittedOffset>,
-        }
-        let mut loaded: HashMap<String, Loaded> = HashMap::new();
-        let mut malformed = 0usize;
-        let mut records_read = 0usize;
-        for p in 0..partitions {
-            let log = broker.log(OFFSETS_TOPIC, p)?;
-            let mut offset = log.offsets().log_start_offset;
-            loop {
-                let read = match log.read(offset, LOAD_READ_BYTES) {
-                    Ok(read) => read,
-                    // A damaged segment must not keep the broker from starting: what it held
-                    // is lost (groups fall back to older commits), the rest is loaded.
-                    Err(e @ BrokerError::Corrupt { .. }) => match log.next_segment_base(offset) {
-                        Some(next) => {
-                            tracing::error!(partition = p, offset, resume_at = next, error = %e,
-                                "damaged data in {OFFSETS_TOPIC}; skipping to the next segment (commits in the damaged range are lost)");
-                            offset = next;
-                            continue;
-                        }
-                        None => {
-                            tracing::error!(partition = p, offset, error = %e,
-                                "damaged data at the end of {OFFSETS_TOPIC}; commits from here on are lost");
-                            break;
-                        }
-                    },
-                    Err(e) => return Err(e),
-                };
-                if read.batches.is_empty() || read.next_offset <= offset {
-                    break;
-                }
-                for batch in &read.batches {
-                    let cols = EnvelopeColumns::try_new(&batch.records)?;
-                    for i in 0..batch.records.num_rows() {
-                        records_read += 1;
-                        let Some(key) = cols.key(i) else {
-                            malformed += 1;
-                            continue;
-                        };
-                        let applied = match decode_key(key) {
-                            Ok(RecordKey::Offset {
-                                group,
-                                topic,
-                                partition,
-                            }) => {
-                                let entry = loaded.entry(group).or_default();
-                                match cols.value(i).map(decode_offset_value) {
-                                    None => {
-                                        entry.offsets.remove(&(topic, partition));
-                                        Ok(())
-                                    }
-                                    Some(Ok(v)) => {
-                                        entry.offsets.insert((topic, partition), v);
-                                        Ok(())
-                                    }
-                                    Some(Err(e)) => Err(e),
-                                }
-                            }
-                            Ok(RecordKey::Group { group }) => {
-                                let entry = loaded.entry(group).or_default();
-                                match cols.value(i).map(decode_group_value) {
-                                    None => {
-                                        entry.metadata = None;
-                                        Ok(())
-                                    }
-                                    Some(Ok(v)) => {
-                                        entry.metadata = Some(v);
-                                        Ok(())
-                                    }
-                                    Some(Err(e)) => Err(e),
-                                }
-                            }
-                            Ok(RecordKey::Other(_)) => Ok(()),
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = applied {
-                            malformed += 1;
-                            tracing::warn!(partition = p, error = %e, "skipping a record of {OFFSETS_TOPIC}");
-                        }
-                    }
-                }
-                offset = read.next_offset;
-                if offset >= read.high_watermark {
-                    break;
-                }
-            }
-        }
+    /// Reads `__consumer_offsets` back and rebuilds every group.
+    fn load(&self) -> Result<()> {
+        let loaded = self.store.load()?;
+        let mut groups_read = loaded.groups;
         // Offsets of topics deleted while the broker stopped before their tombstones were
         // written (commits of unknown topics are refused, so nothing else leaves these).
         let mut orphaned = 0usize;
-        for (id, l) in &mut loaded {
+        for (id, l) in &mut groups_read {
             let gone: Vec<(String, i32)> = l
                 .offsets
                 .keys()
-                .filter(|(t, _)| !broker.topic_exists(t))
+                .filter(|(t, _)| !self.store.topic_exists(t))
                 .cloned()
                 .collect();
             if gone.is_empty() {
@@ -689,13 +299,14 @@ impl GroupCoordinator {
             }
             orphaned += gone.len();
             let now_dead = l.metadata.is_none() && l.offsets.is_empty();
-            self.write_tombstones(broker, id, &gone, now_dead);
+            // Reaches the disk with the partition's next flush.
+            drop(self.store.write_tombstones(id, &gone, now_dead));
         }
         let now = Instant::now();
         let wall = now_ms();
         let mut groups = self.groups.lock();
         let mut total = 0;
-        for (id, l) in loaded {
+        for (id, l) in groups_read {
             if l.metadata.is_none() && l.offsets.is_empty() {
                 continue;
             }
@@ -715,8 +326,8 @@ impl GroupCoordinator {
         tracing::info!(
             groups = groups.len(),
             offsets = total,
-            records = records_read,
-            malformed,
+            records = loaded.records_read,
+            malformed = loaded.malformed,
             orphaned,
             "loaded consumer groups from {OFFSETS_TOPIC}"
         );
@@ -772,10 +383,9 @@ impl GroupCoordinator {
                 "refusing a JoinGroup: at most {MAX_PROTOCOLS_PER_MEMBER} protocols and {MAX_MEMBER_METADATA_BYTES} bytes of metadata per member");
             return fail(ResponseError::PolicyViolation);
         }
-        let broker = match self.ready().await {
-            Ok(b) => b,
-            Err(e) => return fail(e),
-        };
+        if let Err(e) = self.ready().await {
+            return fail(e);
+        }
         let group = match self.get_or_create(&req.group_id, req.member_id.is_empty()) {
             Ok(Some(g)) => g,
             Ok(None) => return fail(ResponseError::UnknownMemberId),
@@ -784,11 +394,9 @@ impl GroupCoordinator {
         let step = {
             let mut g = group.lock();
             let step = g.join(&req, &self.cx());
-            self.after_op(Some(&broker), &mut g);
+            self.after_op(true, &mut g);
             step
         };
-        // A waiting member must not keep the broker alive (shutdown answers it).
-        drop(broker);
         match step {
             JoinStep::Done(resp) => resp,
             JoinStep::Wait(rx) => rx
@@ -802,20 +410,18 @@ impl GroupCoordinator {
         if req.group_id.is_empty() {
             return SyncResponse::error(ResponseError::InvalidGroupId);
         }
-        let broker = match self.ready().await {
-            Ok(b) => b,
-            Err(e) => return SyncResponse::error(e),
-        };
+        if let Err(e) = self.ready().await {
+            return SyncResponse::error(e);
+        }
         let Some(group) = self.existing(&req.group_id) else {
             return SyncResponse::error(ResponseError::UnknownMemberId);
         };
         let step = {
             let mut g = group.lock();
             let step = g.sync(&req, &self.cx());
-            self.after_op(Some(&broker), &mut g);
+            self.after_op(true, &mut g);
             step
         };
-        drop(broker);
         match step {
             SyncStep::Done(resp) => resp,
             SyncStep::Wait(rx) => rx
@@ -843,7 +449,7 @@ impl GroupCoordinator {
         };
         let mut g = group.lock();
         let result = g.heartbeat(member_id, group_instance_id, generation_id, &self.cx());
-        self.after_op(None, &mut g);
+        self.after_op(false, &mut g);
         result.err().map_or(0, |e| e.code())
     }
 
@@ -865,10 +471,9 @@ impl GroupCoordinator {
                 members: vec![ResponseError::UnknownMemberId.code(); leaving.len()],
             };
         };
-        let broker = self.broker.get().and_then(WeakBroker::upgrade);
         let mut g = group.lock();
         let result = g.leave(leaving, &self.cx());
-        self.after_op(broker.as_ref(), &mut g);
+        self.after_op(true, &mut g);
         match result {
             Ok(members) => LeaveResponse {
                 error: 0,
@@ -892,8 +497,8 @@ impl GroupCoordinator {
         if commit.offsets.is_empty() {
             return Vec::new();
         }
-        let broker = match self.ready().await {
-            Ok(b) => b,
+        let store = match self.ready().await {
+            Ok(store) => store,
             Err(e) => return all(e),
         };
         let group = match self.get_or_create(&commit.group_id, commit.generation_id < 0) {
@@ -905,15 +510,15 @@ impl GroupCoordinator {
         let cx = self.cx();
         let written = {
             let mut g = group.lock();
-            let written = self.commit_locked(&broker, &mut g, &commit, &cx);
-            self.after_op(Some(&broker), &mut g);
+            let written = self.commit_locked(store, &mut g, &commit, &cx);
+            self.after_op(true, &mut g);
             written
         };
-        let (log, end, seq, values) = match written {
+        let (written, seq, values) = match written {
             Ok(w) => w,
             Err(e) => return all(e),
         };
-        let acked = log.acknowledge(end, Ack::All).await;
+        let acked = written.acknowledge().await;
         let mut g = group.lock();
         for (o, v) in commit.offsets.iter().zip(values) {
             let key = (o.topic.clone(), o.partition);
@@ -936,11 +541,11 @@ impl GroupCoordinator {
 
     fn commit_locked(
         &self,
-        broker: &Broker,
+        store: &OffsetsStore,
         g: &mut Group,
         commit: &OffsetCommit,
         cx: &Cx,
-    ) -> Result<(Arc<Log>, i64, u64, Vec<CommittedOffset>), ResponseError> {
+    ) -> Result<(Written, u64, Vec<CommittedOffset>), ResponseError> {
         g.validate_commit(
             commit.generation_id,
             &commit.member_id,
@@ -974,23 +579,24 @@ impl GroupCoordinator {
                 expire_timestamp_ms: expire,
             })
             .collect();
-        let mut batch = EnvelopeBuilder::with_capacity(values.len(), values.len() * 64);
-        for (o, v) in commit.offsets.iter().zip(&values) {
-            let key = records::offset_key(&g.id, &o.topic, o.partition);
-            let value = records::encode_offset_value(v);
-            batch.append(cx.now_ms, Some(&key), Some(&value), &[]);
-        }
-        let (log, end) = self.append(broker, &g.id, &mut batch).map_err(|e| {
-            tracing::error!(group = %g.id, error = %e, "cannot write committed offsets");
-            write_error(&e)
-        })?;
+        let entries = commit
+            .offsets
+            .iter()
+            .zip(&values)
+            .map(|(o, v)| (o.topic.as_str(), o.partition, v));
+        let written = store
+            .write_offsets(&g.id, cx.now_ms, entries)
+            .map_err(|e| {
+                tracing::error!(group = %g.id, error = %e, "cannot write committed offsets");
+                write_error(&e)
+            })?;
         g.commit_seq += 1;
         let seq = g.commit_seq;
         for o in &commit.offsets {
             g.pending_offsets
                 .insert((o.topic.clone(), o.partition), seq);
         }
-        Ok((log, end, seq, values))
+        Ok((written, seq, values))
     }
 
     /// Handles an OffsetFetch of one group: the committed offset of each partition asked for
@@ -1035,7 +641,7 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: &[(String, i32)],
     ) -> Result<Vec<i16>, i16> {
-        let broker = self.ready().await.map_err(|e| e.code())?;
+        let store = self.ready().await.map_err(|e| e.code())?;
         let group = self
             .existing(group_id)
             .ok_or(ResponseError::GroupIdNotFound.code())?;
@@ -1073,16 +679,16 @@ impl GroupCoordinator {
             self.offsets_total
                 .fetch_sub(removed.len(), Ordering::AcqRel);
             let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
-            let flush = self.write_tombstones(&broker, group_id, &removed, now_dead);
+            let flush = store.write_tombstones(group_id, &removed, now_dead);
             if now_dead {
                 g.mark_dead(&cx);
                 self.forget(&g);
             }
-            self.after_op(Some(&broker), &mut g);
+            self.after_op(true, &mut g);
             (codes, flush)
         };
-        if let Some((log, end)) = flush {
-            let _ = log.flush_to(end).await;
+        if let Some(written) = flush {
+            let _ = written.flush().await;
         }
         Ok(codes)
     }
@@ -1090,8 +696,8 @@ impl GroupCoordinator {
     /// Handles a DeleteGroups: empty groups are removed with their offsets; groups with
     /// members get NON_EMPTY_GROUP. One code per group.
     pub async fn delete_groups(&self, group_ids: &[String]) -> Vec<i16> {
-        let broker = match self.ready().await {
-            Ok(b) => b,
+        let store = match self.ready().await {
+            Ok(store) => store,
             Err(e) => return vec![e.code(); group_ids.len()],
         };
         let cx = self.cx();
@@ -1107,7 +713,7 @@ impl GroupCoordinator {
                 GroupState::Dead => codes.push(ResponseError::GroupIdNotFound.code()),
                 GroupState::Empty => {
                     let offsets: Vec<(String, i32)> = g.offsets.keys().cloned().collect();
-                    flushes.extend(self.write_tombstones(&broker, id, &offsets, true));
+                    flushes.extend(store.write_tombstones(id, &offsets, true));
                     g.mark_dead(&cx);
                     self.forget(&g);
                     g.offsets.clear();
@@ -1117,8 +723,8 @@ impl GroupCoordinator {
                 _ => codes.push(ResponseError::NonEmptyGroup.code()),
             }
         }
-        for (log, end) in flushes {
-            let _ = log.flush_to(end).await;
+        for written in flushes {
+            let _ = written.flush().await;
         }
         codes
     }
@@ -1127,7 +733,6 @@ impl GroupCoordinator {
     /// empty with no offsets. Runs every `offsets.retention.check.interval.ms`; callable
     /// directly (tests, operators). Returns the number of offsets removed.
     pub fn expire_offsets_at(&self, now_ms: i64) -> usize {
-        let broker = self.broker.get().and_then(WeakBroker::upgrade);
         let cx = Cx {
             now: Instant::now(),
             now_ms,
@@ -1144,7 +749,8 @@ impl GroupCoordinator {
             if !expired.is_empty() {
                 tracing::info!(group = %g.id, offsets = expired.len(), "expired committed offsets");
             }
-            self.offsets_removed(broker.as_ref(), &mut g, &expired, &cx);
+            // Reach the disk with the partition's next flush.
+            drop(self.offsets_removed(&mut g, &expired, &cx));
         }
         removed_total
     }
@@ -1152,8 +758,8 @@ impl GroupCoordinator {
     /// Drops every group's committed offsets of a deleted topic and writes their tombstones,
     /// as Kafka does on topic deletion, so that a topic created again under the same name does
     /// not inherit them. Groups left empty with no offsets are removed. Returns the number of
-    /// offsets removed. Called by [`Broker::delete_topic`].
-    pub(crate) async fn remove_topic_offsets(&self, broker: &Broker, topic: &str) -> usize {
+    /// offsets removed. Called by [`Broker::delete_topic`](crate::Broker::delete_topic).
+    pub(crate) async fn remove_topic_offsets(&self, topic: &str) -> usize {
         let cx = self.cx();
         let mut removed_total = 0;
         let mut flushes = Vec::new();
@@ -1173,10 +779,10 @@ impl GroupCoordinator {
             }
             removed_total += removed.len();
             tracing::info!(group = %g.id, topic, offsets = removed.len(), "removed committed offsets of a deleted topic");
-            flushes.extend(self.offsets_removed(Some(broker), &mut g, &removed, &cx));
+            flushes.extend(self.offsets_removed(&mut g, &removed, &cx));
         }
-        for (log, end) in flushes {
-            if let Err(e) = log.flush_to(end).await {
+        for written in flushes {
+            if let Err(e) = written.flush().await {
                 tracing::warn!(topic, error = %e, "cannot fsync the tombstones of a deleted topic's offsets; they are written and reach the disk with the next flush");
             }
         }
@@ -1187,15 +793,14 @@ impl GroupCoordinator {
     /// and the group's removal when it is left empty with no offsets. Returns what to fsync.
     fn offsets_removed(
         &self,
-        broker: Option<&Broker>,
         g: &mut Group,
         removed: &[(String, i32)],
         cx: &Cx,
-    ) -> Option<(Arc<Log>, i64)> {
+    ) -> Option<Written> {
         self.offsets_total
             .fetch_sub(removed.len(), Ordering::AcqRel);
         let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
-        let flush = broker.and_then(|b| self.write_tombstones(b, &g.id, removed, now_dead));
+        let flush = self.store.write_tombstones(&g.id, removed, now_dead);
         if now_dead {
             tracing::info!(group = %g.id, "removing group: it is empty and has no offsets left");
             g.mark_dead(cx);

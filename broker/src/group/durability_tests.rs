@@ -1,7 +1,7 @@
 //! Committed offsets and the disk: an offset becomes visible once durable, and a commit whose
 //! write cannot be made durable leaves the previous offset in place.
 
-use super::coordinator::{OffsetCommit, OffsetCommitEntry};
+use super::messages::{OffsetCommit, OffsetCommitEntry};
 use super::{OFFSETS_TOPIC, partition_for};
 use crate::broker::Broker;
 use crate::config::BrokerConfig;

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::coordinator::{JoinResponse, SyncResponse};
+use super::messages::{JoinResponse, SyncResponse};
 
 /// A group member.
 #[derive(Debug)]

@@ -10,25 +10,33 @@
 //!
 //! Layout: [`state`] is the per-group state machine (pure: it takes the time as an argument and
 //! hands back waiters to answer), [`member`] a member's metadata, [`coordinator`] owns the
-//! groups, the timers and the writes, `timers` says which group is due when, [`records`] the
-//! on-disk layouts, and [`consumer_protocol`] reads the subscriptions of `consumer` groups.
+//! groups and the timers and runs the protocol, [`messages`] are its API's requests and
+//! answers, `store` writes and reads back `__consumer_offsets` (the coordinator's only handle
+//! on the broker's storage), `timers` says which group is due when, [`records`] the on-disk
+//! layouts, and [`consumer_protocol`] reads the subscriptions of `consumer` groups.
 
 pub mod consumer_protocol;
 pub mod coordinator;
 #[cfg(test)]
 mod durability_tests;
 pub mod member;
+pub mod messages;
 pub mod records;
 pub mod state;
+mod store;
+#[cfg(test)]
+mod store_tests;
 #[cfg(test)]
 mod tests;
 mod timers;
 
-pub use coordinator::{
-    CommittedOffset, GroupCoordinator, GroupDescription, GroupListing, JoinRequest, JoinResponse,
-    JoinedMember, LeaveResponse, LeavingMember, MemberDescription, OffsetCommit, OffsetCommitEntry,
-    SyncRequest, SyncResponse,
+pub use coordinator::GroupCoordinator;
+pub use messages::{
+    CommittedOffset, GroupDescription, GroupListing, JoinRequest, JoinResponse, JoinedMember,
+    LeaveResponse, LeavingMember, MemberDescription, OffsetCommit, OffsetCommitEntry, SyncRequest,
+    SyncResponse,
 };
+pub(crate) use store::{OffsetsStore, OffsetsTopic};
 
 use crate::config::KafkaConfig;
 

@@ -21,11 +21,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::consumer_protocol::{CONSUMER_PROTOCOL_TYPE, subscribed_topics};
-use super::coordinator::{
+use super::member::Member;
+use super::messages::{
     CommittedOffset, GroupDescription, JoinRequest, JoinResponse, JoinedMember, LeavingMember,
     MemberDescription, SyncRequest, SyncResponse,
 };
-use super::member::Member;
 use super::{GroupConfig, GroupState, MAX_MEMBERS_PER_GROUP};
 
 /// The time, and the settings, an operation runs with.

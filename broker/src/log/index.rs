@@ -40,14 +40,6 @@ impl OffsetIndex {
         if i == 0 { 0 } else { self.entries[i - 1].1 }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn save(&self, storage: &dyn Storage, path: &Path, covered_len: u64) -> Result<()> {
         save_pairs(
             storage,
@@ -92,14 +84,6 @@ impl TimeIndex {
     pub fn lookup(&self, ts: i64) -> Option<i64> {
         let i = self.entries.partition_point(|&(t, _)| t < ts);
         (i > 0).then(|| self.entries[i - 1].1)
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// The last entry: the largest timestamp indexed and the frame it was seen at.

@@ -13,15 +13,15 @@
 //! log end one group-committed fsync behind, whatever the producer's acks. Without it the high
 //! watermark is the log end.
 
-pub mod cleaner;
-pub mod epoch;
-pub mod frame;
-pub mod index;
+pub(crate) mod cleaner;
+pub(crate) mod epoch;
+pub(crate) mod frame;
+pub(crate) mod index;
 #[cfg(test)]
 mod power_loss_tests;
-pub mod producer_state;
-pub mod segment;
-pub mod storage;
+pub(crate) mod producer_state;
+pub(crate) mod segment;
+pub(crate) mod storage;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -41,7 +41,8 @@ use tokio::sync::{Notify, watch};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::record::{EnvelopeColumns, col};
-use epoch::LeaderEpochs;
+pub use cleaner::{CleanStats, CrashPoint};
+pub use epoch::LeaderEpochs;
 use frame::FrameEncoder;
 pub use frame::{BatchHeader, ProducerInfo, attributes};
 use producer_state::{ProducerStates, SequenceCheck};
@@ -211,7 +212,9 @@ impl Log {
         Self::open_after(dir, topic, partition, config, Shutdown::Unclean)
     }
 
-    /// [`Log::open_with`] on the real file system.
+    /// Opens (or creates) the log in `dir` on the real file system. After an unclean
+    /// `shutdown` the active segment is recovered and the leader epoch bumped; after a clean
+    /// one the persisted indexes are trusted.
     pub fn open_after(
         dir: &Path,
         topic: &str,
@@ -234,7 +237,7 @@ impl Log {
     /// recovered (a torn or corrupt tail is cut to the last whole batch, and the cut is
     /// logged) and the leader epoch is bumped; after a clean one the persisted indexes are
     /// trusted.
-    pub fn open_with(
+    pub(crate) fn open_with(
         dir: &Path,
         topic: &str,
         partition: i32,

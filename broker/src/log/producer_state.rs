@@ -150,10 +150,6 @@ impl ProducerStates {
         self.producers.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
-
     /// Forgets producers whose last append is `expiration_ms` or more before `now_ms` (Kafka's
     /// `producer.id.expiration.ms`). Returns how many were forgotten.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {

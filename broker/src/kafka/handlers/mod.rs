@@ -15,6 +15,8 @@ pub mod produce;
 mod produce_tests;
 pub mod producer_id;
 
+use std::net::SocketAddr;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 
@@ -70,12 +72,14 @@ pub fn is_supported(api: ApiKey, version: i16) -> bool {
     supported().any(|(k, lo, hi)| k == api && (lo..=hi).contains(&version))
 }
 
-/// Runs the handler of a request. `Ok(None)` means no response is sent (acks=0);
-/// `Err` closes the connection with that reason.
+/// Runs the handler of a request. `peer` is the address of the client that sent it (`None`
+/// when it did not come over a socket); Kafka reports it as a group member's client host.
+/// `Ok(None)` means no response is sent (acks=0); `Err` closes the connection with that reason.
 pub async fn handle(
     ctx: &Ctx,
     header: &RequestHeader,
     request: RequestKind,
+    peer: Option<SocketAddr>,
 ) -> Result<Option<ResponseKind>, String> {
     let v = header.request_api_version;
     Ok(Some(match request {
@@ -95,7 +99,7 @@ pub async fn handle(
         RequestKind::InitProducerId(req) => {
             ResponseKind::InitProducerId(producer_id::handle(ctx, req))
         }
-        other => match groups::dispatch(ctx, header, other).await {
+        other => match groups::dispatch(ctx, header, other, peer).await {
             Ok(resp) => resp,
             Err(other) => match admin::dispatch(ctx, header, other).await {
                 Ok(resp) => resp,

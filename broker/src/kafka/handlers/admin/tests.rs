@@ -1085,7 +1085,7 @@ async fn every_admin_version_answers_over_the_wire() {
             let Some(bytes) = frame(api, version, &req) else {
                 panic!("{api:?} v{version}: the sweep request does not encode")
             };
-            match process(&ctx, bytes).await {
+            match process(&ctx, bytes, None).await {
                 Outcome::Respond(chunks) => {
                     let resp: Vec<u8> = chunks.concat();
                     assert_eq!(&resp[4..8], &5i32.to_be_bytes(), "{api:?} v{version}");
