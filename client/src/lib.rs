@@ -1,5 +1,7 @@
-//! A small async Kafka client: what Quiver's CLI uses to talk to a running `quiver server`, and
-//! what the engine uses to read from external Kafka clusters.
+//! Quiver's async Kafka client: what the CLI uses to talk to a running `quiver server`, and what
+//! the engine and connectors use to talk to any Kafka-compatible cluster. It links neither the
+//! broker's log nor its coordinators; what it shares with the broker (the envelope schema, the
+//! record batch codec, compression, the partitioner) comes from `quiver-common`.
 //!
 //! [`KafkaClient`] connects to one of the bootstrap brokers, learns the cluster from Metadata,
 //! and sends each request where Kafka wants it: produce, fetch and list-offsets to the partition
@@ -9,8 +11,9 @@
 //! the version of every API: the highest both sides speak, or a clear error when there is none.
 //! Everything is bounded: requests in flight per connection, response size, waits.
 //!
-//! Records travel as Arrow envelope batches ([`crate::record::envelope_schema`]), converted to
-//! and from Kafka's v2 record batches by [`crate::kafka::records`] without per-record structs.
+//! Records travel as Arrow envelope batches ([`quiver_common::envelope_schema`]), converted to
+//! and from Kafka's v2 record batches by [`quiver_common::kafka::records`] without per-record
+//! structs.
 //!
 //! Batch operations (create several topics, fetch several partitions) return a result per
 //! resource, so one bad topic does not hide what happened to the others; the error of one
@@ -40,6 +43,7 @@ use connection::Connection;
 pub use data::{FetchOptions, FetchedRecords, ListedOffset, OffsetSpec, ProduceAck};
 pub use error::{ApiError, ClientError, Result};
 pub use groups::{CommittedOffset, GroupDescription, GroupMember, ListedGroup};
+pub use quiver_common::topic::{ConfigChange, NewTopic};
 
 /// The versions of each API this client speaks, `(min, max)`. The minimums are where the
 /// request has the fields this client relies on (e.g. CreateTopics v4 for the broker's default

@@ -8,7 +8,7 @@ use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
 
 use super::compression;
-use crate::log::{BatchHeader, attributes};
+use crate::batch::{BatchHeader, attributes};
 use crate::record::{EnvelopeBuilder, EnvelopeColumns};
 
 /// Bytes of a v2 batch header, up to and including the record count.
@@ -362,7 +362,7 @@ pub fn encode_batch(
     out: &mut Vec<u8>,
     header: &BatchHeader,
     records: &RecordBatch,
-) -> Result<(), crate::BrokerError> {
+) -> crate::Result<()> {
     encode_batch_in_epoch(out, header, records, 0)
 }
 
@@ -373,7 +373,7 @@ pub fn encode_batch_in_epoch(
     header: &BatchHeader,
     records: &RecordBatch,
     leader_epoch: i32,
-) -> Result<(), crate::BrokerError> {
+) -> crate::Result<()> {
     let cols = EnvelopeColumns::try_new(records)?;
     let n = records.num_rows();
     if n == 0 {
@@ -481,7 +481,7 @@ pub fn encode_batch_in_epoch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::ProducerInfo;
+    use crate::batch::ProducerInfo;
     use crate::record::{Record, batch_to_records, records_to_batch};
     use arrow::array::Int64Array;
     use std::sync::Arc;

@@ -18,10 +18,11 @@ use kafka_protocol::messages::produce_request::{
 };
 use kafka_protocol::messages::{ApiKey, BrokerId};
 
-use super::{ApiError, ClientError, KafkaClient, Lane, Result, topic_name, versions};
-use crate::kafka::records::{self, DecodeScratch};
-use crate::log::{BatchHeader, ProducerInfo, attributes};
-use crate::record::{EnvelopeBuilder, EnvelopeColumns, col};
+use quiver_common::batch::{BatchHeader, ProducerInfo, attributes};
+use quiver_common::kafka::records::{self, DecodeScratch};
+use quiver_common::record::{EnvelopeBuilder, EnvelopeColumns, col};
+
+use crate::{ApiError, ClientError, KafkaClient, Lane, Result, topic_name, versions};
 
 /// Bytes of a record batch's offset and length fields, which precede the length they give.
 const LOG_OVERHEAD: usize = 12;
@@ -64,7 +65,7 @@ impl Default for FetchOptions {
 /// Records fetched from one partition.
 #[derive(Debug, Clone)]
 pub struct FetchedRecords {
-    /// Envelope batches ([`crate::record::envelope_schema`]) with each record's offset; the
+    /// Envelope batches ([`quiver_common::envelope_schema`]) with each record's offset; the
     /// first record is at or after the offset asked for. Control records are left out.
     pub batches: Vec<RecordBatch>,
     /// Where the next fetch of this partition starts: after every batch received, including
@@ -541,7 +542,7 @@ impl KafkaClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Record, batch_to_records, records_to_batch};
+    use quiver_common::record::{Record, batch_to_records, records_to_batch};
 
     /// A Kafka batch of `values` at `offsets`, as a broker stores and sends it.
     fn kafka_batch(offsets: &[i64], attributes: i16) -> Vec<u8> {

@@ -10,11 +10,12 @@ use kafka_protocol::error::ResponseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use quiver_broker::BrokerConfig;
+use quiver_broker::kafka::LocalServer;
+use quiver_common::record::{Record, batch_to_records, records_to_batch};
+use quiver_common::topic::{ConfigChange, NewTopic};
+
 use super::*;
-use crate::broker::ConfigChange;
-use crate::kafka::LocalServer;
-use crate::record::{Record, batch_to_records, records_to_batch};
-use crate::{BrokerConfig, NewTopic};
 
 /// A broker serving Kafka on loopback, on a fresh temporary data directory.
 async fn start() -> (LocalServer, tempfile::TempDir) {

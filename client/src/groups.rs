@@ -3,7 +3,7 @@
 //!
 //! Group requests go to the group's coordinator. While a coordinator loads or moves, Kafka
 //! answers with a retriable error and processes nothing, so those requests are tried again
-//! (up to [`super::ClientConfig::retry_attempts_max`]) after looking the coordinator up anew.
+//! (up to [`crate::ClientConfig::retry_attempts_max`]) after looking the coordinator up anew.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,8 +24,8 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::{ApiKey, GroupId};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
-use super::connection::Connection;
-use super::{ApiError, ClientError, KafkaClient, Node, Result, address, topic_name, versions};
+use crate::connection::Connection;
+use crate::{ApiError, ClientError, KafkaClient, Node, Result, address, topic_name, versions};
 
 /// A group as ListGroups reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
