@@ -22,12 +22,16 @@
 //! - `admin`: topics, partitions and configs.
 //! - `data`: produce, fetch, list offsets.
 //! - `groups`: coordinators, listing and describing groups, committed offsets.
+//! - `membership`: joining a consumer group, heartbeats, rebalances, commits as a member.
+//! - `assignor`: the range and round-robin assignors a group leader runs.
 
 mod admin;
+pub mod assignor;
 mod connection;
 mod data;
 pub mod error;
 mod groups;
+mod membership;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,10 +43,12 @@ use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 
 pub use admin::{ConfigEntry, ConfigResource, ConfigSource, CreatedTopic};
+pub use assignor::Assignor;
 use connection::Connection;
 pub use data::{FetchOptions, FetchedRecords, ListedOffset, OffsetSpec, ProduceAck};
 pub use error::{ApiError, ClientError, Result};
 pub use groups::{CommittedOffset, GroupDescription, GroupMember, ListedGroup};
+pub use membership::{GroupMembership, MembershipConfig, RebalanceListener, TopicPartition};
 pub use quiver_common::topic::{ConfigChange, NewTopic};
 
 /// The versions of each API this client speaks, `(min, max)`. The minimums are where the
@@ -64,6 +70,11 @@ pub(crate) mod versions {
     pub const DESCRIBE_GROUPS: (i16, i16) = (0, 5);
     pub const OFFSET_FETCH: (i16, i16) = (1, 8);
     pub const OFFSET_COMMIT: (i16, i16) = (2, 8);
+    /// v1 adds the rebalance timeout, which a member needs to say how long its revocation may take.
+    pub const JOIN_GROUP: (i16, i16) = (1, 9);
+    pub const SYNC_GROUP: (i16, i16) = (0, 5);
+    pub const HEARTBEAT: (i16, i16) = (0, 4);
+    pub const LEAVE_GROUP: (i16, i16) = (0, 5);
 }
 
 /// How a [`KafkaClient`] behaves; [`ClientConfig::default`] documents the defaults.
@@ -162,6 +173,9 @@ enum Lane {
     Control,
     /// Fetch, whose long polls must not delay the rest.
     Fetch,
+    /// JoinGroup and SyncGroup, which the coordinator holds until the group's rebalance ends;
+    /// heartbeats and commits must not wait behind them.
+    Group,
 }
 
 /// What the client knows about the cluster; refreshed by every Metadata response.

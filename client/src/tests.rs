@@ -18,25 +18,33 @@ use quiver_common::topic::{ConfigChange, NewTopic};
 use super::*;
 
 /// A broker serving Kafka on loopback, on a fresh temporary data directory.
-async fn start() -> (LocalServer, tempfile::TempDir) {
+pub(crate) async fn start() -> (LocalServer, tempfile::TempDir) {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with changes to the broker's config.
+pub(crate) async fn start_with(
+    change: impl FnOnce(&mut BrokerConfig),
+) -> (LocalServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let config = BrokerConfig {
+    let mut config = BrokerConfig {
         data_dir: dir.path().to_owned(),
         ..BrokerConfig::default()
     };
+    change(&mut config);
     let server = LocalServer::start(config)
         .await
         .unwrap_or_else(|e| panic!("start: {e}"));
     (server, dir)
 }
 
-async fn client(addr: SocketAddr) -> KafkaClient {
+pub(crate) async fn client(addr: SocketAddr) -> KafkaClient {
     KafkaClient::connect(&addr.to_string(), ClientConfig::default())
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
-fn new_topic(name: &str, partitions: Option<i32>, configs: &[(&str, &str)]) -> NewTopic {
+pub(crate) fn new_topic(name: &str, partitions: Option<i32>, configs: &[(&str, &str)]) -> NewTopic {
     NewTopic {
         name: name.into(),
         partitions,
@@ -47,7 +55,7 @@ fn new_topic(name: &str, partitions: Option<i32>, configs: &[(&str, &str)]) -> N
     }
 }
 
-fn records(batches: &[RecordBatch]) -> Vec<Record> {
+pub(crate) fn records(batches: &[RecordBatch]) -> Vec<Record> {
     batches
         .iter()
         .flat_map(|b| batch_to_records(b).unwrap_or_else(|e| panic!("{e}")))
@@ -634,3 +642,4 @@ async fn every_operation_works_at_every_version() -> Result<()> {
     }
     Ok(())
 }
+
