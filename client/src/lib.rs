@@ -24,6 +24,7 @@
 //! - `groups`: coordinators, listing and describing groups, committed offsets.
 //! - `membership`: joining a consumer group, heartbeats, rebalances, commits as a member.
 //! - `assignor`: the range and round-robin assignors a group leader runs.
+//! - `transactions`: dropping aborted transactions' records from `read_committed` fetches.
 
 mod admin;
 pub mod assignor;
@@ -32,6 +33,7 @@ mod data;
 pub mod error;
 mod groups;
 mod membership;
+mod transactions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -45,7 +47,9 @@ use kafka_protocol::protocol::{Request, StrBytes};
 pub use admin::{ConfigEntry, ConfigResource, ConfigSource, CreatedTopic};
 pub use assignor::Assignor;
 use connection::Connection;
-pub use data::{FetchOptions, FetchedRecords, ListedOffset, OffsetSpec, ProduceAck};
+pub use data::{
+    FetchOptions, FetchedRecords, IsolationLevel, ListedOffset, OffsetSpec, ProduceAck,
+};
 pub use error::{ApiError, ClientError, Result};
 pub use groups::{CommittedOffset, GroupDescription, GroupMember, ListedGroup};
 pub use membership::{GroupMembership, MembershipConfig, RebalanceListener, TopicPartition};

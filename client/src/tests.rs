@@ -642,4 +642,3 @@ async fn every_operation_works_at_every_version() -> Result<()> {
     }
     Ok(())
 }
-

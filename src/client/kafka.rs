@@ -465,6 +465,7 @@ impl Client for KafkaBackend {
             min_bytes: 1,
             max_bytes: FETCH_BYTES_MAX,
             partition_max_bytes: FETCH_PARTITION_BYTES_MAX,
+            ..FetchOptions::default()
         };
         let fetched = client.fetch(topic, positions, &options).await?;
         let mut out = Vec::with_capacity(fetched.len());
