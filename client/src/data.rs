@@ -19,6 +19,7 @@ use kafka_protocol::messages::produce_request::{
 use kafka_protocol::messages::{ApiKey, BrokerId};
 
 use quiver_common::batch::{BatchHeader, ProducerInfo, attributes};
+use quiver_common::kafka::compression;
 use quiver_common::kafka::records::{self, DecodeScratch};
 use quiver_common::record::{EnvelopeBuilder, EnvelopeColumns, col};
 
@@ -151,6 +152,16 @@ fn leader_may_have_moved(e: &ApiError) -> bool {
 
 /// One Kafka record batch (uncompressed, no producer id) holding the rows of `records`.
 fn encode_for_produce(records: &RecordBatch) -> Result<Bytes> {
+    encode_produce_batch(records, ProducerInfo::NONE, compression::codec::NONE)
+}
+
+/// One Kafka record batch holding the rows of `records`, numbered from offset delta 0, from
+/// `producer` (id, epoch, first sequence), its records compressed with `codec_id`.
+pub(crate) fn encode_produce_batch(
+    records: &RecordBatch,
+    producer: ProducerInfo,
+    codec_id: i16,
+) -> Result<Bytes> {
     let n = records.num_rows();
     let invalid = |why: String| ClientError::InvalidArgument(format!("cannot send records: {why}"));
     if n == 0 {
@@ -174,10 +185,11 @@ fn encode_for_produce(records: &RecordBatch) -> Result<Bytes> {
         record_count: count,
         first_timestamp: timestamps[0],
         max_timestamp: timestamps.iter().copied().max().unwrap_or(timestamps[0]),
-        producer: ProducerInfo::NONE,
+        producer,
     };
     let mut out = Vec::new();
-    records::encode_batch(&mut out, &header, &batch).map_err(|e| invalid(e.to_string()))?;
+    records::encode_batch_compressed(&mut out, &header, &batch, codec_id)
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(Bytes::from(out))
 }
 
@@ -337,7 +349,17 @@ impl KafkaClient {
             }
             encoded.push((*partition, encode_for_produce(records)?));
         }
-        let partitions: Vec<i32> = seen.into_iter().collect();
+        self.produce_encoded(topic, &encoded).await
+    }
+
+    /// Sends Kafka record batches already encoded, one per partition (each partition once),
+    /// one request per leader; each partition's outcome in the order given.
+    pub(crate) async fn produce_encoded(
+        &self,
+        topic: &str,
+        encoded: &[(i32, Bytes)],
+    ) -> Result<Vec<(i32, Result<ProduceAck, ApiError>)>> {
+        let partitions: Vec<i32> = encoded.iter().map(|(p, _)| *p).collect();
         let (by_leader, failed) = self.by_leader(topic, &partitions).await?;
         let timeout_ms = self.request_timeout_ms();
         let requests = by_leader.into_iter().map(|(node, partitions)| {
@@ -391,8 +413,7 @@ impl KafkaClient {
                 Ok::<_, ClientError>(results)
             }
         });
-        let order: Vec<i32> = batches.iter().map(|(p, _)| *p).collect();
-        self.gather(topic, failed, requests, &order).await
+        self.gather(topic, failed, requests, &partitions).await
     }
 
     /// Reads `topic` from each `(partition, offset)`, one request per leader. When no partition

@@ -110,6 +110,14 @@ pub enum ClientError {
     #[error("the Kafka broker at {addr} sent a bad response: {reason}")]
     Protocol { addr: String, reason: String },
 
+    /// An idempotent producer's earlier batch to this partition may or may not have been
+    /// written (its retries ran out), so the next batch cannot be numbered safely.
+    #[error(
+        "an earlier batch to {topic}-{partition} may or may not have been written (its retries \
+         ran out), so this producer cannot number the next one safely; create a new IdempotentProducer"
+    )]
+    ProducerStateUnknown { topic: String, partition: i32 },
+
     /// A request this client built does not encode: a bug in Quiver.
     #[error("cannot encode a {api} request (a bug in Quiver): {reason}")]
     Internal { api: String, reason: String },

@@ -24,6 +24,7 @@
 //! - `groups`: coordinators, listing and describing groups, committed offsets.
 //! - `membership`: joining a consumer group, heartbeats, rebalances, commits as a member.
 //! - `assignor`: the range and round-robin assignors a group leader runs.
+//! - `producer`: the idempotent producer (producer id, sequence numbers, compression).
 //! - `transactions`: dropping aborted transactions' records from `read_committed` fetches.
 
 mod admin;
@@ -33,6 +34,7 @@ mod data;
 pub mod error;
 mod groups;
 mod membership;
+mod producer;
 mod transactions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +55,7 @@ pub use data::{
 pub use error::{ApiError, ClientError, Result};
 pub use groups::{CommittedOffset, GroupDescription, GroupMember, ListedGroup};
 pub use membership::{GroupMembership, MembershipConfig, RebalanceListener, TopicPartition};
+pub use producer::{IdempotentProducer, ProducerConfig};
 pub use quiver_common::topic::{ConfigChange, NewTopic};
 
 /// The versions of each API this client speaks, `(min, max)`. The minimums are where the
@@ -79,6 +82,7 @@ pub(crate) mod versions {
     pub const SYNC_GROUP: (i16, i16) = (0, 5);
     pub const HEARTBEAT: (i16, i16) = (0, 4);
     pub const LEAVE_GROUP: (i16, i16) = (0, 5);
+    pub const INIT_PRODUCER_ID: (i16, i16) = (0, 4);
 }
 
 /// How a [`KafkaClient`] behaves; [`ClientConfig::default`] documents the defaults.
