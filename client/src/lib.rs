@@ -205,8 +205,8 @@ struct Cluster {
 /// connection in order, so a long-polling fetch would otherwise hold up every other request.
 ///
 /// Nothing is retried behind the caller's back except where Kafka says a request was not
-/// processed (a coordinator loading or moving); produce is never retried, so a record is never
-/// written twice by this client.
+/// processed (a coordinator loading or moving); [`KafkaClient::produce`] is never retried, so
+/// a record is never written twice by it. [`IdempotentProducer`] retries, safely.
 #[derive(Debug)]
 pub struct KafkaClient {
     config: ClientConfig,

@@ -291,7 +291,8 @@ impl GroupMembership {
         self.rejoin.borrow().is_some()
     }
 
-    /// Resolves once the member must call [`Self::poll`] (at once if it already must).
+    /// Resolves once the member must call [`Self::poll`] (at once if it already must); never
+    /// after [`Self::leave`].
     pub async fn rebalance_signal(&self) {
         let mut rx = self.rejoin.subscribe();
         // The sender lives as long as `self`, so this only ends when a rejoin is needed.

@@ -223,3 +223,39 @@ async fn a_membership_config_that_cannot_work_is_refused_before_joining() {
         assert_eq!(err.as_deref(), Some(expected));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_idempotent_produce_work_at_every_version() -> Result<()> {
+    let (s, _dir) = start_with(|c| c.kafka.group_initial_rebalance_delay_ms = 0).await;
+    let admin = client(s.addr()).await;
+    admin
+        .create_topics(&[new_topic("t", Some(2), &[])], false)
+        .await?;
+    for below in 0..=8 {
+        let config = crate::ClientConfig {
+            versions_below_max: below,
+            ..crate::ClientConfig::default()
+        };
+        let c = Arc::new(KafkaClient::connect(&s.addr().to_string(), config).await?);
+        let group = format!("g{below}");
+        let member = GroupMembership::join(c.clone(), config_for(&group), &mut ()).await?;
+        assert_eq!(member.assignment(), partitions("t", &[0, 1]), "{below}");
+        let committed = member.commit(&[("t", 1, 5)]).await?;
+        assert!(
+            committed.iter().all(|(_, _, r)| r.is_ok()),
+            "{below}: {committed:?}"
+        );
+        member.leave(&mut ()).await?;
+
+        let producer =
+            crate::IdempotentProducer::new(c.clone(), crate::ProducerConfig::default()).await?;
+        let batch =
+            quiver_common::records_to_batch(&[quiver_common::Record::new(1, None, Some(b"v"))]);
+        producer.send("t", 0, &batch).await?;
+    }
+    Ok(())
+}
+
+fn config_for(group: &str) -> MembershipConfig {
+    config(group, &["t"])
+}
