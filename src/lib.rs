@@ -6,3 +6,8 @@
 
 /// The broker: the Arrow partition log, topics and the in-process `Broker` handle.
 pub use quiver_broker as broker;
+/// What the broker and the Kafka client share: the record envelope, the Kafka record batch
+/// codec, compression and the partitioner.
+pub use quiver_common as common;
+/// The Kafka client, for any Kafka-compatible cluster.
+pub use quiver_kafka_client as kafka_client;

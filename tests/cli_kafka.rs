@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::scenarios::{self, partition_rows};
 use common::{Cli, Running};
-use quiver::broker::kafka::client::{ClientConfig, KafkaClient};
+use quiver::kafka_client::{ClientConfig, KafkaClient};
 
 cli_scenarios!(|| Running::start(&[]));
 

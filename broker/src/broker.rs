@@ -29,30 +29,7 @@ use crate::partitioner::Partitioner;
 use crate::record::{EnvelopeBuilder, Record};
 use crate::topic::{self, TopicMeta};
 
-/// A topic to create.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewTopic {
-    pub name: String,
-    /// `None`: the broker's `num.partitions`.
-    pub partitions: Option<i32>,
-    /// Topic config overrides, by Kafka key name.
-    pub configs: BTreeMap<String, String>,
-}
-
-impl NewTopic {
-    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
-        NewTopic {
-            name: name.into(),
-            partitions: Some(partitions),
-            configs: BTreeMap::new(),
-        }
-    }
-
-    pub fn with_config(mut self, key: &str, value: &str) -> Self {
-        self.configs.insert(key.to_owned(), value.to_owned());
-        self
-    }
-}
+pub use quiver_common::topic::{ConfigChange, NewTopic};
 
 /// A partition's state, as described to users.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,14 +52,6 @@ pub struct TopicDescription {
     pub overrides: BTreeMap<String, String>,
     /// Every topic config with its effective value.
     pub config: LogConfig,
-}
-
-/// A change to a topic's config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigChange {
-    Set(String, String),
-    /// Back to the broker default.
-    Delete(String),
 }
 
 struct Topic {

@@ -174,3 +174,11 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| BrokerError::io(path, e))
     }
 }
+
+impl From<quiver_common::Error> for BrokerError {
+    fn from(e: quiver_common::Error) -> Self {
+        match e {
+            quiver_common::Error::InvalidRecords(reason) => BrokerError::InvalidRecords(reason),
+        }
+    }
+}

@@ -17,10 +17,11 @@ pub mod group;
 pub mod kafka;
 pub mod log;
 pub mod partition;
-pub mod partitioner;
-pub mod record;
 pub mod topic;
 pub mod txn;
+
+// Shared with the Kafka client; re-exported at their old paths.
+pub use quiver_common::{partitioner, record};
 
 pub use broker::{Broker, NewTopic, PartitionInfo, TopicDescription};
 pub use config::{BrokerConfig, CleanupPolicy, LogConfig, TimestampType};

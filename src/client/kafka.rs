@@ -1,5 +1,5 @@
 //! The backend that talks to a running broker over the Kafka protocol (`--bootstrap-server`),
-//! with [`quiver_broker::kafka::client::KafkaClient`].
+//! with [`quiver_kafka_client::KafkaClient`].
 //!
 //! It connects on first use, so a command refused for its arguments never touches the
 //! network. Produce partitions records as Kafka's default partitioner does: keyed records by
@@ -13,11 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use kafka_protocol::error::ResponseError;
 use quiver_broker::broker::ConfigChange;
-use quiver_broker::kafka::client::{
+use quiver_broker::{BrokerError, EnvelopeBuilder, NewTopic, Partitioner, Record, topic};
+use quiver_kafka_client::{
     ApiError, ClientConfig, ClientError, ConfigEntry, ConfigResource, ConfigSource, FetchOptions,
     KafkaClient, OffsetSpec,
 };
-use quiver_broker::{BrokerError, EnvelopeBuilder, NewTopic, Partitioner, Record, topic};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{
@@ -465,6 +465,7 @@ impl Client for KafkaBackend {
             min_bytes: 1,
             max_bytes: FETCH_BYTES_MAX,
             partition_max_bytes: FETCH_PARTITION_BYTES_MAX,
+            ..FetchOptions::default()
         };
         let fetched = client.fetch(topic, positions, &options).await?;
         let mut out = Vec::with_capacity(fetched.len());

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use kafka_protocol::error::ResponseError;
-use quiver_broker::kafka::client::{
+use quiver_kafka_client::{
     CommittedOffset, GroupDescription, GroupMember, KafkaClient, ListedGroup, OffsetSpec,
 };
 

@@ -3,11 +3,11 @@
 //! and one handler per API key (`handlers/`). Record batches are converted to and from Arrow
 //! by `records` without going through per-record structs.
 
-pub mod client;
-pub mod compression;
 pub mod handlers;
 pub mod limits;
-pub mod records;
 pub mod server;
+
+// Shared with the Kafka client (`quiver-kafka-client`); re-exported at their old paths.
+pub use quiver_common::kafka::{compression, records};
 
 pub use server::{KafkaServer, LocalServer};

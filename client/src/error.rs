@@ -3,8 +3,8 @@
 //! [`ClientError`] tells the caller's mistakes (a bad bootstrap address) from the network's (a
 //! broker that cannot be reached, a connection that drops, a request that times out), from the
 //! broker's refusals (a Kafka error code, as [`ApiError`]), from a broker that breaks the protocol.
-//! It is separate from [`crate::BrokerError`]: those are this process's own broker failing;
-//! these come from a remote one.
+//! It is separate from the broker's own errors (`quiver_broker::BrokerError`): those are a broker
+//! in this process failing; these come from a remote one.
 
 use kafka_protocol::error::ResponseError;
 
@@ -64,7 +64,7 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// Everything a [`super::KafkaClient`] call can fail with.
+/// Everything a [`crate::KafkaClient`] call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// A bad argument from the caller (an address without a port, an empty request).
@@ -109,6 +109,14 @@ pub enum ClientError {
     /// large, records that do not parse).
     #[error("the Kafka broker at {addr} sent a bad response: {reason}")]
     Protocol { addr: String, reason: String },
+
+    /// An idempotent producer's earlier batch to this partition may or may not have been
+    /// written (its retries ran out), so the next batch cannot be numbered safely.
+    #[error(
+        "an earlier batch to {topic}-{partition} may or may not have been written (its retries \
+         ran out), so this producer cannot number the next one safely; create a new IdempotentProducer"
+    )]
+    ProducerStateUnknown { topic: String, partition: i32 },
 
     /// A request this client built does not encode: a bug in Quiver.
     #[error("cannot encode a {api} request (a bug in Quiver): {reason}")]

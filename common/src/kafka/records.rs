@@ -8,7 +8,7 @@ use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
 
 use super::compression;
-use crate::log::{BatchHeader, attributes};
+use crate::batch::{BatchHeader, attributes};
 use crate::record::{EnvelopeBuilder, EnvelopeColumns};
 
 /// Bytes of a v2 batch header, up to and including the record count.
@@ -362,8 +362,45 @@ pub fn encode_batch(
     out: &mut Vec<u8>,
     header: &BatchHeader,
     records: &RecordBatch,
-) -> Result<(), crate::BrokerError> {
+) -> crate::Result<()> {
     encode_batch_in_epoch(out, header, records, 0)
+}
+
+/// Appends one v2 batch holding the rows of `records` to `out`, its records section compressed
+/// with `codec_id` (see [`compression::codec`]; `NONE` writes it uncompressed): what a producer
+/// sends. The compression bits of `header`'s attributes are replaced by `codec_id`.
+pub fn encode_batch_compressed(
+    out: &mut Vec<u8>,
+    header: &BatchHeader,
+    records: &RecordBatch,
+    codec_id: i16,
+) -> crate::Result<()> {
+    if codec_id == compression::codec::NONE {
+        return encode_batch(out, header, records);
+    }
+    let mut plain = Vec::new();
+    encode_batch(&mut plain, header, records)?;
+    if plain.is_empty() {
+        return Ok(());
+    }
+    let compressed = compression::compress(codec_id, &plain[BATCH_HEADER_LEN..])
+        .map_err(crate::Error::InvalidRecords)?;
+    let batch_length = i32::try_from(BATCH_HEADER_LEN - 12 + compressed.len()).map_err(|_| {
+        crate::Error::InvalidRecords(format!(
+            "a batch of {} compressed bytes is too large for Kafka",
+            compressed.len()
+        ))
+    })?;
+    let start = out.len();
+    out.extend_from_slice(&plain[..BATCH_HEADER_LEN]);
+    out.extend_from_slice(&compressed);
+    let h = &mut out[start..start + BATCH_HEADER_LEN];
+    h[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attributes = (be_i16(h, 21) & !0x07) | (codec_id & 0x07);
+    h[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&out[start + CRC_START..]);
+    out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
 }
 
 /// [`encode_batch`] with the partition leader epoch the batch was written in (what Fetch
@@ -373,7 +410,7 @@ pub fn encode_batch_in_epoch(
     header: &BatchHeader,
     records: &RecordBatch,
     leader_epoch: i32,
-) -> Result<(), crate::BrokerError> {
+) -> crate::Result<()> {
     let cols = EnvelopeColumns::try_new(records)?;
     let n = records.num_rows();
     if n == 0 {
@@ -481,7 +518,7 @@ pub fn encode_batch_in_epoch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::ProducerInfo;
+    use crate::batch::ProducerInfo;
     use crate::record::{Record, batch_to_records, records_to_batch};
     use arrow::array::Int64Array;
     use std::sync::Arc;
@@ -618,6 +655,63 @@ mod tests {
             parse_batches(&old).err(),
             Some(RecordError::UnsupportedMagic(1))
         );
+    }
+
+    #[test]
+    fn compressed_batches_decode_to_the_same_records_with_every_codec() {
+        let records: Vec<Record> = (0..200)
+            .map(|i| {
+                Record::new(
+                    1000 + i,
+                    Some(format!("k{i}").as_bytes()),
+                    Some(&[b'x'; 100]),
+                )
+                .with_header("h", Some(b"v"))
+            })
+            .collect();
+        let batch = with_offsets(records_to_batch(&records), 0);
+        let header = BatchHeader {
+            base_offset: 0,
+            last_offset_delta: 199,
+            record_count: 200,
+            first_timestamp: 1000,
+            max_timestamp: 1199,
+            producer: ProducerInfo {
+                producer_id: 4,
+                producer_epoch: 0,
+                base_sequence: 10,
+                attributes: 0,
+            },
+        };
+        let mut plain = Vec::new();
+        encode_batch(&mut plain, &header, &batch).ok();
+        for codec in [
+            compression::codec::GZIP,
+            compression::codec::SNAPPY,
+            compression::codec::LZ4,
+            compression::codec::ZSTD,
+        ] {
+            let mut out = Vec::new();
+            encode_batch_compressed(&mut out, &header, &batch, codec)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(out.len() < plain.len() / 2, "codec {codec} compresses");
+            let parsed = parse_batches(&out).unwrap_or_default();
+            assert_eq!(parsed.len(), 1);
+            assert_eq!(parsed[0].compression(), codec);
+            assert_eq!((parsed[0].producer_id, parsed[0].base_sequence), (4, 10));
+            let mut builder = EnvelopeBuilder::default();
+            decode_records(
+                &parsed[0],
+                &mut builder,
+                &mut DecodeScratch::default(),
+                1 << 20,
+            )
+            .unwrap_or_else(|e| panic!("codec {codec}: {e}"));
+            let decoded = batch_to_records(&builder.finish()).unwrap_or_default();
+            assert_eq!(decoded.len(), 200);
+            assert_eq!(decoded[199].key.as_deref(), Some(&b"k199"[..]));
+            assert_eq!(decoded[5].headers.len(), 1);
+        }
     }
 
     #[test]

@@ -18,10 +18,13 @@ use kafka_protocol::messages::produce_request::{
 };
 use kafka_protocol::messages::{ApiKey, BrokerId};
 
-use super::{ApiError, ClientError, KafkaClient, Lane, Result, topic_name, versions};
-use crate::kafka::records::{self, DecodeScratch};
-use crate::log::{BatchHeader, ProducerInfo, attributes};
-use crate::record::{EnvelopeBuilder, EnvelopeColumns, col};
+use quiver_common::batch::{BatchHeader, ProducerInfo, attributes};
+use quiver_common::kafka::compression;
+use quiver_common::kafka::records::{self, DecodeScratch};
+use quiver_common::record::{EnvelopeBuilder, EnvelopeColumns, col};
+
+use crate::transactions::AbortedTransactions;
+use crate::{ApiError, ClientError, KafkaClient, Lane, Result, topic_name, versions};
 
 /// Bytes of a record batch's offset and length fields, which precede the length they give.
 const LOG_OVERHEAD: usize = 12;
@@ -37,6 +40,27 @@ pub struct ProduceAck {
     pub log_start_offset: Option<i64>,
 }
 
+/// Which records a fetch may return (Kafka's `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Everything up to the high watermark, including records of open and aborted
+    /// transactions. Kafka's default.
+    #[default]
+    ReadUncommitted,
+    /// Only up to the last stable offset (no open transaction's records), without the records
+    /// of aborted transactions.
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    fn code(self) -> i8 {
+        match self {
+            IsolationLevel::ReadUncommitted => 0,
+            IsolationLevel::ReadCommitted => 1,
+        }
+    }
+}
+
 /// Limits of one fetch; [`FetchOptions::default`] has Kafka's consumer defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchOptions {
@@ -48,6 +72,8 @@ pub struct FetchOptions {
     pub max_bytes: i32,
     /// Most bytes from one partition. Default 1 MiB.
     pub partition_max_bytes: i32,
+    /// Default read uncommitted.
+    pub isolation_level: IsolationLevel,
 }
 
 impl Default for FetchOptions {
@@ -57,6 +83,7 @@ impl Default for FetchOptions {
             min_bytes: 1,
             max_bytes: 50 << 20,
             partition_max_bytes: 1 << 20,
+            isolation_level: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -64,13 +91,17 @@ impl Default for FetchOptions {
 /// Records fetched from one partition.
 #[derive(Debug, Clone)]
 pub struct FetchedRecords {
-    /// Envelope batches ([`crate::record::envelope_schema`]) with each record's offset; the
-    /// first record is at or after the offset asked for. Control records are left out.
+    /// Envelope batches ([`quiver_common::envelope_schema`]) with each record's offset; the
+    /// first record is at or after the offset asked for. Control records are left out, and so,
+    /// at [`IsolationLevel::ReadCommitted`], are the records of aborted transactions.
     pub batches: Vec<RecordBatch>,
     /// Where the next fetch of this partition starts: after every batch received, including
     /// records skipped (control batches, compacted gaps).
     pub next_offset: i64,
     pub high_watermark: i64,
+    /// The offset below which no transaction is open (Fetch v4+; `None` when the broker did not
+    /// say). A `read_committed` fetch returns nothing at or past it.
+    pub last_stable_offset: Option<i64>,
     /// Fetch v5+.
     pub log_start_offset: Option<i64>,
 }
@@ -121,6 +152,16 @@ fn leader_may_have_moved(e: &ApiError) -> bool {
 
 /// One Kafka record batch (uncompressed, no producer id) holding the rows of `records`.
 fn encode_for_produce(records: &RecordBatch) -> Result<Bytes> {
+    encode_produce_batch(records, ProducerInfo::NONE, compression::codec::NONE)
+}
+
+/// One Kafka record batch holding the rows of `records`, numbered from offset delta 0, from
+/// `producer` (id, epoch, first sequence), its records compressed with `codec_id`.
+pub(crate) fn encode_produce_batch(
+    records: &RecordBatch,
+    producer: ProducerInfo,
+    codec_id: i16,
+) -> Result<Bytes> {
     let n = records.num_rows();
     let invalid = |why: String| ClientError::InvalidArgument(format!("cannot send records: {why}"));
     if n == 0 {
@@ -144,10 +185,11 @@ fn encode_for_produce(records: &RecordBatch) -> Result<Bytes> {
         record_count: count,
         first_timestamp: timestamps[0],
         max_timestamp: timestamps.iter().copied().max().unwrap_or(timestamps[0]),
-        producer: ProducerInfo::NONE,
+        producer,
     };
     let mut out = Vec::new();
-    records::encode_batch(&mut out, &header, &batch).map_err(|e| invalid(e.to_string()))?;
+    records::encode_batch_compressed(&mut out, &header, &batch, codec_id)
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(Bytes::from(out))
 }
 
@@ -155,6 +197,7 @@ fn encode_for_produce(records: &RecordBatch) -> Result<Bytes> {
 fn decode_partition(
     fetch_offset: i64,
     data: &PartitionData,
+    isolation_level: IsolationLevel,
     partition_max_bytes: i32,
     uncompressed_bytes_max: usize,
 ) -> Result<FetchedRecords, ApiError> {
@@ -172,6 +215,15 @@ fn decode_partition(
     let mut scratch = DecodeScratch::default();
     let mut offsets = Vec::new();
     let mut complete = 0usize;
+    let mut transactions = match isolation_level {
+        IsolationLevel::ReadCommitted => Some(AbortedTransactions::new(
+            data.aborted_transactions
+                .iter()
+                .flatten()
+                .map(|t| (t.producer_id.0, t.first_offset)),
+        )),
+        IsolationLevel::ReadUncommitted => None,
+    };
     while rest.len() >= LOG_OVERHEAD {
         let length = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
         let Some(total) = usize::try_from(length).ok().map(|l| l + LOG_OVERHEAD) else {
@@ -191,7 +243,11 @@ fn decode_partition(
                 .checked_add(i64::from(batch.last_offset_delta) + 1)
                 .ok_or_else(|| corrupt("a batch's offsets overflow".into()))?;
             next_offset = next_offset.max(end);
-            if batch.is_control() {
+            let keep = match transactions.as_mut() {
+                Some(txns) => txns.keep(batch, uncompressed_bytes_max),
+                None => !batch.is_control(),
+            };
+            if !keep {
                 continue;
             }
             offsets.clear();
@@ -228,6 +284,7 @@ fn decode_partition(
         batches,
         next_offset,
         high_watermark: data.high_watermark,
+        last_stable_offset: Some(data.last_stable_offset).filter(|&o| o >= 0),
         log_start_offset: Some(data.log_start_offset).filter(|&o| o >= 0),
     })
 }
@@ -292,7 +349,17 @@ impl KafkaClient {
             }
             encoded.push((*partition, encode_for_produce(records)?));
         }
-        let partitions: Vec<i32> = seen.into_iter().collect();
+        self.produce_encoded(topic, &encoded).await
+    }
+
+    /// Sends Kafka record batches already encoded, one per partition (each partition once),
+    /// one request per leader; each partition's outcome in the order given.
+    pub(crate) async fn produce_encoded(
+        &self,
+        topic: &str,
+        encoded: &[(i32, Bytes)],
+    ) -> Result<Vec<(i32, Result<ProduceAck, ApiError>)>> {
+        let partitions: Vec<i32> = encoded.iter().map(|(p, _)| *p).collect();
         let (by_leader, failed) = self.by_leader(topic, &partitions).await?;
         let timeout_ms = self.request_timeout_ms();
         let requests = by_leader.into_iter().map(|(node, partitions)| {
@@ -346,8 +413,7 @@ impl KafkaClient {
                 Ok::<_, ClientError>(results)
             }
         });
-        let order: Vec<i32> = batches.iter().map(|(p, _)| *p).collect();
-        self.gather(topic, failed, requests, &order).await
+        self.gather(topic, failed, requests, &partitions).await
     }
 
     /// Reads `topic` from each `(partition, offset)`, one request per leader. When no partition
@@ -380,7 +446,7 @@ impl KafkaClient {
                     .with_max_wait_ms(max_wait_ms)
                     .with_min_bytes(options.min_bytes)
                     .with_max_bytes(max_bytes)
-                    .with_isolation_level(0)
+                    .with_isolation_level(options.isolation_level.code())
                     .with_topics(vec![
                         FetchTopic::default()
                             .with_topic(topic_name(topic))
@@ -420,6 +486,7 @@ impl KafkaClient {
                             None => decode_partition(
                                 offset,
                                 data,
+                                options.isolation_level,
                                 options.partition_max_bytes,
                                 uncompressed_max,
                             ),
@@ -541,7 +608,9 @@ impl KafkaClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Record, batch_to_records, records_to_batch};
+    use quiver_common::record::{Record, batch_to_records, records_to_batch};
+
+    const UNCOMMITTED: IsolationLevel = IsolationLevel::ReadUncommitted;
 
     /// A Kafka batch of `values` at `offsets`, as a broker stores and sends it.
     fn kafka_batch(offsets: &[i64], attributes: i16) -> Vec<u8> {
@@ -579,7 +648,7 @@ mod tests {
         bytes.extend(kafka_batch(&[16], attributes::CONTROL));
         let cut = kafka_batch(&[17, 18], 0);
         bytes.extend_from_slice(&cut[..cut.len() - 3]);
-        let fetched = decode_partition(12, &partition_data(bytes), 1 << 20, 1 << 20)
+        let fetched = decode_partition(12, &partition_data(bytes), UNCOMMITTED, 1 << 20, 1 << 20)
             .unwrap_or_else(|e| panic!("{e}"));
         let got: Vec<(i64, i64)> = fetched
             .batches
@@ -598,7 +667,7 @@ mod tests {
     #[test]
     fn log_append_time_batches_take_the_brokers_time() {
         let bytes = kafka_batch(&[0, 1], attributes::LOG_APPEND_TIME);
-        let fetched = decode_partition(0, &partition_data(bytes), 1 << 20, 1 << 20)
+        let fetched = decode_partition(0, &partition_data(bytes), UNCOMMITTED, 1 << 20, 1 << 20)
             .unwrap_or_else(|e| panic!("{e}"));
         let times: Vec<i64> = fetched
             .batches
@@ -615,6 +684,7 @@ mod tests {
         let err = decode_partition(
             0,
             &partition_data(whole[..whole.len() - 1].to_vec()),
+            UNCOMMITTED,
             64,
             1 << 20,
         )
@@ -627,7 +697,8 @@ mod tests {
         let mut damaged = whole;
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
-        let err = decode_partition(0, &partition_data(damaged), 1 << 20, 1 << 20).err();
+        let err =
+            decode_partition(0, &partition_data(damaged), UNCOMMITTED, 1 << 20, 1 << 20).err();
         assert_eq!(err.map(|e| e.error), Some(ResponseError::CorruptMessage));
     }
 
@@ -665,5 +736,35 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(offsets, [0, 1]);
         assert!(encode_for_produce(&records_to_batch(&[])).is_err());
+    }
+
+    #[test]
+    fn read_committed_drops_aborted_transactions_and_read_uncommitted_keeps_them() {
+        use kafka_protocol::messages::ProducerId;
+        use kafka_protocol::messages::fetch_response::AbortedTransaction;
+        let data = partition_data(crate::transactions::tests::interleaved_transactions())
+            .with_last_stable_offset(10)
+            .with_aborted_transactions(Some(vec![
+                AbortedTransaction::default()
+                    .with_producer_id(ProducerId(1))
+                    .with_first_offset(0),
+            ]));
+        let offsets = |level| {
+            let fetched = decode_partition(0, &data, level, 1 << 20, 1 << 20)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                fetched.next_offset, 10,
+                "past every batch, markers included"
+            );
+            assert_eq!(fetched.last_stable_offset, Some(10));
+            fetched
+                .batches
+                .iter()
+                .flat_map(|b| batch_to_records(b).unwrap_or_default())
+                .map(|r| r.offset)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(offsets(IsolationLevel::ReadCommitted), [2, 3, 6, 7, 9]);
+        assert_eq!(offsets(UNCOMMITTED), [0, 1, 2, 3, 6, 7, 9]);
     }
 }

@@ -26,8 +26,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use super::ClientConfig;
-use super::error::{ClientError, Result};
+use crate::ClientConfig;
+use crate::error::{ClientError, Result};
 
 /// ApiVersions versions this client speaks.
 const API_VERSIONS: (i16, i16) = (0, 3);

@@ -3,15 +3,14 @@
 //!
 //! Group requests go to the group's coordinator. While a coordinator loads or moves, Kafka
 //! answers with a retriable error and processes nothing, so those requests are tried again
-//! (up to [`super::ClientConfig::retry_attempts_max`]) after looking the coordinator up anew.
+//! (up to [`crate::ClientConfig::retry_attempts_max`]) after looking the coordinator up anew.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::consumer_protocol_assignment::ConsumerProtocolAssignment;
 use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
@@ -22,10 +21,13 @@ use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequest, OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
 use kafka_protocol::messages::{ApiKey, GroupId};
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
+use quiver_common::kafka::consumer_protocol;
 
-use super::connection::Connection;
-use super::{ApiError, ClientError, KafkaClient, Node, Result, address, topic_name, versions};
+use crate::connection::Connection;
+use crate::{
+    ApiError, ClientError, KafkaClient, Lane, Node, Result, address, topic_name, versions,
+};
 
 /// A group as ListGroups reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,15 @@ pub struct GroupMember {
     pub assignment: Vec<(String, Vec<i32>)>,
 }
 
+/// Who a group member is in the group's current generation: what every request it makes as a
+/// member carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberIdentity {
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
 /// A committed offset of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedOffset {
@@ -74,7 +85,7 @@ pub struct CommittedOffset {
 }
 
 /// The errors after which a request should go to a (re-)looked-up coordinator.
-fn coordinator_not_ready(e: &ApiError) -> bool {
+pub(crate) fn coordinator_not_ready(e: &ApiError) -> bool {
     matches!(
         e.error,
         ResponseError::CoordinatorLoadInProgress
@@ -83,34 +94,14 @@ fn coordinator_not_ready(e: &ApiError) -> bool {
     )
 }
 
-fn group_id(group: &str) -> GroupId {
+pub(crate) fn group_id(group: &str) -> GroupId {
     GroupId(StrBytes::from_string(group.to_owned()))
 }
 
 /// The partitions in a consumer group member's assignment (Kafka's ConsumerProtocolAssignment,
 /// prefixed with its version). Empty when there is none or it does not decode.
 fn decode_assignment(bytes: &Bytes) -> Vec<(String, Vec<i32>)> {
-    if bytes.len() < 2 {
-        return Vec::new();
-    }
-    let mut buf = bytes.clone();
-    let version = buf.get_i16();
-    if version < 0 {
-        return Vec::new();
-    }
-    // Later versions only add fields at the end, which the newest known version skips.
-    let version = version.min(3);
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ConsumerProtocolAssignment::decode(&mut buf, version)
-    }));
-    match decoded {
-        Ok(Ok(a)) => a
-            .assigned_partitions
-            .into_iter()
-            .map(|tp| (tp.topic.0.to_string(), tp.partitions))
-            .collect(),
-        _ => Vec::new(),
-    }
+    consumer_protocol::decode_assignment(bytes).unwrap_or_default()
 }
 
 impl KafkaClient {
@@ -194,18 +185,33 @@ impl KafkaClient {
         Ok(())
     }
 
-    async fn coordinator_connection(&self, group: &str) -> Result<Arc<Connection>> {
+    async fn coordinator_connection(&self, group: &str, lane: Lane) -> Result<Arc<Connection>> {
         let known = self.cluster.lock().coordinators.get(group).copied();
         let node = match known {
             Some(node) => node,
             None => self.find_coordinator(group).await?.node_id,
         };
-        self.node_connection(node).await
+        self.node_connection_on(node, lane).await
     }
 
     /// Runs `request` on the coordinator of `group`, again on a fresh lookup while the
     /// coordinator is not ready.
-    async fn on_coordinator<T, F, Fut>(&self, group: &str, mut request: F) -> Result<T>
+    pub(crate) async fn on_coordinator<T, F, Fut>(&self, group: &str, request: F) -> Result<T>
+    where
+        F: FnMut(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.on_coordinator_lane(group, Lane::Control, request)
+            .await
+    }
+
+    /// [`Self::on_coordinator`] on the connection `lane`.
+    pub(crate) async fn on_coordinator_lane<T, F, Fut>(
+        &self,
+        group: &str,
+        lane: Lane,
+        mut request: F,
+    ) -> Result<T>
     where
         F: FnMut(Arc<Connection>) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -213,7 +219,7 @@ impl KafkaClient {
         let attempts = self.config.retry_attempts_max.max(1);
         let mut attempt = 1;
         loop {
-            let conn = self.coordinator_connection(group).await?;
+            let conn = self.coordinator_connection(group, lane).await?;
             match request(conn).await {
                 Err(ClientError::Api { error, .. })
                     if coordinator_not_ready(&error) && attempt < attempts =>
@@ -469,6 +475,17 @@ impl KafkaClient {
         group: &str,
         offsets: &[(&str, i32, i64)],
     ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
+        self.commit_offsets(group, None, offsets).await
+    }
+
+    /// Commits offsets for `group`, as `member` (its generation, member id and instance id)
+    /// or from outside the group (`None`).
+    pub(crate) async fn commit_offsets(
+        &self,
+        group: &str,
+        member: Option<&MemberIdentity>,
+        offsets: &[(&str, i32, i64)],
+    ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
         let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
         for (topic, partition, offset) in offsets {
             by_topic
@@ -478,10 +495,13 @@ impl KafkaClient {
         }
         let by_topic = &by_topic;
         self.on_coordinator(group, |conn| async move {
-            let request = OffsetCommitRequest::default()
+            let version = conn.version(ApiKey::OffsetCommit, versions::OFFSET_COMMIT)?;
+            let mut request = OffsetCommitRequest::default()
                 .with_group_id(group_id(group))
-                .with_generation_id_or_member_epoch(-1)
-                .with_member_id(StrBytes::default())
+                .with_generation_id_or_member_epoch(member.map_or(-1, |m| m.generation_id))
+                .with_member_id(StrBytes::from_string(
+                    member.map(|m| m.member_id.clone()).unwrap_or_default(),
+                ))
                 .with_topics(
                     by_topic
                         .iter()
@@ -501,6 +521,12 @@ impl KafkaClient {
                         })
                         .collect(),
                 );
+            if let Some(instance) = member.and_then(|m| m.group_instance_id.as_ref())
+                && version >= 7
+            {
+                request =
+                    request.with_group_instance_id(Some(StrBytes::from_string(instance.clone())));
+            }
             let (_, response) = self
                 .call(
                     &conn,

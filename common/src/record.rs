@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 
-use crate::error::{BrokerError, Result};
+use crate::error::{Error, Result};
 
 /// Column positions in the envelope schema.
 pub mod col {
@@ -232,14 +232,13 @@ impl<'a> EnvelopeColumns<'a> {
     /// Checks the batch has the envelope schema and borrows its columns.
     pub fn try_new(batch: &'a RecordBatch) -> Result<Self> {
         if batch.schema().fields() != envelope_schema().fields() {
-            return Err(BrokerError::InvalidRecords(format!(
+            return Err(Error::InvalidRecords(format!(
                 "batch schema does not match the record envelope; expected {:?}, got {:?}",
                 envelope_schema().fields(),
                 batch.schema().fields()
             )));
         }
-        let bad =
-            |name: &str| BrokerError::InvalidRecords(format!("column {name} has the wrong type"));
+        let bad = |name: &str| Error::InvalidRecords(format!("column {name} has the wrong type"));
         Ok(EnvelopeColumns {
             offsets: batch
                 .column(col::OFFSET)
@@ -387,7 +386,7 @@ mod tests {
         };
         assert!(matches!(
             EnvelopeColumns::try_new(&batch),
-            Err(BrokerError::InvalidRecords(_))
+            Err(Error::InvalidRecords(_))
         ));
     }
 }

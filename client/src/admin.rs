@@ -21,8 +21,8 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{ApiError, ClientError, KafkaClient, Result, topic_name, versions};
-use crate::broker::{ConfigChange, NewTopic};
+use crate::{ApiError, ClientError, KafkaClient, Result, topic_name, versions};
+use quiver_common::topic::{ConfigChange, NewTopic};
 
 /// Kafka's config resource types.
 const RESOURCE_TOPIC: i8 = 2;

@@ -1,5 +1,7 @@
-//! A small async Kafka client: what Quiver's CLI uses to talk to a running `quiver server`, and
-//! what the engine uses to read from external Kafka clusters.
+//! Quiver's async Kafka client: what the CLI uses to talk to a running `quiver server`, and what
+//! the engine and connectors use to talk to any Kafka-compatible cluster. It links neither the
+//! broker's log nor its coordinators; what it shares with the broker (the envelope schema, the
+//! record batch codec, compression, the partitioner) comes from `quiver-common`.
 //!
 //! [`KafkaClient`] connects to one of the bootstrap brokers, learns the cluster from Metadata,
 //! and sends each request where Kafka wants it: produce, fetch and list-offsets to the partition
@@ -9,8 +11,9 @@
 //! the version of every API: the highest both sides speak, or a clear error when there is none.
 //! Everything is bounded: requests in flight per connection, response size, waits.
 //!
-//! Records travel as Arrow envelope batches ([`crate::record::envelope_schema`]), converted to
-//! and from Kafka's v2 record batches by [`crate::kafka::records`] without per-record structs.
+//! Records travel as Arrow envelope batches ([`quiver_common::envelope_schema`]), converted to
+//! and from Kafka's v2 record batches by [`quiver_common::kafka::records`] without per-record
+//! structs.
 //!
 //! Batch operations (create several topics, fetch several partitions) return a result per
 //! resource, so one bad topic does not hide what happened to the others; the error of one
@@ -19,12 +22,20 @@
 //! - `admin`: topics, partitions and configs.
 //! - `data`: produce, fetch, list offsets.
 //! - `groups`: coordinators, listing and describing groups, committed offsets.
+//! - `membership`: joining a consumer group, heartbeats, rebalances, commits as a member.
+//! - `assignor`: the range and round-robin assignors a group leader runs.
+//! - `producer`: the idempotent producer (producer id, sequence numbers, compression).
+//! - `transactions`: dropping aborted transactions' records from `read_committed` fetches.
 
 mod admin;
+pub mod assignor;
 mod connection;
 mod data;
 pub mod error;
 mod groups;
+mod membership;
+mod producer;
+mod transactions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -36,10 +47,16 @@ use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 
 pub use admin::{ConfigEntry, ConfigResource, ConfigSource, CreatedTopic};
+pub use assignor::Assignor;
 use connection::Connection;
-pub use data::{FetchOptions, FetchedRecords, ListedOffset, OffsetSpec, ProduceAck};
+pub use data::{
+    FetchOptions, FetchedRecords, IsolationLevel, ListedOffset, OffsetSpec, ProduceAck,
+};
 pub use error::{ApiError, ClientError, Result};
 pub use groups::{CommittedOffset, GroupDescription, GroupMember, ListedGroup};
+pub use membership::{GroupMembership, MembershipConfig, RebalanceListener, TopicPartition};
+pub use producer::{IdempotentProducer, ProducerConfig};
+pub use quiver_common::topic::{ConfigChange, NewTopic};
 
 /// The versions of each API this client speaks, `(min, max)`. The minimums are where the
 /// request has the fields this client relies on (e.g. CreateTopics v4 for the broker's default
@@ -60,6 +77,12 @@ pub(crate) mod versions {
     pub const DESCRIBE_GROUPS: (i16, i16) = (0, 5);
     pub const OFFSET_FETCH: (i16, i16) = (1, 8);
     pub const OFFSET_COMMIT: (i16, i16) = (2, 8);
+    /// v1 adds the rebalance timeout, which a member needs to say how long its revocation may take.
+    pub const JOIN_GROUP: (i16, i16) = (1, 9);
+    pub const SYNC_GROUP: (i16, i16) = (0, 5);
+    pub const HEARTBEAT: (i16, i16) = (0, 4);
+    pub const LEAVE_GROUP: (i16, i16) = (0, 5);
+    pub const INIT_PRODUCER_ID: (i16, i16) = (0, 4);
 }
 
 /// How a [`KafkaClient`] behaves; [`ClientConfig::default`] documents the defaults.
@@ -158,6 +181,9 @@ enum Lane {
     Control,
     /// Fetch, whose long polls must not delay the rest.
     Fetch,
+    /// JoinGroup and SyncGroup, which the coordinator holds until the group's rebalance ends;
+    /// heartbeats and commits must not wait behind them.
+    Group,
 }
 
 /// What the client knows about the cluster; refreshed by every Metadata response.
@@ -179,8 +205,8 @@ struct Cluster {
 /// connection in order, so a long-polling fetch would otherwise hold up every other request.
 ///
 /// Nothing is retried behind the caller's back except where Kafka says a request was not
-/// processed (a coordinator loading or moving); produce is never retried, so a record is never
-/// written twice by this client.
+/// processed (a coordinator loading or moving); [`KafkaClient::produce`] is never retried, so
+/// a record is never written twice by it. [`IdempotentProducer`] retries, safely.
 #[derive(Debug)]
 pub struct KafkaClient {
     config: ClientConfig,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
@@ -10,32 +11,41 @@ use kafka_protocol::error::ResponseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use quiver_broker::BrokerConfig;
+use quiver_broker::kafka::LocalServer;
+use quiver_common::record::{Record, batch_to_records, records_to_batch};
+use quiver_common::topic::{ConfigChange, NewTopic};
+
 use super::*;
-use crate::broker::ConfigChange;
-use crate::kafka::LocalServer;
-use crate::record::{Record, batch_to_records, records_to_batch};
-use crate::{BrokerConfig, NewTopic};
 
 /// A broker serving Kafka on loopback, on a fresh temporary data directory.
-async fn start() -> (LocalServer, tempfile::TempDir) {
+pub(crate) async fn start() -> (LocalServer, tempfile::TempDir) {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with changes to the broker's config.
+pub(crate) async fn start_with(
+    change: impl FnOnce(&mut BrokerConfig),
+) -> (LocalServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let config = BrokerConfig {
+    let mut config = BrokerConfig {
         data_dir: dir.path().to_owned(),
         ..BrokerConfig::default()
     };
+    change(&mut config);
     let server = LocalServer::start(config)
         .await
         .unwrap_or_else(|e| panic!("start: {e}"));
     (server, dir)
 }
 
-async fn client(addr: SocketAddr) -> KafkaClient {
+pub(crate) async fn client(addr: SocketAddr) -> KafkaClient {
     KafkaClient::connect(&addr.to_string(), ClientConfig::default())
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
-fn new_topic(name: &str, partitions: Option<i32>, configs: &[(&str, &str)]) -> NewTopic {
+pub(crate) fn new_topic(name: &str, partitions: Option<i32>, configs: &[(&str, &str)]) -> NewTopic {
     NewTopic {
         name: name.into(),
         partitions,
@@ -46,7 +56,7 @@ fn new_topic(name: &str, partitions: Option<i32>, configs: &[(&str, &str)]) -> N
     }
 }
 
-fn records(batches: &[RecordBatch]) -> Vec<Record> {
+pub(crate) fn records(batches: &[RecordBatch]) -> Vec<Record> {
     batches
         .iter()
         .flat_map(|b| batch_to_records(b).unwrap_or_else(|e| panic!("{e}")))
@@ -631,5 +641,151 @@ async fn every_operation_works_at_every_version() -> Result<()> {
         assert!(deleted[0].1.is_ok(), "{below}: {deleted:?}");
         c.close().await;
     }
+    Ok(())
+}
+
+/// Reads every record of `topic`'s `partition` from offset 0.
+async fn read_all(c: &KafkaClient, topic: &str, partition: i32) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut fetched = c
+            .fetch(topic, &[(partition, offset)], &FetchOptions::default())
+            .await?;
+        let Some((_, result)) = fetched.pop() else {
+            panic!("no answer for {topic}-{partition}")
+        };
+        let got = result.unwrap_or_else(|e| panic!("{e}"));
+        out.extend(records(&got.batches));
+        offset = got.next_offset;
+        if offset >= got.high_watermark {
+            return Ok(out);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_batch_retried_after_its_answer_was_lost_is_written_once() -> Result<()> {
+    let (s, _dir) = start().await;
+    let c = Arc::new(client(s.addr()).await);
+    c.create_topics(&[new_topic("t", Some(1), &[])], false)
+        .await?;
+    let producer = IdempotentProducer::new(c.clone(), ProducerConfig::default()).await?;
+    assert!(producer.producer_id().0 >= 0);
+
+    let first: Vec<Record> = (0..3)
+        .map(|i| Record::new(10 + i, None, Some(format!("a{i}").as_bytes())))
+        .collect();
+    // The broker appends the batch; its answer is lost and the batch is sent again.
+    producer
+        .answers_to_lose
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let ack = producer.send("t", 0, &records_to_batch(&first)).await?;
+    assert_eq!(
+        ack.base_offset, 0,
+        "the retry is answered with the first append's offset"
+    );
+    let second = vec![Record::new(20, None, Some(b"b0"))];
+    let ack = producer.send("t", 0, &records_to_batch(&second)).await?;
+    assert_eq!(ack.base_offset, 3);
+
+    // Every answer lost until the tries run out: the batch may be written, so the producer
+    // refuses to number another one rather than have the broker take it for a duplicate.
+    let unlucky = IdempotentProducer::new(
+        c.clone(),
+        ProducerConfig {
+            send_attempts_max: 2,
+            retry_backoff_ms: 1,
+            ..ProducerConfig::default()
+        },
+    )
+    .await?;
+    unlucky
+        .answers_to_lose
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    let lost = unlucky.send("t", 0, &records_to_batch(&second)).await;
+    assert!(
+        matches!(lost, Err(ClientError::Disconnected { .. })),
+        "{lost:?}"
+    );
+    let refused = unlucky.send("t", 0, &records_to_batch(&second)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::ProducerStateUnknown { partition: 0, .. })
+        ),
+        "{refused:?}"
+    );
+
+    let values: Vec<Option<bytes::Bytes>> = read_all(&c, "t", 0)
+        .await?
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    let expected: Vec<Option<bytes::Bytes>> = ["a0", "a1", "a2", "b0", "b0"]
+        .iter()
+        .map(|v| Some(bytes::Bytes::from_static(v.as_bytes())))
+        .collect();
+    assert_eq!(values, expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_batches_compressed_with_every_codec_read_back_whole() -> Result<()> {
+    let (s, _dir) = start().await;
+    let c = Arc::new(client(s.addr()).await);
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    let topics: Vec<NewTopic> = codecs
+        .iter()
+        .map(|codec| new_topic(codec, Some(1), &[]))
+        .collect();
+    c.create_topics(&topics, false).await?;
+    for codec in codecs {
+        let producer = IdempotentProducer::new(
+            c.clone(),
+            ProducerConfig {
+                compression_type: codec.into(),
+                ..ProducerConfig::default()
+            },
+        )
+        .await?;
+        let sent: Vec<Record> = (0..50)
+            .map(|i| {
+                Record::new(
+                    100 + i,
+                    Some(format!("k{i}").as_bytes()),
+                    Some(&[b'x'; 200]),
+                )
+                .with_header("codec", Some(codec.as_bytes()))
+            })
+            .collect();
+        for chunk in sent.chunks(25) {
+            producer.send(codec, 0, &records_to_batch(chunk)).await?;
+        }
+        let got = read_all(&c, codec, 0).await?;
+        let expected: Vec<Record> = sent
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Record {
+                offset: i as i64,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(got, expected, "{codec}");
+    }
+    let err = IdempotentProducer::new(
+        c.clone(),
+        ProducerConfig {
+            compression_type: "brotli".into(),
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("unknown compression.type 'brotli'; use none, gzip, snappy, lz4 or zstd")
+    );
     Ok(())
 }
