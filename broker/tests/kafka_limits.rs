@@ -36,7 +36,7 @@ async fn start(keys: &[(&str, &str)]) -> (LocalServer, tempfile::TempDir) {
     let server = LocalServer::start(config)
         .await
         .unwrap_or_else(|e| panic!("start: {e}"));
-    for topic in ["empty", "data", "big", "wide"] {
+    for topic in ["empty", "data", "big", "wide", "pipe"] {
         server
             .broker()
             .create_topic(NewTopic::new(topic, 1))
@@ -373,4 +373,46 @@ async fn requests_past_the_read_ahead_budget_wait_for_room() {
     assert_eq!(s.queued_request_bytes(), 0);
     let end = s.broker().offsets("data", 0).map(|o| o.log_end_offset);
     assert_eq!(end.ok(), Some(40));
+}
+
+/// acks=all requests pipelined on one connection are appended in the order sent and answered
+/// in that order, each once its records are durable (the connection stages the next request
+/// while one waits for its fsync; mixing in other requests keeps the order too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_acks_all_produces_are_appended_and_answered_in_order() {
+    let (s, _dir) = start(&[]).await;
+    let mut conn = Conn::open(s.addr()).await;
+    assert!(produced_ok(
+        conn.call(9, produce("pipe", kafka_batch(1, 10))).await
+    ));
+    for i in 0..40 {
+        conn.send(9, produce("pipe", kafka_batch(5, 10))).await;
+        if i % 10 == 0 {
+            conn.send(0, RequestKind::ApiVersions(ApiVersionsRequest::default()))
+                .await;
+        }
+    }
+    let mut next_base = 1;
+    for i in 0..40 {
+        let Some(ResponseKind::Produce(r)) = conn.recv().await else {
+            panic!("produce {i} unanswered")
+        };
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, next_base), "produce {i}");
+        next_base += 5;
+        if i % 10 == 0 {
+            assert!(matches!(
+                conn.recv().await,
+                Some(ResponseKind::ApiVersions(_))
+            ));
+        }
+    }
+    let offsets = s
+        .broker()
+        .offsets("pipe", 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        offsets.durable_offset, next_base,
+        "every answered record is durable"
+    );
 }

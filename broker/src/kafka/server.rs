@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -391,8 +392,30 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
         draining,
     ));
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some((frame, room)) = rx.recv().await {
-        let outcome = process(&ctx, frame, Some(peer)).await;
+    // Requests staged and not yet answered, in request order (see `process_staged`); each
+    // keeps its room in the read-ahead budget until its response is written.
+    let mut staged = futures::stream::FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        let (outcome, room) = tokio::select! {
+            biased;
+            Some(done) = staged.next(), if !staged.is_empty() => done,
+            next = rx.recv(), if reading && staged.len() < READ_AHEAD => {
+                match next {
+                    Some((frame, room)) => {
+                        let outcome = process_staged(&ctx, frame, Some(peer)).await;
+                        staged.push_back(outcome.map(move |o| (o, room)));
+                        continue;
+                    }
+                    None => {
+                        reading = false;
+                        continue;
+                    }
+                }
+            }
+            else => break,
+        };
+        let more_queued = !rx.is_empty() || !staged.is_empty();
         // Handled: its bytes leave the read-ahead budget (the response is not request bytes).
         drop(room);
         match outcome {
@@ -401,7 +424,7 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
                     tracing::debug!(%peer, error = %e, "closing Kafka connection: the response was not taken");
                     break;
                 }
-                let flush_failed = rx.is_empty()
+                let flush_failed = !more_queued
                     && !matches!(tokio::time::timeout(idle, wr.flush()).await, Ok(Ok(())));
                 if flush_failed {
                     break;
@@ -579,31 +602,67 @@ pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind), 
     }
 }
 
-/// Decodes one frame, runs its handler and encodes the response. `peer` is the client's
-/// address (`None` for a frame that did not come over a socket).
+/// Decodes one frame, runs its handler and encodes the response, waiting for it (tests drive
+/// handlers through it). `peer` is the client's address (`None` for a frame that did not come
+/// over a socket).
+#[cfg(test)]
 pub(crate) async fn process(ctx: &Ctx, frame: Bytes, peer: Option<SocketAddr>) -> Outcome {
+    process_staged(ctx, frame, peer).await.await
+}
+
+/// A request's outcome, ready or still to come (an acks=all Produce waiting for its fsync).
+type Staged = futures::future::BoxFuture<'static, Outcome>;
+
+/// Handles a request up to the point where only waiting is left: an acks=all Produce is
+/// appended here and the returned future waits for its acknowledgement; every other request
+/// is handled here in full. The connection stages requests in order and writes the outcomes in
+/// the same order, so a pipelined acks=all Produce no longer holds back the next one's append.
+pub(crate) async fn process_staged(ctx: &Ctx, frame: Bytes, peer: Option<SocketAddr>) -> Staged {
+    let ready = |outcome: Outcome| futures::future::ready(outcome).boxed();
     let (header, request) = match decode_request(frame) {
         Ok(x) => x,
         Err(DecodeError::UnsupportedApiVersions { correlation_id }) => {
             // Tell the client what we speak, in the v0 format every client can read.
             let body = handlers::api_versions::unsupported_version();
-            return encode_response(
+            return ready(encode_response(
                 correlation_id,
                 ApiKey::ApiVersions,
                 0,
                 &ResponseKind::ApiVersions(body),
-            );
+            ));
         }
-        Err(DecodeError::Refused(reason)) => return Outcome::Close(reason),
+        Err(DecodeError::Refused(reason)) => return ready(Outcome::Close(reason)),
     };
     let api_key = ApiKey::try_from(header.request_api_key).unwrap_or(ApiKey::ApiVersions);
     let version = header.request_api_version;
     let correlation_id = header.correlation_id;
-    match handlers::handle(ctx, &header, request, peer).await {
+    let request = match request {
+        RequestKind::Produce(req) if req.acks == -1 => {
+            let staged = handlers::produce::stage(ctx, version, req);
+            // A task of its own: the wait may take its turn at the partition's fsync, which
+            // must not stall while this connection handles its next request.
+            let acked = tokio::spawn(async move {
+                match staged.acknowledge().await {
+                    Some(r) => {
+                        encode_response(correlation_id, api_key, version, &ResponseKind::Produce(r))
+                    }
+                    None => Outcome::Silent,
+                }
+            });
+            return async move {
+                acked
+                    .await
+                    .unwrap_or_else(|e| Outcome::Close(format!("the produce task failed: {e}")))
+            }
+            .boxed();
+        }
+        other => other,
+    };
+    ready(match handlers::handle(ctx, &header, request, peer).await {
         Ok(Some(response)) => encode_response(correlation_id, api_key, version, &response),
         Ok(None) => Outcome::Silent,
         Err(reason) => Outcome::Close(reason),
-    }
+    })
 }
 
 fn encode_response(

@@ -3,6 +3,14 @@
 //! appended, so a bad batch leaves the partition untouched. acks=all is answered once the
 //! partition's records are durable (with `log.flush.on.ack`, the default: one group-committed
 //! fsync shared with every concurrent producer); acks=0/1 once they are written.
+//!
+//! A Produce is handled in two stages, as Redpanda does: [`stage`] checks and appends (in
+//! request order, so an idempotent producer's pipelined batches land in the order sent), and
+//! [`StagedProduce::acknowledge`] waits until the records may be acknowledged. The connection
+//! can stage the next request while one waits for its fsync, so pipelined acks=all requests
+//! share fsyncs instead of each waiting out its own.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -14,33 +22,82 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, error_code};
 use crate::kafka::records::{self, DecodeScratch, RecordError};
-use crate::log::{Ack, ProducerInfo, attributes};
+use crate::log::{Ack, Log, ProducerInfo, attributes};
 use crate::record::EnvelopeBuilder;
 
 /// Returns `None` for acks=0 (no response is sent).
 pub async fn handle(ctx: &Ctx, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
+    stage(ctx, version, req).acknowledge().await
+}
+
+/// A Produce whose records are appended (or refused), waiting to be acknowledged.
+#[derive(Debug)]
+pub struct StagedProduce {
+    version: i16,
+    acks: i16,
+    ack: Ack,
+    /// Per topic, its partitions' responses and what each must wait for: its log and the
+    /// offset after its records.
+    topics: Vec<(TopicProduceResponse, Vec<Option<(Arc<Log>, i64)>>)>,
+}
+
+/// The first stage of a Produce: checks and appends every partition's records, in order.
+pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
     let ack = if req.acks == -1 {
         Ack::All
     } else {
         Ack::Written
     };
-    let mut responses = Vec::with_capacity(req.topic_data.len());
+    let mut topics = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        let mut waits = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
-            partitions.push(for_version(
-                version,
-                produce_partition(ctx, &name, p.index, p.records, ack).await,
-            ));
+            let (response, wait) = produce_partition(ctx, &name, p.index, p.records);
+            partitions.push(response);
+            waits.push(wait);
         }
-        responses.push(
+        topics.push((
             TopicProduceResponse::default()
                 .with_name(topic.name)
                 .with_partition_responses(partitions),
-        );
+            waits,
+        ));
     }
-    (req.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    StagedProduce {
+        version,
+        acks: req.acks,
+        ack,
+        topics,
+    }
+}
+
+impl StagedProduce {
+    /// The second stage: waits until every partition's records may be acknowledged (durable
+    /// for acks=all), and answers; a partition that fails here gets its error instead.
+    /// `None` for acks=0.
+    pub async fn acknowledge(self) -> Option<ProduceResponse> {
+        let ack = self.ack;
+        let mut responses = Vec::with_capacity(self.topics.len());
+        for (mut topic, waits) in self.topics {
+            let results = futures::future::join_all(waits.iter().map(|w| async move {
+                match w {
+                    Some((log, end)) => log.acknowledge(*end, ack).await,
+                    None => Ok(()),
+                }
+            }))
+            .await;
+            for (p, result) in topic.partition_responses.iter_mut().zip(results) {
+                if let Err(e) = result {
+                    *p = failed(p.index, error_code(&e), e.to_string());
+                }
+                *p = for_version(self.version, std::mem::take(p));
+            }
+            responses.push(topic);
+        }
+        (self.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    }
 }
 
 /// Clears fields the response version does not have.
@@ -73,21 +130,22 @@ fn record_error_code(e: &RecordError) -> i16 {
     }
 }
 
-async fn produce_partition(
+/// Checks and appends one partition's records; returns its response and, when something was
+/// appended, its log and the offset after the records (what acknowledging waits for).
+fn produce_partition(
     ctx: &Ctx,
     topic: &str,
     index: i32,
     records: Option<Bytes>,
-    ack: Ack,
-) -> PartitionProduceResponse {
+) -> (PartitionProduceResponse, Option<(Arc<Log>, i64)>) {
     let log = match ctx.broker.log(topic, index) {
         Ok(log) => log,
-        Err(e) => return failed(index, error_code(&e), e.to_string()),
+        Err(e) => return (failed(index, error_code(&e), e.to_string()), None),
     };
     let bytes = records.unwrap_or_default();
     let batches = match records::parse_batches(&bytes) {
         Ok(b) => b,
-        Err(e) => return failed(index, record_error_code(&e), e.to_string()),
+        Err(e) => return (failed(index, record_error_code(&e), e.to_string()), None),
     };
     let config = log.config();
     let max_uncompressed = ctx.broker.config().kafka.socket_request_max_bytes;
@@ -100,13 +158,16 @@ async fn produce_partition(
                 batch.raw.len(),
                 config.max_message_bytes
             );
-            return failed(index, ResponseError::MessageTooLarge.code(), msg);
+            return (
+                failed(index, ResponseError::MessageTooLarge.code(), msg),
+                None,
+            );
         }
         if batch.is_transactional() || batch.is_control() {
-            return failed(
-                index,
-                ResponseError::InvalidRecord.code(),
-                "transactional batches are not supported yet".into(),
+            let msg = "transactional batches are not supported yet".into();
+            return (
+                failed(index, ResponseError::InvalidRecord.code(), msg),
+                None,
             );
         }
         // The count is the client's; the bytes bound it (for a compressed batch the hint is low
@@ -115,7 +176,7 @@ async fn produce_partition(
         let mut builder = EnvelopeBuilder::with_capacity(rows, batch.records.len());
         if let Err(e) = records::decode_records(batch, &mut builder, &mut scratch, max_uncompressed)
         {
-            return failed(index, record_error_code(&e), e.to_string());
+            return (failed(index, record_error_code(&e), e.to_string()), None);
         }
         if builder.is_empty() {
             continue;
@@ -136,16 +197,11 @@ async fn produce_partition(
                 first.get_or_insert(info);
                 end = Some(info.last_offset + 1);
             }
-            Err(e) => return failed(index, error_code(&e), e.to_string()),
+            Err(e) => return (failed(index, error_code(&e), e.to_string()), None),
         }
     }
-    if let Some(end) = end
-        && let Err(e) = log.acknowledge(end, ack).await
-    {
-        return failed(index, error_code(&e), e.to_string());
-    }
     let offsets = log.offsets();
-    match first {
+    let response = match first {
         Some(info) => PartitionProduceResponse::default()
             .with_index(index)
             .with_base_offset(info.base_offset)
@@ -156,7 +212,8 @@ async fn produce_partition(
             .with_base_offset(offsets.log_end_offset)
             .with_log_append_time_ms(-1)
             .with_log_start_offset(offsets.log_start_offset),
-    }
+    };
+    (response, end.map(|end| (log, end)))
 }
 
 #[cfg(test)]
