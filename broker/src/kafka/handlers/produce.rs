@@ -30,6 +30,9 @@ pub async fn handle(ctx: &Ctx, version: i16, req: ProduceRequest) -> Option<Prod
     stage(ctx, version, req).acknowledge().await
 }
 
+/// What acknowledging a partition's records waits for: its log and the offset after them.
+type AckWait = Option<(Arc<Log>, i64)>;
+
 /// A Produce whose records are appended (or refused), waiting to be acknowledged.
 #[derive(Debug)]
 pub struct StagedProduce {
@@ -38,7 +41,7 @@ pub struct StagedProduce {
     ack: Ack,
     /// Per topic, its partitions' responses and what each must wait for: its log and the
     /// offset after its records.
-    topics: Vec<(TopicProduceResponse, Vec<Option<(Arc<Log>, i64)>>)>,
+    topics: Vec<(TopicProduceResponse, Vec<AckWait>)>,
 }
 
 /// The first stage of a Produce: checks and appends every partition's records, in order.
@@ -137,7 +140,7 @@ fn produce_partition(
     topic: &str,
     index: i32,
     records: Option<Bytes>,
-) -> (PartitionProduceResponse, Option<(Arc<Log>, i64)>) {
+) -> (PartitionProduceResponse, AckWait) {
     let log = match ctx.broker.log(topic, index) {
         Ok(log) => log,
         Err(e) => return (failed(index, error_code(&e), e.to_string()), None),
