@@ -12,12 +12,20 @@
 
 use bytes::Bytes;
 
+use crate::kafka::schema::{Reader, SchemaError, Writer};
+
 /// A record that does not follow the layouts (skipped, with a warning, when loading).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed __consumer_offsets record: {0}")]
 pub struct MalformedRecord(pub String);
 
 type Result<T> = std::result::Result<T, MalformedRecord>;
+
+impl From<SchemaError> for MalformedRecord {
+    fn from(e: SchemaError) -> Self {
+        MalformedRecord(e.0)
+    }
+}
 
 /// What a record's key names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,62 +84,23 @@ pub struct MemberValue {
 // ---------------------------------------------------------------------------------------------
 // Writing (non-flexible versions only).
 
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn i16(&mut self, v: i16) -> &mut Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i32(&mut self, v: i32) -> &mut Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i64(&mut self, v: i64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    /// A string of at most `i16::MAX` bytes (longer input is cut at a char boundary; callers
-    /// only pass strings that came in as Kafka strings, which fit).
-    fn string(&mut self, s: &str) -> &mut Self {
-        let mut end = s.len().min(i16::MAX as usize);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.i16(end as i16);
-        self.0.extend_from_slice(&s.as_bytes()[..end]);
-        self
-    }
-    fn nullable_string(&mut self, s: Option<&str>) -> &mut Self {
-        match s {
-            Some(s) => self.string(s),
-            None => self.i16(-1),
-        }
-    }
-    fn bytes(&mut self, b: &[u8]) -> &mut Self {
-        self.i32(i32::try_from(b.len()).unwrap_or(i32::MAX));
-        self.0.extend_from_slice(b);
-        self
-    }
-}
-
 /// The key of an offset commit (key version 1).
 pub fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(8 + group.len() + topic.len()));
+    let mut w = Writer::new(8 + group.len() + topic.len(), false);
     w.i16(1).string(group).string(topic).i32(partition);
-    w.0
+    w.buf
 }
 
 /// The key of a group's metadata (key version 2).
 pub fn group_key(group: &str) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(4 + group.len()));
+    let mut w = Writer::new(4 + group.len(), false);
     w.i16(2).string(group);
-    w.0
+    w.buf
 }
 
 /// An offset value: version 1 when it has an expiry, else version 3.
 pub fn encode_offset_value(v: &OffsetValue) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(32 + v.metadata.len()));
+    let mut w = Writer::new(32 + v.metadata.len(), false);
     match v.expire_timestamp_ms {
         Some(expire) => {
             w.i16(1)
@@ -148,12 +117,12 @@ pub fn encode_offset_value(v: &OffsetValue) -> Vec<u8> {
                 .i64(v.commit_timestamp_ms);
         }
     }
-    w.0
+    w.buf
 }
 
 /// A group value, version 3.
 pub fn encode_group_value(v: &GroupValue) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(64));
+    let mut w = Writer::new(64, false);
     w.i16(3)
         .string(&v.protocol_type)
         .i32(v.generation)
@@ -171,128 +140,29 @@ pub fn encode_group_value(v: &GroupValue) -> Vec<u8> {
             .bytes(&m.subscription)
             .bytes(&m.assignment);
     }
-    w.0
+    w.buf
 }
 
 // ---------------------------------------------------------------------------------------------
 // Reading (every version, flexible ones included).
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    flexible: bool,
-}
-
-impl<'a> Reader<'a> {
-    /// Starts reading a `what` value: its version, which must be 0 to 4 (flexible from 4 on);
-    /// returns the reader positioned after it, and the version.
-    fn value(buf: &'a [u8], what: &str) -> Result<(Reader<'a>, i16)> {
-        let mut r = Reader {
-            buf,
-            flexible: false,
-        };
-        let version = r.i16()?;
-        if !(0..=4).contains(&version) {
-            return Err(MalformedRecord(format!(
-                "{what} value version {version} is unknown"
-            )));
-        }
-        r.flexible = version >= 4;
-        Ok((r, version))
+/// Starts reading a `what` value: its version, which must be 0 to 4 (flexible from 4 on);
+/// returns the reader positioned after it, and the version.
+fn value_reader<'a>(buf: &'a [u8], what: &str) -> Result<(Reader<'a>, i16)> {
+    let mut r = Reader::new(buf, false);
+    let version = r.i16()?;
+    if !(0..=4).contains(&version) {
+        return Err(MalformedRecord(format!(
+            "{what} value version {version} is unknown"
+        )));
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() < n {
-            return Err(MalformedRecord(format!(
-                "wanted {n} more bytes, {} left",
-                self.buf.len()
-            )));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-    fn i16(&mut self) -> Result<i16> {
-        let b = self.take(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-    fn i32(&mut self) -> Result<i32> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn i64(&mut self) -> Result<i64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_be_bytes(a))
-    }
-    fn uvarint(&mut self) -> Result<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.take(1)?[0];
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(MalformedRecord("varint is too long".into()))
-    }
-    /// A length: `None` for null.
-    fn len(&mut self, wide: bool) -> Result<Option<usize>> {
-        if self.flexible {
-            let n = self.uvarint()?;
-            return Ok(n.checked_sub(1).map(|n| n as usize));
-        }
-        let n = if wide {
-            i64::from(self.i32()?)
-        } else {
-            i64::from(self.i16()?)
-        };
-        Ok((n >= 0).then_some(n as usize))
-    }
-    fn nullable_string(&mut self) -> Result<Option<String>> {
-        match self.len(false)? {
-            None => Ok(None),
-            Some(n) => {
-                let b = self.take(n)?;
-                String::from_utf8(b.to_vec())
-                    .map(Some)
-                    .map_err(|_| MalformedRecord("a string is not UTF-8".into()))
-            }
-        }
-    }
-    fn string(&mut self) -> Result<String> {
-        self.nullable_string()?
-            .ok_or_else(|| MalformedRecord("a non-null string is null".into()))
-    }
-    fn bytes(&mut self) -> Result<Bytes> {
-        match self.len(true)? {
-            None => Ok(Bytes::new()),
-            Some(n) => Ok(Bytes::copy_from_slice(self.take(n)?)),
-        }
-    }
-    fn array_len(&mut self) -> Result<usize> {
-        Ok(self.len(true)?.unwrap_or(0))
-    }
-    /// Skips a flexible struct's tagged fields.
-    fn tagged_fields(&mut self) -> Result<()> {
-        if !self.flexible {
-            return Ok(());
-        }
-        let n = self.uvarint()?;
-        for _ in 0..n {
-            self.uvarint()?;
-            let size = self.uvarint()?;
-            self.take(usize::try_from(size).unwrap_or(usize::MAX))?;
-        }
-        Ok(())
-    }
+    r.flexible = version >= 4;
+    Ok((r, version))
 }
 
 /// Reads a record key.
 pub fn decode_key(key: &[u8]) -> Result<RecordKey> {
-    let mut r = Reader {
-        buf: key,
-        flexible: false,
-    };
+    let mut r = Reader::new(key, false);
     let version = r.i16()?;
     match version {
         0 | 1 => Ok(RecordKey::Offset {
@@ -307,7 +177,7 @@ pub fn decode_key(key: &[u8]) -> Result<RecordKey> {
 
 /// Reads an offset value (versions 0-4).
 pub fn decode_offset_value(value: &[u8]) -> Result<OffsetValue> {
-    let (mut r, version) = Reader::value(value, "offset")?;
+    let (mut r, version) = value_reader(value, "offset")?;
     let offset = r.i64()?;
     let leader_epoch = if version >= 3 { r.i32()? } else { -1 };
     let metadata = r.string()?;
@@ -317,7 +187,7 @@ pub fn decode_offset_value(value: &[u8]) -> Result<OffsetValue> {
     } else {
         None
     };
-    r.tagged_fields()?;
+    r.skip_tagged_fields()?;
     Ok(OffsetValue {
         offset,
         leader_epoch,
@@ -329,7 +199,7 @@ pub fn decode_offset_value(value: &[u8]) -> Result<OffsetValue> {
 
 /// Reads a group value (versions 0-4).
 pub fn decode_group_value(value: &[u8]) -> Result<GroupValue> {
-    let (mut r, version) = Reader::value(value, "group")?;
+    let (mut r, version) = value_reader(value, "group")?;
     let protocol_type = r.string()?;
     let generation = r.i32()?;
     let protocol = r.nullable_string()?;
@@ -339,7 +209,7 @@ pub fn decode_group_value(value: &[u8]) -> Result<GroupValue> {
     } else {
         None
     };
-    let n = r.array_len()?;
+    let n = r.array_len(1)?.unwrap_or(0);
     // Every member takes at least 20 bytes, so a corrupt count cannot make us allocate much.
     let mut members = Vec::with_capacity(n.min(r.buf.len() / 20));
     for _ in 0..n {
@@ -355,7 +225,7 @@ pub fn decode_group_value(value: &[u8]) -> Result<GroupValue> {
         let session_timeout_ms = r.i32()?;
         let subscription = r.bytes()?;
         let assignment = r.bytes()?;
-        r.tagged_fields()?;
+        r.skip_tagged_fields()?;
         members.push(MemberValue {
             member_id,
             group_instance_id,
@@ -367,7 +237,7 @@ pub fn decode_group_value(value: &[u8]) -> Result<GroupValue> {
             assignment,
         });
     }
-    r.tagged_fields()?;
+    r.skip_tagged_fields()?;
     Ok(GroupValue {
         protocol_type,
         generation,
@@ -435,7 +305,7 @@ mod tests {
     #[test]
     fn old_group_value_without_rebalance_timeout_reads() {
         // GroupMetadataValue v0: no rebalance timeout, no state timestamp, no instance ids.
-        let mut w = Writer(Vec::new());
+        let mut w = Writer::new(0, false);
         w.i16(0)
             .string("consumer")
             .i32(4)
@@ -448,7 +318,7 @@ mod tests {
             .i32(10_000)
             .bytes(b"sub")
             .bytes(b"asg");
-        let v = decode_group_value(&w.0).unwrap_or_else(|e| panic!("{e}"));
+        let v = decode_group_value(&w.buf).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.generation, 4);
         assert_eq!(v.members[0].rebalance_timeout_ms, 10_000);
         assert_eq!(v.members[0].group_instance_id, None);

@@ -5,6 +5,7 @@
 
 pub mod handlers;
 pub mod limits;
+pub(crate) mod schema;
 pub mod server;
 
 // Shared with the Kafka client (`quiver-kafka-client`); re-exported at their old paths.

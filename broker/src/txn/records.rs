@@ -25,6 +25,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::kafka::schema::{Reader, SchemaError, Writer};
+
 use super::state::{NO_PRODUCER_EPOCH, TxnMetadata, TxnPartition, TxnResult, TxnState, TxnVersion};
 
 /// A record that does not follow the layouts (skipped, with a warning, when loading).
@@ -38,6 +40,12 @@ pub(crate) struct MalformedRecord(pub String);
 pub(crate) struct MalformedMarker(pub String);
 
 type Result<T, E = MalformedRecord> = std::result::Result<T, E>;
+
+impl From<SchemaError> for MalformedRecord {
+    fn from(e: SchemaError) -> Self {
+        MalformedRecord(e.0)
+    }
+}
 
 /// The value version Quiver writes.
 pub(crate) const VALUE_VERSION: i16 = 1;
@@ -118,79 +126,9 @@ impl TxnLogValue {
 // ---------------------------------------------------------------------------------------------
 // Writing.
 
-struct Writer {
-    buf: Vec<u8>,
-    flexible: bool,
-}
-
-impl Writer {
-    fn i8(&mut self, v: i8) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i16(&mut self, v: i16) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i32(&mut self, v: i32) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i64(&mut self, v: i64) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn uvarint(&mut self, mut v: u64) -> &mut Self {
-        while v >= 0x80 {
-            self.buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.buf.push(v as u8);
-        self
-    }
-    /// An array or string length; `None` is null.
-    fn len(&mut self, n: Option<usize>) -> &mut Self {
-        if self.flexible {
-            self.uvarint(n.map_or(0, |n| n as u64 + 1))
-        } else {
-            self.i32(n.map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)))
-        }
-    }
-    /// A string of at most `i16::MAX` bytes (longer input is cut at a char boundary; callers
-    /// only pass strings that came in as Kafka strings, which fit).
-    fn string(&mut self, s: &str) -> &mut Self {
-        let mut end = s.len().min(i16::MAX as usize);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        if self.flexible {
-            self.uvarint(end as u64 + 1);
-        } else {
-            self.i16(end as i16);
-        }
-        self.buf.extend_from_slice(&s.as_bytes()[..end]);
-        self
-    }
-    /// A tagged-field section with the given `(tag, bytes)` fields, in tag order.
-    fn tagged_fields(&mut self, fields: &[(u64, Vec<u8>)]) -> &mut Self {
-        if !self.flexible {
-            return self;
-        }
-        self.uvarint(fields.len() as u64);
-        for (tag, data) in fields {
-            self.uvarint(*tag).uvarint(data.len() as u64);
-            self.buf.extend_from_slice(data);
-        }
-        self
-    }
-}
-
 /// The key of a transactional id's state.
 pub(crate) fn encode_key(transactional_id: &str) -> Vec<u8> {
-    let mut w = Writer {
-        buf: Vec::with_capacity(4 + transactional_id.len()),
-        flexible: false,
-    };
+    let mut w = Writer::new(4 + transactional_id.len(), false);
     w.i16(0).string(transactional_id);
     w.buf
 }
@@ -203,10 +141,7 @@ pub(crate) fn encode_value(v: &TxnLogValue) -> Vec<u8> {
 /// A value in `version` 0 or 1 (version 0 drops the tagged fields, as Kafka does).
 pub(crate) fn encode_value_version(v: &TxnLogValue, version: i16) -> Vec<u8> {
     let flexible = version >= 1;
-    let mut w = Writer {
-        buf: Vec::with_capacity(64 + v.partitions.len() * 8),
-        flexible,
-    };
+    let mut w = Writer::new(64 + v.partitions.len() * 8, flexible);
     w.i16(if flexible { 1 } else { 0 })
         .i64(v.producer_id)
         .i16(v.producer_epoch)
@@ -270,111 +205,9 @@ fn group_by_topic(partitions: &BTreeSet<TxnPartition>) -> Vec<(&str, Vec<i32>)> 
 // ---------------------------------------------------------------------------------------------
 // Reading.
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    flexible: bool,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() < n {
-            return Err(MalformedRecord(format!(
-                "wanted {n} more bytes, {} left",
-                self.buf.len()
-            )));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn i8(&mut self) -> Result<i8> {
-        Ok(i8::from_be_bytes(self.array()?))
-    }
-    fn i16(&mut self) -> Result<i16> {
-        Ok(i16::from_be_bytes(self.array()?))
-    }
-    fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_be_bytes(self.array()?))
-    }
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_be_bytes(self.array()?))
-    }
-    fn uvarint(&mut self) -> Result<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.take(1)?[0];
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(MalformedRecord("varint is too long".into()))
-    }
-    /// An array length (`None` for null), checked against the bytes left: every element takes
-    /// at least `min_element_bytes`, so a corrupt count cannot make a caller allocate much.
-    fn array_len(&mut self, min_element_bytes: usize) -> Result<Option<usize>> {
-        let n = if self.flexible {
-            match self.uvarint()?.checked_sub(1) {
-                None => return Ok(None),
-                Some(n) => n,
-            }
-        } else {
-            match u64::try_from(self.i32()?) {
-                Err(_) => return Ok(None),
-                Ok(n) => n,
-            }
-        };
-        let fits = usize::try_from(n)
-            .ok()
-            .filter(|&n| n.saturating_mul(min_element_bytes) <= self.buf.len());
-        match fits {
-            Some(n) => Ok(Some(n)),
-            None => Err(MalformedRecord(format!(
-                "an array claims {n} elements, more than the {} bytes left can hold",
-                self.buf.len()
-            ))),
-        }
-    }
-    fn string(&mut self) -> Result<String> {
-        let n = if self.flexible {
-            self.uvarint()?
-                .checked_sub(1)
-                .ok_or_else(|| MalformedRecord("a non-null string is null".into()))?
-        } else {
-            u64::try_from(self.i16()?)
-                .map_err(|_| MalformedRecord("a non-null string is null".into()))?
-        };
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| MalformedRecord("a string is not UTF-8".into()))
-    }
-    /// Reads a tagged-field section, handing each known field to `field` (tag, bytes); unknown
-    /// tags are skipped, as Kafka does.
-    fn tagged_fields(&mut self, mut field: impl FnMut(u64, &'a [u8]) -> Result<()>) -> Result<()> {
-        if !self.flexible {
-            return Ok(());
-        }
-        let n = self.uvarint()?;
-        for _ in 0..n {
-            let tag = self.uvarint()?;
-            let size = usize::try_from(self.uvarint()?).unwrap_or(usize::MAX);
-            field(tag, self.take(size)?)?;
-        }
-        Ok(())
-    }
-}
-
 /// Reads a key.
 pub(crate) fn decode_key(key: &[u8]) -> Result<RecordKey> {
-    let mut r = Reader {
-        buf: key,
-        flexible: false,
-    };
+    let mut r = Reader::new(key, false);
     match r.i16()? {
         0 => Ok(RecordKey::Transaction(r.string()?)),
         v => Ok(RecordKey::Other(v)),
@@ -392,10 +225,7 @@ fn fixed<const N: usize>(tag: u64, data: &[u8]) -> Result<[u8; N]> {
 
 /// Reads a value (versions 0 and 1).
 pub(crate) fn decode_value(value: &[u8]) -> Result<TxnLogValue> {
-    let mut r = Reader {
-        buf: value,
-        flexible: false,
-    };
+    let mut r = Reader::new(value, false);
     let version = r.i16()?;
     if !(0..=1).contains(&version) {
         return Err(MalformedRecord(format!(
@@ -422,7 +252,7 @@ pub(crate) fn decode_value(value: &[u8]) -> Result<TxnLogValue> {
                 partitions.insert(TxnPartition::new(topic.clone(), id));
             }
         }
-        r.tagged_fields(|_, _| Ok(()))?;
+        r.skip_tagged_fields()?;
     }
     let last_update_timestamp_ms = r.i64()?;
     let start_timestamp_ms = r.i64()?;
@@ -452,7 +282,7 @@ pub(crate) fn decode_value(value: &[u8]) -> Result<TxnLogValue> {
             3 => v.next_producer_epoch = i16::from_be_bytes(fixed(tag, data)?),
             _ => {}
         }
-        Ok(())
+        Ok::<(), MalformedRecord>(())
     })?;
     if !r.buf.is_empty() {
         return Err(MalformedRecord(format!(
