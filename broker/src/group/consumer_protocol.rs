@@ -6,42 +6,8 @@
 //! `version: int16, topics: [string]`; later fields (user data, owned partitions, generation,
 //! rack) are not needed here. Newer versions keep that prefix, so it is read for any version.
 
-/// The protocol type of Kafka consumers.
-pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
-
-/// Most topics read from one subscription (a subscription is bounded by the member metadata
-/// limit anyway; this keeps a corrupt count from allocating).
-const MAX_TOPICS: usize = 100_000;
-
-/// The topics of a consumer subscription, or `None` if it does not parse.
-pub fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
-    let mut buf = metadata;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        if buf.len() < n {
-            return None;
-        }
-        let (head, tail) = buf.split_at(n);
-        buf = tail;
-        Some(head)
-    };
-    let version = i16::from_be_bytes(take(2)?.try_into().ok()?);
-    if version < 0 {
-        return None;
-    }
-    let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
-    let count = usize::try_from(count).ok()?;
-    if count > MAX_TOPICS {
-        return None;
-    }
-    let mut topics = Vec::with_capacity(count.min(1024));
-    for _ in 0..count {
-        let len = i16::from_be_bytes(take(2)?.try_into().ok()?);
-        let len = usize::try_from(len).ok()?;
-        let name = std::str::from_utf8(take(len)?).ok()?;
-        topics.push(name.to_owned());
-    }
-    Some(topics)
-}
+// The reading is the shared crate's, which the Kafka client uses too.
+pub use quiver_common::kafka::consumer_protocol::{CONSUMER_PROTOCOL_TYPE, subscribed_topics};
 
 #[cfg(test)]
 mod tests {
