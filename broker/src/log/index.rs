@@ -110,17 +110,7 @@ fn save_pairs(
     covered_len: u64,
     pairs: impl ExactSizeIterator<Item = (i64, i64)>,
 ) -> Result<()> {
-    let mut buf = Vec::with_capacity(24 + pairs.len() * 16 + 4);
-    buf.extend_from_slice(MAGIC);
-    buf.extend_from_slice(&VERSION.to_le_bytes());
-    buf.extend_from_slice(&covered_len.to_le_bytes());
-    buf.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
-    for (a, b) in pairs {
-        buf.extend_from_slice(&a.to_le_bytes());
-        buf.extend_from_slice(&b.to_le_bytes());
-    }
-    let crc = crc32c::crc32c(&buf);
-    buf.extend_from_slice(&crc.to_le_bytes());
+    let buf = encode_rows(MAGIC, covered_len, pairs.map(|(a, b)| [a, b]));
     let file = storage.open(path, OpenMode::CreateTruncate).at(path)?;
     file.write_all_at(&buf, 0).at(path)?;
     // Indexes are derived data: a lost or torn index is rebuilt, so no fsync here.
@@ -131,7 +121,44 @@ fn load_pairs(storage: &dyn Storage, path: &Path, covered_len: u64) -> Option<Ve
     // At most one entry per frame, so a longer file is not an index of this segment.
     let max_entries = covered_len / HEADER_LEN as u64 + 1;
     let bytes = storage::read_file(storage, path, 28 + max_entries * 16).ok()?;
-    if bytes.len() < 28 || &bytes[0..4] != MAGIC {
+    let rows = decode_rows::<2>(&bytes, MAGIC, covered_len)?;
+    Some(rows.into_iter().map(|[a, b]| (a, b)).collect())
+}
+
+/// Bytes before the rows of an index file: magic, version, covered length, row count.
+const ROWS_HEADER_BYTES: usize = 24;
+
+/// An index file of a segment (the offset and time indexes here, the aborted-transaction
+/// index in `txn`): `magic`, a version, the segment length it covers, the row count, rows of
+/// `N` little-endian `i64`s, and a CRC32C of all that.
+pub(crate) fn encode_rows<const N: usize>(
+    magic: &[u8; 4],
+    covered_len: u64,
+    rows: impl ExactSizeIterator<Item = [i64; N]>,
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(ROWS_HEADER_BYTES + rows.len() * N * 8 + 4);
+    buf.extend_from_slice(magic);
+    buf.extend_from_slice(&VERSION.to_le_bytes());
+    buf.extend_from_slice(&covered_len.to_le_bytes());
+    buf.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+    for row in rows {
+        for v in row {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// The rows of an index file written by [`encode_rows`] for a segment of `covered_len`
+/// bytes; `None` when it is another kind of file, another version, stale or corrupt.
+pub(crate) fn decode_rows<const N: usize>(
+    bytes: &[u8],
+    magic: &[u8; 4],
+    covered_len: u64,
+) -> Option<Vec<[i64; N]>> {
+    if bytes.len() < ROWS_HEADER_BYTES + 4 || &bytes[0..4] != magic {
         return None;
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -145,17 +172,16 @@ fn load_pairs(storage: &dyn Storage, path: &Path, covered_len: u64) -> Option<Ve
     };
     let version = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
     let covered = u64::from_le_bytes(word(8));
-    let count = u64::from_le_bytes(word(16)) as usize;
-    if version != VERSION || covered != covered_len || body.len() != 24 + count.checked_mul(16)? {
+    let count = usize::try_from(u64::from_le_bytes(word(16))).ok()?;
+    let expected_len = count.checked_mul(N * 8)?.checked_add(ROWS_HEADER_BYTES)?;
+    if version != VERSION || covered != covered_len || body.len() != expected_len {
         return None;
     }
     Some(
         (0..count)
             .map(|i| {
-                (
-                    i64::from_le_bytes(word(24 + i * 16)),
-                    i64::from_le_bytes(word(32 + i * 16)),
-                )
+                let at = ROWS_HEADER_BYTES + i * N * 8;
+                std::array::from_fn(|j| i64::from_le_bytes(word(at + j * 8)))
             })
             .collect(),
     )

@@ -21,13 +21,14 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
+use crate::log::index::{decode_rows, encode_rows};
 
 use super::state::TxnResult;
 
 const MAGIC: &[u8; 4] = b"QTXN";
-const VERSION: u32 = 1;
+/// Bytes before the first entry of the file (see `encode_rows`).
+#[cfg(test)]
 const HEADER_BYTES: usize = 24;
-const ENTRY_BYTES: usize = 32;
 
 /// Most transactions open at once on one partition. Every open transaction belongs to a
 /// producer the coordinator let in, so this only stops a runaway; appends past it are refused.
@@ -114,23 +115,15 @@ impl AbortedTxnIndex {
     /// Writes the index for a segment of `covered_len` bytes. Like the offset index it is
     /// derived data (rebuilt when lost or stale), so it is not fsynced.
     pub(crate) fn save(&self, path: &Path, covered_len: u64) -> Result<()> {
-        let mut buf = Vec::with_capacity(HEADER_BYTES + self.entries.len() * ENTRY_BYTES + 4);
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&VERSION.to_le_bytes());
-        buf.extend_from_slice(&covered_len.to_le_bytes());
-        buf.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for e in &self.entries {
-            for v in [
+        let rows = self.entries.iter().map(|e| {
+            [
                 e.producer_id,
                 e.first_offset,
                 e.last_offset,
                 e.last_stable_offset,
-            ] {
-                buf.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        let crc = crc32c::crc32c(&buf);
-        buf.extend_from_slice(&crc.to_le_bytes());
+            ]
+        });
+        let buf = encode_rows(MAGIC, covered_len, rows);
         let mut file = std::fs::File::create(path).at(path)?;
         file.write_all(&buf).at(path)?;
         Ok(())
@@ -144,35 +137,16 @@ impl AbortedTxnIndex {
     }
 
     fn decode(bytes: &[u8], covered_len: u64) -> Option<AbortedTxnIndex> {
-        if bytes.len() < HEADER_BYTES + 4 || &bytes[0..4] != MAGIC {
-            return None;
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32c::crc32c(body).to_le_bytes() != crc {
-            return None;
-        }
-        let word = |at: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&body[at..at + 8]);
-            x
-        };
-        let version = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
-        let covered = u64::from_le_bytes(word(8));
-        let count = usize::try_from(u64::from_le_bytes(word(16))).ok()?;
-        let expected_len = count.checked_mul(ENTRY_BYTES)?.checked_add(HEADER_BYTES)?;
-        if version != VERSION || covered != covered_len || body.len() != expected_len {
-            return None;
-        }
-        let entries: Vec<AbortedTxn> = (0..count)
-            .map(|i| {
-                let at = HEADER_BYTES + i * ENTRY_BYTES;
-                AbortedTxn {
-                    producer_id: i64::from_le_bytes(word(at)),
-                    first_offset: i64::from_le_bytes(word(at + 8)),
-                    last_offset: i64::from_le_bytes(word(at + 16)),
-                    last_stable_offset: i64::from_le_bytes(word(at + 24)),
-                }
-            })
+        let entries: Vec<AbortedTxn> = decode_rows::<4>(bytes, MAGIC, covered_len)?
+            .into_iter()
+            .map(
+                |[producer_id, first_offset, last_offset, last_stable_offset]| AbortedTxn {
+                    producer_id,
+                    first_offset,
+                    last_offset,
+                    last_stable_offset,
+                },
+            )
             .collect();
         let ordered = entries
             .windows(2)
