@@ -269,6 +269,18 @@ mod tests {
 
     use super::*;
 
+    /// The error `resolve` gives, as printed; an error itself when it accepts.
+    fn refused(
+        file: Option<&Path>,
+        vars: Vec<(OsString, OsString)>,
+        data_dir: Option<&Path>,
+    ) -> Result<String> {
+        let err = resolve(file, vars, data_dir)
+            .err()
+            .ok_or_else(|| anyhow!("accepted"))?;
+        Ok(format!("{err:#}"))
+    }
+
     fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
         vars.iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
@@ -376,12 +388,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "log.dirz = \"/x\"\n")?;
-        let err = format!(
-            "{:#}",
-            resolve(Some(&file), env(&[]), None)
-                .err()
-                .ok_or_else(|| anyhow!("accepted"))?
-        );
+        let err = refused(Some(&file), env(&[]), None)?;
         assert!(
             err.starts_with(&format!(
                 "{}: invalid config: unknown server config 'log.dirz'",
@@ -391,12 +398,7 @@ mod tests {
         );
         assert!(err.contains("log.dirs"), "lists the known keys: {err}");
 
-        let err = format!(
-            "{:#}",
-            resolve(None, env(&[("QUIVER_NUM_PARTITONS", "3")]), None)
-                .err()
-                .ok_or_else(|| anyhow!("accepted"))?
-        );
+        let err = refused(None, env(&[("QUIVER_NUM_PARTITONS", "3")]), None)?;
         assert!(err.starts_with("environment variable QUIVER_NUM_PARTITONS: invalid config: unknown server config 'num.partitons'"), "{err}");
         Ok(())
     }
@@ -452,12 +454,7 @@ mod tests {
         let text = format!("{KAFKA_SERVER_PROPERTIES}\nlog.retention.hour=24\n");
         let line = text.lines().count();
         let file = write(dir.path(), "server.properties", &text)?;
-        let err = format!(
-            "{:#}",
-            resolve(Some(&file), env(&[]), None)
-                .err()
-                .ok_or_else(|| anyhow!("accepted"))?
-        );
+        let err = refused(Some(&file), env(&[]), None)?;
         assert!(
             err.starts_with(&format!(
                 "{}:{line}: invalid config: unknown server config 'log.retention.hour'; known keys: ",
@@ -506,12 +503,7 @@ mod tests {
             );
         }
         let file = write(dir.path(), "server.toml", props)?;
-        let err = format!(
-            "{:#}",
-            resolve(Some(&file), env(&[]), None)
-                .err()
-                .ok_or_else(|| anyhow!("accepted"))?
-        );
+        let err = refused(Some(&file), env(&[]), None)?;
         assert!(err.contains("not valid TOML"), "{err}");
         // TOML content under another name is TOML: its quotes are not part of the value.
         let file = write(dir.path(), "server.conf", "log.dirs = \"/t\"\n")?;
@@ -547,12 +539,7 @@ mod tests {
             "controller.properties",
             "listeners=CONTROLLER://:9093\ncontroller.listener.names=CONTROLLER\n",
         )?;
-        let err = format!(
-            "{:#}",
-            resolve(Some(&file), env(&[]), None)
-                .err()
-                .ok_or_else(|| anyhow!("accepted"))?
-        );
+        let err = refused(Some(&file), env(&[]), None)?;
         assert!(
             err.starts_with(&format!(
                 "{}:1: listeners=\"CONTROLLER://:9093\" has only controller listeners",
@@ -566,12 +553,7 @@ mod tests {
             "other.properties",
             "listeners=CONTROLLER://:9093\n",
         )?;
-        let err = format!(
-            "{:#}",
-            resolve(Some(&file), env(&[]), None)
-                .err()
-                .ok_or_else(|| anyhow!("accepted"))?
-        );
+        let err = refused(Some(&file), env(&[]), None)?;
         assert!(
             err.contains("only PLAINTEXT listeners are supported"),
             "{err}"
