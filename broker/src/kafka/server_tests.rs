@@ -289,14 +289,7 @@ async fn every_advertised_version_answers() {
     .await;
     let Ok(broker) = broker else { panic!("open") };
     broker.create_topic(NewTopic::new("sweep", 1)).await.ok();
-    let ctx = Ctx::new(
-        broker,
-        Listener {
-            name: "PLAINTEXT".into(),
-            host: "localhost".into(),
-            port: 9092,
-        },
-    );
+    let ctx = Ctx::for_tests(broker);
     let mut checked = 0;
     for (api, lo, hi) in handlers::supported() {
         let Some(req) = request(api) else { continue };

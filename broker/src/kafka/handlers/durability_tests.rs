@@ -19,19 +19,12 @@ use kafka_protocol::messages::produce_request::{
 
 use super::{Ctx, fetch, list_offsets, produce};
 use crate::broker::{Broker, NewTopic};
-use crate::config::{BrokerConfig, Listener};
+use crate::config::BrokerConfig;
 use crate::log::ProducerInfo;
 use crate::record::{Record, records_to_batch};
 
 fn ctx(broker: Broker) -> Ctx {
-    Ctx::new(
-        broker,
-        Listener {
-            name: "PLAINTEXT".into(),
-            host: "localhost".into(),
-            port: 9092,
-        },
-    )
+    Ctx::for_tests(broker)
 }
 
 fn topic() -> TopicName {

@@ -9,7 +9,6 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::*;
-use crate::config::Listener;
 use crate::kafka::server::{Outcome, process};
 use crate::{Broker, BrokerConfig, NewTopic};
 
@@ -35,14 +34,7 @@ async fn ctx(dir: &std::path::Path) -> Ctx {
         .await
         .unwrap_or_else(|e| panic!("open: {e}"));
     broker.create_topic(NewTopic::new("t", 2)).await.ok();
-    Ctx::new(
-        broker,
-        Listener {
-            name: "PLAINTEXT".into(),
-            host: "localhost".into(),
-            port: 9092,
-        },
-    )
+    Ctx::for_tests(broker)
 }
 
 /// Sends one request through the server's frame processing and decodes the answer.

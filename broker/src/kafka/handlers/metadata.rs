@@ -144,7 +144,6 @@ fn describe(ctx: &Ctx, version: i16, name: &str) -> MetadataResponseTopic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Listener;
     use crate::{Broker, BrokerConfig};
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 
@@ -163,14 +162,7 @@ mod tests {
             .map(|d| uuid_of(&d.id))
             .unwrap_or_else(|e| panic!("describe: {e}"));
         assert!(!id.is_nil());
-        let ctx = Ctx::new(
-            broker,
-            Listener {
-                name: "PLAINTEXT".into(),
-                host: "localhost".into(),
-                port: 9092,
-            },
-        );
+        let ctx = Ctx::for_tests(broker);
         let unknown = uuid::Uuid::from_u128(0x1234);
         // What Java's AdminClient sends for describeTopics(TopicCollection.ofTopicIds(..)).
         let by_id = |id: uuid::Uuid| {

@@ -46,6 +46,19 @@ impl Ctx {
             draining: tokio::sync::watch::channel(false).0,
         }
     }
+
+    /// A context for handler tests: `broker` advertised as `localhost:9092`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(broker: Broker) -> Ctx {
+        Ctx::new(
+            broker,
+            Listener {
+                name: "PLAINTEXT".into(),
+                host: "localhost".into(),
+                port: 9092,
+            },
+        )
+    }
 }
 
 /// The APIs handled here, with version ranges (within what `kafka-protocol` can decode).

@@ -222,7 +222,6 @@ fn produce_partition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Listener;
     use crate::log::BatchHeader;
     use crate::record::{Record, records_to_batch};
     use crate::{Broker, BrokerConfig, NewTopic};
@@ -261,14 +260,7 @@ mod tests {
         .await
         .unwrap_or_else(|e| panic!("open: {e}"));
         broker.create_topic(NewTopic::new("t", 1)).await.ok();
-        let ctx = Ctx::new(
-            broker,
-            Listener {
-                name: "PLAINTEXT".into(),
-                host: "localhost".into(),
-                port: 9092,
-            },
-        );
+        let ctx = Ctx::for_tests(broker);
         let produce = |records: Bytes| {
             ProduceRequest::default()
                 .with_acks(1)

@@ -12,7 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, produce};
 use crate::broker::{Broker, NewTopic};
-use crate::config::{BrokerConfig, Listener};
+use crate::config::BrokerConfig;
 use crate::log::storage::fault::FaultyStorage;
 use crate::log::{BatchHeader, ProducerInfo};
 use crate::record::{Record, records_to_batch};
@@ -77,14 +77,7 @@ async fn produce_to_a_partition_whose_fsync_failed_gets_kafka_storage_error() {
     if let Err(e) = broker.create_topic(topic).await {
         panic!("create topic: {e}");
     }
-    let ctx = Ctx::new(
-        broker.clone(),
-        Listener {
-            name: "PLAINTEXT".into(),
-            host: "localhost".into(),
-            port: 9092,
-        },
-    );
+    let ctx = Ctx::for_tests(broker.clone());
     let ok = produce_acks_all(&ctx, &[0, 1]).await;
     assert!(ok.iter().all(|p| p.error_code == 0), "{ok:?}");
 

@@ -48,7 +48,6 @@ pub fn handle(ctx: &Ctx, req: InitProducerIdRequest) -> InitProducerIdResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Listener;
     use crate::{Broker, BrokerConfig};
     use kafka_protocol::messages::TransactionalId;
     use kafka_protocol::protocol::StrBytes;
@@ -60,14 +59,7 @@ mod tests {
         })
         .await
         .unwrap_or_else(|e| panic!("open: {e}"));
-        Ctx::new(
-            broker,
-            Listener {
-                name: "PLAINTEXT".into(),
-                host: "localhost".into(),
-                port: 9092,
-            },
-        )
+        Ctx::for_tests(broker)
     }
 
     fn request(producer_id: i64, epoch: i16) -> InitProducerIdRequest {

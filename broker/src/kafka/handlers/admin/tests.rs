@@ -42,7 +42,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::{VERSIONS, dispatch};
 use crate::broker::{Broker, ConfigChange, NewTopic};
-use crate::config::{BrokerConfig, Listener};
+use crate::config::BrokerConfig;
 use crate::kafka::handlers::Ctx;
 use crate::kafka::server::{Outcome, process};
 use crate::record::Record;
@@ -71,14 +71,7 @@ async fn setup(configure: impl FnOnce(&mut BrokerConfig)) -> (tempfile::TempDir,
     let broker = Broker::open(config)
         .await
         .unwrap_or_else(|e| panic!("open: {e}"));
-    let ctx = Ctx::new(
-        broker,
-        Listener {
-            name: "PLAINTEXT".into(),
-            host: "localhost".into(),
-            port: 9092,
-        },
-    );
+    let ctx = Ctx::for_tests(broker);
     (dir, ctx)
 }
 
