@@ -805,7 +805,7 @@ impl Log {
             return Err(e);
         }
         let durable = self.durable_offset.load(Ordering::Acquire);
-        let (files, dir, end) = {
+        let (files, dir, end, flush_on_ack) = {
             let mut inner = self.inner.lock();
             let files: Vec<SegmentView> = inner
                 .segments
@@ -814,7 +814,7 @@ impl Log {
                 .map(Segment::view)
                 .collect();
             let dir = std::mem::take(&mut inner.dir_dirty).then(|| self.dir.clone());
-            (files, dir, inner.next_offset)
+            (files, dir, inner.next_offset, inner.config.flush_on_ack)
         };
         let storage = self.storage.clone();
         let synced = tokio::task::spawn_blocking(move || {
@@ -833,7 +833,7 @@ impl Log {
         }
         self.durable_offset.fetch_max(end, Ordering::AcqRel);
         self.last_flush_ms.store(now_ms(), Ordering::Release);
-        if self.inner.lock().config.flush_on_ack {
+        if flush_on_ack {
             self.publish_high_watermark(end);
         }
         Ok(())
