@@ -26,6 +26,8 @@ pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
     state: Mutex<Open>,
+    /// Woken when the last connection closes (a stopping server waits for it).
+    closed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +53,7 @@ impl ConnectionLimits {
             max_total,
             max_per_ip,
             state: Mutex::new(Open::default()),
+            closed: tokio::sync::Notify::new(),
         })
     }
 
@@ -104,6 +107,20 @@ impl ConnectionLimits {
     pub fn open(&self) -> usize {
         self.state.lock().total
     }
+
+    /// Resolves once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the check, so a close between the two is not missed.
+            closed.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
 }
 
 impl Drop for ConnectionSlot {
@@ -115,6 +132,9 @@ impl Drop for ConnectionSlot {
             if *n == 0 {
                 open.per_ip.remove(&self.ip);
             }
+        }
+        if open.total == 0 {
+            self.limits.closed.notify_waiters();
         }
     }
 }

@@ -145,14 +145,11 @@ impl KafkaServer {
     /// docs) and returns.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let mut accepts = tokio::task::JoinSet::new();
-        // Counts live connections; each holds a guard that decrements it.
-        let live = Arc::new(watch::channel(0usize).0);
         for listener in self.listeners {
             let ctx = self.ctx.clone();
             let connections = self.connections.clone();
             let budget = self.budget.clone();
             let mut stop = shutdown.clone();
-            let live = live.clone();
             accepts.spawn(async move {
                 loop {
                     tokio::select! {
@@ -163,12 +160,10 @@ impl KafkaServer {
                                 // logged why); the client sees the connection closed, as with Kafka.
                                 let Ok(slot) = connections.admit(peer.ip()) else { continue };
                                 let ctx = ctx.clone();
-                                let guard = ConnectionGuard::new(live.clone());
                                 let budget = budget.clone();
                                 tokio::spawn(async move {
                                     serve(ctx, budget, stream, peer).await;
                                     drop(slot);
-                                    drop(guard);
                                 });
                             }
                             Err(e) => {
@@ -184,31 +179,15 @@ impl KafkaServer {
         stopped(&mut shutdown).await;
         accepts.abort_all();
         self.ctx.draining.send_replace(true);
-        let mut remaining = live.subscribe();
-        let drained = tokio::time::timeout(DRAIN_MAX, remaining.wait_for(|&n| n == 0)).await;
+        // Every connection holds its slot until it is served out.
+        let drained = tokio::time::timeout(DRAIN_MAX, self.connections.all_closed()).await;
         if drained.is_err() {
             tracing::warn!(
-                connections = *live.borrow(),
+                connections = self.connections.open(),
                 "connections still busy after {DRAIN_MAX:?}; stopping without them"
             );
         }
         Ok(())
-    }
-}
-
-/// Holds one count of live connections for as long as the connection is served.
-struct ConnectionGuard(Arc<watch::Sender<usize>>);
-
-impl ConnectionGuard {
-    fn new(live: Arc<watch::Sender<usize>>) -> Self {
-        live.send_modify(|n| *n += 1);
-        ConnectionGuard(live)
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
