@@ -10,11 +10,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Output, Running, drain, run_bounded};
+use common::{Output, Running, drain, python, run_bounded};
 
 /// Longest one client script may run (a debug server on a busy 2-core machine).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -32,42 +31,11 @@ fn stopped_cleanly(out: Output) -> String {
     out.stderr
 }
 
-/// The venv's Python: `$QUIVER_PYTHON`, else `./.venv/bin/python`.
-#[track_caller]
-fn python() -> PathBuf {
-    let path = std::env::var_os("QUIVER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(
-        path.exists(),
-        "no Python with the Kafka clients at {} ($QUIVER_PYTHON, default ./.venv/bin/python); \
-         run ./scripts/test once, which installs them",
-        path.display()
-    );
-    path
-}
-
-/// Runs `tests/python/SCRIPT ARGS` with the venv's Python and returns its standard output;
-/// fails the test with both outputs unless it succeeds.
+/// Runs `tests/python/SCRIPT ARGS` and returns its standard output; fails the test with both
+/// outputs unless it succeeds.
 #[track_caller]
 fn py(script: &str, args: &[&str]) -> String {
-    let mut cmd = Command::new(python());
-    cmd.arg("-u")
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/python")
-                .join(script),
-        )
-        .args(args)
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    let ran = run_bounded(cmd, b"", SCRIPT_TIMEOUT);
-    assert!(
-        ran.status.success(),
-        "{script} {args:?} failed\n--- stdout\n{}\n--- stderr\n{}",
-        ran.stdout,
-        ran.stderr
-    );
-    ran.stdout
+    python::run(script, args, SCRIPT_TIMEOUT)
 }
 
 #[track_caller]
