@@ -92,6 +92,9 @@ pub(crate) mod index;
 pub(crate) mod records;
 pub(crate) mod state;
 
+pub use index::AbortedTxn;
+pub use state::TxnResult;
+
 /// The internal topic holding transaction state.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
 

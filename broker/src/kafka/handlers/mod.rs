@@ -164,6 +164,7 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         BrokerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        BrokerError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         BrokerError::Io { .. } | BrokerError::PartitionOffline { .. } => {
             ResponseError::KafkaStorageError
