@@ -263,14 +263,22 @@ impl App {
         }
     }
 
-    /// SIGKILL.
-    fn kill(mut self) {
+    /// SIGKILL; what it printed before dying goes to `transcript`.
+    fn kill(mut self, transcript: &mut Vec<String>) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            transcript.push(format!("[life {}] {line}", self.life));
+        }
+        transcript.push(format!("[life {}] killed", self.life));
     }
 
-    /// What the application printed on standard error (after it exited or was killed).
+    /// What the application printed on standard error; kills it first if it still runs.
     fn stderr(&mut self) -> String {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         let bytes = self
             .stderr
             .take()
@@ -344,9 +352,8 @@ fn consume_transform_produce_is_exactly_once_through_app_and_broker_kills() {
         match progressed {
             Ok(_) => {
                 std::thread::sleep(Duration::from_millis(rng.below(APP_KILL_DELAY_MAX_MS)));
-                app.kill();
+                app.kill(&mut transcript);
                 kills += 1;
-                transcript.push(format!("[life {life}] killed"));
             }
             Err(AppEnded::Exited(status)) if status.success() => panic!(
                 "the application finished after {kills} of {APP_KILLS} kills; give it more \

@@ -189,6 +189,9 @@ def confluent(bootstrap):
         for (topic, partition), vs in records.items():
             for v in vs:
                 p.produce(topic, value=v.encode(), partition=partition)
+        # Every record reaches the log before the transaction ends (an abort would otherwise
+        # drop the ones still queued in the client, and read_uncommitted would not see them).
+        assert p.flush(TIMEOUT_S) == 0
         p.send_offsets_to_transaction([TopicPartition('source', 0, source_offset)],
                                       member.consumer_group_metadata(), TIMEOUT_S)
         if end == 'commit':
@@ -330,16 +333,13 @@ def fencing(bootstrap):
     log('second producer initialized')
 
     # The zombie goes on: to the partition it had (its epoch is now stale there) and to a new
-    # one (AddPartitionsToTxn with a stale epoch).
-    delivered, failed = [], []
-
-    def on_delivery(err, msg):
-        (failed if err is not None else delivered).append((err, msg.value()))
-
+    # one (AddPartitionsToTxn with a stale epoch). librdkafka raises the fatal fencing error
+    # from flush() once a broker refuses them.
+    delivered = []
+    for partition in (0, 1):
+        first.produce('fenced', value=f'zombie-{partition}'.encode(), partition=partition,
+                      on_delivery=lambda err, _msg: err is None and delivered.append(err))
     try:
-        for partition in (0, 1):
-            first.produce('fenced', value=f'zombie-{partition}'.encode(), partition=partition,
-                          on_delivery=on_delivery)
         first.flush(TIMEOUT_S)
     except KafkaException as e:
         log(f'zombie send refused: {e.args[0]}')
@@ -351,8 +351,7 @@ def fencing(bootstrap):
         assert err.fatal() and err.code() in FENCED, \
             f'the zombie commit failed with {err} (code {err.code()}), not a fatal fencing error'
         log(f'zombie commit: {err.name()}: {err.str()}')
-    assert not delivered, f'the zombie delivered {delivered}'
-    log(f'zombie records refused: {[(v, e.name()) for e, v in failed]}')
+    assert not delivered, f'the zombie delivered {len(delivered)} records'
 
     second.begin_transaction()
     for partition in (0, 1):
@@ -446,14 +445,19 @@ def input_ends(bootstrap):
 
 def ctp_app(bootstrap, transactional_id):
     ends = input_ends(bootstrap)
+    # Without 'metadata.recovery.strategy': 'none', librdkafka 2.16 re-bootstraps when its only
+    # broker goes away and can then wait forever in send_offsets_to_transaction() for the group
+    # coordinator it decommissioned (librdkafka issue 5511); the broker restart here would
+    # trip it.
     consumer = Consumer({'bootstrap.servers': bootstrap, 'group.id': CTP_GROUP,
                          # A restarted instance takes its predecessor's place at once.
                          'group.instance.id': f'{transactional_id}-member',
                          'enable.auto.commit': False, 'auto.offset.reset': 'earliest',
                          'isolation.level': 'read_committed', 'session.timeout.ms': 6000,
-                         'fetch.wait.max.ms': 50})
+                         'fetch.wait.max.ms': 50, 'metadata.recovery.strategy': 'none'})
     producer = Producer({'bootstrap.servers': bootstrap, 'transactional.id': transactional_id,
-                         'transaction.timeout.ms': 10000, 'linger.ms': 5})
+                         'transaction.timeout.ms': 10000, 'linger.ms': 5,
+                         'metadata.recovery.strategy': 'none'})
     retrying(lambda: producer.init_transactions(TIMEOUT_S), 'init_transactions')
     consumer.subscribe([CTP_INPUT])
     producer.begin_transaction()
