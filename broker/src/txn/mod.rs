@@ -131,6 +131,18 @@ impl Default for TxnConfig {
 }
 
 impl TxnConfig {
+    /// The coordinator settings of a broker's Kafka config.
+    pub(crate) fn from_kafka(kafka: &crate::config::KafkaConfig) -> TxnConfig {
+        TxnConfig {
+            max_timeout_ms: kafka.transaction_max_timeout_ms,
+            id_expiration_ms: kafka.transactional_id_expiration_ms,
+            state_log_partitions: kafka.transaction_state_log_num_partitions,
+            state_log_segment_bytes: kafka.transaction_state_log_segment_bytes,
+            abort_timed_out_interval_ms: kafka.transaction_abort_timed_out_interval_ms,
+            remove_expired_interval_ms: kafka.transaction_remove_expired_interval_ms,
+        }
+    }
+
     /// The limits the state machine checks requests against; the coordinator's own aborts use
     /// transaction version 2 (the epoch is bumped on every end), as Kafka 4 does.
     pub(crate) fn limits(&self) -> state::Limits {
@@ -177,5 +189,10 @@ mod tests {
         assert_eq!(c.state_log_segment_bytes, 104_857_600);
         assert_eq!(c.abort_timed_out_interval_ms, 10_000);
         assert_eq!(c.remove_expired_interval_ms, 3_600_000);
+        assert_eq!(
+            TxnConfig::from_kafka(&crate::config::KafkaConfig::default()),
+            c,
+            "the server keys' defaults are the coordinator's"
+        );
     }
 }
