@@ -800,8 +800,7 @@ impl BrokerConfig {
                     i64::from(parse_i32_at_least(key, value, 1)?)
             }
             "transaction.state.log.num.partitions" => {
-                self.kafka.transaction_state_log_num_partitions =
-                    parse_i32_at_least(key, value, 1)?
+                self.kafka.transaction_state_log_num_partitions = parse_i32_at_least(key, value, 1)?
             }
             "transaction.state.log.segment.bytes" => {
                 self.kafka.transaction_state_log_segment_bytes =
@@ -1011,7 +1010,10 @@ mod tests {
     #[test]
     fn transaction_keys_have_kafkas_names_defaults_and_bounds() {
         let mut b = BrokerConfig::default();
-        assert_eq!(b.get("transaction.max.timeout.ms").as_deref(), Some("900000"));
+        assert_eq!(
+            b.get("transaction.max.timeout.ms").as_deref(),
+            Some("900000")
+        );
         assert_eq!(
             b.get("transactional.id.expiration.ms").as_deref(),
             Some("604800000")
@@ -1021,16 +1023,25 @@ mod tests {
             Some("50")
         );
         b.set("transaction.state.log.num.partitions", "3").ok();
-        b.set("transaction.abort.timed.out.transaction.cleanup.interval.ms", "25")
-            .ok();
-        b.set("transaction.remove.expired.transaction.cleanup.interval.ms", "40")
-            .ok();
+        b.set(
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "25",
+        )
+        .ok();
+        b.set(
+            "transaction.remove.expired.transaction.cleanup.interval.ms",
+            "40",
+        )
+        .ok();
         assert_eq!(b.kafka.transaction_state_log_num_partitions, 3);
         assert_eq!(b.kafka.transaction_abort_timed_out_interval_ms, 25);
         assert_eq!(b.kafka.transaction_remove_expired_interval_ms, 40);
         assert!(b.set("transaction.max.timeout.ms", "0").is_err());
         assert!(b.set("transaction.state.log.num.partitions", "0").is_err());
-        assert!(b.set("transactional.id.expiration.ms", "3000000000").is_err());
+        assert!(
+            b.set("transactional.id.expiration.ms", "3000000000")
+                .is_err()
+        );
         assert_eq!(no_effect("transaction.max.timeout.ms"), None);
     }
 

@@ -88,6 +88,7 @@
 // only the tests use these items.
 #![allow(dead_code)]
 
+pub mod coordinator;
 pub(crate) mod index;
 pub(crate) mod records;
 pub(crate) mod state;
