@@ -84,6 +84,15 @@ pub enum BrokerError {
         current_epoch: i16,
     },
 
+    /// The transaction coordinator refused a transactional call (the producer was fenced, the
+    /// transaction is in a state that does not allow it, ...), with the Kafka error a client
+    /// would get.
+    #[error("transaction refused ({code:?}): {message}")]
+    Transaction {
+        code: kafka_protocol::error::ResponseError,
+        message: String,
+    },
+
     /// A read below the log start offset or beyond the log end offset.
     #[error(
         "offset {offset} is out of range for {topic}-{partition}: valid offsets are \

@@ -1019,3 +1019,7 @@ fn load(logs: &[Arc<Log>]) -> Result<HashMap<String, TxnMetadata>> {
     );
     Ok(replay.finish())
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

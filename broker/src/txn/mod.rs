@@ -90,8 +90,11 @@
 
 pub mod coordinator;
 pub(crate) mod index;
+pub mod producer;
 pub(crate) mod records;
 pub(crate) mod state;
+
+pub use producer::TransactionalProducer;
 
 /// The internal topic holding transaction state.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
