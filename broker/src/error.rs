@@ -93,6 +93,12 @@ pub enum BrokerError {
         message: String,
     },
 
+    /// A write that does not fit the producer's transaction (Kafka's INVALID_TXN_STATE): a
+    /// plain batch while its transaction is open here, or a transactional one the coordinator
+    /// did not let in.
+    #[error("{0}")]
+    InvalidTxnState(String),
+
     /// A read below the log start offset or beyond the log end offset.
     #[error(
         "offset {offset} is out of range for {topic}-{partition}: valid offsets are \

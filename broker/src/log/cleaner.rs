@@ -1,5 +1,12 @@
 //! Log compaction for `cleanup.policy=compact`: keep the latest record per key in closed
 //! segments, drop tombstones once they are older than `delete.retention.ms`, keep offsets.
+//!
+//! Transactions: only segments wholly below the last stable offset are cleaned (an undecided
+//! transaction's records may still be aborted). Records of aborted transactions are removed
+//! and never shadow an older value of their key, as Kafka's cleaner does. Markers (control
+//! batches) are kept, so the transactions' ends and the aborted-transaction indexes rebuilt
+//! from them stay right; unlike Kafka, Quiver does not yet remove markers whose transaction's
+//! records are all gone.
 //! A segment's last batch is kept even when none of its records is (as an empty batch), so
 //! every segment still ends where the next begins.
 //!
@@ -13,6 +20,10 @@
 //! log deletes) or the new one (with missing indexes that opening the log rebuilds).
 
 use std::collections::HashMap;
+
+use quiver_common::batch::attributes;
+
+use crate::txn::AbortedTxn;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -83,16 +94,20 @@ impl Log {
             // Its disk failed: rewrite nothing there until a restart.
             return Ok(CleanStats::default());
         }
-        let (config, closed) = {
-            let inner = self.inner.lock();
+        let hw = self.high_watermark();
+        let (config, closed, aborted) = {
+            let mut inner = self.inner.lock();
+            let lso = inner.last_stable_offset(hw);
             let n = inner.segments.len();
             let closed: Vec<(SegmentView, i64)> = inner
                 .segments
                 .values()
                 .take(n.saturating_sub(1))
+                .take_while(|s| s.next_offset <= lso)
                 .map(|s| (s.view(), s.max_timestamp))
                 .collect();
-            (inner.config.clone(), closed)
+            let aborted = AbortedRanges::of(inner.segments.values().map(|s| s.aborted.entries()));
+            (inner.config.clone(), closed, Arc::new(aborted))
         };
         if !config.cleanup_policy.compact {
             return Ok(CleanStats::default());
@@ -112,7 +127,8 @@ impl Log {
         // Both passes read and write whole segments: they run on blocking threads, and only
         // the swap of a cleaned segment into the list takes the partition lock, briefly.
         let views = cleanable.clone();
-        let (latest, mapped) = blocking(move || map_latest_offsets(&views)).await?;
+        let ranges = aborted.clone();
+        let (latest, mapped) = blocking(move || map_latest_offsets(&views, &ranges)).await?;
         let latest = Arc::new(latest);
         let mut stats = CleanStats::default();
         for view in cleanable.into_iter().take(mapped) {
@@ -120,9 +136,15 @@ impl Log {
                 .get(&view.base_offset)
                 .is_some_and(|&t| t < now.saturating_sub(config.delete_retention_ms));
             let (storage, latest, source) = (self.storage.clone(), latest.clone(), view.clone());
+            let ranges = aborted.clone();
             let interval = config.index_interval_bytes;
             let rewritten = blocking(move || {
-                rewrite_segment(&*storage, &source, &latest, tombstones_expire, interval)
+                let rules = Rules {
+                    latest: &latest,
+                    aborted: &ranges,
+                    tombstones_expire,
+                };
+                rewrite_segment(&*storage, &source, &rules, interval)
             })
             .await?;
             let (cleaned, segment_stats) = match rewritten {
@@ -164,11 +186,14 @@ impl Log {
         let cleaned_path = cleaned.path.clone();
         {
             let mut inner = self.inner.lock();
-            let still_there = inner
+            let current = inner
                 .segments
                 .get(&view.base_offset)
-                .is_some_and(|s| Arc::ptr_eq(&s.file, &view.file));
-            if !still_there {
+                .filter(|s| Arc::ptr_eq(&s.file, &view.file));
+            // The markers stay, so the segment's aborted transactions do too.
+            if let Some(current) = current {
+                cleaned.aborted = current.aborted.clone();
+            } else {
                 // Retention removed it meanwhile.
                 drop(inner);
                 let _ = self.storage.remove_file(&cleaned_path);
@@ -229,14 +254,55 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| BrokerError::Internal(format!("a compaction task failed: {e}")))?
 }
 
+/// The aborted transactions of a partition, by producer: `(first offset, marker offset)`.
+#[derive(Debug, Default)]
+struct AbortedRanges(HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    fn of<'a>(indexes: impl Iterator<Item = &'a [AbortedTxn]>) -> AbortedRanges {
+        let mut ranges: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for e in indexes.flatten() {
+            ranges
+                .entry(e.producer_id)
+                .or_default()
+                .push((e.first_offset, e.last_offset));
+        }
+        AbortedRanges(ranges)
+    }
+
+    /// Whether a stored batch holds records of an aborted transaction.
+    fn holds(&self, h: &BatchHeader) -> bool {
+        let p = &h.producer;
+        p.attributes & attributes::TRANSACTIONAL != 0
+            && p.attributes & attributes::CONTROL == 0
+            && self.0.get(&p.producer_id).is_some_and(|ranges| {
+                ranges
+                    .iter()
+                    .any(|&(first, last)| first <= h.base_offset && h.base_offset < last)
+            })
+    }
+}
+
+/// Whether a stored batch is a control batch (a transaction marker).
+fn is_control(h: &BatchHeader) -> bool {
+    h.producer.attributes & attributes::CONTROL != 0
+}
+
 /// Pass 1: the latest offset of every key, over as many segments as fit the key map. Returns
-/// the map and how many segments it covers.
-fn map_latest_offsets(cleanable: &[SegmentView]) -> Result<(HashMap<Vec<u8>, i64>, usize)> {
+/// the map and how many segments it covers. Markers and aborted records are not mapped: they
+/// never shadow a key's value.
+fn map_latest_offsets(
+    cleanable: &[SegmentView],
+    aborted: &AbortedRanges,
+) -> Result<(HashMap<Vec<u8>, i64>, usize)> {
     let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
     let mut map_bytes = 0usize;
     let mut mapped = 0;
     for view in cleanable {
         for_each_frame(view, |h, buf, _| {
+            if is_control(&h.batch) || aborted.holds(&h.batch) {
+                return Ok(());
+            }
             let batch = frame::decode(buf, h)?;
             let cols = EnvelopeColumns::try_new(&batch)?;
             for row in 0..batch.num_rows() {
@@ -264,13 +330,21 @@ fn map_latest_offsets(cleanable: &[SegmentView]) -> Result<(HashMap<Vec<u8>, i64
 /// `Err` is a failed fsync (the partition must go offline).
 type Rewritten = std::result::Result<(Option<Segment>, CleanStats), (PathBuf, std::io::Error)>;
 
+/// What pass 2 keeps.
+struct Rules<'a> {
+    /// The latest offset of each key.
+    latest: &'a HashMap<Vec<u8>, i64>,
+    aborted: &'a AbortedRanges,
+    /// The segment's tombstones are past `delete.retention.ms`.
+    tombstones_expire: bool,
+}
+
 /// Pass 2 for one segment: keeps only the latest record of each key (and tombstones until
-/// they expire), as a new segment file beside it.
+/// they expire) and every marker, and drops aborted records, as a new segment file beside it.
 fn rewrite_segment(
     storage: &dyn Storage,
     view: &SegmentView,
-    latest: &HashMap<Vec<u8>, i64>,
-    tombstones_expire: bool,
+    rules: &Rules<'_>,
     index_interval_bytes: u64,
 ) -> Result<Rewritten> {
     let cleaned_path = view.path.with_extension("log.cleaned");
@@ -286,14 +360,20 @@ fn rewrite_segment(
     let mut scratch = Vec::new();
     let mut changed = false;
     for_each_frame(view, |h, buf, last_frame| {
+        if is_control(&h.batch) {
+            stats.records_kept += h.batch.record_count.max(0) as u64;
+            stats.bytes_before += h.frame_len;
+            return out.append(buf.as_slice(), &h.batch);
+        }
         let batch = frame::decode(buf, h)?;
         let cols = EnvelopeColumns::try_new(&batch)?;
+        let aborted = rules.aborted.holds(&h.batch);
         let keep: BooleanArray = (0..batch.num_rows())
             .map(|row| {
                 let key = cols.key(row).unwrap_or_default();
-                let is_latest = latest.get(key) == Some(&cols.offsets.value(row));
-                let expired_tombstone = cols.value(row).is_none() && tombstones_expire;
-                Some(is_latest && !expired_tombstone)
+                let is_latest = rules.latest.get(key) == Some(&cols.offsets.value(row));
+                let expired_tombstone = cols.value(row).is_none() && rules.tombstones_expire;
+                Some(is_latest && !expired_tombstone && !aborted)
             })
             .collect();
         let kept = keep.true_count();

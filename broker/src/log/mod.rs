@@ -25,6 +25,8 @@ pub(crate) mod storage;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod txn_tests;
+#[cfg(test)]
 mod visibility_tests;
 
 use std::collections::BTreeMap;
@@ -41,6 +43,9 @@ use tokio::sync::{Notify, watch};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::record::{EnvelopeColumns, col};
+use crate::txn::index::{AbortedTxn, MAX_ONGOING_TXNS_PER_PARTITION, OngoingTxns};
+use crate::txn::records::{marker_key, marker_value};
+use crate::txn::state::TxnResult;
 pub use cleaner::{CleanStats, CrashPoint};
 pub use epoch::LeaderEpochs;
 use frame::FrameEncoder;
@@ -63,6 +68,17 @@ pub enum Ack {
     Written,
     /// acks=all: once durable when `log.flush.on.ack` is on (the default), else once written.
     All,
+}
+
+/// Which records a read may return (Kafka's `isolation_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Everything below the high watermark, aborted transactions included.
+    #[default]
+    ReadUncommitted,
+    /// Only below the last stable offset, with the aborted transactions of the range so the
+    /// reader can drop their records.
+    ReadCommitted,
 }
 
 /// How a log is opened.
@@ -102,6 +118,11 @@ pub struct ReadResult {
     pub next_offset: i64,
     pub log_start_offset: i64,
     pub high_watermark: i64,
+    /// The last stable offset: no transaction is undecided below it.
+    pub last_stable_offset: i64,
+    /// With [`Isolation::ReadCommitted`], the aborted transactions with records in the range
+    /// read (Kafka's `aborted_transactions`); empty otherwise.
+    pub aborted: Vec<AbortedTxn>,
     /// The leader epoch each batch was written in, by base offset (for Kafka's batch header).
     pub epochs: Arc<LeaderEpochs>,
 }
@@ -122,6 +143,9 @@ pub struct LogOffsets {
     pub durable_offset: i64,
     /// What readers may see: the durable offset with `log.flush.on.ack`, else the log end.
     pub high_watermark: i64,
+    /// What `read_committed` readers may see: the high watermark, or the first offset of the
+    /// earliest transaction not yet decided, if lower.
+    pub last_stable_offset: i64,
     pub size_bytes: u64,
     pub segments: usize,
 }
@@ -136,6 +160,8 @@ struct Inner {
     /// A segment file was created or removed since the last directory fsync.
     dir_dirty: bool,
     producers: ProducerStates,
+    /// Transactions not yet stable here (they hold back the last stable offset).
+    txns: OngoingTxns,
     /// The base of a segment the cleaner is swapping for its cleaned copy: retention and
     /// DeleteRecords leave it alone until the swap is done.
     swapping: Option<i64>,
@@ -151,6 +177,12 @@ impl Inner {
 
     fn size_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.size).sum()
+    }
+
+    /// The last stable offset given the high watermark `hw`.
+    fn last_stable_offset(&mut self, hw: i64) -> i64 {
+        self.txns.on_high_watermark(hw);
+        self.txns.last_stable_offset(hw)
     }
 }
 
@@ -294,11 +326,13 @@ impl Log {
         let log_start_offset = read_log_start(dir)?
             .unwrap_or(first_base)
             .clamp(first_base, next_offset);
-        let (mut producers, replay_from) = match ProducerStates::load(dir, next_offset)? {
-            Some((states, at)) => (states, at),
-            None => (ProducerStates::default(), first_base),
+        let (mut producers, replay_from, open_txns) = match ProducerStates::load(dir, next_offset)?
+        {
+            Some(snap) => (snap.states, snap.offset, snap.open_txns),
+            None => (ProducerStates::default(), first_base, Vec::new()),
         };
         replay_producers(&segments, replay_from, &mut producers)?;
+        let txns = recover_txns(dir, &mut segments, replay_from, open_txns)?;
         let epochs = match LeaderEpochs::load(dir)? {
             Some(mut epochs) if existed => {
                 if shutdown == Shutdown::Unclean {
@@ -340,6 +374,7 @@ impl Log {
                 scratch: Vec::new(),
                 dir_dirty: true,
                 producers,
+                txns,
                 swapping: None,
             }),
             // What survived recovery is what the disk holds; a crash cannot lose it again.
@@ -420,12 +455,14 @@ impl Log {
 
     /// Current offsets and size.
     pub fn offsets(&self) -> LogOffsets {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
+        let high_watermark = self.high_watermark();
         LogOffsets {
             log_start_offset: inner.log_start_offset,
             log_end_offset: inner.next_offset,
             durable_offset: self.durable_offset.load(Ordering::Acquire),
-            high_watermark: self.high_watermark(),
+            high_watermark,
+            last_stable_offset: inner.last_stable_offset(high_watermark),
             size_bytes: inner.size_bytes(),
             segments: inner.segments.len(),
         }
@@ -461,6 +498,29 @@ impl Log {
     /// The high watermark: readers see records below it (see the module docs).
     pub fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
+    }
+
+    /// The last stable offset: `read_committed` readers see records below it. It moves only
+    /// when the high watermark does (a marker becoming durable), so waiting on
+    /// [`Log::subscribe`] sees it move too.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.inner.lock().last_stable_offset(hw)
+    }
+
+    /// The transactions open on this partition: `(producer id, first offset)`, oldest first.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        let mut open: Vec<(i64, i64)> = self.inner.lock().txns.open().collect();
+        open.sort_by_key(|&(_, first)| first);
+        open
+    }
+
+    /// The producers this partition knows, for Kafka's DescribeProducers: `(producer id,
+    /// epoch, last sequence, last append time, first offset of its open transaction)`.
+    pub fn producers(&self) -> Vec<producer_state::ProducerSummary> {
+        let inner = self.inner.lock();
+        let open: std::collections::HashMap<i64, i64> = inner.txns.open().collect();
+        inner.producers.summaries(|pid| open.get(&pid).copied())
     }
 
     /// A receiver that sees the high watermark move (for waiting readers).
@@ -598,10 +658,72 @@ impl Log {
 
     /// Appends a batch (envelope schema; its offset column is ignored and replaced) without
     /// waiting for fsync. Returns the offsets assigned. Nothing is written if validation fails.
+    ///
+    /// A batch with [`attributes::TRANSACTIONAL`] joins (or opens) its producer's transaction
+    /// here: it holds back the last stable offset until the producer's marker. It needs a
+    /// producer id and epoch; its sequence may be -1 (transactional offset commits have none).
+    /// Control batches are refused: only [`Log::append_marker`] writes them.
     pub fn append_unflushed(
         &self,
         batch: &RecordBatch,
         producer: ProducerInfo,
+    ) -> Result<AppendInfo> {
+        if producer.attributes & attributes::CONTROL != 0 {
+            return Err(BrokerError::InvalidRecords(
+                "control batches (transaction markers) are written by the transaction \
+                 coordinator only"
+                    .into(),
+            ));
+        }
+        self.append_inner(batch, producer, None)
+    }
+
+    /// Writes a transaction marker (a control batch) for `producer_id` at `producer_epoch`
+    /// without waiting for fsync: the producer's transaction on this partition ends with
+    /// `result`, and an aborted one enters the segment's aborted-transaction index. A marker
+    /// for a producer with no transaction open here is written too (markers written again
+    /// after a restart are harmless). Refused with [`BrokerError::InvalidProducerEpoch`] when
+    /// the partition saw a newer epoch of the producer.
+    pub fn append_marker_unflushed(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TxnResult,
+        coordinator_epoch: i32,
+    ) -> Result<AppendInfo> {
+        let key = marker_key(result);
+        let value = marker_value(coordinator_epoch);
+        let mut b = crate::record::EnvelopeBuilder::with_capacity(1, key.len() + value.len());
+        b.append(now_ms(), Some(&key), Some(&value), &[]);
+        let producer = ProducerInfo {
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+            attributes: attributes::TRANSACTIONAL | attributes::CONTROL,
+        };
+        self.append_inner(&b.finish(), producer, Some(result))
+    }
+
+    /// [`Log::append_marker_unflushed`], then waits until the marker is durable (the acks=all
+    /// rule): once this returns, readers of the partition see the transaction's outcome.
+    pub async fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TxnResult,
+        coordinator_epoch: i32,
+    ) -> Result<AppendInfo> {
+        let info =
+            self.append_marker_unflushed(producer_id, producer_epoch, result, coordinator_epoch)?;
+        self.acknowledge(info.last_offset + 1, Ack::All).await?;
+        Ok(info)
+    }
+
+    fn append_inner(
+        &self,
+        batch: &RecordBatch,
+        producer: ProducerInfo,
+        marker: Option<TxnResult>,
     ) -> Result<AppendInfo> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(BrokerError::UnknownTopic(self.topic.clone()));
@@ -645,7 +767,19 @@ impl Log {
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
         }
-        let idempotent = producer.producer_id >= 0 && producer.base_sequence >= 0;
+        let transactional = producer.attributes & attributes::TRANSACTIONAL != 0;
+        let pid = producer.producer_id;
+        if transactional && (pid < 0 || producer.producer_epoch < 0) {
+            return Err(BrokerError::InvalidRecords(format!(
+                "a transactional batch needs a producer id and epoch (got {pid} and {}); call \
+                 InitProducerId with a transactional id first",
+                producer.producer_epoch
+            )));
+        }
+        if pid >= 0 {
+            self.check_transaction(inner, &producer, transactional, marker.is_some())?;
+        }
+        let idempotent = pid >= 0 && producer.base_sequence >= 0;
         if idempotent {
             let check = inner.producers.check(
                 &self.topic,
@@ -696,6 +830,20 @@ impl Log {
                 (base, header.last_offset()),
                 now,
             );
+        } else if pid >= 0 && transactional {
+            inner
+                .producers
+                .note_epoch(pid, producer.producer_epoch, now);
+        }
+        if let Some(result) = marker {
+            if let Some(done) = inner.txns.on_marker(pid, result, base)
+                && let Some(entry) = inner.txns.aborted_entry(&done)
+            {
+                inner.active()?.aborted.push(entry);
+            }
+        } else if transactional {
+            // Checked above, under the same lock.
+            let _ = inner.txns.on_transactional_append(pid, base);
         }
         let info = AppendInfo {
             base_offset: base,
@@ -713,6 +861,43 @@ impl Log {
             self.publish_high_watermark(end);
         }
         Ok(info)
+    }
+
+    /// The transaction checks of a write by producer `p`, under the partition lock: a marker
+    /// or a write without a sequence must not come from a fenced epoch; a plain batch must not
+    /// come while the producer's transaction is open here; a new transaction must fit.
+    fn check_transaction(
+        &self,
+        inner: &Inner,
+        p: &ProducerInfo,
+        transactional: bool,
+        is_marker: bool,
+    ) -> Result<()> {
+        let pid = p.producer_id;
+        if is_marker || (transactional && p.base_sequence < 0) {
+            inner.producers.check_epoch(pid, p.producer_epoch)?;
+        }
+        if is_marker {
+            return Ok(());
+        }
+        let open = inner.txns.is_open(pid);
+        if !transactional && open {
+            return Err(BrokerError::InvalidTxnState(format!(
+                "producer {pid} has a transaction open on {}-{}; a non-transactional batch \
+                 from it must wait until the transaction is committed or aborted",
+                self.topic, self.partition
+            )));
+        }
+        if transactional && !open && inner.txns.len() >= MAX_ONGOING_TXNS_PER_PARTITION {
+            return Err(BrokerError::InvalidTxnState(format!(
+                "{} transactions are open on {}-{}, the most one partition keeps \
+                 ({MAX_ONGOING_TXNS_PER_PARTITION}); commit or abort some first",
+                inner.txns.len(),
+                self.topic,
+                self.partition
+            )));
+        }
+        Ok(())
     }
 
     /// Appends a batch and waits as `ack` asks (see [`Log::acknowledge`]). Concurrent appends
@@ -757,7 +942,7 @@ impl Log {
             return Ok(());
         }
         active.save_indexes(&*self.storage)?;
-        inner.producers.save(&self.dir, next)?;
+        inner.producers.save(&self.dir, next, inner.txns.open())?;
         let seg = Segment::create(&*self.storage, &self.dir, next, interval, now)?;
         inner.segments.insert(next, seg);
         inner.dir_dirty = true;
@@ -877,37 +1062,78 @@ impl Log {
     /// Only records below the high watermark are returned; an offset between it and the log
     /// end is valid and reads nothing yet.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let (views, start_pos, log_start, hw) = {
-            let inner = self.inner.lock();
+        self.read_isolated(offset, max_bytes, Isolation::ReadUncommitted)
+    }
+
+    /// [`Log::read`] at an isolation level: with [`Isolation::ReadCommitted`] only records below
+    /// the last stable offset are returned, with the aborted transactions among them.
+    pub fn read_isolated(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadResult> {
+        let (views, start_pos, log_start, hw, lso, mut aborted) = {
+            let mut inner = self.inner.lock();
             if offset < inner.log_start_offset || offset > inner.next_offset {
                 return Err(self.out_of_range(offset, &inner));
             }
             let hw = self.high_watermark().min(inner.next_offset);
+            let lso = inner.last_stable_offset(hw);
+            let (bound, aborted) = match isolation {
+                Isolation::ReadUncommitted => (hw, Vec::new()),
+                Isolation::ReadCommitted => {
+                    let from = inner
+                        .segments
+                        .range(..=offset)
+                        .next_back()
+                        .map_or(offset, |(&b, _)| b);
+                    let indexes = inner.segments.range(from..).map(|(_, s)| &s.aborted);
+                    (
+                        lso,
+                        crate::txn::index::collect_aborted(indexes, offset, lso),
+                    )
+                }
+            };
             let mut views = Vec::new();
             let mut start_pos = 0;
-            if offset < hw {
+            if offset < bound {
                 if let Some((_, first)) = inner.segments.range(..=offset).next_back() {
                     start_pos = first.offset_index.lookup(offset);
                     views.push(first.view());
                 }
                 views.extend(inner.segments.range(offset + 1..).map(|(_, s)| s.view()));
             }
-            (views, start_pos, inner.log_start_offset, hw)
+            (
+                views,
+                start_pos,
+                inner.log_start_offset,
+                (hw, bound),
+                lso,
+                aborted,
+            )
         };
+        let (hw, bound) = hw;
         let mut result = ReadResult {
             batches: Vec::new(),
             next_offset: offset,
             log_start_offset: log_start,
             high_watermark: hw,
+            last_stable_offset: lso,
+            aborted: Vec::new(),
             epochs: self.leader_epochs(),
         };
         let mut budget = max_bytes;
         for (i, view) in views.iter().enumerate() {
             let from = if i == 0 { start_pos } else { 0 };
-            if !read_segment(view, from, offset, hw, &mut budget, &mut result)? || budget == 0 {
+            if !read_segment(view, from, offset, bound, &mut budget, &mut result)? || budget == 0 {
                 break;
             }
         }
+        // Only the transactions with records in what is returned.
+        let end = result.next_offset;
+        aborted.retain(|a| a.first_offset < end);
+        result.aborted = aborted;
         Ok(result)
     }
 
@@ -1027,13 +1253,22 @@ impl Log {
         let mut inner = self.inner.lock();
         inner.active()?.save_indexes(&*self.storage)?;
         let end = inner.next_offset;
-        inner.producers.save(&self.dir, end)
+        let Inner {
+            producers, txns, ..
+        } = &mut *inner;
+        producers.save(&self.dir, end, txns.open())
     }
 
     /// Forgets idempotent producers idle for `expiration_ms` or longer as of `now_ms` (Kafka's
     /// `producer.id.expiration.ms`). Returns how many were forgotten.
+    /// A producer with a transaction open here is kept whatever its age (the coordinator
+    /// ends the transaction first).
     pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
-        self.inner.lock().producers.expire(now_ms, expiration_ms)
+        let mut inner = self.inner.lock();
+        let Inner {
+            producers, txns, ..
+        } = &mut *inner;
+        producers.expire(now_ms, expiration_ms, |pid| txns.is_open(pid))
     }
 
     /// Number of idempotent producers whose state this partition keeps.
@@ -1159,6 +1394,121 @@ fn drop_segments_after_gap(
         });
     }
     storage.sync_dir(dir).at(dir)
+}
+
+/// Rebuilds what the partition knows of transactions after opening: the transactions open
+/// at the end, and each segment's aborted-transaction index.
+///
+/// Segments before `replay_from` (the producer snapshot's offset, `open_txns` the transactions
+/// open there) keep their saved `.txnindex` when it covers them up to that point; the batches
+/// from `replay_from` on are replayed on top. If a saved index is missing or stale, every
+/// segment's index is rebuilt from the log start instead (a scan of every frame header, and
+/// of every marker's record) and saved again.
+fn recover_txns(
+    dir: &Path,
+    segments: &mut BTreeMap<i64, Segment>,
+    replay_from: i64,
+    open_txns: Vec<(i64, i64)>,
+) -> Result<OngoingTxns> {
+    let mut trusted = true;
+    for seg in segments.values_mut() {
+        if seg.base_offset >= replay_from {
+            break;
+        }
+        let covered = if seg.next_offset <= replay_from {
+            seg.size
+        } else {
+            position_of(seg, replay_from)?
+        };
+        match seg.load_aborted_index(covered) {
+            Some(index) => seg.aborted = index,
+            None => {
+                trusted = false;
+                break;
+            }
+        }
+    }
+    if trusted {
+        let mut txns = OngoingTxns::from_open(open_txns);
+        for seg in segments
+            .values_mut()
+            .filter(|s| s.next_offset > replay_from)
+        {
+            let rebuilt = crate::txn::index::rebuild(&mut txns, batch_summaries(seg, replay_from)?);
+            for entry in rebuilt.entries() {
+                seg.aborted.push(*entry);
+            }
+        }
+        return Ok(txns);
+    }
+    tracing::info!(dir = %dir.display(), "rebuilding the aborted-transaction indexes from the log");
+    let mut txns = OngoingTxns::default();
+    let last = segments.keys().next_back().copied();
+    for seg in segments.values_mut() {
+        seg.aborted = crate::txn::index::rebuild(&mut txns, batch_summaries(seg, i64::MIN)?);
+        if Some(seg.base_offset) != last {
+            // Closed segments do not change: saved now, they are trusted next time.
+            seg.save_aborted_index()?;
+        }
+    }
+    Ok(txns)
+}
+
+/// The byte position of the first frame at or after `offset` in `seg`.
+fn position_of(seg: &Segment, offset: i64) -> Result<u64> {
+    let mut pos = seg.offset_index.lookup(offset);
+    while pos < seg.size {
+        let h = seg.read_header(pos, seg.size)?;
+        if h.batch.base_offset >= offset {
+            break;
+        }
+        pos += h.frame_len;
+    }
+    Ok(pos)
+}
+
+/// What the transaction index needs of every batch of `seg` at or after `from`: frame headers,
+/// and for a marker its record (whether it commits or aborts).
+fn batch_summaries(seg: &Segment, from: i64) -> Result<Vec<crate::txn::index::BatchSummary>> {
+    let mut out = Vec::new();
+    let mut pos = if from == i64::MIN {
+        0
+    } else {
+        seg.offset_index.lookup(from)
+    };
+    while pos < seg.size {
+        let h = seg.read_header(pos, seg.size)?;
+        let b = &h.batch;
+        let attrs = b.producer.attributes;
+        if b.base_offset >= from && attrs & attributes::TRANSACTIONAL != 0 {
+            let marker = if attrs & attributes::CONTROL != 0 {
+                let buf = segment::read_aligned(&*seg.file, &seg.path, pos, h.frame_len as usize)?;
+                let batch = frame::decode(&buf, &h)?;
+                let cols = EnvelopeColumns::try_new(&batch)?;
+                match cols.key(0).map(crate::txn::records::decode_control_key) {
+                    Some(Ok(crate::txn::records::ControlType::Marker(result))) => Some(result),
+                    _ => {
+                        tracing::warn!(file = %seg.path.display(), offset = b.base_offset,
+                            "skipping a control batch that is not a transaction marker");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            // A control batch that is no marker is neither data nor an end.
+            if marker.is_some() || attrs & attributes::CONTROL == 0 {
+                out.push(crate::txn::index::BatchSummary {
+                    base_offset: b.base_offset,
+                    producer_id: b.producer.producer_id,
+                    transactional: true,
+                    marker,
+                });
+            }
+        }
+        pos += h.frame_len;
+    }
+    Ok(out)
 }
 
 /// Rebuilds producer state from frame headers at or after `from`.

@@ -18,6 +18,30 @@ use crate::error::{BrokerError, IoContext, Result};
 /// Batches remembered per producer (Kafka's `max.in.flight.requests.per.connection` limit).
 const RECENT_BATCHES: usize = 5;
 const MAGIC: &[u8; 4] = b"QPST";
+/// Version 2 adds the open transactions after the producers.
+const SNAPSHOT_VERSION: u32 = 2;
+
+/// One producer as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The last sequence number written; -1 for none.
+    pub last_sequence: i32,
+    pub last_timestamp_ms: i64,
+    /// The first offset of the producer's open transaction here.
+    pub current_txn_start_offset: Option<i64>,
+}
+
+/// A producer state snapshot as loaded.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub states: ProducerStates,
+    /// The offset the snapshot is valid at (replay the log from here).
+    pub offset: i64,
+    /// `(producer id, first offset)` of the transactions open at `offset`.
+    pub open_txns: Vec<(i64, i64)>,
+}
 
 /// A batch a producer wrote: its sequence range and the offsets it got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +169,53 @@ impl ProducerStates {
         entry.last_append_ms = now;
     }
 
+    /// Refuses a write of `pid` at `epoch` when a newer epoch of it was seen (a fenced
+    /// producer), for writes that carry no sequence (transactional offsets, markers).
+    pub fn check_epoch(&self, pid: i64, epoch: i16) -> Result<()> {
+        match self.producers.get(&pid) {
+            Some(entry) if epoch < entry.epoch => Err(BrokerError::InvalidProducerEpoch {
+                producer_id: pid,
+                epoch,
+                current_epoch: entry.epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records that `pid` wrote at `epoch` without a sequence (a marker, or transactional
+    /// offsets): a newer epoch replaces the old one and its sequences start over, so later
+    /// writes of the older epoch are refused.
+    pub fn note_epoch(&mut self, pid: i64, epoch: i16, now: i64) {
+        let entry = self.producers.entry(pid).or_insert_with(|| Entry {
+            epoch,
+            batches: VecDeque::new(),
+            last_append_ms: now,
+        });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        entry.last_append_ms = entry.last_append_ms.max(now);
+    }
+
+    /// Every producer known here, for Kafka's DescribeProducers; `open_txn` gives the first
+    /// offset of a producer's open transaction.
+    pub fn summaries(&self, open_txn: impl Fn(i64) -> Option<i64>) -> Vec<ProducerSummary> {
+        let mut out: Vec<ProducerSummary> = self
+            .producers
+            .iter()
+            .map(|(&pid, e)| ProducerSummary {
+                producer_id: pid,
+                producer_epoch: e.epoch,
+                last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
+                last_timestamp_ms: e.last_append_ms,
+                current_txn_start_offset: open_txn(pid),
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
+    }
+
     /// Number of producers tracked.
     pub fn len(&self) -> usize {
         self.producers.len()
@@ -152,18 +223,25 @@ impl ProducerStates {
 
     /// Forgets producers whose last append is `expiration_ms` or more before `now_ms` (Kafka's
     /// `producer.id.expiration.ms`). Returns how many were forgotten.
-    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+    /// Producers for which `keep` is true (those with a transaction open) stay.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64, keep: impl Fn(i64) -> bool) -> usize {
         let before = self.producers.len();
         self.producers
-            .retain(|_, e| now_ms.saturating_sub(e.last_append_ms) < expiration_ms);
+            .retain(|&pid, e| now_ms.saturating_sub(e.last_append_ms) < expiration_ms || keep(pid));
         before - self.producers.len()
     }
 
-    /// Writes a snapshot of the state as of `offset` and removes all but the newest two snapshots.
-    pub fn save(&mut self, dir: &Path, offset: i64) -> Result<()> {
-        let mut buf = Vec::with_capacity(32 + self.producers.len() * 64);
+    /// Writes a snapshot of the state as of `offset`, with the transactions open then
+    /// (`(producer id, first offset)`), and removes all but the newest two snapshots.
+    pub fn save(
+        &mut self,
+        dir: &Path,
+        offset: i64,
+        open_txns: impl ExactSizeIterator<Item = (i64, i64)>,
+    ) -> Result<()> {
+        let mut buf = Vec::with_capacity(40 + self.producers.len() * 64 + open_txns.len() * 16);
         buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         buf.extend_from_slice(&offset.to_le_bytes());
         buf.extend_from_slice(&(self.producers.len() as u64).to_le_bytes());
         for (pid, e) in &self.producers {
@@ -177,6 +255,11 @@ impl ProducerStates {
                 buf.extend_from_slice(&b.base_offset.to_le_bytes());
                 buf.extend_from_slice(&b.last_offset.to_le_bytes());
             }
+        }
+        buf.extend_from_slice(&(open_txns.len() as u64).to_le_bytes());
+        for (pid, first_offset) in open_txns {
+            buf.extend_from_slice(&pid.to_le_bytes());
+            buf.extend_from_slice(&first_offset.to_le_bytes());
         }
         let crc = crc32c::crc32c(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
@@ -195,8 +278,9 @@ impl ProducerStates {
     }
 
     /// Loads the newest snapshot at or below `end_offset` (deleting any above it, which a
-    /// truncated log has outrun). Returns the state and the offset it is valid at.
-    pub fn load(dir: &Path, end_offset: i64) -> Result<Option<(ProducerStates, i64)>> {
+    /// truncated log has outrun). Returns the state, the offset it is valid at and the
+    /// transactions open then.
+    pub fn load(dir: &Path, end_offset: i64) -> Result<Option<Snapshot>> {
         let mut all = list_snapshots(dir)?;
         all.sort_unstable();
         for &offset in all.iter().rev() {
@@ -205,8 +289,12 @@ impl ProducerStates {
                 std::fs::remove_file(&path).at(&path)?;
                 continue;
             }
-            if let Some(states) = std::fs::read(&path).ok().and_then(|b| parse(&b)) {
-                return Ok(Some((states, offset)));
+            if let Some((states, open_txns)) = std::fs::read(&path).ok().and_then(|b| parse(&b)) {
+                return Ok(Some(Snapshot {
+                    states,
+                    offset,
+                    open_txns,
+                }));
             }
             tracing::warn!(file = %path.display(), "ignoring an unreadable producer state snapshot");
         }
@@ -231,8 +319,12 @@ fn list_snapshots(dir: &Path) -> Result<Vec<i64>> {
     Ok(out)
 }
 
-fn parse(bytes: &[u8]) -> Option<ProducerStates> {
+fn parse(bytes: &[u8]) -> Option<(ProducerStates, Vec<(i64, i64)>)> {
     if bytes.len() < 28 || &bytes[..4] != MAGIC {
+        return None;
+    }
+    let version = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return None;
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -275,7 +367,17 @@ fn parse(bytes: &[u8]) -> Option<ProducerStates> {
             },
         );
     }
-    Some(ProducerStates { producers })
+    let mut open_txns = Vec::new();
+    if version >= 2 {
+        let n = u64_of(take(8)?) as usize;
+        open_txns.reserve(n.min(1 << 16));
+        for _ in 0..n {
+            let pid = u64_of(take(8)?) as i64;
+            let first_offset = u64_of(take(8)?) as i64;
+            open_txns.push((pid, first_offset));
+        }
+    }
+    Some((ProducerStates { producers }, open_txns))
 }
 
 #[cfg(test)]
@@ -336,13 +438,18 @@ mod tests {
         let Ok(dir) = tempfile::tempdir() else { return };
         let mut s = ProducerStates::default();
         s.update(7, 3, 0, 10, (0, 9), crate::log::now_ms());
-        s.save(dir.path(), 10).ok();
+        s.save(dir.path(), 10, [(7, 4)].into_iter()).ok();
         s.update(7, 3, 10, 10, (10, 19), crate::log::now_ms());
-        s.save(dir.path(), 20).ok();
+        s.save(dir.path(), 20, std::iter::empty()).ok();
         let loaded = ProducerStates::load(dir.path(), 15).ok().flatten();
-        assert_eq!(loaded.as_ref().map(|(_, o)| *o), Some(10));
+        assert_eq!(loaded.as_ref().map(|s| s.offset), Some(10));
         assert_eq!(
-            loaded.map(|(st, _)| st.check("t", 0, 7, 3, 10, 10).ok()),
+            loaded.as_ref().map(|s| s.open_txns.clone()),
+            Some(vec![(7, 4)]),
+            "the transactions open at the snapshot come back"
+        );
+        assert_eq!(
+            loaded.map(|snap| snap.states.check("t", 0, 7, 3, 10, 10).ok()),
             Some(Some(SequenceCheck::Append))
         );
         assert!(
@@ -361,8 +468,17 @@ mod tests {
             s.check("t", 0, 1, 0, 7, 1),
             Err(BrokerError::OutOfOrderSequence { .. })
         ));
-        assert_eq!(s.expire(1_999, 1_000), 0, "idle 999 ms of 1000");
-        assert_eq!(s.expire(2_000, 1_000), 1, "producer 1 idle 1000 ms");
+        assert_eq!(s.expire(1_999, 1_000, |_| false), 0, "idle 999 ms of 1000");
+        assert_eq!(
+            s.expire(2_000, 1_000, |pid| pid == 1),
+            0,
+            "a producer with an open transaction stays"
+        );
+        assert_eq!(
+            s.expire(2_000, 1_000, |_| false),
+            1,
+            "producer 1 idle 1000 ms"
+        );
         assert_eq!(s.len(), 1);
         // Kafka 2.5+: no state for the producer, so any sequence is accepted.
         assert_eq!(
@@ -370,5 +486,34 @@ mod tests {
             Some(SequenceCheck::Append)
         );
         assert!(s.check("t", 0, 2, 0, 7, 1).is_err(), "producer 2 is kept");
+    }
+
+    #[test]
+    fn a_marker_epoch_fences_older_writes_and_restarts_sequences() {
+        let mut s = ProducerStates::default();
+        s.update(1, 0, 0, 5, (0, 4), 0);
+        assert!(s.check_epoch(1, 0).is_ok());
+        s.note_epoch(1, 1, 10);
+        assert!(matches!(
+            s.check_epoch(1, 0),
+            Err(BrokerError::InvalidProducerEpoch {
+                current_epoch: 1,
+                ..
+            })
+        ));
+        assert!(
+            s.check("t", 0, 1, 0, 5, 1).is_err(),
+            "the old epoch is fenced"
+        );
+        assert_eq!(
+            s.check("t", 0, 1, 1, 0, 1).ok(),
+            Some(SequenceCheck::Append),
+            "the new epoch starts at sequence 0"
+        );
+        s.note_epoch(1, 0, 20);
+        assert!(
+            s.check_epoch(1, 0).is_err(),
+            "an older epoch never lowers it"
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct Segment {
     /// Opening read and checked every frame, because no persisted index matched the file
     /// (it was the active segment, or changed since its indexes were written).
     pub scanned: bool,
+    /// The aborted transactions whose markers are in this segment (its `.txnindex`).
+    pub aborted: crate::txn::index::AbortedTxnIndex,
     bytes_since_index: u64,
     index_interval_bytes: u64,
 }
@@ -117,6 +119,7 @@ impl Segment {
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             scanned: false,
+            aborted: Default::default(),
             bytes_since_index: 0,
             index_interval_bytes,
         }
@@ -146,6 +149,7 @@ impl Segment {
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             scanned: false,
+            aborted: Default::default(),
             bytes_since_index: 0,
             index_interval_bytes,
         };
@@ -305,7 +309,7 @@ impl Segment {
         read_header(&*self.file, &self.path, pos, end)
     }
 
-    /// Persists both indexes (done when the segment closes or the log shuts down).
+    /// Persists the indexes (done when the segment closes or the log shuts down).
     pub fn save_indexes(&self, storage: &dyn Storage) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         self.offset_index.save(
@@ -317,13 +321,37 @@ impl Segment {
             storage,
             &dir.join(file_name(self.base_offset, "timeindex")),
             self.size,
-        )
+        )?;
+        self.save_aborted_index()
+    }
+
+    fn aborted_index_path(&self) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        dir.join(file_name(self.base_offset, "txnindex"))
+    }
+
+    /// Persists the aborted-transaction index, covering the segment as it is now. Written for
+    /// every segment (even with no entries), so a missing file means "rebuild", never "none".
+    pub fn save_aborted_index(&self) -> Result<()> {
+        self.aborted.save(&self.aborted_index_path(), self.size)
+    }
+
+    /// The saved aborted-transaction index if it covers the first `covered_len` bytes of the
+    /// segment; `None` when missing, stale or damaged.
+    pub fn load_aborted_index(
+        &self,
+        covered_len: u64,
+    ) -> Option<crate::txn::index::AbortedTxnIndex> {
+        if covered_len == 0 {
+            return Some(Default::default());
+        }
+        crate::txn::index::AbortedTxnIndex::load(&self.aborted_index_path(), covered_len)
     }
 
     /// Removes the segment's files.
     pub fn delete_files(&self, storage: &dyn Storage) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        for suffix in ["index", "timeindex"] {
+        for suffix in ["index", "timeindex", "txnindex"] {
             let p = dir.join(file_name(self.base_offset, suffix));
             match storage.remove_file(&p) {
                 Ok(()) => {}

@@ -33,7 +33,7 @@ use super::state::{
 use super::{TRANSACTION_STATE_TOPIC, TxnConfig, partition_for};
 use crate::broker::{Broker, NewTopic, WeakBroker, stopped};
 use crate::error::{BrokerError, Result};
-use crate::log::{Ack, Log, ProducerInfo, attributes, now_ms};
+use crate::log::{Ack, Log, ProducerInfo, now_ms};
 use crate::record::{EnvelopeBuilder, EnvelopeColumns};
 
 /// Most transactional ids one broker keeps (each holds its metadata in memory).
@@ -948,18 +948,14 @@ async fn complete_transaction(weak: WeakBroker, transactional_id: String, marker
 /// Writes one COMMIT or ABORT marker for the transaction's producer to `log` and waits until
 /// it is durable.
 async fn write_marker(log: &Log, markers: &Markers, coordinator_epoch: i32) -> Result<()> {
-    let key = records::marker_key(markers.result);
-    let value = records::marker_value(coordinator_epoch);
-    let mut batch = EnvelopeBuilder::with_capacity(1, key.len() + value.len());
-    batch.append(now_ms(), Some(&key), Some(&value), &[]);
-    let producer = ProducerInfo {
-        producer_id: markers.producer_id,
-        producer_epoch: markers.producer_epoch,
-        base_sequence: -1,
-        attributes: attributes::TRANSACTIONAL | attributes::CONTROL,
-    };
-    let info = log.append_unflushed(&batch.finish(), producer)?;
-    log.acknowledge(info.last_offset + 1, Ack::All).await
+    log.append_marker(
+        markers.producer_id,
+        markers.producer_epoch,
+        markers.result,
+        coordinator_epoch,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Reads every partition of `__transaction_state` from its start and replays it. A damaged

@@ -8,6 +8,7 @@ use kafka_protocol::error::ResponseError;
 
 use super::*;
 use crate::group::OffsetCommitEntry;
+use crate::log::attributes;
 use crate::{Broker, BrokerConfig, NewTopic, TransactionalProducer};
 
 fn tempdir() -> tempfile::TempDir {

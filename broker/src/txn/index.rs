@@ -36,7 +36,7 @@ pub(crate) const MAX_ONGOING_TXNS_PER_PARTITION: usize = 100_000;
 
 /// One aborted transaction of a partition (Kafka's `AbortedTxn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AbortedTxn {
+pub struct AbortedTxn {
     pub producer_id: i64,
     /// Offset of the transaction's first record in this partition.
     pub first_offset: i64,
@@ -309,7 +309,7 @@ impl OngoingTxns {
     }
 
     /// The open transactions, `(producer id, first offset)`, for the producer state snapshot.
-    pub(crate) fn open(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+    pub(crate) fn open(&self) -> impl ExactSizeIterator<Item = (i64, i64)> + '_ {
         self.open.iter().map(|(&p, &o)| (p, o))
     }
 

@@ -94,7 +94,9 @@ pub mod producer;
 pub(crate) mod records;
 pub(crate) mod state;
 
+pub use index::AbortedTxn;
 pub use producer::TransactionalProducer;
+pub use state::TxnResult;
 
 /// The internal topic holding transaction state.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";

@@ -196,8 +196,10 @@ impl TxnVersion {
 
 /// How a transaction ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum TxnResult {
+pub enum TxnResult {
+    /// The transaction's records become visible to `read_committed` readers.
     Commit,
+    /// Its records are dropped by `read_committed` readers.
     Abort,
 }
 

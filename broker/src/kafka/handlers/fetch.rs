@@ -2,20 +2,26 @@
 //! than `min_bytes` is available, the request waits (up to `max_wait_ms`) on the logs' append
 //! notifications — it wakes when the high watermark moves (with `log.flush.on.ack`, once new
 //! records are durable), it does not poll.
+//!
+//! With `isolation_level=READ_COMMITTED` a partition is read up to its last stable offset and
+//! answers the aborted transactions of the range read, so the client drops their records. The
+//! LSO moves only when the high watermark does (a marker becoming durable), so the same wake-ups
+//! serve such readers.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::fetch_response::{
-    FetchResponse, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
 };
+use kafka_protocol::messages::{BrokerId, ProducerId};
 
 use super::{Ctx, check_leader_epoch, error_code};
 use crate::kafka::records;
+use crate::log::Isolation;
 
 /// Longest wait a client may ask for.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -90,13 +96,20 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
             } else {
                 per_partition
             };
-            let read = if max == 0 {
-                log.read(p.fetch_offset, 0).map(|mut r| {
-                    r.batches.clear();
-                    r
-                })
+            let isolation = if read_committed {
+                Isolation::ReadCommitted
             } else {
-                log.read(p.fetch_offset, max)
+                Isolation::ReadUncommitted
+            };
+            let read = if max == 0 {
+                log.read_isolated(p.fetch_offset, 0, isolation)
+                    .map(|mut r| {
+                        r.batches.clear();
+                        r.aborted.clear();
+                        r
+                    })
+            } else {
+                log.read_isolated(p.fetch_offset, max, isolation)
             };
             match read {
                 Ok(result) => {
@@ -127,9 +140,21 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                     }
                     total += out.len();
                     budget = budget.saturating_sub(out.len());
+                    if read_committed {
+                        let aborted = result
+                            .aborted
+                            .iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.producer_id))
+                                    .with_first_offset(a.first_offset)
+                            })
+                            .collect();
+                        data = data.with_aborted_transactions(Some(aborted));
+                    }
                     data = data
                         .with_high_watermark(result.high_watermark)
-                        .with_last_stable_offset(result.high_watermark)
+                        .with_last_stable_offset(result.last_stable_offset)
                         .with_log_start_offset(result.log_start_offset)
                         .with_records(Some(Bytes::from(out)));
                 }
@@ -139,7 +164,7 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                     data = data
                         .with_error_code(error_code(&e))
                         .with_high_watermark(o.high_watermark)
-                        .with_last_stable_offset(o.high_watermark)
+                        .with_last_stable_offset(o.last_stable_offset)
                         .with_log_start_offset(o.log_start_offset);
                 }
             }

@@ -22,6 +22,8 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
 pub fn handle(ctx: &Ctx, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    // READ_COMMITTED (v2+): nothing at or past the last stable offset is listed.
+    let read_committed = version >= 2 && req.isolation_level == 1;
     let topics = req
         .topics
         .into_iter()
@@ -57,8 +59,13 @@ pub fn handle(ctx: &Ctx, version: i16, req: ListOffsetsRequest) -> ListOffsetsRe
                         }
                     };
                     let o = log.offsets();
+                    let visible_end = if read_committed {
+                        o.last_stable_offset
+                    } else {
+                        o.high_watermark
+                    };
                     let found = match p.timestamp {
-                        LATEST => Ok(Some((o.high_watermark, -1))),
+                        LATEST => Ok(Some((visible_end, -1))),
                         EARLIEST | EARLIEST_LOCAL => Ok(Some((o.log_start_offset, -1))),
                         MAX_TIMESTAMP => log
                             .max_timestamp()
@@ -70,7 +77,12 @@ pub fn handle(ctx: &Ctx, version: i16, req: ListOffsetsRequest) -> ListOffsetsRe
                                 .with_offset(-1)
                                 .with_timestamp(other);
                         }
-                    };
+                    }
+                    // A record found by its timestamp must be one the reader may see.
+                    .map(|found| {
+                        let by_time = p.timestamp >= 0 || p.timestamp == MAX_TIMESTAMP;
+                        found.filter(|&(offset, _)| !by_time || offset < visible_end)
+                    });
                     match found {
                         Ok(Some((offset, ts))) => resp
                             .with_offset(offset)

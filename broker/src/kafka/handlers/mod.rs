@@ -170,6 +170,7 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         BrokerError::Transaction { code, .. } => *code,
+        BrokerError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         BrokerError::Io { .. } | BrokerError::PartitionOffline { .. } => {
             ResponseError::KafkaStorageError
