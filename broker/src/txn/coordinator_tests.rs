@@ -133,9 +133,21 @@ async fn commit_writes_markers_to_every_partition_and_completes() {
     append(&mut p, 0, &["a", "b"]).await;
     append(&mut p, 1, &["c"]).await;
     assert_eq!(state_of(&b, "tx"), TxnState::Ongoing);
+    let log = b.log("data", 0).unwrap_or_else(|e| panic!("log: {e}"));
+    assert_eq!(
+        log.last_stable_offset(),
+        0,
+        "held back by the open transaction"
+    );
     p.commit_and_wait()
         .await
         .unwrap_or_else(|e| panic!("commit: {e}"));
+    assert_eq!(
+        log.last_stable_offset(),
+        3,
+        "past the two records and the marker once commit_and_wait returns"
+    );
+    assert!(log.open_transactions().is_empty());
     let meta = b.transactions().metadata("tx");
     assert_eq!(
         meta.as_ref().map(|m| m.state),
@@ -180,6 +192,18 @@ async fn a_new_instance_fences_the_old_one_and_aborts_its_transaction() {
         vec![(old.producer_id(), TxnResult::Abort)],
         "the old instance's transaction was aborted before the new one got its epoch"
     );
+    // The log refuses the old epoch too, whatever the coordinator says.
+    let log = b.log("data", 0).unwrap_or_else(|e| panic!("log: {e}"));
+    let zombie = ProducerInfo {
+        producer_id: old.producer_id(),
+        producer_epoch: old.producer_epoch(),
+        base_sequence: 1,
+        attributes: attributes::TRANSACTIONAL,
+    };
+    assert!(matches!(
+        log.append(&batch(&["zombie"]), zombie, Ack::All).await,
+        Err(BrokerError::InvalidProducerEpoch { .. })
+    ));
     let err = old.commit().await.err();
     assert_eq!(
         err.as_ref().and_then(code_of),
