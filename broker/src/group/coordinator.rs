@@ -720,7 +720,7 @@ impl GroupCoordinator {
     /// generation only when named), writes the offsets as a transactional batch of the
     /// producer to the group's partition of `__consumer_offsets`, and waits until it is
     /// durable. The offsets stay invisible to OffsetFetch until the transaction's COMMIT
-    /// marker on that partition is durable ([`GroupCoordinator::complete_transaction`]).
+    /// marker on that partition is durable (`GroupCoordinator::complete_transaction`).
     /// Returns one error code per entry. Whether the partition is in the producer's
     /// transaction is the caller's check (the transaction coordinator's).
     pub async fn txn_commit_offsets(

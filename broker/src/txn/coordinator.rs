@@ -12,7 +12,7 @@
 //! never after.
 //!
 //! Markers run in a task of their own once `Prepare*` is durable, so EndTxn is answered then
-//! (Kafka's behaviour); [`TxnCoordinator::wait_completed`] waits for the markers and the
+//! (Kafka's behaviour); `TxnCoordinator::wait_completed` waits for the markers and the
 //! `Complete*` record.
 
 use std::collections::{BTreeMap, HashMap};
@@ -115,7 +115,7 @@ fn stopped_error() -> TxnError {
 
 /// The transaction coordinator of one broker. Owned by the [`Broker`]; reach it with
 /// [`Broker::transactions`](crate::Broker::transactions). Every method answers with Kafka
-/// errors ([`TxnError`]), never panics on client input, and bounds what it keeps
+/// errors (`TxnError`), never panics on client input, and bounds what it keeps
 /// ([`MAX_TRANSACTIONAL_IDS`]).
 pub struct TxnCoordinator {
     config: TxnConfig,
