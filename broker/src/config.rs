@@ -803,8 +803,9 @@ impl BrokerConfig {
                 self.kafka.transaction_state_log_num_partitions = parse_i32_at_least(key, value, 1)?
             }
             "transaction.state.log.segment.bytes" => {
+                // The topic's segment.bytes bounds.
                 self.kafka.transaction_state_log_segment_bytes =
-                    parse_i32_at_least(key, value, 1)? as u64
+                    parse_i32_at_least(key, value, 1024)? as u64
             }
             "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
                 self.kafka.transaction_abort_timed_out_interval_ms =
@@ -1038,6 +1039,10 @@ mod tests {
         assert_eq!(b.kafka.transaction_remove_expired_interval_ms, 40);
         assert!(b.set("transaction.max.timeout.ms", "0").is_err());
         assert!(b.set("transaction.state.log.num.partitions", "0").is_err());
+        assert!(
+            b.set("transaction.state.log.segment.bytes", "1023")
+                .is_err()
+        );
         assert!(
             b.set("transactional.id.expiration.ms", "3000000000")
                 .is_err()

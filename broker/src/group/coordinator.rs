@@ -579,7 +579,9 @@ impl GroupCoordinator {
         new_keys.sort_unstable();
         new_keys.dedup();
         let added = new_keys.len();
-        if g.offsets.len() + added > MAX_OFFSETS_PER_GROUP
+        // Offsets pending in open transactions are held too, until their markers.
+        let pending: usize = g.pending_txn_offsets.values().map(|p| p.len()).sum();
+        if g.offsets.len() + pending + added > MAX_OFFSETS_PER_GROUP
             || self.offsets_total.load(Ordering::Acquire) + added > MAX_OFFSETS_TOTAL
         {
             tracing::warn!(group = %g.id, "refusing an offset commit: at most {MAX_OFFSETS_PER_GROUP} offsets per group and {MAX_OFFSETS_TOTAL} in all; delete unused groups or offsets");
@@ -992,7 +994,10 @@ impl GroupCoordinator {
     ) -> Option<Written> {
         self.offsets_total
             .fetch_sub(removed.len(), Ordering::AcqRel);
-        let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
+        // A group with offsets pending in a transaction stays until the transaction ends.
+        let now_dead = g.state == GroupState::Empty
+            && g.offsets.is_empty()
+            && g.pending_txn_offsets.is_empty();
         let flush = self.store.write_tombstones(&g.id, removed, now_dead);
         if now_dead {
             tracing::info!(group = %g.id, "removing group: it is empty and has no offsets left");

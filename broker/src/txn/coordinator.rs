@@ -8,7 +8,7 @@
 //! `pending` under its lock, drops the lock, writes, and installs the result under the lock
 //! again; meanwhile other requests of that id get `CONCURRENT_TRANSACTIONS` (clients retry).
 //! Only one write of an id is ever in flight, so its records reach `__transaction_state` in
-//! the order of its transitions. Lock order: an id's lock may be taken before the map's lock,
+//! the order of its transitions. Lock order: the map's lock may be taken before an id's lock,
 //! never after.
 //!
 //! Markers run in a task of their own once `Prepare*` is durable, so EndTxn is answered then
