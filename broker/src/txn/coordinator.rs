@@ -631,8 +631,11 @@ impl TxnCoordinator {
     fn forget_if_never_written(&self, transactional_id: &str) {
         let mut ids = self.ids.lock();
         let empty = ids.get(transactional_id).is_some_and(|s| {
-            let s = s.state.lock();
-            s.meta.is_none() && !s.creating
+            let mut s = s.state.lock();
+            let empty = s.meta.is_none() && !s.creating;
+            // A request that holds this slot already must look the id up again.
+            s.removed |= empty;
+            empty
         });
         if empty {
             ids.remove(transactional_id);
