@@ -544,3 +544,40 @@ async fn init_refuses_a_timeout_above_the_maximum() {
     );
     assert!(b.transactions().metadata("tx").is_none(), "nothing kept");
 }
+
+#[tokio::test]
+async fn requests_while_markers_are_in_flight_get_concurrent_transactions() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let mut p = producer(&b, "tx").await;
+    append(&mut p, 0, &["a"]).await;
+    b.transactions().hold_markers(true);
+    p.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
+    let c = b.transactions();
+    let caller = Caller {
+        transactional_id: "tx",
+        producer_id: p.producer_id(),
+        producer_epoch: p.producer_epoch(),
+    };
+    let add = c
+        .add_partitions(caller, &[TxnPartition::new("data", 1)], TxnVersion::V1)
+        .await;
+    assert_eq!(
+        add.map_err(|e| e.code),
+        Err(ResponseError::ConcurrentTransactions)
+    );
+    let init = c.init_producer_id("tx", 60_000, None).await;
+    assert_eq!(
+        init.map_err(|e| e.code),
+        Err(ResponseError::ConcurrentTransactions)
+    );
+    assert_eq!(state_of(&b, "tx"), TxnState::PrepareCommit);
+    c.hold_markers(false);
+    c.wait_completed("tx")
+        .await
+        .unwrap_or_else(|e| panic!("wait: {e}"));
+    assert_eq!(state_of(&b, "tx"), TxnState::CompleteCommit);
+    // The producer's next transaction goes through once the markers are written.
+    append(&mut p, 1, &["b"]).await;
+    assert_eq!(state_of(&b, "tx"), TxnState::Ongoing);
+}
