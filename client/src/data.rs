@@ -507,6 +507,19 @@ impl KafkaClient {
         topic: &str,
         specs: &[(i32, OffsetSpec)],
     ) -> Result<Vec<(i32, Result<Option<ListedOffset>, ApiError>)>> {
+        self.list_offsets_isolated(topic, specs, IsolationLevel::ReadUncommitted)
+            .await
+    }
+
+    /// [`KafkaClient::list_offsets`] as a reader at `isolation` sees the partitions: with
+    /// `ReadCommitted`, the latest offset is the last stable offset (what a `read_committed`
+    /// consumer can reach, so the lag it reports is the lag that consumer has).
+    pub async fn list_offsets_isolated(
+        &self,
+        topic: &str,
+        specs: &[(i32, OffsetSpec)],
+        isolation: IsolationLevel,
+    ) -> Result<Vec<(i32, Result<Option<ListedOffset>, ApiError>)>> {
         let mut seen = BTreeSet::new();
         if let Some((p, _)) = specs.iter().find(|(p, _)| !seen.insert(*p)) {
             return Err(ClientError::InvalidArgument(format!(
@@ -547,6 +560,8 @@ impl KafkaClient {
                 }
                 let request = ListOffsetsRequest::default()
                     .with_replica_id(BrokerId(-1))
+                    // v0-1 have no isolation level (and read as uncommitted).
+                    .with_isolation_level(if version >= 2 { isolation.code() } else { 0 })
                     .with_topics(vec![
                         ListOffsetsTopic::default()
                             .with_name(topic_name(topic))

@@ -10,7 +10,8 @@ use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use kafka_protocol::error::ResponseError;
 use quiver_kafka_client::{
-    CommittedOffset, GroupDescription, GroupMember, KafkaClient, ListedGroup, OffsetSpec,
+    CommittedOffset, GroupDescription, GroupMember, IsolationLevel, KafkaClient, ListedGroup,
+    OffsetSpec,
 };
 
 use crate::client::kafka::connect;
@@ -142,8 +143,13 @@ async fn describe(client: &KafkaClient, group: &str) -> Result<()> {
             .iter()
             .map(|p| (*p, OffsetSpec::Latest))
             .collect();
-        // A topic deleted since the commit has no end: its rows show "-".
-        let Ok(listed) = client.list_offsets(topic, &specs).await else {
+        // A topic deleted since the commit has no end: its rows show "-". The end is the last
+        // stable offset: what a read_committed consumer can reach (the log end when no
+        // transaction is open), as the lag of transactional pipelines is measured.
+        let listed = client
+            .list_offsets_isolated(topic, &specs, IsolationLevel::ReadCommitted)
+            .await;
+        let Ok(listed) = listed else {
             continue;
         };
         for (p, result) in listed {

@@ -1,7 +1,8 @@
 """Kafka transactions against a running `quiver server` with real clients (run by
 tests/transactions.rs).
 
-Usage: transactions.py confluent BOOTSTRAP
+Usage: transactions.py group-offsets BOOTSTRAP
+       transactions.py confluent BOOTSTRAP
        transactions.py kafka-python BOOTSTRAP
        transactions.py fencing BOOTSTRAP
        transactions.py abandon BOOTSTRAP
@@ -10,6 +11,15 @@ Usage: transactions.py confluent BOOTSTRAP
        transactions.py ctp-app BOOTSTRAP TRANSACTIONAL_ID
        transactions.py ctp-verify BOOTSTRAP N
 
+group-offsets: the transaction coordinator and group offsets alone (no records), with
+  confluent-kafka:
+  1. creates `txn-input` with 2 partitions; a transactional producer commits offsets 10 and 20
+     for group `txn-group` in a transaction: a consumer of the group sees them only afterwards
+     (a read_uncommitted one gets the old offsets meanwhile; a read_committed one would wait,
+     as its OffsetFetch requires stable offsets);
+  2. a second transaction commits 99 and 98 and is aborted: the group still has 10 and 20;
+  3. a second producer with the same transactional.id fences the first: the first one's next
+     transaction fails with a fatal (fenced) error, the new one commits 30 and 40.
 confluent: confluent-kafka's transactional producer: transactions across two topics and five
   partitions with send_offsets_to_transaction, committed and aborted, and one left open while
   consumers read. A read_committed consumer sees exactly the committed records, in the order
@@ -158,6 +168,105 @@ def expect_layout(got, batches):
             want.extend(range(next_offset, next_offset + n))
             next_offset += n + 1  # the transaction's marker
         assert offsets == want, f'{tp}: offsets {offsets}, want {want} (one per marker)'
+
+
+# ---------------------------------------------------------------------------------------------
+# Group offsets in transactions
+# ---------------------------------------------------------------------------------------------
+
+OFFSETS_TOPIC = 'txn-input'
+OFFSETS_GROUP = 'txn-group'
+OFFSETS_TXN_ID = 'txn-script'
+
+
+def fail(msg):
+    log('FAIL:', msg)
+    sys.exit(1)
+
+
+def offsets_producer(bootstrap):
+    p = Producer({
+        'bootstrap.servers': bootstrap,
+        'transactional.id': OFFSETS_TXN_ID,
+        'transaction.timeout.ms': 30000,
+    })
+    p.init_transactions(TIMEOUT_S)
+    return p
+
+
+def offsets_consumer(bootstrap, isolation='read_committed'):
+    return Consumer({
+        'bootstrap.servers': bootstrap,
+        'group.id': OFFSETS_GROUP,
+        'enable.auto.commit': False,
+        'isolation.level': isolation,
+    })
+
+
+def offsets_committed(c):
+    parts = c.committed([TopicPartition(OFFSETS_TOPIC, 0), TopicPartition(OFFSETS_TOPIC, 1)],
+                        timeout=TIMEOUT_S)
+    return [tp.offset for tp in parts]
+
+
+def send_offsets(p, c, offsets):
+    tps = [TopicPartition(OFFSETS_TOPIC, i, o) for i, o in enumerate(offsets)]
+    p.send_offsets_to_transaction(tps, c.consumer_group_metadata(), TIMEOUT_S)
+
+
+def group_offsets(bootstrap):
+    admin = AdminClient({'bootstrap.servers': bootstrap})
+    for f in admin.create_topics([NewTopic(OFFSETS_TOPIC, num_partitions=2)]).values():
+        f.result(TIMEOUT_S)
+
+    c = offsets_consumer(bootstrap)
+    peek = offsets_consumer(bootstrap, 'read_uncommitted')
+    p = offsets_producer(bootstrap)
+    before = offsets_committed(c)
+    if any(o >= 0 for o in before):
+        fail(f'fresh group has offsets {before}')
+
+    p.begin_transaction()
+    send_offsets(p, c, [10, 20])
+    if offsets_committed(peek) != before:
+        fail(f'offsets {offsets_committed(peek)} visible before the commit')
+    p.commit_transaction(TIMEOUT_S)
+    deadline = time.monotonic() + TIMEOUT_S
+    while offsets_committed(c) != [10, 20]:
+        if time.monotonic() > deadline:
+            fail(f'committed offsets {offsets_committed(c)}, expected [10, 20]')
+        time.sleep(0.1)
+    log('commit: ok')
+
+    p.begin_transaction()
+    send_offsets(p, c, [99, 98])
+    p.abort_transaction(TIMEOUT_S)
+    if offsets_committed(c) != [10, 20]:
+        fail(f'after an abort the offsets are {offsets_committed(c)}, expected [10, 20]')
+    log('abort: ok')
+
+    newer = offsets_producer(bootstrap)
+    try:
+        p.begin_transaction()
+        send_offsets(p, c, [1, 1])
+        p.commit_transaction(TIMEOUT_S)
+        fail('the fenced producer committed')
+    except KafkaException as e:
+        err = e.args[0]
+        if not (err.fatal() or err.txn_requires_abort()):
+            fail(f'the fenced producer got a retriable error: {err}')
+        log('fenced:', err.name())
+    newer.begin_transaction()
+    send_offsets(newer, c, [30, 40])
+    newer.commit_transaction(TIMEOUT_S)
+    deadline = time.monotonic() + TIMEOUT_S
+    while offsets_committed(c) != [30, 40]:
+        if time.monotonic() > deadline:
+            fail(f'committed offsets {offsets_committed(c)}, expected [30, 40]')
+        time.sleep(0.1)
+    c.close()
+    peek.close()
+    log('transactions: ok')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,7 +671,9 @@ def ctp_verify(bootstrap, n):
 def main():
     faulthandler.dump_traceback_later(SCRIPT_BUDGET_S, exit=True)
     cmd, bootstrap, *rest = sys.argv[1:]
-    if cmd == 'confluent':
+    if cmd == 'group-offsets':
+        group_offsets(bootstrap)
+    elif cmd == 'confluent':
         confluent(bootstrap)
     elif cmd == 'kafka-python':
         kafka_python(bootstrap)

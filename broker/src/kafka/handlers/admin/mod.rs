@@ -4,6 +4,7 @@
 //! - `topics`: CreateTopics, DeleteTopics, CreatePartitions.
 //! - `configs`: DescribeConfigs, AlterConfigs (replaces all overrides), IncrementalAlterConfigs.
 //! - `records`: DeleteRecords.
+//! - `producers`: DescribeProducers.
 //! - `cluster`: DescribeCluster, DescribeLogDirs.
 //!
 //! Each handler answers per resource: one bad topic or config fails its own entry, with a Kafka
@@ -11,6 +12,7 @@
 
 mod cluster;
 mod configs;
+mod producers;
 mod records;
 mod topics;
 
@@ -37,6 +39,7 @@ pub const VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// Handles an admin request, or gives it back if it is not one.
@@ -73,6 +76,9 @@ pub async fn dispatch(
         }
         RequestKind::DescribeLogDirs(req) => {
             ResponseKind::DescribeLogDirs(cluster::describe_log_dirs(ctx, req))
+        }
+        RequestKind::DescribeProducers(req) => {
+            ResponseKind::DescribeProducers(producers::describe_producers(ctx, req))
         }
         other => return Err(other),
     })

@@ -31,6 +31,10 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::describe_log_dirs_request::DescribeLogDirsRequest;
 use kafka_protocol::messages::describe_log_dirs_response::DescribeLogDirsResponse;
+use kafka_protocol::messages::describe_producers_request::{
+    DescribeProducersRequest, TopicRequest as ProducersTopicRequest,
+};
+use kafka_protocol::messages::describe_producers_response::DescribeProducersResponse;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     self as inc, IncrementalAlterConfigsRequest,
 };
@@ -153,6 +157,13 @@ api!(
     DescribeLogDirs,
     DescribeLogDirsRequest,
     DescribeLogDirsResponse
+);
+
+api!(
+    describe_producers,
+    DescribeProducers,
+    DescribeProducersRequest,
+    DescribeProducersResponse
 );
 
 fn creatable(topic: &str, partitions: i32, replication: i16) -> CreatableTopic {
@@ -1046,6 +1057,13 @@ fn sweep_request(api: ApiKey, version: i16) -> Option<RequestKind> {
         ApiKey::DescribeLogDirs => {
             RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None))
         }
+        ApiKey::DescribeProducers => {
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+                ProducersTopicRequest::default()
+                    .with_name(name("sweep"))
+                    .with_partition_indexes(vec![0, 5]),
+            ]))
+        }
         _ => return None,
     })
 }
@@ -1170,4 +1188,74 @@ async fn internal_topics_cannot_be_deleted_repartitioned_or_reconfigured() {
         describe_configs(&ctx, 4, req).await.results[0].error_code,
         NONE
     );
+}
+
+#[tokio::test]
+async fn describe_producers_shows_each_producer_and_its_open_transaction() {
+    let (_dir, ctx) = setup(|_| {}).await;
+    make_topic(&ctx, "p", 2).await;
+    let log = match ctx.broker.log("p", 0) {
+        Ok(log) => log,
+        Err(e) => panic!("log: {e}"),
+    };
+    let batch = crate::record::records_to_batch(&[Record::new(1, Some(b"k"), Some(b"v"))]);
+    let idempotent = crate::log::ProducerInfo {
+        producer_id: 11,
+        producer_epoch: 2,
+        base_sequence: 0,
+        attributes: 0,
+    };
+    let transactional = crate::log::ProducerInfo {
+        producer_id: 12,
+        producer_epoch: 0,
+        base_sequence: 0,
+        attributes: crate::log::attributes::TRANSACTIONAL,
+    };
+    let mut txn_start = -1;
+    for (p, seq) in [(idempotent, 0), (idempotent, 1), (transactional, 0)] {
+        let info = log.append_unflushed(
+            &batch,
+            crate::log::ProducerInfo {
+                base_sequence: seq,
+                ..p
+            },
+        );
+        match info {
+            Ok(info) if p.producer_id == 12 => txn_start = info.base_offset,
+            Ok(_) => {}
+            Err(e) => panic!("append: {e}"),
+        }
+    }
+    let req = DescribeProducersRequest::default().with_topics(vec![
+        ProducersTopicRequest::default()
+            .with_name(name("p"))
+            .with_partition_indexes(vec![0, 1, 7]),
+    ]);
+    let resp = describe_producers(&ctx, 0, req).await;
+    let parts = &resp.topics[0].partitions;
+    assert_eq!(parts.len(), 3);
+    let p0 = &parts[0];
+    assert_eq!(p0.error_code, NONE);
+    let producers: Vec<(i64, i32, i32, i64)> = p0
+        .active_producers
+        .iter()
+        .map(|s| {
+            (
+                s.producer_id.0,
+                s.producer_epoch,
+                s.last_sequence,
+                s.current_txn_start_offset,
+            )
+        })
+        .collect();
+    assert_eq!(producers, vec![(11, 2, 1, -1), (12, 0, 0, txn_start)]);
+    assert!(
+        parts[1].active_producers.is_empty(),
+        "no producer wrote there"
+    );
+    assert_eq!(
+        parts[2].error_code,
+        code(ResponseError::UnknownTopicOrPartition)
+    );
+    assert!(text(&parts[2].error_message).contains('p'));
 }
