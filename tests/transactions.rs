@@ -147,6 +147,7 @@ impl Broker {
         server.signal("KILL");
         let out = server.wait();
         assert_eq!(out.status.signal(), Some(9), "{out:#?}");
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
         let listener = format!("PLAINTEXT://127.0.0.1:{}", self.port);
         let server = Server::start(
             &["--data-dir", self.data.arg(), "--listeners", &listener],
