@@ -1,4 +1,4 @@
-//! End-to-end tests of `quiver topics`, `produce`, `consume` and `groups` over the Kafka
+//! End-to-end tests of `quiver topics`, `produce`, `consume`, `groups` and `transactions` over the Kafka
 //! protocol (`--bootstrap-server`) against a running `quiver server`: the shared scenarios
 //! (`tests/common/scenarios.rs`), and what only a server does.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::scenarios::{self, partition_rows};
 use common::{Cli, Running};
-use quiver::kafka_client::{ClientConfig, KafkaClient};
+use quiver::kafka_client::{ClientConfig, IdempotentProducer, KafkaClient, ProducerConfig};
 
 cli_scenarios!(|| Running::start(&[]));
 
@@ -103,6 +103,9 @@ fn an_unreachable_server_is_a_clear_error() {
         &["consume", "t", "--timeout-ms", "0"],
         &["groups", "list"],
         &["groups", "describe", "g"],
+        &["transactions", "list"],
+        &["transactions", "describe", "app"],
+        &["transactions", "describe-producers", "--topic", "t"],
     ] {
         let mut all = args.to_vec();
         all.extend(["--bootstrap-server", &addr]);
@@ -138,6 +141,14 @@ fn an_unreachable_server_is_a_clear_error() {
     assert!(
         err.starts_with(
             "error: consumer groups live in a running server; pass --bootstrap-server HOST:PORT"
+        ),
+        "{err}"
+    );
+    // So do transactions.
+    let err = common::run(&["transactions", "list"], b"").failed();
+    assert!(
+        err.starts_with(
+            "error: transactions live in a running server; pass --bootstrap-server HOST:PORT"
         ),
         "{err}"
     );
@@ -231,6 +242,10 @@ fn help_names_the_bootstrap_server_everywhere() {
         &["consume", "--help"],
         &["groups", "--help"],
         &["groups", "describe", "--help"],
+        &["transactions", "--help"],
+        &["transactions", "list", "--help"],
+        &["transactions", "describe", "--help"],
+        &["transactions", "describe-producers", "--help"],
     ] {
         let out = common::run(cmd, b"").ok();
         assert!(
@@ -241,4 +256,129 @@ fn help_names_the_bootstrap_server_everywhere() {
     }
     let top = common::run(&["--help"], b"").ok().stdout;
     assert!(top.contains("groups"), "{top}");
+    assert!(top.contains("transactions"), "{top}");
+}
+
+/// Writes `counts[p]` records to each partition `p` of `topic` with one idempotent producer;
+/// returns its producer id.
+fn produce_idempotent(bootstrap: &str, topic: &str, counts: &[usize]) -> i64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = std::sync::Arc::new(
+            KafkaClient::connect(bootstrap, ClientConfig::default())
+                .await
+                .expect("connect"),
+        );
+        let producer = IdempotentProducer::new(client.clone(), ProducerConfig::default())
+            .await
+            .expect("producer id");
+        for (partition, count) in counts.iter().enumerate() {
+            let records: Vec<quiver::common::record::Record> = (0..*count)
+                .map(|i| {
+                    quiver::common::record::Record::new(1, None, Some(format!("v{i}").as_bytes()))
+                })
+                .collect();
+            let batch = quiver::common::record::records_to_batch(&records);
+            producer
+                .send(topic, partition as i32, &batch)
+                .await
+                .expect("send");
+        }
+        client.close().await;
+        producer.producer_id().0
+    })
+}
+
+#[test]
+fn transactions_describe_producers_shows_each_partitions_producers() {
+    let s = Running::start(&[]);
+    s.run(&["topics", "create", "t", "--partitions", "3"], b"")
+        .ok();
+    let producer_id = produce_idempotent(s.bootstrap(), "t", &[3, 2]).to_string();
+
+    let table = |out: &str| -> Vec<Vec<String>> {
+        out.lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let out = s
+        .run(&["transactions", "describe-producers", "--topic", "t"], b"")
+        .ok()
+        .stdout;
+    let rows = table(&out);
+    assert_eq!(
+        rows[0],
+        [
+            "PARTITION",
+            "PRODUCER-ID",
+            "EPOCH",
+            "LAST-SEQUENCE",
+            "LAST-TIMESTAMP",
+            "COORDINATOR-EPOCH",
+            "TXN-START-OFFSET"
+        ],
+        "{out}"
+    );
+    // Partition 2 has no producer; the others one each, with no transaction open.
+    let summary: Vec<[&str; 5]> = rows[1..]
+        .iter()
+        .map(|r| [&*r[0], &*r[1], &*r[2], &*r[3], &*r[6]])
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ["0", &*producer_id, "0", "2", "-"],
+            ["1", &*producer_id, "0", "1", "-"],
+        ],
+        "{out}"
+    );
+
+    let out = s
+        .run(
+            &[
+                "transactions",
+                "describe-producers",
+                "--topic",
+                "t",
+                "--partition",
+                "1",
+            ],
+            b"",
+        )
+        .ok()
+        .stdout;
+    let rows = table(&out);
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[1][..4], ["1", &*producer_id, "0", "1"], "{out}");
+
+    let err = s
+        .run(
+            &[
+                "transactions",
+                "describe-producers",
+                "--topic",
+                "t",
+                "--partition",
+                "5",
+            ],
+            b"",
+        )
+        .failed();
+    assert_eq!(
+        err,
+        "error: unknown partition 5 of topic 't' (it has 3 partitions)\n"
+    );
+    let err = s
+        .run(
+            &["transactions", "describe-producers", "--topic", "nope"],
+            b"",
+        )
+        .failed();
+    assert_eq!(
+        err,
+        "error: unknown topic 'nope'; list topics with `quiver topics list`\n"
+    );
 }
