@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::error::Result;
-use crate::log::{Log, LogOffsets, ReadResult};
+use crate::log::{Isolation, Log, LogOffsets, ReadResult};
 
 /// A read handle on one partition, from [`Broker::partition`](crate::Broker::partition).
 /// Cheap to clone; it stays valid while the broker runs (reads fail once the topic is
@@ -60,10 +60,60 @@ impl PartitionHandle {
         self.log.read(offset, max_bytes)
     }
 
+    /// Reads from `offset` as a consumer at `isolation` sees the partition: with
+    /// [`Isolation::ReadCommitted`] up to the last stable offset and without the records of
+    /// aborted transactions; either way without transaction markers (see
+    /// [`ReadResult::retain_consumer_batches`]). `next_offset` says where to read next, past
+    /// what was left out.
+    pub fn read_isolated(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadResult> {
+        let mut read = self.log.read_isolated(offset, max_bytes, isolation)?;
+        read.retain_consumer_batches();
+        Ok(read)
+    }
+
+    /// The last stable offset: `read_committed` readers see records below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.log.last_stable_offset()
+    }
+
     /// Waits until the high watermark is past `offset`, or `timeout` passes. True if records
     /// at `offset` are visible.
     pub async fn wait_for(&self, offset: i64, timeout: Duration) -> bool {
         self.log.wait_for(offset, timeout).await
+    }
+
+    /// Waits until a reader at `isolation` can see a record at `offset` (the high watermark, or
+    /// for `read_committed` the last stable offset, is past it), or `timeout` passes. True if
+    /// it can.
+    pub async fn wait_for_isolated(
+        &self,
+        offset: i64,
+        timeout: Duration,
+        isolation: Isolation,
+    ) -> bool {
+        let visible = || match isolation {
+            Isolation::ReadUncommitted => self.log.high_watermark() > offset,
+            Isolation::ReadCommitted => self.log.last_stable_offset() > offset,
+        };
+        // The LSO moves only when the high watermark does, so its changes are the wake-ups.
+        let mut rx = self.log.subscribe();
+        let wait = async {
+            loop {
+                if visible() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        visible()
     }
 
     /// A receiver that sees the high watermark move.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use quiver_broker::broker::ConfigChange;
 use quiver_broker::{
-    Broker, BrokerConfig, BrokerError, NewTopic, ProducerInfo, Record, TopicDescription,
+    Broker, BrokerConfig, BrokerError, Isolation, NewTopic, ProducerInfo, Record, TopicDescription,
     records_to_batch, topic,
 };
 use tokio::sync::OnceCell;
@@ -56,18 +56,22 @@ impl DirectClient {
     }
 
     /// Reads every partition once, without waiting.
-    fn read_all(broker: &Broker, topic: &str, positions: &[(i32, i64)]) -> Result<Vec<Fetched>> {
+    fn read_all(
+        broker: &Broker,
+        topic: &str,
+        positions: &[(i32, i64)],
+        isolation: Isolation,
+    ) -> Result<Vec<Fetched>> {
         let mut budget = FETCH_BYTES_MAX;
         let mut out = Vec::with_capacity(positions.len());
         for &(partition, offset) in positions {
             if budget == 0 {
                 break;
             }
-            let read = broker.read(
-                topic,
-                partition,
+            let read = broker.partition(topic, partition)?.read_isolated(
                 offset,
                 FETCH_PARTITION_BYTES_MAX.min(budget),
+                isolation,
             )?;
             let batches: Vec<_> = read.batches.into_iter().map(|b| b.records).collect();
             let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
@@ -220,9 +224,10 @@ impl Client for DirectClient {
         topic: &str,
         positions: &[(i32, i64)],
         max_wait: Duration,
+        isolation: Isolation,
     ) -> Result<Vec<Fetched>> {
         let broker = self.broker(Intent::Existing).await?;
-        let fetched = Self::read_all(broker, topic, positions)?;
+        let fetched = Self::read_all(broker, topic, positions, isolation)?;
         if max_wait.is_zero() || fetched.iter().any(|f| !f.batches.is_empty()) {
             return Ok(fetched);
         }
@@ -230,11 +235,11 @@ impl Client for DirectClient {
         let mut waits = JoinSet::new();
         for &(partition, offset) in positions {
             let handle = broker.partition(topic, partition)?;
-            waits.spawn(async move { handle.wait_for(offset, max_wait).await });
+            waits.spawn(async move { handle.wait_for_isolated(offset, max_wait, isolation).await });
         }
         waits.join_next().await;
         waits.abort_all();
-        Self::read_all(broker, topic, positions)
+        Self::read_all(broker, topic, positions, isolation)
     }
 
     async fn close(self) -> Result<()> {

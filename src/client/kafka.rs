@@ -13,10 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use kafka_protocol::error::ResponseError;
 use quiver_broker::broker::ConfigChange;
-use quiver_broker::{BrokerError, EnvelopeBuilder, NewTopic, Partitioner, Record, topic};
+use quiver_broker::{
+    BrokerError, EnvelopeBuilder, Isolation, NewTopic, Partitioner, Record, topic,
+};
 use quiver_kafka_client::{
     ApiError, ClientConfig, ClientError, ConfigEntry, ConfigResource, ConfigSource, FetchOptions,
-    KafkaClient, OffsetSpec,
+    IsolationLevel, KafkaClient, OffsetSpec,
 };
 use tokio::sync::{Mutex, OnceCell};
 
@@ -458,14 +460,18 @@ impl Client for KafkaBackend {
         topic: &str,
         positions: &[(i32, i64)],
         max_wait: Duration,
+        isolation: Isolation,
     ) -> Result<Vec<Fetched>> {
         let client = self.client().await?;
         let options = FetchOptions {
             max_wait,
+            isolation_level: match isolation {
+                Isolation::ReadUncommitted => IsolationLevel::ReadUncommitted,
+                Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+            },
             min_bytes: 1,
             max_bytes: FETCH_BYTES_MAX,
             partition_max_bytes: FETCH_PARTITION_BYTES_MAX,
-            ..FetchOptions::default()
         };
         let fetched = client.fetch(topic, positions, &options).await?;
         let mut out = Vec::with_capacity(fetched.len());

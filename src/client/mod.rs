@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use arrow::record_batch::RecordBatch;
 use quiver_broker::broker::ConfigChange;
-use quiver_broker::{BrokerError, NewTopic, Record};
+use quiver_broker::{BrokerError, Isolation, NewTopic, Record};
 
 /// How the commands reach a broker.
 #[derive(Debug, Clone, clap::Args)]
@@ -157,11 +157,14 @@ pub trait Client {
     /// Reads from each `(partition, offset)`. When no partition has records, waits up to
     /// `max_wait` for one to get some. Partitions earlier in `positions` are read first when the
     /// fetch is limited in size, so callers rotate the order for fairness.
+    /// Transaction markers are never returned; with [`Isolation::ReadCommitted`] reads stop at
+    /// the last stable offset and aborted transactions' records are left out.
     async fn fetch(
         &self,
         topic: &str,
         positions: &[(i32, i64)],
         max_wait: Duration,
+        isolation: Isolation,
     ) -> Result<Vec<Fetched>>;
 
     /// Flushes and releases the broker (or the connection).
@@ -237,8 +240,9 @@ impl Client for AnyClient {
         topic: &str,
         positions: &[(i32, i64)],
         max_wait: Duration,
+        isolation: Isolation,
     ) -> Result<Vec<Fetched>> {
-        forward!(self, c => c.fetch(topic, positions, max_wait).await)
+        forward!(self, c => c.fetch(topic, positions, max_wait, isolation).await)
     }
 
     async fn close(self) -> Result<()> {

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use quiver_broker::{BrokerError, EnvelopeColumns};
+use quiver_broker::{BrokerError, EnvelopeColumns, Isolation};
 
 use crate::client::{Client, ConnectArgs, Fetched, TopicInfo};
 use crate::signal::StopSignals;
@@ -64,6 +64,12 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub print_offset: bool,
 
+    /// Which records to read: `read_uncommitted` prints every record, `read_committed` only
+    /// those of committed transactions (and non-transactional ones), as a Kafka consumer with
+    /// isolation.level=read_committed sees them
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = IsolationArg::ReadUncommitted)]
+    pub isolation_level: IsolationArg,
+
     /// Separator between printed fields [default: a tab]
     #[arg(
         long,
@@ -72,6 +78,23 @@ pub struct ConsumeArgs {
         hide_default_value = true
     )]
     pub key_separator: String,
+}
+
+/// `--isolation-level`, spelled as Kafka's consumers spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum IsolationArg {
+    ReadUncommitted,
+    ReadCommitted,
+}
+
+impl From<IsolationArg> for Isolation {
+    fn from(a: IsolationArg) -> Isolation {
+        match a {
+            IsolationArg::ReadUncommitted => Isolation::ReadUncommitted,
+            IsolationArg::ReadCommitted => Isolation::ReadCommitted,
+        }
+    }
 }
 
 /// Where reading starts in each partition.
@@ -117,7 +140,7 @@ pub async fn run(client: &impl Client, args: ConsumeArgs, mut signals: StopSigna
     loop {
         let max_wait = timeout.map_or(FOLLOW_WAIT, |t| t.saturating_sub(last_record.elapsed()));
         let fetched = tokio::select! {
-            fetched = client.fetch(&args.topic, &positions, max_wait) => fetched?,
+            fetched = client.fetch(&args.topic, &positions, max_wait, args.isolation_level.into()) => fetched?,
             why = signals.recv() => {
                 tracing::info!("{why} received; stopping");
                 break;

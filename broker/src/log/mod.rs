@@ -132,6 +132,30 @@ impl ReadResult {
     pub fn record_count(&self) -> usize {
         self.batches.iter().map(|b| b.records.num_rows()).sum()
     }
+
+    /// Leaves the batches a consumer gets, as Kafka's clients filter a fetch: control batches
+    /// (transaction markers) go, and so do the batches of the aborted transactions listed in
+    /// [`ReadResult::aborted`] (only a `read_committed` read lists them). `next_offset` is
+    /// unchanged.
+    pub fn retain_consumer_batches(&mut self) {
+        let mut aborted = std::mem::take(&mut self.aborted);
+        aborted.sort_by_key(|a| a.first_offset);
+        let mut pending = aborted.iter().peekable();
+        let mut active = std::collections::HashSet::new();
+        self.batches.retain(|b| {
+            while let Some(a) = pending.next_if(|a| a.first_offset <= b.header.base_offset) {
+                active.insert(a.producer_id);
+            }
+            let p = &b.header.producer;
+            if p.attributes & attributes::CONTROL != 0 {
+                // The end of the producer's transaction: its later batches are another one.
+                active.remove(&p.producer_id);
+                return false;
+            }
+            p.attributes & attributes::TRANSACTIONAL == 0 || !active.contains(&p.producer_id)
+        });
+        self.aborted = aborted;
+    }
 }
 
 /// Offsets and size of a partition.

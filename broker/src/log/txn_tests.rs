@@ -382,3 +382,43 @@ fn compacted_again() -> LogConfig {
         ..config(1024)
     }
 }
+
+#[test]
+fn the_consumer_view_drops_markers_and_aborted_batches() {
+    let dir = tempdir();
+    let log = open(dir.path(), config(1 << 20), Shutdown::Unclean);
+    append(&log, &records("a", 1), txn(1, 0, 0));
+    append(&log, &records("b", 1), txn(2, 0, 0));
+    append(&log, &records("plain", 1), ProducerInfo::NONE);
+    marker(&log, 1, 0, TxnResult::Abort);
+    append(&log, &records("a2", 1), txn(1, 1, 0));
+    marker(&log, 2, 0, TxnResult::Commit);
+    marker(&log, 1, 1, TxnResult::Commit);
+    let values = |isolation| {
+        let mut read = match log.read_isolated(0, 1 << 20, isolation) {
+            Ok(r) => r,
+            Err(e) => panic!("read: {e}"),
+        };
+        let end = read.next_offset;
+        read.retain_consumer_batches();
+        assert_eq!(
+            read.next_offset, end,
+            "the position still moves past what is dropped"
+        );
+        read.batches
+            .iter()
+            .flat_map(|b| batch_to_records(&b.records).unwrap_or_default())
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect::<Vec<String>>()
+    };
+    // Producer 1's first transaction is aborted, its second (a later one) is committed.
+    assert_eq!(
+        values(Isolation::ReadCommitted),
+        vec!["b-0", "plain-0", "a2-0"]
+    );
+    assert_eq!(
+        values(Isolation::ReadUncommitted),
+        vec!["a-0", "b-0", "plain-0", "a2-0"],
+        "read_uncommitted keeps aborted records, never markers"
+    );
+}
