@@ -142,6 +142,16 @@ fn confluent_idempotent_producer_consumer_group_rebalances_and_commits_survive_a
 }
 
 #[test]
+fn confluent_transactional_producer_commits_and_aborts_group_offsets_and_is_fenced() {
+    let mut b = Running::start(&[]);
+    let out = py("transactions.py", &[b.bootstrap()]);
+    for step in ["commit: ok", "abort: ok", "transactions: ok"] {
+        assert!(out.contains(step), "{step}\n{out}");
+    }
+    stopped_cleanly(b.stop());
+}
+
+#[test]
 fn confluent_admin_client_topic_lifecycle_and_errors() {
     let b = Running::start(&[]);
     let out = py("admin.py", &[b.bootstrap()]);

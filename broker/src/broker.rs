@@ -28,6 +28,8 @@ use crate::log::{Ack, AppendInfo, Log, LogOffsets, ProducerInfo, ReadResult, Shu
 use crate::partitioner::Partitioner;
 use crate::record::{EnvelopeBuilder, Record};
 use crate::topic::{self, TopicMeta};
+use crate::txn::TxnConfig;
+use crate::txn::coordinator::TxnCoordinator;
 
 pub use quiver_common::topic::{ConfigChange, NewTopic};
 
@@ -73,6 +75,8 @@ struct Inner {
     _lock_file: File,
     /// Consumer groups and committed offsets.
     groups: Arc<GroupCoordinator>,
+    /// Transactional ids and their transactions.
+    transactions: TxnCoordinator,
     /// The file layer under every partition log.
     storage: Arc<dyn Storage>,
 }
@@ -237,6 +241,10 @@ impl Broker {
                     group_config,
                     OffsetsStore::new(Box::new(WeakBroker(weak.clone())), offsets_partitions),
                 )),
+                transactions: TxnCoordinator::new(
+                    TxnConfig::from_kafka(&config.kafka),
+                    WeakBroker(weak.clone()),
+                ),
                 config,
                 topics: RwLock::new(topics),
                 catalog_lock: Mutex::new(()),
@@ -255,6 +263,8 @@ impl Broker {
         broker.start_background();
         // After the topics are open: it reads its groups back from __consumer_offsets.
         broker.inner.groups.start()?;
+        // After the groups: markers of decided transactions reach __consumer_offsets too.
+        broker.inner.transactions.start(&broker)?;
         Ok(broker)
     }
 
@@ -266,6 +276,11 @@ impl Broker {
     /// The group coordinator: consumer groups and committed offsets.
     pub fn groups(&self) -> &GroupCoordinator {
         &self.inner.groups
+    }
+
+    /// The transaction coordinator: transactional ids and their transactions.
+    pub fn transactions(&self) -> &TxnCoordinator {
+        &self.inner.transactions
     }
 
     /// The cluster id (made on first start, kept in `meta.properties`).
@@ -348,6 +363,11 @@ impl Broker {
     ) -> Result<crate::partition::PartitionHandle> {
         self.log(topic, partition)
             .map(crate::partition::PartitionHandle::new)
+    }
+
+    /// The partition logs of a topic in partition order, if it exists.
+    pub(crate) fn log_set(&self, topic: &str) -> Option<Vec<Arc<Log>>> {
+        self.topic(topic).ok().map(|t| t.logs.clone())
     }
 
     /// The log of one partition: the whole storage API, for the broker crate only.
@@ -794,6 +814,7 @@ impl Broker {
     /// that succeeded, records a clean shutdown so the next open skips recovery. Appends fail
     /// afterwards. Callers that serve requests (the Kafka server) stop serving first.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.transactions.shutdown().await;
         self.inner.groups.shutdown().await;
         self.inner.shutdown.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock());

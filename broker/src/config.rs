@@ -398,7 +398,8 @@ impl std::fmt::Display for Listener {
     }
 }
 
-/// Settings of the Kafka wire protocol server and the group coordinator (Kafka's key names).
+/// Settings of the Kafka wire protocol server and the group and transaction coordinators
+/// (Kafka's key names).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaConfig {
     /// `listeners`: where the Kafka protocol is served.
@@ -433,6 +434,21 @@ pub struct KafkaConfig {
     pub offsets_topic_num_partitions: i32,
     /// `offsets.retention.minutes`: committed offsets of empty groups expire after this.
     pub offsets_retention_minutes: i64,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask for.
+    pub transaction_max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`: a transactional id idle this long is removed.
+    pub transactional_id_expiration_ms: i64,
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state` when it is
+    /// created.
+    pub transaction_state_log_num_partitions: i32,
+    /// `transaction.state.log.segment.bytes`: `segment.bytes` of `__transaction_state`.
+    pub transaction_state_log_segment_bytes: u64,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how often transactions
+    /// past their timeout are looked for (and aborted).
+    pub transaction_abort_timed_out_interval_ms: u64,
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`: how often expired
+    /// transactional ids are looked for (and removed).
+    pub transaction_remove_expired_interval_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -456,6 +472,12 @@ impl Default for KafkaConfig {
             group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_num_partitions: 50,
             offsets_retention_minutes: 7 * 24 * 60,
+            transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration_ms: 7 * DAY_MS,
+            transaction_state_log_num_partitions: 50,
+            transaction_state_log_segment_bytes: 100 * 1024 * 1024,
+            transaction_abort_timed_out_interval_ms: 10_000,
+            transaction_remove_expired_interval_ms: 3_600_000,
         }
     }
 }
@@ -540,6 +562,12 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "num.partitions",
     "producer.id.expiration.check.interval.ms",
     "producer.id.expiration.ms",
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+    "transaction.max.timeout.ms",
+    "transaction.remove.expired.transaction.cleanup.interval.ms",
+    "transaction.state.log.num.partitions",
+    "transaction.state.log.segment.bytes",
+    "transactional.id.expiration.ms",
 ];
 
 /// Server keys Kafka users carry over that mean nothing to Quiver, each with why. A config file
@@ -764,6 +792,29 @@ impl BrokerConfig {
                 self.producer_id_expiration_check_interval_ms =
                     parse_i32_at_least(key, value, 1)? as u64
             }
+            "transaction.max.timeout.ms" => {
+                self.kafka.transaction_max_timeout_ms = parse_i32_at_least(key, value, 1)?
+            }
+            "transactional.id.expiration.ms" => {
+                self.kafka.transactional_id_expiration_ms =
+                    i64::from(parse_i32_at_least(key, value, 1)?)
+            }
+            "transaction.state.log.num.partitions" => {
+                self.kafka.transaction_state_log_num_partitions = parse_i32_at_least(key, value, 1)?
+            }
+            "transaction.state.log.segment.bytes" => {
+                // The topic's segment.bytes bounds.
+                self.kafka.transaction_state_log_segment_bytes =
+                    parse_i32_at_least(key, value, 1024)? as u64
+            }
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+                self.kafka.transaction_abort_timed_out_interval_ms =
+                    parse_i32_at_least(key, value, 1)? as u64
+            }
+            "transaction.remove.expired.transaction.cleanup.interval.ms" => {
+                self.kafka.transaction_remove_expired_interval_ms =
+                    parse_i32_at_least(key, value, 1)? as u64
+            }
             _ => {
                 return Err(BrokerError::InvalidConfig(format!(
                     "unknown server config '{key}'; known keys: {}",
@@ -831,6 +882,24 @@ impl BrokerConfig {
                 self.producer_id_expiration_check_interval_ms.to_string()
             }
             "producer.id.expiration.ms" => self.producer_id_expiration_ms.to_string(),
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms" => self
+                .kafka
+                .transaction_abort_timed_out_interval_ms
+                .to_string(),
+            "transaction.max.timeout.ms" => self.kafka.transaction_max_timeout_ms.to_string(),
+            "transaction.remove.expired.transaction.cleanup.interval.ms" => self
+                .kafka
+                .transaction_remove_expired_interval_ms
+                .to_string(),
+            "transaction.state.log.num.partitions" => {
+                self.kafka.transaction_state_log_num_partitions.to_string()
+            }
+            "transaction.state.log.segment.bytes" => {
+                self.kafka.transaction_state_log_segment_bytes.to_string()
+            }
+            "transactional.id.expiration.ms" => {
+                self.kafka.transactional_id_expiration_ms.to_string()
+            }
             _ => return None,
         })
     }
@@ -937,6 +1006,48 @@ mod tests {
         assert!(b.set("connections.max.idle.ms", "0").is_err());
         b.set("max.connections.per.ip", "0").ok();
         assert_eq!(b.kafka.max_connections_per_ip, 0);
+    }
+
+    #[test]
+    fn transaction_keys_have_kafkas_names_defaults_and_bounds() {
+        let mut b = BrokerConfig::default();
+        assert_eq!(
+            b.get("transaction.max.timeout.ms").as_deref(),
+            Some("900000")
+        );
+        assert_eq!(
+            b.get("transactional.id.expiration.ms").as_deref(),
+            Some("604800000")
+        );
+        assert_eq!(
+            b.get("transaction.state.log.num.partitions").as_deref(),
+            Some("50")
+        );
+        b.set("transaction.state.log.num.partitions", "3").ok();
+        b.set(
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "25",
+        )
+        .ok();
+        b.set(
+            "transaction.remove.expired.transaction.cleanup.interval.ms",
+            "40",
+        )
+        .ok();
+        assert_eq!(b.kafka.transaction_state_log_num_partitions, 3);
+        assert_eq!(b.kafka.transaction_abort_timed_out_interval_ms, 25);
+        assert_eq!(b.kafka.transaction_remove_expired_interval_ms, 40);
+        assert!(b.set("transaction.max.timeout.ms", "0").is_err());
+        assert!(b.set("transaction.state.log.num.partitions", "0").is_err());
+        assert!(
+            b.set("transaction.state.log.segment.bytes", "1023")
+                .is_err()
+        );
+        assert!(
+            b.set("transactional.id.expiration.ms", "3000000000")
+                .is_err()
+        );
+        assert_eq!(no_effect("transaction.max.timeout.ms"), None);
     }
 
     #[test]

@@ -84,6 +84,15 @@ pub enum BrokerError {
         current_epoch: i16,
     },
 
+    /// The transaction coordinator refused a transactional call (the producer was fenced, the
+    /// transaction is in a state that does not allow it, ...), with the Kafka error a client
+    /// would get.
+    #[error("transaction refused ({code:?}): {message}")]
+    Transaction {
+        code: kafka_protocol::error::ResponseError,
+        message: String,
+    },
+
     /// A write that does not fit the producer's transaction (Kafka's INVALID_TXN_STATE): a
     /// plain batch while its transaction is open here, or a transactional one the coordinator
     /// did not let in.

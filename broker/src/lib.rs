@@ -36,3 +36,4 @@ pub use record::{
     EnvelopeBuilder, EnvelopeColumns, Header, Record, batch_to_records, envelope_schema,
     records_to_batch,
 };
+pub use txn::TransactionalProducer;

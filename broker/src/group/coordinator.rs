@@ -21,7 +21,7 @@
 //! only at those, not at every group. Its lock is taken last: under a group's lock, never the
 //! reverse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -71,6 +71,9 @@ pub struct GroupCoordinator {
     stopped: AtomicBool,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Groups with offsets pending in an open transaction, by producer id (so a marker finds
+    /// them without a scan of every group).
+    txn_groups: Mutex<HashMap<i64, HashSet<String>>>,
 }
 
 impl std::fmt::Debug for GroupCoordinator {
@@ -111,6 +114,7 @@ impl GroupCoordinator {
             stopped: AtomicBool::new(false),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
+            txn_groups: Mutex::new(HashMap::new()),
         }
     }
 
@@ -306,8 +310,9 @@ impl GroupCoordinator {
         let wall = now_ms();
         let mut groups = self.groups.lock();
         let mut total = 0;
+        let mut txn_groups = self.txn_groups.lock();
         for (id, l) in groups_read {
-            if l.metadata.is_none() && l.offsets.is_empty() {
+            if l.metadata.is_none() && l.offsets.is_empty() && l.pending_txn.is_empty() {
                 continue;
             }
             let mut g = Group::new(id.clone(), wall);
@@ -316,12 +321,20 @@ impl GroupCoordinator {
             }
             total += l.offsets.len();
             g.offsets = l.offsets;
+            for producer_id in l.pending_txn.keys() {
+                txn_groups
+                    .entry(*producer_id)
+                    .or_default()
+                    .insert(id.clone());
+            }
+            g.pending_txn_offsets = l.pending_txn;
             g.hint = g.next_deadline();
             if let Some(at) = g.hint {
                 self.timers.lock().schedule(&id, at);
             }
             groups.insert(id, Arc::new(Mutex::new(g)));
         }
+        drop(txn_groups);
         self.offsets_total.store(total, Ordering::Release);
         tracing::info!(
             groups = groups.len(),
@@ -510,7 +523,7 @@ impl GroupCoordinator {
         let cx = self.cx();
         let written = {
             let mut g = group.lock();
-            let written = self.commit_locked(store, &mut g, &commit, &cx);
+            let written = self.commit_locked(store, &mut g, &commit, None, &cx);
             self.after_op(true, &mut g);
             written
         };
@@ -539,17 +552,22 @@ impl GroupCoordinator {
         vec![0; commit.offsets.len()]
     }
 
+    /// Checks and writes a commit under the group's lock; `transaction` (producer id and
+    /// epoch) makes it a transactional one, which is kept in `g.pending_txn_offsets` instead of
+    /// `g.pending_offsets`.
     fn commit_locked(
         &self,
         store: &OffsetsStore,
         g: &mut Group,
         commit: &OffsetCommit,
+        transaction: Option<(i64, i16)>,
         cx: &Cx,
     ) -> Result<(Written, u64, Vec<CommittedOffset>), ResponseError> {
         g.validate_commit(
             commit.generation_id,
             &commit.member_id,
             commit.group_instance_id.as_deref(),
+            transaction.is_some(),
             cx,
         )?;
         let mut new_keys: Vec<(&str, i32)> = commit
@@ -561,7 +579,9 @@ impl GroupCoordinator {
         new_keys.sort_unstable();
         new_keys.dedup();
         let added = new_keys.len();
-        if g.offsets.len() + added > MAX_OFFSETS_PER_GROUP
+        // Offsets pending in open transactions are held too, until their markers.
+        let pending: usize = g.pending_txn_offsets.values().map(|p| p.len()).sum();
+        if g.offsets.len() + pending + added > MAX_OFFSETS_PER_GROUP
             || self.offsets_total.load(Ordering::Acquire) + added > MAX_OFFSETS_TOTAL
         {
             tracing::warn!(group = %g.id, "refusing an offset commit: at most {MAX_OFFSETS_PER_GROUP} offsets per group and {MAX_OFFSETS_TOTAL} in all; delete unused groups or offsets");
@@ -585,11 +605,23 @@ impl GroupCoordinator {
             .zip(&values)
             .map(|(o, v)| (o.topic.as_str(), o.partition, v));
         let written = store
-            .write_offsets(&g.id, cx.now_ms, entries)
+            .write_offsets(&g.id, cx.now_ms, entries, transaction)
             .map_err(|e| {
                 tracing::error!(group = %g.id, error = %e, "cannot write committed offsets");
                 write_error(&e)
             })?;
+        if let Some((producer_id, _)) = transaction {
+            let pending = g.pending_txn_offsets.entry(producer_id).or_default();
+            for (o, v) in commit.offsets.iter().zip(&values) {
+                pending.insert((o.topic.clone(), o.partition), v.clone());
+            }
+            self.txn_groups
+                .lock()
+                .entry(producer_id)
+                .or_default()
+                .insert(g.id.clone());
+            return Ok((written, 0, values));
+        }
         g.commit_seq += 1;
         let seq = g.commit_seq;
         for o in &commit.offsets {
@@ -602,33 +634,196 @@ impl GroupCoordinator {
     /// Handles an OffsetFetch of one group: the committed offset of each partition asked for
     /// (`None` if none), or of every partition with one when `partitions` is `None`.
     ///
-    /// `require_stable` asks to wait out pending transactional commits; Quiver has no
-    /// transactions, so committed offsets are always stable and it changes nothing.
+    /// `require_stable` asks to wait out pending transactional commits: see
+    /// [`GroupCoordinator::fetch_offsets_checked`], whose per-partition errors this answers as
+    /// `None`.
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         partitions: Option<&[(String, i32)]>,
-        _require_stable: bool,
+        require_stable: bool,
     ) -> Vec<(String, i32, Option<CommittedOffset>)> {
+        self.fetch_offsets_checked(group_id, partitions, require_stable)
+            .into_iter()
+            .map(|(t, p, o)| (t, p, o.ok().flatten()))
+            .collect()
+    }
+
+    /// [`GroupCoordinator::fetch_offsets`] with an error per partition: with `require_stable`,
+    /// a partition with offsets pending in an open transaction answers UNSTABLE_OFFSET_COMMIT
+    /// (Kafka's behaviour; the client retries until the transaction ends).
+    pub fn fetch_offsets_checked(
+        &self,
+        group_id: &str,
+        partitions: Option<&[(String, i32)]>,
+        require_stable: bool,
+    ) -> Vec<(String, i32, Result<Option<CommittedOffset>, ResponseError>)> {
         let group = self.existing(group_id);
         let g = group.as_ref().map(|g| g.lock());
-        let offsets = g
-            .as_ref()
-            .filter(|g| g.state != GroupState::Dead)
-            .map(|g| &g.offsets);
+        let live = g.as_ref().filter(|g| g.state != GroupState::Dead);
+        let offsets = live.map(|g| &g.offsets);
+        let unstable = |key: &(String, i32)| {
+            require_stable
+                && live.is_some_and(|g| {
+                    g.pending_txn_offsets
+                        .values()
+                        .any(|pending| pending.contains_key(key))
+                })
+        };
+        let answer = |key: &(String, i32), found: Option<&CommittedOffset>| {
+            if unstable(key) {
+                Err(ResponseError::UnstableOffsetCommit)
+            } else {
+                Ok(found.cloned())
+            }
+        };
         match partitions {
             Some(list) => list
                 .iter()
-                .map(|(t, p)| {
-                    let found = offsets.and_then(|o| o.get(&(t.clone(), *p))).cloned();
-                    (t.clone(), *p, found)
+                .map(|key| {
+                    let found = offsets.and_then(|o| o.get(key));
+                    (key.0.clone(), key.1, answer(key, found))
                 })
                 .collect(),
-            None => offsets
-                .into_iter()
-                .flatten()
-                .map(|((t, p), o)| (t.clone(), *p, Some(o.clone())))
-                .collect(),
+            None => {
+                let mut keys: std::collections::BTreeSet<&(String, i32)> =
+                    offsets.into_iter().flat_map(|o| o.keys()).collect();
+                if require_stable && let Some(g) = live {
+                    keys.extend(g.pending_txn_offsets.values().flat_map(|p| p.keys()));
+                }
+                keys.into_iter()
+                    .map(|key| {
+                        let found = offsets.and_then(|o| o.get(key));
+                        (key.0.clone(), key.1, answer(key, found))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Transactions
+
+    /// The partition of `__consumer_offsets` that holds the group's records (created on first
+    /// use): the partition AddOffsetsToTxn adds to a transaction.
+    pub(crate) async fn offsets_partition_for(&self, group_id: &str) -> Result<i32, ResponseError> {
+        let store = self.ready().await?;
+        store
+            .partition_of(group_id)
+            .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+
+    /// Partitions of `__consumer_offsets` (0 until it exists).
+    pub(crate) fn offsets_partitions(&self) -> i32 {
+        self.store.partition_count()
+    }
+
+    /// Handles a TxnOffsetCommit: checks the group like an OffsetCommit (member and
+    /// generation only when named), writes the offsets as a transactional batch of the
+    /// producer to the group's partition of `__consumer_offsets`, and waits until it is
+    /// durable. The offsets stay invisible to OffsetFetch until the transaction's COMMIT
+    /// marker on that partition is durable (`GroupCoordinator::complete_transaction`).
+    /// Returns one error code per entry. Whether the partition is in the producer's
+    /// transaction is the caller's check (the transaction coordinator's).
+    pub async fn txn_commit_offsets(
+        &self,
+        commit: OffsetCommit,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Vec<i16> {
+        let all = |e: ResponseError| vec![e.code(); commit.offsets.len()];
+        if commit.offsets.is_empty() {
+            return Vec::new();
+        }
+        let store = match self.ready().await {
+            Ok(store) => store,
+            Err(e) => return all(e),
+        };
+        let group = match self.get_or_create(&commit.group_id, commit.generation_id < 0) {
+            Ok(Some(g)) => g,
+            Ok(None) => return all(ResponseError::IllegalGeneration),
+            Err(e) => return all(e),
+        };
+        let cx = self.cx();
+        let written = {
+            let mut g = group.lock();
+            let written = self.commit_locked(
+                store,
+                &mut g,
+                &commit,
+                Some((producer_id, producer_epoch)),
+                &cx,
+            );
+            self.after_op(true, &mut g);
+            written
+        };
+        let (written, _, values) = match written {
+            Ok(w) => w,
+            Err(e) => return all(e),
+        };
+        if let Err(e) = written.acknowledge().await {
+            tracing::error!(group = %commit.group_id, producer_id, error = %e, "cannot make transactional offsets durable");
+            let mut g = group.lock();
+            if let Some(pending) = g.pending_txn_offsets.get_mut(&producer_id) {
+                for (o, v) in commit.offsets.iter().zip(&values) {
+                    let key = (o.topic.clone(), o.partition);
+                    if pending.get(&key) == Some(v) {
+                        pending.remove(&key);
+                    }
+                }
+            }
+            return all(ResponseError::CoordinatorNotAvailable);
+        }
+        vec![0; commit.offsets.len()]
+    }
+
+    /// The marker of `producer_id`'s transaction on partition `offsets_partition` of
+    /// `__consumer_offsets` is durable: its pending offsets there become the committed offsets
+    /// (`committed`) or are dropped. Called by the transaction coordinator.
+    pub(crate) fn complete_transaction(
+        &self,
+        offsets_partition: i32,
+        producer_id: i64,
+        committed: bool,
+    ) {
+        let partitions = self.store.partition_count();
+        let group_ids: Vec<String> = {
+            let mut txn_groups = self.txn_groups.lock();
+            let Some(ids) = txn_groups.get_mut(&producer_id) else {
+                return;
+            };
+            let here: Vec<String> = ids
+                .iter()
+                .filter(|id| super::partition_for(id, partitions) == offsets_partition)
+                .cloned()
+                .collect();
+            for id in &here {
+                ids.remove(id);
+            }
+            if ids.is_empty() {
+                txn_groups.remove(&producer_id);
+            }
+            here
+        };
+        for id in group_ids {
+            let Some(group) = self.existing(&id) else {
+                continue;
+            };
+            let mut g = group.lock();
+            let Some(pending) = g.pending_txn_offsets.remove(&producer_id) else {
+                continue;
+            };
+            if !committed || g.state == GroupState::Dead {
+                continue;
+            }
+            let mut added = 0;
+            for (key, v) in pending {
+                if g.offsets.insert(key, v).is_none() {
+                    added += 1;
+                }
+            }
+            self.offsets_total.fetch_add(added, Ordering::AcqRel);
+            tracing::debug!(group = %id, producer_id, "transactional offsets committed");
         }
     }
 
@@ -799,7 +994,10 @@ impl GroupCoordinator {
     ) -> Option<Written> {
         self.offsets_total
             .fetch_sub(removed.len(), Ordering::AcqRel);
-        let now_dead = g.state == GroupState::Empty && g.offsets.is_empty();
+        // A group with offsets pending in a transaction stays until the transaction ends.
+        let now_dead = g.state == GroupState::Empty
+            && g.offsets.is_empty()
+            && g.pending_txn_offsets.is_empty();
         let flush = self.store.write_tombstones(&g.id, removed, now_dead);
         if now_dead {
             tracing::info!(group = %g.id, "removing group: it is empty and has no offsets left");

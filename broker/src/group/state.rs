@@ -97,6 +97,10 @@ pub struct Group {
     pub pending_offsets: HashMap<(String, i32), u64>,
     /// Numbers commits for `pending_offsets`.
     pub commit_seq: u64,
+    /// Offsets committed in open transactions (TxnOffsetCommit), by producer id: written to
+    /// `__consumer_offsets` but not visible until the transaction's COMMIT marker there is
+    /// durable; an ABORT drops them.
+    pub pending_txn_offsets: HashMap<i64, BTreeMap<(String, i32), CommittedOffset>>,
     /// The group's metadata changed in a way that is persisted (set here, cleared by the coordinator).
     pub metadata_dirty: bool,
     /// The earliest deadline, as of the last operation (the coordinator's timer reads it).
@@ -133,6 +137,7 @@ impl Group {
             offsets: BTreeMap::new(),
             pending_offsets: HashMap::new(),
             commit_seq: 0,
+            pending_txn_offsets: HashMap::new(),
             metadata_dirty: false,
             hint: None,
         }
@@ -959,22 +964,28 @@ impl Group {
 
     /// Checks an OffsetCommit against the group: members commit with their generation; a
     /// commit with no member id and generation -1 is only taken while the group has no members.
+    ///
+    /// A transactional commit (TxnOffsetCommit, KIP-447) checks the member and generation only
+    /// when it names them, and is not refused during a rebalance: its offsets apply only if
+    /// the transaction commits, which the producer's fencing already guards.
     pub fn validate_commit(
         &mut self,
         generation_id: i32,
         member_id: &str,
         instance_id: Option<&str>,
+        transactional: bool,
         cx: &Cx,
     ) -> Result<(), ResponseError> {
         if self.state == GroupState::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        if generation_id >= 0 || !member_id.is_empty() || instance_id.is_some() {
+        let names_member = generation_id >= 0 || !member_id.is_empty() || instance_id.is_some();
+        if names_member {
             self.validate_member(member_id, instance_id)?;
             if generation_id != self.generation {
                 return Err(ResponseError::IllegalGeneration);
             }
-        } else if self.state != GroupState::Empty {
+        } else if !transactional && self.state != GroupState::Empty {
             return Err(ResponseError::UnknownMemberId);
         }
         match self.state {
@@ -984,6 +995,7 @@ impl Group {
                 self.schedule_heartbeat(member_id, cx);
                 Ok(())
             }
+            GroupState::CompletingRebalance if transactional => Ok(()),
             GroupState::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
             GroupState::Dead => Err(ResponseError::CoordinatorNotAvailable),
         }

@@ -3,6 +3,10 @@
 //! waiting for the disk, hands back a [`Written`] to wait on, and reads every group back when
 //! the broker opens.
 //!
+//! Offsets committed in a transaction (TxnOffsetCommit) are a transactional batch of their
+//! producer. Loading applies them where the transaction's COMMIT marker is, drops them at an
+//! ABORT marker, and hands back those of transactions still open as pending.
+//!
 //! The store reaches the broker's catalog only through [`OffsetsTopic`], so the coordinator
 //! depends on the partition logs of one topic, not on the whole [`Broker`](crate::Broker).
 
@@ -19,8 +23,10 @@ use super::records::{
 use super::state::Group;
 use super::{GroupState, OFFSETS_TOPIC, partition_for};
 use crate::error::{BrokerError, Result};
-use crate::log::{Ack, Log, ProducerInfo, now_ms};
+use crate::log::{Ack, Log, ProducerInfo, attributes, now_ms};
 use crate::record::{EnvelopeBuilder, EnvelopeColumns};
+use crate::txn::records::{ControlType, decode_control_key};
+use crate::txn::state::TxnResult;
 
 /// Bytes read per step when loading `__consumer_offsets`.
 const LOAD_READ_BYTES: usize = 4 << 20;
@@ -77,7 +83,12 @@ impl Written {
 pub(crate) struct LoadedGroup {
     pub metadata: Option<GroupValue>,
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Offsets of transactions with no marker yet, by producer id.
+    pub pending_txn: HashMap<i64, BTreeMap<(String, i32), CommittedOffset>>,
 }
+
+/// The records of one producer's open transaction in one partition, in log order.
+type OpenTxnRecords = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// Every group read back from `__consumer_offsets`, with counts for the log.
 #[derive(Debug, Default)]
@@ -171,8 +182,27 @@ impl OffsetsStore {
         Ok(())
     }
 
+    /// The partition of `__consumer_offsets` that holds a group's records, once the topic
+    /// exists.
+    pub(crate) fn partition_of(&self, group_id: &str) -> Option<i32> {
+        self.logs
+            .get()
+            .filter(|logs| !logs.is_empty())
+            .map(|logs| partition_for(group_id, logs.len() as i32))
+    }
+
     /// Appends records to the group's partition without waiting for the disk.
     fn append(&self, group_id: &str, batch: &mut EnvelopeBuilder) -> Result<Written> {
+        self.append_as(group_id, batch, ProducerInfo::NONE)
+    }
+
+    /// [`OffsetsStore::append`] as a batch of `producer`.
+    fn append_as(
+        &self,
+        group_id: &str,
+        batch: &mut EnvelopeBuilder,
+        producer: ProducerInfo,
+    ) -> Result<Written> {
         let logs = self
             .logs
             .get()
@@ -187,7 +217,7 @@ impl OffsetsStore {
                 partition: p,
                 partitions: logs.len() as i32,
             })?;
-        let info = log.append_unflushed(&batch.finish(), ProducerInfo::NONE)?;
+        let info = log.append_unflushed(&batch.finish(), producer)?;
         Ok(Written {
             log,
             end: info.last_offset + 1,
@@ -195,11 +225,14 @@ impl OffsetsStore {
     }
 
     /// Appends committed offsets of a group, one record per `(topic, partition, offset)`.
+    /// With `transaction` (producer id and epoch) they are a transactional batch of that
+    /// producer, which takes effect with the transaction's COMMIT marker.
     pub(crate) fn write_offsets<'a>(
         &self,
         group_id: &str,
         timestamp_ms: i64,
         offsets: impl ExactSizeIterator<Item = (&'a str, i32, &'a CommittedOffset)>,
+        transaction: Option<(i64, i16)>,
     ) -> Result<Written> {
         let n = offsets.len();
         let mut batch = EnvelopeBuilder::with_capacity(n, n * 64);
@@ -208,7 +241,17 @@ impl OffsetsStore {
             let value = records::encode_offset_value(v);
             batch.append(timestamp_ms, Some(&key), Some(&value), &[]);
         }
-        self.append(group_id, &mut batch)
+        let producer = match transaction {
+            None => ProducerInfo::NONE,
+            Some((producer_id, producer_epoch)) => ProducerInfo {
+                producer_id,
+                producer_epoch,
+                // Kafka writes transactional offset commits without a sequence.
+                base_sequence: -1,
+                attributes: attributes::TRANSACTIONAL,
+            },
+        };
+        self.append_as(group_id, &mut batch, producer)
     }
 
     /// Persists the group's metadata (a tombstone for a dead group). Best effort: a failure is
@@ -273,6 +316,7 @@ impl OffsetsStore {
 
 /// Reads one partition of `__consumer_offsets` into `loaded`.
 fn read_partition(p: i32, log: &Log, loaded: &mut Loaded) -> Result<()> {
+    let mut open: HashMap<i64, OpenTxnRecords> = HashMap::new();
     let mut offset = log.offsets().log_start_offset;
     loop {
         let read = match log.read(offset, LOAD_READ_BYTES) {
@@ -299,15 +343,37 @@ fn read_partition(p: i32, log: &Log, loaded: &mut Loaded) -> Result<()> {
         }
         for batch in &read.batches {
             let cols = EnvelopeColumns::try_new(&batch.records)?;
+            let producer = batch.header.producer;
+            let control = producer.attributes & attributes::CONTROL != 0;
+            let transactional = producer.attributes & attributes::TRANSACTIONAL != 0;
             for i in 0..batch.records.num_rows() {
                 loaded.records_read += 1;
                 let Some(key) = cols.key(i) else {
                     loaded.malformed += 1;
                     continue;
                 };
-                if let Err(e) = apply(&mut loaded.groups, key, cols.value(i)) {
-                    loaded.malformed += 1;
-                    tracing::warn!(partition = p, error = %e, "skipping a record of {OFFSETS_TOPIC}");
+                if control {
+                    match decode_control_key(key) {
+                        Ok(ControlType::Marker(result)) => {
+                            let records = open.remove(&producer.producer_id).unwrap_or_default();
+                            if result == TxnResult::Commit {
+                                for (key, value) in records {
+                                    apply_logged(p, loaded, &key, value.as_deref());
+                                }
+                            }
+                        }
+                        Ok(ControlType::Other(_)) => {}
+                        Err(e) => {
+                            loaded.malformed += 1;
+                            tracing::warn!(partition = p, error = %e, "skipping a control record of {OFFSETS_TOPIC}");
+                        }
+                    }
+                } else if transactional {
+                    open.entry(producer.producer_id)
+                        .or_default()
+                        .push((key.to_vec(), cols.value(i).map(<[u8]>::to_vec)));
+                } else {
+                    apply_logged(p, loaded, key, cols.value(i));
                 }
             }
         }
@@ -315,6 +381,50 @@ fn read_partition(p: i32, log: &Log, loaded: &mut Loaded) -> Result<()> {
         if offset >= read.high_watermark {
             break;
         }
+    }
+    // Transactions with no marker yet: their offsets wait for it, as they did before the stop.
+    for (producer_id, records) in open {
+        for (key, value) in records {
+            if let Err(e) = apply_pending(&mut loaded.groups, producer_id, &key, value.as_deref()) {
+                loaded.malformed += 1;
+                tracing::warn!(partition = p, error = %e, "skipping a transactional record of {OFFSETS_TOPIC}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`apply`], counting and logging a record that does not decode.
+fn apply_logged(p: i32, loaded: &mut Loaded, key: &[u8], value: Option<&[u8]>) {
+    if let Err(e) = apply(&mut loaded.groups, key, value) {
+        loaded.malformed += 1;
+        tracing::warn!(partition = p, error = %e, "skipping a record of {OFFSETS_TOPIC}");
+    }
+}
+
+/// Folds one record of a still-open transaction into its group's pending offsets (only offset
+/// commits are written in transactions).
+fn apply_pending(
+    groups: &mut HashMap<String, LoadedGroup>,
+    producer_id: i64,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> std::result::Result<(), records::MalformedRecord> {
+    if let RecordKey::Offset {
+        group,
+        topic,
+        partition,
+    } = decode_key(key)?
+        && let Some(value) = value
+    {
+        let v = decode_offset_value(value)?;
+        groups
+            .entry(group)
+            .or_default()
+            .pending_txn
+            .entry(producer_id)
+            .or_default()
+            .insert((topic, partition), v);
     }
     Ok(())
 }

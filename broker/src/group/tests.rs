@@ -731,6 +731,50 @@ async fn offsets_commit_and_fetch_with_member_checks() {
 }
 
 #[tokio::test]
+async fn transactional_commits_check_members_only_when_named_and_stay_pending() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let g = b.groups();
+    let (a, _) = two_members(&b, "members").await;
+    let commit = |generation: i32, member: &str| OffsetCommit {
+        group_id: "members".into(),
+        generation_id: generation,
+        member_id: member.into(),
+        offsets: vec![entry("t1", 0, 100)],
+        ..OffsetCommit::default()
+    };
+    // KIP-447: a producer outside the group may commit for it (unlike a plain OffsetCommit)...
+    assert_eq!(g.txn_commit_offsets(commit(-1, ""), 7, 0).await, vec![NONE]);
+    // ...but a named member and generation are checked.
+    assert_eq!(
+        g.txn_commit_offsets(commit(1, &a), 7, 0).await,
+        vec![code(ResponseError::IllegalGeneration)]
+    );
+    assert_eq!(
+        g.txn_commit_offsets(commit(2, "stranger"), 7, 0).await,
+        vec![code(ResponseError::UnknownMemberId)]
+    );
+    assert_eq!(g.txn_commit_offsets(commit(2, &a), 7, 0).await, vec![NONE]);
+    let asked = [("t1".to_owned(), 0)];
+    assert_eq!(g.fetch_offsets("members", Some(&asked), false)[0].2, None);
+    assert_eq!(
+        g.fetch_offsets_checked("members", Some(&asked), true)[0].2,
+        Err(ResponseError::UnstableOffsetCommit)
+    );
+    // A marker for another producer, or on another partition, changes nothing.
+    let p = super::partition_for("members", 3);
+    g.complete_transaction(p, 8, true);
+    g.complete_transaction((p + 1) % 3, 7, true);
+    assert_eq!(g.fetch_offsets("members", Some(&asked), false)[0].2, None);
+    g.complete_transaction(p, 7, true);
+    let fetched = g.fetch_offsets_checked("members", Some(&asked), true);
+    assert_eq!(
+        fetched[0].2.as_ref().map(|o| o.as_ref().map(|o| o.offset)),
+        Ok(Some(100))
+    );
+}
+
+#[tokio::test]
 async fn groups_and_offsets_survive_a_restart() {
     let dir = tempdir();
     let (a, b_id) = {

@@ -1,10 +1,14 @@
-//! Kafka transactions (KIP-98, KIP-447, KIP-890): the pieces the transaction coordinator and
-//! the partitions are built from. Everything here is pure logic and file formats; the
-//! coordinator that drives it, and its wiring into Produce, Fetch, the group coordinator and the
-//! [`Broker`](crate::Broker) handle, come on top.
+//! Kafka transactions (KIP-98, KIP-447, KIP-890): the transaction coordinator, the in-process
+//! transactional producer, and the pure logic and file formats they and the partitions are
+//! built from.
 //!
 //! # The pieces
 //!
+//! - `coordinator`: the [`TxnCoordinator`](coordinator::TxnCoordinator) the
+//!   [`Broker`](crate::Broker) owns ([`Broker::transactions`](crate::Broker::transactions)):
+//!   every transactional id, `__transaction_state`, markers and timers, as described below.
+//! - `producer`: [`TransactionalProducer`], the in-process API described below.
+
 //! - `state`: a transactional id's `TxnMetadata` and Kafka's state machine. One pure function
 //!   per request kind (InitProducerId, AddPartitionsToTxn and its verify-only form,
 //!   AddOffsetsToTxn, EndTxn, the coordinator's timeout abort, completion after markers)
@@ -32,10 +36,21 @@
 //!    it is durable (acks=all); if that fails it clears `pending` and answers the write error
 //!    (`COORDINATOR_NOT_AVAILABLE`/`NOT_COORDINATOR`, which clients retry); else it installs
 //!    `t.next` and answers `t.reply`;
-//! 4. if `t.markers` is set, appends a marker (a control batch carrying the markers' producer
-//!    id and epoch, `records::marker_key`/`records::marker_value`) to every partition of it,
-//!    through the log like any append, retrying until each is durable; then writes
-//!    `state::complete` the same way as step 3.
+//! 4. if `t.markers` is set, appends a marker (`Log::append_marker`: a control batch carrying
+//!    the markers' producer id and epoch, and as coordinator epoch the leader epoch of the id's
+//!    `__transaction_state` partition) to every partition of it at once, retrying each until
+//!    it is durable (a deleted partition is skipped, one that saw a newer epoch of the producer
+//!    needs none); a marker on `__consumer_offsets` also tells the group coordinator, which
+//!    then applies or drops the transaction's offsets there; then writes `state::complete` the
+//!    same way as step 3. This runs in a task of its own: EndTxn is answered once `Prepare*` is
+//!    durable (as Kafka does), and requests of the id meanwhile get `CONCURRENT_TRANSACTIONS`.
+//!
+//! The first transition of a new transactional id has no metadata to mark `pending`: the id's
+//! slot is marked as being created instead, with the same effect. Wire clients speak
+//! transaction version 1 (AddPartitionsToTxn up to v4, TxnOffsetCommit up to v4), except that
+//! EndTxn v5 asks for version 2 (the epoch bumped on every end). TxnOffsetCommit is accepted
+//! only when the group's `__consumer_offsets` partition is in the producer's open transaction
+//! (AddOffsetsToTxn first), since offsets outside it would never get a marker.
 //!
 //! A background task every `transaction.abort.timed.out.transaction.cleanup.interval.ms` runs
 //! `state::abort_timed_out` on every id (steps 3 and 4 with the result), and every
@@ -57,13 +72,14 @@
 //! # The in-process API (engine and connectors)
 //!
 //! The [`Broker`](crate::Broker) handle offers the same transactions without the wire, through
-//! the same coordinator and markers. The contract, in calling order:
+//! the same coordinator and markers, as a [`TransactionalProducer`]. The contract, in calling
+//! order:
 //!
-//! 1. `init(transactional_id, timeout_ms)` (InitProducerId). Returns the producer id and epoch.
-//!    Any older holder of the id is fenced: its later calls fail with `PRODUCER_FENCED`. If it
-//!    had a transaction open, that transaction is aborted first (`init` waits for it, as a
-//!    Kafka client retries on `CONCURRENT_TRANSACTIONS`). A crash before `init` returns leaves
-//!    at most a bumped epoch and that abort, which a restart completes.
+//! 1. `Broker::transactional_producer(transactional_id, timeout_ms)` (InitProducerId). The
+//!    producer has an id and epoch. Any older holder of the id is fenced: its later calls fail
+//!    with `PRODUCER_FENCED`. If it had a transaction open, that transaction is aborted first
+//!    (the call waits for it, as a Kafka client retries on `CONCURRENT_TRANSACTIONS`). A crash
+//!    before it returns leaves at most a bumped epoch and that abort, which a restart completes.
 //! 2. `append(topic, partition, batch)` any number of times, to any partitions. The first
 //!    append to a partition adds it to the transaction (AddPartitionsToTxn, durable before the
 //!    data is appended); the batch is stored with the transactional flag and the producer's
@@ -71,28 +87,35 @@
 //!    at the transaction's first offset). A crash of the caller leaves the transaction open
 //!    until `transaction.timeout.ms`, when the coordinator aborts it; a crash of the broker
 //!    reloads it open, with the same timeout.
-//! 3. `commit_offsets(group, offsets)` (AddOffsetsToTxn, then TxnOffsetCommit): consumer-group
+//! 3. `send_offsets(group, offsets)` (AddOffsetsToTxn, then TxnOffsetCommit): consumer-group
 //!    offsets that take effect only if the transaction commits.
 //! 4. `commit()` or `abort()` (EndTxn). `commit` returns once `PrepareCommit` is durable:
 //!    from then on the outcome is decided, and a crash at any later point (markers half
-//!    written) completes the commit on restart. If `commit` fails before that, the transaction
-//!    may still be open and ends aborted (by timeout, or by the next `init`): the caller goes
-//!    back to its last checkpoint and replays. Readers see the data once the COMMIT markers
-//!    are durable in each partition; offsets of step 3 apply with the marker on
-//!    `__consumer_offsets`.
+//!    written) completes the commit on restart. `commit_and_wait()` returns once the markers
+//!    are durable too (`wait_completed()` waits for them after `commit` or `abort`). If
+//!    `commit` fails before that, the transaction may still be open and ends aborted (by
+//!    timeout, or by the next producer of the id): the caller goes back to its last checkpoint
+//!    and replays. Readers see the data once the COMMIT markers are durable in each partition;
+//!    offsets of step 3 apply with the marker on `__consumer_offsets`. A transaction with
+//!    nothing in it writes nothing.
 //!
-//! Calls of one transactional id are made by one task at a time, in this order; a call after
-//! being fenced fails with `PRODUCER_FENCED` and the caller must call `init` again.
+//! Calls of one producer are made by one task at a time (`&mut self`), in this order; a call
+//! after being fenced fails with `PRODUCER_FENCED`
+//! ([`BrokerError::Transaction`](crate::BrokerError::Transaction)) and the caller must make a
+//! new producer.
 
-// Wired in by the coordinator, which comes with the Produce/Fetch/group changes; until then
-// only the tests use these items.
+// A few helpers of the codecs and indexes (sizes, truncation, marker values) are used by
+// tests only so far.
 #![allow(dead_code)]
 
+pub mod coordinator;
 pub(crate) mod index;
+pub mod producer;
 pub(crate) mod records;
 pub(crate) mod state;
 
 pub use index::AbortedTxn;
+pub use producer::TransactionalProducer;
 pub use state::TxnResult;
 
 /// The internal topic holding transaction state.
@@ -134,6 +157,18 @@ impl Default for TxnConfig {
 }
 
 impl TxnConfig {
+    /// The coordinator settings of a broker's Kafka config.
+    pub(crate) fn from_kafka(kafka: &crate::config::KafkaConfig) -> TxnConfig {
+        TxnConfig {
+            max_timeout_ms: kafka.transaction_max_timeout_ms,
+            id_expiration_ms: kafka.transactional_id_expiration_ms,
+            state_log_partitions: kafka.transaction_state_log_num_partitions,
+            state_log_segment_bytes: kafka.transaction_state_log_segment_bytes,
+            abort_timed_out_interval_ms: kafka.transaction_abort_timed_out_interval_ms,
+            remove_expired_interval_ms: kafka.transaction_remove_expired_interval_ms,
+        }
+    }
+
     /// The limits the state machine checks requests against; the coordinator's own aborts use
     /// transaction version 2 (the epoch is bumped on every end), as Kafka 4 does.
     pub(crate) fn limits(&self) -> state::Limits {
@@ -180,5 +215,10 @@ mod tests {
         assert_eq!(c.state_log_segment_bytes, 104_857_600);
         assert_eq!(c.abort_timed_out_interval_ms, 10_000);
         assert_eq!(c.remove_expired_interval_ms, 3_600_000);
+        assert_eq!(
+            TxnConfig::from_kafka(&crate::config::KafkaConfig::default()),
+            c,
+            "the server keys' defaults are the coordinator's"
+        );
     }
 }

@@ -140,10 +140,12 @@ async fn find_coordinator(
             .ensure_ready()
             .await
             .map_err(|e| (e, "the group coordinator is not available")),
-        KEY_TYPE_TRANSACTION => Err((
-            ResponseError::CoordinatorNotAvailable,
-            "transactions are not supported by Quiver",
-        )),
+        KEY_TYPE_TRANSACTION => ctx
+            .broker
+            .transactions()
+            .ensure_ready()
+            .await
+            .map_err(|e| (e, "the transaction coordinator is not available")),
         _ => Err((
             ResponseError::InvalidRequest,
             "unknown coordinator key type",
@@ -437,11 +439,23 @@ async fn offset_commit(ctx: &Ctx, version: i16, req: OffsetCommitRequest) -> Off
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-/// One topic's partitions and their committed offsets (`None`: nothing committed).
-type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
+/// A partition's committed offset (`None`: nothing committed) or why it is not answered.
+type Fetched = Result<Option<CommittedOffset>, ResponseError>;
+
+/// One topic's partitions and their committed offsets.
+type TopicOffsets = (String, Vec<(i32, Fetched)>);
+
+/// What OffsetFetch says for a partition: its offset (or "none") and error code. A refused
+/// partition (UNSTABLE_OFFSET_COMMIT) shows no offset, as in Kafka.
+fn offset_or_error(found: Fetched) -> (CommittedOffset, i16) {
+    match found {
+        Ok(o) => (o.unwrap_or_else(no_offset), 0),
+        Err(e) => (no_offset(), e.code()),
+    }
+}
 
 /// Committed offsets grouped by topic, in the order asked (or sorted, for "all").
-fn by_topic(found: Vec<(String, i32, Option<CommittedOffset>)>) -> Vec<TopicOffsets> {
+fn by_topic(found: Vec<(String, i32, Fetched)>) -> Vec<TopicOffsets> {
     let mut out: Vec<TopicOffsets> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (topic, partition, offset) in found {
@@ -473,7 +487,7 @@ fn offset_fetch(ctx: &Ctx, version: i16, req: OffsetFetchRequest) -> OffsetFetch
                         })
                         .collect()
                 });
-                let found = coordinator.fetch_offsets(
+                let found = coordinator.fetch_offsets_checked(
                     g.group_id.0.as_str(),
                     asked.as_deref(),
                     req.require_stable,
@@ -487,12 +501,13 @@ fn offset_fetch(ctx: &Ctx, version: i16, req: OffsetFetchRequest) -> OffsetFetch
                                 parts
                                     .into_iter()
                                     .map(|(p, o)| {
-                                        let o = o.unwrap_or_else(no_offset);
+                                        let (o, code) = offset_or_error(o);
                                         OffsetFetchResponsePartitions::default()
                                             .with_partition_index(p)
                                             .with_committed_offset(o.offset)
                                             .with_committed_leader_epoch(o.leader_epoch)
                                             .with_metadata(Some(s(&o.metadata)))
+                                            .with_error_code(code)
                                     })
                                     .collect(),
                             )
@@ -516,7 +531,7 @@ fn offset_fetch(ctx: &Ctx, version: i16, req: OffsetFetchRequest) -> OffsetFetch
             })
             .collect()
     });
-    let found = coordinator.fetch_offsets(
+    let found = coordinator.fetch_offsets_checked(
         req.group_id.0.as_str(),
         asked.as_deref(),
         version >= 7 && req.require_stable,
@@ -530,12 +545,13 @@ fn offset_fetch(ctx: &Ctx, version: i16, req: OffsetFetchRequest) -> OffsetFetch
                     parts
                         .into_iter()
                         .map(|(p, o)| {
-                            let o = o.unwrap_or_else(no_offset);
+                            let (o, code) = offset_or_error(o);
                             OffsetFetchResponsePartition::default()
                                 .with_partition_index(p)
                                 .with_committed_offset(o.offset)
                                 .with_committed_leader_epoch(o.leader_epoch)
                                 .with_metadata(Some(s(&o.metadata)))
+                                .with_error_code(code)
                         })
                         .collect(),
                 )

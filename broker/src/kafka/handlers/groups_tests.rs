@@ -30,6 +30,7 @@ async fn ctx(dir: &std::path::Path) -> Ctx {
     };
     config.kafka.group_initial_rebalance_delay_ms = 0;
     config.kafka.offsets_topic_num_partitions = 2;
+    config.kafka.transaction_state_log_num_partitions = 2;
     let broker = Broker::open(config)
         .await
         .unwrap_or_else(|e| panic!("open: {e}"));
@@ -373,15 +374,21 @@ async fn every_version_of_offset_apis_and_find_coordinator_works() {
             else {
                 panic!()
             };
-            let code = if v >= 4 {
-                r.coordinators[0].error_code
+            let (code, node, port) = if v >= 4 {
+                let c = &r.coordinators[0];
+                (c.error_code, c.node_id, c.port)
             } else {
-                r.error_code
+                (r.error_code, r.node_id, r.port)
             };
-            assert_eq!(code, ResponseError::CoordinatorNotAvailable.code(), "v{v}");
+            assert_eq!(
+                (code, node, port),
+                (0, BrokerId(0), 9092),
+                "v{v}: this node"
+            );
         }
     }
     assert!(ctx.broker.topic_exists(crate::group::OFFSETS_TOPIC));
+    assert!(ctx.broker.topic_exists(crate::txn::TRANSACTION_STATE_TOPIC));
 
     let member = form(&ctx, "members").await;
     for v in versions(ApiKey::OffsetCommit) {

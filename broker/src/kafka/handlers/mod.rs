@@ -14,6 +14,7 @@ pub mod produce;
 #[cfg(test)]
 mod produce_tests;
 pub mod producer_id;
+pub mod txn;
 
 use std::net::SocketAddr;
 
@@ -77,6 +78,7 @@ pub fn supported() -> impl Iterator<Item = (ApiKey, i16, i16)> {
     CORE.iter()
         .chain(groups::VERSIONS)
         .chain(admin::VERSIONS)
+        .chain(txn::VERSIONS)
         .copied()
 }
 
@@ -110,18 +112,21 @@ pub async fn handle(
             ResponseKind::OffsetForLeaderEpoch(list_offsets::offset_for_leader_epoch(ctx, req))
         }
         RequestKind::InitProducerId(req) => {
-            ResponseKind::InitProducerId(producer_id::handle(ctx, req))
+            ResponseKind::InitProducerId(producer_id::handle(ctx, v, req).await)
         }
         other => match groups::dispatch(ctx, header, other, peer).await {
             Ok(resp) => resp,
             Err(other) => match admin::dispatch(ctx, header, other).await {
                 Ok(resp) => resp,
-                Err(_) => {
-                    return Err(format!(
-                        "no handler for API key {} v{v}",
-                        header.request_api_key
-                    ));
-                }
+                Err(other) => match txn::dispatch(ctx, header, other).await {
+                    Ok(resp) => resp,
+                    Err(_) => {
+                        return Err(format!(
+                            "no handler for API key {} v{v}",
+                            header.request_api_key
+                        ));
+                    }
+                },
             },
         },
     }))
@@ -164,6 +169,7 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         BrokerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        BrokerError::Transaction { code, .. } => *code,
         BrokerError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         BrokerError::Io { .. } | BrokerError::PartitionOffline { .. } => {

@@ -1057,6 +1057,13 @@ fn sweep_request(api: ApiKey, version: i16) -> Option<RequestKind> {
         ApiKey::DescribeLogDirs => {
             RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None))
         }
+        ApiKey::DescribeProducers => {
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+                ProducersTopicRequest::default()
+                    .with_name(name("sweep"))
+                    .with_partition_indexes(vec![0, 5]),
+            ]))
+        }
         _ => return None,
     })
 }
