@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -434,261 +433,160 @@ async fn a_transactional_id_is_described_at_its_own_coordinator_not_a_groups() -
     Ok(())
 }
 
-/// A transactional producer made of raw requests, as far as these tests need one: what Kafka's
-/// producer sends to open a transaction, write to it and end it.
-mod raw_txn {
-    use bytes::Bytes;
-    use kafka_protocol::messages::add_partitions_to_txn_request::{
-        AddPartitionsToTxnRequest, AddPartitionsToTxnTopic,
-    };
-    use kafka_protocol::messages::end_txn_request::EndTxnRequest;
-    use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
-    use kafka_protocol::messages::produce_request::{
-        PartitionProduceData, ProduceRequest, TopicProduceData,
-    };
-    use kafka_protocol::messages::{ApiKey, ProducerId, TransactionalId};
-    use quiver_common::batch::{ProducerInfo, attributes};
-    use quiver_common::record::{Record, records_to_batch};
+/// `count` records of `id`, for a transactional append.
+fn txn_records(id: &str, count: usize) -> arrow::record_batch::RecordBatch {
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record::new(10, None, Some(format!("{id}-{i}").as_bytes())))
+        .collect();
+    records_to_batch(&records)
+}
 
-    use crate::data::encode_produce_batch;
-    use crate::groups::CoordinatorType;
-    use crate::txn_admin::str_bytes;
-    use crate::{ApiError, ClientError, KafkaClient, Lane, Result, topic_name, versions};
+/// Fails the test with a broker error.
+fn fail<T>(e: quiver_broker::BrokerError) -> T {
+    panic!("{e}")
+}
 
-    /// A transactional id's producer id and epoch.
-    #[derive(Debug, Clone)]
-    pub struct Txn {
-        pub id: String,
-        pub producer_id: i64,
-        pub producer_epoch: i16,
-    }
-
-    fn refused(what: &str, code: i16) -> Result<()> {
-        match ApiError::from_code(code, None) {
-            None => Ok(()),
-            Some(error) => Err(ClientError::Api {
-                context: what.to_owned(),
-                error,
-            }),
-        }
-    }
-
-    fn txn_id(id: &str) -> TransactionalId {
-        TransactionalId(str_bytes(id))
-    }
-
-    /// InitProducerId for `id` at its coordinator, with a 60 s transaction timeout.
-    pub async fn init(c: &KafkaClient, id: &str) -> Result<Txn> {
-        c.on_coordinator_of(
-            CoordinatorType::Transaction,
-            id,
-            Lane::Control,
-            |conn| async move {
-                let (_, r) = c
-                    .call(
-                        &conn,
-                        ApiKey::InitProducerId,
-                        versions::INIT_PRODUCER_ID,
-                        c.request_timeout(),
-                        |_| {
-                            Ok(InitProducerIdRequest::default()
-                                .with_transactional_id(Some(txn_id(id)))
-                                .with_transaction_timeout_ms(60_000))
-                        },
-                    )
-                    .await?;
-                refused("InitProducerId", r.error_code)?;
-                Ok(Txn {
-                    id: id.to_owned(),
-                    producer_id: r.producer_id.0,
-                    producer_epoch: r.producer_epoch,
-                })
-            },
-        )
-        .await
-    }
-
-    /// AddPartitionsToTxn: `partitions` of `topic` join the transaction.
-    pub async fn add_partitions(
-        c: &KafkaClient,
-        t: &Txn,
-        topic: &str,
-        partitions: &[i32],
-    ) -> Result<()> {
-        let t = t.clone();
-        c.on_coordinator_of(CoordinatorType::Transaction, &t.id, Lane::Control, |conn| {
-            let t = t.clone();
-            async move {
-                let (_, r) = c
-                    .call(
-                        &conn,
-                        ApiKey::AddPartitionsToTxn,
-                        (0, 3),
-                        c.request_timeout(),
-                        |_| {
-                            Ok(AddPartitionsToTxnRequest::default()
-                                .with_v3_and_below_transactional_id(txn_id(&t.id))
-                                .with_v3_and_below_producer_id(ProducerId(t.producer_id))
-                                .with_v3_and_below_producer_epoch(t.producer_epoch)
-                                .with_v3_and_below_topics(vec![
-                                    AddPartitionsToTxnTopic::default()
-                                        .with_name(topic_name(topic))
-                                        .with_partitions(partitions.to_vec()),
-                                ]))
-                        },
-                    )
-                    .await?;
-                for topic in r.results_by_topic_v3_and_below {
-                    for p in topic.results_by_partition {
-                        refused("AddPartitionsToTxn", p.partition_error_code)?;
-                    }
-                }
-                Ok(())
-            }
-        })
-        .await
-    }
-
-    /// Writes `count` records to `topic`-`partition` in the transaction, as its batch with
-    /// sequence `sequence`; returns the batch's base offset.
-    pub async fn produce(
-        c: &KafkaClient,
-        t: &Txn,
-        topic: &str,
-        partition: i32,
-        sequence: i32,
-        count: usize,
-    ) -> Result<i64> {
-        let records: Vec<Record> = (0..count)
-            .map(|i| Record::new(10, None, Some(format!("{}-{i}", t.id).as_bytes())))
-            .collect();
-        let producer = ProducerInfo {
-            producer_id: t.producer_id,
-            producer_epoch: t.producer_epoch,
-            base_sequence: sequence,
-            attributes: attributes::TRANSACTIONAL,
-        };
-        let bytes: Bytes = encode_produce_batch(&records_to_batch(&records), producer, 0)?;
-        let conn = c.bootstrap_connection().await?;
-        let (_, r) = c
-            .call(
-                &conn,
-                ApiKey::Produce,
-                versions::PRODUCE,
-                c.request_timeout(),
-                |_| {
-                    Ok(ProduceRequest::default()
-                        .with_transactional_id(Some(txn_id(&t.id)))
-                        .with_acks(-1)
-                        .with_timeout_ms(10_000)
-                        .with_topic_data(vec![
-                            TopicProduceData::default()
-                                .with_name(topic_name(topic))
-                                .with_partition_data(vec![
-                                    PartitionProduceData::default()
-                                        .with_index(partition)
-                                        .with_records(Some(bytes)),
-                                ]),
-                        ]))
-                },
-            )
-            .await?;
-        let p = r
-            .responses
-            .into_iter()
-            .flat_map(|t| t.partition_responses)
-            .next();
-        let Some(p) = p else {
-            return Err(ClientError::InvalidArgument(
-                "Produce answered without the partition".into(),
-            ));
-        };
-        refused("Produce", p.error_code)?;
-        Ok(p.base_offset)
-    }
-
-    /// EndTxn: commits or aborts the transaction.
-    pub async fn end(c: &KafkaClient, t: &Txn, commit: bool) -> Result<()> {
-        let t = t.clone();
-        c.on_coordinator_of(CoordinatorType::Transaction, &t.id, Lane::Control, |conn| {
-            let t = t.clone();
-            async move {
-                let (_, r) = c
-                    .call(&conn, ApiKey::EndTxn, (0, 3), c.request_timeout(), |_| {
-                        Ok(EndTxnRequest::default()
-                            .with_transactional_id(txn_id(&t.id))
-                            .with_producer_id(ProducerId(t.producer_id))
-                            .with_producer_epoch(t.producer_epoch)
-                            .with_committed(commit))
-                    })
-                    .await?;
-                refused("EndTxn", r.error_code)
-            }
-        })
-        .await
-    }
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the broker's transaction coordinator, ListTransactions and DescribeTransactions"]
+async fn describe_producers_shows_where_a_partitions_open_transaction_starts() -> Result<()> {
+    let (s, _dir) = start().await;
+    let c = client(s.addr()).await;
+    c.create_topics(&[new_topic("t", Some(2), &[])], false)
+        .await?;
+    let broker = s.broker();
+
+    // Committed in partition 0; open in partition 1, after plain records.
+    let mut done = broker
+        .transactional_producer("app-done", 60_000)
+        .await
+        .unwrap_or_else(fail);
+    done.append("t", 0, &txn_records("done", 2))
+        .await
+        .unwrap_or_else(fail);
+    done.commit_and_wait().await.unwrap_or_else(fail);
+    let mut open = broker
+        .transactional_producer("app-open", 60_000)
+        .await
+        .unwrap_or_else(fail);
+    c.produce("t", 1, &txn_records("plain", 2)).await?;
+    let first = open
+        .append("t", 1, &txn_records("open", 3))
+        .await
+        .unwrap_or_else(fail);
+    open.append("t", 1, &txn_records("open", 1))
+        .await
+        .unwrap_or_else(fail);
+
+    let described = c.describe_producers("t", &[0, 1]).await?;
+    let producers = |p: usize| -> Vec<(i64, i32, i32, Option<i64>)> {
+        described[p]
+            .1
+            .clone()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|s| {
+                (
+                    s.producer_id,
+                    s.producer_epoch,
+                    s.last_sequence,
+                    s.current_txn_start_offset,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        producers(0),
+        [(
+            done.producer_id(),
+            i32::from(done.producer_epoch()),
+            1,
+            None
+        )],
+        "a committed transaction holds nothing back"
+    );
+    assert_eq!(
+        producers(1),
+        [(
+            open.producer_id(),
+            i32::from(open.producer_epoch()),
+            3,
+            Some(first.base_offset)
+        )],
+        "the open transaction starts at its first batch, after the plain records"
+    );
+    assert_eq!(first.base_offset, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the broker's ListTransactions and DescribeTransactions"]
 async fn transactions_are_listed_and_described_as_their_coordinator_knows_them() -> Result<()> {
     let (s, _dir) = start().await;
     let c = client(s.addr()).await;
     c.create_topics(&[new_topic("t", Some(2), &[])], false)
         .await?;
-    let before_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let broker = s.broker();
+    let before_ms = now_ms();
 
-    // One transaction left open over both partitions, with records in partition 1 only.
-    let open = raw_txn::init(&c, "app-open").await?;
-    raw_txn::add_partitions(&c, &open, "t", &[1, 0]).await?;
-    let first = raw_txn::produce(&c, &open, "t", 1, 0, 3).await?;
-    // Another written and committed.
-    let done = raw_txn::init(&c, "app-done").await?;
-    raw_txn::add_partitions(&c, &done, "t", &[0]).await?;
-    raw_txn::produce(&c, &done, "t", 0, 0, 2).await?;
-    raw_txn::end(&c, &done, true).await?;
+    // One transaction left open over both partitions; another written and committed.
+    let mut open = broker
+        .transactional_producer("app-open", 45_000)
+        .await
+        .unwrap_or_else(fail);
+    for p in [1, 0] {
+        open.append("t", p, &txn_records("open", 1))
+            .await
+            .unwrap_or_else(fail);
+    }
+    let mut done = broker
+        .transactional_producer("app-done", 60_000)
+        .await
+        .unwrap_or_else(fail);
+    done.append("t", 0, &txn_records("done", 2))
+        .await
+        .unwrap_or_else(fail);
+    done.commit_and_wait().await.unwrap_or_else(fail);
 
-    // The commit completes once its markers are written.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let listed = loop {
-        let listed = c.list_transactions(&[], &[]).await?;
-        let complete = listed
-            .iter()
-            .any(|t| t.transactional_id == "app-done" && t.state == "CompleteCommit");
-        if complete || std::time::Instant::now() > deadline {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let listed = c.list_transactions(&[], &[]).await?;
     assert_eq!(
         listed,
         [
             ListedTransaction {
                 transactional_id: "app-done".into(),
-                producer_id: done.producer_id,
+                producer_id: done.producer_id(),
                 state: "CompleteCommit".into(),
             },
             ListedTransaction {
                 transactional_id: "app-open".into(),
-                producer_id: open.producer_id,
+                producer_id: open.producer_id(),
                 state: "Ongoing".into(),
             },
         ]
     );
-    let ongoing = c.list_transactions(&["Ongoing"], &[]).await?;
-    let ids: Vec<&str> = ongoing
-        .iter()
-        .map(|t| t.transactional_id.as_str())
-        .collect();
-    assert_eq!(ids, ["app-open"]);
-    let by_producer = c.list_transactions(&[], &[done.producer_id]).await?;
-    let ids: Vec<&str> = by_producer
-        .iter()
-        .map(|t| t.transactional_id.as_str())
-        .collect();
-    assert_eq!(ids, ["app-done"]);
+    let ids = |listed: Vec<ListedTransaction>| -> Vec<String> {
+        listed.into_iter().map(|t| t.transactional_id).collect()
+    };
+    assert_eq!(
+        ids(c.list_transactions(&["Ongoing"], &[]).await?),
+        ["app-open"]
+    );
+    assert_eq!(
+        ids(c.list_transactions(&[], &[done.producer_id()]).await?),
+        ["app-done"]
+    );
+    assert_eq!(
+        ids(c
+            .list_transactions(&["Ongoing"], &[done.producer_id()])
+            .await?),
+        Vec::<String>::new(),
+        "both filters apply"
+    );
 
     let described = c
         .describe_transactions(&["app-open", "app-done", "nobody"])
@@ -704,9 +602,9 @@ async fn transactions_are_listed_and_described_as_their_coordinator_knows_them()
         ),
         (
             "Ongoing",
-            open.producer_id,
-            open.producer_epoch,
-            60_000,
+            open.producer_id(),
+            open.producer_epoch(),
+            45_000,
             vec![("t".to_owned(), vec![0, 1])]
         )
     );
@@ -726,19 +624,5 @@ async fn transactions_are_listed_and_described_as_their_coordinator_knows_them()
         described[2].1.as_ref().err().map(|e| e.error),
         Some(ResponseError::TransactionalIdNotFound)
     );
-
-    // Partition 1 is held back by the open transaction; partition 0's is committed.
-    let producers = c.describe_producers("t", &[0, 1]).await?;
-    let open_at = |p: usize| -> Vec<(i64, Option<i64>)> {
-        producers[p]
-            .1
-            .clone()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .iter()
-            .map(|s| (s.producer_id, s.current_txn_start_offset))
-            .collect()
-    };
-    assert_eq!(open_at(0), [(done.producer_id, None)]);
-    assert_eq!(open_at(1), [(open.producer_id, Some(first))]);
     Ok(())
 }
