@@ -382,3 +382,130 @@ fn transactions_describe_producers_shows_each_partitions_producers() {
         "error: unknown topic 'nope'; list topics with `quiver topics list`\n"
     );
 }
+
+/// Longest one Python client script may run (a debug server on a busy 2-core machine).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Runs `tests/python/txn_admin.py`: `transactional_id` commits offsets for a group in a
+/// transaction (`end` = `commit`) or leaves that transaction open (`open`).
+fn txn_admin_script(s: &Running, transactional_id: &str, end: &str) {
+    let out = common::python::run(
+        "txn_admin.py",
+        &[s.bootstrap(), transactional_id, end],
+        SCRIPT_TIMEOUT,
+    );
+    assert_eq!(
+        out,
+        format!(
+            "{transactional_id} {}\n",
+            if end == "commit" { "committed" } else { "open" }
+        )
+    );
+}
+
+/// The whitespace-separated cells of each line.
+fn cells(out: &str) -> Vec<Vec<&str>> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+#[test]
+fn transactions_describe_producers_finds_the_open_transaction_of_a_partition() {
+    let s = Running::start(&[]);
+    s.run(&["topics", "create", "txn-admin-input"], b"").ok();
+    txn_admin_script(&s, "app-done", "commit");
+    txn_admin_script(&s, "app-open", "open");
+
+    // Both transactions wrote the group's offsets to the same __consumer_offsets partition:
+    // the committed one holds nothing back, the open one from where it started.
+    let out = s
+        .run(
+            &[
+                "transactions",
+                "describe-producers",
+                "--topic",
+                "__consumer_offsets",
+            ],
+            b"",
+        )
+        .ok()
+        .stdout;
+    let rows = cells(&out);
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[1][0], rows[2][0], "one partition: {out}");
+    assert_ne!(rows[1][1], rows[2][1], "two producer ids: {out}");
+    let starts: Vec<&str> = rows[1..].iter().map(|r| r[6]).collect();
+    assert!(
+        starts.contains(&"-") && starts.iter().any(|s| s.parse::<i64>().is_ok()),
+        "one committed, one open: {out}"
+    );
+    // Offsets written in a transaction carry no sequence number.
+    assert!(rows[1..].iter().all(|r| r[3] == "-1"), "{out}");
+}
+
+#[test]
+#[ignore = "needs the broker's ListTransactions and DescribeTransactions"]
+fn transactions_list_and_describe_show_what_the_coordinator_knows() {
+    let s = Running::start(&[]);
+    s.run(&["topics", "create", "txn-admin-input"], b"").ok();
+    txn_admin_script(&s, "app-done", "commit");
+    txn_admin_script(&s, "app-open", "open");
+
+    let out = s.run(&["transactions", "list"], b"").ok().stdout;
+    let rows = cells(&out);
+    assert_eq!(
+        rows[0],
+        ["TRANSACTIONAL-ID", "PRODUCER-ID", "STATE"],
+        "{out}"
+    );
+    let listed: Vec<(&str, &str)> = rows[1..].iter().map(|r| (r[0], r[2])).collect();
+    assert_eq!(
+        listed,
+        [("app-done", "CompleteCommit"), ("app-open", "Ongoing")],
+        "{out}"
+    );
+    let open_producer_id = rows[2][1];
+
+    let out = s
+        .run(&["transactions", "list", "--state", "Ongoing"], b"")
+        .ok()
+        .stdout;
+    let ids: Vec<&str> = cells(&out)[1..].iter().map(|r| r[0]).collect();
+    assert_eq!(ids, ["app-open"], "{out}");
+    let out = s
+        .run(
+            &["transactions", "list", "--producer-id", open_producer_id],
+            b"",
+        )
+        .ok()
+        .stdout;
+    let ids: Vec<&str> = cells(&out)[1..].iter().map(|r| r[0]).collect();
+    assert_eq!(ids, ["app-open"], "{out}");
+
+    let out = s
+        .run(&["transactions", "describe", "app-open"], b"")
+        .ok()
+        .stdout;
+    let field = |name: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    assert_eq!(field("Transactional id:"), "app-open");
+    assert_eq!(field("State:"), "Ongoing");
+    assert_eq!(field("Producer id:"), open_producer_id);
+    assert_eq!(field("Timeout ms:"), "60000");
+    assert!(field("Start time ms:").parse::<i64>().is_ok(), "{out}");
+    assert!(
+        field("Partitions:").starts_with("__consumer_offsets-"),
+        "the group's offsets are in the transaction: {out}"
+    );
+
+    let err = s.run(&["transactions", "describe", "nobody"], b"").failed();
+    assert_eq!(
+        err,
+        "error: unknown transactional id 'nobody'; list transactional ids with `quiver transactions list`\n"
+    );
+}
