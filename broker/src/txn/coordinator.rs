@@ -708,6 +708,31 @@ impl TxnCoordinator {
         topic: &str,
         partition: i32,
     ) -> Result<(), ResponseError> {
+        self.append_verified(
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            topic,
+            partition,
+            || (),
+        )
+    }
+
+    /// [`TxnCoordinator::verify_partition`], then `append` while the transactional id's lock is
+    /// still held: an EndTxn (or a timeout or fencing abort) cannot slip between the check and
+    /// the write, so the batch lands before the transaction's marker or not at all, and no
+    /// batch can open a transaction on the partition that the coordinator will never end.
+    /// `append` must not wait (it runs under a lock): call `Log::append_unflushed` in it and
+    /// acknowledge afterwards.
+    pub fn append_verified<R>(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        topic: &str,
+        partition: i32,
+        append: impl FnOnce() -> R,
+    ) -> Result<R, ResponseError> {
         let caller = Caller {
             transactional_id,
             producer_id,
@@ -719,8 +744,13 @@ impl TxnCoordinator {
         let meta = s.as_ref().and_then(|s| s.meta.as_ref());
         match state::verify_partitions(meta, caller, std::slice::from_ref(&p)) {
             Ok(checked) if checked.iter().all(|(_, e)| e.is_none()) => {
-                if meta.is_some_and(|m| m.state == TxnState::Ongoing) {
-                    Ok(())
+                // A change in flight may only be more partitions joining (to Ongoing again);
+                // once the end is being written, no data may join.
+                let open = meta.is_some_and(|m| {
+                    m.state == TxnState::Ongoing && m.pending.is_none_or(|p| p == TxnState::Ongoing)
+                });
+                if open {
+                    Ok(append())
                 } else {
                     Err(ResponseError::InvalidTxnState)
                 }

@@ -179,24 +179,6 @@ impl TransactionalProducer {
             });
         }
         self.add(TxnPartition::new(topic, partition), None).await?;
-        // Fenced since the partition was added: the coordinator knows before the log does.
-        self.broker
-            .transactions()
-            .verify_partition(
-                &self.transactional_id,
-                self.producer_id,
-                self.producer_epoch,
-                topic,
-                partition,
-            )
-            .map_err(|code| BrokerError::Transaction {
-                code,
-                message: format!(
-                    "{topic}-{partition} is not in an open transaction of transactional id '{}' \
-                     with producer {} epoch {}; the producer may have been fenced",
-                    self.transactional_id, self.producer_id, self.producer_epoch
-                ),
-            })?;
         let key = (topic.to_owned(), partition);
         let sequence = self.sequences.get(&key).copied().unwrap_or(0);
         let producer = ProducerInfo {
@@ -205,7 +187,28 @@ impl TransactionalProducer {
             base_sequence: sequence,
             attributes: attributes::TRANSACTIONAL,
         };
-        let info = log.append(batch, producer, Ack::All).await?;
+        // Checked and written under the transactional id's lock: fenced since the partition
+        // was added (the coordinator knows before the log does), or ending, and nothing lands.
+        let info = self
+            .broker
+            .transactions()
+            .append_verified(
+                &self.transactional_id,
+                self.producer_id,
+                self.producer_epoch,
+                topic,
+                partition,
+                || log.append_unflushed(batch, producer),
+            )
+            .map_err(|code| BrokerError::Transaction {
+                code,
+                message: format!(
+                    "{topic}-{partition} is not in an open transaction of transactional id '{}' \
+                     with producer {} epoch {}; the producer may have been fenced",
+                    self.transactional_id, self.producer_id, self.producer_epoch
+                ),
+            })??;
+        log.acknowledge(info.last_offset + 1, Ack::All).await?;
         let rows = i32::try_from(batch.num_rows()).unwrap_or(i32::MAX);
         // Kafka's sequences wrap at i32::MAX.
         let next = if sequence > i32::MAX - rows {

@@ -57,7 +57,13 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         let mut waits = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
-            let (response, wait) = produce_partition(ctx, &name, p.index, p.records);
+            let (response, wait) = produce_partition(
+                ctx,
+                req.transactional_id.as_ref().map(|t| t.0.as_str()),
+                &name,
+                p.index,
+                p.records,
+            );
             partitions.push(response);
             waits.push(wait);
         }
@@ -133,10 +139,48 @@ fn record_error_code(e: &RecordError) -> i16 {
     }
 }
 
+/// A refused partition: its error code and message.
+type Refusal = (i16, String);
+
+/// The checks of a transactional write before the coordinator's: the request names a
+/// transactional id, and every batch for the partition comes from the same producer and epoch.
+/// Returns the transactional id.
+fn check_transactional<'a>(
+    transactional_id: Option<&'a str>,
+    producer: ProducerInfo,
+    decoded: &[(arrow::record_batch::RecordBatch, ProducerInfo)],
+    topic: &str,
+    index: i32,
+) -> Result<&'a str, Refusal> {
+    let Some(transactional_id) = transactional_id.filter(|t| !t.is_empty()) else {
+        return Err((
+            ResponseError::InvalidTxnState.code(),
+            format!(
+                "a transactional batch for {topic}-{index} came in a Produce request without a \
+                 transactional id; set transactional.id on the producer"
+            ),
+        ));
+    };
+    let mixed = decoded.iter().any(|(_, p)| {
+        p.producer_id != producer.producer_id || p.producer_epoch != producer.producer_epoch
+    });
+    if mixed {
+        return Err((
+            ResponseError::InvalidRecord.code(),
+            format!(
+                "the batches for {topic}-{index} come from different producers or epochs; one \
+                 transactional producer writes one Produce request"
+            ),
+        ));
+    }
+    Ok(transactional_id)
+}
+
 /// Checks and appends one partition's records; returns its response and, when something was
 /// appended, its log and the offset after the records (what acknowledging waits for).
 fn produce_partition(
     ctx: &Ctx,
+    transactional_id: Option<&str>,
     topic: &str,
     index: i32,
     records: Option<Bytes>,
@@ -166,8 +210,10 @@ fn produce_partition(
                 None,
             );
         }
-        if batch.is_transactional() || batch.is_control() {
-            let msg = "transactional batches are not supported yet".into();
+        if batch.is_control() {
+            let msg = "control batches (transaction markers) are written by the transaction \
+                       coordinator only; a client may not produce them"
+                .into();
             return (
                 failed(index, ResponseError::InvalidRecord.code(), msg),
                 None,
@@ -192,17 +238,57 @@ fn produce_partition(
         };
         decoded.push((builder.finish(), producer));
     }
-    let mut first = None;
-    let mut end = None;
-    for (batch, producer) in &decoded {
-        match log.append_unflushed(batch, *producer) {
-            Ok(info) => {
-                first.get_or_insert(info);
-                end = Some(info.last_offset + 1);
+    let append_all = || {
+        let mut first = None;
+        let mut end = None;
+        for (batch, producer) in &decoded {
+            match log.append_unflushed(batch, *producer) {
+                Ok(info) => {
+                    first.get_or_insert(info);
+                    end = Some(info.last_offset + 1);
+                }
+                Err(e) => return Err((error_code(&e), e.to_string())),
             }
-            Err(e) => return (failed(index, error_code(&e), e.to_string()), None),
         }
-    }
+        Ok((first, end))
+    };
+    let transactional = decoded
+        .iter()
+        .map(|(_, p)| *p)
+        .find(|p| p.attributes & attributes::TRANSACTIONAL != 0);
+    let appended = match transactional {
+        None => append_all(),
+        Some(p) => match check_transactional(transactional_id, p, &decoded, topic, index) {
+            Err(refused) => Err(refused),
+            Ok(txn_id) => ctx
+                .broker
+                .transactions()
+                .append_verified(
+                    txn_id,
+                    p.producer_id,
+                    p.producer_epoch,
+                    topic,
+                    index,
+                    append_all,
+                )
+                .unwrap_or_else(|code| {
+                    Err((
+                        code.code(),
+                        format!(
+                            "{topic}-{index} is not in an open transaction of transactional \
+                                 id '{txn_id}' with producer {} epoch {}: add it with \
+                                 AddPartitionsToTxn first; a fenced producer must call \
+                                 InitProducerId again",
+                            p.producer_id, p.producer_epoch
+                        ),
+                    ))
+                }),
+        },
+    };
+    let (first, end) = match appended {
+        Ok(done) => done,
+        Err((code, message)) => return (failed(index, code, message), None),
+    };
     let offsets = log.offsets();
     let response = match first {
         Some(info) => PartitionProduceResponse::default()
