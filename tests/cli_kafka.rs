@@ -445,7 +445,6 @@ fn transactions_describe_producers_finds_the_open_transaction_of_a_partition() {
 }
 
 #[test]
-#[ignore = "needs the broker's ListTransactions and DescribeTransactions"]
 fn transactions_list_and_describe_show_what_the_coordinator_knows() {
     let s = Running::start(&[]);
     s.run(&["topics", "create", "txn-admin-input"], b"").ok();
@@ -501,6 +500,16 @@ fn transactions_list_and_describe_show_what_the_coordinator_knows() {
     assert!(
         field("Partitions:").starts_with("__consumer_offsets-"),
         "the group's offsets are in the transaction: {out}"
+    );
+
+    let out = s
+        .run(&["transactions", "describe", "app-done"], b"")
+        .ok()
+        .stdout;
+    assert!(
+        out.contains("\nState:             CompleteCommit\n")
+            && out.contains("\nDuration ms:       -\nPartitions:        -\n"),
+        "an ended transaction lasts no longer and holds no partitions: {out}"
     );
 
     let err = s.run(&["transactions", "describe", "nobody"], b"").failed();

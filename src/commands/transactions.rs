@@ -127,7 +127,16 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The description as `Label: value` lines; the duration is measured to `now_ms`.
+/// Whether a transaction in `state` is still open: its duration grows until it ends.
+fn is_open(state: &str) -> bool {
+    matches!(
+        state,
+        "Ongoing" | "PrepareCommit" | "PrepareAbort" | "PrepareEpochFence"
+    )
+}
+
+/// The description as `Label: value` lines; an open transaction's duration is measured to
+/// `now_ms` (an ended one's is not known).
 fn render_description(d: &TransactionDescription, now_ms: i64) -> String {
     let dash = || "-".to_owned();
     let partitions: Vec<String> = d
@@ -150,6 +159,7 @@ fn render_description(d: &TransactionDescription, now_ms: i64) -> String {
         d.timeout_ms,
         d.start_timestamp_ms.map_or_else(dash, |t| t.to_string()),
         d.start_timestamp_ms
+            .filter(|_| is_open(&d.state))
             .map_or_else(dash, |t| now_ms.saturating_sub(t).max(0).to_string()),
         partitions,
     )
@@ -270,14 +280,17 @@ mod tests {
              Producer epoch:    2\nTimeout ms:        60000\nStart time ms:     1000\n\
              Duration ms:       3500\nPartitions:        a-0, a-2, b-1\n"
         );
+        // Ended: the last start is still told, but the transaction no longer lasts.
         d.state = "CompleteCommit".into();
-        d.start_timestamp_ms = None;
         d.partitions.clear();
         let out = render_description(&d, 4_500);
         assert!(
-            out.contains("\nStart time ms:     -\nDuration ms:       -\nPartitions:        -\n"),
+            out.contains("\nStart time ms:     1000\nDuration ms:       -\nPartitions:        -\n"),
             "{out}"
         );
+        d.start_timestamp_ms = None;
+        let out = render_description(&d, 4_500);
+        assert!(out.contains("\nStart time ms:     -\n"), "{out}");
     }
 
     #[test]

@@ -525,7 +525,6 @@ async fn describe_producers_shows_where_a_partitions_open_transaction_starts() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the broker's ListTransactions and DescribeTransactions"]
 async fn transactions_are_listed_and_described_as_their_coordinator_knows_them() -> Result<()> {
     let (s, _dir) = start().await;
     let c = client(s.addr()).await;
@@ -586,6 +585,11 @@ async fn transactions_are_listed_and_described_as_their_coordinator_knows_them()
             .await?),
         Vec::<String>::new(),
         "both filters apply"
+    );
+    let bogus = c.list_transactions(&["Bogus"], &[]).await;
+    assert!(
+        matches!(&bogus, Err(ClientError::InvalidArgument(m)) if m.starts_with("unknown transaction state 'Bogus'; the states are Empty, ")),
+        "{bogus:?}"
     );
 
     let described = c
