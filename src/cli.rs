@@ -8,6 +8,7 @@ use crate::commands::consume::{self, ConsumeArgs};
 use crate::commands::groups::{self, GroupsArgs};
 use crate::commands::produce::{self, ProduceArgs};
 use crate::commands::topics::{self, TopicsArgs};
+use crate::commands::transactions::{self, TransactionsArgs};
 use crate::server::{self, ServerArgs};
 use crate::signal::StopSignals;
 
@@ -39,6 +40,10 @@ pub enum Command {
     /// List consumer groups, or describe one: members, committed offsets and lag (needs
     /// --bootstrap-server)
     Groups(GroupsArgs),
+
+    /// List transactions, describe a transactional id, or show the producers of a topic's
+    /// partitions and their open transactions (needs --bootstrap-server)
+    Transactions(TransactionsArgs),
 }
 
 impl Command {
@@ -73,6 +78,7 @@ pub async fn run(command: Command) -> Result<()> {
             finish(client, result).await
         }
         Command::Groups(args) => groups::run(args).await,
+        Command::Transactions(args) => transactions::run(args).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! End-to-end tests of `quiver topics`, `produce`, `consume` and `groups` over the Kafka
+//! End-to-end tests of `quiver topics`, `produce`, `consume`, `groups` and `transactions` over the Kafka
 //! protocol (`--bootstrap-server`) against a running `quiver server`: the shared scenarios
 //! (`tests/common/scenarios.rs`), and what only a server does.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::scenarios::{self, partition_rows};
 use common::{Cli, Running};
-use quiver::kafka_client::{ClientConfig, KafkaClient};
+use quiver::kafka_client::{ClientConfig, IdempotentProducer, KafkaClient, ProducerConfig};
 
 cli_scenarios!(|| Running::start(&[]));
 
@@ -103,6 +103,9 @@ fn an_unreachable_server_is_a_clear_error() {
         &["consume", "t", "--timeout-ms", "0"],
         &["groups", "list"],
         &["groups", "describe", "g"],
+        &["transactions", "list"],
+        &["transactions", "describe", "app"],
+        &["transactions", "describe-producers", "--topic", "t"],
     ] {
         let mut all = args.to_vec();
         all.extend(["--bootstrap-server", &addr]);
@@ -138,6 +141,14 @@ fn an_unreachable_server_is_a_clear_error() {
     assert!(
         err.starts_with(
             "error: consumer groups live in a running server; pass --bootstrap-server HOST:PORT"
+        ),
+        "{err}"
+    );
+    // So do transactions.
+    let err = common::run(&["transactions", "list"], b"").failed();
+    assert!(
+        err.starts_with(
+            "error: transactions live in a running server; pass --bootstrap-server HOST:PORT"
         ),
         "{err}"
     );
@@ -231,6 +242,10 @@ fn help_names_the_bootstrap_server_everywhere() {
         &["consume", "--help"],
         &["groups", "--help"],
         &["groups", "describe", "--help"],
+        &["transactions", "--help"],
+        &["transactions", "list", "--help"],
+        &["transactions", "describe", "--help"],
+        &["transactions", "describe-producers", "--help"],
     ] {
         let out = common::run(cmd, b"").ok();
         assert!(
@@ -241,4 +256,265 @@ fn help_names_the_bootstrap_server_everywhere() {
     }
     let top = common::run(&["--help"], b"").ok().stdout;
     assert!(top.contains("groups"), "{top}");
+    assert!(top.contains("transactions"), "{top}");
+}
+
+/// Writes `counts[p]` records to each partition `p` of `topic` with one idempotent producer;
+/// returns its producer id.
+fn produce_idempotent(bootstrap: &str, topic: &str, counts: &[usize]) -> i64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = std::sync::Arc::new(
+            KafkaClient::connect(bootstrap, ClientConfig::default())
+                .await
+                .expect("connect"),
+        );
+        let producer = IdempotentProducer::new(client.clone(), ProducerConfig::default())
+            .await
+            .expect("producer id");
+        for (partition, count) in counts.iter().enumerate() {
+            let records: Vec<quiver::common::record::Record> = (0..*count)
+                .map(|i| {
+                    quiver::common::record::Record::new(1, None, Some(format!("v{i}").as_bytes()))
+                })
+                .collect();
+            let batch = quiver::common::record::records_to_batch(&records);
+            producer
+                .send(topic, partition as i32, &batch)
+                .await
+                .expect("send");
+        }
+        client.close().await;
+        producer.producer_id().0
+    })
+}
+
+#[test]
+fn transactions_describe_producers_shows_each_partitions_producers() {
+    let s = Running::start(&[]);
+    s.run(&["topics", "create", "t", "--partitions", "3"], b"")
+        .ok();
+    let producer_id = produce_idempotent(s.bootstrap(), "t", &[3, 2]).to_string();
+
+    let table = |out: &str| -> Vec<Vec<String>> {
+        out.lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let out = s
+        .run(&["transactions", "describe-producers", "--topic", "t"], b"")
+        .ok()
+        .stdout;
+    let rows = table(&out);
+    assert_eq!(
+        rows[0],
+        [
+            "PARTITION",
+            "PRODUCER-ID",
+            "EPOCH",
+            "LAST-SEQUENCE",
+            "LAST-TIMESTAMP",
+            "COORDINATOR-EPOCH",
+            "TXN-START-OFFSET"
+        ],
+        "{out}"
+    );
+    // Partition 2 has no producer; the others one each, with no transaction open.
+    let summary: Vec<[&str; 5]> = rows[1..]
+        .iter()
+        .map(|r| [&*r[0], &*r[1], &*r[2], &*r[3], &*r[6]])
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ["0", &*producer_id, "0", "2", "-"],
+            ["1", &*producer_id, "0", "1", "-"],
+        ],
+        "{out}"
+    );
+
+    let out = s
+        .run(
+            &[
+                "transactions",
+                "describe-producers",
+                "--topic",
+                "t",
+                "--partition",
+                "1",
+            ],
+            b"",
+        )
+        .ok()
+        .stdout;
+    let rows = table(&out);
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[1][..4], ["1", &*producer_id, "0", "1"], "{out}");
+
+    let err = s
+        .run(
+            &[
+                "transactions",
+                "describe-producers",
+                "--topic",
+                "t",
+                "--partition",
+                "5",
+            ],
+            b"",
+        )
+        .failed();
+    assert_eq!(
+        err,
+        "error: unknown partition 5 of topic 't' (it has 3 partitions)\n"
+    );
+    let err = s
+        .run(
+            &["transactions", "describe-producers", "--topic", "nope"],
+            b"",
+        )
+        .failed();
+    assert_eq!(
+        err,
+        "error: unknown topic 'nope'; list topics with `quiver topics list`\n"
+    );
+}
+
+/// Longest one Python client script may run (a debug server on a busy 2-core machine).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Runs `tests/python/txn_admin.py`: `transactional_id` commits offsets for a group in a
+/// transaction (`end` = `commit`) or leaves that transaction open (`open`).
+fn txn_admin_script(s: &Running, transactional_id: &str, end: &str) {
+    let out = common::python::run(
+        "txn_admin.py",
+        &[s.bootstrap(), transactional_id, end],
+        SCRIPT_TIMEOUT,
+    );
+    assert_eq!(
+        out,
+        format!(
+            "{transactional_id} {}\n",
+            if end == "commit" { "committed" } else { "open" }
+        )
+    );
+}
+
+/// The whitespace-separated cells of each line.
+fn cells(out: &str) -> Vec<Vec<&str>> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+#[test]
+fn transactions_describe_producers_finds_the_open_transaction_of_a_partition() {
+    let s = Running::start(&[]);
+    s.run(&["topics", "create", "txn-admin-input"], b"").ok();
+    txn_admin_script(&s, "app-done", "commit");
+    txn_admin_script(&s, "app-open", "open");
+
+    // Both transactions wrote the group's offsets to the same __consumer_offsets partition:
+    // the committed one holds nothing back, the open one from where it started.
+    let out = s
+        .run(
+            &[
+                "transactions",
+                "describe-producers",
+                "--topic",
+                "__consumer_offsets",
+            ],
+            b"",
+        )
+        .ok()
+        .stdout;
+    let rows = cells(&out);
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[1][0], rows[2][0], "one partition: {out}");
+    assert_ne!(rows[1][1], rows[2][1], "two producer ids: {out}");
+    let starts: Vec<&str> = rows[1..].iter().map(|r| r[6]).collect();
+    assert!(
+        starts.contains(&"-") && starts.iter().any(|s| s.parse::<i64>().is_ok()),
+        "one committed, one open: {out}"
+    );
+    // Offsets written in a transaction carry no sequence number.
+    assert!(rows[1..].iter().all(|r| r[3] == "-1"), "{out}");
+}
+
+#[test]
+fn transactions_list_and_describe_show_what_the_coordinator_knows() {
+    let s = Running::start(&[]);
+    s.run(&["topics", "create", "txn-admin-input"], b"").ok();
+    txn_admin_script(&s, "app-done", "commit");
+    txn_admin_script(&s, "app-open", "open");
+
+    let out = s.run(&["transactions", "list"], b"").ok().stdout;
+    let rows = cells(&out);
+    assert_eq!(
+        rows[0],
+        ["TRANSACTIONAL-ID", "PRODUCER-ID", "STATE"],
+        "{out}"
+    );
+    let listed: Vec<(&str, &str)> = rows[1..].iter().map(|r| (r[0], r[2])).collect();
+    assert_eq!(
+        listed,
+        [("app-done", "CompleteCommit"), ("app-open", "Ongoing")],
+        "{out}"
+    );
+    let open_producer_id = rows[2][1];
+
+    let out = s
+        .run(&["transactions", "list", "--state", "Ongoing"], b"")
+        .ok()
+        .stdout;
+    let ids: Vec<&str> = cells(&out)[1..].iter().map(|r| r[0]).collect();
+    assert_eq!(ids, ["app-open"], "{out}");
+    let out = s
+        .run(
+            &["transactions", "list", "--producer-id", open_producer_id],
+            b"",
+        )
+        .ok()
+        .stdout;
+    let ids: Vec<&str> = cells(&out)[1..].iter().map(|r| r[0]).collect();
+    assert_eq!(ids, ["app-open"], "{out}");
+
+    let out = s
+        .run(&["transactions", "describe", "app-open"], b"")
+        .ok()
+        .stdout;
+    let field = |name: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    assert_eq!(field("Transactional id:"), "app-open");
+    assert_eq!(field("State:"), "Ongoing");
+    assert_eq!(field("Producer id:"), open_producer_id);
+    assert_eq!(field("Timeout ms:"), "60000");
+    assert!(field("Start time ms:").parse::<i64>().is_ok(), "{out}");
+    assert!(
+        field("Partitions:").starts_with("__consumer_offsets-"),
+        "the group's offsets are in the transaction: {out}"
+    );
+
+    let out = s
+        .run(&["transactions", "describe", "app-done"], b"")
+        .ok()
+        .stdout;
+    assert!(
+        out.contains("\nState:             CompleteCommit\n")
+            && out.contains("\nDuration ms:       -\nPartitions:        -\n"),
+        "an ended transaction lasts no longer and holds no partitions: {out}"
+    );
+
+    let err = s.run(&["transactions", "describe", "nobody"], b"").failed();
+    assert_eq!(
+        err,
+        "error: unknown transactional id 'nobody'; list transactional ids with `quiver transactions list`\n"
+    );
 }

@@ -595,7 +595,7 @@ impl KafkaClient {
     /// with those of the partitions no leader was found for (`failed`), in the partition order
     /// of `order`; an `Err` when a leader was not reached. When a result says a leader may have
     /// moved, forgets the topic's leaders so that the next call looks them up again.
-    async fn gather<T>(
+    pub(crate) async fn gather<T>(
         &self,
         topic: &str,
         failed: Vec<(i32, ApiError)>,

@@ -1,5 +1,6 @@
-//! Consumer groups: finding a group's coordinator, listing and describing groups, and reading
-//! and committing offsets (as a client outside the group: generation -1, no member id).
+//! Consumer groups: finding the coordinator of a group (or of a transactional id), listing and
+//! describing groups, and reading and committing offsets (as a client outside the group:
+//! generation -1, no member id).
 //!
 //! Group requests go to the group's coordinator. While a coordinator loads or moves, Kafka
 //! answers with a retriable error and processes nothing, so those requests are tried again
@@ -104,9 +105,44 @@ fn decode_assignment(bytes: &Bytes) -> Vec<(String, Vec<i32>)> {
     consumer_protocol::decode_assignment(bytes).unwrap_or_default()
 }
 
+/// What a coordinator coordinates: the key type of a FindCoordinator request. Each kind has its
+/// own coordinator (a group's and a transactional id of the same name may live on different
+/// brokers), so the client remembers them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CoordinatorType {
+    /// A consumer group (key type 0).
+    Group,
+    /// A transactional id (key type 1; FindCoordinator v1+).
+    Transaction,
+}
+
+impl CoordinatorType {
+    /// Kafka's `key_type` for this kind of key.
+    fn key_type(self) -> i8 {
+        match self {
+            CoordinatorType::Group => 0,
+            CoordinatorType::Transaction => 1,
+        }
+    }
+
+    /// How a key of this kind is named in messages.
+    fn noun(self) -> &'static str {
+        match self {
+            CoordinatorType::Group => "group",
+            CoordinatorType::Transaction => "transactional id",
+        }
+    }
+}
+
 impl KafkaClient {
     /// The broker that coordinates `group`.
     pub async fn find_coordinator(&self, group: &str) -> Result<Node> {
+        self.find_coordinator_of(CoordinatorType::Group, group)
+            .await
+    }
+
+    /// The broker that coordinates `key`: a group or a transactional id, as `kind` says.
+    pub async fn find_coordinator_of(&self, kind: CoordinatorType, key: &str) -> Result<Node> {
         let attempts = self.config.retry_attempts_max.max(1);
         for attempt in 1..=attempts {
             let conn = self.bootstrap_connection().await?;
@@ -117,11 +153,26 @@ impl KafkaClient {
                     versions::FIND_COORDINATOR,
                     self.request_timeout(),
                     |v| {
-                        let key = StrBytes::from_string(group.to_owned());
-                        Ok(if v >= 4 {
-                            FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+                        if v < 1 && kind != CoordinatorType::Group {
+                            // v0 has no key type: every key is a group's.
+                            return Err(ClientError::Unsupported {
+                                addr: conn.addr().to_owned(),
+                                api: "FindCoordinator for a transactional id".into(),
+                                ours: (1, versions::FIND_COORDINATOR.1),
+                                theirs: Some((0, 0)),
+                            });
+                        }
+                        let name = StrBytes::from_string(key.to_owned());
+                        let request = FindCoordinatorRequest::default();
+                        let request = if v >= 1 {
+                            request.with_key_type(kind.key_type())
                         } else {
-                            FindCoordinatorRequest::default().with_key(key)
+                            request
+                        };
+                        Ok(if v >= 4 {
+                            request.with_coordinator_keys(vec![name])
+                        } else {
+                            request.with_key(name)
                         })
                     },
                 )
@@ -155,13 +206,13 @@ impl KafkaClient {
             };
             match ApiError::from_code(code, message.as_deref()) {
                 None => {
-                    self.remember_coordinator(group, &node).await?;
+                    self.remember_coordinator(kind, key, &node).await?;
                     return Ok(node);
                 }
                 Some(e) if e.is_retriable() && attempt < attempts => self.backoff().await,
                 Some(error) => {
                     return Err(ClientError::Api {
-                        context: format!("cannot find the coordinator of group '{group}'"),
+                        context: format!("cannot find the coordinator of {} '{key}'", kind.noun()),
                         error,
                     });
                 }
@@ -172,7 +223,12 @@ impl KafkaClient {
         ))
     }
 
-    async fn remember_coordinator(&self, group: &str, node: &Node) -> Result<()> {
+    async fn remember_coordinator(
+        &self,
+        kind: CoordinatorType,
+        key: &str,
+        node: &Node,
+    ) -> Result<()> {
         if self.cluster.lock().brokers.is_empty() {
             self.metadata(Some(&[]), false).await?;
         }
@@ -181,15 +237,27 @@ impl KafkaClient {
             .brokers
             .entry(node.node_id)
             .or_insert_with(|| address(&node.host, node.port));
-        cluster.coordinators.insert(group.to_owned(), node.node_id);
+        cluster
+            .coordinators
+            .insert((kind, key.to_owned()), node.node_id);
         Ok(())
     }
 
-    async fn coordinator_connection(&self, group: &str, lane: Lane) -> Result<Arc<Connection>> {
-        let known = self.cluster.lock().coordinators.get(group).copied();
+    async fn coordinator_connection(
+        &self,
+        kind: CoordinatorType,
+        key: &str,
+        lane: Lane,
+    ) -> Result<Arc<Connection>> {
+        let known = self
+            .cluster
+            .lock()
+            .coordinators
+            .get(&(kind, key.to_owned()))
+            .copied();
         let node = match known {
             Some(node) => node,
-            None => self.find_coordinator(group).await?.node_id,
+            None => self.find_coordinator_of(kind, key).await?.node_id,
         };
         self.node_connection_on(node, lane).await
     }
@@ -201,7 +269,7 @@ impl KafkaClient {
         F: FnMut(Arc<Connection>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.on_coordinator_lane(group, Lane::Control, request)
+        self.on_coordinator_of(CoordinatorType::Group, group, Lane::Control, request)
             .await
     }
 
@@ -209,6 +277,23 @@ impl KafkaClient {
     pub(crate) async fn on_coordinator_lane<T, F, Fut>(
         &self,
         group: &str,
+        lane: Lane,
+        request: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.on_coordinator_of(CoordinatorType::Group, group, lane, request)
+            .await
+    }
+
+    /// Runs `request` on the coordinator of `key` (a group or a transactional id) on the
+    /// connection `lane`, again on a fresh lookup while the coordinator is not ready.
+    pub(crate) async fn on_coordinator_of<T, F, Fut>(
+        &self,
+        kind: CoordinatorType,
+        key: &str,
         lane: Lane,
         mut request: F,
     ) -> Result<T>
@@ -219,12 +304,15 @@ impl KafkaClient {
         let attempts = self.config.retry_attempts_max.max(1);
         let mut attempt = 1;
         loop {
-            let conn = self.coordinator_connection(group, lane).await?;
+            let conn = self.coordinator_connection(kind, key, lane).await?;
             match request(conn).await {
                 Err(ClientError::Api { error, .. })
                     if coordinator_not_ready(&error) && attempt < attempts =>
                 {
-                    self.cluster.lock().coordinators.remove(group);
+                    self.cluster
+                        .lock()
+                        .coordinators
+                        .remove(&(kind, key.to_owned()));
                     attempt += 1;
                     self.backoff().await;
                 }

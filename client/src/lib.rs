@@ -4,11 +4,13 @@
 //! record batch codec, compression, the partitioner) comes from `quiver-common`.
 //!
 //! [`KafkaClient`] connects to one of the bootstrap brokers, learns the cluster from Metadata,
-//! and sends each request where Kafka wants it: produce, fetch and list-offsets to the partition
-//! leader, group requests to the group's coordinator, admin requests to the controller. Each
-//! broker gets a connection (`connection`; a second one for fetches, whose long polls would hold
-//! up the rest), opened on first use and reopened after a failure. ApiVersions on connect fixes
-//! the version of every API: the highest both sides speak, or a clear error when there is none.
+//! and sends each request where Kafka wants it: produce, fetch, list-offsets and
+//! describe-producers to the partition leader, group requests to the group's coordinator,
+//! describe-transactions to the transactional id's coordinator, admin requests to the
+//! controller. Each broker gets a connection (`connection`; a second one for fetches, whose long
+//! polls would hold up the rest), opened on first use and reopened after a failure. ApiVersions
+//! on connect fixes the version of every API: the highest both sides speak, or a clear error
+//! when there is none.
 //! Everything is bounded: requests in flight per connection, response size, waits.
 //!
 //! Records travel as Arrow envelope batches ([`quiver_common::envelope_schema`]), converted to
@@ -26,6 +28,7 @@
 //! - `assignor`: the range and round-robin assignors a group leader runs.
 //! - `producer`: the idempotent producer (producer id, sequence numbers, compression).
 //! - `transactions`: dropping aborted transactions' records from `read_committed` fetches.
+//! - `txn_admin`: listing and describing transactions, and the producers of partitions.
 
 mod admin;
 pub mod assignor;
@@ -36,6 +39,7 @@ mod groups;
 mod membership;
 mod producer;
 mod transactions;
+mod txn_admin;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -53,10 +57,11 @@ pub use data::{
     FetchOptions, FetchedRecords, IsolationLevel, ListedOffset, OffsetSpec, ProduceAck,
 };
 pub use error::{ApiError, ClientError, Result};
-pub use groups::{CommittedOffset, GroupDescription, GroupMember, ListedGroup};
+pub use groups::{CommittedOffset, CoordinatorType, GroupDescription, GroupMember, ListedGroup};
 pub use membership::{GroupMembership, MembershipConfig, RebalanceListener, TopicPartition};
 pub use producer::{IdempotentProducer, ProducerConfig};
 pub use quiver_common::topic::{ConfigChange, NewTopic};
+pub use txn_admin::{ListedTransaction, ProducerState, TRANSACTION_STATES, TransactionDescription};
 
 /// The versions of each API this client speaks, `(min, max)`. The minimums are where the
 /// request has the fields this client relies on (e.g. CreateTopics v4 for the broker's default
@@ -83,6 +88,10 @@ pub(crate) mod versions {
     pub const HEARTBEAT: (i16, i16) = (0, 4);
     pub const LEAVE_GROUP: (i16, i16) = (0, 5);
     pub const INIT_PRODUCER_ID: (i16, i16) = (0, 4);
+    /// v1 adds a duration filter, which this client leaves unset; v2's id pattern is not used.
+    pub const LIST_TRANSACTIONS: (i16, i16) = (0, 1);
+    pub const DESCRIBE_TRANSACTIONS: (i16, i16) = (0, 0);
+    pub const DESCRIBE_PRODUCERS: (i16, i16) = (0, 0);
 }
 
 /// How a [`KafkaClient`] behaves; [`ClientConfig::default`] documents the defaults.
@@ -194,8 +203,8 @@ struct Cluster {
     controller: Option<i32>,
     /// Leader of each partition of each topic looked up (`None`: no leader right now).
     leaders: HashMap<String, BTreeMap<i32, Option<i32>>>,
-    /// The coordinator node of each group looked up.
-    coordinators: HashMap<String, i32>,
+    /// The coordinator node of each group and transactional id looked up, by kind and key.
+    coordinators: HashMap<(CoordinatorType, String), i32>,
 }
 
 /// A connection to a Kafka cluster. Cheap to share by reference: every method takes `&self`

@@ -1,8 +1,9 @@
 //! The client commands: `topics`, `produce` and `consume`, each generic over
-//! [`crate::client::Client`] so that it works the same on every backend; and `groups`, which
-//! only a running broker can answer.
+//! [`crate::client::Client`] so that it works the same on every backend; and `groups` and
+//! `transactions`, which only a running broker can answer.
 
 pub mod consume;
 pub mod groups;
 pub mod produce;
 pub mod topics;
+pub mod transactions;

@@ -839,6 +839,18 @@ impl TxnCoordinator {
             .and_then(|s| s.state.lock().meta.clone())
     }
 
+    /// Every transactional id with metadata, sorted by id (ListTransactions). Each id's lock is
+    /// taken in turn, briefly.
+    pub(crate) fn list(&self) -> Vec<TxnMetadata> {
+        let slots: Vec<Arc<Slot>> = self.ids.lock().values().cloned().collect();
+        let mut out: Vec<TxnMetadata> = slots
+            .iter()
+            .filter_map(|s| s.state.lock().meta.clone())
+            .collect();
+        out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        out
+    }
+
     // ------------------------------------------------------------------------------------------
     // Timers
 

@@ -15,6 +15,7 @@ pub mod produce;
 mod produce_tests;
 pub mod producer_id;
 pub mod txn;
+pub mod txn_admin;
 
 use std::net::SocketAddr;
 

@@ -39,6 +39,8 @@ pub const VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 5),
     (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The transaction version of requests other than EndTxn v5+: the flexible state records of
@@ -62,6 +64,12 @@ pub async fn dispatch(
         RequestKind::EndTxn(req) => ResponseKind::EndTxn(end_txn(ctx, v, req).await),
         RequestKind::TxnOffsetCommit(req) => {
             ResponseKind::TxnOffsetCommit(txn_offset_commit(ctx, v, req).await)
+        }
+        RequestKind::DescribeTransactions(req) => {
+            ResponseKind::DescribeTransactions(super::txn_admin::describe_transactions(ctx, req))
+        }
+        RequestKind::ListTransactions(req) => {
+            ResponseKind::ListTransactions(super::txn_admin::list_transactions(ctx, req))
         }
         other => return Err(other),
     })

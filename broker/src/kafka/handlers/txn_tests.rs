@@ -40,6 +40,8 @@ async fn call(ctx: &Ctx, version: i16, body: RequestKind) -> ResponseKind {
         RequestKind::EndTxn(_) => ApiKey::EndTxn,
         RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
         RequestKind::OffsetFetch(_) => ApiKey::OffsetFetch,
+        RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
+        RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
         other => panic!("not a transaction request: {other:?}"),
     };
     let mut buf = BytesMut::new();
@@ -449,5 +451,129 @@ async fn end_txn_v5_bumps_the_epoch_and_says_so() {
     assert_eq!(
         (r.error_code, r.producer_id.0, r.producer_epoch),
         (0, -1, -1)
+    );
+}
+
+#[tokio::test]
+async fn list_and_describe_transactions_show_each_id_its_state_and_partitions() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let ctx = ctx(dir.path()).await;
+    let list = |version: i16, states: &[&str], producers: &[i64], duration: i64| {
+        let req = ListTransactionsRequest::default()
+            .with_state_filters(states.iter().map(|s| st(s)).collect())
+            .with_producer_id_filters(producers.iter().map(|&p| ProducerId(p)).collect())
+            .with_duration_filter(duration);
+        let ctx = &ctx;
+        async move {
+            let ResponseKind::ListTransactions(r) =
+                call(ctx, version, RequestKind::ListTransactions(req)).await
+            else {
+                panic!()
+            };
+            r
+        }
+    };
+    assert!(list(0, &[], &[], -1).await.transaction_states.is_empty());
+
+    let (code, open_pid, open_epoch) = init(&ctx, 4, "open", 60_000).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        add(
+            &ctx,
+            3,
+            "open",
+            (open_pid, open_epoch),
+            vec![topic("t", &[1, 0])]
+        )
+        .await,
+        vec![0, 0]
+    );
+    let (code, done_pid, done_epoch) = init(&ctx, 4, "done", 60_000).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        add(
+            &ctx,
+            3,
+            "done",
+            (done_pid, done_epoch),
+            vec![topic("t", &[0])]
+        )
+        .await,
+        vec![0]
+    );
+    assert_eq!(
+        end(&ctx, 3, "done", (done_pid, done_epoch), true)
+            .await
+            .error_code,
+        0
+    );
+
+    for version in versions(ApiKey::ListTransactions) {
+        let all = list(version, &[], &[], -1).await;
+        let ids: Vec<(String, i64, String)> = all
+            .transaction_states
+            .iter()
+            .map(|t| {
+                (
+                    t.transactional_id.0.to_string(),
+                    t.producer_id.0,
+                    t.transaction_state.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert_eq!(ids[1], ("open".to_owned(), open_pid, "Ongoing".to_owned()));
+        assert_eq!(ids[0].0, "done");
+        assert!(
+            ids[0].2 == "PrepareCommit" || ids[0].2 == "CompleteCommit",
+            "{ids:?}"
+        );
+    }
+    let ongoing = list(0, &["Ongoing", "Bogus"], &[], -1).await;
+    assert_eq!(ongoing.transaction_states.len(), 1);
+    assert_eq!(ongoing.unknown_state_filters, vec![st("Bogus")]);
+    let by_producer = list(0, &[], &[done_pid], -1).await;
+    assert_eq!(by_producer.transaction_states.len(), 1);
+    assert_eq!(
+        by_producer.transaction_states[0].transactional_id,
+        tid("done")
+    );
+    assert!(
+        list(1, &[], &[], 3_600_000)
+            .await
+            .transaction_states
+            .is_empty(),
+        "none has been open for an hour"
+    );
+    // "Longer than" is strict: let a millisecond pass.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    assert_eq!(
+        list(1, &[], &[], 0).await.transaction_states.len(),
+        1,
+        "only the open one runs"
+    );
+
+    let req = DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![tid("open"), tid("nope")]);
+    let ResponseKind::DescribeTransactions(r) =
+        call(&ctx, 0, RequestKind::DescribeTransactions(req)).await
+    else {
+        panic!()
+    };
+    let open = &r.transaction_states[0];
+    assert_eq!(open.error_code, 0);
+    assert_eq!(open.transaction_state.as_str(), "Ongoing");
+    assert_eq!(
+        (open.producer_id.0, open.producer_epoch),
+        (open_pid, open_epoch)
+    );
+    assert_eq!(open.transaction_timeout_ms, 60_000);
+    assert!(open.transaction_start_time_ms > 0);
+    assert_eq!(open.topics.len(), 1);
+    assert_eq!(open.topics[0].topic, TopicName(st("t")));
+    assert_eq!(open.topics[0].partitions, vec![0, 1]);
+    assert_eq!(
+        r.transaction_states[1].error_code,
+        kafka_protocol::error::ResponseError::TransactionalIdNotFound.code()
     );
 }
