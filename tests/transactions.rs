@@ -4,9 +4,10 @@
 //! What holds: read_committed consumers see exactly the committed records, in order, and
 //! read_uncommitted ones everything written; offsets sent in a transaction apply only if it
 //! commits; a second producer with the same transactional id fences the first; a transaction
-//! abandoned by a dead producer is aborted after its timeout so that readers move on; and a
-//! consume-transform-produce application killed with SIGKILL again and again, with the broker
-//! killed once in the middle of a transaction, writes each result exactly once.
+//! abandoned by a dead producer is aborted after its timeout (across a broker restart too) so
+//! that readers move on; and a consume-transform-produce application killed with SIGKILL again
+//! and again, with the broker killed once in the middle of a transaction, writes each result
+//! exactly once.
 //!
 //! The Python clients come from the venv `./scripts/test` makes (`QUIVER_PYTHON`).
 
@@ -75,10 +76,10 @@ fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
     stop_cleanly(b);
 }
 
-#[test]
-fn an_abandoned_transaction_is_aborted_after_its_timeout_and_readers_move_on() {
-    let b = Running::start(ENVS);
-    // The producer begins a transaction with transaction.timeout.ms=2000, sends, and dies.
+/// Runs `transactions.py abandon`: a producer begins a transaction with
+/// transaction.timeout.ms=2000, sends, and dies with SIGKILL.
+#[track_caller]
+fn abandon_a_transaction(b: &Running) {
     let ran = run_bounded(
         python::command("transactions.py", &["abandon", b.bootstrap()]),
         b"",
@@ -90,6 +91,23 @@ fn an_abandoned_transaction_is_aborted_after_its_timeout_and_readers_move_on() {
         "the producer should have killed itself with its transaction open: {ran:#?}"
     );
     assert!(ran.stdout.contains("transaction open"), "{ran:#?}");
+}
+
+#[test]
+fn an_abandoned_transaction_is_aborted_after_its_timeout_and_readers_move_on() {
+    let b = Running::start(ENVS);
+    abandon_a_transaction(&b);
+    let out = py(&["after-abandon", b.bootstrap()]);
+    assert!(out.contains("abandoned transaction: ok"), "{out}");
+    stop_cleanly(b);
+}
+
+#[test]
+fn an_abandoned_transaction_is_aborted_after_its_timeout_across_a_broker_restart() {
+    let mut b = Running::start(ENVS);
+    abandon_a_transaction(&b);
+    let out = b.restart(ENVS);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     let out = py(&["after-abandon", b.bootstrap()]);
     assert!(out.contains("abandoned transaction: ok"), "{out}");
     stop_cleanly(b);
