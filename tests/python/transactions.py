@@ -1,5 +1,5 @@
 """Kafka transactions against a running `quiver server` with real clients (run by
-tests/transactions.rs).
+tests/transactions.rs; group-offsets by tests/kafka_clients.rs).
 
 Usage: transactions.py group-offsets BOOTSTRAP
        transactions.py confluent BOOTSTRAP
