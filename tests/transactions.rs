@@ -61,7 +61,7 @@ fn confluent_transactions_across_topics_are_seen_by_read_committed_only_when_com
 }
 
 #[test]
-fn kafka_python_transactional_producer_commits_and_aborts() {
+fn kafka_python_transactional_producer_commits_aborts_and_is_fenced() {
     let b = Running::start(ENVS);
     let out = py(&["kafka-python", b.bootstrap()]);
     assert!(out.contains("kafka-python transactions: ok"), "{out}");

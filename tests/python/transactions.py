@@ -26,7 +26,8 @@ confluent: confluent-kafka's transactional producer: transactions across two top
   sent, and nothing of the open one; a read_uncommitted consumer sees everything written, with
   one offset per partition taken by each transaction marker. The group's offsets are the ones of
   committed transactions only.
-kafka-python: the same with kafka-python's KafkaProducer(transactional_id=...).
+kafka-python: the same with kafka-python's KafkaProducer(transactional_id=...), and its
+  fencing: a second instance fences the first, whose next send and commit fail.
 fencing: a second producer with the same transactional.id fences the first: the first's
   next send and commit fail with a fencing error, and nothing it sent is visible, not even to
   read_uncommitted once fenced.
@@ -355,6 +356,8 @@ def confluent(bootstrap):
 def kafka_python(bootstrap):
     from kafka import KafkaConsumer, KafkaProducer
     from kafka import TopicPartition as KTopicPartition
+    from kafka.errors import KafkaError as KafkaPythonError
+    from kafka.errors import ProducerFencedError
     from kafka.structs import OffsetAndMetadata
 
     topics = [('kp-events', p) for p in range(2)] + [('kp-log', 0)]
@@ -417,6 +420,44 @@ def kafka_python(bootstrap):
     expect_layout(ru, [3, 3, 3])
     offsets = committed_offsets(bootstrap, group, [('kp-source', 0)])
     assert offsets == {('kp-source', 0): 7}, f'group offsets {offsets}, want 7 (6 was aborted)'
+
+    # Fencing: a second instance with the same transactional_id fences the first, whose next
+    # send (to a partition new to its transaction) fails with PRODUCER_FENCED and whose commit
+    # fails; nothing it sent is written.
+    create_topics(bootstrap, {'kp-fenced': 2})
+    fenced = [('kp-fenced', 0), ('kp-fenced', 1)]
+
+    def producer():
+        return KafkaProducer(bootstrap_servers=bootstrap, transactional_id='kp-zombie',
+                             max_block_ms=TIMEOUT_S * 1000)
+
+    zombie = producer()
+    zombie.init_transactions()
+    zombie.begin_transaction()
+    zombie.send('kp-fenced', value=b'zombie-open', partition=0).get(timeout=TIMEOUT_S)
+    newer = producer()
+    newer.init_transactions()
+    late = zombie.send('kp-fenced', value=b'zombie-late', partition=1)
+    try:
+        late.get(timeout=TIMEOUT_S)
+        raise AssertionError('the fenced producer delivered a record')
+    except ProducerFencedError:
+        pass
+    try:
+        zombie.commit_transaction()
+        raise AssertionError('the fenced producer committed')
+    except KafkaPythonError as e:
+        log(f'kafka-python zombie commit: {e}')
+    newer.begin_transaction()
+    newer.send('kp-fenced', value=b'newer', partition=1)
+    newer.commit_transaction()
+    newer.close(timeout=TIMEOUT_S)
+    zombie.close(timeout=TIMEOUT_S)
+    rc = values(read(bootstrap, fenced, 'read_committed', 1))
+    assert rc == {('kp-fenced', 0): [], ('kp-fenced', 1): ['newer']}, f'read_committed: {rc}'
+    ru = values(read(bootstrap, fenced, 'read_uncommitted', 2))
+    assert ru == {('kp-fenced', 0): ['zombie-open'], ('kp-fenced', 1): ['newer']}, \
+        f'read_uncommitted: {ru}'
     log('kafka-python transactions: ok')
 
 
