@@ -3,10 +3,14 @@
 //!
 //! Transactions: only segments wholly below the last stable offset are cleaned (an undecided
 //! transaction's records may still be aborted). Records of aborted transactions are removed
-//! and never shadow an older value of their key, as Kafka's cleaner does. Markers (control
-//! batches) are kept, so the transactions' ends and the aborted-transaction indexes rebuilt
-//! from them stay right; unlike Kafka, Quiver does not yet remove markers whose transaction's
-//! records are all gone.
+//! and never shadow an older value of their key, as Kafka's cleaner does. A marker goes once
+//! it is obsolete and its segment is past `delete.retention.ms` (Kafka's rule, so a reader
+//! that was behind still sees it): an ABORT marker always (its transaction's records are gone
+//! after the pass, and its aborted-index entry goes with it), a COMMIT marker when none of its
+//! transaction's records were kept. Each pass reads every cleanable segment from the first,
+//! so it sees every transaction whose marker it may remove whole. A batch emptied by
+//! compaction and kept to end its segment loses its transactional flag, so it can never open
+//! a transaction that no marker ends.
 //! A segment's last batch is kept even when none of its records is (as an empty batch), so
 //! every segment still ends where the next begins.
 //!
@@ -131,6 +135,7 @@ impl Log {
         let (latest, mapped) = blocking(move || map_latest_offsets(&views, &ranges)).await?;
         let latest = Arc::new(latest);
         let mut stats = CleanStats::default();
+        let mut track = TxnTrack::default();
         for view in cleanable.into_iter().take(mapped) {
             let tombstones_expire = max_ts
                 .get(&view.base_offset)
@@ -138,15 +143,18 @@ impl Log {
             let (storage, latest, source) = (self.storage.clone(), latest.clone(), view.clone());
             let ranges = aborted.clone();
             let interval = config.index_interval_bytes;
-            let rewritten = blocking(move || {
+            let (rewritten, returned) = blocking(move || {
                 let rules = Rules {
                     latest: &latest,
                     aborted: &ranges,
                     tombstones_expire,
                 };
-                rewrite_segment(&*storage, &source, &rules, interval)
+                let mut track = track;
+                let rewritten = rewrite_segment(&*storage, &source, &rules, &mut track, interval)?;
+                Ok((rewritten, track))
             })
             .await?;
+            track = returned;
             let (cleaned, segment_stats) = match rewritten {
                 Ok(r) => r,
                 Err((path, e)) => return Err(self.go_offline(path, &e)),
@@ -155,11 +163,16 @@ impl Log {
             stats.records_removed += segment_stats.records_removed;
             stats.bytes_before += segment_stats.bytes_before;
             stats.bytes_after += segment_stats.bytes_after;
-            let Some(cleaned) = cleaned else { continue };
+            let Some((cleaned, removed_markers)) = cleaned else {
+                continue;
+            };
             if crash == Some(CrashPoint::BeforeSwap) {
                 return Ok(stats);
             }
-            if self.swap_in(&view, cleaned, crash).await? {
+            if self
+                .swap_in(&view, cleaned, &removed_markers, crash)
+                .await?
+            {
                 stats.segments_cleaned += 1;
             }
         }
@@ -181,6 +194,7 @@ impl Log {
         &self,
         view: &SegmentView,
         mut cleaned: Segment,
+        removed_markers: &[i64],
         crash: Option<CrashPoint>,
     ) -> Result<bool> {
         let cleaned_path = cleaned.path.clone();
@@ -190,9 +204,12 @@ impl Log {
                 .segments
                 .get(&view.base_offset)
                 .filter(|s| Arc::ptr_eq(&s.file, &view.file));
-            // The markers stay, so the segment's aborted transactions do too.
+            // The aborted transactions whose markers stay keep their entries.
             if let Some(current) = current {
                 cleaned.aborted = current.aborted.clone();
+                cleaned
+                    .aborted
+                    .retain(|e| !removed_markers.contains(&e.last_offset));
             } else {
                 // Retention removed it meanwhile.
                 drop(inner);
@@ -326,9 +343,27 @@ fn map_latest_offsets(
 }
 
 /// What rewriting a segment gave: the cleaned segment (`None` when nothing changed), written
-/// and fsynced at its `.cleaned` path with its indexes in memory, and its counts. The inner
-/// `Err` is a failed fsync (the partition must go offline).
-type Rewritten = std::result::Result<(Option<Segment>, CleanStats), (PathBuf, std::io::Error)>;
+/// and fsynced at its `.cleaned` path with its indexes in memory, with the offsets of the
+/// ABORT markers it no longer holds, and its counts. The inner `Err` is a failed fsync (the
+/// partition must go offline).
+type Rewritten =
+    std::result::Result<(Option<(Segment, Vec<i64>)>, CleanStats), (PathBuf, std::io::Error)>;
+
+/// What pass 2 knows of transactions from the segments before the one it rewrites: per
+/// producer, whether a record of its current transaction was kept.
+#[derive(Debug, Default)]
+struct TxnTrack {
+    retained: HashMap<i64, bool>,
+}
+
+/// The marker a control batch holds, if it is a transaction marker.
+fn marker_of(batch: &arrow::record_batch::RecordBatch) -> Option<crate::txn::TxnResult> {
+    let cols = EnvelopeColumns::try_new(batch).ok()?;
+    match cols.key(0).map(crate::txn::records::decode_control_key) {
+        Some(Ok(crate::txn::records::ControlType::Marker(result))) => Some(result),
+        _ => None,
+    }
+}
 
 /// What pass 2 keeps.
 struct Rules<'a> {
@@ -340,11 +375,13 @@ struct Rules<'a> {
 }
 
 /// Pass 2 for one segment: keeps only the latest record of each key (and tombstones until
-/// they expire) and every marker, and drops aborted records, as a new segment file beside it.
+/// they expire) and the markers still needed, and drops aborted records, as a new segment
+/// file beside it.
 fn rewrite_segment(
     storage: &dyn Storage,
     view: &SegmentView,
     rules: &Rules<'_>,
+    track: &mut TxnTrack,
     index_interval_bytes: u64,
 ) -> Result<Rewritten> {
     let cleaned_path = view.path.with_extension("log.cleaned");
@@ -359,10 +396,29 @@ fn rewrite_segment(
     let mut encoder = FrameEncoder::default();
     let mut scratch = Vec::new();
     let mut changed = false;
+    let mut removed_markers = Vec::new();
     for_each_frame(view, |h, buf, last_frame| {
+        let pid = h.batch.producer.producer_id;
+        let transactional = h.batch.producer.attributes & attributes::TRANSACTIONAL != 0;
         if is_control(&h.batch) {
-            stats.records_kept += h.batch.record_count.max(0) as u64;
             stats.bytes_before += h.frame_len;
+            let marker = marker_of(&frame::decode(buf, h)?);
+            let retained = track.retained.remove(&pid).unwrap_or(false);
+            let obsolete = match marker {
+                Some(crate::txn::TxnResult::Abort) => true,
+                Some(crate::txn::TxnResult::Commit) => !retained,
+                None => false,
+            };
+            // The last frame stays whatever it is, so the segment still ends where it did.
+            if obsolete && rules.tombstones_expire && !last_frame {
+                changed = true;
+                stats.records_removed += h.batch.record_count.max(0) as u64;
+                if marker == Some(crate::txn::TxnResult::Abort) {
+                    removed_markers.push(h.batch.base_offset);
+                }
+                return Ok(());
+            }
+            stats.records_kept += h.batch.record_count.max(0) as u64;
             return out.append(buf.as_slice(), &h.batch);
         }
         let batch = frame::decode(buf, h)?;
@@ -377,6 +433,9 @@ fn rewrite_segment(
             })
             .collect();
         let kept = keep.true_count();
+        if transactional && !aborted {
+            *track.retained.entry(pid).or_default() |= kept > 0;
+        }
         stats.records_kept += kept as u64;
         stats.records_removed += (batch.num_rows() - kept) as u64;
         stats.bytes_before += h.frame_len;
@@ -394,10 +453,17 @@ fn rewrite_segment(
         let filtered = filter_record_batch(&batch, &keep)?;
         let fcols = EnvelopeColumns::try_new(&filtered)?;
         let ts = fcols.timestamps.values();
+        let mut producer = h.batch.producer;
+        if kept == 0 {
+            // Kept only to end the segment: it must not open a transaction when the partition's
+            // transactions are rebuilt, since its marker may go.
+            producer.attributes &= !attributes::TRANSACTIONAL;
+        }
         let header = BatchHeader {
             record_count: kept as i32,
             first_timestamp: ts.first().copied().unwrap_or(h.batch.first_timestamp),
             max_timestamp: ts.iter().copied().max().unwrap_or(h.batch.max_timestamp),
+            producer,
             ..h.batch
         };
         scratch.clear();
@@ -413,5 +479,5 @@ fn rewrite_segment(
     if let Err(e) = out.file.sync_data() {
         return Ok(Err((cleaned_path, e)));
     }
-    Ok(Ok((Some(out), stats)))
+    Ok(Ok((Some((out, removed_markers)), stats)))
 }

@@ -422,3 +422,83 @@ fn the_consumer_view_drops_markers_and_aborted_batches() {
         "read_uncommitted keeps aborted records, never markers"
     );
 }
+
+#[tokio::test]
+async fn compaction_removes_obsolete_markers_after_delete_retention() {
+    let dir = tempdir();
+    let compacted = |segment_bytes| LogConfig {
+        cleanup_policy: CleanupPolicy {
+            delete: false,
+            compact: true,
+        },
+        min_compaction_lag_ms: 0,
+        delete_retention_ms: 0,
+        ..config(segment_bytes)
+    };
+    let log = open(dir.path(), compacted(1 << 20), Shutdown::Unclean);
+    let keyed = |key: &str, value: &str| {
+        records_to_batch(&[Record::new(
+            now_ms() - 10,
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+        )])
+    };
+    append(&log, &keyed("k", "v1"), txn(1, 0, 0));
+    let superseded_commit = marker(&log, 1, 0, TxnResult::Commit).base_offset;
+    append(&log, &keyed("k", "aborted"), txn(2, 0, 0));
+    let abort = marker(&log, 2, 0, TxnResult::Abort).base_offset;
+    append(&log, &keyed("k", "v2"), txn(3, 0, 0));
+    let live_commit = marker(&log, 3, 0, TxnResult::Commit).base_offset;
+    append(&log, &keyed("other", "x"), ProducerInfo::NONE);
+    // Close the segment holding all of it: the next append rolls.
+    log.set_config(Arc::new(compacted(1)));
+    append(&log, &keyed("tail", "y"), ProducerInfo::NONE);
+    assert_eq!(log.offsets().segments, 2);
+
+    let markers_at = |log: &Log| -> Vec<i64> {
+        let read = match log.read_isolated(0, 1 << 20, Isolation::ReadUncommitted) {
+            Ok(r) => r,
+            Err(e) => panic!("read: {e}"),
+        };
+        read.batches
+            .iter()
+            .filter(|b| b.header.producer.attributes & attributes::CONTROL != 0)
+            .map(|b| b.header.base_offset)
+            .collect()
+    };
+    assert_eq!(
+        markers_at(&log),
+        vec![superseded_commit, abort, live_commit]
+    );
+    // A second on, so the segment is past delete.retention.ms=0 whatever the clock's grain.
+    let stats = match log.compact_until(now_ms() + 1000, None).await {
+        Ok(s) => s,
+        Err(e) => panic!("compact: {e}"),
+    };
+    assert_eq!(stats.segments_cleaned, 1, "{stats:?}");
+    assert_eq!(
+        markers_at(&log),
+        vec![live_commit],
+        "the abort's and the superseded commit's markers go; the one whose record stays, stays"
+    );
+    let (values, aborted) = read_values(&log, 0, Isolation::ReadCommitted);
+    assert_eq!(values, vec!["v2", "x", "y"]);
+    assert!(
+        aborted.is_empty(),
+        "the abort's index entry went with its marker"
+    );
+    if let Err(e) = log.close().await {
+        panic!("close: {e}");
+    }
+    drop(log);
+    let log = open(dir.path(), compacted(1), Shutdown::Unclean);
+    assert_eq!(
+        log.last_stable_offset(),
+        log.end_offset(),
+        "no transaction reopens"
+    );
+    assert_eq!(
+        read_values(&log, 0, Isolation::ReadCommitted).0,
+        vec!["v2", "x", "y"]
+    );
+}
