@@ -163,11 +163,6 @@ impl TxnCoordinator {
         }
     }
 
-    /// The coordinator's settings.
-    pub(crate) fn config(&self) -> &TxnConfig {
-        &self.config
-    }
-
     /// Loads the transactional ids stored in `__transaction_state` (if it exists), writes
     /// again the markers of every transaction that was decided (`Prepare*`) and completes it,
     /// and starts the timers. Called once by [`Broker::open`](crate::Broker::open), after the

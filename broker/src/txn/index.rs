@@ -71,16 +71,6 @@ impl AbortedTxnIndex {
         &self.entries
     }
 
-    /// Number of entries.
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether no transaction was aborted in the segment.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Adds to `out` the aborted transactions with records in `[fetch_offset, upper_bound)`.
     /// Returns true when no later segment can hold more of them (an entry's LSO reached
     /// `upper_bound`), so the search may stop.
@@ -101,6 +91,7 @@ impl AbortedTxnIndex {
         false
     }
 
+    #[cfg(test)]
     /// Drops the entries of markers at `offset` or later (the log was truncated there).
     pub(crate) fn truncate_to(&mut self, offset: i64) {
         self.entries.retain(|e| e.last_offset < offset);
@@ -330,6 +321,7 @@ impl OngoingTxns {
         self.open.len()
     }
 
+    #[cfg(test)]
     /// Whether no transaction is open.
     pub(crate) fn is_empty(&self) -> bool {
         self.open.is_empty()

@@ -104,10 +104,6 @@
 //! ([`BrokerError::Transaction`](crate::BrokerError::Transaction)) and the caller must make a
 //! new producer.
 
-// A few helpers of the codecs and indexes (sizes, truncation, marker values) are used by
-// tests only so far.
-#![allow(dead_code)]
-
 pub mod coordinator;
 pub(crate) mod index;
 pub mod producer;

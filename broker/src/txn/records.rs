@@ -388,6 +388,7 @@ pub(crate) fn decode_control_key(key: &[u8]) -> Result<ControlType, MalformedMar
     })
 }
 
+#[cfg(test)]
 /// Reads a marker's value: the coordinator epoch. A newer version is read as version 0.
 pub(crate) fn decode_marker_value(value: &[u8]) -> Result<i32, MalformedMarker> {
     let bytes = <[u8; 6]>::try_from(value.get(..6).unwrap_or(value)).map_err(|_| {
