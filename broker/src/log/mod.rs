@@ -54,6 +54,10 @@ use producer_state::{ProducerStates, SequenceCheck};
 use segment::{Segment, SegmentView, Truncation};
 use storage::{FileStorage, Storage};
 
+/// Fsync rounds of one partition that may run at once: one syncing, and one more started by
+/// appends that arrived after it began (see [`Log::flush_to`]).
+pub const FLUSH_ROUNDS_IN_FLIGHT: usize = 2;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -182,7 +186,11 @@ struct Inner {
     encoder: FrameEncoder,
     scratch: Vec<u8>,
     /// A segment file was created or removed since the last directory fsync.
-    dir_dirty: bool,
+    /// Bumped whenever a segment file is created or removed; the directory needs an fsync
+    /// while it is ahead of `dir_synced_gen`.
+    dir_gen: u64,
+    /// The `dir_gen` the last completed directory fsync covered.
+    dir_synced_gen: u64,
     producers: ProducerStates,
     /// Transactions not yet stable here (they hold back the last stable offset).
     txns: OngoingTxns,
@@ -218,8 +226,13 @@ pub struct Log {
     inner: Mutex<Inner>,
     durable_offset: AtomicI64,
     last_flush_ms: AtomicI64,
-    flush_lock: tokio::sync::Mutex<()>,
-    /// Bumped after every fsync attempt; waiters watch it instead of queueing on `flush_lock`.
+    /// Fsync rounds that may run at once (see [`Log::flush_to`]).
+    flush_slots: tokio::sync::Semaphore,
+    /// The end offsets the fsync rounds in flight will make durable, by round id.
+    in_flight: Mutex<Vec<(u64, i64)>>,
+    /// Ids of fsync rounds.
+    next_round: std::sync::atomic::AtomicU64,
+    /// Bumped after every fsync round; waiters watch it.
     flush_rounds: watch::Sender<u64>,
     cleaner_lock: tokio::sync::Mutex<()>,
     /// The log end offset (also under `inner`; here so it is read without the lock).
@@ -237,6 +250,33 @@ pub struct Log {
     storage: Arc<dyn Storage>,
     /// Set once, when a sync fails: from then on the partition takes no writes.
     offline: OnceLock<Offline>,
+}
+
+/// One fsync round of a log. However it ends (done, failed, or its caller gone), it leaves the
+/// rounds in flight, frees its slot and wakes the waiters, so none waits on a round that will
+/// never finish.
+struct RoundGuard<'a> {
+    log: &'a Log,
+    id: u64,
+    slot: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl RoundGuard<'_> {
+    async fn run(self) -> Result<()> {
+        self.log.fsync_written(self.id).await
+    }
+}
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        // The slot is free before anyone wakes, so a waiter not covered by this round can start
+        // the next one; every waiter wakes at once, not one handoff each.
+        drop(self.slot.take());
+        self.log.in_flight.lock().retain(|&(id, _)| id != self.id);
+        self.log
+            .flush_rounds
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 impl Drop for Log {
@@ -396,7 +436,8 @@ impl Log {
                 log_start_offset,
                 encoder: FrameEncoder::default(),
                 scratch: Vec::new(),
-                dir_dirty: true,
+                dir_gen: 1,
+                dir_synced_gen: 0,
                 producers,
                 txns,
                 swapping: None,
@@ -404,7 +445,9 @@ impl Log {
             // What survived recovery is what the disk holds; a crash cannot lose it again.
             durable_offset: AtomicI64::new(next_offset),
             last_flush_ms: AtomicI64::new(now_ms()),
-            flush_lock: tokio::sync::Mutex::new(()),
+            flush_slots: tokio::sync::Semaphore::new(FLUSH_ROUNDS_IN_FLIGHT),
+            in_flight: Mutex::new(Vec::with_capacity(FLUSH_ROUNDS_IN_FLIGHT)),
+            next_round: std::sync::atomic::AtomicU64::new(0),
             flush_rounds: watch::channel(0).0,
             cleaner_lock: tokio::sync::Mutex::new(()),
             log_end: AtomicI64::new(next_offset),
@@ -969,14 +1012,17 @@ impl Log {
         inner.producers.save(&self.dir, next, inner.txns.open())?;
         let seg = Segment::create(&*self.storage, &self.dir, next, interval, now)?;
         inner.segments.insert(next, seg);
-        inner.dir_dirty = true;
+        inner.dir_gen += 1;
         Ok(())
     }
 
-    /// Makes every record below `target` durable: one caller fsyncs everything written so far
-    /// while the others wait for it, so N concurrent appends cost about two fsyncs, not N.
-    /// Once a sync has failed, every caller whose records are not yet durable gets
-    /// [`BrokerError::PartitionOffline`].
+    /// Makes every record below `target` durable (group commit): a caller whose records a
+    /// round in flight covers waits for it; otherwise it starts a round of its own, which
+    /// fsyncs everything written so far, so N concurrent appends cost about two fsyncs, not
+    /// N. Up to [`FLUSH_ROUNDS_IN_FLIGHT`] rounds run at once: records written while a round
+    /// is in flight start the next one at once instead of waiting for it to end, so an
+    /// acknowledgement waits for one fsync, not two. Once a sync has failed, every caller
+    /// whose records are not yet durable gets [`BrokerError::PartitionOffline`].
     pub async fn flush_to(&self, target: i64) -> Result<()> {
         // Subscribed before the first check, so a round that ends after it is never missed.
         let mut rounds = self.flush_rounds.subscribe();
@@ -987,44 +1033,47 @@ impl Log {
             if let Some(e) = self.offline_error() {
                 return Err(e);
             }
-            match self.flush_lock.try_lock() {
-                Ok(turn) => {
-                    let result = self.fsync_written().await;
-                    // Release before waking: a waiter not covered by this round must be able to
-                    // start the next one. Every waiter wakes at once, not one lock handoff each.
-                    drop(turn);
-                    self.flush_rounds.send_modify(|n| *n = n.wrapping_add(1));
-                    return result;
-                }
-                Err(_) => {
-                    if rounds.changed().await.is_err() {
-                        return Err(BrokerError::Internal("flush round channel closed".into()));
-                    }
-                }
+            let covered = self.in_flight.lock().iter().any(|&(_, end)| end >= target);
+            if !covered && let Ok(slot) = self.flush_slots.try_acquire() {
+                let round = RoundGuard {
+                    log: self,
+                    id: self.next_round.fetch_add(1, Ordering::Relaxed),
+                    slot: Some(slot),
+                };
+                round.run().await?;
+                continue;
+            }
+            if rounds.changed().await.is_err() {
+                return Err(BrokerError::Internal("flush round channel closed".into()));
             }
         }
     }
 
-    /// Fsyncs every segment written past the durable offset (and the directory if a segment
-    /// was created or deleted), then moves the durable offset to what was written before.
-    /// A failed sync takes the partition offline and leaves the durable offset where it was.
-    /// Callers hold `flush_lock`.
-    async fn fsync_written(&self) -> Result<()> {
+    /// One fsync round: fsyncs every segment written past the durable offset (and the
+    /// directory, unless a completed round synced it since the last segment was created or
+    /// deleted), then moves the durable offset to what was written before the round began.
+    /// Each round syncs all it depends on itself, so rounds in flight at once may finish in
+    /// any order. A failed sync takes the partition offline and leaves the durable offset
+    /// where it was. Callers hold a `flush_slots` permit.
+    async fn fsync_written(&self, round: u64) -> Result<()> {
         if let Some(e) = self.offline_error() {
             return Err(e);
         }
         let durable = self.durable_offset.load(Ordering::Acquire);
-        let (files, dir, end, flush_on_ack) = {
-            let mut inner = self.inner.lock();
+        let (files, dir, dir_gen, end, flush_on_ack) = {
+            let inner = self.inner.lock();
             let files: Vec<SegmentView> = inner
                 .segments
                 .values()
                 .filter(|s| s.next_offset > durable)
                 .map(Segment::view)
                 .collect();
-            let dir = std::mem::take(&mut inner.dir_dirty).then(|| self.dir.clone());
-            (files, dir, inner.next_offset, inner.config.flush_on_ack)
+            let dir = (inner.dir_gen > inner.dir_synced_gen).then(|| self.dir.clone());
+            let end = inner.next_offset;
+            self.in_flight.lock().push((round, end));
+            (files, dir, inner.dir_gen, end, inner.config.flush_on_ack)
         };
+        let syncs_dir = dir.is_some();
         let storage = self.storage.clone();
         let synced = tokio::task::spawn_blocking(move || {
             for view in &files {
@@ -1039,6 +1088,10 @@ impl Log {
         .map_err(|e| BrokerError::Internal(format!("fsync task failed: {e}")))?;
         if let Err((path, e)) = synced {
             return Err(self.go_offline(path, &e));
+        }
+        if syncs_dir {
+            let mut inner = self.inner.lock();
+            inner.dir_synced_gen = inner.dir_synced_gen.max(dir_gen);
         }
         self.durable_offset.fetch_max(end, Ordering::AcqRel);
         self.last_flush_ms.store(now_ms(), Ordering::Release);
@@ -1251,7 +1304,7 @@ impl Log {
         for base in &doomed {
             if let Some(seg) = inner.segments.remove(base) {
                 seg.delete_files(&*self.storage)?;
-                inner.dir_dirty = true;
+                inner.dir_gen += 1;
             }
         }
         if let Some(&first) = inner.segments.keys().next() {
@@ -1329,7 +1382,7 @@ impl Log {
         for base in doomed {
             if let Some(seg) = inner.segments.remove(&base) {
                 seg.delete_files(&*self.storage)?;
-                inner.dir_dirty = true;
+                inner.dir_gen += 1;
             }
         }
         Ok(target)

@@ -261,3 +261,44 @@ fn an_idle_producer_replayed_after_a_crash_keeps_its_idle_clock() {
     log.expire_producers(now_ms(), day_ms);
     assert_eq!(log.producer_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_whose_caller_gives_up_never_holds_back_the_next() {
+    let dir = tempdir();
+    let log = Arc::new(open_with(
+        dir.path(),
+        LogConfig::default(),
+        Shutdown::Unclean,
+    ));
+    for round in 0..50 {
+        let first = match log.append_unflushed(&batch(3), ProducerInfo::NONE) {
+            Ok(info) => info.last_offset + 1,
+            Err(e) => panic!("append: {e}"),
+        };
+        // The caller is dropped while its round is in flight (or before it starts).
+        let _ = tokio::time::timeout(Duration::ZERO, log.flush_to(first)).await;
+        let second = match log.append_unflushed(&batch(2), ProducerInfo::NONE) {
+            Ok(info) => info.last_offset + 1,
+            Err(e) => panic!("append: {e}"),
+        };
+        // Concurrent acknowledgements of both appends all complete, each durable after it.
+        // The first target is the abandoned round's: no one may wait on that round.
+        let waits = [first, second, second].map(|target| {
+            let log = log.clone();
+            tokio::spawn(async move { log.flush_to(target).await })
+        });
+        let done =
+            tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(waits)).await;
+        let Ok(results) = done else {
+            panic!("round {round}: a flush hung after an abandoned one")
+        };
+        for r in results {
+            assert!(matches!(r, Ok(Ok(()))), "round {round}: {r:?}");
+        }
+        assert!(log.offsets().durable_offset >= second);
+    }
+    assert!(
+        log.in_flight.lock().is_empty(),
+        "no round is left in flight"
+    );
+}
