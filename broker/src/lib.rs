@@ -4,8 +4,9 @@
 //! Every partition is a sequence of Arrow record batches with one envelope schema
 //! ([`record::envelope_schema`]); batch-level producer facts travel in [`ProducerInfo`].
 //!
-//! Other crates append with [`Broker::append`] and read through [`Broker::partition`] (a
-//! [`PartitionHandle`]); the storage modules under [`log`] (frames, segments, indexes, the
+//! Other crates append with [`Broker::append`] (or in transactions, through
+//! [`Broker::transactional_producer`]) and read through [`Broker::partition`] (a
+//! [`PartitionHandle`]) or a whole topic through [`Broker::topic_reader`] (a [`TopicReader`]); the storage modules under [`log`] (frames, segments, indexes, the
 //! file layer, the cleaner) are private to this crate. [`Log`] itself stays public so the
 //! benches can measure the partition log without a broker around it.
 
@@ -17,6 +18,7 @@ pub mod group;
 pub mod kafka;
 pub mod log;
 pub mod partition;
+pub mod reader;
 pub mod topic;
 pub mod txn;
 
@@ -32,6 +34,7 @@ pub use log::{
 };
 pub use partition::PartitionHandle;
 pub use partitioner::{Partitioner, murmur2, partition_for_key};
+pub use reader::{PartitionProgress, ReaderBatch, ReaderOptions, StartAt, TopicReader};
 pub use record::{
     EnvelopeBuilder, EnvelopeColumns, Header, Record, batch_to_records, envelope_schema,
     records_to_batch,
