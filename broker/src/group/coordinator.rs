@@ -724,13 +724,19 @@ impl GroupCoordinator {
     /// durable. The offsets stay invisible to OffsetFetch until the transaction's COMMIT
     /// marker on that partition is durable (`GroupCoordinator::complete_transaction`).
     /// Returns one error code per entry. Whether the partition is in the producer's
-    /// transaction is the caller's check (the transaction coordinator's).
-    pub async fn txn_commit_offsets(
+    /// transaction is the caller's check (the transaction coordinator's): `guard` is given the
+    /// write (which does not wait) and runs it under that check, or refuses with an error,
+    /// so the offsets cannot land after the transaction's marker.
+    pub async fn txn_commit_offsets<G>(
         &self,
         commit: OffsetCommit,
         producer_id: i64,
         producer_epoch: i16,
-    ) -> Vec<i16> {
+        guard: G,
+    ) -> Vec<i16>
+    where
+        G: FnOnce(&mut dyn FnMut()) -> Result<(), ResponseError>,
+    {
         let all = |e: ResponseError| vec![e.code(); commit.offsets.len()];
         if commit.offsets.is_empty() {
             return Vec::new();
@@ -745,21 +751,25 @@ impl GroupCoordinator {
             Err(e) => return all(e),
         };
         let cx = self.cx();
-        let written = {
+        let mut written = None;
+        let guarded = guard(&mut || {
             let mut g = group.lock();
-            let written = self.commit_locked(
+            written = Some(self.commit_locked(
                 store,
                 &mut g,
                 &commit,
                 Some((producer_id, producer_epoch)),
                 &cx,
-            );
+            ));
             self.after_op(true, &mut g);
-            written
-        };
+        });
+        if let Err(e) = guarded {
+            return all(e);
+        }
         let (written, _, values) = match written {
-            Ok(w) => w,
-            Err(e) => return all(e),
+            Some(Ok(w)) => w,
+            Some(Err(e)) => return all(e),
+            None => return all(ResponseError::InvalidTxnState),
         };
         if let Err(e) = written.acknowledge().await {
             tracing::error!(group = %commit.group_id, producer_id, error = %e, "cannot make transactional offsets durable");

@@ -744,17 +744,39 @@ async fn transactional_commits_check_members_only_when_named_and_stay_pending() 
         ..OffsetCommit::default()
     };
     // KIP-447: a producer outside the group may commit for it (unlike a plain OffsetCommit)...
-    assert_eq!(g.txn_commit_offsets(commit(-1, ""), 7, 0).await, vec![NONE]);
+    assert_eq!(
+        g.txn_commit_offsets(commit(-1, ""), 7, 0, |write| {
+            write();
+            Ok(())
+        })
+        .await,
+        vec![NONE]
+    );
     // ...but a named member and generation are checked.
     assert_eq!(
-        g.txn_commit_offsets(commit(1, &a), 7, 0).await,
+        g.txn_commit_offsets(commit(1, &a), 7, 0, |write| {
+            write();
+            Ok(())
+        })
+        .await,
         vec![code(ResponseError::IllegalGeneration)]
     );
     assert_eq!(
-        g.txn_commit_offsets(commit(2, "stranger"), 7, 0).await,
+        g.txn_commit_offsets(commit(2, "stranger"), 7, 0, |write| {
+            write();
+            Ok(())
+        })
+        .await,
         vec![code(ResponseError::UnknownMemberId)]
     );
-    assert_eq!(g.txn_commit_offsets(commit(2, &a), 7, 0).await, vec![NONE]);
+    assert_eq!(
+        g.txn_commit_offsets(commit(2, &a), 7, 0, |write| {
+            write();
+            Ok(())
+        })
+        .await,
+        vec![NONE]
+    );
     let asked = [("t1".to_owned(), 0)];
     assert_eq!(g.fetch_offsets("members", Some(&asked), false)[0].2, None);
     assert_eq!(

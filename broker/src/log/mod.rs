@@ -955,7 +955,7 @@ impl Log {
                 self.topic, self.partition
             )));
         }
-        if transactional && !open && inner.txns.len() >= MAX_ONGOING_TXNS_PER_PARTITION {
+        if transactional && !open && inner.txns.is_full() {
             return Err(BrokerError::InvalidTxnState(format!(
                 "{} transactions are open on {}-{}, the most one partition keeps \
                  ({MAX_ONGOING_TXNS_PER_PARTITION}); commit or abort some first",

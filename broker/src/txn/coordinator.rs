@@ -413,6 +413,45 @@ impl TxnCoordinator {
                 }
             }
         };
+        // The write, its installation and the start of the markers run in a task of their own,
+        // so a caller that gives up (a dropped future) cannot leave `pending` set, or a decided
+        // transaction without its markers.
+        let weak = self.broker.clone();
+        let id = transactional_id.to_owned();
+        let task = tokio::spawn(async move {
+            match weak.upgrade() {
+                Some(broker) => {
+                    broker
+                        .transactions()
+                        .finish_transition(&id, &slot, transition)
+                        .await
+                }
+                None => {
+                    let mut s = slot.state.lock();
+                    s.creating = false;
+                    if let Some(m) = s.meta.as_mut() {
+                        m.pending = None;
+                    }
+                    Err(stopped_error())
+                }
+            }
+        });
+        task.await.map_err(|e| {
+            TxnError::new(
+                ResponseError::UnknownServerError,
+                format!("a transaction state change failed: {e}"),
+            )
+        })?
+    }
+
+    /// The rest of [`TxnCoordinator::apply`] once `pending` is set: writes the transition,
+    /// installs it (or clears `pending` if the write failed), and starts its markers.
+    async fn finish_transition(
+        &self,
+        transactional_id: &str,
+        slot: &Arc<Slot>,
+        transition: state::Transition,
+    ) -> Result<Reply, TxnError> {
         let written = self
             .write_state(transactional_id, Some(&transition.next))
             .await;
@@ -854,10 +893,16 @@ impl TxnCoordinator {
     /// Returns how many were aborted.
     pub(crate) async fn abort_timed_out_at(&self, now_ms: i64) -> usize {
         let server_version = self.config.limits().server_version;
-        let due: Vec<String> = self
+        // The map's lock is not held while each id's is taken (one may be held across a
+        // segment roll by a transactional append).
+        let slots: Vec<(String, Arc<Slot>)> = self
             .ids
             .lock()
             .iter()
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect();
+        let due: Vec<String> = slots
+            .into_iter()
             .filter(|(_, s)| {
                 s.state
                     .lock()
@@ -865,7 +910,7 @@ impl TxnCoordinator {
                     .as_ref()
                     .is_some_and(|m| m.timed_out(now_ms))
             })
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id)
             .collect();
         let mut aborted = 0;
         for id in due {

@@ -581,3 +581,106 @@ async fn requests_while_markers_are_in_flight_get_concurrent_transactions() {
     append(&mut p, 1, &["b"]).await;
     assert_eq!(state_of(&b, "tx"), TxnState::Ongoing);
 }
+
+#[tokio::test]
+async fn a_commit_whose_caller_gives_up_still_completes_and_frees_the_id() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let mut p = producer(&b, "w").await;
+    append(&mut p, 0, &["a"]).await;
+    {
+        // Polled once (the decision is being written), then dropped.
+        let fut = p.commit();
+        tokio::pin!(fut);
+        let _ = futures::poll!(fut.as_mut());
+    }
+    // The id is neither stuck with a change in flight nor left undecided: a new instance gets
+    // it, and readers see the commit.
+    let next = tokio::time::timeout(
+        Duration::from_secs(30),
+        b.transactional_producer("w", 60_000),
+    )
+    .await;
+    assert!(matches!(next, Ok(Ok(_))), "the id is usable again");
+    let m = b
+        .transactions()
+        .metadata("w")
+        .unwrap_or_else(|| panic!("metadata"));
+    assert!(m.pending.is_none(), "{m:?}");
+    let log = b.log("data", 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        log.last_stable_offset(),
+        log.end_offset(),
+        "the commit was completed, not left open"
+    );
+    drop(log);
+    drop(p);
+    close(b).await;
+}
+
+#[tokio::test]
+async fn txn_offsets_are_refused_once_their_transaction_has_ended() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let mut p = producer(&b, "oc").await;
+    append(&mut p, 0, &["a"]).await;
+    if let Err(e) = p.send_offsets("app", &[entry("data", 0, 1)]).await {
+        panic!("send offsets: {e}");
+    }
+    let (pid, epoch) = (p.producer_id(), p.producer_epoch());
+    let part = b
+        .groups()
+        .offsets_partition_for("app")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    if let Err(e) = p.commit_and_wait().await {
+        panic!("commit: {e}");
+    }
+    // A TxnOffsetCommit that passed its first check before the commit, written after it: the
+    // check under the transactional id's lock refuses it, so it cannot hold the LSO back.
+    let codes = b
+        .groups()
+        .txn_commit_offsets(
+            crate::group::OffsetCommit {
+                group_id: "app".into(),
+                generation_id: -1,
+                offsets: vec![entry("data", 0, 7)],
+                ..Default::default()
+            },
+            pid,
+            epoch,
+            |write| {
+                b.transactions().append_verified(
+                    "oc",
+                    pid,
+                    epoch,
+                    crate::group::OFFSETS_TOPIC,
+                    part,
+                    write,
+                )
+            },
+        )
+        .await;
+    assert_eq!(
+        codes,
+        vec![kafka_protocol::error::ResponseError::InvalidTxnState.code()]
+    );
+    let log = b
+        .log(crate::group::OFFSETS_TOPIC, part)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        log.last_stable_offset(),
+        log.end_offset(),
+        "nothing left open"
+    );
+    let fetched = b
+        .groups()
+        .fetch_offsets_checked("app", Some(&[("data".to_owned(), 0)]), true);
+    assert!(
+        matches!(&fetched[0].2, Ok(Some(o)) if o.offset == 1),
+        "the committed offset stands and is stable: {fetched:?}"
+    );
+    drop(log);
+    drop(p);
+    close(b).await;
+}

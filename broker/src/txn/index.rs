@@ -237,6 +237,12 @@ impl OngoingTxns {
         Ok(())
     }
 
+    /// Whether a new transaction would be refused by
+    /// [`OngoingTxns::on_transactional_append`] (the unstable ones are at the limit).
+    pub(crate) fn is_full(&self) -> bool {
+        self.unstable.len() >= MAX_ONGOING_TXNS_PER_PARTITION
+    }
+
     /// Whether the producer has a transaction open here (an append must check this before
     /// accepting a marker or a non-transactional batch from the producer).
     pub(crate) fn is_open(&self, producer_id: i64) -> bool {

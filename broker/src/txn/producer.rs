@@ -263,8 +263,16 @@ impl TransactionalProducer {
             retention_ms: None,
             offsets: offsets.to_vec(),
         };
+        let (id, pid, epoch) = (
+            self.transactional_id.as_str(),
+            self.producer_id,
+            self.producer_epoch,
+        );
+        let txns = broker.transactions();
         let codes = groups
-            .txn_commit_offsets(commit, self.producer_id, self.producer_epoch)
+            .txn_commit_offsets(commit, pid, epoch, |write| {
+                txns.append_verified(id, pid, epoch, OFFSETS_TOPIC, p, write)
+            })
             .await;
         match codes.iter().copied().find(|&c| c != 0) {
             None => Ok(()),

@@ -185,6 +185,17 @@ fn produce_partition(
     index: i32,
     records: Option<Bytes>,
 ) -> (PartitionProduceResponse, AckWait) {
+    if crate::topic::is_internal(topic) {
+        // Kafka's rule: only the broker's coordinators write their internal topics.
+        let msg = format!(
+            "topic '{topic}' is internal: only the broker writes it (commit offsets with \
+             OffsetCommit or TxnOffsetCommit)"
+        );
+        return (
+            failed(index, ResponseError::InvalidTopicException.code(), msg),
+            None,
+        );
+    }
     let log = match ctx.broker.log(topic, index) {
         Ok(log) => log,
         Err(e) => return (failed(index, error_code(&e), e.to_string()), None),

@@ -284,3 +284,53 @@ async fn transactional_produce_is_let_in_only_to_the_partitions_of_an_open_trans
     drop(ctx);
     let _ = broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn clients_cannot_produce_to_the_internal_topics() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let broker = Broker::open(BrokerConfig {
+        data_dir: dir.path().to_owned(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    let ctx = Ctx::for_tests(broker.clone());
+    // Make both internal topics exist, as they do once groups and transactions are used.
+    if let Err(e) = broker.groups().ensure_ready().await {
+        panic!("groups: {e:?}");
+    }
+    if let Err(e) = broker.transactions().ensure_ready().await {
+        panic!("transactions: {e:?}");
+    }
+    for topic in crate::topic::INTERNAL_TOPICS {
+        let end = broker.offsets(topic, 0).map(|o| o.log_end_offset).ok();
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str(topic)))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(kafka_batch("forged"))),
+                    ]),
+            ]);
+        let Some(resp) = produce::handle(&ctx, 9, req).await else {
+            panic!("acks=all gets a response")
+        };
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(
+            p.error_code,
+            ResponseError::InvalidTopicException.code(),
+            "{topic}"
+        );
+        assert_eq!(
+            broker.offsets(topic, 0).map(|o| o.log_end_offset).ok(),
+            end,
+            "nothing was written to {topic}"
+        );
+    }
+    drop(ctx);
+    let _ = broker.shutdown().await;
+}

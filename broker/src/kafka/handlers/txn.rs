@@ -142,22 +142,25 @@ async fn add_one(
         })
         .collect();
     let coordinator = ctx.broker.transactions();
-    // Kafka adds nothing when one partition is unknown: that one gets
-    // UNKNOWN_TOPIC_OR_PARTITION, the others OPERATION_NOT_ATTEMPTED.
-    let unknown: Vec<bool> = partitions
+    // Kafka adds nothing when one partition is refused: an unknown one gets
+    // UNKNOWN_TOPIC_OR_PARTITION, an internal topic (only AddOffsetsToTxn adds
+    // __consumer_offsets) INVALID_TOPIC_EXCEPTION, the others OPERATION_NOT_ATTEMPTED.
+    let refused: Vec<Option<ResponseError>> = partitions
         .iter()
-        .map(|p| !partition_exists(ctx, &p.topic, p.partition))
+        .map(|p| {
+            if crate::topic::is_internal(&p.topic) {
+                Some(ResponseError::InvalidTopicException)
+            } else if !partition_exists(ctx, &p.topic, p.partition) {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else {
+                None
+            }
+        })
         .collect();
-    let codes: Vec<i16> = if unknown.iter().any(|&u| u) {
-        unknown
+    let codes: Vec<i16> = if refused.iter().any(Option::is_some) {
+        refused
             .iter()
-            .map(|&u| {
-                if u {
-                    ResponseError::UnknownTopicOrPartition.code()
-                } else {
-                    ResponseError::OperationNotAttempted.code()
-                }
-            })
+            .map(|r| r.unwrap_or(ResponseError::OperationNotAttempted).code())
             .collect()
     } else if asked.verify_only {
         match coordinator.verify_partitions(caller, &partitions) {
@@ -306,7 +309,8 @@ async fn txn_offset_commit(
     let transactional_id: &TransactionalId = &req.transactional_id;
     // The group's partition of __consumer_offsets must be in the producer's open transaction
     // (AddOffsetsToTxn), or the offsets would never get a marker.
-    let refused: Option<i16> = match groups.offsets_partition_for(group_id).await {
+    let offsets_partition = groups.offsets_partition_for(group_id).await;
+    let refused: Option<i16> = match offsets_partition {
         Err(e) => Some(e.code()),
         Ok(p) => ctx
             .broker
@@ -382,6 +386,18 @@ async fn txn_offset_commit(
                 },
                 req.producer_id.0,
                 req.producer_epoch,
+                |write| match offsets_partition.ok() {
+                    // Checked again, and written, under the transactional id's lock.
+                    Some(p) => ctx.broker.transactions().append_verified(
+                        transactional_id.0.as_str(),
+                        req.producer_id.0,
+                        req.producer_epoch,
+                        OFFSETS_TOPIC,
+                        p,
+                        write,
+                    ),
+                    None => Err(ResponseError::CoordinatorNotAvailable),
+                },
             )
             .await
     };

@@ -577,3 +577,31 @@ async fn list_and_describe_transactions_show_each_id_its_state_and_partitions() 
         kafka_protocol::error::ResponseError::TransactionalIdNotFound.code()
     );
 }
+
+#[tokio::test]
+async fn internal_topics_cannot_join_a_transaction_through_add_partitions() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let ctx = ctx(dir.path()).await;
+    let (code, pid, epoch) = init(&ctx, 4, "tx", 60_000).await;
+    assert_eq!(code, 0);
+    let codes = add(
+        &ctx,
+        3,
+        "tx",
+        (pid, epoch),
+        vec![topic("__consumer_offsets", &[0]), topic("t", &[0])],
+    )
+    .await;
+    assert_eq!(
+        codes,
+        vec![
+            kafka_protocol::error::ResponseError::InvalidTopicException.code(),
+            kafka_protocol::error::ResponseError::OperationNotAttempted.code()
+        ]
+    );
+    let m = ctx.broker.transactions().metadata("tx");
+    assert!(
+        m.is_some_and(|m| m.partitions.is_empty()),
+        "nothing joined the transaction"
+    );
+}
