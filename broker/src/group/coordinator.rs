@@ -625,8 +625,14 @@ impl GroupCoordinator {
         g.commit_seq += 1;
         let seq = g.commit_seq;
         for o in &commit.offsets {
-            g.pending_offsets
-                .insert((o.topic.clone(), o.partition), seq);
+            let key = (o.topic.clone(), o.partition);
+            // This record is later than any transactional offset of the partition still
+            // pending: it wins when that transaction commits, as in Kafka (and as a restart
+            // reading the log, or compaction keeping the later record, decides).
+            for pending in g.pending_txn_offsets.values_mut() {
+                pending.remove(&key);
+            }
+            g.pending_offsets.insert(key, seq);
         }
         Ok((written, seq, values))
     }

@@ -373,6 +373,11 @@ fn read_partition(p: i32, log: &Log, loaded: &mut Loaded) -> Result<()> {
                         .or_default()
                         .push((key.to_vec(), cols.value(i).map(<[u8]>::to_vec)));
                 } else {
+                    // A plain commit after a transactional one of the same partition wins
+                    // when the transaction commits, as in Kafka (the later record counts).
+                    for records in open.values_mut() {
+                        records.retain(|(k, _)| k.as_slice() != key);
+                    }
                     apply_logged(p, loaded, key, cols.value(i));
                 }
             }

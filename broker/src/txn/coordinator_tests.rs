@@ -684,3 +684,38 @@ async fn txn_offsets_are_refused_once_their_transaction_has_ended() {
     drop(p);
     close(b).await;
 }
+
+#[tokio::test]
+async fn a_plain_commit_after_a_transactional_one_wins_now_and_after_a_restart() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let mut p = producer(&b, "tx").await;
+    append(&mut p, 0, &["a"]).await;
+    p.send_offsets("app", &[entry("data", 0, 10)])
+        .await
+        .unwrap_or_else(|e| panic!("send_offsets: {e}"));
+    // A plain commit of the same partition, written after the transactional one.
+    let codes = b
+        .groups()
+        .commit_offsets(crate::group::OffsetCommit {
+            group_id: "app".into(),
+            generation_id: -1,
+            offsets: vec![entry("data", 0, 20)],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(codes, vec![0]);
+    p.commit_and_wait()
+        .await
+        .unwrap_or_else(|e| panic!("commit: {e}"));
+    assert_eq!(
+        committed(&b, "app"),
+        Some(20),
+        "the later record counts, as in Kafka"
+    );
+    drop(p);
+    close(b).await;
+    let b = open(dir.path()).await;
+    assert_eq!(committed(&b, "app"), Some(20), "the log says the same");
+    close(b).await;
+}
