@@ -38,6 +38,9 @@ use crate::record::{EnvelopeBuilder, EnvelopeColumns};
 
 /// Most transactional ids one broker keeps (each holds its metadata in memory).
 pub const MAX_TRANSACTIONAL_IDS: usize = 100_000;
+/// Most partitions in all open transactions of the broker together (each costs a little
+/// memory here and a marker to write); more are refused, as more transactional ids are.
+pub const MAX_PARTITIONS_IN_TRANSACTIONS: usize = 1_000_000;
 /// Bytes read per step when loading `__transaction_state`.
 const LOAD_READ_BYTES: usize = 4 << 20;
 /// `max.message.bytes` of `__transaction_state` (a value is bounded by
@@ -50,6 +53,16 @@ const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Marker tasks kept for shutdown to wait on; finished ones are dropped when this many are held.
 const TASKS_PRUNE_AT: usize = 1024;
+
+/// A transactional id as ListTransactions shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub state: TxnState,
+    /// When the open transaction started; -1 when none is open.
+    pub start_timestamp_ms: i64,
+}
 
 /// One transactional id: its metadata and a signal that it changed.
 #[derive(Debug)]
@@ -123,6 +136,9 @@ pub struct TxnCoordinator {
     /// owns the coordinator, which must not keep it alive.
     broker: WeakBroker,
     ids: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Partitions in the transactions of all ids together (see
+    /// [`MAX_PARTITIONS_IN_TRANSACTIONS`]).
+    partitions_in_txns: std::sync::atomic::AtomicUsize,
     /// The partition logs of `__transaction_state`, once it exists. Set once: internal topics
     /// are neither deleted nor re-partitioned.
     logs: OnceLock<Vec<Arc<Log>>>,
@@ -153,6 +169,7 @@ impl TxnCoordinator {
             config,
             broker,
             ids: Mutex::new(HashMap::new()),
+            partitions_in_txns: std::sync::atomic::AtomicUsize::new(0),
             logs: OnceLock::new(),
             create_lock: tokio::sync::Mutex::new(()),
             stopped: AtomicBool::new(false),
@@ -182,6 +199,8 @@ impl TxnCoordinator {
                 if let Some(markers) = state::recovery_markers(&meta) {
                     recovering.push((id.clone(), markers));
                 }
+                self.partitions_in_txns
+                    .fetch_add(meta.partitions.len(), Ordering::AcqRel);
                 ids.insert(id, Slot::new(Some(meta)));
             }
             tracing::info!(
@@ -363,6 +382,45 @@ impl TxnCoordinator {
         Ok(s)
     }
 
+    /// Replaces an id's metadata, keeping the count of partitions in transactions.
+    fn install(&self, s: &mut SlotState, next: Option<TxnMetadata>) {
+        let before = s.meta.as_ref().map_or(0, |m| m.partitions.len());
+        let after = next.as_ref().map_or(0, |m| m.partitions.len());
+        if after > before {
+            self.partitions_in_txns
+                .fetch_add(after - before, Ordering::AcqRel);
+        } else {
+            let _ =
+                self.partitions_in_txns
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(before - after))
+                    });
+        }
+        s.meta = next;
+    }
+
+    /// Refuses `adding` more partitions when the broker's open transactions hold
+    /// [`MAX_PARTITIONS_IN_TRANSACTIONS`] already (partitions already in the caller's
+    /// transaction count again: the check is cheap, and only matters near the limit).
+    fn check_partition_budget(&self, adding: usize) -> Result<(), TxnError> {
+        let held = self.partitions_in_txns.load(Ordering::Acquire);
+        if held.saturating_add(adding) > MAX_PARTITIONS_IN_TRANSACTIONS {
+            tracing::warn!(
+                held,
+                limit = MAX_PARTITIONS_IN_TRANSACTIONS,
+                "refusing partitions for a transaction: the broker's open transactions hold the most it keeps"
+            );
+            return Err(TxnError::new(
+                ResponseError::PolicyViolation,
+                format!(
+                    "the broker's open transactions hold {held} partitions, the most it keeps is \
+                     {MAX_PARTITIONS_IN_TRANSACTIONS}; commit or abort transactions first"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs `decide` on the id's metadata and, when it asks for a transition, writes it,
     /// installs it, and starts its markers. `create`: a missing id gets a slot (InitProducerId).
     async fn apply<F>(
@@ -459,7 +517,7 @@ impl TxnCoordinator {
             let mut s = slot.state.lock();
             s.creating = false;
             match &written {
-                Ok(()) => s.meta = Some(transition.next.clone()),
+                Ok(()) => self.install(&mut s, Some(transition.next.clone())),
                 Err(_) => {
                     if let Some(m) = s.meta.as_mut() {
                         m.pending = None;
@@ -584,7 +642,7 @@ impl TxnCoordinator {
             {
                 let mut s = slot.state.lock();
                 match &written {
-                    Ok(()) => s.meta = Some(next),
+                    Ok(()) => self.install(&mut s, Some(next)),
                     Err(_) => {
                         if let Some(m) = s.meta.as_mut() {
                             m.pending = None;
@@ -684,6 +742,7 @@ impl TxnCoordinator {
         partitions: &[TxnPartition],
         client_version: TxnVersion,
     ) -> Result<(), TxnError> {
+        self.check_partition_budget(partitions.len())?;
         self.apply(caller.transactional_id, false, |current| {
             state::add_partitions(current, caller, partitions, client_version, now_ms())
         })
@@ -700,6 +759,7 @@ impl TxnCoordinator {
         offsets_partitions: i32,
         client_version: TxnVersion,
     ) -> Result<(), TxnError> {
+        self.check_partition_budget(1)?;
         self.apply(caller.transactional_id, false, |current| {
             state::add_offsets(
                 current,
@@ -873,13 +933,20 @@ impl TxnCoordinator {
             .and_then(|s| s.state.lock().meta.clone())
     }
 
-    /// Every transactional id with metadata, sorted by id (ListTransactions). Each id's lock is
-    /// taken in turn, briefly.
-    pub(crate) fn list(&self) -> Vec<TxnMetadata> {
+    /// Every transactional id with metadata, sorted by id (ListTransactions), without their
+    /// partitions. Each id's lock is taken in turn, briefly.
+    pub(crate) fn list(&self) -> Vec<Listed> {
         let slots: Vec<Arc<Slot>> = self.ids.lock().values().cloned().collect();
-        let mut out: Vec<TxnMetadata> = slots
+        let mut out: Vec<Listed> = slots
             .iter()
-            .filter_map(|s| s.state.lock().meta.clone())
+            .filter_map(|s| {
+                s.state.lock().meta.as_ref().map(|m| Listed {
+                    transactional_id: m.transactional_id.clone(),
+                    producer_id: m.producer_id,
+                    state: m.state,
+                    start_timestamp_ms: m.start_timestamp_ms,
+                })
+            })
             .collect();
         out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
         out
@@ -971,7 +1038,7 @@ impl TxnCoordinator {
                 let mut s = slot.state.lock();
                 match &written {
                     Ok(()) => {
-                        s.meta = None;
+                        self.install(&mut s, None);
                         s.removed = true;
                     }
                     Err(_) => {

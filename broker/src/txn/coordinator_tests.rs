@@ -719,3 +719,36 @@ async fn a_plain_commit_after_a_transactional_one_wins_now_and_after_a_restart()
     assert_eq!(committed(&b, "app"), Some(20), "the log says the same");
     close(b).await;
 }
+
+#[tokio::test]
+async fn partitions_in_open_transactions_are_counted_for_the_broker_wide_limit() {
+    let dir = tempdir();
+    let b = open(dir.path()).await;
+    let held = |b: &Broker| {
+        b.transactions()
+            .partitions_in_txns
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    let mut p = producer(&b, "a").await;
+    let mut q = producer(&b, "b").await;
+    append(&mut p, 0, &["x"]).await;
+    append(&mut p, 1, &["x"]).await;
+    append(&mut q, 0, &["y"]).await;
+    assert_eq!(held(&b), 3);
+    p.commit_and_wait()
+        .await
+        .unwrap_or_else(|e| panic!("commit: {e}"));
+    assert_eq!(held(&b), 1, "a completed transaction holds none");
+    drop((p, q));
+    close(b).await;
+    let b = open(dir.path()).await;
+    assert_eq!(held(&b), 1, "the open one, read back");
+    assert!(
+        b.transactions()
+            .check_partition_budget(MAX_PARTITIONS_IN_TRANSACTIONS)
+            .is_err(),
+        "past the limit is refused"
+    );
+    assert!(b.transactions().check_partition_budget(10).is_ok());
+    close(b).await;
+}
