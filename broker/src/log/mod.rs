@@ -1600,7 +1600,19 @@ fn replay_producers(
         while pos < seg.size {
             let h = seg.read_header(pos, seg.size)?;
             let b = &h.batch;
-            if b.base_offset >= from && b.producer.producer_id >= 0 && b.producer.base_sequence >= 0
+            let sequenceless_epoch = b.producer.producer_id >= 0
+                && b.producer.base_sequence < 0
+                && b.producer.attributes & attributes::TRANSACTIONAL != 0;
+            if b.base_offset >= from && sequenceless_epoch {
+                // A marker or transactional offsets: only the epoch (which fences) is kept.
+                states.note_epoch(
+                    b.producer.producer_id,
+                    b.producer.producer_epoch,
+                    b.max_timestamp.min(now),
+                );
+            } else if b.base_offset >= from
+                && b.producer.producer_id >= 0
+                && b.producer.base_sequence >= 0
             {
                 states.update(
                     b.producer.producer_id,

@@ -502,3 +502,30 @@ async fn compaction_removes_obsolete_markers_after_delete_retention() {
         vec!["v2", "x", "y"]
     );
 }
+
+#[tokio::test]
+async fn a_fencing_marker_still_fences_after_an_unclean_restart() {
+    let dir = tempdir();
+    {
+        let log = open(dir.path(), config(1 << 20), Shutdown::Unclean);
+        append(&log, &records("a", 1), txn(5, 0, 0));
+        // The coordinator fences epoch 0 with an abort at epoch 1.
+        marker(&log, 5, 1, TxnResult::Abort);
+        if let Err(e) = log.flush().await {
+            panic!("flush: {e}");
+        }
+        // Dropped without a close: no producer snapshot; the restart replays the log.
+    }
+    let log = open(dir.path(), config(1 << 20), Shutdown::Unclean);
+    let e = log.append_unflushed(&records("zombie", 1), txn(5, 0, -1));
+    assert!(
+        matches!(e, Err(BrokerError::InvalidProducerEpoch { .. })),
+        "{e:?}"
+    );
+    let e = log.append_unflushed(&records("zombie", 1), txn(5, 0, 1));
+    assert!(
+        matches!(e, Err(BrokerError::InvalidProducerEpoch { .. })),
+        "{e:?}"
+    );
+    append(&log, &records("new", 1), txn(5, 1, 0));
+}
