@@ -317,76 +317,48 @@ impl OffsetsStore {
 /// Reads one partition of `__consumer_offsets` into `loaded`.
 fn read_partition(p: i32, log: &Log, loaded: &mut Loaded) -> Result<()> {
     let mut open: HashMap<i64, OpenTxnRecords> = HashMap::new();
-    let mut offset = log.offsets().log_start_offset;
-    loop {
-        let read = match log.read(offset, LOAD_READ_BYTES) {
-            Ok(read) => read,
-            // A damaged segment must not keep the broker from starting: what it held is lost
-            // (groups fall back to older commits), the rest is loaded.
-            Err(e @ BrokerError::Corrupt { .. }) => match log.next_segment_base(offset) {
-                Some(next) => {
-                    tracing::error!(partition = p, offset, resume_at = next, error = %e,
-                        "damaged data in {OFFSETS_TOPIC}; skipping to the next segment (commits in the damaged range are lost)");
-                    offset = next;
-                    continue;
-                }
-                None => {
-                    tracing::error!(partition = p, offset, error = %e,
-                        "damaged data at the end of {OFFSETS_TOPIC}; commits from here on are lost");
-                    break;
-                }
-            },
-            Err(e) => return Err(e),
-        };
-        if read.batches.is_empty() || read.next_offset <= offset {
-            break;
-        }
-        for batch in &read.batches {
-            let cols = EnvelopeColumns::try_new(&batch.records)?;
-            let producer = batch.header.producer;
-            let control = producer.attributes & attributes::CONTROL != 0;
-            let transactional = producer.attributes & attributes::TRANSACTIONAL != 0;
-            for i in 0..batch.records.num_rows() {
-                loaded.records_read += 1;
-                let Some(key) = cols.key(i) else {
-                    loaded.malformed += 1;
-                    continue;
-                };
-                if control {
-                    match decode_control_key(key) {
-                        Ok(ControlType::Marker(result)) => {
-                            let records = open.remove(&producer.producer_id).unwrap_or_default();
-                            if result == TxnResult::Commit {
-                                for (key, value) in records {
-                                    apply_logged(p, loaded, &key, value.as_deref());
-                                }
+    log.replay(LOAD_READ_BYTES, |batch| {
+        let cols = EnvelopeColumns::try_new(&batch.records)?;
+        let producer = batch.header.producer;
+        let control = producer.attributes & attributes::CONTROL != 0;
+        let transactional = producer.attributes & attributes::TRANSACTIONAL != 0;
+        for i in 0..batch.records.num_rows() {
+            loaded.records_read += 1;
+            let Some(key) = cols.key(i) else {
+                loaded.malformed += 1;
+                continue;
+            };
+            if control {
+                match decode_control_key(key) {
+                    Ok(ControlType::Marker(result)) => {
+                        let records = open.remove(&producer.producer_id).unwrap_or_default();
+                        if result == TxnResult::Commit {
+                            for (key, value) in records {
+                                apply_logged(p, loaded, &key, value.as_deref());
                             }
                         }
-                        Ok(ControlType::Other(_)) => {}
-                        Err(e) => {
-                            loaded.malformed += 1;
-                            tracing::warn!(partition = p, error = %e, "skipping a control record of {OFFSETS_TOPIC}");
-                        }
                     }
-                } else if transactional {
-                    open.entry(producer.producer_id)
-                        .or_default()
-                        .push((key.to_vec(), cols.value(i).map(<[u8]>::to_vec)));
-                } else {
-                    // A plain commit after a transactional one of the same partition wins
-                    // when the transaction commits, as in Kafka (the later record counts).
-                    for records in open.values_mut() {
-                        records.retain(|(k, _)| k.as_slice() != key);
+                    Ok(ControlType::Other(_)) => {}
+                    Err(e) => {
+                        loaded.malformed += 1;
+                        tracing::warn!(partition = p, error = %e, "skipping a control record of {OFFSETS_TOPIC}");
                     }
-                    apply_logged(p, loaded, key, cols.value(i));
                 }
+            } else if transactional {
+                open.entry(producer.producer_id)
+                    .or_default()
+                    .push((key.to_vec(), cols.value(i).map(<[u8]>::to_vec)));
+            } else {
+                // A plain commit after a transactional one of the same partition wins
+                // when the transaction commits, as in Kafka (the later record counts).
+                for records in open.values_mut() {
+                    records.retain(|(k, _)| k.as_slice() != key);
+                }
+                apply_logged(p, loaded, key, cols.value(i));
             }
         }
-        offset = read.next_offset;
-        if offset >= read.high_watermark {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     // Transactions with no marker yet: their offsets wait for it, as they did before the stop.
     for (producer_id, records) in open {
         for (key, value) in records {

@@ -1214,6 +1214,48 @@ impl Log {
         Ok(result)
     }
 
+    /// Reads the whole log, from its start to the high watermark, `read_bytes` at a time, and
+    /// hands every stored batch (markers included) to `apply` in order: how the coordinators
+    /// read their internal topics back on start. A damaged segment does not stop it: what it
+    /// held is skipped (and logged), the rest is read.
+    pub(crate) fn replay(
+        &self,
+        read_bytes: usize,
+        mut apply: impl FnMut(&StoredBatch) -> Result<()>,
+    ) -> Result<()> {
+        let mut offset = self.offsets().log_start_offset;
+        loop {
+            let read = match self.read(offset, read_bytes) {
+                Ok(read) => read,
+                Err(e @ BrokerError::Corrupt { .. }) => match self.next_segment_base(offset) {
+                    Some(next) => {
+                        tracing::error!(topic = %self.topic, partition = self.partition, offset,
+                            resume_at = next, error = %e,
+                            "damaged data; skipping to the next segment (what the damaged range held is lost)");
+                        offset = next;
+                        continue;
+                    }
+                    None => {
+                        tracing::error!(topic = %self.topic, partition = self.partition, offset,
+                            error = %e, "damaged data at the end of the log; what follows is lost");
+                        return Ok(());
+                    }
+                },
+                Err(e) => return Err(e),
+            };
+            if read.batches.is_empty() || read.next_offset <= offset {
+                return Ok(());
+            }
+            for batch in &read.batches {
+                apply(batch)?;
+            }
+            offset = read.next_offset;
+            if offset >= read.high_watermark {
+                return Ok(());
+            }
+        }
+    }
+
     /// The earliest offset below the high watermark whose record timestamp is at least
     /// `timestamp_ms`, with that timestamp; `None` when every record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {

@@ -1118,47 +1118,21 @@ fn load(logs: &[Arc<Log>]) -> Result<HashMap<String, TxnMetadata>> {
     let (mut read_count, mut malformed) = (0usize, 0usize);
     for log in logs {
         let p = log.partition();
-        let mut offset = log.offsets().log_start_offset;
-        loop {
-            let read = match log.read(offset, LOAD_READ_BYTES) {
-                Ok(read) => read,
-                Err(e @ BrokerError::Corrupt { .. }) => match log.next_segment_base(offset) {
-                    Some(next) => {
-                        tracing::error!(partition = p, offset, resume_at = next, error = %e,
-                            "damaged data in {TRANSACTION_STATE_TOPIC}; skipping to the next segment");
-                        offset = next;
-                        continue;
-                    }
-                    None => {
-                        tracing::error!(partition = p, offset, error = %e,
-                            "damaged data at the end of {TRANSACTION_STATE_TOPIC}; states from here on are lost");
-                        break;
-                    }
-                },
-                Err(e) => return Err(e),
-            };
-            if read.batches.is_empty() || read.next_offset <= offset {
-                break;
-            }
-            for batch in &read.batches {
-                let cols = EnvelopeColumns::try_new(&batch.records)?;
-                for i in 0..batch.records.num_rows() {
-                    read_count += 1;
-                    let Some(key) = cols.key(i) else {
-                        malformed += 1;
-                        continue;
-                    };
-                    if let Err(e) = replay.apply(key, cols.value(i)) {
-                        malformed += 1;
-                        tracing::warn!(partition = p, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}");
-                    }
+        log.replay(LOAD_READ_BYTES, |batch| {
+            let cols = EnvelopeColumns::try_new(&batch.records)?;
+            for i in 0..batch.records.num_rows() {
+                read_count += 1;
+                let Some(key) = cols.key(i) else {
+                    malformed += 1;
+                    continue;
+                };
+                if let Err(e) = replay.apply(key, cols.value(i)) {
+                    malformed += 1;
+                    tracing::warn!(partition = p, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}");
                 }
             }
-            offset = read.next_offset;
-            if offset >= read.high_watermark {
-                break;
-            }
-        }
+            Ok(())
+        })?;
     }
     tracing::debug!(
         records = read_count,
