@@ -356,15 +356,6 @@ struct TxnTrack {
     retained: HashMap<i64, bool>,
 }
 
-/// The marker a control batch holds, if it is a transaction marker.
-fn marker_of(batch: &arrow::record_batch::RecordBatch) -> Option<crate::txn::TxnResult> {
-    let cols = EnvelopeColumns::try_new(batch).ok()?;
-    match cols.key(0).map(crate::txn::records::decode_control_key) {
-        Some(Ok(crate::txn::records::ControlType::Marker(result))) => Some(result),
-        _ => None,
-    }
-}
-
 /// What pass 2 keeps.
 struct Rules<'a> {
     /// The latest offset of each key.
@@ -402,7 +393,7 @@ fn rewrite_segment(
         let transactional = h.batch.producer.attributes & attributes::TRANSACTIONAL != 0;
         if is_control(&h.batch) {
             stats.bytes_before += h.frame_len;
-            let marker = marker_of(&frame::decode(buf, h)?);
+            let marker = crate::txn::records::marker_of(&frame::decode(buf, h)?);
             let retained = track.retained.remove(&pid).unwrap_or(false);
             let obsolete = match marker {
                 Some(crate::txn::TxnResult::Abort) => true,

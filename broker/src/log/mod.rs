@@ -1602,16 +1602,12 @@ fn batch_summaries(seg: &Segment, from: i64) -> Result<Vec<crate::txn::index::Ba
         if b.base_offset >= from && attrs & attributes::TRANSACTIONAL != 0 {
             let marker = if attrs & attributes::CONTROL != 0 {
                 let buf = segment::read_aligned(&*seg.file, &seg.path, pos, h.frame_len as usize)?;
-                let batch = frame::decode(&buf, &h)?;
-                let cols = EnvelopeColumns::try_new(&batch)?;
-                match cols.key(0).map(crate::txn::records::decode_control_key) {
-                    Some(Ok(crate::txn::records::ControlType::Marker(result))) => Some(result),
-                    _ => {
-                        tracing::warn!(file = %seg.path.display(), offset = b.base_offset,
-                            "skipping a control batch that is not a transaction marker");
-                        None
-                    }
+                let marker = crate::txn::records::marker_of(&frame::decode(&buf, &h)?);
+                if marker.is_none() {
+                    tracing::warn!(file = %seg.path.display(), offset = b.base_offset,
+                        "skipping a control batch that is not a transaction marker");
                 }
+                marker
             } else {
                 None
             };

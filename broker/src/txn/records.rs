@@ -369,6 +369,15 @@ pub(crate) fn marker_value(coordinator_epoch: i32) -> [u8; 6] {
     value
 }
 
+/// The outcome a stored control batch (envelope schema) marks, if it is a transaction marker.
+pub(crate) fn marker_of(batch: &arrow::record_batch::RecordBatch) -> Option<TxnResult> {
+    let cols = crate::record::EnvelopeColumns::try_new(batch).ok()?;
+    match cols.key(0).map(decode_control_key) {
+        Some(Ok(ControlType::Marker(result))) => Some(result),
+        _ => None,
+    }
+}
+
 /// Reads a control record's key. A newer key version is read as version 0, as Kafka does.
 pub(crate) fn decode_control_key(key: &[u8]) -> Result<ControlType, MalformedMarker> {
     let [v0, v1, t0, t1] = <[u8; 4]>::try_from(key.get(..4).unwrap_or(key)).map_err(|_| {
