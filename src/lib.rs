@@ -9,5 +9,9 @@ pub use quiver_broker as broker;
 /// What the broker and the Kafka client share: the record envelope, the Kafka record batch
 /// codec, compression and the partitioner.
 pub use quiver_common as common;
+/// The engine: continuous queries on DataFusion, sources, sinks and formats.
+pub use quiver_engine as engine;
+/// The Kafka-Streams-style DSL (`StreamsBuilder`, `Stream`, `Table`, windows).
+pub use quiver_engine::dsl;
 /// The Kafka client, for any Kafka-compatible cluster.
 pub use quiver_kafka_client as kafka_client;

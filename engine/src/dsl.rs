@@ -1,0 +1,587 @@
+//! The Rust DSL, shaped like Kafka Streams: a [`StreamsBuilder`] makes [`Stream`]s from sources;
+//! streams are filtered, projected with DataFusion [`Expr`]s or mapped with Rust closures,
+//! grouped ([`GroupedStream`]), windowed ([`WindowedStream`]) and aggregated into [`Table`]s,
+//! and written to sinks. Every step builds a DataFusion `LogicalPlan`, the same one SQL
+//! builds, so [`StreamsBuilder::build`] plans each sink's query into streaming operators (and
+//! refuses what cannot run on a stream) before anything starts.
+//!
+//! ```no_run
+//! # async fn example(broker: quiver_broker::Broker) -> quiver_engine::Result<()> {
+//! use datafusion::prelude::{col, lit};
+//! use quiver_engine::dsl::StreamsBuilder;
+//! use quiver_engine::{Format, KafkaType, Runtime, TopicFormat};
+//!
+//! let builder = StreamsBuilder::new();
+//! let words = builder.topic(&broker, "words", Format::None, Format::kafka("word", KafkaType::String))?;
+//! let counts = words.filter(col("word").not_eq(lit("")))?.group_by([col("word")])?.count()?;
+//! counts.to_stream().to_topic(&broker, "word-counts", TopicFormat::keyed(["word"]))?;
+//! let running = Runtime::new(&broker).run(builder.build()?).await?;
+//! # running.stop().await?; Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
+use parking_lot::Mutex;
+use quiver_broker::Broker;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::aggregate::EmitMode;
+use crate::error::{EngineError, Result};
+use crate::format::{Format, ROWTIME, SideEncoder};
+use crate::plan::{BatchFn, MapBatchesNode, PlanOptions, StreamTable};
+use crate::runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
+use crate::sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};
+use crate::source::{Source, TopicSource};
+use crate::window::{WINDOW_COLUMN, WindowSpec};
+
+/// Column names of a windowed aggregation's window bounds.
+pub const WINDOW_START: &str = "window_start";
+pub const WINDOW_END: &str = "window_end";
+
+/// Builds a [`Topology`]: sources, the streams made from them, and their sinks.
+#[derive(Debug, Clone, Default)]
+pub struct StreamsBuilder {
+    inner: Arc<Mutex<BuilderInner>>,
+}
+
+#[derive(Debug, Default)]
+struct BuilderInner {
+    sources: usize,
+    outputs: Vec<Output>,
+    options: QueryOptions,
+}
+
+#[derive(Debug)]
+struct Output {
+    plan: LogicalPlan,
+    emit: EmitMode,
+    sink: Box<dyn Sink>,
+}
+
+impl StreamsBuilder {
+    pub fn new() -> StreamsBuilder {
+        StreamsBuilder::default()
+    }
+
+    /// Options every query of the topology gets (dead-letter and late-data topics, poll wait).
+    pub fn with_options(self, options: QueryOptions) -> StreamsBuilder {
+        self.inner.lock().options = options;
+        self
+    }
+
+    /// A stream read from any source, named `name` in plans.
+    pub fn stream(&self, name: &str, source: Arc<dyn Source>) -> Result<Stream> {
+        self.inner.lock().sources += 1;
+        let table = StreamTable::new(name, source);
+        let plan = LogicalPlanBuilder::scan(name, table, None)?.build()?;
+        Ok(Stream {
+            builder: self.clone(),
+            plan,
+            key: Vec::new(),
+            emit: EmitMode::Changes,
+        })
+    }
+
+    /// A stream of a topic of `broker`, from its earliest offset, read_committed, with event
+    /// time from the record timestamps. For other start positions or an event-time column,
+    /// make a [`TopicSource`] and use [`StreamsBuilder::stream`].
+    pub fn topic(
+        &self,
+        broker: &Broker,
+        topic: &str,
+        key: Format,
+        value: Format,
+    ) -> Result<Stream> {
+        let source = TopicSource::new(broker, topic, key, value)?;
+        self.stream(topic, Arc::new(source))
+    }
+
+    /// Plans every stream that was sent to a sink into a query.
+    pub fn build(&self) -> Result<Topology> {
+        let mut inner = self.inner.lock();
+        let options = inner.options.clone();
+        let outputs = std::mem::take(&mut inner.outputs);
+        if outputs.is_empty() {
+            return Err(EngineError::config(
+                "the topology has no sinks; send a stream or table somewhere (to_topic, \
+                 to_collector, print)",
+            ));
+        }
+        // Outputs of the same stream share one query, which writes to each of their sinks.
+        let mut groups: Vec<SharedOutputs> = Vec::new();
+        for out in outputs {
+            match groups
+                .iter_mut()
+                .find(|(plan, emit, _)| *plan == out.plan && *emit == out.emit)
+            {
+                Some((_, _, sinks)) => sinks.push(out.sink),
+                None => groups.push((out.plan, out.emit, vec![out.sink])),
+            }
+        }
+        let mut queries = Vec::with_capacity(groups.len());
+        for (i, (plan, emit, sinks)) in groups.into_iter().enumerate() {
+            let mut options = options.clone();
+            options.plan = PlanOptions { emit };
+            queries.push(Query::new(
+                format!("query_{}", i + 1),
+                &plan,
+                sinks,
+                options,
+            )?);
+        }
+        Ok(Topology { queries })
+    }
+}
+
+/// A plan, its emit mode, and the sinks that share its query.
+type SharedOutputs = (LogicalPlan, EmitMode, Vec<Box<dyn Sink>>);
+
+/// A stream of rows: a plan over a source.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    builder: StreamsBuilder,
+    plan: LogicalPlan,
+    /// The columns that make the record key when written to a topic.
+    key: Vec<String>,
+    emit: EmitMode,
+}
+
+impl Stream {
+    fn with_plan(&self, plan: LogicalPlan) -> Stream {
+        Stream {
+            plan,
+            ..self.clone()
+        }
+    }
+
+    /// The stream's columns.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(self.plan.schema().as_arrow().clone())
+    }
+
+    /// The plan so far.
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
+    /// Keeps the rows where `predicate` is true.
+    pub fn filter(&self, predicate: Expr) -> Result<Stream> {
+        let plan = LogicalPlanBuilder::from(self.plan.clone())
+            .filter(predicate)?
+            .build()?;
+        Ok(self.with_plan(plan))
+    }
+
+    /// Drops the rows where `predicate` is true.
+    pub fn filter_not(&self, predicate: Expr) -> Result<Stream> {
+        self.filter(predicate.is_not_true())
+    }
+
+    /// New columns computed from these (Kafka Streams' `map`, SQL's SELECT list). Keeps the
+    /// key columns only if they are selected.
+    pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Result<Stream> {
+        let plan = LogicalPlanBuilder::from(self.plan.clone())
+            .project(exprs)?
+            .build()?;
+        let mut s = self.with_plan(plan);
+        let names: Vec<String> = s
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        s.key.retain(|k| names.contains(k));
+        Ok(s)
+    }
+
+    /// Adds (or replaces) one column.
+    pub fn with_column(&self, name: &str, expr: Expr) -> Result<Stream> {
+        let mut exprs: Vec<Expr> = self
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name() != name)
+            .map(|f| col(datafusion::common::Column::from_name(f.name())))
+            .collect();
+        exprs.push(expr.alias(name));
+        self.select(exprs)
+    }
+
+    /// Runs a Rust function over each batch; it returns a batch of `schema` with any number of
+    /// rows (Kafka Streams' `flatMap`/`mapValues`, a batch at a time).
+    pub fn map_batches<F>(&self, name: &str, schema: SchemaRef, function: F) -> Result<Stream>
+    where
+        F: Fn(&RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+    {
+        let function: BatchFn = Arc::new(function);
+        let plan = MapBatchesNode::plan(name, self.plan.clone(), schema, function)?;
+        Ok(self.with_plan(plan))
+    }
+
+    /// Runs a Rust function over typed rows: each row is read into an `I` (serde, by column
+    /// name) and becomes any number of `O`s, whose fields are the columns of `schema`. Slower
+    /// than [`Stream::map_batches`]; for users who prefer structs to columns.
+    pub fn flat_map_rows<I, O, F>(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        function: F,
+    ) -> Result<Stream>
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        F: Fn(I) -> Vec<O> + Send + Sync + 'static,
+    {
+        let input = self.schema();
+        let columns: Vec<String> = input.fields().iter().map(|f| f.name().clone()).collect();
+        let encoder = SideEncoder::new(Format::Json(input.clone()), &input, &columns)?;
+        let out_schema = schema.clone();
+        let step = name.to_owned();
+        self.map_batches(name, schema, move |batch| {
+            let rows = encoder.encode(batch)?;
+            let mut out = Vec::new();
+            for i in 0..arrow::array::Array::len(&rows) {
+                let row: I = serde_json::from_slice(rows.value(i)).map_err(|e| {
+                    EngineError::Format(format!(
+                        "'{step}' cannot read row {i} as its input type: {e}"
+                    ))
+                })?;
+                out.extend(function(row));
+            }
+            let mut decoder = arrow::json::ReaderBuilder::new(out_schema.clone())
+                .with_batch_size(out.len().max(1))
+                .build_decoder()?;
+            decoder.serialize(&out)?;
+            Ok(decoder
+                .flush()?
+                .unwrap_or_else(|| RecordBatch::new_empty(out_schema.clone())))
+        })
+    }
+
+    /// Sets the key columns: the record key when written to a topic, and the grouping of
+    /// [`Stream::group_by_key`] (Kafka Streams' `selectKey`; ksqlDB's PARTITION BY).
+    pub fn select_key(
+        &self,
+        columns: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Stream> {
+        let key: Vec<String> = columns.into_iter().map(Into::into).collect();
+        let schema = self.schema();
+        for k in &key {
+            schema
+                .index_of(k)
+                .map_err(|_| EngineError::config(format!("no column '{k}' to key by")))?;
+        }
+        Ok(Stream {
+            key,
+            ..self.clone()
+        })
+    }
+
+    /// The same as [`Stream::select_key`].
+    pub fn partition_by(
+        &self,
+        columns: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Stream> {
+        self.select_key(columns)
+    }
+
+    /// One stream per predicate: each row goes to the first branch whose predicate holds
+    /// (Kafka Streams' `split`/`branch`); rows matching none are dropped.
+    pub fn branch(&self, predicates: impl IntoIterator<Item = Expr>) -> Result<Vec<Stream>> {
+        let mut out = Vec::new();
+        let mut earlier: Option<Expr> = None;
+        for p in predicates {
+            let this = match &earlier {
+                None => p.clone(),
+                Some(e) => p.clone().and(e.clone().is_not_true()),
+            };
+            out.push(self.filter(this)?);
+            earlier = Some(match earlier {
+                None => p.is_true(),
+                Some(e) => e.or(p.is_true()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Groups by expressions, for an aggregation.
+    pub fn group_by(&self, keys: impl IntoIterator<Item = Expr>) -> Result<GroupedStream> {
+        Ok(GroupedStream {
+            stream: self.clone(),
+            keys: keys.into_iter().collect(),
+        })
+    }
+
+    /// Groups by the key columns.
+    pub fn group_by_key(&self) -> Result<GroupedStream> {
+        if self.key.is_empty() {
+            return Err(EngineError::config(
+                "group_by_key on a stream without key columns; call select_key first or use \
+                 group_by",
+            ));
+        }
+        let keys: Vec<Expr> = self
+            .key
+            .iter()
+            .map(|k| col(datafusion::common::Column::from_name(k)))
+            .collect();
+        self.group_by(keys)
+    }
+
+    fn output(&self, sink: Box<dyn Sink>) {
+        self.builder.inner.lock().outputs.push(Output {
+            plan: self.plan.clone(),
+            emit: self.emit,
+            sink,
+        });
+    }
+
+    /// Writes the stream to a topic of `broker` (which must exist). Without key columns in
+    /// `format`, the stream's key columns are used.
+    pub fn to_topic(&self, broker: &Broker, topic: &str, format: TopicFormat) -> Result<()> {
+        let mut format = format;
+        if format.key_columns.is_empty() {
+            format.key_columns = self.key.clone();
+        }
+        broker.partition_count(topic)?;
+        self.output(Box::new(TopicSink::new(broker, topic, format)));
+        Ok(())
+    }
+
+    /// Collects the stream's batches in `collector`.
+    pub fn to_collector(&self, collector: &Collector) {
+        self.output(Box::new(collector.sink()));
+    }
+
+    /// Writes the stream to any sink.
+    pub fn to_sink(&self, sink: Box<dyn Sink>) {
+        self.output(sink);
+    }
+
+    /// Prints each row as a line of JSON, prefixed with `[label]: `.
+    pub fn print(&self, label: &str) {
+        self.output(Box::new(StdoutSink::new(label)));
+    }
+}
+
+/// A stream grouped by keys, ready for an aggregation or a window.
+#[derive(Debug, Clone)]
+pub struct GroupedStream {
+    stream: Stream,
+    keys: Vec<Expr>,
+}
+
+impl GroupedStream {
+    /// Windows the groups by event time (`rowtime`).
+    pub fn window(&self, window: WindowSpec) -> Result<WindowedStream> {
+        window.validate()?;
+        Ok(WindowedStream {
+            grouped: self.clone(),
+            window,
+            emit: EmitMode::Changes,
+        })
+    }
+
+    /// The number of rows per key, as an updating table (column `count`).
+    pub fn count(&self) -> Result<Table> {
+        self.aggregate([count(lit(1)).alias("count")])
+    }
+
+    /// DataFusion aggregate expressions per key (any built-in or user-defined aggregate
+    /// function), as an updating table: one upsert per key per input batch.
+    pub fn aggregate(&self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Table> {
+        let plan = LogicalPlanBuilder::from(self.stream.plan.clone())
+            .aggregate(self.keys.clone(), aggregates)?
+            .build()?;
+        let key = key_names(&plan, self.keys.len());
+        Ok(Table {
+            stream: Stream {
+                plan,
+                key,
+                emit: EmitMode::Changes,
+                builder: self.stream.builder.clone(),
+            },
+        })
+    }
+}
+
+/// The names of the first `n` output columns of an aggregate plan (its GROUP BY columns).
+fn key_names(plan: &LogicalPlan, n: usize) -> Vec<String> {
+    plan.schema()
+        .fields()
+        .iter()
+        .take(n)
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// A grouped stream in windows.
+#[derive(Debug, Clone)]
+pub struct WindowedStream {
+    grouped: GroupedStream,
+    window: WindowSpec,
+    emit: EmitMode,
+}
+
+impl WindowedStream {
+    /// Emits each window's results once, when it closes (EMIT FINAL; Kafka Streams'
+    /// `suppress(untilWindowCloses)`), instead of on every update.
+    pub fn emit_final(mut self) -> WindowedStream {
+        self.emit = EmitMode::Final;
+        self
+    }
+
+    /// The number of rows per key and window (column `count`).
+    pub fn count(&self) -> Result<Table> {
+        self.aggregate([count(lit(1)).alias("count")])
+    }
+
+    /// DataFusion aggregate expressions per key and window. The result's columns are the
+    /// keys, `window_start`, `window_end`, then the aggregates.
+    pub fn aggregate(&self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Table> {
+        let mut groups = self.grouped.keys.clone();
+        groups.push(self.window.to_expr(col(ROWTIME)).alias(WINDOW_COLUMN));
+        let aggregated = LogicalPlanBuilder::from(self.grouped.stream.plan.clone())
+            .aggregate(groups, aggregates)?
+            .build()?;
+        let fields = aggregated.schema().fields().clone();
+        let n_keys = self.grouped.keys.len();
+        let mut exprs: Vec<Expr> = Vec::with_capacity(fields.len() + 1);
+        for (i, f) in fields.iter().enumerate() {
+            let c = col(datafusion::common::Column::from_name(f.name()));
+            if i == n_keys {
+                exprs.push(get_field(c.clone(), "start").alias(WINDOW_START));
+                exprs.push(get_field(c, "end").alias(WINDOW_END));
+            } else {
+                exprs.push(c);
+            }
+        }
+        let plan = LogicalPlanBuilder::from(aggregated)
+            .project(exprs)?
+            .build()?;
+        let mut key = key_names(&plan, n_keys);
+        key.push(WINDOW_START.to_owned());
+        Ok(Table {
+            stream: Stream {
+                plan,
+                key,
+                emit: self.emit,
+                builder: self.grouped.stream.builder.clone(),
+            },
+        })
+    }
+}
+
+/// A table: the result of an aggregation, a changelog of upserts per key.
+#[derive(Debug, Clone)]
+pub struct Table {
+    stream: Stream,
+}
+
+impl Table {
+    /// The table's changelog as a stream (each update a row).
+    pub fn to_stream(&self) -> Stream {
+        self.stream.clone()
+    }
+
+    /// The key columns.
+    pub fn key(&self) -> &[String] {
+        &self.stream.key
+    }
+
+    /// The table's columns.
+    pub fn schema(&self) -> SchemaRef {
+        self.stream.schema()
+    }
+
+    /// Keeps the updates where `predicate` holds.
+    pub fn filter(&self, predicate: Expr) -> Result<Table> {
+        Ok(Table {
+            stream: self.stream.filter(predicate)?,
+        })
+    }
+}
+
+/// The queries of a built [`StreamsBuilder`], planned and ready to run.
+#[derive(Debug)]
+pub struct Topology {
+    queries: Vec<Query>,
+}
+
+impl Topology {
+    /// Each query: its source, operators (with the names their state is kept under) and sink,
+    /// as Kafka Streams' `Topology.describe()` shows them.
+    pub fn describe(&self) -> String {
+        self.queries.iter().map(Query::describe).collect()
+    }
+
+    /// The queries.
+    pub fn queries(&self) -> &[Query] {
+        &self.queries
+    }
+}
+
+/// A running [`Topology`].
+#[derive(Debug)]
+pub struct RunningTopology {
+    handles: Vec<QueryHandle>,
+}
+
+impl RunningTopology {
+    /// Each query's counters.
+    pub fn metrics(&self) -> Vec<(String, QueryMetrics)> {
+        self.handles
+            .iter()
+            .map(|h| (h.name().to_owned(), h.metrics()))
+            .collect()
+    }
+
+    /// Stops every query gracefully; the first error any of them failed with, if any.
+    pub async fn stop(self) -> Result<Vec<QueryMetrics>> {
+        let mut out = Vec::new();
+        let mut first_error = None;
+        for h in self.handles {
+            match h.stop().await {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(out), Err)
+    }
+
+    /// Waits for every query to end by itself (bounded sources).
+    pub async fn wait(self) -> Result<Vec<QueryMetrics>> {
+        let mut out = Vec::new();
+        for h in self.handles {
+            out.push(h.wait().await?);
+        }
+        Ok(out)
+    }
+}
+
+impl Runtime {
+    /// Starts every query of `topology`.
+    pub async fn run(&self, topology: Topology) -> Result<RunningTopology> {
+        let mut handles = Vec::with_capacity(topology.queries.len());
+        for q in topology.queries {
+            match self.start(q).await {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    for h in handles {
+                        let _ = h.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(RunningTopology { handles })
+    }
+}

@@ -1,0 +1,150 @@
+//! Streaming operators: the nodes of a running query. The planner ([`crate::plan`]) makes them
+//! from a `LogicalPlan`; the runtime ([`crate::runtime`]) pushes batches and watermarks through
+//! them in order.
+//!
+//! Contract, for every [`Operator`]:
+//! - [`Operator::process`] is called with input batches in arrival order, each in the input
+//!   schema the planner gave the operator; output goes to [`Emit`], in the operator's
+//!   [`Operator::schema`].
+//! - [`Operator::advance`] is called when the watermark (the event time below which no more
+//!   records are expected, in ms) moves forward; it never moves back. `i64::MAX` means the input
+//!   has ended: an operator then emits everything it still holds.
+//! - An operator keeps no reference to its input batches beyond what its state needs.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::error::Result;
+
+/// Rows an operator refused because they arrived after their window closed.
+#[derive(Debug, Clone)]
+pub struct LateRows {
+    /// The operator that refused them.
+    pub operator: String,
+    /// The rows, in the operator's input schema.
+    pub rows: RecordBatch,
+    /// Why, for a late-data topic.
+    pub reason: String,
+}
+
+/// Where an operator puts what it produces.
+#[derive(Debug, Default)]
+pub struct Emit {
+    /// Output batches, in the operator's schema.
+    pub batches: Vec<RecordBatch>,
+    /// Late rows, for the late-data output.
+    pub late: Vec<LateRows>,
+}
+
+/// Counters an operator keeps.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OperatorMetrics {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Rows dropped (or routed) because their window had closed.
+    pub late_rows: u64,
+    /// Groups (windows × keys) held in state now.
+    pub groups: u64,
+}
+
+/// A streaming operator (see the module docs for the calling contract).
+pub trait Operator: Send + std::fmt::Debug {
+    /// The operator's stable name in its query (state is found by it after a restart).
+    fn name(&self) -> &str;
+
+    /// The schema of the batches it emits.
+    fn schema(&self) -> SchemaRef;
+
+    /// Takes one input batch.
+    fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()>;
+
+    /// The watermark moved to `watermark`.
+    fn advance(&mut self, watermark: i64, out: &mut Emit) -> Result<()>;
+
+    /// Its counters.
+    fn metrics(&self) -> OperatorMetrics;
+}
+
+/// Filter and projection: DataFusion physical expressions evaluated over each batch.
+#[derive(Debug)]
+pub struct Stateless {
+    name: String,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    projection: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    schema: SchemaRef,
+    metrics: OperatorMetrics,
+}
+
+impl Stateless {
+    /// Keeps the rows where `predicate` is true.
+    pub fn filter(name: String, predicate: Arc<dyn PhysicalExpr>, schema: SchemaRef) -> Self {
+        Stateless {
+            name,
+            predicate: Some(predicate),
+            projection: None,
+            schema,
+            metrics: OperatorMetrics::default(),
+        }
+    }
+
+    /// Computes `exprs` as the columns of `schema`.
+    pub fn project(name: String, exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef) -> Self {
+        Stateless {
+            name,
+            predicate: None,
+            projection: Some(exprs),
+            schema,
+            metrics: OperatorMetrics::default(),
+        }
+    }
+}
+
+impl Operator for Stateless {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
+        self.metrics.rows_in += batch.num_rows() as u64;
+        let mut batch = batch.clone();
+        if let Some(predicate) = &self.predicate {
+            let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+            batch = arrow::compute::filter_record_batch(&batch, mask.as_boolean())?;
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+            // A filter keeps the input's columns; only nullability metadata may differ.
+            batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
+        }
+        if let Some(exprs) = &self.projection {
+            let n = batch.num_rows();
+            let columns = exprs
+                .iter()
+                .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            batch = RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                columns,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+            )?;
+        }
+        self.metrics.rows_out += batch.num_rows() as u64;
+        out.batches.push(batch);
+        Ok(())
+    }
+
+    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
+        Ok(())
+    }
+
+    fn metrics(&self) -> OperatorMetrics {
+        self.metrics
+    }
+}

@@ -1,0 +1,491 @@
+//! Planning: a DataFusion `LogicalPlan` over stream sources becomes a chain of streaming
+//! operators. The DSL and SQL both produce the `LogicalPlan`; DataFusion types it (the
+//! analyzer's coercions) and optimizes it (projection pruning, expression simplification), then
+//! [`plan_query`] maps each node:
+//!
+//! | LogicalPlan node | operator |
+//! |---|---|
+//! | `TableScan` of a [`StreamTable`] | the query's source (and a projection when pruned) |
+//! | `Filter`, `Projection` | [`Stateless`]: DataFusion physical expressions per batch |
+//! | `Aggregate` with a window in GROUP BY | [`AggregateOperator`], windowed |
+//! | `Aggregate` without | [`AggregateOperator`], updating (a changelog) |
+//! | [`MapBatchesNode`] (a Rust closure) | [`MapBatches`] |
+//! | `SubqueryAlias` | nothing (names only) |
+//!
+//! Anything else is refused with an error naming the construct and what to do instead: ORDER
+//! BY and LIMIT need the end of their input, and a stream has none.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::datasource::TableType;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Aggregate, Expr, Extension, LogicalPlan, TableSource, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+
+use crate::aggregate::{AggregateCall, AggregateOperator, AggregateSpec, EmitMode, key_schema};
+use crate::error::{EngineError, Result};
+use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
+use crate::source::Source;
+use crate::window::WindowSpec;
+
+/// A stream as a table in a `LogicalPlan` (the leaf the DSL and SQL scan).
+#[derive(Debug, Clone)]
+pub struct StreamTable {
+    name: String,
+    source: Arc<dyn Source>,
+}
+
+impl StreamTable {
+    pub fn new(name: impl Into<String>, source: Arc<dyn Source>) -> Arc<StreamTable> {
+        Arc::new(StreamTable {
+            name: name.into(),
+            source,
+        })
+    }
+
+    /// The stream's name in plans.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the stream reads.
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+}
+
+impl TableSource for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        self.source.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+}
+
+/// A Rust function over whole batches, as the DSL's `map_batches`/`flat_map` give it: takes a
+/// batch of the input schema, returns a batch of the declared output schema (any number of
+/// rows).
+pub type BatchFn = Arc<dyn Fn(&RecordBatch) -> Result<RecordBatch> + Send + Sync>;
+
+/// A [`BatchFn`] in a `LogicalPlan` (an extension node).
+#[derive(Clone)]
+pub struct MapBatchesNode {
+    pub name: String,
+    pub input: LogicalPlan,
+    pub schema: DFSchemaRef,
+    pub function: BatchFn,
+}
+
+impl MapBatchesNode {
+    /// The node as a plan over `input`, producing `schema`.
+    pub fn plan(
+        name: impl Into<String>,
+        input: LogicalPlan,
+        schema: SchemaRef,
+        function: BatchFn,
+    ) -> Result<LogicalPlan> {
+        let schema = Arc::new(DFSchema::try_from(schema.as_ref().clone())?);
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(MapBatchesNode {
+                name: name.into(),
+                input,
+                schema,
+                function,
+            }),
+        }))
+    }
+}
+
+impl fmt::Debug for MapBatchesNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MapBatches({})", self.name)
+    }
+}
+
+impl PartialEq for MapBatchesNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && Arc::ptr_eq(&self.function, &other.function)
+            && self.input == other.input
+    }
+}
+
+impl Eq for MapBatchesNode {}
+
+impl PartialOrd for MapBatchesNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        self.name.partial_cmp(&other.name)
+    }
+}
+
+impl Hash for MapBatchesNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.input.hash(state);
+    }
+}
+
+impl UserDefinedLogicalNodeCore for MapBatchesNode {
+    fn name(&self) -> &str {
+        "MapBatches"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "MapBatches: {}", self.name)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> datafusion::error::Result<Self> {
+        let input = inputs.pop().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("MapBatches needs one input".into())
+        })?;
+        Ok(MapBatchesNode {
+            input,
+            ..self.clone()
+        })
+    }
+}
+
+/// The operator of a [`MapBatchesNode`].
+pub struct MapBatches {
+    name: String,
+    function: BatchFn,
+    schema: SchemaRef,
+    metrics: OperatorMetrics,
+}
+
+impl fmt::Debug for MapBatches {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MapBatches({})", self.name)
+    }
+}
+
+impl Operator for MapBatches {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
+        self.metrics.rows_in += batch.num_rows() as u64;
+        let result = (self.function)(batch)?;
+        if result.schema().fields() != self.schema.fields() {
+            return Err(EngineError::Plan(format!(
+                "the function of '{}' returned columns {:?}, not the declared {:?}",
+                self.name,
+                result.schema().fields(),
+                self.schema.fields()
+            )));
+        }
+        if result.num_rows() > 0 {
+            self.metrics.rows_out += result.num_rows() as u64;
+            out.batches.push(RecordBatch::try_new(
+                self.schema.clone(),
+                result.columns().to_vec(),
+            )?);
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
+        Ok(())
+    }
+
+    fn metrics(&self) -> OperatorMetrics {
+        self.metrics
+    }
+}
+
+/// Choices the plan does not carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// When windowed aggregations emit.
+    pub emit: EmitMode,
+}
+
+/// A plan ready to run: its source, its operators in order, its output schema.
+#[derive(Debug)]
+pub struct PhysicalQuery {
+    pub source: Arc<dyn Source>,
+    pub source_name: String,
+    pub operators: Vec<Box<dyn Operator>>,
+    pub schema: SchemaRef,
+    /// The optimized logical plan, for `describe`/EXPLAIN.
+    pub plan: LogicalPlan,
+}
+
+/// Types and optimizes a plan with DataFusion's analyzer and optimizer.
+pub fn optimize(plan: &LogicalPlan) -> Result<LogicalPlan> {
+    let state = SessionStateBuilder::new().with_default_features().build();
+    state
+        .optimize(plan)
+        .map_err(|e| EngineError::Plan(e.strip_backtrace()))
+}
+
+/// Plans `plan` into operators (see the module docs).
+pub fn plan_query(plan: &LogicalPlan, options: PlanOptions) -> Result<PhysicalQuery> {
+    let optimized = optimize(plan)?;
+    let mut planner = Planner {
+        options,
+        operators: Vec::new(),
+    };
+    let (source, source_name) = planner.node(&optimized)?;
+    let schema = Arc::new(optimized.schema().as_arrow().clone());
+    Ok(PhysicalQuery {
+        source,
+        source_name,
+        operators: planner.operators,
+        schema,
+        plan: optimized,
+    })
+}
+
+struct Planner {
+    options: PlanOptions,
+    operators: Vec<Box<dyn Operator>>,
+}
+
+impl Planner {
+    /// A stable operator name: its kind and its place in the query.
+    fn name(&self, kind: &str) -> String {
+        format!("{kind}_{}", self.operators.len() + 1)
+    }
+
+    fn physical(&self, expr: &Expr, input: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        create_physical_expr(
+            expr,
+            input,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )
+        .map_err(|e| EngineError::Plan(e.strip_backtrace()))
+    }
+
+    /// Plans `plan`'s inputs, then `plan` itself; returns the source the chain starts at.
+    fn node(&mut self, plan: &LogicalPlan) -> Result<(Arc<dyn Source>, String)> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let Some(stream) = scan.source.as_ref().downcast_ref::<StreamTable>() else {
+                    return Err(EngineError::plan(format!(
+                        "'{}' is not a stream; a continuous query reads streams (topics, \
+                         generators)",
+                        scan.table_name
+                    )));
+                };
+                let source = (stream.source.clone(), stream.name.clone());
+                let full = DFSchema::try_from_qualified_schema(
+                    scan.table_name.clone(),
+                    &stream.source.schema(),
+                )?;
+                if !scan.filters.is_empty() {
+                    let predicate = scan
+                        .filters
+                        .iter()
+                        .cloned()
+                        .reduce(|a, b| a.and(b))
+                        .ok_or_else(|| EngineError::internal("no filters"))?;
+                    let physical = self.physical(&predicate, &full)?;
+                    let name = self.name("filter");
+                    self.operators.push(Box::new(Stateless::filter(
+                        name,
+                        physical,
+                        Arc::new(full.as_arrow().clone()),
+                    )));
+                }
+                if let Some(projection) = &scan.projection {
+                    let exprs = projection
+                        .iter()
+                        .map(|&i| {
+                            let (q, f) = full.qualified_field(i);
+                            self.physical(
+                                &Expr::Column(datafusion::common::Column::new(
+                                    q.cloned(),
+                                    f.name(),
+                                )),
+                                &full,
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let name = self.name("project");
+                    self.operators.push(Box::new(Stateless::project(
+                        name,
+                        exprs,
+                        Arc::new(scan.projected_schema.as_arrow().clone()),
+                    )));
+                }
+                Ok(source)
+            }
+            LogicalPlan::Filter(filter) => {
+                let source = self.node(&filter.input)?;
+                let predicate = self.physical(&filter.predicate, filter.input.schema())?;
+                let name = self.name("filter");
+                self.operators.push(Box::new(Stateless::filter(
+                    name,
+                    predicate,
+                    Arc::new(filter.input.schema().as_arrow().clone()),
+                )));
+                Ok(source)
+            }
+            LogicalPlan::Projection(projection) => {
+                let source = self.node(&projection.input)?;
+                let exprs = projection
+                    .expr
+                    .iter()
+                    .map(|e| self.physical(e, projection.input.schema()))
+                    .collect::<Result<Vec<_>>>()?;
+                let name = self.name("project");
+                self.operators.push(Box::new(Stateless::project(
+                    name,
+                    exprs,
+                    Arc::new(projection.schema.as_arrow().clone()),
+                )));
+                Ok(source)
+            }
+            LogicalPlan::SubqueryAlias(alias) => self.node(&alias.input),
+            LogicalPlan::Aggregate(aggregate) => {
+                let source = self.node(&aggregate.input)?;
+                let operator = self.aggregate(aggregate)?;
+                self.operators.push(Box::new(operator));
+                Ok(source)
+            }
+            LogicalPlan::Extension(ext) => {
+                let Some(node) = ext.node.as_any().downcast_ref::<MapBatchesNode>() else {
+                    return Err(EngineError::plan(format!(
+                        "the plan node '{}' cannot run in a continuous query",
+                        ext.node.name()
+                    )));
+                };
+                let source = self.node(&node.input)?;
+                self.operators.push(Box::new(MapBatches {
+                    name: node.name.clone(),
+                    function: node.function.clone(),
+                    schema: Arc::new(node.schema.as_arrow().clone()),
+                    metrics: OperatorMetrics::default(),
+                }));
+                Ok(source)
+            }
+            LogicalPlan::Sort(_) => Err(EngineError::plan(
+                "ORDER BY cannot run on a stream: sorting needs the end of the input, and a \
+                 stream has none. Drop the ORDER BY, or sort the results of a bounded query \
+                 over the topic's history",
+            )),
+            LogicalPlan::Limit(_) => Err(EngineError::plan(
+                "LIMIT cannot be planned inside a continuous query; ask the runtime to stop \
+                 after n results instead (a push query's LIMIT)",
+            )),
+            LogicalPlan::Join(_) => Err(EngineError::plan(
+                "joins are not supported in continuous queries yet",
+            )),
+            LogicalPlan::Union(_) => Err(EngineError::plan(
+                "UNION (merging streams) is not supported in continuous queries yet",
+            )),
+            LogicalPlan::Window(_) => Err(EngineError::plan(
+                "OVER (...) window functions cannot run on a stream; group by a window \
+                 (tumble, hop, session) instead",
+            )),
+            LogicalPlan::Distinct(_) => Err(EngineError::plan(
+                "DISTINCT on a stream is not supported; GROUP BY the columns instead",
+            )),
+            other => Err(EngineError::plan(format!(
+                "'{}' cannot run in a continuous query",
+                other.display()
+            ))),
+        }
+    }
+
+    fn aggregate(&mut self, aggregate: &Aggregate) -> Result<AggregateOperator> {
+        let input = aggregate.input.schema();
+        let props = ExecutionProps::new();
+        let context = PhysicalPlanningContext::default();
+        let mut window = None;
+        let mut keys = Vec::new();
+        for (i, e) in aggregate.group_expr.iter().enumerate() {
+            if matches!(e, Expr::GroupingSet(_)) {
+                return Err(EngineError::plan(
+                    "GROUPING SETS, CUBE and ROLLUP are not supported in continuous queries",
+                ));
+            }
+            match WindowSpec::from_expr(e)? {
+                Some((spec, time)) => {
+                    if window.is_some() {
+                        return Err(EngineError::plan(
+                            "a GROUP BY can hold one window, not several",
+                        ));
+                    }
+                    window = Some((spec, self.physical(&time, input)?, i));
+                }
+                None => keys.push(self.physical(e, input)?),
+            }
+        }
+        let group_count = aggregate.group_expr.len();
+        let output = aggregate.schema.as_arrow();
+        let mut calls = Vec::with_capacity(aggregate.aggr_expr.len());
+        for (i, e) in aggregate.aggr_expr.iter().enumerate() {
+            let name = output.field(group_count + i).name().clone();
+            let lowered =
+                LoweredAggregateBuilder::new(e, input, input.as_arrow(), &props, &context)
+                    .with_name(name)
+                    .build()
+                    .map_err(|e| EngineError::Plan(e.strip_backtrace()))?;
+            if !lowered.order_bys.is_empty() {
+                return Err(EngineError::plan(format!(
+                    "an aggregate with ORDER BY ({e}) is not supported in continuous queries"
+                )));
+            }
+            calls.push(AggregateCall {
+                function: lowered.aggregate,
+                filter: lowered.filter,
+            });
+        }
+        let emit = if window.is_some() {
+            self.options.emit
+        } else {
+            EmitMode::Changes
+        };
+        let name = self.name(if window.is_some() {
+            "window_aggregate"
+        } else {
+            "aggregate"
+        });
+        AggregateOperator::new(AggregateSpec {
+            name,
+            keys,
+            key_schema: key_schema(output, window.as_ref().map(|w| w.2), group_count),
+            window,
+            calls,
+            emit,
+            schema: Arc::new(output.clone()),
+        })
+    }
+}

@@ -1,0 +1,355 @@
+//! Sources: where a query's records come from, behind one contract ([`Source`] and
+//! [`SourceReader`]). A source gives batches in its decoded schema (the columns of
+//! [`crate::format::RecordDecoder`] for topics) and the watermark, the event time below which
+//! it expects no more records.
+//!
+//! - [`TopicSource`]: a topic of the in-process broker, read as Arrow batches straight from the
+//!   log (no network hop, no copy of record bytes), bounded by the durable offset.
+//! - [`MemorySource`]: batches given up front, for tests and the test driver; it ends.
+//!
+//! Watermarks are per partition, merged as the minimum: a partition's watermark is the largest
+//! event time seen in it. A partition that has been idle (caught up, nothing new) for the idle
+//! timeout stops holding the merged watermark back; one that has never had a record holds it
+//! back until then.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use quiver_broker::{Broker, Isolation, ReaderOptions, StartAt, TopicReader};
+
+use crate::error::{EngineError, Result};
+use crate::format::{BadRecord, Format, ROWTIME, RecordDecoder};
+
+/// What one poll of a [`SourceReader`] gave.
+#[derive(Debug, Default)]
+pub struct SourcePoll {
+    /// Records, in the source's schema.
+    pub batches: Vec<RecordBatch>,
+    /// Records that did not decode.
+    pub bad: Vec<BadRecord>,
+    /// Records skipped because they were tombstones.
+    pub skipped: usize,
+    /// The source's watermark now, if it has one.
+    pub watermark: Option<i64>,
+    /// The source has ended (bounded sources only): nothing more will come.
+    pub finished: bool,
+}
+
+/// A source of a query: its schema, and readers of it.
+///
+/// The runtime calls [`Source::open`] once per run of a query, then polls the reader until the
+/// query stops or the reader says it has finished.
+#[async_trait]
+pub trait Source: Send + Sync + Debug {
+    /// The schema of the batches readers give.
+    fn schema(&self) -> SchemaRef;
+
+    /// A short description for `Topology::describe` (`topic 'orders'`, `memory`).
+    fn describe(&self) -> String;
+
+    /// A reader from the source's start position.
+    async fn open(&self) -> Result<Box<dyn SourceReader>>;
+}
+
+/// A reader of a [`Source`].
+#[async_trait]
+pub trait SourceReader: Send + Debug {
+    /// What has arrived, waiting up to `max_wait` when nothing has. May return no batches.
+    async fn poll(&mut self, max_wait: Duration) -> Result<SourcePoll>;
+
+    /// Each partition's next offset (for checkpoints and committed offsets); empty for sources
+    /// without offsets.
+    fn positions(&self) -> BTreeMap<i32, i64>;
+}
+
+/// Per-partition watermarks merged as the minimum (see the module docs).
+#[derive(Debug, Default, Clone)]
+pub struct Watermarks {
+    max_time: BTreeMap<i32, i64>,
+}
+
+impl Watermarks {
+    /// Notes the event times of a batch from `partition` (its `rowtime` column).
+    pub fn observe(&mut self, partition: i32, batch: &RecordBatch) {
+        let Ok(i) = batch.schema().index_of(ROWTIME) else {
+            return;
+        };
+        let times = batch
+            .column(i)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        if let Some(max) = arrow::compute::max(times) {
+            let e = self.max_time.entry(partition).or_insert(max);
+            *e = (*e).max(max);
+        }
+    }
+
+    /// The merged watermark over `partitions` (partition, idle); `None` while a partition that
+    /// is not idle has never had a record.
+    pub fn merged(&self, partitions: impl IntoIterator<Item = (i32, bool)>) -> Option<i64> {
+        let mut out: Option<i64> = None;
+        let mut any_active = false;
+        let mut idle_max: Option<i64> = None;
+        for (p, idle) in partitions {
+            let seen = self.max_time.get(&p).copied();
+            if idle {
+                idle_max = idle_max.max(seen);
+                continue;
+            }
+            any_active = true;
+            let t = seen?;
+            out = Some(out.map_or(t, |o| o.min(t)));
+        }
+        if any_active { out } else { idle_max }
+    }
+}
+
+/// Where a topic source starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    /// The first record at or after this timestamp (ms) in each partition.
+    Timestamp(i64),
+    /// Given offsets per partition (others from the earliest).
+    Offsets(BTreeMap<i32, i64>),
+    /// The committed offsets of a consumer group (partitions without one from `fallback`).
+    Committed {
+        group: String,
+        fallback: Box<StartFrom>,
+    },
+}
+
+/// A topic of the in-process broker.
+#[derive(Debug, Clone)]
+pub struct TopicSource {
+    broker: Broker,
+    topic: String,
+    decoder: RecordDecoder,
+    start: StartFrom,
+    isolation: Isolation,
+    idle_after: Duration,
+    max_bytes: usize,
+}
+
+impl TopicSource {
+    /// Reads `topic` with `key` and `value` formats, from the earliest offset, read_committed.
+    /// Fails if the topic does not exist.
+    pub fn new(broker: &Broker, topic: &str, key: Format, value: Format) -> Result<TopicSource> {
+        broker.partition_count(topic)?;
+        Ok(TopicSource {
+            broker: broker.clone(),
+            topic: topic.to_owned(),
+            decoder: RecordDecoder::new(key, value, None)?,
+            start: StartFrom::Earliest,
+            isolation: Isolation::ReadCommitted,
+            idle_after: Duration::from_secs(5),
+            max_bytes: 4 << 20,
+        })
+    }
+
+    /// Takes event time from a key or value column instead of the record timestamp.
+    pub fn with_time_column(mut self, column: &str, key: Format, value: Format) -> Result<Self> {
+        self.decoder = RecordDecoder::new(key, value, Some(column))?;
+        Ok(self)
+    }
+
+    pub fn with_start(mut self, start: StartFrom) -> Self {
+        self.start = start;
+        self
+    }
+
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// How long a caught-up partition waits before it stops holding the watermark back.
+    pub fn with_idle_timeout(mut self, idle_after: Duration) -> Self {
+        self.idle_after = idle_after;
+        self
+    }
+
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn start_at(&self, start: &StartFrom) -> Result<StartAt> {
+        Ok(match start {
+            StartFrom::Earliest => StartAt::Earliest,
+            StartFrom::Latest => StartAt::Latest,
+            StartFrom::Timestamp(ms) => StartAt::Timestamp(*ms),
+            StartFrom::Offsets(map) => StartAt::Offsets(map.clone()),
+            StartFrom::Committed { group, fallback } => {
+                let mut committed = BTreeMap::new();
+                for (topic, partition, offset) in self
+                    .broker
+                    .groups()
+                    .fetch_offsets_checked(group, None, true)
+                {
+                    if topic != self.topic {
+                        continue;
+                    }
+                    match offset {
+                        Ok(Some(o)) => {
+                            committed.insert(partition, o.offset);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(EngineError::Config(format!(
+                                "the committed offsets of group '{group}' for '{}' are not \
+                                 readable yet ({e:?}); retry once its transaction completes",
+                                self.topic
+                            )));
+                        }
+                    }
+                }
+                if committed.is_empty() {
+                    return self.start_at(fallback);
+                }
+                StartAt::Offsets(committed)
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Source for TopicSource {
+    fn schema(&self) -> SchemaRef {
+        self.decoder.schema()
+    }
+
+    fn describe(&self) -> String {
+        format!("topic '{}'", self.topic)
+    }
+
+    async fn open(&self) -> Result<Box<dyn SourceReader>> {
+        let start = self.start_at(&self.start)?;
+        let reader = self.broker.topic_reader(
+            &self.topic,
+            start,
+            ReaderOptions {
+                isolation: self.isolation,
+                max_bytes: self.max_bytes,
+                idle_after: self.idle_after,
+            },
+        )?;
+        Ok(Box::new(TopicSourceReader {
+            reader,
+            decoder: self.decoder.clone(),
+            watermarks: Watermarks::default(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct TopicSourceReader {
+    reader: TopicReader,
+    decoder: RecordDecoder,
+    watermarks: Watermarks,
+}
+
+#[async_trait]
+impl SourceReader for TopicSourceReader {
+    async fn poll(&mut self, max_wait: Duration) -> Result<SourcePoll> {
+        let batches = self.reader.next_batches(max_wait).await?;
+        let mut poll = SourcePoll::default();
+        for b in batches {
+            let decoded = self.decoder.decode(b.partition, &b.records)?;
+            poll.skipped += decoded.skipped_nulls;
+            poll.bad.extend(decoded.bad);
+            if decoded.batch.num_rows() > 0 {
+                self.watermarks.observe(b.partition, &decoded.batch);
+                poll.batches.push(decoded.batch);
+            }
+        }
+        let progress = self.reader.progress();
+        poll.watermark = self
+            .watermarks
+            .merged(progress.iter().map(|p| (p.partition, p.idle)));
+        Ok(poll)
+    }
+
+    fn positions(&self) -> BTreeMap<i32, i64> {
+        self.reader.positions()
+    }
+}
+
+/// Batches given up front (each with the partition it counts as), read once in order; the
+/// watermark follows the largest `rowtime` seen per partition. For tests and the test driver.
+#[derive(Debug, Clone)]
+pub struct MemorySource {
+    schema: SchemaRef,
+    batches: Arc<Vec<(i32, RecordBatch)>>,
+}
+
+impl MemorySource {
+    /// A source of `batches`, all in `schema` (checked).
+    pub fn new(schema: SchemaRef, batches: Vec<(i32, RecordBatch)>) -> Result<MemorySource> {
+        for (_, b) in &batches {
+            if b.schema().fields() != schema.fields() {
+                return Err(EngineError::config(format!(
+                    "a memory source batch has schema {:?}, not the source's {:?}",
+                    b.schema(),
+                    schema
+                )));
+            }
+        }
+        Ok(MemorySource {
+            schema,
+            batches: Arc::new(batches),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for MemorySource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!("memory ({} batches)", self.batches.len())
+    }
+
+    async fn open(&self) -> Result<Box<dyn SourceReader>> {
+        Ok(Box::new(MemoryReader {
+            batches: self.batches.clone(),
+            next: 0,
+            watermarks: Watermarks::default(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryReader {
+    batches: Arc<Vec<(i32, RecordBatch)>>,
+    next: usize,
+    watermarks: Watermarks,
+}
+
+#[async_trait]
+impl SourceReader for MemoryReader {
+    async fn poll(&mut self, _max_wait: Duration) -> Result<SourcePoll> {
+        let mut poll = SourcePoll::default();
+        if let Some((partition, batch)) = self.batches.get(self.next) {
+            self.next += 1;
+            self.watermarks.observe(*partition, batch);
+            poll.batches.push(batch.clone());
+        }
+        // One partition at a time: the watermark is the largest time seen anywhere, as a
+        // single ordered input would give.
+        poll.watermark = self.watermarks.max_time.values().copied().max();
+        poll.finished = self.next >= self.batches.len();
+        Ok(poll)
+    }
+
+    fn positions(&self) -> BTreeMap<i32, i64> {
+        BTreeMap::new()
+    }
+}

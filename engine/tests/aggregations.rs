@@ -1,0 +1,341 @@
+//! Every aggregation against a batch oracle: the same events through a continuous query (in
+//! batches, out of order within the grace period, some past it) and through a one-shot
+//! DataFusion query over all of them must give the same final result per window and key.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::util::display::array_value_to_string;
+use datafusion::datasource::MemTable;
+use datafusion::functions_aggregate::expr_fn::{avg, max, min, sum};
+use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use quiver_engine::dsl::{StreamsBuilder, Table};
+use quiver_engine::{Collector, MemorySource, Runtime, WindowKind, WindowSpec};
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("customer", DataType::Utf8, false),
+        Field::new("amount", DataType::Int64, false),
+        Field::new(
+            "rowtime",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    user: String,
+    amount: i64,
+    time: i64,
+}
+
+/// Deterministic events: times move forward about 100 ms per event with up to `disorder_ms`
+/// of jitter back; an event in every `late_every` jumps back by `late_by_ms`.
+fn events(n: usize, disorder_ms: i64, late_every: usize, late_by_ms: i64) -> Vec<Event> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..n)
+        .map(|i| {
+            let base = 1_700_000_000_000 + i as i64 * 100;
+            let mut time = base - (next() % (disorder_ms as u64 + 1)) as i64;
+            if late_every > 0 && i % late_every == late_every - 1 {
+                time -= late_by_ms;
+            }
+            Event {
+                user: format!("u{}", next() % 7),
+                amount: (next() % 1000) as i64,
+                time,
+            }
+        })
+        .collect()
+}
+
+fn batch(events: &[Event]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                events.iter().map(|e| e.user.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                events.iter().map(|e| e.amount),
+            )),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                events.iter().map(|e| e.time),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+const BATCH: usize = 50;
+
+fn source(events: &[Event]) -> Arc<MemorySource> {
+    let batches = events.chunks(BATCH).map(|c| (0, batch(c))).collect();
+    Arc::new(MemorySource::new(schema(), batches).unwrap())
+}
+
+/// The events a query sees in time: those not late when they arrive. The watermark when batch
+/// `i` is processed is the largest time in batches before it; an event is late when the last
+/// window it falls in ends (plus grace) at or before that.
+fn on_time(events: &[Event], advance: i64, size: i64, grace: i64) -> (Vec<Event>, usize) {
+    let mut watermark = i64::MIN;
+    let mut kept = Vec::new();
+    let mut late = 0;
+    for chunk in events.chunks(BATCH) {
+        for e in chunk {
+            let last_start = e.time - e.time.rem_euclid(advance);
+            if last_start + size + grace <= watermark {
+                late += 1;
+            } else {
+                kept.push(e.clone());
+            }
+        }
+        watermark = watermark.max(chunk.iter().map(|e| e.time).max().unwrap());
+    }
+    (kept, late)
+}
+
+/// Rows as strings, sorted, for comparison.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| array_value_to_string(c, r).unwrap())
+                .collect();
+            out.push(cells.join(" | "));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The last row per key (the first `keys` columns) of a changelog, sorted.
+fn final_rows(batches: &[RecordBatch], keys: usize) -> Vec<String> {
+    let mut last = BTreeMap::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| array_value_to_string(c, r).unwrap())
+                .collect();
+            last.insert(cells[..keys].join(" | "), cells.join(" | "));
+        }
+    }
+    last.into_values().collect()
+}
+
+async fn oracle(events: &[Event], sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let table = MemTable::try_new(schema(), vec![vec![batch(events)]]).unwrap();
+    ctx.register_table("events", Arc::new(table)).unwrap();
+    let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    rows(&out)
+}
+
+async fn run(table: impl FnOnce(&StreamsBuilder) -> Table) -> (Vec<RecordBatch>, u64) {
+    let builder = StreamsBuilder::new();
+    let collector = Collector::new();
+    table(&builder).to_stream().to_collector(&collector);
+    let running = Runtime::without_broker()
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    let metrics = running.wait().await.unwrap();
+    (collector.batches(), metrics[0].late_rows)
+}
+
+fn windowed_aggregates() -> Vec<datafusion::prelude::Expr> {
+    vec![
+        datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n"),
+        sum(col("amount")).alias("total"),
+        min(col("amount")).alias("low"),
+        max(col("amount")).alias("high"),
+        avg(col("amount")).alias("mean"),
+    ]
+}
+
+const ORACLE_AGGREGATES: &str = "count(*) AS n, sum(amount) AS total, min(amount) AS low, max(amount) AS high, avg(amount) AS mean";
+
+/// Window starts as the oracle computes them: `k` windows back from the last one.
+fn oracle_window_sql(advance: i64, size: i64, hops: i64) -> String {
+    let ks = (0..hops)
+        .map(|k| format!("({k})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT customer, to_timestamp_millis(ws) AS window_start, to_timestamp_millis(ws + {size}) AS window_end, \
+         {ORACLE_AGGREGATES} FROM (SELECT *, (CAST(rowtime AS BIGINT) - (CAST(rowtime AS BIGINT) % {advance} + {advance}) % {advance}) - k * {advance} AS ws \
+         FROM events CROSS JOIN (VALUES {ks}) AS t(k)) GROUP BY customer, ws"
+    )
+}
+
+#[tokio::test]
+async fn tumbling_windows_emit_final_match_the_batch_oracle_with_out_of_order_and_late_events() {
+    let all = events(3_000, 2_000, 97, 60_000);
+    let (size, grace) = (10_000, 3_000);
+    let (kept, late) = on_time(&all, size, size, grace);
+    assert!(late > 10, "the test needs late events, got {late}");
+    let src = source(&all);
+    let (batches, late_rows) = run(|b| {
+        b.stream("events", src)
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .window(WindowSpec {
+                kind: WindowKind::Tumbling { size_ms: size },
+                grace_ms: grace,
+            })
+            .unwrap()
+            .emit_final()
+            .aggregate(windowed_aggregates())
+            .unwrap()
+    })
+    .await;
+    assert_eq!(late_rows, late as u64);
+    let got = rows(&batches);
+    let want = oracle(&kept, &oracle_window_sql(size, size, 1)).await;
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn hopping_windows_match_the_batch_oracle() {
+    let all = events(2_000, 1_500, 0, 0);
+    let (size, advance, grace) = (30_000, 10_000, 2_000);
+    let (kept, late) = on_time(&all, advance, size, grace);
+    assert_eq!(late, 0);
+    let src = source(&all);
+    let (batches, _) = run(|b| {
+        b.stream("events", src)
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .window(WindowSpec {
+                kind: WindowKind::Hopping {
+                    size_ms: size,
+                    advance_ms: advance,
+                },
+                grace_ms: grace,
+            })
+            .unwrap()
+            .emit_final()
+            .aggregate(windowed_aggregates())
+            .unwrap()
+    })
+    .await;
+    let want = oracle(&kept, &oracle_window_sql(advance, size, size / advance)).await;
+    assert_eq!(rows(&batches), want);
+}
+
+#[tokio::test]
+async fn windows_emitting_changes_end_at_the_oracle_result() {
+    let all = events(1_500, 1_000, 50, 30_000);
+    let (size, grace) = (5_000, 1_000);
+    let (kept, _) = on_time(&all, size, size, grace);
+    let src = source(&all);
+    let (batches, _) = run(|b| {
+        b.stream("events", src)
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .window(WindowSpec {
+                kind: WindowKind::Tumbling { size_ms: size },
+                grace_ms: grace,
+            })
+            .unwrap()
+            .aggregate(windowed_aggregates())
+            .unwrap()
+    })
+    .await;
+    let emitted: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let got = final_rows(&batches, 2);
+    let want = oracle(&kept, &oracle_window_sql(size, size, 1)).await;
+    assert!(
+        emitted > want.len(),
+        "EMIT CHANGES emits updates, not only final rows"
+    );
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn an_updating_aggregate_is_a_changelog_whose_last_values_match_the_oracle() {
+    let all = events(2_000, 5_000, 0, 0);
+    let src = source(&all);
+    let (batches, late) = run(|b| {
+        b.stream("events", src)
+            .unwrap()
+            .filter(col("amount").gt(lit(100)))
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .aggregate([
+                datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n"),
+                sum(col("amount")).alias("total"),
+                datafusion::functions_aggregate::expr_fn::count_distinct(col("amount"))
+                    .alias("distinct_amounts"),
+            ])
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        late, 0,
+        "an updating aggregate has no windows to be late for"
+    );
+    let want = oracle(
+        &all,
+        "SELECT customer, count(*) AS n, sum(amount) AS total, count(DISTINCT amount) AS distinct_amounts \
+         FROM events WHERE amount > 100 GROUP BY customer",
+    )
+    .await;
+    assert_eq!(final_rows(&batches, 1), want);
+    assert_eq!(
+        batches.len(),
+        all.len().div_ceil(BATCH),
+        "one changelog batch per input batch"
+    );
+}
+
+#[tokio::test]
+async fn a_global_window_without_keys_counts_everything_once() {
+    let all = events(1_000, 0, 0, 0);
+    let src = source(&all);
+    let (batches, _) = run(|b| {
+        b.stream("events", src)
+            .unwrap()
+            .group_by(Vec::new())
+            .unwrap()
+            .window(WindowSpec {
+                kind: WindowKind::Tumbling { size_ms: 60_000 },
+                grace_ms: 0,
+            })
+            .unwrap()
+            .emit_final()
+            .count()
+            .unwrap()
+    })
+    .await;
+    let total: i64 = batches
+        .iter()
+        .map(|b| {
+            let c = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+            c.values().iter().sum::<i64>()
+        })
+        .sum();
+    assert_eq!(total, 1_000);
+}
