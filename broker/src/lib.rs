@@ -34,7 +34,9 @@ pub use log::{
 };
 pub use partition::PartitionHandle;
 pub use partitioner::{Partitioner, murmur2, partition_for_key};
-pub use reader::{PartitionProgress, ReaderBatch, ReaderOptions, StartAt, TopicReader};
+pub use reader::{
+    PartitionProgress, PartitionSplit, ReaderBatch, ReaderOptions, StartAt, TopicReader,
+};
 pub use record::{
     EnvelopeBuilder, EnvelopeColumns, Header, Record, batch_to_records, envelope_schema,
     records_to_batch,

@@ -45,6 +45,25 @@ pub enum StartAt {
     Offsets(BTreeMap<i32, i64>),
 }
 
+/// Which partitions of a topic a [`TopicReader`] reads: those whose number modulo `count` is
+/// `index`, so `count` readers with indexes `0..count` split a topic between them, including
+/// partitions added later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSplit {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl PartitionSplit {
+    /// Every partition.
+    pub const ALL: PartitionSplit = PartitionSplit { index: 0, count: 1 };
+
+    /// Whether `partition` belongs to this split.
+    pub fn contains(&self, partition: i32) -> bool {
+        u32::try_from(partition).is_ok_and(|p| p % self.count.max(1) == self.index)
+    }
+}
+
 /// How a [`TopicReader`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReaderOptions {
@@ -53,6 +72,8 @@ pub struct ReaderOptions {
     pub max_bytes: usize,
     /// A partition caught up with nothing new for this long counts as idle.
     pub idle_after: Duration,
+    /// The partitions read.
+    pub split: PartitionSplit,
 }
 
 impl Default for ReaderOptions {
@@ -61,6 +82,7 @@ impl Default for ReaderOptions {
             isolation: Isolation::ReadUncommitted,
             max_bytes: 4 << 20,
             idle_after: Duration::from_secs(5),
+            split: PartitionSplit::ALL,
         }
     }
 }
@@ -121,6 +143,8 @@ pub struct TopicReader {
     topic: String,
     options: ReaderOptions,
     cursors: Vec<Cursor>,
+    /// Partitions of the topic looked at so far (read or not, by the split).
+    seen: i32,
     /// The partition that goes first in the next call.
     turn: usize,
 }
@@ -133,6 +157,12 @@ impl Broker {
         start: StartAt,
         options: ReaderOptions,
     ) -> Result<TopicReader> {
+        if options.split.count == 0 || options.split.index >= options.split.count {
+            return Err(BrokerError::InvalidConfig(format!(
+                "a topic reader split {} of {} does not exist",
+                options.split.index, options.split.count
+            )));
+        }
         if options.max_bytes == 0 {
             return Err(BrokerError::InvalidConfig(
                 "a topic reader needs max_bytes above 0".into(),
@@ -143,6 +173,7 @@ impl Broker {
             topic: topic.to_owned(),
             options,
             cursors: Vec::new(),
+            seen: 0,
             turn: 0,
         };
         reader.add_new_partitions(&start)?;
@@ -159,7 +190,12 @@ impl TopicReader {
     /// Cursors for partitions created since the last look, at `start`.
     fn add_new_partitions(&mut self, start: &StartAt) -> Result<()> {
         let count = self.broker.partition_count(&self.topic)?;
-        for partition in self.cursors.len() as i32..count {
+        let first = self.seen;
+        self.seen = self.seen.max(count);
+        for partition in first..count {
+            if !self.options.split.contains(partition) {
+                continue;
+            }
             let handle = self.broker.partition(&self.topic, partition)?;
             let offsets = handle.offsets();
             let visible_end = self.visible_end(&handle);
@@ -273,10 +309,11 @@ impl TopicReader {
     /// Moves a partition's position (restoring a checkpoint). An offset outside the log fails
     /// on the next read with [`BrokerError::OffsetOutOfRange`].
     pub fn seek(&mut self, partition: i32, offset: i64) -> Result<()> {
-        let count = self.cursors.len() as i32;
-        let cursor = usize::try_from(partition)
-            .ok()
-            .and_then(|p| self.cursors.get_mut(p))
+        let count = self.seen;
+        let cursor = self
+            .cursors
+            .iter_mut()
+            .find(|c| c.handle.partition() == partition)
             .ok_or_else(|| BrokerError::UnknownPartition {
                 topic: self.topic.clone(),
                 partition,

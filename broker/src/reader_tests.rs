@@ -321,3 +321,59 @@ async fn progress_start_positions_seek_and_detach() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn split_readers_share_a_topic_between_them_including_partitions_added_later() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let b = broker(dir.path()).await;
+    b.create_topic(NewTopic::new("t", 3)).await.ok();
+    for p in 0..3 {
+        append(
+            &b,
+            p,
+            &batch(&format!("p{p}"), 2, 1_000),
+            ProducerInfo::NONE,
+        )
+        .await;
+    }
+    let split = |index| ReaderOptions {
+        split: PartitionSplit { index, count: 2 },
+        ..ReaderOptions::default()
+    };
+    let mut even = b
+        .topic_reader("t", StartAt::Earliest, split(0))
+        .unwrap_or_else(|e| panic!("reader: {e}"));
+    let mut odd = b
+        .topic_reader("t", StartAt::Earliest, split(1))
+        .unwrap_or_else(|e| panic!("reader: {e}"));
+    let partitions = |v: &[(i32, String)]| {
+        let mut p: Vec<i32> = v.iter().map(|(p, _)| *p).collect();
+        p.dedup();
+        p
+    };
+    let (got_even, _) = drain(&mut even).await;
+    let (got_odd, _) = drain(&mut odd).await;
+    assert_eq!(partitions(&got_even), [0, 2]);
+    assert_eq!(partitions(&got_odd), [1]);
+    assert_eq!(got_even.len() + got_odd.len(), 6);
+
+    b.add_partitions("t", 4)
+        .await
+        .unwrap_or_else(|e| panic!("add partitions: {e}"));
+    append(&b, 3, &batch("p3", 1, 1_000), ProducerInfo::NONE).await;
+    let (more_even, _) = drain(&mut even).await;
+    let (more_odd, _) = drain(&mut odd).await;
+    assert!(more_even.is_empty());
+    assert_eq!(more_odd, [(3, "p3-0".to_string())]);
+    assert_eq!(odd.positions(), BTreeMap::from([(1, 2), (3, 1)]));
+    odd.seek(3, 0).unwrap_or_else(|e| panic!("seek: {e}"));
+    assert!(
+        even.seek(3, 0).is_err(),
+        "partition 3 is not in the even split"
+    );
+    let bad = ReaderOptions {
+        split: PartitionSplit { index: 2, count: 2 },
+        ..ReaderOptions::default()
+    };
+    assert!(b.topic_reader("t", StartAt::Earliest, bad).is_err());
+}

@@ -542,6 +542,14 @@ impl Operator for AggregateOperator {
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }
+
+    fn fresh(&self) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(AggregateOperator::new(self.spec.clone())?))
+    }
+
+    fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
+        Some(self.spec.keys.clone())
+    }
 }
 
 /// The schema of the GROUP BY key columns (without the window) of an aggregate's output.

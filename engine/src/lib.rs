@@ -11,6 +11,7 @@
 pub mod aggregate;
 pub mod dsl;
 pub mod error;
+mod exchange;
 pub mod format;
 pub mod operator;
 pub mod plan;

@@ -66,10 +66,20 @@ pub trait Operator: Send + std::fmt::Debug {
 
     /// Its counters.
     fn metrics(&self) -> OperatorMetrics;
+
+    /// A new instance with the same configuration and empty state: a query runs one per task.
+    fn fresh(&self) -> Result<Box<dyn Operator>>;
+
+    /// The keys rows must be partitioned by before they reach this operator, so that all rows
+    /// of a key meet in one task (`Some` of no keys: every row in one task); `None` when any
+    /// task may take any row.
+    fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
+        None
+    }
 }
 
 /// Filter and projection: DataFusion physical expressions evaluated over each batch.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Stateless {
     name: String,
     predicate: Option<Arc<dyn PhysicalExpr>>,
@@ -146,5 +156,12 @@ impl Operator for Stateless {
 
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
+    }
+
+    fn fresh(&self) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(Stateless {
+            metrics: OperatorMetrics::default(),
+            ..self.clone()
+        }))
     }
 }

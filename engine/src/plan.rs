@@ -225,6 +225,15 @@ impl Operator for MapBatches {
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }
+
+    fn fresh(&self) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(MapBatches {
+            name: self.name.clone(),
+            function: self.function.clone(),
+            schema: self.schema.clone(),
+            metrics: OperatorMetrics::default(),
+        }))
+    }
 }
 
 /// Choices the plan does not carry.

@@ -1,13 +1,27 @@
-//! Running queries: a [`Query`] (a planned `LogicalPlan` with its sinks) runs as a tokio task that
-//! polls its source, pushes batches and watermarks through its operators in order, and writes
-//! results to every sink. [`Runtime`] starts them; a [`QueryHandle`] watches and stops one.
+//! Running queries. A [`Query`] (a planned `LogicalPlan` with its sinks) runs as tasks across
+//! the tokio runtime, so one query uses every core:
 //!
-//! Each poll: decode what arrived (bad records are counted, logged with their position, and
-//! sent to the dead-letter topic when one is set), run each batch through the operators with
-//! the watermark as it was, then advance the watermark (operators emit what it closes), then
-//! write the outputs. A stop request ends the loop between polls; the sinks are flushed and
-//! closed, so a graceful stop loses nothing a sink took. A bounded source that ends advances
-//! the watermark to the end of time, so every window closes and emits.
+//! ```text
+//! source split 0 ─ stateless ops ─┐ keyed exchange ┌─ aggregate ─ ops ─┐
+//! source split 1 ─ stateless ops ─┼───────────────-┼─ aggregate ─ ops ─┼─▶ sink task ─▶ sinks
+//! …  (parallelism tasks)          ┘ (hash of keys) └─ …                ┘
+//! ```
+//!
+//! - **Stages**: the operator chain is cut before each operator that needs its rows grouped by
+//!   key ([`Operator::partition_keys`]); each stage runs as [`QueryOptions::parallelism`]
+//!   tasks. The first stage's tasks each read a split of the source's partitions.
+//! - **Time**: a source task's watermark is the minimum over its partitions; a task after an
+//!   exchange takes the minimum over its inputs. Batches run through a task's operators with
+//!   the watermark as it was; when it moves, operators emit what it closes, then it is passed
+//!   on. A bounded source that ends sends the end of time, so every window closes.
+//! - **Barriers**: the sink task asks the source tasks to inject a barrier; tasks align it over
+//!   their inputs and pass it on, so when it reaches the sink task, every result of the records
+//!   before it has been written. A stop is such a barrier, marked last: the sinks are flushed
+//!   and closed after it, so a graceful stop loses nothing read before it.
+//! - **Side outputs** (records that do not decode, rows that arrive after their window closed)
+//!   travel with the data to the sink task, which logs them and writes them to the dead-letter
+//!   and late-data topics when set.
+//! - **Failure**: the first task to fail fails the query and stops the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +32,13 @@ use quiver_broker::{Broker, Record};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::collections::BTreeMap;
+
+use quiver_broker::PartitionSplit;
+use tokio::sync::mpsc;
+
 use crate::error::{EngineError, Result};
+use crate::exchange::{Barrier, CHANNEL_CAPACITY, Event, Inputs, Message, Output, Route, Side};
 use crate::format::{BadRecord, Format, SideEncoder};
 use crate::operator::{Emit, LateRows, Operator, OperatorMetrics};
 use crate::plan::{PhysicalQuery, PlanOptions, plan_query};
@@ -32,6 +52,10 @@ pub struct QueryOptions {
     pub plan: PlanOptions,
     /// How long a poll waits for records before the runtime looks at time and stop requests.
     pub poll_wait: Duration,
+    /// Tasks per stage: the source's partitions are split between this many tasks, and rows
+    /// are exchanged by key between as many before each aggregation. Defaults to the number of
+    /// CPUs.
+    pub parallelism: usize,
     /// Undecodable records go to this topic (with the reason in headers), if set.
     pub dead_letter_topic: Option<String>,
     /// Rows that arrive after their window closed go to this topic, if set; otherwise they are
@@ -46,6 +70,7 @@ impl Default for QueryOptions {
         QueryOptions {
             plan: PlanOptions::default(),
             poll_wait: Duration::from_millis(100),
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             dead_letter_topic: None,
             late_data_topic: None,
         }
@@ -153,14 +178,14 @@ impl Runtime {
             broker.partition_count(topic)?;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let metrics = Arc::new(Mutex::new(QueryMetrics::default()));
+        let shared = Arc::new(Shared::default());
         let name = query.name.clone();
-        let task = tokio::spawn(run(query, self.broker.clone(), stop_rx, metrics.clone()));
+        let task = tokio::spawn(run(query, self.broker.clone(), stop_rx, shared.clone()));
         Ok(QueryHandle {
             name,
             stop: stop_tx,
             task,
-            metrics,
+            shared,
         })
     }
 }
@@ -171,7 +196,7 @@ pub struct QueryHandle {
     name: String,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
-    metrics: Arc<Mutex<QueryMetrics>>,
+    shared: Arc<Shared>,
 }
 
 impl QueryHandle {
@@ -182,7 +207,7 @@ impl QueryHandle {
 
     /// Its counters now.
     pub fn metrics(&self) -> QueryMetrics {
-        self.metrics.lock().clone()
+        self.shared.snapshot()
     }
 
     /// Whether it has ended (its source finished, it failed, or it was stopped).
@@ -200,7 +225,7 @@ impl QueryHandle {
     /// Waits for it to end by itself (a bounded source) and returns its final counters.
     pub async fn wait(self) -> Result<QueryMetrics> {
         match self.task.await {
-            Ok(result) => result.map(|()| self.metrics.lock().clone()),
+            Ok(result) => result.map(|()| self.shared.snapshot()),
             Err(e) => Err(EngineError::internal(format!(
                 "query '{}' panicked or was cancelled: {e}",
                 self.name
@@ -209,115 +234,380 @@ impl QueryHandle {
     }
 }
 
-/// The query loop (see the module docs).
-async fn run(
-    mut query: Query,
-    broker: Option<Broker>,
-    mut stop: watch::Receiver<bool>,
-    metrics: Arc<Mutex<QueryMetrics>>,
-) -> Result<()> {
-    let mut reader: Box<dyn SourceReader> = query.physical.source.open().await?;
-    for sink in &mut query.sinks {
-        sink.open(query.physical.schema.clone()).await?;
+/// Shared between a query's tasks and its handle.
+#[derive(Debug, Default)]
+struct Shared {
+    metrics: Mutex<QueryMetrics>,
+    /// Operator counters per (operator, task), summed by name for [`QueryMetrics`].
+    operators: Mutex<BTreeMap<(String, usize), OperatorMetrics>>,
+}
+
+impl Shared {
+    fn report(&self, task: usize, operators: &[Box<dyn Operator>]) {
+        let mut map = self.operators.lock();
+        for op in operators {
+            map.insert((op.name().to_owned(), task), op.metrics());
+        }
     }
+
+    fn snapshot(&self) -> QueryMetrics {
+        let mut m = self.metrics.lock().clone();
+        let mut by_name: Vec<(String, OperatorMetrics)> = Vec::new();
+        for ((name, _), om) in self.operators.lock().iter() {
+            match by_name.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => {
+                    sum.rows_in += om.rows_in;
+                    sum.rows_out += om.rows_out;
+                    sum.late_rows += om.late_rows;
+                    sum.groups += om.groups;
+                }
+                None => by_name.push((name.clone(), *om)),
+            }
+        }
+        m.operators = by_name;
+        m
+    }
+}
+
+/// A request to the source tasks to inject a barrier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BarrierRequest {
+    epoch: u64,
+    stop: bool,
+}
+
+/// Starts the tasks of `query` and waits for them (see the module docs): the first error of
+/// any task fails the query and stops the rest.
+async fn run(
+    query: Query,
+    broker: Option<Broker>,
+    stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let Query {
+        name,
+        physical,
+        sinks,
+        options,
+    } = query;
+    let parallelism = options.parallelism.max(1);
+    // Stages: the source's stage, then one starting at each operator that needs an exchange.
+    let mut stages: Vec<Vec<Box<dyn Operator>>> = vec![Vec::new()];
+    let mut routes: Vec<Route> = Vec::new();
+    for op in physical.operators {
+        if let Some(keys) = op.partition_keys() {
+            routes.push(if keys.is_empty() {
+                Route::First
+            } else {
+                Route::Hash(keys)
+            });
+            stages.push(Vec::new());
+        }
+        if let Some(stage) = stages.last_mut() {
+            stage.push(op);
+        }
+    }
+    routes.push(Route::First);
+
+    let (request_tx, request_rx) = watch::channel(BarrierRequest::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    // Channels into each stage after the first: receivers[stage-1][task][upstream task].
+    let mut receivers: Vec<Vec<Vec<mpsc::Receiver<Message>>>> = Vec::new();
+    let mut senders: Vec<Vec<Vec<mpsc::Sender<Message>>>> = Vec::new();
+    for stage in 0..stages.len() {
+        // Downstream of `stage`: the next stage's tasks, or the one sink task.
+        let downstream = if stage + 1 < stages.len() {
+            parallelism
+        } else {
+            1
+        };
+        let mut rx: Vec<Vec<mpsc::Receiver<Message>>> =
+            (0..downstream).map(|_| Vec::new()).collect();
+        let mut tx: Vec<Vec<mpsc::Sender<Message>>> =
+            (0..parallelism).map(|_| Vec::new()).collect();
+        for up in tx.iter_mut() {
+            for down in rx.iter_mut() {
+                let (s, r) = mpsc::channel(CHANNEL_CAPACITY);
+                up.push(s);
+                down.push(r);
+            }
+        }
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let mut senders = senders.into_iter();
+    let mut receivers = receivers.into_iter();
+    for (stage, (template, route)) in stages.into_iter().zip(routes).enumerate() {
+        let mut outs = senders.next().unwrap_or_default().into_iter();
+        let mut ins = if stage == 0 {
+            Vec::new()
+        } else {
+            receivers.next().unwrap_or_default()
+        }
+        .into_iter();
+        for task in 0..parallelism {
+            let ops = template
+                .iter()
+                .map(|op| op.fresh())
+                .collect::<Result<Vec<_>>>()?;
+            let output = Output::new(outs.next().unwrap_or_default(), route.clone());
+            let shared = shared.clone();
+            if stage == 0 {
+                let split = PartitionSplit {
+                    index: task as u32,
+                    count: parallelism as u32,
+                };
+                let reader = physical.source.open(split).await?;
+                let requests = request_rx.clone();
+                let poll_wait = options.poll_wait;
+                tasks.spawn(source_task(
+                    task, reader, ops, output, requests, poll_wait, shared,
+                ));
+            } else {
+                let inputs = Inputs::new(ins.next().unwrap_or_default());
+                tasks.spawn(stage_task(task, inputs, ops, output, shared));
+            }
+        }
+    }
+    let sink_inputs = Inputs::new(
+        receivers
+            .next()
+            .and_then(|mut r| r.pop())
+            .unwrap_or_default(),
+    );
+    tasks.spawn(sink_task(SinkTask {
+        name,
+        source_name: physical.source_name,
+        schema: physical.schema,
+        inputs: sink_inputs,
+        sinks,
+        options,
+        broker,
+        stop,
+        requests: request_tx,
+        shared,
+    }));
+    while let Some(done) = tasks.join_next().await {
+        let failure = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => EngineError::internal(format!("a task of the query panicked: {e}")),
+        };
+        tasks.abort_all();
+        return Err(failure);
+    }
+    Ok(())
+}
+
+/// A task of the source's stage: polls its split of the source, runs the stage's operators,
+/// sends results on, and injects the barriers the sink task asks for.
+async fn source_task(
+    task: usize,
+    mut reader: Box<dyn SourceReader>,
+    mut ops: Vec<Box<dyn Operator>>,
+    mut output: Output,
+    mut requests: watch::Receiver<BarrierRequest>,
+    poll_wait: Duration,
+    shared: Arc<Shared>,
+) -> Result<()> {
     let mut watermark = i64::MIN;
-    let result = loop {
-        if *stop.borrow() {
-            break Ok(());
+    let mut idle = false;
+    let mut injected = 0u64;
+    loop {
+        let request = *requests.borrow_and_update();
+        if request.epoch > injected {
+            injected = request.epoch;
+            let barrier = Barrier {
+                epoch: request.epoch,
+                positions: reader.positions(),
+                stop: request.stop,
+            };
+            output
+                .broadcast(|| Message::Barrier(barrier.clone()))
+                .await?;
+            if request.stop {
+                return Ok(());
+            }
         }
         let poll = tokio::select! {
-            poll = reader.poll(query.options.poll_wait) => poll,
-            _ = stop.changed() => break Ok(()),
+            poll = reader.poll(poll_wait) => poll?,
+            changed = requests.changed() => {
+                if changed.is_err() {
+                    // The sink task has gone: the query is ending.
+                    return Ok(());
+                }
+                continue;
+            }
         };
-        let poll = match poll {
-            Ok(p) => p,
-            Err(e) => break Err(e),
+        if !poll.bad.is_empty() {
+            output.side(Side::Bad(poll.bad)).await?;
+        }
+        let mut records = 0u64;
+        for batch in poll.batches {
+            records += batch.num_rows() as u64;
+            let mut late = Vec::new();
+            let mut outputs = Vec::new();
+            push(&mut ops, 0, batch, watermark, &mut outputs, &mut late)?;
+            send(&mut output, outputs, late).await?;
+        }
+        {
+            let mut m = shared.metrics.lock();
+            m.records_in += records;
+            m.skipped_records += poll.skipped as u64;
+        }
+        let next = if poll.finished {
+            Some(i64::MAX)
+        } else {
+            poll.watermark
         };
-        let step = async {
-            side_bad_records(
-                &query.name,
-                &query.physical.source_name,
-                query.options.dead_letter_topic.as_deref(),
-                broker.as_ref(),
-                &poll.bad,
-            )
-            .await?;
+        if let Some(next) = next
+            && next > watermark
+        {
+            watermark = next;
             let mut outputs = Vec::new();
             let mut late = Vec::new();
-            let mut records = 0u64;
-            for batch in &poll.batches {
-                records += batch.num_rows() as u64;
-                push(
-                    &mut query.physical.operators,
-                    0,
-                    batch.clone(),
-                    watermark,
-                    &mut outputs,
-                    &mut late,
-                )?;
-            }
-            let next = if poll.finished {
-                Some(i64::MAX)
-            } else {
-                poll.watermark
-            };
-            if let Some(next) = next
-                && next > watermark
-            {
-                watermark = next;
-                advance(
-                    &mut query.physical.operators,
-                    watermark,
-                    &mut outputs,
-                    &mut late,
-                )?;
-            }
-            let mut rows_out = 0;
-            for batch in outputs {
-                rows_out += batch.num_rows() as u64;
-                for sink in &mut query.sinks {
-                    sink.write(batch.clone()).await?;
-                }
-            }
-            side_late_rows(
-                query.options.late_data_topic.as_deref(),
-                broker.as_ref(),
-                &late,
-            )
-            .await?;
-            let mut m = metrics.lock();
-            m.records_in += records;
-            m.bad_records += poll.bad.len() as u64;
-            m.skipped_records += poll.skipped as u64;
-            m.rows_out += rows_out;
-            m.late_rows += late.iter().map(|l| l.rows.num_rows() as u64).sum::<u64>();
-            m.watermark = (watermark != i64::MIN).then_some(watermark);
-            m.operators = query
-                .physical
-                .operators
-                .iter()
-                .map(|o| (o.name().to_owned(), o.metrics()))
-                .collect();
-            Ok::<bool, EngineError>(poll.finished)
-        };
-        match step.await {
-            Ok(true) => break Ok(()),
-            Ok(false) => {}
-            Err(e) => break Err(e),
+            advance(&mut ops, watermark, &mut outputs, &mut late)?;
+            send(&mut output, outputs, late).await?;
+            output.broadcast(|| Message::Watermark(watermark)).await?;
+            idle = false;
+        } else if poll.idle && !idle {
+            idle = true;
+            output.broadcast(|| Message::Idle).await?;
         }
-    };
-    match result {
-        Ok(()) => {
-            for sink in &mut query.sinks {
-                sink.close().await?;
-            }
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(query = %query.name, error = %e, "query failed");
-            Err(e)
+        shared.report(task, &ops);
+        if poll.finished {
+            return Ok(());
         }
     }
+}
+
+/// A task after an exchange: runs its operators on what its inputs send.
+async fn stage_task(
+    task: usize,
+    mut inputs: Inputs,
+    mut ops: Vec<Box<dyn Operator>>,
+    mut output: Output,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let mut watermark = i64::MIN;
+    while let Some(event) = inputs.next().await? {
+        let mut outputs = Vec::new();
+        let mut late = Vec::new();
+        let moved_to = match &event {
+            Event::Watermark(w) => Some(*w),
+            _ => None,
+        };
+        match event {
+            Event::Batch(batch) => push(&mut ops, 0, batch, watermark, &mut outputs, &mut late)?,
+            Event::Side(side) => output.side(side).await?,
+            Event::Watermark(w) => {
+                watermark = w;
+                advance(&mut ops, watermark, &mut outputs, &mut late)?;
+            }
+            Event::Barrier(barrier) => {
+                output
+                    .broadcast(|| Message::Barrier(barrier.clone()))
+                    .await?;
+            }
+        }
+        send(&mut output, outputs, late).await?;
+        if let Some(w) = moved_to {
+            output.broadcast(|| Message::Watermark(w)).await?;
+        }
+        shared.report(task, &ops);
+    }
+    Ok(())
+}
+
+async fn send(output: &mut Output, batches: Vec<RecordBatch>, late: Vec<LateRows>) -> Result<()> {
+    if !late.is_empty() {
+        output.side(Side::Late(late)).await?;
+    }
+    for b in batches {
+        output.batch(b).await?;
+    }
+    Ok(())
+}
+
+struct SinkTask {
+    name: String,
+    source_name: String,
+    schema: arrow::datatypes::SchemaRef,
+    inputs: Inputs,
+    sinks: Vec<Box<dyn Sink>>,
+    options: QueryOptions,
+    broker: Option<Broker>,
+    stop: watch::Receiver<bool>,
+    requests: watch::Sender<BarrierRequest>,
+    shared: Arc<Shared>,
+}
+
+/// The sink task: writes results and side outputs, and decides when barriers are injected; a
+/// stop is a last barrier, so everything read before it reaches the sinks.
+async fn sink_task(mut t: SinkTask) -> Result<()> {
+    for sink in &mut t.sinks {
+        sink.open(t.schema.clone()).await?;
+    }
+    let mut epoch = 0u64;
+    let mut stopping = false;
+    loop {
+        let event = tokio::select! {
+            event = t.inputs.next() => event?,
+            changed = t.stop.changed(), if !stopping => {
+                if changed.is_ok() && !*t.stop.borrow() {
+                    continue;
+                }
+                stopping = true;
+                epoch += 1;
+                t.requests.send_replace(BarrierRequest { epoch, stop: true });
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        match event {
+            Event::Batch(batch) => {
+                let rows = batch.num_rows() as u64;
+                for sink in &mut t.sinks {
+                    sink.write(batch.clone()).await?;
+                }
+                t.shared.metrics.lock().rows_out += rows;
+            }
+            Event::Side(Side::Bad(bad)) => {
+                side_bad_records(
+                    &t.name,
+                    &t.source_name,
+                    t.options.dead_letter_topic.as_deref(),
+                    t.broker.as_ref(),
+                    &bad,
+                )
+                .await?;
+                t.shared.metrics.lock().bad_records += bad.len() as u64;
+            }
+            Event::Side(Side::Late(late)) => {
+                side_late_rows(
+                    t.options.late_data_topic.as_deref(),
+                    t.broker.as_ref(),
+                    &late,
+                )
+                .await?;
+                t.shared.metrics.lock().late_rows +=
+                    late.iter().map(|l| l.rows.num_rows() as u64).sum::<u64>();
+            }
+            Event::Watermark(w) => t.shared.metrics.lock().watermark = Some(w),
+            Event::Barrier(barrier) => {
+                for sink in &mut t.sinks {
+                    sink.flush().await?;
+                }
+                if barrier.stop {
+                    break;
+                }
+            }
+        }
+    }
+    for sink in &mut t.sinks {
+        sink.close().await?;
+    }
+    Ok(())
 }
 
 /// Runs `batch` through operators `from..`, collecting the last one's output.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use quiver_broker::{Broker, Isolation, ReaderOptions, StartAt, TopicReader};
+use quiver_broker::{Broker, Isolation, PartitionSplit, ReaderOptions, StartAt, TopicReader};
 
 use crate::error::{EngineError, Result};
 use crate::format::{BadRecord, Format, ROWTIME, RecordDecoder};
@@ -38,12 +38,16 @@ pub struct SourcePoll {
     pub watermark: Option<i64>,
     /// The source has ended (bounded sources only): nothing more will come.
     pub finished: bool,
+    /// The reader has nothing to read (no partitions in its split): it does not hold the
+    /// watermark back.
+    pub idle: bool,
 }
 
 /// A source of a query: its schema, and readers of it.
 ///
-/// The runtime calls [`Source::open`] once per run of a query, then polls the reader until the
-/// query stops or the reader says it has finished.
+/// The runtime calls [`Source::open`] once per task of a query, each with its split of the
+/// source's partitions (`index` of `count`; together the splits cover every partition once),
+/// then polls each reader until the query stops or the reader says it has finished.
 #[async_trait]
 pub trait Source: Send + Sync + Debug {
     /// The schema of the batches readers give.
@@ -52,8 +56,8 @@ pub trait Source: Send + Sync + Debug {
     /// A short description for `Topology::describe` (`topic 'orders'`, `memory`).
     fn describe(&self) -> String;
 
-    /// A reader from the source's start position.
-    async fn open(&self) -> Result<Box<dyn SourceReader>>;
+    /// A reader of the partitions in `split`, from the source's start position.
+    async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>>;
 }
 
 /// A reader of a [`Source`].
@@ -228,7 +232,7 @@ impl Source for TopicSource {
         format!("topic '{}'", self.topic)
     }
 
-    async fn open(&self) -> Result<Box<dyn SourceReader>> {
+    async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>> {
         let start = self.start_at(&self.start)?;
         let reader = self.broker.topic_reader(
             &self.topic,
@@ -237,6 +241,7 @@ impl Source for TopicSource {
                 isolation: self.isolation,
                 max_bytes: self.max_bytes,
                 idle_after: self.idle_after,
+                split,
             },
         )?;
         Ok(Box::new(TopicSourceReader {
@@ -269,6 +274,7 @@ impl SourceReader for TopicSourceReader {
             }
         }
         let progress = self.reader.progress();
+        poll.idle = progress.is_empty();
         poll.watermark = self
             .watermarks
             .merged(progress.iter().map(|p| (p.partition, p.idle)));
@@ -317,9 +323,15 @@ impl Source for MemorySource {
         format!("memory ({} batches)", self.batches.len())
     }
 
-    async fn open(&self) -> Result<Box<dyn SourceReader>> {
+    async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>> {
+        let batches = self
+            .batches
+            .iter()
+            .filter(|(p, _)| split.contains(*p))
+            .cloned()
+            .collect();
         Ok(Box::new(MemoryReader {
-            batches: self.batches.clone(),
+            batches: Arc::new(batches),
             next: 0,
             watermarks: Watermarks::default(),
         }))
