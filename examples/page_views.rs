@@ -41,11 +41,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Field::new("user", DataType::Utf8, false),
         Field::new("page", DataType::Utf8, false),
     ]));
-    let builder = StreamsBuilder::new().with_options(QueryOptions {
+    let builder = StreamsBuilder::with_broker(&broker).with_options(QueryOptions {
         late_data_topic: Some("pageviews-late".into()),
         ..QueryOptions::default()
     });
-    let views = builder.topic(&broker, "pageviews", Format::None, Format::json(value))?;
+    let views = builder.topic("pageviews", Format::None, Format::json(value))?;
     let per_user = views
         .group_by([col("user")])?
         .window(WindowSpec {
@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .aggregate([count(lit(1)).alias("views")])?;
     per_user
         .to_stream()
-        .to_topic(&broker, "pageviews-per-user", TopicFormat::keyed(["user"]))?;
+        .to_topic("pageviews-per-user", TopicFormat::keyed(["user"]))?;
     let running = Runtime::new(&broker).run(builder.build()?).await?;
 
     let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z

@@ -34,9 +34,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     broker.create_topic(NewTopic::new("word-counts", 3)).await?;
 
     // lines (a string per record) -> words -> count per word
-    let builder = StreamsBuilder::new();
+    let builder = StreamsBuilder::with_broker(&broker);
     let lines = builder.topic(
-        &broker,
         "lines",
         Format::None,
         Format::kafka("line", KafkaType::String),
@@ -64,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     counts.to_stream().print("word-counts");
     counts
         .to_stream()
-        .to_topic(&broker, "word-counts", TopicFormat::keyed(["word"]))?;
+        .to_topic("word-counts", TopicFormat::keyed(["word"]))?;
 
     let topology = builder.build()?;
     println!("{}", topology.describe());

@@ -11,10 +11,10 @@
 //! use quiver_engine::dsl::StreamsBuilder;
 //! use quiver_engine::{Format, KafkaType, Runtime, TopicFormat};
 //!
-//! let builder = StreamsBuilder::new();
-//! let words = builder.topic(&broker, "words", Format::None, Format::kafka("word", KafkaType::String))?;
+//! let builder = StreamsBuilder::with_broker(&broker);
+//! let words = builder.topic("words", Format::None, Format::kafka("word", KafkaType::String))?;
 //! let counts = words.filter(col("word").not_eq(lit("")))?.group_by([col("word")])?.count()?;
-//! counts.to_stream().to_topic(&broker, "word-counts", TopicFormat::keyed(["word"]))?;
+//! counts.to_stream().to_topic("word-counts", TopicFormat::keyed(["word"]))?;
 //! let running = Runtime::new(&broker).run(builder.build()?).await?;
 //! # running.stop().await?; Ok(()) }
 //! ```
@@ -48,6 +48,9 @@ pub const WINDOW_END: &str = "window_end";
 #[derive(Debug, Clone, Default)]
 pub struct StreamsBuilder {
     inner: Arc<Mutex<BuilderInner>>,
+    /// The broker topics are read from and written to; without one, topics are only declared
+    /// (for [`crate::driver::TopologyTestDriver`]).
+    broker: Option<Broker>,
 }
 
 #[derive(Debug, Default)]
@@ -65,8 +68,18 @@ struct Output {
 }
 
 impl StreamsBuilder {
+    /// A builder without a broker: its topics are declared, and the topology runs in
+    /// [`crate::driver::TopologyTestDriver`] (or with other sources and sinks).
     pub fn new() -> StreamsBuilder {
         StreamsBuilder::default()
+    }
+
+    /// A builder whose topics are topics of `broker` (checked to exist as they are named).
+    pub fn with_broker(broker: &Broker) -> StreamsBuilder {
+        StreamsBuilder {
+            broker: Some(broker.clone()),
+            ..StreamsBuilder::default()
+        }
     }
 
     /// Options every query of the topology gets (dead-letter and late-data topics, poll wait).
@@ -88,17 +101,14 @@ impl StreamsBuilder {
         })
     }
 
-    /// A stream of a topic of `broker`, from its earliest offset, read_committed, with event
-    /// time from the record timestamps. For other start positions or an event-time column,
-    /// make a [`TopicSource`] and use [`StreamsBuilder::stream`].
-    pub fn topic(
-        &self,
-        broker: &Broker,
-        topic: &str,
-        key: Format,
-        value: Format,
-    ) -> Result<Stream> {
-        let source = TopicSource::new(broker, topic, key, value)?;
+    /// A stream of a topic, from its earliest offset, read_committed, with event time from
+    /// the record timestamps. For other start positions or an event-time column, make a
+    /// [`TopicSource`] and use [`StreamsBuilder::stream`].
+    pub fn topic(&self, topic: &str, key: Format, value: Format) -> Result<Stream> {
+        let source = match &self.broker {
+            Some(broker) => TopicSource::new(broker, topic, key, value)?,
+            None => TopicSource::declared(topic, key, value)?,
+        };
         self.stream(topic, Arc::new(source))
     }
 
@@ -342,15 +352,21 @@ impl Stream {
         });
     }
 
-    /// Writes the stream to a topic of `broker` (which must exist). Without key columns in
-    /// `format`, the stream's key columns are used.
-    pub fn to_topic(&self, broker: &Broker, topic: &str, format: TopicFormat) -> Result<()> {
+    /// Writes the stream to a topic (which must exist when the builder has a broker). Without
+    /// key columns in `format`, the stream's key columns are used.
+    pub fn to_topic(&self, topic: &str, format: TopicFormat) -> Result<()> {
         let mut format = format;
         if format.key_columns.is_empty() {
             format.key_columns = self.key.clone();
         }
-        broker.partition_count(topic)?;
-        self.output(Box::new(TopicSink::new(broker, topic, format)));
+        let sink = match &self.builder.broker {
+            Some(broker) => {
+                broker.partition_count(topic)?;
+                TopicSink::new(broker, topic, format)
+            }
+            None => TopicSink::declared(topic, format),
+        };
+        self.output(Box::new(sink));
         Ok(())
     }
 
@@ -524,6 +540,11 @@ impl Topology {
     /// The queries.
     pub fn queries(&self) -> &[Query] {
         &self.queries
+    }
+
+    /// The queries, to run by other means (the test driver).
+    pub fn into_queries(self) -> Vec<Query> {
+        self.queries
     }
 }
 

@@ -9,6 +9,7 @@
 //! [`sink::Sink`]; records are decoded from and encoded to Kafka bytes by [`mod@format`].
 
 pub mod aggregate;
+pub mod driver;
 pub mod dsl;
 pub mod error;
 mod exchange;
@@ -34,6 +35,7 @@ pub use {arrow, datafusion};
 /// What a DSL program usually needs: the builder, formats, windows, the runtime, and
 /// DataFusion's expression and aggregate functions.
 pub mod prelude {
+    pub use crate::driver::TopologyTestDriver;
     pub use crate::dsl::{Stream, StreamsBuilder, Table, Topology};
     pub use crate::{
         Collector, EmitMode, Format, KafkaType, QueryOptions, Runtime, TopicFormat, TopicSource,

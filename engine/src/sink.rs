@@ -48,6 +48,11 @@ pub trait Sink: Send + Debug {
     async fn close(&mut self) -> Result<()> {
         self.flush().await
     }
+
+    /// The topic it writes to, for sinks that write to one.
+    fn topic(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Batches collected in memory, shared between the sink (in the running query) and the
@@ -253,7 +258,8 @@ fn default_key_format(schema: &Schema, key: &[String]) -> Result<Format> {
 /// A topic of the in-process broker.
 #[derive(Debug)]
 pub struct TopicSink {
-    broker: Broker,
+    /// `None` for a sink declared without a broker (it only runs in the test driver).
+    broker: Option<Broker>,
     topic: String,
     format: TopicFormat,
     key: Option<SideEncoder>,
@@ -271,8 +277,15 @@ enum TimeColumn {
 impl TopicSink {
     /// Writes to `topic` (which must exist when the query starts) in `format`.
     pub fn new(broker: &Broker, topic: &str, format: TopicFormat) -> TopicSink {
+        let mut sink = TopicSink::declared(topic, format);
+        sink.broker = Some(broker.clone());
+        sink
+    }
+
+    /// A sink declared without a broker: only [`crate::driver::TopologyTestDriver`] runs it.
+    pub fn declared(topic: &str, format: TopicFormat) -> TopicSink {
         TopicSink {
-            broker: broker.clone(),
+            broker: None,
             topic: topic.to_owned(),
             format,
             key: None,
@@ -356,8 +369,19 @@ impl Sink for TopicSink {
         format!("topic '{}'", self.topic)
     }
 
+    fn topic(&self) -> Option<&str> {
+        Some(&self.topic)
+    }
+
     async fn open(&mut self, schema: SchemaRef) -> Result<()> {
-        self.broker.partition_count(&self.topic)?;
+        let Some(broker) = &self.broker else {
+            return Err(EngineError::config(format!(
+                "the sink topic '{}' was declared without a broker; build the topology with \
+                 StreamsBuilder::with_broker to run it",
+                self.topic
+            )));
+        };
+        broker.partition_count(&self.topic)?;
         let value_columns = if self.format.value_columns.is_empty() {
             schema
                 .fields()
@@ -400,9 +424,12 @@ impl Sink for TopicSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let partitions = self.broker.partition_count(&self.topic)?;
+        let Some(broker) = self.broker.clone() else {
+            return Err(EngineError::internal("a declared topic sink was written"));
+        };
+        let partitions = broker.partition_count(&self.topic)?;
         for (p, records) in self.encode(&batch, partitions)? {
-            self.broker
+            broker
                 .append(&self.topic, p, &records, ProducerInfo::NONE)
                 .await?;
         }

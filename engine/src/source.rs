@@ -58,6 +58,12 @@ pub trait Source: Send + Sync + Debug {
 
     /// A reader of the partitions in `split`, from the source's start position.
     async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>>;
+
+    /// For sources of Kafka records: how their records are decoded (the test driver feeds
+    /// records through it).
+    fn decoder(&self) -> Option<&RecordDecoder> {
+        None
+    }
 }
 
 /// A reader of a [`Source`].
@@ -131,7 +137,8 @@ pub enum StartFrom {
 /// A topic of the in-process broker.
 #[derive(Debug, Clone)]
 pub struct TopicSource {
-    broker: Broker,
+    /// `None` for a topic declared without a broker, which only the test driver can feed.
+    broker: Option<Broker>,
     topic: String,
     decoder: RecordDecoder,
     start: StartFrom,
@@ -146,13 +153,37 @@ impl TopicSource {
     pub fn new(broker: &Broker, topic: &str, key: Format, value: Format) -> Result<TopicSource> {
         broker.partition_count(topic)?;
         Ok(TopicSource {
-            broker: broker.clone(),
+            broker: Some(broker.clone()),
             topic: topic.to_owned(),
             decoder: RecordDecoder::new(key, value, None)?,
             start: StartFrom::Earliest,
             isolation: Isolation::ReadCommitted,
             idle_after: Duration::from_secs(5),
             max_bytes: 4 << 20,
+        })
+    }
+
+    /// A topic declared without a broker: it cannot run, but
+    /// [`crate::driver::TopologyTestDriver`] can feed it records.
+    pub fn declared(topic: &str, key: Format, value: Format) -> Result<TopicSource> {
+        Ok(TopicSource {
+            broker: None,
+            topic: topic.to_owned(),
+            decoder: RecordDecoder::new(key, value, None)?,
+            start: StartFrom::Earliest,
+            isolation: Isolation::ReadCommitted,
+            idle_after: Duration::from_secs(5),
+            max_bytes: 4 << 20,
+        })
+    }
+
+    fn broker(&self) -> Result<&Broker> {
+        self.broker.as_ref().ok_or_else(|| {
+            EngineError::config(format!(
+                "topic '{}' was declared without a broker; build the topology with \
+                 StreamsBuilder::with_broker to run it (or feed it with TopologyTestDriver)",
+                self.topic
+            ))
         })
     }
 
@@ -192,7 +223,7 @@ impl TopicSource {
             StartFrom::Committed { group, fallback } => {
                 let mut committed = BTreeMap::new();
                 for (topic, partition, offset) in self
-                    .broker
+                    .broker()?
                     .groups()
                     .fetch_offsets_checked(group, None, true)
                 {
@@ -234,7 +265,7 @@ impl Source for TopicSource {
 
     async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>> {
         let start = self.start_at(&self.start)?;
-        let reader = self.broker.topic_reader(
+        let reader = self.broker()?.topic_reader(
             &self.topic,
             start,
             ReaderOptions {
@@ -249,6 +280,10 @@ impl Source for TopicSource {
             decoder: self.decoder.clone(),
             watermarks: Watermarks::default(),
         }))
+    }
+
+    fn decoder(&self) -> Option<&RecordDecoder> {
+        Some(&self.decoder)
     }
 }
 

@@ -96,13 +96,13 @@ async fn a_windowed_count_from_json_records_lands_in_a_topic_with_bad_and_late_r
     .await
     .unwrap();
 
-    let builder = StreamsBuilder::new().with_options(QueryOptions {
+    let builder = StreamsBuilder::with_broker(&b).with_options(QueryOptions {
         dead_letter_topic: Some("bad".into()),
         late_data_topic: Some("late".into()),
         ..QueryOptions::default()
     });
     let views = builder
-        .topic(&b, "views", Format::None, Format::json(value))
+        .topic("views", Format::None, Format::json(value))
         .unwrap();
     let collector = Collector::new();
     let counts = views
@@ -120,7 +120,7 @@ async fn a_windowed_count_from_json_records_lands_in_a_topic_with_bad_and_late_r
         .unwrap();
     counts
         .to_stream()
-        .to_topic(&b, "counts", TopicFormat::keyed(["user"]))
+        .to_topic("counts", TopicFormat::keyed(["user"]))
         .unwrap();
     counts.to_stream().to_collector(&collector);
     let topology = builder.build().unwrap();
@@ -215,10 +215,9 @@ async fn a_word_count_table_updates_per_batch_and_is_written_keyed_by_word() {
     let b = broker(dir.path()).await;
     create(&b, "lines", 1).await;
     create(&b, "word-counts", 3).await;
-    let builder = StreamsBuilder::new();
+    let builder = StreamsBuilder::with_broker(&b);
     let lines = builder
         .topic(
-            &b,
             "lines",
             Format::None,
             Format::kafka("line", KafkaType::String),
@@ -252,7 +251,7 @@ async fn a_word_count_table_updates_per_batch_and_is_written_keyed_by_word() {
         .count()
         .unwrap()
         .to_stream()
-        .to_topic(&b, "word-counts", TopicFormat::keyed(["word"]))
+        .to_topic("word-counts", TopicFormat::keyed(["word"]))
         .unwrap();
     let running = Runtime::new(&b)
         .run(builder.build().unwrap())
@@ -297,10 +296,9 @@ async fn a_word_count_table_updates_per_batch_and_is_written_keyed_by_word() {
 async fn unsupported_plans_and_unknown_topics_are_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path()).await;
-    let builder = StreamsBuilder::new();
+    let builder = StreamsBuilder::with_broker(&b);
     let err = builder
         .topic(
-            &b,
             "missing",
             Format::None,
             Format::kafka("v", KafkaType::Bytes),
@@ -310,7 +308,7 @@ async fn unsupported_plans_and_unknown_topics_are_refused_before_anything_runs()
 
     create(&b, "t", 1).await;
     let s = builder
-        .topic(&b, "t", Format::None, Format::kafka("v", KafkaType::String))
+        .topic("t", Format::None, Format::kafka("v", KafkaType::String))
         .unwrap();
     let sorted = datafusion::logical_expr::LogicalPlanBuilder::from(s.plan().clone())
         .sort(vec![col("v").sort(true, false)])
