@@ -17,6 +17,7 @@ pub mod format;
 pub mod operator;
 pub mod plan;
 pub mod runtime;
+pub mod session;
 pub mod sink;
 pub mod source;
 pub mod window;

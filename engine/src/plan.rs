@@ -8,6 +8,7 @@
 //! | `TableScan` of a [`StreamTable`] | the query's source (and a projection when pruned) |
 //! | `Filter`, `Projection` | [`Stateless`]: DataFusion physical expressions per batch |
 //! | `Aggregate` with a window in GROUP BY | [`AggregateOperator`], windowed |
+//! | `Aggregate` with a session window | [`SessionOperator`] |
 //! | `Aggregate` without | [`AggregateOperator`], updating (a changelog) |
 //! | [`MapBatchesNode`] (a Rust closure) | [`MapBatches`] |
 //! | `SubqueryAlias` | nothing (names only) |
@@ -36,8 +37,9 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use crate::aggregate::{AggregateCall, AggregateOperator, AggregateSpec, EmitMode, key_schema};
 use crate::error::{EngineError, Result};
 use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
+use crate::session::SessionOperator;
 use crate::source::Source;
-use crate::window::WindowSpec;
+use crate::window::{WindowKind, WindowSpec};
 
 /// A stream as a table in a `LogicalPlan` (the leaf the DSL and SQL scan).
 #[derive(Debug, Clone)]
@@ -385,7 +387,7 @@ impl Planner {
             LogicalPlan::Aggregate(aggregate) => {
                 let source = self.node(&aggregate.input)?;
                 let operator = self.aggregate(aggregate)?;
-                self.operators.push(Box::new(operator));
+                self.operators.push(operator);
                 Ok(source)
             }
             LogicalPlan::Extension(ext) => {
@@ -433,7 +435,7 @@ impl Planner {
         }
     }
 
-    fn aggregate(&mut self, aggregate: &Aggregate) -> Result<AggregateOperator> {
+    fn aggregate(&mut self, aggregate: &Aggregate) -> Result<Box<dyn Operator>> {
         let input = aggregate.input.schema();
         let props = ExecutionProps::new();
         let context = PhysicalPlanningContext::default();
@@ -487,7 +489,10 @@ impl Planner {
         } else {
             "aggregate"
         });
-        AggregateOperator::new(AggregateSpec {
+        let session = window
+            .as_ref()
+            .is_some_and(|w| matches!(w.0.kind, WindowKind::Session { .. }));
+        let spec = AggregateSpec {
             name,
             keys,
             key_schema: key_schema(output, window.as_ref().map(|w| w.2), group_count),
@@ -495,6 +500,11 @@ impl Planner {
             calls,
             emit,
             schema: Arc::new(output.clone()),
+        };
+        Ok(if session {
+            Box::new(SessionOperator::new(spec)?)
+        } else {
+            Box::new(AggregateOperator::new(spec)?)
         })
     }
 }

@@ -416,3 +416,83 @@ async fn parallel_tasks_over_many_partitions_give_the_oracle_result() {
         assert_eq!(final_rows(&batches, 1), want, "parallelism {parallelism}");
     }
 }
+
+/// Sessions per customer computed directly: times sorted, cut where the gap exceeds `gap`.
+fn session_oracle(events: &[Event], gap: i64) -> Vec<String> {
+    let mut by_key: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
+    for e in events {
+        by_key
+            .entry(&e.customer)
+            .or_default()
+            .push((e.time, e.amount));
+    }
+    let ts =
+        |ms: i64| array_value_to_string(&TimestampMillisecondArray::from(vec![ms]), 0).unwrap();
+    let mut out = Vec::new();
+    for (key, mut rows) in by_key {
+        rows.sort();
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len() && rows[j].0 - rows[j - 1].0 <= gap {
+                j += 1;
+            }
+            let total: i64 = rows[i..j].iter().map(|r| r.1).sum();
+            out.push(format!(
+                "{key} | {} | {} | {} | {total}",
+                ts(rows[i].0),
+                ts(rows[j - 1].0),
+                j - i
+            ));
+            i = j;
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn session_windows_match_sessions_computed_directly_at_any_parallelism() {
+    // Sparse events (about 3 s apart per customer on average) so sessions open and close;
+    // grace covers the disorder, so none is late.
+    let mut all = events(1_500, 1_500, 0, 0);
+    for (i, e) in all.iter_mut().enumerate() {
+        e.time += (i as i64 / 40) * 20_000;
+    }
+    let gap = 700;
+    let want = session_oracle(&all, gap);
+    assert!(
+        want.len() > 100,
+        "the test needs many sessions, got {}",
+        want.len()
+    );
+    for parallelism in [1, 3] {
+        let src = partitioned_source(&all, 2);
+        let (batches, late) = run_with(
+            QueryOptions {
+                parallelism,
+                ..QueryOptions::default()
+            },
+            |b| {
+                b.stream("events", src)
+                    .unwrap()
+                    .group_by([col("customer")])
+                    .unwrap()
+                    .window(WindowSpec {
+                        kind: WindowKind::Session { gap_ms: gap },
+                        grace_ms: 10_000,
+                    })
+                    .unwrap()
+                    .emit_final()
+                    .aggregate([
+                        datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n"),
+                        sum(col("amount")).alias("total"),
+                    ])
+                    .unwrap()
+            },
+        )
+        .await;
+        assert_eq!(late, 0);
+        assert_eq!(rows(&batches), want, "parallelism {parallelism}");
+    }
+}

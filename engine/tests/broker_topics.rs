@@ -335,4 +335,18 @@ async fn unsupported_plans_and_unknown_topics_are_refused_before_anything_runs()
     assert!(err.to_string().contains("multiple of its advance"), "{err}");
     let err = builder.build().unwrap_err();
     assert!(err.to_string().contains("no sinks"), "{err}");
+
+    s.group_by([col("v")])
+        .unwrap()
+        .window(WindowSpec {
+            kind: WindowKind::Session { gap_ms: 10 },
+            grace_ms: 0,
+        })
+        .unwrap()
+        .count()
+        .unwrap()
+        .to_stream()
+        .to_collector(&Collector::new());
+    let err = builder.build().unwrap_err();
+    assert!(err.to_string().contains("EMIT FINAL"), "{err}");
 }

@@ -1,0 +1,353 @@
+//! Session windows: per key, periods of activity separated by gaps of at least `gap` without
+//! records. A session's window is `[first event time, last event time]`, as Kafka Streams
+//! defines it. A record within `gap` of a session extends it; one that bridges two sessions
+//! merges them (their accumulator states are merged with DataFusion's `merge_batch`).
+//!
+//! A session closes when the watermark passes its end plus the gap plus the grace period; it
+//! is then emitted (EMIT FINAL) and dropped. A record whose own session would already be
+//! closed is late. Within a batch, the rows of a key are sorted by time and cut into runs at
+//! gaps, so each run updates its session's accumulators in one call.
+//!
+//! EMIT CHANGES is refused for now: a merge would have to retract the rows already emitted
+//! for the sessions it replaces, and changelog retractions come with tables.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray, TimestampMillisecondArray,
+    UInt32Array,
+};
+use arrow::compute::{filter_record_batch, take};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::aggregate::{AggregateSpec, EmitMode};
+use crate::error::{EngineError, Result};
+use crate::operator::{Emit, LateRows, Operator, OperatorMetrics};
+use crate::window::{WindowKind, window_fields};
+
+struct Session {
+    start: i64,
+    end: i64,
+    accumulators: Vec<Box<dyn Accumulator>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session[{}, {}]", self.start, self.end)
+    }
+}
+
+/// The session-window aggregate operator (see the module docs).
+#[derive(Debug)]
+pub struct SessionOperator {
+    spec: AggregateSpec,
+    time: Arc<dyn PhysicalExpr>,
+    gap: i64,
+    grace: i64,
+    converter: RowConverter,
+    /// Open sessions per key, by start.
+    sessions: HashMap<OwnedRow, Vec<Session>>,
+    metrics: OperatorMetrics,
+}
+
+impl SessionOperator {
+    pub fn new(spec: AggregateSpec) -> Result<SessionOperator> {
+        let Some((window, time, _)) = &spec.window else {
+            return Err(EngineError::internal("a session operator without a window"));
+        };
+        let WindowKind::Session { gap_ms } = window.kind else {
+            return Err(EngineError::internal(
+                "a session operator for another window kind",
+            ));
+        };
+        if spec.emit == EmitMode::Changes {
+            return Err(EngineError::plan(
+                "session windows emit once per session (EMIT FINAL) for now: a merge of \
+                 sessions would have to retract rows already emitted; use emit_final / EMIT \
+                 FINAL",
+            ));
+        }
+        // Without keys, one constant key: every row is in the same sessions.
+        let mut fields: Vec<SortField> = spec
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        if fields.is_empty() {
+            fields.push(SortField::new(DataType::Boolean));
+        }
+        let converter = RowConverter::new(fields)?;
+        Ok(SessionOperator {
+            time: time.clone(),
+            gap: gap_ms,
+            grace: window.grace_ms,
+            converter,
+            sessions: HashMap::new(),
+            metrics: OperatorMetrics::default(),
+            spec,
+        })
+    }
+
+    fn closed(&self, end: i64, watermark: i64) -> bool {
+        end.saturating_add(self.gap).saturating_add(self.grace) <= watermark
+    }
+
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        Ok(self
+            .spec
+            .calls
+            .iter()
+            .map(|c| c.function.create_accumulator())
+            .collect::<datafusion::error::Result<_>>()?)
+    }
+
+    /// Adds a run of rows (`rows`, times `start..=end`) of one key to its sessions.
+    fn add_run(
+        &mut self,
+        key: OwnedRow,
+        start: i64,
+        end: i64,
+        rows: &UInt32Array,
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+    ) -> Result<()> {
+        let gap = self.gap;
+        let fresh = self.new_accumulators()?;
+        let sessions = self.sessions.entry(key).or_default();
+        // Sessions within `gap` of the run merge with it.
+        let (mut merged, kept): (Vec<Session>, Vec<Session>) = sessions
+            .drain(..)
+            .partition(|s| s.start - gap <= end && start <= s.end + gap);
+        let mut session = Session {
+            start,
+            end,
+            accumulators: fresh,
+        };
+        for old in merged.drain(..) {
+            session.start = session.start.min(old.start);
+            session.end = session.end.max(old.end);
+            for (acc, mut other) in session.accumulators.iter_mut().zip(old.accumulators) {
+                let state = other
+                    .state()?
+                    .into_iter()
+                    .map(|v| v.to_array())
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                acc.merge_batch(&state)?;
+            }
+        }
+        for (i, acc) in session.accumulators.iter_mut().enumerate() {
+            let mut values = args[i]
+                .iter()
+                .map(|a| take(a.as_ref(), rows, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(f) = &filters[i] {
+                let mask = take(f, rows, None)?;
+                values = values
+                    .iter()
+                    .map(|v| arrow::compute::filter(v.as_ref(), mask.as_boolean()))
+                    .collect::<Result<Vec<_>, _>>()?;
+            }
+            acc.update_batch(&values)?;
+        }
+        *sessions = kept;
+        let at = sessions.partition_point(|s| s.start < session.start);
+        sessions.insert(at, session);
+        Ok(())
+    }
+
+    fn output(&self, rows: Vec<(OwnedRow, i64, i64, Vec<ScalarValue>)>) -> Result<RecordBatch> {
+        let n = rows.len();
+        let mut keys = self
+            .converter
+            .convert_rows(rows.iter().map(|r| r.0.row()))?;
+        if self.spec.keys.is_empty() {
+            keys.clear();
+        }
+        let window = StructArray::try_new(
+            window_fields(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.1),
+                )) as ArrayRef,
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
+            ],
+            None,
+        )?;
+        let position = self.spec.window.as_ref().map_or(0, |w| w.2);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.schema.fields().len());
+        let mut keys = keys.into_iter();
+        for i in 0..=self.spec.keys.len() {
+            if i == position {
+                columns.push(Arc::new(window.clone()));
+            } else {
+                columns.push(
+                    keys.next()
+                        .ok_or_else(|| EngineError::internal("a session key column is missing"))?,
+                );
+            }
+        }
+        for (c, call) in self.spec.calls.iter().enumerate() {
+            let values: Vec<ScalarValue> = rows.iter().map(|r| r.3[c].clone()).collect();
+            let field = call.function.field();
+            let array = if n == 0 {
+                arrow::array::new_empty_array(field.data_type())
+            } else {
+                ScalarValue::iter_to_array(values)?
+            };
+            columns.push(if array.data_type() == field.data_type() {
+                array
+            } else {
+                arrow::compute::cast(&array, field.data_type())?
+            });
+        }
+        Ok(RecordBatch::try_new(self.spec.schema.clone(), columns)?)
+    }
+}
+
+impl Operator for SessionOperator {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.spec.schema.clone()
+    }
+
+    fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        self.metrics.rows_in += n as u64;
+        let eval = |e: &Arc<dyn PhysicalExpr>| e.evaluate(batch).and_then(|v| v.into_array(n));
+        let keys = self
+            .spec
+            .keys
+            .iter()
+            .map(eval)
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let mut args = Vec::with_capacity(self.spec.calls.len());
+        let mut filters = Vec::with_capacity(self.spec.calls.len());
+        for call in &self.spec.calls {
+            args.push(
+                call.function
+                    .expressions()
+                    .iter()
+                    .map(eval)
+                    .collect::<datafusion::error::Result<Vec<_>>>()?,
+            );
+            filters.push(match &call.filter {
+                Some(f) => Some(eval(f)?.as_boolean().clone()),
+                None => None,
+            });
+        }
+        let times = arrow::compute::cast(
+            &eval(&self.time)?,
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
+        let times = times.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let late: BooleanArray = (0..n)
+            .map(|i| Some(times.is_null(i) || self.closed(times.value(i), watermark)))
+            .collect();
+        let late_count = late.true_count();
+        if late_count > 0 {
+            self.metrics.late_rows += late_count as u64;
+            out.late.push(LateRows {
+                operator: self.spec.name.clone(),
+                rows: filter_record_batch(batch, &late)?,
+                reason: format!(
+                    "event time past the session gap ({} ms) plus the grace period ({} ms) at \
+                     watermark {watermark}, or no event time",
+                    self.gap, self.grace
+                ),
+            });
+        }
+        let keys = if keys.is_empty() {
+            vec![Arc::new(BooleanArray::from(vec![true; n])) as ArrayRef]
+        } else {
+            keys
+        };
+        let key_rows = self.converter.convert_columns(&keys)?;
+        // Rows by key, then time: runs of one key without a gap update a session at once.
+        let mut order: Vec<u32> = (0..n as u32).filter(|&i| !late.value(i as usize)).collect();
+        order.sort_by(|&a, &b| {
+            key_rows
+                .row(a as usize)
+                .cmp(&key_rows.row(b as usize))
+                .then(times.value(a as usize).cmp(&times.value(b as usize)))
+        });
+        let mut i = 0;
+        while i < order.len() {
+            let first = order[i] as usize;
+            let (start, mut end) = (times.value(first), times.value(first));
+            let mut j = i + 1;
+            while j < order.len() {
+                let r = order[j] as usize;
+                if key_rows.row(r) != key_rows.row(first) || times.value(r) - end > self.gap {
+                    break;
+                }
+                end = times.value(r);
+                j += 1;
+            }
+            let rows = UInt32Array::from(order[i..j].to_vec());
+            let key = key_rows.row(first).owned();
+            self.add_run(key, start, end, &rows, &args, &filters)?;
+            i = j;
+        }
+        self.metrics.groups = self.sessions.values().map(|s| s.len() as u64).sum();
+        Ok(())
+    }
+
+    fn advance(&mut self, watermark: i64, out: &mut Emit) -> Result<()> {
+        let (gap, grace) = (self.gap, self.grace);
+        let mut closed = Vec::new();
+        self.sessions.retain(|key, sessions| {
+            let (done, open): (Vec<Session>, Vec<Session>) = sessions
+                .drain(..)
+                .partition(|s| s.end.saturating_add(gap).saturating_add(grace) <= watermark);
+            *sessions = open;
+            for s in done {
+                closed.push((key.clone(), s));
+            }
+            !sessions.is_empty()
+        });
+        if closed.is_empty() {
+            return Ok(());
+        }
+        closed.sort_by(|a, b| a.1.start.cmp(&b.1.start).then_with(|| a.0.cmp(&b.0)));
+        let mut rows = Vec::with_capacity(closed.len());
+        for (key, mut s) in closed {
+            let values = s
+                .accumulators
+                .iter_mut()
+                .map(|a| a.evaluate())
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            rows.push((key, s.start, s.end, values));
+        }
+        let batch = self.output(rows)?;
+        self.metrics.rows_out += batch.num_rows() as u64;
+        self.metrics.groups = self.sessions.values().map(|s| s.len() as u64).sum();
+        out.batches.push(batch);
+        Ok(())
+    }
+
+    fn metrics(&self) -> OperatorMetrics {
+        self.metrics
+    }
+
+    fn fresh(&self) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(SessionOperator::new(self.spec.clone())?))
+    }
+
+    fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
+        Some(self.spec.keys.clone())
+    }
+}
