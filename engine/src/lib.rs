@@ -14,6 +14,7 @@ pub mod dsl;
 pub mod error;
 mod exchange;
 pub mod format;
+pub mod nexmark;
 pub mod operator;
 pub mod plan;
 pub mod runtime;
