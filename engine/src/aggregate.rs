@@ -226,6 +226,77 @@ impl GroupTable {
         Ok(out)
     }
 
+    /// Every group's keys and accumulator states (one array per state field of each call, in
+    /// call order), consuming the table.
+    fn drain_state(mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let keys = match &mut self.values {
+            Some(v) => v.emit(EmitTo::All)?,
+            None => vec![],
+        };
+        let mut states = Vec::new();
+        match &mut self.accumulators {
+            Accumulators::Vectorized(accs) => {
+                for acc in accs {
+                    states.extend(acc.state(EmitTo::All)?);
+                }
+            }
+            Accumulators::PerGroup(accs) => {
+                for per_group in accs {
+                    let rows = per_group
+                        .iter_mut()
+                        .map(|a| a.state())
+                        .collect::<datafusion::error::Result<Vec<Vec<ScalarValue>>>>()?;
+                    let fields = rows.first().map_or(0, Vec::len);
+                    for f in 0..fields {
+                        states.push(ScalarValue::iter_to_array(
+                            rows.iter().map(|r| r[f].clone()),
+                        )?);
+                    }
+                }
+            }
+        }
+        Ok((keys, states))
+    }
+
+    /// Merges rows of state (keys, then each call's state fields) into the table.
+    fn merge_state(
+        &mut self,
+        spec: &AggregateSpec,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        rows: usize,
+    ) -> Result<()> {
+        let mut ids = Vec::with_capacity(rows);
+        match &mut self.values {
+            Some(values) => values.intern(keys, &mut ids)?,
+            None => ids.resize(rows, 0),
+        }
+        self.groups = match &self.values {
+            Some(v) => v.len(),
+            None => 1,
+        };
+        match &mut self.accumulators {
+            Accumulators::Vectorized(accs) => {
+                for (acc, state) in accs.iter_mut().zip(states) {
+                    acc.merge_batch(state, &ids, self.groups)?;
+                }
+            }
+            Accumulators::PerGroup(accs) => {
+                for ((call, per_group), state) in spec.calls.iter().zip(accs.iter_mut()).zip(states)
+                {
+                    while per_group.len() < self.groups {
+                        per_group.push(call.function.create_accumulator()?);
+                    }
+                    for (row, &group) in ids.iter().enumerate() {
+                        let one: Vec<ArrayRef> = state.iter().map(|a| a.slice(row, 1)).collect();
+                        per_group[group].merge_batch(&one)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every group's keys and final values, consuming the table.
     fn finish(mut self, spec: &AggregateSpec) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
         let keys = match &mut self.values {
@@ -547,9 +618,90 @@ impl Operator for AggregateOperator {
         Ok(Box::new(AggregateOperator::new(self.spec.clone())?))
     }
 
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        let schema = state_schema(&self.spec)?;
+        let tables = std::mem::take(&mut self.tables);
+        let mut batches = Vec::with_capacity(tables.len());
+        for (table_key, table) in tables {
+            let (keys, states) = table.drain_state()?;
+            let rows = keys.first().or(states.first()).map_or(0, |a| a.len());
+            let mut columns: Vec<ArrayRef> = vec![Arc::new(arrow::array::Int64Array::from_value(
+                table_key, rows,
+            ))];
+            columns.extend(keys);
+            columns.extend(states);
+            batches.push(RecordBatch::try_new(schema.clone(), columns)?);
+        }
+        let state = arrow::compute::concat_batches(&schema, &batches)?;
+        // Draining emptied the tables: put the state back.
+        self.restore(&state)?;
+        Ok(Some(state))
+    }
+
+    fn restore(&mut self, state: &RecordBatch) -> Result<()> {
+        if state.num_rows() == 0 {
+            return Ok(());
+        }
+        let table_keys = state
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .clone();
+        let key_count = self.spec.key_schema.fields().len();
+        let mut distinct: Vec<i64> = table_keys.values().to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for table_key in distinct {
+            let mask: BooleanArray = table_keys
+                .iter()
+                .map(|k| Some(k == Some(table_key)))
+                .collect();
+            let part = filter_record_batch(state, &mask)?;
+            let keys: Vec<ArrayRef> = part.columns()[1..1 + key_count].to_vec();
+            let mut states = Vec::with_capacity(self.spec.calls.len());
+            let mut at = 1 + key_count;
+            for call in &self.spec.calls {
+                let n = call.function.state_fields()?.len();
+                states.push(part.columns()[at..at + n].to_vec());
+                at += n;
+            }
+            if !self.tables.contains_key(&table_key) {
+                let table = GroupTable::new(&self.spec, self.vectorized)?;
+                self.tables.insert(table_key, table);
+            }
+            if let Some(table) = self.tables.get_mut(&table_key) {
+                table.merge_state(&self.spec, &keys, &states, part.num_rows())?;
+            }
+        }
+        self.refresh_group_count();
+        Ok(())
+    }
+
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
         Some(self.spec.keys.clone())
     }
+}
+
+/// The schema of an aggregate operator's snapshot: the table (window start, or `i64::MIN` for an
+/// updating aggregate), the key columns, then each call's state fields (prefixed with the
+/// call's position, as two calls may name their fields alike).
+fn state_schema(spec: &AggregateSpec) -> Result<SchemaRef> {
+    let mut fields: Vec<arrow::datatypes::FieldRef> = vec![Arc::new(arrow::datatypes::Field::new(
+        "__table",
+        DataType::Int64,
+        false,
+    ))];
+    fields.extend(spec.key_schema.fields().iter().cloned());
+    for (i, call) in spec.calls.iter().enumerate() {
+        for f in call.function.state_fields()? {
+            fields.push(Arc::new(
+                f.as_ref()
+                    .clone()
+                    .with_name(format!("__{i}_{}", f.name()))
+                    .with_nullable(true),
+            ));
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 /// The schema of the GROUP BY key columns (without the window) of an aggregate's output.

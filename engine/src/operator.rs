@@ -10,6 +10,10 @@
 //!   records are expected, in ms) moves forward; it never moves back. `i64::MAX` means the input
 //!   has ended: an operator then emits everything it still holds.
 //! - An operator keeps no reference to its input batches beyond what its state needs.
+//! - [`Operator::snapshot`] returns the operator's whole state as Arrow rows (at a checkpoint
+//!   barrier, between calls); [`Operator::restore`] on a fresh instance takes such rows back
+//!   (possibly from several tasks' snapshots, filtered to the keys this task owns), after which
+//!   the operator behaves as the one that was snapshotted.
 
 use std::sync::Arc;
 
@@ -66,6 +70,24 @@ pub trait Operator: Send + std::fmt::Debug {
 
     /// Its counters.
     fn metrics(&self) -> OperatorMetrics;
+
+    /// The operator's state as rows (`None`: it keeps no state). Leaves the state as it was.
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+
+    /// Adds rows of a [`Operator::snapshot`] to this instance's state.
+    fn restore(&mut self, state: &RecordBatch) -> Result<()> {
+        if state.num_rows() == 0 {
+            Ok(())
+        } else {
+            Err(crate::error::EngineError::internal(format!(
+                "operator '{}' keeps no state but was given {} rows",
+                self.name(),
+                state.num_rows()
+            )))
+        }
+    }
 
     /// A new instance with the same configuration and empty state: a query runs one per task.
     fn fresh(&self) -> Result<Box<dyn Operator>>;

@@ -347,6 +347,116 @@ impl Operator for SessionOperator {
         Ok(Box::new(SessionOperator::new(self.spec.clone())?))
     }
 
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        let mut fields: Vec<arrow::datatypes::FieldRef> = vec![
+            Arc::new(arrow::datatypes::Field::new(
+                "__start",
+                DataType::Int64,
+                false,
+            )),
+            Arc::new(arrow::datatypes::Field::new(
+                "__end",
+                DataType::Int64,
+                false,
+            )),
+            Arc::new(arrow::datatypes::Field::new(
+                "__key",
+                DataType::Binary,
+                false,
+            )),
+        ];
+        let mut call_fields = Vec::new();
+        for (i, call) in self.spec.calls.iter().enumerate() {
+            for f in call.function.state_fields()? {
+                let f = f
+                    .as_ref()
+                    .clone()
+                    .with_name(format!("__{i}_{}", f.name()))
+                    .with_nullable(true);
+                call_fields.push(f.clone());
+                fields.push(Arc::new(f));
+            }
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut states: Vec<Vec<ScalarValue>> = vec![Vec::new(); call_fields.len()];
+        for (key, sessions) in &mut self.sessions {
+            for session in sessions.iter_mut() {
+                starts.push(session.start);
+                ends.push(session.end);
+                keys.push(key.as_ref().to_vec());
+                let mut at = 0;
+                let mut rebuilt = Vec::with_capacity(session.accumulators.len());
+                for (c, acc) in session.accumulators.iter_mut().enumerate() {
+                    // `state` consumes: rebuild the accumulator from what it gave.
+                    let values = acc.state()?;
+                    let arrays = values
+                        .iter()
+                        .map(|v| v.to_array())
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    let mut fresh = self.spec.calls[c].function.create_accumulator()?;
+                    fresh.merge_batch(&arrays)?;
+                    rebuilt.push(fresh);
+                    for v in values {
+                        states[at].push(v);
+                        at += 1;
+                    }
+                }
+                session.accumulators = rebuilt;
+            }
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(arrow::array::Int64Array::from(starts)),
+            Arc::new(arrow::array::Int64Array::from(ends)),
+            Arc::new(arrow::array::BinaryArray::from_iter_values(keys.iter())),
+        ];
+        for (values, field) in states.into_iter().zip(&call_fields) {
+            columns.push(if values.is_empty() {
+                arrow::array::new_empty_array(field.data_type())
+            } else {
+                ScalarValue::iter_to_array(values)?
+            });
+        }
+        Ok(Some(RecordBatch::try_new(schema, columns)?))
+    }
+
+    fn restore(&mut self, state: &RecordBatch) -> Result<()> {
+        let starts = state
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let ends = state
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let keys = state.column(2).as_binary::<i32>();
+        let parser = self.converter.parser();
+        for row in 0..state.num_rows() {
+            let key = parser.parse(keys.value(row)).owned();
+            let mut accumulators = self.new_accumulators()?;
+            let mut at = 3;
+            for (c, acc) in accumulators.iter_mut().enumerate() {
+                let n = self.spec.calls[c].function.state_fields()?.len();
+                let one: Vec<ArrayRef> = state.columns()[at..at + n]
+                    .iter()
+                    .map(|a| a.slice(row, 1))
+                    .collect();
+                acc.merge_batch(&one)?;
+                at += n;
+            }
+            let session = Session {
+                start: starts.value(row),
+                end: ends.value(row),
+                accumulators,
+            };
+            let sessions = self.sessions.entry(key).or_default();
+            let i = sessions.partition_point(|s| s.start < session.start);
+            sessions.insert(i, session);
+        }
+        self.metrics.groups = self.sessions.values().map(|s| s.len() as u64).sum();
+        Ok(())
+    }
+
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
         Some(self.spec.keys.clone())
     }
