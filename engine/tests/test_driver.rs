@@ -173,3 +173,76 @@ fn a_declared_topology_does_not_run_without_a_broker() {
         "{err}"
     );
 }
+
+#[derive(serde::Deserialize)]
+struct Click {
+    user: String,
+    amount: i64,
+}
+
+#[derive(serde::Serialize)]
+struct Spend {
+    user: String,
+    cents: i64,
+}
+
+#[test]
+fn typed_rows_map_through_serde_structs() {
+    let value = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("amount", DataType::Int64, false),
+    ]));
+    let out_schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("cents", DataType::Int64, false),
+    ]));
+    let builder = StreamsBuilder::new();
+    builder
+        .topic("clicks", Format::None, Format::json(value))
+        .unwrap()
+        .flat_map_rows("to_cents", out_schema, |c: Click| {
+            // Two rows per click above 10, none below.
+            if c.amount > 10 {
+                vec![
+                    Spend {
+                        user: c.user.clone(),
+                        cents: c.amount * 100,
+                    },
+                    Spend {
+                        user: c.user,
+                        cents: 1,
+                    },
+                ]
+            } else {
+                vec![]
+            }
+        })
+        .unwrap()
+        .to_topic("spend", TopicFormat::json())
+        .unwrap();
+    let mut driver = TopologyTestDriver::new(builder.build().unwrap());
+    driver
+        .pipe(
+            "clicks",
+            &[click("ann", 12, 1), click("bob", 3, 2), click("cy", 40, 3)],
+        )
+        .unwrap();
+    let out = driver.output("spend");
+    let mut got = Vec::new();
+    for b in &out {
+        let users = b.column(0).as_string::<i32>();
+        let cents = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            got.push((users.value(i).to_owned(), cents.value(i)));
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            ("ann".into(), 1200),
+            ("ann".into(), 1),
+            ("cy".into(), 4000),
+            ("cy".into(), 1)
+        ]
+    );
+}
