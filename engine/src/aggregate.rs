@@ -318,7 +318,7 @@ impl GroupTable {
 }
 
 /// Scalars of one aggregate into an array of its output type.
-fn to_array(values: Vec<ScalarValue>, call: &AggregateCall) -> Result<ArrayRef> {
+pub(crate) fn to_array(values: Vec<ScalarValue>, call: &AggregateCall) -> Result<ArrayRef> {
     let field = call.function.field();
     if values.is_empty() {
         return Ok(arrow::array::new_empty_array(field.data_type()));
@@ -445,6 +445,35 @@ impl AggregateOperator {
     }
 }
 
+/// A batch's GROUP BY keys (without the window), and each call's arguments and filter.
+pub(crate) struct Inputs {
+    pub keys: Vec<ArrayRef>,
+    pub args: Vec<Vec<ArrayRef>>,
+    pub filters: Vec<Option<BooleanArray>>,
+}
+
+impl AggregateSpec {
+    /// Evaluates what the aggregation reads from `batch`.
+    pub(crate) fn inputs(&self, batch: &RecordBatch) -> Result<Inputs> {
+        let n = batch.num_rows();
+        let keys = evaluate(&self.keys, batch)?;
+        let mut args = Vec::with_capacity(self.calls.len());
+        let mut filters = Vec::with_capacity(self.calls.len());
+        for call in &self.calls {
+            args.push(evaluate(&call.function.expressions(), batch)?);
+            filters.push(match &call.filter {
+                Some(f) => Some(f.evaluate(batch)?.into_array(n)?.as_boolean().clone()),
+                None => None,
+            });
+        }
+        Ok(Inputs {
+            keys,
+            args,
+            filters,
+        })
+    }
+}
+
 /// Evaluates expressions over a batch into arrays.
 fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
     let n = batch.num_rows();
@@ -476,16 +505,11 @@ impl Operator for AggregateOperator {
             return Ok(());
         }
         self.metrics.rows_in += n as u64;
-        let keys = evaluate(&self.spec.keys, batch)?;
-        let mut args = Vec::with_capacity(self.spec.calls.len());
-        let mut filters = Vec::with_capacity(self.spec.calls.len());
-        for call in &self.spec.calls {
-            args.push(evaluate(&call.function.expressions(), batch)?);
-            filters.push(match &call.filter {
-                Some(f) => Some(f.evaluate(batch)?.into_array(n)?.as_boolean().clone()),
-                None => None,
-            });
-        }
+        let Inputs {
+            keys,
+            args,
+            filters,
+        } = self.spec.inputs(batch)?;
 
         let Some((spec, time, _)) = self.spec.window.clone() else {
             let slice = Slice {

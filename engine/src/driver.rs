@@ -17,7 +17,7 @@ use quiver_broker::{Record, records_to_batch};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::format::{BadRecord, ROWTIME};
-use crate::operator::{Emit, LateRows, Operator};
+use crate::operator::{LateRows, advance_chain, run_chain};
 use crate::plan::PhysicalQuery;
 
 #[derive(Debug)]
@@ -179,14 +179,8 @@ impl TopologyTestDriver {
 
 fn feed(q: &mut DriverQuery, batch: RecordBatch) -> Result<()> {
     let next = max_time(&batch);
-    run(
-        &mut q.physical.operators,
-        0,
-        vec![batch],
-        q.watermark,
-        &mut q.output,
-        &mut q.late,
-    )?;
+    let ops = &mut q.physical.operators;
+    run_chain(ops, 0, vec![batch], q.watermark, &mut q.output, &mut q.late)?;
     match next {
         Some(t) => advance(q, t),
         None => Ok(()),
@@ -203,41 +197,10 @@ fn advance(q: &mut DriverQuery, watermark: i64) -> Result<()> {
         return Ok(());
     }
     q.watermark = watermark;
-    let ops = &mut q.physical.operators;
-    for i in 0..ops.len() {
-        let mut emit = Emit::default();
-        ops[i].advance(watermark, &mut emit)?;
-        q.late.append(&mut emit.late);
-        run(
-            ops,
-            i + 1,
-            emit.batches,
-            watermark,
-            &mut q.output,
-            &mut q.late,
-        )?;
-    }
-    Ok(())
-}
-
-/// Runs `batches` through `ops[from..]`.
-fn run(
-    ops: &mut [Box<dyn Operator>],
-    from: usize,
-    batches: Vec<RecordBatch>,
-    watermark: i64,
-    output: &mut Vec<RecordBatch>,
-    late: &mut Vec<LateRows>,
-) -> Result<()> {
-    let mut current = batches;
-    for op in ops.iter_mut().skip(from) {
-        let mut emit = Emit::default();
-        for b in &current {
-            op.process(b, watermark, &mut emit)?;
-        }
-        late.append(&mut emit.late);
-        current = emit.batches;
-    }
-    output.extend(current.into_iter().filter(|b| b.num_rows() > 0));
-    Ok(())
+    advance_chain(
+        &mut q.physical.operators,
+        watermark,
+        &mut q.output,
+        &mut q.late,
+    )
 }

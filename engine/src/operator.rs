@@ -100,6 +100,49 @@ pub trait Operator: Send + std::fmt::Debug {
     }
 }
 
+/// Runs `batches` through `operators[from..]` with the watermark as it is, collecting what the
+/// last one emits in `outputs` and every late row in `late`.
+pub(crate) fn run_chain(
+    operators: &mut [Box<dyn Operator>],
+    from: usize,
+    batches: Vec<RecordBatch>,
+    watermark: i64,
+    outputs: &mut Vec<RecordBatch>,
+    late: &mut Vec<LateRows>,
+) -> Result<()> {
+    let mut current = batches;
+    for op in operators.iter_mut().skip(from) {
+        if current.is_empty() {
+            return Ok(());
+        }
+        let mut emit = Emit::default();
+        for b in &current {
+            op.process(b, watermark, &mut emit)?;
+        }
+        late.append(&mut emit.late);
+        current = emit.batches;
+    }
+    outputs.extend(current.into_iter().filter(|b| b.num_rows() > 0));
+    Ok(())
+}
+
+/// Moves every operator of the chain to `watermark`, in order, running what each emits
+/// through the ones after it.
+pub(crate) fn advance_chain(
+    operators: &mut [Box<dyn Operator>],
+    watermark: i64,
+    outputs: &mut Vec<RecordBatch>,
+    late: &mut Vec<LateRows>,
+) -> Result<()> {
+    for i in 0..operators.len() {
+        let mut emit = Emit::default();
+        operators[i].advance(watermark, &mut emit)?;
+        late.append(&mut emit.late);
+        run_chain(operators, i + 1, emit.batches, watermark, outputs, late)?;
+    }
+    Ok(())
+}
+
 /// Filter and projection: DataFusion physical expressions evaluated over each batch.
 #[derive(Debug, Clone)]
 pub struct Stateless {

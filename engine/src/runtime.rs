@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use crate::error::{EngineError, Result};
 use crate::exchange::{Barrier, CHANNEL_CAPACITY, Event, Inputs, Message, Output, Route, Side};
 use crate::format::{BadRecord, Format, SideEncoder};
-use crate::operator::{Emit, LateRows, Operator, OperatorMetrics};
+use crate::operator::{LateRows, Operator, OperatorMetrics, advance_chain, run_chain};
 use crate::plan::{PhysicalQuery, PlanOptions, plan_query};
 use crate::sink::Sink;
 use crate::source::SourceReader;
@@ -447,7 +447,7 @@ async fn source_task(
             records += batch.num_rows() as u64;
             let mut late = Vec::new();
             let mut outputs = Vec::new();
-            push(&mut ops, 0, batch, watermark, &mut outputs, &mut late)?;
+            run_chain(&mut ops, 0, vec![batch], watermark, &mut outputs, &mut late)?;
             send(&mut output, outputs, late).await?;
         }
         {
@@ -466,7 +466,7 @@ async fn source_task(
             watermark = next;
             let mut outputs = Vec::new();
             let mut late = Vec::new();
-            advance(&mut ops, watermark, &mut outputs, &mut late)?;
+            advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
             send(&mut output, outputs, late).await?;
             output.broadcast(|| Message::Watermark(watermark)).await?;
             idle = false;
@@ -498,11 +498,13 @@ async fn stage_task(
             _ => None,
         };
         match event {
-            Event::Batch(batch) => push(&mut ops, 0, batch, watermark, &mut outputs, &mut late)?,
+            Event::Batch(batch) => {
+                run_chain(&mut ops, 0, vec![batch], watermark, &mut outputs, &mut late)?
+            }
             Event::Side(side) => output.side(side).await?,
             Event::Watermark(w) => {
                 watermark = w;
-                advance(&mut ops, watermark, &mut outputs, &mut late)?;
+                advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
             }
             Event::Barrier(barrier) => {
                 output
@@ -606,49 +608,6 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
     }
     for sink in &mut t.sinks {
         sink.close().await?;
-    }
-    Ok(())
-}
-
-/// Runs `batch` through operators `from..`, collecting the last one's output.
-fn push(
-    operators: &mut [Box<dyn Operator>],
-    from: usize,
-    batch: RecordBatch,
-    watermark: i64,
-    outputs: &mut Vec<RecordBatch>,
-    late: &mut Vec<LateRows>,
-) -> Result<()> {
-    let mut current = vec![batch];
-    for op in operators.iter_mut().skip(from) {
-        let mut emit = Emit::default();
-        for b in &current {
-            op.process(b, watermark, &mut emit)?;
-        }
-        late.append(&mut emit.late);
-        current = emit.batches;
-        if current.is_empty() {
-            return Ok(());
-        }
-    }
-    outputs.extend(current);
-    Ok(())
-}
-
-/// Advances every operator to `watermark`, in order, pushing what each emits downstream.
-fn advance(
-    operators: &mut [Box<dyn Operator>],
-    watermark: i64,
-    outputs: &mut Vec<RecordBatch>,
-    late: &mut Vec<LateRows>,
-) -> Result<()> {
-    for i in 0..operators.len() {
-        let mut emit = Emit::default();
-        operators[i].advance(watermark, &mut emit)?;
-        late.append(&mut emit.late);
-        for batch in emit.batches {
-            push(operators, i + 1, batch, watermark, outputs, late)?;
-        }
     }
     Ok(())
 }

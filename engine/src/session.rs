@@ -25,7 +25,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::aggregate::{AggregateSpec, EmitMode};
+use crate::aggregate::{AggregateSpec, EmitMode, Inputs, to_array};
 use crate::error::{EngineError, Result};
 use crate::operator::{Emit, LateRows, Operator, OperatorMetrics};
 use crate::window::{WindowKind, window_fields};
@@ -162,7 +162,6 @@ impl SessionOperator {
     }
 
     fn output(&self, rows: Vec<(OwnedRow, i64, i64, Vec<ScalarValue>)>) -> Result<RecordBatch> {
-        let n = rows.len();
         let mut keys = self
             .converter
             .convert_rows(rows.iter().map(|r| r.0.row()))?;
@@ -196,17 +195,7 @@ impl SessionOperator {
         }
         for (c, call) in self.spec.calls.iter().enumerate() {
             let values: Vec<ScalarValue> = rows.iter().map(|r| r.3[c].clone()).collect();
-            let field = call.function.field();
-            let array = if n == 0 {
-                arrow::array::new_empty_array(field.data_type())
-            } else {
-                ScalarValue::iter_to_array(values)?
-            };
-            columns.push(if array.data_type() == field.data_type() {
-                array
-            } else {
-                arrow::compute::cast(&array, field.data_type())?
-            });
+            columns.push(to_array(values, call)?);
         }
         Ok(RecordBatch::try_new(self.spec.schema.clone(), columns)?)
     }
@@ -227,30 +216,13 @@ impl Operator for SessionOperator {
             return Ok(());
         }
         self.metrics.rows_in += n as u64;
-        let eval = |e: &Arc<dyn PhysicalExpr>| e.evaluate(batch).and_then(|v| v.into_array(n));
-        let keys = self
-            .spec
-            .keys
-            .iter()
-            .map(eval)
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let mut args = Vec::with_capacity(self.spec.calls.len());
-        let mut filters = Vec::with_capacity(self.spec.calls.len());
-        for call in &self.spec.calls {
-            args.push(
-                call.function
-                    .expressions()
-                    .iter()
-                    .map(eval)
-                    .collect::<datafusion::error::Result<Vec<_>>>()?,
-            );
-            filters.push(match &call.filter {
-                Some(f) => Some(eval(f)?.as_boolean().clone()),
-                None => None,
-            });
-        }
+        let Inputs {
+            keys,
+            args,
+            filters,
+        } = self.spec.inputs(batch)?;
         let times = arrow::compute::cast(
-            &eval(&self.time)?,
+            &self.time.evaluate(batch)?.into_array(n)?,
             &DataType::Timestamp(TimeUnit::Millisecond, None),
         )?;
         let times = times.as_primitive::<arrow::datatypes::TimestampMillisecondType>();

@@ -154,12 +154,7 @@ impl TopicSource {
         broker.partition_count(topic)?;
         Ok(TopicSource {
             broker: Some(broker.clone()),
-            topic: topic.to_owned(),
-            decoder: RecordDecoder::new(key, value, None)?,
-            start: StartFrom::Earliest,
-            isolation: Isolation::ReadCommitted,
-            idle_after: Duration::from_secs(5),
-            max_bytes: 4 << 20,
+            ..TopicSource::declared(topic, key, value)?
         })
     }
 
