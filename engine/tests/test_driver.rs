@@ -246,3 +246,52 @@ fn typed_rows_map_through_serde_structs() {
         ]
     );
 }
+
+#[test]
+fn rust_udfs_run_through_datafusion_in_a_continuous_query() {
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    // A scalar UDF written in Rust: price bands of 100.
+    let band = create_udf(
+        "band",
+        vec![DataType::Int64],
+        DataType::Int64,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let v = arrays[0].as_any().downcast_ref::<Int64Array>().unwrap();
+            let out: Int64Array = v.iter().map(|x| x.map(|x| x / 100 * 100)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+    let value = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("amount", DataType::Int64, false),
+    ]));
+    let builder = StreamsBuilder::new();
+    builder
+        .topic("clicks", Format::None, Format::json(value))
+        .unwrap()
+        .group_by([band.call(vec![col("amount")]).alias("band")])
+        .unwrap()
+        .count()
+        .unwrap()
+        .to_stream()
+        .to_topic("bands", TopicFormat::json())
+        .unwrap();
+    let mut driver = TopologyTestDriver::new(builder.build().unwrap());
+    driver
+        .pipe(
+            "clicks",
+            &[click("a", 150, 1), click("b", 199, 2), click("c", 250, 3)],
+        )
+        .unwrap();
+    let mut last = std::collections::BTreeMap::new();
+    for b in driver.output("bands") {
+        let bands = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            last.insert(bands.value(i), n.value(i));
+        }
+    }
+    assert_eq!(last, [(100, 2), (200, 1)].into_iter().collect());
+}
