@@ -144,6 +144,8 @@ pub struct TopicSource {
     start: StartFrom,
     isolation: Isolation,
     idle_after: Duration,
+    /// With every partition idle, event time follows the wall clock less this lag.
+    wall_clock_lag: Option<Duration>,
     max_bytes: usize,
 }
 
@@ -168,6 +170,7 @@ impl TopicSource {
             start: StartFrom::Earliest,
             isolation: Isolation::ReadCommitted,
             idle_after: Duration::from_secs(5),
+            wall_clock_lag: None,
             max_bytes: 4 << 20,
         })
     }
@@ -201,6 +204,14 @@ impl TopicSource {
     /// How long a caught-up partition waits before it stops holding the watermark back.
     pub fn with_idle_timeout(mut self, idle_after: Duration) -> Self {
         self.idle_after = idle_after;
+        self
+    }
+
+    /// Opt-in: when every partition has been idle for the idle timeout, the watermark follows
+    /// the wall clock less `lag`, so windows on a quiet topic still close. Records that arrive
+    /// later with older timestamps are then late for closed windows.
+    pub fn with_wall_clock_advance(mut self, lag: Duration) -> Self {
+        self.wall_clock_lag = Some(lag);
         self
     }
 
@@ -274,6 +285,7 @@ impl Source for TopicSource {
             reader,
             decoder: self.decoder.clone(),
             watermarks: Watermarks::default(),
+            wall_clock_lag: self.wall_clock_lag,
         }))
     }
 
@@ -287,6 +299,7 @@ struct TopicSourceReader {
     reader: TopicReader,
     decoder: RecordDecoder,
     watermarks: Watermarks,
+    wall_clock_lag: Option<Duration>,
 }
 
 #[async_trait]
@@ -308,6 +321,13 @@ impl SourceReader for TopicSourceReader {
         poll.watermark = self
             .watermarks
             .merged(progress.iter().map(|p| (p.partition, p.idle)));
+        if let Some(lag) = self.wall_clock_lag
+            && !progress.is_empty()
+            && progress.iter().all(|p| p.idle)
+        {
+            let wall = quiver_broker::now_ms().saturating_sub(lag.as_millis() as i64);
+            poll.watermark = Some(poll.watermark.map_or(wall, |w| w.max(wall)));
+        }
         Ok(poll)
     }
 

@@ -350,3 +350,56 @@ async fn unsupported_plans_and_unknown_topics_are_refused_before_anything_runs()
     let err = builder.build().unwrap_err();
     assert!(err.to_string().contains("EMIT FINAL"), "{err}");
 }
+
+#[tokio::test]
+async fn with_wall_clock_advance_a_window_on_a_quiet_topic_still_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    create(&b, "quiet", 2).await;
+    let value = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("page", DataType::Utf8, true),
+    ]));
+    let source = quiver_engine::TopicSource::new(&b, "quiet", Format::None, Format::json(value))
+        .unwrap()
+        .with_idle_timeout(Duration::from_millis(200))
+        .with_wall_clock_advance(Duration::ZERO);
+    let builder = StreamsBuilder::with_broker(&b);
+    let collector = Collector::new();
+    builder
+        .stream("quiet", Arc::new(source))
+        .unwrap()
+        .group_by([col("user")])
+        .unwrap()
+        .window(WindowSpec {
+            kind: WindowKind::Tumbling { size_ms: 500 },
+            grace_ms: 0,
+        })
+        .unwrap()
+        .emit_final()
+        .count()
+        .unwrap()
+        .to_stream()
+        .to_collector(&collector);
+    let running = Runtime::new(&b)
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    let now = quiver_broker::now_ms();
+    b.produce(
+        "quiet",
+        &[view("ann", "/", now), view("ann", "/x", now + 1)],
+    )
+    .await
+    .unwrap();
+    // Nothing else arrives: only the wall clock can close the window.
+    assert_eq!(collector.wait_for_rows(1, Duration::from_secs(10)).await, 1);
+    running.stop().await.unwrap();
+    let batch = &collector.batches()[0];
+    let count = batch
+        .column(3)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap();
+    assert_eq!(count.value(0), 2);
+}
