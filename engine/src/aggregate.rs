@@ -446,7 +446,7 @@ impl AggregateOperator {
 }
 
 /// A batch's GROUP BY keys (without the window), and each call's arguments and filter.
-pub(crate) struct Inputs {
+pub(crate) struct AggregateInputs {
     pub keys: Vec<ArrayRef>,
     pub args: Vec<Vec<ArrayRef>>,
     pub filters: Vec<Option<BooleanArray>>,
@@ -454,7 +454,7 @@ pub(crate) struct Inputs {
 
 impl AggregateSpec {
     /// Evaluates what the aggregation reads from `batch`.
-    pub(crate) fn inputs(&self, batch: &RecordBatch) -> Result<Inputs> {
+    pub(crate) fn inputs(&self, batch: &RecordBatch) -> Result<AggregateInputs> {
         let n = batch.num_rows();
         let keys = evaluate(&self.keys, batch)?;
         let mut args = Vec::with_capacity(self.calls.len());
@@ -466,7 +466,7 @@ impl AggregateSpec {
                 None => None,
             });
         }
-        Ok(Inputs {
+        Ok(AggregateInputs {
             keys,
             args,
             filters,
@@ -505,7 +505,7 @@ impl Operator for AggregateOperator {
             return Ok(());
         }
         self.metrics.rows_in += n as u64;
-        let Inputs {
+        let AggregateInputs {
             keys,
             args,
             filters,

@@ -289,13 +289,12 @@ impl RecordDecoder {
                 .collect::<Result<Vec<_>, _>>()?
         };
         let accepted = key_ok;
-        let rows = UInt32Array::from(accepted.clone());
-        let whole = accepted.len() == n;
+        // Only a batch that lost rows needs its envelope columns taken.
+        let rows = (accepted.len() != n).then(|| UInt32Array::from(accepted.clone()));
         let pick = |a: &ArrayRef| -> Result<ArrayRef> {
-            if whole {
-                Ok(a.clone())
-            } else {
-                Ok(take(a.as_ref(), &rows, None)?)
+            match &rows {
+                None => Ok(a.clone()),
+                Some(rows) => Ok(take(a.as_ref(), rows, None)?),
             }
         };
 

@@ -25,7 +25,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::aggregate::{AggregateSpec, EmitMode, Inputs, to_array};
+use crate::aggregate::{AggregateInputs, AggregateSpec, EmitMode, to_array};
 use crate::error::{EngineError, Result};
 use crate::operator::{Emit, LateRows, Operator, OperatorMetrics};
 use crate::window::{WindowKind, window_fields};
@@ -216,7 +216,7 @@ impl Operator for SessionOperator {
             return Ok(());
         }
         self.metrics.rows_in += n as u64;
-        let Inputs {
+        let AggregateInputs {
             keys,
             args,
             filters,

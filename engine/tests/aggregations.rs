@@ -177,6 +177,25 @@ fn windowed_aggregates() -> Vec<datafusion::prelude::Expr> {
     ]
 }
 
+/// `events` grouped by customer in a window, with [`windowed_aggregates`].
+fn windowed(
+    b: &StreamsBuilder,
+    src: Arc<MemorySource>,
+    kind: WindowKind,
+    grace_ms: i64,
+    emit_final: bool,
+) -> Table {
+    let w = b
+        .stream("events", src)
+        .unwrap()
+        .group_by([col("customer")])
+        .unwrap()
+        .window(WindowSpec { kind, grace_ms })
+        .unwrap();
+    let w = if emit_final { w.emit_final() } else { w };
+    w.aggregate(windowed_aggregates()).unwrap()
+}
+
 const ORACLE_AGGREGATES: &str = "count(*) AS n, sum(amount) AS total, min(amount) AS low, max(amount) AS high, avg(amount) AS mean";
 
 /// Window starts as the oracle computes them: `k` windows back from the last one.
@@ -199,21 +218,8 @@ async fn tumbling_windows_emit_final_match_the_batch_oracle_with_out_of_order_an
     let (kept, late) = on_time(&all, size, size, grace);
     assert!(late > 10, "the test needs late events, got {late}");
     let src = source(&all);
-    let (batches, late_rows) = run(|b| {
-        b.stream("events", src)
-            .unwrap()
-            .group_by([col("customer")])
-            .unwrap()
-            .window(WindowSpec {
-                kind: WindowKind::Tumbling { size_ms: size },
-                grace_ms: grace,
-            })
-            .unwrap()
-            .emit_final()
-            .aggregate(windowed_aggregates())
-            .unwrap()
-    })
-    .await;
+    let (batches, late_rows) =
+        run(|b| windowed(b, src, WindowKind::Tumbling { size_ms: size }, grace, true)).await;
     assert_eq!(late_rows, late as u64);
     let got = rows(&batches);
     let want = oracle(&kept, &oracle_window_sql(size, size, 1)).await;
@@ -229,21 +235,16 @@ async fn hopping_windows_match_the_batch_oracle() {
     assert_eq!(late, 0);
     let src = source(&all);
     let (batches, _) = run(|b| {
-        b.stream("events", src)
-            .unwrap()
-            .group_by([col("customer")])
-            .unwrap()
-            .window(WindowSpec {
-                kind: WindowKind::Hopping {
-                    size_ms: size,
-                    advance_ms: advance,
-                },
-                grace_ms: grace,
-            })
-            .unwrap()
-            .emit_final()
-            .aggregate(windowed_aggregates())
-            .unwrap()
+        windowed(
+            b,
+            src,
+            WindowKind::Hopping {
+                size_ms: size,
+                advance_ms: advance,
+            },
+            grace,
+            true,
+        )
     })
     .await;
     let want = oracle(&kept, &oracle_window_sql(advance, size, size / advance)).await;
@@ -256,20 +257,8 @@ async fn windows_emitting_changes_end_at_the_oracle_result() {
     let (size, grace) = (5_000, 1_000);
     let (kept, _) = on_time(&all, size, size, grace);
     let src = source(&all);
-    let (batches, _) = run(|b| {
-        b.stream("events", src)
-            .unwrap()
-            .group_by([col("customer")])
-            .unwrap()
-            .window(WindowSpec {
-                kind: WindowKind::Tumbling { size_ms: size },
-                grace_ms: grace,
-            })
-            .unwrap()
-            .aggregate(windowed_aggregates())
-            .unwrap()
-    })
-    .await;
+    let (batches, _) =
+        run(|b| windowed(b, src, WindowKind::Tumbling { size_ms: size }, grace, false)).await;
     let emitted: usize = batches.iter().map(|b| b.num_rows()).sum();
     let got = final_rows(&batches, 2);
     let want = oracle(&kept, &oracle_window_sql(size, size, 1)).await;
@@ -377,21 +366,16 @@ async fn parallel_tasks_over_many_partitions_give_the_oracle_result() {
         };
         let src = partitioned_source(&all, 4);
         let (batches, late) = run_with(options.clone(), |b| {
-            b.stream("events", src)
-                .unwrap()
-                .group_by([col("customer")])
-                .unwrap()
-                .window(WindowSpec {
-                    kind: WindowKind::Hopping {
-                        size_ms: size,
-                        advance_ms: advance,
-                    },
-                    grace_ms: grace,
-                })
-                .unwrap()
-                .emit_final()
-                .aggregate(windowed_aggregates())
-                .unwrap()
+            windowed(
+                b,
+                src,
+                WindowKind::Hopping {
+                    size_ms: size,
+                    advance_ms: advance,
+                },
+                grace,
+                true,
+            )
         })
         .await;
         assert_eq!(late, 0);
