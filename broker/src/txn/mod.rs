@@ -83,13 +83,15 @@
 //! 2. `append(topic, partition, batch)` any number of times, to any partitions. The first
 //!    append to a partition adds it to the transaction (AddPartitionsToTxn, durable before the
 //!    data is appended); the batch is stored with the transactional flag and the producer's
-//!    id, epoch and sequence. The data is invisible to `read_committed` readers (the LSO stays
+//!    id, epoch and sequence; it returns without waiting for an fsync. The data is invisible to `read_committed` readers (the LSO stays
 //!    at the transaction's first offset). A crash of the caller leaves the transaction open
 //!    until `transaction.timeout.ms`, when the coordinator aborts it; a crash of the broker
 //!    reloads it open, with the same timeout.
 //! 3. `send_offsets(group, offsets)` (AddOffsetsToTxn, then TxnOffsetCommit): consumer-group
 //!    offsets that take effect only if the transaction commits.
-//! 4. `commit()` or `abort()` (EndTxn). `commit` returns once `PrepareCommit` is durable:
+//! 4. `commit()` or `abort()` (EndTxn). `commit` first waits until every append of the
+//!    transaction is durable (one group-commit round for all of them), so a decided commit
+//!    never refers to data a power loss could take. It returns once `PrepareCommit` is durable:
 //!    from then on the outcome is decided, and a crash at any later point (markers half
 //!    written) completes the commit on restart. `commit_and_wait()` returns once the markers
 //!    are durable too (`wait_completed()` waits for them after `commit` or `abort`). If
