@@ -58,6 +58,7 @@ struct BuilderInner {
     sources: usize,
     outputs: Vec<Output>,
     options: QueryOptions,
+    application_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -85,6 +86,15 @@ impl StreamsBuilder {
     /// Options every query of the topology gets (dead-letter and late-data topics, poll wait).
     pub fn with_options(self, options: QueryOptions) -> StreamsBuilder {
         self.inner.lock().options = options;
+        self
+    }
+
+    /// The application id (Kafka Streams' `application.id`): queries are named
+    /// `<id>-query_<n>`, and each name is the consumer group its offsets are committed to, the
+    /// transactional id of its exactly-once output, and where its checkpoints are kept. A
+    /// restarted application finds its state by it; checkpointing needs one.
+    pub fn with_application_id(self, id: &str) -> StreamsBuilder {
+        self.inner.lock().application_id = Some(id.to_owned());
         self
     }
 
@@ -134,16 +144,32 @@ impl StreamsBuilder {
                 None => groups.push((out.plan, out.emit, vec![out.sink])),
             }
         }
+        let application_id = inner.application_id.clone();
+        if options.checkpoint.is_some() && application_id.is_none() {
+            return Err(EngineError::config(
+                "a checkpointing topology needs an application id, which its state and offsets \
+                 are kept under (StreamsBuilder::with_application_id)",
+            ));
+        }
+        if let Some(id) = &application_id
+            && (id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(EngineError::config(format!(
+                "the application id '{id}' may only use ASCII letters, digits, '-', '_' and '.'"
+            )));
+        }
         let mut queries = Vec::with_capacity(groups.len());
         for (i, (plan, emit, sinks)) in groups.into_iter().enumerate() {
             let mut options = options.clone();
             options.plan = PlanOptions { emit };
-            queries.push(Query::new(
-                format!("query_{}", i + 1),
-                &plan,
-                sinks,
-                options,
-            )?);
+            let name = match &application_id {
+                Some(id) => format!("{id}-query_{}", i + 1),
+                None => format!("query_{}", i + 1),
+            };
+            queries.push(Query::new(name, &plan, sinks, options)?);
         }
         Ok(Topology { queries })
     }
@@ -576,6 +602,13 @@ impl RunningTopology {
             }
         }
         first_error.map_or(Ok(out), Err)
+    }
+
+    /// Ends every query at once, as a crash would (see [`QueryHandle::abort`]).
+    pub fn abort(self) {
+        for h in self.handles {
+            h.abort();
+        }
     }
 
     /// Waits for every query to end by itself (bounded sources).

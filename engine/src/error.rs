@@ -40,6 +40,11 @@ pub enum EngineError {
     #[error("sink '{sink}': {message}")]
     Sink { sink: String, message: String },
 
+    /// Checkpoint storage failed, or the checkpoint to restore is missing or does not match
+    /// the committed offsets.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+
     /// The query was stopped before it finished.
     #[error("the query was stopped")]
     Stopped,

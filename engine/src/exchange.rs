@@ -22,6 +22,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use tokio::sync::mpsc;
 
+use crate::checkpoint::{StateFile, TaskWatermark};
 use crate::error::{EngineError, Result};
 use crate::format::BadRecord;
 use crate::operator::LateRows;
@@ -41,6 +42,10 @@ pub(crate) struct Barrier {
     pub positions: BTreeMap<i32, i64>,
     /// The query stops after this barrier.
     pub stop: bool,
+    /// Each task's watermark at the barrier.
+    pub watermarks: Vec<TaskWatermark>,
+    /// The state files the tasks wrote for this epoch (checkpointing queries).
+    pub state: Vec<StateFile>,
 }
 
 impl Barrier {
@@ -52,6 +57,8 @@ impl Barrier {
             )));
         }
         self.positions.extend(other.positions);
+        self.watermarks.extend(other.watermarks);
+        self.state.extend(other.state);
         self.stop |= other.stop;
         Ok(())
     }

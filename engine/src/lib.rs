@@ -9,6 +9,7 @@
 //! [`sink::Sink`]; records are decoded from and encoded to Kafka bytes by [`mod@format`].
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod driver;
 pub mod dsl;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod source;
 pub mod window;
 
 pub use aggregate::EmitMode;
+pub use checkpoint::{CheckpointConfig, CheckpointStorage, Guarantee};
 pub use error::{EngineError, Result};
 pub use format::{Format, KafkaType};
 pub use runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
@@ -40,8 +42,8 @@ pub mod prelude {
     pub use crate::driver::TopologyTestDriver;
     pub use crate::dsl::{Stream, StreamsBuilder, Table, Topology};
     pub use crate::{
-        Collector, EmitMode, Format, KafkaType, QueryOptions, Runtime, TopicFormat, TopicSource,
-        WindowKind, WindowSpec,
+        CheckpointConfig, CheckpointStorage, Collector, EmitMode, Format, Guarantee, KafkaType,
+        QueryOptions, Runtime, TopicFormat, TopicSource, WindowKind, WindowSpec,
     };
     pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
     pub use datafusion::prelude::{Expr, col, lit};

@@ -37,6 +37,10 @@ use std::collections::BTreeMap;
 use quiver_broker::PartitionSplit;
 use tokio::sync::mpsc;
 
+use crate::checkpoint::{
+    CheckpointConfig, CheckpointStorage, Checkpointing, Manifest, SharedTransaction, StateFile,
+    TaskWatermark,
+};
 use crate::error::{EngineError, Result};
 use crate::exchange::{Barrier, CHANNEL_CAPACITY, Event, Inputs, Message, Output, Route, Side};
 use crate::format::{BadRecord, Format, SideEncoder};
@@ -63,6 +67,9 @@ pub struct QueryOptions {
     /// aggregation reads (its keys, arguments and event time), with the reason and the
     /// operator in headers.
     pub late_data_topic: Option<String>,
+    /// Checkpoints and their guarantee (see [`crate::checkpoint`]); none by default, when a
+    /// restarted query starts over from its source's start position.
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 impl Default for QueryOptions {
@@ -73,6 +80,7 @@ impl Default for QueryOptions {
             parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             dead_letter_topic: None,
             late_data_topic: None,
+            checkpoint: None,
         }
     }
 }
@@ -136,6 +144,8 @@ pub struct QueryMetrics {
     pub rows_out: u64,
     /// Rows that arrived after their window closed.
     pub late_rows: u64,
+    /// Checkpoints completed.
+    pub checkpoints: u64,
     /// The current watermark, once there is one.
     pub watermark: Option<i64>,
     /// Each operator's counters, by name.
@@ -161,7 +171,8 @@ impl Runtime {
         Runtime { broker: None }
     }
 
-    /// Starts `query` as a task; fails at once if a side-output topic is missing.
+    /// Starts `query` as a task; fails at once if a side-output topic is missing, or if it
+    /// checkpoints and its checkpoint cannot be restored.
     pub async fn start(&self, query: Query) -> Result<QueryHandle> {
         for topic in [
             &query.options.dead_letter_topic,
@@ -177,10 +188,17 @@ impl Runtime {
             };
             broker.partition_count(topic)?;
         }
+        let checkpointing = prepare_checkpointing(&query, self.broker.as_ref()).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared::default());
         let name = query.name.clone();
-        let task = tokio::spawn(run(query, self.broker.clone(), stop_rx, shared.clone()));
+        let task = tokio::spawn(run(
+            query,
+            checkpointing,
+            self.broker.clone(),
+            stop_rx,
+            shared.clone(),
+        ));
         Ok(QueryHandle {
             name,
             stop: stop_tx,
@@ -220,6 +238,13 @@ impl QueryHandle {
     pub async fn stop(self) -> Result<QueryMetrics> {
         let _ = self.stop.send(true);
         self.wait().await
+    }
+
+    /// Ends it at once, as a crash would: no last checkpoint, sinks not flushed. A
+    /// checkpointing query restarts from its last checkpoint; under exactly-once, its open
+    /// transaction is aborted when the next instance starts (or when it times out).
+    pub fn abort(self) {
+        self.task.abort();
     }
 
     /// Waits for it to end by itself (a bounded source) and returns its final counters.
@@ -276,10 +301,63 @@ struct BarrierRequest {
     stop: bool,
 }
 
+/// Takes over the query's transactional id and finds its checkpoint, so a query that cannot
+/// restore is refused before it starts.
+async fn prepare_checkpointing(
+    query: &Query,
+    broker: Option<&Broker>,
+) -> Result<Option<Checkpointing>> {
+    let Some(config) = &query.options.checkpoint else {
+        return Ok(None);
+    };
+    let name = &query.name;
+    let parallelism = query.options.parallelism.max(1);
+    let Some(broker) = broker else {
+        return Err(EngineError::config(
+            "a checkpointing query needs a runtime with a broker (Runtime::new)",
+        ));
+    };
+    let Some(topic) = query.physical.source.topic() else {
+        return Err(EngineError::config(format!(
+            "the source {} has no offsets to checkpoint; checkpoints need a topic source",
+            query.physical.source.describe()
+        )));
+    };
+    let c = Checkpointing::start(config.clone(), name, topic, parallelism, broker).await?;
+    if let Some(m) = &c.restored {
+        if m.parallelism != parallelism {
+            return Err(EngineError::config(format!(
+                "checkpoint {} of query '{name}' was taken with parallelism {}; run the query \
+                 with that parallelism",
+                m.epoch, m.parallelism
+            )));
+        }
+        let names: Vec<&str> = query
+            .physical
+            .operators
+            .iter()
+            .map(|op| op.name())
+            .collect();
+        if let Some(f) = m
+            .state
+            .iter()
+            .find(|f| !names.contains(&f.operator.as_str()))
+        {
+            return Err(EngineError::Checkpoint(format!(
+                "checkpoint {} of query '{name}' holds state of operator '{}', which the query \
+                 no longer has; a changed query needs a new name",
+                m.epoch, f.operator
+            )));
+        }
+    }
+    Ok(Some(c))
+}
+
 /// Starts the tasks of `query` and waits for them (see the module docs): the first error of
 /// any task fails the query and stops the rest.
 async fn run(
     query: Query,
+    checkpointing: Option<Checkpointing>,
     broker: Option<Broker>,
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -291,6 +369,11 @@ async fn run(
         options,
     } = query;
     let parallelism = options.parallelism.max(1);
+    let restored = checkpointing.as_ref().and_then(|c| c.restored.clone());
+    let task_checkpoint = checkpointing.as_ref().map(|c| TaskCheckpoint {
+        storage: c.config.storage.clone(),
+        query: name.clone(),
+    });
     // Stages: the source's stage, then one starting at each operator that needs an exchange.
     let mut stages: Vec<Vec<Box<dyn Operator>>> = vec![Vec::new()];
     let mut routes: Vec<Route> = Vec::new();
@@ -346,10 +429,13 @@ async fn run(
         }
         .into_iter();
         for task in 0..parallelism {
-            let ops = template
+            let mut ops = template
                 .iter()
                 .map(|op| op.fresh())
                 .collect::<Result<Vec<_>>>()?;
+            if let (Some(m), Some(ck)) = (&restored, &task_checkpoint) {
+                restore_state(ck, m, task, &mut ops).await?;
+            }
             let output = Output::new(outs.next().unwrap_or_default(), route.clone());
             let shared = shared.clone();
             if stage == 0 {
@@ -357,15 +443,34 @@ async fn run(
                     index: task as u32,
                     count: parallelism as u32,
                 };
-                let reader = physical.source.open(split).await?;
-                let requests = request_rx.clone();
-                let poll_wait = options.poll_wait;
-                tasks.spawn(source_task(
-                    task, reader, ops, output, requests, poll_wait, shared,
-                ));
+                let reader = match &restored {
+                    Some(m) => physical.source.open_at(split, &m.positions).await?,
+                    None => physical.source.open(split).await?,
+                };
+                let watermark = restored_watermark(restored.as_ref(), stage, task);
+                tasks.spawn(source_task(SourceTask {
+                    task,
+                    reader,
+                    ops,
+                    output,
+                    requests: request_rx.clone(),
+                    poll_wait: options.poll_wait,
+                    watermark,
+                    checkpoint: task_checkpoint.clone(),
+                    shared,
+                }));
             } else {
                 let inputs = Inputs::new(ins.next().unwrap_or_default());
-                tasks.spawn(stage_task(task, inputs, ops, output, shared));
+                tasks.spawn(stage_task(StageTask {
+                    stage,
+                    task,
+                    inputs,
+                    ops,
+                    output,
+                    watermark: restored_watermark(restored.as_ref(), stage, task),
+                    checkpoint: task_checkpoint.clone(),
+                    shared,
+                }));
             }
         }
     }
@@ -385,6 +490,7 @@ async fn run(
         broker,
         stop,
         requests: request_tx,
+        checkpointing,
         shared,
     }));
     while let Some(done) = tasks.join_next().await {
@@ -399,28 +505,107 @@ async fn run(
     Ok(())
 }
 
+/// Where a task writes its operators' state at a barrier.
+#[derive(Debug, Clone)]
+struct TaskCheckpoint {
+    storage: CheckpointStorage,
+    query: String,
+}
+
+/// Writes the state of `ops` for `epoch` (step 2 of the protocol in [`crate::checkpoint`]).
+async fn snapshot_state(
+    checkpoint: Option<&TaskCheckpoint>,
+    epoch: u64,
+    task: usize,
+    ops: &mut [Box<dyn Operator>],
+) -> Result<Vec<StateFile>> {
+    let Some(ck) = checkpoint else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for op in ops.iter_mut() {
+        if let Some(state) = op.snapshot()?
+            && state.num_rows() > 0
+        {
+            files.push(
+                ck.storage
+                    .write_state(&ck.query, epoch, op.name(), task, &state)
+                    .await?,
+            );
+        }
+    }
+    Ok(files)
+}
+
+/// Gives each of a task's operators back its rows of checkpoint `manifest`.
+async fn restore_state(
+    ck: &TaskCheckpoint,
+    manifest: &Manifest,
+    task: usize,
+    ops: &mut [Box<dyn Operator>],
+) -> Result<()> {
+    for op in ops.iter_mut() {
+        let name = op.name().to_owned();
+        for f in manifest
+            .state
+            .iter()
+            .filter(|f| f.task == task && f.operator == name)
+        {
+            for batch in ck.storage.read_state(&ck.query, manifest.epoch, f).await? {
+                op.restore(&batch)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct SourceTask {
+    task: usize,
+    reader: Box<dyn SourceReader>,
+    ops: Vec<Box<dyn Operator>>,
+    output: Output,
+    requests: watch::Receiver<BarrierRequest>,
+    poll_wait: Duration,
+    /// The watermark to start from (a restored checkpoint's).
+    watermark: i64,
+    checkpoint: Option<TaskCheckpoint>,
+    shared: Arc<Shared>,
+}
+
 /// A task of the source's stage: polls its split of the source, runs the stage's operators,
 /// sends results on, and injects the barriers the sink task asks for.
-async fn source_task(
-    task: usize,
-    mut reader: Box<dyn SourceReader>,
-    mut ops: Vec<Box<dyn Operator>>,
-    mut output: Output,
-    mut requests: watch::Receiver<BarrierRequest>,
-    poll_wait: Duration,
-    shared: Arc<Shared>,
-) -> Result<()> {
-    let mut watermark = i64::MIN;
+async fn source_task(t: SourceTask) -> Result<()> {
+    let SourceTask {
+        task,
+        mut reader,
+        mut ops,
+        mut output,
+        mut requests,
+        poll_wait,
+        mut watermark,
+        checkpoint,
+        shared,
+    } = t;
+    if watermark > i64::MIN {
+        output.broadcast(|| Message::Watermark(watermark)).await?;
+    }
     let mut idle = false;
     let mut injected = 0u64;
     loop {
         let request = *requests.borrow_and_update();
         if request.epoch > injected {
             injected = request.epoch;
+            let state = snapshot_state(checkpoint.as_ref(), request.epoch, task, &mut ops).await?;
             let barrier = Barrier {
                 epoch: request.epoch,
                 positions: reader.positions(),
                 stop: request.stop,
+                watermarks: vec![TaskWatermark {
+                    stage: 0,
+                    task,
+                    watermark,
+                }],
+                state,
             };
             output
                 .broadcast(|| Message::Barrier(barrier.clone()))
@@ -481,20 +666,47 @@ async fn source_task(
     }
 }
 
-/// A task after an exchange: runs its operators on what its inputs send.
-async fn stage_task(
+struct StageTask {
+    stage: usize,
     task: usize,
-    mut inputs: Inputs,
-    mut ops: Vec<Box<dyn Operator>>,
-    mut output: Output,
+    inputs: Inputs,
+    ops: Vec<Box<dyn Operator>>,
+    output: Output,
+    /// The watermark to start from (a restored checkpoint's).
+    watermark: i64,
+    checkpoint: Option<TaskCheckpoint>,
     shared: Arc<Shared>,
-) -> Result<()> {
-    let mut watermark = i64::MIN;
+}
+
+/// The watermark task `task` of stage `stage` had at the checkpoint, if one was restored.
+fn restored_watermark(manifest: Option<&Manifest>, stage: usize, task: usize) -> i64 {
+    manifest
+        .and_then(|m| {
+            m.watermarks
+                .iter()
+                .find(|w| w.stage == stage && w.task == task)
+        })
+        .map_or(i64::MIN, |w| w.watermark)
+}
+
+/// A task after an exchange: runs its operators on what its inputs send.
+async fn stage_task(t: StageTask) -> Result<()> {
+    let StageTask {
+        stage,
+        task,
+        mut inputs,
+        mut ops,
+        mut output,
+        mut watermark,
+        checkpoint,
+        shared,
+    } = t;
     while let Some(event) = inputs.next().await? {
         let mut outputs = Vec::new();
         let mut late = Vec::new();
+        // A restored task starts from its checkpoint's watermark: its inputs' may be behind.
         let moved_to = match &event {
-            Event::Watermark(w) => Some(*w),
+            Event::Watermark(w) if *w > watermark => Some(*w),
             _ => None,
         };
         match event {
@@ -503,10 +715,20 @@ async fn stage_task(
             }
             Event::Side(side) => output.side(side).await?,
             Event::Watermark(w) => {
-                watermark = w;
-                advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
+                if w > watermark {
+                    watermark = w;
+                    advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
+                }
             }
-            Event::Barrier(barrier) => {
+            Event::Barrier(mut barrier) => {
+                let files =
+                    snapshot_state(checkpoint.as_ref(), barrier.epoch, task, &mut ops).await?;
+                barrier.state.extend(files);
+                barrier.watermarks.push(TaskWatermark {
+                    stage,
+                    task,
+                    watermark,
+                });
                 output
                     .broadcast(|| Message::Barrier(barrier.clone()))
                     .await?;
@@ -541,27 +763,61 @@ struct SinkTask {
     broker: Option<Broker>,
     stop: watch::Receiver<bool>,
     requests: watch::Sender<BarrierRequest>,
+    checkpointing: Option<Checkpointing>,
     shared: Arc<Shared>,
 }
 
-/// The sink task: writes results and side outputs, and decides when barriers are injected; a
-/// stop is a last barrier, so everything read before it reaches the sinks.
+/// The sink task: writes results and side outputs, decides when barriers are injected, and
+/// completes checkpoints (steps 3–5 in [`crate::checkpoint`]); a stop is a last barrier, so
+/// everything read before it reaches the sinks.
 async fn sink_task(mut t: SinkTask) -> Result<()> {
     for sink in &mut t.sinks {
         sink.open(t.schema.clone()).await?;
     }
-    let mut epoch = 0u64;
+    let transaction = t.checkpointing.as_ref().and_then(|c| c.transaction.clone());
+    if let Some(txn) = &transaction {
+        for sink in &mut t.sinks {
+            if !sink.set_transaction(txn.clone()) {
+                tracing::warn!(
+                    query = %t.name,
+                    sink = %sink.describe(),
+                    "this sink is outside the broker's transactions: it sees results at least once"
+                );
+            }
+        }
+    }
+    let interval = t
+        .checkpointing
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |c| c.config.interval);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epoch = t.checkpointing.as_ref().map_or(1, |c| c.first_epoch()) - 1;
+    // The barrier requested and not yet back, and whether a stop waits for it.
+    let mut in_flight = false;
+    let mut stop_wanted = false;
     let mut stopping = false;
     loop {
+        if stop_wanted && !in_flight && !stopping {
+            stopping = true;
+            in_flight = true;
+            epoch += 1;
+            t.requests
+                .send_replace(BarrierRequest { epoch, stop: true });
+        }
         let event = tokio::select! {
             event = t.inputs.next() => event?,
-            changed = t.stop.changed(), if !stopping => {
+            changed = t.stop.changed(), if !stop_wanted => {
                 if changed.is_ok() && !*t.stop.borrow() {
                     continue;
                 }
-                stopping = true;
+                stop_wanted = true;
+                continue;
+            }
+            _ = ticker.tick(), if t.checkpointing.is_some() && !in_flight && !stop_wanted => {
+                in_flight = true;
                 epoch += 1;
-                t.requests.send_replace(BarrierRequest { epoch, stop: true });
+                t.requests.send_replace(BarrierRequest { epoch, stop: false });
                 continue;
             }
         };
@@ -580,6 +836,7 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
                     &t.source_name,
                     t.options.dead_letter_topic.as_deref(),
                     t.broker.as_ref(),
+                    transaction.as_ref(),
                     &bad,
                 )
                 .await?;
@@ -589,6 +846,7 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
                 side_late_rows(
                     t.options.late_data_topic.as_deref(),
                     t.broker.as_ref(),
+                    transaction.as_ref(),
                     &late,
                 )
                 .await?;
@@ -597,9 +855,27 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
             }
             Event::Watermark(w) => t.shared.metrics.lock().watermark = Some(w),
             Event::Barrier(barrier) => {
+                if barrier.epoch != epoch {
+                    return Err(EngineError::internal(format!(
+                        "barrier {} reached the sink task while {epoch} was expected",
+                        barrier.epoch
+                    )));
+                }
                 for sink in &mut t.sinks {
                     sink.flush().await?;
                 }
+                if let Some(c) = &t.checkpointing {
+                    c.complete(
+                        barrier.epoch,
+                        barrier.positions,
+                        barrier.watermarks,
+                        barrier.state,
+                        barrier.stop,
+                    )
+                    .await?;
+                    t.shared.metrics.lock().checkpoints += 1;
+                }
+                in_flight = false;
                 if barrier.stop {
                     break;
                 }
@@ -612,12 +888,41 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
     Ok(())
 }
 
+/// Writes `records` to `topic`, partitioned as Kafka's default partitioner does: through the
+/// query's transaction under exactly-once, straight to the log otherwise.
+async fn write_records(
+    broker: &Broker,
+    transaction: Option<&SharedTransaction>,
+    topic: &str,
+    records: &[Record],
+) -> Result<()> {
+    let Some(txn) = transaction else {
+        broker.produce(topic, records).await?;
+        return Ok(());
+    };
+    let partitions = broker.partition_count(topic)?;
+    let mut by_partition: BTreeMap<i32, quiver_broker::record::EnvelopeBuilder> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let p = match &r.key {
+            Some(k) => quiver_broker::partition_for_key(k, partitions),
+            None => (i as i32).rem_euclid(partitions),
+        };
+        by_partition.entry(p).or_default().append_record(r);
+    }
+    let mut txn = txn.lock().await;
+    for (p, mut builder) in by_partition {
+        txn.append(topic, p, &builder.finish()).await?;
+    }
+    Ok(())
+}
+
 /// Logs bad records and writes them to the dead-letter topic, if there is one.
 async fn side_bad_records(
     query: &str,
     source: &str,
     topic: Option<&str>,
     broker: Option<&Broker>,
+    transaction: Option<&SharedTransaction>,
     bad: &[BadRecord],
 ) -> Result<()> {
     if bad.is_empty() {
@@ -650,14 +955,14 @@ async fn side_bad_records(
                 .with_header("quiver.error.offset", Some(b.offset.to_string().as_bytes()))
         })
         .collect();
-    broker.produce(topic, &records).await?;
-    Ok(())
+    write_records(broker, transaction, topic, &records).await
 }
 
 /// Writes late rows to the late-data topic, if there is one, as JSON with the reason.
 async fn side_late_rows(
     topic: Option<&str>,
     broker: Option<&Broker>,
+    transaction: Option<&SharedTransaction>,
     late: &[LateRows],
 ) -> Result<()> {
     let (Some(topic), Some(broker)) = (topic, broker) else {
@@ -676,7 +981,7 @@ async fn side_late_rows(
                     .with_header("quiver.late.operator", Some(l.operator.as_bytes()))
             })
             .collect();
-        broker.produce(topic, &records).await?;
+        write_records(broker, transaction, topic, &records).await?;
     }
     Ok(())
 }

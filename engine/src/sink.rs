@@ -19,6 +19,7 @@ use quiver_broker::record::col;
 use quiver_broker::{Broker, ProducerInfo, envelope_schema, partition_for_key};
 use tokio::sync::Notify;
 
+use crate::checkpoint::SharedTransaction;
 use crate::dsl::WINDOW_END;
 use crate::error::{EngineError, Result};
 use crate::format::{Format, KafkaType, ROWTIME, SideEncoder};
@@ -52,6 +53,14 @@ pub trait Sink: Send + Debug {
     /// The topic it writes to, for sinks that write to one.
     fn topic(&self) -> Option<&str> {
         None
+    }
+
+    /// Exactly-once: from now on, write through `transaction`, which the runtime commits at
+    /// each checkpoint with the source offsets. Returns `false` for a sink outside the broker's
+    /// transactions (it sees results as they come, at least once).
+    fn set_transaction(&mut self, transaction: SharedTransaction) -> bool {
+        let _ = transaction;
+        false
     }
 }
 
@@ -266,6 +275,8 @@ pub struct TopicSink {
     value: Option<SideEncoder>,
     time_column: Option<TimeColumn>,
     next_unkeyed: i32,
+    /// Exactly-once: the query's transaction.
+    transaction: Option<SharedTransaction>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +303,7 @@ impl TopicSink {
             value: None,
             time_column: None,
             next_unkeyed: 0,
+            transaction: None,
         }
     }
 
@@ -428,12 +440,25 @@ impl Sink for TopicSink {
             return Err(EngineError::internal("a declared topic sink was written"));
         };
         let partitions = broker.partition_count(&self.topic)?;
-        for (p, records) in self.encode(&batch, partitions)? {
+        let encoded = self.encode(&batch, partitions)?;
+        if let Some(txn) = &self.transaction {
+            let mut txn = txn.lock().await;
+            for (p, records) in encoded {
+                txn.append(&self.topic, p, &records).await?;
+            }
+            return Ok(());
+        }
+        for (p, records) in encoded {
             broker
                 .append(&self.topic, p, &records, ProducerInfo::NONE)
                 .await?;
         }
         Ok(())
+    }
+
+    fn set_transaction(&mut self, transaction: SharedTransaction) -> bool {
+        self.transaction = Some(transaction);
+        true
     }
 
     async fn flush(&mut self) -> Result<()> {

@@ -64,6 +64,27 @@ pub trait Source: Send + Sync + Debug {
     fn decoder(&self) -> Option<&RecordDecoder> {
         None
     }
+
+    /// The topic read, for sources whose positions are a topic's offsets (checkpoints commit
+    /// them to the query's consumer group).
+    fn topic(&self) -> Option<&str> {
+        None
+    }
+
+    /// A reader of the partitions in `split` that resumes at `positions` (partition → next
+    /// offset, from a checkpoint); partitions not in it start at the earliest offset (they were
+    /// added since).
+    async fn open_at(
+        &self,
+        split: PartitionSplit,
+        positions: &BTreeMap<i32, i64>,
+    ) -> Result<Box<dyn SourceReader>> {
+        let _ = (split, positions);
+        Err(EngineError::config(format!(
+            "the source {} cannot resume from a checkpoint",
+            self.describe()
+        )))
+    }
 }
 
 /// A reader of a [`Source`].
@@ -271,6 +292,28 @@ impl Source for TopicSource {
 
     async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>> {
         let start = self.start_at(&self.start)?;
+        self.reader(split, start)
+    }
+
+    async fn open_at(
+        &self,
+        split: PartitionSplit,
+        positions: &BTreeMap<i32, i64>,
+    ) -> Result<Box<dyn SourceReader>> {
+        self.reader(split, StartAt::Offsets(positions.clone()))
+    }
+
+    fn decoder(&self) -> Option<&RecordDecoder> {
+        Some(&self.decoder)
+    }
+
+    fn topic(&self) -> Option<&str> {
+        Some(&self.topic)
+    }
+}
+
+impl TopicSource {
+    fn reader(&self, split: PartitionSplit, start: StartAt) -> Result<Box<dyn SourceReader>> {
         let reader = self.broker()?.topic_reader(
             &self.topic,
             start,
@@ -287,10 +330,6 @@ impl Source for TopicSource {
             watermarks: Watermarks::default(),
             wall_clock_lag: self.wall_clock_lag,
         }))
-    }
-
-    fn decoder(&self) -> Option<&RecordDecoder> {
-        Some(&self.decoder)
     }
 }
 

@@ -1,0 +1,570 @@
+//! Checkpoints and exactly-once output.
+//!
+//! A query with [`CheckpointConfig`] takes a checkpoint every [`CheckpointConfig::interval`]
+//! (and one more when it stops). A checkpoint is an epoch: the results of the records read
+//! before its barrier, the state of every operator after them, and the source offsets to read
+//! from next. Its application id is the query's name: the consumer group its source offsets
+//! are committed to, and (exactly-once) the transactional id of its output.
+//!
+//! # The protocol, step by step
+//!
+//! 1. **Barrier.** The sink task asks the source tasks for epoch `n`'s barrier. Each source
+//!    task records its partitions' next offsets and its watermark in the barrier, writes the
+//!    state of its operators, and sends the barrier on, after every batch it read before.
+//! 2. **State.** Each later task aligns the barrier over its inputs (see the exchange), so
+//!    its operators hold exactly the effect of the records before it; it writes each stateful
+//!    operator's rows as one Arrow IPC file, `epoch-n/<operator>-<task>.arrow`, adds the file to
+//!    the barrier and sends it on.
+//! 3. **Manifest.** When the barrier reaches the sink task, every result of epoch `n` has been
+//!    written to the sinks and every state file exists. The sink task flushes its sinks, then
+//!    writes `epoch-n/manifest.json`: the offsets, watermarks and state files.
+//! 4. **Commit.** Exactly-once: in the transaction that holds epoch `n`'s output (every topic
+//!    sink, dead-letter and late-data record since epoch `n-1`), the sink task commits the
+//!    source offsets to the application's group, with `quiver.epoch=n` as their metadata, and
+//!    commits the transaction. At-least-once: the output was written as it came; the offsets
+//!    are committed with the same metadata.
+//! 5. **Prune.** Checkpoints before `n-1` are deleted.
+//!
+//! # Recovery
+//!
+//! On start, exactly-once first takes over the transactional id, which fences an older
+//! instance still running and aborts a transaction it left open. Then the group's committed
+//! offsets name the epoch to restore (their metadata), and that epoch's manifest gives the
+//! state: every operator of every task gets back its rows, the source tasks their watermarks,
+//! and reading resumes at the manifest's offsets (which equal the committed ones). With no
+//! committed offsets the query starts from its source's start position with empty state.
+//!
+//! What a crash leaves, by step:
+//! - **During 1–3**: the transaction of epoch `n` is open; it is aborted on restart (or by its
+//!   timeout), so `read_committed` readers never see its output. The group's offsets still
+//!   name epoch `n-1`, whose manifest is complete: the query restores `n-1` and reads the same
+//!   records again. A half-written epoch-`n` directory is overwritten.
+//! - **During 4, before the decision is durable**: the same as above.
+//! - **After the decision is durable**: the commit completes (the broker finishes writing its
+//!   markers), the offsets name epoch `n`, whose manifest was written in step 3: the query
+//!   restores `n` and does not redo its output.
+//! - **During 5**: nothing is lost; old checkpoints are deleted on a later epoch.
+//!
+//! At-least-once has the same recovery, but output written after the last commit was visible
+//! as it was written, so it may appear again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use quiver_broker::group::{OffsetCommit, OffsetCommitEntry};
+use quiver_broker::{Broker, TransactionalProducer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// How output and state relate after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Topic output is written in one transaction per checkpoint with the source offsets: a
+    /// `read_committed` reader sees each result once, whatever crashes.
+    ExactlyOnce,
+    /// Output is written as it comes and offsets are committed per checkpoint: after a crash,
+    /// results since the last checkpoint may appear again. Faster: no transactions, and
+    /// results are visible at once.
+    AtLeastOnce,
+}
+
+/// Where checkpoints are kept: a local directory or any `object_store` store.
+#[derive(Clone)]
+pub struct CheckpointStorage {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    describe: String,
+}
+
+impl fmt::Debug for CheckpointStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
+impl CheckpointStorage {
+    /// A local directory (created if missing).
+    pub fn local(dir: impl AsRef<std::path::Path>) -> Result<CheckpointStorage> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            EngineError::Checkpoint(format!(
+                "cannot create the checkpoint directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| {
+            EngineError::Checkpoint(format!("cannot use {} for checkpoints: {e}", dir.display()))
+        })?;
+        Ok(CheckpointStorage {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            describe: format!("directory {}", dir.display()),
+        })
+    }
+
+    /// Any object store (S3, GCS, Azure, memory), under `prefix` in it.
+    pub fn object_store(store: Arc<dyn ObjectStore>, prefix: &str) -> CheckpointStorage {
+        CheckpointStorage {
+            describe: format!("{store} under '{prefix}'"),
+            store,
+            prefix: Path::from(prefix),
+        }
+    }
+
+    /// In memory: lost with the process (for tests).
+    pub fn in_memory() -> CheckpointStorage {
+        CheckpointStorage::object_store(Arc::new(object_store::memory::InMemory::new()), "")
+    }
+
+    fn query_dir(&self, query: &str) -> Path {
+        self.prefix.clone().join(query)
+    }
+
+    fn epoch_dir(&self, query: &str, epoch: u64) -> Path {
+        self.query_dir(query).join(format!("epoch-{epoch:012}"))
+    }
+
+    fn failed(&self, what: &str, e: impl fmt::Display) -> EngineError {
+        EngineError::Checkpoint(format!("{what} in {}: {e}", self.describe))
+    }
+
+    /// Writes one operator's state of one task.
+    pub(crate) async fn write_state(
+        &self,
+        query: &str,
+        epoch: u64,
+        operator: &str,
+        task: usize,
+        state: &RecordBatch,
+    ) -> Result<StateFile> {
+        let mut bytes = Vec::new();
+        {
+            let mut writer = StreamWriter::try_new(&mut bytes, &state.schema())?;
+            writer.write(state)?;
+            writer.finish()?;
+        }
+        let name = format!("{operator}-{task}.arrow");
+        let path = self.epoch_dir(query, epoch).join(name.as_str());
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.failed(&format!("cannot write state file {path}"), e))?;
+        Ok(StateFile {
+            operator: operator.to_owned(),
+            task,
+            file: name,
+            rows: state.num_rows(),
+        })
+    }
+
+    /// Reads a state file of an epoch.
+    pub(crate) async fn read_state(
+        &self,
+        query: &str,
+        epoch: u64,
+        file: &StateFile,
+    ) -> Result<Vec<RecordBatch>> {
+        let path = self.epoch_dir(query, epoch).join(file.file.as_str());
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.failed(&format!("cannot read state file {path}"), e))?
+            .bytes()
+            .await
+            .map_err(|e| self.failed(&format!("cannot read state file {path}"), e))?;
+        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| self.failed(&format!("state file {path} is corrupt"), e))?;
+        reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(&format!("state file {path} is corrupt"), e))
+    }
+
+    pub(crate) async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let path = self
+            .epoch_dir(&manifest.query, manifest.epoch)
+            .join("manifest.json");
+        let bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| EngineError::internal(format!("a manifest does not serialize: {e}")))?;
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.failed(&format!("cannot write {path}"), e))?;
+        Ok(())
+    }
+
+    /// The manifest of an epoch, if it was written.
+    pub(crate) async fn read_manifest(&self, query: &str, epoch: u64) -> Result<Option<Manifest>> {
+        let path = self.epoch_dir(query, epoch).join("manifest.json");
+        let bytes = match self.store.get(&path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| self.failed(&format!("cannot read {path}"), e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed(&format!("cannot read {path}"), e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| self.failed(&format!("{path} is corrupt"), e))
+    }
+
+    /// The epochs with a directory (complete or not), oldest first.
+    pub(crate) async fn epochs(&self, query: &str) -> Result<Vec<u64>> {
+        let dir = self.query_dir(query);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(|e| self.failed(&format!("cannot list {dir}"), e))?;
+        let mut epochs: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.strip_prefix("epoch-")?.parse().ok())
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// Deletes every epoch below `keep_from`.
+    pub(crate) async fn prune(&self, query: &str, keep_from: u64) -> Result<()> {
+        for epoch in self.epochs(query).await? {
+            if epoch >= keep_from {
+                break;
+            }
+            let dir = self.epoch_dir(query, epoch);
+            let files: Vec<_> = self
+                .store
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(|e| self.failed(&format!("cannot list {dir}"), e))?;
+            for f in files {
+                match self.store.delete(&f.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        return Err(self.failed(&format!("cannot delete {}", f.location), e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// When and how a query checkpoints (see the module docs).
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    pub storage: CheckpointStorage,
+    /// Time between two checkpoints; with exactly-once, also how long results wait before
+    /// `read_committed` readers see them.
+    pub interval: Duration,
+    pub guarantee: Guarantee,
+    /// Exactly-once: the transaction timeout; a transaction open longer (its query hung or
+    /// died) is aborted by the broker. Must exceed the interval.
+    pub transaction_timeout: Duration,
+}
+
+impl CheckpointConfig {
+    /// Exactly-once output, a checkpoint every second (Kafka Streams commits every 100 ms
+    /// under exactly-once; a second amortizes the fsyncs of a commit over more output).
+    pub fn exactly_once(storage: CheckpointStorage) -> CheckpointConfig {
+        CheckpointConfig {
+            storage,
+            interval: Duration::from_secs(1),
+            guarantee: Guarantee::ExactlyOnce,
+            transaction_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// At-least-once output, a checkpoint every 5 seconds.
+    pub fn at_least_once(storage: CheckpointStorage) -> CheckpointConfig {
+        CheckpointConfig {
+            storage,
+            interval: Duration::from_secs(5),
+            guarantee: Guarantee::AtLeastOnce,
+            transaction_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn with_interval(mut self, interval: Duration) -> CheckpointConfig {
+        self.interval = interval;
+        self
+    }
+
+    pub fn with_transaction_timeout(mut self, timeout: Duration) -> CheckpointConfig {
+        self.transaction_timeout = timeout;
+        self
+    }
+}
+
+/// One operator's state of one task in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateFile {
+    pub operator: String,
+    pub task: usize,
+    /// The file's name in the epoch's directory.
+    pub file: String,
+    pub rows: usize,
+}
+
+/// A task's watermark at a barrier: a restored task starts from it, so rows that were late
+/// before the checkpoint are late after it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TaskWatermark {
+    pub stage: usize,
+    pub task: usize,
+    pub watermark: i64,
+}
+
+/// What a complete checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    pub query: String,
+    pub epoch: u64,
+    pub parallelism: usize,
+    /// The source topic, and each partition's next offset.
+    pub topic: String,
+    pub positions: BTreeMap<i32, i64>,
+    /// Each task's watermark.
+    pub watermarks: Vec<TaskWatermark>,
+    pub state: Vec<StateFile>,
+    pub created_ms: i64,
+}
+
+/// The offsets' metadata that names the epoch they belong to.
+const EPOCH_METADATA: &str = "quiver.epoch=";
+
+/// The transaction shared by a query's topic sinks under exactly-once.
+pub type SharedTransaction = Arc<tokio::sync::Mutex<TransactionalProducer>>;
+
+/// A query's checkpointing, driven by its sink task.
+#[derive(Debug)]
+pub(crate) struct Checkpointing {
+    pub config: CheckpointConfig,
+    pub query: String,
+    pub topic: String,
+    pub parallelism: usize,
+    broker: Broker,
+    /// Exactly-once: the open transaction.
+    pub transaction: Option<SharedTransaction>,
+    /// The checkpoint restored at start, if any.
+    pub restored: Option<Manifest>,
+}
+
+impl Checkpointing {
+    /// Takes over the query's transactional id (exactly-once), then finds the checkpoint to
+    /// restore (see the module docs).
+    pub async fn start(
+        config: CheckpointConfig,
+        query: &str,
+        topic: &str,
+        parallelism: usize,
+        broker: &Broker,
+    ) -> Result<Checkpointing> {
+        if config.interval.is_zero() {
+            return Err(EngineError::config(
+                "the checkpoint interval must be above zero",
+            ));
+        }
+        let transaction = match config.guarantee {
+            Guarantee::ExactlyOnce => {
+                if config.transaction_timeout <= config.interval {
+                    return Err(EngineError::config(format!(
+                        "the transaction timeout ({:?}) must exceed the checkpoint interval \
+                         ({:?})",
+                        config.transaction_timeout, config.interval
+                    )));
+                }
+                let timeout_ms =
+                    i32::try_from(config.transaction_timeout.as_millis()).unwrap_or(i32::MAX);
+                let producer = broker.transactional_producer(query, timeout_ms).await?;
+                // A transaction the previous instance committed may still be writing its
+                // markers: its offsets become readable once they are durable.
+                producer.wait_completed().await?;
+                Some(Arc::new(tokio::sync::Mutex::new(producer)))
+            }
+            Guarantee::AtLeastOnce => None,
+        };
+        let restored = recover(&config.storage, broker, query, topic).await?;
+        if let Some(m) = &restored {
+            tracing::info!(
+                query = %query,
+                epoch = m.epoch,
+                state_files = m.state.len(),
+                "restoring the query from its checkpoint"
+            );
+        }
+        Ok(Checkpointing {
+            config,
+            query: query.to_owned(),
+            topic: topic.to_owned(),
+            parallelism,
+            broker: broker.clone(),
+            transaction,
+            restored,
+        })
+    }
+
+    /// The epoch after the restored one.
+    pub fn first_epoch(&self) -> u64 {
+        self.restored.as_ref().map_or(1, |m| m.epoch + 1)
+    }
+
+    /// Steps 3–5 of the protocol for a barrier that reached the sink task (sinks flushed);
+    /// `last` for the barrier of a stop.
+    pub async fn complete(
+        &self,
+        epoch: u64,
+        positions: BTreeMap<i32, i64>,
+        watermarks: Vec<TaskWatermark>,
+        state: Vec<StateFile>,
+        last: bool,
+    ) -> Result<()> {
+        let manifest = Manifest {
+            query: self.query.clone(),
+            epoch,
+            parallelism: self.parallelism,
+            topic: self.topic.clone(),
+            positions,
+            watermarks,
+            state,
+            created_ms: quiver_broker::now_ms(),
+        };
+        self.config.storage.write_manifest(&manifest).await?;
+        let offsets: Vec<OffsetCommitEntry> = manifest
+            .positions
+            .iter()
+            .map(|(&partition, &offset)| OffsetCommitEntry {
+                topic: self.topic.clone(),
+                partition,
+                offset,
+                leader_epoch: -1,
+                metadata: format!("{EPOCH_METADATA}{epoch}"),
+            })
+            .collect();
+        match &self.transaction {
+            Some(txn) => {
+                let mut txn = txn.lock().await;
+                txn.send_offsets(&self.query, &offsets).await?;
+                if last {
+                    // A stopped query's output and offsets are visible when the stop returns.
+                    txn.commit_and_wait().await?;
+                } else {
+                    txn.commit().await?;
+                }
+            }
+            None => {
+                let codes = self
+                    .broker
+                    .groups()
+                    .commit_offsets(OffsetCommit {
+                        group_id: self.query.clone(),
+                        generation_id: -1,
+                        member_id: String::new(),
+                        group_instance_id: None,
+                        retention_ms: None,
+                        offsets,
+                    })
+                    .await;
+                if let Some(code) = codes.iter().find(|&&c| c != 0) {
+                    return Err(EngineError::Checkpoint(format!(
+                        "the offsets of epoch {epoch} were refused by group '{}' (error code \
+                         {code})",
+                        self.query
+                    )));
+                }
+            }
+        }
+        if epoch >= 2 {
+            self.config.storage.prune(&self.query, epoch - 1).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint the group's committed offsets name, if any (see the module docs).
+async fn recover(
+    storage: &CheckpointStorage,
+    broker: &Broker,
+    query: &str,
+    topic: &str,
+) -> Result<Option<Manifest>> {
+    let mut tries = 0;
+    let committed = loop {
+        let mut committed = BTreeMap::new();
+        let mut unstable = false;
+        for (t, partition, offset) in broker.groups().fetch_offsets_checked(query, None, true) {
+            if t != topic {
+                continue;
+            }
+            match offset {
+                Ok(Some(o)) => {
+                    committed.insert(partition, (o.offset, o.metadata.clone()));
+                }
+                Ok(None) => {}
+                Err(_) => unstable = true,
+            }
+        }
+        if !unstable {
+            break committed;
+        }
+        tries += 1;
+        if tries > 100 {
+            return Err(EngineError::Checkpoint(format!(
+                "the committed offsets of group '{query}' stay in an open transaction; \
+                 retry once it ends"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if committed.is_empty() {
+        return Ok(None);
+    }
+    let mut epoch = None;
+    for (partition, (_, metadata)) in &committed {
+        let e = metadata
+            .strip_prefix(EPOCH_METADATA)
+            .and_then(|e| e.parse::<u64>().ok())
+            .ok_or_else(|| {
+                EngineError::Checkpoint(format!(
+                    "group '{query}' has an offset for {topic}-{partition} that no checkpoint \
+                     of query '{query}' committed (metadata '{metadata}'); delete the group's \
+                     offsets or give the query another name"
+                ))
+            })?;
+        if epoch.is_some_and(|seen| seen != e) {
+            return Err(EngineError::Checkpoint(format!(
+                "the offsets of group '{query}' name different checkpoints; delete the \
+                 group's offsets to start over"
+            )));
+        }
+        epoch = Some(e);
+    }
+    let Some(epoch) = epoch else { return Ok(None) };
+    let Some(manifest) = storage.read_manifest(query, epoch).await? else {
+        return Err(EngineError::Checkpoint(format!(
+            "group '{query}' committed checkpoint {epoch}, but its manifest is missing from \
+             {storage:?}; the query's state is lost (restore the checkpoint files, or delete \
+             the group's offsets to start over)"
+        )));
+    };
+    for (partition, (offset, _)) in &committed {
+        if manifest.positions.get(partition) != Some(offset) {
+            return Err(EngineError::Checkpoint(format!(
+                "checkpoint {epoch} of query '{query}' does not match the offset committed for \
+                 {topic}-{partition} ({offset})"
+            )));
+        }
+    }
+    Ok(Some(manifest))
+}

@@ -1,0 +1,257 @@
+//! Checkpoints in process: a stopped query resumes from its checkpoint with its state, under
+//! exactly-once (output visible once committed) and at-least-once (output visible at once);
+//! a restart that cannot restore is refused with a reason.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::col;
+use quiver_broker::{
+    Broker, BrokerConfig, Isolation, NewTopic, ReaderOptions, Record, StartAt, batch_to_records,
+};
+use quiver_engine::dsl::{RunningTopology, StreamsBuilder};
+use quiver_engine::{
+    CheckpointConfig, CheckpointStorage, Format, QueryOptions, Runtime, TopicFormat,
+};
+
+async fn broker(dir: &std::path::Path) -> Broker {
+    let config = BrokerConfig {
+        data_dir: dir.to_owned(),
+        ..BrokerConfig::default()
+    };
+    Broker::open(config).await.unwrap()
+}
+
+/// Every record of `topic` a reader with `isolation` sees now.
+async fn read(b: &Broker, topic: &str, isolation: Isolation) -> Vec<Record> {
+    let options = ReaderOptions {
+        isolation,
+        ..ReaderOptions::default()
+    };
+    let mut reader = b.topic_reader(topic, StartAt::Earliest, options).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batches = reader.next_batches(Duration::ZERO).await.unwrap();
+        if batches.is_empty() {
+            return out;
+        }
+        for batch in batches {
+            out.extend(batch_to_records(&batch.records).unwrap());
+        }
+    }
+}
+
+/// The count updates per word, in order, from a `counts` topic (key word, value
+/// `{"count":n}`).
+fn updates(records: &[Record]) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in records {
+        let word = String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        out.entry(word)
+            .or_default()
+            .push(value["count"].as_i64().unwrap());
+    }
+    out
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..400 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A count per word of topic `words` (value: the word), written to `counts`.
+async fn word_count(
+    b: &Broker,
+    checkpoint: CheckpointConfig,
+    parallelism: usize,
+) -> quiver_engine::Result<RunningTopology> {
+    let builder = StreamsBuilder::with_broker(b)
+        .with_application_id("word-count")
+        .with_options(QueryOptions {
+            checkpoint: Some(checkpoint),
+            parallelism,
+            poll_wait: Duration::from_millis(20),
+            ..QueryOptions::default()
+        });
+    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    builder
+        .topic("words", Format::None, Format::Json(value))?
+        .group_by([col("word")])?
+        .count()?
+        .to_stream()
+        .to_topic("counts", TopicFormat::keyed(["word"]))?;
+    Runtime::new(b).run(builder.build()?).await
+}
+
+async fn produce_words(b: &Broker, words: &[&str]) {
+    let records: Vec<Record> = words
+        .iter()
+        .map(|w| {
+            let value = format!(r#"{{"word":"{w}"}}"#);
+            Record::new(1, Some(w.as_bytes()), Some(value.as_bytes()))
+        })
+        .collect();
+    b.produce("words", &records).await.unwrap();
+}
+
+async fn setup(dir: &std::path::Path) -> Broker {
+    let b = broker(dir).await;
+    b.create_topic(NewTopic::new("words", 3)).await.unwrap();
+    b.create_topic(NewTopic::new("counts", 2)).await.unwrap();
+    b
+}
+
+#[tokio::test]
+async fn an_exactly_once_query_resumes_from_its_checkpoint_and_commits_each_update_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = setup(dir.path()).await;
+    let storage = CheckpointStorage::local(dir.path().join("checkpoints")).unwrap();
+    let config = CheckpointConfig::exactly_once(storage).with_interval(Duration::from_millis(50));
+
+    let running = word_count(&b, config.clone(), 2).await.unwrap();
+    produce_words(&b, &["a", "b", "a"]).await;
+    wait_until("the first counts are committed", async || {
+        let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+        committed.get("a").and_then(|u| u.last()) == Some(&2)
+    })
+    .await;
+    let metrics = running.stop().await.unwrap();
+    assert!(metrics[0].checkpoints >= 1, "{metrics:?}");
+
+    // Records produced while the query is down are read once it is back, on top of its state.
+    produce_words(&b, &["a", "c"]).await;
+    let running = word_count(&b, config.clone(), 2).await.unwrap();
+    wait_until("the counts after the restart are committed", async || {
+        let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+        committed.get("c").and_then(|u| u.last()) == Some(&1)
+    })
+    .await;
+    running.stop().await.unwrap();
+
+    let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+    // Each key's counts go up by one per record, none repeated: no record was counted twice,
+    // and the restarted query kept counting where the first one stopped.
+    for (word, counts) in &committed {
+        assert!(counts.windows(2).all(|w| w[0] < w[1]), "{word}: {counts:?}");
+    }
+    let last: BTreeMap<&str, i64> = committed
+        .iter()
+        .map(|(w, c)| (w.as_str(), *c.last().unwrap()))
+        .collect();
+    assert_eq!(last, BTreeMap::from([("a", 3), ("b", 1), ("c", 1)]));
+    // The group's offsets cover every record read.
+    let offsets: i64 = b
+        .groups()
+        .fetch_offsets_checked("word-count-query_1", None, true)
+        .into_iter()
+        .map(|(_, _, o)| o.unwrap().unwrap().offset)
+        .sum();
+    assert_eq!(offsets, 5);
+
+    // A restart with another parallelism cannot split the state the same way: refused.
+    let err = word_count(&b, config, 3).await.unwrap_err().to_string();
+    assert!(err.contains("parallelism 2"), "{err}");
+}
+
+#[tokio::test]
+async fn an_aborted_query_leaves_nothing_committed_past_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = setup(dir.path()).await;
+    let storage = CheckpointStorage::local(dir.path().join("checkpoints")).unwrap();
+    // Checkpoints far apart: the output of the first run stays in its open transaction.
+    let slow = CheckpointConfig::exactly_once(storage.clone())
+        .with_interval(Duration::from_secs(30))
+        .with_transaction_timeout(Duration::from_secs(60));
+    let running = word_count(&b, slow, 1).await.unwrap();
+    produce_words(&b, &["x", "y"]).await;
+    wait_until("the output is written, uncommitted", async || {
+        read(&b, "counts", Isolation::ReadUncommitted).await.len() == 2
+    })
+    .await;
+    assert!(
+        read(&b, "counts", Isolation::ReadCommitted)
+            .await
+            .is_empty()
+    );
+    running.abort();
+
+    // The next instance takes over the transactional id, which aborts the open transaction,
+    // and with no checkpoint committed it starts over: x and y are counted once.
+    let fast = CheckpointConfig::exactly_once(storage).with_interval(Duration::from_millis(50));
+    let running = word_count(&b, fast, 1).await.unwrap();
+    wait_until("the recount is committed", async || {
+        read(&b, "counts", Isolation::ReadCommitted).await.len() == 2
+    })
+    .await;
+    running.stop().await.unwrap();
+    let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+    assert_eq!(
+        committed,
+        BTreeMap::from([("x".to_string(), vec![1]), ("y".to_string(), vec![1])])
+    );
+    // The aborted output is still in the log, for read_uncommitted readers only.
+    assert_eq!(
+        read(&b, "counts", Isolation::ReadUncommitted).await.len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn an_at_least_once_query_shows_output_at_once_and_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = setup(dir.path()).await;
+    let storage = CheckpointStorage::in_memory();
+    let config = CheckpointConfig::at_least_once(storage).with_interval(Duration::from_secs(30));
+    let running = word_count(&b, config.clone(), 2).await.unwrap();
+    produce_words(&b, &["p", "q", "p"]).await;
+    // Visible before any checkpoint: no transaction holds it back.
+    wait_until("the output is visible", async || {
+        updates(&read(&b, "counts", Isolation::ReadCommitted).await)
+            .get("p")
+            .and_then(|u| u.last())
+            == Some(&2)
+    })
+    .await;
+    // The stop takes a last checkpoint; the next run restores it.
+    running.stop().await.unwrap();
+    produce_words(&b, &["p"]).await;
+    let running = word_count(&b, config, 2).await.unwrap();
+    wait_until("the count continues", async || {
+        updates(&read(&b, "counts", Isolation::ReadCommitted).await)
+            .get("p")
+            .and_then(|u| u.last())
+            == Some(&3)
+    })
+    .await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn checkpointing_needs_an_application_id_and_a_topic_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = setup(dir.path()).await;
+    let builder = StreamsBuilder::with_broker(&b).with_options(QueryOptions {
+        checkpoint: Some(CheckpointConfig::exactly_once(
+            CheckpointStorage::in_memory(),
+        )),
+        ..QueryOptions::default()
+    });
+    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    builder
+        .topic("words", Format::None, Format::Json(value))
+        .unwrap()
+        .to_topic("counts", TopicFormat::json())
+        .unwrap();
+    let err = builder.build().unwrap_err().to_string();
+    assert!(err.contains("with_application_id"), "{err}");
+}
