@@ -16,7 +16,8 @@ use kafka_protocol::messages::list_offsets_request::{
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
-use kafka_protocol::messages::{ApiKey, BrokerId};
+use kafka_protocol::messages::{ApiKey, BrokerId, TransactionalId};
+use kafka_protocol::protocol::StrBytes;
 
 use quiver_common::batch::{BatchHeader, ProducerInfo, attributes};
 use quiver_common::kafka::compression;
@@ -349,15 +350,17 @@ impl KafkaClient {
             }
             encoded.push((*partition, encode_for_produce(records)?));
         }
-        self.produce_encoded(topic, &encoded).await
+        self.produce_encoded(topic, &encoded, None).await
     }
 
     /// Sends Kafka record batches already encoded, one per partition (each partition once),
-    /// one request per leader; each partition's outcome in the order given.
+    /// one request per leader; each partition's outcome in the order given. A transactional
+    /// producer's batches go with its `transactional_id`.
     pub(crate) async fn produce_encoded(
         &self,
         topic: &str,
         encoded: &[(i32, Bytes)],
+        transactional_id: Option<&str>,
     ) -> Result<Vec<(i32, Result<ProduceAck, ApiError>)>> {
         let partitions: Vec<i32> = encoded.iter().map(|(p, _)| *p).collect();
         let (by_leader, failed) = self.by_leader(topic, &partitions).await?;
@@ -375,6 +378,10 @@ impl KafkaClient {
             async move {
                 let conn = self.node_connection(node).await?;
                 let request = ProduceRequest::default()
+                    .with_transactional_id(
+                        transactional_id
+                            .map(|t| TransactionalId(StrBytes::from_string(t.to_owned()))),
+                    )
                     .with_acks(-1)
                     .with_timeout_ms(timeout_ms)
                     .with_topic_data(vec![

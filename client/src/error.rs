@@ -118,6 +118,17 @@ pub enum ClientError {
     )]
     ProducerStateUnknown { topic: String, partition: i32 },
 
+    /// A transactional producer's open transaction failed part-way (a send, offset commit or
+    /// commit was refused, or its outcome is unknown): it can only be aborted.
+    #[error(
+        "the open transaction of transactional id '{transactional_id}' can only be aborted, since \
+         an earlier request of it failed ({reason}); call abort() and run the transaction again"
+    )]
+    TransactionAbortOnly {
+        transactional_id: String,
+        reason: String,
+    },
+
     /// A request this client built does not encode: a bug in Quiver.
     #[error("cannot encode a {api} request (a bug in Quiver): {reason}")]
     Internal { api: String, reason: String },
@@ -238,9 +249,30 @@ fn description(error: ResponseError) -> Option<&'static str> {
             "The message format version on the broker does not support the request."
         }
         PolicyViolation => "Request parameters do not satisfy the configured policy.",
+        OffsetMetadataTooLarge => "The metadata field of the offset request was too large.",
         OutOfOrderSequenceNumber => "The broker received an out of order sequence number.",
         DuplicateSequenceNumber => "The broker received a duplicate sequence number.",
         InvalidProducerEpoch => "Producer attempted to produce with an old epoch.",
+        InvalidTxnState => "The producer attempted a transactional operation in an invalid state.",
+        InvalidProducerIdMapping => {
+            "The producer attempted to use a producer id which is not currently assigned to its transactional id."
+        }
+        InvalidTransactionTimeout => {
+            "The transaction timeout is larger than the maximum value allowed by the broker (as configured by transaction.max.timeout.ms)."
+        }
+        ConcurrentTransactions => {
+            "The producer attempted to update a transaction while another concurrent operation on the same transaction was ongoing."
+        }
+        TransactionalIdAuthorizationFailed => "Transactional Id authorization failed.",
+        OperationNotAttempted => {
+            "The broker did not attempt to execute this operation. This may happen for batched RPCs where some operations in the batch failed, causing the broker to respond without trying the rest."
+        }
+        ProducerFenced => {
+            "There is a newer producer with the same transactionalId which fences the current one."
+        }
+        TransactionAbortable => {
+            "The server encountered an error with the transaction. The client can abort the transaction to continue using this transactional ID."
+        }
         KafkaStorageError => "Disk error when trying to access log file on the disk.",
         UnknownProducerId => {
             "This exception is raised by the broker if it could not locate the producer metadata associated with the producerId in question. This could happen if, for instance, the producer's records were deleted because their retention time had elapsed. Once the last records of the producerId are removed, the producer's metadata is removed from the broker, and future appends by the producer will return this exception."

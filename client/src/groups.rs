@@ -445,6 +445,27 @@ impl KafkaClient {
         group: &str,
         topics: Option<&[(&str, Vec<i32>)]>,
     ) -> Result<Vec<CommittedOffset>> {
+        self.offset_fetch_with(group, topics, false).await
+    }
+
+    /// [`KafkaClient::offset_fetch`] with `require_stable` (OffsetFetch v7+, KIP-447): a
+    /// partition whose offsets wait in an open transaction answers `UNSTABLE_OFFSET_COMMIT`
+    /// (in [`CommittedOffset::error`], or as the call's error) instead of the older offset.
+    /// Against a broker older than v7 the offsets may be stale.
+    pub async fn offset_fetch_stable(
+        &self,
+        group: &str,
+        topics: Option<&[(&str, Vec<i32>)]>,
+    ) -> Result<Vec<CommittedOffset>> {
+        self.offset_fetch_with(group, topics, true).await
+    }
+
+    async fn offset_fetch_with(
+        &self,
+        group: &str,
+        topics: Option<&[(&str, Vec<i32>)]>,
+        require_stable: bool,
+    ) -> Result<Vec<CommittedOffset>> {
         self.on_coordinator(group, |conn| async move {
             let addr = conn.addr().to_owned();
             let (version, response) = self
@@ -464,11 +485,13 @@ impl KafkaClient {
                                     })
                                     .collect()
                             });
-                            return Ok(OffsetFetchRequest::default().with_groups(vec![
-                                OffsetFetchRequestGroup::default()
-                                    .with_group_id(group_id(group))
-                                    .with_topics(wanted),
-                            ]));
+                            return Ok(OffsetFetchRequest::default()
+                                .with_require_stable(require_stable)
+                                .with_groups(vec![
+                                    OffsetFetchRequestGroup::default()
+                                        .with_group_id(group_id(group))
+                                        .with_topics(wanted),
+                                ]));
                         }
                         if topics.is_none() && v < 2 {
                             return Err(ClientError::Unsupported {
@@ -487,9 +510,14 @@ impl KafkaClient {
                                 })
                                 .collect()
                         });
-                        Ok(OffsetFetchRequest::default()
+                        let request = OffsetFetchRequest::default()
                             .with_group_id(group_id(group))
-                            .with_topics(wanted))
+                            .with_topics(wanted);
+                        Ok(if v >= 7 {
+                            request.with_require_stable(require_stable)
+                        } else {
+                            request
+                        })
                     },
                 )
                 .await?;
@@ -566,6 +594,17 @@ impl KafkaClient {
         self.commit_offsets(group, None, offsets).await
     }
 
+    /// [`KafkaClient::offset_commit`] with each offset's metadata string (Kafka's
+    /// `OffsetAndMetadata`), which [`KafkaClient::offset_fetch`] returns with it.
+    pub async fn offset_commit_with_metadata(
+        &self,
+        group: &str,
+        offsets: &[(&str, i32, i64, &str)],
+    ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
+        self.commit_offsets_with_metadata(group, None, offsets)
+            .await
+    }
+
     /// Commits offsets for `group`, as `member` (its generation, member id and instance id)
     /// or from outside the group (`None`).
     pub(crate) async fn commit_offsets(
@@ -574,12 +613,24 @@ impl KafkaClient {
         member: Option<&MemberIdentity>,
         offsets: &[(&str, i32, i64)],
     ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
-        let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
-        for (topic, partition, offset) in offsets {
+        let with_metadata: Vec<(&str, i32, i64, &str)> =
+            offsets.iter().map(|&(t, p, o)| (t, p, o, "")).collect();
+        self.commit_offsets_with_metadata(group, member, &with_metadata)
+            .await
+    }
+
+    async fn commit_offsets_with_metadata(
+        &self,
+        group: &str,
+        member: Option<&MemberIdentity>,
+        offsets: &[(&str, i32, i64, &str)],
+    ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
+        let mut by_topic: BTreeMap<&str, Vec<(i32, i64, &str)>> = BTreeMap::new();
+        for (topic, partition, offset, metadata) in offsets {
             by_topic
                 .entry(topic)
                 .or_default()
-                .push((*partition, *offset));
+                .push((*partition, *offset, metadata));
         }
         let by_topic = &by_topic;
         self.on_coordinator(group, |conn| async move {
@@ -599,10 +650,15 @@ impl KafkaClient {
                                 .with_partitions(
                                     partitions
                                         .iter()
-                                        .map(|(p, offset)| {
+                                        .map(|(p, offset, metadata)| {
                                             OffsetCommitRequestPartition::default()
                                                 .with_partition_index(*p)
                                                 .with_committed_offset(*offset)
+                                                .with_committed_metadata(
+                                                    Some(metadata).filter(|m| !m.is_empty()).map(
+                                                        |m| StrBytes::from_string(m.to_string()),
+                                                    ),
+                                                )
                                         })
                                         .collect(),
                                 )

@@ -27,6 +27,8 @@
 //! - `membership`: joining a consumer group, heartbeats, rebalances, commits as a member.
 //! - `assignor`: the range and round-robin assignors a group leader runs.
 //! - `producer`: the idempotent producer (producer id, sequence numbers, compression).
+//! - `txn_producer`: the transactional producer (records and group offsets committed or
+//!   aborted together).
 //! - `transactions`: dropping aborted transactions' records from `read_committed` fetches.
 //! - `txn_admin`: listing and describing transactions, and the producers of partitions.
 
@@ -40,6 +42,7 @@ mod membership;
 mod producer;
 mod transactions;
 mod txn_admin;
+mod txn_producer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -62,6 +65,7 @@ pub use membership::{GroupMembership, MembershipConfig, RebalanceListener, Topic
 pub use producer::{IdempotentProducer, ProducerConfig};
 pub use quiver_common::topic::{ConfigChange, NewTopic};
 pub use txn_admin::{ListedTransaction, ProducerState, TRANSACTION_STATES, TransactionDescription};
+pub use txn_producer::{TransactionalProducer, TxnOffset};
 
 /// The versions of each API this client speaks, `(min, max)`. The minimums are where the
 /// request has the fields this client relies on (e.g. CreateTopics v4 for the broker's default
@@ -92,6 +96,18 @@ pub(crate) mod versions {
     pub const LIST_TRANSACTIONS: (i16, i16) = (0, 1);
     pub const DESCRIBE_TRANSACTIONS: (i16, i16) = (0, 0);
     pub const DESCRIBE_PRODUCERS: (i16, i16) = (0, 0);
+    /// v2 answers PRODUCER_FENCED rather than INVALID_PRODUCER_EPOCH; v4+ is the form partition
+    /// leaders send (several transactions, verify-only), not a client's.
+    pub const ADD_PARTITIONS_TO_TXN: (i16, i16) = (0, 3);
+    /// v2 answers PRODUCER_FENCED; v4 may answer TRANSACTION_ABORTABLE, which this client
+    /// handles like any error that leaves the transaction able only to abort.
+    pub const ADD_OFFSETS_TO_TXN: (i16, i16) = (0, 4);
+    /// v3 adds the member fields (left at generation -1, no member); v5 belongs to transaction
+    /// version 2.
+    pub const TXN_OFFSET_COMMIT: (i16, i16) = (0, 4);
+    /// v5 asks for transaction version 2 (a new epoch after every EndTxn), which also needs
+    /// partitions added by their leaders (Produce v12).
+    pub const END_TXN: (i16, i16) = (0, 4);
 }
 
 /// How a [`KafkaClient`] behaves; [`ClientConfig::default`] documents the defaults.
@@ -215,7 +231,8 @@ struct Cluster {
 ///
 /// Nothing is retried behind the caller's back except where Kafka says a request was not
 /// processed (a coordinator loading or moving); [`KafkaClient::produce`] is never retried, so
-/// a record is never written twice by it. [`IdempotentProducer`] retries, safely.
+/// a record is never written twice by it. [`IdempotentProducer`] and [`TransactionalProducer`]
+/// retry, safely.
 #[derive(Debug)]
 pub struct KafkaClient {
     config: ClientConfig,

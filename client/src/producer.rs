@@ -10,6 +10,9 @@
 //! per partition is in flight at a time and retries happen before the next batch of that
 //! partition is sent, so a retry never reorders records. Records may be compressed with any
 //! of Kafka's codecs.
+//!
+//! The numbering and the retries live in `BatchSender`, which the transactional producer
+//! (`txn_producer`) shares.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,12 +52,12 @@ impl Default for ProducerConfig {
 
 /// Where one partition's numbering stands.
 #[derive(Debug, Default)]
-struct PartitionSequence {
+pub(crate) struct PartitionSequence {
     /// The sequence of the next batch's first record.
-    next: i32,
+    pub next: i32,
     /// A batch's outcome is unknown (it may have been written): reusing its sequence for other
     /// records would have the broker drop them as duplicates, so no more batches go out.
-    uncertain: bool,
+    pub uncertain: bool,
 }
 
 /// A partition's sequence, behind a lock held while its batch is in flight, so batches of a
@@ -65,15 +68,10 @@ type Sequence = Arc<tokio::sync::Mutex<PartitionSequence>>;
 /// to different partitions go out concurrently, those to one partition in call order.
 #[derive(Debug)]
 pub struct IdempotentProducer {
-    client: Arc<KafkaClient>,
-    config: ProducerConfig,
-    codec_id: i16,
+    pub(crate) batches: BatchSender,
     producer_id: i64,
     producer_epoch: i16,
     sequences: parking_lot::Mutex<HashMap<(String, i32), Sequence>>,
-    /// Tests: the answers to lose, as if the connection dropped after the broker appended.
-    #[cfg(test)]
-    pub(crate) answers_to_lose: std::sync::atomic::AtomicU32,
 }
 
 /// Errors after which a batch may or may not have been appended, so it is sent again as is.
@@ -100,8 +98,145 @@ fn maybe_written(error: &ClientError) -> bool {
 }
 
 /// The sequence after a batch of `count` records starting at `sequence`.
-fn next_sequence(sequence: i32, count: usize) -> i32 {
+pub(crate) fn next_sequence(sequence: i32, count: usize) -> i32 {
     ((i64::from(sequence) + count as i64) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Encodes and sends one partition's batches under a producer id and sequence numbers, each
+/// retried as the module docs say: what the idempotent and the transactional producer share.
+/// The caller keeps the partition's [`PartitionSequence`] and sends one batch of a partition
+/// at a time.
+#[derive(Debug)]
+pub(crate) struct BatchSender {
+    pub(crate) client: Arc<KafkaClient>,
+    codec_id: i16,
+    /// Tries of one batch in all, at least 1.
+    attempts_max: u32,
+    backoff: Duration,
+    /// Tests: the answers to lose, as if the connection dropped after the broker appended.
+    #[cfg(test)]
+    pub(crate) answers_to_lose: std::sync::atomic::AtomicU32,
+}
+
+impl BatchSender {
+    /// A sender compressing with `codec_id`, trying each batch `attempts_max` times (at least
+    /// once) with `backoff` between tries.
+    pub(crate) fn new(
+        client: Arc<KafkaClient>,
+        codec_id: i16,
+        attempts_max: u32,
+        backoff: Duration,
+    ) -> BatchSender {
+        BatchSender {
+            client,
+            codec_id,
+            attempts_max: attempts_max.max(1),
+            backoff,
+            #[cfg(test)]
+            answers_to_lose: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// `records` as one Kafka record batch from `producer` (id, epoch, first sequence,
+    /// attributes). An empty or malformed batch is an [`ClientError::InvalidArgument`].
+    pub(crate) fn encode(
+        &self,
+        records: &RecordBatch,
+        producer: ProducerInfo,
+    ) -> Result<bytes::Bytes> {
+        encode_produce_batch(records, producer, self.codec_id)
+    }
+
+    /// Sends `encoded` (made by [`BatchSender::encode`] with `sequence.next`; `rows` records)
+    /// to `topic`-`partition`, acks=all, with `transactional_id` on the request when there is
+    /// one. On success `sequence` moves past the batch; after a failure that may have appended
+    /// it, `sequence` is marked uncertain.
+    pub(crate) async fn send(
+        &self,
+        transactional_id: Option<&str>,
+        topic: &str,
+        partition: i32,
+        encoded: &bytes::Bytes,
+        rows: usize,
+        sequence: &mut PartitionSequence,
+    ) -> Result<ProduceAck> {
+        debug_assert!(
+            !sequence.uncertain,
+            "no batch goes out after an uncertain one"
+        );
+        let mut attempt = 1;
+        let mut written_maybe = false;
+        loop {
+            let outcome = self
+                .send_once(transactional_id, topic, partition, encoded)
+                .await;
+            if let Err(e) = &outcome {
+                written_maybe |= maybe_written(e);
+            }
+            match outcome {
+                Ok(ack) => {
+                    sequence.next = next_sequence(sequence.next, rows);
+                    return Ok(ack);
+                }
+                Err(e) if worth_retrying(&e) && attempt < self.attempts_max => {
+                    tracing::debug!(%topic, partition, attempt, error = %e, "retrying an idempotent batch");
+                    attempt += 1;
+                    tokio::time::sleep(self.backoff).await;
+                }
+                Err(e) => {
+                    sequence.uncertain = written_maybe;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        transactional_id: Option<&str>,
+        topic: &str,
+        partition: i32,
+        encoded: &bytes::Bytes,
+    ) -> Result<ProduceAck> {
+        let mut results = self
+            .client
+            .produce_encoded(topic, &[(partition, encoded.clone())], transactional_id)
+            .await?;
+        #[cfg(test)]
+        if self
+            .answers_to_lose
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(ClientError::Disconnected {
+                addr: "test".into(),
+                reason: "the answer was lost on purpose".into(),
+            });
+        }
+        match results.pop() {
+            Some((_, Ok(ack))) => Ok(ack),
+            // An older broker's answer to a batch it already has: written once, as wanted.
+            Some((_, Err(error))) if error.error == ResponseError::DuplicateSequenceNumber => {
+                Ok(ProduceAck {
+                    base_offset: -1,
+                    log_append_time_ms: None,
+                    log_start_offset: None,
+                })
+            }
+            Some((_, Err(error))) => Err(ClientError::Api {
+                context: format!("cannot write to {topic}-{partition}"),
+                error,
+            }),
+            None => Err(ClientError::Protocol {
+                addr: self.client.bootstrap.join(","),
+                reason: format!("the produce response has no answer for {topic}-{partition}"),
+            }),
+        }
+    }
 }
 
 impl IdempotentProducer {
@@ -115,14 +250,15 @@ impl IdempotentProducer {
         })?;
         let (producer_id, producer_epoch) = init_producer_id(&client).await?;
         Ok(IdempotentProducer {
-            client,
-            config,
-            codec_id,
+            batches: BatchSender::new(
+                client,
+                codec_id,
+                config.send_attempts_max,
+                Duration::from_millis(config.retry_backoff_ms),
+            ),
             producer_id,
             producer_epoch,
             sequences: parking_lot::Mutex::new(HashMap::new()),
-            #[cfg(test)]
-            answers_to_lose: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -162,77 +298,17 @@ impl IdempotentProducer {
             base_sequence: sequence.next,
             attributes: 0,
         };
-        let encoded = encode_produce_batch(records, producer, self.codec_id)?;
-        let attempts = self.config.send_attempts_max.max(1);
-        let mut attempt = 1;
-        let mut written_maybe = false;
-        loop {
-            let outcome = self.send_once(topic, partition, &encoded).await;
-            if let Err(e) = &outcome {
-                written_maybe |= maybe_written(e);
-            }
-            match outcome {
-                Ok(ack) => {
-                    sequence.next = next_sequence(sequence.next, records.num_rows());
-                    return Ok(ack);
-                }
-                Err(e) if worth_retrying(&e) && attempt < attempts => {
-                    tracing::debug!(%topic, partition, attempt, error = %e, "retrying an idempotent batch");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
-                }
-                Err(e) => {
-                    sequence.uncertain = written_maybe;
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    async fn send_once(
-        &self,
-        topic: &str,
-        partition: i32,
-        encoded: &bytes::Bytes,
-    ) -> Result<ProduceAck> {
-        let mut results = self
-            .client
-            .produce_encoded(topic, &[(partition, encoded.clone())])
-            .await?;
-        #[cfg(test)]
-        if self
-            .answers_to_lose
-            .fetch_update(
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-                |n| n.checked_sub(1),
+        let encoded = self.batches.encode(records, producer)?;
+        self.batches
+            .send(
+                None,
+                topic,
+                partition,
+                &encoded,
+                records.num_rows(),
+                &mut sequence,
             )
-            .is_ok()
-        {
-            return Err(ClientError::Disconnected {
-                addr: "test".into(),
-                reason: "the answer was lost on purpose".into(),
-            });
-        }
-        match results.pop() {
-            Some((_, Ok(ack))) => Ok(ack),
-            // An older broker's answer to a batch it already has: written once, as wanted.
-            Some((_, Err(error))) if error.error == ResponseError::DuplicateSequenceNumber => {
-                Ok(ProduceAck {
-                    base_offset: -1,
-                    log_append_time_ms: None,
-                    log_start_offset: None,
-                })
-            }
-            Some((_, Err(error))) => Err(ClientError::Api {
-                context: format!("cannot write to {topic}-{partition}"),
-                error,
-            }),
-            None => Err(ClientError::Protocol {
-                addr: self.client.bootstrap.join(","),
-                reason: format!("the produce response has no answer for {topic}-{partition}"),
-            }),
-        }
+            .await
     }
 }
 

@@ -678,6 +678,7 @@ async fn an_idempotent_batch_retried_after_its_answer_was_lost_is_written_once()
         .collect();
     // The broker appends the batch; its answer is lost and the batch is sent again.
     producer
+        .batches
         .answers_to_lose
         .store(1, std::sync::atomic::Ordering::Relaxed);
     let ack = producer.send("t", 0, &records_to_batch(&first)).await?;
@@ -701,6 +702,7 @@ async fn an_idempotent_batch_retried_after_its_answer_was_lost_is_written_once()
     )
     .await?;
     unlucky
+        .batches
         .answers_to_lose
         .store(2, std::sync::atomic::Ordering::Relaxed);
     let lost = unlucky.send("t", 0, &records_to_batch(&second)).await;
