@@ -346,6 +346,17 @@ impl Stream {
         Ok(out)
     }
 
+    /// The rows of both streams as one stream (Kafka Streams' `merge`): the same columns in
+    /// the same order (types are unified as SQL's UNION ALL does). Both must come from one
+    /// source, without an aggregation before the merge (for example branches of a stream,
+    /// transformed and merged again). The key columns are this stream's.
+    pub fn merge(&self, other: &Stream) -> Result<Stream> {
+        let plan = LogicalPlanBuilder::from(self.plan.clone())
+            .union(other.plan.clone())?
+            .build()?;
+        Ok(self.with_plan(plan))
+    }
+
     /// Groups by expressions, for an aggregation.
     pub fn group_by(&self, keys: impl IntoIterator<Item = Expr>) -> Result<GroupedStream> {
         Ok(GroupedStream {

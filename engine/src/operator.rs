@@ -92,6 +92,16 @@ pub trait Operator: Send + std::fmt::Debug {
     /// A new instance with the same configuration and empty state: a query runs one per task.
     fn fresh(&self) -> Result<Box<dyn Operator>>;
 
+    /// [`Operator::fresh`] under another name (the planner names the operators of a merged
+    /// stream's branches after the merge). Operators that keep state cannot be renamed: their
+    /// state is found by name.
+    fn renamed(&self, name: String) -> Result<Box<dyn Operator>> {
+        Err(crate::error::EngineError::internal(format!(
+            "operator '{}' cannot be renamed to '{name}'",
+            self.name()
+        )))
+    }
+
     /// The keys rows must be partitioned by before they reach this operator, so that all rows
     /// of a key meet in one task (`Some` of no keys: every row in one task); `None` when any
     /// task may take any row.
@@ -225,6 +235,14 @@ impl Operator for Stateless {
 
     fn fresh(&self) -> Result<Box<dyn Operator>> {
         Ok(Box::new(Stateless {
+            metrics: OperatorMetrics::default(),
+            ..self.clone()
+        }))
+    }
+
+    fn renamed(&self, name: String) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(Stateless {
+            name,
             metrics: OperatorMetrics::default(),
             ..self.clone()
         }))

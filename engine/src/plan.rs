@@ -228,6 +228,15 @@ impl Operator for MapBatches {
         self.metrics
     }
 
+    fn renamed(&self, name: String) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(MapBatches {
+            name,
+            function: self.function.clone(),
+            schema: self.schema.clone(),
+            metrics: OperatorMetrics::default(),
+        }))
+    }
+
     fn fresh(&self) -> Result<Box<dyn Operator>> {
         Ok(Box::new(MapBatches {
             name: self.name.clone(),
@@ -235,6 +244,101 @@ impl Operator for MapBatches {
             schema: self.schema.clone(),
             metrics: OperatorMetrics::default(),
         }))
+    }
+}
+
+/// Merged streams of one source: every batch runs through each branch's (stateless) chain,
+/// and what they emit is the merge's output, in the merge's schema.
+#[derive(Debug)]
+pub struct Merge {
+    name: String,
+    branches: Vec<Vec<Box<dyn Operator>>>,
+    schema: SchemaRef,
+    metrics: OperatorMetrics,
+}
+
+impl Operator for Merge {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()> {
+        self.metrics.rows_in += batch.num_rows() as u64;
+        for branch in &mut self.branches {
+            let mut outputs = Vec::new();
+            crate::operator::run_chain(
+                branch,
+                0,
+                vec![batch.clone()],
+                watermark,
+                &mut outputs,
+                &mut out.late,
+            )?;
+            for b in outputs {
+                self.metrics.rows_out += b.num_rows() as u64;
+                // The branches' columns may be named differently; the merge's names hold.
+                out.batches.push(RecordBatch::try_new(
+                    self.schema.clone(),
+                    b.columns().to_vec(),
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, watermark: i64, out: &mut Emit) -> Result<()> {
+        for branch in &mut self.branches {
+            let mut outputs = Vec::new();
+            crate::operator::advance_chain(branch, watermark, &mut outputs, &mut out.late)?;
+            for b in outputs {
+                out.batches.push(RecordBatch::try_new(
+                    self.schema.clone(),
+                    b.columns().to_vec(),
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> OperatorMetrics {
+        self.metrics
+    }
+
+    fn fresh(&self) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(Merge {
+            name: self.name.clone(),
+            branches: self
+                .branches
+                .iter()
+                .map(|b| b.iter().map(|op| op.fresh()).collect::<Result<Vec<_>>>())
+                .collect::<Result<Vec<_>>>()?,
+            schema: self.schema.clone(),
+            metrics: OperatorMetrics::default(),
+        }))
+    }
+
+    fn renamed(&self, name: String) -> Result<Box<dyn Operator>> {
+        let mut op = Merge {
+            name: self.name.clone(),
+            branches: Vec::new(),
+            schema: self.schema.clone(),
+            metrics: OperatorMetrics::default(),
+        };
+        for (i, branch) in self.branches.iter().enumerate() {
+            op.branches.push(
+                branch
+                    .iter()
+                    .enumerate()
+                    .map(|(j, o)| o.renamed(format!("{name}.{}.{}", i + 1, j + 1)))
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        op.name = name;
+        Ok(Box::new(op))
     }
 }
 
@@ -282,6 +386,9 @@ pub fn plan_query(plan: &LogicalPlan, options: PlanOptions) -> Result<PhysicalQu
     })
 }
 
+/// A source and its name in the plan.
+type NamedSource = (Arc<dyn Source>, String);
+
 struct Planner {
     options: PlanOptions,
     operators: Vec<Box<dyn Operator>>,
@@ -304,7 +411,7 @@ impl Planner {
     }
 
     /// Plans `plan`'s inputs, then `plan` itself; returns the source the chain starts at.
-    fn node(&mut self, plan: &LogicalPlan) -> Result<(Arc<dyn Source>, String)> {
+    fn node(&mut self, plan: &LogicalPlan) -> Result<NamedSource> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let Some(stream) = scan.source.as_ref().downcast_ref::<StreamTable>() else {
@@ -418,9 +525,11 @@ impl Planner {
             LogicalPlan::Join(_) => Err(EngineError::plan(
                 "joins are not supported in continuous queries yet",
             )),
-            LogicalPlan::Union(_) => Err(EngineError::plan(
-                "UNION (merging streams) is not supported in continuous queries yet",
-            )),
+            LogicalPlan::Union(union) => {
+                let operator = self.union(union)?;
+                self.operators.push(Box::new(operator.0));
+                Ok(operator.1)
+            }
             LogicalPlan::Window(_) => Err(EngineError::plan(
                 "OVER (...) window functions cannot run on a stream; group by a window \
                  (tumble, hop, session) instead",
@@ -433,6 +542,63 @@ impl Planner {
                 other.display()
             ))),
         }
+    }
+
+    /// A merge of streams: each input is planned as its own chain from the source, and every
+    /// batch runs through each chain. The inputs must read the same source (streams of one
+    /// topic, split and merged again) and keep no state before the merge.
+    fn union(&mut self, union: &datafusion::logical_expr::Union) -> Result<(Merge, NamedSource)> {
+        let mut branches = Vec::with_capacity(union.inputs.len());
+        let mut source: Option<NamedSource> = None;
+        let name = self.name("merge");
+        for input in &union.inputs {
+            let mut branch = Planner {
+                options: self.options,
+                operators: Vec::new(),
+            };
+            let s = branch.node(input)?;
+            match &source {
+                Some((first, first_name)) if !Arc::ptr_eq(first, &s.0) => {
+                    return Err(EngineError::plan(format!(
+                        "merging streams of different sources ('{first_name}' and '{}') is not \
+                         supported yet; merge streams of one source, or write both to one topic \
+                         and read that",
+                        s.1
+                    )));
+                }
+                Some(_) => {}
+                None => source = Some(s),
+            }
+            if let Some(op) = branch
+                .operators
+                .iter()
+                .find(|op| op.partition_keys().is_some())
+            {
+                return Err(EngineError::plan(format!(
+                    "a merged stream is aggregated before the merge ('{}'); merge the streams \
+                     first and aggregate the result",
+                    op.name()
+                )));
+            }
+            // Unique names: the branch's operators under the merge's.
+            let ops = branch
+                .operators
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| op.renamed(format!("{name}.{}.{}", branches.len() + 1, i + 1)))
+                .collect::<Result<Vec<_>>>()?;
+            branches.push(ops);
+        }
+        let source = source.ok_or_else(|| EngineError::plan("a merge of no streams"))?;
+        Ok((
+            Merge {
+                name,
+                branches,
+                schema: Arc::new(union.schema.as_arrow().clone()),
+                metrics: OperatorMetrics::default(),
+            },
+            source,
+        ))
     }
 
     fn aggregate(&mut self, aggregate: &Aggregate) -> Result<Box<dyn Operator>> {

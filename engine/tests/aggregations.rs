@@ -480,3 +480,71 @@ async fn session_windows_match_sessions_computed_directly_at_any_parallelism() {
         assert_eq!(rows(&batches), want, "parallelism {parallelism}");
     }
 }
+
+#[tokio::test]
+async fn branches_transformed_and_merged_again_match_the_batch_oracle() {
+    let all = events(1_500, 0, 0, 0);
+    let src = source(&all);
+    // Small amounts are counted as they are, large ones in hundreds; both per customer.
+    let (batches, _) = run(|b| {
+        let events = b.stream("events", src).unwrap();
+        let branches = events
+            .branch([col("amount").lt(lit(500)), lit(true)])
+            .unwrap();
+        let small = branches[0]
+            .select([col("customer"), col("amount").alias("units")])
+            .unwrap();
+        let large = branches[1]
+            .select([
+                col("customer"),
+                (col("amount") / lit(100)).alias("hundreds"),
+            ])
+            .unwrap();
+        small
+            .merge(&large)
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .aggregate([
+                datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n"),
+                sum(col("units")).alias("units"),
+            ])
+            .unwrap()
+    })
+    .await;
+    let want = oracle(
+        &all,
+        "SELECT customer, count(*) AS n, \
+         sum(CASE WHEN amount < 500 THEN amount ELSE amount / 100 END) AS units \
+         FROM events GROUP BY customer",
+    )
+    .await;
+    assert_eq!(want.len(), 7);
+    assert_eq!(final_rows(&batches, 1), want);
+}
+
+#[tokio::test]
+async fn merging_streams_of_two_sources_or_after_an_aggregation_is_refused() {
+    let all = events(10, 0, 0, 0);
+    let builder = StreamsBuilder::new();
+    let a = builder.stream("a", source(&all)).unwrap();
+    let b = builder.stream("b", source(&all)).unwrap();
+    a.merge(&b).unwrap().to_collector(&Collector::new());
+    let err = builder.build().unwrap_err().to_string();
+    assert!(err.contains("different sources"), "{err}");
+
+    let builder = StreamsBuilder::new();
+    let a = builder.stream("a", source(&all)).unwrap();
+    let counts = a
+        .group_by([col("customer")])
+        .unwrap()
+        .count()
+        .unwrap()
+        .to_stream();
+    counts
+        .merge(&counts)
+        .unwrap()
+        .to_collector(&Collector::new());
+    let err = builder.build().unwrap_err().to_string();
+    assert!(err.contains("before the merge"), "{err}");
+}
