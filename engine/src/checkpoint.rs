@@ -57,6 +57,7 @@ use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use futures::TryStreamExt;
+use kafka_protocol::error::ResponseError;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use quiver_broker::group::{OffsetCommit, OffsetCommitEntry};
@@ -64,6 +65,7 @@ use quiver_broker::{Broker, TransactionalProducer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::kafka::KafkaCluster;
 
 /// How output and state relate after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,8 +346,245 @@ pub(crate) struct Manifest {
 /// The offsets' metadata that names the epoch they belong to.
 const EPOCH_METADATA: &str = "quiver.epoch=";
 
+/// The cluster a query's source offsets are committed to (its source's), where its
+/// exactly-once transaction runs.
+#[derive(Debug, Clone)]
+pub enum Cluster {
+    /// The in-process broker.
+    Local(Broker),
+    /// An external Kafka-compatible cluster.
+    Remote(KafkaCluster),
+}
+
+impl Cluster {
+    /// How it is named in messages: `the in-process broker`, `cluster host:9092`.
+    pub fn describe(&self) -> String {
+        match self {
+            Cluster::Local(_) => "the in-process broker".into(),
+            Cluster::Remote(c) => format!("cluster {}", c.bootstrap()),
+        }
+    }
+
+    async fn transaction(&self, id: &str, timeout: Duration) -> Result<Transaction> {
+        match self {
+            Cluster::Local(broker) => {
+                let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+                let producer = broker.transactional_producer(id, timeout_ms).await?;
+                // A transaction the previous instance committed may still be writing its
+                // markers: its offsets become readable once they are durable.
+                producer.wait_completed().await?;
+                Ok(Transaction::Local(producer))
+            }
+            Cluster::Remote(c) => {
+                let producer = quiver_kafka_client::TransactionalProducer::new(
+                    c.client().clone(),
+                    id,
+                    timeout,
+                )
+                .await?;
+                Ok(Transaction::Remote {
+                    bootstrap: c.bootstrap().to_owned(),
+                    producer,
+                })
+            }
+        }
+    }
+
+    /// The group's committed offsets (with their metadata) for `topic`; `None` while some
+    /// wait in an open transaction.
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Option<BTreeMap<i32, (i64, String)>>> {
+        let mut out = BTreeMap::new();
+        match self {
+            Cluster::Local(broker) => {
+                for (t, partition, offset) in
+                    broker.groups().fetch_offsets_checked(group, None, true)
+                {
+                    if t != topic {
+                        continue;
+                    }
+                    match offset {
+                        Ok(Some(o)) => {
+                            out.insert(partition, (o.offset, o.metadata.clone()));
+                        }
+                        Ok(None) => {}
+                        Err(_) => return Ok(None),
+                    }
+                }
+            }
+            Cluster::Remote(c) => {
+                let offsets = match c.client().offset_fetch_stable(group, None).await {
+                    Ok(offsets) => offsets,
+                    Err(quiver_kafka_client::ClientError::Api { error, .. })
+                        if error.error == ResponseError::UnstableOffsetCommit =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                for o in offsets {
+                    if o.topic != topic {
+                        continue;
+                    }
+                    if let Some(e) = o.error {
+                        if e.error == ResponseError::UnstableOffsetCommit {
+                            return Ok(None);
+                        }
+                        return Err(EngineError::Checkpoint(format!(
+                            "cannot read the committed offset of group '{group}' for \
+                             {topic}-{}: {e}",
+                            o.partition
+                        )));
+                    }
+                    if let Some(offset) = o.offset {
+                        out.insert(o.partition, (offset, o.metadata.unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Commits offsets outside a transaction (at-least-once).
+    async fn commit_offsets(&self, group: &str, offsets: &[OffsetCommitEntry]) -> Result<()> {
+        let refused = |what: String| {
+            EngineError::Checkpoint(format!(
+                "{} refused the offsets of group '{group}': {what}",
+                self.describe()
+            ))
+        };
+        match self {
+            Cluster::Local(broker) => {
+                let codes = broker
+                    .groups()
+                    .commit_offsets(OffsetCommit {
+                        group_id: group.to_owned(),
+                        generation_id: -1,
+                        member_id: String::new(),
+                        group_instance_id: None,
+                        retention_ms: None,
+                        offsets: offsets.to_vec(),
+                    })
+                    .await;
+                if let Some(code) = codes.iter().find(|&&c| c != 0) {
+                    return Err(refused(format!("error code {code}")));
+                }
+            }
+            Cluster::Remote(c) => {
+                let list: Vec<(&str, i32, i64, &str)> = offsets
+                    .iter()
+                    .map(|o| (o.topic.as_str(), o.partition, o.offset, o.metadata.as_str()))
+                    .collect();
+                for (topic, partition, result) in
+                    c.client().offset_commit_with_metadata(group, &list).await?
+                {
+                    if let Err(e) = result {
+                        return Err(refused(format!("{topic}-{partition}: {e}")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An exactly-once query's open transaction, on its source's cluster.
+#[derive(Debug)]
+pub enum Transaction {
+    Local(TransactionalProducer),
+    Remote {
+        bootstrap: String,
+        producer: quiver_kafka_client::TransactionalProducer,
+    },
+}
+
+impl Transaction {
+    /// Appends an envelope batch to a partition in the open transaction.
+    pub async fn append(&mut self, topic: &str, partition: i32, batch: &RecordBatch) -> Result<()> {
+        match self {
+            Transaction::Local(p) => {
+                p.append(topic, partition, batch).await?;
+            }
+            Transaction::Remote { producer, .. } => {
+                producer.send(topic, partition, batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bootstrap servers of its cluster; `None` for the in-process broker.
+    pub fn bootstrap(&self) -> Option<&str> {
+        match self {
+            Transaction::Local(_) => None,
+            Transaction::Remote { bootstrap, .. } => Some(bootstrap),
+        }
+    }
+
+    async fn send_offsets(&mut self, group: &str, offsets: &[OffsetCommitEntry]) -> Result<()> {
+        match self {
+            Transaction::Local(p) => p.send_offsets(group, offsets).await?,
+            Transaction::Remote { producer, .. } => {
+                let offsets: Vec<quiver_kafka_client::TxnOffset> = offsets
+                    .iter()
+                    .map(|o| quiver_kafka_client::TxnOffset {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        offset: o.offset,
+                        metadata: o.metadata.clone(),
+                    })
+                    .collect();
+                producer.send_offsets(group, &offsets).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits; with `wait`, returns once the result is visible to readers (in-process: a
+    /// remote commit returns once the coordinator has decided, and a reader that asks for
+    /// stable offsets waits out the markers).
+    async fn commit(&mut self, wait: bool) -> Result<()> {
+        match self {
+            Transaction::Local(p) if wait => p.commit_and_wait().await?,
+            Transaction::Local(p) => p.commit().await?,
+            Transaction::Remote { producer, .. } => producer.commit().await?,
+        }
+        Ok(())
+    }
+}
+
 /// The transaction shared by a query's topic sinks under exactly-once.
-pub type SharedTransaction = Arc<tokio::sync::Mutex<TransactionalProducer>>;
+#[derive(Debug, Clone)]
+pub struct SharedTransaction {
+    bootstrap: Option<String>,
+    inner: Arc<tokio::sync::Mutex<Transaction>>,
+}
+
+impl SharedTransaction {
+    fn new(txn: Transaction) -> SharedTransaction {
+        SharedTransaction {
+            bootstrap: txn.bootstrap().map(str::to_owned),
+            inner: Arc::new(tokio::sync::Mutex::new(txn)),
+        }
+    }
+
+    /// The bootstrap servers of its cluster; `None` for the in-process broker. A sink writes
+    /// through it only to topics of that cluster.
+    pub fn bootstrap(&self) -> Option<&str> {
+        self.bootstrap.as_deref()
+    }
+
+    /// Appends an envelope batch to a partition in the open transaction.
+    pub async fn append(&self, topic: &str, partition: i32, batch: &RecordBatch) -> Result<()> {
+        self.inner
+            .lock()
+            .await
+            .append(topic, partition, batch)
+            .await
+    }
+}
 
 /// A query's checkpointing, driven by its sink task.
 #[derive(Debug)]
@@ -354,7 +593,7 @@ pub(crate) struct Checkpointing {
     pub query: String,
     pub topic: String,
     pub parallelism: usize,
-    broker: Broker,
+    cluster: Cluster,
     /// Exactly-once: the open transaction.
     pub transaction: Option<SharedTransaction>,
     /// The checkpoint restored at start, if any.
@@ -369,7 +608,7 @@ impl Checkpointing {
         query: &str,
         topic: &str,
         parallelism: usize,
-        broker: &Broker,
+        cluster: Cluster,
     ) -> Result<Checkpointing> {
         if config.interval.is_zero() {
             return Err(EngineError::config(
@@ -385,17 +624,14 @@ impl Checkpointing {
                         config.transaction_timeout, config.interval
                     )));
                 }
-                let timeout_ms =
-                    i32::try_from(config.transaction_timeout.as_millis()).unwrap_or(i32::MAX);
-                let producer = broker.transactional_producer(query, timeout_ms).await?;
-                // A transaction the previous instance committed may still be writing its
-                // markers: its offsets become readable once they are durable.
-                producer.wait_completed().await?;
-                Some(Arc::new(tokio::sync::Mutex::new(producer)))
+                let txn = cluster
+                    .transaction(query, config.transaction_timeout)
+                    .await?;
+                Some(SharedTransaction::new(txn))
             }
             Guarantee::AtLeastOnce => None,
         };
-        let restored = recover(&config.storage, broker, query, topic).await?;
+        let restored = recover(&config.storage, &cluster, query, topic).await?;
         if let Some(m) = &restored {
             tracing::info!(
                 query = %query,
@@ -409,7 +645,7 @@ impl Checkpointing {
             query: query.to_owned(),
             topic: topic.to_owned(),
             parallelism,
-            broker: broker.clone(),
+            cluster,
             transaction,
             restored,
         })
@@ -454,36 +690,12 @@ impl Checkpointing {
             .collect();
         match &self.transaction {
             Some(txn) => {
-                let mut txn = txn.lock().await;
+                let mut txn = txn.inner.lock().await;
                 txn.send_offsets(&self.query, &offsets).await?;
-                if last {
-                    // A stopped query's output and offsets are visible when the stop returns.
-                    txn.commit_and_wait().await?;
-                } else {
-                    txn.commit().await?;
-                }
+                // A stopped query's output and offsets are visible when the stop returns.
+                txn.commit(last).await?;
             }
-            None => {
-                let codes = self
-                    .broker
-                    .groups()
-                    .commit_offsets(OffsetCommit {
-                        group_id: self.query.clone(),
-                        generation_id: -1,
-                        member_id: String::new(),
-                        group_instance_id: None,
-                        retention_ms: None,
-                        offsets,
-                    })
-                    .await;
-                if let Some(code) = codes.iter().find(|&&c| c != 0) {
-                    return Err(EngineError::Checkpoint(format!(
-                        "the offsets of epoch {epoch} were refused by group '{}' (error code \
-                         {code})",
-                        self.query
-                    )));
-                }
-            }
+            None => self.cluster.commit_offsets(&self.query, &offsets).await?,
         }
         if epoch >= 2 {
             self.config.storage.prune(&self.query, epoch - 1).await?;
@@ -495,27 +707,13 @@ impl Checkpointing {
 /// The checkpoint the group's committed offsets name, if any (see the module docs).
 async fn recover(
     storage: &CheckpointStorage,
-    broker: &Broker,
+    cluster: &Cluster,
     query: &str,
     topic: &str,
 ) -> Result<Option<Manifest>> {
     let mut tries = 0;
     let committed = loop {
-        let mut committed = BTreeMap::new();
-        let mut unstable = false;
-        for (t, partition, offset) in broker.groups().fetch_offsets_checked(query, None, true) {
-            if t != topic {
-                continue;
-            }
-            match offset {
-                Ok(Some(o)) => {
-                    committed.insert(partition, (o.offset, o.metadata.clone()));
-                }
-                Ok(None) => {}
-                Err(_) => unstable = true,
-            }
-        }
-        if !unstable {
+        if let Some(committed) = cluster.committed(query, topic).await? {
             break committed;
         }
         tries += 1;

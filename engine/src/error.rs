@@ -28,6 +28,10 @@ pub enum EngineError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
 
+    /// An external Kafka cluster refused or failed (unreachable, unknown topic, fenced).
+    #[error("kafka cluster: {0}")]
+    Kafka(#[from] quiver_kafka_client::ClientError),
+
     /// DataFusion failed while planning or evaluating an expression.
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),

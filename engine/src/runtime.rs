@@ -188,7 +188,7 @@ impl Runtime {
             };
             broker.partition_count(topic)?;
         }
-        let checkpointing = prepare_checkpointing(&query, self.broker.as_ref()).await?;
+        let checkpointing = prepare_checkpointing(&query).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared::default());
         let name = query.name.clone();
@@ -303,27 +303,20 @@ struct BarrierRequest {
 
 /// Takes over the query's transactional id and finds its checkpoint, so a query that cannot
 /// restore is refused before it starts.
-async fn prepare_checkpointing(
-    query: &Query,
-    broker: Option<&Broker>,
-) -> Result<Option<Checkpointing>> {
+async fn prepare_checkpointing(query: &Query) -> Result<Option<Checkpointing>> {
     let Some(config) = &query.options.checkpoint else {
         return Ok(None);
     };
     let name = &query.name;
     let parallelism = query.options.parallelism.max(1);
-    let Some(broker) = broker else {
-        return Err(EngineError::config(
-            "a checkpointing query needs a runtime with a broker (Runtime::new)",
-        ));
-    };
-    let Some(topic) = query.physical.source.topic() else {
+    let source = &query.physical.source;
+    let (Some(topic), Some(cluster)) = (source.topic(), source.cluster()) else {
         return Err(EngineError::config(format!(
             "the source {} has no offsets to checkpoint; checkpoints need a topic source",
-            query.physical.source.describe()
+            source.describe()
         )));
     };
-    let c = Checkpointing::start(config.clone(), name, topic, parallelism, broker).await?;
+    let c = Checkpointing::start(config.clone(), name, topic, parallelism, cluster).await?;
     if let Some(m) = &c.restored {
         if m.parallelism != parallelism {
             return Err(EngineError::config(format!(
@@ -777,7 +770,7 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
     let transaction = t.checkpointing.as_ref().and_then(|c| c.transaction.clone());
     if let Some(txn) = &transaction {
         for sink in &mut t.sinks {
-            if !sink.set_transaction(txn.clone()) {
+            if !sink.set_transaction(txn)? {
                 tracing::warn!(
                     query = %t.name,
                     sink = %sink.describe(),
@@ -888,15 +881,17 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
     Ok(())
 }
 
-/// Writes `records` to `topic`, partitioned as Kafka's default partitioner does: through the
-/// query's transaction under exactly-once, straight to the log otherwise.
+/// Writes `records` to `topic` of the in-process broker, partitioned as Kafka's default
+/// partitioner does: through the query's transaction under exactly-once (when it runs on the
+/// in-process broker), straight to the log otherwise.
 async fn write_records(
     broker: &Broker,
     transaction: Option<&SharedTransaction>,
     topic: &str,
     records: &[Record],
 ) -> Result<()> {
-    let Some(txn) = transaction else {
+    // Side topics are in-process: a transaction on another cluster cannot hold them.
+    let Some(txn) = transaction.filter(|t| t.bootstrap().is_none()) else {
         broker.produce(topic, records).await?;
         return Ok(());
     };
@@ -909,7 +904,6 @@ async fn write_records(
         };
         by_partition.entry(p).or_default().append_record(r);
     }
-    let mut txn = txn.lock().await;
     for (p, mut builder) in by_partition {
         txn.append(topic, p, &builder.finish()).await?;
     }

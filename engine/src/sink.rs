@@ -56,11 +56,12 @@ pub trait Sink: Send + Debug {
     }
 
     /// Exactly-once: from now on, write through `transaction`, which the runtime commits at
-    /// each checkpoint with the source offsets. Returns `false` for a sink outside the broker's
-    /// transactions (it sees results as they come, at least once).
-    fn set_transaction(&mut self, transaction: SharedTransaction) -> bool {
+    /// each checkpoint with the source offsets. Returns `Ok(false)` for a sink outside Kafka
+    /// transactions (it sees results as they come, at least once), and an error for a topic
+    /// on another cluster than the transaction's (one transaction cannot span two clusters).
+    fn set_transaction(&mut self, transaction: &SharedTransaction) -> Result<bool> {
         let _ = transaction;
-        false
+        Ok(false)
     }
 }
 
@@ -270,13 +271,21 @@ pub struct TopicSink {
     /// `None` for a sink declared without a broker (it only runs in the test driver).
     broker: Option<Broker>,
     topic: String,
+    encoder: TopicEncoder,
+    /// Exactly-once: the query's transaction.
+    transaction: Option<SharedTransaction>,
+}
+
+/// Rows to records of a topic: key and value encoded from columns, the timestamp from
+/// `rowtime` (or the window end, or now), the partition from the key as Kafka's default
+/// partitioner picks it (round-robin for null keys).
+#[derive(Debug)]
+pub(crate) struct TopicEncoder {
     format: TopicFormat,
     key: Option<SideEncoder>,
     value: Option<SideEncoder>,
     time_column: Option<TimeColumn>,
     next_unkeyed: i32,
-    /// Exactly-once: the query's transaction.
-    transaction: Option<SharedTransaction>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -298,17 +307,29 @@ impl TopicSink {
         TopicSink {
             broker: None,
             topic: topic.to_owned(),
+            encoder: TopicEncoder::new(format),
+            transaction: None,
+        }
+    }
+}
+
+impl TopicEncoder {
+    pub(crate) fn new(format: TopicFormat) -> TopicEncoder {
+        TopicEncoder {
             format,
             key: None,
             value: None,
             time_column: None,
             next_unkeyed: 0,
-            transaction: None,
         }
     }
 
     /// Records for `batch` in the envelope schema, and the partition of each row.
-    fn encode(&mut self, batch: &RecordBatch, partitions: i32) -> Result<Vec<(i32, RecordBatch)>> {
+    pub(crate) fn encode(
+        &mut self,
+        batch: &RecordBatch,
+        partitions: i32,
+    ) -> Result<Vec<(i32, RecordBatch)>> {
         let (Some(key_encoder), Some(value_encoder)) = (&self.key, &self.value) else {
             return Err(EngineError::internal("topic sink written before open"));
         };
@@ -359,6 +380,48 @@ impl TopicSink {
     }
 }
 
+impl TopicEncoder {
+    /// Chooses the encoders for rows of `schema`; refuses columns it does not have.
+    pub(crate) fn open(&mut self, schema: &SchemaRef) -> Result<()> {
+        let value_columns = if self.format.value_columns.is_empty() {
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| !self.format.key_columns.contains(n))
+                .collect()
+        } else {
+            self.format.value_columns.clone()
+        };
+        let value_format = match &self.format.value {
+            // A JSON value of the chosen columns: its schema is theirs.
+            Format::Json(_) => Format::Json(Arc::new(project_schema(schema, &value_columns)?)),
+            other => other.clone(),
+        };
+        let key_format = match &self.format.key {
+            _ if self.format.key_columns.is_empty() => Format::None,
+            Format::None => default_key_format(schema, &self.format.key_columns)?,
+            Format::Json(_) => {
+                Format::Json(Arc::new(project_schema(schema, &self.format.key_columns)?))
+            }
+            other => other.clone(),
+        };
+        self.key = Some(SideEncoder::new(
+            key_format,
+            schema,
+            &self.format.key_columns,
+        )?);
+        self.value = Some(SideEncoder::new(value_format, schema, &value_columns)?);
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        self.time_column = match (schema.index_of(ROWTIME), schema.index_of(WINDOW_END)) {
+            (Ok(i), _) if schema.field(i).data_type() == &ts => Some(TimeColumn::Rowtime(i)),
+            (_, Ok(i)) if schema.field(i).data_type() == &ts => Some(TimeColumn::WindowEnd(i)),
+            _ => None,
+        };
+        Ok(())
+    }
+}
+
 /// `m` empty header lists.
 fn empty_headers(m: usize) -> Result<arrow::array::ArrayRef> {
     let DataType::List(item) = envelope_schema().field(col::HEADERS).data_type().clone() else {
@@ -394,42 +457,7 @@ impl Sink for TopicSink {
             )));
         };
         broker.partition_count(&self.topic)?;
-        let value_columns = if self.format.value_columns.is_empty() {
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| !self.format.key_columns.contains(n))
-                .collect()
-        } else {
-            self.format.value_columns.clone()
-        };
-        let value_format = match &self.format.value {
-            // A JSON value of the chosen columns: its schema is theirs.
-            Format::Json(_) => Format::Json(Arc::new(project_schema(&schema, &value_columns)?)),
-            other => other.clone(),
-        };
-        let key_format = match &self.format.key {
-            _ if self.format.key_columns.is_empty() => Format::None,
-            Format::None => default_key_format(&schema, &self.format.key_columns)?,
-            Format::Json(_) => {
-                Format::Json(Arc::new(project_schema(&schema, &self.format.key_columns)?))
-            }
-            other => other.clone(),
-        };
-        self.key = Some(SideEncoder::new(
-            key_format,
-            &schema,
-            &self.format.key_columns,
-        )?);
-        self.value = Some(SideEncoder::new(value_format, &schema, &value_columns)?);
-        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
-        self.time_column = match (schema.index_of(ROWTIME), schema.index_of(WINDOW_END)) {
-            (Ok(i), _) if schema.field(i).data_type() == &ts => Some(TimeColumn::Rowtime(i)),
-            (_, Ok(i)) if schema.field(i).data_type() == &ts => Some(TimeColumn::WindowEnd(i)),
-            _ => None,
-        };
-        Ok(())
+        self.encoder.open(&schema)
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
@@ -440,9 +468,8 @@ impl Sink for TopicSink {
             return Err(EngineError::internal("a declared topic sink was written"));
         };
         let partitions = broker.partition_count(&self.topic)?;
-        let encoded = self.encode(&batch, partitions)?;
+        let encoded = self.encoder.encode(&batch, partitions)?;
         if let Some(txn) = &self.transaction {
-            let mut txn = txn.lock().await;
             for (p, records) in encoded {
                 txn.append(&self.topic, p, &records).await?;
             }
@@ -456,9 +483,17 @@ impl Sink for TopicSink {
         Ok(())
     }
 
-    fn set_transaction(&mut self, transaction: SharedTransaction) -> bool {
-        self.transaction = Some(transaction);
-        true
+    fn set_transaction(&mut self, transaction: &SharedTransaction) -> Result<bool> {
+        if let Some(cluster) = transaction.bootstrap() {
+            return Err(EngineError::config(format!(
+                "exactly-once output to topic '{}' of the in-process broker needs the source \
+                 there too, but it reads from cluster {cluster}; write to a topic of that \
+                 cluster, or use at-least-once",
+                self.topic
+            )));
+        }
+        self.transaction = Some(transaction.clone());
+        Ok(true)
     }
 
     async fn flush(&mut self) -> Result<()> {

@@ -22,6 +22,7 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use quiver_broker::{Broker, Isolation, PartitionSplit, ReaderOptions, StartAt, TopicReader};
 
+use crate::checkpoint::Cluster;
 use crate::error::{EngineError, Result};
 use crate::format::{BadRecord, Format, ROWTIME, RecordDecoder};
 
@@ -68,6 +69,11 @@ pub trait Source: Send + Sync + Debug {
     /// The topic read, for sources whose positions are a topic's offsets (checkpoints commit
     /// them to the query's consumer group).
     fn topic(&self) -> Option<&str> {
+        None
+    }
+
+    /// The cluster of [`Source::topic`], where a checkpointing query commits its offsets.
+    fn cluster(&self) -> Option<Cluster> {
         None
     }
 
@@ -309,6 +315,10 @@ impl Source for TopicSource {
 
     fn topic(&self) -> Option<&str> {
         Some(&self.topic)
+    }
+
+    fn cluster(&self) -> Option<Cluster> {
+        self.broker.clone().map(Cluster::Local)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Checkpoints in process: a stopped query resumes from its checkpoint with its state, under
-//! exactly-once (output visible once committed) and at-least-once (output visible at once);
-//! a restart that cannot restore is refused with a reason.
+//! exactly-once (output visible once committed) and at-least-once (output visible at once),
+//! on the in-process broker and on an external cluster; a restart that cannot restore is
+//! refused with a reason.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
@@ -15,7 +16,8 @@ use quiver_broker::{
 };
 use quiver_engine::dsl::{RunningTopology, StreamsBuilder};
 use quiver_engine::{
-    CheckpointConfig, CheckpointStorage, Format, QueryOptions, Runtime, TopicFormat,
+    CheckpointConfig, CheckpointStorage, Format, KafkaCluster, KafkaSink, KafkaSource,
+    QueryOptions, Runtime, TopicFormat,
 };
 
 async fn broker(dir: &std::path::Path) -> Broker {
@@ -254,4 +256,110 @@ async fn checkpointing_needs_an_application_id_and_a_topic_source() {
         .unwrap();
     let err = builder.build().unwrap_err().to_string();
     assert!(err.contains("with_application_id"), "{err}");
+}
+
+#[tokio::test]
+async fn an_at_least_once_query_on_an_external_cluster_commits_its_offsets_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = quiver_broker::kafka::LocalServer::start(BrokerConfig {
+        data_dir: dir.path().join("cluster"),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let cluster = KafkaCluster::connect(&server.addr().to_string())
+        .await
+        .unwrap();
+    let client = cluster.client();
+    for (topic, partitions) in [("words", 2), ("counts", 1)] {
+        let created = client
+            .create_topics(
+                &[quiver_common::topic::NewTopic::new(topic, partitions)],
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
+    }
+    let mut envelope = quiver_common::record::EnvelopeBuilder::default();
+    for w in ["m", "n", "m"] {
+        let value = format!(r#"{{"word":"{w}"}}"#);
+        envelope.append_record(&Record::new(1, None, Some(value.as_bytes())));
+    }
+    client
+        .produce("words", 0, &envelope.finish())
+        .await
+        .unwrap();
+
+    let local = broker(&dir.path().join("local")).await;
+    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    let source = KafkaSource::new(&cluster, "words", Format::None, Format::Json(value))
+        .await
+        .unwrap();
+    let sink = KafkaSink::new(&cluster, "counts", TopicFormat::keyed(["word"]))
+        .await
+        .unwrap();
+    let builder = StreamsBuilder::with_broker(&local)
+        .with_application_id("remote-count")
+        .with_options(QueryOptions {
+            checkpoint: Some(CheckpointConfig::at_least_once(
+                CheckpointStorage::in_memory(),
+            )),
+            poll_wait: Duration::from_millis(20),
+            ..QueryOptions::default()
+        });
+    builder
+        .stream("words", Arc::new(source))
+        .unwrap()
+        .group_by([col("word")])
+        .unwrap()
+        .count()
+        .unwrap()
+        .to_stream()
+        .to_sink(Box::new(sink));
+    let running = Runtime::new(&local)
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    let fetch = async || {
+        let fetched = client
+            .fetch(
+                "counts",
+                &[(0, 0)],
+                &quiver_kafka_client::FetchOptions::default(),
+            )
+            .await
+            .unwrap();
+        let (_, f) = fetched.into_iter().next().unwrap();
+        let mut out = Vec::new();
+        for b in f.unwrap().batches {
+            out.extend(batch_to_records(&b).unwrap());
+        }
+        out
+    };
+    wait_until("the counts reach the cluster", async || {
+        updates(&fetch().await).get("m").and_then(|u| u.last()) == Some(&2)
+    })
+    .await;
+    running.stop().await.unwrap();
+    // The stop's checkpoint committed the source offsets to the cluster, naming its epoch.
+    let committed = client
+        .offset_fetch("remote-count-query_1", None)
+        .await
+        .unwrap();
+    let p0 = committed
+        .iter()
+        .find(|o| o.topic == "words" && o.partition == 0)
+        .unwrap();
+    assert_eq!(p0.offset, Some(3));
+    assert!(
+        p0.metadata
+            .as_deref()
+            .is_some_and(|m| m.starts_with("quiver.epoch=")),
+        "{p0:?}"
+    );
+    assert_eq!(
+        updates(&fetch().await).get("n").map(Vec::as_slice),
+        Some(&[1][..])
+    );
 }

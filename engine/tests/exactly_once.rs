@@ -5,8 +5,13 @@
 //! `read_committed` reader of the output topic then finds each (user, window) count exactly
 //! once, with the value a one-shot count of the input gives.
 //!
+//! The same again with the source and the output on an external cluster: a second process
+//! serving the Kafka protocol (the broker's server, as `quiver server` runs it), fed by the
+//! test over the wire while the workers come and go; the query reads and writes it through
+//! Quiver's Kafka client, with its transactions on that cluster.
+//!
 //! This file is its own test binary (no libtest harness): run plainly it is the test; run
-//! with `QUIVER_EOS_WORKER` set it is the worker it starts.
+//! with `QUIVER_EOS_ROLE` set it is one of the processes it starts.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
@@ -24,12 +29,14 @@ use quiver_broker::{
 };
 use quiver_engine::dsl::{RunningTopology, StreamsBuilder};
 use quiver_engine::{
-    CheckpointConfig, CheckpointStorage, Format, QueryOptions, Runtime, TopicFormat, WindowKind,
-    WindowSpec,
+    CheckpointConfig, CheckpointStorage, Format, KafkaCluster, KafkaSink, KafkaSource,
+    QueryOptions, Runtime, TopicFormat, WindowKind, WindowSpec,
 };
+use quiver_kafka_client::{ClientConfig, FetchOptions, IsolationLevel, KafkaClient, OffsetSpec};
 
-const WORKER: &str = "QUIVER_EOS_WORKER";
+const ROLE: &str = "QUIVER_EOS_ROLE";
 const DATA_DIR: &str = "QUIVER_EOS_DIR";
+const BOOTSTRAP: &str = "QUIVER_EOS_BOOTSTRAP";
 const APPLICATION: &str = "eos-count";
 const GROUP: &str = "eos-count-query_1";
 const PARTITIONS: i32 = 3;
@@ -50,14 +57,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    match std::env::var(WORKER) {
-        Ok(mode) => {
-            let dir = PathBuf::from(std::env::var(DATA_DIR).unwrap());
-            let code = runtime.block_on(worker(&dir, mode == "finish"));
-            std::process::exit(code);
-        }
-        Err(_) => runtime.block_on(parent()),
-    }
+    let Ok(role) = std::env::var(ROLE) else {
+        runtime.block_on(local());
+        runtime.block_on(remote());
+        return;
+    };
+    let dir = PathBuf::from(std::env::var(DATA_DIR).unwrap());
+    let code = match role.as_str() {
+        "server" => runtime.block_on(server(&dir)),
+        "local-run" => runtime.block_on(local_worker(&dir, false)),
+        "local-finish" => runtime.block_on(local_worker(&dir, true)),
+        "remote-run" => runtime.block_on(remote_worker(&dir, false)),
+        "remote-finish" => runtime.block_on(remote_worker(&dir, true)),
+        other => panic!("unknown role {other}"),
+    };
+    std::process::exit(code);
 }
 
 async fn open_broker(dir: &Path) -> Broker {
@@ -114,7 +128,8 @@ fn expected() -> BTreeMap<(String, i64), i64> {
     out
 }
 
-async fn parent() {
+/// The scenario with the in-process broker in the worker process.
+async fn local() {
     let dir = tempfile::tempdir().unwrap();
     {
         let b = open_broker(dir.path()).await;
@@ -124,11 +139,27 @@ async fn parent() {
         b.create_topic(NewTopic::new("counts", 2)).await.unwrap();
         b.shutdown().await.unwrap();
     }
+    kill_and_finish(dir.path(), "local", &[], None).await;
+    let b = open_broker(dir.path()).await;
+    let committed = read(&b, "counts", Isolation::ReadCommitted).await;
+    let uncommitted = read(&b, "counts", Isolation::ReadUncommitted).await;
+    check("local", &committed, uncommitted.len());
+    b.shutdown().await.unwrap();
+}
+
+/// Starts `<kind>-run` workers and kills them at random points, `KILLS` times, then (once
+/// `feeder`, if any, has written all the input) runs a `<kind>-finish` worker to its end.
+async fn kill_and_finish(
+    dir: &Path,
+    kind: &str,
+    envs: &[(&str, &str)],
+    feeder: Option<tokio::task::JoinHandle<()>>,
+) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    println!("exactly_once: {KILLS} kills, seed {seed}");
+    println!("exactly_once ({kind}): {KILLS} kills, seed {seed}");
     let mut rng = seed | 1;
     for round in 0..KILLS {
         // xorshift: a kill between 0.3 and 2.3 s after the worker starts.
@@ -136,13 +167,16 @@ async fn parent() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let after = Duration::from_millis(300 + rng % 2_000);
-        let mut child = spawn_worker(dir.path(), "run", round);
+        let mut child = spawn(dir, &format!("{kind}-run"), round, envs);
         tokio::time::sleep(after).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        println!("exactly_once: round {round}: killed after {after:?}");
+        println!("exactly_once ({kind}): round {round}: killed after {after:?}");
     }
-    let mut child = spawn_worker(dir.path(), "finish", KILLS);
+    if let Some(feeder) = feeder {
+        feeder.await.unwrap();
+    }
+    let mut child = spawn(dir, &format!("{kind}-finish"), KILLS, envs);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -155,15 +189,22 @@ async fn parent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     if !status.success() {
-        let log = std::fs::read_to_string(dir.path().join(format!("worker-{KILLS}.log")));
+        let log = std::fs::read_to_string(dir.join(format!("{kind}-finish-{KILLS}.log")));
         panic!("the last worker failed ({status}): {log:?}");
     }
+}
 
-    let b = open_broker(dir.path()).await;
-    let committed = read(&b, "counts", Isolation::ReadCommitted).await;
-    let uncommitted = read(&b, "counts", Isolation::ReadUncommitted).await;
+/// Each (user, window) count committed once, as the one-shot count has it; and the kills did
+/// hit open transactions (`in_log` counts their aborted output too).
+fn check(kind: &str, committed: &[Record], in_log: usize) {
+    println!(
+        "exactly_once ({kind}): {} results committed; {in_log} records in the log with aborted \
+         ones",
+        committed.len(),
+    );
+    assert!(in_log > committed.len(), "no kill hit an open transaction");
     let mut seen: BTreeMap<(String, i64), Vec<i64>> = BTreeMap::new();
-    for r in &committed {
+    for r in committed {
         let user = String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
         let start = window_start(&v["window_start"]);
@@ -171,13 +212,6 @@ async fn parent() {
             .or_default()
             .push(v["count"].as_i64().unwrap());
     }
-    println!(
-        "exactly_once: {} results committed; {} records in the log with aborted ones",
-        committed.len(),
-        uncommitted.len()
-    );
-    // The kills did hit open transactions: their output is in the log, aborted.
-    assert!(uncommitted.len() > committed.len());
     let expected = expected();
     let duplicated: Vec<_> = seen.iter().filter(|(_, c)| c.len() > 1).collect();
     assert!(
@@ -188,7 +222,6 @@ async fn parent() {
     let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
     assert!(missing.is_empty(), "results missing: {missing:?}");
     assert_eq!(got, expected);
-    b.shutdown().await.unwrap();
 }
 
 /// A window start as JSON writes it: a timestamp string (`2026-01-01T00:00:01`) or millis.
@@ -201,11 +234,12 @@ fn window_start(v: &serde_json::Value) -> i64 {
     t / 1_000_000
 }
 
-fn spawn_worker(dir: &Path, mode: &str, round: usize) -> std::process::Child {
-    let log = std::fs::File::create(dir.join(format!("worker-{round}.log"))).unwrap();
+fn spawn(dir: &Path, role: &str, round: usize, envs: &[(&str, &str)]) -> std::process::Child {
+    let log = std::fs::File::create(dir.join(format!("{role}-{round}.log"))).unwrap();
     Command::new(std::env::current_exe().unwrap())
-        .env(WORKER, mode)
+        .env(ROLE, role)
         .env(DATA_DIR, dir)
+        .envs(envs.iter().copied())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .stdin(Stdio::null())
@@ -231,7 +265,9 @@ async fn read(b: &Broker, topic: &str, isolation: Isolation) -> Vec<Record> {
     }
 }
 
-async fn start(b: &Broker, dir: &Path) -> RunningTopology {
+/// The query: a count per user in tumbling windows, EMIT FINAL, exactly-once, from `views`
+/// (the in-process broker's, or `cluster`'s) to `counts` on the same.
+async fn start(b: &Broker, dir: &Path, cluster: Option<&KafkaCluster>) -> RunningTopology {
     let storage = CheckpointStorage::local(dir.join("checkpoints")).unwrap();
     let builder = StreamsBuilder::with_broker(b)
         .with_application_id(APPLICATION)
@@ -247,9 +283,18 @@ async fn start(b: &Broker, dir: &Path) -> RunningTopology {
         Field::new("user", DataType::Utf8, false),
         Field::new("seq", DataType::Int64, false),
     ]));
-    builder
-        .topic("views", Format::None, Format::Json(value))
-        .unwrap()
+    let views = match cluster {
+        None => builder
+            .topic("views", Format::None, Format::Json(value))
+            .unwrap(),
+        Some(c) => {
+            let source = KafkaSource::new(c, "views", Format::None, Format::Json(value))
+                .await
+                .unwrap();
+            builder.stream("views", Arc::new(source)).unwrap()
+        }
+    };
+    let counts = views
         .group_by([col("user")])
         .unwrap()
         .window(WindowSpec {
@@ -260,9 +305,17 @@ async fn start(b: &Broker, dir: &Path) -> RunningTopology {
         .emit_final()
         .count()
         .unwrap()
-        .to_stream()
-        .to_topic("counts", TopicFormat::keyed(["user"]))
-        .unwrap();
+        .to_stream();
+    match cluster {
+        None => counts
+            .to_topic("counts", TopicFormat::keyed(["user"]))
+            .unwrap(),
+        Some(c) => counts.to_sink(Box::new(
+            KafkaSink::new(c, "counts", TopicFormat::keyed(["user"]))
+                .await
+                .unwrap(),
+        )),
+    }
     Runtime::new(b).run(builder.build().unwrap()).await.unwrap()
 }
 
@@ -291,11 +344,11 @@ async fn feed(b: Broker) {
     }
 }
 
-/// Runs the query; with `finish`, until the group's committed offsets reach the end of the
+/// Runs the query against the in-process broker, feeding the input; with `finish`, until the group's committed offsets reach the end of the
 /// input, then stops it gracefully. Returns the exit code.
-async fn worker(dir: &Path, finish: bool) -> i32 {
+async fn local_worker(dir: &Path, finish: bool) -> i32 {
     let b = open_broker(dir).await;
-    let running = start(&b, dir).await;
+    let running = start(&b, dir, None).await;
     println!("worker: started");
     let feeding = tokio::spawn(feed(b.clone()));
     let started = Instant::now();
@@ -330,5 +383,171 @@ async fn worker(dir: &Path, finish: bool) -> i32 {
         }
     }
     b.shutdown().await.unwrap();
+    0
+}
+
+/// The scenario with the source and the output on an external cluster.
+async fn remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn(dir.path(), "server", 0, &[]);
+    let log = dir.path().join("server-0.log");
+    let bootstrap = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with("ready ")) {
+            break line["ready ".len()..].to_owned();
+        }
+        if let Some(status) = server.try_wait().unwrap() {
+            panic!("the server exited ({status}): {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let client = KafkaClient::connect(&bootstrap, ClientConfig::default())
+        .await
+        .unwrap();
+    for (topic, partitions) in [("views", PARTITIONS), ("counts", 2)] {
+        let created = client
+            .create_topics(
+                &[quiver_common::topic::NewTopic::new(topic, partitions)],
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
+    }
+    // The input arrives over the wire while workers come and go.
+    let feeder = {
+        let client = Arc::new(client);
+        let feeding = client.clone();
+        let task = tokio::spawn(async move {
+            for chunk in input().chunks(FEED_CHUNK) {
+                let mut by_partition: BTreeMap<i32, quiver_common::record::EnvelopeBuilder> =
+                    BTreeMap::new();
+                for r in chunk {
+                    let p = partition_for_key(r.key.as_deref().unwrap(), PARTITIONS);
+                    by_partition.entry(p).or_default().append_record(r);
+                }
+                for (p, mut builder) in by_partition {
+                    feeding
+                        .produce("views", p, &builder.finish())
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(FEED_EVERY).await;
+            }
+        });
+        (client, task)
+    };
+    let envs = [(BOOTSTRAP, bootstrap.as_str())];
+    let (client, task) = feeder;
+    kill_and_finish(dir.path(), "remote", &envs, Some(task)).await;
+    let committed = fetch_all(&client, IsolationLevel::ReadCommitted).await;
+    let in_log = fetch_all(&client, IsolationLevel::ReadUncommitted)
+        .await
+        .len();
+    check("remote", &committed, in_log);
+    client.close().await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// Every record of `counts` on the cluster, once no transaction is open on it.
+async fn fetch_all(client: &KafkaClient, isolation: IsolationLevel) -> Vec<Record> {
+    let mut out = Vec::new();
+    for p in 0..2 {
+        let started = Instant::now();
+        let mut offset = 0;
+        loop {
+            let options = FetchOptions {
+                max_wait: Duration::from_millis(100),
+                isolation_level: isolation,
+                ..FetchOptions::default()
+            };
+            let fetched = client
+                .fetch("counts", &[(p, offset)], &options)
+                .await
+                .unwrap();
+            let (_, f) = fetched.into_iter().next().unwrap();
+            let f = f.unwrap();
+            for b in &f.batches {
+                out.extend(batch_to_records(b).unwrap());
+            }
+            offset = f.next_offset;
+            let stable = f.last_stable_offset.unwrap_or(f.high_watermark);
+            if offset >= f.high_watermark && stable == f.high_watermark {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "counts-{p} did not become stable"
+            );
+        }
+    }
+    out
+}
+
+/// The external cluster: the broker's Kafka server on a loopback port.
+async fn server(dir: &Path) -> i32 {
+    let server = quiver_broker::kafka::LocalServer::start(BrokerConfig {
+        data_dir: dir.join("cluster"),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    println!("ready {}", server.addr());
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Runs the query against the external cluster (the in-process broker only holds side
+/// topics); with `finish`, until the group's committed offsets reach the end of the input.
+async fn remote_worker(dir: &Path, finish: bool) -> i32 {
+    let bootstrap = std::env::var(BOOTSTRAP).unwrap();
+    let cluster = KafkaCluster::connect(&bootstrap).await.unwrap();
+    let b = Broker::open(BrokerConfig {
+        data_dir: dir.join("worker"),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let running = start(&b, dir, Some(&cluster)).await;
+    println!("worker: started");
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !finish {
+            continue;
+        }
+        let client = cluster.client();
+        let committed: BTreeMap<i32, i64> = match client.offset_fetch_stable(GROUP, None).await {
+            Ok(offsets) => offsets
+                .into_iter()
+                .filter(|o| o.error.is_none())
+                .filter_map(|o| Some((o.partition, o.offset?)))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        let specs: Vec<(i32, OffsetSpec)> =
+            (0..PARTITIONS).map(|p| (p, OffsetSpec::Latest)).collect();
+        let ends = client.list_offsets("views", &specs).await.unwrap();
+        let done = ends.into_iter().all(|(p, end)| {
+            let end = end.unwrap().unwrap().offset;
+            committed.get(&p) == Some(&end)
+        });
+        if done {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(240) {
+            println!("worker: the input was not consumed in 240 s: {committed:?}");
+            return 1;
+        }
+    }
+    match running.stop().await {
+        Ok(m) => println!("worker: stopped: {m:?}"),
+        Err(e) => {
+            println!("worker: the query failed: {e}");
+            return 1;
+        }
+    }
     0
 }
