@@ -52,6 +52,8 @@ pub struct SessionOperator {
     converter: RowConverter,
     /// Open sessions per key, by start.
     sessions: HashMap<OwnedRow, Vec<Session>>,
+    /// How many sessions are open.
+    open: u64,
     metrics: OperatorMetrics,
 }
 
@@ -89,6 +91,7 @@ impl SessionOperator {
             grace: window.grace_ms,
             converter,
             sessions: HashMap::new(),
+            open: 0,
             metrics: OperatorMetrics::default(),
             spec,
         })
@@ -107,55 +110,73 @@ impl SessionOperator {
             .collect::<datafusion::error::Result<_>>()?)
     }
 
-    /// Adds a run of rows (`rows`, times `start..=end`) of one key to its sessions.
+    /// Adds a run of rows of one key (times `start..=end`, rows `from..to` of the batch's
+    /// arguments sorted by key and time) to its sessions. The common case, a run that extends
+    /// one session, updates that session's accumulators in place; sessions the run bridges
+    /// are merged into the first.
+    #[allow(clippy::too_many_arguments)]
     fn add_run(
         &mut self,
-        key: OwnedRow,
+        key: arrow::row::Row<'_>,
         start: i64,
         end: i64,
-        rows: &UInt32Array,
+        from: usize,
+        to: usize,
         args: &[Vec<ArrayRef>],
         filters: &[Option<BooleanArray>],
     ) -> Result<()> {
         let gap = self.gap;
-        let fresh = self.new_accumulators()?;
-        let sessions = self.sessions.entry(key).or_default();
-        // Sessions within `gap` of the run merge with it.
-        let (mut merged, kept): (Vec<Session>, Vec<Session>) = sessions
-            .drain(..)
-            .partition(|s| s.start - gap <= end && start <= s.end + gap);
-        let mut session = Session {
-            start,
-            end,
-            accumulators: fresh,
-        };
-        for old in merged.drain(..) {
-            session.start = session.start.min(old.start);
-            session.end = session.end.max(old.end);
-            for (acc, mut other) in session.accumulators.iter_mut().zip(old.accumulators) {
-                let state = other
-                    .state()?
-                    .into_iter()
-                    .map(|v| v.to_array())
-                    .collect::<datafusion::error::Result<Vec<_>>>()?;
-                acc.merge_batch(&state)?;
+        let touches = |s: &Session| s.start - gap <= end && start <= s.end + gap;
+        let sessions = self.sessions.entry(key.owned()).or_default();
+        let mut session = match sessions.iter().position(touches) {
+            Some(first) => {
+                let mut session = sessions.remove(first);
+                // Sessions are sorted by start: the others the run bridges follow.
+                while first < sessions.len() && touches(&sessions[first]) {
+                    let old = sessions.remove(first);
+                    session.start = session.start.min(old.start);
+                    session.end = session.end.max(old.end);
+                    for (acc, mut other) in session.accumulators.iter_mut().zip(old.accumulators)
+                    {
+                        let state = other
+                            .state()?
+                            .into_iter()
+                            .map(|v| v.to_array())
+                            .collect::<datafusion::error::Result<Vec<_>>>()?;
+                        acc.merge_batch(&state)?;
+                    }
+                    self.open -= 1;
+                }
+                session.start = session.start.min(start);
+                session.end = session.end.max(end);
+                session
             }
-        }
+            None => {
+                self.open += 1;
+                Session {
+                    start,
+                    end,
+                    accumulators: self
+                        .spec
+                        .calls
+                        .iter()
+                        .map(|c| c.function.create_accumulator())
+                        .collect::<datafusion::error::Result<_>>()?,
+                }
+            }
+        };
         for (i, acc) in session.accumulators.iter_mut().enumerate() {
-            let mut values = args[i]
-                .iter()
-                .map(|a| take(a.as_ref(), rows, None))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut values: Vec<ArrayRef> =
+                args[i].iter().map(|a| a.slice(from, to - from)).collect();
             if let Some(f) = &filters[i] {
-                let mask = take(f, rows, None)?;
+                let mask = f.slice(from, to - from);
                 values = values
                     .iter()
-                    .map(|v| arrow::compute::filter(v.as_ref(), mask.as_boolean()))
+                    .map(|v| arrow::compute::filter(v.as_ref(), &mask))
                     .collect::<Result<Vec<_>, _>>()?;
             }
             acc.update_batch(&values)?;
         }
-        *sessions = kept;
         let at = sessions.partition_point(|s| s.start < session.start);
         sessions.insert(at, session);
         Ok(())
@@ -250,12 +271,31 @@ impl Operator for SessionOperator {
         let key_rows = self.converter.convert_columns(&keys)?;
         // Rows by key, then time: runs of one key without a gap update a session at once.
         let mut order: Vec<u32> = (0..n as u32).filter(|&i| !late.value(i as usize)).collect();
-        order.sort_by(|&a, &b| {
+        order.sort_unstable_by(|&a, &b| {
             key_rows
                 .row(a as usize)
                 .cmp(&key_rows.row(b as usize))
                 .then(times.value(a as usize).cmp(&times.value(b as usize)))
+                .then(a.cmp(&b))
         });
+        // The arguments in that order, once: each run is then a slice of them.
+        let indices = UInt32Array::from(order.clone());
+        let args = args
+            .iter()
+            .map(|a| {
+                a.iter()
+                    .map(|c| take(c.as_ref(), &indices, None))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let filters = filters
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .map(|f| take(f, &indices, None).map(|m| m.as_boolean().clone()))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut i = 0;
         while i < order.len() {
             let first = order[i] as usize;
@@ -269,12 +309,10 @@ impl Operator for SessionOperator {
                 end = times.value(r);
                 j += 1;
             }
-            let rows = UInt32Array::from(order[i..j].to_vec());
-            let key = key_rows.row(first).owned();
-            self.add_run(key, start, end, &rows, &args, &filters)?;
+            self.add_run(key_rows.row(first), start, end, i, j, &args, &filters)?;
             i = j;
         }
-        self.metrics.groups = self.sessions.values().map(|s| s.len() as u64).sum();
+        self.metrics.groups = self.open;
         Ok(())
     }
 
@@ -306,7 +344,8 @@ impl Operator for SessionOperator {
         }
         let batch = self.output(rows)?;
         self.metrics.rows_out += batch.num_rows() as u64;
-        self.metrics.groups = self.sessions.values().map(|s| s.len() as u64).sum();
+        self.open -= batch.num_rows() as u64;
+        self.metrics.groups = self.open;
         out.batches.push(batch);
         Ok(())
     }
@@ -424,8 +463,9 @@ impl Operator for SessionOperator {
             let sessions = self.sessions.entry(key).or_default();
             let i = sessions.partition_point(|s| s.start < session.start);
             sessions.insert(i, session);
+            self.open += 1;
         }
-        self.metrics.groups = self.sessions.values().map(|s| s.len() as u64).sum();
+        self.metrics.groups = self.open;
         Ok(())
     }
 
