@@ -9,6 +9,11 @@
 //! q0 passes bids through, q1 converts their price, q2 selects some auctions, q5 counts bids
 //! per auction in hopping windows (10 s every 2 s; the hot-items count, without the join to the
 //! per-window maximum, which needs joins), q11 counts bids per bidder in sessions (gap 10 s).
+//!
+//! Then q1 through the broker: the bids (of up to 2,000,000 events) as JSON records in a topic
+//! of an in-process broker, read and decoded by the engine, converted, and written as JSON to
+//! another topic. It runs twice, to say where the time goes: once into a counting sink (read +
+//! decode + q1), once into the topic (+ encode + append); the CPU time of each is reported.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark: failing loudly is right.
 
@@ -127,6 +132,188 @@ fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
     }
 }
 
+/// The bids of `events` Nexmark events, as JSON records timestamped with their event time.
+fn bid_records(events: u64) -> Vec<quiver_broker::Record> {
+    let source = NexmarkSource::new(NexmarkConfig {
+        events,
+        ..NexmarkConfig::default()
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let batches = rt.block_on(async {
+        use quiver_engine::Source;
+        let mut reader = source
+            .open(quiver_broker::PartitionSplit::ALL)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        loop {
+            let poll = reader.poll(Duration::ZERO).await.unwrap();
+            out.extend(poll.batches);
+            if poll.finished {
+                return out;
+            }
+        }
+    });
+    let mut records = Vec::new();
+    for batch in batches {
+        let is_bid = arrow::compute::kernels::cmp::eq(
+            batch.column_by_name("event_type").unwrap(),
+            &arrow::array::Int8Array::new_scalar(BID),
+        )
+        .unwrap();
+        let bids = arrow::compute::filter_record_batch(&batch, &is_bid).unwrap();
+        let columns = ["auction", "bidder", "price", "channel", "url"];
+        let indices: Vec<usize> = columns
+            .iter()
+            .map(|c| bids.schema().index_of(c).unwrap())
+            .collect();
+        let values = bids.project(&indices).unwrap();
+        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(&values).unwrap();
+        writer.finish().unwrap();
+        let text = writer.into_inner();
+        let times = bids
+            .column_by_name("rowtime")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .unwrap()
+            .clone();
+        for (i, line) in text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            records.push(quiver_broker::Record::new(times.value(i), None, Some(line)));
+        }
+    }
+    records
+}
+
+/// q1 through an in-process broker (see the module docs).
+fn q1_through_the_broker(rt: &tokio::runtime::Runtime, events: u64) {
+    let events = events.min(2_000_000);
+    let records = bid_records(events);
+    let bids = records.len() as u64;
+    let bytes: usize = records
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = rt.block_on(async {
+        let broker = quiver_broker::Broker::open(quiver_broker::BrokerConfig {
+            data_dir: dir.path().to_owned(),
+            ..quiver_broker::BrokerConfig::default()
+        })
+        .await
+        .unwrap();
+        for topic in ["bids", "q1"] {
+            broker
+                .create_topic(quiver_broker::NewTopic::new(topic, 2))
+                .await
+                .unwrap();
+        }
+        let load = Instant::now();
+        for (i, chunk) in records.chunks(10_000).enumerate() {
+            let mut envelope = quiver_broker::record::EnvelopeBuilder::default();
+            for r in chunk {
+                envelope.append_record(r);
+            }
+            broker
+                .append(
+                    "bids",
+                    (i % 2) as i32,
+                    &envelope.finish(),
+                    quiver_broker::ProducerInfo::NONE,
+                )
+                .await
+                .unwrap();
+        }
+        println!(
+            "\nq1 through the broker: {bids} bids as JSON ({:.0} bytes each) loaded in {:.2} s",
+            bytes as f64 / bids as f64,
+            load.elapsed().as_secs_f64()
+        );
+        broker
+    });
+    println!(
+        "{:<28} {:>14} {:>18} {:>10}",
+        "run", "events/s", "events/s per core", "cpu s"
+    );
+    let mut cpu_of = Vec::new();
+    for to_topic in [false, true] {
+        let value = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("auction", arrow::datatypes::DataType::Int64, true),
+            arrow::datatypes::Field::new("bidder", arrow::datatypes::DataType::Int64, true),
+            arrow::datatypes::Field::new("price", arrow::datatypes::DataType::Int64, true),
+            arrow::datatypes::Field::new("channel", arrow::datatypes::DataType::Utf8, true),
+            arrow::datatypes::Field::new("url", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        let builder = StreamsBuilder::with_broker(&broker).with_options(QueryOptions::default());
+        let q1 = builder
+            .topic(
+                "bids",
+                quiver_engine::Format::None,
+                quiver_engine::Format::Json(value),
+            )
+            .unwrap()
+            .select([
+                col("auction"),
+                col("bidder"),
+                (cast(col("price"), arrow::datatypes::DataType::Float64) * lit(0.908))
+                    .alias("price"),
+                col("rowtime"),
+            ])
+            .unwrap();
+        let sink = CountSink::default();
+        if to_topic {
+            q1.to_topic("q1", quiver_engine::TopicFormat::json())
+                .unwrap();
+        } else {
+            q1.to_sink(Box::new(sink.clone()));
+        }
+        let topology = builder.build().unwrap();
+        let (cpu0, wall0) = (cpu_time(), Instant::now());
+        rt.block_on(async {
+            let running = Runtime::new(&broker).run(topology).await.unwrap();
+            loop {
+                let out = running.metrics()[0].1.rows_out;
+                if out >= bids {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            running.stop().await.unwrap();
+        });
+        let (cpu, wall) = (cpu_time() - cpu0, wall0.elapsed());
+        cpu_of.push(cpu);
+        let run = if to_topic {
+            "topic -> q1 -> topic"
+        } else {
+            "topic -> q1 -> count"
+        };
+        println!(
+            "{:<28} {:>14.0} {:>18.0} {:>10.2}",
+            run,
+            bids as f64 / wall.as_secs_f64(),
+            bids as f64 / cpu.as_secs_f64(),
+            cpu.as_secs_f64()
+        );
+    }
+    let (decode, full) = (cpu_of[0], cpu_of[1]);
+    println!(
+        "where the time goes: read + JSON decode + q1 {:.0}% of the CPU, JSON encode + append \
+         {:.0}%",
+        100.0 * decode.as_secs_f64() / full.as_secs_f64(),
+        100.0 * (full.as_secs_f64() - decode.as_secs_f64()).max(0.0) / full.as_secs_f64()
+    );
+    rt.block_on(broker.shutdown()).unwrap();
+}
+
 fn main() {
     let events: u64 = std::env::args()
         .skip(1)
@@ -165,4 +352,5 @@ fn main() {
             wall.as_secs_f64()
         );
     }
+    q1_through_the_broker(&rt, events);
 }

@@ -136,8 +136,7 @@ impl SessionOperator {
                     let old = sessions.remove(first);
                     session.start = session.start.min(old.start);
                     session.end = session.end.max(old.end);
-                    for (acc, mut other) in session.accumulators.iter_mut().zip(old.accumulators)
-                    {
+                    for (acc, mut other) in session.accumulators.iter_mut().zip(old.accumulators) {
                         let state = other
                             .state()?
                             .into_iter()
