@@ -703,6 +703,11 @@ impl Operator for AggregateOperator {
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
         Some(self.spec.keys.clone())
     }
+
+    fn state_keys(&self, state: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        let k = self.spec.keys.len();
+        Ok(state.columns()[1..1 + k].to_vec())
+    }
 }
 
 /// The schema of an aggregate operator's snapshot: the table (window start, or `i64::MIN` for an

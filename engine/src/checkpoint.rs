@@ -30,9 +30,14 @@
 //! On start, exactly-once first takes over the transactional id, which fences an older
 //! instance still running and aborts a transaction it left open. Then the group's committed
 //! offsets name the epoch to restore (their metadata), and that epoch's manifest gives the
-//! state: every operator of every task gets back its rows, the source tasks their watermarks,
+//! state: every operator of every task gets back its rows, every task its watermark,
 //! and reading resumes at the manifest's offsets (which equal the committed ones). With no
 //! committed offsets the query starts from its source's start position with empty state.
+//!
+//! A query may restart at another parallelism (rescaling): each task then takes, from every
+//! task's state files, the rows whose keys the keyed exchange now sends to it (the exchange's
+//! hash has a fixed seed), and the watermark its stage had. The partitions are split anew
+//! between the source tasks, each resuming at the manifest's offsets.
 //!
 //! What a crash leaves, by step:
 //! - **During 1–3**: the transaction of epoch `n` is open; it is aborted on restart (or by its

@@ -16,7 +16,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
 
-use arrow::array::{RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
@@ -62,6 +62,20 @@ impl Barrier {
         self.stop |= other.stop;
         Ok(())
     }
+}
+
+/// The task (of `n`) each row goes to by the hash of its key `columns` (the keyed exchange's
+/// rule, also used to split restored state when the parallelism changed). `hashes` is scratch.
+pub(crate) fn route_rows(
+    columns: &[ArrayRef],
+    n: usize,
+    hashes: &mut Vec<u64>,
+) -> Result<Vec<usize>> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    hashes.clear();
+    hashes.resize(rows, 0);
+    create_hashes(columns, &RandomState::with_seed(HASH_SEED), hashes)?;
+    Ok(hashes.iter().map(|h| (*h % n as u64) as usize).collect())
 }
 
 /// Side output travelling with the data, so it stays in order with barriers.
@@ -257,16 +271,12 @@ impl Output {
             .iter()
             .map(|k| k.evaluate(&batch).and_then(|v| v.into_array(rows)))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        self.hashes.clear();
-        self.hashes.resize(rows, 0);
-        create_hashes(
-            &columns,
-            &RandomState::with_seed(HASH_SEED),
-            &mut self.hashes,
-        )?;
         let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (row, h) in self.hashes.iter().enumerate() {
-            parts[(*h % n as u64) as usize].push(row as u32);
+        for (row, to) in route_rows(&columns, n, &mut self.hashes)?
+            .iter()
+            .enumerate()
+        {
+            parts[*to].push(row as u32);
         }
         for (to, rows_to) in parts.into_iter().enumerate() {
             if rows_to.is_empty() {

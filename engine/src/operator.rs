@@ -92,6 +92,17 @@ pub trait Operator: Send + std::fmt::Debug {
     /// A new instance with the same configuration and empty state: a query runs one per task.
     fn fresh(&self) -> Result<Box<dyn Operator>>;
 
+    /// The key columns of rows of a [`Operator::snapshot`], of the types its
+    /// [`Operator::partition_keys`] evaluate to: a restore at another parallelism sends each
+    /// row to the task the keyed exchange sends its key to. Empty: all rows to the first task.
+    fn state_keys(&self, state: &RecordBatch) -> Result<Vec<arrow::array::ArrayRef>> {
+        let _ = state;
+        Err(crate::error::EngineError::internal(format!(
+            "the state of operator '{}' cannot be split between tasks",
+            self.name()
+        )))
+    }
+
     /// [`Operator::fresh`] under another name (the planner names the operators of a merged
     /// stream's branches after the merge). Operators that keep state cannot be renamed: their
     /// state is found by name.

@@ -319,11 +319,12 @@ async fn prepare_checkpointing(query: &Query) -> Result<Option<Checkpointing>> {
     let c = Checkpointing::start(config.clone(), name, topic, parallelism, cluster).await?;
     if let Some(m) = &c.restored {
         if m.parallelism != parallelism {
-            return Err(EngineError::config(format!(
-                "checkpoint {} of query '{name}' was taken with parallelism {}; run the query \
-                 with that parallelism",
-                m.epoch, m.parallelism
-            )));
+            tracing::info!(
+                query = %name,
+                from = m.parallelism,
+                to = parallelism,
+                "rescaling: the checkpoint's state is split between the tasks by key"
+            );
         }
         let names: Vec<&str> = query
             .physical
@@ -427,7 +428,7 @@ async fn run(
                 .map(|op| op.fresh())
                 .collect::<Result<Vec<_>>>()?;
             if let (Some(m), Some(ck)) = (&restored, &task_checkpoint) {
-                restore_state(ck, m, task, &mut ops).await?;
+                restore_state(ck, m, task, parallelism, &mut ops).await?;
             }
             let output = Output::new(outs.next().unwrap_or_default(), route.clone());
             let shared = shared.clone();
@@ -440,7 +441,7 @@ async fn run(
                     Some(m) => physical.source.open_at(split, &m.positions).await?,
                     None => physical.source.open(split).await?,
                 };
-                let watermark = restored_watermark(restored.as_ref(), stage, task);
+                let watermark = restored_watermark(restored.as_ref(), stage, task, parallelism);
                 tasks.spawn(source_task(SourceTask {
                     task,
                     reader,
@@ -460,7 +461,7 @@ async fn run(
                     inputs,
                     ops,
                     output,
-                    watermark: restored_watermark(restored.as_ref(), stage, task),
+                    watermark: restored_watermark(restored.as_ref(), stage, task, parallelism),
                     checkpoint: task_checkpoint.clone(),
                     shared,
                 }));
@@ -530,22 +531,40 @@ async fn snapshot_state(
     Ok(files)
 }
 
-/// Gives each of a task's operators back its rows of checkpoint `manifest`.
+/// Gives each of a task's operators back its rows of checkpoint `manifest`: the task's own
+/// files at the same parallelism; at another, the rows of every task's files whose keys the
+/// exchange now sends to this task.
 async fn restore_state(
     ck: &TaskCheckpoint,
     manifest: &Manifest,
     task: usize,
+    parallelism: usize,
     ops: &mut [Box<dyn Operator>],
 ) -> Result<()> {
+    let same = manifest.parallelism == parallelism;
+    let mut hashes = Vec::new();
     for op in ops.iter_mut() {
         let name = op.name().to_owned();
         for f in manifest
             .state
             .iter()
-            .filter(|f| f.task == task && f.operator == name)
+            .filter(|f| f.operator == name && (!same || f.task == task))
         {
             for batch in ck.storage.read_state(&ck.query, manifest.epoch, f).await? {
-                op.restore(&batch)?;
+                if same {
+                    op.restore(&batch)?;
+                    continue;
+                }
+                let keys = op.state_keys(&batch)?;
+                let mine: arrow::array::BooleanArray = if keys.is_empty() {
+                    std::iter::repeat_n(Some(task == 0), batch.num_rows()).collect()
+                } else {
+                    crate::exchange::route_rows(&keys, parallelism, &mut hashes)?
+                        .into_iter()
+                        .map(|to| Some(to == task))
+                        .collect()
+                };
+                op.restore(&arrow::compute::filter_record_batch(&batch, &mine)?)?;
             }
         }
     }
@@ -671,15 +690,31 @@ struct StageTask {
     shared: Arc<Shared>,
 }
 
-/// The watermark task `task` of stage `stage` had at the checkpoint, if one was restored.
-fn restored_watermark(manifest: Option<&Manifest>, stage: usize, task: usize) -> i64 {
-    manifest
-        .and_then(|m| {
-            m.watermarks
-                .iter()
-                .find(|w| w.stage == stage && w.task == task)
-        })
-        .map_or(i64::MIN, |w| w.watermark)
+/// The watermark task `task` of stage `stage` had at the checkpoint, if one was restored. At
+/// another parallelism: a source task (stateless) takes the lowest of its stage's, a later
+/// task the highest of its stage's (they all had the same, broadcast to them before the
+/// barrier), so a window closed before the checkpoint stays closed.
+fn restored_watermark(
+    manifest: Option<&Manifest>,
+    stage: usize,
+    task: usize,
+    parallelism: usize,
+) -> i64 {
+    let Some(m) = manifest else {
+        return i64::MIN;
+    };
+    let of_stage = m.watermarks.iter().filter(|w| w.stage == stage);
+    let found = if m.parallelism == parallelism {
+        of_stage
+            .filter(|w| w.task == task)
+            .map(|w| w.watermark)
+            .next()
+    } else if stage == 0 {
+        of_stage.map(|w| w.watermark).min()
+    } else {
+        of_stage.map(|w| w.watermark).max()
+    };
+    found.unwrap_or(i64::MIN)
 }
 
 /// A task after an exchange: runs its operators on what its inputs send.

@@ -471,4 +471,15 @@ impl Operator for SessionOperator {
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
         Some(self.spec.keys.clone())
     }
+
+    fn state_keys(&self, state: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        if self.spec.keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = state.column(2).as_binary::<i32>();
+        let parser = self.converter.parser();
+        Ok(self
+            .converter
+            .convert_rows((0..keys.len()).map(|i| parser.parse(keys.value(i))))?)
+    }
 }
