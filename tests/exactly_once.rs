@@ -5,9 +5,11 @@
 //! `read_committed` reader of the output topic then finds each (user, window) count exactly
 //! once, with the value a one-shot count of the input gives.
 //!
-//! The same again with the source and the output on an external cluster: a second process
-//! serving the Kafka protocol (the broker's server, as `quiver server` runs it), fed by the
-//! test over the wire while the workers come and go; the query reads and writes it through
+//! Each worker runs at a random parallelism (1 to 3), so most restores also split the state
+//! between a different number of tasks.
+//!
+//! The same again with the source and the output on an external cluster: a `quiver server`
+//! process, fed by the test over the wire while the workers come and go; the query reads and writes it through
 //! Quiver's Kafka client, with its transactions on that cluster.
 //!
 //! This file is its own test binary (no libtest harness): run plainly it is the test; run
@@ -22,11 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::prelude::col;
 use quiver_broker::{
     Broker, BrokerConfig, Isolation, NewTopic, ReaderOptions, Record, StartAt, batch_to_records,
     partition_for_key,
 };
+use quiver_engine::datafusion::prelude::col;
 use quiver_engine::dsl::{RunningTopology, StreamsBuilder};
 use quiver_engine::{
     CheckpointConfig, CheckpointStorage, Format, KafkaCluster, KafkaSink, KafkaSource,
@@ -37,6 +39,8 @@ use quiver_kafka_client::{ClientConfig, FetchOptions, IsolationLevel, KafkaClien
 const ROLE: &str = "QUIVER_EOS_ROLE";
 const DATA_DIR: &str = "QUIVER_EOS_DIR";
 const BOOTSTRAP: &str = "QUIVER_EOS_BOOTSTRAP";
+/// Each worker runs at a parallelism of its own: restores split the state anew.
+const PARALLELISM: &str = "QUIVER_EOS_PARALLELISM";
 const APPLICATION: &str = "eos-count";
 const GROUP: &str = "eos-count-query_1";
 const PARTITIONS: i32 = 3;
@@ -64,7 +68,6 @@ fn main() {
     };
     let dir = PathBuf::from(std::env::var(DATA_DIR).unwrap());
     let code = match role.as_str() {
-        "server" => runtime.block_on(server(&dir)),
         "local-run" => runtime.block_on(local_worker(&dir, false)),
         "local-finish" => runtime.block_on(local_worker(&dir, true)),
         "remote-run" => runtime.block_on(remote_worker(&dir, false)),
@@ -167,11 +170,17 @@ async fn kill_and_finish(
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let after = Duration::from_millis(300 + rng % 2_000);
-        let mut child = spawn(dir, &format!("{kind}-run"), round, envs);
+        let parallelism = (1 + (rng >> 32) % 3).to_string();
+        let mut envs = envs.to_vec();
+        envs.push((PARALLELISM, &parallelism));
+        let mut child = spawn(dir, &format!("{kind}-run"), round, &envs);
         tokio::time::sleep(after).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        println!("exactly_once ({kind}): round {round}: killed after {after:?}");
+        println!(
+            "exactly_once ({kind}): round {round}: parallelism {parallelism}, killed after \
+             {after:?}"
+        );
     }
     if let Some(feeder) = feeder {
         feeder.await.unwrap();
@@ -275,7 +284,10 @@ async fn start(b: &Broker, dir: &Path, cluster: Option<&KafkaCluster>) -> Runnin
             checkpoint: Some(
                 CheckpointConfig::exactly_once(storage).with_interval(Duration::from_millis(100)),
             ),
-            parallelism: 2,
+            parallelism: std::env::var(PARALLELISM)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(2),
             poll_wait: Duration::from_millis(20),
             ..QueryOptions::default()
         });
@@ -389,16 +401,36 @@ async fn local_worker(dir: &Path, finish: bool) -> i32 {
 /// The scenario with the source and the output on an external cluster.
 async fn remote() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn(dir.path(), "server", 0, &[]);
-    let log = dir.path().join("server-0.log");
+    let log = dir.path().join("server.log");
+    let mut server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir.path().join("cluster"))
+            .args(["--listeners", "PLAINTEXT://127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // "quiver server ready: Kafka on HOST:PORT (advertised as PLAINTEXT://HOST:PORT), …"
+    let started = Instant::now();
     let bootstrap = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.starts_with("ready ")) {
-            break line["ready ".len()..].to_owned();
+        if let Some(line) = text.lines().find(|l| l.starts_with("quiver server ready")) {
+            let advertised = line.split("(advertised as ").nth(1).unwrap();
+            let advertised = advertised.split(')').next().unwrap();
+            break advertised.trim_start_matches("PLAINTEXT://").to_owned();
         }
-        if let Some(status) = server.try_wait().unwrap() {
+        if let Some(status) = server.0.try_wait().unwrap() {
             panic!("the server exited ({status}): {text}");
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no ready line from quiver server: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let client = KafkaClient::connect(&bootstrap, ClientConfig::default())
@@ -446,8 +478,17 @@ async fn remote() {
         .len();
     check("remote", &committed, in_log);
     client.close().await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
+}
+
+/// A child process killed when the test is done with it, or fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Every record of `counts` on the cluster, once no transaction is open on it.
@@ -483,20 +524,6 @@ async fn fetch_all(client: &KafkaClient, isolation: IsolationLevel) -> Vec<Recor
         }
     }
     out
-}
-
-/// The external cluster: the broker's Kafka server on a loopback port.
-async fn server(dir: &Path) -> i32 {
-    let server = quiver_broker::kafka::LocalServer::start(BrokerConfig {
-        data_dir: dir.join("cluster"),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
-    println!("ready {}", server.addr());
-    loop {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
 }
 
 /// Runs the query against the external cluster (the in-process broker only holds side
