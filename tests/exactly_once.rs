@@ -402,8 +402,16 @@ async fn local_worker(dir: &Path, finish: bool) -> i32 {
 async fn remote() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
+    let errors = dir.path().join("server.err");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    // The server reads QUIVER_* settings from the environment: it gets none of the test's.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("QUIVER_")) {
+            command.env_remove(&name);
+        }
+    }
     let mut server = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_quiver"))
+        command
             .arg("server")
             .arg("--data-dir")
             .arg(dir.path().join("cluster"))
@@ -411,7 +419,7 @@ async fn remote() {
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&errors).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -425,7 +433,8 @@ async fn remote() {
             break advertised.trim_start_matches("PLAINTEXT://").to_owned();
         }
         if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("the server exited ({status}): {text}");
+            let errors = std::fs::read_to_string(&errors).unwrap_or_default();
+            panic!("the server exited ({status}): {text}{errors}");
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
