@@ -356,18 +356,15 @@ async fn feed(b: Broker) {
     }
 }
 
-/// Runs the query against the in-process broker, feeding the input; with `finish`, until the group's committed offsets reach the end of the
-/// input, then stops it gracefully. Returns the exit code.
+/// Runs the query against the in-process broker, feeding the input (see [`run_worker`]).
 async fn local_worker(dir: &Path, finish: bool) -> i32 {
     let b = open_broker(dir).await;
     let running = start(&b, dir, None).await;
     println!("worker: started");
     let feeding = tokio::spawn(feed(b.clone()));
-    let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if !finish || !feeding.is_finished() {
-            continue;
+    let code = run_worker(running, finish, async || {
+        if !feeding.is_finished() {
+            return false;
         }
         let committed: BTreeMap<i32, i64> = b
             .groups()
@@ -375,27 +372,44 @@ async fn local_worker(dir: &Path, finish: bool) -> i32 {
             .into_iter()
             .filter_map(|(_, p, o)| Some((p, o.ok()??.offset)))
             .collect();
-        let done = (0..PARTITIONS).all(|p| {
+        (0..PARTITIONS).all(|p| {
             let end = b.offsets("views", p).unwrap().log_end_offset;
             committed.get(&p) == Some(&end)
-        });
-        if done {
+        })
+    })
+    .await;
+    b.shutdown().await.unwrap();
+    code
+}
+
+/// Lets the query run; with `finish`, until `consumed` says the group's committed offsets
+/// reached the end of the input, then stops it gracefully. Returns the exit code.
+async fn run_worker(
+    running: RunningTopology,
+    finish: bool,
+    mut consumed: impl AsyncFnMut() -> bool,
+) -> i32 {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if finish && consumed().await {
             break;
         }
-        if started.elapsed() > Duration::from_secs(240) {
-            println!("worker: the input was not consumed in 240 s: {committed:?}");
+        if finish && started.elapsed() > Duration::from_secs(240) {
+            println!("worker: the input was not consumed in 240 s");
             return 1;
         }
     }
     match running.stop().await {
-        Ok(m) => println!("worker: stopped: {m:?}"),
+        Ok(m) => {
+            println!("worker: stopped: {m:?}");
+            0
+        }
         Err(e) => {
             println!("worker: the query failed: {e}");
-            return 1;
+            1
         }
     }
-    b.shutdown().await.unwrap();
-    0
 }
 
 /// The scenario with the source and the output on an external cluster.
@@ -548,13 +562,8 @@ async fn remote_worker(dir: &Path, finish: bool) -> i32 {
     .unwrap();
     let running = start(&b, dir, Some(&cluster)).await;
     println!("worker: started");
-    let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if !finish {
-            continue;
-        }
-        let client = cluster.client();
+    let client = cluster.client();
+    run_worker(running, finish, async || {
         let committed: BTreeMap<i32, i64> = match client.offset_fetch_stable(GROUP, None).await {
             Ok(offsets) => offsets
                 .into_iter()
@@ -566,24 +575,10 @@ async fn remote_worker(dir: &Path, finish: bool) -> i32 {
         let specs: Vec<(i32, OffsetSpec)> =
             (0..PARTITIONS).map(|p| (p, OffsetSpec::Latest)).collect();
         let ends = client.list_offsets("views", &specs).await.unwrap();
-        let done = ends.into_iter().all(|(p, end)| {
+        ends.into_iter().all(|(p, end)| {
             let end = end.unwrap().unwrap().offset;
             committed.get(&p) == Some(&end)
-        });
-        if done {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(240) {
-            println!("worker: the input was not consumed in 240 s: {committed:?}");
-            return 1;
-        }
-    }
-    match running.stop().await {
-        Ok(m) => println!("worker: stopped: {m:?}"),
-        Err(e) => {
-            println!("worker: the query failed: {e}");
-            return 1;
-        }
-    }
-    0
+        })
+    })
+    .await
 }
