@@ -71,7 +71,6 @@ impl KafkaCluster {
 pub struct KafkaSource {
     cluster: KafkaCluster,
     topic: String,
-    partitions: i32,
     decoder: RecordDecoder,
     start: StartFrom,
     idle_after: Duration,
@@ -87,11 +86,10 @@ impl KafkaSource {
         key: Format,
         value: Format,
     ) -> Result<KafkaSource> {
-        let partitions = cluster.partition_count(topic).await?;
+        cluster.partition_count(topic).await?;
         Ok(KafkaSource {
             cluster: cluster.clone(),
             topic: topic.to_owned(),
-            partitions,
             decoder: RecordDecoder::new(key, value, None)?,
             start: StartFrom::Earliest,
             idle_after: Duration::from_secs(5),
@@ -209,12 +207,15 @@ impl KafkaSource {
         split: PartitionSplit,
         start: &StartFrom,
     ) -> Result<Box<dyn SourceReader>> {
-        let partitions: Vec<i32> = (0..self.partitions)
-            .filter(|p| split.contains(*p))
-            .collect();
+        // The topic may have gained partitions since the source was made.
+        let count = self.cluster.partition_count(&self.topic).await?;
+        let partitions: Vec<i32> = (0..count).filter(|p| split.contains(*p)).collect();
         let positions = self.start_positions(&partitions, start).await?;
         let now = Instant::now();
         Ok(Box::new(KafkaSourceReader {
+            source: self.clone(),
+            split,
+            checked_partitions: now,
             cluster: self.cluster.clone(),
             topic: self.topic.clone(),
             decoder: self.decoder.clone(),
@@ -285,8 +286,14 @@ struct PartitionState {
     last_data: Instant,
 }
 
+/// How often a reader asks the cluster whether the topic has gained partitions.
+const PARTITION_CHECK: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 struct KafkaSourceReader {
+    source: KafkaSource,
+    split: PartitionSplit,
+    checked_partitions: Instant,
     cluster: KafkaCluster,
     topic: String,
     decoder: RecordDecoder,
@@ -299,6 +306,9 @@ struct KafkaSourceReader {
 #[async_trait]
 impl SourceReader for KafkaSourceReader {
     async fn poll(&mut self, max_wait: Duration) -> Result<SourcePoll> {
+        if self.checked_partitions.elapsed() >= PARTITION_CHECK {
+            self.add_new_partitions().await?;
+        }
         let mut poll = SourcePoll::default();
         if self.partitions.is_empty() {
             tokio::time::sleep(max_wait).await;
@@ -369,6 +379,38 @@ impl SourceReader for KafkaSourceReader {
             .iter()
             .map(|(p, s)| (*p, s.position))
             .collect()
+    }
+}
+
+impl KafkaSourceReader {
+    /// Starts reading partitions the topic gained (in this reader's split) from their
+    /// beginning, as Kafka consumers do after a rebalance.
+    async fn add_new_partitions(&mut self) -> Result<()> {
+        self.checked_partitions = Instant::now();
+        let count = self.cluster.partition_count(&self.topic).await?;
+        let new: Vec<i32> = (0..count)
+            .filter(|p| self.split.contains(*p) && !self.partitions.contains_key(p))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(topic = %self.topic, partitions = ?new, "reading new partitions");
+        let positions = self
+            .source
+            .start_positions(&new, &StartFrom::Earliest)
+            .await?;
+        let now = Instant::now();
+        for (p, position) in positions {
+            self.partitions.insert(
+                p,
+                PartitionState {
+                    position,
+                    caught_up: false,
+                    last_data: now,
+                },
+            );
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,100 @@
+//! A query over a topic of an external cluster (the broker's Kafka server on loopback, read
+//! through Quiver's client): it follows partitions the topic gains while it runs.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Field, Schema};
+use quiver_broker::BrokerConfig;
+use quiver_broker::kafka::LocalServer;
+use quiver_common::record::{EnvelopeBuilder, Record};
+use quiver_common::topic::NewTopic;
+use quiver_engine::dsl::StreamsBuilder;
+use quiver_engine::{Collector, Format, KafkaCluster, KafkaSource, QueryOptions, Runtime};
+
+async fn produce(cluster: &KafkaCluster, partition: i32, words: &[&str]) {
+    let mut envelope = EnvelopeBuilder::default();
+    for w in words {
+        let value = format!(r#"{{"word":"{w}"}}"#);
+        envelope.append_record(&Record::new(1, None, Some(value.as_bytes())));
+    }
+    cluster
+        .client()
+        .produce("words", partition, &envelope.finish())
+        .await
+        .unwrap();
+}
+
+fn words(collector: &Collector) -> Vec<String> {
+    let mut out: Vec<String> = collector
+        .batches()
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|w| w.unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_query_reads_partitions_the_topic_gains_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LocalServer::start(BrokerConfig {
+        data_dir: dir.path().to_owned(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let cluster = KafkaCluster::connect(&server.addr().to_string())
+        .await
+        .unwrap();
+    let created = cluster
+        .client()
+        .create_topics(&[NewTopic::new("words", 1)], false)
+        .await
+        .unwrap();
+    assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
+    produce(&cluster, 0, &["ant"]).await;
+
+    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    let source = KafkaSource::new(&cluster, "words", Format::None, Format::Json(value))
+        .await
+        .unwrap();
+    let builder = StreamsBuilder::new().with_options(QueryOptions {
+        parallelism: 2,
+        poll_wait: Duration::from_millis(20),
+        ..QueryOptions::default()
+    });
+    let collector = Collector::new();
+    builder
+        .stream("words", Arc::new(source))
+        .unwrap()
+        .select([quiver_engine::datafusion::prelude::col("word")])
+        .unwrap()
+        .to_collector(&collector);
+    let running = Runtime::without_broker()
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(collector.wait_for_rows(1, Duration::from_secs(10)).await, 1);
+
+    let grown = cluster
+        .client()
+        .create_partitions(&[("words", 3)], false)
+        .await
+        .unwrap();
+    assert!(grown.iter().all(|(_, r)| r.is_ok()), "{grown:?}");
+    produce(&cluster, 1, &["bee"]).await;
+    produce(&cluster, 2, &["cat", "dog"]).await;
+    assert_eq!(collector.wait_for_rows(4, Duration::from_secs(20)).await, 4);
+    running.stop().await.unwrap();
+    assert_eq!(words(&collector), ["ant", "bee", "cat", "dog"]);
+}
