@@ -21,8 +21,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::error::Result as DfResult;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
@@ -446,6 +448,39 @@ impl GroupedStream {
         self.aggregate([count(lit(1)).alias("count")])
     }
 
+    /// Kafka Streams' `reduce`: per key, the values of `column` combined by `f` (the running
+    /// value, the next value → the new running value; nulls are skipped), as an updating table
+    /// with the result in a column of the same name. `f` must be associative: values combined
+    /// in different tasks (or restored) are merged with it too.
+    pub fn reduce<F>(&self, column: &str, f: F) -> Result<Table>
+    where
+        F: Fn(&ScalarValue, &ScalarValue) -> Result<ScalarValue> + Send + Sync + 'static,
+    {
+        let schema = self.stream.schema();
+        let data_type = schema
+            .field_with_name(column)
+            .map_err(|_| EngineError::config(format!("reduce: no column '{column}'")))?
+            .data_type()
+            .clone();
+        let f: ReduceFn = Arc::new(f);
+        let out = data_type.clone();
+        let udaf = datafusion::logical_expr::create_udaf(
+            &format!("reduce_{column}"),
+            vec![data_type.clone()],
+            Arc::new(data_type.clone()),
+            datafusion::logical_expr::Volatility::Immutable,
+            Arc::new(move |_| {
+                Ok(Box::new(ReduceAccumulator {
+                    value: None,
+                    data_type: out.clone(),
+                    f: f.clone(),
+                }))
+            }),
+            Arc::new(vec![data_type]),
+        );
+        self.aggregate([udaf.call(vec![col(column)]).alias(column)])
+    }
+
     /// DataFusion aggregate expressions per key (any built-in or user-defined aggregate
     /// function), as an updating table: one upsert per key per input batch.
     pub fn aggregate(&self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Table> {
@@ -461,6 +496,62 @@ impl GroupedStream {
                 builder: self.stream.builder.clone(),
             },
         })
+    }
+}
+
+/// The function of a [`GroupedStream::reduce`].
+type ReduceFn = Arc<dyn Fn(&ScalarValue, &ScalarValue) -> Result<ScalarValue> + Send + Sync>;
+
+/// The accumulator of a reduce: the running value.
+struct ReduceAccumulator {
+    value: Option<ScalarValue>,
+    data_type: DataType,
+    f: ReduceFn,
+}
+
+impl std::fmt::Debug for ReduceAccumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reduce({:?})", self.value)
+    }
+}
+
+impl datafusion::logical_expr::Accumulator for ReduceAccumulator {
+    fn update_batch(&mut self, values: &[arrow::array::ArrayRef]) -> DfResult<()> {
+        let Some(values) = values.first() else {
+            return Ok(());
+        };
+        for i in 0..values.len() {
+            if values.is_null(i) {
+                continue;
+            }
+            let v = ScalarValue::try_from_array(values, i)?;
+            self.value = Some(match self.value.take() {
+                None => v,
+                Some(acc) => (self.f)(&acc, &v).map_err(|e| {
+                    datafusion::error::DataFusionError::Execution(format!("reduce: {e}"))
+                })?,
+            });
+        }
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[arrow::array::ArrayRef]) -> DfResult<()> {
+        self.update_batch(states)
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        match &self.value {
+            Some(v) => Ok(v.clone()),
+            None => ScalarValue::try_from(&self.data_type),
+        }
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.value.as_ref().map_or(0, ScalarValue::size)
     }
 }
 

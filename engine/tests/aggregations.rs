@@ -548,3 +548,32 @@ async fn merging_streams_of_two_sources_or_after_an_aggregation_is_refused() {
     let err = builder.build().unwrap_err().to_string();
     assert!(err.contains("before the merge"), "{err}");
 }
+
+#[tokio::test]
+async fn reduce_combines_each_keys_values_with_a_rust_function() {
+    let all = events(800, 0, 0, 0);
+    let src = source(&all);
+    // The largest amount per customer, by a Rust function over values, at two tasks.
+    let options = QueryOptions {
+        parallelism: 2,
+        ..QueryOptions::default()
+    };
+    let (batches, _) = run_with(options, |b| {
+        b.stream("events", src)
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .reduce("amount", |a, b| {
+                Ok(if a >= b { a.clone() } else { b.clone() })
+            })
+            .unwrap()
+    })
+    .await;
+    let want = oracle(
+        &all,
+        "SELECT customer, max(amount) AS amount FROM events GROUP BY customer",
+    )
+    .await;
+    assert_eq!(want.len(), 7);
+    assert_eq!(final_rows(&batches, 1), want);
+}
