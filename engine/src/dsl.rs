@@ -706,6 +706,11 @@ impl RunningTopology {
         first_error.map_or(Ok(out), Err)
     }
 
+    /// Whether any of its queries has ended (failed, or its bounded source finished).
+    pub fn is_finished(&self) -> bool {
+        self.handles.iter().any(QueryHandle::is_finished)
+    }
+
     /// Ends every query at once, as a crash would (see [`QueryHandle::abort`]).
     pub fn abort(self) {
         for h in self.handles {

@@ -15,7 +15,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use quiver_broker::PartitionSplit;
-use quiver_kafka_client::{ClientConfig, FetchOptions, IsolationLevel, KafkaClient, OffsetSpec};
+use quiver_kafka_client::{
+    ClientConfig, ClientError, FetchOptions, IsolationLevel, KafkaClient, OffsetSpec,
+};
 
 use crate::checkpoint::{Cluster, SharedTransaction};
 use crate::error::{EngineError, Result};
@@ -326,11 +328,26 @@ impl SourceReader for KafkaSourceReader {
             isolation_level: IsolationLevel::ReadCommitted,
             ..FetchOptions::default()
         };
-        let fetched = self
+        let fetched = match self
             .cluster
             .client
             .fetch(&self.topic, &positions, &options)
-            .await?;
+            .await
+        {
+            Ok(fetched) => fetched,
+            // The cluster restarting or a network blip: the client reconnects on the next
+            // call; the query waits instead of failing.
+            Err(
+                e @ (ClientError::Unreachable { .. }
+                | ClientError::Disconnected { .. }
+                | ClientError::Timeout { .. }),
+            ) => {
+                tracing::warn!(topic = %self.topic, error = %e, "fetch failed; retrying");
+                tokio::time::sleep(max_wait).await;
+                return Ok(poll);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let now = Instant::now();
         for (p, result) in fetched {
             let f = match result {

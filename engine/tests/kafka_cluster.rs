@@ -1,5 +1,6 @@
 //! A query over a topic of an external cluster (the broker's Kafka server on loopback, read
-//! through Quiver's client): it follows partitions the topic gains while it runs.
+//! through Quiver's client): it follows partitions the topic gains while it runs, and waits
+//! out a restart of the cluster.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
@@ -97,4 +98,89 @@ async fn a_query_reads_partitions_the_topic_gains_while_it_runs() {
     assert_eq!(collector.wait_for_rows(4, Duration::from_secs(20)).await, 4);
     running.stop().await.unwrap();
     assert_eq!(words(&collector), ["ant", "bee", "cat", "dog"]);
+}
+
+/// A broker serving Kafka on `port` from `dir`, until the returned sender says stop.
+async fn serve(
+    dir: &std::path::Path,
+    port: u16,
+) -> (
+    quiver_broker::Broker,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<quiver_broker::Result<()>>,
+) {
+    let mut config = BrokerConfig {
+        data_dir: dir.to_owned(),
+        ..BrokerConfig::default()
+    };
+    config
+        .set("listeners", &format!("PLAINTEXT://127.0.0.1:{port}"))
+        .unwrap();
+    let broker = quiver_broker::Broker::open(config).await.unwrap();
+    let server = quiver_broker::kafka::KafkaServer::bind(broker.clone())
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    (broker, stop, tokio::spawn(server.run(stopped)))
+}
+
+#[tokio::test]
+async fn a_query_waits_out_a_restart_of_its_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (broker, stop, serving) = serve(dir.path(), port).await;
+    let cluster = KafkaCluster::connect(&format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let created = cluster
+        .client()
+        .create_topics(&[NewTopic::new("words", 1)], false)
+        .await
+        .unwrap();
+    assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
+    produce(&cluster, 0, &["ant"]).await;
+    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    let source = KafkaSource::new(&cluster, "words", Format::None, Format::Json(value))
+        .await
+        .unwrap();
+    let builder = StreamsBuilder::new().with_options(QueryOptions {
+        parallelism: 1,
+        poll_wait: Duration::from_millis(20),
+        ..QueryOptions::default()
+    });
+    let collector = Collector::new();
+    builder
+        .stream("words", Arc::new(source))
+        .unwrap()
+        .select([quiver_engine::datafusion::prelude::col("word")])
+        .unwrap()
+        .to_collector(&collector);
+    let running = Runtime::without_broker()
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(collector.wait_for_rows(1, Duration::from_secs(10)).await, 1);
+
+    // The cluster goes away for a while, then comes back on the same port and data.
+    stop.send_replace(true);
+    serving.await.unwrap().unwrap();
+    broker.shutdown().await.unwrap();
+    drop(broker);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !running.is_finished(),
+        "the query failed while its cluster was down"
+    );
+    let (broker, stop, serving) = serve(dir.path(), port).await;
+    produce(&cluster, 0, &["bee"]).await;
+    assert_eq!(collector.wait_for_rows(2, Duration::from_secs(20)).await, 2);
+    running.stop().await.unwrap();
+    assert_eq!(words(&collector), ["ant", "bee"]);
+    stop.send_replace(true);
+    serving.await.unwrap().unwrap();
+    broker.shutdown().await.unwrap();
 }
