@@ -13,7 +13,7 @@ use quiver_broker::BrokerConfig;
 use quiver_broker::kafka::LocalServer;
 use quiver_common::record::{EnvelopeBuilder, Record};
 use quiver_common::topic::NewTopic;
-use quiver_engine::dsl::StreamsBuilder;
+use quiver_engine::dsl::{RunningTopology, StreamsBuilder};
 use quiver_engine::{Collector, Format, KafkaCluster, KafkaSource, QueryOptions, Runtime};
 
 async fn produce(cluster: &KafkaCluster, partition: i32, words: &[&str]) {
@@ -27,6 +27,42 @@ async fn produce(cluster: &KafkaCluster, partition: i32, words: &[&str]) {
         .produce("words", partition, &envelope.finish())
         .await
         .unwrap();
+}
+
+/// Topic `words` (1 partition) with one record, `ant`.
+async fn create_words(cluster: &KafkaCluster) {
+    let created = cluster
+        .client()
+        .create_topics(&[NewTopic::new("words", 1)], false)
+        .await
+        .unwrap();
+    assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
+    produce(cluster, 0, &["ant"]).await;
+}
+
+/// A query of the words of topic `words` into a collector, at `parallelism` tasks.
+async fn words_query(cluster: &KafkaCluster, parallelism: usize) -> (RunningTopology, Collector) {
+    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    let source = KafkaSource::new(cluster, "words", Format::None, Format::Json(value))
+        .await
+        .unwrap();
+    let builder = StreamsBuilder::new().with_options(QueryOptions {
+        parallelism,
+        poll_wait: Duration::from_millis(20),
+        ..QueryOptions::default()
+    });
+    let collector = Collector::new();
+    builder
+        .stream("words", Arc::new(source))
+        .unwrap()
+        .select([quiver_engine::datafusion::prelude::col("word")])
+        .unwrap()
+        .to_collector(&collector);
+    let running = Runtime::without_broker()
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    (running, collector)
 }
 
 fn words(collector: &Collector) -> Vec<String> {
@@ -57,34 +93,9 @@ async fn a_query_reads_partitions_the_topic_gains_while_it_runs() {
     let cluster = KafkaCluster::connect(&server.addr().to_string())
         .await
         .unwrap();
-    let created = cluster
-        .client()
-        .create_topics(&[NewTopic::new("words", 1)], false)
-        .await
-        .unwrap();
-    assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
-    produce(&cluster, 0, &["ant"]).await;
+    create_words(&cluster).await;
 
-    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
-    let source = KafkaSource::new(&cluster, "words", Format::None, Format::Json(value))
-        .await
-        .unwrap();
-    let builder = StreamsBuilder::new().with_options(QueryOptions {
-        parallelism: 2,
-        poll_wait: Duration::from_millis(20),
-        ..QueryOptions::default()
-    });
-    let collector = Collector::new();
-    builder
-        .stream("words", Arc::new(source))
-        .unwrap()
-        .select([quiver_engine::datafusion::prelude::col("word")])
-        .unwrap()
-        .to_collector(&collector);
-    let running = Runtime::without_broker()
-        .run(builder.build().unwrap())
-        .await
-        .unwrap();
+    let (running, collector) = words_query(&cluster, 2).await;
     assert_eq!(collector.wait_for_rows(1, Duration::from_secs(10)).await, 1);
 
     let grown = cluster
@@ -136,33 +147,8 @@ async fn a_query_waits_out_a_restart_of_its_cluster() {
     let cluster = KafkaCluster::connect(&format!("127.0.0.1:{port}"))
         .await
         .unwrap();
-    let created = cluster
-        .client()
-        .create_topics(&[NewTopic::new("words", 1)], false)
-        .await
-        .unwrap();
-    assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
-    produce(&cluster, 0, &["ant"]).await;
-    let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
-    let source = KafkaSource::new(&cluster, "words", Format::None, Format::Json(value))
-        .await
-        .unwrap();
-    let builder = StreamsBuilder::new().with_options(QueryOptions {
-        parallelism: 1,
-        poll_wait: Duration::from_millis(20),
-        ..QueryOptions::default()
-    });
-    let collector = Collector::new();
-    builder
-        .stream("words", Arc::new(source))
-        .unwrap()
-        .select([quiver_engine::datafusion::prelude::col("word")])
-        .unwrap()
-        .to_collector(&collector);
-    let running = Runtime::without_broker()
-        .run(builder.build().unwrap())
-        .await
-        .unwrap();
+    create_words(&cluster).await;
+    let (running, collector) = words_query(&cluster, 1).await;
     assert_eq!(collector.wait_for_rows(1, Duration::from_secs(10)).await, 1);
 
     // The cluster goes away for a while, then comes back on the same port and data.
