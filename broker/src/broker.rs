@@ -665,6 +665,21 @@ impl Broker {
             },
             Err(e) => return Err(e),
         };
+        let mut out = Vec::new();
+        for (p, batch) in self.partition_records(partitions, records) {
+            out.push((p, self.append(topic, p, &batch, ProducerInfo::NONE).await?));
+        }
+        Ok(out)
+    }
+
+    /// `records` as one envelope batch per partition of a topic of `partitions` partitions,
+    /// partitioned as [`Broker::produce`] does (murmur2 of the key; round-robin per call for
+    /// null keys), for callers that append them another way (in a transaction).
+    pub fn partition_records(
+        &self,
+        partitions: i32,
+        records: &[Record],
+    ) -> Vec<(i32, RecordBatch)> {
         let unkeyed = self.inner.partitioner.partition(None, partitions);
         let mut by_partition: BTreeMap<i32, EnvelopeBuilder> = BTreeMap::new();
         for r in records {
@@ -674,12 +689,10 @@ impl Broker {
             };
             by_partition.entry(p).or_default().append_record(r);
         }
-        let mut out = Vec::with_capacity(by_partition.len());
-        for (p, mut builder) in by_partition {
-            let batch = builder.finish();
-            out.push((p, self.append(topic, p, &batch, ProducerInfo::NONE).await?));
-        }
-        Ok(out)
+        by_partition
+            .into_iter()
+            .map(|(p, mut builder)| (p, builder.finish()))
+            .collect()
     }
 
     /// Reads from `offset`, about `max_bytes` of batches, up to the high watermark.

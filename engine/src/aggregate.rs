@@ -483,7 +483,7 @@ fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<
         .collect::<datafusion::error::Result<Vec<_>>>()?)
 }
 
-fn take_all(arrays: &[ArrayRef], rows: &UInt32Array) -> Result<Vec<ArrayRef>> {
+pub(crate) fn take_all(arrays: &[ArrayRef], rows: &UInt32Array) -> Result<Vec<ArrayRef>> {
     Ok(arrays
         .iter()
         .map(|a| take(a.as_ref(), rows, None))

@@ -213,31 +213,15 @@ impl KafkaSource {
         let count = self.cluster.partition_count(&self.topic).await?;
         let partitions: Vec<i32> = (0..count).filter(|p| split.contains(*p)).collect();
         let positions = self.start_positions(&partitions, start).await?;
-        let now = Instant::now();
-        Ok(Box::new(KafkaSourceReader {
+        let mut reader = KafkaSourceReader {
             source: self.clone(),
             split,
-            checked_partitions: now,
-            cluster: self.cluster.clone(),
-            topic: self.topic.clone(),
-            decoder: self.decoder.clone(),
+            checked_partitions: Instant::now(),
             watermarks: Watermarks::default(),
-            idle_after: self.idle_after,
-            max_bytes: self.max_bytes,
-            partitions: positions
-                .into_iter()
-                .map(|(p, position)| {
-                    (
-                        p,
-                        PartitionState {
-                            position,
-                            caught_up: false,
-                            last_data: now,
-                        },
-                    )
-                })
-                .collect(),
-        }))
+            partitions: BTreeMap::new(),
+        };
+        reader.track(positions);
+        Ok(Box::new(reader))
     }
 }
 
@@ -296,12 +280,7 @@ struct KafkaSourceReader {
     source: KafkaSource,
     split: PartitionSplit,
     checked_partitions: Instant,
-    cluster: KafkaCluster,
-    topic: String,
-    decoder: RecordDecoder,
     watermarks: Watermarks,
-    idle_after: Duration,
-    max_bytes: i32,
     partitions: BTreeMap<i32, PartitionState>,
 }
 
@@ -324,14 +303,15 @@ impl SourceReader for KafkaSourceReader {
             .collect();
         let options = FetchOptions {
             max_wait,
-            max_bytes: self.max_bytes,
+            max_bytes: self.source.max_bytes,
             isolation_level: IsolationLevel::ReadCommitted,
             ..FetchOptions::default()
         };
         let fetched = match self
+            .source
             .cluster
             .client
-            .fetch(&self.topic, &positions, &options)
+            .fetch(&self.source.topic, &positions, &options)
             .await
         {
             Ok(fetched) => fetched,
@@ -342,7 +322,7 @@ impl SourceReader for KafkaSourceReader {
                 | ClientError::Disconnected { .. }
                 | ClientError::Timeout { .. }),
             ) => {
-                tracing::warn!(topic = %self.topic, error = %e, "fetch failed; retrying");
+                tracing::warn!(topic = %self.source.topic, error = %e, "fetch failed; retrying");
                 tokio::time::sleep(max_wait).await;
                 return Ok(poll);
             }
@@ -353,12 +333,12 @@ impl SourceReader for KafkaSourceReader {
             let f = match result {
                 Ok(f) => f,
                 Err(e) if e.is_retriable() => {
-                    tracing::debug!(topic = %self.topic, partition = p, error = %e, "fetch retried");
+                    tracing::debug!(topic = %self.source.topic, partition = p, error = %e, "fetch retried");
                     continue;
                 }
                 Err(e) => {
                     return Err(EngineError::Kafka(quiver_kafka_client::ClientError::Api {
-                        context: format!("cannot read {}-{p}", self.topic),
+                        context: format!("cannot read {}-{p}", self.source.topic),
                         error: e,
                     }));
                 }
@@ -367,7 +347,7 @@ impl SourceReader for KafkaSourceReader {
                 continue;
             };
             for records in &f.batches {
-                let decoded = self.decoder.decode(p, records)?;
+                let decoded = self.source.decoder.decode(p, records)?;
                 poll.skipped += decoded.skipped_nulls;
                 poll.bad.extend(decoded.bad);
                 if decoded.batch.num_rows() > 0 {
@@ -382,7 +362,7 @@ impl SourceReader for KafkaSourceReader {
             let end = f.last_stable_offset.unwrap_or(f.high_watermark);
             state.caught_up = state.position >= end;
         }
-        let idle_after = self.idle_after;
+        let idle_after = self.source.idle_after;
         poll.watermark = self.watermarks.merged(
             self.partitions
                 .iter()
@@ -404,18 +384,28 @@ impl KafkaSourceReader {
     /// beginning, as Kafka consumers do after a rebalance.
     async fn add_new_partitions(&mut self) -> Result<()> {
         self.checked_partitions = Instant::now();
-        let count = self.cluster.partition_count(&self.topic).await?;
+        let count = self
+            .source
+            .cluster
+            .partition_count(&self.source.topic)
+            .await?;
         let new: Vec<i32> = (0..count)
             .filter(|p| self.split.contains(*p) && !self.partitions.contains_key(p))
             .collect();
         if new.is_empty() {
             return Ok(());
         }
-        tracing::info!(topic = %self.topic, partitions = ?new, "reading new partitions");
+        tracing::info!(topic = %self.source.topic, partitions = ?new, "reading new partitions");
         let positions = self
             .source
             .start_positions(&new, &StartFrom::Earliest)
             .await?;
+        self.track(positions);
+        Ok(())
+    }
+
+    /// Reads these partitions from these offsets from now on.
+    fn track(&mut self, positions: BTreeMap<i32, i64>) {
         let now = Instant::now();
         for (p, position) in positions {
             self.partitions.insert(
@@ -427,7 +417,6 @@ impl KafkaSourceReader {
                 },
             );
         }
-        Ok(())
     }
 }
 

@@ -245,10 +245,7 @@ impl Operator for Stateless {
     }
 
     fn fresh(&self) -> Result<Box<dyn Operator>> {
-        Ok(Box::new(Stateless {
-            metrics: OperatorMetrics::default(),
-            ..self.clone()
-        }))
+        self.renamed(self.name.clone())
     }
 
     fn renamed(&self, name: String) -> Result<Box<dyn Operator>> {

@@ -238,12 +238,7 @@ impl Operator for MapBatches {
     }
 
     fn fresh(&self) -> Result<Box<dyn Operator>> {
-        Ok(Box::new(MapBatches {
-            name: self.name.clone(),
-            function: self.function.clone(),
-            schema: self.schema.clone(),
-            metrics: OperatorMetrics::default(),
-        }))
+        self.renamed(self.name.clone())
     }
 }
 

@@ -931,16 +931,8 @@ async fn write_records(
         return Ok(());
     };
     let partitions = broker.partition_count(topic)?;
-    let mut by_partition: BTreeMap<i32, quiver_broker::record::EnvelopeBuilder> = BTreeMap::new();
-    for (i, r) in records.iter().enumerate() {
-        let p = match &r.key {
-            Some(k) => quiver_broker::partition_for_key(k, partitions),
-            None => (i as i32).rem_euclid(partitions),
-        };
-        by_partition.entry(p).or_default().append_record(r);
-    }
-    for (p, mut builder) in by_partition {
-        txn.append(topic, p, &builder.finish()).await?;
+    for (p, batch) in broker.partition_records(partitions, records) {
+        txn.append(topic, p, &batch).await?;
     }
     Ok(())
 }

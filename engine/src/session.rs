@@ -25,7 +25,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::aggregate::{AggregateInputs, AggregateSpec, EmitMode, to_array};
+use crate::aggregate::{AggregateInputs, AggregateSpec, EmitMode, take_all, to_array};
 use crate::error::{EngineError, Result};
 use crate::operator::{Emit, LateRows, Operator, OperatorMetrics};
 use crate::window::{WindowKind, window_fields};
@@ -281,12 +281,8 @@ impl Operator for SessionOperator {
         let indices = UInt32Array::from(order.clone());
         let args = args
             .iter()
-            .map(|a| {
-                a.iter()
-                    .map(|c| take(c.as_ref(), &indices, None))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|a| take_all(a, &indices))
+            .collect::<Result<Vec<_>>>()?;
         let filters = filters
             .iter()
             .map(|f| {
