@@ -440,6 +440,18 @@ impl AggregateOperator {
         Ok(())
     }
 
+    fn table_bytes(table: &GroupTable) -> usize {
+        let keys = table.values.as_ref().map_or(0, |v| v.size());
+        let accumulators: usize = match &table.accumulators {
+            Accumulators::Vectorized(a) => a.iter().map(|acc| acc.size()).sum(),
+            Accumulators::PerGroup(calls) => calls
+                .iter()
+                .flat_map(|per_group| per_group.iter().map(|acc| acc.size()))
+                .sum(),
+        };
+        keys + accumulators
+    }
+
     fn refresh_group_count(&mut self) {
         self.metrics.groups = self.tables.values().map(|t| t.groups as u64).sum();
     }
@@ -636,6 +648,10 @@ impl Operator for AggregateOperator {
 
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.tables.values().map(Self::table_bytes).sum()
     }
 
     fn fresh(&self) -> Result<Box<dyn Operator>> {

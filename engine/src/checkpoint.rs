@@ -90,6 +90,10 @@ pub struct CheckpointStorage {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     describe: String,
+    /// A local directory's store: its files and directories are fsynced after each write
+    /// (object_store's local store does not), so a checkpoint whose offsets were committed
+    /// survives a power loss.
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
 }
 
 impl fmt::Debug for CheckpointStorage {
@@ -111,10 +115,12 @@ impl CheckpointStorage {
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| {
             EngineError::Checkpoint(format!("cannot use {} for checkpoints: {e}", dir.display()))
         })?;
+        let store = Arc::new(store);
         Ok(CheckpointStorage {
-            store: Arc::new(store),
+            store: store.clone(),
             prefix: Path::default(),
             describe: format!("directory {}", dir.display()),
+            local: Some(store),
         })
     }
 
@@ -124,6 +130,7 @@ impl CheckpointStorage {
             describe: format!("{store} under '{prefix}'"),
             store,
             prefix: Path::from(prefix),
+            local: None,
         }
     }
 
@@ -144,6 +151,34 @@ impl CheckpointStorage {
         EngineError::Checkpoint(format!("{what} in {}: {e}", self.describe))
     }
 
+    /// Writes `bytes` at `path`; in a local directory, durably: the file, then the directories
+    /// up to the query's (`sync_dirs` levels above the file), are fsynced.
+    async fn put(&self, path: &Path, bytes: Vec<u8>, sync_dirs: usize) -> Result<()> {
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.failed(&format!("cannot write {path}"), e))?;
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let file = local
+            .path_to_filesystem(path)
+            .map_err(|e| self.failed(&format!("cannot write {path}"), e))?;
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            let mut dir = file.as_path();
+            for _ in 0..sync_dirs {
+                let Some(parent) = dir.parent() else { break };
+                std::fs::File::open(parent)?.sync_all()?;
+                dir = parent;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| EngineError::internal(format!("an fsync task failed: {e}")))?;
+        synced.map_err(|e| self.failed(&format!("cannot fsync {path}"), e))
+    }
+
     /// Writes one operator's state of one task.
     pub(crate) async fn write_state(
         &self,
@@ -161,10 +196,8 @@ impl CheckpointStorage {
         }
         let name = format!("{operator}-{task}.arrow");
         let path = self.epoch_dir(query, epoch).join(name.as_str());
-        self.store
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.failed(&format!("cannot write state file {path}"), e))?;
+        // The epoch's directory entry itself is synced with the manifest.
+        self.put(&path, bytes, 1).await?;
         Ok(StateFile {
             operator: operator.to_owned(),
             task,
@@ -202,11 +235,9 @@ impl CheckpointStorage {
             .join("manifest.json");
         let bytes = serde_json::to_vec_pretty(manifest)
             .map_err(|e| EngineError::internal(format!("a manifest does not serialize: {e}")))?;
-        self.store
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.failed(&format!("cannot write {path}"), e))?;
-        Ok(())
+        // The manifest, the epoch's directory and the query's: the epoch is durable before its
+        // offsets are committed.
+        self.put(&path, bytes, 3).await
     }
 
     /// The manifest of an epoch, if it was written.

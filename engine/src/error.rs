@@ -49,6 +49,10 @@ pub enum EngineError {
     #[error("checkpoint: {0}")]
     Checkpoint(String),
 
+    /// A query's state outgrew its memory limit (`QueryOptions::max_state_bytes`).
+    #[error("state limit: {0}")]
+    StateLimit(String),
+
     /// The query was stopped before it finished.
     #[error("the query was stopped")]
     Stopped,

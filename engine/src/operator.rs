@@ -71,6 +71,13 @@ pub trait Operator: Send + std::fmt::Debug {
     /// Its counters.
     fn metrics(&self) -> OperatorMetrics;
 
+    /// An estimate of the memory its state holds, in bytes (keys, accumulators, buffered
+    /// rows); the runtime holds a query's total under [`crate::runtime::QueryOptions`]'s limit.
+    /// May walk the whole state: the runtime asks about once a second.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
     /// The operator's state as rows (`None`: it keeps no state). Leaves the state as it was.
     fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
         Ok(None)

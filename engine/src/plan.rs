@@ -303,6 +303,10 @@ impl Operator for Merge {
         self.metrics
     }
 
+    fn state_bytes(&self) -> usize {
+        self.branches.iter().flatten().map(|op| op.state_bytes()).sum()
+    }
+
     fn fresh(&self) -> Result<Box<dyn Operator>> {
         Ok(Box::new(Merge {
             name: self.name.clone(),

@@ -70,6 +70,12 @@ pub struct QueryOptions {
     /// Checkpoints and their guarantee (see [`crate::checkpoint`]); none by default, when a
     /// restarted query starts over from its source's start position.
     pub checkpoint: Option<CheckpointConfig>,
+    /// The most memory the query's operator state may hold, over all its tasks (estimated
+    /// about once a second, see [`Operator::state_bytes`]). A query past it fails with
+    /// [`EngineError::StateLimit`] rather than exhausting the process's memory (and the
+    /// broker's with it); a checkpointing query then restarts from its last checkpoint once
+    /// given more, or once changed to keep less (a window, fewer keys). 4 GiB by default.
+    pub max_state_bytes: u64,
 }
 
 impl Default for QueryOptions {
@@ -81,6 +87,7 @@ impl Default for QueryOptions {
             dead_letter_topic: None,
             late_data_topic: None,
             checkpoint: None,
+            max_state_bytes: 4 << 30,
         }
     }
 }
@@ -148,6 +155,8 @@ pub struct QueryMetrics {
     pub checkpoints: u64,
     /// The current watermark, once there is one.
     pub watermark: Option<i64>,
+    /// The memory operator state holds, estimated (see [`QueryOptions::max_state_bytes`]).
+    pub state_bytes: u64,
     /// Each operator's counters, by name.
     pub operators: Vec<(String, OperatorMetrics)>,
 }
@@ -265,6 +274,70 @@ struct Shared {
     metrics: Mutex<QueryMetrics>,
     /// Operator counters per (operator, task), summed by name for [`QueryMetrics`].
     operators: Mutex<BTreeMap<(String, usize), OperatorMetrics>>,
+    /// The state bytes each task (stage, task) last measured.
+    state: Mutex<BTreeMap<(usize, usize), u64>>,
+}
+
+/// A task's measure of its operators' state against the query's limit (see
+/// [`QueryOptions::max_state_bytes`]).
+#[derive(Debug)]
+struct StateMeter {
+    query: String,
+    stage: usize,
+    task: usize,
+    limit: u64,
+    next: std::time::Instant,
+}
+
+impl StateMeter {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(query: &str, stage: usize, task: usize, limit: u64) -> StateMeter {
+        StateMeter {
+            query: query.to_owned(),
+            stage,
+            task,
+            limit,
+            next: std::time::Instant::now(),
+        }
+    }
+
+    /// Measures the task's state (at most once per [`StateMeter::EVERY`]) and fails when the
+    /// query's total is past its limit.
+    fn check(&mut self, shared: &Shared, ops: &[Box<dyn Operator>]) -> Result<()> {
+        let now = std::time::Instant::now();
+        if now < self.next {
+            return Ok(());
+        }
+        self.next = now + Self::EVERY;
+        self.check_now(shared, ops)
+    }
+
+    /// Measures now (when the task's input has ended, so a short query is held to the limit
+    /// too).
+    fn check_now(&mut self, shared: &Shared, ops: &[Box<dyn Operator>]) -> Result<()> {
+        let mine: u64 = ops.iter().map(|op| op.state_bytes() as u64).sum();
+        let total: u64 = {
+            let mut state = shared.state.lock();
+            state.insert((self.stage, self.task), mine);
+            state.values().sum()
+        };
+        shared.metrics.lock().state_bytes = total;
+        if total <= self.limit {
+            return Ok(());
+        }
+        let largest = ops
+            .iter()
+            .max_by_key(|op| op.state_bytes())
+            .map_or("?", |op| op.name());
+        Err(EngineError::StateLimit(format!(
+            "query '{}' holds {total} bytes of operator state (this task's largest: \
+             '{largest}'), past its limit of {} bytes; raise QueryOptions::max_state_bytes, or \
+             keep less state: a window instead of an updating aggregate, or keys with fewer \
+             distinct values",
+            self.query, self.limit
+        )))
+    }
 }
 
 impl Shared {
@@ -451,6 +524,7 @@ async fn run(
                     poll_wait: options.poll_wait,
                     watermark,
                     checkpoint: task_checkpoint.clone(),
+                    meter: StateMeter::new(&name, stage, task, options.max_state_bytes),
                     shared,
                 }));
             } else {
@@ -463,6 +537,7 @@ async fn run(
                     output,
                     watermark: restored_watermark(restored.as_ref(), stage, task, parallelism),
                     checkpoint: task_checkpoint.clone(),
+                    meter: StateMeter::new(&name, stage, task, options.max_state_bytes),
                     shared,
                 }));
             }
@@ -581,6 +656,7 @@ struct SourceTask {
     /// The watermark to start from (a restored checkpoint's).
     watermark: i64,
     checkpoint: Option<TaskCheckpoint>,
+    meter: StateMeter,
     shared: Arc<Shared>,
 }
 
@@ -596,6 +672,7 @@ async fn source_task(t: SourceTask) -> Result<()> {
         poll_wait,
         mut watermark,
         checkpoint,
+        mut meter,
         shared,
     } = t;
     if watermark > i64::MIN {
@@ -673,8 +750,9 @@ async fn source_task(t: SourceTask) -> Result<()> {
         }
         shared.report(task, &ops);
         if poll.finished {
-            return Ok(());
+            return meter.check_now(&shared, &ops);
         }
+        meter.check(&shared, &ops)?;
     }
 }
 
@@ -687,6 +765,7 @@ struct StageTask {
     /// The watermark to start from (a restored checkpoint's).
     watermark: i64,
     checkpoint: Option<TaskCheckpoint>,
+    meter: StateMeter,
     shared: Arc<Shared>,
 }
 
@@ -727,6 +806,7 @@ async fn stage_task(t: StageTask) -> Result<()> {
         mut output,
         mut watermark,
         checkpoint,
+        mut meter,
         shared,
     } = t;
     while let Some(event) = inputs.next().await? {
@@ -767,8 +847,9 @@ async fn stage_task(t: StageTask) -> Result<()> {
             output.broadcast(|| Message::Watermark(w)).await?;
         }
         shared.report(task, &ops);
+        meter.check(&shared, &ops)?;
     }
-    Ok(())
+    meter.check_now(&shared, &ops)
 }
 
 async fn send(output: &mut Output, batches: Vec<RecordBatch>, late: Vec<LateRows>) -> Result<()> {

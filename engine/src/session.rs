@@ -349,6 +349,22 @@ impl Operator for SessionOperator {
         self.metrics
     }
 
+    fn state_bytes(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|(key, sessions)| {
+                key.as_ref().len()
+                    + sessions
+                        .iter()
+                        .map(|s| {
+                            std::mem::size_of::<Session>()
+                                + s.accumulators.iter().map(|a| a.size()).sum::<usize>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     fn fresh(&self) -> Result<Box<dyn Operator>> {
         Ok(Box::new(SessionOperator::new(self.spec.clone())?))
     }

@@ -577,3 +577,47 @@ async fn reduce_combines_each_keys_values_with_a_rust_function() {
     assert_eq!(want.len(), 7);
     assert_eq!(final_rows(&batches, 1), want);
 }
+
+#[tokio::test]
+async fn state_past_the_querys_memory_limit_fails_the_query_with_what_to_do() {
+    let all = events(3_000, 0, 0, 0);
+    let query = |options: QueryOptions| {
+        let builder = StreamsBuilder::new().with_options(options);
+        // Every distinct (amount, time) pair is kept: state grows with the input.
+        builder
+            .stream("events", source(&all))
+            .unwrap()
+            .group_by([col("amount")])
+            .unwrap()
+            .aggregate([
+                datafusion::functions_aggregate::expr_fn::count_distinct(col("rowtime"))
+                    .alias("times"),
+            ])
+            .unwrap()
+            .to_stream()
+            .to_collector(&Collector::new());
+        builder.build().unwrap()
+    };
+
+    let running = Runtime::without_broker()
+        .run(query(QueryOptions::default()))
+        .await
+        .unwrap();
+    let metrics = running.wait().await.unwrap();
+    let used = metrics[0].state_bytes;
+    assert!(used > 64 * 1024, "3,000 distinct values held in {used} bytes");
+
+    let limited = QueryOptions {
+        max_state_bytes: used / 4,
+        ..QueryOptions::default()
+    };
+    let running = Runtime::without_broker().run(query(limited)).await.unwrap();
+    let err = running.wait().await.unwrap_err();
+    assert!(
+        matches!(err, quiver_engine::EngineError::StateLimit(_)),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("max_state_bytes"), "{message}");
+    assert!(message.contains("aggregate"), "{message}");
+}
