@@ -364,15 +364,18 @@ pub(crate) struct TaskWatermark {
     pub watermark: i64,
 }
 
+/// Source positions: per topic (or, for sources without offsets, per stream name), each
+/// partition's next offset.
+pub(crate) type Positions = BTreeMap<String, BTreeMap<i32, i64>>;
+
 /// What a complete checkpoint holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Manifest {
     pub query: String,
     pub epoch: u64,
     pub parallelism: usize,
-    /// The source topic, and each partition's next offset.
-    pub topic: String,
-    pub positions: BTreeMap<i32, i64>,
+    /// Each source topic's partitions' next offsets.
+    pub positions: Positions,
     /// Each task's watermark.
     pub watermarks: Vec<TaskWatermark>,
     pub state: Vec<StateFile>,
@@ -401,6 +404,14 @@ impl Cluster {
         }
     }
 
+    /// Identifies the cluster, so queries can tell whether two sources are on the same one.
+    pub fn id(&self) -> String {
+        match self {
+            Cluster::Local(broker) => format!("local:{}", broker.cluster_id()),
+            Cluster::Remote(c) => format!("remote:{}", c.bootstrap()),
+        }
+    }
+
     async fn transaction(&self, id: &str, timeout: Duration) -> Result<Transaction> {
         match self {
             Cluster::Local(broker) => {
@@ -426,25 +437,25 @@ impl Cluster {
         }
     }
 
-    /// The group's committed offsets (with their metadata) for `topic`; `None` while some
-    /// wait in an open transaction.
+    /// The group's committed offsets (with their metadata) for `topics`, by topic and
+    /// partition; `None` while some wait in an open transaction.
     async fn committed(
         &self,
         group: &str,
-        topic: &str,
-    ) -> Result<Option<BTreeMap<i32, (i64, String)>>> {
+        topics: &[String],
+    ) -> Result<Option<BTreeMap<(String, i32), (i64, String)>>> {
         let mut out = BTreeMap::new();
         match self {
             Cluster::Local(broker) => {
                 for (t, partition, offset) in
                     broker.groups().fetch_offsets_checked(group, None, true)
                 {
-                    if t != topic {
+                    if !topics.contains(&t) {
                         continue;
                     }
                     match offset {
                         Ok(Some(o)) => {
-                            out.insert(partition, (o.offset, o.metadata.clone()));
+                            out.insert((t, partition), (o.offset, o.metadata.clone()));
                         }
                         Ok(None) => {}
                         Err(_) => return Ok(None),
@@ -462,7 +473,7 @@ impl Cluster {
                     Err(e) => return Err(e.into()),
                 };
                 for o in offsets {
-                    if o.topic != topic {
+                    if !topics.contains(&o.topic) {
                         continue;
                     }
                     if let Some(e) = o.error {
@@ -471,12 +482,15 @@ impl Cluster {
                         }
                         return Err(EngineError::Checkpoint(format!(
                             "cannot read the committed offset of group '{group}' for \
-                             {topic}-{}: {e}",
-                            o.partition
+                             {}-{}: {e}",
+                            o.topic, o.partition
                         )));
                     }
                     if let Some(offset) = o.offset {
-                        out.insert(o.partition, (offset, o.metadata.unwrap_or_default()));
+                        out.insert(
+                            (o.topic, o.partition),
+                            (offset, o.metadata.unwrap_or_default()),
+                        );
                     }
                 }
             }
@@ -627,7 +641,8 @@ impl SharedTransaction {
 pub(crate) struct Checkpointing {
     pub config: CheckpointConfig,
     pub query: String,
-    pub topic: String,
+    /// The source topics, whose offsets are committed.
+    pub topics: Vec<String>,
     pub parallelism: usize,
     cluster: Cluster,
     /// Exactly-once: the open transaction.
@@ -642,7 +657,7 @@ impl Checkpointing {
     pub async fn start(
         config: CheckpointConfig,
         query: &str,
-        topic: &str,
+        topics: Vec<String>,
         parallelism: usize,
         cluster: Cluster,
     ) -> Result<Checkpointing> {
@@ -667,7 +682,7 @@ impl Checkpointing {
             }
             Guarantee::AtLeastOnce => None,
         };
-        let restored = recover(&config.storage, &cluster, query, topic).await?;
+        let restored = recover(&config.storage, &cluster, query, &topics).await?;
         if let Some(m) = &restored {
             tracing::info!(
                 query = %query,
@@ -679,7 +694,7 @@ impl Checkpointing {
         Ok(Checkpointing {
             config,
             query: query.to_owned(),
-            topic: topic.to_owned(),
+            topics,
             parallelism,
             cluster,
             transaction,
@@ -697,7 +712,7 @@ impl Checkpointing {
     pub async fn complete(
         &self,
         epoch: u64,
-        positions: BTreeMap<i32, i64>,
+        positions: Positions,
         watermarks: Vec<TaskWatermark>,
         state: Vec<StateFile>,
         last: bool,
@@ -706,7 +721,6 @@ impl Checkpointing {
             query: self.query.clone(),
             epoch,
             parallelism: self.parallelism,
-            topic: self.topic.clone(),
             positions,
             watermarks,
             state,
@@ -716,12 +730,17 @@ impl Checkpointing {
         let offsets: Vec<OffsetCommitEntry> = manifest
             .positions
             .iter()
-            .map(|(&partition, &offset)| OffsetCommitEntry {
-                topic: self.topic.clone(),
-                partition,
-                offset,
-                leader_epoch: -1,
-                metadata: format!("{EPOCH_METADATA}{epoch}"),
+            .filter(|(topic, _)| self.topics.contains(topic))
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .iter()
+                    .map(move |(&partition, &offset)| OffsetCommitEntry {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                        leader_epoch: -1,
+                        metadata: format!("{EPOCH_METADATA}{epoch}"),
+                    })
             })
             .collect();
         match &self.transaction {
@@ -745,11 +764,11 @@ async fn recover(
     storage: &CheckpointStorage,
     cluster: &Cluster,
     query: &str,
-    topic: &str,
+    topics: &[String],
 ) -> Result<Option<Manifest>> {
     let mut tries = 0;
     let committed = loop {
-        if let Some(committed) = cluster.committed(query, topic).await? {
+        if let Some(committed) = cluster.committed(query, topics).await? {
             break committed;
         }
         tries += 1;
@@ -765,7 +784,7 @@ async fn recover(
         return Ok(None);
     }
     let mut epoch = None;
-    for (partition, (_, metadata)) in &committed {
+    for ((topic, partition), (_, metadata)) in &committed {
         let e = metadata
             .strip_prefix(EPOCH_METADATA)
             .and_then(|e| e.parse::<u64>().ok())
@@ -792,8 +811,8 @@ async fn recover(
              the group's offsets to start over)"
         )));
     };
-    for (partition, (offset, _)) in &committed {
-        if manifest.positions.get(partition) != Some(offset) {
+    for ((topic, partition), (offset, _)) in &committed {
+        if manifest.positions.get(topic).and_then(|p| p.get(partition)) != Some(offset) {
             return Err(EngineError::Checkpoint(format!(
                 "checkpoint {epoch} of query '{query}' does not match the offset committed for \
                  {topic}-{partition} ({offset})"

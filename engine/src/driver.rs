@@ -17,7 +17,7 @@ use quiver_broker::{Record, records_to_batch};
 use crate::dsl::Topology;
 use crate::error::{EngineError, Result};
 use crate::format::{BadRecord, ROWTIME};
-use crate::operator::{LateRows, advance_chain, run_chain};
+use crate::operator::{LateRows, advance_chain, run_input};
 use crate::plan::PhysicalQuery;
 
 #[derive(Debug)]
@@ -76,10 +76,10 @@ impl TopologyTestDriver {
         columns[quiver_broker::record::col::OFFSET] = std::sync::Arc::new(offsets);
         envelope = RecordBatch::try_new(envelope.schema(), columns)?;
         for q in &mut self.queries {
-            if q.physical.source_name != stream {
+            let Some(input) = q.physical.sources.iter().position(|s| s.name == stream) else {
                 continue;
-            }
-            let decoder = q.physical.source.decoder().ok_or_else(|| {
+            };
+            let decoder = q.physical.sources[input].source.decoder().ok_or_else(|| {
                 EngineError::config(format!(
                     "stream '{stream}' does not read Kafka records; pipe batches with pipe_batch"
                 ))
@@ -90,7 +90,7 @@ impl TopologyTestDriver {
                 self.bad.extend(decoded.bad);
             }
             found = true;
-            feed(q, decoded.batch)?;
+            feed(q, input, decoded.batch)?;
         }
         self.offsets
             .insert(stream.to_owned(), first + records.len() as i64);
@@ -104,9 +104,9 @@ impl TopologyTestDriver {
     pub fn pipe_batch(&mut self, stream: &str, batch: RecordBatch) -> Result<()> {
         let mut found = false;
         for q in &mut self.queries {
-            if q.physical.source_name == stream {
+            if let Some(input) = q.physical.sources.iter().position(|s| s.name == stream) {
                 found = true;
-                feed(q, batch.clone())?;
+                feed(q, input, batch.clone())?;
             }
         }
         if found {
@@ -120,8 +120,9 @@ impl TopologyTestDriver {
         let mut names: Vec<&str> = self
             .queries
             .iter()
-            .map(|q| q.physical.source_name.as_str())
+            .flat_map(|q| q.physical.sources.iter().map(|s| s.name.as_str()))
             .collect();
+        names.sort_unstable();
         names.dedup();
         EngineError::config(format!(
             "no query reads a stream named '{stream}'; the topology reads {}",
@@ -177,10 +178,10 @@ impl TopologyTestDriver {
     }
 }
 
-fn feed(q: &mut DriverQuery, batch: RecordBatch) -> Result<()> {
+fn feed(q: &mut DriverQuery, input: usize, batch: RecordBatch) -> Result<()> {
     let next = max_time(&batch);
     let ops = &mut q.physical.operators;
-    run_chain(ops, 0, vec![batch], q.watermark, &mut q.output, &mut q.late)?;
+    run_input(ops, input, batch, q.watermark, &mut q.output, &mut q.late)?;
     match next {
         Some(t) => advance(q, t),
         None => Ok(()),

@@ -349,9 +349,11 @@ impl Stream {
     }
 
     /// The rows of both streams as one stream (Kafka Streams' `merge`): the same columns in
-    /// the same order (types are unified as SQL's UNION ALL does). Both must come from one
-    /// source, without an aggregation before the merge (for example branches of a stream,
-    /// transformed and merged again). The key columns are this stream's.
+    /// the same order (types are unified as SQL's UNION ALL does). The streams may read one
+    /// source (branches of a stream, transformed and merged again) or several (two topics):
+    /// the merged stream's event time is the minimum of its sources' watermarks, and a
+    /// checkpoint commits every topic's offsets. Neither may be aggregated before the merge.
+    /// The key columns are this stream's.
     pub fn merge(&self, other: &Stream) -> Result<Stream> {
         let plan = LogicalPlanBuilder::from(self.plan.clone())
             .union(other.plan.clone())?

@@ -11,7 +11,6 @@
 //!   task holds at a barrier is exactly the effect of the records before it. Channels are
 //!   bounded, so a blocked input backs up into its sender: backpressure, not buffering.
 
-use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
@@ -22,7 +21,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use tokio::sync::mpsc;
 
-use crate::checkpoint::{StateFile, TaskWatermark};
+use crate::checkpoint::{Positions, StateFile, TaskWatermark};
 use crate::error::{EngineError, Result};
 use crate::format::BadRecord;
 use crate::operator::LateRows;
@@ -38,8 +37,8 @@ const HASH_SEED: u64 = 0x5157_4956_4552;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Barrier {
     pub epoch: u64,
-    /// The source positions at the barrier (partition → next offset), merged over sources.
-    pub positions: BTreeMap<i32, i64>,
+    /// The source positions at the barrier, merged over source tasks.
+    pub positions: Positions,
     /// The query stops after this barrier.
     pub stop: bool,
     /// Each task's watermark at the barrier.
@@ -56,7 +55,9 @@ impl Barrier {
                 self.epoch, other.epoch
             )));
         }
-        self.positions.extend(other.positions);
+        for (topic, partitions) in other.positions {
+            self.positions.entry(topic).or_default().extend(partitions);
+        }
         self.watermarks.extend(other.watermarks);
         self.state.extend(other.state);
         self.stop |= other.stop;
@@ -81,7 +82,11 @@ pub(crate) fn route_rows(
 /// Side output travelling with the data, so it stays in order with barriers.
 #[derive(Debug)]
 pub(crate) enum Side {
-    Bad(Vec<BadRecord>),
+    /// Records of the query's source `input` that did not decode.
+    Bad {
+        input: usize,
+        records: Vec<BadRecord>,
+    },
     Late(Vec<LateRows>),
 }
 

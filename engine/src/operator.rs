@@ -65,6 +65,19 @@ pub trait Operator: Send + std::fmt::Debug {
     /// Takes one input batch.
     fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()>;
 
+    /// Takes one batch of the query's source `input` (called on a query's first operator,
+    /// which for a query of several sources is the merge that tells them apart).
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        watermark: i64,
+        out: &mut Emit,
+    ) -> Result<()> {
+        let _ = input;
+        self.process(batch, watermark, out)
+    }
+
     /// The watermark moved to `watermark`.
     fn advance(&mut self, watermark: i64, out: &mut Emit) -> Result<()>;
 
@@ -152,6 +165,28 @@ pub(crate) fn run_chain(
     }
     outputs.extend(current.into_iter().filter(|b| b.num_rows() > 0));
     Ok(())
+}
+
+/// Runs a batch of the query's source `input` through `operators` (see
+/// [`Operator::process_input`]), as [`run_chain`] does.
+pub(crate) fn run_input(
+    operators: &mut [Box<dyn Operator>],
+    input: usize,
+    batch: RecordBatch,
+    watermark: i64,
+    outputs: &mut Vec<RecordBatch>,
+    late: &mut Vec<LateRows>,
+) -> Result<()> {
+    let Some(first) = operators.first_mut() else {
+        if batch.num_rows() > 0 {
+            outputs.push(batch);
+        }
+        return Ok(());
+    };
+    let mut emit = Emit::default();
+    first.process_input(input, &batch, watermark, &mut emit)?;
+    late.append(&mut emit.late);
+    run_chain(operators, 1, emit.batches, watermark, outputs, late)
 }
 
 /// Moves every operator of the chain to `watermark`, in order, running what each emits

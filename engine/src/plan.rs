@@ -242,14 +242,39 @@ impl Operator for MapBatches {
     }
 }
 
-/// Merged streams of one source: every batch runs through each branch's (stateless) chain,
-/// and what they emit is the merge's output, in the merge's schema.
+/// Merged streams: a batch of input `i` (the query's source `i`) runs through the (stateless)
+/// chain of each branch that reads that source, and what they emit is the merge's output, in
+/// the merge's schema. Branches of one source (a stream split and merged again) each see its
+/// every batch.
 #[derive(Debug)]
 pub struct Merge {
     name: String,
-    branches: Vec<Vec<Box<dyn Operator>>>,
+    branches: Vec<Branch>,
     schema: SchemaRef,
     metrics: OperatorMetrics,
+}
+
+/// One merged stream: the source it reads (`None`: a merge itself, which takes any input), and
+/// its operators.
+#[derive(Debug)]
+struct Branch {
+    input: Option<usize>,
+    operators: Vec<Box<dyn Operator>>,
+}
+
+impl Merge {
+    fn restamp(&self, outputs: Vec<RecordBatch>, out: &mut Emit) -> Result<u64> {
+        let mut rows = 0;
+        for b in outputs {
+            rows += b.num_rows() as u64;
+            // The branches' columns may be named differently; the merge's names hold.
+            out.batches.push(RecordBatch::try_new(
+                self.schema.clone(),
+                b.columns().to_vec(),
+            )?);
+        }
+        Ok(rows)
+    }
 }
 
 impl Operator for Merge {
@@ -262,40 +287,46 @@ impl Operator for Merge {
     }
 
     fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()> {
+        self.process_input(0, batch, watermark, out)
+    }
+
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        watermark: i64,
+        out: &mut Emit,
+    ) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
+        let mut outputs = Vec::new();
         for branch in &mut self.branches {
-            let mut outputs = Vec::new();
-            crate::operator::run_chain(
-                branch,
-                0,
-                vec![batch.clone()],
+            if branch.input.is_some_and(|i| i != input) {
+                continue;
+            }
+            crate::operator::run_input(
+                &mut branch.operators,
+                input,
+                batch.clone(),
                 watermark,
                 &mut outputs,
                 &mut out.late,
             )?;
-            for b in outputs {
-                self.metrics.rows_out += b.num_rows() as u64;
-                // The branches' columns may be named differently; the merge's names hold.
-                out.batches.push(RecordBatch::try_new(
-                    self.schema.clone(),
-                    b.columns().to_vec(),
-                )?);
-            }
         }
+        self.metrics.rows_out += self.restamp(outputs, out)?;
         Ok(())
     }
 
     fn advance(&mut self, watermark: i64, out: &mut Emit) -> Result<()> {
+        let mut outputs = Vec::new();
         for branch in &mut self.branches {
-            let mut outputs = Vec::new();
-            crate::operator::advance_chain(branch, watermark, &mut outputs, &mut out.late)?;
-            for b in outputs {
-                out.batches.push(RecordBatch::try_new(
-                    self.schema.clone(),
-                    b.columns().to_vec(),
-                )?);
-            }
+            crate::operator::advance_chain(
+                &mut branch.operators,
+                watermark,
+                &mut outputs,
+                &mut out.late,
+            )?;
         }
+        self.metrics.rows_out += self.restamp(outputs, out)?;
         Ok(())
     }
 
@@ -304,7 +335,11 @@ impl Operator for Merge {
     }
 
     fn state_bytes(&self) -> usize {
-        self.branches.iter().flatten().map(|op| op.state_bytes()).sum()
+        self.branches
+            .iter()
+            .flat_map(|b| &b.operators)
+            .map(|op| op.state_bytes())
+            .sum()
     }
 
     fn fresh(&self) -> Result<Box<dyn Operator>> {
@@ -313,7 +348,16 @@ impl Operator for Merge {
             branches: self
                 .branches
                 .iter()
-                .map(|b| b.iter().map(|op| op.fresh()).collect::<Result<Vec<_>>>())
+                .map(|b| {
+                    Ok(Branch {
+                        input: b.input,
+                        operators: b
+                            .operators
+                            .iter()
+                            .map(|op| op.fresh())
+                            .collect::<Result<Vec<_>>>()?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?,
             schema: self.schema.clone(),
             metrics: OperatorMetrics::default(),
@@ -328,13 +372,15 @@ impl Operator for Merge {
             metrics: OperatorMetrics::default(),
         };
         for (i, branch) in self.branches.iter().enumerate() {
-            op.branches.push(
-                branch
+            op.branches.push(Branch {
+                input: branch.input,
+                operators: branch
+                    .operators
                     .iter()
                     .enumerate()
                     .map(|(j, o)| o.renamed(format!("{name}.{}.{}", i + 1, j + 1)))
                     .collect::<Result<Vec<_>>>()?,
-            );
+            });
         }
         op.name = name;
         Ok(Box::new(op))
@@ -348,11 +394,19 @@ pub struct PlanOptions {
     pub emit: EmitMode,
 }
 
-/// A plan ready to run: its source, its operators in order, its output schema.
+/// A source of a query, with the name of its stream in the plan.
+#[derive(Debug, Clone)]
+pub struct QuerySource {
+    pub source: Arc<dyn Source>,
+    pub name: String,
+}
+
+/// A plan ready to run: its sources, its operators in order, its output schema.
 #[derive(Debug)]
 pub struct PhysicalQuery {
-    pub source: Arc<dyn Source>,
-    pub source_name: String,
+    /// The sources read: a batch of source `i` enters the first operator as input `i` (only a
+    /// merge reads more than one).
+    pub sources: Vec<QuerySource>,
     pub operators: Vec<Box<dyn Operator>>,
     pub schema: SchemaRef,
     /// The optimized logical plan, for `describe`/EXPLAIN.
@@ -373,24 +427,35 @@ pub fn plan_query(plan: &LogicalPlan, options: PlanOptions) -> Result<PhysicalQu
     let mut planner = Planner {
         options,
         operators: Vec::new(),
+        sources: Vec::new(),
     };
-    let (source, source_name) = planner.node(&optimized)?;
+    planner.node(&optimized)?;
     let schema = Arc::new(optimized.schema().as_arrow().clone());
     Ok(PhysicalQuery {
-        source,
-        source_name,
+        sources: planner.sources,
         operators: planner.operators,
         schema,
         plan: optimized,
     })
 }
 
-/// A source and its name in the plan.
-type NamedSource = (Arc<dyn Source>, String);
+impl PhysicalQuery {
+    /// The names of its sources' streams, for messages: `bids` or `bids, auctions`.
+    pub fn source_names(&self) -> String {
+        let names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+/// What a chain of operators starts at: one source's batches (its index in the query's
+/// sources), or those of several (`None`: the chain starts with a merge).
+type Input = Option<usize>;
 
 struct Planner {
     options: PlanOptions,
     operators: Vec<Box<dyn Operator>>,
+    /// The query's sources, shared by the branches of a merge.
+    sources: Vec<QuerySource>,
 }
 
 impl Planner {
@@ -409,8 +474,24 @@ impl Planner {
         .map_err(|e| EngineError::Plan(e.strip_backtrace()))
     }
 
-    /// Plans `plan`'s inputs, then `plan` itself; returns the source the chain starts at.
-    fn node(&mut self, plan: &LogicalPlan) -> Result<NamedSource> {
+    /// The index of `source` among the query's sources, added if new.
+    fn input(&mut self, source: &Arc<dyn Source>, name: &str) -> usize {
+        if let Some(i) = self
+            .sources
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.source, source))
+        {
+            return i;
+        }
+        self.sources.push(QuerySource {
+            source: source.clone(),
+            name: name.to_owned(),
+        });
+        self.sources.len() - 1
+    }
+
+    /// Plans `plan`'s inputs, then `plan` itself; returns what the chain starts at.
+    fn node(&mut self, plan: &LogicalPlan) -> Result<Input> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let Some(stream) = scan.source.as_ref().downcast_ref::<StreamTable>() else {
@@ -420,7 +501,7 @@ impl Planner {
                         scan.table_name
                     )));
                 };
-                let source = (stream.source.clone(), stream.name.clone());
+                let source = Some(self.input(&stream.source, &stream.name));
                 let full = DFSchema::try_from_qualified_schema(
                     scan.table_name.clone(),
                     &stream.source.schema(),
@@ -526,8 +607,8 @@ impl Planner {
             )),
             LogicalPlan::Union(union) => {
                 let operator = self.union(union)?;
-                self.operators.push(Box::new(operator.0));
-                Ok(operator.1)
+                self.operators.push(Box::new(operator));
+                Ok(None)
             }
             LogicalPlan::Window(_) => Err(EngineError::plan(
                 "OVER (...) window functions cannot run on a stream; group by a window \
@@ -543,31 +624,21 @@ impl Planner {
         }
     }
 
-    /// A merge of streams: each input is planned as its own chain from the source, and every
-    /// batch runs through each chain. The inputs must read the same source (streams of one
-    /// topic, split and merged again) and keep no state before the merge.
-    fn union(&mut self, union: &datafusion::logical_expr::Union) -> Result<(Merge, NamedSource)> {
+    /// A merge of streams: each input is planned as its own chain from its source; a batch of
+    /// a source runs through the chains that read it. The inputs keep no state before the
+    /// merge (their rows would need an exchange of their own).
+    fn union(&mut self, union: &datafusion::logical_expr::Union) -> Result<Merge> {
         let mut branches = Vec::with_capacity(union.inputs.len());
-        let mut source: Option<NamedSource> = None;
         let name = self.name("merge");
         for input in &union.inputs {
             let mut branch = Planner {
                 options: self.options,
                 operators: Vec::new(),
+                sources: std::mem::take(&mut self.sources),
             };
-            let s = branch.node(input)?;
-            match &source {
-                Some((first, first_name)) if !Arc::ptr_eq(first, &s.0) => {
-                    return Err(EngineError::plan(format!(
-                        "merging streams of different sources ('{first_name}' and '{}') is not \
-                         supported yet; merge streams of one source, or write both to one topic \
-                         and read that",
-                        s.1
-                    )));
-                }
-                Some(_) => {}
-                None => source = Some(s),
-            }
+            let planned = branch.node(input);
+            self.sources = std::mem::take(&mut branch.sources);
+            let input = planned?;
             if let Some(op) = branch
                 .operators
                 .iter()
@@ -580,24 +651,23 @@ impl Planner {
                 )));
             }
             // Unique names: the branch's operators under the merge's.
-            let ops = branch
+            let operators = branch
                 .operators
                 .into_iter()
                 .enumerate()
                 .map(|(i, op)| op.renamed(format!("{name}.{}.{}", branches.len() + 1, i + 1)))
                 .collect::<Result<Vec<_>>>()?;
-            branches.push(ops);
+            branches.push(Branch { input, operators });
         }
-        let source = source.ok_or_else(|| EngineError::plan("a merge of no streams"))?;
-        Ok((
-            Merge {
-                name,
-                branches,
-                schema: Arc::new(union.schema.as_arrow().clone()),
-                metrics: OperatorMetrics::default(),
-            },
-            source,
-        ))
+        if branches.is_empty() {
+            return Err(EngineError::plan("a merge of no streams"));
+        }
+        Ok(Merge {
+            name,
+            branches,
+            schema: Arc::new(union.schema.as_arrow().clone()),
+            metrics: OperatorMetrics::default(),
+        })
     }
 
     fn aggregate(&mut self, aggregate: &Aggregate) -> Result<Box<dyn Operator>> {

@@ -38,16 +38,16 @@ use quiver_broker::PartitionSplit;
 use tokio::sync::mpsc;
 
 use crate::checkpoint::{
-    CheckpointConfig, CheckpointStorage, Checkpointing, Manifest, SharedTransaction, StateFile,
-    TaskWatermark,
+    CheckpointConfig, CheckpointStorage, Checkpointing, Cluster, Manifest, Positions,
+    SharedTransaction, StateFile, TaskWatermark,
 };
 use crate::error::{EngineError, Result};
 use crate::exchange::{Barrier, CHANNEL_CAPACITY, Event, Inputs, Message, Output, Route, Side};
 use crate::format::{BadRecord, Format, SideEncoder};
-use crate::operator::{LateRows, Operator, OperatorMetrics, advance_chain, run_chain};
-use crate::plan::{PhysicalQuery, PlanOptions, plan_query};
+use crate::operator::{LateRows, Operator, OperatorMetrics, advance_chain, run_chain, run_input};
+use crate::plan::{PhysicalQuery, PlanOptions, QuerySource, plan_query};
 use crate::sink::Sink;
-use crate::source::SourceReader;
+use crate::source::{SourcePoll, SourceReader};
 
 /// Options of one query.
 #[derive(Debug, Clone)]
@@ -122,12 +122,10 @@ impl Query {
 
     /// One line per stage: source, operators with their names, sink.
     pub fn describe(&self) -> String {
-        let mut out = format!(
-            "Query {}\n  Source: {} ({})\n",
-            self.name,
-            self.physical.source_name,
-            self.physical.source.describe()
-        );
+        let mut out = format!("Query {}\n", self.name);
+        for s in &self.physical.sources {
+            out.push_str(&format!("  Source: {} ({})\n", s.name, s.source.describe()));
+        }
         for op in &self.physical.operators {
             out.push_str(&format!("  --> {}\n", op.name()));
         }
@@ -382,14 +380,40 @@ async fn prepare_checkpointing(query: &Query) -> Result<Option<Checkpointing>> {
     };
     let name = &query.name;
     let parallelism = query.options.parallelism.max(1);
-    let source = &query.physical.source;
-    let (Some(topic), Some(cluster)) = (source.topic(), source.cluster()) else {
+    let mut topics: Vec<String> = Vec::new();
+    let mut cluster: Option<Cluster> = None;
+    for s in &query.physical.sources {
+        let (Some(topic), Some(on)) = (s.source.topic(), s.source.cluster()) else {
+            return Err(EngineError::config(format!(
+                "the source {} has no offsets to checkpoint; checkpoints need topic sources",
+                s.source.describe()
+            )));
+        };
+        if topics.iter().any(|t| t == topic) {
+            return Err(EngineError::config(format!(
+                "query '{name}' reads topic '{topic}' twice; a checkpoint commits one offset per \
+                 partition, so read it once and split the stream (branch) instead"
+            )));
+        }
+        if let Some(first) = &cluster
+            && first.id() != on.id()
+        {
+            return Err(EngineError::config(format!(
+                "query '{name}' reads topics of {} and of {}; its offsets commit to one \
+                 cluster, so read both from one (copy one topic over first)",
+                first.describe(),
+                on.describe()
+            )));
+        }
+        topics.push(topic.to_owned());
+        cluster.get_or_insert(on);
+    }
+    let Some(cluster) = cluster else {
         return Err(EngineError::config(format!(
-            "the source {} has no offsets to checkpoint; checkpoints need a topic source",
-            source.describe()
+            "query '{name}' has no source to checkpoint"
         )));
     };
-    let c = Checkpointing::start(config.clone(), name, topic, parallelism, cluster).await?;
+    let c = Checkpointing::start(config.clone(), name, topics, parallelism, cluster).await?;
     if let Some(m) = &c.restored {
         if m.parallelism != parallelism {
             tracing::info!(
@@ -510,10 +534,7 @@ async fn run(
                     index: task as u32,
                     count: parallelism as u32,
                 };
-                let reader = match &restored {
-                    Some(m) => physical.source.open_at(split, &m.positions).await?,
-                    None => physical.source.open(split).await?,
-                };
+                let reader = Readers::open(&physical.sources, split, restored.as_ref()).await?;
                 let watermark = restored_watermark(restored.as_ref(), stage, task, parallelism);
                 tasks.spawn(source_task(SourceTask {
                     task,
@@ -551,7 +572,7 @@ async fn run(
     );
     tasks.spawn(sink_task(SinkTask {
         name,
-        source_name: physical.source_name,
+        source_names: physical.sources.iter().map(|s| s.name.clone()).collect(),
         schema: physical.schema,
         inputs: sink_inputs,
         sinks,
@@ -646,9 +667,149 @@ async fn restore_state(
     Ok(())
 }
 
+/// A source task's readers: one per source of the query, each over the task's split of its
+/// partitions. Their batches are tagged with the source they came from; their watermarks
+/// merge as the minimum over the readers that have not ended and are not idle.
+#[derive(Debug)]
+struct Readers {
+    readers: Vec<InputReader>,
+    /// The reader the next poll starts at, so one with a steady flow does not starve others.
+    next: usize,
+}
+
+#[derive(Debug)]
+struct InputReader {
+    reader: Box<dyn SourceReader>,
+    /// The key of its positions in a checkpoint: its topic, or its stream's name.
+    key: String,
+    watermark: Option<i64>,
+    idle: bool,
+    finished: bool,
+}
+
+/// What one poll of [`Readers`] gave.
+#[derive(Debug, Default)]
+struct InputPoll {
+    batches: Vec<(usize, RecordBatch)>,
+    bad: Vec<(usize, Vec<crate::format::BadRecord>)>,
+    skipped: usize,
+    watermark: Option<i64>,
+    finished: bool,
+    idle: bool,
+}
+
+impl Readers {
+    /// Opens `split` of every source; from `restored`'s positions when given.
+    async fn open(
+        sources: &[QuerySource],
+        split: PartitionSplit,
+        restored: Option<&Manifest>,
+    ) -> Result<Readers> {
+        let mut readers = Vec::with_capacity(sources.len());
+        for s in sources {
+            let key = s.source.topic().unwrap_or(&s.name).to_owned();
+            let reader = match restored {
+                Some(m) => {
+                    let none = BTreeMap::new();
+                    let positions = m.positions.get(&key).unwrap_or(&none);
+                    s.source.open_at(split, positions).await?
+                }
+                None => s.source.open(split).await?,
+            };
+            readers.push(InputReader {
+                reader,
+                key,
+                watermark: None,
+                idle: false,
+                finished: false,
+            });
+        }
+        Ok(Readers { readers, next: 0 })
+    }
+
+    fn positions(&self) -> Positions {
+        self.readers
+            .iter()
+            .map(|r| (r.key.clone(), r.reader.positions()))
+            .collect()
+    }
+
+    /// What has arrived, waiting up to `max_wait` when nothing has. With one source, its own
+    /// poll; with several, each is asked without waiting, and when none had anything, the
+    /// first to get something within `max_wait` answers.
+    async fn poll(&mut self, max_wait: Duration) -> Result<InputPoll> {
+        let mut out = InputPoll::default();
+        if self.readers.len() == 1 {
+            let poll = self.readers[0].reader.poll(max_wait).await?;
+            self.take(0, poll, &mut out);
+        } else {
+            let n = self.readers.len();
+            let start = self.next;
+            self.next = (self.next + 1) % n;
+            for i in (0..n).map(|k| (start + k) % n) {
+                if self.readers[i].finished {
+                    continue;
+                }
+                let poll = self.readers[i].reader.poll(Duration::ZERO).await?;
+                self.take(i, poll, &mut out);
+            }
+            if out.batches.is_empty() && out.bad.is_empty() && !max_wait.is_zero() {
+                let waits = self
+                    .readers
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, r)| !r.finished)
+                    .map(|(i, r)| Box::pin(async move { (i, r.reader.poll(max_wait).await) }))
+                    .collect::<Vec<_>>();
+                if !waits.is_empty() {
+                    let ((i, poll), _, _) = futures::future::select_all(waits).await;
+                    self.take(i, poll?, &mut out);
+                }
+            }
+        }
+        self.merge_time(&mut out);
+        Ok(out)
+    }
+
+    fn take(&mut self, input: usize, poll: SourcePoll, out: &mut InputPoll) {
+        let r = &mut self.readers[input];
+        if poll.watermark.is_some() {
+            r.watermark = poll.watermark;
+        }
+        r.idle = poll.idle;
+        r.finished |= poll.finished;
+        out.batches
+            .extend(poll.batches.into_iter().map(|b| (input, b)));
+        if !poll.bad.is_empty() {
+            out.bad.push((input, poll.bad));
+        }
+        out.skipped += poll.skipped;
+    }
+
+    /// The merged watermark: the minimum over readers that have not ended and are not idle
+    /// (`None` while one of them has none yet); when all left are idle, the largest of theirs.
+    fn merge_time(&self, out: &mut InputPoll) {
+        let live: Vec<&InputReader> = self.readers.iter().filter(|r| !r.finished).collect();
+        out.finished = live.is_empty();
+        out.idle = !live.is_empty() && live.iter().all(|r| r.idle);
+        let active: Vec<&&InputReader> = live.iter().filter(|r| !r.idle).collect();
+        out.watermark = if out.finished {
+            None
+        } else if active.is_empty() {
+            live.iter().filter_map(|r| r.watermark).max()
+        } else {
+            active
+                .iter()
+                .map(|r| r.watermark)
+                .collect::<Option<Vec<i64>>>()
+                .and_then(|w| w.into_iter().min())
+        };
+    }
+}
+
 struct SourceTask {
     task: usize,
-    reader: Box<dyn SourceReader>,
+    reader: Readers,
     ops: Vec<Box<dyn Operator>>,
     output: Output,
     requests: watch::Receiver<BarrierRequest>,
@@ -713,15 +874,17 @@ async fn source_task(t: SourceTask) -> Result<()> {
                 continue;
             }
         };
-        if !poll.bad.is_empty() {
-            output.side(Side::Bad(poll.bad)).await?;
+        for (input, records) in poll.bad {
+            if !records.is_empty() {
+                output.side(Side::Bad { input, records }).await?;
+            }
         }
         let mut records = 0u64;
-        for batch in poll.batches {
+        for (input, batch) in poll.batches {
             records += batch.num_rows() as u64;
             let mut late = Vec::new();
             let mut outputs = Vec::new();
-            run_chain(&mut ops, 0, vec![batch], watermark, &mut outputs, &mut late)?;
+            run_input(&mut ops, input, batch, watermark, &mut outputs, &mut late)?;
             send(&mut output, outputs, late).await?;
         }
         {
@@ -864,7 +1027,8 @@ async fn send(output: &mut Output, batches: Vec<RecordBatch>, late: Vec<LateRows
 
 struct SinkTask {
     name: String,
-    source_name: String,
+    /// The streams' names, by input.
+    source_names: Vec<String>,
     schema: arrow::datatypes::SchemaRef,
     inputs: Inputs,
     sinks: Vec<Box<dyn Sink>>,
@@ -939,10 +1103,13 @@ async fn sink_task(mut t: SinkTask) -> Result<()> {
                 }
                 t.shared.metrics.lock().rows_out += rows;
             }
-            Event::Side(Side::Bad(bad)) => {
+            Event::Side(Side::Bad {
+                input,
+                records: bad,
+            }) => {
                 side_bad_records(
                     &t.name,
-                    &t.source_name,
+                    t.source_names.get(input).map_or("?", String::as_str),
                     t.options.dead_letter_topic.as_deref(),
                     t.broker.as_ref(),
                     transaction.as_ref(),

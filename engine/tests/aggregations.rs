@@ -524,15 +524,78 @@ async fn branches_transformed_and_merged_again_match_the_batch_oracle() {
 }
 
 #[tokio::test]
-async fn merging_streams_of_two_sources_or_after_an_aggregation_is_refused() {
-    let all = events(10, 0, 0, 0);
-    let builder = StreamsBuilder::new();
-    let a = builder.stream("a", source(&all)).unwrap();
-    let b = builder.stream("b", source(&all)).unwrap();
-    a.merge(&b).unwrap().to_collector(&Collector::new());
-    let err = builder.build().unwrap_err().to_string();
-    assert!(err.contains("different sources"), "{err}");
+async fn streams_of_two_sources_merged_and_windowed_match_the_batch_oracle() {
+    let all = events(2_000, 0, 0, 0);
+    // Even events in one source, odd ones in another whose customer column is named `buyer`;
+    // each source's batches spread over two partitions, read by two tasks.
+    let split = |parity: usize, schema: SchemaRef| {
+        let mine: Vec<Event> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == parity)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let batches = mine
+            .chunks(BATCH)
+            .enumerate()
+            .map(|(i, c)| {
+                let b = batch(c);
+                (
+                    i as i32 % 2,
+                    RecordBatch::try_new(schema.clone(), b.columns().to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        Arc::new(MemorySource::new(schema, batches).unwrap())
+    };
+    let buyers = Arc::new(Schema::new(vec![
+        Field::new("buyer", DataType::Utf8, false),
+        Field::new("amount", DataType::Int64, false),
+        Field::new(
+            "rowtime",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    let (a, b) = (split(0, schema()), split(1, buyers));
+    let options = QueryOptions {
+        parallelism: 2,
+        ..QueryOptions::default()
+    };
+    let (batches, late) = run_with(options, |builder| {
+        let a = builder.stream("orders", a).unwrap();
+        let b = builder
+            .stream("purchases", b)
+            .unwrap()
+            .select([
+                col("buyer").alias("customer"),
+                col("amount"),
+                col("rowtime"),
+            ])
+            .unwrap();
+        a.merge(&b)
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .window(WindowSpec {
+                kind: WindowKind::Tumbling { size_ms: 10_000 },
+                grace_ms: 0,
+            })
+            .unwrap()
+            .emit_final()
+            .aggregate(windowed_aggregates())
+            .unwrap()
+    })
+    .await;
+    assert_eq!(late, 0, "each source's event times only grow");
+    let want = oracle(&all, &oracle_window_sql(10_000, 10_000, 1)).await;
+    assert!(want.len() > 100, "{}", want.len());
+    assert_eq!(rows(&batches), want);
+}
 
+#[tokio::test]
+async fn merging_streams_after_an_aggregation_is_refused() {
+    let all = events(10, 0, 0, 0);
     let builder = StreamsBuilder::new();
     let a = builder.stream("a", source(&all)).unwrap();
     let counts = a
@@ -605,7 +668,10 @@ async fn state_past_the_querys_memory_limit_fails_the_query_with_what_to_do() {
         .unwrap();
     let metrics = running.wait().await.unwrap();
     let used = metrics[0].state_bytes;
-    assert!(used > 64 * 1024, "3,000 distinct values held in {used} bytes");
+    assert!(
+        used > 64 * 1024,
+        "3,000 distinct values held in {used} bytes"
+    );
 
     let limited = QueryOptions {
         max_state_bytes: used / 4,

@@ -174,6 +174,107 @@ async fn an_exactly_once_query_resumes_from_its_checkpoint_and_commits_each_upda
     assert_eq!(offsets, 8);
 }
 
+/// A count per word over two topics merged: `words` (value `{"word":…}`) and `tags`
+/// (value `{"tag":…}`), written to `counts`.
+async fn merged_word_count(
+    b: &Broker,
+    checkpoint: CheckpointConfig,
+    parallelism: usize,
+) -> quiver_engine::Result<RunningTopology> {
+    let builder = StreamsBuilder::with_broker(b)
+        .with_application_id("merged-count")
+        .with_options(QueryOptions {
+            checkpoint: Some(checkpoint),
+            parallelism,
+            poll_wait: Duration::from_millis(20),
+            ..QueryOptions::default()
+        });
+    let word = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    let tag = Arc::new(Schema::new(vec![Field::new("tag", DataType::Utf8, false)]));
+    let words = builder.topic("words", Format::None, Format::Json(word))?;
+    let tags = builder
+        .topic("tags", Format::None, Format::Json(tag))?
+        .select([col("tag").alias("word")])?;
+    words
+        .select([col("word")])?
+        .merge(&tags)?
+        .group_by([col("word")])?
+        .count()?
+        .to_stream()
+        .to_topic("counts", TopicFormat::keyed(["word"]))?;
+    Runtime::new(b).run(builder.build()?).await
+}
+
+async fn produce_tags(b: &Broker, tags: &[&str]) {
+    let records: Vec<Record> = tags
+        .iter()
+        .map(|t| {
+            let value = format!(r#"{{"tag":"{t}"}}"#);
+            Record::new(1, None, Some(value.as_bytes()))
+        })
+        .collect();
+    b.produce("tags", &records).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_query_merging_two_topics_checkpoints_both_and_resumes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = setup(dir.path()).await;
+    b.create_topic(NewTopic::new("tags", 2)).await.unwrap();
+    let storage = CheckpointStorage::local(dir.path().join("checkpoints")).unwrap();
+    let config = CheckpointConfig::exactly_once(storage).with_interval(Duration::from_millis(50));
+
+    let running = merged_word_count(&b, config.clone(), 2).await.unwrap();
+    produce_words(&b, &["a", "b"]).await;
+    produce_tags(&b, &["a", "c"]).await;
+    wait_until("the first counts are committed", async || {
+        let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+        committed.get("a").and_then(|u| u.last()) == Some(&2)
+            && committed.get("c").and_then(|u| u.last()) == Some(&1)
+    })
+    .await;
+    running.stop().await.unwrap();
+
+    // Both topics move on while it is down; it resumes each where it stopped, at another
+    // parallelism.
+    produce_words(&b, &["c"]).await;
+    produce_tags(&b, &["a", "d"]).await;
+    let running = merged_word_count(&b, config, 3).await.unwrap();
+    wait_until("the counts after the restart are committed", async || {
+        let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+        committed.get("d").and_then(|u| u.last()) == Some(&1)
+            && committed.get("c").and_then(|u| u.last()) == Some(&2)
+            && committed.get("a").and_then(|u| u.last()) == Some(&3)
+    })
+    .await;
+    running.stop().await.unwrap();
+
+    let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+    for (word, counts) in &committed {
+        assert!(counts.windows(2).all(|w| w[0] < w[1]), "{word}: {counts:?}");
+    }
+    let last: BTreeMap<&str, i64> = committed
+        .iter()
+        .map(|(w, c)| (w.as_str(), *c.last().unwrap()))
+        .collect();
+    assert_eq!(
+        last,
+        BTreeMap::from([("a", 3), ("b", 1), ("c", 2), ("d", 1)])
+    );
+    // The group holds offsets for both topics, covering every record read.
+    let mut offsets: BTreeMap<String, i64> = BTreeMap::new();
+    for (topic, _, o) in b
+        .groups()
+        .fetch_offsets_checked("merged-count-query_1", None, true)
+    {
+        *offsets.entry(topic).or_default() += o.unwrap().unwrap().offset;
+    }
+    assert_eq!(
+        offsets,
+        BTreeMap::from([("tags".to_string(), 4), ("words".to_string(), 3)])
+    );
+}
+
 #[tokio::test]
 async fn an_aborted_query_leaves_nothing_committed_past_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
