@@ -142,17 +142,27 @@ impl Inputs {
         }
     }
 
-    /// The merged watermark: `None` while an input that counts has none yet.
+    /// The merged watermark: the minimum over inputs that are neither closed nor idle, `None`
+    /// while one of them has none yet; with every open input idle, the largest of theirs (as
+    /// a source merges its idle partitions), so the order in which inputs go idle does not
+    /// matter.
     fn merged(&self) -> Option<i64> {
         let mut out: Option<i64> = None;
+        let mut active = false;
+        let mut idle_max: Option<i64> = None;
         for s in &self.state {
-            if s.closed || s.idle {
+            if s.closed {
                 continue;
             }
+            if s.idle {
+                idle_max = idle_max.max(s.watermark);
+                continue;
+            }
+            active = true;
             let w = s.watermark?;
             out = Some(out.map_or(w, |o| o.min(w)));
         }
-        out
+        if active { out } else { idle_max }
     }
 
     /// The next event; `None` once every input has closed.
@@ -308,5 +318,53 @@ impl Output {
             self.send(to, message()).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+    use super::*;
+
+    async fn watermarks(inputs: &mut Inputs) -> Vec<i64> {
+        let mut out = Vec::new();
+        while let Some(e) = inputs.next().await.unwrap() {
+            if let Event::Watermark(w) = e {
+                out.push(w);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn inputs_that_all_go_idle_leave_the_watermark_at_the_furthest_whatever_their_order() {
+        for idle_first in [0usize, 1] {
+            let (a, ra) = mpsc::channel(8);
+            let (b, rb) = mpsc::channel(8);
+            let mut inputs = Inputs::new(vec![ra, rb]);
+            a.send(Message::Watermark(300)).await.unwrap();
+            b.send(Message::Watermark(400)).await.unwrap();
+            let (first, second) = if idle_first == 0 { (&a, &b) } else { (&b, &a) };
+            first.send(Message::Idle).await.unwrap();
+            // Everything sent so far is read before the second input goes idle.
+            let mut got = Vec::new();
+            while let Ok(e) =
+                tokio::time::timeout(std::time::Duration::from_millis(50), inputs.next()).await
+            {
+                if let Some(Event::Watermark(w)) = e.unwrap() {
+                    got.push(w);
+                }
+            }
+            second.send(Message::Idle).await.unwrap();
+            drop((a, b));
+            got.extend(watermarks(&mut inputs).await);
+            assert_eq!(
+                got.last(),
+                Some(&400),
+                "input {idle_first} idle first: {got:?}"
+            );
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        }
     }
 }

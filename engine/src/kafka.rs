@@ -363,11 +363,12 @@ impl SourceReader for KafkaSourceReader {
             state.caught_up = state.position >= end;
         }
         let idle_after = self.source.idle_after;
-        poll.watermark = self.watermarks.merged(
-            self.partitions
-                .iter()
-                .map(|(p, s)| (*p, s.caught_up && now - s.last_data >= idle_after)),
-        );
+        let idle = |s: &PartitionState| s.caught_up && now - s.last_data >= idle_after;
+        poll.watermark = self
+            .watermarks
+            .merged(self.partitions.iter().map(|(p, s)| (*p, idle(s))));
+        // Every partition quiet: this reader does not hold a query's other inputs back.
+        poll.idle = self.partitions.values().all(idle);
         Ok(poll)
     }
 
