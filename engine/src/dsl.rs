@@ -35,7 +35,8 @@ use serde::de::DeserializeOwned;
 
 use crate::aggregate::EmitMode;
 use crate::error::{EngineError, Result};
-use crate::format::{Format, ROWTIME, SideEncoder};
+use crate::format::{Format, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, SideEncoder};
+use crate::join::{JoinKind, StreamJoinNode};
 use crate::plan::{BatchFn, MapBatchesNode, PlanOptions, StreamTable};
 use crate::runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
 use crate::sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};
@@ -122,6 +123,29 @@ impl StreamsBuilder {
             None => TopicSource::declared(topic, key, value)?,
         };
         self.stream(topic, Arc::new(source))
+    }
+
+    /// A topic read as a table (Kafka Streams' `builder.table`): per key (the key format's
+    /// columns) its latest record's value; a record with a null value deletes the key. From
+    /// the earliest offset, read_committed. The table's rows carry [`crate::format::DELETED`].
+    pub fn table(&self, topic: &str, key: Format, value: Format) -> Result<Table> {
+        let source = TopicSource::table(self.broker.as_ref(), topic, key, value)?;
+        self.table_from(topic, Arc::new(source))
+    }
+
+    /// A table read from any source of a changelog ([`Source::table_key`]), named `name`.
+    pub fn table_from(&self, name: &str, source: Arc<dyn Source>) -> Result<Table> {
+        let Some(key) = source.table_key() else {
+            return Err(EngineError::config(format!(
+                "the source {} is not a table's changelog; read a topic as a table with \
+                 StreamsBuilder::table",
+                source.describe()
+            )));
+        };
+        let stream = self.stream(name, source)?;
+        Ok(Table {
+            stream: Stream { key, ..stream },
+        })
     }
 
     /// Plans every stream that was sent to a sink into a query.
@@ -359,6 +383,91 @@ impl Stream {
             .union(other.plan.clone())?
             .build()?;
         Ok(self.with_plan(plan))
+    }
+
+    /// Joins each record with `table`'s row for its key, as the table was at the record's
+    /// event time (see [`crate::join`]); records without a row are dropped. `keys` are this
+    /// stream's expressions, one per key column of the table, in its order. The result has
+    /// this stream's columns, then the table's (its event time and other pseudo-columns left
+    /// out; a column whose name this stream has is prefixed with the table's name and `_`).
+    pub fn join(&self, table: &Table, keys: impl IntoIterator<Item = Expr>) -> Result<Stream> {
+        self.join_with(table, keys, JoinKind::Inner, None, 0)
+    }
+
+    /// [`Stream::join`], keeping records without a row (the table's columns null).
+    pub fn left_join(&self, table: &Table, keys: impl IntoIterator<Item = Expr>) -> Result<Stream> {
+        self.join_with(table, keys, JoinKind::Left, None, 0)
+    }
+
+    /// A stream–table join with every choice: its kind, a condition on the joined row on top
+    /// of the key equality (over this stream's and the table's columns, qualified by their
+    /// names when both have one), and a grace period: how far behind the watermark a record
+    /// may arrive and still be joined (older ones are late).
+    pub fn join_with(
+        &self,
+        table: &Table,
+        keys: impl IntoIterator<Item = Expr>,
+        kind: JoinKind,
+        filter: Option<Expr>,
+        grace_ms: i64,
+    ) -> Result<Stream> {
+        // Each side's columns qualified by its name, so that names both have stay apart.
+        let left = self.name();
+        let mut right = table.stream.name();
+        if right == left {
+            right = format!("{right}_table");
+        }
+        let stream = LogicalPlanBuilder::from(self.plan.clone())
+            .alias(left.as_str())?
+            .build()?;
+        let table_plan = LogicalPlanBuilder::from(table.stream.plan.clone())
+            .alias(right.as_str())?
+            .build()?;
+        let joined = StreamJoinNode::plan(
+            format!("{left}-{right}"),
+            stream,
+            table_plan,
+            keys.into_iter().collect(),
+            table.stream.key.clone(),
+            filter,
+            kind,
+            grace_ms,
+        )?;
+        // This stream's columns, then the table's values (its pseudo-columns left out).
+        let mine = self.plan.schema().fields().len();
+        let ours: Vec<String> = self
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let prefix = right;
+        let mut exprs = Vec::new();
+        for (i, (q, f)) in joined.schema().iter().enumerate() {
+            let c = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
+            if i < mine {
+                exprs.push(c.alias(f.name()));
+            } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&f.name().as_str()) {
+                let name = if ours.contains(f.name()) {
+                    format!("{prefix}_{}", f.name())
+                } else {
+                    f.name().clone()
+                };
+                exprs.push(c.alias(name));
+            }
+        }
+        let plan = LogicalPlanBuilder::from(joined).project(exprs)?.build()?;
+        Ok(self.with_plan(plan))
+    }
+
+    /// The name its plan's columns are qualified with (its source's, or `stream`).
+    fn name(&self) -> String {
+        self.plan
+            .schema()
+            .iter()
+            .find_map(|(q, _)| q.map(|q| q.table().to_owned()))
+            .unwrap_or_else(|| "stream".to_owned())
     }
 
     /// Groups by expressions, for an aggregation.
@@ -624,7 +733,8 @@ impl WindowedStream {
     }
 }
 
-/// A table: the result of an aggregation, a changelog of upserts per key.
+/// A table: a topic read as one ([`StreamsBuilder::table`]), or the result of an aggregation;
+/// a changelog of upserts (and, for topic tables, deletes) per key.
 #[derive(Debug, Clone)]
 pub struct Table {
     stream: Stream,
@@ -646,7 +756,8 @@ impl Table {
         self.stream.schema()
     }
 
-    /// Keeps the updates where `predicate` holds.
+    /// Keeps the rows where `predicate` holds. In a topic's table, a row that fails it deletes
+    /// its key from the filtered table (as Kafka Streams' `KTable.filter` does).
     pub fn filter(&self, predicate: Expr) -> Result<Table> {
         Ok(Table {
             stream: self.stream.filter(predicate)?,

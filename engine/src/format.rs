@@ -35,6 +35,9 @@ pub const ROWPARTITION: &str = "rowpartition";
 pub const ROWOFFSET: &str = "rowoffset";
 /// The record's headers, `List<Struct<key Utf8, value Binary>>`.
 pub const ROWHEADERS: &str = "rowheaders";
+/// In a table's changelog: the row deletes its key (a tombstone: the key's record with a null
+/// value), `Boolean`; its value columns are null.
+pub const DELETED: &str = "__deleted";
 
 /// The type of a KAFKA-format column: the bytes as they are, UTF-8 text, or a big-endian number
 /// (Kafka's own serializers).
@@ -163,6 +166,12 @@ pub struct RecordDecoder {
     /// A value (or key) column that holds the event time, replacing the record timestamp.
     time_column: Option<usize>,
     schema: SchemaRef,
+    /// Decoding a table's changelog: a record with a null value is a tombstone, decoded (its
+    /// key only) with [`DELETED`] set; this decoder reads the tombstones' keys.
+    tombstones: Option<Box<RecordDecoder>>,
+    /// A table's schema: `schema` (the rows' as a stream would decode them) with value columns
+    /// nullable, and [`DELETED`].
+    changelog: Option<SchemaRef>,
 }
 
 impl RecordDecoder {
@@ -231,16 +240,133 @@ impl RecordDecoder {
             value,
             time_column,
             schema: Arc::new(Schema::new(fields)),
+            tombstones: None,
+            changelog: None,
         })
+    }
+
+    /// A decoder of a table's changelog (a topic read as a table): records as
+    /// [`RecordDecoder::new`] decodes them, with value columns nullable and a [`DELETED`]
+    /// column; a record with a null value deletes its key. The key format must give columns.
+    pub fn table(key: Format, value: Format, time_column: Option<&str>) -> Result<RecordDecoder> {
+        if key.fields().is_empty() {
+            return Err(EngineError::config(
+                "a table needs key columns: give its key a format (KAFKA, JSON or DELIMITED)",
+            ));
+        }
+        let mut decoder = RecordDecoder::new(key.clone(), value.clone(), time_column)?;
+        let keys = key.fields().len();
+        let values = value.fields().len();
+        let mut fields: Vec<FieldRef> = decoder.schema.fields().iter().cloned().collect();
+        for f in fields.iter_mut().skip(keys).take(values) {
+            *f = Arc::new(f.as_ref().clone().with_nullable(true));
+        }
+        fields.push(Arc::new(Field::new(DELETED, DataType::Boolean, false)));
+        decoder.changelog = Some(Arc::new(Schema::new(fields)));
+        // Tombstones have no value to take an event time from: theirs is the record's.
+        let key_time = time_column.filter(|c| key.fields().iter().any(|f| f.name() == c));
+        decoder.tombstones = Some(Box::new(RecordDecoder::new(key, Format::None, key_time)?));
+        Ok(decoder)
+    }
+
+    /// Whether it decodes a table's changelog ([`RecordDecoder::table`]).
+    pub fn is_table(&self) -> bool {
+        self.changelog.is_some()
+    }
+
+    /// A table's key columns (`None` for a stream).
+    pub fn table_key(&self) -> Option<Vec<String>> {
+        self.changelog.as_ref()?;
+        Some(self.key.fields().iter().map(|f| f.name().clone()).collect())
     }
 
     /// The schema of decoded batches.
     pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.changelog
+            .clone()
+            .unwrap_or_else(|| self.schema.clone())
     }
 
     /// Decodes one partition's envelope batch.
     pub fn decode(&self, partition: i32, envelope: &RecordBatch) -> Result<Decoded> {
+        match (&self.tombstones, &self.changelog) {
+            (Some(tombstones), Some(schema)) => {
+                self.decode_changelog(partition, envelope, tombstones, schema)
+            }
+            _ => self.decode_rows(partition, envelope),
+        }
+    }
+
+    /// A table's records: the tombstones' keys and the other records, in offset order.
+    fn decode_changelog(
+        &self,
+        partition: i32,
+        envelope: &RecordBatch,
+        tombstones: &RecordDecoder,
+        schema: &SchemaRef,
+    ) -> Result<Decoded> {
+        let values = envelope.column(col::VALUE);
+        let deleted = arrow::compute::is_null(values.as_ref())?;
+        let upserts = arrow::compute::not(&deleted)?;
+        let mut parts = Vec::with_capacity(2);
+        let mut bad = Vec::new();
+        let mut skipped_nulls = 0;
+        let n_keys = self.key.fields().len();
+        for (mask, is_delete) in [(&upserts, false), (&deleted, true)] {
+            let rows = mask.true_count();
+            if rows == 0 {
+                continue;
+            }
+            let part = if rows == envelope.num_rows() {
+                envelope.clone()
+            } else {
+                arrow::compute::filter_record_batch(envelope, mask)?
+            };
+            let decoded = if is_delete {
+                tombstones.decode_rows(partition, &part)?
+            } else {
+                self.decode_rows(partition, &part)?
+            };
+            bad.extend(decoded.bad);
+            skipped_nulls += decoded.skipped_nulls;
+            let batch = decoded.batch;
+            let n = batch.num_rows();
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+            if is_delete {
+                columns.extend(batch.columns()[..n_keys].iter().cloned());
+                for f in self.value.fields() {
+                    columns.push(arrow::array::new_null_array(f.data_type(), n));
+                }
+                columns.extend(batch.columns()[n_keys..].iter().cloned());
+            } else {
+                columns.extend(batch.columns().iter().cloned());
+            }
+            columns.push(Arc::new(arrow::array::BooleanArray::from(vec![
+                is_delete;
+                n
+            ])));
+            parts.push(RecordBatch::try_new(schema.clone(), columns)?);
+        }
+        let batch = match parts.len() {
+            0 => RecordBatch::new_empty(schema.clone()),
+            1 => parts.remove(0),
+            _ => {
+                // Puts and deletes of a key apply in the order they were written.
+                let all = concat_batches(schema, &parts)?;
+                let offset = all.column(schema.index_of(ROWOFFSET)?);
+                let order = arrow::compute::sort_to_indices(offset.as_ref(), None, None)?;
+                arrow::compute::take_record_batch(&all, &order)?
+            }
+        };
+        Ok(Decoded {
+            batch,
+            bad,
+            skipped_nulls,
+        })
+    }
+
+    /// Decodes records as a stream's (see the module docs).
+    fn decode_rows(&self, partition: i32, envelope: &RecordBatch) -> Result<Decoded> {
         let values = envelope.column(col::VALUE).as_binary::<i32>();
         let keys = envelope.column(col::KEY).as_binary::<i32>();
         let offsets = envelope

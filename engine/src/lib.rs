@@ -15,6 +15,7 @@ pub mod dsl;
 pub mod error;
 mod exchange;
 pub mod format;
+pub mod join;
 pub mod kafka;
 pub mod nexmark;
 pub mod operator;
@@ -29,6 +30,7 @@ pub use aggregate::EmitMode;
 pub use checkpoint::{CheckpointConfig, CheckpointStorage, Guarantee};
 pub use error::{EngineError, Result};
 pub use format::{Format, KafkaType};
+pub use join::JoinKind;
 pub use kafka::{KafkaCluster, KafkaSink, KafkaSource};
 pub use runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
 pub use sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};
@@ -44,8 +46,8 @@ pub mod prelude {
     pub use crate::driver::TopologyTestDriver;
     pub use crate::dsl::{Stream, StreamsBuilder, Table, Topology};
     pub use crate::{
-        CheckpointConfig, CheckpointStorage, Collector, EmitMode, Format, Guarantee, KafkaType,
-        QueryOptions, Runtime, TopicFormat, TopicSource, WindowKind, WindowSpec,
+        CheckpointConfig, CheckpointStorage, Collector, EmitMode, Format, Guarantee, JoinKind,
+        KafkaType, QueryOptions, Runtime, TopicFormat, TopicSource, WindowKind, WindowSpec,
     };
     pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
     pub use datafusion::prelude::{Expr, col, lit};

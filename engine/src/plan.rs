@@ -11,6 +11,8 @@
 //! | `Aggregate` with a session window | [`SessionOperator`] |
 //! | `Aggregate` without | [`AggregateOperator`], updating (a changelog) |
 //! | [`MapBatchesNode`] (a Rust closure) | [`MapBatches`] |
+//! | [`StreamJoinNode`] (a stream–table join) | [`JoinTag`], then [`StreamTableJoin`] |
+//! | `Filter` over a table's changelog | a projection that marks failing rows [`DELETED`] |
 //! | `SubqueryAlias` | nothing (names only) |
 //!
 //! Anything else is refused with an error naming the construct and what to do instead: ORDER
@@ -36,6 +38,8 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::aggregate::{AggregateCall, AggregateOperator, AggregateSpec, EmitMode, key_schema};
 use crate::error::{EngineError, Result};
+use crate::format::DELETED;
+use crate::join::{JoinSpec, JoinTag, Side, StreamJoinNode, StreamTableJoin, tagged_schema};
 use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
 use crate::session::SessionOperator;
 use crate::source::Source;
@@ -447,6 +451,11 @@ impl PhysicalQuery {
     }
 }
 
+/// Whether rows of `schema` are a table's changelog (they carry [`DELETED`]).
+fn is_changelog(schema: &DFSchema) -> bool {
+    schema.fields().iter().any(|f| f.name() == DELETED)
+}
+
 /// What a chain of operators starts at: one source's batches (its index in the query's
 /// sources), or those of several (`None`: the chain starts with a merge).
 type Input = Option<usize>;
@@ -544,6 +553,32 @@ impl Planner {
                 }
                 Ok(source)
             }
+            LogicalPlan::Filter(filter) if is_changelog(filter.input.schema()) => {
+                // A table's row that fails the filter leaves the filtered table: it deletes
+                // its key (the key may have passed before).
+                let source = self.node(&filter.input)?;
+                let input = filter.input.schema();
+                let exprs = input
+                    .columns()
+                    .into_iter()
+                    .map(|c| {
+                        let e = Expr::Column(c.clone());
+                        if c.name == DELETED {
+                            e.or(filter.predicate.clone().is_not_true()).alias(DELETED)
+                        } else {
+                            e
+                        }
+                    })
+                    .map(|e| self.physical(&e, input))
+                    .collect::<Result<Vec<_>>>()?;
+                let name = self.name("filter");
+                self.operators.push(Box::new(Stateless::project(
+                    name,
+                    exprs,
+                    Arc::new(input.as_arrow().clone()),
+                )));
+                Ok(source)
+            }
             LogicalPlan::Filter(filter) => {
                 let source = self.node(&filter.input)?;
                 let predicate = self.physical(&filter.predicate, filter.input.schema())?;
@@ -577,6 +612,17 @@ impl Planner {
                 self.operators.push(operator);
                 Ok(source)
             }
+            LogicalPlan::Extension(ext)
+                if ext.node.as_any().downcast_ref::<StreamJoinNode>().is_some() =>
+            {
+                let Some(node) = ext.node.as_any().downcast_ref::<StreamJoinNode>() else {
+                    return Err(EngineError::internal("a join node vanished"));
+                };
+                let (tag, join) = self.join(node)?;
+                self.operators.push(Box::new(tag));
+                self.operators.push(Box::new(join));
+                Ok(None)
+            }
             LogicalPlan::Extension(ext) => {
                 let Some(node) = ext.node.as_any().downcast_ref::<MapBatchesNode>() else {
                     return Err(EngineError::plan(format!(
@@ -603,7 +649,9 @@ impl Planner {
                  after n results instead (a push query's LIMIT)",
             )),
             LogicalPlan::Join(_) => Err(EngineError::plan(
-                "joins are not supported in continuous queries yet",
+                "this join cannot run continuously yet: a stream joins a table (the DSL's \
+                 Stream::join with a Table); stream–stream and table–table joins are not \
+                 supported yet",
             )),
             LogicalPlan::Union(union) => {
                 let operator = self.union(union)?;
@@ -631,28 +679,10 @@ impl Planner {
         let mut branches = Vec::with_capacity(union.inputs.len());
         let name = self.name("merge");
         for input in &union.inputs {
-            let mut branch = Planner {
-                options: self.options,
-                operators: Vec::new(),
-                sources: std::mem::take(&mut self.sources),
-            };
-            let planned = branch.node(input);
-            self.sources = std::mem::take(&mut branch.sources);
-            let input = planned?;
-            if let Some(op) = branch
-                .operators
-                .iter()
-                .find(|op| op.partition_keys().is_some())
-            {
-                return Err(EngineError::plan(format!(
-                    "a merged stream is aggregated before the merge ('{}'); merge the streams \
-                     first and aggregate the result",
-                    op.name()
-                )));
-            }
+            let (input, operators) =
+                self.branch(input, "a merged stream is aggregated before the merge")?;
             // Unique names: the branch's operators under the merge's.
-            let operators = branch
-                .operators
+            let operators = operators
                 .into_iter()
                 .enumerate()
                 .map(|(i, op)| op.renamed(format!("{name}.{}.{}", branches.len() + 1, i + 1)))
@@ -668,6 +698,153 @@ impl Planner {
             schema: Arc::new(union.schema.as_arrow().clone()),
             metrics: OperatorMetrics::default(),
         })
+    }
+
+    /// One side of a merge or join, planned from its source with the query's sources shared;
+    /// it may keep no state (its rows would need an exchange of their own).
+    fn branch(
+        &mut self,
+        plan: &LogicalPlan,
+        what: &str,
+    ) -> Result<(Input, Vec<Box<dyn Operator>>)> {
+        let mut branch = Planner {
+            options: self.options,
+            operators: Vec::new(),
+            sources: std::mem::take(&mut self.sources),
+        };
+        let planned = branch.node(plan);
+        self.sources = std::mem::take(&mut branch.sources);
+        let input = planned?;
+        if let Some(op) = branch
+            .operators
+            .iter()
+            .find(|op| op.partition_keys().is_some())
+        {
+            return Err(EngineError::plan(format!(
+                "{what} ('{}'); this is not supported yet: write the aggregated stream to a \
+                 topic and read that",
+                op.name()
+            )));
+        }
+        Ok((input, branch.operators))
+    }
+
+    /// A stream–table join: both sides planned from their sources, tagged with their keys
+    /// (see [`crate::join`]), then joined after an exchange by key.
+    fn join(&mut self, node: &StreamJoinNode) -> Result<(JoinTag, StreamTableJoin)> {
+        let name = self.name("join");
+        let tag_name = format!("{name}.inputs");
+        if !is_changelog(node.table.schema()) {
+            return Err(EngineError::plan(format!(
+                "the right side of join '{}' is not a table (it has no {DELETED} column); join \
+                 a stream with a table (StreamsBuilder::table)",
+                node.name
+            )));
+        }
+        if is_changelog(node.stream.schema()) {
+            return Err(EngineError::plan(format!(
+                "the left side of join '{}' is a table; a stream–table join reads a stream on \
+                 the left (table–table joins are not supported yet)",
+                node.name
+            )));
+        }
+        let mut sides = Vec::with_capacity(2);
+        for (plan, keys, what) in [
+            (
+                &node.stream,
+                node.keys.clone(),
+                "the stream side of a join is aggregated",
+            ),
+            (
+                &node.table,
+                node.table_key
+                    .iter()
+                    .map(|k| {
+                        node.table
+                            .schema()
+                            .qualified_field_with_unqualified_name(k)
+                            .map(|(q, f)| {
+                                Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
+                            })
+                            .map_err(|_| {
+                                EngineError::plan(format!(
+                                    "the table of join '{}' has no key column '{k}'",
+                                    node.name
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                "the table side of a join is aggregated",
+            ),
+        ] {
+            let (input, operators) = self.branch(plan, what)?;
+            let keys = keys
+                .iter()
+                .map(|k| self.physical(k, plan.schema()))
+                .collect::<Result<Vec<_>>>()?;
+            sides.push((input, operators, keys, plan.schema().clone()));
+        }
+        // Keys compare in one type per column: the table's.
+        let mut key_types = Vec::new();
+        for (i, k) in sides[1].2.iter().enumerate() {
+            let table_type = k.data_type(sides[1].3.as_arrow())?;
+            let stream_type = sides[0].2[i].data_type(sides[0].3.as_arrow())?;
+            if !arrow::compute::can_cast_types(&stream_type, &table_type) {
+                return Err(EngineError::plan(format!(
+                    "join '{}': the stream's key {} is {stream_type}, which does not compare \
+                     with the table's {} ({table_type})",
+                    node.name, node.keys[i], node.table_key[i]
+                )));
+            }
+            key_types.push(table_type);
+        }
+        let mut built = sides
+            .into_iter()
+            .enumerate()
+            .map(|(side, (input, ops, keys, schema))| {
+                let ops = ops
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, op)| op.renamed(format!("{tag_name}.{}.{}", side + 1, i + 1)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok::<_, EngineError>(Side {
+                    input,
+                    operators: ops,
+                    keys,
+                    schema: tagged_schema(&key_types, schema.as_arrow()),
+                })
+            });
+        let (Some(stream), Some(table)) = (built.next(), built.next()) else {
+            return Err(EngineError::internal("a join without two sides"));
+        };
+        let (stream, table) = (stream?, table?);
+        let output = Arc::new(node.schema.as_arrow().clone());
+        let table_out = node.schema.fields().len() - node.stream.schema().fields().len();
+        let filter = node
+            .filter
+            .as_ref()
+            .map(|f| self.physical(f, &node.schema))
+            .transpose()?;
+        let join = StreamTableJoin::new(JoinSpec {
+            name: name.clone(),
+            kind: node.kind,
+            grace_ms: node.grace_ms,
+            keys: key_types.len(),
+            stream_schema: stream.schema.clone(),
+            table_schema: table.schema.clone(),
+            table_out,
+            filter,
+            schema: output,
+        })?;
+        Ok((
+            JoinTag {
+                name: tag_name,
+                sides: [stream, table],
+                key_types,
+                metrics: OperatorMetrics::default(),
+            },
+            join,
+        ))
     }
 
     fn aggregate(&mut self, aggregate: &Aggregate) -> Result<Box<dyn Operator>> {

@@ -39,8 +39,8 @@ pub struct SourcePoll {
     pub watermark: Option<i64>,
     /// The source has ended (bounded sources only): nothing more will come.
     pub finished: bool,
-    /// The reader has nothing to read (no partitions in its split): it does not hold the
-    /// watermark back.
+    /// The reader has nothing to read (no partitions in its split, or every one has been quiet
+    /// for the idle timeout): it does not hold the watermark back.
     pub idle: bool,
 }
 
@@ -63,6 +63,12 @@ pub trait Source: Send + Sync + Debug {
     /// For sources of Kafka records: how their records are decoded (the test driver feeds
     /// records through it).
     fn decoder(&self) -> Option<&RecordDecoder> {
+        None
+    }
+
+    /// For a table's changelog (rows with a [`crate::format::DELETED`] column; upserts and
+    /// deletes per key): its key columns. `None` for a stream.
+    fn table_key(&self) -> Option<Vec<String>> {
         None
     }
 
@@ -187,6 +193,24 @@ impl TopicSource {
         })
     }
 
+    /// Reads `topic` as a table: its latest record per key is the key's row, a record with a
+    /// null value deletes it (see [`RecordDecoder::table`]). The key format must give columns.
+    pub fn table(
+        broker: Option<&Broker>,
+        topic: &str,
+        key: Format,
+        value: Format,
+    ) -> Result<TopicSource> {
+        if let Some(b) = broker {
+            b.partition_count(topic)?;
+        }
+        Ok(TopicSource {
+            broker: broker.cloned(),
+            decoder: RecordDecoder::table(key, value, None)?,
+            ..TopicSource::declared(topic, Format::None, Format::None)?
+        })
+    }
+
     /// A topic declared without a broker: it cannot run, but
     /// [`crate::driver::TopologyTestDriver`] can feed it records.
     pub fn declared(topic: &str, key: Format, value: Format) -> Result<TopicSource> {
@@ -214,7 +238,11 @@ impl TopicSource {
 
     /// Takes event time from a key or value column instead of the record timestamp.
     pub fn with_time_column(mut self, column: &str, key: Format, value: Format) -> Result<Self> {
-        self.decoder = RecordDecoder::new(key, value, Some(column))?;
+        self.decoder = if self.decoder.is_table() {
+            RecordDecoder::table(key, value, Some(column))?
+        } else {
+            RecordDecoder::new(key, value, Some(column))?
+        };
         Ok(self)
     }
 
@@ -313,6 +341,10 @@ impl Source for TopicSource {
         Some(&self.decoder)
     }
 
+    fn table_key(&self) -> Option<Vec<String>> {
+        self.decoder.table_key()
+    }
+
     fn topic(&self) -> Option<&str> {
         Some(&self.topic)
     }
@@ -366,7 +398,8 @@ impl SourceReader for TopicSourceReader {
             }
         }
         let progress = self.reader.progress();
-        poll.idle = progress.is_empty();
+        // No partitions, or every one quiet: this reader does not hold the watermark back.
+        poll.idle = progress.iter().all(|p| p.idle);
         poll.watermark = self
             .watermarks
             .merged(progress.iter().map(|p| (p.partition, p.idle)));
@@ -391,6 +424,7 @@ impl SourceReader for TopicSourceReader {
 pub struct MemorySource {
     schema: SchemaRef,
     batches: Arc<Vec<(i32, RecordBatch)>>,
+    table_key: Option<Vec<String>>,
 }
 
 impl MemorySource {
@@ -408,7 +442,22 @@ impl MemorySource {
         Ok(MemorySource {
             schema,
             batches: Arc::new(batches),
+            table_key: None,
         })
+    }
+
+    /// The batches are a table's changelog keyed by `key` (the schema must have those columns
+    /// and a Boolean [`crate::format::DELETED`]).
+    pub fn as_table(mut self, key: &[&str]) -> Result<MemorySource> {
+        for c in key.iter().chain(std::iter::once(&crate::format::DELETED)) {
+            if self.schema.index_of(c).is_err() {
+                return Err(EngineError::config(format!(
+                    "a memory table needs the column '{c}'"
+                )));
+            }
+        }
+        self.table_key = Some(key.iter().map(|k| (*k).to_owned()).collect());
+        Ok(self)
     }
 }
 
@@ -420,6 +469,10 @@ impl Source for MemorySource {
 
     fn describe(&self) -> String {
         format!("memory ({} batches)", self.batches.len())
+    }
+
+    fn table_key(&self) -> Option<Vec<String>> {
+        self.table_key.clone()
     }
 
     async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>> {
