@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 
 use crate::aggregate::EmitMode;
 use crate::error::{EngineError, Result};
-use crate::format::{Format, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, SideEncoder};
+use crate::format::{DELETED, Format, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, SideEncoder};
 use crate::join::{JoinKind, StreamJoinNode};
 use crate::plan::{BatchFn, MapBatchesNode, PlanOptions, StreamTable};
 use crate::runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
@@ -383,6 +383,38 @@ impl Stream {
             .union(other.plan.clone())?
             .build()?;
         Ok(self.with_plan(plan))
+    }
+
+    /// The stream as a table keyed by `key` (Kafka Streams' `toTable`): each record is its
+    /// key's row from its event time on, replacing the one before.
+    pub fn to_table(&self, key: impl IntoIterator<Item = impl Into<String>>) -> Result<Table> {
+        let key: Vec<String> = key.into_iter().map(Into::into).collect();
+        if key.is_empty() {
+            return Err(EngineError::config("a table needs at least one key column"));
+        }
+        let schema = self.plan.schema();
+        for k in &key {
+            if schema.qualified_field_with_unqualified_name(k).is_err() {
+                return Err(EngineError::config(format!(
+                    "no column '{k}' to key the table by"
+                )));
+            }
+        }
+        let mut exprs: Vec<Expr> = schema
+            .iter()
+            .filter(|(_, f)| f.name() != DELETED)
+            .map(|(q, f)| Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())))
+            .collect();
+        exprs.push(lit(false).alias(DELETED));
+        let plan = LogicalPlanBuilder::from(self.plan.clone())
+            .project(exprs)?
+            .build()?;
+        Ok(Table {
+            stream: Stream {
+                key,
+                ..self.with_plan(plan)
+            },
+        })
     }
 
     /// Joins each record with `table`'s row for its key, as the table was at the record's

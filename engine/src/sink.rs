@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::checkpoint::SharedTransaction;
 use crate::dsl::WINDOW_END;
 use crate::error::{EngineError, Result};
-use crate::format::{Format, KafkaType, ROWTIME, SideEncoder};
+use crate::format::{DELETED, Format, KafkaType, ROWTIME, SideEncoder};
 
 /// A sink of a query.
 ///
@@ -285,6 +285,9 @@ pub(crate) struct TopicEncoder {
     key: Option<SideEncoder>,
     value: Option<SideEncoder>,
     time_column: Option<TimeColumn>,
+    /// A table's changelog: its [`crate::format::DELETED`] column; a deleted row is written
+    /// as a tombstone (its key with a null value).
+    deleted: Option<usize>,
     next_unkeyed: i32,
 }
 
@@ -320,6 +323,7 @@ impl TopicEncoder {
             key: None,
             value: None,
             time_column: None,
+            deleted: None,
             next_unkeyed: 0,
         }
     }
@@ -335,7 +339,10 @@ impl TopicEncoder {
         };
         let n = batch.num_rows();
         let keys = key_encoder.encode(batch)?;
-        let values = value_encoder.encode(batch)?;
+        let mut values: arrow::array::ArrayRef = Arc::new(value_encoder.encode(batch)?);
+        if let Some(i) = self.deleted {
+            values = arrow::compute::nullif(&values, batch.column(i).as_boolean())?;
+        }
         let times: TimestampMillisecondArray = match self.time_column {
             Some(TimeColumn::Rowtime(i)) => batch
                 .column(i)
@@ -388,7 +395,7 @@ impl TopicEncoder {
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
-                .filter(|n| !self.format.key_columns.contains(n))
+                .filter(|n| !self.format.key_columns.contains(n) && n != DELETED)
                 .collect()
         } else {
             self.format.value_columns.clone()
@@ -412,6 +419,10 @@ impl TopicEncoder {
             &self.format.key_columns,
         )?);
         self.value = Some(SideEncoder::new(value_format, schema, &value_columns)?);
+        self.deleted = schema
+            .index_of(DELETED)
+            .ok()
+            .filter(|&i| schema.field(i).data_type() == &DataType::Boolean);
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
         self.time_column = match (schema.index_of(ROWTIME), schema.index_of(WINDOW_END)) {
             (Ok(i), _) if schema.field(i).data_type() == &ts => Some(TimeColumn::Rowtime(i)),

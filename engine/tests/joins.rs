@@ -530,3 +530,139 @@ async fn a_topic_table_with_tombstones_enriches_orders_and_is_restored_from_a_ch
     // Only the rename and the new orders were read after the restart.
     assert_eq!(metrics[0].records_in, 4, "{metrics:?}");
 }
+
+#[tokio::test]
+async fn a_stream_turned_into_a_table_joins_as_a_topic_table_does() {
+    let orders = orders(1_000);
+    let changes: Vec<Change> = changes(10_000)
+        .into_iter()
+        .filter(|c| c.tier.is_some())
+        .collect();
+    let want = oracle(&orders, &changes, JoinKind::Left, "true", "true").await;
+    let builder = StreamsBuilder::new().with_options(QueryOptions {
+        parallelism: 2,
+        ..QueryOptions::default()
+    });
+    let o = memory(&orders, 40, orders_schema(), orders_batch);
+    let c = memory(&changes, 7, customers_schema(), changes_batch);
+    let table = builder
+        .stream("customers", Arc::new(c))
+        .unwrap()
+        .select([col("customer"), col("tier"), col("rowtime")])
+        .unwrap()
+        .to_table(["customer"])
+        .unwrap();
+    let collector = Collector::new();
+    builder
+        .stream("orders", Arc::new(o))
+        .unwrap()
+        .left_join(&table, [col("customer")])
+        .unwrap()
+        .select([
+            col("order_id"),
+            col("customer"),
+            col("amount"),
+            col("rowtime"),
+            col("tier"),
+        ])
+        .unwrap()
+        .to_collector(&collector);
+    let running = Runtime::without_broker()
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    running.wait().await.unwrap();
+    assert_eq!(rows(&collector.batches()), want);
+}
+
+#[tokio::test]
+async fn a_filtered_tables_changelog_is_written_with_tombstones_for_rows_that_leave_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic(NewTopic::new("customers", 1)).await.unwrap();
+    b.create_topic(NewTopic::new("gold", 1)).await.unwrap();
+    produce(
+        &b,
+        "customers",
+        T0,
+        &[
+            (Some("ada"), Some(r#"{"tier":"gold"}"#)),
+            (Some("bea"), Some(r#"{"tier":"silver"}"#)),
+            (Some("cai"), Some(r#"{"tier":"gold"}"#)),
+            (Some("ada"), Some(r#"{"tier":"silver"}"#)),
+            (Some("cai"), None),
+        ],
+    )
+    .await;
+    let builder = StreamsBuilder::with_broker(&b);
+    let tiers = Arc::new(Schema::new(vec![Field::new("tier", DataType::Utf8, true)]));
+    builder
+        .table(
+            "customers",
+            Format::kafka("id", KafkaType::String),
+            Format::Json(tiers),
+        )
+        .unwrap()
+        .filter(col("tier").eq(lit("gold")))
+        .unwrap()
+        .to_stream()
+        .select([col("id"), col("tier"), col(DELETED)])
+        .unwrap()
+        .to_topic("gold", quiver_engine::TopicFormat::keyed(["id"]))
+        .unwrap();
+    let running = Runtime::new(&b)
+        .run(builder.build().unwrap())
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    for _ in 0..400 {
+        records = read_all(&b, "gold").await;
+        if records.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    running.stop().await.unwrap();
+    let got: Vec<(String, Option<String>)> = records
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap(),
+                r.value
+                    .as_ref()
+                    .map(|v| String::from_utf8(v.to_vec()).unwrap()),
+            )
+        })
+        .collect();
+    let gold = Some(r#"{"tier":"gold"}"#.to_string());
+    assert_eq!(
+        got,
+        [
+            ("ada".to_string(), gold.clone()),
+            ("bea".to_string(), None),
+            ("cai".to_string(), gold),
+            ("ada".to_string(), None),
+            ("cai".to_string(), None),
+        ]
+    );
+}
+
+async fn read_all(b: &Broker, topic: &str) -> Vec<Record> {
+    let mut reader = b
+        .topic_reader(
+            topic,
+            quiver_broker::StartAt::Earliest,
+            quiver_broker::ReaderOptions::default(),
+        )
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batches = reader.next_batches(Duration::ZERO).await.unwrap();
+        if batches.is_empty() {
+            return out;
+        }
+        for batch in batches {
+            out.extend(quiver_broker::batch_to_records(&batch.records).unwrap());
+        }
+    }
+}
