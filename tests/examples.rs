@@ -82,3 +82,40 @@ fn page_views_emit_one_count_per_user_and_minute_and_route_the_late_view() {
         out.stdout
     );
 }
+
+#[test]
+fn orders_enrichment_joins_each_order_with_its_customer_as_of_the_orders_time() {
+    let out = run_bounded(example("orders_enrichment"), b"", COMMAND_TIMEOUT).ok();
+    assert!(out.stdout.contains("--> join_1"), "{}", out.stdout);
+    let mut enriched = std::collections::BTreeMap::new();
+    for line in out.lines() {
+        if let Some(json) = line.strip_prefix("[orders-enriched]: ") {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            let tier = v["tier"].as_str().map(str::to_owned);
+            enriched.insert(v["order_id"].as_i64().unwrap(), tier);
+        }
+    }
+    let want = [
+        (1, Some("gold")),
+        // Placed before Brian moved up, though the change was read first.
+        (2, Some("silver")),
+        // No such customer.
+        (3, None),
+        (4, Some("gold")),
+        // Placed after Cleo left.
+        (5, None),
+        (6, Some("gold")),
+    ]
+    .map(|(id, tier)| (id, tier.map(str::to_owned)));
+    assert_eq!(
+        enriched,
+        std::collections::BTreeMap::from(want),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("done: 6 orders enriched"),
+        "{}",
+        out.stdout
+    );
+}
