@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use crate::aggregate::EmitMode;
 use crate::error::{EngineError, Result};
 use crate::format::{DELETED, Format, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, SideEncoder};
-use crate::join::{JoinKind, StreamJoinNode};
+use crate::join::{JoinKind, StreamJoinNode, WindowJoinNode};
 use crate::plan::{BatchFn, MapBatchesNode, PlanOptions, StreamTable};
 use crate::runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
 use crate::sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};
@@ -483,6 +483,101 @@ impl Stream {
             } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&f.name().as_str()) {
                 let name = if ours.contains(f.name()) {
                     format!("{prefix}_{}", f.name())
+                } else {
+                    f.name().clone()
+                };
+                exprs.push(c.alias(name));
+            }
+        }
+        let plan = LogicalPlanBuilder::from(joined).project(exprs)?.build()?;
+        Ok(self.with_plan(plan))
+    }
+
+    /// Joins this stream with `other` within a time bound (Kafka Streams' `JoinWindows`, an
+    /// interval join): records with equal keys whose event times are at most `within_ms` apart
+    /// (see [`crate::window_join`]). `keys` and `other_keys` pair up in order. The result has
+    /// this stream's columns, then the other's (its pseudo-columns left out; a name this stream
+    /// has is prefixed with the other's name and `_`); its `rowtime` is the later of the two.
+    pub fn window_join(
+        &self,
+        other: &Stream,
+        keys: impl IntoIterator<Item = Expr>,
+        other_keys: impl IntoIterator<Item = Expr>,
+        within_ms: i64,
+        kind: JoinKind,
+    ) -> Result<Stream> {
+        self.window_join_with(other, keys, other_keys, within_ms, kind, None, 0)
+    }
+
+    /// [`Stream::window_join`] with a condition on each pair on top of the key equality (over
+    /// both streams' columns, qualified by their names where both have one), and a grace
+    /// period for records that arrive out of order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn window_join_with(
+        &self,
+        other: &Stream,
+        keys: impl IntoIterator<Item = Expr>,
+        other_keys: impl IntoIterator<Item = Expr>,
+        within_ms: i64,
+        kind: JoinKind,
+        filter: Option<Expr>,
+        grace_ms: i64,
+    ) -> Result<Stream> {
+        let left = self.name();
+        let mut right = other.name();
+        if right == left {
+            right = format!("{right}_2");
+        }
+        let left_plan = LogicalPlanBuilder::from(self.plan.clone())
+            .alias(left.as_str())?
+            .build()?;
+        let right_plan = LogicalPlanBuilder::from(other.plan.clone())
+            .alias(right.as_str())?
+            .build()?;
+        let joined = WindowJoinNode::plan(
+            format!("{left}-{right}"),
+            left_plan,
+            right_plan,
+            keys.into_iter().collect(),
+            other_keys.into_iter().collect(),
+            filter,
+            kind,
+            within_ms,
+            grace_ms,
+        )?;
+        let mine = self.plan.schema().fields().len();
+        let ours: Vec<String> = self
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let column =
+            |q: &str, name: &str| Expr::Column(datafusion::common::Column::new(Some(q), name));
+        let mut exprs = Vec::new();
+        for (i, (q, f)) in joined.schema().iter().enumerate() {
+            let c = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
+            if i < mine {
+                if f.name() == ROWTIME
+                    && other
+                        .plan
+                        .schema()
+                        .has_column_with_unqualified_name(ROWTIME)
+                {
+                    exprs.push(
+                        datafusion::functions::core::expr_fn::greatest(vec![
+                            column(&left, ROWTIME),
+                            column(&right, ROWTIME),
+                        ])
+                        .alias(ROWTIME),
+                    );
+                } else {
+                    exprs.push(c.alias(f.name()));
+                }
+            } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&f.name().as_str()) {
+                let name = if ours.contains(f.name()) {
+                    format!("{right}_{}", f.name())
                 } else {
                     f.name().clone()
                 };

@@ -51,8 +51,166 @@ use crate::operator::{Emit, LateRows, Operator, OperatorMetrics};
 pub enum JoinKind {
     /// It is dropped.
     Inner,
-    /// It is emitted with the table's columns null.
+    /// It is emitted with the table's (the right side's) columns null.
     Left,
+    /// Stream–stream joins only: unmatched records of either side are emitted, the other
+    /// side's columns null.
+    Full,
+}
+
+/// Two streams joined within a time bound in a `LogicalPlan` (see [`crate::window_join`]),
+/// an extension node for the same reasons as [`StreamJoinNode`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WindowJoinNode {
+    pub name: String,
+    pub left: LogicalPlan,
+    pub right: LogicalPlan,
+    pub left_keys: Vec<Expr>,
+    pub right_keys: Vec<Expr>,
+    pub filter: Option<Expr>,
+    pub kind: JoinKind,
+    pub within_ms: i64,
+    pub grace_ms: i64,
+    pub schema: DFSchemaRef,
+}
+
+impl WindowJoinNode {
+    /// The node as a plan: the left's columns, then the right's (nullable on the side that
+    /// may be missing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan(
+        name: impl Into<String>,
+        left: LogicalPlan,
+        right: LogicalPlan,
+        left_keys: Vec<Expr>,
+        right_keys: Vec<Expr>,
+        filter: Option<Expr>,
+        kind: JoinKind,
+        within_ms: i64,
+        grace_ms: i64,
+    ) -> Result<LogicalPlan> {
+        if left_keys.len() != right_keys.len() || left_keys.is_empty() {
+            return Err(EngineError::config(format!(
+                "a stream–stream join pairs each key expression of the left with one of the \
+                 right; {} and {} given",
+                left_keys.len(),
+                right_keys.len()
+            )));
+        }
+        if within_ms < 0 || grace_ms < 0 {
+            return Err(EngineError::config(
+                "a join's time bound and grace period cannot be negative",
+            ));
+        }
+        let nullable = |f: &arrow::datatypes::FieldRef, yes: bool| {
+            if yes {
+                Arc::new(f.as_ref().clone().with_nullable(true))
+            } else {
+                f.clone()
+            }
+        };
+        let mut fields = Vec::new();
+        for (q, f) in left.schema().iter() {
+            fields.push((q.cloned(), nullable(f, kind == JoinKind::Full)));
+        }
+        for (q, f) in right.schema().iter() {
+            fields.push((q.cloned(), nullable(f, kind != JoinKind::Inner)));
+        }
+        let schema = Arc::new(DFSchema::new_with_metadata(fields, Default::default())?);
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(WindowJoinNode {
+                name: name.into(),
+                left,
+                right,
+                left_keys,
+                right_keys,
+                filter,
+                kind,
+                within_ms,
+                grace_ms,
+                schema,
+            }),
+        }))
+    }
+}
+
+impl PartialOrd for WindowJoinNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        self.name.partial_cmp(&other.name)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for WindowJoinNode {
+    fn name(&self) -> &str {
+        "StreamStreamJoin"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.left, &self.right]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        let mut out = self.left_keys.clone();
+        out.extend(self.right_keys.clone());
+        out.extend(self.filter.clone());
+        out
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "StreamStreamJoin: {} {:?} within {} ms",
+            self.name, self.kind, self.within_ms
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        mut exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> datafusion::error::Result<Self> {
+        let internal = |m: &str| datafusion::error::DataFusionError::Internal(m.into());
+        let right = inputs
+            .pop()
+            .ok_or_else(|| internal("a join needs two inputs"))?;
+        let left = inputs
+            .pop()
+            .ok_or_else(|| internal("a join needs two inputs"))?;
+        let filter = if self.filter.is_some() {
+            exprs.pop()
+        } else {
+            None
+        };
+        let n = self.left_keys.len();
+        if exprs.len() != 2 * n {
+            return Err(internal("a join's keys changed in number"));
+        }
+        let right_keys = exprs.split_off(n);
+        Ok(WindowJoinNode {
+            left,
+            right,
+            left_keys: exprs,
+            right_keys,
+            filter,
+            ..self.clone()
+        })
+    }
+}
+
+/// The key columns of [`JoinTag`]'s layouts, which the exchange hashes.
+pub(crate) fn key_columns(keys: usize) -> Vec<Arc<dyn PhysicalExpr>> {
+    (0..keys)
+        .map(|i| {
+            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                &format!("__key{i}"),
+                i + 1,
+            )) as Arc<dyn PhysicalExpr>
+        })
+        .collect()
 }
 
 /// A stream joined with a table in a `LogicalPlan` (an extension node, so DataFusion's
@@ -87,6 +245,12 @@ impl StreamJoinNode {
         kind: JoinKind,
         grace_ms: i64,
     ) -> Result<LogicalPlan> {
+        if kind == JoinKind::Full {
+            return Err(EngineError::config(
+                "a stream–table join is inner or left (a full outer join needs two streams or \
+                 two tables)",
+            ));
+        }
         if keys.len() != table_key.len() || keys.is_empty() {
             return Err(EngineError::config(format!(
                 "a stream–table join pairs one stream expression with each of the table's key \
@@ -559,7 +723,7 @@ impl StreamTableJoin {
                 stream_idx.push(i);
                 table_idx.push(Some(next as u32));
                 next += 1;
-            } else if self.kind == JoinKind::Left {
+            } else if self.kind != JoinKind::Inner {
                 stream_idx.push(i);
                 table_idx.push(None);
             }
@@ -579,7 +743,7 @@ impl StreamTableJoin {
                 JoinKind::Inner => {
                     joined = filter_record_batch(&joined, &keep)?;
                 }
-                JoinKind::Left => {
+                JoinKind::Left | JoinKind::Full => {
                     // A stream record whose match fails the filter keeps its row, unmatched.
                     if keep.false_count() > 0 {
                         table_idx = table_idx
@@ -883,15 +1047,6 @@ impl Operator for StreamTableJoin {
     }
 
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
-        Some(
-            (0..self.keys)
-                .map(|i| {
-                    Arc::new(datafusion::physical_expr::expressions::Column::new(
-                        &format!("__key{i}"),
-                        i + 1,
-                    )) as Arc<dyn PhysicalExpr>
-                })
-                .collect(),
-        )
+        Some(key_columns(self.keys))
     }
 }

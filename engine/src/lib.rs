@@ -25,6 +25,7 @@ pub mod session;
 pub mod sink;
 pub mod source;
 pub mod window;
+pub mod window_join;
 
 pub use aggregate::EmitMode;
 pub use checkpoint::{CheckpointConfig, CheckpointStorage, Guarantee};

@@ -12,6 +12,7 @@
 //! | `Aggregate` without | [`AggregateOperator`], updating (a changelog) |
 //! | [`MapBatchesNode`] (a Rust closure) | [`MapBatches`] |
 //! | [`StreamJoinNode`] (a stream–table join) | [`JoinTag`], then [`StreamTableJoin`] |
+//! | [`WindowJoinNode`] (a stream–stream join) | [`JoinTag`], then [`StreamStreamJoin`] |
 //! | `Filter` over a table's changelog | a projection that marks failing rows [`DELETED`] |
 //! | `SubqueryAlias` | nothing (names only) |
 //!
@@ -39,11 +40,14 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use crate::aggregate::{AggregateCall, AggregateOperator, AggregateSpec, EmitMode, key_schema};
 use crate::error::{EngineError, Result};
 use crate::format::DELETED;
-use crate::join::{JoinSpec, JoinTag, Side, StreamJoinNode, StreamTableJoin, tagged_schema};
+use crate::join::{
+    JoinSpec, JoinTag, Side, StreamJoinNode, StreamTableJoin, WindowJoinNode, tagged_schema,
+};
 use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
 use crate::session::SessionOperator;
 use crate::source::Source;
 use crate::window::{WindowKind, WindowSpec};
+use crate::window_join::{StreamStreamJoin, WindowJoinSpec};
 
 /// A stream as a table in a `LogicalPlan` (the leaf the DSL and SQL scan).
 #[derive(Debug, Clone)]
@@ -613,6 +617,17 @@ impl Planner {
                 Ok(source)
             }
             LogicalPlan::Extension(ext)
+                if ext.node.as_any().downcast_ref::<WindowJoinNode>().is_some() =>
+            {
+                let Some(node) = ext.node.as_any().downcast_ref::<WindowJoinNode>() else {
+                    return Err(EngineError::internal("a join node vanished"));
+                };
+                let (tag, join) = self.window_join(node)?;
+                self.operators.push(Box::new(tag));
+                self.operators.push(Box::new(join));
+                Ok(None)
+            }
+            LogicalPlan::Extension(ext)
                 if ext.node.as_any().downcast_ref::<StreamJoinNode>().is_some() =>
             {
                 let Some(node) = ext.node.as_any().downcast_ref::<StreamJoinNode>() else {
@@ -729,11 +744,67 @@ impl Planner {
         Ok((input, branch.operators))
     }
 
-    /// A stream–table join: both sides planned from their sources, tagged with their keys
-    /// (see [`crate::join`]), then joined after an exchange by key.
+    /// Both sides of a join planned from their sources and tagged with their keys (see
+    /// [`crate::join`]): the [`JoinTag`] that runs first. Keys compare in the right side's
+    /// types.
+    fn join_inputs(
+        &mut self,
+        name: &str,
+        sides: [(&LogicalPlan, &[Expr], &str); 2],
+    ) -> Result<JoinTag> {
+        let tag_name = format!("{name}.inputs");
+        let mut planned = Vec::with_capacity(2);
+        for (plan, keys, what) in sides {
+            let (input, operators) =
+                self.branch(plan, &format!("the {what} side of a join is aggregated"))?;
+            let keys = keys
+                .iter()
+                .map(|k| self.physical(k, plan.schema()))
+                .collect::<Result<Vec<_>>>()?;
+            planned.push((input, operators, keys, plan.schema().clone()));
+        }
+        let mut key_types = Vec::new();
+        for (i, k) in planned[1].2.iter().enumerate() {
+            let right = k.data_type(planned[1].3.as_arrow())?;
+            let left = planned[0].2[i].data_type(planned[0].3.as_arrow())?;
+            if !arrow::compute::can_cast_types(&left, &right) {
+                return Err(EngineError::plan(format!(
+                    "join '{name}': the key {} is {left} on the {} side, which does not compare \
+                     with {} ({right}) on the {} side",
+                    sides[0].1[i], sides[0].2, sides[1].1[i], sides[1].2
+                )));
+            }
+            key_types.push(right);
+        }
+        let mut built = Vec::with_capacity(2);
+        for (side, (input, ops, keys, schema)) in planned.into_iter().enumerate() {
+            let operators = ops
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| op.renamed(format!("{tag_name}.{}.{}", side + 1, i + 1)))
+                .collect::<Result<Vec<_>>>()?;
+            built.push(Side {
+                input,
+                operators,
+                keys,
+                schema: tagged_schema(&key_types, schema.as_arrow()),
+            });
+        }
+        let (Some(right), Some(left)) = (built.pop(), built.pop()) else {
+            return Err(EngineError::internal("a join without two sides"));
+        };
+        Ok(JoinTag {
+            name: tag_name,
+            sides: [left, right],
+            key_types,
+            metrics: OperatorMetrics::default(),
+        })
+    }
+
+    /// A stream–table join (see [`crate::join`]): the tagged inputs, then the join after an
+    /// exchange by key.
     fn join(&mut self, node: &StreamJoinNode) -> Result<(JoinTag, StreamTableJoin)> {
         let name = self.name("join");
-        let tag_name = format!("{name}.inputs");
         if !is_changelog(node.table.schema()) {
             return Err(EngineError::plan(format!(
                 "the right side of join '{}' is not a table (it has no {DELETED} column); join \
@@ -748,77 +819,31 @@ impl Planner {
                 node.name
             )));
         }
-        let mut sides = Vec::with_capacity(2);
-        for (plan, keys, what) in [
-            (
-                &node.stream,
-                node.keys.clone(),
-                "the stream side of a join is aggregated",
-            ),
-            (
-                &node.table,
-                node.table_key
-                    .iter()
-                    .map(|k| {
-                        node.table
-                            .schema()
-                            .qualified_field_with_unqualified_name(k)
-                            .map(|(q, f)| {
-                                Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
-                            })
-                            .map_err(|_| {
-                                EngineError::plan(format!(
-                                    "the table of join '{}' has no key column '{k}'",
-                                    node.name
-                                ))
-                            })
+        let table_keys = node
+            .table_key
+            .iter()
+            .map(|k| {
+                node.table
+                    .schema()
+                    .qualified_field_with_unqualified_name(k)
+                    .map(|(q, f)| {
+                        Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
                     })
-                    .collect::<Result<Vec<_>>>()?,
-                "the table side of a join is aggregated",
-            ),
-        ] {
-            let (input, operators) = self.branch(plan, what)?;
-            let keys = keys
-                .iter()
-                .map(|k| self.physical(k, plan.schema()))
-                .collect::<Result<Vec<_>>>()?;
-            sides.push((input, operators, keys, plan.schema().clone()));
-        }
-        // Keys compare in one type per column: the table's.
-        let mut key_types = Vec::new();
-        for (i, k) in sides[1].2.iter().enumerate() {
-            let table_type = k.data_type(sides[1].3.as_arrow())?;
-            let stream_type = sides[0].2[i].data_type(sides[0].3.as_arrow())?;
-            if !arrow::compute::can_cast_types(&stream_type, &table_type) {
-                return Err(EngineError::plan(format!(
-                    "join '{}': the stream's key {} is {stream_type}, which does not compare \
-                     with the table's {} ({table_type})",
-                    node.name, node.keys[i], node.table_key[i]
-                )));
-            }
-            key_types.push(table_type);
-        }
-        let mut built = sides
-            .into_iter()
-            .enumerate()
-            .map(|(side, (input, ops, keys, schema))| {
-                let ops = ops
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, op)| op.renamed(format!("{tag_name}.{}.{}", side + 1, i + 1)))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok::<_, EngineError>(Side {
-                    input,
-                    operators: ops,
-                    keys,
-                    schema: tagged_schema(&key_types, schema.as_arrow()),
-                })
-            });
-        let (Some(stream), Some(table)) = (built.next(), built.next()) else {
-            return Err(EngineError::internal("a join without two sides"));
-        };
-        let (stream, table) = (stream?, table?);
-        let output = Arc::new(node.schema.as_arrow().clone());
+                    .map_err(|_| {
+                        EngineError::plan(format!(
+                            "the table of join '{}' has no key column '{k}'",
+                            node.name
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tag = self.join_inputs(
+            &name,
+            [
+                (&node.stream, &node.keys, "stream"),
+                (&node.table, &table_keys, "table"),
+            ],
+        )?;
         let table_out = node.schema.fields().len() - node.stream.schema().fields().len();
         let filter = node
             .filter
@@ -826,25 +851,54 @@ impl Planner {
             .map(|f| self.physical(f, &node.schema))
             .transpose()?;
         let join = StreamTableJoin::new(JoinSpec {
-            name: name.clone(),
+            name,
             kind: node.kind,
             grace_ms: node.grace_ms,
-            keys: key_types.len(),
-            stream_schema: stream.schema.clone(),
-            table_schema: table.schema.clone(),
+            keys: tag.key_types.len(),
+            stream_schema: tag.sides[0].schema.clone(),
+            table_schema: tag.sides[1].schema.clone(),
             table_out,
             filter,
-            schema: output,
+            schema: Arc::new(node.schema.as_arrow().clone()),
         })?;
-        Ok((
-            JoinTag {
-                name: tag_name,
-                sides: [stream, table],
-                key_types,
-                metrics: OperatorMetrics::default(),
-            },
-            join,
-        ))
+        Ok((tag, join))
+    }
+
+    /// A stream–stream join within a time bound (see [`crate::window_join`]).
+    fn window_join(&mut self, node: &WindowJoinNode) -> Result<(JoinTag, StreamStreamJoin)> {
+        let name = self.name("join");
+        for (plan, side) in [(&node.left, "left"), (&node.right, "right")] {
+            if is_changelog(plan.schema()) {
+                return Err(EngineError::plan(format!(
+                    "the {side} side of join '{}' is a table; a join within a time bound reads \
+                     two streams (join a stream with a table with Stream::join)",
+                    node.name
+                )));
+            }
+        }
+        let tag = self.join_inputs(
+            &name,
+            [
+                (&node.left, &node.left_keys, "left"),
+                (&node.right, &node.right_keys, "right"),
+            ],
+        )?;
+        let filter = node
+            .filter
+            .as_ref()
+            .map(|f| self.physical(f, &node.schema))
+            .transpose()?;
+        let join = StreamStreamJoin::new(WindowJoinSpec {
+            name,
+            kind: node.kind,
+            within_ms: node.within_ms,
+            grace_ms: node.grace_ms,
+            keys: tag.key_types.len(),
+            schemas: [tag.sides[0].schema.clone(), tag.sides[1].schema.clone()],
+            filter,
+            schema: Arc::new(node.schema.as_arrow().clone()),
+        })?;
+        Ok((tag, join))
     }
 
     fn aggregate(&mut self, aggregate: &Aggregate) -> Result<Box<dyn Operator>> {

@@ -202,6 +202,7 @@ async fn oracle(
     let join = match kind {
         JoinKind::Inner => "JOIN",
         JoinKind::Left => "LEFT JOIN",
+        JoinKind::Full => "FULL JOIN",
     };
     let sql = format!(
         "WITH asof AS ( \
