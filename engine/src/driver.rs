@@ -51,7 +51,13 @@ impl TopologyTestDriver {
                     .iter()
                     .map(|s| s.topic().map_or_else(|| s.describe(), str::to_owned))
                     .collect(),
-                physical: q.physical,
+                physical: {
+                    let mut physical = q.physical;
+                    for op in &mut physical.operators {
+                        op.assign(0, 1);
+                    }
+                    physical
+                },
                 watermark: i64::MIN,
                 output: Vec::new(),
                 late: Vec::new(),

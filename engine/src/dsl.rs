@@ -883,6 +883,27 @@ impl Table {
         self.stream.schema()
     }
 
+    /// Keeps the table's latest row per key in a store named `name`, readable while the query
+    /// runs ([`Runtime::store`], [`crate::store`]), holding at most 1 GiB.
+    pub fn materialize(&self, name: &str) -> Result<Table> {
+        self.materialize_with(name, 1 << 30)
+    }
+
+    /// [`Table::materialize`] with a byte limit: past it, the query fails naming the store.
+    pub fn materialize_with(&self, name: &str, max_bytes: usize) -> Result<Table> {
+        let store =
+            crate::store::TableStore::new(name, self.schema(), &self.stream.key, max_bytes)?;
+        let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(crate::store::MaterializeNode {
+                input: self.stream.plan.clone(),
+                store,
+            }),
+        });
+        Ok(Table {
+            stream: self.stream.with_plan(plan),
+        })
+    }
+
     /// Keeps the rows where `predicate` holds. In a topic's table, a row that fails it deletes
     /// its key from the filtered table (as Kafka Streams' `KTable.filter` does).
     pub fn filter(&self, predicate: Expr) -> Result<Table> {

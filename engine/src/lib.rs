@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod session;
 pub mod sink;
 pub mod source;
+pub mod store;
 pub mod window;
 pub mod window_join;
 
@@ -36,6 +37,7 @@ pub use kafka::{KafkaCluster, KafkaSink, KafkaSource};
 pub use runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
 pub use sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};
 pub use source::{MemorySource, Source, SourceReader, StartFrom, TopicSource};
+pub use store::TableStore;
 pub use window::{WindowKind, WindowSpec};
 
 /// DataFusion and Arrow as the engine uses them, so programs need no version of their own.

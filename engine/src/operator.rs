@@ -112,6 +112,13 @@ pub trait Operator: Send + std::fmt::Debug {
     /// A new instance with the same configuration and empty state: a query runs one per task.
     fn fresh(&self) -> Result<Box<dyn Operator>>;
 
+    /// Tells a fresh instance which of the stage's tasks it runs in (before any state is
+    /// restored), for operators whose state is shared outside the task (a materialized
+    /// table's store).
+    fn assign(&mut self, task: usize, tasks: usize) {
+        let _ = (task, tasks);
+    }
+
     /// The key columns of rows of a [`Operator::snapshot`], of the types its
     /// [`Operator::partition_keys`] evaluate to: a restore at another parallelism sends each
     /// row to the task the keyed exchange sends its key to. Empty: all rows to the first task.

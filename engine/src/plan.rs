@@ -46,6 +46,7 @@ use crate::join::{
 use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
 use crate::session::SessionOperator;
 use crate::source::Source;
+use crate::store::{MaterializeNode, MaterializeOperator, TableStore};
 use crate::window::{WindowKind, WindowSpec};
 use crate::window_join::{StreamStreamJoin, WindowJoinSpec};
 
@@ -416,6 +417,8 @@ pub struct PhysicalQuery {
     /// merge reads more than one).
     pub sources: Vec<QuerySource>,
     pub operators: Vec<Box<dyn Operator>>,
+    /// The stores its tables are materialized in (interactive queries).
+    pub stores: Vec<TableStore>,
     pub schema: SchemaRef,
     /// The optimized logical plan, for `describe`/EXPLAIN.
     pub plan: LogicalPlan,
@@ -436,12 +439,14 @@ pub fn plan_query(plan: &LogicalPlan, options: PlanOptions) -> Result<PhysicalQu
         options,
         operators: Vec::new(),
         sources: Vec::new(),
+        stores: Vec::new(),
     };
     planner.node(&optimized)?;
     let schema = Arc::new(optimized.schema().as_arrow().clone());
     Ok(PhysicalQuery {
         sources: planner.sources,
         operators: planner.operators,
+        stores: planner.stores,
         schema,
         plan: optimized,
     })
@@ -469,6 +474,8 @@ struct Planner {
     operators: Vec<Box<dyn Operator>>,
     /// The query's sources, shared by the branches of a merge.
     sources: Vec<QuerySource>,
+    /// The stores its tables are materialized in.
+    stores: Vec<TableStore>,
 }
 
 impl Planner {
@@ -617,6 +624,39 @@ impl Planner {
                 Ok(source)
             }
             LogicalPlan::Extension(ext)
+                if ext
+                    .node
+                    .as_any()
+                    .downcast_ref::<MaterializeNode>()
+                    .is_some() =>
+            {
+                let Some(node) = ext.node.as_any().downcast_ref::<MaterializeNode>() else {
+                    return Err(EngineError::internal("a materialize node vanished"));
+                };
+                let source = self.node(&node.input)?;
+                let schema = node.input.schema();
+                let keys = node
+                    .store
+                    .key()
+                    .iter()
+                    .map(|k| {
+                        let (q, f) = schema.qualified_field_with_unqualified_name(k)?;
+                        self.physical(
+                            &Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())),
+                            schema,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let name = self.name("materialize");
+                self.operators.push(Box::new(MaterializeOperator::new(
+                    name,
+                    node.store.clone(),
+                    keys,
+                )?));
+                self.stores.push(node.store.clone());
+                Ok(source)
+            }
+            LogicalPlan::Extension(ext)
                 if ext.node.as_any().downcast_ref::<WindowJoinNode>().is_some() =>
             {
                 let Some(node) = ext.node.as_any().downcast_ref::<WindowJoinNode>() else {
@@ -726,6 +766,7 @@ impl Planner {
             options: self.options,
             operators: Vec::new(),
             sources: std::mem::take(&mut self.sources),
+            stores: Vec::new(),
         };
         let planned = branch.node(plan);
         self.sources = std::mem::take(&mut branch.sources);

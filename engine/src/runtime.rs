@@ -48,6 +48,7 @@ use crate::operator::{LateRows, Operator, OperatorMetrics, advance_chain, run_ch
 use crate::plan::{PhysicalQuery, PlanOptions, QuerySource, plan_query};
 use crate::sink::Sink;
 use crate::source::{SourcePoll, SourceReader};
+use crate::store::TableStore;
 
 /// Options of one query.
 #[derive(Debug, Clone)]
@@ -126,6 +127,13 @@ impl Query {
         for s in &self.physical.sources {
             out.push_str(&format!("  Source: {} ({})\n", s.name, s.source.describe()));
         }
+        for s in &self.physical.stores {
+            out.push_str(&format!(
+                "  Store: {} (keyed by {})\n",
+                s.name(),
+                s.key().join(", ")
+            ));
+        }
         for op in &self.physical.operators {
             out.push_str(&format!("  --> {}\n", op.name()));
         }
@@ -159,10 +167,12 @@ pub struct QueryMetrics {
     pub operators: Vec<(String, OperatorMetrics)>,
 }
 
-/// Starts queries. With a broker, dead-letter and late-data topics can be written.
+/// Starts queries. With a broker, dead-letter and late-data topics can be written. The
+/// stores of the tables its queries materialize are found by name ([`Runtime::store`]).
 #[derive(Debug, Clone, Default)]
 pub struct Runtime {
     broker: Option<Broker>,
+    stores: Arc<Mutex<BTreeMap<String, TableStore>>>,
 }
 
 impl Runtime {
@@ -170,12 +180,13 @@ impl Runtime {
     pub fn new(broker: &Broker) -> Runtime {
         Runtime {
             broker: Some(broker.clone()),
+            stores: Arc::default(),
         }
     }
 
     /// A runtime without a broker (memory sources and collectors only).
     pub fn without_broker() -> Runtime {
-        Runtime { broker: None }
+        Runtime::default()
     }
 
     /// Starts `query` as a task; fails at once if a side-output topic is missing, or if it
@@ -195,7 +206,29 @@ impl Runtime {
             };
             broker.partition_count(topic)?;
         }
+        {
+            let stores = self.stores.lock();
+            for store in &query.physical.stores {
+                if let Some(other) = stores.get(store.name())
+                    && other != store
+                {
+                    return Err(EngineError::config(format!(
+                        "a store named '{}' is already served by this runtime; give the table \
+                         another name",
+                        store.name()
+                    )));
+                }
+            }
+        }
         let checkpointing = prepare_checkpointing(&query).await?;
+        self.stores.lock().extend(
+            query
+                .physical
+                .stores
+                .iter()
+                .map(|s| (s.name().to_owned(), s.clone())),
+        );
+        let stores = query.physical.stores.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared::default());
         let name = query.name.clone();
@@ -211,7 +244,19 @@ impl Runtime {
             stop: stop_tx,
             task,
             shared,
+            stores,
         })
+    }
+
+    /// The store named `name` of a table a query of this runtime materializes
+    /// ([`crate::dsl::Table::materialize`]), for interactive queries.
+    pub fn store(&self, name: &str) -> Option<TableStore> {
+        self.stores.lock().get(name).cloned()
+    }
+
+    /// The names of the stores its queries materialize.
+    pub fn stores(&self) -> Vec<String> {
+        self.stores.lock().keys().cloned().collect()
     }
 }
 
@@ -222,9 +267,15 @@ pub struct QueryHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
     shared: Arc<Shared>,
+    stores: Vec<TableStore>,
 }
 
 impl QueryHandle {
+    /// The stores of the tables it materializes.
+    pub fn stores(&self) -> &[TableStore] {
+        &self.stores
+    }
+
     /// The query's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -524,6 +575,9 @@ async fn run(
                 .iter()
                 .map(|op| op.fresh())
                 .collect::<Result<Vec<_>>>()?;
+            for op in &mut ops {
+                op.assign(task, parallelism);
+            }
             if let (Some(m), Some(ck)) = (&restored, &task_checkpoint) {
                 restore_state(ck, m, task, parallelism, &mut ops).await?;
             }
