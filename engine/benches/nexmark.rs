@@ -10,6 +10,14 @@
 //! per auction in hopping windows (10 s every 2 s; the hot-items count, without the join to the
 //! per-window maximum, which needs joins), q11 counts bids per bidder in sessions (gap 10 s).
 //!
+//! q3 joins auctions of category 10 with their seller as of the auction's time (a stream–table
+//! join; persons as a table keyed by id; the generator has no person state, so the standard
+//! state filter is left out). q8 pairs new persons with the auctions they opened in the same
+//! 10 s tumbling window (a stream–stream join on id and window start, one row per auction).
+//!
+//! Then lookups in a materialized table of 1,000,000 keys while the query keeps updating it
+//! (point reads from another task: p50, p99, max).
+//!
 //! Then q1 through the broker: the bids (of up to 2,000,000 events) as JSON records in a topic
 //! of an in-process broker, read and decoded by the engine, converted, and written as JSON to
 //! another topic. It runs twice, to say where the time goes: once into a counting sink (read +
@@ -26,8 +34,8 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::prelude::{cast, col, lit};
 use quiver_engine::dsl::{Stream, StreamsBuilder};
-use quiver_engine::nexmark::{BID, NexmarkConfig, NexmarkSource};
-use quiver_engine::{QueryOptions, Runtime, Sink, WindowKind, WindowSpec};
+use quiver_engine::nexmark::{AUCTION, BID, NexmarkConfig, NexmarkSource, PERSON};
+use quiver_engine::{JoinKind, MemorySource, QueryOptions, Runtime, Sink, WindowKind, WindowSpec};
 
 /// Counts rows, keeps nothing.
 #[derive(Debug, Clone, Default)]
@@ -74,7 +82,68 @@ fn bids(b: &StreamsBuilder, events: u64) -> Stream {
         .unwrap()
 }
 
+fn nexmark(b: &StreamsBuilder, events: u64) -> Stream {
+    let source = NexmarkSource::new(NexmarkConfig {
+        events,
+        ..NexmarkConfig::default()
+    })
+    .unwrap();
+    b.stream("nexmark", Arc::new(source)).unwrap()
+}
+
 fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
+    if name == "q3" || name == "q8" {
+        let all = nexmark(b, events);
+        let persons = all
+            .filter(col("event_type").eq(lit(PERSON)))
+            .unwrap()
+            .select([col("id"), col("name"), col("rowtime")])
+            .unwrap();
+        let auctions = all
+            .filter(col("event_type").eq(lit(AUCTION)))
+            .unwrap()
+            .select([
+                col("id").alias("auction_id"),
+                col("seller"),
+                col("category"),
+                col("rowtime"),
+            ])
+            .unwrap();
+        if name == "q3" {
+            let persons = persons.to_table(["id"]).unwrap();
+            return auctions
+                .filter(col("category").eq(lit(10i64)))
+                .unwrap()
+                .join(&persons, [col("seller")])
+                .unwrap()
+                .select([col("name"), col("auction_id")])
+                .unwrap();
+        }
+        let start = |s: &Stream| {
+            let mut columns: Vec<_> = s
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| col(f.name()))
+                .collect();
+            columns.push(
+                (cast(col("rowtime"), arrow::datatypes::DataType::Int64) / lit(10_000i64))
+                    .alias("window"),
+            );
+            s.select(columns).unwrap()
+        };
+        return start(&persons)
+            .window_join(
+                &start(&auctions),
+                [col("id"), col("window")],
+                [col("seller"), col("window")],
+                10_000,
+                JoinKind::Inner,
+            )
+            .unwrap()
+            .select([col("id"), col("name"), col("window")])
+            .unwrap();
+    }
     let bids = bids(b, events);
     match name {
         "q0" => bids
@@ -332,7 +401,7 @@ fn main() {
         "{:<5} {:>14} {:>18} {:>12} {:>10}",
         "query", "events/s", "events/s per core", "rows out", "seconds"
     );
-    for name in ["q0", "q1", "q2", "q5", "q11"] {
+    for name in ["q0", "q1", "q2", "q3", "q5", "q8", "q11"] {
         let builder = StreamsBuilder::new().with_options(QueryOptions::default());
         let sink = CountSink::default();
         query(name, &builder, events).to_sink(Box::new(sink.clone()));
@@ -352,5 +421,87 @@ fn main() {
             wall.as_secs_f64()
         );
     }
+    store_lookups(&rt);
     q1_through_the_broker(&rt, events);
+}
+
+/// Point lookups in a materialized table of 1,000,000 keys while the query goes on updating
+/// it (see the module docs).
+fn store_lookups(rt: &tokio::runtime::Runtime) {
+    const KEYS: i64 = 1_000_000;
+    const UPDATES: i64 = 4_000_000;
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new(
+            "rowtime",
+            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    let batch = |from: i64, n: i64| {
+        let keys: Vec<i64> = (from..from + n)
+            .map(|i| (i.wrapping_mul(2_654_435_761)).rem_euclid(KEYS))
+            .collect();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(keys)),
+                Arc::new(arrow::array::Int64Array::from_iter_values(from..from + n)),
+                Arc::new(arrow::array::TimestampMillisecondArray::from_iter_values(
+                    from..from + n,
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let batches = (0..(KEYS + UPDATES) / 8192)
+        .map(|b| ((b % 4) as i32, batch(b * 8192, 8192)))
+        .collect();
+    let source = MemorySource::new(schema.clone(), batches).unwrap();
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("kv", Arc::new(source))
+        .unwrap()
+        .to_table(["k"])
+        .unwrap()
+        .materialize("kv")
+        .unwrap()
+        .to_stream()
+        .to_sink(Box::new(CountSink::default()));
+    let runtime = Runtime::without_broker();
+    let (latencies, len) = rt.block_on(async {
+        let running = runtime.run(builder.build().unwrap()).await.unwrap();
+        let store = runtime.store("kv").unwrap();
+        while store.len() < KEYS as usize / 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut latencies = Vec::new();
+            let mut x = 1u64;
+            while latencies.len() < 200_000 {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let k = (x >> 33) as i64 % KEYS;
+                let t = Instant::now();
+                let row = store.get(&[datafusion::common::ScalarValue::Int64(Some(k))]);
+                latencies.push(t.elapsed());
+                assert!(row.is_ok());
+            }
+            (latencies, store.len())
+        });
+        let out = reader.await.unwrap();
+        running.wait().await.unwrap();
+        out
+    });
+    let mut sorted = latencies;
+    sorted.sort_unstable();
+    let pct = |p: f64| sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)];
+    println!();
+    println!(
+        "table store lookups while ingesting ({len} keys at the end of the reads): p50 {:?}, \
+         p99 {:?}, max {:?}",
+        pct(0.50),
+        pct(0.99),
+        sorted[sorted.len() - 1]
+    );
 }
