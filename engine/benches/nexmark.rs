@@ -120,12 +120,7 @@ fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
                 .unwrap();
         }
         let start = |s: &Stream| {
-            let mut columns: Vec<_> = s
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| col(f.name()))
-                .collect();
+            let mut columns: Vec<_> = s.schema().fields().iter().map(|f| col(f.name())).collect();
             columns.push(
                 (cast(col("rowtime"), arrow::datatypes::DataType::Int64) / lit(10_000i64))
                     .alias("window"),

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use crate::aggregate::EmitMode;
 use crate::error::{EngineError, Result};
 use crate::format::{DELETED, Format, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, SideEncoder};
-use crate::join::{JoinKind, StreamJoinNode, WindowJoinNode};
+use crate::join::{JoinKind, StreamJoinNode, TableJoinNode, WindowJoinNode};
 use crate::plan::{BatchFn, MapBatchesNode, PlanOptions, StreamTable};
 use crate::runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
 use crate::sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};
@@ -881,6 +881,108 @@ impl Table {
     /// The table's columns.
     pub fn schema(&self) -> SchemaRef {
         self.stream.schema()
+    }
+
+    /// Joins this table with `other` on their keys (Kafka Streams' `KTable.join`): a table
+    /// keyed by this table's key whose rows follow both tables' changes (see
+    /// [`crate::table_join`]). It has this table's columns, then the other's (pseudo-columns
+    /// left out, names this table has prefixed with the other's name and `_`); its `rowtime`
+    /// is the later of the two rows'.
+    pub fn join(&self, other: &Table) -> Result<Table> {
+        self.join_kind(other, JoinKind::Inner)
+    }
+
+    /// [`Table::join`], keeping this table's rows that have no partner (its columns null).
+    pub fn left_join(&self, other: &Table) -> Result<Table> {
+        self.join_kind(other, JoinKind::Left)
+    }
+
+    /// [`Table::join`], keeping the rows of either table that have no partner.
+    pub fn outer_join(&self, other: &Table) -> Result<Table> {
+        self.join_kind(other, JoinKind::Full)
+    }
+
+    fn join_kind(&self, other: &Table, kind: JoinKind) -> Result<Table> {
+        let left = self.stream.name();
+        let mut right = other.stream.name();
+        if right == left {
+            right = format!("{right}_2");
+        }
+        let left_plan = LogicalPlanBuilder::from(self.stream.plan.clone())
+            .alias(left.as_str())?
+            .build()?;
+        let right_plan = LogicalPlanBuilder::from(other.stream.plan.clone())
+            .alias(right.as_str())?
+            .build()?;
+        let joined = TableJoinNode::plan(
+            format!("{left}-{right}"),
+            left_plan,
+            right_plan,
+            self.stream.key.clone(),
+            other.stream.key.clone(),
+            kind,
+        )?;
+        let mine = self
+            .stream
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name() != DELETED)
+            .count();
+        let ours: Vec<String> = self
+            .stream
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let both_have_time = ours.iter().any(|n| n == ROWTIME)
+            && other
+                .stream
+                .plan
+                .schema()
+                .has_column_with_unqualified_name(ROWTIME);
+        let mut exprs = Vec::new();
+        for (i, (q, f)) in joined.schema().iter().enumerate() {
+            let c = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
+            if f.name() == DELETED {
+                exprs.push(c);
+            } else if i < mine {
+                if f.name() == ROWTIME && both_have_time {
+                    exprs.push(
+                        datafusion::functions::core::expr_fn::greatest(vec![
+                            Expr::Column(datafusion::common::Column::new(
+                                Some(left.as_str()),
+                                ROWTIME,
+                            )),
+                            Expr::Column(datafusion::common::Column::new(
+                                Some(right.as_str()),
+                                ROWTIME,
+                            )),
+                        ])
+                        .alias(ROWTIME),
+                    );
+                } else {
+                    exprs.push(c.alias(f.name()));
+                }
+            } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&f.name().as_str()) {
+                let name = if ours.contains(f.name()) {
+                    format!("{right}_{}", f.name())
+                } else {
+                    f.name().clone()
+                };
+                exprs.push(c.alias(name));
+            }
+        }
+        let plan = LogicalPlanBuilder::from(joined).project(exprs)?.build()?;
+        Ok(Table {
+            stream: Stream {
+                key: self.stream.key.clone(),
+                ..self.stream.with_plan(plan)
+            },
+        })
     }
 
     /// Keeps the table's latest row per key in a store named `name`, readable while the query

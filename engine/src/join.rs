@@ -201,6 +201,116 @@ impl UserDefinedLogicalNodeCore for WindowJoinNode {
     }
 }
 
+/// Two tables joined on their keys in a `LogicalPlan` (see [`crate::table_join`]): the
+/// result is a table (it has [`DELETED`]) keyed by the left's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableJoinNode {
+    pub name: String,
+    pub left: LogicalPlan,
+    pub right: LogicalPlan,
+    /// Each table's key columns, paired in order.
+    pub left_key: Vec<String>,
+    pub right_key: Vec<String>,
+    pub kind: JoinKind,
+    pub schema: DFSchemaRef,
+}
+
+impl TableJoinNode {
+    /// The node as a plan: the left's columns, the right's (without [`DELETED`]), then
+    /// [`DELETED`]. Every column but the key may be null: a delete carries only its key.
+    pub fn plan(
+        name: impl Into<String>,
+        left: LogicalPlan,
+        right: LogicalPlan,
+        left_key: Vec<String>,
+        right_key: Vec<String>,
+        kind: JoinKind,
+    ) -> Result<LogicalPlan> {
+        if left_key.len() != right_key.len() || left_key.is_empty() {
+            return Err(EngineError::config(format!(
+                "a table–table join pairs the tables' key columns; the left has {} ({}), the \
+                 right {} ({})",
+                left_key.len(),
+                left_key.join(", "),
+                right_key.len(),
+                right_key.join(", ")
+            )));
+        }
+        let mut fields = Vec::new();
+        for plan in [&left, &right] {
+            for (q, f) in plan.schema().iter() {
+                if f.name() == DELETED {
+                    continue;
+                }
+                fields.push((q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))));
+            }
+        }
+        fields.push((
+            None,
+            Arc::new(Field::new(DELETED, DataType::Boolean, false)),
+        ));
+        let schema = Arc::new(DFSchema::new_with_metadata(fields, Default::default())?);
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(TableJoinNode {
+                name: name.into(),
+                left,
+                right,
+                left_key,
+                right_key,
+                kind,
+                schema,
+            }),
+        }))
+    }
+}
+
+impl PartialOrd for TableJoinNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        self.name.partial_cmp(&other.name)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for TableJoinNode {
+    fn name(&self) -> &str {
+        "TableTableJoin"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.left, &self.right]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TableTableJoin: {} {:?}", self.name, self.kind)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> datafusion::error::Result<Self> {
+        let internal = |m: &str| datafusion::error::DataFusionError::Internal(m.into());
+        let right = inputs
+            .pop()
+            .ok_or_else(|| internal("a join needs two inputs"))?;
+        let left = inputs
+            .pop()
+            .ok_or_else(|| internal("a join needs two inputs"))?;
+        Ok(TableJoinNode {
+            left,
+            right,
+            ..self.clone()
+        })
+    }
+}
+
 /// The key columns of [`JoinTag`]'s layouts, which the exchange hashes.
 pub(crate) fn key_columns(keys: usize) -> Vec<Arc<dyn PhysicalExpr>> {
     (0..keys)

@@ -25,6 +25,7 @@ pub mod session;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod table_join;
 pub mod window;
 pub mod window_join;
 

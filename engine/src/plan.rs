@@ -41,12 +41,14 @@ use crate::aggregate::{AggregateCall, AggregateOperator, AggregateSpec, EmitMode
 use crate::error::{EngineError, Result};
 use crate::format::DELETED;
 use crate::join::{
-    JoinSpec, JoinTag, Side, StreamJoinNode, StreamTableJoin, WindowJoinNode, tagged_schema,
+    JoinSpec, JoinTag, Side, StreamJoinNode, StreamTableJoin, TableJoinNode, WindowJoinNode,
+    tagged_schema,
 };
 use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
 use crate::session::SessionOperator;
 use crate::source::Source;
 use crate::store::{MaterializeNode, MaterializeOperator, TableStore};
+use crate::table_join::{TableJoinSpec, TableTableJoin};
 use crate::window::{WindowKind, WindowSpec};
 use crate::window_join::{StreamStreamJoin, WindowJoinSpec};
 
@@ -657,6 +659,17 @@ impl Planner {
                 Ok(source)
             }
             LogicalPlan::Extension(ext)
+                if ext.node.as_any().downcast_ref::<TableJoinNode>().is_some() =>
+            {
+                let Some(node) = ext.node.as_any().downcast_ref::<TableJoinNode>() else {
+                    return Err(EngineError::internal("a join node vanished"));
+                };
+                let (tag, join) = self.table_join(node)?;
+                self.operators.push(Box::new(tag));
+                self.operators.push(Box::new(join));
+                Ok(None)
+            }
+            LogicalPlan::Extension(ext)
                 if ext.node.as_any().downcast_ref::<WindowJoinNode>().is_some() =>
             {
                 let Some(node) = ext.node.as_any().downcast_ref::<WindowJoinNode>() else {
@@ -900,6 +913,67 @@ impl Planner {
             table_schema: tag.sides[1].schema.clone(),
             table_out,
             filter,
+            schema: Arc::new(node.schema.as_arrow().clone()),
+        })?;
+        Ok((tag, join))
+    }
+
+    /// A table–table join on the tables' keys (see [`crate::table_join`]).
+    fn table_join(&mut self, node: &TableJoinNode) -> Result<(JoinTag, TableTableJoin)> {
+        let name = self.name("join");
+        let mut keys: Vec<Vec<Expr>> = Vec::with_capacity(2);
+        for (plan, key, side) in [
+            (&node.left, &node.left_key, "left"),
+            (&node.right, &node.right_key, "right"),
+        ] {
+            if !is_changelog(plan.schema()) {
+                return Err(EngineError::plan(format!(
+                    "the {side} side of join '{}' is not a table (it has no {DELETED} column)",
+                    node.name
+                )));
+            }
+            keys.push(
+                key.iter()
+                    .map(|k| {
+                        plan.schema()
+                            .qualified_field_with_unqualified_name(k)
+                            .map(|(q, f)| {
+                                Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
+                            })
+                            .map_err(|_| {
+                                EngineError::plan(format!(
+                                    "the {side} table of join '{}' has no key column '{k}'",
+                                    node.name
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        let tag = self.join_inputs(
+            &name,
+            [
+                (&node.left, &keys[0], "left"),
+                (&node.right, &keys[1], "right"),
+            ],
+        )?;
+        let left_fields = node.left.schema().fields();
+        let left_key_columns = node
+            .left_key
+            .iter()
+            .map(|k| {
+                left_fields
+                    .iter()
+                    .position(|f| f.name() == k)
+                    .ok_or_else(|| EngineError::internal("a left key column vanished"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let join = TableTableJoin::new(TableJoinSpec {
+            name,
+            kind: node.kind,
+            keys: tag.key_types.len(),
+            schemas: [tag.sides[0].schema.clone(), tag.sides[1].schema.clone()],
+            left_key_columns,
             schema: Arc::new(node.schema.as_arrow().clone()),
         })?;
         Ok((tag, join))
