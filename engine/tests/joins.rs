@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -665,5 +666,149 @@ async fn read_all(b: &Broker, topic: &str) -> Vec<Record> {
         for batch in batches {
             out.extend(quiver_broker::batch_to_records(&batch.records).unwrap());
         }
+    }
+}
+
+/// Every record of `topic` a read_committed reader sees.
+async fn read_committed(b: &Broker, topic: &str) -> Vec<Record> {
+    let options = quiver_broker::ReaderOptions {
+        isolation: quiver_broker::Isolation::ReadCommitted,
+        ..quiver_broker::ReaderOptions::default()
+    };
+    let mut reader = b
+        .topic_reader(topic, quiver_broker::StartAt::Earliest, options)
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batches = reader.next_batches(Duration::ZERO).await.unwrap();
+        if batches.is_empty() {
+            return out;
+        }
+        for batch in batches {
+            out.extend(quiver_broker::batch_to_records(&batch.records).unwrap());
+        }
+    }
+}
+
+/// Orders joined with customer names to `enriched`, exactly once.
+async fn enrich_exactly_once(
+    b: &Broker,
+    storage: &CheckpointStorage,
+) -> quiver_engine::dsl::RunningTopology {
+    let builder = StreamsBuilder::with_broker(b)
+        .with_application_id("enrich-eos")
+        .with_options(QueryOptions {
+            parallelism: 2,
+            poll_wait: Duration::from_millis(20),
+            checkpoint: Some(
+                CheckpointConfig::exactly_once(storage.clone())
+                    .with_interval(Duration::from_millis(100)),
+            ),
+            ..QueryOptions::default()
+        });
+    let idle = Duration::from_millis(100);
+    let names = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
+    let customers = TopicSource::table(
+        Some(b),
+        "customers",
+        Format::kafka("id", KafkaType::String),
+        Format::Json(names),
+    )
+    .unwrap()
+    .with_idle_timeout(idle);
+    let customers = builder
+        .table_from("customers", Arc::new(customers))
+        .unwrap();
+    let value = Arc::new(Schema::new(vec![
+        Field::new("order_id", DataType::Int64, false),
+        Field::new("customer", DataType::Utf8, false),
+    ]));
+    let orders = TopicSource::new(b, "orders", Format::None, Format::Json(value))
+        .unwrap()
+        .with_idle_timeout(idle);
+    builder
+        .stream("orders", Arc::new(orders))
+        .unwrap()
+        .left_join(&customers, [col("customer")])
+        .unwrap()
+        .select([col("order_id"), col("name")])
+        .unwrap()
+        .to_topic("enriched", quiver_engine::TopicFormat::json())
+        .unwrap();
+    Runtime::new(b).run(builder.build().unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_join_killed_and_restarted_commits_each_enriched_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    for (topic, partitions) in [("customers", 2), ("orders", 3), ("enriched", 2)] {
+        b.create_topic(NewTopic::new(topic, partitions))
+            .await
+            .unwrap();
+    }
+    let storage = CheckpointStorage::local(dir.path().join("checkpoints")).unwrap();
+    let customers: Vec<(String, String)> = (0..20)
+        .map(|c| (format!("c{c}"), format!("name{c}")))
+        .collect();
+    for (id, name) in &customers {
+        let value = format!(r#"{{"name":"{name}"}}"#);
+        produce(
+            &b,
+            "customers",
+            T0,
+            &[(Some(id.as_str()), Some(value.as_str()))],
+        )
+        .await;
+    }
+    let order = |i: i64| format!(r#"{{"order_id":{i},"customer":"c{}"}}"#, i % 25);
+    let mut next = 0i64;
+    // Three runs, the first two killed while orders flow (mid-checkpoint or not).
+    for run in 0..3 {
+        let running = enrich_exactly_once(&b, &storage).await;
+        for _ in 0..60 {
+            let value = order(next);
+            produce(
+                &b,
+                "orders",
+                T0 + 1_000 + next,
+                &[(None, Some(value.as_str()))],
+            )
+            .await;
+            next += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        if run < 2 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            running.abort();
+        } else {
+            // The last order moves event time past the others.
+            let value = order(next);
+            produce(&b, "orders", T0 + 100_000, &[(None, Some(value.as_str()))]).await;
+            for _ in 0..400 {
+                if read_committed(&b, "enriched").await.len() >= next as usize {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            running.stop().await.unwrap();
+        }
+    }
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut names: BTreeMap<i64, Option<String>> = BTreeMap::new();
+    for r in read_committed(&b, "enriched").await {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let id = v["order_id"].as_i64().unwrap();
+        *seen.entry(id).or_default() += 1;
+        names.insert(id, v["name"].as_str().map(str::to_owned));
+    }
+    // Every order before the last, once (the last may still wait for event time to pass it).
+    assert!((0..next).all(|i| seen.contains_key(&i)), "{seen:?}");
+    assert!(seen.keys().all(|&i| i <= next), "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "duplicates: {seen:?}");
+    for (id, name) in names {
+        let c = id % 25;
+        let want = (c < 20).then(|| format!("name{c}"));
+        assert_eq!(name, want, "order {id}");
     }
 }
