@@ -597,6 +597,34 @@ impl Stream {
             .unwrap_or_else(|| "stream".to_owned())
     }
 
+    /// The `n` first records per group by `order_by` (SQL's `ROW_NUMBER() OVER (PARTITION BY
+    /// group ORDER BY order_by) <= n`), as a table keyed by the group's columns and
+    /// [`crate::top_n::RANK`] (see [`crate::top_n`]).
+    pub fn top_n(
+        &self,
+        group: impl IntoIterator<Item = impl Into<String>>,
+        order_by: &str,
+        descending: bool,
+        n: usize,
+    ) -> Result<Table> {
+        let group: Vec<String> = group.into_iter().map(Into::into).collect();
+        let plan = crate::top_n::TopNNode::plan(
+            self.plan.clone(),
+            group.clone(),
+            order_by.to_owned(),
+            descending,
+            n,
+        )?;
+        let mut key = group;
+        key.push(crate::top_n::RANK.to_owned());
+        Ok(Table {
+            stream: Stream {
+                key,
+                ..self.with_plan(plan)
+            },
+        })
+    }
+
     /// Groups by expressions, for an aggregation.
     pub fn group_by(&self, keys: impl IntoIterator<Item = Expr>) -> Result<GroupedStream> {
         Ok(GroupedStream {

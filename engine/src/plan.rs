@@ -49,6 +49,7 @@ use crate::session::SessionOperator;
 use crate::source::Source;
 use crate::store::{MaterializeNode, MaterializeOperator, TableStore};
 use crate::table_join::{TableJoinSpec, TableTableJoin};
+use crate::top_n::{TopNNode, TopNOperator};
 use crate::window::{WindowKind, WindowSpec};
 use crate::window_join::{StreamStreamJoin, WindowJoinSpec};
 
@@ -656,6 +657,53 @@ impl Planner {
                     keys,
                 )?));
                 self.stores.push(node.store.clone());
+                Ok(source)
+            }
+            LogicalPlan::Extension(ext)
+                if ext.node.as_any().downcast_ref::<TopNNode>().is_some() =>
+            {
+                let Some(node) = ext.node.as_any().downcast_ref::<TopNNode>() else {
+                    return Err(EngineError::internal("a top-N node vanished"));
+                };
+                let source = self.node(&node.input)?;
+                let schema = node.input.schema();
+                let index = |c: &str| {
+                    schema
+                        .qualified_field_with_unqualified_name(c)
+                        .and_then(|(q, f)| {
+                            schema.index_of_column(&datafusion::common::Column::new(
+                                q.cloned(),
+                                f.name(),
+                            ))
+                        })
+                        .map_err(|e| EngineError::Plan(e.strip_backtrace()))
+                };
+                let group = node
+                    .group
+                    .iter()
+                    .map(|c| index(c))
+                    .collect::<Result<Vec<_>>>()?;
+                let keys = group
+                    .iter()
+                    .map(|&i| {
+                        let f = schema.field(i);
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(
+                            f.name(),
+                            i,
+                        )) as Arc<dyn PhysicalExpr>
+                    })
+                    .collect();
+                let name = self.name("top_n");
+                self.operators.push(Box::new(TopNOperator::new(
+                    name,
+                    Arc::new(schema.as_arrow().clone()),
+                    group,
+                    index(&node.order_by)?,
+                    node.descending,
+                    node.n,
+                    keys,
+                    Arc::new(node.schema.as_arrow().clone()),
+                )?));
                 Ok(source)
             }
             LogicalPlan::Extension(ext)
