@@ -597,6 +597,32 @@ impl Stream {
             .unwrap_or_else(|| "stream".to_owned())
     }
 
+    /// Drops repeated records: of the records with equal `keys` whose event times fall in one
+    /// tumbling window of `size_ms`, the first to arrive passes (see [`crate::dedup`]); one
+    /// that arrives after its window closed (plus `grace_ms`) is late.
+    pub fn dedup(
+        &self,
+        keys: impl IntoIterator<Item = Expr>,
+        size_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Stream> {
+        let keys: Vec<Expr> = keys.into_iter().collect();
+        if keys.is_empty() {
+            return Err(EngineError::config(
+                "a deduplication needs at least one key",
+            ));
+        }
+        let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(crate::dedup::DedupNode {
+                input: self.plan.clone(),
+                keys,
+                size_ms,
+                grace_ms,
+            }),
+        });
+        Ok(self.with_plan(plan))
+    }
+
     /// The `n` first records per group by `order_by` (SQL's `ROW_NUMBER() OVER (PARTITION BY
     /// group ORDER BY order_by) <= n`), as a table keyed by the group's columns and
     /// [`crate::top_n::RANK`] (see [`crate::top_n`]).

@@ -10,6 +10,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod dedup;
 pub mod driver;
 pub mod dsl;
 pub mod error;

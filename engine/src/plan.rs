@@ -38,6 +38,7 @@ use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::aggregate::{AggregateCall, AggregateOperator, AggregateSpec, EmitMode, key_schema};
+use crate::dedup::{DedupNode, DedupOperator};
 use crate::error::{EngineError, Result};
 use crate::format::DELETED;
 use crate::join::{
@@ -657,6 +658,29 @@ impl Planner {
                     keys,
                 )?));
                 self.stores.push(node.store.clone());
+                Ok(source)
+            }
+            LogicalPlan::Extension(ext)
+                if ext.node.as_any().downcast_ref::<DedupNode>().is_some() =>
+            {
+                let Some(node) = ext.node.as_any().downcast_ref::<DedupNode>() else {
+                    return Err(EngineError::internal("a dedup node vanished"));
+                };
+                let source = self.node(&node.input)?;
+                let schema = node.input.schema();
+                let keys = node
+                    .keys
+                    .iter()
+                    .map(|k| self.physical(k, schema))
+                    .collect::<Result<Vec<_>>>()?;
+                let name = self.name("dedup");
+                self.operators.push(Box::new(DedupOperator::new(
+                    name,
+                    keys,
+                    node.size_ms,
+                    node.grace_ms,
+                    Arc::new(schema.as_arrow().clone()),
+                )?));
                 Ok(source)
             }
             LogicalPlan::Extension(ext)
