@@ -922,7 +922,10 @@ pub struct Table {
 }
 
 impl Table {
-    /// The table's changelog as a stream (each update a row).
+    /// The table's changelog as a stream (each update a row). A topic's table keeps its
+    /// [`crate::format::DELETED`] column: a deleted key is a row with it set (written to a topic
+    /// as a tombstone), and a filter on the changelog deletes the keys whose rows fail it, as
+    /// on the table.
     pub fn to_stream(&self) -> Stream {
         self.stream.clone()
     }

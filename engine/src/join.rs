@@ -787,8 +787,10 @@ impl StreamTableJoin {
                 versions.insert(at, Version { time, row });
             }
             prune(versions, horizon);
+            if versions.is_empty() {
+                self.versions.remove(key.as_ref());
+            }
         }
-        self.versions.retain(|_, v| !v.is_empty());
         self.metrics.groups = self.versions.len() as u64;
         Ok(())
     }

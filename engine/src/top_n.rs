@@ -273,6 +273,8 @@ impl Operator for TopNOperator {
             let len = self.groups.get(&g).map_or(0, Vec::len);
             changed.extend((from..len).map(|rank| (g.clone(), rank)));
         }
+        // In group and rank order, whatever the hash map's.
+        changed.sort_unstable();
         let batch = self.emit(&changed)?;
         self.metrics.rows_out += batch.num_rows() as u64;
         out.batches.push(batch);

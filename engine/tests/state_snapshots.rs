@@ -238,6 +238,23 @@ fn cases() -> Vec<(&'static str, Chain)> {
                 EmitMode::Final,
             ),
         ),
+        (
+            "top 3 per key",
+            aggregate(
+                stream()
+                    .top_n(["customer"], "amount", true, 3)
+                    .unwrap()
+                    .to_stream(),
+                EmitMode::Changes,
+            ),
+        ),
+        (
+            "deduplication",
+            aggregate(
+                stream().dedup([col("customer")], 1_000, 500).unwrap(),
+                EmitMode::Changes,
+            ),
+        ),
     ]
 }
 
