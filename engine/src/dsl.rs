@@ -1042,6 +1042,35 @@ impl Table {
         })
     }
 
+    /// The table's rows with the columns `exprs` compute (Kafka Streams' `mapValues`): the key
+    /// columns, the event time and the [`crate::format::DELETED`] marker are kept as they are,
+    /// so the result is the same table with other values.
+    pub fn map_values(&self, exprs: impl IntoIterator<Item = Expr>) -> Result<Table> {
+        let schema = self.stream.plan.schema();
+        let mut out: Vec<Expr> = Vec::new();
+        for keep in self
+            .stream
+            .key
+            .iter()
+            .map(String::as_str)
+            .chain([ROWTIME, DELETED])
+        {
+            if let Ok((q, f)) = schema.qualified_field_with_unqualified_name(keep) {
+                out.push(Expr::Column(datafusion::common::Column::new(
+                    q.cloned(),
+                    f.name(),
+                )));
+            }
+        }
+        out.extend(exprs);
+        let plan = LogicalPlanBuilder::from(self.stream.plan.clone())
+            .project(out)?
+            .build()?;
+        Ok(Table {
+            stream: self.stream.with_plan(plan),
+        })
+    }
+
     /// Keeps the table's latest row per key in a store named `name`, readable while the query
     /// runs ([`Runtime::store`], [`crate::store`]), holding at most 1 GiB.
     pub fn materialize(&self, name: &str) -> Result<Table> {

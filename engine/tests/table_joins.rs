@@ -231,3 +231,36 @@ fn tables_with_different_key_widths_cannot_join() {
     let err = ta.join(&tb).unwrap_err().to_string();
     assert!(err.contains("pairs the tables' key columns"), "{err}");
 }
+
+#[tokio::test]
+async fn map_values_keeps_the_key_and_deletes_of_a_table() {
+    let a = changes(300, 4, 3);
+    let builder = StreamsBuilder::new();
+    let doubled = builder
+        .table_from("a", table("x", &a))
+        .unwrap()
+        .map_values([
+            (col("x") * datafusion::prelude::lit(2i64)).alias("x"),
+            col("x").alias("y"),
+        ])
+        .unwrap();
+    assert_eq!(doubled.key(), ["id"]);
+    let collector = Collector::new();
+    doubled
+        .to_stream()
+        .select([col("id"), col("x"), col("y"), col(DELETED)])
+        .unwrap()
+        .to_collector(&collector);
+    Runtime::without_broker()
+        .run(builder.build().unwrap())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let want: Vec<String> = last(&a)
+        .into_iter()
+        .map(|(k, v)| format!("{k} | {} | {v}", v * 2))
+        .collect();
+    assert_eq!(fold(&collector.batches()), want);
+}
