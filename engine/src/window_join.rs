@@ -234,7 +234,7 @@ impl StreamStreamJoin {
         let within = self.spec.within_ms;
         let mut late = Vec::new();
         // Candidate pairs: (this record, the other's entry by key and position).
-        let mut pairs: Vec<(usize, Box<[u8]>, usize)> = Vec::new();
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
         let mut fresh: Vec<(usize, Entry)> = Vec::new();
         for i in 0..batch.num_rows() {
             let null_key = key_columns.iter().any(|k| k.is_null(i));
@@ -247,7 +247,7 @@ impl StreamStreamJoin {
             if !null_key && let Some(entries) = self.buffers[other].by_key.get(key.as_ref()) {
                 for (j, e) in entries.iter().enumerate() {
                     if (e.time - t).abs() <= within {
-                        pairs.push((i, key.as_ref().into(), j));
+                        pairs.push((i, j));
                     }
                 }
             }
@@ -274,26 +274,37 @@ impl StreamStreamJoin {
                 ),
             });
         }
-        // Evaluate the pairs (and the condition) in one batch.
+        // Evaluate the pairs (and the condition) in one batch: this side's columns taken from
+        // the batch, the other's converted from its buffered rows.
         let mut matched_this: Vec<bool> = vec![false; batch.num_rows()];
         if !pairs.is_empty() {
-            let mine: Vec<OwnedRow> = pairs.iter().map(|(i, _, _)| rows.row(*i).owned()).collect();
-            let theirs: Vec<&OwnedRow> = pairs
+            let mine_idx = UInt32Array::from_iter_values(pairs.iter().map(|(i, _)| *i as u32));
+            let mine: Vec<ArrayRef> = batch.columns()[1 + self.spec.keys..]
                 .iter()
-                .map(|(_, k, j)| &self.buffers[other].by_key[k][*j].row)
+                .map(|c| take(c.as_ref(), &mine_idx, None))
+                .collect::<std::result::Result<_, _>>()?;
+            let theirs_rows: Vec<_> = pairs
+                .iter()
+                .filter_map(|(i, j)| {
+                    self.buffers[other]
+                        .by_key
+                        .get(keys.row(*i).as_ref())
+                        .map(|entries| entries[*j].row.row())
+                })
                 .collect();
-            let (l, r): (Vec<Option<&OwnedRow>>, Vec<Option<&OwnedRow>>) = if side == 0 {
-                (
-                    mine.iter().map(Some).collect(),
-                    theirs.iter().copied().map(Some).collect(),
-                )
+            let theirs = self.side_rows[other].convert_rows(theirs_rows)?;
+            let (left, right) = if side == 0 {
+                (mine, theirs)
             } else {
-                (
-                    theirs.iter().copied().map(Some).collect(),
-                    mine.iter().map(Some).collect(),
-                )
+                (theirs, mine)
             };
-            let mut joined = self.assemble(&l, &r)?;
+            let mut columns = left;
+            columns.extend(right);
+            let mut joined = RecordBatch::try_new_with_options(
+                self.spec.schema.clone(),
+                columns,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(pairs.len())),
+            )?;
             let mut keep: Vec<bool> = vec![true; pairs.len()];
             if let Some(filter) = &self.spec.filter {
                 let holds = filter.evaluate(&joined)?.into_array(joined.num_rows())?;
@@ -306,10 +317,11 @@ impl StreamStreamJoin {
                     &BooleanArray::from(keep.clone()),
                 )?;
             }
-            for (p, (i, k, j)) in pairs.iter().enumerate() {
+            for (p, (i, j)) in pairs.iter().enumerate() {
                 if keep[p] {
                     matched_this[*i] = true;
-                    if let Some(entries) = self.buffers[other].by_key.get_mut(k) {
+                    if let Some(entries) = self.buffers[other].by_key.get_mut(keys.row(*i).as_ref())
+                    {
                         entries[*j].matched = true;
                     }
                 }
