@@ -1,6 +1,8 @@
 //! Exactly-once under `kill -9`: a windowed count (EMIT FINAL, checkpoints every 100 ms) runs
 //! in a worker process with its broker, while the worker feeds the input topic at a steady
-//! rate. The worker is killed at random points many times (mid-checkpoint and mid-transaction
+//! rate. Each view is first joined with its user's team, from a table topic whose teams change
+//! halfway through the input (a stream–table join in event time, its versions and waiting
+//! views checkpointed with the rest), and counted per user and team. The worker is killed at random points many times (mid-checkpoint and mid-transaction
 //! included) and restarted each time; a last run finishes the input. A
 //! `read_committed` reader of the output topic then finds each (user, window) count exactly
 //! once, with the value a one-shot count of the input gives.
@@ -32,7 +34,7 @@ use quiver_engine::datafusion::prelude::col;
 use quiver_engine::dsl::{RunningTopology, StreamsBuilder};
 use quiver_engine::{
     CheckpointConfig, CheckpointStorage, Format, KafkaCluster, KafkaSink, KafkaSource,
-    QueryOptions, Runtime, TopicFormat, WindowKind, WindowSpec,
+    QueryOptions, Runtime, TopicFormat, TopicSource, WindowKind, WindowSpec,
 };
 use quiver_kafka_client::{ClientConfig, FetchOptions, IsolationLevel, KafkaClient, OffsetSpec};
 
@@ -54,6 +56,8 @@ const FEED_CHUNK: usize = 40;
 const FEED_EVERY: Duration = Duration::from_millis(100);
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const KILLS: usize = 12;
+/// Some users change team at this event time (a window boundary).
+const T_CHANGE: i64 = T0 + (RECORDS as i64 / 2) * STEP_MS;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,6 +92,32 @@ async fn open_broker(dir: &Path) -> Broker {
 
 fn user(i: usize) -> String {
     format!("user-{}", (i * 7) % USERS)
+}
+
+/// The team of user number `n` at event time `t`: every third user changes team at
+/// `T_CHANGE`.
+fn team(n: usize, t: i64) -> String {
+    if n.is_multiple_of(3) && t >= T_CHANGE {
+        format!("new-{}", n % 4)
+    } else {
+        format!("team-{}", n % 4)
+    }
+}
+
+/// The `teams` table topic: each user's team from before the input, and the changes.
+fn teams() -> Vec<Record> {
+    let mut out = Vec::new();
+    for n in 0..USERS {
+        for t in [T0 - 1_000, T_CHANGE] {
+            if t == T_CHANGE && !n.is_multiple_of(3) {
+                continue;
+            }
+            let key = format!("user-{n}");
+            let value = format!(r#"{{"team":"{}"}}"#, team(n, t));
+            out.push(Record::new(t, Some(key.as_bytes()), Some(value.as_bytes())));
+        }
+    }
+    out
 }
 
 /// The input: `RECORDS` views spread over the users, in event-time order, then one record per
@@ -140,6 +170,10 @@ async fn local() {
             .await
             .unwrap();
         b.create_topic(NewTopic::new("counts", 2)).await.unwrap();
+        b.create_topic(NewTopic::new("teams", PARTITIONS))
+            .await
+            .unwrap();
+        b.produce("teams", &teams()).await.unwrap();
         b.shutdown().await.unwrap();
     }
     kill_and_finish(dir.path(), "local", &[], None).await;
@@ -217,6 +251,14 @@ fn check(kind: &str, committed: &[Record], in_log: usize) {
         let user = String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
         let start = window_start(&v["window_start"]);
+        if kind == "local" {
+            let n: usize = user.trim_start_matches("user-").parse().unwrap();
+            assert_eq!(
+                v["team"].as_str(),
+                Some(team(n, start).as_str()),
+                "{user}'s team in the window at {start}"
+            );
+        }
         seen.entry((user, start))
             .or_default()
             .push(v["count"].as_i64().unwrap());
@@ -306,8 +348,26 @@ async fn start(b: &Broker, dir: &Path, cluster: Option<&KafkaCluster>) -> Runnin
             builder.stream("views", Arc::new(source)).unwrap()
         }
     };
+    // Locally, each view gets its user's team as of the view's time first.
+    let (views, keys) = match cluster {
+        None => {
+            let team = Arc::new(Schema::new(vec![Field::new("team", DataType::Utf8, true)]));
+            let teams = TopicSource::table(
+                Some(b),
+                "teams",
+                Format::kafka("user", quiver_engine::KafkaType::String),
+                Format::Json(team),
+            )
+            .unwrap()
+            .with_idle_timeout(Duration::from_millis(200));
+            let teams = builder.table_from("teams", Arc::new(teams)).unwrap();
+            let joined = views.join(&teams, [col("user")]).unwrap();
+            (joined, vec![col("user"), col("team")])
+        }
+        Some(_) => (views, vec![col("user")]),
+    };
     let counts = views
-        .group_by([col("user")])
+        .group_by(keys)
         .unwrap()
         .window(WindowSpec {
             kind: WindowKind::Tumbling { size_ms: WINDOW_MS },
@@ -366,10 +426,12 @@ async fn local_worker(dir: &Path, finish: bool) -> i32 {
         if !feeding.is_finished() {
             return false;
         }
+        // The group also holds the teams table's offsets.
         let committed: BTreeMap<i32, i64> = b
             .groups()
             .fetch_offsets_checked(GROUP, None, true)
             .into_iter()
+            .filter(|(t, _, _)| t == "views")
             .filter_map(|(_, p, o)| Some((p, o.ok()??.offset)))
             .collect();
         (0..PARTITIONS).all(|p| {

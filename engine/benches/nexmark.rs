@@ -120,10 +120,7 @@ fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
                 0,
             )
             .unwrap();
-        return won
-            .top_n(["id"], "price", true, 1)
-            .unwrap()
-            .to_stream();
+        return won.top_n(["id"], "price", true, 1).unwrap().to_stream();
     }
     if name == "q3" || name == "q8" {
         let all = nexmark(b, events);

@@ -58,8 +58,27 @@ impl Barrier {
         for (topic, partitions) in other.positions {
             self.positions.entry(topic).or_default().extend(partitions);
         }
-        self.watermarks.extend(other.watermarks);
-        self.state.extend(other.state);
+        // A barrier reaches a task once from every upstream task, and each copy carries what
+        // the stages before wrote: a file or watermark of an earlier stage arrives once per
+        // path, and is kept once.
+        for w in other.watermarks {
+            if !self
+                .watermarks
+                .iter()
+                .any(|m| m.stage == w.stage && m.task == w.task)
+            {
+                self.watermarks.push(w);
+            }
+        }
+        for f in other.state {
+            if !self
+                .state
+                .iter()
+                .any(|m| m.operator == f.operator && m.task == f.task)
+            {
+                self.state.push(f);
+            }
+        }
         self.stop |= other.stop;
         Ok(())
     }
@@ -335,6 +354,33 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_barrier_merged_from_every_path_lists_each_state_file_once() {
+        let file = |task| StateFile {
+            operator: "join_1".into(),
+            task,
+            file: format!("join_1-{task}.arrow"),
+            rows: 1,
+        };
+        let watermark = |task| TaskWatermark {
+            stage: 1,
+            task,
+            watermark: 5,
+        };
+        // What two tasks of a second stateful stage send on: both carry every file of the
+        // first stateful stage, and their own.
+        let mut a = Barrier {
+            epoch: 3,
+            state: vec![file(0), file(1)],
+            watermarks: vec![watermark(0), watermark(1)],
+            ..Barrier::default()
+        };
+        let b = a.clone();
+        a.merge(b).unwrap();
+        assert_eq!(a.state, vec![file(0), file(1)]);
+        assert_eq!(a.watermarks, vec![watermark(0), watermark(1)]);
     }
 
     #[tokio::test]

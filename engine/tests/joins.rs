@@ -694,11 +694,12 @@ async fn read_committed(b: &Broker, topic: &str) -> Vec<Record> {
 async fn enrich_exactly_once(
     b: &Broker,
     storage: &CheckpointStorage,
+    parallelism: usize,
 ) -> quiver_engine::dsl::RunningTopology {
     let builder = StreamsBuilder::with_broker(b)
         .with_application_id("enrich-eos")
         .with_options(QueryOptions {
-            parallelism: 2,
+            parallelism,
             poll_wait: Duration::from_millis(20),
             checkpoint: Some(
                 CheckpointConfig::exactly_once(storage.clone())
@@ -763,9 +764,10 @@ async fn a_join_killed_and_restarted_commits_each_enriched_order_once() {
     }
     let order = |i: i64| format!(r#"{{"order_id":{i},"customer":"c{}"}}"#, i % 25);
     let mut next = 0i64;
-    // Three runs, the first two killed while orders flow (mid-checkpoint or not).
-    for run in 0..3 {
-        let running = enrich_exactly_once(&b, &storage).await;
+    // Three runs at different parallelism (the state is split anew), the first two killed
+    // while orders flow (mid-checkpoint or not).
+    for (run, parallelism) in [(0, 1), (1, 3), (2, 2)] {
+        let running = enrich_exactly_once(&b, &storage, parallelism).await;
         for _ in 0..60 {
             let value = order(next);
             produce(
