@@ -443,18 +443,7 @@ impl Stream {
         filter: Option<Expr>,
         grace_ms: i64,
     ) -> Result<Stream> {
-        // Each side's columns qualified by its name, so that names both have stay apart.
-        let left = self.name();
-        let mut right = table.stream.name();
-        if right == left {
-            right = format!("{right}_table");
-        }
-        let stream = LogicalPlanBuilder::from(self.plan.clone())
-            .alias(left.as_str())?
-            .build()?;
-        let table_plan = LogicalPlanBuilder::from(table.stream.plan.clone())
-            .alias(right.as_str())?
-            .build()?;
+        let (left, stream, right, table_plan) = join_sides(self, &table.stream, "_table")?;
         let joined = StreamJoinNode::plan(
             format!("{left}-{right}"),
             stream,
@@ -465,32 +454,8 @@ impl Stream {
             kind,
             grace_ms,
         )?;
-        // This stream's columns, then the table's values (its pseudo-columns left out).
-        let mine = self.plan.schema().fields().len();
-        let ours: Vec<String> = self
-            .plan
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let prefix = right;
-        let mut exprs = Vec::new();
-        for (i, (q, f)) in joined.schema().iter().enumerate() {
-            let c = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
-            if i < mine {
-                exprs.push(c.alias(f.name()));
-            } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&f.name().as_str()) {
-                let name = if ours.contains(f.name()) {
-                    format!("{prefix}_{}", f.name())
-                } else {
-                    f.name().clone()
-                };
-                exprs.push(c.alias(name));
-            }
-        }
-        let plan = LogicalPlanBuilder::from(joined).project(exprs)?.build()?;
-        Ok(self.with_plan(plan))
+        // The join's event time is the stream record's.
+        Ok(self.with_plan(join_output(joined, self, &left, &right, false)?))
     }
 
     /// Joins this stream with `other` within a time bound (Kafka Streams' `JoinWindows`, an
@@ -523,17 +488,7 @@ impl Stream {
         filter: Option<Expr>,
         grace_ms: i64,
     ) -> Result<Stream> {
-        let left = self.name();
-        let mut right = other.name();
-        if right == left {
-            right = format!("{right}_2");
-        }
-        let left_plan = LogicalPlanBuilder::from(self.plan.clone())
-            .alias(left.as_str())?
-            .build()?;
-        let right_plan = LogicalPlanBuilder::from(other.plan.clone())
-            .alias(right.as_str())?
-            .build()?;
+        let (left, left_plan, right, right_plan) = join_sides(self, other, "_2")?;
         let joined = WindowJoinNode::plan(
             format!("{left}-{right}"),
             left_plan,
@@ -545,47 +500,11 @@ impl Stream {
             within_ms,
             grace_ms,
         )?;
-        let mine = self.plan.schema().fields().len();
-        let ours: Vec<String> = self
+        let later = other
             .plan
             .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let column =
-            |q: &str, name: &str| Expr::Column(datafusion::common::Column::new(Some(q), name));
-        let mut exprs = Vec::new();
-        for (i, (q, f)) in joined.schema().iter().enumerate() {
-            let c = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
-            if i < mine {
-                if f.name() == ROWTIME
-                    && other
-                        .plan
-                        .schema()
-                        .has_column_with_unqualified_name(ROWTIME)
-                {
-                    exprs.push(
-                        datafusion::functions::core::expr_fn::greatest(vec![
-                            column(&left, ROWTIME),
-                            column(&right, ROWTIME),
-                        ])
-                        .alias(ROWTIME),
-                    );
-                } else {
-                    exprs.push(c.alias(f.name()));
-                }
-            } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&f.name().as_str()) {
-                let name = if ours.contains(f.name()) {
-                    format!("{right}_{}", f.name())
-                } else {
-                    f.name().clone()
-                };
-                exprs.push(c.alias(name));
-            }
-        }
-        let plan = LogicalPlanBuilder::from(joined).project(exprs)?.build()?;
-        Ok(self.with_plan(plan))
+            .has_column_with_unqualified_name(ROWTIME);
+        Ok(self.with_plan(join_output(joined, self, &left, &right, later)?))
     }
 
     /// The name its plan's columns are qualified with (its source's, or `stream`).
@@ -715,6 +634,80 @@ impl Stream {
     pub fn print(&self, label: &str) {
         self.output(Box::new(StdoutSink::new(label)));
     }
+}
+
+/// The two sides of a join, each qualified by its name (`right` renamed when both are named
+/// alike), so names both have stay apart: `(left name, left plan, right name, right plan)`.
+fn join_sides(
+    left: &Stream,
+    right: &Stream,
+    suffix: &str,
+) -> Result<(String, LogicalPlan, String, LogicalPlan)> {
+    let left_name = left.name();
+    let mut right_name = right.name();
+    if right_name == left_name {
+        right_name = format!("{right_name}{suffix}");
+    }
+    let alias = |s: &Stream, name: &str| -> Result<LogicalPlan> {
+        Ok(LogicalPlanBuilder::from(s.plan.clone())
+            .alias(name)?
+            .build()?)
+    };
+    Ok((
+        left_name.clone(),
+        alias(left, &left_name)?,
+        right_name.clone(),
+        alias(right, &right_name)?,
+    ))
+}
+
+/// A join's output as the DSL shows it: the left's columns (its `rowtime` the later of the
+/// two sides' when `later_time`), then the right's without its pseudo-columns, a name the left
+/// has prefixed with the right's name and `_`; [`DELETED`] kept when the join gives one.
+fn join_output(
+    joined: LogicalPlan,
+    left: &Stream,
+    left_name: &str,
+    right_name: &str,
+    later_time: bool,
+) -> Result<LogicalPlan> {
+    let ours: Vec<String> = left
+        .plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| n != DELETED)
+        .collect();
+    let column = |q: &str, name: &str| Expr::Column(datafusion::common::Column::new(Some(q), name));
+    let mut exprs = Vec::new();
+    for (i, (q, f)) in joined.schema().iter().enumerate() {
+        let name = f.name().as_str();
+        let c = Expr::Column(datafusion::common::Column::new(q.cloned(), name));
+        if name == DELETED {
+            exprs.push(c);
+        } else if i < ours.len() {
+            if later_time && name == ROWTIME {
+                exprs.push(
+                    datafusion::functions::core::expr_fn::greatest(vec![
+                        column(left_name, ROWTIME),
+                        column(right_name, ROWTIME),
+                    ])
+                    .alias(ROWTIME),
+                );
+            } else {
+                exprs.push(c.alias(name));
+            }
+        } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&name) {
+            let alias = if ours.iter().any(|o| o == name) {
+                format!("{right_name}_{name}")
+            } else {
+                name.to_owned()
+            };
+            exprs.push(c.alias(alias));
+        }
+    }
+    Ok(LogicalPlanBuilder::from(joined).project(exprs)?.build()?)
 }
 
 /// A stream grouped by keys, ready for an aggregation or a window.
@@ -960,17 +953,7 @@ impl Table {
     }
 
     fn join_kind(&self, other: &Table, kind: JoinKind) -> Result<Table> {
-        let left = self.stream.name();
-        let mut right = other.stream.name();
-        if right == left {
-            right = format!("{right}_2");
-        }
-        let left_plan = LogicalPlanBuilder::from(self.stream.plan.clone())
-            .alias(left.as_str())?
-            .build()?;
-        let right_plan = LogicalPlanBuilder::from(other.stream.plan.clone())
-            .alias(right.as_str())?
-            .build()?;
+        let (left, left_plan, right, right_plan) = join_sides(&self.stream, &other.stream, "_2")?;
         let joined = TableJoinNode::plan(
             format!("{left}-{right}"),
             left_plan,
@@ -979,61 +962,17 @@ impl Table {
             other.stream.key.clone(),
             kind,
         )?;
-        let mine = self
+        let later = self
             .stream
             .plan
             .schema()
-            .fields()
-            .iter()
-            .filter(|f| f.name() != DELETED)
-            .count();
-        let ours: Vec<String> = self
-            .stream
-            .plan
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let both_have_time = ours.iter().any(|n| n == ROWTIME)
+            .has_column_with_unqualified_name(ROWTIME)
             && other
                 .stream
                 .plan
                 .schema()
                 .has_column_with_unqualified_name(ROWTIME);
-        let mut exprs = Vec::new();
-        for (i, (q, f)) in joined.schema().iter().enumerate() {
-            let c = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
-            if f.name() == DELETED {
-                exprs.push(c);
-            } else if i < mine {
-                if f.name() == ROWTIME && both_have_time {
-                    exprs.push(
-                        datafusion::functions::core::expr_fn::greatest(vec![
-                            Expr::Column(datafusion::common::Column::new(
-                                Some(left.as_str()),
-                                ROWTIME,
-                            )),
-                            Expr::Column(datafusion::common::Column::new(
-                                Some(right.as_str()),
-                                ROWTIME,
-                            )),
-                        ])
-                        .alias(ROWTIME),
-                    );
-                } else {
-                    exprs.push(c.alias(f.name()));
-                }
-            } else if ![ROWTIME, ROWPARTITION, ROWOFFSET, ROWHEADERS].contains(&f.name().as_str()) {
-                let name = if ours.contains(f.name()) {
-                    format!("{right}_{}", f.name())
-                } else {
-                    f.name().clone()
-                };
-                exprs.push(c.alias(name));
-            }
-        }
-        let plan = LogicalPlanBuilder::from(joined).project(exprs)?.build()?;
+        let plan = join_output(joined, &self.stream, &left, &right, later)?;
         Ok(Table {
             stream: Stream {
                 key: self.stream.key.clone(),

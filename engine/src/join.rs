@@ -1146,12 +1146,7 @@ impl Operator for StreamTableJoin {
     }
 
     fn state_keys(&self, state: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        let keys = state.column(1).as_binary::<i32>();
-        let parser = self.key_rows.parser();
-        let rows: Vec<_> = (0..keys.len())
-            .map(|i| parser.parse(keys.value(i)))
-            .collect();
-        Ok(self.key_rows.convert_rows(rows)?)
+        crate::operator::row_keys(&self.key_rows, state, 1)
     }
 
     fn fresh(&self) -> Result<Box<dyn Operator>> {

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -146,6 +146,22 @@ pub trait Operator: Send + std::fmt::Debug {
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
         None
     }
+}
+
+/// The key columns held in column `column` of a state snapshot as bytes of `converter`'s row
+/// format, back as arrays (what [`Operator::state_keys`] gives for operators that keep their
+/// keys in the row format).
+pub(crate) fn row_keys(
+    converter: &arrow::row::RowConverter,
+    state: &RecordBatch,
+    column: usize,
+) -> Result<Vec<arrow::array::ArrayRef>> {
+    let keys = state.column(column).as_binary::<i32>();
+    let parser = converter.parser();
+    let rows: Vec<_> = (0..keys.len())
+        .map(|i| parser.parse(keys.value(i)))
+        .collect();
+    Ok(converter.convert_rows(rows)?)
 }
 
 /// Runs `batches` through `operators[from..]` with the watermark as it is, collecting what the

@@ -345,12 +345,7 @@ impl Operator for TopNOperator {
     }
 
     fn state_keys(&self, state: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        let groups = state.column(0).as_binary::<i32>();
-        let parser = self.group_rows.parser();
-        let rows: Vec<_> = (0..groups.len())
-            .map(|i| parser.parse(groups.value(i)))
-            .collect();
-        Ok(self.group_rows.convert_rows(rows)?)
+        crate::operator::row_keys(&self.group_rows, state, 0)
     }
 
     fn fresh(&self) -> Result<Box<dyn Operator>> {
