@@ -4,8 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use common::rows;
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -105,23 +109,6 @@ fn on_time(events: &[Event], advance: i64, size: i64, grace: i64) -> (Vec<Event>
         watermark = watermark.max(chunk.iter().map(|e| e.time).max().unwrap());
     }
     (kept, late)
-}
-
-/// Rows as strings, sorted, for comparison.
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| array_value_to_string(c, r).unwrap())
-                .collect();
-            out.push(cells.join(" | "));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The last row per key (the first `keys` columns) of a changelog, sorted.

@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod common;
+
 use std::sync::Arc;
+
+use common::rows;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 use quiver_engine::dsl::StreamsBuilder;
@@ -78,20 +81,6 @@ fn sent(events: usize) -> Vec<(i32, RecordBatch)> {
             .unwrap()
             .value(0)
     });
-    out
-}
-
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = (0..b.num_columns())
-                .map(|c| array_value_to_string(b.column(c), r).unwrap())
-                .collect();
-            out.push(cells.join(" | "));
-        }
-    }
-    out.sort();
     out
 }
 

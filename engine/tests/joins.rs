@@ -6,13 +6,16 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use common::rows;
 use std::time::Duration;
 
 use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use quiver_broker::{Broker, BrokerConfig, NewTopic, Record};
@@ -167,22 +170,6 @@ fn memory<T>(
         .map(|(i, c)| (i as i32 % 2, batch(c)))
         .collect();
     MemorySource::new(schema, batches).unwrap()
-}
-
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| array_value_to_string(c, r).unwrap())
-                .collect();
-            out.push(cells.join(" | "));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The as-of join over the complete input: each order with its customer's latest change at or
@@ -368,6 +355,45 @@ async fn broker(dir: &std::path::Path) -> Broker {
     Broker::open(config).await.unwrap()
 }
 
+/// The `orders` topic as a stream (JSON values with `fields`: Int64 `amount`/`order_id`,
+/// Utf8 otherwise) and `customers` as a table (key: the id; value `{"name":…}`), both with
+/// quiet partitions that stop holding event time back after 100 ms.
+fn orders_and_customers(b: &Broker, builder: &StreamsBuilder, fields: &[&str]) -> (Stream, Table) {
+    let idle = Duration::from_millis(100);
+    let names = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
+    let customers = TopicSource::table(
+        Some(b),
+        "customers",
+        Format::kafka("id", KafkaType::String),
+        Format::Json(names),
+    )
+    .unwrap()
+    .with_idle_timeout(idle);
+    let customers = builder
+        .table_from("customers", Arc::new(customers))
+        .unwrap();
+    let value = Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|f| {
+                let t = if *f == "customer" {
+                    DataType::Utf8
+                } else {
+                    DataType::Int64
+                };
+                Field::new(*f, t, false)
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let orders = TopicSource::new(b, "orders", Format::None, Format::Json(value))
+        .unwrap()
+        .with_idle_timeout(idle);
+    (
+        builder.stream("orders", Arc::new(orders)).unwrap(),
+        customers,
+    )
+}
+
 /// Orders enriched with their customer's name, from topics: `customers` (key: the customer
 /// id, value `{"name":…}`, null to delete) read as a table, `orders` (value
 /// `{"customer":…,"amount":…}`).
@@ -387,30 +413,8 @@ async fn enrich(
             ),
             ..QueryOptions::default()
         });
-    let names = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
-    // Quiet partitions stop holding event time back after 100 ms.
-    let idle = Duration::from_millis(100);
-    let customers = TopicSource::table(
-        Some(b),
-        "customers",
-        Format::kafka("id", KafkaType::String),
-        Format::Json(names),
-    )
-    .unwrap()
-    .with_idle_timeout(idle);
-    let customers = builder
-        .table_from("customers", Arc::new(customers))
-        .unwrap();
-    let value = Arc::new(Schema::new(vec![
-        Field::new("customer", DataType::Utf8, false),
-        Field::new("amount", DataType::Int64, false),
-    ]));
-    let orders = TopicSource::new(b, "orders", Format::None, Format::Json(value))
-        .unwrap()
-        .with_idle_timeout(idle);
-    builder
-        .stream("orders", Arc::new(orders))
-        .unwrap()
+    let (orders, customers) = orders_and_customers(b, &builder, &["customer", "amount"]);
+    orders
         .left_join(&customers, [col("customer")])
         .unwrap()
         .select([col("customer"), col("amount"), col("name")])
@@ -707,29 +711,8 @@ async fn enrich_exactly_once(
             ),
             ..QueryOptions::default()
         });
-    let idle = Duration::from_millis(100);
-    let names = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
-    let customers = TopicSource::table(
-        Some(b),
-        "customers",
-        Format::kafka("id", KafkaType::String),
-        Format::Json(names),
-    )
-    .unwrap()
-    .with_idle_timeout(idle);
-    let customers = builder
-        .table_from("customers", Arc::new(customers))
-        .unwrap();
-    let value = Arc::new(Schema::new(vec![
-        Field::new("order_id", DataType::Int64, false),
-        Field::new("customer", DataType::Utf8, false),
-    ]));
-    let orders = TopicSource::new(b, "orders", Format::None, Format::Json(value))
-        .unwrap()
-        .with_idle_timeout(idle);
-    builder
-        .stream("orders", Arc::new(orders))
-        .unwrap()
+    let (orders, customers) = orders_and_customers(b, &builder, &["order_id", "customer"]);
+    orders
         .left_join(&customers, [col("customer")])
         .unwrap()
         .select([col("order_id"), col("name")])

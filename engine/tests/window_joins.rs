@@ -5,11 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod common;
+
 use std::sync::Arc;
+
+use common::rows;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 use quiver_engine::dsl::{Stream, StreamsBuilder};
@@ -77,22 +80,6 @@ fn source(events: &[Event], chunk: usize) -> Arc<MemorySource> {
         .map(|(i, c)| (i as i32 % 2, batch(c)))
         .collect();
     Arc::new(MemorySource::new(schema(), batches).unwrap())
-}
-
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| array_value_to_string(c, r).unwrap())
-                .collect();
-            out.push(cells.join(" | "));
-        }
-    }
-    out.sort();
-    out
 }
 
 async fn oracle(a: &[Event], b: &[Event], join: &str, condition: &str) -> Vec<String> {
