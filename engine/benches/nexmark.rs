@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! scripts/bench-nexmark [EVENTS]        # or: cargo bench -p quiver-engine --bench nexmark -- EVENTS
+//! NEXMARK_QUERIES=q11 scripts/bench-nexmark   # only these queries (to profile one)
 //! ```
 //!
 //! q0 passes bids through, q1 converts their price, q2 selects some auctions, q5 counts bids
@@ -426,7 +427,14 @@ fn main() {
         "{:<5} {:>14} {:>18} {:>12} {:>10}",
         "query", "events/s", "events/s per core", "rows out", "seconds"
     );
+    // NEXMARK_QUERIES=q5,q11 runs only those (for a profile), and nothing else.
+    let only: Option<Vec<String>> = std::env::var("NEXMARK_QUERIES")
+        .ok()
+        .map(|q| q.split(',').map(str::to_owned).collect());
     for name in ["q0", "q1", "q2", "q3", "q5", "q8", "q9", "q11"] {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|q| q == name)) {
+            continue;
+        }
         let builder = StreamsBuilder::new().with_options(QueryOptions::default());
         let sink = CountSink::default();
         query(name, &builder, events).to_sink(Box::new(sink.clone()));
@@ -445,6 +453,9 @@ fn main() {
             sink.0.load(Ordering::Relaxed),
             wall.as_secs_f64()
         );
+    }
+    if only.is_some() {
+        return;
     }
     store_lookups(&rt);
     q1_through_the_broker(&rt, events);

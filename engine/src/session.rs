@@ -11,7 +11,7 @@
 //! EMIT CHANGES is refused for now: a merge would have to retract the rows already emitted
 //! for the sessions it replaces, and changelog retractions come with tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -52,6 +52,10 @@ pub struct SessionOperator {
     converter: RowConverter,
     /// Open sessions per key, by start.
     sessions: HashMap<OwnedRow, Vec<Session>>,
+    /// Keys by a time at or before which one of their sessions may close (its end plus the
+    /// gap and grace when it was opened; sessions only grow later): a watermark move looks at
+    /// the keys whose time it passed, not at every key.
+    closing: BTreeMap<i64, Vec<OwnedRow>>,
     /// How many sessions are open.
     open: u64,
     metrics: OperatorMetrics,
@@ -91,6 +95,7 @@ impl SessionOperator {
             grace: window.grace_ms,
             converter,
             sessions: HashMap::new(),
+            closing: BTreeMap::new(),
             open: 0,
             metrics: OperatorMetrics::default(),
             spec,
@@ -125,8 +130,9 @@ impl SessionOperator {
         args: &[Vec<ArrayRef>],
         filters: &[Option<BooleanArray>],
     ) -> Result<()> {
-        let gap = self.gap;
+        let (gap, grace) = (self.gap, self.grace);
         let touches = |s: &Session| s.start - gap <= end && start <= s.end + gap;
+        let mut opened = false;
         let sessions = self.sessions.entry(key.owned()).or_default();
         let mut session = match sessions.iter().position(touches) {
             Some(first) => {
@@ -152,6 +158,7 @@ impl SessionOperator {
             }
             None => {
                 self.open += 1;
+                opened = true;
                 Session {
                     start,
                     end,
@@ -178,6 +185,10 @@ impl SessionOperator {
         }
         let at = sessions.partition_point(|s| s.start < session.start);
         sessions.insert(at, session);
+        if opened {
+            let close = end.saturating_add(gap).saturating_add(grace);
+            self.closing.entry(close).or_default().push(key.owned());
+        }
         Ok(())
     }
 
@@ -313,17 +324,31 @@ impl Operator for SessionOperator {
 
     fn advance(&mut self, watermark: i64, out: &mut Emit) -> Result<()> {
         let (gap, grace) = (self.gap, self.grace);
+        let close_of = |s: &Session| s.end.saturating_add(gap).saturating_add(grace);
         let mut closed = Vec::new();
-        self.sessions.retain(|key, sessions| {
-            let (done, open): (Vec<Session>, Vec<Session>) = sessions
-                .drain(..)
-                .partition(|s| s.end.saturating_add(gap).saturating_add(grace) <= watermark);
-            *sessions = open;
-            for s in done {
-                closed.push((key.clone(), s));
+        while let Some(entry) = self.closing.first_entry() {
+            if *entry.key() > watermark {
+                break;
             }
-            !sessions.is_empty()
-        });
+            for key in entry.remove() {
+                let Some(sessions) = self.sessions.get_mut(&key) else {
+                    continue;
+                };
+                let (done, open): (Vec<Session>, Vec<Session>) =
+                    sessions.drain(..).partition(|s| close_of(s) <= watermark);
+                *sessions = open;
+                for s in done {
+                    closed.push((key.clone(), s));
+                }
+                match sessions.iter().map(close_of).min() {
+                    // Still open (it grew since it was indexed): looked at again then.
+                    Some(next) => self.closing.entry(next).or_default().push(key),
+                    None => {
+                        self.sessions.remove(&key);
+                    }
+                }
+            }
+        }
         if closed.is_empty() {
             return Ok(());
         }
@@ -471,6 +496,11 @@ impl Operator for SessionOperator {
                 end: ends.value(row),
                 accumulators,
             };
+            let close = session
+                .end
+                .saturating_add(self.gap)
+                .saturating_add(self.grace);
+            self.closing.entry(close).or_default().push(key.clone());
             let sessions = self.sessions.entry(key).or_default();
             let i = sessions.partition_point(|s| s.start < session.start);
             sessions.insert(i, session);

@@ -243,25 +243,35 @@ impl Operator for TopNOperator {
         let mut touched: HashMap<Box<[u8]>, usize> = HashMap::new();
         for i in 0..n {
             let sort = sorts.row(i);
-            let kept = self
-                .groups
-                .entry(groups.row(i).as_ref().into())
-                .or_default();
-            // After the rows it ties with: they came first.
-            let at = kept.partition_point(|r| r.sort.as_ref() <= sort.as_ref());
+            let group = groups.row(i);
+            // After the rows it ties with: they came first. A row below the n kept ones
+            // changes nothing (and costs no allocation).
+            let at = match self.groups.get(group.as_ref()) {
+                Some(kept) => kept.partition_point(|r| r.sort.as_ref() <= sort.as_ref()),
+                None => 0,
+            };
             if at >= self.n {
                 continue;
             }
-            kept.insert(
-                at,
-                Ranked {
-                    sort: sort.as_ref().into(),
-                    row: values.row(i).owned(),
-                },
-            );
-            kept.truncate(self.n);
-            let from = touched.entry(groups.row(i).as_ref().into()).or_insert(at);
-            *from = (*from).min(at);
+            let ranked = Ranked {
+                sort: sort.as_ref().into(),
+                row: values.row(i).owned(),
+            };
+            match self.groups.get_mut(group.as_ref()) {
+                Some(kept) => {
+                    kept.insert(at, ranked);
+                    kept.truncate(self.n);
+                }
+                None => {
+                    self.groups.insert(group.as_ref().into(), vec![ranked]);
+                }
+            }
+            match touched.get_mut(group.as_ref()) {
+                Some(from) => *from = (*from).min(at),
+                None => {
+                    touched.insert(group.as_ref().into(), at);
+                }
+            }
         }
         self.groups.retain(|_, v| !v.is_empty());
         self.metrics.groups = self.groups.len() as u64;

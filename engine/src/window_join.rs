@@ -57,7 +57,12 @@ impl Buffer {
         self.rows += 1;
         self.bytes += key.len() + entry.row.as_ref().len() + std::mem::size_of::<Entry>();
         self.by_time.entry(entry.time).or_default().push(key.into());
-        self.by_key.entry(key.into()).or_default().push(entry);
+        match self.by_key.get_mut(key) {
+            Some(entries) => entries.push(entry),
+            None => {
+                self.by_key.insert(key.into(), vec![entry]);
+            }
+        }
     }
 
     /// Removes the entries older than `before`, returning those that never matched.
