@@ -8,7 +8,9 @@
 //! (counted, and sent to the late-data topic when there is one): it could be a duplicate of a
 //! record that passed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashSet;
 use std::fmt;
 use std::sync::Arc;
 

@@ -26,8 +26,8 @@
 //! - **State** (for checkpoints): one row per table version and per waiting stream record,
 //!   with the key and the row in Arrow's row format.
 
+use datafusion::common::HashMap;
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@
 //! final tables whatever the interleaving; the output's event time is the later of the two
 //! rows'.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@
 //! `(group, rank)`, which replaces the row that held the rank before (the retraction of a row
 //! that left the top set, or moved). Rows that tie keep their arrival order.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 

@@ -16,7 +16,9 @@
 //! - A condition on top of the key equality is evaluated on each pair; a pair that fails it
 //!   does not count as a match.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
