@@ -647,8 +647,9 @@ pub struct StreamTableJoin {
     stream_rows: RowConverter,
     /// Versions by key (in the key converter's row format).
     versions: HashMap<Box<[u8]>, Vec<Version>>,
-    /// Stream records waiting for the watermark, in the stream's tagged layout.
-    waiting: Vec<RecordBatch>,
+    /// Stream records waiting for the watermark, in the stream's tagged layout, each batch with
+    /// its earliest event time (a watermark short of it passes the batch by unread).
+    waiting: Vec<(i64, RecordBatch)>,
     watermark: i64,
     metrics: OperatorMetrics,
 }
@@ -897,6 +898,15 @@ impl StreamTableJoin {
         )?)
     }
 
+    /// Keeps stream records (none of them null in time) until the watermark passes them.
+    fn wait(&mut self, batch: RecordBatch) {
+        let times = batch
+            .column(self.stream_time)
+            .as_primitive::<TimestampMillisecondType>();
+        let first = arrow::compute::min(times).unwrap_or(i64::MIN);
+        self.waiting.push((first, batch));
+    }
+
     /// Stream records: those already behind the watermark are joined now (or are late),
     /// the rest wait.
     fn take_stream(&mut self, batch: &RecordBatch, out: &mut Emit) -> Result<()> {
@@ -940,9 +950,9 @@ impl StreamTableJoin {
             self.join(&rows, out)?;
         }
         if wait.len() == batch.num_rows() {
-            self.waiting.push(batch.clone());
+            self.wait(batch.clone());
         } else if !wait.is_empty() {
-            self.waiting.push(arrow::compute::take_record_batch(
+            self.wait(arrow::compute::take_record_batch(
                 batch,
                 &UInt32Array::from(wait),
             )?);
@@ -1019,7 +1029,11 @@ impl Operator for StreamTableJoin {
             return Ok(());
         }
         let waiting = std::mem::take(&mut self.waiting);
-        for batch in waiting {
+        for (first, batch) in waiting {
+            if first > watermark {
+                self.waiting.push((first, batch));
+                continue;
+            }
             let times = batch
                 .column(self.stream_time)
                 .as_primitive::<TimestampMillisecondType>();
@@ -1027,14 +1041,12 @@ impl Operator for StreamTableJoin {
                 .iter()
                 .map(|t| Some(t.unwrap_or(i64::MIN) <= watermark))
                 .collect();
-            match due.true_count() {
-                0 => self.waiting.push(batch),
-                n if n == batch.num_rows() => self.join(&batch, out)?,
-                _ => {
-                    self.join(&filter_record_batch(&batch, &due)?, out)?;
-                    let later = arrow::compute::not(&due)?;
-                    self.waiting.push(filter_record_batch(&batch, &later)?);
-                }
+            if due.true_count() == batch.num_rows() {
+                self.join(&batch, out)?;
+            } else {
+                self.join(&filter_record_batch(&batch, &due)?, out)?;
+                let later = arrow::compute::not(&due)?;
+                self.wait(filter_record_batch(&batch, &later)?);
             }
         }
         Ok(())
@@ -1061,7 +1073,7 @@ impl Operator for StreamTableJoin {
         let waiting: usize = self
             .waiting
             .iter()
-            .map(RecordBatch::get_array_memory_size)
+            .map(|(_, b)| b.get_array_memory_size())
             .sum();
         versions + waiting
     }
@@ -1079,7 +1091,7 @@ impl Operator for StreamTableJoin {
                 rows.push(v.row.as_ref().map(|r| r.as_ref().to_vec()));
             }
         }
-        for batch in &self.waiting {
+        for (_, batch) in &self.waiting {
             let k = self.key_rows.convert_columns(&self.key_columns(batch))?;
             let r = self.stream_rows.convert_columns(batch.columns())?;
             let t = batch
@@ -1138,8 +1150,7 @@ impl Operator for StreamTableJoin {
         }
         if !waiting.is_empty() {
             let columns = self.stream_rows.convert_rows(waiting)?;
-            self.waiting
-                .push(RecordBatch::try_new(self.stream_schema.clone(), columns)?);
+            self.wait(RecordBatch::try_new(self.stream_schema.clone(), columns)?);
         }
         self.metrics.groups = self.versions.len() as u64;
         Ok(())

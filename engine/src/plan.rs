@@ -464,6 +464,20 @@ impl PhysicalQuery {
     }
 }
 
+/// The columns `names` of `schema` as expressions (qualified as the schema has them); `what`
+/// names the plan that must have them, for the error.
+fn key_columns(schema: &DFSchema, names: &[String], what: &str) -> Result<Vec<Expr>> {
+    names
+        .iter()
+        .map(|k| {
+            schema
+                .qualified_field_with_unqualified_name(k)
+                .map(|(q, f)| Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())))
+                .map_err(|_| EngineError::plan(format!("{what} has no key column '{k}'")))
+        })
+        .collect()
+}
+
 /// Whether rows of `schema` are a table's changelog (they carry [`DELETED`]).
 fn is_changelog(schema: &DFSchema) -> bool {
     schema.fields().iter().any(|f| f.name() == DELETED)
@@ -627,158 +641,7 @@ impl Planner {
                 self.operators.push(operator);
                 Ok(source)
             }
-            LogicalPlan::Extension(ext)
-                if ext
-                    .node
-                    .as_any()
-                    .downcast_ref::<MaterializeNode>()
-                    .is_some() =>
-            {
-                let Some(node) = ext.node.as_any().downcast_ref::<MaterializeNode>() else {
-                    return Err(EngineError::internal("a materialize node vanished"));
-                };
-                let source = self.node(&node.input)?;
-                let schema = node.input.schema();
-                let keys = node
-                    .store
-                    .key()
-                    .iter()
-                    .map(|k| {
-                        let (q, f) = schema.qualified_field_with_unqualified_name(k)?;
-                        self.physical(
-                            &Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())),
-                            schema,
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let name = self.name("materialize");
-                self.operators.push(Box::new(MaterializeOperator::new(
-                    name,
-                    node.store.clone(),
-                    keys,
-                )?));
-                self.stores.push(node.store.clone());
-                Ok(source)
-            }
-            LogicalPlan::Extension(ext)
-                if ext.node.as_any().downcast_ref::<DedupNode>().is_some() =>
-            {
-                let Some(node) = ext.node.as_any().downcast_ref::<DedupNode>() else {
-                    return Err(EngineError::internal("a dedup node vanished"));
-                };
-                let source = self.node(&node.input)?;
-                let schema = node.input.schema();
-                let keys = node
-                    .keys
-                    .iter()
-                    .map(|k| self.physical(k, schema))
-                    .collect::<Result<Vec<_>>>()?;
-                let name = self.name("dedup");
-                self.operators.push(Box::new(DedupOperator::new(
-                    name,
-                    keys,
-                    node.size_ms,
-                    node.grace_ms,
-                    Arc::new(schema.as_arrow().clone()),
-                )?));
-                Ok(source)
-            }
-            LogicalPlan::Extension(ext)
-                if ext.node.as_any().downcast_ref::<TopNNode>().is_some() =>
-            {
-                let Some(node) = ext.node.as_any().downcast_ref::<TopNNode>() else {
-                    return Err(EngineError::internal("a top-N node vanished"));
-                };
-                let source = self.node(&node.input)?;
-                let schema = node.input.schema();
-                let index = |c: &str| {
-                    schema
-                        .qualified_field_with_unqualified_name(c)
-                        .and_then(|(q, f)| {
-                            schema.index_of_column(&datafusion::common::Column::new(
-                                q.cloned(),
-                                f.name(),
-                            ))
-                        })
-                        .map_err(|e| EngineError::Plan(e.strip_backtrace()))
-                };
-                let group = node
-                    .group
-                    .iter()
-                    .map(|c| index(c))
-                    .collect::<Result<Vec<_>>>()?;
-                let keys = group
-                    .iter()
-                    .map(|&i| {
-                        let f = schema.field(i);
-                        Arc::new(datafusion::physical_expr::expressions::Column::new(
-                            f.name(),
-                            i,
-                        )) as Arc<dyn PhysicalExpr>
-                    })
-                    .collect();
-                let name = self.name("top_n");
-                self.operators.push(Box::new(TopNOperator::new(
-                    name,
-                    Arc::new(schema.as_arrow().clone()),
-                    group,
-                    index(&node.order_by)?,
-                    node.descending,
-                    node.n,
-                    keys,
-                    Arc::new(node.schema.as_arrow().clone()),
-                )?));
-                Ok(source)
-            }
-            LogicalPlan::Extension(ext)
-                if ext.node.as_any().downcast_ref::<TableJoinNode>().is_some() =>
-            {
-                let Some(node) = ext.node.as_any().downcast_ref::<TableJoinNode>() else {
-                    return Err(EngineError::internal("a join node vanished"));
-                };
-                let (tag, join) = self.table_join(node)?;
-                self.operators.push(Box::new(tag));
-                self.operators.push(Box::new(join));
-                Ok(None)
-            }
-            LogicalPlan::Extension(ext)
-                if ext.node.as_any().downcast_ref::<WindowJoinNode>().is_some() =>
-            {
-                let Some(node) = ext.node.as_any().downcast_ref::<WindowJoinNode>() else {
-                    return Err(EngineError::internal("a join node vanished"));
-                };
-                let (tag, join) = self.window_join(node)?;
-                self.operators.push(Box::new(tag));
-                self.operators.push(Box::new(join));
-                Ok(None)
-            }
-            LogicalPlan::Extension(ext)
-                if ext.node.as_any().downcast_ref::<StreamJoinNode>().is_some() =>
-            {
-                let Some(node) = ext.node.as_any().downcast_ref::<StreamJoinNode>() else {
-                    return Err(EngineError::internal("a join node vanished"));
-                };
-                let (tag, join) = self.join(node)?;
-                self.operators.push(Box::new(tag));
-                self.operators.push(Box::new(join));
-                Ok(None)
-            }
-            LogicalPlan::Extension(ext) => {
-                let Some(node) = ext.node.as_any().downcast_ref::<MapBatchesNode>() else {
-                    return Err(EngineError::plan(format!(
-                        "the plan node '{}' cannot run in a continuous query",
-                        ext.node.name()
-                    )));
-                };
-                let source = self.node(&node.input)?;
-                self.operators.push(Box::new(MapBatches {
-                    name: node.name.clone(),
-                    function: node.function.clone(),
-                    schema: Arc::new(node.schema.as_arrow().clone()),
-                    metrics: OperatorMetrics::default(),
-                }));
-                Ok(source)
-            }
+            LogicalPlan::Extension(ext) => self.extension(ext),
             LogicalPlan::Sort(_) => Err(EngineError::plan(
                 "ORDER BY cannot run on a stream: sorting needs the end of the input, and a \
                  stream has none. Drop the ORDER BY, or sort the results of a bounded query \
@@ -838,6 +701,133 @@ impl Planner {
             schema: Arc::new(union.schema.as_arrow().clone()),
             metrics: OperatorMetrics::default(),
         })
+    }
+
+    /// Plans an extension node: Quiver's own (materialize, dedup, top-N, joins, Rust
+    /// closures over batches); any other cannot run continuously.
+    fn extension(&mut self, ext: &Extension) -> Result<Input> {
+        let any = ext.node.as_any();
+        if let Some(node) = any.downcast_ref::<MaterializeNode>() {
+            return self.materialize(node);
+        }
+        if let Some(node) = any.downcast_ref::<DedupNode>() {
+            return self.dedup(node);
+        }
+        if let Some(node) = any.downcast_ref::<TopNNode>() {
+            return self.top_n(node);
+        }
+        let (tag, join): (JoinTag, Box<dyn Operator>) =
+            if let Some(node) = any.downcast_ref::<TableJoinNode>() {
+                let (tag, join) = self.table_join(node)?;
+                (tag, Box::new(join))
+            } else if let Some(node) = any.downcast_ref::<WindowJoinNode>() {
+                let (tag, join) = self.window_join(node)?;
+                (tag, Box::new(join))
+            } else if let Some(node) = any.downcast_ref::<StreamJoinNode>() {
+                let (tag, join) = self.join(node)?;
+                (tag, Box::new(join))
+            } else if let Some(node) = any.downcast_ref::<MapBatchesNode>() {
+                let source = self.node(&node.input)?;
+                self.operators.push(Box::new(MapBatches {
+                    name: node.name.clone(),
+                    function: node.function.clone(),
+                    schema: Arc::new(node.schema.as_arrow().clone()),
+                    metrics: OperatorMetrics::default(),
+                }));
+                return Ok(source);
+            } else {
+                return Err(EngineError::plan(format!(
+                    "the plan node '{}' cannot run in a continuous query",
+                    ext.node.name()
+                )));
+            };
+        // A join's inputs are planned in its tag: the chain starts with several sources.
+        self.operators.push(Box::new(tag));
+        self.operators.push(join);
+        Ok(None)
+    }
+
+    /// A table kept in a store (see [`crate::store`]).
+    fn materialize(&mut self, node: &MaterializeNode) -> Result<Input> {
+        let source = self.node(&node.input)?;
+        let schema = node.input.schema();
+        let keys = key_columns(
+            schema,
+            node.store.key(),
+            &format!("the table of store '{}'", node.store.name()),
+        )?
+        .iter()
+        .map(|k| self.physical(k, schema))
+        .collect::<Result<Vec<_>>>()?;
+        let name = self.name("materialize");
+        self.operators.push(Box::new(MaterializeOperator::new(
+            name,
+            node.store.clone(),
+            keys,
+        )?));
+        self.stores.push(node.store.clone());
+        Ok(source)
+    }
+
+    /// A deduplication (see [`crate::dedup`]).
+    fn dedup(&mut self, node: &DedupNode) -> Result<Input> {
+        let source = self.node(&node.input)?;
+        let schema = node.input.schema();
+        let keys = node
+            .keys
+            .iter()
+            .map(|k| self.physical(k, schema))
+            .collect::<Result<Vec<_>>>()?;
+        let name = self.name("dedup");
+        self.operators.push(Box::new(DedupOperator::new(
+            name,
+            keys,
+            node.size_ms,
+            node.grace_ms,
+            Arc::new(schema.as_arrow().clone()),
+        )?));
+        Ok(source)
+    }
+
+    /// A top-N (see [`crate::top_n`]).
+    fn top_n(&mut self, node: &TopNNode) -> Result<Input> {
+        let source = self.node(&node.input)?;
+        let schema = node.input.schema();
+        let index = |c: &str| {
+            schema
+                .qualified_field_with_unqualified_name(c)
+                .and_then(|(q, f)| {
+                    schema.index_of_column(&datafusion::common::Column::new(q.cloned(), f.name()))
+                })
+                .map_err(|e| EngineError::Plan(e.strip_backtrace()))
+        };
+        let group = node
+            .group
+            .iter()
+            .map(|c| index(c))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = group
+            .iter()
+            .map(|&i| {
+                let f = schema.field(i);
+                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                    f.name(),
+                    i,
+                )) as Arc<dyn PhysicalExpr>
+            })
+            .collect();
+        let name = self.name("top_n");
+        self.operators.push(Box::new(TopNOperator::new(
+            name,
+            Arc::new(schema.as_arrow().clone()),
+            group,
+            index(&node.order_by)?,
+            node.descending,
+            node.n,
+            keys,
+            Arc::new(node.schema.as_arrow().clone()),
+        )?));
+        Ok(source)
     }
 
     /// One side of a merge or join, planned from its source with the query's sources shared;
@@ -945,24 +935,11 @@ impl Planner {
                 node.name
             )));
         }
-        let table_keys = node
-            .table_key
-            .iter()
-            .map(|k| {
-                node.table
-                    .schema()
-                    .qualified_field_with_unqualified_name(k)
-                    .map(|(q, f)| {
-                        Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
-                    })
-                    .map_err(|_| {
-                        EngineError::plan(format!(
-                            "the table of join '{}' has no key column '{k}'",
-                            node.name
-                        ))
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let table_keys = key_columns(
+            node.table.schema(),
+            &node.table_key,
+            &format!("the table of join '{}'", node.name),
+        )?;
         let tag = self.join_inputs(
             &name,
             [
@@ -1004,23 +981,11 @@ impl Planner {
                     node.name
                 )));
             }
-            keys.push(
-                key.iter()
-                    .map(|k| {
-                        plan.schema()
-                            .qualified_field_with_unqualified_name(k)
-                            .map(|(q, f)| {
-                                Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
-                            })
-                            .map_err(|_| {
-                                EngineError::plan(format!(
-                                    "the {side} table of join '{}' has no key column '{k}'",
-                                    node.name
-                                ))
-                            })
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            );
+            keys.push(key_columns(
+                plan.schema(),
+                key,
+                &format!("the {side} table of join '{}'", node.name),
+            )?);
         }
         let tag = self.join_inputs(
             &name,
