@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::client::{self, Client};
+use crate::commands::connect::{self, ConnectorArgs};
 use crate::commands::consume::{self, ConsumeArgs};
 use crate::commands::groups::{self, GroupsArgs};
 use crate::commands::produce::{self, ProduceArgs};
@@ -44,6 +45,10 @@ pub enum Command {
     /// List transactions, describe a transactional id, or show the producers of a topic's
     /// partitions and their open transactions (needs --bootstrap-server)
     Transactions(TransactionsArgs),
+
+    /// Run connectors from config files (Parquet to local disk or object storage), or
+    /// `connect validate FILE` to check one
+    Connect(ConnectorArgs),
 }
 
 impl Command {
@@ -51,7 +56,7 @@ impl Command {
     /// only warnings (their results go to standard output).
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Server(_) => "info",
+            Command::Server(_) | Command::Connect(_) => "info",
             _ => "warn",
         }
     }
@@ -79,6 +84,7 @@ pub async fn run(command: Command) -> Result<()> {
         }
         Command::Groups(args) => groups::run(args).await,
         Command::Transactions(args) => transactions::run(args).await,
+        Command::Connect(args) => connect::run(args).await,
     }
 }
 

@@ -195,7 +195,7 @@ pub fn read_file(path: &Path) -> Result<Vec<FileSetting>> {
 
 /// Parses Kafka's `server.properties` format. Values are trimmed, as Kafka trims them.
 pub fn parse_properties(text: &str) -> Result<Vec<FileSetting>> {
-    Ok(crate::properties::parse(text)?
+    Ok(quiver_common::properties::parse(text)?
         .into_iter()
         .map(|p| FileSetting {
             key: p.key,

@@ -6,7 +6,6 @@ mod client;
 mod commands;
 mod config;
 mod data_dir;
-mod properties;
 mod server;
 mod signal;
 mod table;

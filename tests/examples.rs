@@ -119,3 +119,21 @@ fn orders_enrichment_joins_each_order_with_its_customer_as_of_the_orders_time() 
         out.stdout
     );
 }
+
+#[test]
+fn connector_configs_in_examples_are_valid() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/connectors");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in files {
+        // The stores they name are not running here: check every key and value only.
+        let mut cmd = common::quiver();
+        cmd.args(["connect", "validate", "--offline", f.to_str().unwrap()]);
+        let out = run_bounded(cmd, b"", COMMAND_TIMEOUT).ok();
+        assert!(out.stdout.contains(": ok: connector '"), "{}", out.stdout);
+    }
+}

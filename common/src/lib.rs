@@ -11,6 +11,7 @@ pub mod batch;
 pub mod error;
 pub mod kafka;
 pub mod partitioner;
+pub mod properties;
 pub mod record;
 pub mod topic;
 

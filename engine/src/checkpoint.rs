@@ -439,7 +439,7 @@ impl Cluster {
 
     /// The group's committed offsets (with their metadata) for `topics`, by topic and
     /// partition; `None` while some wait in an open transaction.
-    async fn committed(
+    pub async fn committed(
         &self,
         group: &str,
         topics: &[String],
@@ -499,7 +499,7 @@ impl Cluster {
     }
 
     /// Commits offsets outside a transaction (at-least-once).
-    async fn commit_offsets(&self, group: &str, offsets: &[OffsetCommitEntry]) -> Result<()> {
+    pub async fn commit_offsets(&self, group: &str, offsets: &[OffsetCommitEntry]) -> Result<()> {
         let refused = |what: String| {
             EngineError::Checkpoint(format!(
                 "{} refused the offsets of group '{group}': {what}",

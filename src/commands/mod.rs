@@ -1,7 +1,8 @@
 //! The client commands: `topics`, `produce` and `consume`, each generic over
 //! [`crate::client::Client`] so that it works the same on every backend; and `groups` and
-//! `transactions`, which only a running broker can answer.
+//! `transactions`, which only a running broker can answer; and `connect`, which runs connectors.
 
+pub mod connect;
 pub mod consume;
 pub mod groups;
 pub mod produce;

@@ -13,7 +13,15 @@
 //! and also takes a lone `\r`; a Kafka config file is ASCII with Unix line ends in practice). A key given twice keeps its last value, as in Java, since the pairs are applied in
 //! order.
 
-use anyhow::{Result, bail};
+/// A malformed properties file: what is wrong, on which line (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct PropertiesError {
+    pub line: usize,
+    pub message: String,
+}
+
+type Result<T, E = String> = std::result::Result<T, E>;
 
 /// One `key=value` of a properties file, with the line it starts on (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +33,7 @@ pub struct Property {
 
 /// Parses a properties file into its pairs, in file order. The only errors are malformed
 /// `\uXXXX` escapes, reported with their line.
-pub fn parse(text: &str) -> Result<Vec<Property>> {
+pub fn parse(text: &str) -> Result<Vec<Property>, PropertiesError> {
     let mut out = Vec::new();
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     while let Some((line, first)) = lines.next() {
@@ -43,8 +51,9 @@ pub fn parse(text: &str) -> Result<Vec<Property>> {
             }
         }
         let (key, value) = split_key_value(&logical);
-        let key = unescape(key).map_err(|e| anyhow::anyhow!("line {line}: {e}"))?;
-        let value = unescape(value).map_err(|e| anyhow::anyhow!("line {line}: {e}"))?;
+        let error = |message| PropertiesError { line, message };
+        let key = unescape(key).map_err(error)?;
+        let value = unescape(value).map_err(error)?;
         out.push(Property { key, value, line });
     }
     Ok(out)
@@ -106,7 +115,9 @@ fn unescape(s: &str) -> Result<String> {
                     .then(|| u32::from_str_radix(&hex, 16).ok())
                     .flatten();
                 let Some(code) = code else {
-                    bail!("malformed \\uXXXX escape '\\u{hex}': expected four hex digits");
+                    return Err(format!(
+                        "malformed \\uXXXX escape '\\u{hex}': expected four hex digits"
+                    ));
                 };
                 // Java strings are UTF-16: a surrogate pair comes as two escapes.
                 let c = match code {
@@ -117,16 +128,16 @@ fn unescape(s: &str) -> Result<String> {
                             .and_then(|h| u32::from_str_radix(h, 16).ok())
                             .filter(|l| (0xDC00..=0xDFFF).contains(l));
                         let Some(low) = low else {
-                            bail!(
+                            return Err(format!(
                                 "escape '\\u{hex}' is half of a surrogate pair without its other half"
-                            );
+                            ));
                         };
                         char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))
                     }
                     _ => char::from_u32(code),
                 };
                 let Some(c) = c else {
-                    bail!("escape '\\u{hex}' is not a character");
+                    return Err(format!("escape '\\u{hex}' is not a character"));
                 };
                 out.push(c);
             }

@@ -1,0 +1,25 @@
+//! Quiver's connectors: streams of events into files that any analytics engine reads.
+//!
+//! - [`sink`]: the contract between a connector's runner and its sink, and how offsets are
+//!   committed only once what they cover is durable;
+//! - [`parquet`]: the Parquet sink, to any object store ([`store`]), in Hive-style partitioned
+//!   directories ([`partitioner`]), exactly once;
+//! - [`config`]: connector config files in Kafka Connect's shapes (`.properties`, JSON) and
+//!   TOML, every key checked;
+//! - [`runner`]: runs a sink connector's tasks against the in-process broker or any
+//!   Kafka-compatible cluster.
+
+pub mod config;
+pub mod error;
+pub mod formats;
+pub mod parquet;
+pub mod partitioner;
+pub mod runner;
+pub mod sink;
+pub mod store;
+
+pub use config::{ConnectorClass, ConnectorConfig};
+pub use error::{ConnectError, Result};
+pub use parquet::{ParquetSink, ParquetSinkConfig};
+pub use runner::{Progress, SinkConnector, Status, run};
+pub use sink::{Commit, Committed, Sink};
