@@ -7,7 +7,7 @@
 //! `gcs.credentials.path`, `azblob.account.key`) or from the environment variables each cloud's
 //! own tools read (`AWS_ACCESS_KEY_ID`, `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_…`).
 //!
-//! [`Location::open`] checks the store before anything is written: it lists the prefix, so an
+//! [`Location::check`] checks the store before anything is written: it lists the prefix, so an
 //! unreachable endpoint, refused credentials or a missing bucket fail at start with a message
 //! that names the problem.
 
@@ -98,7 +98,7 @@ pub const STORE_TIMEOUT: Key = Key {
     doc: "how long one request to the store may take, retries included, before it fails",
 };
 
-/// The keys of [`Location::open`].
+/// The keys of [`Location::from_config`].
 pub const KEYS: &[Key] = &[
     STORE_URL,
     S3_BUCKET,
