@@ -3,6 +3,8 @@
 //!
 //! The Kafka wire-protocol listener (`listeners`, default `PLAINTEXT://0.0.0.0:9092`) runs beside
 //! the broker and is stopped before the broker on shutdown, so no request is cut off mid-append.
+//! With `--connectors DIR`, every connector config in DIR runs against the broker in this
+//! process; they stop first on shutdown (closing their files and committing).
 
 use std::path::PathBuf;
 
@@ -35,6 +37,11 @@ pub struct ServerArgs {
     /// The address clients are told to use, if not the listener's (e.g. behind NAT)
     #[arg(long, value_name = "LISTENERS")]
     pub advertised_listeners: Option<String>,
+
+    /// Run every connector config in DIR (*.properties, *.json, *.toml) against this broker, as
+    /// `quiver connect` would
+    #[arg(long, value_name = "DIR")]
+    pub connectors: Option<PathBuf>,
 }
 
 fn server_help() -> String {
@@ -67,6 +74,11 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
             .set("advertised.listeners", l)
             .context("--advertised-listeners")?;
     }
+    // Bad connector configs stop the start before anything is opened.
+    let connectors = match &args.connectors {
+        Some(dir) => crate::commands::connect::load_dir(dir)?,
+        None => vec![],
+    };
     data_dir::check(&config.data_dir, Intent::Create)?;
     let broker = Broker::open(config).await?;
     let dir = broker.config().data_dir.clone();
@@ -96,10 +108,13 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
     );
     let (stop_kafka, kafka_stopped) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(kafka.run(kafka_stopped));
+    let connectors = crate::commands::connect::Connectors::start(connectors, &broker);
 
     let why = signals.recv().await;
     tracing::info!("{why} received; shutting down (again to exit at once)");
-    // Stop serving first (requests already read are answered), then close the logs.
+    // Connectors stop first (closing their files and committing), then serving stops
+    // (requests already read are answered), then the logs close.
+    connectors.stop().await;
     stop_kafka.send_replace(true);
     tokio::select! {
         _ = serving => {}

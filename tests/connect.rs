@@ -193,7 +193,7 @@ fn sink_scenario(store: &str, root: &str, s3: Option<&S3>) {
         .recv_timeout(Duration::from_secs(60))
         .expect("a start line");
     assert!(
-        started.starts_with("connector 'lake' started: orders to "),
+        started.starts_with("connector 'lake' started: topics orders to "),
         "{started}"
     );
     // The schedule completes the last files without a stop.
@@ -355,4 +355,75 @@ fn validate_names_what_is_wrong() {
             .any(|l| l.starts_with("flush.size") && l.contains("100000")),
         "{text}"
     );
+}
+
+#[test]
+fn the_server_runs_the_connectors_of_its_directory() {
+    let data = common::DataDir::new();
+    data.run(&["topics", "create", "orders", "--partitions", "2"], b"")
+        .ok();
+    data.run(
+        &["produce", "orders", "--key-separator", "|"],
+        &orders(0, 150),
+    )
+    .ok();
+    let lake = tempfile::tempdir().expect("temp dir");
+    let dir = data.tmp().join("connectors");
+    std::fs::create_dir(&dir).expect("mkdir");
+    write_config(
+        &dir,
+        "lake.toml",
+        &format!(
+            "name = \"lake\"\n\"connector.class\" = \"ParquetSink\"\ntopics = \"orders\"\n\
+             \"store.url\" = \"file://{}\"\n\"value.format\" = \"json\"\n\"value.schema\" = \"{SCHEMA}\"\n\
+             \"rotate.schedule.interval.ms\" = 500\n",
+            lake.path().display()
+        ),
+    );
+    let server = common::Server::start(
+        &[
+            "--data-dir",
+            data.arg(),
+            "--connectors",
+            dir.to_str().expect("UTF-8"),
+        ],
+        &[],
+    );
+    let bootstrap = common::bootstrap_of(&server.ready);
+    common::run(
+        &[
+            "produce",
+            "orders",
+            "--key-separator",
+            "|",
+            "--bootstrap-server",
+            &bootstrap,
+        ],
+        &orders(150, 150),
+    )
+    .ok();
+    let root = lake.path().join("topics/orders");
+    let found = check_lake(root.to_str().expect("UTF-8"), None, 300);
+    server.signal("TERM");
+    let out = server.wait().ok();
+    assert!(
+        out.stdout
+            .contains("connector 'lake' running: topics orders to file://"),
+        "{}",
+        out.stdout
+    );
+    let mut want = expected(300);
+    // The default partitioner: no region directories, so region is a column of the files.
+    want["columns"] = serde_json::json!([
+        "amount",
+        "id",
+        "key",
+        "partition",
+        "region",
+        "rowheaders",
+        "rowoffset",
+        "rowpartition",
+        "rowtime"
+    ]);
+    assert_eq!(found["pyarrow"], want, "{found}");
 }

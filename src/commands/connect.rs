@@ -3,7 +3,7 @@
 //! `quiver connect validate FILE…`, which checks configs without running them.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +98,85 @@ fn load(files: &[PathBuf]) -> Result<Vec<SinkConnector>> {
     Ok(out)
 }
 
+/// Every connector config in `dir` (`*.properties`, `*.json`, `*.toml`), checked, in name
+/// order: what `quiver server --connectors DIR` runs.
+pub fn load_dir(dir: &Path) -> Result<Vec<SinkConnector>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the connectors directory {}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("properties" | "json" | "toml")
+                )
+        })
+        .collect();
+    files.sort();
+    load(&files)
+}
+
+/// Connectors running inside `quiver server`: a failed one is logged and the server keeps
+/// serving, as a Kafka Connect worker keeps a failed connector's status.
+#[derive(Debug)]
+pub struct Connectors {
+    stop: tokio::sync::watch::Sender<bool>,
+    running: JoinSet<()>,
+}
+
+impl Connectors {
+    pub fn start(connectors: Vec<SinkConnector>, broker: &Broker) -> Connectors {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut running = JoinSet::new();
+        for c in connectors {
+            let stopped = stopped.clone();
+            let broker = broker.clone();
+            println!(
+                "connector '{}' running: {} to {}",
+                c.name(),
+                describe_topics(&c),
+                c.sink.location.describe
+            );
+            running.spawn(async move {
+                let name = c.name().to_owned();
+                let cluster = match c.bootstrap.clone() {
+                    Some(bootstrap) => match KafkaCluster::connect(&bootstrap).await {
+                        Ok(k) => Cluster::Remote(k),
+                        Err(e) => {
+                            tracing::error!(connector = %name, "cannot reach {bootstrap}: {e}");
+                            return;
+                        }
+                    },
+                    None => Cluster::Local(broker),
+                };
+                let status = Status::default();
+                if let Err(e) =
+                    quiver_connectors::run(Arc::new(c), cluster, stopped, status.clone()).await
+                {
+                    tracing::error!(connector = %name, "the connector failed: {e}");
+                } else {
+                    tracing::info!(connector = %name, "{}", progress_line(&[(name.clone(), status)]));
+                }
+            });
+        }
+        Connectors { stop, running }
+    }
+
+    /// Stops every connector (each closes its files and commits) and waits for them.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        while self.running.join_next().await.is_some() {}
+    }
+}
+
+fn describe_topics(c: &SinkConnector) -> String {
+    match &c.topics {
+        quiver_connectors::runner::Topics::List(l) => format!("topics {}", l.join(", ")),
+        quiver_connectors::runner::Topics::Regex(r) => format!("topics matching {}", r.as_str()),
+    }
+}
+
 async fn validate(files: &[PathBuf], offline: bool) -> Result<()> {
     let mut failed = 0;
     for f in files {
@@ -115,12 +194,7 @@ async fn validate(files: &[PathBuf], offline: bool) -> Result<()> {
                 f.display(),
                 c.name(),
                 c.config.class,
-                match &c.topics {
-                    quiver_connectors::runner::Topics::List(l) =>
-                        format!("topics {}", l.join(", ")),
-                    quiver_connectors::runner::Topics::Regex(r) =>
-                        format!("topics matching {}", r.as_str()),
-                },
+                describe_topics(&c),
                 c.sink.location.describe
             ),
             Err(e) => {
@@ -197,10 +271,7 @@ async fn run_files(files: &[PathBuf], target: &Target, mut signals: StopSignals)
         println!(
             "connector '{}' started: {} to {} (group {})",
             c.name(),
-            match &c.topics {
-                quiver_connectors::runner::Topics::List(l) => l.join(", "),
-                quiver_connectors::runner::Topics::Regex(r) => r.as_str().to_owned(),
-            },
+            describe_topics(&c),
             c.sink.location.describe,
             c.group()
         );
