@@ -20,8 +20,32 @@ struct S3 {
 }
 
 impl S3 {
+    /// A server with `bucket`, taking any credentials.
     #[track_caller]
     fn start(bucket: &str) -> S3 {
+        let s3 = S3::spawn(&[]);
+        let made = Command::new(python::python())
+            .args([
+                "-c",
+                &format!(
+                    "import urllib.request as r; r.urlopen(r.Request('{}/{bucket}', method='PUT'))",
+                    s3.endpoint
+                ),
+            ])
+            .status()
+            .expect("run python");
+        assert!(made.success(), "cannot create the bucket");
+        s3
+    }
+
+    /// A server that checks credentials against its (empty) IAM: every key is refused.
+    #[track_caller]
+    fn start_checking_credentials() -> S3 {
+        S3::spawn(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+    }
+
+    #[track_caller]
+    fn spawn(envs: &[(&str, &str)]) -> S3 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -34,6 +58,7 @@ impl S3 {
         );
         let child = Command::new(server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -47,17 +72,6 @@ impl S3 {
             assert!(Instant::now() < deadline, "moto_server did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let made = Command::new(python::python())
-            .args([
-                "-c",
-                &format!(
-                    "import urllib.request as r; r.urlopen(r.Request('{}/{bucket}', method='PUT'))",
-                    s3.endpoint
-                ),
-            ])
-            .status()
-            .expect("run python");
-        assert!(made.success(), "cannot create the bucket");
         s3
     }
 }
@@ -343,6 +357,25 @@ fn validate_names_what_is_wrong() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the bucket does not exist"), "{err}");
+    // Credentials the server does not know.
+    let checking = S3::start_checking_credentials();
+    let refused = write_config(
+        dir.path(),
+        "refused.properties",
+        &format!(
+            "name=r\nconnector.class=S3Sink\ntopics=t\ns3.bucket.name=lake\nstore.url={}\n\
+             aws.access.key.id=wrong\naws.secret.access.key=wrong\n",
+            checking.endpoint
+        ),
+    );
+    let out = quiver()
+        .args(["connect", "validate", refused.to_str().expect("UTF-8")])
+        .output()
+        .expect("run validate");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the store refused the credentials"), "{err}");
+    assert!(err.contains("InvalidAccessKeyId"), "{err}");
     // `keys` lists every key with its default.
     let keys = quiver()
         .args(["connect", "keys"])

@@ -8,6 +8,9 @@
 //! zero-padded to `filename.offset.zero.pad.width` digits, as Confluent's S3 sink names them. A
 //! file is streamed to the store as it fills (a multipart upload, parts of 5 MiB) and becomes
 //! visible only when it is complete; on the local filesystem it is fsynced before it counts.
+//! A file cut off by a crash is never visible: on the local filesystem its partial upload is
+//! removed when the connector starts again; on S3 its parts stay as an incomplete multipart
+//! upload until a bucket lifecycle rule (`AbortIncompleteMultipartUpload`) removes them.
 //!
 //! A file rolls (is completed) when it holds `flush.size` records, when a record's event time is
 //! `rotate.interval.ms` past the file's first (or the partition's event time is), when it
