@@ -393,13 +393,6 @@ fn validate_names_what_is_wrong() {
 #[test]
 fn the_server_runs_the_connectors_of_its_directory() {
     let data = common::DataDir::new();
-    data.run(&["topics", "create", "orders", "--partitions", "2"], b"")
-        .ok();
-    data.run(
-        &["produce", "orders", "--key-separator", "|"],
-        &orders(0, 150),
-    )
-    .ok();
     let lake = tempfile::tempdir().expect("temp dir");
     let dir = data.tmp().join("connectors");
     std::fs::create_dir(&dir).expect("mkdir");
@@ -423,18 +416,15 @@ fn the_server_runs_the_connectors_of_its_directory() {
         &[],
     );
     let bootstrap = common::bootstrap_of(&server.ready);
-    common::run(
-        &[
-            "produce",
-            "orders",
-            "--key-separator",
-            "|",
-            "--bootstrap-server",
-            &bootstrap,
-        ],
-        &orders(150, 150),
-    )
-    .ok();
+    // The topic is created after the server (and its connector) started: the connector waits.
+    std::thread::sleep(Duration::from_millis(500));
+    let target = ["--bootstrap-server", bootstrap.as_str()];
+    let mut create = vec!["topics", "create", "orders", "--partitions", "2"];
+    create.extend(target);
+    common::run(&create, b"").ok();
+    let mut produce = vec!["produce", "orders", "--key-separator", "|"];
+    produce.extend(target);
+    common::run(&produce, &orders(0, 300)).ok();
     let root = lake.path().join("topics/orders");
     let found = check_lake(root.to_str().expect("UTF-8"), None, 300);
     server.signal("TERM");

@@ -19,6 +19,10 @@ pub enum ConnectError {
     #[error("{0}")]
     Store(String),
 
+    /// A topic the connector reads does not exist (yet).
+    #[error("{0}")]
+    NoTopic(String),
+
     /// A record the sink cannot take, and `errors.tolerance` does not allow skipping.
     #[error("{0}")]
     Record(String),

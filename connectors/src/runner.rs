@@ -198,7 +198,7 @@ impl SinkConnector {
             Topics::List(list) => {
                 for t in list {
                     if !names.contains(t) {
-                        return Err(ConnectError::config(format!(
+                        return Err(ConnectError::NoTopic(format!(
                             "connector '{}': the topic '{t}' does not exist on {}; create it \
                              first (quiver topics create {t})",
                             self.config.name,
@@ -215,7 +215,7 @@ impl SinkConnector {
                     .collect();
                 out.sort();
                 if out.is_empty() {
-                    return Err(ConnectError::config(format!(
+                    return Err(ConnectError::NoTopic(format!(
                         "connector '{}': no topic on {} matches topics.regex '{}'",
                         self.config.name,
                         cluster.describe(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use quiver_broker::Broker;
 use quiver_connectors::runner::known_keys;
-use quiver_connectors::{ConnectorConfig, SinkConnector, Status};
+use quiver_connectors::{ConnectError, ConnectorConfig, SinkConnector, Status};
 use quiver_engine::KafkaCluster;
 use quiver_engine::checkpoint::Cluster;
 use tokio::task::JoinSet;
@@ -117,8 +117,9 @@ pub fn load_dir(dir: &Path) -> Result<Vec<SinkConnector>> {
     load(&files)
 }
 
-/// Connectors running inside `quiver server`: a failed one is logged and the server keeps
-/// serving, as a Kafka Connect worker keeps a failed connector's status.
+/// Connectors running inside `quiver server`: one whose topics do not exist yet waits for them;
+/// a failed one is logged and the server keeps serving, as a Kafka Connect worker keeps a
+/// failed connector's status.
 #[derive(Debug)]
 pub struct Connectors {
     stop: tokio::sync::watch::Sender<bool>,
@@ -150,13 +151,39 @@ impl Connectors {
                     },
                     None => Cluster::Local(broker),
                 };
-                let status = Status::default();
-                if let Err(e) =
-                    quiver_connectors::run(Arc::new(c), cluster, stopped, status.clone()).await
-                {
-                    tracing::error!(connector = %name, "the connector failed: {e}");
-                } else {
-                    tracing::info!(connector = %name, "{}", progress_line(&[(name.clone(), status)]));
+                let c = Arc::new(c);
+                let mut stopped = stopped;
+                let mut waiting = false;
+                loop {
+                    let status = Status::default();
+                    match quiver_connectors::run(
+                        c.clone(),
+                        cluster.clone(),
+                        stopped.clone(),
+                        status.clone(),
+                    )
+                    .await
+                    {
+                        // Topics may be created after the server starts: wait for them, as a
+                        // Kafka Connect worker does.
+                        Err(ConnectError::NoTopic(why)) => {
+                            if !waiting {
+                                tracing::warn!(connector = %name, "{why}; retrying every 2 s");
+                                waiting = true;
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                                _ = stopped.changed() => return,
+                            }
+                        }
+                        Err(e) => tracing::error!(connector = %name, "the connector failed: {e}"),
+                        Ok(()) => tracing::info!(
+                            connector = %name,
+                            "{}",
+                            progress_line(&[(name.clone(), status)])
+                        ),
+                    }
+                    return;
                 }
             });
         }
