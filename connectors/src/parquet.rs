@@ -33,7 +33,7 @@
 //! different: until the partition is read again after a crash, a file completed before it may
 //! hold records its replacement leaves to the next file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -245,6 +245,8 @@ pub struct ParquetSink {
     topics: HashMap<String, TopicOut>,
     files: HashMap<FileKey, OpenFile>,
     partitions: BTreeMap<(String, i32), PartitionState>,
+    /// Partitions whose position to commit may have moved since the last prepare.
+    changed: BTreeSet<(String, i32)>,
 }
 
 /// One topic's batches and the files' schema.
@@ -314,6 +316,7 @@ impl ParquetSink {
             topics: HashMap::new(),
             files: HashMap::new(),
             partitions: BTreeMap::new(),
+            changed: BTreeSet::new(),
         }
     }
 
@@ -456,6 +459,7 @@ impl ParquetSink {
             .entry((key.topic.clone(), key.partition))
             .or_default();
         state.done.insert(key.path.clone(), file.next);
+        self.changed.insert((key.topic.clone(), key.partition));
         Ok(())
     }
 
@@ -644,6 +648,7 @@ impl Sink for ParquetSink {
         state.written = state
             .written
             .max(Some(offsets.value(offsets.len() - 1) + 1));
+        self.changed.insert((topic.to_owned(), partition));
         let paths = self.config.partitioner.paths(partition, &batch)?;
         let mut groups: Vec<(String, RecordBatch)> = Vec::with_capacity(paths.paths.len());
         if paths.paths.len() == 1 {
@@ -691,11 +696,23 @@ impl Sink for ParquetSink {
     }
 
     fn read_up_to(&mut self, topic: &str, partition: i32, next: i64) {
-        let state = self
-            .partitions
-            .entry((topic.to_owned(), partition))
-            .or_default();
-        state.position = Some(state.position.map_or(next, |p| p.max(next)));
+        // Called for every partition after every poll: no allocation unless it moved.
+        let key = (topic.to_owned(), partition);
+        if let Some(state) = self.partitions.get_mut(&key) {
+            if state.position.is_some_and(|p| p >= next) {
+                return;
+            }
+            state.position = Some(next);
+        } else {
+            self.partitions.insert(
+                key.clone(),
+                PartitionState {
+                    position: Some(next),
+                    ..PartitionState::default()
+                },
+            );
+        }
+        self.changed.insert(key);
     }
 
     async fn tick(&mut self) -> Result<()> {
@@ -716,8 +733,8 @@ impl Sink for ParquetSink {
 
     async fn prepare(&mut self) -> Result<Vec<Commit>> {
         let mut out = vec![];
-        let keys: Vec<(String, i32)> = self.partitions.keys().cloned().collect();
-        for (topic, partition) in keys {
+        let changed = std::mem::take(&mut self.changed);
+        for (topic, partition) in changed {
             let Some(state) = self.partitions.get(&(topic.clone(), partition)) else {
                 continue;
             };

@@ -226,13 +226,16 @@ impl Partitioner {
                 rows: vec![0; n],
             }),
             Partitioner::Field(columns) => {
+                // Each column's escaped `name=` prefix and its values as text, once per batch.
                 let mut texts = Vec::with_capacity(columns.len());
                 for c in columns {
                     let column = batch.column_by_name(c).ok_or_else(|| {
                         ConnectError::Record(format!("a batch has no column '{c}'"))
                     })?;
-                    let text = arrow::compute::cast(column, &DataType::Utf8)?;
-                    texts.push(text);
+                    let mut prefix = String::new();
+                    escape_into(&mut prefix, c);
+                    prefix.push('=');
+                    texts.push((prefix, arrow::compute::cast(column, &DataType::Utf8)?));
                 }
                 let mut index: HashMap<String, u32> = HashMap::new();
                 let mut out = RowPaths {
@@ -242,17 +245,16 @@ impl Partitioner {
                 let mut path = String::new();
                 for row in 0..n {
                     path.clear();
-                    for (c, text) in columns.iter().zip(&texts) {
+                    for (prefix, text) in &texts {
                         if !path.is_empty() {
                             path.push('/');
                         }
-                        path.push_str(&escape(c));
-                        path.push('=');
+                        path.push_str(prefix);
                         let text = text.as_string::<i32>();
                         if text.is_null(row) {
-                            path.push_str("__HIVE_DEFAULT_PARTITION__");
+                            path.push_str(HIVE_NULL);
                         } else {
-                            path.push_str(&escape(text.value(row)));
+                            escape_into(&mut path, text.value(row));
                         }
                     }
                     let i = match index.get(&path) {
@@ -424,16 +426,25 @@ fn parse_zone(text: &str) -> Option<Zone> {
     if let Some(sign) = text.chars().next().filter(|c| *c == '+' || *c == '-') {
         let rest = &text[1..];
         let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-        let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+        // Out-of-range offsets are refused by east_opt, not by overflow.
+        let (h, m) = (h.parse::<i32>().ok()?, m.parse::<i32>().ok()?);
+        let secs = h.checked_mul(3600)?.checked_add(m.checked_mul(60)?)?;
         let secs = if sign == '-' { -secs } else { secs };
         return chrono::FixedOffset::east_opt(secs).map(Zone::Fixed);
     }
     text.parse::<Tz>().ok().map(Zone::Named)
 }
 
-/// Hive's escaping of path values: characters that break paths or `name=value` are `%XX`.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+/// Hive's name for a null (or empty) partition value.
+const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// Appends `value` to `out` as Hive escapes path values: characters that break paths or
+/// `name=value` become `%XX`; an empty value is [`HIVE_NULL`].
+fn escape_into(out: &mut String, value: &str) {
+    if value.is_empty() {
+        out.push_str(HIVE_NULL);
+        return;
+    }
     for c in value.chars() {
         if c.is_control()
             || matches!(
@@ -443,17 +454,17 @@ fn escape(value: &str) -> String {
         {
             let mut buf = [0u8; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
             }
         } else {
             out.push(c);
         }
     }
-    if out.is_empty() {
-        return "__HIVE_DEFAULT_PARTITION__".into();
-    }
-    out
 }
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 #[cfg(test)]
 mod tests {
@@ -508,6 +519,13 @@ mod tests {
         assert!(parse_format("'year").is_err());
         assert!(parse_format("'constant'").is_err());
         assert!(parse_zone("Mars/Olympus").is_none());
+        assert!(parse_zone("+999999999:00").is_none());
+    }
+
+    fn escape(value: &str) -> String {
+        let mut out = String::new();
+        escape_into(&mut out, value);
+        out
     }
 
     #[test]
