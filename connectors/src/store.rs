@@ -341,7 +341,9 @@ impl Location {
     }
 }
 
-/// What went wrong talking to a store, in words a user can act on.
+/// What went wrong talking to a store, in words a user can act on. The patterns are the
+/// stores' own error codes and HTTP status lines, never bare numbers: the message also holds
+/// timings such as "in 401.9ms".
 pub fn describe_store_error(store: &str, e: &object_store::Error) -> String {
     let text = format!("{e}");
     let lower = text.to_ascii_lowercase();
@@ -350,8 +352,8 @@ pub fn describe_store_error(store: &str, e: &object_store::Error) -> String {
     } else if lower.contains("invalidaccesskeyid")
         || lower.contains("signaturedoesnotmatch")
         || lower.contains("accessdenied")
-        || lower.contains("403")
-        || lower.contains("401")
+        || lower.contains("403 forbidden")
+        || lower.contains("401 unauthorized")
         || matches!(
             e,
             object_store::Error::PermissionDenied { .. }
@@ -362,8 +364,8 @@ pub fn describe_store_error(store: &str, e: &object_store::Error) -> String {
          AWS_* environment variables)"
             .to_owned()
     } else if lower.contains("error sending request")
-        || lower.contains("connect")
-        || lower.contains("dns")
+        || lower.contains("connection refused")
+        || lower.contains("dns error")
         || lower.contains("timed out")
     {
         "cannot reach the store's endpoint (is it running, and is store.url right?)".to_owned()
