@@ -57,6 +57,11 @@ pub enum EngineError {
     #[error("the query was stopped")]
     Stopped,
 
+    /// A task's downstream task ended before it: never the cause of a query's end (the
+    /// runtime reports the downstream task's own error, or none when it ended at a stop).
+    #[error("a downstream task of the query has gone")]
+    DownstreamGone,
+
     /// A bug in Quiver: an invariant did not hold.
     #[error("internal error (a bug in Quiver): {0}")]
     Internal(String),

@@ -290,7 +290,7 @@ impl Output {
         self.senders[to]
             .send(message)
             .await
-            .map_err(|_| EngineError::internal("a downstream task of the query has gone"))
+            .map_err(|_| EngineError::DownstreamGone)
     }
 
     /// Sends a batch where the route says.

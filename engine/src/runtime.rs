@@ -637,9 +637,11 @@ async fn run(
         checkpointing,
         shared,
     }));
+    // A task whose downstream task ended first fails with `DownstreamGone`, and may be
+    // joined before the downstream task that ended it: wait for that one's own result.
     while let Some(done) = tasks.join_next().await {
         let failure = match done {
-            Ok(Ok(())) => continue,
+            Ok(Ok(()) | Err(EngineError::DownstreamGone)) => continue,
             Ok(Err(e)) => e,
             Err(e) => EngineError::internal(format!("a task of the query panicked: {e}")),
         };
@@ -1054,9 +1056,16 @@ async fn stage_task(t: StageTask) -> Result<()> {
                     task,
                     watermark,
                 });
+                let stop = barrier.stop;
                 output
                     .broadcast(|| Message::Barrier(barrier.clone()))
                     .await?;
+                if stop {
+                    // The sink task ends at this barrier: anything sent after it (such as the
+                    // watermark an upstream task's closing releases) would find it gone.
+                    shared.report(task, &ops);
+                    return meter.check_now(&shared, &ops);
+                }
             }
         }
         send(&mut output, outputs, late).await?;

@@ -674,3 +674,65 @@ async fn state_past_the_querys_memory_limit_fails_the_query_with_what_to_do() {
     assert!(message.contains("max_state_bytes"), "{message}");
     assert!(message.contains("aggregate"), "{message}");
 }
+
+/// A sink that refuses its second batch.
+#[derive(Debug, Default)]
+struct RefusingSink {
+    written: usize,
+}
+
+#[async_trait::async_trait]
+impl quiver_engine::Sink for RefusingSink {
+    fn describe(&self) -> String {
+        "refusing".into()
+    }
+
+    async fn open(&mut self, _schema: SchemaRef) -> quiver_engine::Result<()> {
+        Ok(())
+    }
+
+    async fn write(&mut self, _batch: RecordBatch) -> quiver_engine::Result<()> {
+        self.written += 1;
+        if self.written > 1 {
+            return Err(quiver_engine::EngineError::Sink {
+                sink: "refusing".into(),
+                message: "the disk is full".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> quiver_engine::Result<()> {
+        Ok(())
+    }
+}
+
+/// When the sink fails, the tasks upstream of it fail too (their output has gone), and may be
+/// joined first: the query must still report the sink's error, not theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_sink_is_what_the_query_reports_not_the_tasks_it_cut_off() {
+    for round in 0..50 {
+        let builder = StreamsBuilder::new().with_options(QueryOptions {
+            parallelism: 3,
+            ..QueryOptions::default()
+        });
+        builder
+            .stream("orders", source(&events(2_000, 0, 0, 0)))
+            .unwrap()
+            .group_by([col("customer")])
+            .unwrap()
+            .aggregate([sum(col("amount")).alias("total")])
+            .unwrap()
+            .to_stream()
+            .to_sink(Box::new(RefusingSink::default()));
+        let running = Runtime::without_broker()
+            .run(builder.build().unwrap())
+            .await
+            .unwrap();
+        let err = running.wait().await.unwrap_err();
+        assert!(
+            matches!(&err, quiver_engine::EngineError::Sink { message, .. } if message == "the disk is full"),
+            "round {round}: {err}"
+        );
+    }
+}

@@ -400,3 +400,56 @@ async fn with_wall_clock_advance_a_window_on_a_quiet_topic_still_closes() {
         .unwrap();
     assert_eq!(count.value(0), 2);
 }
+
+/// A stop used to fail now and then with "a downstream task of the query has gone": after the
+/// stop barrier, a source task that had nothing to read closed, the merged watermark of the
+/// aggregation's task moved, and the task sent it on to a sink task that had already ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_a_query_whose_source_tasks_end_unevenly_always_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    create(&b, "views", 1).await;
+    for round in 0..20 {
+        let collector = Collector::new();
+        let builder = StreamsBuilder::with_broker(&b).with_options(QueryOptions {
+            parallelism: 3,
+            poll_wait: Duration::from_millis(5),
+            ..QueryOptions::default()
+        });
+        builder
+            .topic(
+                "views",
+                Format::None,
+                Format::json(Arc::new(Schema::new(vec![
+                    Field::new("user", DataType::Utf8, false),
+                    Field::new("page", DataType::Utf8, false),
+                ]))),
+            )
+            .unwrap()
+            .group_by([col("user")])
+            .unwrap()
+            .count()
+            .unwrap()
+            .to_stream()
+            .to_collector(&collector);
+        let running = Runtime::new(&b)
+            .run(builder.build().unwrap())
+            .await
+            .unwrap();
+        b.produce("views", &[view("ann", "/", 1000 + round)])
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if running
+                .metrics()
+                .iter()
+                .all(|(_, m)| m.records_in == round as u64 + 1)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let metrics = running.stop().await;
+        assert!(metrics.is_ok(), "round {round}: {metrics:?}");
+    }
+}
