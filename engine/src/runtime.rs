@@ -220,7 +220,7 @@ impl Runtime {
                 }
             }
         }
-        let checkpointing = prepare_checkpointing(&query).await?;
+        let checkpointing = prepare_checkpointing(checkpoint_plan(&query)?).await?;
         self.stores.lock().extend(
             query
                 .physical
@@ -425,7 +425,46 @@ struct BarrierRequest {
 
 /// Takes over the query's transactional id and finds its checkpoint, so a query that cannot
 /// restore is refused before it starts.
-async fn prepare_checkpointing(query: &Query) -> Result<Option<Checkpointing>> {
+async fn prepare_checkpointing(plan: Option<CheckpointPlan>) -> Result<Option<Checkpointing>> {
+    let Some((config, name, topics, parallelism, cluster, operators)) = plan else {
+        return Ok(None);
+    };
+    let c = Checkpointing::start(config, &name, topics, parallelism, cluster).await?;
+    if let Some(m) = &c.restored {
+        if m.parallelism != parallelism {
+            tracing::info!(
+                query = %name,
+                from = m.parallelism,
+                to = parallelism,
+                "rescaling: the checkpoint's state is split between the tasks by key"
+            );
+        }
+        if let Some(f) = m.state.iter().find(|f| !operators.contains(&f.operator)) {
+            return Err(EngineError::Checkpoint(format!(
+                "checkpoint {} of query '{name}' holds state of operator '{}', which the query \
+                 no longer has; a changed query needs a new name",
+                m.epoch, f.operator
+            )));
+        }
+    }
+    Ok(Some(c))
+}
+
+/// What checkpointing a query needs: its config, name, topics, parallelism, cluster and the
+/// names of its operators.
+type CheckpointPlan = (
+    CheckpointConfig,
+    String,
+    Vec<String>,
+    usize,
+    Cluster,
+    Vec<String>,
+);
+
+/// A query's [`CheckpointPlan`], `None` when it does not checkpoint. Taken before anything
+/// awaits: a `Query` holds sinks and operators, which need not be `Sync`, and the future of
+/// [`Runtime::start`] must be `Send` (a server starts queries from its request tasks).
+fn checkpoint_plan(query: &Query) -> Result<Option<CheckpointPlan>> {
     let Some(config) = &query.options.checkpoint else {
         return Ok(None);
     };
@@ -464,35 +503,20 @@ async fn prepare_checkpointing(query: &Query) -> Result<Option<Checkpointing>> {
             "query '{name}' has no source to checkpoint"
         )));
     };
-    let c = Checkpointing::start(config.clone(), name, topics, parallelism, cluster).await?;
-    if let Some(m) = &c.restored {
-        if m.parallelism != parallelism {
-            tracing::info!(
-                query = %name,
-                from = m.parallelism,
-                to = parallelism,
-                "rescaling: the checkpoint's state is split between the tasks by key"
-            );
-        }
-        let names: Vec<&str> = query
-            .physical
-            .operators
-            .iter()
-            .map(|op| op.name())
-            .collect();
-        if let Some(f) = m
-            .state
-            .iter()
-            .find(|f| !names.contains(&f.operator.as_str()))
-        {
-            return Err(EngineError::Checkpoint(format!(
-                "checkpoint {} of query '{name}' holds state of operator '{}', which the query \
-                 no longer has; a changed query needs a new name",
-                m.epoch, f.operator
-            )));
-        }
-    }
-    Ok(Some(c))
+    let operators = query
+        .physical
+        .operators
+        .iter()
+        .map(|op| op.name().to_owned())
+        .collect();
+    Ok(Some((
+        config.clone(),
+        name.clone(),
+        topics,
+        parallelism,
+        cluster,
+        operators,
+    )))
 }
 
 /// Starts the tasks of `query` and waits for them (see the module docs): the first error of
