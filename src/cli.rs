@@ -8,6 +8,7 @@ use crate::commands::connect::{self, ConnectorArgs};
 use crate::commands::consume::{self, ConsumeArgs};
 use crate::commands::groups::{self, GroupsArgs};
 use crate::commands::produce::{self, ProduceArgs};
+use crate::commands::shell::{self, ShellArgs};
 use crate::commands::topics::{self, TopicsArgs};
 use crate::commands::transactions::{self, TransactionsArgs};
 use crate::server::{self, ServerArgs};
@@ -49,6 +50,10 @@ pub enum Command {
     /// Run connectors from config files (Parquet to local disk or object storage), or
     /// `connect validate FILE` to check one
     Connect(ConnectorArgs),
+
+    /// Quiver SQL: create streams and tables over topics, run continuous queries (at a
+    /// prompt, from a file with -f, or from standard input)
+    Shell(ShellArgs),
 }
 
 impl Command {
@@ -85,6 +90,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Groups(args) => groups::run(args).await,
         Command::Transactions(args) => transactions::run(args).await,
         Command::Connect(args) => connect::run(args).await,
+        Command::Shell(args) => shell::run(args).await,
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod error;
 pub mod kafka;
+pub mod names;
 pub mod partitioner;
 pub mod properties;
 pub mod record;

@@ -217,12 +217,8 @@ impl ConnectorConfig {
             if known.iter().any(|k| k.name == key) {
                 continue;
             }
-            let close = known
-                .iter()
-                .map(|k| (edit_distance(k.name, key), k.name))
-                .filter(|(d, _)| *d <= 2)
-                .min();
-            let hint = close.map_or(String::new(), |(_, k)| format!(" (did you mean '{k}'?)"));
+            let close = quiver_common::names::closest(key, known.iter().map(|k| k.name));
+            let hint = close.map_or(String::new(), |k| format!(" (did you mean '{k}'?)"));
             let mut names: Vec<&str> = known.iter().map(|k| k.name).collect();
             names.sort_unstable();
             return Err(ConnectError::config(format!(
@@ -381,22 +377,6 @@ fn flatten_toml(
         out.insert(key, text);
     }
     Ok(())
-}
-
-/// Levenshtein distance, for "did you mean" hints on short key names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

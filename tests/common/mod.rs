@@ -57,6 +57,17 @@ impl Output {
         self.stderr
     }
 
+    /// Panics unless the command failed; returns its standard error (it may have printed the
+    /// results of statements before the one that failed).
+    #[track_caller]
+    pub fn failed_with_output(self) -> String {
+        assert!(
+            !self.status.success(),
+            "command should have failed: {self:#?}"
+        );
+        self.stderr
+    }
+
     pub fn lines(&self) -> Vec<&str> {
         self.stdout.lines().collect()
     }

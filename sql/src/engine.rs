@@ -1,0 +1,1777 @@
+//! Running statements: the catalog, persistent queries, push queries and the command log.
+//!
+//! Every statement that changes what runs (CREATE, CREATE … AS SELECT, INSERT INTO … SELECT,
+//! DROP, TERMINATE) is appended, once it has succeeded, to the command topic
+//! [`COMMAND_TOPIC`] of the broker, with the properties it ran with. [`SqlEngine::open`]
+//! replays that log, so after a restart every stream and table is back and every persistent
+//! query resumes from its last checkpoint (exactly-once: its output has no duplicates and no
+//! gaps). A persistent query's id is derived from the offset of its command, so it is the same
+//! in every replay, and with it the checkpoint it resumes from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::datasource::MemTable;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{Aggregate, LogicalPlan, TableSource};
+use datafusion::physical_plan::collect;
+use parking_lot::Mutex;
+use quiver_broker::{
+    Broker, Isolation, NewTopic, ReaderOptions, Record, StartAt, batch_to_records,
+};
+use quiver_engine::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use quiver_engine::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use quiver_engine::checkpoint::CheckpointStorage;
+use quiver_engine::format::{DELETED, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, RecordDecoder};
+use quiver_engine::plan::{PlanOptions, StreamTable};
+use quiver_engine::source::StartFrom;
+use quiver_engine::{
+    CheckpointConfig, EmitMode, Query, QueryHandle, QueryOptions, Runtime, Sink, TopicSink,
+};
+use tokio::sync::mpsc;
+
+use crate::catalog::{FormatName, SourceInfo, declared_field, kafka_type};
+use crate::error::SqlError;
+use crate::parser::{
+    Emit, Parsed, Position, Property, PropertyValue, ShowWhat, SourceKind, Statement,
+    StreamingQuery, normalize, parse,
+};
+use crate::plan::{
+    Context, batch_source, plan_query, rewrite_window, select_window_bounds, session_state,
+};
+use crate::types::{arrow_type, sql_name};
+
+/// The topic the command log is kept in.
+pub const COMMAND_TOPIC: &str = "_quiver_sql_commands";
+
+/// The property that says where new queries start reading a stream.
+pub const OFFSET_RESET: &str = "auto.offset.reset";
+
+/// What a statement gives back.
+#[derive(Debug)]
+pub enum Output {
+    /// A confirmation (`Stream 'pageviews' created`).
+    Message(String),
+    /// A finite result: listings, descriptions, pull and history queries.
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    /// Rows as they come, until cancelled or its limit.
+    Push(PushQuery),
+}
+
+/// A running push query (or `PRINT`): its rows as they arrive.
+#[derive(Debug)]
+pub struct PushQuery {
+    pub schema: SchemaRef,
+    rows: mpsc::Receiver<Result<RecordBatch, SqlError>>,
+    limit: Option<u64>,
+    sent: u64,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PushQuery {
+    /// The next rows; `None` once the limit is reached or the query ended.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, SqlError>> {
+        if self.limit.is_some_and(|l| self.sent >= l) {
+            self.cancel().await;
+            return None;
+        }
+        let batch = match self.rows.recv().await? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        let batch = match self.limit {
+            Some(l) if self.sent + batch.num_rows() as u64 > l => {
+                batch.slice(0, (l - self.sent) as usize)
+            }
+            _ => batch,
+        };
+        self.sent += batch.num_rows() as u64;
+        Some(Ok(batch))
+    }
+
+    /// Stops it.
+    pub async fn cancel(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.rows.close();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A sink that hands batches to a push query's reader.
+#[derive(Debug)]
+struct ChannelSink {
+    tx: mpsc::Sender<Result<RecordBatch, SqlError>>,
+}
+
+#[async_trait]
+impl Sink for ChannelSink {
+    fn describe(&self) -> String {
+        "push query".into()
+    }
+
+    async fn open(&mut self, _schema: SchemaRef) -> quiver_engine::Result<()> {
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> quiver_engine::Result<()> {
+        let batch = strip_deleted(batch)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        // A reader that has gone (cancelled, limit reached) stops the query from its side.
+        let _ = self.tx.send(Ok(batch)).await;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> quiver_engine::Result<()> {
+        Ok(())
+    }
+}
+
+/// Rows of a table's changelog as a user sees them: without the deletion marker column.
+fn strip_deleted(batch: RecordBatch) -> quiver_engine::Result<RecordBatch> {
+    match batch.schema().index_of(DELETED) {
+        Ok(i) => {
+            let mut b = batch;
+            b.remove_column(i);
+            Ok(b)
+        }
+        Err(_) => Ok(batch),
+    }
+}
+
+/// A persistent query.
+#[derive(Debug)]
+struct Persistent {
+    sql: String,
+    sink: String,
+    handle: Option<QueryHandle>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sources: BTreeMap<String, SourceInfo>,
+    queries: BTreeMap<String, Persistent>,
+    properties: BTreeMap<String, String>,
+}
+
+/// Runs Quiver SQL against a broker.
+#[derive(Debug, Clone)]
+pub struct SqlEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    runtime: Runtime,
+    checkpoints: PathBuf,
+    state: Mutex<State>,
+    functions: SessionState,
+    /// Statements run one at a time: the command log's order is the order they took effect.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlEngine")
+            .field("checkpoints", &self.checkpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The WITH properties `CREATE STREAM|TABLE` takes.
+const SOURCE_PROPERTIES: &[&str] = &[
+    "KAFKA_TOPIC",
+    "VALUE_FORMAT",
+    "KEY_FORMAT",
+    "FORMAT",
+    "PARTITIONS",
+    "REPLICAS",
+    "TIMESTAMP",
+    "VALUE_DELIMITER",
+];
+
+impl SqlEngine {
+    /// An engine on `broker`, keeping query checkpoints under `data_dir`; replays the command
+    /// log, restarting every persistent query from its checkpoint.
+    pub async fn open(broker: &Broker, data_dir: &std::path::Path) -> Result<SqlEngine, SqlError> {
+        let engine = SqlEngine {
+            inner: Arc::new(Inner {
+                broker: broker.clone(),
+                runtime: Runtime::new(broker),
+                checkpoints: data_dir.join("sql-checkpoints"),
+                state: Mutex::new(State::default()),
+                functions: session_state(),
+                order: tokio::sync::Mutex::new(()),
+            }),
+        };
+        if broker.partition_count(COMMAND_TOPIC).is_err() {
+            broker
+                .create_topic(
+                    NewTopic::new(COMMAND_TOPIC, 1)
+                        .with_config("retention.ms", "-1")
+                        .with_config("retention.bytes", "-1"),
+                )
+                .await?;
+        }
+        engine.replay().await?;
+        Ok(engine)
+    }
+
+    /// The broker it runs on.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    async fn replay(&self) -> Result<(), SqlError> {
+        let _order = self.inner.order.lock().await;
+        let mut offset = 0;
+        loop {
+            let read = self.inner.broker.read(COMMAND_TOPIC, 0, offset, 1 << 20)?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in &read.batches {
+                for record in batch_to_records(&batch.records)
+                    .map_err(|e| SqlError::runtime(e.to_string()))?
+                {
+                    self.replay_one(&record).await;
+                }
+            }
+            offset = read.next_offset;
+        }
+        Ok(())
+    }
+
+    async fn replay_one(&self, record: &Record) {
+        let Some(value) = &record.value else { return };
+        let command: serde_json::Value = match serde_json::from_slice(value) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(
+                    offset = record.offset,
+                    "skipping an unreadable command: {e}"
+                );
+                return;
+            }
+        };
+        let Some(sql) = command["sql"].as_str() else {
+            return;
+        };
+        let properties: BTreeMap<String, String> = command["properties"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let parsed = match parse(sql) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(
+                    offset = record.offset,
+                    "skipping a command that no longer parses: {e}"
+                );
+                return;
+            }
+        };
+        for p in parsed {
+            if let Err(e) = self.run(&p, &properties, Some(record.offset)).await {
+                tracing::error!(
+                    offset = record.offset,
+                    statement = %p.text,
+                    "a replayed command failed: {e}"
+                );
+            }
+        }
+    }
+
+    /// Runs a script of statements, stopping at the first that fails. A push query must be
+    /// the script's last statement.
+    pub async fn execute(&self, sql: &str) -> Result<Vec<Output>, SqlError> {
+        let parsed = parse(sql)?;
+        let mut out = Vec::with_capacity(parsed.len());
+        let n = parsed.len();
+        for (i, p) in parsed.iter().enumerate() {
+            let output = self.execute_parsed(p).await?;
+            if matches!(output, Output::Push(_)) && i + 1 < n {
+                return Err(SqlError::plan(
+                    "a push query runs until cancelled: make it the last statement",
+                    p.position,
+                ));
+            }
+            out.push(output);
+        }
+        Ok(out)
+    }
+
+    /// Runs one parsed statement (errors point into the script it was parsed from).
+    pub async fn execute_parsed(&self, p: &Parsed) -> Result<Output, SqlError> {
+        let properties = self.inner.state.lock().properties.clone();
+        let _order = self.inner.order.lock().await;
+        self.run(p, &properties, None).await.map_err(|mut e| {
+            // The engine's refusals are about the statement, which starts here.
+            if e.position.is_none() && e.kind != crate::error::ErrorKind::Runtime {
+                e.position = Some(p.position);
+            }
+            e
+        })
+    }
+
+    /// Appends a command that took effect to the log; returns its offset.
+    async fn log(
+        &self,
+        text: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<i64, SqlError> {
+        let value = serde_json::json!({ "sql": text, "properties": properties }).to_string();
+        let record = Record::new(quiver_broker::now_ms(), None, Some(value.as_bytes()));
+        let offsets = self
+            .inner
+            .broker
+            .produce(COMMAND_TOPIC, std::slice::from_ref(&record))
+            .await?;
+        offsets
+            .first()
+            .map(|(_, a)| a.base_offset)
+            .ok_or_else(|| SqlError::runtime("the command log took no record"))
+    }
+
+    /// The offset the command will get, to name its query before it runs.
+    fn next_command_offset(&self) -> Result<i64, SqlError> {
+        Ok(self.inner.broker.offsets(COMMAND_TOPIC, 0)?.log_end_offset)
+    }
+
+    async fn run(
+        &self,
+        p: &Parsed,
+        properties: &BTreeMap<String, String>,
+        replay: Option<i64>,
+    ) -> Result<Output, SqlError> {
+        match &p.statement {
+            Statement::CreateSource {
+                kind,
+                name,
+                or_replace,
+                if_not_exists,
+                columns,
+                properties: with,
+            } => {
+                let name_s = normalize(name);
+                if let Some(existing) = self.inner.state.lock().sources.get(&name_s) {
+                    if *if_not_exists {
+                        return Ok(Output::Message(format!(
+                            "{} '{name_s}' already exists",
+                            existing.kind
+                        )));
+                    }
+                    if !or_replace {
+                        return Err(SqlError::plan(
+                            format!(
+                                "a {} named '{name_s}' already exists; DROP it first, or write \
+                                 CREATE OR REPLACE / IF NOT EXISTS",
+                                existing.kind.as_str().to_lowercase()
+                            ),
+                            Position::from(name.span.start),
+                        ));
+                    }
+                }
+                let info = self
+                    .declare(*kind, &name_s, columns, with, &p.text, p.position)
+                    .await?;
+                if replay.is_none() {
+                    self.log(&p.text, properties).await?;
+                }
+                let message = format!(
+                    "{} '{}' created over topic '{}'",
+                    title(info.kind),
+                    info.name,
+                    info.topic
+                );
+                self.inner.state.lock().sources.insert(name_s, info);
+                Ok(Output::Message(message))
+            }
+            Statement::CreateAs {
+                kind,
+                name,
+                or_replace,
+                if_not_exists,
+                properties: with,
+                query,
+            } => {
+                let name_s = normalize(name);
+                if let Some(existing) = self.inner.state.lock().sources.get(&name_s) {
+                    if *if_not_exists {
+                        return Ok(Output::Message(format!(
+                            "{} '{name_s}' already exists",
+                            existing.kind
+                        )));
+                    }
+                    if !or_replace {
+                        return Err(SqlError::plan(
+                            format!(
+                                "a {} named '{name_s}' already exists; DROP it first",
+                                existing.kind.as_str().to_lowercase()
+                            ),
+                            Position::from(name.span.start),
+                        ));
+                    }
+                }
+                let offset = match replay {
+                    Some(o) => o,
+                    None => self.next_command_offset()?,
+                };
+                let prefix = match kind {
+                    SourceKind::Stream => "CSAS",
+                    SourceKind::Table => "CTAS",
+                };
+                let id = format!("{prefix}_{}_{offset}", name_s.to_uppercase());
+                let message = self
+                    .create_as(*kind, &name_s, with, query, &id, &p.text, properties)
+                    .await?;
+                if replay.is_none() {
+                    self.log(&p.text, properties).await?;
+                }
+                Ok(Output::Message(message))
+            }
+            Statement::InsertSelect { target, query } => {
+                let target_s = normalize(target);
+                let Some(info) = self.inner.state.lock().sources.get(&target_s).cloned() else {
+                    return Err(self.unknown(&target_s, Position::from(target.span.start)));
+                };
+                if info.kind == SourceKind::Table {
+                    return Err(SqlError::plan(
+                        format!("INSERT INTO writes to streams; '{target_s}' is a table"),
+                        Position::from(target.span.start),
+                    ));
+                }
+                let offset = match replay {
+                    Some(o) => o,
+                    None => self.next_command_offset()?,
+                };
+                let id = format!("INSERTQUERY_{offset}");
+                let (plan, emit) = self.plan_streaming(query, properties)?;
+                check_columns(&plan, &info, query.position)?;
+                self.start_persistent(&id, &p.text, &info, &plan, emit)
+                    .await?;
+                if replay.is_none() {
+                    self.log(&p.text, properties).await?;
+                }
+                Ok(Output::Message(format!(
+                    "query {id} inserts into '{target_s}'"
+                )))
+            }
+            Statement::InsertValues {
+                target,
+                columns,
+                rows,
+            } => self.insert_values(target, columns, rows, p.position).await,
+            Statement::Select(query) => self.select(query, properties).await,
+            Statement::Explain(query) => {
+                let (plan, _) = self.plan_streaming(query, properties)?;
+                let text = format!("{}", plan.display_indent());
+                Ok(single_column(
+                    "plan",
+                    text.lines().map(str::to_owned).collect(),
+                ))
+            }
+            Statement::Show(what) => Ok(self.show(*what, properties)),
+            Statement::Describe { name, extended } => {
+                let name_s = normalize(name);
+                let Some(info) = self.inner.state.lock().sources.get(&name_s).cloned() else {
+                    return Err(self.unknown(&name_s, Position::from(name.span.start)));
+                };
+                Ok(self.describe(&info, *extended))
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                delete_topic,
+            } => {
+                let name_s = normalize(name);
+                let info = self.inner.state.lock().sources.get(&name_s).cloned();
+                let Some(info) = info else {
+                    if *if_exists {
+                        return Ok(Output::Message(format!("no {kind} named '{name_s}'")));
+                    }
+                    return Err(self.unknown(&name_s, Position::from(name.span.start)));
+                };
+                if info.kind != *kind {
+                    return Err(SqlError::plan(
+                        format!(
+                            "'{name_s}' is a {}; write DROP {} {name_s}",
+                            info.kind.as_str().to_lowercase(),
+                            info.kind
+                        ),
+                        Position::from(name.span.start),
+                    ));
+                }
+                let writers: Vec<String> = self
+                    .inner
+                    .state
+                    .lock()
+                    .queries
+                    .iter()
+                    .filter(|(_, q)| q.sink == name_s)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if !writers.is_empty() {
+                    return Err(SqlError::plan(
+                        format!(
+                            "cannot drop '{name_s}': the quer{} {} write{} to it; TERMINATE {} \
+                             first",
+                            if writers.len() == 1 { "y" } else { "ies" },
+                            writers.join(", "),
+                            if writers.len() == 1 { "s" } else { "" },
+                            if writers.len() == 1 { "it" } else { "them" },
+                        ),
+                        Position::from(name.span.start),
+                    ));
+                }
+                self.inner.state.lock().sources.remove(&name_s);
+                if *delete_topic && self.inner.broker.partition_count(&info.topic).is_ok() {
+                    self.inner.broker.delete_topic(&info.topic).await?;
+                }
+                if replay.is_none() {
+                    self.log(&p.text, properties).await?;
+                }
+                Ok(Output::Message(format!(
+                    "{} '{name_s}' dropped{}",
+                    title(info.kind),
+                    if *delete_topic {
+                        format!(", topic '{}' deleted", info.topic)
+                    } else {
+                        String::new()
+                    }
+                )))
+            }
+            Statement::Terminate(id) => {
+                let ids: Vec<String> = {
+                    let state = self.inner.state.lock();
+                    match id {
+                        Some(id) => {
+                            let found = state
+                                .queries
+                                .keys()
+                                .find(|k| k.eq_ignore_ascii_case(id))
+                                .cloned();
+                            match found {
+                                Some(k) => vec![k],
+                                None => {
+                                    return Err(SqlError::plan(
+                                        format!(
+                                            "no running query '{id}' (SHOW QUERIES lists them)"
+                                        ),
+                                        p.position,
+                                    ));
+                                }
+                            }
+                        }
+                        None => state.queries.keys().cloned().collect(),
+                    }
+                };
+                for id in &ids {
+                    let query = self.inner.state.lock().queries.remove(id);
+                    if let Some(handle) = query.and_then(|q| q.handle) {
+                        handle.stop().await?;
+                    }
+                    if let Some(source) = self
+                        .inner
+                        .state
+                        .lock()
+                        .sources
+                        .values_mut()
+                        .find(|s| s.written_by.as_deref() == Some(id))
+                    {
+                        source.written_by = None;
+                    }
+                }
+                if replay.is_none() {
+                    self.log(&p.text, properties).await?;
+                }
+                Ok(Output::Message(format!(
+                    "terminated {}",
+                    if ids.is_empty() {
+                        "no queries".to_owned()
+                    } else {
+                        ids.join(", ")
+                    }
+                )))
+            }
+            Statement::Print {
+                topic,
+                from_beginning,
+                limit,
+            } => self.print(topic, *from_beginning, *limit, p.position),
+            Statement::Set { name, value } => {
+                if name == OFFSET_RESET && !matches!(value.as_str(), "earliest" | "latest") {
+                    return Err(SqlError::plan(
+                        format!("{OFFSET_RESET} is 'earliest' or 'latest', not '{value}'"),
+                        p.position,
+                    ));
+                }
+                self.inner
+                    .state
+                    .lock()
+                    .properties
+                    .insert(name.clone(), value.clone());
+                Ok(Output::Message(format!("'{name}' set to '{value}'")))
+            }
+            Statement::Unset(name) => {
+                self.inner.state.lock().properties.remove(name);
+                Ok(Output::Message(format!("'{name}' unset")))
+            }
+            Statement::RunScript(path) => Err(SqlError::plan(
+                format!(
+                    "RUN SCRIPT '{path}' reads a file where the statements are typed: run it in \
+                     the shell (quiver shell), or send the file's statements"
+                ),
+                p.position,
+            )),
+        }
+    }
+
+    fn unknown(&self, name: &str, position: Position) -> SqlError {
+        let state = self.inner.state.lock();
+        let hint = crate::did_you_mean(name, state.sources.keys().map(String::as_str))
+            .map(|s| format!("; did you mean '{s}'?"))
+            .unwrap_or_default();
+        SqlError::plan(format!("no stream or table named '{name}'{hint}"), position)
+    }
+
+    /// Checks a `CREATE STREAM|TABLE (…) WITH (…)` and creates its topic if asked to.
+    async fn declare(
+        &self,
+        kind: SourceKind,
+        name: &str,
+        columns: &[crate::parser::ColumnDef],
+        with: &[Property],
+        statement: &str,
+        position: Position,
+    ) -> Result<SourceInfo, SqlError> {
+        check_properties(with, SOURCE_PROPERTIES)?;
+        let get = |n: &str| with.iter().find(|p| p.name == n);
+        let Some(topic) = get("KAFKA_TOPIC") else {
+            return Err(SqlError::plan(
+                format!(
+                    "CREATE {kind} needs the topic it reads: add WITH (KAFKA_TOPIC='{name}', \
+                     VALUE_FORMAT='JSON')"
+                ),
+                position,
+            ));
+        };
+        let topic_name = topic.value.text();
+        let format_of = |key: &str, default: FormatName| -> Result<FormatName, SqlError> {
+            match get(key).or_else(|| get("FORMAT")) {
+                None => Ok(default),
+                Some(p) => FormatName::parse(&p.value.text()).ok_or_else(|| {
+                    SqlError::plan(
+                        format!(
+                            "{}='{}' is not a format; use JSON, DELIMITED, KAFKA or NONE",
+                            p.name,
+                            p.value.text()
+                        ),
+                        p.position,
+                    )
+                }),
+            }
+        };
+        let mut key_columns: Vec<FieldRef> = Vec::new();
+        let mut value_columns: Vec<FieldRef> = Vec::new();
+        if columns.is_empty() {
+            return Err(SqlError::plan(
+                format!(
+                    "CREATE {kind} {name} needs its columns: CREATE {kind} {name} (id BIGINT, …)"
+                ),
+                position,
+            ));
+        }
+        for c in columns {
+            let t = arrow_type(&c.data_type).map_err(|m| SqlError::plan(m, c.position))?;
+            let column = normalize(&c.name);
+            if matches!(
+                column.as_str(),
+                ROWTIME | ROWPARTITION | ROWOFFSET | ROWHEADERS
+            ) {
+                return Err(SqlError::plan(
+                    format!(
+                        "'{column}' is a pseudo-column every {kind} has; name the column otherwise"
+                    ),
+                    c.position,
+                ));
+            }
+            if key_columns
+                .iter()
+                .chain(&value_columns)
+                .any(|f| f.name() == &column)
+            {
+                return Err(SqlError::plan(
+                    format!("the column '{column}' is declared twice"),
+                    c.position,
+                ));
+            }
+            let f = Arc::new(Field::new(column, t, !c.key));
+            if c.key {
+                key_columns.push(f);
+            } else {
+                value_columns.push(f);
+            }
+        }
+        if kind == SourceKind::Table && key_columns.is_empty() {
+            return Err(SqlError::plan(
+                "a table needs a PRIMARY KEY: mark its key column, as in 'id BIGINT PRIMARY KEY'",
+                position,
+            ));
+        }
+        let key_default =
+            if key_columns.len() == 1 && kafka_type(key_columns[0].data_type()).is_some() {
+                FormatName::Kafka
+            } else if key_columns.is_empty() {
+                FormatName::None
+            } else {
+                FormatName::Json
+            };
+        let key_format = format_of("KEY_FORMAT", key_default)?;
+        let value_format = match get("VALUE_FORMAT").or_else(|| get("FORMAT")) {
+            Some(_) => format_of("VALUE_FORMAT", FormatName::Json)?,
+            None => {
+                return Err(SqlError::plan(
+                    format!(
+                        "CREATE {kind} needs VALUE_FORMAT: add VALUE_FORMAT='JSON' (or DELIMITED or KAFKA) to WITH"
+                    ),
+                    position,
+                ));
+            }
+        };
+        let delimiter = match get("VALUE_DELIMITER") {
+            None => b',',
+            Some(p) => match p.value.text().as_str() {
+                "TAB" => b'\t',
+                "SPACE" => b' ',
+                d if d.len() == 1 => d.as_bytes()[0],
+                d => {
+                    return Err(SqlError::plan(
+                        format!("VALUE_DELIMITER is one character, TAB or SPACE, not '{d}'"),
+                        p.position,
+                    ));
+                }
+            },
+        };
+        let timestamp = match get("TIMESTAMP") {
+            None => None,
+            Some(p) => {
+                let column = p.value.text().to_lowercase();
+                let Some(f) = value_columns.iter().find(|f| f.name() == &column) else {
+                    return Err(SqlError::plan(
+                        format!("TIMESTAMP='{column}' names no value column"),
+                        p.position,
+                    ));
+                };
+                if !matches!(f.data_type(), DataType::Int64 | DataType::Timestamp(_, _)) {
+                    return Err(SqlError::plan(
+                        format!(
+                            "TIMESTAMP='{column}' must be a BIGINT of milliseconds or a TIMESTAMP, \
+                             not {}",
+                            sql_name(f.data_type())
+                        ),
+                        p.position,
+                    ));
+                }
+                Some(column)
+            }
+        };
+        let info = SourceInfo {
+            kind,
+            name: name.to_owned(),
+            topic: topic_name.clone(),
+            key_columns,
+            value_columns,
+            key_format,
+            value_format,
+            delimiter,
+            timestamp,
+            written_by: None,
+            statement: statement.to_owned(),
+        };
+        info.formats().map_err(|m| SqlError::plan(m, position))?;
+        if self.inner.broker.partition_count(&topic_name).is_err() {
+            let Some(partitions) = get("PARTITIONS") else {
+                return Err(SqlError::plan(
+                    format!(
+                        "the topic '{topic_name}' does not exist; create it, or add \
+                         PARTITIONS=n to WITH to have it created"
+                    ),
+                    topic.position,
+                ));
+            };
+            let n = partition_count(partitions)?;
+            self.inner
+                .broker
+                .create_topic(NewTopic::new(&topic_name, n))
+                .await?;
+        }
+        Ok(info)
+    }
+
+    /// The tables a query can read: every stream and table, read from `start`.
+    fn context(&self, start: &StartFrom) -> Result<Context<'_>, SqlError> {
+        let state = self.inner.state.lock();
+        let mut tables: std::collections::HashMap<String, Arc<dyn TableSource>> =
+            std::collections::HashMap::new();
+        for (name, info) in &state.sources {
+            let source = info.source(&self.inner.broker, start.clone())?;
+            tables.insert(
+                name.clone(),
+                StreamTable::new(name.clone(), Arc::new(source)) as Arc<dyn TableSource>,
+            );
+        }
+        Ok(Context {
+            state: &self.inner.functions,
+            tables,
+            error: std::cell::RefCell::new(None),
+        })
+    }
+
+    fn start_from(properties: &BTreeMap<String, String>) -> StartFrom {
+        match properties.get(OFFSET_RESET).map(String::as_str) {
+            Some("earliest") => StartFrom::Earliest,
+            _ => StartFrom::Latest,
+        }
+    }
+
+    /// Plans a continuous query.
+    fn plan_streaming(
+        &self,
+        query: &StreamingQuery,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<(LogicalPlan, EmitMode), SqlError> {
+        let mut query = query.clone();
+        rewrite_window(&mut query)?;
+        let context = self.context(&Self::start_from(properties))?;
+        let plan = plan_query(&context, &query)?;
+        let emit = match query.emit {
+            Some(Emit::Final) => {
+                if query.window.is_none() {
+                    return Err(SqlError::plan(
+                        "EMIT FINAL needs a windowed aggregation (a WINDOW clause): a window's \
+                         final result is known when it closes",
+                        query.position,
+                    ));
+                }
+                EmitMode::Final
+            }
+            _ => EmitMode::Changes,
+        };
+        Ok((plan, emit))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_as(
+        &self,
+        kind: SourceKind,
+        name: &str,
+        with: &[Property],
+        query: &StreamingQuery,
+        id: &str,
+        text: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<String, SqlError> {
+        check_properties(
+            with,
+            &[
+                "KAFKA_TOPIC",
+                "VALUE_FORMAT",
+                "KEY_FORMAT",
+                "FORMAT",
+                "PARTITIONS",
+                "REPLICAS",
+            ],
+        )?;
+        let get = |n: &str| with.iter().find(|p| p.name == n);
+        let mut query = query.clone();
+        if kind == SourceKind::Table {
+            select_window_bounds(&mut query);
+        }
+        let query = &query;
+        let (plan, emit) = self.plan_streaming(query, properties)?;
+        let output = plan.schema().as_arrow().clone();
+        let key = output_key(&plan);
+        let is_table = find_aggregate(&plan).is_some();
+        if kind == SourceKind::Table && !is_table {
+            return Err(SqlError::plan(
+                "CREATE TABLE … AS SELECT needs an aggregation (GROUP BY): a query without one is \
+                 a stream; write CREATE STREAM … AS SELECT",
+                query.position,
+            ));
+        }
+        if kind == SourceKind::Stream && is_table {
+            return Err(SqlError::plan(
+                "an aggregation (GROUP BY) gives a table: write CREATE TABLE … AS SELECT",
+                query.position,
+            ));
+        }
+        if is_table && key.is_empty() {
+            return Err(SqlError::plan(
+                "a table's query must select its GROUP BY columns: they are the table's key",
+                query.position,
+            ));
+        }
+        let mut key_columns = Vec::new();
+        let mut value_columns = Vec::new();
+        for f in output.fields() {
+            if f.name() == DELETED {
+                continue;
+            }
+            if matches!(f.name().as_str(), ROWPARTITION | ROWOFFSET | ROWHEADERS) {
+                continue;
+            }
+            if key.contains(f.name()) {
+                key_columns.push(declared_field(f));
+            } else if f.name() != ROWTIME {
+                value_columns.push(declared_field(f));
+            }
+        }
+        let topic = get("KAFKA_TOPIC").map_or_else(|| name.to_owned(), |p| p.value.text());
+        let key_default =
+            if key_columns.len() == 1 && kafka_type(key_columns[0].data_type()).is_some() {
+                FormatName::Kafka
+            } else if key_columns.is_empty() {
+                FormatName::None
+            } else {
+                FormatName::Json
+            };
+        let format = |k: &str, default| match get(k).or_else(|| get("FORMAT")) {
+            None => Ok(default),
+            Some(p) => FormatName::parse(&p.value.text()).ok_or_else(|| {
+                SqlError::plan(
+                    format!(
+                        "{}='{}' is not a format; use JSON, DELIMITED or KAFKA",
+                        p.name,
+                        p.value.text()
+                    ),
+                    p.position,
+                )
+            }),
+        };
+        let info = SourceInfo {
+            kind,
+            name: name.to_owned(),
+            topic: topic.clone(),
+            key_columns,
+            value_columns,
+            key_format: format("KEY_FORMAT", key_default)?,
+            value_format: format("VALUE_FORMAT", FormatName::Json)?,
+            delimiter: b',',
+            timestamp: None,
+            written_by: Some(id.to_owned()),
+            statement: text.to_owned(),
+        };
+        info.formats()
+            .map_err(|m| SqlError::plan(m, query.position))?;
+        if self.inner.broker.partition_count(&topic).is_err() {
+            let partitions = match get("PARTITIONS") {
+                Some(p) => partition_count(p)?,
+                None => self.input_partitions(&plan).unwrap_or(1),
+            };
+            self.inner
+                .broker
+                .create_topic(NewTopic::new(&topic, partitions))
+                .await?;
+        }
+        self.start_persistent(id, text, &info, &plan, emit).await?;
+        self.inner
+            .state
+            .lock()
+            .sources
+            .insert(name.to_owned(), info);
+        Ok(format!(
+            "{} '{name}' created over topic '{topic}', written by query {id}",
+            title(kind)
+        ))
+    }
+
+    /// The most partitions of the topics a plan reads (its output's default partitioning).
+    fn input_partitions(&self, plan: &LogicalPlan) -> Option<i32> {
+        let mut most = None;
+        let _ = plan.apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Some(info) = self.inner.state.lock().sources.get(scan.table_name.table())
+                && let Ok(n) = self.inner.broker.partition_count(&info.topic)
+            {
+                most = Some(most.map_or(n, |m: i32| m.max(n)));
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        most
+    }
+
+    async fn start_persistent(
+        &self,
+        id: &str,
+        text: &str,
+        info: &SourceInfo,
+        plan: &LogicalPlan,
+        emit: EmitMode,
+    ) -> Result<(), SqlError> {
+        let format = info.topic_format().map_err(SqlError::runtime)?;
+        let sink = TopicSink::new(&self.inner.broker, &info.topic, format);
+        let storage = CheckpointStorage::local(&self.inner.checkpoints)?;
+        let options = QueryOptions {
+            plan: PlanOptions { emit },
+            checkpoint: Some(CheckpointConfig::exactly_once(storage)),
+            ..QueryOptions::default()
+        };
+        let query = Query::new(id, plan, vec![Box::new(sink)], options)?;
+        let handle = self.inner.runtime.start(query).await?;
+        self.inner.state.lock().queries.insert(
+            id.to_owned(),
+            Persistent {
+                sql: text.to_owned(),
+                sink: info.name.clone(),
+                handle: Some(handle),
+            },
+        );
+        Ok(())
+    }
+
+    async fn select(
+        &self,
+        query: &StreamingQuery,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Output, SqlError> {
+        if query.emit.is_none() {
+            return self.history(query).await;
+        }
+        let (plan, emit) = self.plan_streaming(query, properties)?;
+        let (tx, rx) = mpsc::channel(16);
+        let options = QueryOptions {
+            plan: PlanOptions { emit },
+            poll_wait: Duration::from_millis(50),
+            ..QueryOptions::default()
+        };
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let schema = match schema.index_of(DELETED) {
+            Ok(i) => {
+                let mut fields: Vec<FieldRef> = schema.fields().iter().cloned().collect();
+                fields.remove(i);
+                Arc::new(Schema::new(fields))
+            }
+            Err(_) => schema,
+        };
+        let sink = ChannelSink { tx: tx.clone() };
+        let q = Query::new("push", &plan, vec![Box::new(sink)], options)?;
+        let handle = self.inner.runtime.start(q).await?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx => {
+                    let _ = handle.stop().await;
+                }
+                _ = tx.closed() => {}
+            }
+        });
+        Ok(Output::Push(PushQuery {
+            schema,
+            rows: rx,
+            limit: query.limit,
+            sent: 0,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }))
+    }
+
+    /// A query without EMIT: over the streams' history and the tables' current rows, as
+    /// one batch query.
+    async fn history(&self, query: &StreamingQuery) -> Result<Output, SqlError> {
+        if let Some((_, position)) = query.window {
+            return Err(SqlError::plan(
+                "a WINDOW clause makes a continuous query: add EMIT CHANGES (or EMIT FINAL)",
+                position,
+            ));
+        }
+        let mut tables: std::collections::HashMap<String, Arc<dyn TableSource>> =
+            std::collections::HashMap::new();
+        let sources: Vec<SourceInfo> = self.inner.state.lock().sources.values().cloned().collect();
+        // Only the sources the query names are read.
+        let named = names_in(&query.query);
+        for info in sources.iter().filter(|s| named.contains(&s.name)) {
+            let batch = self.read_all(info).await?;
+            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+            tables.insert(info.name.clone(), batch_source(Arc::new(table)));
+        }
+        for info in sources.iter().filter(|s| !named.contains(&s.name)) {
+            let schema = Arc::new(info.schema());
+            let table = MemTable::try_new(schema, vec![vec![]])?;
+            tables.insert(info.name.clone(), batch_source(Arc::new(table)));
+        }
+        let context = Context {
+            state: &self.inner.functions,
+            tables,
+            error: std::cell::RefCell::new(None),
+        };
+        let mut q = query.clone();
+        if let Some(limit) = q.limit.take() {
+            q.query.limit_clause = Some(sqlparser::ast::LimitClause::LimitOffset {
+                limit: Some(sqlparser::ast::Expr::value(sqlparser::ast::Value::Number(
+                    limit.to_string(),
+                    false,
+                ))),
+                offset: None,
+                limit_by: vec![],
+            });
+        }
+        let plan = plan_query(&context, &q)?;
+        let state = &self.inner.functions;
+        let plan = state.optimize(&plan)?;
+        let physical = state.create_physical_plan(&plan).await?;
+        let schema = physical.schema();
+        let batches = collect(physical, state.task_ctx()).await?;
+        Ok(Output::Rows { schema, batches })
+    }
+
+    /// A source's records up to now, decoded; a table's as its current rows (latest per key,
+    /// deleted keys left out).
+    async fn read_all(&self, info: &SourceInfo) -> Result<RecordBatch, SqlError> {
+        let (key, value) = info.formats().map_err(SqlError::runtime)?;
+        let decoder = match info.kind {
+            SourceKind::Stream => RecordDecoder::new(key, value, info.timestamp.as_deref())?,
+            SourceKind::Table => RecordDecoder::table(key, value, None)?,
+        };
+        let schema = decoder.schema();
+        let mut batches = Vec::new();
+        // Committed records only: a persistent query's output holds aborted transactions.
+        let mut reader = self.inner.broker.topic_reader(
+            &info.topic,
+            StartAt::Earliest,
+            ReaderOptions {
+                isolation: Isolation::ReadCommitted,
+                ..ReaderOptions::default()
+            },
+        )?;
+        loop {
+            let read = reader.next_batches(Duration::ZERO).await?;
+            if read.is_empty() {
+                break;
+            }
+            for b in &read {
+                let decoded = decoder.decode(b.partition, &b.records)?;
+                if decoded.batch.num_rows() > 0 {
+                    batches.push(decoded.batch);
+                }
+            }
+        }
+        let all = quiver_engine::arrow::compute::concat_batches(&schema, &batches)?;
+        if info.kind == SourceKind::Stream {
+            return Ok(all);
+        }
+        latest_per_key(&all, &info.key_columns)
+    }
+
+    async fn insert_values(
+        &self,
+        target: &sqlparser::ast::Ident,
+        columns: &[sqlparser::ast::Ident],
+        rows: &[Vec<sqlparser::ast::Expr>],
+        position: Position,
+    ) -> Result<Output, SqlError> {
+        let name = normalize(target);
+        let Some(info) = self.inner.state.lock().sources.get(&name).cloned() else {
+            return Err(self.unknown(&name, Position::from(target.span.start)));
+        };
+        let schema = info.schema();
+        let names: Vec<String> = if columns.is_empty() {
+            schema.fields().iter().map(|f| f.name().clone()).collect()
+        } else {
+            columns.iter().map(normalize).collect()
+        };
+        for n in &names {
+            if schema.field_with_name(n).is_err() {
+                return Err(SqlError::plan(
+                    format!("'{name}' has no column '{n}'"),
+                    position,
+                ));
+            }
+        }
+        // The rows as a VALUES query, typed by DataFusion, then cast to the columns.
+        let values = sqlparser::ast::Values {
+            explicit_row: false,
+            value_keyword: false,
+            rows: rows
+                .iter()
+                .map(|r| sqlparser::ast::Parens::with_empty_span(r.clone()))
+                .collect(),
+        };
+        for (i, row) in rows.iter().enumerate() {
+            if row.len() != names.len() {
+                return Err(SqlError::plan(
+                    format!(
+                        "row {} has {} values for {} columns ({})",
+                        i + 1,
+                        row.len(),
+                        names.len(),
+                        names.join(", ")
+                    ),
+                    position,
+                ));
+            }
+        }
+        let query = StreamingQuery {
+            query: Box::new(sqlparser::ast::Query {
+                with: None,
+                body: Box::new(sqlparser::ast::SetExpr::Values(values)),
+                order_by: None,
+                limit_clause: None,
+                fetch: None,
+                locks: vec![],
+                for_clause: None,
+                settings: None,
+                format_clause: None,
+                pipe_operators: vec![],
+            }),
+            window: None,
+            emit: None,
+            limit: None,
+            position,
+        };
+        let context = Context {
+            state: &self.inner.functions,
+            tables: Default::default(),
+            error: std::cell::RefCell::new(None),
+        };
+        let plan = plan_query(&context, &query)?;
+        let state = &self.inner.functions;
+        let physical = state.create_physical_plan(&plan).await?;
+        let batches = collect(physical, state.task_ctx()).await?;
+        let mut written = 0;
+        let format = info.topic_format().map_err(SqlError::runtime)?;
+        let mut sink = TopicSink::new(&self.inner.broker, &info.topic, format);
+        sink.open(Arc::new(schema.clone())).await?;
+        for b in batches {
+            let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+            for f in schema.fields() {
+                let column = match names.iter().position(|n| n == f.name()) {
+                    Some(i) => {
+                        let a = b.column(i);
+                        quiver_engine::arrow::compute::cast(a, f.data_type()).map_err(|e| {
+                            SqlError::plan(
+                                format!(
+                                    "a value for '{}' is not a {}: {e}",
+                                    f.name(),
+                                    sql_name(f.data_type())
+                                ),
+                                position,
+                            )
+                        })?
+                    }
+                    None => {
+                        quiver_engine::arrow::array::new_null_array(f.data_type(), b.num_rows())
+                    }
+                };
+                arrays.push(column);
+            }
+            let nullable = Arc::new(Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            ));
+            let batch = RecordBatch::try_new(nullable, arrays)?;
+            written += batch.num_rows();
+            sink.write(batch).await?;
+        }
+        Ok(Output::Message(format!(
+            "{written} row{} inserted into '{name}'",
+            if written == 1 { "" } else { "s" }
+        )))
+    }
+
+    fn print(
+        &self,
+        topic: &str,
+        from_beginning: bool,
+        limit: Option<u64>,
+        position: Position,
+    ) -> Result<Output, SqlError> {
+        let partitions = self.inner.broker.partition_count(topic).map_err(|_| {
+            SqlError::plan(
+                format!("no topic named '{topic}' (SHOW TOPICS lists them)"),
+                position,
+            )
+        })?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("rowtime", DataType::Utf8, false),
+            Field::new("partition", DataType::Utf8, false),
+            Field::new("offset", DataType::Utf8, false),
+            Field::new("key", DataType::Utf8, true),
+            Field::new("value", DataType::Utf8, true),
+        ]));
+        let (tx, rx) = mpsc::channel(16);
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let broker = self.inner.broker.clone();
+        let topic = topic.to_owned();
+        let out_schema = schema.clone();
+        let task = tokio::spawn(async move {
+            let mut next = Vec::with_capacity(partitions as usize);
+            for p in 0..partitions {
+                let offsets = match broker.offsets(&topic, p) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = tx.send(Err(SqlError::from(e))).await;
+                        return;
+                    }
+                };
+                next.push(if from_beginning {
+                    offsets.log_start_offset
+                } else {
+                    offsets.high_watermark
+                });
+            }
+            loop {
+                let mut any = false;
+                for p in 0..partitions {
+                    let read = match broker.read(&topic, p, next[p as usize], 1 << 20) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Err(SqlError::from(e))).await;
+                            return;
+                        }
+                    };
+                    next[p as usize] = read.next_offset;
+                    for b in &read.batches {
+                        let Ok(records) = batch_to_records(&b.records) else {
+                            continue;
+                        };
+                        any |= !records.is_empty();
+                        let text = |v: &Option<bytes::Bytes>| {
+                            v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())
+                        };
+                        let columns: Vec<ArrayRef> = vec![
+                            Arc::new(StringArray::from_iter_values(
+                                records.iter().map(|r| chrono_like(r.timestamp_ms)),
+                            )),
+                            Arc::new(StringArray::from_iter_values(
+                                records.iter().map(|_| p.to_string()),
+                            )),
+                            Arc::new(StringArray::from_iter_values(
+                                records.iter().map(|r| r.offset.to_string()),
+                            )),
+                            Arc::new(StringArray::from_iter(records.iter().map(|r| text(&r.key)))),
+                            Arc::new(StringArray::from_iter(
+                                records.iter().map(|r| text(&r.value)),
+                            )),
+                        ];
+                        match RecordBatch::try_new(out_schema.clone(), columns) {
+                            Ok(batch) => {
+                                if tx.send(Ok(batch)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(SqlError::from(e))).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                if !any {
+                    tokio::select! {
+                        _ = &mut stop_rx => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        });
+        Ok(Output::Push(PushQuery {
+            schema,
+            rows: rx,
+            limit,
+            sent: 0,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }))
+    }
+
+    fn show(&self, what: ShowWhat, properties: &BTreeMap<String, String>) -> Output {
+        let state = self.inner.state.lock();
+        match what {
+            ShowWhat::Streams | ShowWhat::Tables => {
+                let kind = if what == ShowWhat::Streams {
+                    SourceKind::Stream
+                } else {
+                    SourceKind::Table
+                };
+                let rows: Vec<&SourceInfo> =
+                    state.sources.values().filter(|s| s.kind == kind).collect();
+                table(
+                    &["name", "topic", "key_format", "value_format"],
+                    rows.iter()
+                        .map(|s| {
+                            vec![
+                                s.name.clone(),
+                                s.topic.clone(),
+                                s.key_format.as_str().to_owned(),
+                                s.value_format.as_str().to_owned(),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+            ShowWhat::Topics => {
+                let mut topics = self.inner.broker.list_topics();
+                topics.retain(|t| !t.starts_with("__") && t != COMMAND_TOPIC);
+                topics.sort();
+                table(
+                    &["topic", "partitions"],
+                    topics
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.clone(),
+                                self.inner
+                                    .broker
+                                    .partition_count(t)
+                                    .map_or_else(|_| "?".into(), |n| n.to_string()),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+            ShowWhat::Queries => table(
+                &["query_id", "status", "sink", "sql"],
+                state
+                    .queries
+                    .iter()
+                    .map(|(id, q)| {
+                        let status = match &q.handle {
+                            Some(h) if h.is_finished() => "FAILED",
+                            Some(_) => "RUNNING",
+                            None => "STOPPED",
+                        };
+                        vec![id.clone(), status.into(), q.sink.clone(), q.sql.clone()]
+                    })
+                    .collect(),
+            ),
+            ShowWhat::Properties => {
+                let mut all: BTreeMap<String, String> = BTreeMap::new();
+                all.insert(OFFSET_RESET.into(), "latest".into());
+                all.extend(properties.clone());
+                table(
+                    &["property", "value"],
+                    all.into_iter().map(|(k, v)| vec![k, v]).collect(),
+                )
+            }
+        }
+    }
+
+    fn describe(&self, info: &SourceInfo, extended: bool) -> Output {
+        let mut rows: Vec<Vec<String>> =
+            vec![vec![ROWTIME.into(), "TIMESTAMP (record time)".into()]];
+        let key = match info.kind {
+            SourceKind::Stream => "(key)",
+            SourceKind::Table => "(primary key)",
+        };
+        for f in &info.key_columns {
+            rows.push(vec![
+                f.name().clone(),
+                format!("{} {key}", sql_name(f.data_type())),
+            ]);
+        }
+        for f in &info.value_columns {
+            let t = sql_name(f.data_type());
+            let t = if info.timestamp.as_deref() == Some(f.name()) {
+                format!("{t} (event time)")
+            } else {
+                t
+            };
+            rows.push(vec![f.name().clone(), t]);
+        }
+        if extended {
+            rows.push(vec![String::new(), String::new()]);
+            rows.push(vec!["type".into(), info.kind.to_string()]);
+            rows.push(vec!["topic".into(), info.topic.clone()]);
+            rows.push(vec!["key format".into(), info.key_format.as_str().into()]);
+            rows.push(vec![
+                "value format".into(),
+                info.value_format.as_str().into(),
+            ]);
+            if let Some(q) = &info.written_by {
+                rows.push(vec!["written by".into(), q.clone()]);
+            }
+            let statement: Vec<&str> = info.statement.split_whitespace().collect();
+            rows.push(vec!["statement".into(), statement.join(" ")]);
+        }
+        table(&["field", "type"], rows)
+    }
+
+    /// Stops every persistent query (they resume from their checkpoints at the next open).
+    pub async fn shutdown(&self) -> Result<(), SqlError> {
+        let handles: Vec<QueryHandle> = self
+            .inner
+            .state
+            .lock()
+            .queries
+            .values_mut()
+            .filter_map(|q| q.handle.take())
+            .collect();
+        for h in handles {
+            h.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+fn title(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Stream => "Stream",
+        SourceKind::Table => "Table",
+    }
+}
+
+/// A timestamp in milliseconds as ISO-8601 UTC.
+fn chrono_like(ms: i64) -> String {
+    quiver_engine::arrow::array::TimestampMillisecondArray::from(vec![ms])
+        .value_as_datetime(0)
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        )
+}
+
+fn partition_count(p: &Property) -> Result<i32, SqlError> {
+    match &p.value {
+        PropertyValue::Number(n) => match n.parse::<i32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(SqlError::plan(
+                format!("PARTITIONS is a whole number above 0, not {n}"),
+                p.position,
+            )),
+        },
+        other => Err(SqlError::plan(
+            format!(
+                "PARTITIONS is a whole number above 0, not '{}'",
+                other.text()
+            ),
+            p.position,
+        )),
+    }
+}
+
+fn check_properties(with: &[Property], known: &[&str]) -> Result<(), SqlError> {
+    for p in with {
+        if known.contains(&p.name.as_str()) {
+            continue;
+        }
+        let hint = crate::did_you_mean(&p.name, known.iter().copied())
+            .map(|s| format!("; did you mean {s}?"))
+            .unwrap_or_default();
+        return Err(SqlError::plan(
+            format!(
+                "unknown property {}{hint} (known: {})",
+                p.name,
+                known.join(", ")
+            ),
+            p.position,
+        ));
+    }
+    if let Some(r) = with.iter().find(|p| p.name == "REPLICAS")
+        && r.value.text() != "1"
+    {
+        return Err(SqlError::plan(
+            format!(
+                "REPLICAS={} needs a cluster; this broker keeps one replica",
+                r.value.text()
+            ),
+            r.position,
+        ));
+    }
+    Ok(())
+}
+
+/// The aggregation of a plan, under its projections and HAVING filter.
+fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
+    match plan {
+        LogicalPlan::Aggregate(a) => Some(a),
+        LogicalPlan::Projection(p) => find_aggregate(&p.input),
+        LogicalPlan::Filter(f) => find_aggregate(&f.input),
+        LogicalPlan::SubqueryAlias(s) => find_aggregate(&s.input),
+        _ => None,
+    }
+}
+
+/// The output columns that are the aggregation's keys (its GROUP BY columns and the window
+/// start): a table's primary key.
+fn output_key(plan: &LogicalPlan) -> Vec<String> {
+    let Some(aggregate) = find_aggregate(plan) else {
+        return Vec::new();
+    };
+    let groups: Vec<String> = aggregate
+        .schema
+        .fields()
+        .iter()
+        .take(aggregate.group_expr.len())
+        .map(|f| f.name().clone())
+        .collect();
+    let LogicalPlan::Projection(projection) = plan else {
+        return groups;
+    };
+    let mut key = Vec::new();
+    for (expr, field) in projection.expr.iter().zip(projection.schema.fields()) {
+        let inner = match expr {
+            datafusion::logical_expr::Expr::Alias(a) => a.expr.as_ref(),
+            e => e,
+        };
+        let is_key = match inner {
+            datafusion::logical_expr::Expr::Column(c) => groups.contains(&c.name),
+            datafusion::logical_expr::Expr::ScalarFunction(f) if f.name() == "get_field" => {
+                matches!(
+                    (f.args.first(), f.args.get(1)),
+                    (
+                        Some(datafusion::logical_expr::Expr::Column(c)),
+                        Some(datafusion::logical_expr::Expr::Literal(v, _))
+                    ) if groups.contains(&c.name) && v.to_string() == "start"
+                )
+            }
+            _ => false,
+        };
+        if is_key {
+            key.push(field.name().clone());
+        }
+    }
+    key
+}
+
+/// `INSERT INTO s SELECT …` writes the query's columns by name: each must be one of the
+/// stream's, with a type that casts.
+fn check_columns(
+    plan: &LogicalPlan,
+    info: &SourceInfo,
+    position: Position,
+) -> Result<(), SqlError> {
+    let schema = info.schema();
+    for f in plan.schema().fields() {
+        if matches!(
+            f.name().as_str(),
+            ROWTIME | ROWPARTITION | ROWOFFSET | ROWHEADERS
+        ) {
+            continue;
+        }
+        match schema.field_with_name(f.name()) {
+            Ok(target)
+                if quiver_engine::arrow::compute::can_cast_types(
+                    f.data_type(),
+                    target.data_type(),
+                ) => {}
+            Ok(target) => {
+                return Err(SqlError::plan(
+                    format!(
+                        "the query's '{}' is {}, but '{}' has it as {}",
+                        f.name(),
+                        sql_name(f.data_type()),
+                        info.name,
+                        sql_name(target.data_type())
+                    ),
+                    position,
+                ));
+            }
+            Err(_) => {
+                return Err(SqlError::plan(
+                    format!("'{}' has no column '{}'", info.name, f.name()),
+                    position,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The table names a query mentions (to read only those for a history query).
+fn names_in(query: &sqlparser::ast::Query) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = sqlparser::ast::visit_relations(query, |name| {
+        out.push(crate::parser::normalize_object(name));
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// A table's changelog folded to its current rows: the last row per key, unless it deletes.
+fn latest_per_key(all: &RecordBatch, key: &[FieldRef]) -> Result<RecordBatch, SqlError> {
+    use quiver_engine::arrow::row::{RowConverter, SortField};
+    let schema = all.schema();
+    let columns: Vec<ArrayRef> = key
+        .iter()
+        .map(|f| schema.index_of(f.name()).map(|i| all.column(i).clone()))
+        .collect::<Result<_, _>>()?;
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(&columns)?;
+    let mut last: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for i in 0..all.num_rows() {
+        last.insert(rows.row(i).as_ref().to_vec(), i);
+    }
+    let deleted = schema.index_of(DELETED).ok().and_then(|i| {
+        all.column(i)
+            .as_any()
+            .downcast_ref::<quiver_engine::arrow::array::BooleanArray>()
+            .cloned()
+    });
+    let mut keep: Vec<u32> = last
+        .into_values()
+        .filter(|i| deleted.as_ref().is_none_or(|d| !d.value(*i)))
+        .map(|i| i as u32)
+        .collect();
+    keep.sort_unstable();
+    let taken = quiver_engine::arrow::compute::take_record_batch(
+        all,
+        &quiver_engine::arrow::array::UInt32Array::from(keep),
+    )?;
+    Ok(strip_deleted(taken)?)
+}
+
+/// One string column of lines.
+fn single_column(name: &str, lines: Vec<String>) -> Output {
+    table(&[name], lines.into_iter().map(|l| vec![l]).collect())
+}
+
+/// String columns of rows.
+fn table(columns: &[&str], rows: Vec<Vec<String>>) -> Output {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(*c, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<ArrayRef> = (0..columns.len())
+        .map(|i| {
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.get(i).cloned().unwrap_or_default()),
+            )) as ArrayRef
+        })
+        .collect();
+    match RecordBatch::try_new(schema.clone(), arrays) {
+        Ok(b) => Output::Rows {
+            schema,
+            batches: vec![b],
+        },
+        Err(e) => Output::Message(format!("cannot build the listing: {e}")),
+    }
+}

@@ -1,0 +1,616 @@
+//! Quiver SQL against an in-process broker: streams over topics, inserts, queries over history,
+//! push queries, persistent queries with windows, and their recovery after a restart from the
+//! command log and their checkpoints.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use quiver_broker::{Broker, BrokerConfig, Record};
+use quiver_engine::arrow::array::RecordBatch;
+use quiver_engine::arrow::util::display::{ArrayFormatter, FormatOptions};
+use quiver_sql::{ErrorKind, Output, SqlEngine};
+
+async fn open(dir: &std::path::Path) -> (Broker, SqlEngine) {
+    let broker = Broker::open(BrokerConfig {
+        data_dir: dir.to_owned(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let engine = SqlEngine::open(&broker, dir).await.unwrap();
+    (broker, engine)
+}
+
+/// Rows as lines of `a|b|c` (nulls as `null`).
+fn lines(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("null");
+    let mut out = Vec::new();
+    for b in batches {
+        let f: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                f.iter()
+                    .map(|f| f.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+async fn rows(engine: &SqlEngine, sql: &str) -> Vec<String> {
+    let mut out = engine.execute(sql).await.unwrap();
+    match out.pop() {
+        Some(Output::Rows { batches, .. }) => lines(&batches),
+        other => panic!("{sql}: not rows: {other:?}"),
+    }
+}
+
+async fn ok(engine: &SqlEngine, sql: &str) -> String {
+    let mut out = engine.execute(sql).await.unwrap();
+    match out.pop() {
+        Some(Output::Message(m)) => m,
+        other => panic!("{sql}: not a message: {other:?}"),
+    }
+}
+
+const PAGEVIEWS: &str = "CREATE STREAM pageviews (user_id STRING KEY, page STRING, ms BIGINT) \
+     WITH (KAFKA_TOPIC='pageviews', VALUE_FORMAT='JSON', PARTITIONS=2, TIMESTAMP='ms');";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_a_topic_answers_queries_over_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    assert!(ok(&engine, PAGEVIEWS).await.contains("created"));
+    // Records written by any producer are rows of the stream.
+    broker
+        .produce(
+            "pageviews",
+            &[Record::new(
+                5,
+                Some(b"carol"),
+                Some(br#"{"page": "/x", "ms": 4000}"#),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ok(
+            &engine,
+            "INSERT INTO pageviews (user_id, page, ms) VALUES ('alice', '/a', 1000), \
+             ('bob', '/b', 2000), ('alice', '/c', 3000);"
+        )
+        .await,
+        "3 rows inserted into 'pageviews'"
+    );
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT user_id, COUNT(*) AS views, MAX(ms) AS last FROM pageviews \
+             GROUP BY user_id ORDER BY user_id;"
+        )
+        .await,
+        ["alice|2|3000", "bob|1|2000", "carol|1|4000"]
+    );
+    // The event time is the TIMESTAMP column, and the usual functions work on it.
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT page, rowtime FROM pageviews WHERE rowtime >= TIMESTAMP '1970-01-01 00:00:02' \
+             ORDER BY rowtime LIMIT 2;"
+        )
+        .await,
+        ["/b|1970-01-01T00:00:02", "/c|1970-01-01T00:00:03"]
+    );
+    let described = rows(&engine, "DESCRIBE pageviews;").await;
+    assert_eq!(
+        described,
+        [
+            "rowtime|TIMESTAMP (record time)",
+            "user_id|STRING (key)",
+            "page|STRING",
+            "ms|BIGINT (event time)"
+        ]
+    );
+    assert_eq!(
+        rows(&engine, "SHOW STREAMS;").await,
+        ["pageviews|pageviews|KAFKA|JSON"]
+    );
+    assert!(
+        rows(&engine, "SHOW TOPICS;")
+            .await
+            .contains(&"pageviews|2".to_owned())
+    );
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_query_streams_rows_as_they_arrive_and_ends_at_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, PAGEVIEWS).await;
+    // From the latest offset by default: rows written before the query are not seen.
+    ok(&engine, "INSERT INTO pageviews VALUES ('old', '/old', 1);").await;
+    let mut out = engine
+        .execute("SELECT user_id, UPPER(page) AS page FROM pageviews WHERE page <> '/skip' EMIT CHANGES LIMIT 3;")
+        .await
+        .unwrap();
+    let Some(Output::Push(mut push)) = out.pop() else {
+        panic!("not a push query");
+    };
+    let writer = engine.clone();
+    tokio::spawn(async move {
+        for (user, page) in [
+            ("a", "/1"),
+            ("b", "/skip"),
+            ("c", "/2"),
+            ("d", "/3"),
+            ("e", "/4"),
+        ] {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            writer
+                .execute(&format!(
+                    "INSERT INTO pageviews VALUES ('{user}', '{page}', 10);"
+                ))
+                .await
+                .unwrap();
+        }
+    });
+    let mut got = Vec::new();
+    while let Some(batch) = tokio::time::timeout(Duration::from_secs(30), push.next())
+        .await
+        .unwrap()
+    {
+        got.extend(lines(&[batch.unwrap()]));
+    }
+    assert_eq!(got, ["a|/1", "c|/2", "d|/3"]);
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+/// Each (user, window)'s count as the output topic's changelog gives it, in order.
+async fn changelog(engine: &SqlEngine) -> BTreeMap<(String, String), Vec<i64>> {
+    let mut out: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    let all = rows(
+        engine,
+        "SELECT user_id, CAST(windowstart AS STRING), views FROM views_raw ORDER BY rowoffset;",
+    )
+    .await;
+    for line in all {
+        let parts: Vec<&str> = line.split('|').collect();
+        out.entry((parts[0].to_owned(), parts[1].to_owned()))
+            .or_default()
+            .push(parts[2].parse().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_table_query_resumes_after_a_restart_without_duplicates_or_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (broker, engine) = open(dir.path()).await;
+        ok(&engine, PAGEVIEWS).await;
+        ok(&engine, "SET 'auto.offset.reset' = 'earliest';").await;
+        ok(
+            &engine,
+            "INSERT INTO pageviews VALUES ('alice', '/a', 1000), ('bob', '/b', 2000), \
+             ('alice', '/c', 61000);",
+        )
+        .await;
+        let created = ok(
+            &engine,
+            "CREATE TABLE views_per_minute WITH (KAFKA_TOPIC='views_per_minute', PARTITIONS=2) AS \
+             SELECT user_id, COUNT(*) AS views FROM pageviews \
+             WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 1 HOUR) GROUP BY user_id EMIT CHANGES;",
+        )
+        .await;
+        assert!(created.contains("CTAS_VIEWS_PER_MINUTE_"), "{created}");
+        let described = rows(&engine, "DESCRIBE views_per_minute;").await;
+        assert_eq!(
+            described,
+            [
+                "rowtime|TIMESTAMP (record time)",
+                "user_id|STRING (primary key)",
+                "windowstart|TIMESTAMP (primary key)",
+                "views|BIGINT",
+                "windowend|TIMESTAMP"
+            ]
+        );
+        // A stream over the table's topic sees every update (the table itself, its latest).
+        ok(
+            &engine,
+            "CREATE STREAM views_raw (user_id STRING KEY, windowstart TIMESTAMP KEY, views BIGINT) \
+             WITH (KAFKA_TOPIC='views_per_minute', VALUE_FORMAT='JSON', KEY_FORMAT='JSON');",
+        )
+        .await;
+        wait_for_total(&engine, 3).await;
+        let running = rows(&engine, "SHOW QUERIES;").await;
+        assert_eq!(running.len(), 1, "{running:?}");
+        assert!(
+            running[0].contains("|RUNNING|views_per_minute|"),
+            "{running:?}"
+        );
+        engine.shutdown().await.unwrap();
+        broker.shutdown().await.unwrap();
+    }
+    // After the restart the command log brings the streams, the table and its query back.
+    let (broker, engine) = open(dir.path()).await;
+    assert_eq!(rows(&engine, "SHOW QUERIES;").await.len(), 1);
+    ok(
+        &engine,
+        "INSERT INTO pageviews VALUES ('bob', '/d', 3000), ('alice', '/e', 62000);",
+    )
+    .await;
+    wait_for_total(&engine, 5).await;
+    let log = changelog(&engine).await;
+    // Every update of a window's count is one more than the last: nothing counted twice,
+    // nothing skipped.
+    for (key, counts) in &log {
+        let want: Vec<i64> = (1..=counts.len() as i64).collect();
+        assert_eq!(counts, &want, "{key:?}: {log:?}");
+    }
+    let finals: Vec<i64> = log.values().map(|c| *c.last().unwrap()).collect();
+    assert_eq!(finals, [1, 2, 2], "{log:?}");
+    // The table's rows are its latest per key and window.
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT user_id, views FROM views_per_minute ORDER BY user_id, windowstart;"
+        )
+        .await,
+        ["alice|1", "alice|2", "bob|2"]
+    );
+    assert!(
+        ok(&engine, "TERMINATE ALL;")
+            .await
+            .contains("CTAS_VIEWS_PER_MINUTE_")
+    );
+    ok(&engine, "DROP TABLE views_per_minute;").await;
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+    drop((engine, broker));
+    // Dropped and terminated stay so.
+    let (broker, engine) = open(dir.path()).await;
+    assert!(rows(&engine, "SHOW QUERIES;").await.is_empty());
+    assert!(rows(&engine, "SHOW TABLES;").await.is_empty());
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+/// Waits until the table's output holds updates summing to `views` final views.
+async fn wait_for_total(engine: &SqlEngine, views: i64) {
+    let mut last = BTreeMap::new();
+    for _ in 0..300 {
+        last = changelog(engine).await;
+        let total: i64 = last.values().map(|c| *c.last().unwrap()).sum();
+        if total >= views {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the query's output never reached {views} views: {last:?}");
+}
+
+/// Bad statements: each gets a precise error at the right place, and the engine goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_statements_get_errors_with_their_position_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, PAGEVIEWS).await;
+    let cases: &[(&str, ErrorKind, &str, (u64, u64))] = &[
+        (
+            "SELEC * FROM pageviews;",
+            ErrorKind::Syntax,
+            "does not start a statement",
+            (1, 1),
+        ),
+        (
+            "SELECT * FROM pageview;",
+            ErrorKind::Statement,
+            "did you mean 'pageviews'",
+            (1, 15),
+        ),
+        (
+            "SELECT nope FROM pageviews;",
+            ErrorKind::Statement,
+            "nope",
+            (1, 8),
+        ),
+        (
+            "SELECT user_id FROM pageviews\n  WHERE bogus > 1;",
+            ErrorKind::Statement,
+            "bogus",
+            (2, 9),
+        ),
+        (
+            "CREATE STREAM s (a INT) WITH (KAFKA_TOPIK='s', VALUE_FORMAT='JSON');",
+            ErrorKind::Statement,
+            "did you mean KAFKA_TOPIC",
+            (1, 31),
+        ),
+        (
+            "CREATE STREAM s (a INT) WITH (KAFKA_TOPIC='missing', VALUE_FORMAT='JSON');",
+            ErrorKind::Statement,
+            "PARTITIONS",
+            (1, 31),
+        ),
+        (
+            "CREATE STREAM s (a INT) WITH (KAFKA_TOPIC='s', VALUE_FORMAT='XML', PARTITIONS=1);",
+            ErrorKind::Statement,
+            "not a format",
+            (1, 48),
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH (KAFKA_TOPIC='t', VALUE_FORMAT='JSON', PARTITIONS=1);",
+            ErrorKind::Statement,
+            "PRIMARY KEY",
+            (1, 1),
+        ),
+        (
+            "CREATE STREAM s (a INT PRIMARY KEY) WITH (KAFKA_TOPIC='s');",
+            ErrorKind::Syntax,
+            "a stream has no primary key",
+            (1, 18),
+        ),
+        (
+            "CREATE STREAM s (a WIDGET) WITH (KAFKA_TOPIC='s');",
+            ErrorKind::Statement,
+            "not supported",
+            (1, 18),
+        ),
+        (
+            "SELECT user_id, COUNT(*) FROM pageviews WINDOW TUMBLING (SIZE 0 FORTNIGHTS) \
+             GROUP BY user_id EMIT CHANGES;",
+            ErrorKind::Syntax,
+            "not a time unit",
+            (1, 65),
+        ),
+        (
+            "SELECT user_id, COUNT(*) FROM pageviews WINDOW HOPPING (SIZE 1 MINUTE) \
+             GROUP BY user_id EMIT CHANGES;",
+            ErrorKind::Syntax,
+            "Expected: ,",
+            (1, 70),
+        ),
+        (
+            "SELECT user_id FROM pageviews EMIT SOMETIMES;",
+            ErrorKind::Syntax,
+            "CHANGES or FINAL",
+            (1, 36),
+        ),
+        (
+            "SELECT user_id, WINDOWSTART FROM pageviews EMIT CHANGES;",
+            ErrorKind::Statement,
+            "WINDOW clause",
+            (1, 1),
+        ),
+        (
+            "SELECT user_id FROM pageviews EMIT FINAL;",
+            ErrorKind::Statement,
+            "EMIT FINAL needs a windowed aggregation",
+            (1, 1),
+        ),
+        (
+            "SELECT user_id FROM pageviews ORDER BY ms EMIT CHANGES;",
+            ErrorKind::Statement,
+            "ORDER BY cannot run on a stream",
+            (1, 1),
+        ),
+        (
+            "CREATE TABLE x AS SELECT user_id FROM pageviews;",
+            ErrorKind::Statement,
+            "needs an aggregation",
+            (1, 19),
+        ),
+        (
+            "DROP TABLE pageviews;",
+            ErrorKind::Statement,
+            "DROP STREAM pageviews",
+            (1, 12),
+        ),
+        (
+            "DROP STREAM nothing;",
+            ErrorKind::Statement,
+            "no stream or table named",
+            (1, 13),
+        ),
+        (
+            "DESCRIBE nothing;",
+            ErrorKind::Statement,
+            "no stream or table",
+            (1, 10),
+        ),
+        (
+            "TERMINATE CSAS_NOPE_1;",
+            ErrorKind::Statement,
+            "no running query",
+            (1, 1),
+        ),
+        (
+            "SHOW WIDGETS;",
+            ErrorKind::Syntax,
+            "STREAMS, TABLES",
+            (1, 6),
+        ),
+        (
+            "PRINT nothing;",
+            ErrorKind::Statement,
+            "no topic named",
+            (1, 1),
+        ),
+        (
+            "INSERT INTO pageviews (user_id, nope) VALUES ('a', 1);",
+            ErrorKind::Statement,
+            "no column 'nope'",
+            (1, 1),
+        ),
+        (
+            "INSERT INTO pageviews VALUES ('a');",
+            ErrorKind::Statement,
+            "1 values for 3 columns",
+            (1, 1),
+        ),
+        (
+            "SELECT 'unterminated FROM pageviews;",
+            ErrorKind::Syntax,
+            "Unterminated",
+            (1, 8),
+        ),
+        (
+            "SELECT * FROM pageviews WHERE;",
+            ErrorKind::Syntax,
+            "Expected",
+            (1, 30),
+        ),
+        (
+            "SET 'auto.offset.reset' = 'sometime';",
+            ErrorKind::Statement,
+            "earliest",
+            (1, 1),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (sql, kind, message, (line, column)) in cases {
+        match engine.execute(sql).await {
+            Ok(_) => failures.push(format!("{sql}: accepted")),
+            Err(e) => {
+                let position = e.position.map_or((0, 0), |p| (p.line, p.column));
+                if e.kind != *kind || !e.message.contains(message) || position != (*line, *column) {
+                    failures.push(format!(
+                        "{sql}\n  got {:?} at {position:?}: {}\n  want {kind:?} at ({line}, {column}) with '{message}'",
+                        e.kind, e.message
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Nothing was created or changed by the refused statements.
+    assert_eq!(rows(&engine, "SHOW STREAMS;").await.len(), 1);
+    assert!(rows(&engine, "SHOW TABLES;").await.is_empty());
+    assert!(rows(&engine, "SHOW QUERIES;").await.is_empty());
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_parser_reads_every_statement_kind() {
+    use quiver_sql::parser::{Emit, ShowWhat, SourceKind, Statement, WindowClause};
+    let script = "
+        CREATE OR REPLACE STREAM IF NOT EXISTS s (id BIGINT KEY, v STRING) WITH (kafka_topic='s', value_format='JSON');
+        CREATE TABLE t WITH (PARTITIONS=3) AS SELECT id, COUNT(*) FROM s
+          WINDOW HOPPING (SIZE 10 SECONDS, ADVANCE BY 5 SECONDS, GRACE PERIOD 1 MINUTE) GROUP BY id EMIT FINAL;
+        INSERT INTO s SELECT * FROM s2 EMIT CHANGES;
+        INSERT INTO s (id, v) VALUES (1, 'a'), (2, 'b');
+        SELECT * FROM s WINDOW SESSION (30 SECONDS) GROUP BY id EMIT CHANGES LIMIT 5;
+        SHOW STREAMS; LIST TOPICS; SHOW QUERIES; SHOW PROPERTIES; SHOW TABLES;
+        DESCRIBE EXTENDED s;
+        EXPLAIN SELECT * FROM s;
+        DROP TABLE IF EXISTS t DELETE TOPIC;
+        TERMINATE CTAS_T_1; TERMINATE ALL;
+        PRINT 's' FROM BEGINNING LIMIT 10;
+        SET 'auto.offset.reset' = 'earliest'; UNSET 'auto.offset.reset';
+        RUN SCRIPT 'more.sql'
+    ";
+    let parsed = quiver_sql::parse(script).unwrap();
+    assert_eq!(parsed.len(), 19);
+    assert!(matches!(
+        &parsed[0].statement,
+        Statement::CreateSource { kind: SourceKind::Stream, or_replace: true, if_not_exists: true, columns, properties, .. }
+            if columns.len() == 2 && columns[0].key && properties[0].name == "KAFKA_TOPIC"
+    ));
+    assert_eq!(parsed[0].position.line, 2);
+    match &parsed[1].statement {
+        Statement::CreateAs {
+            kind: SourceKind::Table,
+            query,
+            ..
+        } => {
+            assert_eq!(
+                query.window.map(|w| w.0),
+                Some(WindowClause::Hopping {
+                    size_ms: 10_000,
+                    advance_ms: 5_000,
+                    grace_ms: Some(60_000)
+                })
+            );
+            assert_eq!(query.emit, Some(Emit::Final));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&parsed[2].statement, Statement::InsertSelect { query, .. } if query.emit == Some(Emit::Changes))
+    );
+    assert!(
+        matches!(&parsed[3].statement, Statement::InsertValues { rows, columns, .. } if rows.len() == 2 && columns.len() == 2)
+    );
+    match &parsed[4].statement {
+        Statement::Select(q) => {
+            assert_eq!(
+                q.window.map(|w| w.0),
+                Some(WindowClause::Session {
+                    gap_ms: 30_000,
+                    grace_ms: None
+                })
+            );
+            assert_eq!(q.limit, Some(5));
+            assert!(q.query.limit_clause.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(parsed[5].statement, Statement::Show(ShowWhat::Streams));
+    assert_eq!(parsed[6].statement, Statement::Show(ShowWhat::Topics));
+    assert!(matches!(
+        &parsed[10].statement,
+        Statement::Describe { extended: true, .. }
+    ));
+    assert!(matches!(&parsed[11].statement, Statement::Explain(_)));
+    assert!(matches!(
+        &parsed[12].statement,
+        Statement::Drop {
+            kind: SourceKind::Table,
+            if_exists: true,
+            delete_topic: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        parsed[13].statement,
+        Statement::Terminate(Some("CTAS_T_1".into()))
+    );
+    assert_eq!(parsed[14].statement, Statement::Terminate(None));
+    assert_eq!(
+        parsed[15].statement,
+        Statement::Print {
+            topic: "s".into(),
+            from_beginning: true,
+            limit: Some(10)
+        }
+    );
+    assert_eq!(
+        parsed[16].statement,
+        Statement::Set {
+            name: "auto.offset.reset".into(),
+            value: "earliest".into()
+        }
+    );
+    assert_eq!(
+        parsed[17].statement,
+        Statement::Unset("auto.offset.reset".into())
+    );
+    assert_eq!(
+        parsed[18].statement,
+        Statement::RunScript("more.sql".into())
+    );
+    // The text of each statement is kept for the command log, without its ';'.
+    assert_eq!(parsed[13].text, "TERMINATE CTAS_T_1");
+}
