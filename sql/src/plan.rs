@@ -1,8 +1,8 @@
 //! From a parsed query to a DataFusion `LogicalPlan` over the catalog's streams and tables.
 //!
 //! DataFusion's own SQL planner (`SqlToRel`) does the work, with a context that resolves each
-//! name to the engine's [`StreamTable`] and knows every DataFusion function plus the engine's
-//! window functions. A `WINDOW` clause becomes a window call in `GROUP BY`
+//! name to the engine's [`quiver_engine::plan::StreamTable`] and knows every DataFusion
+//! function plus the engine's window functions. A `WINDOW` clause becomes a window call in `GROUP BY`
 //! (`tumble(rowtime, size, grace)`, see [`quiver_engine::window`]), and `WINDOWSTART` /
 //! `WINDOWEND` become the start and end fields of that call, so the engine's planner sees the
 //! same plan the DSL builds.
