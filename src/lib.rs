@@ -15,3 +15,5 @@ pub use quiver_engine as engine;
 pub use quiver_engine::dsl;
 /// The Kafka client, for any Kafka-compatible cluster.
 pub use quiver_kafka_client as kafka_client;
+/// Quiver SQL: the dialect, its planner and `SqlEngine`, which runs statements.
+pub use quiver_sql as sql;

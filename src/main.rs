@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod config;
 mod data_dir;
+mod http;
 mod server;
 mod signal;
 mod table;

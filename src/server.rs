@@ -42,6 +42,15 @@ pub struct ServerArgs {
     /// `quiver connect` would
     #[arg(long, value_name = "DIR")]
     pub connectors: Option<PathBuf>,
+
+    /// Port of the SQL HTTP API (POST /ksql, POST /query-stream; `quiver shell` and scripts
+    /// talk to it); 0 picks a free port, shown in the ready line
+    #[arg(long, value_name = "PORT", default_value_t = 8088)]
+    pub http_port: u16,
+
+    /// Address the SQL HTTP API listens on
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub http_host: std::net::IpAddr,
 }
 
 fn server_help() -> String {
@@ -99,15 +108,39 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
         .map(ToString::to_string)
         .collect();
     let advertised = kafka.advertised().to_string();
-    tracing::info!(data_dir = %dir.display(), topics, listeners = ?bound, %advertised, "broker open");
+    // SQL: the catalog and persistent queries come back from the command log first.
+    let sql = match quiver_sql::SqlEngine::open(&broker, &dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            broker.shutdown().await.ok();
+            bail!("cannot start SQL: {e}");
+        }
+    };
+    let http_addr = std::net::SocketAddr::new(args.http_host, args.http_port);
+    let http = match crate::http::bind(http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            sql.shutdown().await.ok();
+            broker.shutdown().await.ok();
+            return Err(e).context(format!(
+                "cannot start the SQL HTTP API on {http_addr}; is another server on that port? \
+                 (--http-port, 0 for a free one)"
+            ));
+        }
+    };
+    let http_bound = http
+        .local_addr()
+        .map_or_else(|_| http_addr.to_string(), |a| a.to_string());
+    tracing::info!(data_dir = %dir.display(), topics, listeners = ?bound, %advertised, sql = %http_bound, "broker open");
     println!(
-        "quiver server ready: Kafka on {} (advertised as {advertised}), data in {} ({topics} topic{}); stop with Ctrl-C",
+        "quiver server ready: Kafka on {} (advertised as {advertised}), SQL on http://{http_bound}, data in {} ({topics} topic{}); stop with Ctrl-C",
         bound.join(", "),
         dir.display(),
         if topics == 1 { "" } else { "s" }
     );
     let (stop_kafka, kafka_stopped) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(kafka.run(kafka_stopped));
+    let serving = tokio::spawn(kafka.run(kafka_stopped.clone()));
+    let http_serving = tokio::spawn(crate::http::serve(sql.clone(), http, kafka_stopped));
     let connectors = crate::commands::connect::Connectors::start(connectors, &broker);
 
     let why = signals.recv().await;
@@ -116,6 +149,11 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
     // (requests already read are answered), then the logs close.
     connectors.stop().await;
     stop_kafka.send_replace(true);
+    // Persistent queries stop at a last checkpoint; they resume from it at the next start.
+    if let Err(e) = sql.shutdown().await {
+        tracing::error!("stopping the persistent queries: {e}");
+    }
+    http_serving.abort();
     tokio::select! {
         _ = serving => {}
         why = signals.recv() => bail!(

@@ -492,6 +492,7 @@ async fn remote() {
             .arg("--data-dir")
             .arg(dir.path().join("cluster"))
             .args(["--listeners", "PLAINTEXT://127.0.0.1:0"])
+            .args(["--http-port", "0", "--http-host", "127.0.0.1"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())

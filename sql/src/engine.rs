@@ -217,16 +217,10 @@ impl SqlEngine {
                 order: tokio::sync::Mutex::new(()),
             }),
         };
-        if broker.partition_count(COMMAND_TOPIC).is_err() {
-            broker
-                .create_topic(
-                    NewTopic::new(COMMAND_TOPIC, 1)
-                        .with_config("retention.ms", "-1")
-                        .with_config("retention.bytes", "-1"),
-                )
-                .await?;
+        // The command topic is made by the first command, so a broker without SQL has none.
+        if broker.partition_count(COMMAND_TOPIC).is_ok() {
+            engine.replay().await?;
         }
-        engine.replay().await?;
         Ok(engine)
     }
 
@@ -320,7 +314,18 @@ impl SqlEngine {
 
     /// Runs one parsed statement (errors point into the script it was parsed from).
     pub async fn execute_parsed(&self, p: &Parsed) -> Result<Output, SqlError> {
-        let properties = self.inner.state.lock().properties.clone();
+        self.execute_with(p, &BTreeMap::new()).await
+    }
+
+    /// Runs one parsed statement with `overrides` on top of the properties `SET` gave (an HTTP
+    /// request's own, as ksqlDB's `streamsProperties`).
+    pub async fn execute_with(
+        &self,
+        p: &Parsed,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Output, SqlError> {
+        let mut properties = self.inner.state.lock().properties.clone();
+        properties.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
         let _order = self.inner.order.lock().await;
         self.run(p, &properties, None).await.map_err(|mut e| {
             // The engine's refusals are about the statement, which starts here.
@@ -337,6 +342,16 @@ impl SqlEngine {
         text: &str,
         properties: &BTreeMap<String, String>,
     ) -> Result<i64, SqlError> {
+        if self.inner.broker.partition_count(COMMAND_TOPIC).is_err() {
+            self.inner
+                .broker
+                .create_topic(
+                    NewTopic::new(COMMAND_TOPIC, 1)
+                        .with_config("retention.ms", "-1")
+                        .with_config("retention.bytes", "-1"),
+                )
+                .await?;
+        }
         let value = serde_json::json!({ "sql": text, "properties": properties }).to_string();
         let record = Record::new(quiver_broker::now_ms(), None, Some(value.as_bytes()));
         let offsets = self
@@ -352,6 +367,9 @@ impl SqlEngine {
 
     /// The offset the command will get, to name its query before it runs.
     fn next_command_offset(&self) -> Result<i64, SqlError> {
+        if self.inner.broker.partition_count(COMMAND_TOPIC).is_err() {
+            return Ok(0);
+        }
         Ok(self.inner.broker.offsets(COMMAND_TOPIC, 0)?.log_end_offset)
     }
 

@@ -250,10 +250,16 @@ impl Server {
         } else {
             &["--listeners", "PLAINTEXT://127.0.0.1:0"]
         };
+        let http: &[&str] = if args.contains(&"--http-port") {
+            &[]
+        } else {
+            &["--http-port", "0", "--http-host", "127.0.0.1"]
+        };
         let mut child = quiver()
             .arg("server")
             .args(args)
             .args(listeners)
+            .args(http)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

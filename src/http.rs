@@ -1,0 +1,300 @@
+//! The SQL HTTP API that `quiver server` serves (port 8088 by default), shaped like ksqlDB's:
+//!
+//! - `POST /ksql` with `{"ksql": "…;", "streamsProperties": {…}}` runs statements (not push
+//!   queries) and answers with one result per statement: `{"@type": "currentStatus",
+//!   "statementText", "commandStatus": {"status": "SUCCESS", "message"}}` or `{"@type": "rows",
+//!   "statementText", "columnNames", "columnTypes", "rows": [[…], …]}`.
+//! - `POST /query-stream` with `{"sql": "SELECT …;", "properties": {…}}` answers with newline-
+//!   delimited JSON: a header `{"queryId", "columnNames", "columnTypes"}`, then each row as an
+//!   array, as it comes for a push query (until its LIMIT or the client hangs up), at once for
+//!   a query over history.
+//! - `GET /info` and `GET /healthcheck`.
+//!
+//! A statement that fails gets status 400 (500 when the broker or engine failed) and
+//! `{"@type": "statement_error", "error_code", "message", "statementText", "line", "column"}`;
+//! the server goes on serving.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use quiver_engine::arrow::array::RecordBatch;
+use quiver_engine::arrow::datatypes::Schema;
+use quiver_sql::{ErrorKind, Output, SqlEngine, SqlError};
+use serde_json::{Value, json};
+
+/// Request bodies above this are refused (a statement is text; 1 MiB is plenty).
+const MAX_BODY: usize = 1 << 20;
+
+/// Binds `addr` and serves the API until `stop` turns true.
+pub async fn serve(
+    engine: SqlEngine,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/ksql", post(ksql))
+        .route("/query-stream", post(query_stream))
+        .route("/info", get(info))
+        .route("/healthcheck", get(health))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(engine);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+}
+
+/// Binds the API's listener (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+async fn info() -> Json<Value> {
+    Json(json!({
+        "KsqlServerInfo": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "serverStatus": "RUNNING",
+            "kafkaClusterId": "quiver",
+        }
+    }))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "isHealthy": true, "details": { "kafka": { "isHealthy": true } } }))
+}
+
+fn error(e: &SqlError, statement: &str) -> Response {
+    let (status, code) = match e.kind {
+        ErrorKind::Syntax | ErrorKind::Statement => (StatusCode::BAD_REQUEST, 40001),
+        ErrorKind::Runtime => (StatusCode::INTERNAL_SERVER_ERROR, 50000),
+    };
+    let mut body = json!({
+        "@type": "statement_error",
+        "error_code": code,
+        "message": e.message,
+        "statementText": statement,
+    });
+    if let Some(p) = e.position {
+        body["line"] = json!(p.line);
+        body["column"] = json!(p.column);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "@type": "generic_error", "error_code": 40000, "message": message })),
+    )
+        .into_response()
+}
+
+/// Request properties as strings (numbers and booleans as written).
+fn properties(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The body as JSON, or the message saying why it is not.
+fn body_json(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the request body is not JSON: {e}"))
+}
+
+async fn ksql(State(engine): State<SqlEngine>, body: axum::body::Bytes) -> Response {
+    let request = match body_json(&body) {
+        Ok(v) => v,
+        Err(m) => return bad_request(&m),
+    };
+    let Some(text) = request["ksql"].as_str() else {
+        return bad_request(r#"the body needs "ksql": the statements to run"#);
+    };
+    let overrides = properties(request.get("streamsProperties"));
+    let statements = match quiver_sql::parse(text) {
+        Ok(s) => s,
+        Err(e) => return error(&SqlError::from(e), text),
+    };
+    let mut results = Vec::with_capacity(statements.len());
+    for s in &statements {
+        match engine.execute_with(s, &overrides).await {
+            Ok(Output::Message(m)) => results.push(json!({
+                "@type": "currentStatus",
+                "statementText": s.text,
+                "commandStatus": { "status": "SUCCESS", "message": m },
+            })),
+            Ok(Output::Rows { schema, batches }) => {
+                let (names, types) = columns(&schema);
+                results.push(json!({
+                    "@type": "rows",
+                    "statementText": s.text,
+                    "columnNames": names,
+                    "columnTypes": types,
+                    "rows": rows(&batches),
+                }));
+            }
+            Ok(Output::Push(mut push)) => {
+                push.cancel().await;
+                return error(
+                    &SqlError {
+                        kind: ErrorKind::Statement,
+                        message: "a push query (EMIT CHANGES) or PRINT streams its rows: send it \
+                                  to /query-stream"
+                            .into(),
+                        position: Some(s.position),
+                    },
+                    &s.text,
+                );
+            }
+            Err(e) => return error(&e, &s.text),
+        }
+    }
+    Json(Value::Array(results)).into_response()
+}
+
+fn columns(schema: &Schema) -> (Vec<String>, Vec<String>) {
+    schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), quiver_sql::types::sql_name(f.data_type())))
+        .unzip()
+}
+
+/// Rows as JSON arrays, in column order (arrow's JSON encoding of each value).
+fn rows(batches: &[RecordBatch]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in batches {
+        let names: Vec<String> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut writer = quiver_engine::arrow::json::LineDelimitedWriter::new(Vec::new());
+        if writer.write(b).is_err() || writer.finish().is_err() {
+            continue;
+        }
+        let text = writer.into_inner();
+        for line in text.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            out.push(Value::Array(
+                names
+                    .iter()
+                    .map(|n| object.remove(n).unwrap_or(Value::Null))
+                    .collect(),
+            ));
+        }
+    }
+    out
+}
+
+async fn query_stream(State(engine): State<SqlEngine>, body: axum::body::Bytes) -> Response {
+    let request = match body_json(&body) {
+        Ok(v) => v,
+        Err(m) => return bad_request(&m),
+    };
+    let Some(text) = request["sql"].as_str() else {
+        return bad_request(r#"the body needs "sql": the query to run"#);
+    };
+    let overrides = properties(request.get("properties"));
+    let statements = match quiver_sql::parse(text) {
+        Ok(s) => s,
+        Err(e) => return error(&SqlError::from(e), text),
+    };
+    let [statement] = statements.as_slice() else {
+        return bad_request("send one query to /query-stream");
+    };
+    if !matches!(
+        statement.statement,
+        quiver_sql::Statement::Select(_) | quiver_sql::Statement::Print { .. }
+    ) {
+        return error(
+            &SqlError {
+                kind: ErrorKind::Statement,
+                message: "/query-stream runs SELECT and PRINT; send other statements to /ksql"
+                    .into(),
+                position: Some(statement.position),
+            },
+            &statement.text,
+        );
+    }
+    let output = match engine.execute_with(statement, &overrides).await {
+        Ok(o) => o,
+        Err(e) => return error(&e, &statement.text),
+    };
+    let header = |schema: &Schema| {
+        let (names, types) = columns(schema);
+        let mut line = json!({
+            "queryId": format!("transient_{}", quiver_broker::now_ms()),
+            "columnNames": names,
+            "columnTypes": types,
+        })
+        .to_string();
+        line.push('\n');
+        line
+    };
+    let ndjson = |values: Vec<Value>| {
+        let mut text = String::new();
+        for v in values {
+            text.push_str(&v.to_string());
+            text.push('\n');
+        }
+        text
+    };
+    let stream = match output {
+        Output::Rows { schema, batches } => {
+            let mut text = header(&schema);
+            text.push_str(&ndjson(rows(&batches)));
+            return ([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response();
+        }
+        Output::Message(m) => {
+            return Json(json!({ "message": m })).into_response();
+        }
+        Output::Push(push) => push,
+    };
+    let first = header(&stream.schema);
+    // Rows go out as they come; when the client hangs up, the body is dropped and with it the
+    // query (its reader closes, and the query stops).
+    let body =
+        futures::stream::unfold((stream, Some(first)), move |(mut push, first)| async move {
+            if let Some(h) = first {
+                return Some((Ok::<_, std::io::Error>(h), (push, None)));
+            }
+            match push.next().await {
+                Some(Ok(batch)) => Some((Ok(ndjson(rows(&[batch]))), (push, None))),
+                Some(Err(e)) => {
+                    let line = json!({ "@type": "error", "message": e.to_string() }).to_string();
+                    push.cancel().await;
+                    Some((Ok(format!("{line}\n")), (push, None)))
+                }
+                None => None,
+            }
+        });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}

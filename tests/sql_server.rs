@@ -1,0 +1,243 @@
+//! SQL over `quiver server`'s HTTP API with real Kafka clients around it: a stream over a topic
+//! that kcat produces JSON to, a windowed CTAS whose output kcat reads, and the persistent
+//! query going on after a graceful restart and after a `kill -9`, with no duplicates and no
+//! gaps. Bad statements get a JSON error with their position and the server keeps serving.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{COMMAND_TIMEOUT, DataDir, Server, bootstrap_of, run_bounded};
+
+/// `127.0.0.1:PORT` of the SQL API from the ready line (`…, SQL on http://ADDR, data in …`).
+fn sql_address(ready: &str) -> String {
+    let rest = ready
+        .split_once("SQL on http://")
+        .unwrap_or_else(|| panic!("no SQL address in: {ready}"))
+        .1;
+    rest.split(',').next().unwrap().to_owned()
+}
+
+/// An HTTP/1.0 request (the response ends when the connection closes): status and body.
+fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+fn ksql(address: &str, statements: &str) -> serde_json::Value {
+    let body = serde_json::json!({
+        "ksql": statements,
+        "streamsProperties": { "auto.offset.reset": "earliest" },
+    })
+    .to_string();
+    let (status, text) = http(address, "POST", "/ksql", &body);
+    assert_eq!(status, 200, "{statements}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn kcat(bootstrap: &str, args: &[&str], input: &str) -> String {
+    let mut cmd = Command::new("kcat");
+    cmd.args(["-b", bootstrap]).args(args);
+    let ran = run_bounded(cmd, input.as_bytes(), COMMAND_TIMEOUT);
+    assert!(ran.status.success(), "kcat {args:?}: {}", ran.stderr);
+    ran.stdout
+}
+
+/// Clicks at `minute` of 2026-01-01 for each of `users` in `region`.
+fn clicks(region: &str, minute: i64, users: &[&str]) -> String {
+    users
+        .iter()
+        .map(|u| {
+            let ts = 1_767_225_600_000 + minute * 60_000;
+            format!(r#"{u}|{{"region": "{region}", "ts": {ts}}}"#) + "\n"
+        })
+        .collect()
+}
+
+/// Each (region, window start)'s counts in the output topic, in the order they were written.
+fn counts(bootstrap: &str) -> BTreeMap<String, Vec<i64>> {
+    let out = kcat(
+        bootstrap,
+        &[
+            "-C",
+            "-t",
+            "clicks_per_region",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%s\n",
+        ],
+        "",
+    );
+    let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for line in out.lines() {
+        let (key, value) = line.split_once('\t').unwrap();
+        let value: serde_json::Value = serde_json::from_str(value).unwrap();
+        by_key
+            .entry(key.to_owned())
+            .or_default()
+            .push(value["clicks"].as_i64().unwrap());
+    }
+    by_key
+}
+
+/// Waits until the counts' latest values sum to `total`.
+fn wait_for(bootstrap: &str, total: i64) -> BTreeMap<String, Vec<i64>> {
+    let start = Instant::now();
+    loop {
+        let c = counts(bootstrap);
+        let sum: i64 = c.values().map(|v| *v.last().unwrap()).sum();
+        if sum >= total || start.elapsed() > Duration::from_secs(60) {
+            assert_eq!(sum, total, "{c:?}");
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_windowed_query_created_over_http_survives_restarts_and_kill_9_exactly_once() {
+    let data = DataDir::new();
+    let start = || Server::start(&["--data-dir", data.arg()], &[]);
+    let mut server = start();
+    let mut bootstrap = bootstrap_of(&server.ready);
+    let mut sql = sql_address(&server.ready);
+    let (status, health) = http(&sql, "GET", "/healthcheck", "");
+    assert_eq!(status, 200, "{health}");
+
+    let created = ksql(
+        &sql,
+        "CREATE STREAM clicks (user_id STRING KEY, region STRING, ts BIGINT) \
+           WITH (KAFKA_TOPIC='clicks', VALUE_FORMAT='JSON', PARTITIONS=2, TIMESTAMP='ts');
+         CREATE TABLE clicks_per_region AS SELECT region, COUNT(*) AS clicks FROM clicks \
+           WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 1 HOUR) GROUP BY region EMIT CHANGES;",
+    );
+    assert_eq!(created.as_array().unwrap().len(), 2, "{created}");
+    assert_eq!(
+        created[1]["commandStatus"]["status"], "SUCCESS",
+        "{created}"
+    );
+
+    kcat(
+        &bootstrap,
+        &["-P", "-t", "clicks", "-K", "|"],
+        &(clicks("eu", 0, &["a", "b"]) + &clicks("us", 0, &["c"])),
+    );
+    wait_for(&bootstrap, 3);
+
+    // A batch query over the stream's history, through the API.
+    let listed = ksql(
+        &sql,
+        "SELECT region, COUNT(*) AS n FROM clicks GROUP BY region ORDER BY region;",
+    );
+    assert_eq!(
+        listed[0]["rows"],
+        serde_json::json!([["eu", 2], ["us", 1]]),
+        "{listed}"
+    );
+
+    // A graceful restart: the query resumes from its checkpoint.
+    server.signal("TERM");
+    server.wait().ok();
+    server = start();
+    bootstrap = bootstrap_of(&server.ready);
+    sql = sql_address(&server.ready);
+    let queries = ksql(&sql, "SHOW QUERIES;");
+    assert_eq!(queries[0]["rows"][0][1], "RUNNING", "{queries}");
+    kcat(
+        &bootstrap,
+        &["-P", "-t", "clicks", "-K", "|"],
+        &(clicks("eu", 0, &["d"]) + &clicks("eu", 1, &["a"])),
+    );
+    wait_for(&bootstrap, 5);
+
+    // kill -9, then a start on the same data: still exactly once.
+    server.signal("KILL");
+    let killed = server.wait();
+    assert!(!killed.status.success());
+    let server = start();
+    let bootstrap = bootstrap_of(&server.ready);
+    kcat(
+        &bootstrap,
+        &["-P", "-t", "clicks", "-K", "|"],
+        &(clicks("us", 0, &["e"]) + &clicks("us", 1, &["f", "g"])),
+    );
+    let finals = wait_for(&bootstrap, 8);
+    // Counts only go up (a replayed record would repeat one, a lost one end lower) and end at
+    // the number of clicks.
+    for (key, c) in &finals {
+        assert!(c.windows(2).all(|w| w[0] < w[1]), "{key}: {finals:?}");
+    }
+    let last: Vec<i64> = finals.values().map(|c| *c.last().unwrap()).collect();
+    assert_eq!(last, [3, 1, 2, 2], "{finals:?}");
+
+    // A push query over HTTP streams rows, ending at its LIMIT.
+    let sql = sql_address(&server.ready);
+    let body = serde_json::json!({
+        "sql": "SELECT user_id, region FROM clicks WHERE region = 'us' EMIT CHANGES LIMIT 3;",
+        "properties": { "auto.offset.reset": "earliest" },
+    })
+    .to_string();
+    let (status, text) = http(&sql, "POST", "/query-stream", &body);
+    assert_eq!(status, 200, "{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0]["columnNames"],
+        serde_json::json!(["user_id", "region"]),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[1..].iter().all(|l| l[1] == "us"), "{text}");
+
+    // Bad statements: a JSON error with the position, and the server goes on.
+    let (status, text) = http(
+        &sql,
+        "POST",
+        "/ksql",
+        r#"{"ksql": "SELECT region,\n  nope FROM clicks;"}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+    let e: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(e["@type"], "statement_error", "{text}");
+    assert_eq!(
+        (e["line"].as_i64(), e["column"].as_i64()),
+        (Some(2), Some(3)),
+        "{text}"
+    );
+    for (body, want) in [
+        ("not json", "not JSON"),
+        (r#"{"sql": "SHOW STREAMS;"}"#, "needs \\\"ksql\\\""),
+        (
+            r#"{"ksql": "CREATE STREAM x (a INT) WITH (KAFKA_TOPIC='x');"}"#,
+            "VALUE_FORMAT",
+        ),
+    ] {
+        let (status, text) = http(&sql, "POST", "/ksql", body);
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(want), "{body}: {text}");
+    }
+    let (status, _) = http(&sql, "GET", "/info", "");
+    assert_eq!(status, 200);
+}
