@@ -389,23 +389,8 @@ impl SqlEngine {
                 properties: with,
             } => {
                 let name_s = normalize(name);
-                if let Some(existing) = self.inner.state.lock().sources.get(&name_s) {
-                    if *if_not_exists {
-                        return Ok(Output::Message(format!(
-                            "{} '{name_s}' already exists",
-                            existing.kind
-                        )));
-                    }
-                    if !or_replace {
-                        return Err(SqlError::plan(
-                            format!(
-                                "a {} named '{name_s}' already exists; DROP it first, or write \
-                                 CREATE OR REPLACE / IF NOT EXISTS",
-                                existing.kind.as_str().to_lowercase()
-                            ),
-                            Position::from(name.span.start),
-                        ));
-                    }
+                if let Some(done) = self.exists(&name_s, name, *if_not_exists, *or_replace)? {
+                    return Ok(done);
                 }
                 let info = self
                     .declare(*kind, &name_s, columns, with, &p.text, p.position)
@@ -431,22 +416,8 @@ impl SqlEngine {
                 query,
             } => {
                 let name_s = normalize(name);
-                if let Some(existing) = self.inner.state.lock().sources.get(&name_s) {
-                    if *if_not_exists {
-                        return Ok(Output::Message(format!(
-                            "{} '{name_s}' already exists",
-                            existing.kind
-                        )));
-                    }
-                    if !or_replace {
-                        return Err(SqlError::plan(
-                            format!(
-                                "a {} named '{name_s}' already exists; DROP it first",
-                                existing.kind.as_str().to_lowercase()
-                            ),
-                            Position::from(name.span.start),
-                        ));
-                    }
+                if let Some(done) = self.exists(&name_s, name, *if_not_exists, *or_replace)? {
+                    return Ok(done);
                 }
                 let offset = match replay {
                     Some(o) => o,
@@ -663,6 +634,38 @@ impl SqlEngine {
         }
     }
 
+    /// A name already in the catalog: `IF NOT EXISTS` makes the statement a no-op (its
+    /// message returned), `OR REPLACE` lets it go on, anything else is refused.
+    fn exists(
+        &self,
+        name_s: &str,
+        name: &sqlparser::ast::Ident,
+        if_not_exists: bool,
+        or_replace: bool,
+    ) -> Result<Option<Output>, SqlError> {
+        let state = self.inner.state.lock();
+        let Some(existing) = state.sources.get(name_s) else {
+            return Ok(None);
+        };
+        if if_not_exists {
+            return Ok(Some(Output::Message(format!(
+                "{} '{name_s}' already exists",
+                existing.kind
+            ))));
+        }
+        if or_replace {
+            return Ok(None);
+        }
+        Err(SqlError::plan(
+            format!(
+                "a {} named '{name_s}' already exists; DROP it first, or write CREATE OR \
+                 REPLACE / IF NOT EXISTS",
+                existing.kind.as_str().to_lowercase()
+            ),
+            Position::from(name.span.start),
+        ))
+    }
+
     fn unknown(&self, name: &str, position: Position) -> SqlError {
         let state = self.inner.state.lock();
         let hint = crate::did_you_mean(name, state.sources.keys().map(String::as_str))
@@ -755,14 +758,7 @@ impl SqlEngine {
                 position,
             ));
         }
-        let key_default =
-            if key_columns.len() == 1 && kafka_type(key_columns[0].data_type()).is_some() {
-                FormatName::Kafka
-            } else if key_columns.is_empty() {
-                FormatName::None
-            } else {
-                FormatName::Json
-            };
+        let key_default = key_format_for(&key_columns);
         let key_format = format_of("KEY_FORMAT", key_default)?;
         let value_format = match get("VALUE_FORMAT").or_else(|| get("FORMAT")) {
             Some(_) => format_of("VALUE_FORMAT", FormatName::Json)?,
@@ -964,14 +960,7 @@ impl SqlEngine {
             }
         }
         let topic = get("KAFKA_TOPIC").map_or_else(|| name.to_owned(), |p| p.value.text());
-        let key_default =
-            if key_columns.len() == 1 && kafka_type(key_columns[0].data_type()).is_some() {
-                FormatName::Kafka
-            } else if key_columns.is_empty() {
-                FormatName::None
-            } else {
-                FormatName::Json
-            };
+        let key_default = key_format_for(&key_columns);
         let format = |k: &str, default| match get(k).or_else(|| get("FORMAT")) {
             None => Ok(default),
             Some(p) => FormatName::parse(&p.value.text()).ok_or_else(|| {
@@ -1550,6 +1539,16 @@ impl SqlEngine {
             h.stop().await?;
         }
         Ok(())
+    }
+}
+
+/// The key format when none is given: KAFKA for one column it can hold, JSON for several, NONE
+/// without key columns.
+fn key_format_for(key_columns: &[FieldRef]) -> FormatName {
+    match key_columns {
+        [] => FormatName::None,
+        [one] if kafka_type(one.data_type()).is_some() => FormatName::Kafka,
+        _ => FormatName::Json,
     }
 }
 
