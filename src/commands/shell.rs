@@ -138,22 +138,33 @@ async fn run_statement(engine: &SqlEngine, statement: &Parsed) -> Result<(), Sql
     Ok(())
 }
 
-/// Rows as lines of cells separated by ` | `.
-fn lines(batch: &RecordBatch) -> Vec<String> {
+/// Each row's cells as text (nulls as `null`). A column arrow cannot format shows `?` rather
+/// than shifting the columns after it.
+fn cells(batch: &RecordBatch) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("null");
     let formatters: Vec<_> = batch
         .columns()
         .iter()
-        .filter_map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok())
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok())
         .collect();
     (0..batch.num_rows())
         .map(|i| {
             formatters
                 .iter()
-                .map(|f| f.value(i).to_string())
-                .collect::<Vec<_>>()
-                .join(" | ")
+                .map(|f| {
+                    f.as_ref()
+                        .map_or_else(|| "?".to_owned(), |f| f.value(i).to_string())
+                })
+                .collect()
         })
+        .collect()
+}
+
+/// Rows as lines of cells separated by ` | `.
+fn lines(batch: &RecordBatch) -> Vec<String> {
+    cells(batch)
+        .into_iter()
+        .map(|row| row.join(" | "))
         .collect()
 }
 
@@ -161,16 +172,8 @@ fn lines(batch: &RecordBatch) -> Vec<String> {
 fn render(schema: &quiver_engine::arrow::datatypes::Schema, batches: &[RecordBatch]) -> String {
     let header: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut table = Table::new(&header);
-    let options = FormatOptions::default().with_null("null");
-    for b in batches {
-        let formatters: Vec<_> = b
-            .columns()
-            .iter()
-            .filter_map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok())
-            .collect();
-        for i in 0..b.num_rows() {
-            table.row(formatters.iter().map(|f| f.value(i).to_string()).collect());
-        }
+    for row in batches.iter().flat_map(cells) {
+        table.row(row);
     }
     table.to_string()
 }
