@@ -95,6 +95,57 @@ fn the_fraud_rule_example_flags_the_card_with_two_risky_payments() {
 }
 
 #[test]
+fn the_enrichment_example_joins_each_order_with_its_customer_as_of_the_order() {
+    let data = DataDir::new();
+    let out = shell(&data, &["-f", "examples/sql/orders_enrichment.sql"], "").ok();
+    let lines = out.lines();
+    let push = lines
+        .iter()
+        .position(|l| *l == "order_id | amount | customer | region")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let mut enriched = lines[push + 1..push + 6].to_vec();
+    enriched.sort_unstable();
+    assert_eq!(
+        enriched,
+        [
+            "o-1 | 25.0 | Ada | eu",
+            "o-2 | 40.0 | Bo | us",
+            "o-3 | 99.0 | null | null",
+            "o-4 | 15.0 | Ada | us",
+            "o-5 | 10.0 | Bo | us"
+        ],
+        "{}",
+        out.stdout
+    );
+    // The table over the inner join: the unknown customer's order counts nowhere. The
+    // persistent query runs again in the next shell and catches up.
+    let mut table = Vec::new();
+    for _ in 0..20 {
+        let out = shell(
+            &data,
+            &[],
+            "SELECT region, orders, revenue FROM revenue_per_region ORDER BY region;\n",
+        )
+        .ok();
+        table = out
+            .lines()
+            .into_iter()
+            .skip_while(|l| !l.starts_with("region"))
+            .map(str::to_owned)
+            .collect();
+        if table.len() == 4 && table[2].starts_with("us      3") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        table[1..],
+        ["eu      1       25.0", "us      3       65.0", "(2 rows)"],
+        "{table:?}"
+    );
+}
+
+#[test]
 fn a_bad_statement_on_standard_input_is_reported_with_its_position() {
     let data = DataDir::new();
     let err = shell(

@@ -652,9 +652,9 @@ impl Planner {
                  after n results instead (a push query's LIMIT)",
             )),
             LogicalPlan::Join(_) => Err(EngineError::plan(
-                "this join cannot run continuously yet: a stream joins a table (the DSL's \
-                 Stream::join with a Table); stream–stream and table–table joins are not \
-                 supported yet",
+                "a plain join cannot run continuously: it does not say how its inputs meet in \
+                 time. Join a stream with a table (Stream::join), two streams within a time \
+                 bound (Stream::window_join) or two tables (Table::join)",
             )),
             LogicalPlan::Union(union) => {
                 let operator = self.union(union)?;

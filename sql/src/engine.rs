@@ -24,7 +24,7 @@ use quiver_broker::{
     Broker, Isolation, NewTopic, ReaderOptions, Record, StartAt, batch_to_records,
 };
 use quiver_engine::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use quiver_engine::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use quiver_engine::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use quiver_engine::checkpoint::CheckpointStorage;
 use quiver_engine::format::{DELETED, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, RecordDecoder};
 use quiver_engine::plan::{PlanOptions, StreamTable};
@@ -877,6 +877,7 @@ impl SqlEngine {
         rewrite_window(&mut query)?;
         let context = self.context(&Self::start_from(properties))?;
         let plan = plan_query(&context, &query)?;
+        let plan = crate::join::plan_joins(plan, &query.within, query.position)?;
         let emit = match query.emit {
             Some(Emit::Final) => {
                 if query.window.is_none() {
@@ -1199,12 +1200,23 @@ impl SqlEngine {
         let Some(info) = self.inner.state.lock().sources.get(&name).cloned() else {
             return Err(self.unknown(&name, Position::from(target.span.start)));
         };
-        let schema = info.schema();
+        let mut schema = info.schema();
         let names: Vec<String> = if columns.is_empty() {
             schema.fields().iter().map(|f| f.name().clone()).collect()
         } else {
             columns.iter().map(normalize).collect()
         };
+        // `INSERT INTO s (ROWTIME, …)` sets the records' timestamps (otherwise they are now,
+        // or the stream's TIMESTAMP column).
+        if names.iter().any(|n| n == ROWTIME) && schema.field_with_name(ROWTIME).is_err() {
+            let mut fields: Vec<FieldRef> = schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new(
+                ROWTIME,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            )));
+            schema = Schema::new(fields);
+        }
         for n in &names {
             if schema.field_with_name(n).is_err() {
                 return Err(SqlError::plan(
@@ -1250,6 +1262,7 @@ impl SqlEngine {
                 pipe_operators: vec![],
             }),
             window: None,
+            within: Vec::new(),
             emit: None,
             limit: None,
             position,

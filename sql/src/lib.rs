@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod error;
+mod join;
 pub mod parser;
 pub mod plan;
 pub mod types;

@@ -158,6 +158,17 @@ pub enum WindowClause {
     },
 }
 
+/// A join's `WITHIN n UNIT [GRACE PERIOD n UNIT]` (or `WITHIN (before, after)`): how far
+/// apart in event time two streams' records may be and still join, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinWithin {
+    /// How far the right side's record may be before the left's.
+    pub before_ms: i64,
+    /// How far it may be after.
+    pub after_ms: i64,
+    pub grace_ms: Option<i64>,
+}
+
 /// `EMIT CHANGES` or `EMIT FINAL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Emit {
@@ -171,6 +182,8 @@ pub struct StreamingQuery {
     /// The standard part, as sqlparser parsed it (without its `LIMIT`, see `limit`).
     pub query: Box<Query>,
     pub window: Option<(WindowClause, Position)>,
+    /// The joins' `WITHIN` clauses, in the order the joins are written.
+    pub within: Vec<(JoinWithin, Position)>,
     pub emit: Option<Emit>,
     /// `LIMIT n`: a push query ends after n rows.
     pub limit: Option<u64>,
@@ -630,6 +643,31 @@ impl P {
         }
         Err(self.expected("TUMBLING, HOPPING or SESSION"))
     }
+
+    /// After `WITHIN`: `n UNIT` or `(before, after)`, then `GRACE PERIOD n UNIT` optionally.
+    fn within(&mut self) -> Result<JoinWithin, ParseError> {
+        let (before_ms, after_ms) = if self.parser.consume_token(&Token::LParen) {
+            let before = self.duration()?;
+            self.expect(&Token::Comma)?;
+            let after = self.duration()?;
+            self.expect(&Token::RParen)?;
+            (before, after)
+        } else {
+            let d = self.duration()?;
+            (d, d)
+        };
+        let grace_ms = if self.word("GRACE") {
+            self.expect_word("PERIOD")?;
+            Some(self.duration()?)
+        } else {
+            None
+        };
+        Ok(JoinWithin {
+            before_ms,
+            after_ms,
+            grace_ms,
+        })
+    }
 }
 
 /// Takes `WINDOW TUMBLING|HOPPING|SESSION (…)` and `EMIT CHANGES|FINAL` out of a query's
@@ -641,6 +679,7 @@ fn streaming_query(
 ) -> Result<StreamingQuery, ParseError> {
     let mut rest = Vec::with_capacity(tokens.len());
     let mut window = None;
+    let mut within = Vec::new();
     let mut emit = None;
     let mut depth = 0i32;
     let mut i = 0;
@@ -697,6 +736,55 @@ fn streaming_query(
                 continue;
             }
         }
+        // `WITHIN GROUP (…)` is standard SQL; a join's WITHIN is followed by a duration.
+        if depth == 0 && word_is(&t.token, "WITHIN") {
+            let what = next_word(&tokens, i + 1);
+            if let Some(k) =
+                what.filter(|&k| matches!(tokens[k].token, Token::Number(..) | Token::LParen))
+            {
+                // The clause runs to the ON, USING or the next clause keyword.
+                let mut end = k;
+                let mut d = 0;
+                while end < tokens.len() {
+                    match &tokens[end].token {
+                        Token::LParen => d += 1,
+                        Token::RParen => d -= 1,
+                        tok if d == 0
+                            && [
+                                "ON",
+                                "USING",
+                                "WHERE",
+                                "JOIN",
+                                "LEFT",
+                                "RIGHT",
+                                "FULL",
+                                "INNER",
+                                "GROUP",
+                                "WINDOW",
+                                "EMIT",
+                                "HAVING",
+                                "LIMIT",
+                                "PARTITION",
+                            ]
+                            .iter()
+                            .any(|w| word_is(tok, w)) =>
+                        {
+                            break;
+                        }
+                        Token::SemiColon => break,
+                        _ => {}
+                    }
+                    end += 1;
+                }
+                let at = Position::from(t.span.start);
+                let mut p = P::new(tokens[k..end].to_vec(), at);
+                let w = p.within()?;
+                p.end()?;
+                within.push((w, at));
+                i = end;
+                continue;
+            }
+        }
         if depth == 0 && word_is(&t.token, "EMIT") {
             let what = next_word(&tokens, i + 1);
             let kind = match what.map(|k| &tokens[k].token) {
@@ -746,6 +834,7 @@ fn streaming_query(
     Ok(StreamingQuery {
         query,
         window,
+        within,
         emit,
         limit,
         position,

@@ -27,7 +27,7 @@ use quiver_engine::format::ROWTIME;
 use quiver_engine::window::window_udfs;
 use sqlparser::ast::{
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
-    GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, Value,
+    GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, TableFactor, Value,
     visit_expressions_mut,
 };
 
@@ -158,9 +158,27 @@ fn number(n: i64) -> Expr {
     Expr::value(Value::Number(n.to_string(), false))
 }
 
+/// The event time a window groups by: `rowtime`, or in a join the first input's
+/// (`orders.rowtime`; a join of two streams gives it the later time of each pair).
+fn event_time(select: &sqlparser::ast::Select) -> Expr {
+    let time = Ident::new(ROWTIME);
+    let Some(first) = select.from.first().filter(|f| !f.joins.is_empty()) else {
+        return Expr::Identifier(time);
+    };
+    match &first.relation {
+        TableFactor::Table {
+            alias: Some(alias), ..
+        } => Expr::CompoundIdentifier(vec![alias.name.clone(), time]),
+        TableFactor::Table { name, .. } => match name.0.last() {
+            Some(ObjectNamePart::Identifier(i)) => Expr::CompoundIdentifier(vec![i.clone(), time]),
+            _ => Expr::Identifier(time),
+        },
+        _ => Expr::Identifier(time),
+    }
+}
+
 /// The window call `WINDOW …` stands for.
-fn window_call(window: WindowClause) -> Expr {
-    let time = Expr::Identifier(Ident::new(ROWTIME));
+fn window_call(window: WindowClause, time: Expr) -> Expr {
     match window {
         WindowClause::Tumbling { size_ms, grace_ms } => call(
             "tumble",
@@ -243,7 +261,7 @@ pub(crate) fn rewrite_window(query: &mut StreamingQuery) -> Result<(), SqlError>
             position,
         ));
     };
-    let call = window_call(window);
+    let call = window_call(window, event_time(select));
     match &mut select.group_by {
         GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => {
             if exprs.is_empty() {

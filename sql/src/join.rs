@@ -1,0 +1,315 @@
+//! Joins in continuous queries: DataFusion's SQL planner gives a plain `Join`; here each one
+//! becomes the engine's join for what its inputs are (see [`quiver_engine::join`]):
+//!
+//! | left | right | engine node | kinds |
+//! |---|---|---|---|
+//! | stream | table | [`StreamJoinNode`]: each record meets the table's row for its key as of its time | inner, left |
+//! | stream | stream | [`WindowJoinNode`], `WITHIN` a time bound | inner, left, full |
+//!
+//! A `RIGHT JOIN` is the left join with its inputs swapped. The `ON` clause's equalities between
+//! the two sides are the join keys (a stream–table join must equate one stream expression with
+//! each of the table's primary key columns); its other conditions are checked on each joined
+//! row. The node is wrapped in a projection that gives back exactly the columns the SQL planner
+//! gave the join, so the rest of the plan stands as it was planned.
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, lit,
+};
+use quiver_engine::format::{DELETED, ROWTIME};
+use quiver_engine::join::{JoinKind, StreamJoinNode, TableJoinNode, WindowJoinNode};
+use quiver_engine::plan::StreamTable;
+
+use crate::error::SqlError;
+use crate::parser::{JoinWithin, Position};
+
+/// A table's key columns, or `None` for a stream.
+fn table_key(plan: &LogicalPlan) -> Option<Vec<String>> {
+    if !plan.schema().has_column_with_unqualified_name(DELETED) {
+        return None;
+    }
+    match plan {
+        LogicalPlan::TableScan(scan) => scan
+            .source
+            .as_ref()
+            .downcast_ref::<StreamTable>()
+            .and_then(|t| t.source().table_key()),
+        LogicalPlan::SubqueryAlias(a) => table_key(&a.input),
+        LogicalPlan::Filter(f) => table_key(&f.input),
+        LogicalPlan::Projection(p) => table_key(&p.input),
+        LogicalPlan::Extension(e) => e
+            .node
+            .as_any()
+            .downcast_ref::<TableJoinNode>()
+            .map(|n| n.left_key.clone()),
+        _ => None,
+    }
+}
+
+/// The name a join input's columns are qualified with (its alias or its stream's name).
+fn relation(plan: &LogicalPlan) -> String {
+    plan.schema()
+        .iter()
+        .find_map(|(q, _)| q.map(|q| q.table().to_owned()))
+        .unwrap_or_else(|| "input".to_owned())
+}
+
+#[derive(PartialEq)]
+enum SideOf {
+    Left,
+    Right,
+    Neither,
+}
+
+fn side_of(e: &Expr, left: &DFSchema, right: &DFSchema) -> SideOf {
+    let refs = e.column_refs();
+    if refs.is_empty() {
+        SideOf::Neither
+    } else if refs.iter().all(|c| left.has_column(c)) {
+        SideOf::Left
+    } else if refs.iter().all(|c| right.has_column(c)) {
+        SideOf::Right
+    } else {
+        SideOf::Neither
+    }
+}
+
+/// The `ON` clause as (left, right) equalities and the other conditions.
+fn split_on(
+    on: Vec<(Expr, Expr)>,
+    filter: Option<Expr>,
+    left: &DFSchema,
+    right: &DFSchema,
+) -> (Vec<(Expr, Expr)>, Vec<Expr>) {
+    let mut pairs = on;
+    let mut rest = Vec::new();
+    for e in filter.map(split_conjunction_owned).unwrap_or_default() {
+        if let Expr::BinaryExpr(BinaryExpr {
+            left: l,
+            op: Operator::Eq,
+            right: r,
+        }) = &e
+        {
+            match (side_of(l, left, right), side_of(r, left, right)) {
+                (SideOf::Left, SideOf::Right) => {
+                    pairs.push((l.as_ref().clone(), r.as_ref().clone()));
+                    continue;
+                }
+                (SideOf::Right, SideOf::Left) => {
+                    pairs.push((r.as_ref().clone(), l.as_ref().clone()));
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        rest.push(e);
+    }
+    (pairs, rest)
+}
+
+/// Replaces every `Join` in a continuous query's plan by the engine's join for its inputs.
+/// `within` are the query's `WITHIN` clauses in the order its joins are written (which is the
+/// order a bottom-up walk meets them).
+pub(crate) fn plan_joins(
+    plan: LogicalPlan,
+    within: &[(JoinWithin, Position)],
+    position: Position,
+) -> Result<LogicalPlan, SqlError> {
+    let mut next = 0usize;
+    let mut error = None;
+    let out = plan.transform_up(|node| {
+        let LogicalPlan::Join(join) = node else {
+            return Ok(Transformed::no(node));
+        };
+        let clause = within.get(next).copied();
+        next += 1;
+        match stream_join(join, clause, next, position) {
+            Ok(plan) => Ok(Transformed::yes(plan)),
+            Err(e) => {
+                error = Some(e);
+                Err(datafusion::error::DataFusionError::Plan("join".into()))
+            }
+        }
+    });
+    match (out, error) {
+        (_, Some(e)) => Err(e),
+        (Ok(t), None) => {
+            if next < within.len() {
+                let (_, at) = within[next];
+                return Err(SqlError::plan(
+                    "WITHIN belongs to a join of two streams (FROM a JOIN b WITHIN 1 HOUR ON …)",
+                    at,
+                ));
+            }
+            Ok(t.data)
+        }
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+fn stream_join(
+    join: datafusion::logical_expr::Join,
+    within: Option<(JoinWithin, Position)>,
+    number: usize,
+    position: Position,
+) -> Result<LogicalPlan, SqlError> {
+    let at = within.map_or(position, |(_, p)| p);
+    let fail = |m: String| Err(SqlError::plan(m, at));
+    let (mut left, mut right) = (join.left.as_ref().clone(), join.right.as_ref().clone());
+    let (mut pairs, rest) = split_on(join.on, join.filter, left.schema(), right.schema());
+    let kind = match join.join_type {
+        JoinType::Inner => JoinKind::Inner,
+        JoinType::Left => JoinKind::Left,
+        JoinType::Full => JoinKind::Full,
+        JoinType::Right => {
+            std::mem::swap(&mut left, &mut right);
+            for p in &mut pairs {
+                std::mem::swap(&mut p.0, &mut p.1);
+            }
+            JoinKind::Left
+        }
+        other => {
+            return fail(format!(
+                "a continuous query joins with [INNER] JOIN, LEFT JOIN, RIGHT JOIN or FULL JOIN \
+                 (not {other})"
+            ));
+        }
+    };
+    if pairs.is_empty() {
+        return fail(
+            "a join needs ON with an equality between the two sides (ON a.id = b.id): records \
+             meet by key"
+                .to_owned(),
+        );
+    }
+    let (left_name, right_name) = (relation(&left), relation(&right));
+    let name = format!("join{number}-{left_name}-{right_name}");
+    let filter = conjunction(rest);
+    let (node, later_time) = match (table_key(&left), table_key(&right)) {
+        (None, Some(key)) => {
+            if let Some((_, p)) = within {
+                return Err(SqlError::plan(
+                    "WITHIN bounds a join of two streams; a stream–table join looks up the \
+                     table's row as of each record's time and needs none",
+                    p,
+                ));
+            }
+            if kind == JoinKind::Full {
+                return fail(
+                    "a stream–table join is [INNER] JOIN or LEFT JOIN (a FULL JOIN needs two \
+                     streams with WITHIN, or two tables)"
+                        .to_owned(),
+                );
+            }
+            let mut keys = Vec::new();
+            let mut extra = Vec::new();
+            let mut unused: Vec<(Expr, Expr)> = pairs;
+            for k in &key {
+                let found = unused
+                    .iter()
+                    .position(|(_, r)| matches!(r, Expr::Column(c) if c.name == *k));
+                match found {
+                    Some(i) => keys.push(unused.remove(i).0),
+                    None => {
+                        return fail(format!(
+                            "a stream–table join looks up the table '{right_name}' by its \
+                             PRIMARY KEY ({}): the ON clause must equate a stream expression \
+                             with '{right_name}.{k}'",
+                            key.join(", ")
+                        ));
+                    }
+                }
+            }
+            for (l, r) in unused {
+                extra.push(l.eq(r));
+            }
+            let filter = conjunction(extra.into_iter().chain(filter));
+            (
+                StreamJoinNode::plan(
+                    name,
+                    left.clone(),
+                    right.clone(),
+                    keys,
+                    key,
+                    filter,
+                    kind,
+                    0,
+                )?,
+                false,
+            )
+        }
+        (Some(_), None) => {
+            return fail(format!(
+                "a table joined with a stream is written stream first: FROM {right_name} JOIN \
+                 {left_name} ON … (each stream record looks up the table)"
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return fail(
+                "table–table joins are not supported in SQL yet (the DSL's Table::join has \
+                 them); join a stream with a table, or two streams WITHIN a time bound"
+                    .to_owned(),
+            );
+        }
+        (None, None) => {
+            let Some((w, p)) = within else {
+                return fail(format!(
+                    "a join of two streams needs a time bound: FROM {left_name} JOIN \
+                     {right_name} WITHIN 1 HOUR ON … (records join when their times are at most \
+                     that far apart)"
+                ));
+            };
+            if w.before_ms != w.after_ms {
+                return Err(SqlError::plan(
+                    "WITHIN (before, after) with two different bounds is not supported yet; \
+                     use one bound for both sides (WITHIN 1 HOUR)",
+                    p,
+                ));
+            }
+            let (l, r): (Vec<Expr>, Vec<Expr>) = pairs.into_iter().unzip();
+            (
+                WindowJoinNode::plan(
+                    name,
+                    left.clone(),
+                    right.clone(),
+                    l,
+                    r,
+                    filter,
+                    kind,
+                    w.before_ms,
+                    w.grace_ms.unwrap_or(0),
+                )?,
+                true,
+            )
+        }
+    };
+    // Back to the columns the SQL planner gave the join (in its order, with its qualifiers).
+    let schema = node.schema().clone();
+    let mut exprs = Vec::new();
+    for (q, f) in join.schema.iter() {
+        let column = Column::new(q.cloned(), f.name());
+        let is_left_time = f.name() == ROWTIME
+            && q.is_some_and(|q| q.table() == left_name)
+            && right.schema().has_column_with_unqualified_name(ROWTIME);
+        if later_time && is_left_time {
+            // A pair's time is the later of its two records'.
+            let time = datafusion::functions::core::expr_fn::greatest(vec![
+                Expr::Column(column.clone()),
+                Expr::Column(Column::new(Some(right_name.as_str()), ROWTIME)),
+            ]);
+            exprs.push(time.alias_qualified(q.cloned(), ROWTIME));
+        } else if schema.has_column(&column) {
+            exprs.push(Expr::Column(column));
+        } else if f.name() == DELETED {
+            // The table's delete marker: a join's result is a stream, which deletes nothing.
+            exprs.push(lit(false).alias_qualified(q.cloned(), DELETED));
+        } else {
+            return fail(format!(
+                "the join lost the column {column}; this is a bug in Quiver's planner"
+            ));
+        }
+    }
+    Ok(LogicalPlanBuilder::from(node).project(exprs)?.build()?)
+}

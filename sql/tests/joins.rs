@@ -1,0 +1,265 @@
+//! Joins in Quiver SQL: a stream enriched by a table as of each record's time, a join of two
+//! streams within a time bound, an aggregation over a join, and the errors for joins that
+//! cannot run continuously.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+use std::time::Duration;
+
+use quiver_broker::{Broker, BrokerConfig};
+use quiver_engine::arrow::array::RecordBatch;
+use quiver_engine::arrow::util::display::{ArrayFormatter, FormatOptions};
+use quiver_sql::{ErrorKind, Output, SqlEngine};
+
+async fn open(dir: &std::path::Path) -> (Broker, SqlEngine) {
+    let broker = Broker::open(BrokerConfig {
+        data_dir: dir.to_owned(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let engine = SqlEngine::open(&broker, dir).await.unwrap();
+    (broker, engine)
+}
+
+fn lines(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("null");
+    let mut out = Vec::new();
+    for b in batches {
+        let f: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                f.iter()
+                    .map(|f| f.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+async fn rows(engine: &SqlEngine, sql: &str) -> Vec<String> {
+    let mut out = engine.execute(sql).await.unwrap();
+    match out.pop() {
+        Some(Output::Rows { batches, .. }) => lines(&batches),
+        other => panic!("{sql}: not rows: {other:?}"),
+    }
+}
+
+async fn ok(engine: &SqlEngine, sql: &str) {
+    if let Err(e) = engine.execute(sql).await {
+        panic!("{sql}: {e}");
+    }
+}
+
+/// Polls a history query until it returns `n` rows (the persistent query writes them).
+async fn wait_rows(engine: &SqlEngine, sql: &str, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = rows(engine, sql).await;
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sql}: {n} rows never came; last {got:?}");
+}
+
+const SETUP: &str = "
+    CREATE TABLE customers (id STRING PRIMARY KEY, name STRING, region STRING)
+        WITH (KAFKA_TOPIC='customers', VALUE_FORMAT='JSON', PARTITIONS=2);
+    CREATE STREAM orders (order_id STRING KEY, customer_id STRING, amount DOUBLE, ms BIGINT)
+        WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=2, TIMESTAMP='ms');
+    CREATE STREAM shipments (order_id STRING KEY, carrier STRING, ms BIGINT)
+        WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=2, TIMESTAMP='ms');
+    SET 'auto.offset.reset' = 'earliest';
+    -- Ada moves from eu to us at 5 s; c3 is nobody.
+    INSERT INTO customers (rowtime, id, name, region) VALUES
+        (1000, 'c1', 'Ada', 'eu'), (1000, 'c2', 'Bo', 'us'), (5000, 'c1', 'Ada', 'us');
+    INSERT INTO orders (order_id, customer_id, amount, ms) VALUES
+        ('o1', 'c1', 10, 2000), ('o2', 'c2', 20, 3000), ('o3', 'c3', 30, 4000),
+        ('o4', 'c1', 40, 6000);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_joined_with_a_table_sees_each_row_as_of_the_records_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, SETUP).await;
+    ok(
+        &engine,
+        "CREATE STREAM enriched AS
+             SELECT o.order_id, o.amount, c.name, c.region
+             FROM orders o LEFT JOIN customers c ON o.customer_id = c.id
+             EMIT CHANGES;",
+    )
+    .await;
+    // A later order moves event time past the last one, so every order before it is joined.
+    ok(
+        &engine,
+        "INSERT INTO orders (order_id, customer_id, amount, ms) VALUES ('o5', 'c2', 50, 60000);",
+    )
+    .await;
+    let got = wait_rows(
+        &engine,
+        "SELECT order_id, amount, name, region FROM enriched ORDER BY order_id;",
+        4,
+    )
+    .await;
+    assert_eq!(
+        &got[..4],
+        [
+            "o1|10.0|Ada|eu",
+            "o2|20.0|Bo|us",
+            "o3|30.0|null|null",
+            "o4|40.0|Ada|us"
+        ]
+    );
+    // An inner join drops the order without a customer (o3); the aggregate over it is a
+    // table: us has o2, o4 (Ada had moved) and o5.
+    ok(
+        &engine,
+        "CREATE TABLE revenue_by_region AS
+             SELECT c.region, SUM(o.amount) AS revenue, COUNT(*) AS orders
+             FROM orders o JOIN customers c ON o.customer_id = c.id
+             GROUP BY c.region EMIT CHANGES;",
+    )
+    .await;
+    let mut last = Vec::new();
+    for _ in 0..400 {
+        last = rows(
+            &engine,
+            "SELECT region, revenue, orders FROM revenue_by_region ORDER BY region;",
+        )
+        .await;
+        if last.len() == 2 && last[1] == "us|110.0|3" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, ["eu|10.0|1", "us|110.0|3"]);
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_join_within_a_time_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, SETUP).await;
+    // o1 ships within the hour, o2 two hours late, o3 never.
+    ok(
+        &engine,
+        "INSERT INTO shipments (order_id, carrier, ms) VALUES
+             ('o1', 'post', 602000), ('o2', 'van', 7203000), ('o9', 'post', 9000000);",
+    )
+    .await;
+    ok(
+        &engine,
+        "CREATE STREAM shipped AS
+             SELECT o.order_id, s.carrier, (s.ms - o.ms) / 1000 AS after_s
+             FROM orders o LEFT JOIN shipments s WITHIN 1 HOUR ON o.order_id = s.order_id
+             EMIT CHANGES;",
+    )
+    .await;
+    // Time moves on past every bound, so the unmatched orders are known to be unmatched.
+    ok(
+        &engine,
+        "INSERT INTO orders (order_id, customer_id, amount, ms) VALUES ('o8', 'c2', 1, 99000000);
+         INSERT INTO shipments (order_id, carrier, ms) VALUES ('o8', 'van', 99000000);",
+    )
+    .await;
+    let got = wait_rows(
+        &engine,
+        "SELECT order_id, carrier, after_s FROM shipped ORDER BY order_id;",
+        5,
+    )
+    .await;
+    assert_eq!(
+        &got[..4],
+        [
+            "o1|post|600",
+            "o2|null|null",
+            "o3|null|null",
+            "o4|null|null"
+        ],
+        "{got:?}"
+    );
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_that_cannot_run_continuously_say_why_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, SETUP).await;
+    let cases: &[(&str, &str, (u64, u64))] = &[
+        (
+            "SELECT * FROM orders o JOIN shipments s ON o.order_id = s.order_id EMIT CHANGES;",
+            "needs a time bound",
+            (1, 1),
+        ),
+        (
+            "SELECT * FROM customers c JOIN orders o ON o.customer_id = c.id EMIT CHANGES;",
+            "written stream first",
+            (1, 1),
+        ),
+        (
+            "SELECT * FROM orders o JOIN customers c ON o.customer_id = c.name EMIT CHANGES;",
+            "PRIMARY KEY (id)",
+            (1, 1),
+        ),
+        (
+            "SELECT * FROM orders o\n  JOIN customers c WITHIN 1 HOUR ON o.customer_id = c.id EMIT CHANGES;",
+            "needs none",
+            (2, 20),
+        ),
+        (
+            "SELECT * FROM orders o JOIN shipments s WITHIN (1 HOUR, 2 HOURS) \
+             ON o.order_id = s.order_id EMIT CHANGES;",
+            "two different bounds",
+            (1, 41),
+        ),
+        (
+            "SELECT * FROM orders o JOIN shipments s WITHIN 1 PARSEC ON o.order_id = s.order_id \
+             EMIT CHANGES;",
+            "not a time unit",
+            (1, 50),
+        ),
+        (
+            "SELECT * FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.ms < s.ms EMIT CHANGES;",
+            "equality between the two sides",
+            (1, 41),
+        ),
+        (
+            "SELECT * FROM orders o FULL JOIN customers c ON o.customer_id = c.id EMIT CHANGES;",
+            "[INNER] JOIN or LEFT JOIN",
+            (1, 1),
+        ),
+        (
+            "SELECT * FROM orders WITHIN 1 HOUR EMIT CHANGES;",
+            "WITHIN belongs to a join",
+            (1, 22),
+        ),
+    ];
+    for (sql, message, (line, column)) in cases {
+        let e = engine.execute(sql).await.unwrap_err();
+        let kind = if message.contains("time unit") {
+            ErrorKind::Syntax
+        } else {
+            ErrorKind::Statement
+        };
+        assert_eq!(e.kind, kind, "{sql}: {e}");
+        assert!(e.message.contains(message), "{sql}: {e}");
+        let p = e.position.unwrap();
+        assert_eq!((p.line, p.column), (*line, *column), "{sql}: {e}");
+    }
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
