@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod error;
+mod functions;
 mod join;
 pub mod parser;
 pub mod plan;

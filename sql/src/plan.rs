@@ -47,6 +47,7 @@ pub(crate) fn session_state() -> SessionState {
         // Registering replaces nothing of DataFusion's: the names are the engine's own.
         let _ = state.register_udf(udf);
     }
+    crate::functions::register(&mut state);
     state
 }
 
@@ -316,7 +317,9 @@ pub(crate) fn plan_query(
             ..ParserOptions::default()
         },
     );
-    let statement = sqlparser::ast::Statement::Query(query.query.clone());
+    let mut q = query.query.clone();
+    crate::functions::rewrite_aliases(&mut q);
+    let statement = sqlparser::ast::Statement::Query(q);
     planner.sql_statement_to_plan(statement).map_err(|e| {
         let position = e
             .diagnostic()
