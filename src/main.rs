@@ -9,6 +9,7 @@ mod data_dir;
 mod http;
 mod server;
 mod signal;
+mod sql_client;
 mod table;
 
 use std::io::IsTerminal;

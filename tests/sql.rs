@@ -157,3 +157,20 @@ fn a_bad_statement_on_standard_input_is_reported_with_its_position() {
     assert!(err.contains("No field named b"), "{err}");
     assert!(err.contains("at line 2, column 8"), "{err}");
 }
+
+#[test]
+fn the_shell_at_a_terminal_edits_lines_cancels_queries_with_ctrl_c_and_keeps_history() {
+    let data = DataDir::new();
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd =
+        common::python::command("shell_pty.py", &[env!("CARGO_BIN_EXE_quiver"), data.arg()]);
+    cmd.env("HOME", home.path());
+    run_bounded(cmd, b"", COMMAND_TIMEOUT).ok();
+    // The statements typed are the next session's history.
+    let history = std::fs::read_to_string(home.path().join(".quiver_history")).unwrap();
+    assert!(history.contains("SHOW STREAMS;"), "{history}");
+    assert!(
+        history.contains("SELECT k, v FROM s EMIT CHANGES;"),
+        "{history}"
+    );
+}

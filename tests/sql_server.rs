@@ -241,3 +241,99 @@ fn a_windowed_query_created_over_http_survives_restarts_and_kill_9_exactly_once(
     let (status, _) = http(&sql, "GET", "/info", "");
     assert_eq!(status, 200);
 }
+
+/// `quiver shell --server URL` with statements on standard input.
+fn remote_shell(sql: &str, stdin: &str) -> common::Output {
+    let mut cmd = common::quiver();
+    cmd.args(["shell", "--server", &format!("http://{sql}")]);
+    run_bounded(cmd, stdin.as_bytes(), COMMAND_TIMEOUT)
+}
+
+#[test]
+fn the_shell_runs_statements_on_a_server_over_http() {
+    let data = DataDir::new();
+    let server = Server::start(&["--data-dir", data.arg()], &[]);
+    let sql = sql_address(&server.ready);
+    // The enrichment example, sent statement by statement; SET stays in the shell and goes
+    // with each request.
+    let mut cmd = common::quiver();
+    cmd.args([
+        "shell",
+        "--server",
+        &format!("http://{sql}/"),
+        "-f",
+        "examples/sql/orders_enrichment.sql",
+    ]);
+    let out = run_bounded(cmd, b"", COMMAND_TIMEOUT).ok();
+    let lines = out.lines();
+    assert!(
+        lines.contains(&"5 rows inserted into 'orders'"),
+        "{}",
+        out.stdout
+    );
+    let push = lines
+        .iter()
+        .position(|l| *l == "order_id | amount | customer | region")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let mut enriched = lines[push + 1..push + 6].to_vec();
+    enriched.sort_unstable();
+    assert_eq!(
+        enriched,
+        [
+            "o-1 | 25.0 | Ada | eu",
+            "o-2 | 40.0 | Bo | us",
+            "o-3 | 99.0 | null | null",
+            "o-4 | 15.0 | Ada | us",
+            "o-5 | 10.0 | Bo | us"
+        ]
+    );
+    assert_eq!(lines[push + 6], "(5 rows)");
+    // Results as tables; a bad statement's error points into the script, and the shell stops
+    // there (the statement after it does not run).
+    let out = remote_shell(
+        &sql,
+        "SHOW STREAMS;\nSELECT order_id, amount FROM orders WHERE amount > 30 ORDER BY order_id;\n\
+         SELECT nope\n  FROM orders;\nSHOW TABLES;\n",
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        out.lines()[..8],
+        [
+            "name             topic            key_format  value_format",
+            "orders           orders           KAFKA       JSON",
+            "orders_enriched  orders_enriched  NONE        JSON",
+            "(2 rows)",
+            "order_id  amount",
+            "o-2       40.0",
+            "o-3       99.0",
+            "(2 rows)",
+        ],
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.lines().len(), 8, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("nope") && out.stderr.contains("(at line 3, column 8)"),
+        "{}",
+        out.stderr
+    );
+    // SET in the shell goes with its queries: the push query reads the topic from the start.
+    let out = remote_shell(
+        &sql,
+        "SET 'auto.offset.reset' = 'earliest';\nSELECT order_id FROM orders EMIT CHANGES LIMIT 2;\n",
+    )
+    .ok();
+    assert!(out.stdout.ends_with("(2 rows)\n"), "{}", out.stdout);
+    // A server that is not there is named, with what to do.
+    let mut cmd = common::quiver();
+    cmd.args(["shell", "--server", "http://127.0.0.1:9"]);
+    let out = run_bounded(cmd, b"SHOW STREAMS;\n", COMMAND_TIMEOUT);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("cannot reach the Quiver server at http://127.0.0.1:9"),
+        "{}",
+        out.stderr
+    );
+    drop(server);
+}

@@ -2,7 +2,7 @@
 //! Statements end with `;` and may span lines; results print as tables, a push query's rows
 //! as they arrive until its LIMIT or Ctrl-C (which cancels the query, not the shell).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -12,6 +12,7 @@ use quiver_engine::arrow::util::display::{ArrayFormatter, FormatOptions};
 use quiver_sql::{Output, Parsed, SqlEngine, SqlError};
 
 use crate::data_dir::{self, Intent};
+use crate::sql_client::{Remote, Reply};
 use crate::table::Table;
 
 #[derive(Debug, clap::Args)]
@@ -23,8 +24,13 @@ pub struct ShellArgs {
 
     /// Data directory to open in this process, the one `quiver server` uses (QUIVER_LOG_DIRS
     /// also sets it); only while no server has it open [default: ./quiver-data]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
+
+    /// A running `quiver server`'s SQL API to send the statements to, e.g.
+    /// http://localhost:8088 (its ready line shows it)
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 fn shell_help() -> &'static str {
@@ -37,6 +43,10 @@ fn shell_help() -> &'static str {
 
 pub async fn run(args: ShellArgs) -> Result<()> {
     check(&args)?;
+    if let Some(url) = &args.server {
+        let backend = Backend::Remote(Remote::connect(url).await?);
+        return run_with(&backend, &args).await;
+    }
     let config = crate::config::resolve(None, std::env::vars_os(), args.data_dir.as_deref())?;
     data_dir::check(&config.data_dir, Intent::Create)?;
     let data = config.data_dir.clone();
@@ -44,25 +54,39 @@ pub async fn run(args: ShellArgs) -> Result<()> {
     let engine = SqlEngine::open(&broker, &data)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let result = match &args.file {
-        Some(file) => run_file(&engine, file).await,
-        None if !std::io::stdin().is_terminal() => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                .context("cannot read standard input")?;
-            run_script(&engine, &text, Path::new(".")).await
-        }
-        None => interactive(&engine).await,
-    };
-    engine
-        .shutdown()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let backend = Backend::Local(engine);
+    let result = run_with(&backend, &args).await;
+    if let Backend::Local(engine) = &backend {
+        engine
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     broker.shutdown().await?;
     result
 }
 
-async fn run_file(engine: &SqlEngine, file: &Path) -> Result<()> {
+async fn run_with(backend: &Backend, args: &ShellArgs) -> Result<()> {
+    match &args.file {
+        Some(file) => run_file(backend, file).await,
+        None if !std::io::stdin().is_terminal() => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read standard input")?;
+            run_script(backend, &text, Path::new(".")).await
+        }
+        None => interactive(backend).await,
+    }
+}
+
+/// Where statements run: a SQL engine on a data directory opened by this process, or a
+/// server's SQL API.
+enum Backend {
+    Local(SqlEngine),
+    Remote(Remote),
+}
+
+async fn run_file(engine: &Backend, file: &Path) -> Result<()> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read the script {}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new("."));
@@ -73,7 +97,7 @@ async fn run_file(engine: &SqlEngine, file: &Path) -> Result<()> {
 
 /// Runs a script one statement at a time (RUN SCRIPT reads the named file, relative to
 /// `base`); stops at the first error.
-async fn run_script(engine: &SqlEngine, text: &str, base: &Path) -> Result<()> {
+async fn run_script(engine: &Backend, text: &str, base: &Path) -> Result<()> {
     let statements = quiver_sql::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
     for s in statements {
         if let quiver_sql::Statement::RunScript(path) = &s.statement {
@@ -89,53 +113,105 @@ async fn run_script(engine: &SqlEngine, text: &str, base: &Path) -> Result<()> {
 }
 
 /// Runs one statement and prints what it gives.
-async fn run_statement(engine: &SqlEngine, statement: &Parsed) -> Result<(), SqlError> {
-    {
-        let output = engine.execute_parsed(statement).await?;
-        match output {
-            Output::Message(m) => println!("{m}"),
-            Output::Rows { schema, batches } => {
-                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                print!("{}", render(&schema, &batches));
-                println!("({rows} row{})", if rows == 1 { "" } else { "s" });
-            }
-            Output::Push(mut push) => {
-                let header: Vec<&str> = push
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
-                println!("{}", header.join(" | "));
-                let mut rows = 0usize;
-                loop {
-                    let next = tokio::select! {
-                        next = push.next() => next,
-                        _ = tokio::signal::ctrl_c() => {
-                            push.cancel().await;
-                            println!("(cancelled after {rows} rows)");
-                            break;
+async fn run_statement(backend: &Backend, statement: &Parsed) -> Result<(), SqlError> {
+    let engine = match backend {
+        Backend::Local(engine) => engine,
+        Backend::Remote(remote) => return print_reply(remote.run(statement).await?).await,
+    };
+    let output = engine.execute_parsed(statement).await?;
+    match output {
+        Output::Message(m) => println!("{m}"),
+        Output::Rows { schema, batches } => {
+            let header: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            print_table(&header, batches.iter().flat_map(cells));
+        }
+        Output::Push(mut push) => {
+            let header: Vec<&str> = push
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            println!("{}", header.join(" | "));
+            let mut rows = 0usize;
+            loop {
+                let next = tokio::select! {
+                    next = push.next() => next,
+                    _ = tokio::signal::ctrl_c() => {
+                        push.cancel().await;
+                        println!("(cancelled after {rows} rows)");
+                        break;
+                    }
+                };
+                match next {
+                    Some(Ok(batch)) => {
+                        rows += batch.num_rows();
+                        for line in cells(&batch) {
+                            println!("{}", line.join(" | "));
                         }
-                    };
-                    match next {
-                        Some(Ok(batch)) => {
-                            rows += batch.num_rows();
-                            for line in lines(&batch) {
-                                println!("{line}");
-                            }
-                            let _ = std::io::stdout().flush();
-                        }
-                        Some(Err(e)) => return Err(e),
-                        None => {
-                            println!("({rows} row{})", if rows == 1 { "" } else { "s" });
-                            break;
-                        }
+                        let _ = std::io::stdout().flush();
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+                        break;
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Prints what a server answered.
+async fn print_reply(reply: Reply) -> Result<(), SqlError> {
+    match reply {
+        Reply::Message(m) => println!("{m}"),
+        Reply::Rows { header, rows } => {
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            print_table(&header, rows.into_iter());
+        }
+        Reply::Stream(mut stream) => {
+            println!("{}", stream.header.join(" | "));
+            let mut rows = 0usize;
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = tokio::signal::ctrl_c() => {
+                        // Hanging up ends the query on the server.
+                        drop(stream);
+                        println!("(cancelled after {rows} rows)");
+                        break;
+                    }
+                };
+                match next {
+                    Some(Ok(row)) => {
+                        rows += 1;
+                        println!("{}", row.join(" | "));
+                        let _ = std::io::stdout().flush();
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A finite result as an aligned table and its row count.
+fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let mut table = Table::new(header);
+    let mut n = 0usize;
+    for row in rows {
+        table.row(row);
+        n += 1;
+    }
+    print!("{table}");
+    println!("({n} row{})", if n == 1 { "" } else { "s" });
 }
 
 /// Each row's cells as text (nulls as `null`). A column arrow cannot format shows `?` rather
@@ -160,24 +236,6 @@ fn cells(batch: &RecordBatch) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Rows as lines of cells separated by ` | `.
-fn lines(batch: &RecordBatch) -> Vec<String> {
-    cells(batch)
-        .into_iter()
-        .map(|row| row.join(" | "))
-        .collect()
-}
-
-/// A finite result as an aligned table.
-fn render(schema: &quiver_engine::arrow::datatypes::Schema, batches: &[RecordBatch]) -> String {
-    let header: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let mut table = Table::new(&header);
-    for row in batches.iter().flat_map(cells) {
-        table.row(row);
-    }
-    table.to_string()
-}
-
 /// Whether `text` holds complete statements (its last token is a `;`).
 fn complete(text: &str) -> bool {
     use sqlparser::tokenizer::{Token, Tokenizer};
@@ -193,26 +251,56 @@ fn complete(text: &str) -> bool {
     }
 }
 
-async fn interactive(engine: &SqlEngine) -> Result<()> {
-    println!("Quiver SQL. Statements end with ';'. Ctrl-C cancels a running query; Ctrl-D exits.");
-    let stdin = std::io::stdin();
+/// Where the prompt keeps its history between sessions.
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".quiver_history"))
+}
+
+async fn interactive(backend: &Backend) -> Result<()> {
+    use rustyline::error::ReadlineError;
+    let where_ = match backend {
+        Backend::Local(_) => "this data directory".to_owned(),
+        Backend::Remote(r) => r.base.clone(),
+    };
+    println!(
+        "Quiver SQL on {where_}. Statements end with ';'. Ctrl-C cancels a running query (or \
+         the line being typed); Ctrl-D exits."
+    );
+    let mut editor = rustyline::DefaultEditor::new().context("cannot set up line editing")?;
+    let history = history_file();
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    let editor = std::sync::Arc::new(std::sync::Mutex::new(editor));
     let mut buffer = String::new();
     loop {
-        print!(
-            "{}",
-            if buffer.is_empty() {
-                "quiver> "
-            } else {
-                "     -> "
+        let prompt = if buffer.is_empty() {
+            "quiver> "
+        } else {
+            "     -> "
+        };
+        let e = editor.clone();
+        // Line editing blocks: it runs beside the runtime, which goes on serving queries.
+        let line = tokio::task::spawn_blocking(move || match e.lock() {
+            Ok(mut e) => e.readline(prompt),
+            Err(_) => Err(ReadlineError::Eof),
+        })
+        .await
+        .context("the line editor stopped")?;
+        let line = match line {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                buffer.clear();
+                continue;
             }
-        );
-        std::io::stdout().flush().ok();
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            println!();
-            break;
-        }
+            Err(ReadlineError::Eof) => {
+                println!();
+                break;
+            }
+            Err(e) => return Err(e).context("cannot read the line typed"),
+        };
         buffer.push_str(&line);
+        buffer.push('\n');
         if buffer.trim().is_empty() {
             buffer.clear();
             continue;
@@ -221,6 +309,12 @@ async fn interactive(engine: &SqlEngine) -> Result<()> {
             continue;
         }
         let text = std::mem::take(&mut buffer);
+        if let Ok(mut e) = editor.lock() {
+            let _ = e.add_history_entry(text.trim_end());
+            if let Some(h) = &history {
+                let _ = e.save_history(h);
+            }
+        }
         let statements = match quiver_sql::parse(&text) {
             Ok(s) => s,
             Err(e) => {
@@ -230,10 +324,10 @@ async fn interactive(engine: &SqlEngine) -> Result<()> {
         };
         for s in statements {
             let result = match &s.statement {
-                quiver_sql::Statement::RunScript(path) => run_file(engine, Path::new(path))
+                quiver_sql::Statement::RunScript(path) => run_file(backend, Path::new(path))
                     .await
                     .map_err(|e| format!("{e:#}")),
-                _ => run_statement(engine, &s).await.map_err(|e| e.to_string()),
+                _ => run_statement(backend, &s).await.map_err(|e| e.to_string()),
             };
             if let Err(e) = result {
                 eprintln!("error: {e}");
