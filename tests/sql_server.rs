@@ -337,3 +337,62 @@ fn the_shell_runs_statements_on_a_server_over_http() {
     );
     drop(server);
 }
+
+/// The bad-statement corpus over HTTP and through the shell: each gets the error it gets in
+/// process (the same message and position), and the server serves on unchanged.
+#[test]
+fn every_bad_statement_of_the_corpus_is_refused_over_http_and_in_the_shell() {
+    let data = DataDir::new();
+    let server = Server::start(&["--data-dir", data.arg()], &[]);
+    let sql = sql_address(&server.ready);
+    let setup = ksql(&sql, &common::corpus::setup());
+    assert_eq!(setup.as_array().unwrap().len(), 3, "{setup}");
+    let cases = common::corpus::cases();
+    let expected = common::corpus::expected();
+    assert_eq!(
+        cases.len(),
+        expected.len(),
+        "run the SQL crate's corpus test first"
+    );
+    assert!(cases.len() >= 100);
+    let mut failures = Vec::new();
+    for (case, want) in cases.iter().zip(&expected) {
+        let mut parts = want.splitn(3, ' ');
+        let (_, at, message) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap().replace("\\n", "\n"),
+        );
+        let (line, column) = at.split_once(':').unwrap();
+        let body = serde_json::json!({ "ksql": case }).to_string();
+        let (status, text) = http(&sql, "POST", "/ksql", &body);
+        let got: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let got_at = format!("{}:{}", got["line"], got["column"]);
+        if status != 400 || got["message"] != message.as_str() || got_at != at {
+            failures.push(format!(
+                "HTTP {case}\n  got  {status} {got_at} {}\n  want 400 {at} {message}",
+                got["message"]
+            ));
+        }
+        let out = remote_shell(&sql, case);
+        let shown = format!("{message} (at line {line}, column {column})");
+        if out.status.success() || !out.stderr.contains(&shown) {
+            failures.push(format!(
+                "shell {case}\n  got  {}\n  want {shown}",
+                out.stderr.trim()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let (status, _) = http(&sql, "GET", "/healthcheck", "");
+    assert_eq!(status, 200);
+    let streams = ksql(&sql, "SHOW STREAMS; SHOW TABLES; SHOW QUERIES;");
+    let counts: Vec<usize> = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rows"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(counts, [2, 1, 0], "{streams}");
+    drop(server);
+}

@@ -389,7 +389,9 @@ impl SqlEngine {
                 properties: with,
             } => {
                 let name_s = normalize(name);
-                if let Some(done) = self.exists(&name_s, name, *if_not_exists, *or_replace)? {
+                if let Some(done) =
+                    self.exists(*kind, &name_s, name, *if_not_exists, *or_replace)?
+                {
                     return Ok(done);
                 }
                 let info = self
@@ -416,7 +418,9 @@ impl SqlEngine {
                 query,
             } => {
                 let name_s = normalize(name);
-                if let Some(done) = self.exists(&name_s, name, *if_not_exists, *or_replace)? {
+                if let Some(done) =
+                    self.exists(*kind, &name_s, name, *if_not_exists, *or_replace)?
+                {
                     return Ok(done);
                 }
                 let offset = match replay {
@@ -453,6 +457,15 @@ impl SqlEngine {
                 };
                 let id = format!("INSERTQUERY_{offset}");
                 let (plan, emit) = self.plan_streaming(query, properties)?;
+                if find_aggregate(&plan).is_some() {
+                    return Err(SqlError::plan(
+                        format!(
+                            "an aggregation (GROUP BY) gives a table, and INSERT INTO writes \
+                             to the stream '{target_s}': write CREATE TABLE … AS SELECT"
+                        ),
+                        query.position,
+                    ));
+                }
                 check_columns(&plan, &info, query.position)?;
                 self.start_persistent(&id, &p.text, &info, &plan, emit)
                     .await?;
@@ -638,6 +651,7 @@ impl SqlEngine {
     /// message returned), `OR REPLACE` lets it go on, anything else is refused.
     fn exists(
         &self,
+        kind: SourceKind,
         name_s: &str,
         name: &sqlparser::ast::Ident,
         if_not_exists: bool,
@@ -653,8 +667,21 @@ impl SqlEngine {
                 existing.kind
             ))));
         }
-        if or_replace {
+        if or_replace && existing.kind == kind {
             return Ok(None);
+        }
+        if or_replace {
+            let what = existing.kind.as_str();
+            return Err(SqlError::plan(
+                format!(
+                    "'{name_s}' is a {}, and CREATE OR REPLACE {} cannot replace it with a {}: \
+                     DROP {what} {name_s} first",
+                    what.to_lowercase(),
+                    kind.as_str(),
+                    kind.as_str().to_lowercase()
+                ),
+                Position::from(name.span.start),
+            ));
         }
         Err(SqlError::plan(
             format!(
@@ -1144,8 +1171,13 @@ impl SqlEngine {
         }
         let plan = plan_query(&context, &q)?;
         let state = &self.inner.functions;
-        let plan = state.optimize(&plan)?;
-        let physical = state.create_physical_plan(&plan).await?;
+        // A type error DataFusion finds only while optimizing (a literal that does not cast,
+        // operands no operator takes) is still the statement's.
+        let at = |e: datafusion::error::DataFusionError| {
+            SqlError::plan(crate::plan::describe_plan_error(&e), q.position)
+        };
+        let plan = state.optimize(&plan).map_err(at)?;
+        let physical = state.create_physical_plan(&plan).await.map_err(at)?;
         let schema = physical.schema();
         let batches = collect(physical, state.task_ctx()).await?;
         Ok(Output::Rows { schema, batches })
@@ -1286,16 +1318,22 @@ impl SqlEngine {
                 let column = match names.iter().position(|n| n == f.name()) {
                     Some(i) => {
                         let a = b.column(i);
-                        quiver_engine::arrow::compute::cast(a, f.data_type()).map_err(|e| {
-                            SqlError::plan(
-                                format!(
-                                    "a value for '{}' is not a {}: {e}",
-                                    f.name(),
-                                    sql_name(f.data_type())
-                                ),
-                                position,
-                            )
-                        })?
+                        // Strict: a value that does not convert is an error, never a null.
+                        let strict = quiver_engine::arrow::compute::CastOptions {
+                            safe: false,
+                            ..Default::default()
+                        };
+                        quiver_engine::arrow::compute::cast_with_options(a, f.data_type(), &strict)
+                            .map_err(|e| {
+                                SqlError::plan(
+                                    format!(
+                                        "a value for '{}' is not a {}: {e}",
+                                        f.name(),
+                                        sql_name(f.data_type())
+                                    ),
+                                    position,
+                                )
+                            })?
                     }
                     None => {
                         quiver_engine::arrow::array::new_null_array(f.data_type(), b.num_rows())

@@ -18,12 +18,13 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Expr, LogicalPlan,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use quiver_engine::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, ListArray, RecordBatch, StringArray,
@@ -64,15 +65,122 @@ pub(crate) fn rewrite_aliases(query: &mut sqlparser::ast::Query) {
     });
 }
 
-fn one_or_two(second: DataType) -> Signature {
-    Signature::one_of(
-        vec![
-            TypeSignature::Any(1),
-            TypeSignature::Any(2),
-            TypeSignature::Exact(vec![DataType::Null, second]),
-        ],
-        Volatility::Immutable,
-    )
+/// Checks the constant arguments of this module's functions in a plan (TOPK's k, a JSON path,
+/// a time pattern or zone), so a bad one is the statement's error when it is planned rather
+/// than a failure of the running query.
+pub(crate) fn check_arguments(plan: &LogicalPlan) -> std::result::Result<(), String> {
+    let mut error = None;
+    let _ = plan.apply(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                let checked = match e {
+                    Expr::AggregateFunction(f) => check_aggregate(f.func.name(), &f.params.args),
+                    Expr::ScalarFunction(f) => check_scalar(f.name(), &f.args),
+                    _ => Ok(()),
+                };
+                Ok(match checked {
+                    Ok(()) => TreeNodeRecursion::Continue,
+                    Err(m) => {
+                        error = Some(m);
+                        TreeNodeRecursion::Stop
+                    }
+                })
+            })
+        })
+    });
+    error.map_or(Ok(()), Err)
+}
+
+/// A literal argument (under any casts the planner put around it).
+fn literal(e: &Expr) -> Option<&ScalarValue> {
+    match e {
+        Expr::Literal(v, _) => Some(v),
+        Expr::Cast(c) => literal(&c.expr),
+        Expr::TryCast(c) => literal(&c.expr),
+        _ => None,
+    }
+}
+
+fn text_literal<'a>(
+    args: &'a [Expr],
+    i: usize,
+    name: &str,
+    what: &str,
+) -> std::result::Result<Option<&'a str>, String> {
+    let Some(arg) = args.get(i) else {
+        return Ok(None);
+    };
+    match literal(arg) {
+        Some(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+        ) => Ok(Some(s)),
+        _ => Err(format!(
+            "{name}()'s {what} must be a constant string, as in {}",
+            example(name)
+        )),
+    }
+}
+
+fn example(name: &str) -> &'static str {
+    match name {
+        "extractjsonfield" => "EXTRACTJSONFIELD(payload, '$.user.id')",
+        "timestamptostring" => "TIMESTAMPTOSTRING(ms, 'yyyy-MM-dd HH:mm:ss', 'UTC')",
+        _ => "STRINGTOTIMESTAMP(text, 'yyyy-MM-dd HH:mm:ss', 'UTC')",
+    }
+}
+
+fn check_scalar(name: &str, args: &[Expr]) -> std::result::Result<(), String> {
+    let error = |e: datafusion::error::DataFusionError| crate::plan::describe_plan_error(&e);
+    match name {
+        "extractjsonfield" => {
+            if let Some(path) = text_literal(args, 1, name, "JSON path")? {
+                parse_json_path(path).map_err(error)?;
+            }
+        }
+        "timestamptostring" | "stringtotimestamp" => {
+            if let Some(pattern) = text_literal(args, 1, name, "pattern")? {
+                java_pattern(pattern).map_err(error)?;
+            }
+            if let Some(tz) = text_literal(args, 2, name, "time zone")? {
+                tz.parse::<chrono_tz::Tz>().map_err(|_| {
+                    format!("{name}(): '{tz}' is not a time zone; use a name such as 'UTC' or 'Europe/Berlin'")
+                })?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check_aggregate(name: &str, args: &[Expr]) -> std::result::Result<(), String> {
+    match name {
+        "topk" => {
+            let k = args
+                .get(1)
+                .and_then(literal)
+                .and_then(|v| v.cast_to(&DataType::Int64).ok());
+            match k {
+                Some(ScalarValue::Int64(Some(k))) if (1..=10_000).contains(&k) => Ok(()),
+                Some(v) => Err(format!("topk(x, k) keeps 1 to 10000 values; k is {v}")),
+                None => Err(
+                    "topk(x, k)'s k, how many values to keep, must be a constant number".to_owned(),
+                ),
+            }
+        }
+        "latest_by_offset" | "earliest_by_offset" => match args.get(1) {
+            None => Ok(()),
+            Some(arg) => match literal(arg) {
+                Some(ScalarValue::Boolean(Some(_))) => Ok(()),
+                _ => Err(format!(
+                    "{name}(x, ignore_nulls)'s second argument says whether nulls are skipped: \
+                     true or false"
+                )),
+            },
+        },
+        _ => Ok(()),
+    }
 }
 
 /// `LATEST_BY_OFFSET` / `EARLIEST_BY_OFFSET`.
@@ -86,7 +194,10 @@ impl ByOffset {
     fn new(latest: bool) -> ByOffset {
         ByOffset {
             latest,
-            signature: one_or_two(DataType::Boolean),
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(1), TypeSignature::Any(2)],
+                Volatility::Immutable,
+            ),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! row. The node is wrapped in a projection that gives back exactly the columns the SQL planner
 //! gave the join, so the rest of the plan stands as it was planned.
 
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
@@ -117,6 +117,26 @@ pub(crate) fn plan_joins(
     within: &[(JoinWithin, Position)],
     position: Position,
 ) -> Result<LogicalPlan, SqlError> {
+    let mut subquery = false;
+    let _ = plan.apply(|node| {
+        subquery |= matches!(node, LogicalPlan::Subquery(_));
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                subquery |= matches!(
+                    e,
+                    Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_)
+                );
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    if subquery {
+        return Err(SqlError::plan(
+            "a subquery (IN (SELECT …), EXISTS, or a SELECT in an expression) cannot run in a \
+             continuous query; join the stream with a table instead (FROM s JOIN t ON …)",
+            position,
+        ));
+    }
     let mut next = 0usize;
     let mut error = None;
     let out = plan.transform_up(|node| {

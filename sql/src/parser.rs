@@ -698,6 +698,22 @@ fn streaming_query(
         }
         if depth == 0 && word_is(&t.token, "WINDOW") {
             let kind = next_word(&tokens, i + 1);
+            // `WINDOW name AS (…)` is standard SQL; `WINDOW NAME (…)` is a window kind.
+            if let Some(k) = kind
+                && let Token::Word(w) = &tokens[k].token
+                && !["TUMBLING", "HOPPING", "SESSION"]
+                    .iter()
+                    .any(|n| w.value.eq_ignore_ascii_case(n))
+                && next_word(&tokens, k + 1).is_some_and(|p| tokens[p].token == Token::LParen)
+            {
+                return Err(ParseError::at(
+                    format!(
+                        "'{}' is not a kind of window; use TUMBLING, HOPPING or SESSION",
+                        w.value
+                    ),
+                    tokens[k].span.start,
+                ));
+            }
             if kind.is_some_and(|k| {
                 ["TUMBLING", "HOPPING", "SESSION"]
                     .iter()

@@ -320,7 +320,7 @@ pub(crate) fn plan_query(
     let mut q = query.query.clone();
     crate::functions::rewrite_aliases(&mut q);
     let statement = sqlparser::ast::Statement::Query(q);
-    planner.sql_statement_to_plan(statement).map_err(|e| {
+    let plan = planner.sql_statement_to_plan(statement).map_err(|e| {
         let position = e
             .diagnostic()
             .and_then(|d| d.span)
@@ -331,9 +331,32 @@ pub(crate) fn plan_query(
             });
         match context.error.borrow_mut().take() {
             Some(message) => SqlError::plan(message, position),
-            None => SqlError::plan(describe_plan_error(&e), position),
+            None => SqlError::plan(unknown_function(context, &e), position),
         }
-    })
+    })?;
+    crate::functions::check_arguments(&plan).map_err(|m| SqlError::plan(m, query.position))?;
+    Ok(plan)
+}
+
+/// An unknown function named with the closest known one (DataFusion's own suggestion picks
+/// among equally close names at random), other errors as [`describe_plan_error`] gives them.
+fn unknown_function(context: &Context<'_>, e: &datafusion::error::DataFusionError) -> String {
+    let message = describe_plan_error(e);
+    let Some(name) = message
+        .strip_prefix("Invalid function '")
+        .and_then(|rest| rest.split_once('\''))
+        .map(|(name, _)| name.to_owned())
+    else {
+        return message;
+    };
+    let mut known = context.udf_names();
+    known.extend(context.udaf_names());
+    known.extend(context.udwf_names());
+    known.sort_unstable();
+    let hint = crate::did_you_mean(&name, known.iter().map(String::as_str))
+        .map(|k| format!("; did you mean {k}?"))
+        .unwrap_or_default();
+    format!("no function named '{name}'{hint}")
 }
 
 /// DataFusion's message without its "Error during planning: " prefix and backtrace.

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // Each test file uses a different part.
 
+pub mod corpus;
 pub mod python;
 pub mod scenarios;
 
