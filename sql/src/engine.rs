@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::MemTable;
 use datafusion::execution::session_state::SessionState;
@@ -29,9 +30,11 @@ use quiver_engine::checkpoint::CheckpointStorage;
 use quiver_engine::format::{DELETED, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIME, RecordDecoder};
 use quiver_engine::plan::{PlanOptions, StreamTable};
 use quiver_engine::source::StartFrom;
+use quiver_engine::store::{MaterializeNode, TableStore};
 use quiver_engine::{
     CheckpointConfig, EmitMode, Query, QueryHandle, QueryOptions, Runtime, Sink, TopicSink,
 };
+use sqlparser::ast::SetExpr;
 use tokio::sync::mpsc;
 
 use crate::catalog::{FormatName, SourceInfo, declared_field, kafka_type};
@@ -50,6 +53,10 @@ pub const COMMAND_TOPIC: &str = "_quiver_sql_commands";
 
 /// The property that says where new queries start reading a stream.
 pub const OFFSET_RESET: &str = "auto.offset.reset";
+
+/// The most bytes a table's store (for pull queries) holds; past it, its query fails naming
+/// the store.
+const STORE_MAX_BYTES: usize = 1 << 30;
 
 /// What a statement gives back.
 #[derive(Debug)]
@@ -1027,6 +1034,16 @@ impl SqlEngine {
                 .create_topic(NewTopic::new(&topic, partitions))
                 .await?;
         }
+        // A table's rows are kept in a store as well, for pull queries.
+        let plan = if is_table {
+            let schema = Arc::new(plan.schema().as_arrow().clone());
+            let store = TableStore::new(name, schema, &key, STORE_MAX_BYTES)?;
+            LogicalPlan::Extension(datafusion::logical_expr::Extension {
+                node: Arc::new(MaterializeNode { input: plan, store }),
+            })
+        } else {
+            plan
+        };
         self.start_persistent(id, text, &info, &plan, emit).await?;
         self.inner
             .state
@@ -1144,7 +1161,10 @@ impl SqlEngine {
         // Only the sources the query names are read.
         let named = names_in(&query.query);
         for info in sources.iter().filter(|s| named.contains(&s.name)) {
-            let batch = self.read_all(info).await?;
+            let batch = match self.materialized(&info.name) {
+                Some(store) => self.store_rows(&store, info, query)?,
+                None => self.read_all(info).await?,
+            };
             let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
             tables.insert(info.name.clone(), batch_source(Arc::new(table)));
         }
@@ -1181,6 +1201,52 @@ impl SqlEngine {
         let schema = physical.schema();
         let batches = collect(physical, state.task_ctx()).await?;
         Ok(Output::Rows { schema, batches })
+    }
+
+    /// The store of a table a running query materializes.
+    fn materialized(&self, name: &str) -> Option<TableStore> {
+        let state = self.inner.state.lock();
+        state
+            .queries
+            .values()
+            .filter(|q| q.sink == name)
+            .find_map(|q| q.handle.as_ref().and_then(|h| h.stores().first().cloned()))
+    }
+
+    /// A pull query's rows from a table's store: the row of one key when the query's WHERE
+    /// fixes every key column to a value, else every row; in the table's columns (the
+    /// pseudo-columns a store does not keep are null).
+    fn store_rows(
+        &self,
+        store: &TableStore,
+        info: &SourceInfo,
+        query: &StreamingQuery,
+    ) -> Result<RecordBatch, SqlError> {
+        let schema = Arc::new(info.schema());
+        let rows = match key_lookup(query, info) {
+            Some(key) => match store.get(&key)? {
+                Some(row) => row,
+                None => RecordBatch::new_empty(store.schema()),
+            },
+            None => store.scan()?,
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for f in schema.fields() {
+            columns.push(match rows.schema().index_of(f.name()) {
+                Ok(i) => quiver_engine::arrow::compute::cast(rows.column(i), f.data_type())?,
+                Err(_) => {
+                    quiver_engine::arrow::array::new_null_array(f.data_type(), rows.num_rows())
+                }
+            });
+        }
+        let nullable = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(RecordBatch::try_new(nullable, columns)?)
     }
 
     /// A source's records up to now, decoded; a table's as its current rows (latest per key,
@@ -1668,6 +1734,65 @@ fn check_properties(with: &[Property], known: &[&str]) -> Result<(), SqlError> {
         ));
     }
     Ok(())
+}
+
+/// The values a query's WHERE gives every key column of `info` (`k = 'v' AND …`), cast to the
+/// key's types; `None` when it does not fix them all.
+fn key_lookup(query: &StreamingQuery, info: &SourceInfo) -> Option<Vec<ScalarValue>> {
+    use sqlparser::ast::{BinaryOperator, Expr as E};
+    let SetExpr::Select(select) = query.query.body.as_ref() else {
+        return None;
+    };
+    if select.from.len() != 1 || !select.from[0].joins.is_empty() {
+        return None;
+    }
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    let mut pending = vec![select.selection.as_ref()?];
+    while let Some(e) = pending.pop() {
+        match e {
+            E::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                pending.push(left);
+                pending.push(right);
+            }
+            E::Nested(inner) => pending.push(inner),
+            E::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                let column = |e: &E| match e {
+                    E::Identifier(i) => Some(normalize(i)),
+                    E::CompoundIdentifier(parts) => parts.last().map(normalize),
+                    _ => None,
+                };
+                let value = |e: &E| match e {
+                    E::Value(v) => match &v.value {
+                        sqlparser::ast::Value::SingleQuotedString(s) => Some(s.clone()),
+                        sqlparser::ast::Value::Number(n, _) => Some(n.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let (Some(c), Some(v)) = (column(left), value(right)) {
+                    found.insert(c, v);
+                } else if let (Some(c), Some(v)) = (column(right), value(left)) {
+                    found.insert(c, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    info.key_columns
+        .iter()
+        .map(|k| {
+            let text = found.get(k.name())?;
+            ScalarValue::try_from_string(text.clone(), k.data_type()).ok()
+        })
+        .collect()
 }
 
 /// The aggregation of a plan, under its projections and HAVING filter.

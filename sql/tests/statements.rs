@@ -54,7 +54,10 @@ async fn rows(engine: &SqlEngine, sql: &str) -> Vec<String> {
 }
 
 async fn ok(engine: &SqlEngine, sql: &str) -> String {
-    let mut out = engine.execute(sql).await.unwrap();
+    let mut out = engine
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     match out.pop() {
         Some(Output::Message(m)) => m,
         other => panic!("{sql}: not a message: {other:?}"),
@@ -613,4 +616,84 @@ fn the_parser_reads_every_statement_kind() {
     );
     // The text of each statement is kept for the command log, without its ';'.
     assert_eq!(parsed[13].text, "TERMINATE CTAS_T_1");
+}
+
+/// A pull query on a table a running query maintains answers from the query's store: by key,
+/// and for any other WHERE over all rows. Once the query is terminated, the table's topic
+/// answers instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_queries_on_a_maintained_table_read_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, PAGEVIEWS).await;
+    ok(&engine, "SET 'auto.offset.reset' = 'earliest';").await;
+    ok(
+        &engine,
+        "INSERT INTO pageviews VALUES ('alice', '/a', 1000), ('bob', '/b', 2000), \
+         ('alice', '/c', 3000), ('carol', '/d', 4000);",
+    )
+    .await;
+    ok(
+        &engine,
+        "CREATE TABLE views_per_user AS SELECT user_id, COUNT(*) AS views FROM pageviews \
+         GROUP BY user_id EMIT CHANGES;",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = rows(
+            &engine,
+            "SELECT user_id, views FROM views_per_user ORDER BY user_id;",
+        )
+        .await;
+        if got.len() == 3 && got[0] == "alice|2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, ["alice|2", "bob|1", "carol|1"]);
+    // A record written to the table's topic by someone else is not the query's state.
+    broker
+        .produce(
+            "views_per_user",
+            &[Record::new(9000, Some(b"alice"), Some(br#"{"views": 99}"#))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT views FROM views_per_user WHERE user_id = 'alice';"
+        )
+        .await,
+        ["2"]
+    );
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT user_id FROM views_per_user WHERE user_id > 'b' AND views = 1 ORDER BY user_id;"
+        )
+        .await,
+        ["bob", "carol"]
+    );
+    assert!(
+        rows(
+            &engine,
+            "SELECT views FROM views_per_user WHERE user_id = 'nobody';"
+        )
+        .await
+        .is_empty()
+    );
+    // Terminated, the table is its topic's latest rows.
+    ok(&engine, "TERMINATE ALL;").await;
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT views FROM views_per_user WHERE user_id = 'alice';"
+        )
+        .await,
+        ["99"]
+    );
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
 }
