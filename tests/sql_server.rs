@@ -301,7 +301,7 @@ fn the_shell_runs_statements_on_a_server_over_http() {
         [
             "name             topic            key_format  value_format",
             "orders           orders           KAFKA       JSON",
-            "orders_enriched  orders_enriched  NONE        JSON",
+            "orders_enriched  orders_enriched  KAFKA       JSON",
             "(2 rows)",
             "order_id  amount",
             "o-2       40.0",

@@ -287,6 +287,12 @@ impl QueryHandle {
     }
 
     /// Whether it has ended (its source finished, it failed, or it was stopped).
+    /// Whether every task has started with its state restored from the checkpoint: from then
+    /// on the query's stores hold at least what it had emitted when the checkpoint was taken.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
@@ -325,6 +331,8 @@ struct Shared {
     operators: Mutex<BTreeMap<(String, usize), OperatorMetrics>>,
     /// The state bytes each task (stage, task) last measured.
     state: Mutex<BTreeMap<(usize, usize), u64>>,
+    /// Every task has started, its state restored from the checkpoint (if any).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// A task's measure of its operators' state against the query's limit (see
@@ -642,6 +650,10 @@ async fn run(
             }
         }
     }
+    // Every operator's state is back: its stores answer as of the checkpoint.
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     let sink_inputs = Inputs::new(
         receivers
             .next()

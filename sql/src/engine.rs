@@ -58,6 +58,9 @@ pub const OFFSET_RESET: &str = "auto.offset.reset";
 /// the store.
 const STORE_MAX_BYTES: usize = 1 << 30;
 
+/// How long (in 20 ms rounds) a pull query waits for a starting query to restore its store.
+const STORE_WAIT_ROUNDS: usize = 250;
+
 /// What a statement gives back.
 #[derive(Debug)]
 pub enum Output {
@@ -463,6 +466,7 @@ impl SqlEngine {
                     None => self.next_command_offset()?,
                 };
                 let id = format!("INSERTQUERY_{offset}");
+                no_partition_by(query)?;
                 let (plan, emit) = self.plan_streaming(query, properties)?;
                 if find_aggregate(&plan).is_some() {
                     return Err(SqlError::plan(
@@ -958,8 +962,19 @@ impl SqlEngine {
         let query = &query;
         let (plan, emit) = self.plan_streaming(query, properties)?;
         let output = plan.schema().as_arrow().clone();
-        let key = output_key(&plan);
         let is_table = find_aggregate(&plan).is_some();
+        let key = match &query.partition_by {
+            Some((_, at)) if is_table => {
+                return Err(SqlError::plan(
+                    "a table is keyed by its GROUP BY columns; PARTITION BY re-keys a stream \
+                     (CREATE STREAM … AS SELECT … PARTITION BY column)",
+                    *at,
+                ));
+            }
+            Some((columns, at)) => partition_key(columns, &output, *at)?,
+            None if is_table => output_key(&plan),
+            None => self.source_key(&plan, &output),
+        };
         if kind == SourceKind::Table && !is_table {
             return Err(SqlError::plan(
                 "CREATE TABLE … AS SELECT needs an aggregation (GROUP BY): a query without one is \
@@ -1056,6 +1071,29 @@ impl SqlEngine {
         ))
     }
 
+    /// A stream query's key when it has no PARTITION BY: its first source's key columns, when
+    /// it selects them all under their names (as ksqlDB keeps a stream's key).
+    fn source_key(&self, plan: &LogicalPlan, output: &Schema) -> Vec<String> {
+        let mut first = None;
+        let _ = plan.apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                first = Some(scan.table_name.table().to_owned());
+                return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        let Some(info) = first.and_then(|n| self.inner.state.lock().sources.get(&n).cloned())
+        else {
+            return Vec::new();
+        };
+        let key: Vec<String> = info.key_columns.iter().map(|f| f.name().clone()).collect();
+        if !key.is_empty() && key.iter().all(|k| output.field_with_name(k).is_ok()) {
+            key
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The most partitions of the topics a plan reads (its output's default partitioning).
     fn input_partitions(&self, plan: &LogicalPlan) -> Option<i32> {
         let mut most = None;
@@ -1105,6 +1143,7 @@ impl SqlEngine {
         query: &StreamingQuery,
         properties: &BTreeMap<String, String>,
     ) -> Result<Output, SqlError> {
+        no_partition_by(query)?;
         if query.emit.is_none() {
             return self.history(query).await;
         }
@@ -1161,7 +1200,7 @@ impl SqlEngine {
         // Only the sources the query names are read.
         let named = names_in(&query.query);
         for info in sources.iter().filter(|s| named.contains(&s.name)) {
-            let batch = match self.materialized(&info.name) {
+            let batch = match self.materialized(&info.name).await {
                 Some(store) => self.store_rows(&store, info, query)?,
                 None => self.read_all(info).await?,
             };
@@ -1203,14 +1242,29 @@ impl SqlEngine {
         Ok(Output::Rows { schema, batches })
     }
 
-    /// The store of a table a running query materializes.
-    fn materialized(&self, name: &str) -> Option<TableStore> {
-        let state = self.inner.state.lock();
-        state
-            .queries
-            .values()
-            .filter(|q| q.sink == name)
-            .find_map(|q| q.handle.as_ref().and_then(|h| h.stores().first().cloned()))
+    /// The store of a table a running query materializes, once the query has restored it
+    /// (waiting a little for a query that is starting; `None` past that, and the table is
+    /// read from its topic).
+    async fn materialized(&self, name: &str) -> Option<TableStore> {
+        for _ in 0..STORE_WAIT_ROUNDS {
+            let (store, ready) = {
+                let state = self.inner.state.lock();
+                let handle = state
+                    .queries
+                    .values()
+                    .filter(|q| q.sink == name)
+                    .find_map(|q| q.handle.as_ref())?;
+                if handle.is_finished() {
+                    return None;
+                }
+                (handle.stores().first().cloned()?, handle.is_ready())
+            };
+            if ready {
+                return Some(store);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     /// A pull query's rows from a table's store: the row of one key when the query's WHERE
@@ -1361,6 +1415,7 @@ impl SqlEngine {
             }),
             window: None,
             within: Vec::new(),
+            partition_by: None,
             emit: None,
             limit: None,
             position,
@@ -1734,6 +1789,47 @@ fn check_properties(with: &[Property], known: &[&str]) -> Result<(), SqlError> {
         ));
     }
     Ok(())
+}
+
+/// `PARTITION BY` columns: each one of the output's own.
+fn partition_key(
+    columns: &[sqlparser::ast::Ident],
+    output: &Schema,
+    at: Position,
+) -> Result<Vec<String>, SqlError> {
+    let mut key = Vec::new();
+    for c in columns {
+        let name = normalize(c);
+        let pseudo = matches!(
+            name.as_str(),
+            ROWTIME | ROWPARTITION | ROWOFFSET | ROWHEADERS | DELETED
+        );
+        if pseudo || output.field_with_name(&name).is_err() {
+            return Err(SqlError::plan(
+                format!(
+                    "PARTITION BY {name}: the query's output has no column '{name}'; select it \
+                     (with AS to name an expression), then partition by that name"
+                ),
+                Position::from(c.span.start).max(at),
+            ));
+        }
+        if !key.contains(&name) {
+            key.push(name);
+        }
+    }
+    Ok(key)
+}
+
+/// A PARTITION BY outside CREATE STREAM … AS SELECT.
+fn no_partition_by(query: &StreamingQuery) -> Result<(), SqlError> {
+    match &query.partition_by {
+        Some((_, at)) => Err(SqlError::plan(
+            "PARTITION BY sets the key of a stream's topic: it belongs to CREATE STREAM … AS \
+             SELECT",
+            *at,
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The values a query's WHERE gives every key column of `info` (`k = 'v' AND …`), cast to the

@@ -184,6 +184,8 @@ pub struct StreamingQuery {
     pub window: Option<(WindowClause, Position)>,
     /// The joins' `WITHIN` clauses, in the order the joins are written.
     pub within: Vec<(JoinWithin, Position)>,
+    /// `PARTITION BY column, …`: the output's key columns (where the clause is).
+    pub partition_by: Option<(Vec<Ident>, Position)>,
     pub emit: Option<Emit>,
     /// `LIMIT n`: a push query ends after n rows.
     pub limit: Option<u64>,
@@ -680,6 +682,7 @@ fn streaming_query(
     let mut rest = Vec::with_capacity(tokens.len());
     let mut window = None;
     let mut within = Vec::new();
+    let mut partition_by = None;
     let mut emit = None;
     let mut depth = 0i32;
     let mut i = 0;
@@ -801,6 +804,38 @@ fn streaming_query(
                 continue;
             }
         }
+        if depth == 0
+            && word_is(&t.token, "PARTITION")
+            && next_word(&tokens, i + 1).is_some_and(|k| word_is(&tokens[k].token, "BY"))
+        {
+            let at = Position::from(t.span.start);
+            if partition_by.is_some() {
+                return Err(ParseError::at("a query has one PARTITION BY clause", at));
+            }
+            let from = next_word(&tokens, i + 1).map_or(i + 1, |k| k + 1);
+            let mut end = from;
+            while end < tokens.len()
+                && !["EMIT", "LIMIT", "WINDOW", "GROUP", "HAVING"]
+                    .iter()
+                    .any(|w| word_is(&tokens[end].token, w))
+                && tokens[end].token != Token::SemiColon
+            {
+                end += 1;
+            }
+            let mut p = P::new(tokens[from..end].to_vec(), at);
+            let mut columns = vec![p.ident()?];
+            while p.parser.consume_token(&Token::Comma) {
+                columns.push(p.ident()?);
+            }
+            if p.peek().token != Token::EOF {
+                return Err(p.expected(
+                    "a column name: PARTITION BY takes the output columns that become the key",
+                ));
+            }
+            partition_by = Some((columns, at));
+            i = end;
+            continue;
+        }
         if depth == 0 && word_is(&t.token, "EMIT") {
             let what = next_word(&tokens, i + 1);
             let kind = match what.map(|k| &tokens[k].token) {
@@ -851,6 +886,7 @@ fn streaming_query(
         query,
         window,
         within,
+        partition_by,
         emit,
         limit,
         position,

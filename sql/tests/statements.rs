@@ -697,3 +697,81 @@ async fn pull_queries_on_a_maintained_table_read_its_store() {
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+/// `PARTITION BY` re-keys a stream's output: its records are keyed, and so partitioned, by the
+/// named columns. Without it, a stream query keeps its source's key when it selects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_by_rekeys_a_stream_and_a_selected_key_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, PAGEVIEWS).await;
+    ok(&engine, "SET 'auto.offset.reset' = 'earliest';").await;
+    let mut values = Vec::new();
+    for i in 0..40 {
+        values.push(format!("('u{}', '/p{}', {})", i % 7, i % 5, 1000 + i));
+    }
+    ok(
+        &engine,
+        &format!("INSERT INTO pageviews VALUES {};", values.join(", ")),
+    )
+    .await;
+    ok(
+        &engine,
+        "CREATE STREAM by_page WITH (PARTITIONS=3) AS SELECT page, user_id, ms FROM pageviews \
+         PARTITION BY page EMIT CHANGES;",
+    )
+    .await;
+    ok(
+        &engine,
+        "CREATE STREAM same_key AS SELECT user_id, UPPER(page) AS page FROM pageviews EMIT CHANGES;",
+    )
+    .await;
+    assert_eq!(
+        rows(&engine, "DESCRIBE by_page;").await[1..],
+        ["page|STRING (key)", "user_id|STRING", "ms|BIGINT"]
+    );
+    assert_eq!(
+        rows(&engine, "DESCRIBE same_key;").await[1..],
+        ["user_id|STRING (key)", "page|STRING"]
+    );
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = rows(
+            &engine,
+            "SELECT page, COUNT(*), COUNT(DISTINCT rowpartition) FROM by_page GROUP BY page \
+             ORDER BY page;",
+        )
+        .await;
+        if got
+            .iter()
+            .map(|r| r.split('|').nth(1).unwrap().parse::<i64>().unwrap())
+            .sum::<i64>()
+            == 40
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each page's records went to one partition, as their key says.
+    assert_eq!(got, ["/p0|8|1", "/p1|8|1", "/p2|8|1", "/p3|8|1", "/p4|8|1"]);
+    for (sql, message) in [
+        (
+            "CREATE STREAM bad AS SELECT page FROM pageviews PARTITION BY user_id EMIT CHANGES;",
+            "no column 'user_id'",
+        ),
+        (
+            "CREATE TABLE bad AS SELECT page, COUNT(*) AS n FROM pageviews GROUP BY page \
+             PARTITION BY page EMIT CHANGES;",
+            "keyed by its GROUP BY",
+        ),
+        (
+            "SELECT page FROM pageviews PARTITION BY page EMIT CHANGES;",
+            "belongs to CREATE STREAM",
+        ),
+    ] {
+        let e = engine.execute(sql).await.unwrap_err();
+        assert!(e.message.contains(message), "{sql}: {e}");
+    }
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
