@@ -962,7 +962,14 @@ impl SqlEngine {
         let query = &query;
         let (plan, emit) = self.plan_streaming(query, properties)?;
         let output = plan.schema().as_arrow().clone();
-        let is_table = find_aggregate(&plan).is_some();
+        let aggregated = find_aggregate(&plan).is_some();
+        // A join of tables is a table too, keyed by the left table's key.
+        let joined_tables = if aggregated || output.field_with_name(DELETED).is_err() {
+            None
+        } else {
+            crate::join::result_key(&plan)
+        };
+        let is_table = aggregated || joined_tables.is_some();
         let key = match &query.partition_by {
             Some((_, at)) if is_table => {
                 return Err(SqlError::plan(
@@ -972,9 +979,23 @@ impl SqlEngine {
                 ));
             }
             Some((columns, at)) => partition_key(columns, &output, *at)?,
-            None if is_table => output_key(&plan),
+            None if is_table => joined_tables.unwrap_or_else(|| output_key(&plan)),
             None => self.source_key(&plan, &output),
         };
+        if kind == SourceKind::Table
+            && !is_table
+            && output.field_with_name(DELETED).is_ok()
+            && let Some(key) = crate::join::unselected_key(&plan)
+        {
+            return Err(SqlError::plan(
+                format!(
+                    "a table's query must select its key columns ({}): they are the new \
+                     table's key",
+                    key.join(", ")
+                ),
+                query.position,
+            ));
+        }
         if kind == SourceKind::Table && !is_table {
             return Err(SqlError::plan(
                 "CREATE TABLE … AS SELECT needs an aggregation (GROUP BY): a query without one is \

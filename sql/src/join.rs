@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | stream | table | [`StreamJoinNode`]: each record meets the table's row for its key as of its time | inner, left |
 //! | stream | stream | [`WindowJoinNode`], `WITHIN` a time bound | inner, left, full |
+//! | table | table | [`TableJoinNode`] on the primary keys: a table keyed by the left's key | inner, left, full |
 //!
 //! A `RIGHT JOIN` is the left join with its inputs swapped. The `ON` clause's equalities between
 //! the two sides are the join keys (a stream–table join must equate one stream expression with
@@ -16,7 +17,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
-    BinaryExpr, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, lit,
+    BinaryExpr, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
 };
 use quiver_engine::format::{DELETED, ROWTIME};
 use quiver_engine::join::{JoinKind, StreamJoinNode, TableJoinNode, WindowJoinNode};
@@ -163,10 +164,82 @@ pub(crate) fn plan_joins(
                     at,
                 ));
             }
+            if t.transformed {
+                return Ok(keep_marker(drop_lost_markers(t.data)?)?);
+            }
             Ok(t.data)
         }
         (Err(e), None) => Err(e.into()),
     }
+}
+
+/// The plan above a stream's join as planned for the SQL join, but without the tables' delete
+/// markers the join no longer has (a `SELECT *` selects them), its schemas recomputed.
+fn drop_lost_markers(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    Ok(plan
+        .transform_up(|node| match node {
+            LogicalPlan::Projection(p) => {
+                let input = p.input.schema().clone();
+                let lost = |e: &Expr| {
+                    e.column_refs()
+                        .iter()
+                        .any(|c| !input.has_column(c) && c.name == DELETED)
+                };
+                if !p.expr.iter().any(lost) {
+                    return Ok(Transformed::no(LogicalPlan::Projection(p)));
+                }
+                let exprs: Vec<Expr> = p.expr.into_iter().filter(|e| !lost(e)).collect();
+                Ok(Transformed::yes(LogicalPlan::Projection(
+                    datafusion::logical_expr::Projection::try_new(exprs, p.input)?,
+                )))
+            }
+            other => Ok(Transformed::yes(other.recompute_schema()?)),
+        })?
+        .data)
+}
+
+/// A query whose result is a table (a join of tables, not aggregated) keeps the delete marker
+/// the query's select list leaves out, so deletes reach its output.
+fn keep_marker(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    let LogicalPlan::Projection(p) = &plan else {
+        return Ok(plan);
+    };
+    if p.schema.has_column_with_unqualified_name(DELETED)
+        || !p.input.schema().has_column_with_unqualified_name(DELETED)
+        || table_key(&p.input).is_none()
+    {
+        return Ok(plan);
+    }
+    let Some((q, _)) = p.input.schema().iter().find(|(_, f)| f.name() == DELETED) else {
+        return Ok(plan);
+    };
+    let marker = Expr::Column(Column::new(q.cloned(), DELETED)).alias(DELETED);
+    let mut exprs = p.expr.clone();
+    exprs.push(marker);
+    Ok(LogicalPlan::Projection(
+        datafusion::logical_expr::Projection::try_new(exprs, p.input.clone())?,
+    ))
+}
+
+/// The key of the table a query's select list is over (selected or not).
+pub(crate) fn unselected_key(plan: &LogicalPlan) -> Option<Vec<String>> {
+    match plan {
+        LogicalPlan::Projection(p) => table_key(&p.input),
+        _ => None,
+    }
+}
+
+/// The key of a query's result when it is a table that is not an aggregation (a join of
+/// tables): the key columns, if the query selects them all.
+pub(crate) fn result_key(plan: &LogicalPlan) -> Option<Vec<String>> {
+    let LogicalPlan::Projection(p) = plan else {
+        return None;
+    };
+    let key = unselected_key(plan)?;
+    let out = p.schema.as_ref();
+    key.iter()
+        .all(|k| out.has_column_with_unqualified_name(k))
+        .then_some(key)
 }
 
 fn stream_join(
@@ -266,12 +339,41 @@ fn stream_join(
                  {left_name} ON … (each stream record looks up the table)"
             ));
         }
-        (Some(_), Some(_)) => {
-            return fail(
-                "table–table joins are not supported in SQL yet (the DSL's Table::join has \
-                 them); join a stream with a table, or two streams WITHIN a time bound"
-                    .to_owned(),
-            );
+        (Some(left_key), Some(key)) => {
+            // Each left key column equals one right key column, and nothing else.
+            let mut right_key = Vec::new();
+            for k in &left_key {
+                let found = pairs.iter().find_map(|(l, r)| match (l, r) {
+                    (Expr::Column(l), Expr::Column(r)) if l.name == *k && key.contains(&r.name) => {
+                        Some(r.name.clone())
+                    }
+                    _ => None,
+                });
+                match found {
+                    Some(r) => right_key.push(r),
+                    None => {
+                        return fail(format!(
+                            "a table–table join matches the tables' PRIMARY KEYs: the ON clause \
+                             must equate {left_name}'s ({}) with {right_name}'s ({}); joining on \
+                             another column (a foreign key) is not supported yet",
+                            left_key.join(", "),
+                            key.join(", ")
+                        ));
+                    }
+                }
+            }
+            if pairs.len() != left_key.len() || filter.is_some() || right_key.len() != key.len() {
+                return fail(format!(
+                    "a table–table join's ON clause equates the tables' PRIMARY KEYs ({} with \
+                     {}) and nothing else; put other conditions in WHERE",
+                    left_key.join(", "),
+                    key.join(", ")
+                ));
+            }
+            (
+                TableJoinNode::plan(name, left.clone(), right.clone(), left_key, right_key, kind)?,
+                true,
+            )
         }
         (None, None) => {
             let Some((w, p)) = within else {
@@ -323,8 +425,14 @@ fn stream_join(
         } else if schema.has_column(&column) {
             exprs.push(Expr::Column(column));
         } else if f.name() == DELETED {
-            // The table's delete marker: a join's result is a stream, which deletes nothing.
-            exprs.push(lit(false).alias_qualified(q.cloned(), DELETED));
+            // A join of tables deletes a row when its delete marker says so; a stream's join
+            // has no marker (the plan above drops its references, see `drop_lost_markers`).
+            if schema.has_column_with_unqualified_name(DELETED) {
+                exprs.push(
+                    Expr::Column(Column::new_unqualified(DELETED))
+                        .alias_qualified(q.cloned(), DELETED),
+                );
+            }
         } else {
             return fail(format!(
                 "the join lost the column {column}; this is a bug in Quiver's planner"

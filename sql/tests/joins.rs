@@ -120,6 +120,22 @@ async fn a_stream_joined_with_a_table_sees_each_row_as_of_the_records_time() {
             "o4|40.0|Ada|us"
         ]
     );
+    // A condition on the joined row filters the joined rows.
+    ok(
+        &engine,
+        "CREATE STREAM us_orders AS
+             SELECT o.order_id, c.name FROM orders o JOIN customers c ON o.customer_id = c.id
+             WHERE c.region = 'us' AND o.amount >= 20
+             EMIT CHANGES;",
+    )
+    .await;
+    let got = wait_rows(
+        &engine,
+        "SELECT order_id, name FROM us_orders ORDER BY order_id;",
+        3,
+    )
+    .await;
+    assert_eq!(got, ["o2|Bo", "o4|Ada", "o5|Bo"]);
     // An inner join drops the order without a customer (o3); the aggregate over it is a
     // table: us has o2, o4 (Ada had moved) and o5.
     ok(
@@ -260,6 +276,53 @@ async fn joins_that_cannot_run_continuously_say_why_and_where() {
         let p = e.position.unwrap();
         assert_eq!((p.line, p.column), (*line, *column), "{sql}: {e}");
     }
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tables_join_on_their_keys_into_a_table_that_follows_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, SETUP).await;
+    ok(
+        &engine,
+        "CREATE TABLE accounts (id STRING PRIMARY KEY, tier STRING)
+             WITH (KAFKA_TOPIC='accounts', VALUE_FORMAT='JSON', PARTITIONS=2);
+         INSERT INTO accounts (rowtime, id, tier) VALUES (1000, 'c1', 'gold');
+         CREATE TABLE customer_tiers AS
+             SELECT c.id, c.name, a.tier FROM customers c LEFT JOIN accounts a ON c.id = a.id
+             EMIT CHANGES;",
+    )
+    .await;
+    let query = "SELECT id, name, tier FROM customer_tiers ORDER BY id;";
+    let want = ["c1|Ada|gold", "c2|Bo|null"];
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = rows(&engine, query).await;
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, want);
+    // An update on either side updates the joined row.
+    ok(
+        &engine,
+        "INSERT INTO accounts (rowtime, id, tier) VALUES (7000, 'c2', 'silver'), (7000, 'c1', 'platinum');",
+    )
+    .await;
+    let want = ["c1|Ada|platinum", "c2|Bo|silver"];
+    for _ in 0..400 {
+        got = rows(&engine, query).await;
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, want);
+    let described = rows(&engine, "DESCRIBE customer_tiers;").await;
+    assert_eq!(described[1], "id|STRING (primary key)", "{described:?}");
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
 }

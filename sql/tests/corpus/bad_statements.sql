@@ -218,7 +218,11 @@ SELECT * FROM pageviews WITHIN 1 HOUR EMIT CHANGES;
 
 SELECT * FROM pageviews p CROSS JOIN clicks c EMIT CHANGES;
 
-SELECT * FROM users a JOIN users b ON a.id = b.id EMIT CHANGES;
+SELECT * FROM users a JOIN users b ON a.name = b.id EMIT CHANGES;
+
+SELECT * FROM users a JOIN users b ON a.id = b.id AND a.name <> b.name EMIT CHANGES;
+
+CREATE TABLE t2 AS SELECT a.name FROM users a JOIN users b ON a.id = b.id EMIT CHANGES;
 
 SELECT user_id, TOPK(ms, 0) FROM pageviews GROUP BY user_id;
 
