@@ -165,6 +165,14 @@ fn the_shell_at_a_terminal_edits_lines_cancels_queries_with_ctrl_c_and_keeps_his
     let mut cmd =
         common::python::command("shell_pty.py", &[env!("CARGO_BIN_EXE_quiver"), data.arg()]);
     cmd.env("HOME", home.path());
+    // The script starts the binary itself: keep the test run's own settings (`QUIVER_PYTHON`)
+    // out of its environment, where they would read as server config.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("QUIVER_")) {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
     // The script bounds each step itself (a minute); on a loaded machine the whole takes long.
     run_bounded(cmd, b"", std::time::Duration::from_secs(300)).ok();
     // The statements typed are the next session's history.

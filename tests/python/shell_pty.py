@@ -21,9 +21,15 @@ seen = b""
 
 
 def expect(marker):
+    """Wait for MARKER and consume the output up to its end, so that text which came in the
+    same read as an earlier marker still counts for the next one."""
     global seen
     end = time.time() + 60
     while time.time() < end:
+        at = seen.find(marker)
+        if at >= 0:
+            seen = seen[at + len(marker):]
+            return
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
             try:
@@ -33,8 +39,6 @@ def expect(marker):
             if not data:
                 break
             seen += data
-            if marker in seen:
-                return
     sys.stdout.write(seen.decode(errors="replace"))
     sys.exit(f"never saw {marker!r}")
 
