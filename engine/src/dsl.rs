@@ -459,8 +459,9 @@ impl Stream {
     }
 
     /// Joins this stream with `other` within a time bound (Kafka Streams' `JoinWindows`, an
-    /// interval join): records with equal keys whose event times are at most `within_ms` apart
-    /// (see [`crate::window_join`]). `keys` and `other_keys` pair up in order. The result has
+    /// interval join): records with equal keys whose event times are at most `within` apart
+    /// (milliseconds, or a [`crate::join::JoinWindow`] with a bound before and one after; see
+    /// [`crate::window_join`]). `keys` and `other_keys` pair up in order. The result has
     /// this stream's columns, then the other's (its pseudo-columns left out; a name this stream
     /// has is prefixed with the other's name and `_`); its `rowtime` is the later of the two.
     pub fn window_join(
@@ -468,10 +469,10 @@ impl Stream {
         other: &Stream,
         keys: impl IntoIterator<Item = Expr>,
         other_keys: impl IntoIterator<Item = Expr>,
-        within_ms: i64,
+        within: impl Into<crate::join::JoinWindow>,
         kind: JoinKind,
     ) -> Result<Stream> {
-        self.window_join_with(other, keys, other_keys, within_ms, kind, None, 0)
+        self.window_join_with(other, keys, other_keys, within, kind, None, 0)
     }
 
     /// [`Stream::window_join`] with a condition on each pair on top of the key equality (over
@@ -483,7 +484,7 @@ impl Stream {
         other: &Stream,
         keys: impl IntoIterator<Item = Expr>,
         other_keys: impl IntoIterator<Item = Expr>,
-        within_ms: i64,
+        within: impl Into<crate::join::JoinWindow>,
         kind: JoinKind,
         filter: Option<Expr>,
         grace_ms: i64,
@@ -497,7 +498,7 @@ impl Stream {
             other_keys.into_iter().collect(),
             filter,
             kind,
-            within_ms,
+            within,
             grace_ms,
         )?;
         let later = other

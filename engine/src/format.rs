@@ -165,6 +165,9 @@ pub struct RecordDecoder {
     value: Format,
     /// A value (or key) column that holds the event time, replacing the record timestamp.
     time_column: Option<usize>,
+    /// How a text time column is read: a chrono `strftime` format (see
+    /// [`RecordDecoder::with_time_format`]); without one, text is read as ISO 8601.
+    time_format: Option<String>,
     schema: SchemaRef,
     /// Decoding a table's changelog: a record with a null value is a tombstone, decoded (its
     /// key only) with [`DELETED`] set; this decoder reads the tombstones' keys.
@@ -175,8 +178,10 @@ pub struct RecordDecoder {
 }
 
 impl RecordDecoder {
-    /// A decoder for `key` and `value`. With `time_column`, that column (a timestamp, or an
-    /// integer of milliseconds) is the event time [`ROWTIME`]; a record with a null there is bad.
+    /// A decoder for `key` and `value`. With `time_column`, that column (a timestamp, an
+    /// integer of milliseconds, or text: ISO 8601 unless [`RecordDecoder::with_time_format`]
+    /// says otherwise) is the event time [`ROWTIME`]; a record with a null there, or text that
+    /// is not a time, is bad.
     pub fn new(key: Format, value: Format, time_column: Option<&str>) -> Result<RecordDecoder> {
         let mut fields = key.fields();
         fields.extend(value.fields());
@@ -223,11 +228,16 @@ impl RecordDecoder {
                         ))
                     })?;
                 match f.data_type() {
-                    DataType::Timestamp(_, _) | DataType::Int64 | DataType::Int32 => {}
+                    DataType::Timestamp(_, _)
+                    | DataType::Int64
+                    | DataType::Int32
+                    | DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View => {}
                     other => {
                         return Err(EngineError::config(format!(
-                            "the timestamp column '{name}' is {other}; it must be a timestamp \
-                             or an integer of milliseconds since the epoch"
+                            "the timestamp column '{name}' is {other}; it must be a timestamp, \
+                             an integer of milliseconds since the epoch, or text"
                         )));
                     }
                 }
@@ -239,10 +249,49 @@ impl RecordDecoder {
             key,
             value,
             time_column,
+            time_format: None,
             schema: Arc::new(Schema::new(fields)),
             tombstones: None,
             changelog: None,
         })
+    }
+
+    /// Reads a text time column with a chrono `strftime` format (`%Y-%m-%d %H:%M:%S`): a time
+    /// without an offset is UTC, a date alone its midnight. Fails when the decoder has no text
+    /// time column, or the format is not one.
+    pub fn with_time_format(mut self, format: &str) -> Result<RecordDecoder> {
+        use chrono::format::{Item, StrftimeItems};
+        let Some(i) = self.time_column else {
+            return Err(EngineError::config(
+                "a time format needs a timestamp column to read",
+            ));
+        };
+        let column = self.schema.field(i);
+        if !matches!(
+            column.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            return Err(EngineError::config(format!(
+                "the timestamp column '{}' is {}; a time format reads text",
+                column.name(),
+                column.data_type()
+            )));
+        }
+        if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+            return Err(EngineError::config(format!(
+                "'{format}' is not a time format"
+            )));
+        }
+        if let Some(tombstones) = self.tombstones.take() {
+            let tombstones = if tombstones.time_column.is_some() {
+                (*tombstones).with_time_format(format)?
+            } else {
+                *tombstones
+            };
+            self.tombstones = Some(Box::new(tombstones));
+        }
+        self.time_format = Some(format.to_owned());
+        Ok(self)
     }
 
     /// A decoder of a table's changelog (a topic read as a table): records as
@@ -428,14 +477,24 @@ impl RecordDecoder {
         columns.extend(value_cols);
         let mut rowtime = pick(envelope.column(col::TIMESTAMP))?;
         if let Some(i) = self.time_column {
-            let (times, nulls) = event_times(&columns[i])?;
+            let (times, nulls) = event_times(&columns[i], self.time_format.as_deref())?;
             if nulls > 0 {
                 // Rows without an event time cannot be placed in time: they are bad records.
                 let keep: Vec<u32> = (0..times.len() as u32)
                     .filter(|&r| times.is_valid(r as usize))
                     .collect();
                 for r in (0..times.len()).filter(|&r| times.is_null(r)) {
-                    bad_rows.push((accepted[r], "the timestamp column is null".into()));
+                    let reason = if columns[i].is_null(r) {
+                        "the timestamp column is null".to_owned()
+                    } else {
+                        match &self.time_format {
+                            Some(f) => {
+                                format!("the timestamp column is not a time in the format '{f}'")
+                            }
+                            None => "the timestamp column is not a time".to_owned(),
+                        }
+                    };
+                    bad_rows.push((accepted[r], reason));
                 }
                 return self.finish_filtered(
                     partition,
@@ -537,14 +596,38 @@ fn bad_records(
 }
 
 /// A time column as `Timestamp(ms)`, and how many of its rows are null.
-fn event_times(column: &ArrayRef) -> Result<(ArrayRef, usize)> {
+fn event_times(column: &ArrayRef, format: Option<&str>) -> Result<(ArrayRef, usize)> {
     let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
-    let out = match column.data_type() {
-        DataType::Int32 => cast(&cast(column, &DataType::Int64)?, &ms)?,
+    let out = match (column.data_type(), format) {
+        (DataType::Int32, _) => cast(&cast(column, &DataType::Int64)?, &ms)?,
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Some(format)) => {
+            let text = cast(column, &DataType::Utf8)?;
+            let times: arrow::array::TimestampMillisecondArray = text
+                .as_string::<i32>()
+                .iter()
+                .map(|t| t.and_then(|t| parse_time(t, format)))
+                .collect();
+            Arc::new(times)
+        }
         _ => cast(column, &ms)?,
     };
     let nulls = out.null_count();
     Ok((out, nulls))
+}
+
+/// Text in a chrono `format` as epoch milliseconds: UTC unless the text gives its offset, a
+/// date alone at its midnight.
+pub fn parse_time(text: &str, format: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_str(text, format) {
+        return Some(t.timestamp_millis());
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
+        return Some(t.and_utc().timestamp_millis());
+    }
+    chrono::NaiveDate::parse_from_str(text, format)
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
 }
 
 /// Decodes one side of the rows `rows` (all rows when `all`). Returns the columns of the rows

@@ -182,9 +182,54 @@ fn clashing_column_names_and_bad_time_columns_are_refused() {
     )]));
     let err = RecordDecoder::new(Format::None, Format::json(schema), None).unwrap_err();
     assert!(err.to_string().contains("appears twice"), "{err}");
-    let err =
-        RecordDecoder::new(Format::None, Format::json(order_schema()), Some("item")).unwrap_err();
+    let flags = Arc::new(Schema::new(vec![Field::new("ok", DataType::Boolean, true)]));
+    let err = RecordDecoder::new(Format::None, Format::json(flags), Some("ok")).unwrap_err();
     assert!(err.to_string().contains("must be a timestamp"), "{err}");
+    // A time format reads text, and must be one.
+    let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, true)]));
+    let err = RecordDecoder::new(Format::None, Format::json(schema), Some("ts"))
+        .unwrap()
+        .with_time_format("%Y")
+        .unwrap_err();
+    assert!(err.to_string().contains("reads text"), "{err}");
+    let err = RecordDecoder::new(Format::None, Format::json(order_schema()), Some("item"))
+        .unwrap()
+        .with_time_format("%Y %Q")
+        .unwrap_err();
+    assert!(err.to_string().contains("not a time format"), "{err}");
+}
+
+#[test]
+fn a_text_event_time_is_read_as_iso_8601_or_with_its_format() {
+    let schema = Arc::new(Schema::new(vec![Field::new("at", DataType::Utf8, true)]));
+    let iso = RecordDecoder::new(Format::None, Format::json(schema.clone()), Some("at")).unwrap();
+    let formatted = RecordDecoder::new(Format::None, Format::json(schema), Some("at"))
+        .unwrap()
+        .with_time_format("%d/%m/%Y %H:%M")
+        .unwrap();
+    for (decoder, good, time) in [
+        (
+            &iso,
+            &br#"{"at": "2026-01-01T00:00:05Z"}"#[..],
+            1_767_225_605_000,
+        ),
+        (
+            &formatted,
+            br#"{"at": "01/01/2026 00:01"}"#,
+            1_767_225_660_000,
+        ),
+    ] {
+        let batch = envelope(&[Some(good), Some(br#"{"at": "not a time"}"#), Some(br#"{}"#)]);
+        let out = decoder.decode(0, &batch).unwrap();
+        let rowtime = out
+            .batch
+            .column(1)
+            .as_primitive::<TimestampMillisecondType>();
+        assert_eq!(rowtime.values(), &[time]);
+        assert_eq!(out.bad.len(), 2, "{:?}", out.bad);
+        assert!(out.bad[0].reason.contains("not a time"), "{:?}", out.bad);
+        assert!(out.bad[1].reason.contains("is null"), "{:?}", out.bad);
+    }
 }
 
 #[test]

@@ -58,6 +58,45 @@ pub enum JoinKind {
     Full,
 }
 
+/// How far apart in event time two streams' records may be to join (Kafka Streams'
+/// `JoinWindows`, ksqlDB's `WITHIN (before, after)`): a left record at `t` meets the right
+/// records at `t - before_ms ..= t + after_ms`. An `i64` is the same bound on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub struct JoinWindow {
+    pub before_ms: i64,
+    pub after_ms: i64,
+}
+
+impl JoinWindow {
+    /// Right records at most `before_ms` before a left record's time and `after_ms` after it.
+    pub fn new(before_ms: i64, after_ms: i64) -> JoinWindow {
+        JoinWindow {
+            before_ms,
+            after_ms,
+        }
+    }
+}
+
+impl From<i64> for JoinWindow {
+    fn from(ms: i64) -> JoinWindow {
+        JoinWindow::new(ms, ms)
+    }
+}
+
+impl fmt::Display for JoinWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.before_ms == self.after_ms {
+            write!(f, "within {} ms", self.before_ms)
+        } else {
+            write!(
+                f,
+                "within {} ms before and {} ms after",
+                self.before_ms, self.after_ms
+            )
+        }
+    }
+}
+
 /// Two streams joined within a time bound in a `LogicalPlan` (see [`crate::window_join`]),
 /// an extension node for the same reasons as [`StreamJoinNode`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,7 +108,7 @@ pub struct WindowJoinNode {
     pub right_keys: Vec<Expr>,
     pub filter: Option<Expr>,
     pub kind: JoinKind,
-    pub within_ms: i64,
+    pub window: JoinWindow,
     pub grace_ms: i64,
     pub schema: DFSchemaRef,
 }
@@ -86,9 +125,10 @@ impl WindowJoinNode {
         right_keys: Vec<Expr>,
         filter: Option<Expr>,
         kind: JoinKind,
-        within_ms: i64,
+        window: impl Into<JoinWindow>,
         grace_ms: i64,
     ) -> Result<LogicalPlan> {
+        let window = window.into();
         if left_keys.len() != right_keys.len() || left_keys.is_empty() {
             return Err(EngineError::config(format!(
                 "a stream–stream join pairs each key expression of the left with one of the \
@@ -97,7 +137,7 @@ impl WindowJoinNode {
                 right_keys.len()
             )));
         }
-        if within_ms < 0 || grace_ms < 0 {
+        if window.before_ms < 0 || window.after_ms < 0 || grace_ms < 0 {
             return Err(EngineError::config(
                 "a join's time bound and grace period cannot be negative",
             ));
@@ -126,7 +166,7 @@ impl WindowJoinNode {
                 right_keys,
                 filter,
                 kind,
-                within_ms,
+                window,
                 grace_ms,
                 schema,
             }),
@@ -163,8 +203,8 @@ impl UserDefinedLogicalNodeCore for WindowJoinNode {
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "StreamStreamJoin: {} {:?} within {} ms",
-            self.name, self.kind, self.within_ms
+            "StreamStreamJoin: {} {:?} {}",
+            self.name, self.kind, self.window
         )
     }
 

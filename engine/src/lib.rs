@@ -35,7 +35,7 @@ pub use aggregate::EmitMode;
 pub use checkpoint::{CheckpointConfig, CheckpointStorage, Guarantee};
 pub use error::{EngineError, Result};
 pub use format::{Format, KafkaType};
-pub use join::JoinKind;
+pub use join::{JoinKind, JoinWindow};
 pub use kafka::{KafkaCluster, KafkaSink, KafkaSource};
 pub use runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
 pub use sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};

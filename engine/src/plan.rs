@@ -1043,7 +1043,7 @@ impl Planner {
         let join = StreamStreamJoin::new(WindowJoinSpec {
             name,
             kind: node.kind,
-            within_ms: node.within_ms,
+            window: node.window,
             grace_ms: node.grace_ms,
             keys: tag.key_types.len(),
             schemas: [tag.sides[0].schema.clone(), tag.sides[1].schema.clone()],

@@ -344,10 +344,18 @@ impl TopicEncoder {
             values = arrow::compute::nullif(&values, batch.column(i).as_boolean())?;
         }
         let times: TimestampMillisecondArray = match self.time_column {
-            Some(TimeColumn::Rowtime(i)) => batch
-                .column(i)
-                .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
-                .clone(),
+            Some(TimeColumn::Rowtime(i)) => {
+                let times = batch
+                    .column(i)
+                    .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+                if times.null_count() == 0 {
+                    times.clone()
+                } else {
+                    // A row without a time (the missing side of an outer join) is stamped now.
+                    let now = quiver_broker::now_ms();
+                    times.iter().map(|t| Some(t.unwrap_or(now))).collect()
+                }
+            }
             // Kafka Streams stamps a window's result with the window's last instant.
             Some(TimeColumn::WindowEnd(i)) => batch
                 .column(i)

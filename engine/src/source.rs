@@ -246,6 +246,13 @@ impl TopicSource {
         Ok(self)
     }
 
+    /// Reads its text time column with a chrono `strftime` format (see
+    /// [`RecordDecoder::with_time_format`]).
+    pub fn with_time_format(mut self, format: &str) -> Result<Self> {
+        self.decoder = self.decoder.with_time_format(format)?;
+        Ok(self)
+    }
+
     pub fn with_start(mut self, start: StartFrom) -> Self {
         self.start = start;
         self
@@ -371,6 +378,7 @@ impl TopicSource {
             decoder: self.decoder.clone(),
             watermarks: Watermarks::default(),
             wall_clock_lag: self.wall_clock_lag,
+            polled: false,
         }))
     }
 }
@@ -381,12 +389,22 @@ struct TopicSourceReader {
     decoder: RecordDecoder,
     watermarks: Watermarks,
     wall_clock_lag: Option<Duration>,
+    /// Whether it has been polled: a reader without partitions (a task beyond the topic's
+    /// partition count) answers its first poll at once, so that it says it is idle before
+    /// the other tasks' first records are judged against the watermark it would hold back.
+    polled: bool,
 }
 
 #[async_trait]
 impl SourceReader for TopicSourceReader {
     async fn poll(&mut self, max_wait: Duration) -> Result<SourcePoll> {
-        let batches = self.reader.next_batches(max_wait).await?;
+        let wait = if !self.polled && self.reader.progress().is_empty() {
+            Duration::ZERO
+        } else {
+            max_wait
+        };
+        self.polled = true;
+        let batches = self.reader.next_batches(wait).await?;
         let mut poll = SourcePoll::default();
         for b in batches {
             let decoded = self.decoder.decode(b.partition, &b.records)?;

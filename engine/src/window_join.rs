@@ -1,18 +1,20 @@
 //! Stream–stream joins within a time bound (Kafka Streams' `JoinWindows`, SQL's interval
 //! join): a left record at `t` and a right record at `u` with equal keys join when
-//! `|t - u| <= within`.
+//! `t - before <= u <= t + after` ([`crate::join::JoinWindow`]; `|t - u| <= within` when both
+//! bounds are `within`).
 //!
 //! - **Buffers**: each side's records wait, per key, for records of the other side that may
-//!   still come. A record at `t` can meet records up to `t + within`; once the watermark less
-//!   the grace period has passed that, it is dropped from its buffer. Records of one key meet
-//!   in one task: both sides are re-keyed through the exchange ([`crate::join::JoinTag`]).
+//!   still come. A left record at `t` can meet right records up to `t + after` (a right record
+//!   at `u`, left records up to `u + before`); once the watermark less the grace period has
+//!   passed that, it is dropped from its buffer. Records of one key meet in one task: both
+//!   sides are re-keyed through the exchange ([`crate::join::JoinTag`]).
 //! - **Results**: an inner pair is emitted as soon as its second record arrives. A left (or
 //!   full outer) join emits a left record that met nothing with the right's columns null when
 //!   it leaves its buffer, so it is emitted once and never retracted (as Kafka Streams does
 //!   since 3.1); a full outer join does the same for right records.
-//! - **Late**: a record that arrives when the watermark less the grace period has already
-//!   passed `t + within` could have met records that are gone: it is late (counted, and sent
-//!   to the late-data topic when there is one).
+//! - **Late**: a record that arrives when the other side has already let go of every record
+//!   it could meet (the latest of them is older than that side's expiry) is late (counted, and
+//!   sent to the late-data topic when there is one).
 //! - A condition on top of the key equality is evaluated on each pair; a pair that fails it
 //!   does not count as a match.
 
@@ -106,7 +108,7 @@ impl Buffer {
 pub(crate) struct WindowJoinSpec {
     pub name: String,
     pub kind: JoinKind,
-    pub within_ms: i64,
+    pub window: crate::join::JoinWindow,
     pub grace_ms: i64,
     pub keys: usize,
     /// Each side's tagged layout (see [`crate::join::JoinTag`]).
@@ -146,7 +148,7 @@ fn sort_fields(fields: &[arrow::datatypes::FieldRef]) -> Vec<SortField> {
 
 impl StreamStreamJoin {
     pub(crate) fn new(spec: WindowJoinSpec) -> Result<StreamStreamJoin> {
-        if spec.within_ms < 0 || spec.grace_ms < 0 {
+        if spec.window.before_ms < 0 || spec.window.after_ms < 0 || spec.grace_ms < 0 {
             return Err(EngineError::config(format!(
                 "join '{}': the time bound and the grace period cannot be negative",
                 spec.name
@@ -179,11 +181,28 @@ impl StreamStreamJoin {
         })
     }
 
-    /// Records older than this can meet nothing that is still to come.
-    fn expiry(&self) -> i64 {
+    /// How far after its own time a record of `side` can meet the other side's records.
+    fn reach(&self, side: usize) -> i64 {
+        if side == 0 {
+            self.spec.window.after_ms
+        } else {
+            self.spec.window.before_ms
+        }
+    }
+
+    /// Records of `side` older than this can meet nothing that is still to come.
+    fn expiry(&self, side: usize) -> i64 {
         self.watermark
             .saturating_sub(self.spec.grace_ms)
-            .saturating_sub(self.spec.within_ms)
+            .saturating_sub(self.reach(side))
+    }
+
+    /// Whether a record of `side` at `t` and one of the other side at `u` are within the
+    /// bounds.
+    fn within(&self, side: usize, t: i64, u: i64) -> bool {
+        let (left, right) = if side == 0 { (t, u) } else { (u, t) };
+        let d = right.saturating_sub(left);
+        -self.spec.window.before_ms <= d && d <= self.spec.window.after_ms
     }
 
     /// Whether unmatched records of `side` are emitted (with the other side null).
@@ -237,15 +256,16 @@ impl StreamStreamJoin {
         let times = batch
             .column(self.time[side])
             .as_primitive::<TimestampMillisecondType>();
-        let expiry = self.expiry();
-        let within = self.spec.within_ms;
+        // Late: every record of the other side this one could meet is gone.
+        let expiry = self.expiry(other);
+        let reach = self.reach(side);
         let mut late = Vec::new();
         // Candidate pairs: (this record, the other's entry by key and position).
         let mut pairs: Vec<(usize, usize)> = Vec::new();
         let mut fresh: Vec<(usize, Entry)> = Vec::new();
         for i in 0..batch.num_rows() {
             let null_key = key_columns.iter().any(|k| k.is_null(i));
-            if times.is_null(i) || times.value(i).saturating_add(within) < expiry {
+            if times.is_null(i) || times.value(i).saturating_add(reach) < expiry {
                 late.push(i as u32);
                 continue;
             }
@@ -253,7 +273,7 @@ impl StreamStreamJoin {
             let key = keys.row(i);
             if !null_key && let Some(entries) = self.buffers[other].by_key.get(key.as_ref()) {
                 for (j, e) in entries.iter().enumerate() {
-                    if (e.time - t).abs() <= within {
+                    if self.within(side, t, e.time) {
                         pairs.push((i, j));
                     }
                 }
@@ -275,9 +295,8 @@ impl StreamStreamJoin {
                 operator: self.spec.name.clone(),
                 rows: rows.project(&indices)?,
                 reason: format!(
-                    "it arrived after the join's buffers let go of its time (bound {} ms, grace \
-                     {} ms)",
-                    self.spec.within_ms, self.spec.grace_ms
+                    "it arrived after the join's buffers let go of its time ({}, grace {} ms)",
+                    self.spec.window, self.spec.grace_ms
                 ),
             });
         }
@@ -390,9 +409,8 @@ impl Operator for StreamStreamJoin {
             return Ok(());
         }
         self.watermark = watermark;
-        let expiry = self.expiry();
         for side in 0..2 {
-            let unmatched = self.buffers[side].expire(expiry);
+            let unmatched = self.buffers[side].expire(self.expiry(side));
             if unmatched.is_empty() || !self.keeps_unmatched(side) {
                 continue;
             }

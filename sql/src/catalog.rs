@@ -54,6 +54,8 @@ pub struct SourceInfo {
     pub delimiter: u8,
     /// The value column that is the event time (`TIMESTAMP`), instead of the record time.
     pub timestamp: Option<String>,
+    /// How the `timestamp` column's text is read (a chrono format, from `TIMESTAMP_FORMAT`).
+    pub timestamp_format: Option<String>,
     /// The persistent query writing it, for streams and tables made by `CREATE … AS SELECT`.
     pub written_by: Option<String>,
     /// The statement that created it.
@@ -121,6 +123,10 @@ impl SourceInfo {
                 let s = TopicSource::new(broker, &self.topic, key.clone(), value.clone())?;
                 let s = match &self.timestamp {
                     Some(column) => s.with_time_column(column, key, value)?,
+                    None => s,
+                };
+                let s = match &self.timestamp_format {
+                    Some(format) => s.with_time_format(format)?,
                     None => s,
                 };
                 s.with_start(start)

@@ -210,6 +210,7 @@ const SOURCE_PROPERTIES: &[&str] = &[
     "PARTITIONS",
     "REPLICAS",
     "TIMESTAMP",
+    "TIMESTAMP_FORMAT",
     "VALUE_DELIMITER",
 ];
 
@@ -478,7 +479,9 @@ impl SqlEngine {
                     ));
                 }
                 check_columns(&plan, &info, query.position)?;
-                self.start_persistent(&id, &p.text, &info, &plan, emit)
+                let plan = crate::plan::with_record_time(plan)?;
+                let late = self.late_data_topic(query, &plan).await?;
+                self.start_persistent(&id, &p.text, &info, &plan, emit, late)
                     .await?;
                 if replay.is_none() {
                     self.log(&p.text, properties).await?;
@@ -833,17 +836,63 @@ impl SqlEngine {
                         p.position,
                     ));
                 };
-                if !matches!(f.data_type(), DataType::Int64 | DataType::Timestamp(_, _)) {
+                let text = f.data_type() == &DataType::Utf8;
+                if text && get("TIMESTAMP_FORMAT").is_none() {
                     return Err(SqlError::plan(
                         format!(
-                            "TIMESTAMP='{column}' must be a BIGINT of milliseconds or a TIMESTAMP, \
-                             not {}",
+                            "TIMESTAMP='{column}' is a STRING: add TIMESTAMP_FORMAT (e.g. \
+                             TIMESTAMP_FORMAT='yyyy-MM-dd HH:mm:ss') to say how to read it"
+                        ),
+                        p.position,
+                    ));
+                }
+                if !text && !matches!(f.data_type(), DataType::Int64 | DataType::Timestamp(_, _)) {
+                    return Err(SqlError::plan(
+                        format!(
+                            "TIMESTAMP='{column}' must be a BIGINT of milliseconds, a TIMESTAMP, \
+                             or a STRING with a TIMESTAMP_FORMAT, not {}",
                             sql_name(f.data_type())
                         ),
                         p.position,
                     ));
                 }
                 Some(column)
+            }
+        };
+        // ksqlDB's TIMESTAMP_FORMAT is a Java DateTimeFormatter pattern; the engine reads
+        // chrono's.
+        let timestamp_format = match get("TIMESTAMP_FORMAT") {
+            None => None,
+            Some(p) => {
+                let Some(column) = &timestamp else {
+                    return Err(SqlError::plan(
+                        "TIMESTAMP_FORMAT says how to read the TIMESTAMP column's text: add \
+                         TIMESTAMP='column'",
+                        p.position,
+                    ));
+                };
+                if value_columns
+                    .iter()
+                    .any(|f| f.name() == column && f.data_type() != &DataType::Utf8)
+                {
+                    return Err(SqlError::plan(
+                        format!(
+                            "TIMESTAMP_FORMAT reads text, and TIMESTAMP='{column}' is not a STRING"
+                        ),
+                        p.position,
+                    ));
+                }
+                let pattern = p.value.text();
+                let chrono = crate::functions::java_pattern(&pattern).map_err(|e| {
+                    SqlError::plan(
+                        format!(
+                            "TIMESTAMP_FORMAT='{pattern}': {}",
+                            crate::plan::describe_plan_error(&e)
+                        ),
+                        p.position,
+                    )
+                })?;
+                Some(chrono)
             }
         };
         let info = SourceInfo {
@@ -856,6 +905,7 @@ impl SqlEngine {
             value_format,
             delimiter,
             timestamp,
+            timestamp_format,
             written_by: None,
             statement: statement.to_owned(),
         };
@@ -1055,11 +1105,13 @@ impl SqlEngine {
             value_format: format("VALUE_FORMAT", FormatName::Json)?,
             delimiter: b',',
             timestamp: None,
+            timestamp_format: None,
             written_by: Some(id.to_owned()),
             statement: text.to_owned(),
         };
         info.formats()
             .map_err(|m| SqlError::plan(m, query.position))?;
+        let late = self.late_data_topic(query, &plan).await?;
         if self.inner.broker.partition_count(&topic).is_err() {
             let partitions = match get("PARTITIONS") {
                 Some(p) => partition_count(p)?,
@@ -1070,6 +1122,7 @@ impl SqlEngine {
                 .create_topic(NewTopic::new(&topic, partitions))
                 .await?;
         }
+        let plan = crate::plan::with_record_time(plan)?;
         // A table's rows are kept in a store as well, for pull queries.
         let plan = if is_table {
             let schema = Arc::new(plan.schema().as_arrow().clone());
@@ -1080,7 +1133,8 @@ impl SqlEngine {
         } else {
             plan
         };
-        self.start_persistent(id, text, &info, &plan, emit).await?;
+        self.start_persistent(id, text, &info, &plan, emit, late)
+            .await?;
         self.inner
             .state
             .lock()
@@ -1130,6 +1184,35 @@ impl SqlEngine {
         most
     }
 
+    /// The topic of a query's `LATE DATA TO`, created (with as many partitions as the query's
+    /// inputs) when it does not exist.
+    async fn late_data_topic(
+        &self,
+        query: &StreamingQuery,
+        plan: &LogicalPlan,
+    ) -> Result<Option<String>, SqlError> {
+        let Some((topic, at)) = &query.late_data else {
+            return Ok(None);
+        };
+        if query.window.is_none() && query.within.is_empty() {
+            return Err(SqlError::plan(
+                "LATE DATA TO goes with a WINDOW or a join WITHIN a time bound: only they have \
+                 records that come too late",
+                *at,
+            ));
+        }
+        if self.inner.broker.partition_count(topic).is_err() {
+            let partitions = self.input_partitions(plan).unwrap_or(1);
+            self.inner
+                .broker
+                .create_topic(NewTopic::new(topic, partitions))
+                .await
+                .map_err(|e| SqlError::plan(format!("LATE DATA TO '{topic}': {e}"), *at))?;
+        }
+        Ok(Some(topic.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn start_persistent(
         &self,
         id: &str,
@@ -1137,6 +1220,7 @@ impl SqlEngine {
         info: &SourceInfo,
         plan: &LogicalPlan,
         emit: EmitMode,
+        late_data_topic: Option<String>,
     ) -> Result<(), SqlError> {
         let format = info.topic_format().map_err(SqlError::runtime)?;
         let sink = TopicSink::new(&self.inner.broker, &info.topic, format);
@@ -1144,6 +1228,7 @@ impl SqlEngine {
         let options = QueryOptions {
             plan: PlanOptions { emit },
             checkpoint: Some(CheckpointConfig::exactly_once(storage)),
+            late_data_topic,
             ..QueryOptions::default()
         };
         let query = Query::new(id, plan, vec![Box::new(sink)], options)?;
@@ -1166,13 +1251,22 @@ impl SqlEngine {
     ) -> Result<Output, SqlError> {
         no_partition_by(query)?;
         if query.emit.is_none() {
+            if let Some((_, at)) = &query.late_data {
+                return Err(SqlError::plan(
+                    "LATE DATA TO belongs to a continuous query (EMIT CHANGES or EMIT FINAL): a \
+                     query over history has no late records",
+                    *at,
+                ));
+            }
             return self.history(query).await;
         }
         let (plan, emit) = self.plan_streaming(query, properties)?;
+        let late_data_topic = self.late_data_topic(query, &plan).await?;
         let (tx, rx) = mpsc::channel(16);
         let options = QueryOptions {
             plan: PlanOptions { emit },
             poll_wait: Duration::from_millis(50),
+            late_data_topic,
             ..QueryOptions::default()
         };
         let schema = Arc::new(plan.schema().as_arrow().clone());
@@ -1329,7 +1423,13 @@ impl SqlEngine {
     async fn read_all(&self, info: &SourceInfo) -> Result<RecordBatch, SqlError> {
         let (key, value) = info.formats().map_err(SqlError::runtime)?;
         let decoder = match info.kind {
-            SourceKind::Stream => RecordDecoder::new(key, value, info.timestamp.as_deref())?,
+            SourceKind::Stream => {
+                let d = RecordDecoder::new(key, value, info.timestamp.as_deref())?;
+                match &info.timestamp_format {
+                    Some(f) => d.with_time_format(f)?,
+                    None => d,
+                }
+            }
             SourceKind::Table => RecordDecoder::table(key, value, None)?,
         };
         let schema = decoder.schema();
@@ -1437,6 +1537,7 @@ impl SqlEngine {
             window: None,
             within: Vec::new(),
             partition_by: None,
+            late_data: None,
             emit: None,
             limit: None,
             position,

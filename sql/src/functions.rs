@@ -726,7 +726,7 @@ fn parse_time(text: &str, pattern: &str, tz: chrono_tz::Tz) -> Option<i64> {
 }
 
 /// A Java `DateTimeFormatter` pattern (what ksqlDB takes) as a chrono format string.
-fn java_pattern(java: &str) -> Result<String> {
+pub(crate) fn java_pattern(java: &str) -> Result<String> {
     let chars: Vec<char> = java.chars().collect();
     let mut out = String::new();
     let mut i = 0;

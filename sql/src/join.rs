@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
     BinaryExpr, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
 };
 use quiver_engine::format::{DELETED, ROWTIME};
-use quiver_engine::join::{JoinKind, StreamJoinNode, TableJoinNode, WindowJoinNode};
+use quiver_engine::join::{JoinKind, JoinWindow, StreamJoinNode, TableJoinNode, WindowJoinNode};
 use quiver_engine::plan::StreamTable;
 
 use crate::error::SqlError;
@@ -252,6 +252,8 @@ fn stream_join(
     let fail = |m: String| Err(SqlError::plan(m, at));
     let (mut left, mut right) = (join.left.as_ref().clone(), join.right.as_ref().clone());
     let (mut pairs, rest) = split_on(join.on, join.filter, left.schema(), right.schema());
+    // `WITHIN (before, after)` bounds the right's times around the left's.
+    let mut bounds = within.map(|(w, _)| JoinWindow::new(w.before_ms, w.after_ms));
     let kind = match join.join_type {
         JoinType::Inner => JoinKind::Inner,
         JoinType::Left => JoinKind::Left,
@@ -261,6 +263,8 @@ fn stream_join(
             for p in &mut pairs {
                 std::mem::swap(&mut p.0, &mut p.1);
             }
+            // With the sides swapped, what was after the left is before the new left.
+            bounds = bounds.map(|b| JoinWindow::new(b.after_ms, b.before_ms));
             JoinKind::Left
         }
         other => {
@@ -376,20 +380,13 @@ fn stream_join(
             )
         }
         (None, None) => {
-            let Some((w, p)) = within else {
+            let Some((w, _)) = within else {
                 return fail(format!(
                     "a join of two streams needs a time bound: FROM {left_name} JOIN \
                      {right_name} WITHIN 1 HOUR ON … (records join when their times are at most \
                      that far apart)"
                 ));
             };
-            if w.before_ms != w.after_ms {
-                return Err(SqlError::plan(
-                    "WITHIN (before, after) with two different bounds is not supported yet; \
-                     use one bound for both sides (WITHIN 1 HOUR)",
-                    p,
-                ));
-            }
             let (l, r): (Vec<Expr>, Vec<Expr>) = pairs.into_iter().unzip();
             (
                 WindowJoinNode::plan(
@@ -400,7 +397,7 @@ fn stream_join(
                     r,
                     filter,
                     kind,
-                    w.before_ms,
+                    bounds.unwrap_or_else(|| JoinWindow::new(w.before_ms, w.after_ms)),
                     w.grace_ms.unwrap_or(0),
                 )?,
                 true,

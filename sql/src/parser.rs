@@ -186,6 +186,9 @@ pub struct StreamingQuery {
     pub within: Vec<(JoinWithin, Position)>,
     /// `PARTITION BY column, …`: the output's key columns (where the clause is).
     pub partition_by: Option<(Vec<Ident>, Position)>,
+    /// `LATE DATA TO 'topic'`: where records that come after their window (or join buffer)
+    /// closed go, instead of being counted and dropped.
+    pub late_data: Option<(String, Position)>,
     pub emit: Option<Emit>,
     /// `LIMIT n`: a push query ends after n rows.
     pub limit: Option<u64>,
@@ -683,6 +686,7 @@ fn streaming_query(
     let mut window = None;
     let mut within = Vec::new();
     let mut partition_by = None;
+    let mut late_data = None;
     let mut emit = None;
     let mut depth = 0i32;
     let mut i = 0;
@@ -784,6 +788,7 @@ fn streaming_query(
                                 "HAVING",
                                 "LIMIT",
                                 "PARTITION",
+                                "LATE",
                             ]
                             .iter()
                             .any(|w| word_is(tok, w)) =>
@@ -815,7 +820,7 @@ fn streaming_query(
             let from = next_word(&tokens, i + 1).map_or(i + 1, |k| k + 1);
             let mut end = from;
             while end < tokens.len()
-                && !["EMIT", "LIMIT", "WINDOW", "GROUP", "HAVING"]
+                && !["EMIT", "LIMIT", "WINDOW", "GROUP", "HAVING", "LATE"]
                     .iter()
                     .any(|w| word_is(&tokens[end].token, w))
                 && tokens[end].token != Token::SemiColon
@@ -834,6 +839,47 @@ fn streaming_query(
             }
             partition_by = Some((columns, at));
             i = end;
+            continue;
+        }
+        if depth == 0
+            && word_is(&t.token, "LATE")
+            && next_word(&tokens, i + 1).is_some_and(|k| word_is(&tokens[k].token, "DATA"))
+        {
+            let at = Position::from(t.span.start);
+            if late_data.is_some() {
+                return Err(ParseError::at("a query has one LATE DATA TO clause", at));
+            }
+            let data = next_word(&tokens, i + 1).map_or(i + 1, |k| k);
+            let to = next_word(&tokens, data + 1).filter(|&k| word_is(&tokens[k].token, "TO"));
+            let Some(to) = to else {
+                let at = next_word(&tokens, data + 1)
+                    .map_or(tokens[data].span.end, |k| tokens[k].span.start);
+                return Err(ParseError::at("expected TO after LATE DATA", at));
+            };
+            let topic = next_word(&tokens, to + 1);
+            let name = topic.and_then(|k| match &tokens[k].token {
+                Token::SingleQuotedString(s) => Some(s.clone()),
+                Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+                // A clause that follows is not a topic name.
+                Token::Word(w)
+                    if w.keyword == Keyword::NoKeyword
+                        && !["EMIT", "LIMIT", "WINDOW", "PARTITION"]
+                            .iter()
+                            .any(|c| w.value.eq_ignore_ascii_case(c)) =>
+                {
+                    Some(w.value.clone())
+                }
+                _ => None,
+            });
+            let (Some(k), Some(name)) = (topic, name) else {
+                let at = topic.map_or(tokens[to].span.end, |k| tokens[k].span.start);
+                return Err(ParseError::at(
+                    "expected a topic after LATE DATA TO (LATE DATA TO 'clicks_late')",
+                    at,
+                ));
+            };
+            late_data = Some((name, at));
+            i = k + 1;
             continue;
         }
         if depth == 0 && word_is(&t.token, "EMIT") {
@@ -887,6 +933,7 @@ fn streaming_query(
         window,
         within,
         partition_by,
+        late_data,
         emit,
         limit,
         position,

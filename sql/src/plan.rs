@@ -370,3 +370,76 @@ pub(crate) fn describe_plan_error(e: &datafusion::error::DataFusionError) -> Str
         other => other.to_string(),
     }
 }
+
+/// A persistent query's output with the time its records are stamped with, as ksqlDB stamps
+/// them: a stream's rows keep their source record's time (`rowtime`, the first relation's in a
+/// join), a windowed table's rows take their window's last instant (the engine's topic sink
+/// reads `window_end`). The added column is not one of the output's declared columns, so it is
+/// not written into the values. A plan whose output already has a time, or whose top is not a
+/// projection (an aggregate without a window: its rows are stamped when written), is returned
+/// as it is.
+pub(crate) fn with_record_time(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+    use datafusion::common::{Column, ScalarValue};
+    use datafusion::logical_expr::{Expr as DfExpr, Projection};
+    use quiver_engine::dsl::WINDOW_END;
+
+    let out = plan.schema();
+    if out.has_column_with_unqualified_name(ROWTIME)
+        || out.has_column_with_unqualified_name(WINDOW_END)
+    {
+        return Ok(plan);
+    }
+    let LogicalPlan::Projection(projection) = plan else {
+        return Ok(plan);
+    };
+    let window_end = projection
+        .expr
+        .iter()
+        .find_map(|e| match e.clone().unalias() {
+            DfExpr::ScalarFunction(f)
+                if f.name() == "get_field"
+                    && matches!(
+                        f.args.get(1),
+                        Some(DfExpr::Literal(ScalarValue::Utf8(Some(s)), _)) if s == "end"
+                    ) =>
+            {
+                Some(DfExpr::ScalarFunction(f))
+            }
+            _ => None,
+        });
+    let time = match window_end {
+        Some(end) => Some(end.alias(WINDOW_END)),
+        None => {
+            // In a join, the first relation's time (the pair's, see `crate::join`); the
+            // side a left join may miss has a nullable one, and is the last choice.
+            let input = projection.input.schema();
+            let times: Vec<_> = input
+                .iter()
+                .filter(|(_, f)| {
+                    f.name() == ROWTIME
+                        && matches!(
+                            f.data_type(),
+                            DataType::Timestamp(
+                                quiver_engine::arrow::datatypes::TimeUnit::Millisecond,
+                                None
+                            )
+                        )
+                })
+                .collect();
+            times
+                .iter()
+                .find(|(_, f)| !f.is_nullable())
+                .or(times.first())
+                .map(|(q, f)| DfExpr::Column(Column::new(q.cloned(), f.name())).alias(ROWTIME))
+        }
+    };
+    let Some(time) = time else {
+        return Ok(LogicalPlan::Projection(projection));
+    };
+    let mut exprs = projection.expr.clone();
+    exprs.push(time);
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        projection.input.clone(),
+    )?))
+}

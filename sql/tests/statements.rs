@@ -652,6 +652,27 @@ async fn pull_queries_on_a_maintained_table_read_its_store() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(got, ["alice|2", "bob|1", "carol|1"]);
+    // The store runs ahead of the topic (whose records commit with the query's checkpoint):
+    // wait for the topic, so that the record below comes after the query's.
+    ok(
+        &engine,
+        "CREATE STREAM views_raw (user_id STRING KEY, views BIGINT) \
+         WITH (KAFKA_TOPIC='views_per_user', VALUE_FORMAT='JSON');",
+    )
+    .await;
+    let mut written = Vec::new();
+    for _ in 0..400 {
+        written = rows(
+            &engine,
+            "SELECT views FROM views_raw WHERE user_id = 'alice' ORDER BY views DESC LIMIT 1;",
+        )
+        .await;
+        if written == ["2"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(written, ["2"]);
     // A record written to the table's topic by someone else is not the query's state.
     broker
         .produce(
@@ -767,6 +788,256 @@ async fn partition_by_rekeys_a_stream_and_a_selected_key_is_kept() {
         (
             "SELECT page FROM pageviews PARTITION BY page EMIT CHANGES;",
             "belongs to CREATE STREAM",
+        ),
+    ] {
+        let e = engine.execute(sql).await.unwrap_err();
+        assert!(e.message.contains(message), "{sql}: {e}");
+    }
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+/// A persistent query's records carry the time of what they came from, as ksqlDB's do: a
+/// stream's rows their source record's time (so a query over the derived stream windows by
+/// event time, not by when it ran), a windowed table's rows their window's last instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_streams_and_tables_keep_event_time_in_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, PAGEVIEWS).await;
+    ok(&engine, "SET 'auto.offset.reset' = 'earliest';").await;
+    ok(
+        &engine,
+        "INSERT INTO pageviews VALUES ('alice', '/a', 1000), ('bob', '/b', 2500), \
+         ('alice', '/c', 61000);",
+    )
+    .await;
+    ok(
+        &engine,
+        "CREATE STREAM upper_views AS SELECT user_id, UPPER(page) AS page FROM pageviews \
+         EMIT CHANGES;",
+    )
+    .await;
+    ok(
+        &engine,
+        "CREATE TABLE per_minute WITH (PARTITIONS=1) AS SELECT user_id, COUNT(*) AS views \
+         FROM pageviews WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY user_id EMIT CHANGES;",
+    )
+    .await;
+    // A window over the derived stream groups by the times the records had at the source.
+    ok(
+        &engine,
+        "CREATE TABLE derived_per_minute WITH (PARTITIONS=1) AS SELECT user_id, COUNT(*) AS views \
+         FROM upper_views WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY user_id EMIT CHANGES;",
+    )
+    .await;
+    ok(
+        &engine,
+        "CREATE STREAM per_minute_raw (user_id STRING KEY, windowstart TIMESTAMP KEY, views BIGINT) \
+         WITH (KAFKA_TOPIC='per_minute', VALUE_FORMAT='JSON', KEY_FORMAT='JSON');",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = rows(
+            &engine,
+            "SELECT user_id, page, CAST(rowtime AS BIGINT) AS t FROM upper_views ORDER BY t;",
+        )
+        .await;
+        if got.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, ["alice|/A|1000", "bob|/B|2500", "alice|/C|61000"]);
+    let mut windows = Vec::new();
+    for _ in 0..400 {
+        windows = rows(
+            &engine,
+            "SELECT user_id, CAST(windowstart AS BIGINT), views, CAST(rowtime AS BIGINT) \
+             FROM per_minute_raw ORDER BY rowoffset;",
+        )
+        .await;
+        if windows.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each window's result is stamped with the window's last millisecond.
+    windows.sort();
+    assert_eq!(
+        windows,
+        ["alice|0|1|59999", "alice|60000|1|119999", "bob|0|1|59999"]
+    );
+    let mut derived = Vec::new();
+    for _ in 0..400 {
+        derived = rows(
+            &engine,
+            "SELECT user_id, CAST(windowstart AS BIGINT) AS w, views FROM derived_per_minute \
+             ORDER BY user_id, w;",
+        )
+        .await;
+        if derived.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(derived, ["alice|0|1", "alice|60000|1", "bob|0|1"]);
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+/// `LATE DATA TO 'topic'` routes the records that come after their window closed to a topic
+/// (created when missing) instead of dropping them, and they count nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_go_to_the_topic_late_data_to_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(
+        &engine,
+        "CREATE STREAM clicks (user_id STRING KEY, ms BIGINT) WITH (KAFKA_TOPIC='clicks', \
+         VALUE_FORMAT='JSON', PARTITIONS=1, TIMESTAMP='ms');",
+    )
+    .await;
+    ok(&engine, "SET 'auto.offset.reset' = 'earliest';").await;
+    ok(
+        &engine,
+        "CREATE TABLE clicks_per_minute AS SELECT user_id, COUNT(*) AS n FROM clicks \
+         WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 0 SECONDS) GROUP BY user_id \
+         LATE DATA TO 'clicks_late' EMIT CHANGES;",
+    )
+    .await;
+    assert_eq!(broker.partition_count("clicks_late").unwrap(), 1);
+    ok(
+        &engine,
+        "INSERT INTO clicks VALUES ('alice', 1000), ('bob', 125000);",
+    )
+    .await;
+    let table = "SELECT user_id, CAST(windowstart AS BIGINT), n FROM clicks_per_minute \
+                 ORDER BY user_id;";
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = rows(&engine, table).await;
+        if got.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, ["alice|0|1", "bob|120000|1"]);
+    // Time is at 125 s: the first minute's window has closed.
+    ok(&engine, "INSERT INTO clicks VALUES ('carol', 2000);").await;
+    let mut late = Vec::new();
+    for _ in 0..400 {
+        let read = broker.read("clicks_late", 0, 0, 1 << 20).unwrap();
+        late = read
+            .batches
+            .iter()
+            .flat_map(|b| quiver_broker::batch_to_records(&b.records).unwrap())
+            .filter_map(|r| r.value.map(|v| String::from_utf8(v.to_vec()).unwrap()))
+            .collect();
+        if !late.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert!(late[0].contains("carol"), "{late:?}");
+    assert_eq!(rows(&engine, table).await, ["alice|0|1", "bob|120000|1"]);
+    for (sql, message) in [
+        (
+            "SELECT user_id FROM clicks LATE DATA TO 'x' EMIT CHANGES;",
+            "goes with a WINDOW",
+        ),
+        (
+            "SELECT user_id, COUNT(*) FROM clicks WINDOW TUMBLING (SIZE 1 MINUTE) \
+             GROUP BY user_id LATE DATA 'x' EMIT CHANGES;",
+            "expected TO after LATE DATA",
+        ),
+        (
+            "SELECT user_id, COUNT(*) FROM clicks GROUP BY user_id LATE DATA TO 'x';",
+            "belongs to a continuous query",
+        ),
+    ] {
+        let e = engine.execute(sql).await.unwrap_err();
+        assert!(e.message.contains(message), "{sql}: {e}");
+    }
+    assert!(broker.partition_count("x").is_err());
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+/// `TIMESTAMP_FORMAT` reads a STRING event-time column with a Java pattern (as ksqlDB does):
+/// queries over history and windows see the parsed time; text that is not a time is a bad
+/// record, left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_event_time_is_read_with_its_timestamp_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(
+        &engine,
+        "CREATE STREAM logins (user_id STRING KEY, at STRING) WITH (KAFKA_TOPIC='logins', \
+         VALUE_FORMAT='JSON', PARTITIONS=1, TIMESTAMP='at', \
+         TIMESTAMP_FORMAT='yyyy-MM-dd''T''HH:mm:ss');",
+    )
+    .await;
+    ok(&engine, "SET 'auto.offset.reset' = 'earliest';").await;
+    ok(
+        &engine,
+        "INSERT INTO logins VALUES ('ann', '2026-01-01T00:00:05'), ('bo', 'yesterday'), \
+         ('cy', '2026-01-01T00:01:30'), ('ann', '2026-01-01T00:00:59');",
+    )
+    .await;
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT user_id, CAST(rowtime AS BIGINT) FROM logins ORDER BY rowoffset;"
+        )
+        .await,
+        ["ann|1767225605000", "cy|1767225690000", "ann|1767225659000"]
+    );
+    ok(
+        &engine,
+        "CREATE TABLE logins_per_minute AS SELECT user_id, COUNT(*) AS n FROM logins \
+         WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY user_id EMIT CHANGES;",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = rows(
+            &engine,
+            "SELECT user_id, CAST(windowstart AS STRING), n FROM logins_per_minute \
+             ORDER BY user_id;",
+        )
+        .await;
+        if got.len() == 2 && got[0].ends_with("|2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        got,
+        ["ann|2026-01-01T00:00:00|2", "cy|2026-01-01T00:01:00|1"]
+    );
+    for (sql, message) in [
+        (
+            "CREATE STREAM l2 (at STRING) WITH (KAFKA_TOPIC='logins', VALUE_FORMAT='JSON', \
+             TIMESTAMP='at');",
+            "add TIMESTAMP_FORMAT",
+        ),
+        (
+            "CREATE STREAM l2 (at STRING) WITH (KAFKA_TOPIC='logins', VALUE_FORMAT='JSON', \
+             TIMESTAMP_FORMAT='yyyy');",
+            "add TIMESTAMP='column'",
+        ),
+        (
+            "CREATE STREAM l2 (at BIGINT) WITH (KAFKA_TOPIC='logins', VALUE_FORMAT='JSON', \
+             TIMESTAMP='at', TIMESTAMP_FORMAT='yyyy');",
+            "is not a STRING",
+        ),
+        (
+            "CREATE STREAM l2 (at STRING) WITH (KAFKA_TOPIC='logins', VALUE_FORMAT='JSON', \
+             TIMESTAMP='at', TIMESTAMP_FORMAT='yyyy-QQ');",
+            "pattern letter 'Q'",
         ),
     ] {
         let e = engine.execute(sql).await.unwrap_err();
