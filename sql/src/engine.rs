@@ -1317,6 +1317,17 @@ impl SqlEngine {
         for info in sources.iter().filter(|s| named.contains(&s.name)) {
             let batch = match self.materialized(&info.name).await {
                 Some(store) => self.store_rows(&store, info, query)?,
+                // A stream's records are read in place, as the query pulls them.
+                None if info.kind == SourceKind::Stream => {
+                    let table = crate::history::TopicTable::new(
+                        &self.inner.broker,
+                        &info.topic,
+                        decoder(info)?,
+                        info.timestamp.is_none(),
+                    );
+                    tables.insert(info.name.clone(), batch_source(Arc::new(table)));
+                    continue;
+                }
                 None => self.read_all(info).await?,
             };
             let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
@@ -1421,17 +1432,7 @@ impl SqlEngine {
     /// A source's records up to now, decoded; a table's as its current rows (latest per key,
     /// deleted keys left out).
     async fn read_all(&self, info: &SourceInfo) -> Result<RecordBatch, SqlError> {
-        let (key, value) = info.formats().map_err(SqlError::runtime)?;
-        let decoder = match info.kind {
-            SourceKind::Stream => {
-                let d = RecordDecoder::new(key, value, info.timestamp.as_deref())?;
-                match &info.timestamp_format {
-                    Some(f) => d.with_time_format(f)?,
-                    None => d,
-                }
-            }
-            SourceKind::Table => RecordDecoder::table(key, value, None)?,
-        };
+        let decoder = decoder(info)?;
         let schema = decoder.schema();
         let mut batches = Vec::new();
         // Committed records only: a persistent query's output holds aborted transactions.
@@ -1943,6 +1944,22 @@ fn partition_key(
 }
 
 /// A PARTITION BY outside CREATE STREAM … AS SELECT.
+/// How a source's records decode: a stream's with its event-time column, a table's as a
+/// changelog.
+fn decoder(info: &SourceInfo) -> Result<RecordDecoder, SqlError> {
+    let (key, value) = info.formats().map_err(SqlError::runtime)?;
+    Ok(match info.kind {
+        SourceKind::Stream => {
+            let d = RecordDecoder::new(key, value, info.timestamp.as_deref())?;
+            match &info.timestamp_format {
+                Some(f) => d.with_time_format(f)?,
+                None => d,
+            }
+        }
+        SourceKind::Table => RecordDecoder::table(key, value, None)?,
+    })
+}
+
 fn no_partition_by(query: &StreamingQuery) -> Result<(), SqlError> {
     match &query.partition_by {
         Some((_, at)) => Err(SqlError::plan(

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 mod functions;
+mod history;
 mod join;
 pub mod parser;
 pub mod plan;
