@@ -2002,6 +2002,15 @@ fn key_lookup(query: &StreamingQuery, info: &SourceInfo) -> Option<Vec<ScalarVal
                 let column = |e: &E| match e {
                     E::Identifier(i) => Some(normalize(i)),
                     E::CompoundIdentifier(parts) => parts.last().map(normalize),
+                    // A column named like a niladic SQL function (`user`) parses as a call.
+                    E::Function(f) if matches!(f.args, sqlparser::ast::FunctionArguments::None) => {
+                        match f.name.0.last() {
+                            Some(sqlparser::ast::ObjectNamePart::Identifier(i)) => {
+                                Some(normalize(i))
+                            }
+                            _ => None,
+                        }
+                    }
                     _ => None,
                 };
                 let value = |e: &E| match e {
@@ -2201,5 +2210,53 @@ fn table(columns: &[&str], rows: Vec<Vec<String>>) -> Output {
             batches: vec![b],
         },
         Err(e) => Output::Message(format!("cannot build the listing: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+    use super::*;
+
+    fn query(sql: &str) -> StreamingQuery {
+        match parse(sql).unwrap().remove(0).statement {
+            Statement::Select(q) => q,
+            other => panic!("not a query: {other:?}"),
+        }
+    }
+
+    /// A pull query whose WHERE fixes the key is a store lookup, whatever the key is called
+    /// (`user` parses as a call of the SQL function USER).
+    #[test]
+    fn a_where_that_fixes_the_key_is_a_key_lookup() {
+        for key in ["id", "user"] {
+            let info = SourceInfo {
+                kind: SourceKind::Table,
+                name: "t".into(),
+                topic: "t".into(),
+                key_columns: vec![Arc::new(Field::new(key, DataType::Utf8, false))],
+                value_columns: vec![Arc::new(Field::new("n", DataType::Int64, true))],
+                key_format: FormatName::Kafka,
+                value_format: FormatName::Json,
+                delimiter: b',',
+                timestamp: None,
+                timestamp_format: None,
+                written_by: None,
+                statement: String::new(),
+            };
+            let lookup = |sql: String| key_lookup(&query(&sql), &info);
+            assert_eq!(
+                lookup(format!("SELECT n FROM t WHERE {key} = 'a';")),
+                Some(vec![ScalarValue::Utf8(Some("a".into()))]),
+                "{key}"
+            );
+            assert_eq!(
+                lookup(format!("SELECT n FROM t WHERE n = 1 AND ('b' = {key});")),
+                Some(vec![ScalarValue::Utf8(Some("b".into()))]),
+                "{key}"
+            );
+            assert_eq!(lookup(format!("SELECT n FROM t WHERE {key} > 'a';")), None);
+        }
     }
 }
