@@ -131,13 +131,44 @@ async fn ksql(State(engine): State<SqlEngine>, body: axum::body::Bytes) -> Respo
     let Some(text) = request["ksql"].as_str() else {
         return bad_request(r#"the body needs "ksql": the statements to run"#);
     };
-    let overrides = properties(request.get("streamsProperties"));
+    let mut overrides = properties(request.get("streamsProperties"));
     let statements = match quiver_sql::parse(text) {
         Ok(s) => s,
         Err(e) => return error(&SqlError::from(e), text),
     };
     let mut results = Vec::with_capacity(statements.len());
     for s in &statements {
+        // SET and UNSET hold for the statements after them in this request (as ksqlDB's
+        // streamsProperties do), not for other clients of the server.
+        let set = match &s.statement {
+            quiver_sql::Statement::Set { name, value } => {
+                if let Some(message) = quiver_sql::engine::property_error(name, value) {
+                    let e = SqlError {
+                        kind: ErrorKind::Statement,
+                        message,
+                        position: Some(s.position),
+                    };
+                    return error(&e, &s.text);
+                }
+                overrides.insert(name.clone(), value.clone());
+                Some(format!(
+                    "'{name}' set to '{value}' for the rest of this request"
+                ))
+            }
+            quiver_sql::Statement::Unset(name) => {
+                overrides.remove(name);
+                Some(format!("'{name}' unset for the rest of this request"))
+            }
+            _ => None,
+        };
+        if let Some(m) = set {
+            results.push(json!({
+                "@type": "currentStatus",
+                "statementText": s.text,
+                "commandStatus": { "status": "SUCCESS", "message": m },
+            }));
+            continue;
+        }
         match engine.execute_with(s, &overrides).await {
             Ok(Output::Message(m)) => results.push(json!({
                 "@type": "currentStatus",
@@ -211,6 +242,55 @@ fn rows(batches: &[RecordBatch]) -> Vec<Value> {
     out
 }
 
+/// Rows as newline-delimited JSON arrays, in column order. Rows without structs are encoded
+/// by arrow's JSON writer as lists straight away; a struct would come out as a list too, so
+/// rows with one go through [`rows`] (objects for structs, as ksqlDB shows them).
+fn rows_ndjson(batches: &[RecordBatch]) -> String {
+    use quiver_engine::arrow::datatypes::DataType;
+    fn has_struct(t: &DataType) -> bool {
+        match t {
+            DataType::Struct(_) => true,
+            DataType::List(f)
+            | DataType::LargeList(f)
+            | DataType::FixedSizeList(f, _)
+            | DataType::ListView(f)
+            | DataType::LargeListView(f)
+            | DataType::Map(f, _) => has_struct(f.data_type()),
+            DataType::Dictionary(_, v) => has_struct(v),
+            _ => false,
+        }
+    }
+    let mut out = Vec::new();
+    for b in batches {
+        let plain = !b.schema().fields().iter().any(|f| {
+            // A map's entries are a struct of key and value; only the value can hold one.
+            match f.data_type() {
+                DataType::Map(entries, _) => match entries.data_type() {
+                    DataType::Struct(kv) => kv.iter().any(|f| has_struct(f.data_type())),
+                    _ => true,
+                },
+                t => has_struct(t),
+            }
+        });
+        if plain {
+            let mut lines = Vec::new();
+            let mut writer = quiver_engine::arrow::json::WriterBuilder::new()
+                .with_struct_mode(quiver_engine::arrow::json::StructMode::ListOnly)
+                .build::<_, quiver_engine::arrow::json::writer::LineDelimited>(&mut lines);
+            if writer.write(b).is_ok() && writer.finish().is_ok() {
+                drop(writer);
+                out.extend_from_slice(&lines);
+                continue;
+            }
+        }
+        for row in rows(std::slice::from_ref(b)) {
+            out.extend_from_slice(row.to_string().as_bytes());
+            out.push(b'\n');
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
 async fn query_stream(State(engine): State<SqlEngine>, body: axum::body::Bytes) -> Response {
     let request = match body_json(&body) {
         Ok(v) => v,
@@ -256,18 +336,10 @@ async fn query_stream(State(engine): State<SqlEngine>, body: axum::body::Bytes) 
         line.push('\n');
         line
     };
-    let ndjson = |values: Vec<Value>| {
-        let mut text = String::new();
-        for v in values {
-            text.push_str(&v.to_string());
-            text.push('\n');
-        }
-        text
-    };
     let stream = match output {
         Output::Rows { schema, batches } => {
             let mut text = header(&schema);
-            text.push_str(&ndjson(rows(&batches)));
+            text.push_str(&rows_ndjson(&batches));
             return ([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response();
         }
         Output::Message(m) => {
@@ -284,7 +356,7 @@ async fn query_stream(State(engine): State<SqlEngine>, body: axum::body::Bytes) 
                 return Some((Ok::<_, std::io::Error>(h), (push, None)));
             }
             match push.next().await {
-                Some(Ok(batch)) => Some((Ok(ndjson(rows(&[batch]))), (push, None))),
+                Some(Ok(batch)) => Some((Ok(rows_ndjson(&[batch])), (push, None))),
                 Some(Err(e)) => {
                     let line = json!({ "@type": "error", "message": e.to_string() }).to_string();
                     push.cancel().await;
@@ -297,4 +369,54 @@ async fn query_stream(State(engine): State<SqlEngine>, body: axum::body::Bytes) 
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(body))
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+    use std::sync::Arc;
+
+    use quiver_engine::arrow::array::{
+        ArrayRef, Int64Array, StringArray, StructArray, TimestampMillisecondArray,
+    };
+    use quiver_engine::arrow::datatypes::{DataType, Field, Fields};
+
+    use super::*;
+
+    /// Rows stream as arrays in column order, nulls included; a struct inside stays an object.
+    #[test]
+    fn rows_are_json_arrays_and_structs_in_them_objects() {
+        let plain = RecordBatch::try_from_iter([
+            (
+                "k",
+                Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef,
+            ),
+            ("n", Arc::new(Int64Array::from(vec![None, Some(2)])) as _),
+            (
+                "t",
+                Arc::new(TimestampMillisecondArray::from(vec![0, 1_000])) as _,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            rows_ndjson(std::slice::from_ref(&plain)),
+            "[\"a\",null,\"1970-01-01T00:00:00\"]\n[null,2,\"1970-01-01T00:00:01\"]\n"
+        );
+        let fields = Fields::from(vec![Field::new("x", DataType::Int64, true)]);
+        let inner = StructArray::new(
+            fields.clone(),
+            vec![Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef],
+            None,
+        );
+        let nested = RecordBatch::try_from_iter([
+            ("k", plain.column(0).clone()),
+            ("s", Arc::new(inner) as ArrayRef),
+        ])
+        .unwrap();
+        assert_eq!(
+            rows_ndjson(&[nested]),
+            "[\"a\",{\"x\":7}]\n[null,{\"x\":8}]\n"
+        );
+    }
 }

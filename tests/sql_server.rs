@@ -324,6 +324,25 @@ fn the_shell_runs_statements_on_a_server_over_http() {
     )
     .ok();
     assert!(out.stdout.ends_with("(2 rows)\n"), "{}", out.stdout);
+    // Over /ksql, SET holds for the rest of its request, not for other clients.
+    let request = |ksql: &str| {
+        let body = serde_json::json!({ "ksql": ksql }).to_string();
+        let (status, text) = http(&sql, "POST", "/ksql", &body);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let set = request("SET 'auto.offset.reset' = 'earliest'; SHOW PROPERTIES;");
+    assert_eq!(
+        set[1]["rows"],
+        serde_json::json!([["auto.offset.reset", "earliest"]]),
+        "{set}"
+    );
+    let other = request("SHOW PROPERTIES;");
+    assert_eq!(
+        other[0]["rows"],
+        serde_json::json!([["auto.offset.reset", "latest"]]),
+        "{other}"
+    );
     // A server that is not there is named, with what to do.
     let mut cmd = common::quiver();
     cmd.args(["shell", "--server", "http://127.0.0.1:9"]);

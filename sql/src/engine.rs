@@ -634,11 +634,8 @@ impl SqlEngine {
                 limit,
             } => self.print(topic, *from_beginning, *limit, p.position),
             Statement::Set { name, value } => {
-                if name == OFFSET_RESET && !matches!(value.as_str(), "earliest" | "latest") {
-                    return Err(SqlError::plan(
-                        format!("{OFFSET_RESET} is 'earliest' or 'latest', not '{value}'"),
-                        p.position,
-                    ));
+                if let Some(message) = property_error(name, value) {
+                    return Err(SqlError::plan(message, p.position));
                 }
                 self.inner
                     .state
@@ -1362,7 +1359,13 @@ impl SqlEngine {
             SqlError::plan(crate::plan::describe_plan_error(&e), q.position)
         };
         let plan = state.optimize(&plan).map_err(at)?;
-        let physical = state.create_physical_plan(&plan).await.map_err(at)?;
+        // The plan is optimized: plan it physically without optimizing it a second time (as
+        // SessionState::create_physical_plan would).
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&plan, state)
+            .await
+            .map_err(at)?;
         let schema = physical.schema();
         let batches = collect(physical, state.task_ctx()).await?;
         Ok(Output::Rows { schema, batches })
@@ -1944,6 +1947,12 @@ fn partition_key(
 }
 
 /// A PARTITION BY outside CREATE STREAM … AS SELECT.
+/// Why `value` cannot be the property `name` (`SET`), if it cannot.
+pub fn property_error(name: &str, value: &str) -> Option<String> {
+    (name == OFFSET_RESET && !matches!(value, "earliest" | "latest"))
+        .then(|| format!("{OFFSET_RESET} is 'earliest' or 'latest', not '{value}'"))
+}
+
 /// How a source's records decode: a stream's with its event-time column, a table's as a
 /// changelog.
 fn decoder(info: &SourceInfo) -> Result<RecordDecoder, SqlError> {

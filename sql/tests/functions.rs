@@ -2,54 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-use std::time::Duration;
-
-use quiver_broker::{Broker, BrokerConfig};
-use quiver_engine::arrow::array::RecordBatch;
-use quiver_engine::arrow::util::display::{ArrayFormatter, FormatOptions};
-use quiver_sql::{Output, SqlEngine};
-
-async fn open(dir: &std::path::Path) -> (Broker, SqlEngine) {
-    let broker = Broker::open(BrokerConfig {
-        data_dir: dir.to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
-    let engine = SqlEngine::open(&broker, dir).await.unwrap();
-    (broker, engine)
-}
-
-fn lines(batches: &[RecordBatch]) -> Vec<String> {
-    let options = FormatOptions::default().with_null("null");
-    let mut out = Vec::new();
-    for b in batches {
-        let f: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for i in 0..b.num_rows() {
-            out.push(
-                f.iter()
-                    .map(|f| f.value(i).to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            );
-        }
-    }
-    out
-}
-
-async fn rows(engine: &SqlEngine, sql: &str) -> Vec<String> {
-    match engine.execute(sql).await {
-        Ok(mut out) => match out.pop() {
-            Some(Output::Rows { batches, .. }) => lines(&batches),
-            other => panic!("{sql}: not rows: {other:?}"),
-        },
-        Err(e) => panic!("{sql}: {e}"),
-    }
-}
+mod common;
+use common::{open, rows, wait_for};
 
 const SETUP: &str = "
     CREATE STREAM readings (sensor STRING KEY, temp DOUBLE, meta STRING, at STRING)
@@ -130,18 +84,12 @@ async fn ksqldb_functions_answer_over_history_and_continuously() {
         .await
         .unwrap();
     let want = ["s1|21.0|[23.0, 21.0]|[north]", "s2|18.0|[18.0, 18.0]|[]"];
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(
-            &engine,
-            "SELECT sensor, temp, hottest, sites FROM sensor_state ORDER BY sensor;",
-        )
-        .await;
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = wait_for(
+        &engine,
+        "SELECT sensor, temp, hottest, sites FROM sensor_state ORDER BY sensor;",
+        |got| got == want,
+    )
+    .await;
     assert_eq!(got, want);
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();

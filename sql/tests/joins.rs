@@ -4,71 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-use std::time::Duration;
+use quiver_sql::ErrorKind;
 
-use quiver_broker::{Broker, BrokerConfig};
-use quiver_engine::arrow::array::RecordBatch;
-use quiver_engine::arrow::util::display::{ArrayFormatter, FormatOptions};
-use quiver_sql::{ErrorKind, Output, SqlEngine};
-
-async fn open(dir: &std::path::Path) -> (Broker, SqlEngine) {
-    let broker = Broker::open(BrokerConfig {
-        data_dir: dir.to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
-    let engine = SqlEngine::open(&broker, dir).await.unwrap();
-    (broker, engine)
-}
-
-fn lines(batches: &[RecordBatch]) -> Vec<String> {
-    let options = FormatOptions::default().with_null("null");
-    let mut out = Vec::new();
-    for b in batches {
-        let f: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for i in 0..b.num_rows() {
-            out.push(
-                f.iter()
-                    .map(|f| f.value(i).to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            );
-        }
-    }
-    out
-}
-
-async fn rows(engine: &SqlEngine, sql: &str) -> Vec<String> {
-    let mut out = engine.execute(sql).await.unwrap();
-    match out.pop() {
-        Some(Output::Rows { batches, .. }) => lines(&batches),
-        other => panic!("{sql}: not rows: {other:?}"),
-    }
-}
-
-async fn ok(engine: &SqlEngine, sql: &str) {
-    if let Err(e) = engine.execute(sql).await {
-        panic!("{sql}: {e}");
-    }
-}
-
-/// Polls a history query until it returns `n` rows (the persistent query writes them).
-async fn wait_rows(engine: &SqlEngine, sql: &str, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(engine, sql).await;
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{sql}: {n} rows never came; last {got:?}");
-}
+mod common;
+use common::{ok, open, rows, wait_for, wait_rows};
 
 const SETUP: &str = "
     CREATE TABLE customers (id STRING PRIMARY KEY, name STRING, region STRING)
@@ -146,18 +85,12 @@ async fn a_stream_joined_with_a_table_sees_each_row_as_of_the_records_time() {
              GROUP BY c.region EMIT CHANGES;",
     )
     .await;
-    let mut last = Vec::new();
-    for _ in 0..400 {
-        last = rows(
-            &engine,
-            "SELECT region, revenue, orders FROM revenue_by_region ORDER BY region;",
-        )
-        .await;
-        if last.len() == 2 && last[1] == "us|110.0|3" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let last = wait_for(
+        &engine,
+        "SELECT region, revenue, orders FROM revenue_by_region ORDER BY region;",
+        |last| last.len() == 2 && last[1] == "us|110.0|3",
+    )
+    .await;
     assert_eq!(last, ["eu|10.0|1", "us|110.0|3"]);
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
@@ -341,14 +274,7 @@ async fn two_tables_join_on_their_keys_into_a_table_that_follows_both() {
     .await;
     let query = "SELECT id, name, tier FROM customer_tiers ORDER BY id;";
     let want = ["c1|Ada|gold", "c2|Bo|null"];
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(&engine, query).await;
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = wait_for(&engine, query, |got| got == want).await;
     assert_eq!(got, want);
     // An update on either side updates the joined row.
     ok(
@@ -357,13 +283,7 @@ async fn two_tables_join_on_their_keys_into_a_table_that_follows_both() {
     )
     .await;
     let want = ["c1|Ada|platinum", "c2|Bo|silver"];
-    for _ in 0..400 {
-        got = rows(&engine, query).await;
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = wait_for(&engine, query, |got| got == want).await;
     assert_eq!(got, want);
     let described = rows(&engine, "DESCRIBE customer_tiers;").await;
     assert_eq!(described[1], "id|STRING (primary key)", "{described:?}");

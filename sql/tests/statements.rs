@@ -7,62 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use quiver_broker::{Broker, BrokerConfig, Record};
-use quiver_engine::arrow::array::RecordBatch;
-use quiver_engine::arrow::util::display::{ArrayFormatter, FormatOptions};
+use quiver_broker::Record;
 use quiver_sql::{ErrorKind, Output, SqlEngine};
 
-async fn open(dir: &std::path::Path) -> (Broker, SqlEngine) {
-    let broker = Broker::open(BrokerConfig {
-        data_dir: dir.to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
-    let engine = SqlEngine::open(&broker, dir).await.unwrap();
-    (broker, engine)
-}
-
-/// Rows as lines of `a|b|c` (nulls as `null`).
-fn lines(batches: &[RecordBatch]) -> Vec<String> {
-    let options = FormatOptions::default().with_null("null");
-    let mut out = Vec::new();
-    for b in batches {
-        let f: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for i in 0..b.num_rows() {
-            out.push(
-                f.iter()
-                    .map(|f| f.value(i).to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            );
-        }
-    }
-    out
-}
-
-async fn rows(engine: &SqlEngine, sql: &str) -> Vec<String> {
-    let mut out = engine.execute(sql).await.unwrap();
-    match out.pop() {
-        Some(Output::Rows { batches, .. }) => lines(&batches),
-        other => panic!("{sql}: not rows: {other:?}"),
-    }
-}
-
-async fn ok(engine: &SqlEngine, sql: &str) -> String {
-    let mut out = engine
-        .execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    match out.pop() {
-        Some(Output::Message(m)) => m,
-        other => panic!("{sql}: not a message: {other:?}"),
-    }
-}
+mod common;
+use common::{lines, ok, open, rows, wait_for};
 
 const PAGEVIEWS: &str = "CREATE STREAM pageviews (user_id STRING KEY, page STRING, ms BIGINT) \
      WITH (KAFKA_TOPIC='pageviews', VALUE_FORMAT='JSON', PARTITIONS=2, TIMESTAMP='ms');";
@@ -639,18 +588,12 @@ async fn pull_queries_on_a_maintained_table_read_its_store() {
          GROUP BY user_id EMIT CHANGES;",
     )
     .await;
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(
-            &engine,
-            "SELECT user_id, views FROM views_per_user ORDER BY user_id;",
-        )
-        .await;
-        if got.len() == 3 && got[0] == "alice|2" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = wait_for(
+        &engine,
+        "SELECT user_id, views FROM views_per_user ORDER BY user_id;",
+        |got| got.len() == 3 && got[0] == "alice|2",
+    )
+    .await;
     assert_eq!(got, ["alice|2", "bob|1", "carol|1"]);
     // The store runs ahead of the topic (whose records commit with the query's checkpoint):
     // wait for the topic, so that the record below comes after the query's.
@@ -660,18 +603,12 @@ async fn pull_queries_on_a_maintained_table_read_its_store() {
          WITH (KAFKA_TOPIC='views_per_user', VALUE_FORMAT='JSON');",
     )
     .await;
-    let mut written = Vec::new();
-    for _ in 0..400 {
-        written = rows(
-            &engine,
-            "SELECT views FROM views_raw WHERE user_id = 'alice' ORDER BY views DESC LIMIT 1;",
-        )
-        .await;
-        if written == ["2"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let written = wait_for(
+        &engine,
+        "SELECT views FROM views_raw WHERE user_id = 'alice' ORDER BY views DESC LIMIT 1;",
+        |written| written == ["2"],
+    )
+    .await;
     assert_eq!(written, ["2"]);
     // A record written to the table's topic by someone else is not the query's state.
     broker
@@ -755,24 +692,18 @@ async fn partition_by_rekeys_a_stream_and_a_selected_key_is_kept() {
         rows(&engine, "DESCRIBE same_key;").await[1..],
         ["user_id|STRING (key)", "page|STRING"]
     );
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(
-            &engine,
-            "SELECT page, COUNT(*), COUNT(DISTINCT rowpartition) FROM by_page GROUP BY page \
+    let got = wait_for(
+        &engine,
+        "SELECT page, COUNT(*), COUNT(DISTINCT rowpartition) FROM by_page GROUP BY page \
              ORDER BY page;",
-        )
-        .await;
-        if got
-            .iter()
-            .map(|r| r.split('|').nth(1).unwrap().parse::<i64>().unwrap())
-            .sum::<i64>()
-            == 40
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        |got| {
+            got.iter()
+                .map(|r| r.split('|').nth(1).unwrap().parse::<i64>().unwrap())
+                .sum::<i64>()
+                == 40
+        },
+    )
+    .await;
     // Each page's records went to one partition, as their key says.
     assert_eq!(got, ["/p0|8|1", "/p1|8|1", "/p2|8|1", "/p3|8|1", "/p4|8|1"]);
     for (sql, message) in [
@@ -837,51 +768,33 @@ async fn derived_streams_and_tables_keep_event_time_in_their_records() {
          WITH (KAFKA_TOPIC='per_minute', VALUE_FORMAT='JSON', KEY_FORMAT='JSON');",
     )
     .await;
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(
-            &engine,
-            "SELECT user_id, page, CAST(rowtime AS BIGINT) AS t FROM upper_views ORDER BY t;",
-        )
-        .await;
-        if got.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = wait_for(
+        &engine,
+        "SELECT user_id, page, CAST(rowtime AS BIGINT) AS t FROM upper_views ORDER BY t;",
+        |got| got.len() == 3,
+    )
+    .await;
     assert_eq!(got, ["alice|/A|1000", "bob|/B|2500", "alice|/C|61000"]);
-    let mut windows = Vec::new();
-    for _ in 0..400 {
-        windows = rows(
-            &engine,
-            "SELECT user_id, CAST(windowstart AS BIGINT), views, CAST(rowtime AS BIGINT) \
+    let mut windows = wait_for(
+        &engine,
+        "SELECT user_id, CAST(windowstart AS BIGINT), views, CAST(rowtime AS BIGINT) \
              FROM per_minute_raw ORDER BY rowoffset;",
-        )
-        .await;
-        if windows.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        |windows| windows.len() == 3,
+    )
+    .await;
     // Each window's result is stamped with the window's last millisecond.
     windows.sort();
     assert_eq!(
         windows,
         ["alice|0|1|59999", "alice|60000|1|119999", "bob|0|1|59999"]
     );
-    let mut derived = Vec::new();
-    for _ in 0..400 {
-        derived = rows(
-            &engine,
-            "SELECT user_id, CAST(windowstart AS BIGINT) AS w, views FROM derived_per_minute \
+    let derived = wait_for(
+        &engine,
+        "SELECT user_id, CAST(windowstart AS BIGINT) AS w, views FROM derived_per_minute \
              ORDER BY user_id, w;",
-        )
-        .await;
-        if derived.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        |derived| derived.len() == 3,
+    )
+    .await;
     assert_eq!(derived, ["alice|0|1", "alice|60000|1", "bob|0|1"]);
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
@@ -915,14 +828,7 @@ async fn late_records_go_to_the_topic_late_data_to_names() {
     .await;
     let table = "SELECT user_id, CAST(windowstart AS BIGINT), n FROM clicks_per_minute \
                  ORDER BY user_id;";
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(&engine, table).await;
-        if got.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = wait_for(&engine, table, |got| got.len() == 2).await;
     assert_eq!(got, ["alice|0|1", "bob|120000|1"]);
     // Time is at 125 s: the first minute's window has closed.
     ok(&engine, "INSERT INTO clicks VALUES ('carol', 2000);").await;
@@ -1001,19 +907,13 @@ async fn a_string_event_time_is_read_with_its_timestamp_format() {
          WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY user_id EMIT CHANGES;",
     )
     .await;
-    let mut got = Vec::new();
-    for _ in 0..400 {
-        got = rows(
-            &engine,
-            "SELECT user_id, CAST(windowstart AS STRING), n FROM logins_per_minute \
+    let got = wait_for(
+        &engine,
+        "SELECT user_id, CAST(windowstart AS STRING), n FROM logins_per_minute \
              ORDER BY user_id;",
-        )
-        .await;
-        if got.len() == 2 && got[0].ends_with("|2") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        |got| got.len() == 2 && got[0].ends_with("|2"),
+    )
+    .await;
     assert_eq!(
         got,
         ["ann|2026-01-01T00:00:00|2", "cy|2026-01-01T00:01:00|1"]
