@@ -91,3 +91,11 @@ pub async fn wait_rows(engine: &SqlEngine, sql: &str, n: usize) -> Vec<String> {
     assert!(got.len() >= n, "{sql}: {n} rows never came; last {got:?}");
     got
 }
+
+/// Each statement of `cases` fails with an error whose message contains its text.
+pub async fn refused(engine: &SqlEngine, cases: &[(&str, &str)]) {
+    for (sql, message) in cases {
+        let e = engine.execute(sql).await.unwrap_err();
+        assert!(e.message.contains(message), "{sql}: {e}");
+    }
+}
