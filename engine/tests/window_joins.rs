@@ -16,7 +16,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 use quiver_engine::dsl::{Stream, StreamsBuilder};
-use quiver_engine::{Collector, JoinKind, MemorySource, QueryOptions, Runtime};
+use quiver_engine::{Collector, JoinKind, JoinWindow, MemorySource, QueryOptions, Runtime};
 
 const T0: i64 = 1_700_000_000_000;
 const WITHIN: i64 = 50;
@@ -83,6 +83,18 @@ fn source(events: &[Event], chunk: usize) -> Arc<MemorySource> {
 }
 
 async fn oracle(a: &[Event], b: &[Event], join: &str, condition: &str) -> Vec<String> {
+    oracle_within(a, b, join, condition, WITHIN, WITHIN).await
+}
+
+/// The interval join with `b`'s times from `before` ms ahead of `a`'s to `after` ms behind.
+async fn oracle_within(
+    a: &[Event],
+    b: &[Event],
+    join: &str,
+    condition: &str,
+    before: i64,
+    after: i64,
+) -> Vec<String> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     for (name, events) in [("a", a), ("b", b)] {
         let t = MemTable::try_new(schema(), vec![vec![batch(events)]]).unwrap();
@@ -91,8 +103,8 @@ async fn oracle(a: &[Event], b: &[Event], join: &str, condition: &str) -> Vec<St
     let sql = format!(
         "SELECT a.k, a.v, b.k, b.v, greatest(a.rowtime, b.rowtime) \
          FROM a {join} b ON a.k = b.k \
-         AND b.rowtime BETWEEN a.rowtime - INTERVAL '{WITHIN} milliseconds' \
-                           AND a.rowtime + INTERVAL '{WITHIN} milliseconds' \
+         AND b.rowtime BETWEEN a.rowtime - INTERVAL '{before} milliseconds' \
+                           AND a.rowtime + INTERVAL '{after} milliseconds' \
          AND ({condition})"
     );
     rows(&ctx.sql(&sql).await.unwrap().collect().await.unwrap())
@@ -142,6 +154,42 @@ async fn inner_left_and_full_joins_within_a_bound_match_the_interval_join_oracle
             .await;
             assert_eq!(late, 0);
             assert_eq!(got, want, "{kind:?} at parallelism {parallelism}");
+        }
+    }
+}
+
+/// Bounds that differ before and after the left record's time (ksqlDB's `WITHIN (before,
+/// after)`), one of them zero: each side's buffer is kept as long as its own reach.
+#[tokio::test]
+async fn joins_within_different_bounds_before_and_after_match_the_oracle() {
+    let a = events(1_000, 10, 30, 0x51_7cc1_b727_220a);
+    let b = events(900, 13, 30, 0x94d0_49bb_1331_11eb);
+    for (before, after) in [(WITHIN / 4, WITHIN * 2), (WITHIN * 2, 0)] {
+        for (kind, sql) in [
+            (JoinKind::Inner, "JOIN"),
+            (JoinKind::Left, "LEFT JOIN"),
+            (JoinKind::Full, "FULL JOIN"),
+        ] {
+            let want = oracle_within(&a, &b, sql, "true", before, after).await;
+            assert!(want.len() > 100, "{kind:?}: {}", want.len());
+            for parallelism in [1, 3] {
+                let (got, late) = run(&a, &b, parallelism, |sa, sb| {
+                    sa.window_join(
+                        &sb,
+                        [col("k")],
+                        [col("k")],
+                        JoinWindow::new(before, after),
+                        kind,
+                    )
+                    .unwrap()
+                })
+                .await;
+                assert_eq!(late, 0);
+                assert_eq!(
+                    got, want,
+                    "{kind:?} within ({before}, {after}) at parallelism {parallelism}"
+                );
+            }
         }
     }
 }
