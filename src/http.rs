@@ -140,36 +140,31 @@ async fn ksql(State(engine): State<SqlEngine>, body: axum::body::Bytes) -> Respo
     for s in &statements {
         // SET and UNSET hold for the statements after them in this request (as ksqlDB's
         // streamsProperties do), not for other clients of the server.
-        let set = match &s.statement {
+        let outcome = match &s.statement {
             quiver_sql::Statement::Set { name, value } => {
-                if let Some(message) = quiver_sql::engine::property_error(name, value) {
-                    let e = SqlError {
+                match quiver_sql::engine::property_error(name, value) {
+                    Some(message) => Err(SqlError {
                         kind: ErrorKind::Statement,
                         message,
                         position: Some(s.position),
-                    };
-                    return error(&e, &s.text);
+                    }),
+                    None => {
+                        overrides.insert(name.clone(), value.clone());
+                        Ok(Output::Message(format!(
+                            "'{name}' set to '{value}' for the rest of this request"
+                        )))
+                    }
                 }
-                overrides.insert(name.clone(), value.clone());
-                Some(format!(
-                    "'{name}' set to '{value}' for the rest of this request"
-                ))
             }
             quiver_sql::Statement::Unset(name) => {
                 overrides.remove(name);
-                Some(format!("'{name}' unset for the rest of this request"))
+                Ok(Output::Message(format!(
+                    "'{name}' unset for the rest of this request"
+                )))
             }
-            _ => None,
+            _ => engine.execute_with(s, &overrides).await,
         };
-        if let Some(m) = set {
-            results.push(json!({
-                "@type": "currentStatus",
-                "statementText": s.text,
-                "commandStatus": { "status": "SUCCESS", "message": m },
-            }));
-            continue;
-        }
-        match engine.execute_with(s, &overrides).await {
+        match outcome {
             Ok(Output::Message(m)) => results.push(json!({
                 "@type": "currentStatus",
                 "statementText": s.text,
@@ -254,24 +249,23 @@ fn rows_ndjson(batches: &[RecordBatch]) -> String {
             | DataType::LargeList(f)
             | DataType::FixedSizeList(f, _)
             | DataType::ListView(f)
-            | DataType::LargeListView(f)
-            | DataType::Map(f, _) => has_struct(f.data_type()),
+            | DataType::LargeListView(f) => has_struct(f.data_type()),
+            // A map's entries are a struct of key and value; only they can hold one.
+            DataType::Map(entries, _) => match entries.data_type() {
+                DataType::Struct(kv) => kv.iter().any(|f| has_struct(f.data_type())),
+                _ => true,
+            },
             DataType::Dictionary(_, v) => has_struct(v),
             _ => false,
         }
     }
     let mut out = Vec::new();
     for b in batches {
-        let plain = !b.schema().fields().iter().any(|f| {
-            // A map's entries are a struct of key and value; only the value can hold one.
-            match f.data_type() {
-                DataType::Map(entries, _) => match entries.data_type() {
-                    DataType::Struct(kv) => kv.iter().any(|f| has_struct(f.data_type())),
-                    _ => true,
-                },
-                t => has_struct(t),
-            }
-        });
+        let plain = !b
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| has_struct(f.data_type()));
         if plain {
             let mut lines = Vec::new();
             let mut writer = quiver_engine::arrow::json::WriterBuilder::new()

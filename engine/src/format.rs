@@ -615,19 +615,38 @@ fn event_times(column: &ArrayRef, format: Option<&str>) -> Result<(ArrayRef, usi
     Ok((out, nulls))
 }
 
+/// A time read from text with a chrono `format` ([`parse_text_time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextTime {
+    /// The text gave its offset: an instant, in epoch milliseconds.
+    Instant(i64),
+    /// A date and time without an offset (a date alone at its midnight), for the reader to
+    /// place in a time zone.
+    Local(chrono::NaiveDateTime),
+}
+
+/// Text in a chrono `format` as a [`TextTime`]; `None` when it is not one.
+pub fn parse_text_time(text: &str, format: &str) -> Option<TextTime> {
+    if let Ok(t) = chrono::DateTime::parse_from_str(text, format) {
+        return Some(TextTime::Instant(t.timestamp_millis()));
+    }
+    chrono::NaiveDateTime::parse_from_str(text, format)
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(text, format)
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
+        .map(TextTime::Local)
+}
+
 /// Text in a chrono `format` as epoch milliseconds: UTC unless the text gives its offset, a
 /// date alone at its midnight.
 pub fn parse_time(text: &str, format: &str) -> Option<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_str(text, format) {
-        return Some(t.timestamp_millis());
-    }
-    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
-        return Some(t.and_utc().timestamp_millis());
-    }
-    chrono::NaiveDate::parse_from_str(text, format)
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc().timestamp_millis())
+    Some(match parse_text_time(text, format)? {
+        TextTime::Instant(ms) => ms,
+        TextTime::Local(t) => t.and_utc().timestamp_millis(),
+    })
 }
 
 /// Decodes one side of the rows `rows` (all rows when `all`). Returns the columns of the rows

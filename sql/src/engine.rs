@@ -853,7 +853,7 @@ impl SqlEngine {
                         p.position,
                     ));
                 }
-                Some(column)
+                Some((column, text))
             }
         };
         // ksqlDB's TIMESTAMP_FORMAT is a Java DateTimeFormatter pattern; the engine reads
@@ -861,17 +861,14 @@ impl SqlEngine {
         let timestamp_format = match get("TIMESTAMP_FORMAT") {
             None => None,
             Some(p) => {
-                let Some(column) = &timestamp else {
+                let Some((column, text)) = &timestamp else {
                     return Err(SqlError::plan(
                         "TIMESTAMP_FORMAT says how to read the TIMESTAMP column's text: add \
                          TIMESTAMP='column'",
                         p.position,
                     ));
                 };
-                if value_columns
-                    .iter()
-                    .any(|f| f.name() == column && f.data_type() != &DataType::Utf8)
-                {
+                if !text {
                     return Err(SqlError::plan(
                         format!(
                             "TIMESTAMP_FORMAT reads text, and TIMESTAMP='{column}' is not a STRING"
@@ -901,7 +898,7 @@ impl SqlEngine {
             key_format,
             value_format,
             delimiter,
-            timestamp,
+            timestamp: timestamp.map(|(column, _)| column),
             timestamp_format,
             written_by: None,
             statement: statement.to_owned(),
@@ -1312,23 +1309,24 @@ impl SqlEngine {
         // Only the sources the query names are read.
         let named = names_in(&query.query);
         for info in sources.iter().filter(|s| named.contains(&s.name)) {
-            let batch = match self.materialized(&info.name).await {
-                Some(store) => self.store_rows(&store, info, query)?,
+            let rows = |batch: RecordBatch| {
+                MemTable::try_new(batch.schema(), vec![vec![batch]])
+                    .map(|t| Arc::new(t) as Arc<dyn datafusion::catalog::TableProvider>)
+            };
+            let table = match self.materialized(&info.name).await {
+                Some(store) => rows(self.store_rows(&store, info, query)?)?,
                 // A stream's records are read in place, as the query pulls them.
                 None if info.kind == SourceKind::Stream => {
-                    let table = crate::history::TopicTable::new(
+                    Arc::new(crate::history::TopicTable::new(
                         &self.inner.broker,
                         &info.topic,
                         decoder(info)?,
                         info.timestamp.is_none(),
-                    );
-                    tables.insert(info.name.clone(), batch_source(Arc::new(table)));
-                    continue;
+                    ))
                 }
-                None => self.read_all(info).await?,
+                None => rows(self.table_rows(info).await?)?,
             };
-            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-            tables.insert(info.name.clone(), batch_source(Arc::new(table)));
+            tables.insert(info.name.clone(), batch_source(table));
         }
         for info in sources.iter().filter(|s| !named.contains(&s.name)) {
             let schema = Arc::new(info.schema());
@@ -1432,9 +1430,9 @@ impl SqlEngine {
         Ok(RecordBatch::try_new(nullable, columns)?)
     }
 
-    /// A source's records up to now, decoded; a table's as its current rows (latest per key,
-    /// deleted keys left out).
-    async fn read_all(&self, info: &SourceInfo) -> Result<RecordBatch, SqlError> {
+    /// A table's current rows, from its changelog up to now (latest per key, deleted keys
+    /// left out).
+    async fn table_rows(&self, info: &SourceInfo) -> Result<RecordBatch, SqlError> {
         let decoder = decoder(info)?;
         let schema = decoder.schema();
         let mut batches = Vec::new();
@@ -1460,9 +1458,6 @@ impl SqlEngine {
             }
         }
         let all = quiver_engine::arrow::compute::concat_batches(&schema, &batches)?;
-        if info.kind == SourceKind::Stream {
-            return Ok(all);
-        }
         latest_per_key(&all, &info.key_columns)
     }
 
@@ -1946,7 +1941,6 @@ fn partition_key(
     Ok(key)
 }
 
-/// A PARTITION BY outside CREATE STREAM … AS SELECT.
 /// Why `value` cannot be the property `name` (`SET`), if it cannot.
 pub fn property_error(name: &str, value: &str) -> Option<String> {
     (name == OFFSET_RESET && !matches!(value, "earliest" | "latest"))
@@ -1969,6 +1963,7 @@ fn decoder(info: &SourceInfo) -> Result<RecordDecoder, SqlError> {
     })
 }
 
+/// A PARTITION BY outside CREATE STREAM … AS SELECT.
 fn no_partition_by(query: &StreamingQuery) -> Result<(), SqlError> {
     match &query.partition_by {
         Some((_, at)) => Err(SqlError::plan(

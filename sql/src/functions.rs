@@ -17,7 +17,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+use chrono::TimeZone;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
@@ -31,6 +31,7 @@ use quiver_engine::arrow::array::{
 };
 use quiver_engine::arrow::compute::{SortOptions, cast, sort_limit};
 use quiver_engine::arrow::datatypes::{DataType, Field, FieldRef, Schema};
+use quiver_engine::format::{TextTime, parse_text_time};
 use sqlparser::ast::ObjectNamePart;
 
 /// Every function of this module, for the SQL session.
@@ -710,19 +711,13 @@ impl ScalarUDFImpl for TextFunction {
 
 /// A text in a chrono format, as epoch milliseconds in `tz` (unless it gives its own offset).
 fn parse_time(text: &str, pattern: &str, tz: chrono_tz::Tz) -> Option<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_str(text, pattern) {
-        return Some(t.timestamp_millis());
+    match parse_text_time(text, pattern)? {
+        TextTime::Instant(ms) => Some(ms),
+        TextTime::Local(t) => tz
+            .from_local_datetime(&t)
+            .earliest()
+            .map(|t| t.timestamp_millis()),
     }
-    let naive = NaiveDateTime::parse_from_str(text, pattern)
-        .ok()
-        .or_else(|| {
-            NaiveDate::parse_from_str(text, pattern)
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-        })?;
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.timestamp_millis())
 }
 
 /// A Java `DateTimeFormatter` pattern (what ksqlDB takes) as a chrono format string.

@@ -16,7 +16,7 @@
 //!
 //! The predicates are pushed down as inexact: DataFusion still applies them to the rows.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,9 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
-use quiver_broker::{Broker, Isolation, PartitionSplit, ReaderOptions, StartAt, TopicReader};
+use quiver_broker::{
+    Broker, Isolation, PartitionSplit, ReaderBatch, ReaderOptions, StartAt, TopicReader,
+};
 use quiver_engine::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use quiver_engine::arrow::compute::filter_record_batch;
 use quiver_engine::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
@@ -366,51 +368,48 @@ struct ScanState {
     reader: TopicReader,
     range: Range,
     decoder: RecordDecoder,
+    /// Stored batches read but not yet decoded (one read gives several).
+    pending: VecDeque<ReaderBatch>,
     done: bool,
 }
 
 impl ScanState {
-    /// The next non-empty decoded batch of the range, `None` past its end.
+    /// The next non-empty decoded batch of the range, `None` past its end. Each stored batch
+    /// is decoded when it is pulled, and handed on as it is (never concatenated).
     async fn next(&mut self) -> datafusion::error::Result<Option<RecordBatch>> {
-        while !self.done {
-            let read = self
-                .reader
-                .next_batches(Duration::ZERO)
-                .await
-                .map_err(external)?;
-            if read.is_empty() {
-                self.done = true;
-                break;
-            }
-            let mut out = Vec::new();
-            for b in read {
-                if b.partition != self.range.partition {
-                    continue;
+        loop {
+            let Some(b) = self.pending.pop_front() else {
+                if self.done {
+                    return Ok(None);
                 }
-                if b.next_offset >= self.range.end {
+                let read = self
+                    .reader
+                    .next_batches(Duration::ZERO)
+                    .await
+                    .map_err(external)?;
+                if read.is_empty() {
                     self.done = true;
                 }
-                let decoded = self
-                    .decoder
-                    .decode(b.partition, &b.records)
-                    .map_err(external)?;
-                let batch = self.trim(decoded.batch)?;
-                if batch.num_rows() > 0 {
-                    out.push(batch);
-                }
+                self.pending.extend(
+                    read.into_iter()
+                        .filter(|b| b.partition == self.range.partition),
+                );
+                continue;
+            };
+            if b.next_offset >= self.range.end {
+                // What is left of this read is past the range too.
+                self.done = true;
+                self.pending.clear();
             }
-            match out.len() {
-                0 => continue,
-                1 => return Ok(out.pop()),
-                _ => {
-                    let schema = out[0].schema();
-                    return Ok(Some(quiver_engine::arrow::compute::concat_batches(
-                        &schema, &out,
-                    )?));
-                }
+            let decoded = self
+                .decoder
+                .decode(b.partition, &b.records)
+                .map_err(external)?;
+            let batch = self.trim(decoded.batch)?;
+            if batch.num_rows() > 0 {
+                return Ok(Some(batch));
             }
         }
-        Ok(None)
     }
 
     /// The rows of `batch` inside the range (a stored batch may straddle its ends).
@@ -463,6 +462,7 @@ impl PartitionStream for PartitionScan {
             reader,
             range: self.range,
             decoder: self.decoder.clone(),
+            pending: VecDeque::new(),
             done: false,
         });
         let stream = futures::stream::unfold(Some(state), |state| async move {

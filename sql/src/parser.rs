@@ -843,13 +843,13 @@ fn streaming_query(
         }
         if depth == 0
             && word_is(&t.token, "LATE")
-            && next_word(&tokens, i + 1).is_some_and(|k| word_is(&tokens[k].token, "DATA"))
+            && let Some(data) =
+                next_word(&tokens, i + 1).filter(|&k| word_is(&tokens[k].token, "DATA"))
         {
             let at = Position::from(t.span.start);
             if late_data.is_some() {
                 return Err(ParseError::at("a query has one LATE DATA TO clause", at));
             }
-            let data = next_word(&tokens, i + 1).map_or(i + 1, |k| k);
             let to = next_word(&tokens, data + 1).filter(|&k| word_is(&tokens[k].token, "TO"));
             let Some(to) = to else {
                 let at = next_word(&tokens, data + 1)

@@ -436,10 +436,9 @@ pub(crate) fn with_record_time(plan: LogicalPlan) -> Result<LogicalPlan, SqlErro
     let Some(time) = time else {
         return Ok(LogicalPlan::Projection(projection));
     };
-    let mut exprs = projection.expr.clone();
-    exprs.push(time);
-    Ok(LogicalPlan::Projection(Projection::try_new(
-        exprs,
-        projection.input.clone(),
-    )?))
+    let Projection {
+        mut expr, input, ..
+    } = projection;
+    expr.push(time);
+    Ok(LogicalPlan::Projection(Projection::try_new(expr, input)?))
 }
