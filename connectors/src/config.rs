@@ -31,6 +31,12 @@ pub enum ConnectorClass {
     /// Topics to Parquet files on any object store (`ParquetSink`; also `S3Sink` and Confluent's
     /// `io.confluent.connect.s3.S3SinkConnector`, whose keys it takes).
     ParquetSink,
+    /// Generated records into a topic (`DataGen`; also Confluent's
+    /// `io.confluent.kafka.connect.datagen.DatagenConnector`).
+    DataGen,
+    /// Lines of files (plain, JSON or CSV) into a topic (`FileSource`; also Kafka's
+    /// `FileStreamSource`, whose keys it takes).
+    FileSource,
 }
 
 impl ConnectorClass {
@@ -39,6 +45,10 @@ impl ConnectorClass {
         "ParquetSink",
         "S3Sink",
         "io.confluent.connect.s3.S3SinkConnector",
+        "DataGen",
+        "io.confluent.kafka.connect.datagen.DatagenConnector",
+        "FileSource",
+        "org.apache.kafka.connect.file.FileStreamSourceConnector",
     ];
 
     fn parse(value: &str) -> Option<ConnectorClass> {
@@ -47,8 +57,18 @@ impl ConnectorClass {
             "parquetsink" | "s3sink" | "s3sinkconnector" | "parquetsinkconnector" => {
                 Some(ConnectorClass::ParquetSink)
             }
+            "datagen" | "datagenconnector" => Some(ConnectorClass::DataGen),
+            "filesource"
+            | "filesourceconnector"
+            | "filestreamsource"
+            | "filestreamsourceconnector" => Some(ConnectorClass::FileSource),
             _ => None,
         }
+    }
+
+    /// Whether it writes into topics (a source) rather than reading them (a sink).
+    pub fn is_source(self) -> bool {
+        matches!(self, ConnectorClass::DataGen | ConnectorClass::FileSource)
     }
 }
 

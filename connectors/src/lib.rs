@@ -7,19 +7,26 @@
 //! - [`config`]: connector config files in Kafka Connect's shapes (`.properties`, JSON) and
 //!   TOML, every key checked;
 //! - [`runner`]: runs a sink connector's tasks against the in-process broker or any
-//!   Kafka-compatible cluster.
+//!   Kafka-compatible cluster;
+//! - [`source`]: the source contract, and how a source's records and offsets are committed in
+//!   one transaction; the sources: [`datagen`] (generated records, Nexmark) and
+//!   [`file_source`] (lines of files, plain, JSON or CSV).
 
 pub mod config;
+pub mod datagen;
 pub mod error;
+pub mod file_source;
 pub mod formats;
 pub mod parquet;
 pub mod partitioner;
 pub mod runner;
 pub mod sink;
+pub mod source;
 pub mod store;
 
 pub use config::{ConnectorClass, ConnectorConfig};
 pub use error::{ConnectError, Result};
 pub use parquet::{ParquetSink, ParquetSinkConfig};
-pub use runner::{Progress, SinkConnector, Status, run};
+pub use runner::{Connector, Progress, SinkConnector, Status, run};
 pub use sink::{Commit, Committed, Sink};
+pub use source::{SourceBatch, SourceConnector, SourceTask, run_source};

@@ -29,7 +29,8 @@ use crate::formats::{self, Decoding};
 use crate::parquet::{self, ParquetSink, ParquetSinkConfig, SinkStats};
 use crate::partitioner;
 use crate::sink::{Commit, Committed, Sink};
-use crate::store;
+use crate::source::{SourceConnector, SourceStats, run_source};
+use crate::{datagen, file_source, source, store};
 
 pub const NAME: Key = Key {
     name: "name",
@@ -95,6 +96,88 @@ pub fn known_keys(class: ConnectorClass) -> Vec<Key> {
             parquet::KEYS,
         ]
         .concat(),
+        ConnectorClass::DataGen => [source::COMMON_KEYS, datagen::KEYS].concat(),
+        ConnectorClass::FileSource => [source::COMMON_KEYS, file_source::KEYS].concat(),
+    }
+}
+
+/// A connector of any class, checked.
+#[derive(Debug, Clone)]
+pub enum Connector {
+    Sink(Box<SinkConnector>),
+    Source(Box<SourceConnector>),
+}
+
+impl Connector {
+    /// Checks every key and value of `config`.
+    pub fn from_config(config: ConnectorConfig) -> Result<Connector> {
+        Ok(if config.class.is_source() {
+            Connector::Source(Box::new(SourceConnector::from_config(config)?))
+        } else {
+            Connector::Sink(Box::new(SinkConnector::from_config(config)?))
+        })
+    }
+
+    pub fn config(&self) -> &ConnectorConfig {
+        match self {
+            Connector::Sink(c) => &c.config,
+            Connector::Source(c) => &c.config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config().name
+    }
+
+    /// The cluster its config names, if any.
+    pub fn bootstrap(&self) -> Option<&str> {
+        match self {
+            Connector::Sink(c) => c.bootstrap.as_deref(),
+            Connector::Source(c) => c.bootstrap.as_deref(),
+        }
+    }
+
+    /// What it moves where: `topics orders to file:///lake`, `files /data/*.json to topic
+    /// events`.
+    pub fn describe(&self) -> String {
+        match self {
+            Connector::Sink(c) => {
+                let topics = match &c.topics {
+                    Topics::List(l) => format!("topics {}", l.join(", ")),
+                    Topics::Regex(r) => format!(
+                        "topics matching {}",
+                        r.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
+                    ),
+                };
+                format!("{topics} to {}", c.sink.location.describe)
+            }
+            Connector::Source(c) => format!("{} to topic {}", c.describe(), c.topic),
+        }
+    }
+
+    /// Contacts what it writes to outside Kafka (a sink's store) to check it is usable.
+    pub async fn check(&self) -> Result<()> {
+        match self {
+            Connector::Sink(c) => c.sink.location.check().await,
+            Connector::Source(_) => Ok(()),
+        }
+    }
+
+    /// Runs it (see [`run`] and [`crate::source::run_source`]).
+    pub async fn run(
+        self: Arc<Self>,
+        cluster: Cluster,
+        stop: watch::Receiver<bool>,
+        status: Status,
+    ) -> Result<()> {
+        match &*self {
+            Connector::Sink(c) => run(Arc::new((**c).clone()), cluster, stop, status).await,
+            Connector::Source(c) => {
+                *status.cluster.lock() = Some(cluster.clone());
+                let stats = status.source_stats();
+                run_source(Arc::new((**c).clone()), cluster, stop, stats).await
+            }
+        }
     }
 }
 
@@ -260,6 +343,9 @@ pub struct Progress {
     /// Records not yet committed: each partition's end less its committed offset (the
     /// in-process broker only).
     pub lag: Option<i64>,
+    /// A source: records and bytes are what it has committed to its topic, in this many
+    /// transactions.
+    pub source_transactions: Option<u64>,
 }
 
 /// A handle on a running connector's counters.
@@ -268,11 +354,25 @@ pub struct Status {
     stats: Arc<parking_lot::Mutex<Vec<Arc<SinkStats>>>>,
     committed: Arc<parking_lot::Mutex<BTreeMap<(String, i32), i64>>>,
     cluster: Arc<parking_lot::Mutex<Option<Cluster>>>,
+    source: Arc<parking_lot::Mutex<Option<Arc<SourceStats>>>>,
 }
 
 impl Status {
+    fn source_stats(&self) -> Arc<SourceStats> {
+        self.source
+            .lock()
+            .get_or_insert_with(Default::default)
+            .clone()
+    }
+
     pub fn progress(&self) -> Progress {
         let mut p = Progress::default();
+        if let Some(s) = self.source.lock().as_ref() {
+            p.records = s.records.load(Ordering::Relaxed);
+            p.bytes = s.bytes.load(Ordering::Relaxed);
+            p.source_transactions = Some(s.transactions.load(Ordering::Relaxed));
+            return p;
+        }
         for s in self.stats.lock().iter() {
             p.records += s.records.load(Ordering::Relaxed);
             p.files += s.files.load(Ordering::Relaxed);

@@ -412,7 +412,9 @@ impl Cluster {
         }
     }
 
-    async fn transaction(&self, id: &str, timeout: Duration) -> Result<Transaction> {
+    /// Takes over the transactional id `id` on this cluster (fencing every older holder and
+    /// aborting what it left open) and returns its producer, ready for a first transaction.
+    pub async fn transaction(&self, id: &str, timeout: Duration) -> Result<Transaction> {
         match self {
             Cluster::Local(broker) => {
                 let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
@@ -595,7 +597,7 @@ impl Transaction {
     /// Commits; with `wait`, returns once the result is visible to readers (in-process: a
     /// remote commit returns once the coordinator has decided, and a reader that asks for
     /// stable offsets waits out the markers).
-    async fn commit(&mut self, wait: bool) -> Result<()> {
+    pub async fn commit(&mut self, wait: bool) -> Result<()> {
         match self {
             Transaction::Local(p) if wait => p.commit_and_wait().await?,
             Transaction::Local(p) => p.commit().await?,
