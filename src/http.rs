@@ -9,6 +9,13 @@
 //!   array, as it comes for a push query (until its LIMIT or the client hangs up), at once for
 //!   a query over history.
 //! - `GET /info` and `GET /healthcheck`.
+//! - Connectors, shaped like Kafka Connect's REST API: `GET /connectors`, `POST /connectors`
+//!   (`{"name": …, "config": {…}}`), `GET /connectors/{name}`, `GET|PUT
+//!   /connectors/{name}/config`, `GET /connectors/{name}/status` (with the connector's
+//!   progress), `PUT /connectors/{name}/pause|resume`, `DELETE /connectors/{name}`, and `GET
+//!   /connector-plugins`. Errors are `{"error_code": …, "message": …}`. Connectors created here
+//!   last until the server stops, as in Kafka Connect's standalone mode; configs in
+//!   `--connectors DIR` start with every server.
 //!
 //! A statement that fails gets status 400 (500 when the broker or engine failed) and
 //! `{"@type": "statement_error", "error_code", "message", "statementText", "line", "column"}`;
@@ -20,14 +27,18 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use quiver_engine::arrow::array::RecordBatch;
 use quiver_engine::arrow::datatypes::Schema;
 use quiver_sql::{ErrorKind, Output, SqlEngine, SqlError};
 use serde_json::{Value, json};
+
+use crate::commands::connect::{Connectors, Refusal};
+use quiver_connectors::{Connector, ConnectorConfig};
 
 /// Request bodies above this are refused (a statement is text; 1 MiB is plenty).
 const MAX_BODY: usize = 1 << 20;
@@ -35,16 +46,33 @@ const MAX_BODY: usize = 1 << 20;
 /// Binds `addr` and serves the API until `stop` turns true.
 pub async fn serve(
     engine: SqlEngine,
+    connectors: Connectors,
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let connect = Router::new()
+        .route("/connectors", get(list_connectors).post(create_connector))
+        .route(
+            "/connectors/{name}",
+            get(connector_info).delete(delete_connector),
+        )
+        .route(
+            "/connectors/{name}/config",
+            get(connector_config).put(put_connector_config),
+        )
+        .route("/connectors/{name}/status", get(connector_status))
+        .route("/connectors/{name}/pause", put(pause_connector))
+        .route("/connectors/{name}/resume", put(resume_connector))
+        .route("/connector-plugins", get(connector_plugins))
+        .with_state(connectors);
     let app = Router::new()
         .route("/ksql", post(ksql))
         .route("/query-stream", post(query_stream))
         .route("/info", get(info))
         .route("/healthcheck", get(health))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(engine);
+        .with_state(engine)
+        .merge(connect)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             while !*stop.borrow_and_update() {
@@ -363,6 +391,137 @@ async fn query_stream(State(engine): State<SqlEngine>, body: axum::body::Bytes) 
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(body))
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+fn refused(r: Refusal) -> Response {
+    let (status, message) = match r {
+        Refusal::NotFound(m) => (StatusCode::NOT_FOUND, m),
+        Refusal::Exists(m) => (StatusCode::CONFLICT, m),
+        Refusal::Invalid(m) => (StatusCode::BAD_REQUEST, m),
+    };
+    (
+        status,
+        Json(json!({ "error_code": status.as_u16(), "message": message })),
+    )
+        .into_response()
+}
+
+/// A connector from a request body: `{"name": …, "config": {…}}`, or (`name` given) the config
+/// object alone.
+fn connector_from(body: &[u8], name: Option<&str>) -> Result<Connector, Refusal> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| Refusal::Invalid(format!("the body is not JSON: {e}")))?;
+    if let (Some(name), Value::Object(map)) = (name, &mut value) {
+        match map.get("name") {
+            Some(Value::String(n)) if n != name => {
+                return Err(Refusal::Invalid(format!(
+                    "the config names the connector '{n}', the path '{name}'"
+                )));
+            }
+            _ => {
+                map.insert("name".into(), Value::String(name.to_owned()));
+            }
+        }
+    }
+    let config = ConnectorConfig::from_json(&value.to_string(), "the request")
+        .map_err(|e| Refusal::Invalid(e.to_string()))?;
+    Connector::from_config(config).map_err(|e| Refusal::Invalid(e.to_string()))
+}
+
+async fn list_connectors(State(c): State<Connectors>) -> Json<Value> {
+    Json(json!(c.names()))
+}
+
+async fn create_connector(State(c): State<Connectors>, body: axum::body::Bytes) -> Response {
+    let connector = match connector_from(&body, None) {
+        Ok(x) => x,
+        Err(r) => return refused(r),
+    };
+    let name = connector.name().to_owned();
+    tracing::info!(connector = %name, "created through the REST API: {}", connector.describe());
+    if let Err(r) = c.add(connector) {
+        return refused(r);
+    }
+    match c.info(&name) {
+        Ok(info) => (StatusCode::CREATED, Json(info)).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn connector_info(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
+    match c.info(&name) {
+        Ok(info) => Json(info).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn connector_config(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
+    match c.info(&name) {
+        Ok(info) => Json(info["config"].clone()).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+/// Creates the connector, or replaces its config (it stops, committing, and starts again with
+/// the new one).
+async fn put_connector_config(
+    State(c): State<Connectors>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let connector = match connector_from(&body, Some(&name)) {
+        Ok(x) => x,
+        Err(r) => return refused(r),
+    };
+    let existed = c.delete(&name).await.is_ok();
+    if let Err(r) = c.add(connector) {
+        return refused(r);
+    }
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    match c.info(&name) {
+        Ok(info) => (status, Json(info)).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn connector_status(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
+    match c.status(&name) {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn pause_connector(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
+    match c.pause(&name).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn resume_connector(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
+    match c.resume(&name) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn delete_connector(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
+    match c.delete(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn connector_plugins() -> Json<Value> {
+    Json(json!([
+        { "class": "ParquetSink", "type": "sink", "version": env!("CARGO_PKG_VERSION") },
+        { "class": "DataGen", "type": "source", "version": env!("CARGO_PKG_VERSION") },
+        { "class": "FileSource", "type": "source", "version": env!("CARGO_PKG_VERSION") },
+    ]))
 }
 
 #[cfg(test)]

@@ -140,14 +140,20 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
     );
     let (stop_kafka, kafka_stopped) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(kafka.run(kafka_stopped.clone()));
-    let http_serving = tokio::spawn(crate::http::serve(sql.clone(), http, kafka_stopped));
-    let connectors = crate::commands::connect::Connectors::start(connectors, &broker);
+    let running = crate::commands::connect::Connectors::new(&broker);
+    running.start_all(connectors);
+    let http_serving = tokio::spawn(crate::http::serve(
+        sql.clone(),
+        running.clone(),
+        http,
+        kafka_stopped,
+    ));
 
     let why = signals.recv().await;
     tracing::info!("{why} received; shutting down (again to exit at once)");
     // Connectors stop first (closing their files and committing), then serving stops
     // (requests already read are answered), then the logs close.
-    connectors.stop().await;
+    running.stop().await;
     stop_kafka.send_replace(true);
     // Persistent queries stop at a last checkpoint; they resume from it at the next start.
     if let Err(e) = sql.shutdown().await {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -449,4 +449,277 @@ fn the_server_runs_the_connectors_of_its_directory() {
         "rowtime"
     ]);
     assert_eq!(found["pyarrow"], want, "{found}");
+}
+
+/// The examples' pipeline from a file: `orders-from-file.properties` reads the JSON-lines file
+/// into `orders` and finishes; run again, it writes nothing twice; `orders-to-lake.properties`
+/// then sinks the topic to Parquet that pyarrow and DuckDB read.
+#[test]
+fn the_file_source_example_feeds_the_lake_example() {
+    let server = Running::start(&[]);
+    let example = |name: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/connectors")
+            .join(name)
+    };
+    let source = example("orders-from-file.properties");
+    let source = source.to_str().expect("UTF-8");
+    for _ in 0..2 {
+        let out = server.run(&["connect", source], b"").ok();
+        assert!(
+            out.stdout
+                .contains("connector 'orders-from-file' started: files examples/data/orders.jsonl (json) to topic orders"),
+            "{}",
+            out.stdout
+        );
+    }
+    let records = server.consume_all(
+        "orders",
+        &["--print-key", "--isolation-level", "read_committed"],
+    );
+    assert_eq!(records.len(), 8, "{records:?}");
+    assert!(
+        records.iter().any(|r| r.starts_with("eu\t{\"id\": 1,")),
+        "{records:?}"
+    );
+
+    let lake = tempfile::tempdir().expect("temp dir");
+    let text = std::fs::read_to_string(example("orders-to-lake.properties")).expect("example");
+    let text = text.replace(
+        "store.url=file:///tmp/quiver-lake",
+        &format!("store.url=file://{}", lake.path().display()),
+    ) + "rotate.schedule.interval.ms=500\n";
+    assert!(text.contains(&lake.path().display().to_string()));
+    let config = write_config(lake.path(), "lake.properties", &text);
+    let (mut child, _lines) = connect(&server, &config);
+    let root = lake.path().join("topics/orders");
+    let found = check_lake(root.to_str().expect("UTF-8"), None, 8);
+    signal(&child, "TERM");
+    assert!(wait_bounded(&mut child, Duration::from_secs(60)).success());
+    let want = serde_json::json!({
+        "rows": 8,
+        "id_sum": 36,
+        "by_region": {"eu": 3, "us": 3, "ap": 2},
+        "duplicates": 0,
+        "columns": ["amount", "id", "key", "region", "rowheaders", "rowoffset", "rowpartition", "rowtime"],
+    });
+    assert_eq!(found["pyarrow"], want, "{found}");
+    assert_eq!(found["duckdb"], want, "{found}");
+}
+
+/// The examples' datagen → topic → Parquet-on-S3 pipeline, both connectors in one `quiver
+/// connect` against a running server, the S3 sink pointed at moto's server: every generated
+/// click is in the hourly Parquet tree once.
+#[test]
+fn the_datagen_example_feeds_the_s3_sink_example() {
+    let s3 = S3::start("lake");
+    let server = Running::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let example = |name: &str| {
+        std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/connectors")
+                .join(name),
+        )
+        .expect("example")
+    };
+    // 400 clicks, faster than the example's 50 a second.
+    let datagen = example("clicks-datagen.properties")
+        .replace("messages.per.second=50", "messages.per.second=400")
+        + "iterations=400\n";
+    let datagen = write_config(dir.path(), "clicks-datagen.properties", &datagen);
+    let sink = example("clicks-to-s3.json")
+        .replace("http://127.0.0.1:5000", &s3.endpoint)
+        .replace(
+            "\"flush.size\": \"50000\"",
+            "\"flush.size\": \"50000\", \"rotate.schedule.interval.ms\": \"1000\"",
+        );
+    assert!(sink.contains(&s3.endpoint) && sink.contains("rotate.schedule"));
+    let sink = write_config(dir.path(), "clicks-to-s3.json", &sink);
+    let mut child = server
+        .command(&[
+            "connect",
+            datagen.to_str().expect("UTF-8"),
+            sink.to_str().expect("UTF-8"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn quiver connect");
+    let found = check_lake("lake/topics/clicks", Some(&s3), 400);
+    signal(&child, "TERM");
+    let status = wait_bounded(&mut child, Duration::from_secs(60));
+    let mut said = String::new();
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut out = out;
+        out.read_to_string(&mut said).expect("read the output");
+    }
+    assert!(
+        status.success(),
+        "quiver connect exited with {status}: {said}"
+    );
+    assert!(
+        said.contains("connector 'clicks-datagen' finished"),
+        "{said}"
+    );
+    assert!(
+        said.contains("clicks-datagen: 400 records written"),
+        "{said}"
+    );
+    for reader in ["pyarrow", "duckdb"] {
+        let f = &found[reader];
+        assert_eq!(f["rows"], 400, "{found}");
+        assert_eq!(f["duplicates"], 0, "{found}");
+        let columns: Vec<&str> = f["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        for c in ["user", "page", "ms", "year", "month", "day", "hour"] {
+            assert!(columns.contains(&c), "{reader} lacks {c}: {found}");
+        }
+    }
+}
+
+/// `(status, JSON body)` of an HTTP request to the server's API.
+fn rest(api: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = common::http(api, method, path, body);
+    let value = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    };
+    (status, value)
+}
+
+/// Waits until the connector's status satisfies `check`.
+fn wait_status(api: &str, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let (code, status) = rest(api, "GET", &format!("/connectors/{name}/status"), "");
+        if code == 200 && check(&status) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never {what}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The ids of the records kcat reads (read_committed, librdkafka's default) from `topic`.
+fn kcat_ids(bootstrap: &str, topic: &str) -> Vec<u64> {
+    let mut cmd = Command::new("kcat");
+    cmd.args(["-b", bootstrap, "-C", "-t", topic, "-e", "-q", "-f", "%s\n"]);
+    let out = common::run_bounded(cmd, b"", common::COMMAND_TIMEOUT);
+    assert!(out.status.success(), "kcat: {}", out.stderr);
+    let mut ids: Vec<u64> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON record");
+            v["id"].as_u64().expect("an id")
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Kafka Connect's REST API on the server's HTTP port: a datagen connector is created, refused
+/// twice (same name, unknown key), paused, resumed and deleted; kcat reads every generated id
+/// once, with no gap across the pause.
+#[test]
+fn the_rest_api_creates_pauses_resumes_and_deletes_connectors() {
+    let data = common::DataDir::new();
+    let server = common::Server::start(&["--data-dir", data.arg()], &[]);
+    let api = common::sql_address(&server.ready);
+    let bootstrap = common::bootstrap_of(&server.ready);
+    assert_eq!(
+        rest(&api, "GET", "/connectors", ""),
+        (200, serde_json::json!([]))
+    );
+    let datagen = serde_json::json!({
+        "name": "gen",
+        "config": {
+            "connector.class": "DataGen",
+            "kafka.topic": "ids",
+            "fields": "id:sequence(0); user:choice(ann, bob)",
+            "messages.per.second": 300,
+            "topic.creation.default.partitions": 2,
+            "transaction.boundary.interval.ms": 100,
+        }
+    })
+    .to_string();
+    let (code, created) = rest(&api, "POST", "/connectors", &datagen);
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["name"], "gen");
+    assert_eq!(created["type"], "source");
+    assert_eq!(created["config"]["kafka.topic"], "ids");
+    let (code, again) = rest(&api, "POST", "/connectors", &datagen);
+    assert_eq!(code, 409, "{again}");
+    let bad = datagen.replace("messages.per.second", "messages.per.sec");
+    let (code, refused) = rest(
+        &api,
+        "POST",
+        "/connectors",
+        &bad.replace("\"gen\"", "\"bad\""),
+    );
+    assert_eq!(code, 400, "{refused}");
+    let message = refused["message"].as_str().expect("a message");
+    assert!(
+        message.contains("unknown key 'messages.per.sec'"),
+        "{message}"
+    );
+    assert_eq!(
+        rest(&api, "GET", "/connectors", ""),
+        (200, serde_json::json!(["gen"]))
+    );
+
+    wait_status(&api, "gen", "wrote 100 records", |s| {
+        s["connector"]["state"] == "RUNNING" && s["progress"]["records"].as_u64() >= Some(100)
+    });
+    assert_eq!(rest(&api, "PUT", "/connectors/gen/pause", "").0, 202);
+    wait_status(&api, "gen", "paused", |s| {
+        s["connector"]["state"] == "PAUSED"
+    });
+    let paused = kcat_ids(&bootstrap, "ids");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        kcat_ids(&bootstrap, "ids").len(),
+        paused.len(),
+        "nothing is written while paused"
+    );
+    assert_eq!(rest(&api, "PUT", "/connectors/gen/resume", "").0, 202);
+    let written = paused.len() as u64;
+    wait_status(&api, "gen", "went on after the resume", |s| {
+        s["connector"]["state"] == "RUNNING" && s["progress"]["records"].as_u64() >= Some(100)
+    });
+    assert_eq!(rest(&api, "DELETE", "/connectors/gen", "").0, 204);
+    let (code, gone) = rest(&api, "GET", "/connectors/gen", "");
+    assert_eq!(code, 404, "{gone}");
+    assert_eq!(gone["message"], "connector gen not found");
+    let ids = kcat_ids(&bootstrap, "ids");
+    assert!(
+        ids.len() as u64 >= written + 100,
+        "{} after {written}",
+        ids.len()
+    );
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<u64>>());
+    server.signal("TERM");
+    server.wait().ok();
 }

@@ -128,7 +128,7 @@ fn connector_configs_in_examples_are_valid() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 5, "{files:?}");
     for f in files {
         // The stores they name are not running here: check every key and value only.
         let mut cmd = common::quiver();

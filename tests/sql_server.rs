@@ -8,40 +8,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{COMMAND_TIMEOUT, DataDir, Server, bootstrap_of, run_bounded};
-
-/// `127.0.0.1:PORT` of the SQL API from the ready line (`…, SQL on http://ADDR, data in …`).
-fn sql_address(ready: &str) -> String {
-    let rest = ready
-        .split_once("SQL on http://")
-        .unwrap_or_else(|| panic!("no SQL address in: {ready}"))
-        .1;
-    rest.split(',').next().unwrap().to_owned()
-}
-
-/// An HTTP/1.0 request (the response ends when the connection closes): status and body.
-fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
+use common::{COMMAND_TIMEOUT, DataDir, Server, bootstrap_of, http, run_bounded, sql_address};
 
 fn ksql(address: &str, statements: &str) -> serde_json::Value {
     let body = serde_json::json!({

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use quiver_broker::Broker;
 use quiver_connectors::runner::known_keys;
-use quiver_connectors::{ConnectError, ConnectorConfig, SinkConnector, Status};
+use quiver_connectors::{ConnectError, Connector, ConnectorConfig, Status};
 use quiver_engine::KafkaCluster;
 use quiver_engine::checkpoint::Cluster;
 use tokio::task::JoinSet;
@@ -50,17 +50,22 @@ pub enum ConnectCommand {
 
     /// List the keys a connector class takes, with their defaults
     Keys {
-        /// ParquetSink (also S3Sink)
+        /// ParquetSink (also S3Sink), DataGen or FileSource
         #[arg(value_name = "CLASS", default_value = "ParquetSink")]
         class: String,
     },
 }
 
 fn connect_help() -> &'static str {
-    "Each connector commits its progress to the consumer group connect-<name>; run the same \
-     config again and it resumes where it stopped. Example config (lake.properties):\n\n  \
+    "A sink commits its progress to the consumer group connect-<name>; a source commits its \
+     records and its position in one transaction (offsets in the topic connect-offsets). Run \
+     the same config again and it resumes where it stopped. Example configs:\n\n  \
      name=lake\n  connector.class=ParquetSink\n  topics=orders\n  store.url=file:///tmp/lake\n  \
-     flush.size=10000\n  rotate.schedule.interval.ms=60000\n\nquiver connect keys lists every key."
+     flush.size=10000\n  rotate.schedule.interval.ms=60000\n\n  \
+     name=orders-gen\n  connector.class=DataGen\n  kafka.topic=orders\n  quickstart=orders\n  \
+     messages.per.second=100\n\n  \
+     name=logs\n  connector.class=FileSource\n  file=/var/log/app/*.json\n  topic=logs\n  \
+     format=json\n  follow=true\n\nquiver connect keys CLASS lists every key of a class."
 }
 
 pub async fn run(args: ConnectorArgs) -> Result<()> {
@@ -80,16 +85,16 @@ pub async fn run(args: ConnectorArgs) -> Result<()> {
     }
 }
 
-fn load(files: &[PathBuf]) -> Result<Vec<SinkConnector>> {
-    let mut out: Vec<SinkConnector> = Vec::with_capacity(files.len());
+fn load(files: &[PathBuf]) -> Result<Vec<Connector>> {
+    let mut out: Vec<Connector> = Vec::with_capacity(files.len());
     for f in files {
         let config = ConnectorConfig::load(f)?;
-        let connector = SinkConnector::from_config(config)?;
+        let connector = Connector::from_config(config)?;
         if let Some(other) = out.iter().find(|c| c.name() == connector.name()) {
             bail!(
                 "{} and {} both name a connector '{}'; connector names must differ",
-                other.config.origin,
-                connector.config.origin,
+                other.config().origin,
+                connector.config().origin,
                 connector.name()
             );
         }
@@ -100,7 +105,7 @@ fn load(files: &[PathBuf]) -> Result<Vec<SinkConnector>> {
 
 /// Every connector config in `dir` (`*.properties`, `*.json`, `*.toml`), checked, in name
 /// order: what `quiver server --connectors DIR` runs.
-pub fn load_dir(dir: &Path) -> Result<Vec<SinkConnector>> {
+pub fn load_dir(dir: &Path) -> Result<Vec<Connector>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the connectors directory {}", dir.display()))?;
     let mut files: Vec<PathBuf> = entries
@@ -117,90 +122,321 @@ pub fn load_dir(dir: &Path) -> Result<Vec<SinkConnector>> {
     load(&files)
 }
 
-/// Connectors running inside `quiver server`: one whose topics do not exist yet waits for them;
-/// a failed one is logged and the server keeps serving, as a Kafka Connect worker keeps a
-/// failed connector's status.
-#[derive(Debug)]
+/// Connectors running inside `quiver server`, from `--connectors DIR` and the REST API: one
+/// whose topics do not exist yet waits for them; a failed one is logged and keeps its status
+/// (with the error) until it is resumed or deleted, as a Kafka Connect worker keeps a failed
+/// connector's status; the server keeps serving.
+#[derive(Debug, Clone)]
 pub struct Connectors {
+    inner: Arc<ConnectorsInner>,
+}
+
+#[derive(Debug)]
+struct ConnectorsInner {
+    broker: Broker,
+    entries: parking_lot::Mutex<std::collections::BTreeMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    connector: Arc<Connector>,
+    status: Status,
+    state: Arc<parking_lot::Mutex<State>>,
     stop: tokio::sync::watch::Sender<bool>,
-    running: JoinSet<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A connector's state, in Kafka Connect's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Running,
+    /// Waiting for its topics to be created.
+    Unassigned(String),
+    Paused,
+    Failed(String),
+    /// A bounded source that has read everything.
+    Finished,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Running => "RUNNING",
+            State::Unassigned(_) => "UNASSIGNED",
+            State::Paused => "PAUSED",
+            State::Failed(_) => "FAILED",
+            State::Finished => "FINISHED",
+        }
+    }
+}
+
+/// Why the REST API refuses a change.
+#[derive(Debug)]
+pub enum Refusal {
+    NotFound(String),
+    Exists(String),
+    Invalid(String),
 }
 
 impl Connectors {
-    pub fn start(connectors: Vec<SinkConnector>, broker: &Broker) -> Connectors {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut running = JoinSet::new();
-        for c in connectors {
-            let stopped = stopped.clone();
-            let broker = broker.clone();
-            println!(
-                "connector '{}' running: {} to {}",
-                c.name(),
-                describe_topics(&c),
-                c.sink.location.describe
-            );
-            running.spawn(async move {
-                let name = c.name().to_owned();
-                let cluster = match c.bootstrap.clone() {
-                    Some(bootstrap) => match KafkaCluster::connect(&bootstrap).await {
-                        Ok(k) => Cluster::Remote(k),
-                        Err(e) => {
-                            tracing::error!(connector = %name, "cannot reach {bootstrap}: {e}");
-                            return;
-                        }
-                    },
-                    None => Cluster::Local(broker),
-                };
-                let c = Arc::new(c);
-                let mut stopped = stopped;
-                let mut waiting = false;
-                loop {
-                    let status = Status::default();
-                    match quiver_connectors::run(
-                        c.clone(),
-                        cluster.clone(),
-                        stopped.clone(),
-                        status.clone(),
-                    )
-                    .await
-                    {
-                        // Topics may be created after the server starts: wait for them, as a
-                        // Kafka Connect worker does.
-                        Err(ConnectError::NoTopic(why)) => {
-                            if !waiting {
-                                tracing::warn!(connector = %name, "{why}; retrying every 2 s");
-                                waiting = true;
-                            }
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                                _ = stopped.changed() => return,
-                            }
-                        }
-                        Err(e) => tracing::error!(connector = %name, "the connector failed: {e}"),
-                        Ok(()) => tracing::info!(
-                            connector = %name,
-                            "{}",
-                            progress_line(&[(name.clone(), status)])
-                        ),
-                    }
-                    return;
-                }
-            });
+    pub fn new(broker: &Broker) -> Connectors {
+        Connectors {
+            inner: Arc::new(ConnectorsInner {
+                broker: broker.clone(),
+                entries: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
+            }),
         }
-        Connectors { stop, running }
+    }
+
+    /// Starts `connectors` (a directory's configs, names already checked to differ).
+    pub fn start_all(&self, connectors: Vec<Connector>) {
+        for c in connectors {
+            println!("connector '{}' running: {}", c.name(), c.describe());
+            if let Err(Refusal::Exists(why)) = self.add(c) {
+                tracing::error!("{why}");
+            }
+        }
+    }
+
+    /// Starts a new connector.
+    pub fn add(&self, c: Connector) -> Result<(), Refusal> {
+        let mut entries = self.inner.entries.lock();
+        if entries.contains_key(c.name()) {
+            return Err(Refusal::Exists(format!(
+                "a connector named '{}' already exists",
+                c.name()
+            )));
+        }
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let mut entry = Entry {
+            connector: Arc::new(c),
+            status: Status::default(),
+            state: Arc::new(parking_lot::Mutex::new(State::Running)),
+            stop,
+            task: None,
+        };
+        self.spawn(&mut entry);
+        entries.insert(entry.connector.name().to_owned(), entry);
+        Ok(())
+    }
+
+    fn spawn(&self, entry: &mut Entry) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        entry.stop = stop;
+        entry.status = Status::default();
+        *entry.state.lock() = State::Running;
+        let c = entry.connector.clone();
+        let status = entry.status.clone();
+        let state = entry.state.clone();
+        let broker = self.inner.broker.clone();
+        entry.task = Some(tokio::spawn(async move {
+            let name = c.name().to_owned();
+            let cluster = match c.bootstrap().map(str::to_owned) {
+                Some(bootstrap) => match KafkaCluster::connect(&bootstrap).await {
+                    Ok(k) => Cluster::Remote(k),
+                    Err(e) => {
+                        tracing::error!(connector = %name, "cannot reach {bootstrap}: {e}");
+                        *state.lock() = State::Failed(format!("cannot reach {bootstrap}: {e}"));
+                        return;
+                    }
+                },
+                None => Cluster::Local(broker),
+            };
+            let waiting = {
+                let (state, name) = (state.clone(), name.clone());
+                move |why: Option<&str>| {
+                    let mut s = state.lock();
+                    match why {
+                        // An attempt starts.
+                        None => {
+                            if matches!(*s, State::Unassigned(_)) {
+                                *s = State::Running;
+                            }
+                        }
+                        Some(why) => {
+                            if !matches!(*s, State::Unassigned(_)) {
+                                tracing::warn!(connector = %name, "{why}; retrying every 2 s");
+                            }
+                            *s = State::Unassigned(why.to_owned());
+                        }
+                    }
+                }
+            };
+            let result = run_waiting(c, cluster, stopped.clone(), status.clone(), waiting).await;
+            let stopping = *stopped.borrow();
+            match result {
+                Err(e) => {
+                    tracing::error!(connector = %name, "the connector failed: {e}");
+                    *state.lock() = State::Failed(e.to_string());
+                }
+                Ok(()) => {
+                    tracing::info!(
+                        connector = %name,
+                        "{}",
+                        progress_line(&[(name.clone(), status.clone())])
+                    );
+                    let mut s = state.lock();
+                    if !stopping && matches!(*s, State::Running | State::Unassigned(_)) {
+                        *s = State::Finished;
+                    }
+                }
+            }
+        }));
+    }
+
+    /// The connectors' names.
+    pub fn names(&self) -> Vec<String> {
+        self.inner.entries.lock().keys().cloned().collect()
+    }
+
+    /// Kafka Connect's `GET /connectors/{name}`: its name, config, tasks and type.
+    pub fn info(&self, name: &str) -> Result<serde_json::Value, Refusal> {
+        let entries = self.inner.entries.lock();
+        let e = entries.get(name).ok_or_else(|| not_found(name))?;
+        let tasks: Vec<serde_json::Value> = (0..tasks_of(&e.connector))
+            .map(|t| serde_json::json!({ "connector": name, "task": t }))
+            .collect();
+        Ok(serde_json::json!({
+            "name": name,
+            "config": e.connector.config().settings(),
+            "tasks": tasks,
+            "type": kind_of(&e.connector),
+        }))
+    }
+
+    /// Kafka Connect's `GET /connectors/{name}/status`, with the connector's progress.
+    pub fn status(&self, name: &str) -> Result<serde_json::Value, Refusal> {
+        let entries = self.inner.entries.lock();
+        let e = entries.get(name).ok_or_else(|| not_found(name))?;
+        let state = e.state.lock().clone();
+        let mut connector = serde_json::json!({ "state": state.name(), "worker_id": "quiver" });
+        if let State::Failed(why) | State::Unassigned(why) = &state {
+            connector["trace"] = serde_json::json!(why);
+        }
+        let tasks: Vec<serde_json::Value> = (0..tasks_of(&e.connector))
+            .map(|t| {
+                let mut task = connector.clone();
+                task["id"] = serde_json::json!(t);
+                task
+            })
+            .collect();
+        let p = e.status.progress();
+        let mut progress = serde_json::json!({ "records": p.records, "bytes": p.bytes });
+        match p.source_transactions {
+            Some(t) => progress["transactions"] = serde_json::json!(t),
+            None => {
+                progress["files"] = serde_json::json!(p.files);
+                progress["open_files"] = serde_json::json!(p.open_files);
+                if let Some(lag) = p.lag {
+                    progress["lag"] = serde_json::json!(lag);
+                }
+            }
+        }
+        Ok(serde_json::json!({
+            "name": name,
+            "connector": connector,
+            "tasks": tasks,
+            "type": kind_of(&e.connector),
+            "progress": progress,
+        }))
+    }
+
+    /// Stops a connector where it is (it commits first); `resume` starts it again from there.
+    pub async fn pause(&self, name: &str) -> Result<(), Refusal> {
+        let task = {
+            let mut entries = self.inner.entries.lock();
+            let e = entries.get_mut(name).ok_or_else(|| not_found(name))?;
+            *e.state.lock() = State::Paused;
+            e.stop.send_replace(true);
+            e.task.take()
+        };
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        Ok(())
+    }
+
+    /// Starts a paused, failed or finished connector again from its committed position.
+    pub fn resume(&self, name: &str) -> Result<(), Refusal> {
+        let mut entries = self.inner.entries.lock();
+        let e = entries.get_mut(name).ok_or_else(|| not_found(name))?;
+        let state = e.state.lock().clone();
+        if state == State::Running || matches!(state, State::Unassigned(_)) {
+            return Ok(());
+        }
+        self.spawn(e);
+        Ok(())
+    }
+
+    /// Stops a connector (it commits first) and forgets it.
+    pub async fn delete(&self, name: &str) -> Result<(), Refusal> {
+        let entry = self
+            .inner
+            .entries
+            .lock()
+            .remove(name)
+            .ok_or_else(|| not_found(name))?;
+        entry.stop.send_replace(true);
+        if let Some(t) = entry.task {
+            let _ = t.await;
+        }
+        Ok(())
     }
 
     /// Stops every connector (each closes its files and commits) and waits for them.
-    pub async fn stop(mut self) {
-        self.stop.send_replace(true);
-        while self.running.join_next().await.is_some() {}
+    pub async fn stop(&self) {
+        let names = self.names();
+        for name in names {
+            let _ = self.delete(&name).await;
+        }
     }
 }
 
-fn describe_topics(c: &SinkConnector) -> String {
-    match &c.topics {
-        quiver_connectors::runner::Topics::List(l) => format!("topics {}", l.join(", ")),
-        quiver_connectors::runner::Topics::Regex(r) => format!("topics matching {}", r.as_str()),
+/// Runs `c` until it ends or `stopped` turns true. While the topics a sink reads do not exist
+/// yet, it waits for them (checked every 2 s), as a Kafka Connect worker does: a source in the
+/// same process may be about to create them. `waiting` is told of each attempt (`None`) and of
+/// each wait (why).
+async fn run_waiting(
+    c: Arc<Connector>,
+    cluster: Cluster,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    status: Status,
+    waiting: impl Fn(Option<&str>),
+) -> quiver_connectors::Result<()> {
+    loop {
+        waiting(None);
+        match c
+            .clone()
+            .run(cluster.clone(), stopped.clone(), status.clone())
+            .await
+        {
+            Err(ConnectError::NoTopic(why)) if !*stopped.borrow() => {
+                waiting(Some(&why));
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stopped.changed() => return Ok(()),
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+fn not_found(name: &str) -> Refusal {
+    Refusal::NotFound(format!("connector {name} not found"))
+}
+
+fn tasks_of(c: &Connector) -> u32 {
+    match c {
+        Connector::Sink(s) => s.tasks,
+        Connector::Source(s) => s.tasks,
+    }
+}
+
+fn kind_of(c: &Connector) -> &'static str {
+    match c {
+        Connector::Sink(_) => "sink",
+        Connector::Source(_) => "source",
     }
 }
 
@@ -208,21 +444,20 @@ async fn validate(files: &[PathBuf], offline: bool) -> Result<()> {
     let mut failed = 0;
     for f in files {
         let checked = async {
-            let connector = SinkConnector::from_config(ConnectorConfig::load(f)?)?;
+            let connector = Connector::from_config(ConnectorConfig::load(f)?)?;
             if !offline {
-                connector.sink.location.check().await?;
+                connector.check().await?;
             }
             Ok::<_, quiver_connectors::ConnectError>(connector)
         }
         .await;
         match checked {
             Ok(c) => println!(
-                "{}: ok: connector '{}' ({:?}) writes {} to {}",
+                "{}: ok: connector '{}' ({:?}) moves {}",
                 f.display(),
                 c.name(),
-                c.config.class,
-                describe_topics(&c),
-                c.sink.location.describe
+                c.config().class,
+                c.describe()
             ),
             Err(e) => {
                 failed += 1;
@@ -261,11 +496,7 @@ async fn run_files(files: &[PathBuf], target: &Target, mut signals: StopSignals)
     let mut local: Option<Broker> = None;
     let mut clusters = Vec::with_capacity(connectors.len());
     for c in &connectors {
-        let cluster = match c
-            .bootstrap
-            .as_deref()
-            .or(target.bootstrap_server.as_deref())
-        {
+        let cluster = match c.bootstrap().or(target.bootstrap_server.as_deref()) {
             Some(bootstrap) => {
                 Cluster::Remote(KafkaCluster::connect(bootstrap).await.with_context(|| {
                     format!("connector '{}': cannot reach {bootstrap}", c.name())
@@ -295,17 +526,27 @@ async fn run_files(files: &[PathBuf], target: &Target, mut signals: StopSignals)
     for (c, cluster) in connectors.into_iter().zip(clusters) {
         let status = Status::default();
         statuses.push((c.name().to_owned(), status.clone()));
+        let progress_in = match &c {
+            Connector::Sink(s) => format!("group {}", s.group()),
+            Connector::Source(s) => format!("offsets in {}", s.offsets_topic),
+        };
         println!(
-            "connector '{}' started: {} to {} (group {})",
+            "connector '{}' started: {} ({progress_in})",
             c.name(),
-            describe_topics(&c),
-            c.sink.location.describe,
-            c.group()
+            c.describe()
         );
         let name = c.name().to_owned();
         let stopped = stopped.clone();
         running.spawn(async move {
-            let result = quiver_connectors::run(Arc::new(c), cluster, stopped, status).await;
+            let told = std::sync::atomic::AtomicBool::new(false);
+            let waiting = |why: Option<&str>| {
+                if let Some(why) = why
+                    && !told.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    eprintln!("{why}; waiting for it (checked every 2 s)");
+                }
+            };
+            let result = run_waiting(Arc::new(c), cluster, stopped, status, waiting).await;
             (name, result)
         });
     }
@@ -321,7 +562,7 @@ async fn run_files(files: &[PathBuf], target: &Target, mut signals: StopSignals)
                 match done {
                     Ok((name, Ok(()))) => {
                         if !stopping {
-                            eprintln!("connector '{name}' stopped");
+                            eprintln!("connector '{name}' finished");
                         }
                     }
                     Ok((name, Err(e))) => {
@@ -372,6 +613,13 @@ fn progress_line(statuses: &[(String, Status)]) -> String {
         .iter()
         .map(|(name, s)| {
             let p = s.progress();
+            if let Some(transactions) = p.source_transactions {
+                return format!(
+                    "{name}: {} records written ({}) in {transactions} transactions",
+                    p.records,
+                    crate::table::human_bytes(p.bytes)
+                );
+            }
             let lag = p.lag.map_or(String::new(), |l| format!(", lag {l}"));
             format!(
                 "{name}: {} records in {} files ({}), {} open{lag}",

@@ -429,6 +429,40 @@ impl Cli for Running {
     }
 }
 
+/// `127.0.0.1:PORT` of the HTTP API from the ready line (`…, SQL on http://ADDR, data in …`).
+#[track_caller]
+pub fn sql_address(ready: &str) -> String {
+    let rest = ready
+        .split_once("SQL on http://")
+        .unwrap_or_else(|| panic!("no SQL address in: {ready}"))
+        .1;
+    rest.split(',').next().expect("an address").to_owned()
+}
+
+/// An HTTP/1.0 request (the response ends when the connection closes): status and body.
+pub fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).expect("HTTP exchange");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("HTTP exchange");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("HTTP exchange");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("HTTP exchange");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP exchange");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .expect("HTTP exchange")
+        .parse()
+        .expect("HTTP exchange");
+    (status, body.to_owned())
+}
+
 /// `127.0.0.1:PORT` from the ready line `quiver server ready: Kafka on 127.0.0.1:PORT (...`.
 #[track_caller]
 pub fn bootstrap_of(ready: &str) -> String {
