@@ -13,9 +13,10 @@
 //!   (`{"name": …, "config": {…}}`), `GET /connectors/{name}`, `GET|PUT
 //!   /connectors/{name}/config`, `GET /connectors/{name}/status` (with the connector's
 //!   progress), `PUT /connectors/{name}/pause|resume`, `DELETE /connectors/{name}`, and `GET
-//!   /connector-plugins`. Errors are `{"error_code": …, "message": …}`. Connectors created here
-//!   last until the server stops, as in Kafka Connect's standalone mode; configs in
-//!   `--connectors DIR` start with every server.
+//!   /connector-plugins`. Errors are `{"error_code": …, "message": …}`. A connector created
+//!   here is a `CREATE SOURCE|SINK CONNECTOR` statement (and deleting it a `DROP CONNECTOR`),
+//!   so it is in SQL's command log and comes back when the server restarts; pausing is not
+//!   kept. Configs in `--connectors DIR` start with every server.
 //!
 //! A statement that fails gets status 400 (500 when the broker or engine failed) and
 //! `{"@type": "statement_error", "error_code", "message", "statementText", "line", "column"}`;
@@ -37,8 +38,7 @@ use quiver_engine::arrow::datatypes::Schema;
 use quiver_sql::{ErrorKind, Output, SqlEngine, SqlError};
 use serde_json::{Value, json};
 
-use crate::commands::connect::{Connectors, Refusal};
-use quiver_connectors::{Connector, ConnectorConfig};
+use quiver_connectors::{Connector, ConnectorConfig, Refusal};
 
 /// Request bodies above this are refused (a statement is text; 1 MiB is plenty).
 const MAX_BODY: usize = 1 << 20;
@@ -46,7 +46,6 @@ const MAX_BODY: usize = 1 << 20;
 /// Binds `addr` and serves the API until `stop` turns true.
 pub async fn serve(
     engine: SqlEngine,
-    connectors: Connectors,
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -64,7 +63,7 @@ pub async fn serve(
         .route("/connectors/{name}/pause", put(pause_connector))
         .route("/connectors/{name}/resume", put(resume_connector))
         .route("/connector-plugins", get(connector_plugins))
-        .with_state(connectors);
+        .with_state(engine.clone());
     let app = Router::new()
         .route("/ksql", post(ksql))
         .route("/query-stream", post(query_stream))
@@ -428,35 +427,78 @@ fn connector_from(body: &[u8], name: Option<&str>) -> Result<Connector, Refusal>
     Connector::from_config(config).map_err(|e| Refusal::Invalid(e.to_string()))
 }
 
-async fn list_connectors(State(c): State<Connectors>) -> Json<Value> {
-    Json(json!(c.names()))
+async fn list_connectors(State(sql): State<SqlEngine>) -> Json<Value> {
+    Json(json!(sql.connectors().names()))
 }
 
-async fn create_connector(State(c): State<Connectors>, body: axum::body::Bytes) -> Response {
-    let connector = match connector_from(&body, None) {
-        Ok(x) => x,
-        Err(r) => return refused(r),
+/// A connector as the statement that creates it: `CREATE SOURCE|SINK CONNECTOR "name" WITH
+/// ('key' = 'value', …)`.
+fn create_statement(c: &Connector) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let kind = if c.config().class.is_source() {
+        "SOURCE"
+    } else {
+        "SINK"
     };
-    let name = connector.name().to_owned();
-    tracing::info!(connector = %name, "created through the REST API: {}", connector.describe());
-    if let Err(r) = c.add(connector) {
-        return refused(r);
+    let with: Vec<String> = c
+        .config()
+        .settings()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "name")
+        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+        .collect();
+    format!(
+        "CREATE {kind} CONNECTOR \"{}\" WITH ({});",
+        c.name(),
+        with.join(", ")
+    )
+}
+
+/// Runs the statement for `c` (so it is in the command log); 201 with the connector.
+async fn create_through_sql(sql: &SqlEngine, c: Connector, status: StatusCode) -> Response {
+    let name = c.name().to_owned();
+    if sql.connectors().names().contains(&name) {
+        return refused(Refusal::Exists(format!(
+            "a connector named '{name}' already exists"
+        )));
     }
-    match c.info(&name) {
-        Ok(info) => (StatusCode::CREATED, Json(info)).into_response(),
+    let statement = create_statement(&c);
+    if let Err(e) = sql.execute(&statement).await {
+        return refused(Refusal::Invalid(e.message));
+    }
+    tracing::info!(connector = %name, "created through the REST API: {}", c.describe());
+    match sql.connectors().info(&name) {
+        Ok(info) => (status, Json(info)).into_response(),
         Err(r) => refused(r),
     }
 }
 
-async fn connector_info(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
-    match c.info(&name) {
+async fn drop_through_sql(sql: &SqlEngine, name: &str) -> Result<(), Refusal> {
+    if !sql.connectors().names().iter().any(|n| n == name) {
+        return Err(Refusal::NotFound(format!("connector {name} not found")));
+    }
+    sql.execute(&format!("DROP CONNECTOR IF EXISTS \"{name}\";"))
+        .await
+        .map(|_| ())
+        .map_err(|e| Refusal::Invalid(e.message))
+}
+
+async fn create_connector(State(sql): State<SqlEngine>, body: axum::body::Bytes) -> Response {
+    match connector_from(&body, None) {
+        Ok(c) => create_through_sql(&sql, c, StatusCode::CREATED).await,
+        Err(r) => refused(r),
+    }
+}
+
+async fn connector_info(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
+    match sql.connectors().info(&name) {
         Ok(info) => Json(info).into_response(),
         Err(r) => refused(r),
     }
 }
 
-async fn connector_config(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
-    match c.info(&name) {
+async fn connector_config(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
+    match sql.connectors().info(&name) {
         Ok(info) => Json(info["config"].clone()).into_response(),
         Err(r) => refused(r),
     }
@@ -465,7 +507,7 @@ async fn connector_config(State(c): State<Connectors>, Path(name): Path<String>)
 /// Creates the connector, or replaces its config (it stops, committing, and starts again with
 /// the new one).
 async fn put_connector_config(
-    State(c): State<Connectors>,
+    State(sql): State<SqlEngine>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -473,44 +515,42 @@ async fn put_connector_config(
         Ok(x) => x,
         Err(r) => return refused(r),
     };
-    let existed = c.delete(&name).await.is_ok();
-    if let Err(r) = c.add(connector) {
-        return refused(r);
-    }
+    let existed = match drop_through_sql(&sql, &name).await {
+        Ok(()) => true,
+        Err(Refusal::NotFound(_)) => false,
+        Err(r) => return refused(r),
+    };
     let status = if existed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    match c.info(&name) {
-        Ok(info) => (status, Json(info)).into_response(),
-        Err(r) => refused(r),
-    }
+    create_through_sql(&sql, connector, status).await
 }
 
-async fn connector_status(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
-    match c.status(&name) {
+async fn connector_status(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
+    match sql.connectors().status(&name) {
         Ok(s) => Json(s).into_response(),
         Err(r) => refused(r),
     }
 }
 
-async fn pause_connector(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
-    match c.pause(&name).await {
+async fn pause_connector(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
+    match sql.connectors().pause(&name).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(r) => refused(r),
     }
 }
 
-async fn resume_connector(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
-    match c.resume(&name) {
+async fn resume_connector(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
+    match sql.connectors().resume(&name) {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(r) => refused(r),
     }
 }
 
-async fn delete_connector(State(c): State<Connectors>, Path(name): Path<String>) -> Response {
-    match c.delete(&name).await {
+async fn delete_connector(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
+    match drop_through_sql(&sql, &name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => refused(r),
     }

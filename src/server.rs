@@ -140,14 +140,15 @@ pub async fn run(args: ServerArgs, mut signals: StopSignals) -> Result<()> {
     );
     let (stop_kafka, kafka_stopped) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(kafka.run(kafka_stopped.clone()));
-    let running = crate::commands::connect::Connectors::new(&broker);
-    running.start_all(connectors);
-    let http_serving = tokio::spawn(crate::http::serve(
-        sql.clone(),
-        running.clone(),
-        http,
-        kafka_stopped,
-    ));
+    // Connectors run in SQL's worker, beside those `CREATE … CONNECTOR` made.
+    let running = sql.connectors().clone();
+    for c in connectors {
+        println!("connector '{}' running: {}", c.name(), c.describe());
+        if let Err(quiver_connectors::Refusal::Exists(why)) = running.add(c) {
+            tracing::error!("{why}");
+        }
+    }
+    let http_serving = tokio::spawn(crate::http::serve(sql.clone(), http, kafka_stopped));
 
     let why = signals.recv().await;
     tracing::info!("{why} received; shutting down (again to exit at once)");

@@ -642,7 +642,7 @@ fn kcat_ids(bootstrap: &str, topic: &str) -> Vec<u64> {
 
 /// Kafka Connect's REST API on the server's HTTP port: a datagen connector is created, refused
 /// twice (same name, unknown key), paused, resumed and deleted; kcat reads every generated id
-/// once, with no gap across the pause.
+/// once, with no gap across the pause. A connector made with PUT survives a restart.
 #[test]
 fn the_rest_api_creates_pauses_resumes_and_deletes_connectors() {
     let data = common::DataDir::new();
@@ -720,6 +720,35 @@ fn the_rest_api_creates_pauses_resumes_and_deletes_connectors() {
         ids.len()
     );
     assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<u64>>());
+
+    // PUT creates (201), then replaces (200); the connector is a SQL statement in the command
+    // log, so it is back after a restart, and resumes where it committed.
+    let kept = serde_json::json!({
+        "connector.class": "DataGen",
+        "kafka.topic": "kept",
+        "fields": "id:sequence(0)",
+        "iterations": 200,
+        "messages.per.second": 1000,
+    })
+    .to_string();
+    assert_eq!(rest(&api, "PUT", "/connectors/keep/config", &kept).0, 201);
+    assert_eq!(rest(&api, "PUT", "/connectors/keep/config", &kept).0, 200);
+    wait_status(&api, "keep", "finished", |s| {
+        s["connector"]["state"] == "FINISHED"
+    });
+    server.signal("TERM");
+    server.wait().ok();
+    let server = common::Server::start(&["--data-dir", data.arg()], &[]);
+    let api = common::sql_address(&server.ready);
+    let bootstrap = common::bootstrap_of(&server.ready);
+    assert_eq!(
+        rest(&api, "GET", "/connectors", ""),
+        (200, serde_json::json!(["keep"]))
+    );
+    wait_status(&api, "keep", "finished again", |s| {
+        s["connector"]["state"] == "FINISHED"
+    });
+    assert_eq!(kcat_ids(&bootstrap, "kept"), (0..200).collect::<Vec<u64>>());
     server.signal("TERM");
     server.wait().ok();
 }

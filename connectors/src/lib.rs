@@ -10,7 +10,9 @@
 //!   Kafka-compatible cluster;
 //! - [`source`]: the source contract, and how a source's records and offsets are committed in
 //!   one transaction; the sources: [`datagen`] (generated records, Nexmark) and
-//!   [`file_source`] (lines of files, plain, JSON or CSV).
+//!   [`file_source`] (lines of files, plain, JSON or CSV);
+//! - [`worker`]: the connectors of one process, added, paused, resumed and deleted while the
+//!   others run, with Kafka Connect's status.
 
 pub mod config;
 pub mod datagen;
@@ -23,6 +25,7 @@ pub mod runner;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod worker;
 
 pub use config::{ConnectorClass, ConnectorConfig};
 pub use error::{ConnectError, Result};
@@ -30,3 +33,4 @@ pub use parquet::{ParquetSink, ParquetSinkConfig};
 pub use runner::{Connector, Progress, SinkConnector, Status, run};
 pub use sink::{Commit, Committed, Sink};
 pub use source::{SourceBatch, SourceConnector, SourceTask, run_source};
+pub use worker::{Refusal, Worker};

@@ -40,8 +40,8 @@ use tokio::sync::mpsc;
 use crate::catalog::{FormatName, SourceInfo, declared_field, kafka_type};
 use crate::error::SqlError;
 use crate::parser::{
-    Emit, Parsed, Position, Property, PropertyValue, ShowWhat, SourceKind, Statement,
-    StreamingQuery, normalize, parse,
+    ConnectorKind, Emit, Parsed, Position, Property, PropertyValue, ShowWhat, SourceKind,
+    Statement, StreamingQuery, normalize, parse,
 };
 use crate::plan::{
     Context, batch_source, plan_query, rewrite_window, select_window_bounds, session_state,
@@ -191,6 +191,8 @@ struct Inner {
     functions: SessionState,
     /// Statements run one at a time: the command log's order is the order they took effect.
     order: tokio::sync::Mutex<()>,
+    /// The connectors `CREATE … CONNECTOR` made (and the server's others).
+    connectors: quiver_connectors::Worker,
 }
 
 impl std::fmt::Debug for Inner {
@@ -226,6 +228,7 @@ impl SqlEngine {
                 state: Mutex::new(State::default()),
                 functions: session_state(),
                 order: tokio::sync::Mutex::new(()),
+                connectors: quiver_connectors::Worker::new(broker),
             }),
         };
         // The command topic is made by the first command, so a broker without SQL has none.
@@ -238,6 +241,12 @@ impl SqlEngine {
     /// The broker it runs on.
     pub fn broker(&self) -> &Broker {
         &self.inner.broker
+    }
+
+    /// The connectors running beside its queries: those `CREATE … CONNECTOR` made (they come
+    /// back with the command log), and any the caller adds.
+    pub fn connectors(&self) -> &quiver_connectors::Worker {
+        &self.inner.connectors
     }
 
     async fn replay(&self) -> Result<(), SqlError> {
@@ -505,6 +514,88 @@ impl SqlEngine {
                 ))
             }
             Statement::Show(what) => Ok(self.show(*what, properties)),
+            Statement::CreateConnector {
+                kind,
+                name,
+                if_not_exists,
+                properties: with,
+            } => {
+                let message = self
+                    .create_connector(*kind, name, *if_not_exists, with, p.position)
+                    .await?;
+                if replay.is_none() && !message.ends_with("exists") {
+                    self.log(&p.text, properties).await?;
+                }
+                Ok(Output::Message(message))
+            }
+            Statement::DropConnector { name, if_exists } => {
+                match self.inner.connectors.delete(&name.value).await {
+                    Ok(()) => {
+                        if replay.is_none() {
+                            self.log(&p.text, properties).await?;
+                        }
+                        Ok(Output::Message(format!(
+                            "connector '{}' dropped (it committed what it had)",
+                            name.value
+                        )))
+                    }
+                    Err(_) if *if_exists => Ok(Output::Message(format!(
+                        "no connector named '{}'",
+                        name.value
+                    ))),
+                    Err(_) => Err(SqlError::plan(
+                        format!(
+                            "no connector named '{}'; SHOW CONNECTORS lists them",
+                            name.value
+                        ),
+                        Position::from(name.span.start),
+                    )),
+                }
+            }
+            Statement::DescribeConnector(name) => {
+                let unknown = || {
+                    SqlError::plan(
+                        format!(
+                            "no connector named '{}'; SHOW CONNECTORS lists them",
+                            name.value
+                        ),
+                        Position::from(name.span.start),
+                    )
+                };
+                let status = self
+                    .inner
+                    .connectors
+                    .status(&name.value)
+                    .map_err(|_| unknown())?;
+                let info = self
+                    .inner
+                    .connectors
+                    .info(&name.value)
+                    .map_err(|_| unknown())?;
+                let text = |v: &serde_json::Value| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let mut rows = vec![
+                    vec!["name".to_owned(), name.value.clone()],
+                    vec!["type".to_owned(), text(&status["type"])],
+                    vec!["state".to_owned(), text(&status["connector"]["state"])],
+                ];
+                if let Some(trace) = status["connector"].get("trace") {
+                    rows.push(vec!["error".to_owned(), text(trace)]);
+                }
+                if let Some(progress) = status["progress"].as_object() {
+                    for (k, v) in progress {
+                        rows.push(vec![k.clone(), text(v)]);
+                    }
+                }
+                if let Some(config) = info["config"].as_object() {
+                    for (k, v) in config.iter().filter(|(k, _)| k.as_str() != "name") {
+                        rows.push(vec![k.clone(), text(v)]);
+                    }
+                }
+                Ok(table(&["property", "value"], rows))
+            }
             Statement::Describe { name, extended } => {
                 let name_s = normalize(name);
                 let Some(info) = self.inner.state.lock().sources.get(&name_s).cloned() else {
@@ -1706,6 +1797,76 @@ impl SqlEngine {
         }))
     }
 
+    /// `CREATE SOURCE|SINK CONNECTOR`: the WITH properties are the keys of a connector config
+    /// file (one config model under files, the REST API and SQL).
+    async fn create_connector(
+        &self,
+        kind: ConnectorKind,
+        name: &sqlparser::ast::Ident,
+        if_not_exists: bool,
+        with: &[Property],
+        position: Position,
+    ) -> Result<String, SqlError> {
+        let name_s = name.value.clone();
+        let at = Position::from(name.span.start);
+        if self.inner.connectors.names().contains(&name_s) {
+            if if_not_exists {
+                return Ok(format!("connector '{name_s}' exists"));
+            }
+            return Err(SqlError::plan(
+                format!("a connector named '{name_s}' exists; DROP CONNECTOR it first"),
+                at,
+            ));
+        }
+        let mut settings = BTreeMap::new();
+        for p in with {
+            if p.written == "name" && p.value.text() != name_s {
+                return Err(SqlError::plan(
+                    format!(
+                        "the property 'name' says '{}' where the statement names '{name_s}'",
+                        p.value.text()
+                    ),
+                    p.position,
+                ));
+            }
+            settings.insert(p.written.clone(), p.value.text());
+        }
+        settings.insert("name".to_owned(), name_s.clone());
+        let kind_word = match kind {
+            ConnectorKind::Source => "SOURCE",
+            ConnectorKind::Sink => "SINK",
+        };
+        let origin = format!("CREATE {kind_word} CONNECTOR {name_s}");
+        let refused = |e: quiver_connectors::ConnectError| SqlError::plan(e.to_string(), position);
+        let config = quiver_connectors::ConnectorConfig::from_settings(settings, &origin)
+            .map_err(refused)?;
+        if config.class.is_source() != (kind == ConnectorKind::Source) {
+            let (is, write) = if config.class.is_source() {
+                ("source", "SOURCE")
+            } else {
+                ("sink", "SINK")
+            };
+            return Err(SqlError::plan(
+                format!(
+                    "{:?} is a {is} connector; write CREATE {write} CONNECTOR",
+                    config.class
+                ),
+                position,
+            ));
+        }
+        let connector = quiver_connectors::Connector::from_config(config).map_err(refused)?;
+        let describe = connector.describe();
+        self.inner.connectors.add(connector).map_err(|r| {
+            let message = match r {
+                quiver_connectors::Refusal::NotFound(m)
+                | quiver_connectors::Refusal::Exists(m)
+                | quiver_connectors::Refusal::Invalid(m) => m,
+            };
+            SqlError::plan(message, at)
+        })?;
+        Ok(format!("connector '{name_s}' created: {describe}"))
+    }
+
     fn show(&self, what: ShowWhat, properties: &BTreeMap<String, String>) -> Output {
         let state = self.inner.state.lock();
         match what {
@@ -1766,6 +1927,15 @@ impl SqlEngine {
                     })
                     .collect(),
             ),
+            ShowWhat::Connectors => table(
+                &["name", "type", "class", "state", "moves"],
+                self.inner
+                    .connectors
+                    .list()
+                    .into_iter()
+                    .map(Vec::from)
+                    .collect(),
+            ),
             ShowWhat::Properties => {
                 let mut all: BTreeMap<String, String> = BTreeMap::new();
                 all.insert(OFFSET_RESET.into(), "latest".into());
@@ -1820,6 +1990,8 @@ impl SqlEngine {
 
     /// Stops every persistent query (they resume from their checkpoints at the next open).
     pub async fn shutdown(&self) -> Result<(), SqlError> {
+        // Connectors first: each commits what it wrote.
+        self.inner.connectors.stop().await;
         let handles: Vec<QueryHandle> = self
             .inner
             .state

@@ -119,6 +119,8 @@ pub struct ColumnDef {
 pub struct Property {
     /// Upper case, as ksqlDB writes them (`KAFKA_TOPIC`).
     pub name: String,
+    /// As written (connector configs' keys are case-sensitive: `connector.class`).
+    pub written: String,
     pub value: PropertyValue,
     pub position: Position,
 }
@@ -204,6 +206,14 @@ pub enum ShowWhat {
     Topics,
     Queries,
     Properties,
+    Connectors,
+}
+
+/// Which side of Kafka a connector is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectorKind {
+    Source,
+    Sink,
 }
 
 /// One statement of Quiver SQL.
@@ -266,6 +276,21 @@ pub enum Statement {
     },
     Unset(String),
     RunScript(String),
+    /// `CREATE SOURCE|SINK CONNECTOR [IF NOT EXISTS] name WITH ('key' = 'value', …)`: a
+    /// connector with the keys of a connector config file.
+    CreateConnector {
+        kind: ConnectorKind,
+        name: Ident,
+        if_not_exists: bool,
+        properties: Vec<Property>,
+    },
+    /// `DESCRIBE CONNECTOR name`.
+    DescribeConnector(Ident),
+    /// `DROP CONNECTOR [IF EXISTS] name`.
+    DropConnector {
+        name: Ident,
+        if_exists: bool,
+    },
 }
 
 /// A parsed statement with its text and where it starts in the script.
@@ -554,6 +579,7 @@ impl P {
                 ));
             }
             out.push(Property {
+                written: name.clone(),
                 name: name.to_uppercase(),
                 value,
                 position,
@@ -1001,14 +1027,23 @@ fn parse_statement(
                 ShowWhat::Queries
             } else if p.word("PROPERTIES") {
                 ShowWhat::Properties
+            } else if p.word("CONNECTORS") {
+                ShowWhat::Connectors
             } else {
-                return Err(p.expected("STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES"));
+                return Err(
+                    p.expected("STREAMS, TABLES, TOPICS, QUERIES, PROPERTIES or CONNECTORS")
+                );
             };
             p.end()?;
             Ok(Statement::Show(what))
         }
         "DESCRIBE" => {
             p.parser.next_token();
+            if p.word("CONNECTOR") {
+                let name = p.ident()?;
+                p.end()?;
+                return Ok(Statement::DescribeConnector(name));
+            }
             let extended = p.word("EXTENDED");
             let name = p.ident()?;
             p.end()?;
@@ -1024,12 +1059,18 @@ fn parse_statement(
         }
         "DROP" => {
             p.parser.next_token();
+            if p.word("CONNECTOR") {
+                let if_exists = p.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+                let name = p.ident()?;
+                p.end()?;
+                return Ok(Statement::DropConnector { name, if_exists });
+            }
             let kind = if p.word("STREAM") {
                 SourceKind::Stream
             } else if p.word("TABLE") {
                 SourceKind::Table
             } else {
-                return Err(p.expected("STREAM or TABLE"));
+                return Err(p.expected("STREAM, TABLE or CONNECTOR"));
             };
             let if_exists = p.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = p.ident()?;
@@ -1120,13 +1161,47 @@ fn parse_statement(
 
 /// After `CREATE`.
 fn create(p: &mut P, tokens: Vec<TokenWithSpan>) -> Result<Statement, ParseError> {
+    let or_at = p.here();
     let or_replace = p.parser.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+    let connector = if p.peek_word("SOURCE") {
+        Some(ConnectorKind::Source)
+    } else if p.peek_word("SINK") {
+        Some(ConnectorKind::Sink)
+    } else {
+        None
+    };
+    if let Some(kind) = connector {
+        p.parser.next_token();
+        p.expect_word("CONNECTOR")?;
+        if or_replace {
+            return Err(ParseError::at(
+                "a connector cannot be created OR REPLACE: DROP CONNECTOR it, then CREATE it \
+                 again",
+                or_at,
+            ));
+        }
+        let if_not_exists = p
+            .parser
+            .parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = p.ident()?;
+        if !p.peek_word("WITH") {
+            return Err(p.expected("WITH ('connector.class' = '…', …)"));
+        }
+        let properties = p.properties()?;
+        p.end()?;
+        return Ok(Statement::CreateConnector {
+            kind,
+            name,
+            if_not_exists,
+            properties,
+        });
+    }
     let kind = if p.word("STREAM") {
         SourceKind::Stream
     } else if p.word("TABLE") {
         SourceKind::Table
     } else {
-        return Err(p.expected("STREAM or TABLE"));
+        return Err(p.expected("STREAM, TABLE, SOURCE CONNECTOR or SINK CONNECTOR"));
     };
     let if_not_exists = p
         .parser

@@ -341,3 +341,21 @@ SELECT page, COUNT(*) FROM pageviews WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY pa
 SELECT page, COUNT(*) FROM pageviews GROUP BY page LATE DATA TO 'late';
 
 CREATE TABLE t2 AS SELECT page, COUNT(*) AS n FROM pageviews WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY page LATE DATA TO 'bad topic name!' EMIT CHANGES;
+
+CREATE SOURCE CONNECTOR g;
+
+CREATE OR REPLACE SINK CONNECTOR g WITH ('connector.class' = 'ParquetSink');
+
+CREATE SINK CONNECTOR g WITH ('connector.class' = 'DataGen', 'kafka.topic' = 't', 'fields' = 'id:uuid');
+
+CREATE SOURCE CONNECTOR g WITH ('connector.class' = 'FileSource', 'topic' = 't');
+
+CREATE SOURCE CONNECTOR g WITH ('connector.class' = 'DataGen', 'kafka.topic' = 't', 'fields' = 'id:sequense(1)');
+
+CREATE SOURCE CONNECTOR g WITH ('connector.class' = 'DataGen', 'kafka.topic' = 't', 'fields' = 'id:uuid', 'name' = 'h');
+
+CREATE SINK CONNECTOR lake WITH ('connector.class' = 'ParquetSink', 'topics' = 'pageviews', 'store.url' = 'ftp://x');
+
+DESCRIBE CONNECTOR nope;
+
+DROP CONNECTOR nope;
