@@ -393,11 +393,25 @@ fn to_record(
     let (key, value): (Option<String>, Bytes) = match &config.format {
         LineFormat::Lines => (None, Bytes::copy_from_slice(line)),
         LineFormat::Json => {
-            let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
-            let Value::Object(object) = &v else {
-                return Err("not a JSON object".into());
+            let key = match &config.key_field {
+                Some(k) => {
+                    let v: Value =
+                        serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+                    let Value::Object(object) = &v else {
+                        return Err("not a JSON object".into());
+                    };
+                    Some(key_text(object.get(k)))
+                }
+                // Without a key, the line is checked, not built into a value.
+                None => {
+                    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                        return Err("not a JSON object".into());
+                    }
+                    serde_json::from_slice::<serde::de::IgnoredAny>(line)
+                        .map_err(|e| format!("not JSON: {e}"))?;
+                    None
+                }
             };
-            let key = config.key_field.as_ref().map(|k| key_text(object.get(k)));
             (key, Bytes::copy_from_slice(line))
         }
         LineFormat::Csv { delimiter, columns } => {

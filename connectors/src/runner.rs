@@ -450,7 +450,16 @@ pub async fn run(
             status: status.clone(),
         }));
     }
-    let mut stop = stop;
+    supervise(tasks, stop, stop_all).await
+}
+
+/// Waits for a connector's `tasks`: when `stop` turns true, or one of them fails, tells every
+/// task to stop (through `stop_all`) and waits for the rest; the first error, if any.
+pub(crate) async fn supervise(
+    mut tasks: JoinSet<Result<()>>,
+    mut stop: watch::Receiver<bool>,
+    stop_all: watch::Sender<bool>,
+) -> Result<()> {
     let mut first_error = None;
     loop {
         tokio::select! {

@@ -162,10 +162,15 @@ impl SourceConnector {
             .ok()
             .filter(|t| *t <= 1024)
             .ok_or_else(|| config.invalid(TASKS.name, &tasks.to_string(), "at most 1024"))?;
-        let boundary = config
-            .millis(&BOUNDARY)?
-            .unwrap_or(Duration::from_secs(1))
-            .max(Duration::from_millis(1));
+        let boundary = config.millis(&BOUNDARY)?.unwrap_or(Duration::from_secs(1));
+        if boundary > Duration::from_secs(300) {
+            return Err(config.invalid(
+                BOUNDARY.name,
+                &boundary.as_millis().to_string(),
+                "at most 300000 (a transaction stays open that long, and brokers abort \
+                 transactions open past transaction.max.timeout.ms)",
+            ));
+        }
         let partitions = config.positive(&PARTITIONS)?.unwrap_or(1);
         let partitions = i32::try_from(partitions)
             .ok()
@@ -241,7 +246,8 @@ pub async fn run_source(
     let mut transactions = Vec::with_capacity(connector.tasks as usize);
     for index in 0..connector.tasks {
         let id = format!("connect-{}-{index}", connector.name());
-        let timeout = (connector.boundary * 10).max(Duration::from_secs(60));
+        // Long enough for a slow commit, within brokers' transaction.max.timeout.ms (15 min).
+        let timeout = (connector.boundary * 3).max(Duration::from_secs(60));
         transactions.push(cluster.transaction(&id, timeout).await?);
     }
     let committed = read_offsets(&cluster, &connector.offsets_topic, connector.name()).await?;
@@ -263,33 +269,7 @@ pub async fn run_source(
             round_robin: index as usize,
         }));
     }
-    let mut stop = stop;
-    let mut first_error = None;
-    loop {
-        tokio::select! {
-            done = tasks.join_next() => {
-                let Some(done) = done else { break };
-                let result = done.unwrap_or_else(|e| {
-                    Err(ConnectError::Record(format!("a task of the connector failed: {e}")))
-                });
-                if let Err(e) = result {
-                    if first_error.is_none() {
-                        first_error = Some(e);
-                    }
-                    stop_all.send_replace(true);
-                }
-            }
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    stop_all.send_replace(true);
-                }
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    crate::runner::supervise(tasks, stop, stop_all).await
 }
 
 /// Creates `new` unless it exists.

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,20 +14,12 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
+use common::{broker, connector, start};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use quiver_broker::{Broker, BrokerConfig, NewTopic, Record};
+use quiver_broker::{Broker, NewTopic, Record};
 use quiver_connectors::{ConnectorConfig, SinkConnector, Status};
 use quiver_engine::checkpoint::Cluster;
 use tokio::sync::watch;
-
-async fn broker(dir: &Path) -> Broker {
-    Broker::open(BrokerConfig {
-        data_dir: dir.to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap()
-}
 
 /// `count` JSON records to `topic`, keyed so they spread over its partitions; record `i` has
 /// id `first + i`, region eu, us or ap by id (75%, 20%, 5%), and timestamp `start_ms + i * step_ms`.
@@ -51,49 +45,6 @@ async fn produce(b: &Broker, topic: &str, first: i64, count: i64, start_ms: i64,
         .collect();
     for chunk in records.chunks(97) {
         b.produce(topic, chunk).await.unwrap();
-    }
-}
-
-fn connector(text: &str) -> Arc<SinkConnector> {
-    let config = ConnectorConfig::from_properties(text, "test.properties").unwrap();
-    Arc::new(SinkConnector::from_config(config).unwrap())
-}
-
-/// A running connector, stopped (files closed, offsets committed) by [`Running::stop`].
-struct Running {
-    stop: watch::Sender<bool>,
-    status: Status,
-    task: tokio::task::JoinHandle<quiver_connectors::Result<()>>,
-}
-
-fn start(b: &Broker, c: &Arc<SinkConnector>) -> Running {
-    let (stop, stopped) = watch::channel(false);
-    let status = Status::default();
-    let task = tokio::spawn(quiver_connectors::run(
-        c.clone(),
-        Cluster::Local(b.clone()),
-        stopped,
-        status.clone(),
-    ));
-    Running { stop, status, task }
-}
-
-impl Running {
-    async fn wait_records(&self, records: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.status.progress().records < records {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {records} records reached the sink",
-                self.status.progress().records
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        self.task.await.unwrap().unwrap();
     }
 }
 
@@ -390,37 +341,23 @@ async fn a_bad_record_stops_the_connector_unless_tolerated_then_goes_to_the_dead
     );
     let strict = connector(&format!("name=strict\n{base}"));
     let (_stop, stopped) = watch::channel(false);
-    let e = quiver_connectors::run(
-        strict,
-        Cluster::Local(b.clone()),
-        stopped,
-        Status::default(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = strict
+        .run(Cluster::Local(b.clone()), stopped, Status::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("mixed-0 offset 3 does not decode"), "{e}");
     assert!(e.contains("errors.tolerance=all"), "{e}");
 
-    let tolerant = connector(&format!(
-        "name=tolerant\n{base}errors.tolerance=all\nerrors.deadletterqueue.topic.name=mixed-dlq\n"
-    ));
+    // Into a lake of its own.
     let lake2 = tempfile::tempdir().unwrap();
-    let tolerant = {
-        let mut c = (*tolerant).clone();
-        c.sink.location = quiver_connectors::store::Location::from_config(
-            &ConnectorConfig::from_properties(
-                &format!(
-                    "name=x\nconnector.class=ParquetSink\nstore.url=file://{}\n",
-                    lake2.path().display()
-                ),
-                "t",
-            )
-            .unwrap(),
+    let tolerant = connector(&format!(
+        "name=tolerant\n{}errors.tolerance=all\nerrors.deadletterqueue.topic.name=mixed-dlq\n",
+        base.replace(
+            &lake.path().display().to_string(),
+            &lake2.path().display().to_string()
         )
-        .unwrap();
-        Arc::new(c)
-    };
+    ));
     let running = start(&b, &tolerant);
     running.wait_records(6).await;
     running.stop().await;
@@ -482,7 +419,7 @@ async fn bad_configs_name_the_problem() {
          store.url=http://127.0.0.1:9\naws.access.key.id=a\naws.secret.access.key=b\n\
          store.request.timeout.ms=2000\n",
     );
-    let e = c.sink.location.check().await.unwrap_err().to_string();
+    let e = c.check().await.unwrap_err().to_string();
     assert!(e.contains("cannot reach the store's endpoint"), "{e}");
 
     // A topic that does not exist.
@@ -490,7 +427,8 @@ async fn bad_configs_name_the_problem() {
     let b = broker(data.path()).await;
     let c = connector(base);
     let (_stop, stopped) = watch::channel(false);
-    let e = quiver_connectors::run(c, Cluster::Local(b), stopped, Status::default())
+    let e = c
+        .run(Cluster::Local(b), stopped, Status::default())
         .await
         .unwrap_err()
         .to_string();

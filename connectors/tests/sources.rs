@@ -6,33 +6,19 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use quiver_broker::{Broker, BrokerConfig, PartitionSplit};
-use quiver_connectors::{Connector, ConnectorConfig, Status};
-use quiver_engine::checkpoint::Cluster;
+use common::{broker, connector, start};
+use quiver_broker::{Broker, PartitionSplit};
+use quiver_connectors::{Connector, ConnectorConfig};
 use quiver_engine::{Format, KafkaType, Source, StartFrom, TopicSource};
 use serde_json::Value;
-use tokio::sync::watch;
-
-async fn broker(dir: &Path) -> Broker {
-    Broker::open(BrokerConfig {
-        data_dir: dir.to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
-fn connector(text: &str) -> Arc<Connector> {
-    let config = ConnectorConfig::from_properties(text, "test.properties").unwrap();
-    Arc::new(Connector::from_config(config).unwrap())
-}
 
 fn refused(text: &str) -> String {
     let config = match ConnectorConfig::from_properties(text, "test.properties") {
@@ -40,57 +26,6 @@ fn refused(text: &str) -> String {
         Err(e) => return e.to_string(),
     };
     Connector::from_config(config).unwrap_err().to_string()
-}
-
-struct Running {
-    stop: watch::Sender<bool>,
-    status: Status,
-    task: tokio::task::JoinHandle<quiver_connectors::Result<()>>,
-}
-
-fn start(b: &Broker, c: &Arc<Connector>) -> Running {
-    let (stop, stopped) = watch::channel(false);
-    let status = Status::default();
-    let task = tokio::spawn(
-        c.clone()
-            .run(Cluster::Local(b.clone()), stopped, status.clone()),
-    );
-    Running { stop, status, task }
-}
-
-impl Running {
-    /// Stops it; it commits what it has.
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        self.task.await.unwrap().unwrap();
-    }
-
-    /// Waits for it to finish on its own (a bounded source).
-    async fn finished(self) {
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("the connector finishes")
-            .unwrap()
-            .unwrap();
-    }
-
-    /// Kills it wherever it is, as a crash would: nothing more is written or committed.
-    async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-
-    async fn wait_records(&self, records: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.status.progress().records < records {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} of {records} records written",
-                self.status.progress().records
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// What a `read_committed` consumer reads of `topic`: (partition, key, value, time) in offset order
@@ -468,6 +403,11 @@ fn bad_source_configs_name_the_problem() {
         (
             "name=f\nconnector.class=FileSource\nfile=/tmp/x\n",
             "'topic' is missing",
+        ),
+        (
+            "name=f\nconnector.class=FileSource\nfile=/tmp/x\ntopic=t\n\
+             transaction.boundary.interval.ms=600000\n",
+            "at most 300000",
         ),
         (
             "name=f\nconnector.class=FileSource\nfile=/tmp/x\ntopic=t\nkey.field=a\n",
