@@ -9,8 +9,8 @@
 //!   array, as it comes for a push query (until its LIMIT or the client hangs up), at once for
 //!   a query over history.
 //! - `GET /info` and `GET /healthcheck`.
-//! - Connectors, shaped like Kafka Connect's REST API: `GET /connectors`, `POST /connectors`
-//!   (`{"name": …, "config": {…}}`), `GET /connectors/{name}`, `GET|PUT
+//! - Connectors, shaped like Kafka Connect's REST API: `GET /connectors[?expand=status|info]`,
+//!   `POST /connectors` (`{"name": …, "config": {…}}`), `GET /connectors/{name}`, `GET|PUT
 //!   /connectors/{name}/config`, `GET /connectors/{name}/status` (with the connector's
 //!   progress), `PUT /connectors/{name}/pause|resume`, `DELETE /connectors/{name}`, and `GET
 //!   /connector-plugins`. Errors are `{"error_code": …, "message": …}`. A connector created
@@ -427,8 +427,38 @@ fn connector_from(body: &[u8], name: Option<&str>) -> Result<Connector, Refusal>
     Connector::from_config(config).map_err(|e| Refusal::Invalid(e.to_string()))
 }
 
-async fn list_connectors(State(sql): State<SqlEngine>) -> Json<Value> {
-    Json(json!(sql.connectors().names()))
+/// `GET /connectors`: the names; with `?expand=status` and/or `?expand=info`, as Kafka Connect
+/// answers it, a map from each name to its status and/or info.
+async fn list_connectors(
+    State(sql): State<SqlEngine>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Json<Value> {
+    let expand: Vec<&str> = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("expand="))
+        .collect();
+    let names = sql.connectors().names();
+    if expand.is_empty() {
+        return Json(json!(names));
+    }
+    let mut out = serde_json::Map::new();
+    for name in names {
+        let mut entry = serde_json::Map::new();
+        if expand.contains(&"status")
+            && let Ok(status) = sql.connectors().status(&name)
+        {
+            entry.insert("status".into(), status);
+        }
+        if expand.contains(&"info")
+            && let Ok(info) = sql.connectors().info(&name)
+        {
+            entry.insert("info".into(), info);
+        }
+        out.insert(name, Value::Object(entry));
+    }
+    Json(Value::Object(out))
 }
 
 /// A connector as the statement that creates it: `CREATE SOURCE|SINK CONNECTOR "name" WITH

@@ -690,6 +690,13 @@ fn the_rest_api_creates_pauses_resumes_and_deletes_connectors() {
         (200, serde_json::json!(["gen"]))
     );
 
+    let (code, expanded) = rest(&api, "GET", "/connectors?expand=status&expand=info", "");
+    assert_eq!(code, 200, "{expanded}");
+    assert_eq!(expanded["gen"]["status"]["type"], "source", "{expanded}");
+    assert_eq!(
+        expanded["gen"]["info"]["config"]["kafka.topic"], "ids",
+        "{expanded}"
+    );
     wait_status(&api, "gen", "wrote 100 records", |s| {
         s["connector"]["state"] == "RUNNING" && s["progress"]["records"].as_u64() >= Some(100)
     });
