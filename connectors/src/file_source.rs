@@ -80,6 +80,9 @@ pub const BATCH_SIZE: Key = Key {
     doc: "lines read per poll at most",
 };
 
+/// The longest line taken (a record of this size is far past any broker's message limit).
+const MAX_LINE: u64 = 64 << 20;
+
 pub const KEYS: &[Key] = &[
     FILE,
     TOPIC,
@@ -320,13 +323,35 @@ impl FileSourceTask {
                 })?;
             state.header = Some(cells.into_iter().map(|c| c.unwrap_or_default()).collect());
         }
-        file.seek(SeekFrom::Start(state.position))
-            .map_err(|e| ConnectError::Record(format!("cannot read {}: {e}", path.display())))?;
-        let want = (len - state.position).min(4 << 20);
-        let mut buf = Vec::with_capacity(want as usize);
-        file.take(want)
-            .read_to_end(&mut buf)
-            .map_err(|e| ConnectError::Record(format!("cannot read {}: {e}", path.display())))?;
+        // Read about what `budget` lines take (the rest is read again at the next poll), and
+        // more while not one whole line is in what was read.
+        let remaining = len - state.position;
+        let mut want = (budget as u64 * 256)
+            .clamp(64 << 10, 4 << 20)
+            .min(remaining);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            file.seek(SeekFrom::Start(state.position))
+                .and_then(|_| Read::by_ref(&mut file).take(want).read_to_end(&mut buf))
+                .map_err(|e| {
+                    ConnectError::Record(format!("cannot read {}: {e}", path.display()))
+                })?;
+            if want >= remaining || buf.contains(&b'\n') {
+                break;
+            }
+            if want >= MAX_LINE {
+                return Err(ConnectError::Record(format!(
+                    "connector '{}': {}:{}: a line longer than {} MiB; lines are records, \
+                     so a file needs line breaks",
+                    self.config.name,
+                    path.display(),
+                    state.line + 1,
+                    MAX_LINE >> 20
+                )));
+            }
+            want = (want * 2).min(remaining).min(MAX_LINE);
+        }
         let whole_file_read = state.position + buf.len() as u64 >= len;
         let mut consumed = 0usize;
         let mut lines = 0usize;
