@@ -254,7 +254,12 @@ fn a_topic_sinks_to_parquet_on_s3_and_independent_readers_agree() {
 
 #[test]
 fn kill_9_while_sinking_never_loses_or_duplicates_a_record() {
-    let server = Running::start(&[]);
+    // Each restart joins the connector's group while the killed process's member is still in
+    // it: short sessions keep the wait for it to expire short.
+    let server = Running::start(&[
+        ("QUIVER_GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
+        ("QUIVER_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
+    ]);
     server
         .run(&["topics", "create", "orders", "--partitions", "3"], b"")
         .ok();
@@ -274,6 +279,8 @@ fn kill_9_while_sinking_never_loses_or_duplicates_a_record() {
                 "partition.field.name": "region",
                 "flush.size": 50,
                 "rotate.schedule.interval.ms": 700,
+                "consumer.override.session.timeout.ms": 1500,
+                "consumer.override.heartbeat.interval.ms": 300,
             }
         })
         .to_string(),
@@ -318,6 +325,94 @@ fn kill_9_while_sinking_never_loses_or_duplicates_a_record() {
             }
         }
     }
+}
+
+/// The records a `quiver connect` said it sank when it stopped (`lake: N records in …`).
+fn records_sunk(lines: &std::sync::mpsc::Receiver<String>, name: &str) -> u64 {
+    let prefix = format!("{name}: ");
+    let last: Vec<String> = lines.try_iter().collect();
+    last.iter()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix(&prefix)?
+                .split_once(" records in ")?
+                .0
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no final count in {last:?}"))
+}
+
+#[test]
+fn connect_processes_with_one_connector_name_share_its_partitions_and_take_over_from_a_dead_one() {
+    // Short sessions so the dead process's partitions move within seconds.
+    let server = Running::start(&[
+        ("QUIVER_GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
+        ("QUIVER_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
+    ]);
+    server
+        .run(&["topics", "create", "orders", "--partitions", "4"], b"")
+        .ok();
+    let lake = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        server.data().tmp(),
+        "shared.properties",
+        &format!(
+            "name=shared\nconnector.class=ParquetSink\ntopics=orders\nvalue.format=json\n\
+             value.schema={SCHEMA}\npartitioner.class=field\npartition.field.name=region\n\
+             flush.size=50\nrotate.schedule.interval.ms=700\n\
+             consumer.override.session.timeout.ms=2000\n\
+             consumer.override.heartbeat.interval.ms=300\nstore.url=file://{}\n",
+            lake.path().display()
+        ),
+    );
+    let root = lake.path().join("topics/orders");
+    let root = root.to_str().expect("UTF-8");
+    let produce = |from: u64, count: u64| {
+        server
+            .run(
+                &["produce", "orders", "--key-separator", "|"],
+                &orders(from, count),
+            )
+            .ok();
+    };
+    produce(0, 800);
+    let (mut a, _a_lines) = connect(&server, &config);
+    let (mut b, b_lines) = connect(&server, &config);
+    let found = check_lake(root, None, 800);
+    assert_eq!(found["duckdb"], expected(800), "{found}");
+
+    // A dies without a word: B takes its partitions once A's session runs out.
+    signal(&a, "KILL");
+    let _ = wait_bounded(&mut a, Duration::from_secs(30));
+    produce(800, 800);
+    let found = check_lake(root, None, 1600);
+    assert_eq!(found["duckdb"], expected(1600), "{found}");
+
+    // A comes back: the two split the partitions again and both sink what follows.
+    let (mut a, a_lines) = connect(&server, &config);
+    std::thread::sleep(Duration::from_secs(3));
+    produce(1600, 800);
+    let found = check_lake(root, None, 2400);
+    signal(&a, "TERM");
+    assert!(wait_bounded(&mut a, Duration::from_secs(60)).success());
+    signal(&b, "TERM");
+    assert!(wait_bounded(&mut b, Duration::from_secs(60)).success());
+    let want = expected(2400);
+    assert_eq!(found["pyarrow"], want, "{found}");
+    assert_eq!(found["duckdb"], want, "{found}");
+    let (by_a, by_b) = (
+        records_sunk(&a_lines, "shared"),
+        records_sunk(&b_lines, "shared"),
+    );
+    assert!(
+        by_a > 0 && by_a < 800,
+        "the restarted process sank {by_a} of the last 800"
+    );
+    assert!(
+        by_b >= 800,
+        "the survivor sank {by_b}: at least A's share after the kill"
+    );
 }
 
 #[test]

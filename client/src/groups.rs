@@ -619,7 +619,7 @@ impl KafkaClient {
             .await
     }
 
-    async fn commit_offsets_with_metadata(
+    pub(crate) async fn commit_offsets_with_metadata(
         &self,
         group: &str,
         member: Option<&MemberIdentity>,

@@ -291,6 +291,13 @@ impl GroupMembership {
         self.rejoin.borrow().is_some()
     }
 
+    /// True when the member was removed from the group (its session expired, or its
+    /// generation is gone): its partitions may already be someone else's, and its commits no
+    /// longer count. [`Self::poll`] rejoins.
+    pub fn partitions_lost(&self) -> bool {
+        matches!(&*self.rejoin.borrow(), Some(Rejoin::Lost(_)))
+    }
+
     /// Resolves once the member must call [`Self::poll`] (at once if it already must); never
     /// after [`Self::leave`].
     pub async fn rebalance_signal(&self) {
@@ -329,11 +336,22 @@ impl GroupMembership {
         &self,
         offsets: &[(&str, i32, i64)],
     ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
+        let with_metadata: Vec<(&str, i32, i64, &str)> =
+            offsets.iter().map(|&(t, p, o)| (t, p, o, "")).collect();
+        self.commit_with_metadata(&with_metadata).await
+    }
+
+    /// [`Self::commit`] with each offset's metadata string (`(topic, partition, offset,
+    /// metadata)`), which [`Self::committed`] gives back.
+    pub async fn commit_with_metadata(
+        &self,
+        offsets: &[(&str, i32, i64, &str)],
+    ) -> Result<Vec<(String, i32, Result<(), ApiError>)>> {
         self.ensure_member()?;
         let identity = self.identity();
         let results = self
             .client
-            .commit_offsets(&self.config.group_id, Some(&identity), offsets)
+            .commit_offsets_with_metadata(&self.config.group_id, Some(&identity), offsets)
             .await?;
         if let Some(reason) = results
             .iter()

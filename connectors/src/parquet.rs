@@ -320,6 +320,12 @@ impl ParquetSink {
         }
     }
 
+    /// Counts into `stats` (a task's counters across the sinks it opens in turn).
+    pub fn with_stats(mut self, stats: Arc<SinkStats>) -> ParquetSink {
+        self.stats = stats;
+        self
+    }
+
     /// Counters shared with status output.
     pub fn stats(&self) -> Arc<SinkStats> {
         self.stats.clone()
@@ -554,6 +560,7 @@ impl Sink for ParquetSink {
     async fn open(
         &mut self,
         topics: &[(String, SchemaRef)],
+        owned: &[(String, i32)],
         committed: &BTreeMap<(String, i32), Committed>,
     ) -> Result<()> {
         self.config.location.check().await?;
@@ -593,7 +600,12 @@ impl Sink for ParquetSink {
                     .join(self.config.location.prefix.as_ref())
                     .join(&self.config.topics_dir)
                     .join(topic);
-                remove_partial_uploads(dir).await;
+                let mine: BTreeSet<i32> = owned
+                    .iter()
+                    .filter(|(t, _)| t == topic)
+                    .map(|(_, p)| *p)
+                    .collect();
+                remove_partial_uploads(dir, topic.clone(), mine).await;
             }
         }
         for ((topic, partition), c) in committed {
@@ -818,7 +830,7 @@ async fn fsync(root: std::path::PathBuf, object: String) -> Result<()> {
 
 /// Removes what a crash left of local uploads (object_store's local store writes a file as
 /// `<name>#<n>` and renames it when complete); readers would trip on them.
-async fn remove_partial_uploads(dir: std::path::PathBuf) {
+async fn remove_partial_uploads(dir: std::path::PathBuf, topic: String, partitions: BTreeSet<i32>) {
     let _ = tokio::task::spawn_blocking(move || {
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
@@ -832,7 +844,8 @@ async fn remove_partial_uploads(dir: std::path::PathBuf) {
                 } else if path
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.contains(".parquet#"))
+                    .and_then(|n| partial_upload_partition(n, &topic))
+                    .is_some_and(|p| partitions.contains(&p))
                     && let Err(err) = std::fs::remove_file(&path)
                 {
                     tracing::warn!(file = %path.display(), "cannot remove a partial upload: {err}");
@@ -841,4 +854,41 @@ async fn remove_partial_uploads(dir: std::path::PathBuf) {
         }
     })
     .await;
+}
+
+/// The partition of a partial upload of one of `topic`'s files
+/// (`<topic>+<partition>+<offset>.parquet#<n>`), if `name` is one.
+fn partial_upload_partition(name: &str, topic: &str) -> Option<i32> {
+    let (file, _) = name.split_once(".parquet#")?;
+    let rest = file.strip_prefix(topic)?.strip_prefix('+')?;
+    let (partition, offset) = rest.split_once('+')?;
+    offset.parse::<i64>().ok()?;
+    partition.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partial_upload_partition;
+
+    #[test]
+    fn partial_uploads_are_told_apart_by_topic_and_partition() {
+        assert_eq!(
+            partial_upload_partition("orders+2+00000000000000000150.parquet#3", "orders"),
+            Some(2)
+        );
+        // Another topic whose name starts the same, a complete file, and strangers.
+        assert_eq!(
+            partial_upload_partition("orders2+2+0000.parquet#3", "orders"),
+            None
+        );
+        assert_eq!(
+            partial_upload_partition("orders+2+0000.parquet", "orders"),
+            None
+        );
+        assert_eq!(
+            partial_upload_partition("orders+x+0000.parquet#1", "orders"),
+            None
+        );
+        assert_eq!(partial_upload_partition("notes.txt", "orders"), None);
+    }
 }

@@ -3,7 +3,9 @@
 //! records to their sink, and commit the positions the sink says are durable to the
 //! connector's consumer group, `connect-<name>` (see [`crate::sink`] for the contract).
 //!
-//! `tasks.max` tasks split the partitions (partition `p` goes to task `p % tasks`). Records
+//! `tasks.max` tasks split the partitions: on the in-process broker partition `p` goes to task
+//! `p % tasks`; on a Kafka-compatible cluster every task of every process running the
+//! connector is a member of its group, which assigns the partitions (see [`run`]). Records
 //! that do not decode stop the connector with `errors.tolerance=none` (the default, as in Kafka
 //! Connect); with `all` they are skipped, logged, and written to
 //! `errors.deadletterqueue.topic.name` if set.
@@ -19,7 +21,9 @@ use quiver_broker::group::OffsetCommitEntry;
 use quiver_common::{Record, partition_for_key, records_to_batch};
 use quiver_engine::checkpoint::Cluster;
 use quiver_engine::format::BadRecord;
-use quiver_engine::{KafkaSource, Source, TopicSource};
+use quiver_engine::kafka::KafkaCluster;
+use quiver_engine::{EngineError, KafkaSource, Source, SourceReader, TopicSource};
+use quiver_kafka_client::{ClientConfig, GroupMembership, KafkaClient, MembershipConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -83,6 +87,8 @@ pub const COMMON_KEYS: &[Key] = &[
     TOLERANCE,
     DEAD_LETTER,
     BOOTSTRAP,
+    SESSION_TIMEOUT,
+    HEARTBEAT_INTERVAL,
 ];
 
 /// Every key a connector class takes.
@@ -199,6 +205,10 @@ pub struct SinkConnector {
     pub dead_letter_topic: Option<String>,
     pub decoding: Decoding,
     pub bootstrap: Option<String>,
+    /// On a Kafka-compatible cluster, each task's group session timeout and heartbeat
+    /// interval.
+    pub session_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
 }
 
 impl SinkConnector {
@@ -241,7 +251,28 @@ impl SinkConnector {
                  the connector)",
             ));
         }
+        let session_timeout_ms = config.positive(&SESSION_TIMEOUT)?.unwrap_or(10_000);
+        let heartbeat_interval_ms = config.positive(&HEARTBEAT_INTERVAL)?.unwrap_or(3_000);
+        if session_timeout_ms > i32::MAX as u64 {
+            return Err(config.invalid(
+                SESSION_TIMEOUT.name,
+                &session_timeout_ms.to_string(),
+                "at most 2147483647",
+            ));
+        }
+        if heartbeat_interval_ms >= session_timeout_ms {
+            return Err(config.invalid(
+                HEARTBEAT_INTERVAL.name,
+                &heartbeat_interval_ms.to_string(),
+                &format!(
+                    "must be below {}={session_timeout_ms}",
+                    SESSION_TIMEOUT.name
+                ),
+            ));
+        }
         Ok(SinkConnector {
+            session_timeout_ms,
+            heartbeat_interval_ms,
             sink: ParquetSinkConfig::from_config(&config)?,
             decoding: Decoding::from_config(&config)?,
             bootstrap: config.value(&BOOTSTRAP).map(String::from),
@@ -396,6 +427,12 @@ impl Status {
 /// Runs `connector` against `cluster` until `stop` turns true (then every task closes its
 /// files and commits) or a task fails (then the others stop too, and the first error is
 /// returned).
+///
+/// On the in-process broker the tasks split the partitions among themselves (partition `p` to
+/// task `p % tasks.max`): the process owns the data directory, so no other process runs the
+/// connector. On a Kafka-compatible cluster every task is a member of the connector's
+/// consumer group instead, so the tasks of every process that runs the connector share the
+/// partitions, as Kafka Connect's distributed workers do (see [`run_member`]).
 pub async fn run(
     connector: Arc<SinkConnector>,
     cluster: Cluster,
@@ -412,45 +449,107 @@ pub async fn run(
     }
     // Check the store once before the tasks start, so a bad endpoint or bucket is one error.
     connector.sink.location.check().await?;
-    let group = connector.group();
-    let committed = committed_offsets(&cluster, &group, &topics).await?;
     *status.cluster.lock() = Some(cluster.clone());
-    {
-        let mut c = status.committed.lock();
-        for (k, v) in &committed {
-            c.insert(k.clone(), v.offset);
+    let (stop_all, stop_tasks) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    match &cluster {
+        Cluster::Remote(kafka) => {
+            for index in 0..connector.tasks {
+                let stats = Arc::<SinkStats>::default();
+                status.stats.lock().push(stats.clone());
+                tasks.spawn(run_member(Member {
+                    connector: connector.clone(),
+                    kafka: kafka.clone(),
+                    cluster: cluster.clone(),
+                    sources: sources.clone(),
+                    index,
+                    stats,
+                    stop: stop_tasks.clone(),
+                    status: status.clone(),
+                }));
+            }
         }
-        // Partitions never committed count from their start.
-        if let Cluster::Local(broker) = &cluster {
-            for t in &topics {
-                for p in 0..broker.partition_count(t)? {
-                    if let Ok(o) = broker.offsets(t, p) {
-                        c.entry((t.clone(), p)).or_insert(o.log_start_offset);
+        Cluster::Local(broker) => {
+            let group = connector.group();
+            let committed = committed_offsets(&cluster, &group, &topics).await?;
+            let mut counts = BTreeMap::new();
+            {
+                let mut c = status.committed.lock();
+                for (k, v) in &committed {
+                    c.insert(k.clone(), v.offset);
+                }
+                for t in &topics {
+                    let count = broker.partition_count(t)?;
+                    counts.insert(t.clone(), count);
+                    // Partitions never committed count from their start.
+                    for p in 0..count {
+                        if let Ok(o) = broker.offsets(t, p) {
+                            c.entry((t.clone(), p)).or_insert(o.log_start_offset);
+                        }
                     }
                 }
             }
+            for index in 0..connector.tasks {
+                let split = PartitionSplit {
+                    index,
+                    count: connector.tasks,
+                };
+                let sink = ParquetSink::new(connector.sink.clone());
+                status.stats.lock().push(sink.stats());
+                let owned: Vec<(String, i32)> = counts
+                    .iter()
+                    .flat_map(|(t, count)| {
+                        (0..*count)
+                            .filter(|p| split.contains(*p))
+                            .map(|p| (t.clone(), p))
+                    })
+                    .collect();
+                let mine: BTreeMap<(String, i32), Committed> = committed
+                    .iter()
+                    .filter(|((_, p), _)| split.contains(*p))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let session = Session {
+                    connector: connector.clone(),
+                    schemas: schemas_of(&sources),
+                    cluster: cluster.clone(),
+                    committer: Committer::Group {
+                        cluster: cluster.clone(),
+                        group: group.clone(),
+                    },
+                    stop: stop_tasks.clone(),
+                    status: status.clone(),
+                };
+                let sources = sources.clone();
+                tasks.spawn(async move {
+                    let mut readers = Vec::with_capacity(sources.len());
+                    for (topic, source) in &sources {
+                        let positions = positions_of(&mine, topic);
+                        readers.push((topic.clone(), source.open_at(split, &positions).await?));
+                    }
+                    session.run(sink, &owned, &mine, readers).await?;
+                    Ok(())
+                });
+            }
         }
     }
-    let (stop_all, stop_tasks) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    for index in 0..connector.tasks {
-        let sink = ParquetSink::new(connector.sink.clone());
-        status.stats.lock().push(sink.stats());
-        tasks.spawn(run_task(Task {
-            connector: connector.clone(),
-            cluster: cluster.clone(),
-            sources: sources.clone(),
-            split: PartitionSplit {
-                index,
-                count: connector.tasks,
-            },
-            committed: committed.clone(),
-            sink,
-            stop: stop_tasks.clone(),
-            status: status.clone(),
-        }));
-    }
     supervise(tasks, stop, stop_all).await
+}
+
+fn schemas_of(sources: &[(String, Arc<dyn Source>)]) -> Vec<(String, SchemaRef)> {
+    sources
+        .iter()
+        .map(|(topic, s)| (topic.clone(), s.schema()))
+        .collect()
+}
+
+/// Each partition of `topic`'s committed offset.
+fn positions_of(committed: &BTreeMap<(String, i32), Committed>, topic: &str) -> BTreeMap<i32, i64> {
+    committed
+        .iter()
+        .filter(|((t, _), _)| t == topic)
+        .map(|((_, p), c)| (*p, c.offset))
+        .collect()
 }
 
 /// Waits for a connector's `tasks`: when `stop` turns true, or one of them fails, tells every
@@ -512,100 +611,325 @@ async fn committed_offsets(
     }
 }
 
-struct Task {
+/// How long a task may go without a heartbeat before the group gives its partitions to the
+/// others (Kafka Connect's worker default), and the heartbeat interval.
+pub const SESSION_TIMEOUT: Key = Key {
+    name: "consumer.override.session.timeout.ms",
+    default: Some("10000"),
+    doc: "on a Kafka-compatible cluster: how long a task may go silent (a crashed process) \
+          before the other members of the connector's group take its partitions",
+};
+pub const HEARTBEAT_INTERVAL: Key = Key {
+    name: "consumer.override.heartbeat.interval.ms",
+    default: Some("3000"),
+    doc: "on a Kafka-compatible cluster: how often each task tells the group it is alive \
+          (below consumer.override.session.timeout.ms)",
+};
+/// How long the group waits for every member to rejoin in a rebalance: a task closes its
+/// files (uploads complete) within it.
+const REBALANCE_TIMEOUT_MS: u64 = 60_000;
+
+/// One task of a connector on a Kafka-compatible cluster: a member of the connector's group.
+struct Member {
     connector: Arc<SinkConnector>,
+    kafka: KafkaCluster,
     cluster: Cluster,
     sources: Vec<(String, Arc<dyn Source>)>,
-    split: PartitionSplit,
-    committed: BTreeMap<(String, i32), Committed>,
-    sink: ParquetSink,
+    index: u32,
+    stats: Arc<SinkStats>,
     stop: watch::Receiver<bool>,
     status: Status,
 }
 
-async fn run_task(mut t: Task) -> Result<()> {
-    let schemas: Vec<(String, SchemaRef)> = t
-        .sources
-        .iter()
-        .map(|(topic, s)| (topic.clone(), s.schema()))
-        .collect();
-    let mine: BTreeMap<(String, i32), Committed> = t
-        .committed
-        .iter()
-        .filter(|((_, p), _)| t.split.contains(*p))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    t.sink.open(&schemas, &mine).await?;
-    let mut readers = Vec::with_capacity(t.sources.len());
-    for (topic, source) in &t.sources {
-        let positions: BTreeMap<i32, i64> = mine
-            .iter()
-            .filter(|((tp, _), _)| tp == topic)
-            .map(|((_, p), c)| (*p, c.offset))
-            .collect();
-        readers.push((topic.clone(), source.open_at(t.split, &positions).await?));
-    }
-    let group = t.connector.group();
-    let wait = Duration::from_millis(200 / readers.len().max(1) as u64);
-    let mut last_tick = Instant::now();
-    let mut bad_seen = 0u64;
+/// Runs a task as a member of the connector's group `connect-<name>`: it sinks the partitions
+/// the group assigns it, and when the group rebalances (a process started, stopped or died)
+/// closes its files, commits, rejoins and carries on with its new share. Its commits carry
+/// its generation, so a member the group has moved past cannot commit over the new owner of
+/// a partition.
+///
+/// A member that misses heartbeats for the session timeout is taken out of the group while
+/// it may still be writing (a paused process): it learns it lost its partitions on its next
+/// heartbeat or commit and then drops its open files instead of completing them. A file it
+/// completed in between has the name the new owner's file from the same offset gets; the
+/// new owner's file replaces it when the two roll at the same record, as count, size and
+/// event-time rolls do. Only a wall-clock or memory-pressure roll in that window can leave
+/// the zombie's shorter file in place of the owner's (the same window Kafka Connect's S3 sink
+/// has).
+async fn run_member(mut m: Member) -> Result<()> {
+    let topics: Vec<String> = m.sources.iter().map(|(t, _)| t.clone()).collect();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut config = MembershipConfig::new(m.connector.group(), &topic_refs);
+    config.session_timeout_ms = m.connector.session_timeout_ms;
+    config.heartbeat_interval_ms = m.connector.heartbeat_interval_ms;
+    config.rebalance_timeout_ms = REBALANCE_TIMEOUT_MS;
+    let client_config = ClientConfig {
+        client_id: format!("{}-{}", m.connector.group(), m.index),
+        ..ClientConfig::default()
+    };
+    let client = KafkaClient::connect(m.kafka.bootstrap(), client_config)
+        .await
+        .map_err(EngineError::from)?;
+    let mut no_listener = ();
+    let joined = tokio::select! {
+        joined = GroupMembership::join(Arc::new(client), config, &mut no_listener) => joined,
+        _ = m.stop.wait_for(|stop| *stop) => return Ok(()),
+    };
+    let membership = Arc::new(joined.map_err(EngineError::from)?);
+    let session = Session {
+        connector: m.connector.clone(),
+        schemas: schemas_of(&m.sources),
+        cluster: m.cluster.clone(),
+        committer: Committer::Member(membership.clone()),
+        stop: m.stop.clone(),
+        status: m.status.clone(),
+    };
     loop {
-        if *t.stop.borrow() {
-            break;
-        }
-        for (topic, reader) in &mut readers {
-            let poll = tokio::select! {
-                poll = reader.poll(wait) => poll?,
-                _ = t.stop.changed() => break,
-            };
-            for batch in poll.batches {
-                t.sink.write(topic, batch).await?;
-                // Commit what rolled before the next write: see the Parquet sink's docs on
-                // exactly-once for why no write may wait for the next poll.
-                let commits = t.sink.prepare().await?;
-                commit(&t.cluster, &t.status, &group, &commits).await?;
-                t.sink.committed(&commits);
+        let assignment = membership.assignment();
+        tracing::info!(
+            connector = %m.connector.name(),
+            task = m.index,
+            generation = membership.generation_id(),
+            partitions = ?assignment.iter().map(|tp| format!("{}-{}", tp.topic, tp.partition)).collect::<Vec<_>>(),
+            "task assigned"
+        );
+        let owned: Vec<(String, i32)> = assignment
+            .iter()
+            .map(|tp| (tp.topic.clone(), tp.partition))
+            .collect();
+        let mut committed = BTreeMap::new();
+        for c in membership
+            .committed(&assignment)
+            .await
+            .map_err(EngineError::from)?
+        {
+            if let Some(error) = c.error {
+                return Err(ConnectError::Engine(EngineError::config(format!(
+                    "cannot read the offset group '{}' committed for {}-{}: {error}",
+                    m.connector.group(),
+                    c.topic,
+                    c.partition
+                ))));
             }
-            if !poll.bad.is_empty() {
-                bad_seen += poll.bad.len() as u64;
-                skip_bad(&t.connector, &t.cluster, topic, &poll.bad, bad_seen).await?;
-            }
-            for (partition, next) in reader.positions() {
-                t.sink.read_up_to(topic, partition, next);
+            if let Some(offset) = c.offset {
+                committed.insert(
+                    (c.topic, c.partition),
+                    Committed {
+                        offset,
+                        metadata: c.metadata.unwrap_or_default(),
+                    },
+                );
             }
         }
-        if last_tick.elapsed() >= Duration::from_millis(500) {
-            last_tick = Instant::now();
-            t.sink.tick().await?;
+        {
+            let mut c = m.status.committed.lock();
+            for (k, v) in &committed {
+                c.insert(k.clone(), v.offset);
+            }
         }
-        let commits = t.sink.prepare().await?;
-        commit(&t.cluster, &t.status, &group, &commits).await?;
-        t.sink.committed(&commits);
+        let mut readers = Vec::new();
+        for (topic, source) in &m.sources {
+            let partitions: Vec<i32> = owned
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| *p)
+                .collect();
+            if !partitions.is_empty() {
+                let positions = positions_of(&committed, topic);
+                readers.push((
+                    topic.clone(),
+                    source.open_partitions(&partitions, &positions).await?,
+                ));
+            }
+        }
+        let sink = ParquetSink::new(m.connector.sink.clone()).with_stats(m.stats.clone());
+        match session.run(sink, &owned, &committed, readers).await? {
+            Ended::Stopped => {
+                membership.leave(&mut ()).await.map_err(EngineError::from)?;
+                return Ok(());
+            }
+            Ended::Rebalance => {
+                let rejoined = tokio::select! {
+                    rejoined = membership.poll(&mut no_listener) => rejoined,
+                    _ = m.stop.wait_for(|stop| *stop) => return Ok(()),
+                };
+                rejoined.map_err(EngineError::from)?;
+            }
+        }
     }
-    let commits = t.sink.close().await?;
-    commit(&t.cluster, &t.status, &group, &commits).await
 }
 
-async fn commit(cluster: &Cluster, status: &Status, group: &str, commits: &[Commit]) -> Result<()> {
-    if commits.is_empty() {
-        return Ok(());
+/// Where a task commits its positions.
+enum Committer {
+    /// Straight to the group, from outside it (the in-process broker).
+    Group { cluster: Cluster, group: String },
+    /// As a member of the group, in its generation.
+    Member(Arc<GroupMembership>),
+}
+
+/// Why a [`Session`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Stopped,
+    /// The group is rebalancing: the task must rejoin.
+    Rebalance,
+}
+
+/// What a task needs to sink its partitions until it stops or its group rebalances.
+struct Session {
+    connector: Arc<SinkConnector>,
+    /// Each topic's schema.
+    schemas: Vec<(String, SchemaRef)>,
+    cluster: Cluster,
+    committer: Committer,
+    stop: watch::Receiver<bool>,
+    status: Status,
+}
+
+impl Session {
+    /// Sinks what `readers` read into `sink` (opened for `owned` and what was `committed`
+    /// for them), committing what the sink says is durable, until a stop (files closed and
+    /// committed) or a rebalance (files closed and committed while the member may still
+    /// commit, or dropped when it lost its partitions).
+    async fn run(
+        &self,
+        mut sink: ParquetSink,
+        owned: &[(String, i32)],
+        committed: &BTreeMap<(String, i32), Committed>,
+        mut readers: Vec<(String, Box<dyn SourceReader>)>,
+    ) -> Result<Ended> {
+        sink.open(&self.schemas, owned, committed).await?;
+        let mut stop = self.stop.clone();
+        let membership = match &self.committer {
+            Committer::Member(m) => Some(m.clone()),
+            Committer::Group { .. } => None,
+        };
+        let rebalance = async {
+            match &membership {
+                Some(m) => m.rebalance_signal().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(rebalance);
+        let wait = Duration::from_millis(200 / readers.len().max(1) as u64);
+        let mut last_tick = Instant::now();
+        let mut bad_seen = 0u64;
+        let ended = 'session: loop {
+            if *stop.borrow() {
+                break Ended::Stopped;
+            }
+            if membership.as_ref().is_some_and(|m| m.rebalance_needed()) {
+                break Ended::Rebalance;
+            }
+            if readers.is_empty() {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = &mut rebalance => {}
+                }
+                continue;
+            }
+            for (topic, reader) in &mut readers {
+                let poll = tokio::select! {
+                    poll = reader.poll(wait) => poll?,
+                    _ = stop.changed() => continue 'session,
+                    _ = &mut rebalance => continue 'session,
+                };
+                for batch in poll.batches {
+                    sink.write(topic, batch).await?;
+                    // Commit what rolled before the next write: see the Parquet sink's docs
+                    // on exactly-once for why no write may wait for the next poll.
+                    let commits = sink.prepare().await?;
+                    if !self.commit(&commits).await? {
+                        break 'session Ended::Rebalance;
+                    }
+                    sink.committed(&commits);
+                }
+                if !poll.bad.is_empty() {
+                    bad_seen += poll.bad.len() as u64;
+                    skip_bad(&self.connector, &self.cluster, topic, &poll.bad, bad_seen).await?;
+                }
+                for (partition, next) in reader.positions() {
+                    sink.read_up_to(topic, partition, next);
+                }
+            }
+            if last_tick.elapsed() >= Duration::from_millis(500) {
+                last_tick = Instant::now();
+                sink.tick().await?;
+            }
+            let commits = sink.prepare().await?;
+            if !self.commit(&commits).await? {
+                break Ended::Rebalance;
+            }
+            sink.committed(&commits);
+        };
+        if membership.as_ref().is_some_and(|m| m.partitions_lost()) {
+            // Another member may own them already: complete nothing, commit nothing.
+            tracing::warn!(
+                connector = %self.connector.name(),
+                "a task lost its partitions to the group without a chance to commit; its open \
+                 files are dropped and their records are read again by the new owners"
+            );
+            return Ok(Ended::Rebalance);
+        }
+        let commits = sink.close().await?;
+        if !self.commit(&commits).await? {
+            tracing::warn!(
+                connector = %self.connector.name(),
+                "the group moved on before a task committed its last files; their records are \
+                 read again by the partitions' new owners, whose files replace them"
+            );
+        }
+        Ok(ended)
     }
-    let entries: Vec<OffsetCommitEntry> = commits
-        .iter()
-        .map(|c| OffsetCommitEntry {
-            topic: c.topic.clone(),
-            partition: c.partition,
-            offset: c.offset,
-            leader_epoch: -1,
-            metadata: c.metadata.clone(),
-        })
-        .collect();
-    cluster.commit_offsets(group, &entries).await?;
-    let mut committed = status.committed.lock();
-    for c in commits {
-        committed.insert((c.topic.clone(), c.partition), c.offset);
+
+    /// Commits `commits`; false when the group no longer takes this member's commits (it must
+    /// rejoin, and must not tell the sink they are committed).
+    async fn commit(&self, commits: &[Commit]) -> Result<bool> {
+        if commits.is_empty() {
+            return Ok(true);
+        }
+        match &self.committer {
+            Committer::Group { cluster, group } => {
+                let entries: Vec<OffsetCommitEntry> = commits
+                    .iter()
+                    .map(|c| OffsetCommitEntry {
+                        topic: c.topic.clone(),
+                        partition: c.partition,
+                        offset: c.offset,
+                        leader_epoch: -1,
+                        metadata: c.metadata.clone(),
+                    })
+                    .collect();
+                cluster.commit_offsets(group, &entries).await?;
+            }
+            Committer::Member(membership) => {
+                let offsets: Vec<(&str, i32, i64, &str)> = commits
+                    .iter()
+                    .map(|c| (c.topic.as_str(), c.partition, c.offset, c.metadata.as_str()))
+                    .collect();
+                let results = membership
+                    .commit_with_metadata(&offsets)
+                    .await
+                    .map_err(EngineError::from)?;
+                for (topic, partition, result) in results {
+                    if let Err(error) = result {
+                        if membership.rebalance_needed() {
+                            return Ok(false);
+                        }
+                        return Err(ConnectError::Engine(EngineError::config(format!(
+                            "cannot commit the offset of {topic}-{partition} to group '{}': \
+                             {error}",
+                            membership.group_id()
+                        ))));
+                    }
+                }
+            }
+        }
+        let mut committed = self.status.committed.lock();
+        for c in commits {
+            committed.insert((c.topic.clone(), c.partition), c.offset);
+        }
+        Ok(true)
     }
-    Ok(())
 }
 
 /// Records that did not decode: the connector stops (errors.tolerance=none), or they are

@@ -1,7 +1,8 @@
 //! The sink contract: how a connector hands records to a sink and when it commits their
 //! offsets.
 //!
-//! A sink task owns some partitions of some topics. The runner ([`crate::runner`]):
+//! A sink task owns some partitions of some topics, until its group rebalances (then it closes
+//! and is opened again for its new share). The runner ([`crate::runner`]):
 //!
 //! 1. reads what the connector's consumer group (`connect-<name>`) committed for them, and
 //!    gives it to [`Sink::open`], offsets and the metadata the sink wrote with them; it reads
@@ -55,11 +56,13 @@ pub trait Sink: Send + Debug {
     /// A short description for status output (`parquet to s3://lake/events`).
     fn describe(&self) -> String;
 
-    /// Prepares for batches of each topic's schema, and takes what was committed before for
-    /// the partitions this task owns.
+    /// Prepares for batches of each topic's schema, for the partitions this task owns (`owned`:
+    /// none of the others is written by this task until the next `open`, and other tasks may be
+    /// writing them meanwhile), and takes what was committed before for them.
     async fn open(
         &mut self,
         topics: &[(String, SchemaRef)],
+        owned: &[(String, i32)],
         committed: &BTreeMap<(String, i32), Committed>,
     ) -> Result<()>;
 

@@ -204,14 +204,27 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// A reader of `split`'s partitions, or (`None`) of exactly the partitions of `only`.
     async fn reader(
         &self,
-        split: PartitionSplit,
+        split: Option<PartitionSplit>,
         start: &StartFrom,
+        only: &[i32],
     ) -> Result<Box<dyn SourceReader>> {
         // The topic may have gained partitions since the source was made.
         let count = self.cluster.partition_count(&self.topic).await?;
-        let partitions: Vec<i32> = (0..count).filter(|p| split.contains(*p)).collect();
+        let partitions: Vec<i32> = match split {
+            Some(split) => (0..count).filter(|p| split.contains(*p)).collect(),
+            None => {
+                if let Some(p) = only.iter().find(|p| !(0..count).contains(*p)) {
+                    return Err(EngineError::config(format!(
+                        "topic '{}' on cluster {} has no partition {p} (it has {count})",
+                        self.topic, self.cluster.bootstrap
+                    )));
+                }
+                only.to_vec()
+            }
+        };
         let positions = self.start_positions(&partitions, start).await?;
         let mut reader = KafkaSourceReader {
             source: self.clone(),
@@ -239,7 +252,7 @@ impl Source for KafkaSource {
     }
 
     async fn open(&self, split: PartitionSplit) -> Result<Box<dyn SourceReader>> {
-        self.reader(split, &self.start).await
+        self.reader(Some(split), &self.start, &[]).await
     }
 
     async fn open_at(
@@ -247,7 +260,16 @@ impl Source for KafkaSource {
         split: PartitionSplit,
         positions: &BTreeMap<i32, i64>,
     ) -> Result<Box<dyn SourceReader>> {
-        self.reader(split, &StartFrom::Offsets(positions.clone()))
+        self.reader(Some(split), &StartFrom::Offsets(positions.clone()), &[])
+            .await
+    }
+
+    async fn open_partitions(
+        &self,
+        partitions: &[i32],
+        positions: &BTreeMap<i32, i64>,
+    ) -> Result<Box<dyn SourceReader>> {
+        self.reader(None, &StartFrom::Offsets(positions.clone()), partitions)
             .await
     }
 
@@ -278,7 +300,8 @@ const PARTITION_CHECK: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct KafkaSourceReader {
     source: KafkaSource,
-    split: PartitionSplit,
+    /// `None`: a fixed set of partitions, which gains none.
+    split: Option<PartitionSplit>,
     checked_partitions: Instant,
     watermarks: Watermarks,
     partitions: BTreeMap<i32, PartitionState>,
@@ -385,13 +408,16 @@ impl KafkaSourceReader {
     /// beginning, as Kafka consumers do after a rebalance.
     async fn add_new_partitions(&mut self) -> Result<()> {
         self.checked_partitions = Instant::now();
+        let Some(split) = self.split else {
+            return Ok(());
+        };
         let count = self
             .source
             .cluster
             .partition_count(&self.source.topic)
             .await?;
         let new: Vec<i32> = (0..count)
-            .filter(|p| self.split.contains(*p) && !self.partitions.contains_key(p))
+            .filter(|p| split.contains(*p) && !self.partitions.contains_key(p))
             .collect();
         if new.is_empty() {
             return Ok(());

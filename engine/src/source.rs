@@ -97,6 +97,21 @@ pub trait Source: Send + Sync + Debug {
             self.describe()
         )))
     }
+
+    /// A reader of exactly `partitions` (those a consumer group assigned), resuming at
+    /// `positions` (partition → next offset); partitions not in it start at the earliest
+    /// offset. It never gains partitions: the group's next assignment says when it should.
+    async fn open_partitions(
+        &self,
+        partitions: &[i32],
+        positions: &BTreeMap<i32, i64>,
+    ) -> Result<Box<dyn SourceReader>> {
+        let _ = (partitions, positions);
+        Err(EngineError::config(format!(
+            "the source {} cannot read a group's assignment",
+            self.describe()
+        )))
+    }
 }
 
 /// A reader of a [`Source`].
