@@ -566,14 +566,14 @@ async fn connector_status(State(sql): State<SqlEngine>, Path(name): Path<String>
 }
 
 async fn pause_connector(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
-    match sql.connectors().pause(&name).await {
+    match sql.pause_connector(&name).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(r) => refused(r),
     }
 }
 
 async fn resume_connector(State(sql): State<SqlEngine>, Path(name): Path<String>) -> Response {
-    match sql.connectors().resume(&name) {
+    match sql.resume_connector(&name).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(r) => refused(r),
     }

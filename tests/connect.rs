@@ -824,7 +824,7 @@ fn the_rest_api_creates_pauses_resumes_and_deletes_connectors() {
     assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<u64>>());
 
     // PUT creates (201), then replaces (200); the connector is a SQL statement in the command
-    // log, so it is back after a restart, and resumes where it committed.
+    // log, so it is back after a restart, and resumes where it committed. So is a pause.
     let kept = serde_json::json!({
         "connector.class": "DataGen",
         "kafka.topic": "kept",
@@ -838,6 +838,20 @@ fn the_rest_api_creates_pauses_resumes_and_deletes_connectors() {
     wait_status(&api, "keep", "finished", |s| {
         s["connector"]["state"] == "FINISHED"
     });
+    // A paused connector stays paused across a restart, as in Kafka Connect.
+    let later = serde_json::json!({
+        "connector.class": "DataGen",
+        "kafka.topic": "later",
+        "fields": "id:sequence(0)",
+        "messages.per.second": 300,
+        "transaction.boundary.interval.ms": 100,
+    })
+    .to_string();
+    assert_eq!(rest(&api, "PUT", "/connectors/later/config", &later).0, 201);
+    wait_status(&api, "later", "wrote 50 records", |s| {
+        s["progress"]["records"].as_u64() >= Some(50)
+    });
+    assert_eq!(rest(&api, "PUT", "/connectors/later/pause", "").0, 202);
     server.signal("TERM");
     server.wait().ok();
     let server = common::Server::start(&["--data-dir", data.arg()], &[]);
@@ -845,12 +859,34 @@ fn the_rest_api_creates_pauses_resumes_and_deletes_connectors() {
     let bootstrap = common::bootstrap_of(&server.ready);
     assert_eq!(
         rest(&api, "GET", "/connectors", ""),
-        (200, serde_json::json!(["keep"]))
+        (200, serde_json::json!(["keep", "later"]))
     );
     wait_status(&api, "keep", "finished again", |s| {
         s["connector"]["state"] == "FINISHED"
     });
     assert_eq!(kcat_ids(&bootstrap, "kept"), (0..200).collect::<Vec<u64>>());
+    let (_, status) = rest(&api, "GET", "/connectors/later/status", "");
+    assert_eq!(status["connector"]["state"], "PAUSED", "{status}");
+    let before = kcat_ids(&bootstrap, "later");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        kcat_ids(&bootstrap, "later"),
+        before,
+        "a paused connector writes nothing after a restart"
+    );
+    assert_eq!(rest(&api, "PUT", "/connectors/later/resume", "").0, 202);
+    wait_status(&api, "later", "went on after the restart", |s| {
+        s["connector"]["state"] == "RUNNING" && s["progress"]["records"].as_u64() >= Some(50)
+    });
+    assert_eq!(rest(&api, "DELETE", "/connectors/later", "").0, 204);
+    let ids = kcat_ids(&bootstrap, "later");
+    assert!(
+        ids.len() >= before.len() + 50,
+        "{} after {}",
+        ids.len(),
+        before.len()
+    );
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<u64>>());
     server.signal("TERM");
     server.wait().ok();
 }

@@ -432,7 +432,7 @@ impl Status {
 /// task `p % tasks.max`): the process owns the data directory, so no other process runs the
 /// connector. On a Kafka-compatible cluster every task is a member of the connector's
 /// consumer group instead, so the tasks of every process that runs the connector share the
-/// partitions, as Kafka Connect's distributed workers do (see [`run_member`]).
+/// partitions, as Kafka Connect's distributed workers do.
 pub async fn run(
     connector: Arc<SinkConnector>,
     cluster: Cluster,
@@ -697,11 +697,18 @@ async fn run_member(mut m: Member) -> Result<()> {
             .map(|tp| (tp.topic.clone(), tp.partition))
             .collect();
         let mut committed = BTreeMap::new();
-        for c in membership
-            .committed(&assignment)
-            .await
-            .map_err(EngineError::from)?
-        {
+        let offsets = if assignment.is_empty() {
+            Vec::new()
+        } else {
+            membership
+                .committed(&assignment)
+                .await
+                .map_err(EngineError::from)?
+        };
+        for c in offsets {
+            if !owned.contains(&(c.topic.clone(), c.partition)) {
+                continue;
+            }
             if let Some(error) = c.error {
                 return Err(ConnectError::Engine(EngineError::config(format!(
                     "cannot read the offset group '{}' committed for {}-{}: {error}",

@@ -85,6 +85,16 @@ impl Worker {
 
     /// Starts a new connector.
     pub fn add(&self, c: Connector) -> Result<(), Refusal> {
+        self.add_in(c, false)
+    }
+
+    /// Adds a connector paused: it runs once [`Self::resume`]d (a paused connector coming back
+    /// after a restart does not run in between).
+    pub fn add_paused(&self, c: Connector) -> Result<(), Refusal> {
+        self.add_in(c, true)
+    }
+
+    fn add_in(&self, c: Connector, paused: bool) -> Result<(), Refusal> {
         let mut entries = self.inner.entries.lock();
         if entries.contains_key(c.name()) {
             return Err(Refusal::Exists(format!(
@@ -96,11 +106,13 @@ impl Worker {
         let mut entry = Entry {
             connector: Arc::new(c),
             status: Status::default(),
-            state: Arc::new(parking_lot::Mutex::new(State::Running)),
+            state: Arc::new(parking_lot::Mutex::new(State::Paused)),
             stop,
             task: None,
         };
-        self.spawn(&mut entry);
+        if !paused {
+            self.spawn(&mut entry);
+        }
         entries.insert(entry.connector.name().to_owned(), entry);
         Ok(())
     }

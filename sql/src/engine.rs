@@ -51,6 +51,10 @@ use crate::types::{arrow_type, sql_name};
 /// The topic the command log is kept in.
 pub const COMMAND_TOPIC: &str = "_quiver_sql_commands";
 
+/// A connector's target states in the command log, in Kafka Connect's words.
+const PAUSED: &str = "PAUSED";
+const RUNNING: &str = "RUNNING";
+
 /// The property that says where new queries start reading a stream.
 pub const OFFSET_RESET: &str = "auto.offset.reset";
 
@@ -193,6 +197,9 @@ struct Inner {
     order: tokio::sync::Mutex<()>,
     /// The connectors `CREATE … CONNECTOR` made (and the server's others).
     connectors: quiver_connectors::Worker,
+    /// While the command log is replayed: each connector it created, and whether its last
+    /// recorded target state is paused. They start once the replay is done.
+    replayed_connectors: Mutex<Option<BTreeMap<String, bool>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -229,6 +236,7 @@ impl SqlEngine {
                 functions: session_state(),
                 order: tokio::sync::Mutex::new(()),
                 connectors: quiver_connectors::Worker::new(broker),
+                replayed_connectors: Mutex::new(None),
             }),
         };
         // The command topic is made by the first command, so a broker without SQL has none.
@@ -251,6 +259,23 @@ impl SqlEngine {
 
     async fn replay(&self) -> Result<(), SqlError> {
         let _order = self.inner.order.lock().await;
+        *self.inner.replayed_connectors.lock() = Some(BTreeMap::new());
+        let replayed = self.replay_log().await;
+        let connectors = self
+            .inner
+            .replayed_connectors
+            .lock()
+            .take()
+            .unwrap_or_default();
+        for (name, paused) in connectors {
+            if !paused && let Err(e) = self.inner.connectors.resume(&name) {
+                tracing::error!(connector = %name, "cannot start a connector of the command log: {e:?}");
+            }
+        }
+        replayed
+    }
+
+    async fn replay_log(&self) -> Result<(), SqlError> {
         let mut offset = 0;
         loop {
             let read = self.inner.broker.read(COMMAND_TOPIC, 0, offset, 1 << 20)?;
@@ -281,6 +306,17 @@ impl SqlEngine {
                 return;
             }
         };
+        if let (Some(name), Some(target)) = (
+            command["connector"].as_str(),
+            command["target_state"].as_str(),
+        ) {
+            if let Some(replayed) = self.inner.replayed_connectors.lock().as_mut()
+                && let Some(paused) = replayed.get_mut(name)
+            {
+                *paused = target == PAUSED;
+            }
+            return;
+        }
         let Some(sql) = command["sql"].as_str() else {
             return;
         };
@@ -356,12 +392,52 @@ impl SqlEngine {
         })
     }
 
+    /// Pauses connector `name` (it commits first), and records it in the command log so that
+    /// it stays paused across restarts, as Kafka Connect keeps a connector's target state.
+    pub async fn pause_connector(&self, name: &str) -> Result<(), quiver_connectors::Refusal> {
+        self.connector_target(name, PAUSED).await
+    }
+
+    /// Starts a paused (or failed) connector again from its committed position; recorded in
+    /// the command log as [`Self::pause_connector`] is.
+    pub async fn resume_connector(&self, name: &str) -> Result<(), quiver_connectors::Refusal> {
+        self.connector_target(name, RUNNING).await
+    }
+
+    async fn connector_target(
+        &self,
+        name: &str,
+        target: &str,
+    ) -> Result<(), quiver_connectors::Refusal> {
+        let _order = self.inner.order.lock().await;
+        if target == PAUSED {
+            self.inner.connectors.pause(name).await?;
+        } else {
+            self.inner.connectors.resume(name)?;
+        }
+        let command = serde_json::json!({ "connector": name, "target_state": target });
+        self.log_command(command).await.map_err(|e| {
+            quiver_connectors::Refusal::Invalid(format!(
+                "connector '{name}' is {} but the command log did not take it, so a restart \
+                 forgets it: {e}",
+                target.to_lowercase()
+            ))
+        })?;
+        Ok(())
+    }
+
     /// Appends a command that took effect to the log; returns its offset.
     async fn log(
         &self,
         text: &str,
         properties: &BTreeMap<String, String>,
     ) -> Result<i64, SqlError> {
+        self.log_command(serde_json::json!({ "sql": text, "properties": properties }))
+            .await
+    }
+
+    /// Appends `command` (a JSON object) to the log; returns its offset.
+    async fn log_command(&self, command: serde_json::Value) -> Result<i64, SqlError> {
         if self.inner.broker.partition_count(COMMAND_TOPIC).is_err() {
             self.inner
                 .broker
@@ -372,7 +448,7 @@ impl SqlEngine {
                 )
                 .await?;
         }
-        let value = serde_json::json!({ "sql": text, "properties": properties }).to_string();
+        let value = command.to_string();
         let record = Record::new(quiver_broker::now_ms(), None, Some(value.as_bytes()));
         let offsets = self
             .inner
@@ -531,6 +607,9 @@ impl SqlEngine {
             Statement::DropConnector { name, if_exists } => {
                 match self.inner.connectors.delete(&name.value).await {
                     Ok(()) => {
+                        if let Some(replayed) = self.inner.replayed_connectors.lock().as_mut() {
+                            replayed.remove(&name.value);
+                        }
                         if replay.is_none() {
                             self.log(&p.text, properties).await?;
                         }
@@ -1856,7 +1935,23 @@ impl SqlEngine {
         }
         let connector = quiver_connectors::Connector::from_config(config).map_err(refused)?;
         let describe = connector.describe();
-        self.inner.connectors.add(connector).map_err(|r| {
+        let replaying = {
+            let mut replayed = self.inner.replayed_connectors.lock();
+            match replayed.as_mut() {
+                Some(r) => {
+                    r.insert(name_s.clone(), false);
+                    true
+                }
+                None => false,
+            }
+        };
+        let added = if replaying {
+            // Started after the replay, unless the log says it was paused.
+            self.inner.connectors.add_paused(connector)
+        } else {
+            self.inner.connectors.add(connector)
+        };
+        added.map_err(|r| {
             let message = match r {
                 quiver_connectors::Refusal::NotFound(m)
                 | quiver_connectors::Refusal::Exists(m)
