@@ -1039,6 +1039,64 @@ impl Table {
             stream: self.stream.filter(predicate)?,
         })
     }
+
+    /// Re-groups the table's rows by expressions of their columns (Kafka Streams'
+    /// `KTable.groupBy`), for an aggregation that follows the table's updates and deletes: a
+    /// row that changes group leaves the old one (see [`crate::table_aggregate`]).
+    pub fn group_by(&self, keys: impl IntoIterator<Item = Expr>) -> Result<GroupedTable> {
+        if self.stream.key.is_empty() {
+            return Err(EngineError::config(
+                "group_by on a table without key columns: its rows cannot be told apart to \
+                 follow their updates",
+            ));
+        }
+        Ok(GroupedTable {
+            table: self.clone(),
+            keys: keys.into_iter().collect(),
+        })
+    }
+}
+
+/// A table's rows grouped by new keys ([`Table::group_by`]), ready for an aggregation.
+#[derive(Debug, Clone)]
+pub struct GroupedTable {
+    table: Table,
+    keys: Vec<Expr>,
+}
+
+impl GroupedTable {
+    /// The number of the table's rows per group, as a table (column `count`); a group whose
+    /// last row leaves it is deleted.
+    pub fn count(&self) -> Result<Table> {
+        self.aggregate([count(lit(1)).alias("count")])
+    }
+
+    /// DataFusion aggregate expressions per group, as a table that follows the grouped table:
+    /// an update moves a row's contribution from its old group to its new one, a delete takes
+    /// it back, and a group left empty is deleted. Only functions that can take a row back
+    /// exactly are allowed (COUNT, SUM, AVG, VAR, STDDEV and their variants, not DISTINCT):
+    /// others are refused when the topology is built.
+    pub fn aggregate(&self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Table> {
+        let stream = &self.table.stream;
+        let node = crate::table_aggregate::TableAggregateNode::new(
+            stream.plan.clone(),
+            stream.key.clone(),
+            self.keys.clone(),
+            aggregates.into_iter().collect(),
+        )?;
+        let plan = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(node),
+        });
+        let key = key_names(&plan, self.keys.len());
+        Ok(Table {
+            stream: Stream {
+                plan,
+                key,
+                emit: EmitMode::Changes,
+                builder: stream.builder.clone(),
+            },
+        })
+    }
 }
 
 /// The queries of a built [`StreamsBuilder`], planned and ready to run.

@@ -26,6 +26,7 @@ pub mod session;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod table_aggregate;
 pub mod table_join;
 pub mod top_n;
 pub mod window;

@@ -14,6 +14,7 @@
 //! | [`StreamJoinNode`] (a stream–table join) | [`JoinTag`], then [`StreamTableJoin`] |
 //! | [`WindowJoinNode`] (a stream–stream join) | [`JoinTag`], then [`StreamStreamJoin`] |
 //! | `Filter` over a table's changelog | a projection that marks failing rows [`DELETED`] |
+//! | [`TableAggregateNode`] (a table's GROUP BY) | [`Regroup`], then [`TableAggregate`] |
 //! | `SubqueryAlias` | nothing (names only) |
 //!
 //! Anything else is refused with an error naming the construct and what to do instead: ORDER
@@ -49,6 +50,9 @@ use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
 use crate::session::SessionOperator;
 use crate::source::Source;
 use crate::store::{MaterializeNode, MaterializeOperator, TableStore};
+use crate::table_aggregate::{
+    Regroup, RegroupSpec, TableAggregate, TableAggregateNode, regroup_schema,
+};
 use crate::table_join::{TableJoinSpec, TableTableJoin};
 use crate::top_n::{TopNNode, TopNOperator};
 use crate::window::{WindowKind, WindowSpec};
@@ -716,6 +720,9 @@ impl Planner {
         if let Some(node) = any.downcast_ref::<TopNNode>() {
             return self.top_n(node);
         }
+        if let Some(node) = any.downcast_ref::<TableAggregateNode>() {
+            return self.table_aggregate(node);
+        }
         let (tag, join): (JoinTag, Box<dyn Operator>) =
             if let Some(node) = any.downcast_ref::<TableJoinNode>() {
                 let (tag, join) = self.table_join(node)?;
@@ -1054,6 +1061,60 @@ impl Planner {
     }
 
     fn aggregate(&mut self, aggregate: &Aggregate) -> Result<Box<dyn Operator>> {
+        let spec = self.aggregate_spec(aggregate, None)?;
+        let session = spec
+            .window
+            .as_ref()
+            .is_some_and(|w| matches!(w.0.kind, WindowKind::Session { .. }));
+        Ok(if session {
+            Box::new(SessionOperator::new(spec)?)
+        } else {
+            Box::new(AggregateOperator::new(spec)?)
+        })
+    }
+
+    /// A table's aggregation (see [`crate::table_aggregate`]): its rows regrouped by the
+    /// table's key, then aggregated by the GROUP BY keys with retractions.
+    fn table_aggregate(&mut self, node: &TableAggregateNode) -> Result<Input> {
+        let source = self.node(&node.input)?;
+        let input = node.input.schema();
+        if node.key.is_empty() {
+            return Err(EngineError::plan(
+                "an aggregation of a table needs the table's key",
+            ));
+        }
+        let keys = key_columns(input, &node.key, "the aggregated table")?
+            .iter()
+            .map(|k| self.physical(k, input))
+            .collect::<Result<Vec<_>>>()?;
+        let regroup = Regroup::new(RegroupSpec {
+            name: self.name("regroup"),
+            keys,
+            input: Arc::new(input.as_arrow().clone()),
+        })?;
+        let (regrouped, deleted) = regroup_schema(input.as_arrow());
+        let retract = deleted.unwrap_or(regrouped.fields().len() - 1);
+        self.operators.push(Box::new(regroup));
+        let aggregate = node.aggregate()?;
+        let mut spec = self.aggregate_spec(&aggregate, Some("table_aggregate"))?;
+        if spec.window.is_some() {
+            return Err(EngineError::plan(
+                "a table cannot be aggregated by windows: its rows have no single time. \
+                 Aggregate the table's changelog as a stream to window it",
+            ));
+        }
+        spec.schema = Arc::new(node.schema.as_arrow().clone());
+        self.operators
+            .push(Box::new(TableAggregate::new(spec, retract)?));
+        Ok(source)
+    }
+
+    /// The spec of an aggregation; `name` the operator's kind when not the default.
+    fn aggregate_spec(
+        &mut self,
+        aggregate: &Aggregate,
+        name: Option<&str>,
+    ) -> Result<AggregateSpec> {
         let input = aggregate.input.schema();
         let props = ExecutionProps::new();
         let context = PhysicalPlanningContext::default();
@@ -1102,15 +1163,12 @@ impl Planner {
         } else {
             EmitMode::Changes
         };
-        let name = self.name(if window.is_some() {
-            "window_aggregate"
-        } else {
-            "aggregate"
+        let name = self.name(match name {
+            Some(name) => name,
+            None if window.is_some() => "window_aggregate",
+            None => "aggregate",
         });
-        let session = window
-            .as_ref()
-            .is_some_and(|w| matches!(w.0.kind, WindowKind::Session { .. }));
-        let spec = AggregateSpec {
+        Ok(AggregateSpec {
             name,
             keys,
             key_schema: key_schema(output, window.as_ref().map(|w| w.2), group_count),
@@ -1118,11 +1176,6 @@ impl Planner {
             calls,
             emit,
             schema: Arc::new(output.clone()),
-        };
-        Ok(if session {
-            Box::new(SessionOperator::new(spec)?)
-        } else {
-            Box::new(AggregateOperator::new(spec)?)
         })
     }
 }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{DFSchemaRef, ScalarValue};
 use datafusion::datasource::MemTable;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{Aggregate, LogicalPlan, TableSource};
+use datafusion::logical_expr::{LogicalPlan, TableSource};
 use datafusion::physical_plan::collect;
 use parking_lot::Mutex;
 use quiver_broker::{
@@ -31,6 +31,7 @@ use quiver_engine::format::{DELETED, ROWHEADERS, ROWOFFSET, ROWPARTITION, ROWTIM
 use quiver_engine::plan::{PlanOptions, StreamTable};
 use quiver_engine::source::StartFrom;
 use quiver_engine::store::{MaterializeNode, TableStore};
+use quiver_engine::table_aggregate::TableAggregateNode;
 use quiver_engine::{
     CheckpointConfig, EmitMode, Query, QueryHandle, QueryOptions, Runtime, Sink, TopicSink,
 };
@@ -1130,6 +1131,7 @@ impl SqlEngine {
         let context = self.context(&Self::start_from(properties))?;
         let plan = plan_query(&context, &query)?;
         let plan = crate::join::plan_joins(plan, &query.within, query.position)?;
+        let plan = crate::join::plan_table_aggregates(plan, query.position)?;
         let emit = match query.emit {
             Some(Emit::Final) => {
                 if query.window.is_none() {
@@ -2311,9 +2313,16 @@ fn key_lookup(query: &StreamingQuery, info: &SourceInfo) -> Option<Vec<ScalarVal
 }
 
 /// The aggregation of a plan, under its projections and HAVING filter.
-fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
+/// The aggregation at the top of a query (under its select list, HAVING and alias): its
+/// output schema and the number of GROUP BY columns that lead it.
+fn find_aggregate(plan: &LogicalPlan) -> Option<(&DFSchemaRef, usize)> {
     match plan {
-        LogicalPlan::Aggregate(a) => Some(a),
+        LogicalPlan::Aggregate(a) => Some((&a.schema, a.group_expr.len())),
+        LogicalPlan::Extension(e) => e
+            .node
+            .as_any()
+            .downcast_ref::<TableAggregateNode>()
+            .map(|n| (&n.schema, n.group.len())),
         LogicalPlan::Projection(p) => find_aggregate(&p.input),
         LogicalPlan::Filter(f) => find_aggregate(&f.input),
         LogicalPlan::SubqueryAlias(s) => find_aggregate(&s.input),
@@ -2324,14 +2333,13 @@ fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
 /// The output columns that are the aggregation's keys (its GROUP BY columns and the window
 /// start): a table's primary key.
 fn output_key(plan: &LogicalPlan) -> Vec<String> {
-    let Some(aggregate) = find_aggregate(plan) else {
+    let Some((schema, group_count)) = find_aggregate(plan) else {
         return Vec::new();
     };
-    let groups: Vec<String> = aggregate
-        .schema
+    let groups: Vec<String> = schema
         .fields()
         .iter()
-        .take(aggregate.group_expr.len())
+        .take(group_count)
         .map(|f| f.name().clone())
         .collect();
     let LogicalPlan::Projection(projection) = plan else {

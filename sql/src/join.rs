@@ -22,12 +22,13 @@ use datafusion::logical_expr::{
 use quiver_engine::format::{DELETED, ROWTIME};
 use quiver_engine::join::{JoinKind, JoinWindow, StreamJoinNode, TableJoinNode, WindowJoinNode};
 use quiver_engine::plan::StreamTable;
+use quiver_engine::table_aggregate::TableAggregateNode;
 
 use crate::error::SqlError;
 use crate::parser::{JoinWithin, Position};
 
 /// A table's key columns, or `None` for a stream.
-fn table_key(plan: &LogicalPlan) -> Option<Vec<String>> {
+pub(crate) fn table_key(plan: &LogicalPlan) -> Option<Vec<String>> {
     if !plan.schema().has_column_with_unqualified_name(DELETED) {
         return None;
     }
@@ -40,13 +41,81 @@ fn table_key(plan: &LogicalPlan) -> Option<Vec<String>> {
         LogicalPlan::SubqueryAlias(a) => table_key(&a.input),
         LogicalPlan::Filter(f) => table_key(&f.input),
         LogicalPlan::Projection(p) => table_key(&p.input),
-        LogicalPlan::Extension(e) => e
-            .node
-            .as_any()
-            .downcast_ref::<TableJoinNode>()
-            .map(|n| n.left_key.clone()),
+        LogicalPlan::Extension(e) => {
+            let any = e.node.as_any();
+            if let Some(n) = any.downcast_ref::<TableJoinNode>() {
+                Some(n.left_key.clone())
+            } else {
+                any.downcast_ref::<TableAggregateNode>().map(|n| {
+                    n.schema
+                        .fields()
+                        .iter()
+                        .take(n.group.len())
+                        .map(|f| f.name().clone())
+                        .collect()
+                })
+            }
+        }
         _ => None,
     }
+}
+
+/// Replaces every `Aggregate` over a table by the engine's aggregation of a table, which
+/// follows the table's updates and deletes (see [`quiver_engine::table_aggregate`]); the
+/// query's select list keeps the result's delete marker, so a group left empty is deleted
+/// from its output.
+pub(crate) fn plan_table_aggregates(
+    plan: LogicalPlan,
+    position: Position,
+) -> Result<LogicalPlan, SqlError> {
+    let mut error = None;
+    let out = plan.transform_up(|node| {
+        let LogicalPlan::Aggregate(aggregate) = node else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(key) = table_key(&aggregate.input) else {
+            return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
+        };
+        match TableAggregateNode::new(
+            aggregate.input.as_ref().clone(),
+            key,
+            aggregate.group_expr,
+            aggregate.aggr_expr,
+        ) {
+            Ok(node) => Ok(Transformed::yes(LogicalPlan::Extension(
+                datafusion::logical_expr::Extension {
+                    node: std::sync::Arc::new(node),
+                },
+            ))),
+            Err(e) => {
+                error = Some(SqlError::plan(e.to_string(), position));
+                Ok(Transformed::new(
+                    LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                        produce_one_row: false,
+                        schema: std::sync::Arc::new(DFSchema::empty()),
+                    }),
+                    true,
+                    TreeNodeRecursion::Stop,
+                ))
+            }
+        }
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let t = out?;
+    if !t.transformed {
+        return Ok(t.data);
+    }
+    // The plan above the aggregation was typed against the `Aggregate`: recompute its schemas.
+    let plan = t
+        .data
+        .transform_up(|node| match node {
+            LogicalPlan::Extension(_) | LogicalPlan::TableScan(_) => Ok(Transformed::no(node)),
+            other => Ok(Transformed::yes(other.recompute_schema()?)),
+        })?
+        .data;
+    Ok(keep_marker(plan)?)
 }
 
 /// The name a join input's columns are qualified with (its alias or its stream's name).
