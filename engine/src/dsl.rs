@@ -982,6 +982,65 @@ impl Table {
         })
     }
 
+    /// Joins this table on a foreign key to `other`'s key (Kafka Streams' foreign-key
+    /// `KTable.join`): each row meets the row of `other` whose key equals `foreign_key` (one
+    /// expression over this table's columns per key column of `other`). The result is keyed
+    /// by this table's key and follows both tables: a row whose foreign key changes moves to
+    /// its new partner, and a change of `other`'s row reaches every row pointing at it (see
+    /// [`crate::fk_join`]). Columns as [`Table::join`]'s.
+    pub fn join_foreign_key(
+        &self,
+        other: &Table,
+        foreign_key: impl IntoIterator<Item = Expr>,
+    ) -> Result<Table> {
+        self.foreign_key_join(other, foreign_key.into_iter().collect(), JoinKind::Inner)
+    }
+
+    /// [`Table::join_foreign_key`], keeping this table's rows that have no partner (the other
+    /// table's columns null).
+    pub fn left_join_foreign_key(
+        &self,
+        other: &Table,
+        foreign_key: impl IntoIterator<Item = Expr>,
+    ) -> Result<Table> {
+        self.foreign_key_join(other, foreign_key.into_iter().collect(), JoinKind::Left)
+    }
+
+    fn foreign_key_join(
+        &self,
+        other: &Table,
+        foreign_key: Vec<Expr>,
+        kind: JoinKind,
+    ) -> Result<Table> {
+        let (left, left_plan, right, right_plan) = join_sides(&self.stream, &other.stream, "_2")?;
+        let joined = crate::fk_join::ForeignKeyJoinNode::plan(
+            format!("{left}-{right}"),
+            left_plan,
+            right_plan,
+            self.stream.key.clone(),
+            other.stream.key.clone(),
+            foreign_key,
+            kind,
+        )?;
+        let later = self
+            .stream
+            .plan
+            .schema()
+            .has_column_with_unqualified_name(ROWTIME)
+            && other
+                .stream
+                .plan
+                .schema()
+                .has_column_with_unqualified_name(ROWTIME);
+        let plan = join_output(joined, &self.stream, &left, &right, later)?;
+        Ok(Table {
+            stream: Stream {
+                key: self.stream.key.clone(),
+                ..self.stream.with_plan(plan)
+            },
+        })
+    }
+
     /// The table's rows with the columns `exprs` compute (Kafka Streams' `mapValues`): the key
     /// columns, the event time and the [`crate::format::DELETED`] marker are kept as they are,
     /// so the result is the same table with other values.

@@ -535,7 +535,34 @@ pub struct JoinTag {
     pub(crate) name: String,
     pub(crate) sides: [Side; 2],
     pub(crate) key_types: Vec<DataType>,
+    /// The keys as one binary column (`key_types` is `[Binary]`): each side's key columns in
+    /// Arrow's row format, null when any of them is. Sides whose keys differ in number and
+    /// types (a foreign-key join's) are partitioned by it.
+    pub(crate) encode_keys: bool,
     pub(crate) metrics: OperatorMetrics,
+}
+
+/// Key columns as one binary column in Arrow's row format (for types `types`), null where any
+/// is null: equal keys give equal bytes, so the exchange sends them to one task.
+pub(crate) fn encode_keys(columns: &[ArrayRef], types: &[DataType]) -> Result<ArrayRef> {
+    let n = columns.first().map_or(0, |c| c.len());
+    let mut cast_columns = Vec::with_capacity(columns.len());
+    for (c, t) in columns.iter().zip(types) {
+        cast_columns.push(if c.data_type() == t {
+            c.clone()
+        } else {
+            cast(c.as_ref(), t)?
+        });
+    }
+    let converter = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+    let rows = converter.convert_columns(&cast_columns)?;
+    Ok(Arc::new(
+        (0..n)
+            .map(|i| {
+                (!cast_columns.iter().any(|c| c.is_null(i))).then(|| rows.row(i).as_ref().to_vec())
+            })
+            .collect::<arrow::array::BinaryArray>(),
+    ))
 }
 
 /// The tagged layout of a side with `columns`.
@@ -555,13 +582,23 @@ impl JoinTag {
             let n = b.num_rows();
             let mut columns: Vec<ArrayRef> = Vec::with_capacity(s.schema.fields().len());
             columns.push(Arc::new(UInt8Array::from_value(side as u8, n)));
-            for (k, t) in s.keys.iter().zip(&self.key_types) {
-                let v = k.evaluate(&b)?.into_array(n)?;
-                columns.push(if v.data_type() == t {
-                    v
-                } else {
-                    cast(v.as_ref(), t)?
-                });
+            if self.encode_keys {
+                let keys = s
+                    .keys
+                    .iter()
+                    .map(|k| k.evaluate(&b).and_then(|v| v.into_array(n)))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                let types: Vec<DataType> = keys.iter().map(|k| k.data_type().clone()).collect();
+                columns.push(encode_keys(&keys, &types)?);
+            } else {
+                for (k, t) in s.keys.iter().zip(&self.key_types) {
+                    let v = k.evaluate(&b)?.into_array(n)?;
+                    columns.push(if v.data_type() == t {
+                        v
+                    } else {
+                        cast(v.as_ref(), t)?
+                    });
+                }
             }
             columns.extend(b.columns().iter().cloned());
             self.metrics.rows_out += n as u64;
@@ -651,6 +688,7 @@ impl Operator for JoinTag {
             name,
             sides: [side(&self.sides[0])?, side(&self.sides[1])?],
             key_types: self.key_types.clone(),
+            encode_keys: self.encode_keys,
             metrics: OperatorMetrics::default(),
         }))
     }

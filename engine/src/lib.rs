@@ -15,6 +15,7 @@ pub mod driver;
 pub mod dsl;
 pub mod error;
 mod exchange;
+pub mod fk_join;
 pub mod format;
 pub mod join;
 pub mod kafka;

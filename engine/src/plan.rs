@@ -14,6 +14,7 @@
 //! | [`StreamJoinNode`] (a stream–table join) | [`JoinTag`], then [`StreamTableJoin`] |
 //! | [`WindowJoinNode`] (a stream–stream join) | [`JoinTag`], then [`StreamStreamJoin`] |
 //! | `Filter` over a table's changelog | a projection that marks failing rows [`DELETED`] |
+//! | [`ForeignKeyJoinNode`] (a foreign-key table–table join) | [`JoinTag`], then [`crate::fk_join`]'s three steps |
 //! | [`TableAggregateNode`] (a table's GROUP BY) | [`Regroup`], then [`TableAggregate`] |
 //! | `SubqueryAlias` | nothing (names only) |
 //!
@@ -41,6 +42,7 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use crate::aggregate::{AggregateCall, AggregateOperator, AggregateSpec, EmitMode, key_schema};
 use crate::dedup::{DedupNode, DedupOperator};
 use crate::error::{EngineError, Result};
+use crate::fk_join::{ForeignKeyJoinNode, ForeignKeySpec};
 use crate::format::DELETED;
 use crate::join::{
     JoinSpec, JoinTag, Side, StreamJoinNode, StreamTableJoin, TableJoinNode, WindowJoinNode,
@@ -723,6 +725,12 @@ impl Planner {
         if let Some(node) = any.downcast_ref::<TableAggregateNode>() {
             return self.table_aggregate(node);
         }
+        if let Some(node) = any.downcast_ref::<ForeignKeyJoinNode>() {
+            let (tag, operators) = self.foreign_key_join(node)?;
+            self.operators.push(Box::new(tag));
+            self.operators.extend(operators);
+            return Ok(None);
+        }
         let (tag, join): (JoinTag, Box<dyn Operator>) =
             if let Some(node) = any.downcast_ref::<TableJoinNode>() {
                 let (tag, join) = self.table_join(node)?;
@@ -875,6 +883,17 @@ impl Planner {
         name: &str,
         sides: [(&LogicalPlan, &[Expr], &str); 2],
     ) -> Result<JoinTag> {
+        self.tag_inputs(name, sides, false)
+    }
+
+    /// [`Planner::join_inputs`]; with `encode`, each side's keys (of any number and types)
+    /// become one binary column (see [`JoinTag::encode_keys`]).
+    fn tag_inputs(
+        &mut self,
+        name: &str,
+        sides: [(&LogicalPlan, &[Expr], &str); 2],
+        encode: bool,
+    ) -> Result<JoinTag> {
         let tag_name = format!("{name}.inputs");
         let mut planned = Vec::with_capacity(2);
         for (plan, keys, what) in sides {
@@ -887,7 +906,12 @@ impl Planner {
             planned.push((input, operators, keys, plan.schema().clone()));
         }
         let mut key_types = Vec::new();
-        for (i, k) in planned[1].2.iter().enumerate() {
+        if encode {
+            key_types.push(arrow::datatypes::DataType::Binary);
+        }
+        // Encoded keys are compared as bytes: each side's own types.
+        let compared = if encode { 0 } else { planned[1].2.len() };
+        for (i, k) in planned[1].2.iter().enumerate().take(compared) {
             let right = k.data_type(planned[1].3.as_arrow())?;
             let left = planned[0].2[i].data_type(planned[0].3.as_arrow())?;
             if !arrow::compute::can_cast_types(&left, &right) {
@@ -920,6 +944,7 @@ impl Planner {
             name: tag_name,
             sides: [left, right],
             key_types,
+            encode_keys: encode,
             metrics: OperatorMetrics::default(),
         })
     }
@@ -972,6 +997,73 @@ impl Planner {
             schema: Arc::new(node.schema.as_arrow().clone()),
         })?;
         Ok((tag, join))
+    }
+
+    /// A foreign-key join of two tables (see [`crate::fk_join`]): the tagged inputs (each
+    /// side by its key, as bytes), then its three steps.
+    fn foreign_key_join(
+        &mut self,
+        node: &ForeignKeyJoinNode,
+    ) -> Result<(JoinTag, Vec<Box<dyn Operator>>)> {
+        let name = self.name("join");
+        let mut keys: Vec<Vec<Expr>> = Vec::with_capacity(2);
+        for (plan, key, side) in [
+            (&node.left, &node.left_key, "left"),
+            (&node.right, &node.right_key, "right"),
+        ] {
+            if !is_changelog(plan.schema()) {
+                return Err(EngineError::plan(format!(
+                    "the {side} side of join '{}' is not a table (it has no {DELETED} column)",
+                    node.name
+                )));
+            }
+            keys.push(key_columns(
+                plan.schema(),
+                key,
+                &format!("the {side} table of join '{}'", node.name),
+            )?);
+        }
+        let left_schema = node.left.schema();
+        let right_schema = node.right.schema();
+        let foreign_key = node
+            .foreign_key
+            .iter()
+            .map(|e| self.physical(e, left_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let mut right_key_types = Vec::with_capacity(keys[1].len());
+        for (i, k) in keys[1].iter().enumerate() {
+            let right = self
+                .physical(k, right_schema)?
+                .data_type(right_schema.as_arrow())?;
+            let left = foreign_key[i].data_type(left_schema.as_arrow())?;
+            if !arrow::compute::can_cast_types(&left, &right) {
+                return Err(EngineError::plan(format!(
+                    "join '{}': the foreign key {} is {left}, which does not compare with the \
+                     right table's key {} ({right})",
+                    node.name, node.foreign_key[i], node.right_key[i]
+                )));
+            }
+            right_key_types.push(right);
+        }
+        let tag = self.tag_inputs(
+            &name,
+            [
+                (&node.left, &keys[0], "left"),
+                (&node.right, &keys[1], "right"),
+            ],
+            true,
+        )?;
+        let operators = ForeignKeySpec {
+            name,
+            kind: node.kind,
+            left: Arc::new(left_schema.as_arrow().clone()),
+            right: Arc::new(right_schema.as_arrow().clone()),
+            foreign_key,
+            right_key_types,
+            schema: Arc::new(node.schema.as_arrow().clone()),
+        }
+        .operators()?;
+        Ok((tag, operators))
     }
 
     /// A table–table join on the tables' keys (see [`crate::table_join`]).

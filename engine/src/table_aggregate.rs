@@ -184,8 +184,8 @@ pub(crate) fn check_retractable(calls: &[AggregateCall]) -> Result<()> {
             return Err(EngineError::plan(format!(
                 "{what} cannot aggregate a table: a table's rows change, and only functions \
                  that can take a row back exactly follow them (COUNT, SUM, AVG, VAR, STDDEV). \
-                 Aggregate the table's changelog as a stream instead (Table::to_stream, or a \
-                 STREAM over the table's topic)"
+                 To aggregate every change instead, aggregate the table's changelog as a stream \
+                 (a STREAM declared over the table's topic, or Table::to_stream in the DSL)"
             )));
         }
         if !call

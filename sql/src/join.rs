@@ -6,6 +6,7 @@
 //! | stream | table | [`StreamJoinNode`]: each record meets the table's row for its key as of its time | inner, left |
 //! | stream | stream | [`WindowJoinNode`], `WITHIN` a time bound | inner, left, full |
 //! | table | table | [`TableJoinNode`] on the primary keys: a table keyed by the left's key | inner, left, full |
+//! | table | table | [`ForeignKeyJoinNode`], a left column equated with the right's primary key | inner, left |
 //!
 //! A `RIGHT JOIN` is the left join with its inputs swapped. The `ON` clause's equalities between
 //! the two sides are the join keys (a stream–table join must equate one stream expression with
@@ -19,6 +20,7 @@ use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
     BinaryExpr, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
 };
+use quiver_engine::fk_join::ForeignKeyJoinNode;
 use quiver_engine::format::{DELETED, ROWTIME};
 use quiver_engine::join::{JoinKind, JoinWindow, StreamJoinNode, TableJoinNode, WindowJoinNode};
 use quiver_engine::plan::StreamTable;
@@ -44,6 +46,8 @@ pub(crate) fn table_key(plan: &LogicalPlan) -> Option<Vec<String>> {
         LogicalPlan::Extension(e) => {
             let any = e.node.as_any();
             if let Some(n) = any.downcast_ref::<TableJoinNode>() {
+                Some(n.left_key.clone())
+            } else if let Some(n) = any.downcast_ref::<ForeignKeyJoinNode>() {
                 Some(n.left_key.clone())
             } else {
                 any.downcast_ref::<TableAggregateNode>().map(|n| {
@@ -412,6 +416,57 @@ fn stream_join(
                  {left_name} ON … (each stream record looks up the table)"
             ));
         }
+        (Some(left_key), Some(key))
+            if !left_key.iter().all(|k| {
+                pairs.iter().any(|(l, r)| {
+                    matches!((l, r), (Expr::Column(l), Expr::Column(r))
+                        if l.name == *k && key.contains(&r.name))
+                })
+            }) && key.iter().all(|k| {
+                pairs
+                    .iter()
+                    .any(|(_, r)| matches!(r, Expr::Column(r) if r.name == *k))
+            }) =>
+        {
+            // The right table's key equals expressions of the left's columns: a foreign key.
+            if kind == JoinKind::Full {
+                return fail(
+                    "a foreign-key join (the ON clause equates a column of the left table with \
+                     the right table's PRIMARY KEY) is [INNER] JOIN or LEFT JOIN"
+                        .to_owned(),
+                );
+            }
+            let mut foreign_key = Vec::new();
+            let mut unused = pairs;
+            for k in &key {
+                if let Some(i) = unused
+                    .iter()
+                    .position(|(_, r)| matches!(r, Expr::Column(r) if r.name == *k))
+                {
+                    foreign_key.push(unused.remove(i).0);
+                }
+            }
+            if !unused.is_empty() || filter.is_some() {
+                return fail(format!(
+                    "a foreign-key join's ON clause equates {right_name}'s PRIMARY KEY ({}) with \
+                     expressions of {left_name}'s columns and nothing else; put other \
+                     conditions in WHERE",
+                    key.join(", ")
+                ));
+            }
+            (
+                ForeignKeyJoinNode::plan(
+                    name,
+                    left.clone(),
+                    right.clone(),
+                    left_key,
+                    key,
+                    foreign_key,
+                    kind,
+                )?,
+                true,
+            )
+        }
         (Some(left_key), Some(key)) => {
             // Each left key column equals one right key column, and nothing else.
             let mut right_key = Vec::new();
@@ -426,9 +481,9 @@ fn stream_join(
                     Some(r) => right_key.push(r),
                     None => {
                         return fail(format!(
-                            "a table–table join matches the tables' PRIMARY KEYs: the ON clause \
-                             must equate {left_name}'s ({}) with {right_name}'s ({}); joining on \
-                             another column (a foreign key) is not supported yet",
+                            "a table–table join's ON clause equates {left_name}'s PRIMARY KEY \
+                             ({}) with {right_name}'s ({}), or columns of {left_name} with \
+                             {right_name}'s PRIMARY KEY (a foreign-key join)",
                             left_key.join(", "),
                             key.join(", ")
                         ));

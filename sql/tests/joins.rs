@@ -330,3 +330,48 @@ async fn a_table_aggregated_by_a_column_follows_its_rows_as_they_move_and_leave(
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_joined_on_a_foreign_key_follows_moves_and_partner_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(&engine, SETUP).await;
+    ok(
+        &engine,
+        "CREATE TABLE subscriptions (id STRING PRIMARY KEY, customer_id STRING, plan STRING)
+             WITH (KAFKA_TOPIC='subscriptions', VALUE_FORMAT='JSON', PARTITIONS=3);
+         INSERT INTO subscriptions (rowtime, id, customer_id, plan) VALUES
+             (1000, 's1', 'c1', 'pro'), (1000, 's2', 'c2', 'free'), (1000, 's3', 'c9', 'pro');
+         CREATE TABLE subscription_owners AS
+             SELECT s.id, s.plan, c.name FROM subscriptions s LEFT JOIN customers c
+             ON s.customer_id = c.id EMIT CHANGES;",
+    )
+    .await;
+    let query = "SELECT id, plan, name FROM subscription_owners ORDER BY id;";
+    let want = ["s1|pro|Ada", "s2|free|Bo", "s3|pro|null"];
+    let got = wait_for(&engine, query, |got| got == want).await;
+    assert_eq!(got, want);
+    // s2 moves to Ada; Ada's rename reaches both her subscriptions; c9 appears for s3.
+    ok(
+        &engine,
+        "INSERT INTO subscriptions (rowtime, id, customer_id, plan) VALUES (9000, 's2', 'c1', 'free');
+         INSERT INTO customers (rowtime, id, name, region) VALUES
+             (9000, 'c1', 'Ada L.', 'us'), (9000, 'c9', 'Cy', 'eu');",
+    )
+    .await;
+    let want = ["s1|pro|Ada L.", "s2|free|Ada L.", "s3|pro|Cy"];
+    let got = wait_for(&engine, query, |got| got == want).await;
+    assert_eq!(got, want);
+    let described = rows(&engine, "DESCRIBE subscription_owners;").await;
+    assert_eq!(described[1], "id|STRING (primary key)", "{described:?}");
+    let e = engine
+        .execute(
+            "CREATE TABLE nope AS SELECT s.id, c.name FROM subscriptions s FULL JOIN customers c \
+             ON s.customer_id = c.id;",
+        )
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("is [INNER] JOIN or LEFT JOIN"), "{e}");
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}

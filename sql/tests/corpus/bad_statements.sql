@@ -218,7 +218,13 @@ SELECT * FROM pageviews WITHIN 1 HOUR EMIT CHANGES;
 
 SELECT * FROM pageviews p CROSS JOIN clicks c EMIT CHANGES;
 
-SELECT * FROM users a JOIN users b ON a.name = b.id EMIT CHANGES;
+SELECT * FROM users a JOIN users b ON a.name = b.region EMIT CHANGES;
+
+SELECT * FROM users a FULL JOIN users b ON a.name = b.id EMIT CHANGES;
+
+SELECT * FROM users a JOIN users b ON a.name = b.id AND a.region = b.region EMIT CHANGES;
+
+SELECT region, MAX(name) FROM users GROUP BY region EMIT CHANGES;
 
 SELECT * FROM users a JOIN users b ON a.id = b.id AND a.name <> b.name EMIT CHANGES;
 
