@@ -16,6 +16,12 @@
 //! state filter is left out). q8 pairs new persons with the auctions they opened in the same
 //! 10 s tumbling window (a stream–stream join on id and window start, one row per auction).
 //!
+//! q4 averages the winning price per category: each auction's highest bid of its first 10 s
+//! (an updating table), then the average of that table per category, which takes an auction's
+//! old maximum back as it rises (a table aggregation). q7 keeps the highest bid of each 10 s
+//! tumbling window (a top-1 table per window; the standard form joins the maximum back to the
+//! bids).
+//!
 //! q9 finds each auction's winning bid: auctions joined with their bids of the auction's first
 //! 10 s (the generator has no expiry time), then the highest per auction (a top-1 table).
 //!
@@ -36,6 +42,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use datafusion::functions_aggregate::expr_fn::{avg, max};
 use datafusion::prelude::{cast, col, lit};
 use quiver_engine::dsl::{Stream, StreamsBuilder};
 use quiver_engine::nexmark::{AUCTION, BID, NexmarkConfig, NexmarkSource, PERSON};
@@ -96,6 +103,42 @@ fn nexmark(b: &StreamsBuilder, events: u64) -> Stream {
 }
 
 fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
+    if name == "q4" {
+        // Average winning price per category: each auction's highest bid of its first 10 s
+        // (an updating table per auction), then the average per category of that table, which
+        // takes back an auction's old maximum whenever it rises.
+        let all = nexmark(b, events);
+        let auctions = all
+            .filter(col("event_type").eq(lit(AUCTION)))
+            .unwrap()
+            .select([col("id"), col("category"), col("rowtime")])
+            .unwrap();
+        let bids = all
+            .filter(col("event_type").eq(lit(BID)))
+            .unwrap()
+            .select([col("auction"), col("price"), col("rowtime")])
+            .unwrap();
+        return auctions
+            .window_join_with(
+                &bids,
+                [col("id")],
+                [col("auction")],
+                10_000,
+                JoinKind::Inner,
+                Some(col("nexmark_2.rowtime").gt_eq(col("nexmark.rowtime"))),
+                0,
+            )
+            .unwrap()
+            .group_by([col("id"), col("category")])
+            .unwrap()
+            .aggregate([max(col("price")).alias("final")])
+            .unwrap()
+            .group_by([col("category")])
+            .unwrap()
+            .aggregate([avg(col("final")).alias("average")])
+            .unwrap()
+            .to_stream();
+    }
     if name == "q9" {
         // Winning bids: each auction's bids in its first 10 s (the generator has no expiry
         // time), the highest per auction (a top-1 table).
@@ -211,6 +254,24 @@ fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
             .count()
             .unwrap()
             .to_stream(),
+        "q7" => {
+            // The highest bid of each 10 s tumbling window: a top-1 table per window (the
+            // standard form joins the window's maximum back to the bids; this one keeps the
+            // bid with its maximum, and one bid of a tie).
+            let mut columns: Vec<_> = ["auction", "bidder", "price", "rowtime"]
+                .into_iter()
+                .map(col)
+                .collect();
+            columns.push(
+                (cast(col("rowtime"), arrow::datatypes::DataType::Int64) / lit(10_000i64))
+                    .alias("window"),
+            );
+            bids.select(columns)
+                .unwrap()
+                .top_n(["window"], "price", true, 1)
+                .unwrap()
+                .to_stream()
+        }
         "q11" => bids
             .group_by([col("bidder")])
             .unwrap()
@@ -431,7 +492,7 @@ fn main() {
     let only: Option<Vec<String>> = std::env::var("NEXMARK_QUERIES")
         .ok()
         .map(|q| q.split(',').map(str::to_owned).collect());
-    for name in ["q0", "q1", "q2", "q3", "q5", "q8", "q9", "q11"] {
+    for name in ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8", "q9", "q11"] {
         if only.as_ref().is_some_and(|o| !o.iter().any(|q| q == name)) {
             continue;
         }
