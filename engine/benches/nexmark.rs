@@ -18,9 +18,9 @@
 //!
 //! q4 averages the winning price per category: each auction's highest bid of its first 10 s
 //! (an updating table), then the average of that table per category, which takes an auction's
-//! old maximum back as it rises (a table aggregation). q7 keeps the highest bid of each 10 s
-//! tumbling window (a top-1 table per window; the standard form joins the maximum back to the
-//! bids).
+//! old maximum back as it rises (a table aggregation). q7 finds the highest bids of each 10 s
+//! tumbling window: the window's maximum price joined back to the bids (a join whose right
+//! side is aggregated).
 //!
 //! q9 finds each auction's winning bid: auctions joined with their bids of the auction's first
 //! 10 s (the generator has no expiry time), then the highest per auction (a top-1 table).
@@ -46,7 +46,9 @@ use datafusion::functions_aggregate::expr_fn::{avg, max};
 use datafusion::prelude::{cast, col, lit};
 use quiver_engine::dsl::{Stream, StreamsBuilder};
 use quiver_engine::nexmark::{AUCTION, BID, NexmarkConfig, NexmarkSource, PERSON};
-use quiver_engine::{JoinKind, MemorySource, QueryOptions, Runtime, Sink, WindowKind, WindowSpec};
+use quiver_engine::{
+    JoinKind, JoinWindow, MemorySource, QueryOptions, Runtime, Sink, WindowKind, WindowSpec,
+};
 
 /// Counts rows, keeps nothing.
 #[derive(Debug, Clone, Default)]
@@ -255,22 +257,44 @@ fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
             .unwrap()
             .to_stream(),
         "q7" => {
-            // The highest bid of each 10 s tumbling window: a top-1 table per window (the
-            // standard form joins the window's maximum back to the bids; this one keeps the
-            // bid with its maximum, and one bid of a tie).
-            let mut columns: Vec<_> = ["auction", "bidder", "price", "rowtime"]
-                .into_iter()
-                .map(col)
-                .collect();
-            columns.push(
-                (cast(col("rowtime"), arrow::datatypes::DataType::Int64) / lit(10_000i64))
-                    .alias("window"),
-            );
-            bids.select(columns)
+            // The highest bid of each 10 s tumbling window: the window's maximum price (one
+            // global aggregate), joined back to the bids of that window at that price.
+            let maxima = bids
+                .group_by(Vec::<datafusion::prelude::Expr>::new())
                 .unwrap()
-                .top_n(["window"], "price", true, 1)
+                .window(WindowSpec {
+                    kind: WindowKind::Tumbling { size_ms: 10_000 },
+                    grace_ms: 0,
+                })
+                .unwrap()
+                .emit_final()
+                .aggregate([max(col("price")).alias("top")])
                 .unwrap()
                 .to_stream()
+                .select([
+                    col("top"),
+                    col("window_start"),
+                    (col("window_end")
+                        - lit(datafusion::scalar::ScalarValue::DurationMillisecond(Some(
+                            1,
+                        ))))
+                    .alias("rowtime"),
+                ])
+                .unwrap();
+            bids.select([col("auction"), col("bidder"), col("price"), col("rowtime")])
+                .unwrap()
+                .window_join_with(
+                    &maxima,
+                    [col("price")],
+                    [col("top")],
+                    JoinWindow::new(0, 10_000),
+                    JoinKind::Inner,
+                    Some(col("nexmark.rowtime").gt_eq(col("stream.window_start"))),
+                    10_000,
+                )
+                .unwrap()
+                .select([col("auction"), col("bidder"), col("price"), col("rowtime")])
+                .unwrap()
         }
         "q11" => bids
             .group_by([col("bidder")])

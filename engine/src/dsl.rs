@@ -222,6 +222,20 @@ impl Stream {
         }
     }
 
+    /// A join of this stream with `other`, as [`Stream::with_plan`]. A query has one emit mode
+    /// for its windows: final when either input asked for it.
+    fn joined(&self, other: &Stream, plan: LogicalPlan) -> Stream {
+        let emit = if other.emit == EmitMode::Final {
+            EmitMode::Final
+        } else {
+            self.emit
+        };
+        Stream {
+            emit,
+            ..self.with_plan(plan)
+        }
+    }
+
     /// The stream's columns.
     pub fn schema(&self) -> SchemaRef {
         Arc::new(self.plan.schema().as_arrow().clone())
@@ -455,7 +469,10 @@ impl Stream {
             grace_ms,
         )?;
         // The join's event time is the stream record's.
-        Ok(self.with_plan(join_output(joined, self, &left, &right, false)?))
+        Ok(self.joined(
+            &table.stream,
+            join_output(joined, self, &left, &right, false)?,
+        ))
     }
 
     /// Joins this stream with `other` within a time bound (Kafka Streams' `JoinWindows`, an
@@ -505,7 +522,7 @@ impl Stream {
             .plan
             .schema()
             .has_column_with_unqualified_name(ROWTIME);
-        Ok(self.with_plan(join_output(joined, self, &left, &right, later)?))
+        Ok(self.joined(other, join_output(joined, self, &left, &right, later)?))
     }
 
     /// The name its plan's columns are qualified with (its source's, or `stream`).
@@ -977,7 +994,7 @@ impl Table {
         Ok(Table {
             stream: Stream {
                 key: self.stream.key.clone(),
-                ..self.stream.with_plan(plan)
+                ..self.stream.joined(&other.stream, plan)
             },
         })
     }
@@ -1036,7 +1053,7 @@ impl Table {
         Ok(Table {
             stream: Stream {
                 key: self.stream.key.clone(),
-                ..self.stream.with_plan(plan)
+                ..self.stream.joined(&other.stream, plan)
             },
         })
     }

@@ -353,7 +353,7 @@ impl Operator for ForeignKeySubscribe {
             .iter()
             .map(|e| e.evaluate(&left).and_then(|v| v.into_array(n)))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let foreign = encode_keys(&foreign, &self.spec.right_key_types)?;
+        let foreign = encode_keys(&foreign, &self.spec.right_key_types, n)?;
         let foreign = foreign.as_binary::<i32>();
         let deleted =
             ForeignKeySpec::deleted(&self.spec.left).map(|i| left.column(i).as_boolean().clone());

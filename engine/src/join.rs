@@ -525,6 +525,9 @@ pub(crate) struct Side {
     pub input: Option<usize>,
     pub operators: Vec<Box<dyn Operator>>,
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The types its keys are cast to before they are encoded (with
+    /// [`JoinTag::encode_keys`]).
+    pub key_types: Vec<DataType>,
     /// The tagged layout: the side (UInt8), the keys (in `key_types`), the side's columns.
     pub schema: SchemaRef,
 }
@@ -544,8 +547,13 @@ pub struct JoinTag {
 
 /// Key columns as one binary column in Arrow's row format (for types `types`), null where any
 /// is null: equal keys give equal bytes, so the exchange sends them to one task.
-pub(crate) fn encode_keys(columns: &[ArrayRef], types: &[DataType]) -> Result<ArrayRef> {
-    let n = columns.first().map_or(0, |c| c.len());
+/// `n` rows; without key columns, every row has the same (empty) key.
+pub(crate) fn encode_keys(columns: &[ArrayRef], types: &[DataType], n: usize) -> Result<ArrayRef> {
+    if columns.is_empty() {
+        return Ok(Arc::new(arrow::array::BinaryArray::from_iter_values(
+            std::iter::repeat_n(&[] as &[u8], n),
+        )));
+    }
     let mut cast_columns = Vec::with_capacity(columns.len());
     for (c, t) in columns.iter().zip(types) {
         cast_columns.push(if c.data_type() == t {
@@ -588,8 +596,7 @@ impl JoinTag {
                     .iter()
                     .map(|k| k.evaluate(&b).and_then(|v| v.into_array(n)))
                     .collect::<datafusion::error::Result<Vec<_>>>()?;
-                let types: Vec<DataType> = keys.iter().map(|k| k.data_type().clone()).collect();
-                columns.push(encode_keys(&keys, &types)?);
+                columns.push(encode_keys(&keys, &s.key_types, n)?);
             } else {
                 for (k, t) in s.keys.iter().zip(&self.key_types) {
                     let v = k.evaluate(&b)?.into_array(n)?;
@@ -681,6 +688,7 @@ impl Operator for JoinTag {
                     .map(|op| op.fresh())
                     .collect::<Result<Vec<_>>>()?,
                 keys: s.keys.clone(),
+                key_types: s.key_types.clone(),
                 schema: s.schema.clone(),
             })
         };

@@ -99,9 +99,28 @@ impl KafkaSource {
         })
     }
 
+    /// Reads `topic` of `cluster` as a table's changelog, as [`crate::TopicSource::table`]
+    /// does the in-process broker's: each record upserts its key's row, a null value (a
+    /// tombstone) deletes it. The key format must give columns: they are the table's key.
+    pub async fn table(
+        cluster: &KafkaCluster,
+        topic: &str,
+        key: Format,
+        value: Format,
+    ) -> Result<KafkaSource> {
+        Ok(KafkaSource {
+            decoder: RecordDecoder::table(key, value, None)?,
+            ..KafkaSource::new(cluster, topic, Format::None, Format::None).await?
+        })
+    }
+
     /// Takes event time from a key or value column instead of the record timestamp.
     pub fn with_time_column(mut self, column: &str, key: Format, value: Format) -> Result<Self> {
-        self.decoder = RecordDecoder::new(key, value, Some(column))?;
+        self.decoder = if self.decoder.table_key().is_some() {
+            RecordDecoder::table(key, value, Some(column))?
+        } else {
+            RecordDecoder::new(key, value, Some(column))?
+        };
         Ok(self)
     }
 
@@ -275,6 +294,10 @@ impl Source for KafkaSource {
 
     fn decoder(&self) -> Option<&RecordDecoder> {
         Some(&self.decoder)
+    }
+
+    fn table_key(&self) -> Option<Vec<String>> {
+        self.decoder.table_key()
     }
 
     fn topic(&self) -> Option<&str> {

@@ -18,6 +18,7 @@ mod exchange;
 pub mod fk_join;
 pub mod format;
 pub mod join;
+pub mod join_side;
 pub mod kafka;
 pub mod nexmark;
 pub mod operator;

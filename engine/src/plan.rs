@@ -48,6 +48,7 @@ use crate::join::{
     JoinSpec, JoinTag, Side, StreamJoinNode, StreamTableJoin, TableJoinNode, WindowJoinNode,
     tagged_schema,
 };
+use crate::join_side::SideStage;
 use crate::operator::{Emit, Operator, OperatorMetrics, Stateless};
 use crate::session::SessionOperator;
 use crate::source::Source;
@@ -484,6 +485,26 @@ fn key_columns(schema: &DFSchema, names: &[String], what: &str) -> Result<Vec<Ex
         .collect()
 }
 
+/// Whether `plan` gives a table: a changelog (with [`DELETED`]) or an aggregation's updates
+/// (under projections, filters, aliases and stores).
+fn is_table(plan: &LogicalPlan) -> bool {
+    if is_changelog(plan.schema()) {
+        return true;
+    }
+    match plan {
+        LogicalPlan::Aggregate(_) => true,
+        LogicalPlan::Projection(p) => is_table(&p.input),
+        LogicalPlan::Filter(f) => is_table(&f.input),
+        LogicalPlan::SubqueryAlias(a) => is_table(&a.input),
+        LogicalPlan::Extension(e) => e
+            .node
+            .as_any()
+            .downcast_ref::<MaterializeNode>()
+            .is_some_and(|m| is_table(&m.input)),
+        _ => false,
+    }
+}
+
 /// Whether rows of `schema` are a table's changelog (they carry [`DELETED`]).
 fn is_changelog(schema: &DFSchema) -> bool {
     schema.fields().iter().any(|f| f.name() == DELETED)
@@ -492,6 +513,19 @@ fn is_changelog(schema: &DFSchema) -> bool {
 /// What a chain of operators starts at: one source's batches (its index in the query's
 /// sources), or those of several (`None`: the chain starts with a merge).
 type Input = Option<usize>;
+
+/// A join's inputs as planned (see [`Planner::tag_inputs`]).
+struct JoinInputs {
+    tag: JoinTag,
+    /// The [`SideStage`]s of sides that keep state.
+    stages: Vec<Box<dyn Operator>>,
+    /// Each side's tagged layout as the join takes it.
+    schemas: [SchemaRef; 2],
+    /// How many key columns the layouts have.
+    keys: usize,
+    /// When the keys are one binary column: the (left side's) types they encode.
+    decoded: Option<Vec<arrow::datatypes::DataType>>,
+}
 
 struct Planner {
     options: PlanOptions,
@@ -688,8 +722,10 @@ impl Planner {
         let mut branches = Vec::with_capacity(union.inputs.len());
         let name = self.name("merge");
         for input in &union.inputs {
-            let (input, operators) =
-                self.branch(input, "a merged stream is aggregated before the merge")?;
+            let (input, operators) = self.branch(
+                input,
+                Some("a merged stream is aggregated before the merge"),
+            )?;
             // Unique names: the branch's operators under the merge's.
             let operators = operators
                 .into_iter()
@@ -725,22 +761,18 @@ impl Planner {
         if let Some(node) = any.downcast_ref::<TableAggregateNode>() {
             return self.table_aggregate(node);
         }
-        if let Some(node) = any.downcast_ref::<ForeignKeyJoinNode>() {
-            let (tag, operators) = self.foreign_key_join(node)?;
-            self.operators.push(Box::new(tag));
-            self.operators.extend(operators);
-            return Ok(None);
-        }
-        let (tag, join): (JoinTag, Box<dyn Operator>) =
-            if let Some(node) = any.downcast_ref::<TableJoinNode>() {
-                let (tag, join) = self.table_join(node)?;
-                (tag, Box::new(join))
+        let (inputs, join): (JoinInputs, Vec<Box<dyn Operator>>) =
+            if let Some(node) = any.downcast_ref::<ForeignKeyJoinNode>() {
+                self.foreign_key_join(node)?
+            } else if let Some(node) = any.downcast_ref::<TableJoinNode>() {
+                let (inputs, join) = self.table_join(node)?;
+                (inputs, vec![Box::new(join)])
             } else if let Some(node) = any.downcast_ref::<WindowJoinNode>() {
-                let (tag, join) = self.window_join(node)?;
-                (tag, Box::new(join))
+                let (inputs, join) = self.window_join(node)?;
+                (inputs, vec![Box::new(join)])
             } else if let Some(node) = any.downcast_ref::<StreamJoinNode>() {
-                let (tag, join) = self.join(node)?;
-                (tag, Box::new(join))
+                let (inputs, join) = self.join(node)?;
+                (inputs, vec![Box::new(join)])
             } else if let Some(node) = any.downcast_ref::<MapBatchesNode>() {
                 let source = self.node(&node.input)?;
                 self.operators.push(Box::new(MapBatches {
@@ -756,9 +788,11 @@ impl Planner {
                     ext.node.name()
                 )));
             };
-        // A join's inputs are planned in its tag: the chain starts with several sources.
-        self.operators.push(Box::new(tag));
-        self.operators.push(join);
+        // A join's inputs are planned in its tag: the chain starts with several sources. Sides
+        // that keep state run their keyed operators in stages of their own before the join.
+        self.operators.push(Box::new(inputs.tag));
+        self.operators.extend(inputs.stages);
+        self.operators.extend(join);
         Ok(None)
     }
 
@@ -845,12 +879,13 @@ impl Planner {
         Ok(source)
     }
 
-    /// One side of a merge or join, planned from its source with the query's sources shared;
-    /// it may keep no state (its rows would need an exchange of their own).
+    /// One side of a merge or join, planned from its source with the query's sources shared.
+    /// A merge's inputs may keep no state (`what` says why, when one does); a join's may (see
+    /// [`crate::join_side`]).
     fn branch(
         &mut self,
         plan: &LogicalPlan,
-        what: &str,
+        what: Option<&str>,
     ) -> Result<(Input, Vec<Box<dyn Operator>>)> {
         let mut branch = Planner {
             options: self.options,
@@ -860,11 +895,13 @@ impl Planner {
         };
         let planned = branch.node(plan);
         self.sources = std::mem::take(&mut branch.sources);
+        self.stores.append(&mut branch.stores);
         let input = planned?;
-        if let Some(op) = branch
-            .operators
-            .iter()
-            .find(|op| op.partition_keys().is_some())
+        if let Some(what) = what
+            && let Some(op) = branch
+                .operators
+                .iter()
+                .find(|op| op.partition_keys().is_some())
         {
             return Err(EngineError::plan(format!(
                 "{what} ('{}'); this is not supported yet: write the aggregated stream to a \
@@ -876,84 +913,180 @@ impl Planner {
     }
 
     /// Both sides of a join planned from their sources and tagged with their keys (see
-    /// [`crate::join`]): the [`JoinTag`] that runs first. Keys compare in the right side's
-    /// types.
+    /// [`crate::join`]): the [`JoinTag`] that runs first, and the stages of sides that keep
+    /// state. Keys compare in the right side's types.
     fn join_inputs(
         &mut self,
         name: &str,
         sides: [(&LogicalPlan, &[Expr], &str); 2],
-    ) -> Result<JoinTag> {
+    ) -> Result<JoinInputs> {
         self.tag_inputs(name, sides, false)
     }
 
-    /// [`Planner::join_inputs`]; with `encode`, each side's keys (of any number and types)
-    /// become one binary column (see [`JoinTag::encode_keys`]).
+    /// [`Planner::join_inputs`]; with `own_types`, each side's keys keep their own number and
+    /// types and are compared as bytes (a foreign-key join's). Keys are one binary column (see
+    /// [`JoinTag::encode_keys`]) then, and whenever a side keeps state: such a side is routed
+    /// by its first keyed operator's keys, and each of its keyed operators runs in a
+    /// [`SideStage`] that routes what it emits by the next one's keys, or the join key.
     fn tag_inputs(
         &mut self,
         name: &str,
         sides: [(&LogicalPlan, &[Expr], &str); 2],
-        encode: bool,
-    ) -> Result<JoinTag> {
+        own_types: bool,
+    ) -> Result<JoinInputs> {
+        use arrow::datatypes::DataType;
         let tag_name = format!("{name}.inputs");
         let mut planned = Vec::with_capacity(2);
-        for (plan, keys, what) in sides {
-            let (input, operators) =
-                self.branch(plan, &format!("the {what} side of a join is aggregated"))?;
+        for (plan, keys, _) in sides {
+            let (input, operators) = self.branch(plan, None)?;
             let keys = keys
                 .iter()
                 .map(|k| self.physical(k, plan.schema()))
                 .collect::<Result<Vec<_>>>()?;
             planned.push((input, operators, keys, plan.schema().clone()));
         }
-        let mut key_types = Vec::new();
-        if encode {
-            key_types.push(arrow::datatypes::DataType::Binary);
-        }
-        // Encoded keys are compared as bytes: each side's own types.
-        let compared = if encode { 0 } else { planned[1].2.len() };
-        for (i, k) in planned[1].2.iter().enumerate().take(compared) {
-            let right = k.data_type(planned[1].3.as_arrow())?;
-            let left = planned[0].2[i].data_type(planned[0].3.as_arrow())?;
-            if !arrow::compute::can_cast_types(&left, &right) {
-                return Err(EngineError::plan(format!(
-                    "join '{name}': the key {} is {left} on the {} side, which does not compare \
-                     with {} ({right}) on the {} side",
-                    sides[0].1[i], sides[0].2, sides[1].1[i], sides[1].2
-                )));
+        // The types each side's join keys compare in.
+        let mut join_types: [Vec<DataType>; 2] = [Vec::new(), Vec::new()];
+        if own_types {
+            for (side, p) in planned.iter().enumerate() {
+                join_types[side] =
+                    p.2.iter()
+                        .map(|k| k.data_type(p.3.as_arrow()))
+                        .collect::<datafusion::error::Result<_>>()?;
             }
-            key_types.push(right);
+        } else {
+            for (i, k) in planned[1].2.iter().enumerate() {
+                let right = k.data_type(planned[1].3.as_arrow())?;
+                let left = planned[0].2[i].data_type(planned[0].3.as_arrow())?;
+                if !arrow::compute::can_cast_types(&left, &right) {
+                    return Err(EngineError::plan(format!(
+                        "join '{name}': the key {} is {left} on the {} side, which does not \
+                         compare with {} ({right}) on the {} side",
+                        sides[0].1[i], sides[0].2, sides[1].1[i], sides[1].2
+                    )));
+                }
+                join_types[1].push(right);
+            }
+            join_types[0] = join_types[1].clone();
         }
+        let stateful = planned
+            .iter()
+            .any(|p| p.1.iter().any(|op| op.partition_keys().is_some()));
+        let encode = own_types || stateful;
+        let tag_types = if encode {
+            vec![DataType::Binary]
+        } else {
+            join_types[1].clone()
+        };
         let mut built = Vec::with_capacity(2);
-        for (side, (input, ops, keys, schema)) in planned.into_iter().enumerate() {
-            let operators = ops
-                .into_iter()
+        let mut stages: Vec<Box<dyn Operator>> = Vec::new();
+        let mut schemas = Vec::with_capacity(2);
+        for (side, (input, ops, join_keys, schema)) in planned.into_iter().enumerate() {
+            schemas.push(tagged_schema(&tag_types, schema.as_arrow()));
+            let first_keyed = ops
+                .iter()
+                .position(|op| op.partition_keys().is_some())
+                .unwrap_or(ops.len());
+            let mut ops = ops.into_iter();
+            let prefix = ops
+                .by_ref()
+                .take(first_keyed)
                 .enumerate()
                 .map(|(i, op)| op.renamed(format!("{tag_name}.{}.{}", side + 1, i + 1)))
                 .collect::<Result<Vec<_>>>()?;
+            // The keyed operators, each with the stateless ones after it.
+            let mut segments: Vec<Vec<Box<dyn Operator>>> = Vec::new();
+            for op in ops {
+                match segments.last_mut() {
+                    Some(segment) if op.partition_keys().is_none() => segment.push(op),
+                    _ => segments.push(vec![op]),
+                }
+            }
+            let prefix_out: SchemaRef = match (prefix.last(), input) {
+                (Some(op), _) => op.schema(),
+                (None, Some(i)) => self.sources[i].source.schema(),
+                (None, None) => Arc::new(schema.as_arrow().clone()),
+            };
+            let route = |segment: &[Box<dyn Operator>], input: &SchemaRef| -> Result<_> {
+                let keys = segment
+                    .first()
+                    .and_then(|op| op.partition_keys())
+                    .unwrap_or_default();
+                let types = keys
+                    .iter()
+                    .map(|k| k.data_type(input))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                Ok((keys, types))
+            };
+            let (keys, key_types) = match segments.first() {
+                Some(segment) => route(segment, &prefix_out)?,
+                None => (join_keys.clone(), join_types[side].clone()),
+            };
             built.push(Side {
                 input,
-                operators,
+                operators: prefix,
                 keys,
-                schema: tagged_schema(&key_types, schema.as_arrow()),
+                key_types,
+                schema: tagged_schema(
+                    if encode {
+                        &tag_types
+                    } else {
+                        &join_types[side]
+                    },
+                    &prefix_out,
+                ),
             });
+            let mut stage_input = prefix_out;
+            let count = segments.len();
+            let mut segments = segments.into_iter().enumerate().peekable();
+            while let Some((j, segment)) = segments.next() {
+                let output = segment.last().map_or(stage_input.clone(), |op| op.schema());
+                let (next, next_types) = match segments.peek() {
+                    Some((_, following)) => route(following, &output)?,
+                    None => (join_keys.clone(), join_types[side].clone()),
+                };
+                let stage_name = if count == 1 {
+                    format!("{tag_name}.{}.state", side + 1)
+                } else {
+                    format!("{tag_name}.{}.state{}", side + 1, j + 1)
+                };
+                stages.push(Box::new(SideStage::new(
+                    stage_name,
+                    side as u8,
+                    stage_input,
+                    segment,
+                    next,
+                    next_types,
+                )?));
+                stage_input = output;
+            }
         }
         let (Some(right), Some(left)) = (built.pop(), built.pop()) else {
             return Err(EngineError::internal("a join without two sides"));
         };
-        Ok(JoinTag {
-            name: tag_name,
-            sides: [left, right],
-            key_types,
-            encode_keys: encode,
-            metrics: OperatorMetrics::default(),
+        let (Some(right_schema), Some(left_schema)) = (schemas.pop(), schemas.pop()) else {
+            return Err(EngineError::internal("a join without two sides"));
+        };
+        Ok(JoinInputs {
+            tag: JoinTag {
+                name: tag_name,
+                sides: [left, right],
+                key_types: tag_types.clone(),
+                encode_keys: encode,
+                metrics: OperatorMetrics::default(),
+            },
+            stages,
+            schemas: [left_schema, right_schema],
+            keys: tag_types.len(),
+            decoded: encode.then(|| join_types[0].clone()),
         })
     }
 
     /// A stream–table join (see [`crate::join`]): the tagged inputs, then the join after an
     /// exchange by key.
-    fn join(&mut self, node: &StreamJoinNode) -> Result<(JoinTag, StreamTableJoin)> {
+    fn join(&mut self, node: &StreamJoinNode) -> Result<(JoinInputs, StreamTableJoin)> {
         let name = self.name("join");
-        if !is_changelog(node.table.schema()) {
+        if !is_table(&node.table) {
             return Err(EngineError::plan(format!(
                 "the right side of join '{}' is not a table (it has no {DELETED} column); join \
                  a stream with a table (StreamsBuilder::table)",
@@ -972,7 +1105,7 @@ impl Planner {
             &node.table_key,
             &format!("the table of join '{}'", node.name),
         )?;
-        let tag = self.join_inputs(
+        let inputs = self.join_inputs(
             &name,
             [
                 (&node.stream, &node.keys, "stream"),
@@ -989,14 +1122,14 @@ impl Planner {
             name,
             kind: node.kind,
             grace_ms: node.grace_ms,
-            keys: tag.key_types.len(),
-            stream_schema: tag.sides[0].schema.clone(),
-            table_schema: tag.sides[1].schema.clone(),
+            keys: inputs.keys,
+            stream_schema: inputs.schemas[0].clone(),
+            table_schema: inputs.schemas[1].clone(),
             table_out,
             filter,
             schema: Arc::new(node.schema.as_arrow().clone()),
         })?;
-        Ok((tag, join))
+        Ok((inputs, join))
     }
 
     /// A foreign-key join of two tables (see [`crate::fk_join`]): the tagged inputs (each
@@ -1004,14 +1137,14 @@ impl Planner {
     fn foreign_key_join(
         &mut self,
         node: &ForeignKeyJoinNode,
-    ) -> Result<(JoinTag, Vec<Box<dyn Operator>>)> {
+    ) -> Result<(JoinInputs, Vec<Box<dyn Operator>>)> {
         let name = self.name("join");
         let mut keys: Vec<Vec<Expr>> = Vec::with_capacity(2);
         for (plan, key, side) in [
             (&node.left, &node.left_key, "left"),
             (&node.right, &node.right_key, "right"),
         ] {
-            if !is_changelog(plan.schema()) {
+            if !is_table(plan) {
                 return Err(EngineError::plan(format!(
                     "the {side} side of join '{}' is not a table (it has no {DELETED} column)",
                     node.name
@@ -1045,7 +1178,7 @@ impl Planner {
             }
             right_key_types.push(right);
         }
-        let tag = self.tag_inputs(
+        let inputs = self.tag_inputs(
             &name,
             [
                 (&node.left, &keys[0], "left"),
@@ -1063,18 +1196,18 @@ impl Planner {
             schema: Arc::new(node.schema.as_arrow().clone()),
         }
         .operators()?;
-        Ok((tag, operators))
+        Ok((inputs, operators))
     }
 
     /// A table–table join on the tables' keys (see [`crate::table_join`]).
-    fn table_join(&mut self, node: &TableJoinNode) -> Result<(JoinTag, TableTableJoin)> {
+    fn table_join(&mut self, node: &TableJoinNode) -> Result<(JoinInputs, TableTableJoin)> {
         let name = self.name("join");
         let mut keys: Vec<Vec<Expr>> = Vec::with_capacity(2);
         for (plan, key, side) in [
             (&node.left, &node.left_key, "left"),
             (&node.right, &node.right_key, "right"),
         ] {
-            if !is_changelog(plan.schema()) {
+            if !is_table(plan) {
                 return Err(EngineError::plan(format!(
                     "the {side} side of join '{}' is not a table (it has no {DELETED} column)",
                     node.name
@@ -1086,7 +1219,7 @@ impl Planner {
                 &format!("the {side} table of join '{}'", node.name),
             )?);
         }
-        let tag = self.join_inputs(
+        let inputs = self.join_inputs(
             &name,
             [
                 (&node.left, &keys[0], "left"),
@@ -1107,16 +1240,17 @@ impl Planner {
         let join = TableTableJoin::new(TableJoinSpec {
             name,
             kind: node.kind,
-            keys: tag.key_types.len(),
-            schemas: [tag.sides[0].schema.clone(), tag.sides[1].schema.clone()],
+            keys: inputs.keys,
+            schemas: inputs.schemas.clone(),
             left_key_columns,
+            decoded: inputs.decoded.clone(),
             schema: Arc::new(node.schema.as_arrow().clone()),
         })?;
-        Ok((tag, join))
+        Ok((inputs, join))
     }
 
     /// A stream–stream join within a time bound (see [`crate::window_join`]).
-    fn window_join(&mut self, node: &WindowJoinNode) -> Result<(JoinTag, StreamStreamJoin)> {
+    fn window_join(&mut self, node: &WindowJoinNode) -> Result<(JoinInputs, StreamStreamJoin)> {
         let name = self.name("join");
         for (plan, side) in [(&node.left, "left"), (&node.right, "right")] {
             if is_changelog(plan.schema()) {
@@ -1127,7 +1261,7 @@ impl Planner {
                 )));
             }
         }
-        let tag = self.join_inputs(
+        let inputs = self.join_inputs(
             &name,
             [
                 (&node.left, &node.left_keys, "left"),
@@ -1144,12 +1278,12 @@ impl Planner {
             kind: node.kind,
             window: node.window,
             grace_ms: node.grace_ms,
-            keys: tag.key_types.len(),
-            schemas: [tag.sides[0].schema.clone(), tag.sides[1].schema.clone()],
+            keys: inputs.keys,
+            schemas: inputs.schemas.clone(),
             filter,
             schema: Arc::new(node.schema.as_arrow().clone()),
         })?;
-        Ok((tag, join))
+        Ok((inputs, join))
     }
 
     fn aggregate(&mut self, aggregate: &Aggregate) -> Result<Box<dyn Operator>> {

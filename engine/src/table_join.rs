@@ -46,6 +46,9 @@ pub(crate) struct TableJoinSpec {
     /// Where the left's key columns are among its columns (after the tag and keys): a delete
     /// of a key whose left row is gone still carries the key.
     pub left_key_columns: Vec<usize>,
+    /// When the key is one binary column (a side keeps state, see [`crate::join_side`]): the
+    /// types of the key columns it encodes.
+    pub decoded: Option<Vec<DataType>>,
     pub schema: SchemaRef,
 }
 
@@ -106,9 +109,17 @@ impl TableTableJoin {
     fn assemble(&self, out: &[Change]) -> Result<RecordBatch> {
         let n = out.len();
         let parser = self.key_rows.parser();
-        let keys = self
+        let mut keys = self
             .key_rows
             .convert_rows(out.iter().map(|c| parser.parse(&c.key)))?;
+        if let (Some(types), Some(encoded)) = (&self.spec.decoded, keys.first()) {
+            let decoder =
+                RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+            let encoded = encoded.as_binary::<i32>();
+            let parser = decoder.parser();
+            keys =
+                decoder.convert_rows((0..encoded.len()).map(|i| parser.parse(encoded.value(i))))?;
+        }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.schema.fields().len());
         for side in 0..2 {
             let rows: Vec<_> = out
@@ -146,7 +157,14 @@ impl TableTableJoin {
                     .then(|| self.spec.left_key_columns.iter().position(|&k| k == c))
                     .flatten();
                 columns.push(match key_at {
-                    Some(k) => keys[k].clone(),
+                    Some(k) => {
+                        let want = self.spec.schema.field(columns.len()).data_type();
+                        if keys[k].data_type() == want {
+                            keys[k].clone()
+                        } else {
+                            arrow::compute::cast(&keys[k], want)?
+                        }
+                    }
                     None => take(values.as_ref(), &idx, None)?,
                 });
             }

@@ -170,3 +170,87 @@ async fn a_query_waits_out_a_restart_of_its_cluster() {
     serving.await.unwrap().unwrap();
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_topic_of_an_external_cluster_reads_as_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LocalServer::start(BrokerConfig {
+        data_dir: dir.path().to_owned(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let cluster = KafkaCluster::connect(&server.addr().to_string())
+        .await
+        .unwrap();
+    let created = cluster
+        .client()
+        .create_topics(&[NewTopic::new("teams", 1)], false)
+        .await
+        .unwrap();
+    assert!(created.iter().all(|(_, r)| r.is_ok()), "{created:?}");
+    // ann joins red, bob blue, ann moves to green, bob leaves (a tombstone).
+    let mut envelope = EnvelopeBuilder::default();
+    for (user, team) in [
+        ("ann", Some("red")),
+        ("bob", Some("blue")),
+        ("ann", Some("green")),
+        ("bob", None),
+        ("cy", Some("red")),
+    ] {
+        let value = team.map(|t| format!(r#"{{"team":"{t}"}}"#));
+        envelope.append_record(&Record::new(
+            1,
+            Some(user.as_bytes()),
+            value.as_deref().map(str::as_bytes),
+        ));
+    }
+    cluster
+        .client()
+        .produce("teams", 0, &envelope.finish())
+        .await
+        .unwrap();
+
+    let value = Arc::new(Schema::new(vec![Field::new("team", DataType::Utf8, true)]));
+    let source = KafkaSource::table(
+        &cluster,
+        "teams",
+        Format::kafka("user", quiver_engine::KafkaType::String),
+        Format::Json(value),
+    )
+    .await
+    .unwrap();
+    let builder = StreamsBuilder::new().with_options(QueryOptions {
+        poll_wait: Duration::from_millis(20),
+        ..QueryOptions::default()
+    });
+    let table = builder.table_from("teams", Arc::new(source)).unwrap();
+    assert_eq!(table.key(), ["user"]);
+    let collector = Collector::new();
+    table
+        .materialize("teams")
+        .unwrap()
+        .to_stream()
+        .to_collector(&collector);
+    let runtime = Runtime::without_broker();
+    let running = runtime.run(builder.build().unwrap()).await.unwrap();
+    assert_eq!(collector.wait_for_rows(5, Duration::from_secs(10)).await, 5);
+    let rows = runtime.store("teams").unwrap().scan().unwrap();
+    running.stop().await.unwrap();
+    let users: Vec<&str> = rows
+        .column_by_name("user")
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|u| u.unwrap())
+        .collect();
+    let teams: Vec<&str> = rows
+        .column_by_name("team")
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|t| t.unwrap())
+        .collect();
+    assert_eq!(users, ["ann", "cy"]);
+    assert_eq!(teams, ["green", "red"]);
+}
