@@ -24,6 +24,7 @@ use std::sync::Arc;
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::error::Result as DfResult;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::count;
@@ -60,6 +61,9 @@ pub struct StreamsBuilder {
 struct BuilderInner {
     sources: usize,
     outputs: Vec<Output>,
+    /// Materialized tables (store name, plan, emit mode): one that no output reads still runs,
+    /// into its store alone.
+    materialized: Vec<(String, LogicalPlan, EmitMode)>,
     options: QueryOptions,
     application_id: Option<String>,
 }
@@ -152,7 +156,26 @@ impl StreamsBuilder {
     pub fn build(&self) -> Result<Topology> {
         let mut inner = self.inner.lock();
         let options = inner.options.clone();
-        let outputs = std::mem::take(&mut inner.outputs);
+        let mut outputs = std::mem::take(&mut inner.outputs);
+        // A table that is only materialized runs for its store (Kafka Streams' queryable
+        // store without a `to`).
+        for (store, plan, emit) in std::mem::take(&mut inner.materialized) {
+            let in_store = |p: &LogicalPlan| {
+                p.exists(|n| {
+                    Ok(matches!(n, LogicalPlan::Extension(e)
+                        if e.node.as_any().downcast_ref::<crate::store::MaterializeNode>()
+                            .is_some_and(|m| m.store.name() == store)))
+                })
+                .unwrap_or(false)
+            };
+            if !outputs.iter().any(|o| in_store(&o.plan)) {
+                outputs.push(Output {
+                    plan,
+                    emit,
+                    sink: Box::new(crate::sink::DiscardSink),
+                });
+            }
+        }
         if outputs.is_empty() {
             return Err(EngineError::config(
                 "the topology has no sinks; send a stream or table somewhere (to_topic, \
@@ -1103,6 +1126,11 @@ impl Table {
                 store,
             }),
         });
+        self.stream.builder.inner.lock().materialized.push((
+            name.to_owned(),
+            plan.clone(),
+            self.stream.emit,
+        ));
         Ok(Table {
             stream: self.stream.with_plan(plan),
         })

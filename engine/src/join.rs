@@ -621,6 +621,10 @@ impl Operator for JoinTag {
         &self.name
     }
 
+    fn mixes_layouts(&self) -> bool {
+        true
+    }
+
     /// The stream side's layout (the table side's differs after the key columns).
     fn schema(&self) -> SchemaRef {
         self.sides[0].schema.clone()

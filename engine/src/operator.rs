@@ -146,6 +146,12 @@ pub trait Operator: Send + std::fmt::Debug {
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
         None
     }
+
+    /// Whether its batches come in more than one layout (a join's tagged inputs): then the
+    /// operators after it must tell them apart.
+    fn mixes_layouts(&self) -> bool {
+        false
+    }
 }
 
 /// The key columns held in column `column` of a state snapshot as bytes of `converter`'s row

@@ -937,8 +937,15 @@ impl Planner {
         use arrow::datatypes::DataType;
         let tag_name = format!("{name}.inputs");
         let mut planned = Vec::with_capacity(2);
-        for (plan, keys, _) in sides {
+        for (plan, keys, what) in sides {
             let (input, operators) = self.branch(plan, None)?;
+            if let Some(op) = operators.iter().find(|op| op.mixes_layouts()) {
+                return Err(EngineError::plan(format!(
+                    "the {what} side of join '{name}' is itself a join ('{}'); this is not \
+                     supported yet: write the joined stream to a topic and join that",
+                    op.name()
+                )));
+            }
             let keys = keys
                 .iter()
                 .map(|k| self.physical(k, plan.schema()))

@@ -143,6 +143,29 @@ impl Sink for CollectSink {
     }
 }
 
+/// Drops every row: the sink of a table that is only materialized (its store is the output).
+#[derive(Debug, Default)]
+pub struct DiscardSink;
+
+#[async_trait]
+impl Sink for DiscardSink {
+    fn describe(&self) -> String {
+        "none (the table's store)".into()
+    }
+
+    async fn open(&mut self, _schema: SchemaRef) -> Result<()> {
+        Ok(())
+    }
+
+    async fn write(&mut self, _batch: RecordBatch) -> Result<()> {
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Each row as one line of JSON on standard output.
 #[derive(Debug, Default)]
 pub struct StdoutSink {

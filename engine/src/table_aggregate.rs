@@ -21,6 +21,9 @@
 //! (COUNT, SUM, AVG, VAR, STDDEV and their variants; not DISTINCT): MIN and MAX would need every
 //! value of the group kept, and DataFusion's retractable forms of them (and of ARRAY_AGG) take
 //! rows back in arrival order only, as a sliding window frame does. ksqlDB draws the same line.
+//! SUM and AVG of floating-point columns take a row back by subtraction, so a group's value
+//! carries the rounding of every value that passed through it (as Kafka Streams' subtractors
+//! do); integer and decimal sums are exact.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;

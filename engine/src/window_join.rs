@@ -18,7 +18,7 @@
 //! - A condition on top of the key equality is evaluated on each pair; a pair that fails it
 //!   does not count as a match.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use datafusion::common::HashMap;
 use std::fmt;
@@ -49,7 +49,8 @@ struct Entry {
 /// One side's buffer.
 #[derive(Debug, Default)]
 struct Buffer {
-    by_key: HashMap<Box<[u8]>, Vec<Entry>>,
+    /// Each key's entries in time order, so the watermark expires them from the front.
+    by_key: HashMap<Box<[u8]>, VecDeque<Entry>>,
     /// Keys by the time of their records, to find what the watermark expires.
     by_time: BTreeMap<i64, Vec<Box<[u8]>>>,
     rows: usize,
@@ -62,9 +63,16 @@ impl Buffer {
         self.bytes += key.len() + entry.row.as_ref().len() + std::mem::size_of::<Entry>();
         self.by_time.entry(entry.time).or_default().push(key.into());
         match self.by_key.get_mut(key) {
-            Some(entries) => entries.push(entry),
+            Some(entries) => {
+                let at = if entries.back().is_none_or(|last| last.time <= entry.time) {
+                    entries.len()
+                } else {
+                    entries.partition_point(|e| e.time <= entry.time)
+                };
+                entries.insert(at, entry);
+            }
             None => {
-                self.by_key.insert(key.into(), vec![entry]);
+                self.by_key.insert(key.into(), VecDeque::from([entry]));
             }
         }
     }
@@ -79,23 +87,19 @@ impl Buffer {
                 let Some(entries) = self.by_key.get_mut(&key) else {
                     continue;
                 };
-                let mut kept = Vec::with_capacity(entries.len());
-                for e in entries.drain(..) {
-                    if e.time < before {
-                        self.rows -= 1;
-                        self.bytes -=
-                            key.len() + e.row.as_ref().len() + std::mem::size_of::<Entry>();
-                        if !e.matched {
-                            unmatched.push(e.row);
-                        }
-                    } else {
-                        kept.push(e);
+                // A key listed at several expired times is emptied of them the first time.
+                while entries.front().is_some_and(|e| e.time < before) {
+                    let Some(e) = entries.pop_front() else {
+                        break;
+                    };
+                    self.rows -= 1;
+                    self.bytes -= key.len() + e.row.as_ref().len() + std::mem::size_of::<Entry>();
+                    if !e.matched {
+                        unmatched.push(e.row);
                     }
                 }
-                if kept.is_empty() {
+                if entries.is_empty() {
                     self.by_key.remove(&key);
-                } else {
-                    *entries = kept;
                 }
             }
         }

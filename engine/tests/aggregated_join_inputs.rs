@@ -367,3 +367,23 @@ async fn a_join_of_aggregated_tables_resumes_from_its_checkpoint_at_another_para
     wait(&b, &joined_oracle(&views, &clicks), "everything is joined").await;
     running.stop().await.unwrap();
 }
+
+#[test]
+fn a_join_whose_input_is_a_join_is_refused_with_a_reason() {
+    let builder = StreamsBuilder::new();
+    let views = stream(&builder, "views", &events(10, 1));
+    let per_user = |name: &str| {
+        stream(&builder, name, &events(10, 2))
+            .group_by([col("user")])
+            .unwrap()
+            .count()
+            .unwrap()
+    };
+    let joined = per_user("a").join(&per_user("b")).unwrap();
+    views
+        .join(&joined, [col("user")])
+        .unwrap()
+        .to_collector(&Collector::new());
+    let err = builder.build().unwrap_err().to_string();
+    assert!(err.contains("is itself a join"), "{err}");
+}

@@ -148,6 +148,27 @@ async fn a_store_holds_the_changelogs_last_row_per_key_and_serves_keys_ranges_an
 }
 
 #[tokio::test]
+async fn a_table_that_is_only_materialized_runs_into_its_store() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("orders", source(600))
+        .unwrap()
+        .group_by([col("customer")])
+        .unwrap()
+        .aggregate([sum(col("amount")).alias("total")])
+        .unwrap()
+        .materialize("only-totals")
+        .unwrap();
+    let topology = builder.build().unwrap();
+    assert_eq!(topology.queries().len(), 1);
+    let runtime = Runtime::without_broker();
+    runtime.run(topology).await.unwrap().wait().await.unwrap();
+    let store = runtime.store("only-totals").unwrap();
+    assert_eq!(store.len(), 30);
+    assert!(store.get(&key("c07")).unwrap().is_some());
+}
+
+#[tokio::test]
 async fn a_store_past_its_limit_fails_the_query_naming_it() {
     let builder = StreamsBuilder::new();
     builder

@@ -1130,6 +1130,9 @@ impl SqlEngine {
         rewrite_window(&mut query)?;
         let context = self.context(&Self::start_from(properties))?;
         let plan = plan_query(&context, &query)?;
+        // Aggregations of tables before the joins (an aggregated table may be joined), and
+        // again after them (a join of tables may be aggregated).
+        let plan = crate::join::plan_table_aggregates(plan, query.position)?;
         let plan = crate::join::plan_joins(plan, &query.within, query.position)?;
         let plan = crate::join::plan_table_aggregates(plan, query.position)?;
         let emit = match query.emit {
@@ -1475,6 +1478,9 @@ impl SqlEngine {
                 position,
             ));
         }
+        if let Some(output) = self.point_lookup(query).await? {
+            return Ok(output);
+        }
         let mut tables: std::collections::HashMap<String, Arc<dyn TableSource>> =
             std::collections::HashMap::new();
         let sources: Vec<SourceInfo> = self.inner.state.lock().sources.values().cloned().collect();
@@ -1539,6 +1545,164 @@ impl SqlEngine {
         let schema = physical.schema();
         let batches = collect(physical, state.task_ctx()).await?;
         Ok(Output::Rows { schema, batches })
+    }
+
+    /// A pull query that only reads columns of one key's row (`SELECT a, b AS c FROM t WHERE
+    /// key = 'k'`, `SELECT *`) answered straight from the table's store, without planning it
+    /// through DataFusion; `None` for any other query (it is planned as usual, with the same
+    /// result for these).
+    async fn point_lookup(&self, query: &StreamingQuery) -> Result<Option<Output>, SqlError> {
+        use sqlparser::ast::{GroupByExpr, SelectItem, TableFactor};
+        if query.limit == Some(0) {
+            return Ok(None);
+        }
+        let q = &query.query;
+        if q.with.is_some()
+            || q.order_by.is_some()
+            || q.limit_clause.is_some()
+            || q.fetch.is_some()
+            || !q.locks.is_empty()
+        {
+            return Ok(None);
+        }
+        let SetExpr::Select(select) = q.body.as_ref() else {
+            return Ok(None);
+        };
+        let plain = select.distinct.is_none()
+            && select.top.is_none()
+            && select.into.is_none()
+            && select.having.is_none()
+            && select.qualify.is_none()
+            && select.named_window.is_empty()
+            && select.lateral_views.is_empty()
+            && select.cluster_by.is_empty()
+            && select.distribute_by.is_empty()
+            && select.sort_by.is_empty()
+            && matches!(&select.group_by, GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty())
+            && select.from.len() == 1
+            && select.from[0].joins.is_empty();
+        if !plain {
+            return Ok(None);
+        }
+        let TableFactor::Table {
+            name,
+            args: None,
+            with_hints,
+            ..
+        } = &select.from[0].relation
+        else {
+            return Ok(None);
+        };
+        if !with_hints.is_empty() {
+            return Ok(None);
+        }
+        let info = {
+            let state = self.inner.state.lock();
+            match state.sources.get(&crate::parser::normalize_object(name)) {
+                Some(info) if info.kind == SourceKind::Table => info.clone(),
+                _ => return Ok(None),
+            }
+        };
+        // The WHERE clause is exactly an equality per key column.
+        let Some(selection) = &select.selection else {
+            return Ok(None);
+        };
+        let mut conjuncts = vec![selection];
+        let mut equalities = 0;
+        while let Some(e) = conjuncts.pop() {
+            use sqlparser::ast::{BinaryOperator, Expr as E};
+            match e {
+                E::BinaryOp {
+                    left,
+                    op: BinaryOperator::And,
+                    right,
+                } => {
+                    conjuncts.push(left);
+                    conjuncts.push(right);
+                }
+                E::Nested(inner) => conjuncts.push(inner),
+                E::BinaryOp {
+                    left,
+                    op: BinaryOperator::Eq,
+                    right,
+                } if matches!(
+                    (left.as_ref(), right.as_ref()),
+                    (E::Identifier(_) | E::CompoundIdentifier(_), E::Value(_))
+                        | (E::Value(_), E::Identifier(_) | E::CompoundIdentifier(_))
+                ) =>
+                {
+                    equalities += 1
+                }
+                _ => return Ok(None),
+            }
+        }
+        if equalities != info.key_columns.len() {
+            return Ok(None);
+        }
+        if key_lookup(query, &info).is_none() {
+            return Ok(None);
+        }
+        // The select list: `*`, or columns of the table (aliased or not).
+        let schema = info.schema();
+        let mut picked: Vec<(usize, String)> = Vec::new();
+        for item in &select.projection {
+            use sqlparser::ast::Expr as E;
+            let (expr, alias) = match item {
+                SelectItem::Wildcard(options)
+                    if options.opt_exclude.is_none()
+                        && options.opt_except.is_none()
+                        && options.opt_replace.is_none()
+                        && options.opt_rename.is_none()
+                        && options.opt_ilike.is_none() =>
+                {
+                    picked.extend(
+                        schema
+                            .fields()
+                            .iter()
+                            .enumerate()
+                            .map(|(i, f)| (i, f.name().clone())),
+                    );
+                    continue;
+                }
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(normalize(alias))),
+                _ => return Ok(None),
+            };
+            let column = match expr {
+                E::Identifier(i) => normalize(i),
+                E::CompoundIdentifier(parts) if parts.len() == 2 => normalize(&parts[1]),
+                _ => return Ok(None),
+            };
+            let Ok(i) = schema.index_of(&column) else {
+                return Ok(None);
+            };
+            picked.push((i, alias.unwrap_or(column)));
+        }
+        // Names must be unique (DataFusion refuses the query otherwise: let it say so).
+        let mut names: Vec<&String> = picked.iter().map(|(_, n)| n).collect();
+        names.sort();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Ok(None);
+        }
+        let Some(store) = self.materialized(&info.name).await else {
+            return Ok(None);
+        };
+        // The key's row, or none.
+        let rows = self.store_rows(&store, &info, query)?;
+        let fields: Vec<Field> = picked
+            .iter()
+            .map(|(i, name)| rows.schema().field(*i).clone().with_name(name))
+            .collect();
+        let columns: Vec<ArrayRef> = picked
+            .iter()
+            .map(|(i, _)| rows.column(*i).clone())
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Some(Output::Rows {
+            schema,
+            batches: vec![batch],
+        }))
     }
 
     /// The store of a table a running query materializes, once the query has restored it
@@ -2312,7 +2476,6 @@ fn key_lookup(query: &StreamingQuery, info: &SourceInfo) -> Option<Vec<ScalarVal
         .collect()
 }
 
-/// The aggregation of a plan, under its projections and HAVING filter.
 /// The aggregation at the top of a query (under its select list, HAVING and alias): its
 /// output schema and the number of GROUP BY columns that lead it.
 fn find_aggregate(plan: &LogicalPlan) -> Option<(&DFSchemaRef, usize)> {

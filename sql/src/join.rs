@@ -111,15 +111,34 @@ pub(crate) fn plan_table_aggregates(
     if !t.transformed {
         return Ok(t.data);
     }
-    // The plan above the aggregation was typed against the `Aggregate`: recompute its schemas.
+    // The plan above the aggregation was typed against the `Aggregate`: recompute its schemas,
+    // and keep the delete marker through every select list above it (a subquery's too), so a
+    // group left empty reaches the output as a delete and a WHERE over it filters a table.
     let plan = t
         .data
         .transform_up(|node| match node {
             LogicalPlan::Extension(_) | LogicalPlan::TableScan(_) => Ok(Transformed::no(node)),
+            LogicalPlan::Projection(p) if over_table_aggregate(&p.input) => {
+                let p = LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new(
+                    p.expr, p.input,
+                )?);
+                Ok(Transformed::yes(keep_marker(p)?))
+            }
             other => Ok(Transformed::yes(other.recompute_schema()?)),
         })?
         .data;
-    Ok(keep_marker(plan)?)
+    Ok(plan)
+}
+
+/// Whether `plan` is an aggregation of a table, under select lists, filters and aliases.
+fn over_table_aggregate(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Extension(e) => e.node.as_any().is::<TableAggregateNode>(),
+        LogicalPlan::Projection(p) => over_table_aggregate(&p.input),
+        LogicalPlan::Filter(f) => over_table_aggregate(&f.input),
+        LogicalPlan::SubqueryAlias(a) => over_table_aggregate(&a.input),
+        _ => false,
+    }
 }
 
 /// The name a join input's columns are qualified with (its alias or its stream's name).

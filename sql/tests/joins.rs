@@ -300,7 +300,11 @@ async fn a_table_aggregated_by_a_column_follows_its_rows_as_they_move_and_leave(
         &engine,
         "CREATE TABLE customers_per_region AS
              SELECT region, COUNT(*) AS customers, COUNT(name) AS named FROM customers
-             GROUP BY region EMIT CHANGES;",
+             GROUP BY region EMIT CHANGES;
+         CREATE TABLE busy_regions AS
+             SELECT region, customers FROM
+                 (SELECT region, COUNT(*) AS customers FROM customers GROUP BY region)
+             WHERE customers > 1 EMIT CHANGES;",
     )
     .await;
     // Ada moved from eu to us: eu has nobody left, so it is not in the table.
@@ -317,6 +321,10 @@ async fn a_table_aggregated_by_a_column_follows_its_rows_as_they_move_and_leave(
     let want = ["apac|2|2", "us|1|1"];
     let got = wait_for(&engine, query, |got| got == want).await;
     assert_eq!(got, want);
+    // Through a subquery and a WHERE: us falls to one customer and leaves the busy regions.
+    let busy = "SELECT region, customers FROM busy_regions ORDER BY region;";
+    let got = wait_for(&engine, busy, |got| got == ["apac|2"]).await;
+    assert_eq!(got, ["apac|2"]);
     let described = rows(&engine, "DESCRIBE customers_per_region;").await;
     assert_eq!(described[1], "region|STRING (primary key)", "{described:?}");
     // MAX would need every value of a group kept to take one back.
