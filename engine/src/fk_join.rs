@@ -42,13 +42,13 @@ use arrow::array::{
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt8Type, UInt64Type};
 use arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::common::DFSchemaRef;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{EngineError, Result};
 use crate::format::DELETED;
-use crate::join::{JoinKind, encode_keys};
+use crate::join::{JoinKind, encode_keys, table_join_schema, two_inputs};
 use crate::operator::{Emit, Operator, OperatorMetrics};
 
 /// A left table joined on a foreign key to a right table's key, in a `LogicalPlan` (see the
@@ -99,20 +99,7 @@ impl ForeignKeyJoinNode {
                 "a foreign-key join needs the left table's key",
             ));
         }
-        let mut fields = Vec::new();
-        for plan in [&left, &right] {
-            for (q, f) in plan.schema().iter() {
-                if f.name() == DELETED {
-                    continue;
-                }
-                fields.push((q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))));
-            }
-        }
-        fields.push((
-            None,
-            Arc::new(Field::new(DELETED, DataType::Boolean, false)),
-        ));
-        let schema = Arc::new(DFSchema::new_with_metadata(fields, Default::default())?);
+        let schema = table_join_schema(&left, &right)?;
         Ok(LogicalPlan::Extension(Extension {
             node: Arc::new(ForeignKeyJoinNode {
                 name: name.into(),
@@ -169,15 +156,9 @@ impl UserDefinedLogicalNodeCore for ForeignKeyJoinNode {
     fn with_exprs_and_inputs(
         &self,
         _exprs: Vec<Expr>,
-        mut inputs: Vec<LogicalPlan>,
+        inputs: Vec<LogicalPlan>,
     ) -> datafusion::error::Result<Self> {
-        let internal = |m: &str| datafusion::error::DataFusionError::Internal(m.into());
-        let right = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
-        let left = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
+        let (left, right) = two_inputs(inputs)?;
         Ok(ForeignKeyJoinNode {
             left,
             right,

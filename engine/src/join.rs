@@ -211,15 +211,10 @@ impl UserDefinedLogicalNodeCore for WindowJoinNode {
     fn with_exprs_and_inputs(
         &self,
         mut exprs: Vec<Expr>,
-        mut inputs: Vec<LogicalPlan>,
+        inputs: Vec<LogicalPlan>,
     ) -> datafusion::error::Result<Self> {
         let internal = |m: &str| datafusion::error::DataFusionError::Internal(m.into());
-        let right = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
-        let left = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
+        let (left, right) = two_inputs(inputs)?;
         let filter = if self.filter.is_some() {
             exprs.pop()
         } else {
@@ -276,20 +271,7 @@ impl TableJoinNode {
                 right_key.join(", ")
             )));
         }
-        let mut fields = Vec::new();
-        for plan in [&left, &right] {
-            for (q, f) in plan.schema().iter() {
-                if f.name() == DELETED {
-                    continue;
-                }
-                fields.push((q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))));
-            }
-        }
-        fields.push((
-            None,
-            Arc::new(Field::new(DELETED, DataType::Boolean, false)),
-        ));
-        let schema = Arc::new(DFSchema::new_with_metadata(fields, Default::default())?);
+        let schema = table_join_schema(&left, &right)?;
         Ok(LogicalPlan::Extension(Extension {
             node: Arc::new(TableJoinNode {
                 name: name.into(),
@@ -302,6 +284,40 @@ impl TableJoinNode {
             }),
         }))
     }
+}
+
+/// The layout of a join of two tables: the left's columns, the right's (without
+/// [`DELETED`]), then [`DELETED`]. Every column but the key may be null: a delete carries only
+/// its key.
+pub(crate) fn table_join_schema(left: &LogicalPlan, right: &LogicalPlan) -> Result<DFSchemaRef> {
+    let mut fields = Vec::new();
+    for plan in [left, right] {
+        for (q, f) in plan.schema().iter() {
+            if f.name() == DELETED {
+                continue;
+            }
+            fields.push((q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))));
+        }
+    }
+    fields.push((
+        None,
+        Arc::new(Field::new(DELETED, DataType::Boolean, false)),
+    ));
+    Ok(Arc::new(DFSchema::new_with_metadata(
+        fields,
+        Default::default(),
+    )?))
+}
+
+/// A join node's two inputs, back from DataFusion's rewrites.
+pub(crate) fn two_inputs(
+    mut inputs: Vec<LogicalPlan>,
+) -> datafusion::error::Result<(LogicalPlan, LogicalPlan)> {
+    let internal =
+        || datafusion::error::DataFusionError::Internal("a join needs two inputs".into());
+    let right = inputs.pop().ok_or_else(internal)?;
+    let left = inputs.pop().ok_or_else(internal)?;
+    Ok((left, right))
 }
 
 impl PartialOrd for TableJoinNode {
@@ -334,15 +350,9 @@ impl UserDefinedLogicalNodeCore for TableJoinNode {
     fn with_exprs_and_inputs(
         &self,
         _exprs: Vec<Expr>,
-        mut inputs: Vec<LogicalPlan>,
+        inputs: Vec<LogicalPlan>,
     ) -> datafusion::error::Result<Self> {
-        let internal = |m: &str| datafusion::error::DataFusionError::Internal(m.into());
-        let right = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
-        let left = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
+        let (left, right) = two_inputs(inputs)?;
         Ok(TableJoinNode {
             left,
             right,
@@ -489,15 +499,9 @@ impl UserDefinedLogicalNodeCore for StreamJoinNode {
     fn with_exprs_and_inputs(
         &self,
         mut exprs: Vec<Expr>,
-        mut inputs: Vec<LogicalPlan>,
+        inputs: Vec<LogicalPlan>,
     ) -> datafusion::error::Result<Self> {
-        let internal = |m: &str| datafusion::error::DataFusionError::Internal(m.into());
-        let table = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
-        let stream = inputs
-            .pop()
-            .ok_or_else(|| internal("a join needs two inputs"))?;
+        let (stream, table) = two_inputs(inputs)?;
         let filter = if self.filter.is_some() {
             exprs.pop()
         } else {
