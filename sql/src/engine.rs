@@ -1586,12 +1586,18 @@ impl SqlEngine {
         }
         let TableFactor::Table {
             name,
+            alias,
             args: None,
             with_hints,
             ..
         } = &select.from[0].relation
         else {
             return Ok(None);
+        };
+        // What a qualified column may be qualified with: the alias, else the table's name.
+        let qualifier = match alias {
+            Some(a) => normalize(&a.name),
+            None => crate::parser::normalize_object(name),
         };
         if !with_hints.is_empty() {
             return Ok(None);
@@ -1670,7 +1676,11 @@ impl SqlEngine {
             };
             let column = match expr {
                 E::Identifier(i) => normalize(i),
-                E::CompoundIdentifier(parts) if parts.len() == 2 => normalize(&parts[1]),
+                E::CompoundIdentifier(parts)
+                    if parts.len() == 2 && normalize(&parts[0]) == qualifier =>
+                {
+                    normalize(&parts[1])
+                }
                 _ => return Ok(None),
             };
             let Ok(i) = schema.index_of(&column) else {

@@ -678,6 +678,13 @@ async fn pull_queries_on_a_maintained_table_read_its_store() {
         };
         assert_eq!(answer(fast).await, answer(planned).await, "{fast}");
     }
+    // A column qualified by a name the query does not use is an error either way.
+    assert!(
+        engine
+            .execute("SELECT x.views FROM views_per_user v WHERE user_id = 'alice';")
+            .await
+            .is_err()
+    );
     // Terminated, the table is its topic's latest rows.
     ok(&engine, "TERMINATE ALL;").await;
     assert_eq!(
