@@ -86,6 +86,13 @@ fn kafka_python_every_codec_round_trips() {
     assert!(out.contains("codecs: ok"), "{out}");
 }
 
+#[test]
+fn kafka_python_reads_topics_stored_compressed_in_every_codec() {
+    let b = Running::start(&[]);
+    let out = py("kafka_python_clients.py", &["at-rest", b.bootstrap()]);
+    assert!(out.contains("at-rest: ok"), "{out}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // confluent-kafka (librdkafka)
 // ---------------------------------------------------------------------------------------------

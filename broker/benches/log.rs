@@ -11,6 +11,13 @@
 //!   reads as many bytes from a file with `read_exact_at`.
 //! - `group_commit`: `appenders_1` and `appenders_64` tasks append 1-record batches with fsync per
 //!   append to one log; one iteration is one append, so the throughput is appends per second.
+//! - `compression`: appends of 1,000 JSON events (about 110 bytes each) to topics whose
+//!   `compression.type` is `none`, `lz4`, `zstd` or `gzip`, no fsync: the CPU cost of
+//!   compression at rest. Each case notes the bytes it stores per record and what the
+//!   producer's own batch compressed with that codec weighs (Kafka stores that as sent).
+//!
+//! Every append case also notes the bytes of the same records as one Kafka batch on the wire, so
+//! the script can print stored bytes against wire bytes (small batches are stored compactly).
 //!
 //! Byte throughput counts value bytes only, so `log` and `raw_*` of one case are comparable and
 //! their time ratio is the log's overhead. `scripts/bench-log` runs this and prints the ratios.
@@ -35,6 +42,8 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
+use quiver_broker::kafka::records as kafka_records;
+use quiver_broker::log::BatchHeader;
 use quiver_broker::{Ack, EnvelopeBuilder, Log, LogConfig, ProducerInfo, now_ms};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
@@ -102,14 +111,38 @@ fn envelope_batch(records: usize, value_size: usize) -> RecordBatch {
 }
 
 fn open_log(dir: &Path, flush_messages: Option<u64>) -> Log {
-    let config = LogConfig {
+    open_log_compressed(dir, flush_messages, "producer")
+}
+
+fn open_log_compressed(dir: &Path, flush_messages: Option<u64>, compression: &str) -> Log {
+    let mut config = LogConfig {
         segment_bytes: SEGMENT_BYTES,
         retention_ms: None,
         flush_messages,
         ..LogConfig::default()
     };
+    config
+        .set("compression.type", compression)
+        .unwrap_or_else(|e| panic!("{e}"));
     Log::open(dir, "bench", 0, Arc::new(config))
         .unwrap_or_else(|e| panic!("open log in {}: {e}", dir.display()))
+}
+
+/// Bytes of `batch` as one Kafka batch on the wire, its records compressed with `codec`.
+fn kafka_wire_len(batch: &RecordBatch, codec: i16) -> usize {
+    let n = batch.num_rows() as i32;
+    let header = BatchHeader {
+        base_offset: 0,
+        last_offset_delta: n - 1,
+        record_count: n,
+        first_timestamp: 0,
+        max_timestamp: 0,
+        producer: ProducerInfo::NONE,
+    };
+    let mut out = Vec::new();
+    kafka_records::encode_batch_compressed(&mut out, &header, batch, codec)
+        .expect("encode a Kafka batch");
+    out.len()
 }
 
 /// Bytes the log stores for one append of `batch` (frame header plus Arrow IPC message).
@@ -192,6 +225,10 @@ fn append_cases(
                 "note: append case {id} stores {} bytes per append for {} value bytes",
                 frame.len(),
                 payload.len()
+            );
+            eprintln!(
+                "note: append case {id} is {} bytes as a Kafka batch",
+                kafka_wire_len(&batch, 0)
             );
             group.throughput(Throughput::BytesDecimal(payload.len() as u64));
             group.bench_function(BenchmarkId::new("log", &id), |b| {
@@ -361,7 +398,76 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
+/// 1,000 JSON events as a producer would send them: compressible, as most topics' values are.
+fn json_batch(records: usize) -> RecordBatch {
+    let mut builder = EnvelopeBuilder::with_capacity(records, records * 120);
+    let ts = now_ms();
+    let regions = ["eu-west-1", "us-east-1", "ap-south-1"];
+    for i in 0..records {
+        let json = format!(
+            r#"{{"order_id":{},"customer":"customer-{:05}","region":"{}","amount":{}.{:02},"status":"created"}}"#,
+            1_000_000 + i,
+            (i * 7919) % 20_000,
+            regions[i % 3],
+            (i * 31) % 1_000,
+            i % 100
+        );
+        let key = format!("customer-{:05}", (i * 7919) % 20_000);
+        builder.append(
+            ts + i as i64,
+            Some(key.as_bytes()),
+            Some(json.as_bytes()),
+            &[],
+        );
+    }
+    builder.finish()
+}
+
+fn compression(c: &mut Criterion) {
+    let batch = json_batch(1_000);
+    let mut group = c.benchmark_group("compression");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(batch.num_rows() as u64));
+    for (name, codec) in [("none", 0), ("lz4", 3), ("zstd", 4), ("gzip", 1)] {
+        let dir = scratch_dir();
+        let log = open_log_compressed(dir.path(), None, name);
+        log.append_unflushed(&batch, ProducerInfo::NONE)
+            .expect("append");
+        // scripts/bench-log reads these lines.
+        eprintln!(
+            "note: compression case {name} stores {} bytes per 1000 records; the producer's batch is {} bytes",
+            log.offsets().size_bytes,
+            kafka_wire_len(&batch, codec)
+        );
+        group.bench_function(BenchmarkId::new(name, "json_x1000"), |b| {
+            b.iter_custom(|iters| {
+                let dir = scratch_dir();
+                let log = open_log_compressed(dir.path(), None, name);
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(
+                        log.append_unflushed(&batch, ProducerInfo::NONE)
+                            .expect("append"),
+                    );
+                }
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
 // The fsync groups run first: the no-fsync appends leave gigabytes of dirty pages whose writeback
 // would otherwise slow the fsyncs measured after them.
-criterion_group!(benches, group_commit, append_fsync, append, read);
+criterion_group!(
+    benches,
+    group_commit,
+    append_fsync,
+    append,
+    read,
+    compression
+);
 criterion_main!(benches);

@@ -48,6 +48,43 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
+/// `compression.type`: the codec a topic's batches are stored and served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressionType {
+    /// Keep each producer's codec (Kafka's default).
+    #[default]
+    Producer,
+    /// A Kafka codec id (see `quiver_common::kafka::compression::codec`): every batch is
+    /// stored and sent with it, whatever the producer used.
+    Codec(i16),
+}
+
+impl CompressionType {
+    fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "producer" => Some(CompressionType::Producer),
+            // `uncompressed` is Kafka's older spelling of `none` for this key.
+            "uncompressed" => Some(CompressionType::Codec(0)),
+            other => quiver_common::kafka::compression::codec_id(other).map(CompressionType::Codec),
+        }
+    }
+
+    fn render(self) -> String {
+        match self {
+            CompressionType::Producer => "producer".into(),
+            CompressionType::Codec(id) => quiver_common::kafka::compression::codec_name(id).into(),
+        }
+    }
+
+    /// The Kafka codec a batch the producer compressed with `producer_codec` is kept with.
+    pub fn codec_for(self, producer_codec: i16) -> i16 {
+        match self {
+            CompressionType::Producer => producer_codec,
+            CompressionType::Codec(id) => id,
+        }
+    }
+}
+
 /// The effective settings of one partition log (topic overrides over broker defaults).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
@@ -81,6 +118,10 @@ pub struct LogConfig {
     /// `message.timestamp.after.max.ms`: with CreateTime, a record more than this ahead of the
     /// broker's clock is refused, so one bad clock cannot stall time-based retention; `None` = no limit.
     pub timestamp_after_max_ms: Option<i64>,
+    /// `compression.type`: `producer` keeps the producer's codec; a codec name stores and serves
+    /// every batch with it. Stored batches are compressed with LZ4 or Zstandard (see the frame
+    /// format); consumers are sent the Kafka codec.
+    pub compression: CompressionType,
     /// Server key `log.flush.on.ack` (no topic key): acks=all is answered after the fsync, and
     /// the high watermark is the durable offset (consumers never see what a power loss could
     /// take away). Off: acks=all is answered after the write, as Kafka does on one node.
@@ -110,6 +151,7 @@ impl Default for LogConfig {
             timestamp_before_max_ms: None,
             // Kafka 4.0's default (KIP-937).
             timestamp_after_max_ms: Some(60 * 60 * 1000),
+            compression: CompressionType::Producer,
             flush_on_ack: true,
         }
     }
@@ -118,6 +160,10 @@ impl Default for LogConfig {
 /// The topic config keys Quiver knows, each with a one-line description (shown in errors and help).
 pub const TOPIC_CONFIG_KEYS: &[(&str, &str)] = &[
     ("cleanup.policy", "delete, compact, or compact,delete"),
+    (
+        "compression.type",
+        "producer, none, gzip, snappy, lz4 or zstd: the codec batches are stored and sent with",
+    ),
     (
         "delete.retention.ms",
         "how long tombstones survive compaction",
@@ -233,6 +279,14 @@ impl LogConfig {
                 })?
             }
             "max.message.bytes" => self.max_message_bytes = parse_at_least(key, value, 0)? as usize,
+            "compression.type" => {
+                self.compression = CompressionType::parse(value).ok_or_else(|| {
+                    BrokerError::InvalidConfig(format!(
+                        "compression.type={value:?}: expected producer, none, gzip, snappy, lz4 \
+                         or zstd"
+                    ))
+                })?
+            }
             "flush.messages" => self.flush_messages = parse_flush(key, value)?,
             "flush.ms" => self.flush_ms = parse_flush(key, value)?,
             "delete.retention.ms" => self.delete_retention_ms = parse_at_least(key, value, 0)?,
@@ -286,6 +340,7 @@ impl LogConfig {
             "segment.bytes" => self.segment_bytes.to_string(),
             "segment.ms" => self.segment_ms.to_string(),
             "cleanup.policy" => self.cleanup_policy.render(),
+            "compression.type" => self.compression.render(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "flush.messages" => flush(self.flush_messages),
             "flush.ms" => flush(self.flush_ms),
@@ -525,6 +580,7 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
     "broker.id",
+    "compression.type",
     "connections.max.idle.ms",
     "fetch.max.bytes",
     "group.initial.rebalance.delay.ms",
@@ -638,6 +694,7 @@ pub fn no_effect(key: &str) -> Option<&'static str> {
 pub fn broker_synonyms(topic_key: &str) -> &'static [&'static str] {
     match topic_key {
         "cleanup.policy" => &["log.cleanup.policy"],
+        "compression.type" => &["compression.type"],
         "delete.retention.ms" => &["log.cleaner.delete.retention.ms"],
         "flush.messages" => &["log.flush.interval.messages"],
         "flush.ms" => &["log.flush.interval.ms"],
@@ -715,6 +772,7 @@ impl BrokerConfig {
             )?,
             "log.roll.ms" => self.log.set("segment.ms", value)?,
             "log.cleanup.policy" => self.log.set("cleanup.policy", value)?,
+            "compression.type" => self.log.set("compression.type", value)?,
             "log.cleaner.delete.retention.ms" => self.log.set("delete.retention.ms", value)?,
             "log.flush.interval.messages" => self.log.set("flush.messages", value)?,
             "log.flush.interval.ms" => self.log.set("flush.ms", value)?,
@@ -860,6 +918,7 @@ impl BrokerConfig {
             "log.cleaner.backoff.ms" => self.cleaner_backoff_ms.to_string(),
             "log.cleaner.delete.retention.ms" => topic("delete.retention.ms")?,
             "log.cleanup.policy" => topic("cleanup.policy")?,
+            "compression.type" => topic("compression.type")?,
             "log.dir" | "log.dirs" => self.data_dir.display().to_string(),
             "log.flush.interval.messages" => topic("flush.messages")?,
             "log.flush.interval.ms" => topic("flush.ms")?,

@@ -26,7 +26,7 @@ pub mod txn;
 pub use quiver_common::{partitioner, record};
 
 pub use broker::{Broker, NewTopic, PartitionInfo, TopicDescription};
-pub use config::{BrokerConfig, CleanupPolicy, LogConfig, TimestampType};
+pub use config::{BrokerConfig, CleanupPolicy, CompressionType, LogConfig, TimestampType};
 pub use error::{BrokerError, Result};
 pub use log::{
     Ack, AppendInfo, BatchHeader, CleanStats, Isolation, Log, LogOffsets, ProducerInfo, ReadResult,

@@ -4,6 +4,8 @@
 
 /// Kafka's batch attribute bits that Quiver keeps.
 pub mod attributes {
+    /// The codec id (see `kafka::compression::codec`): what the batch is sent to consumers with.
+    pub const COMPRESSION: i16 = 0x07;
     pub const LOG_APPEND_TIME: i16 = 1 << 3;
     pub const TRANSACTIONAL: i16 = 1 << 4;
     pub const CONTROL: i16 = 1 << 5;
@@ -15,7 +17,8 @@ pub struct ProducerInfo {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
-    /// Kafka's attribute bits (see [`attributes`]); compression bits are never stored.
+    /// Kafka's attribute bits (see [`attributes`]). The compression bits name the codec the
+    /// stored batch is sent with (the topic's `compression.type`, or the producer's).
     pub attributes: i16,
 }
 

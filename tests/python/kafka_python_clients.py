@@ -2,6 +2,7 @@
 
 Usage: kafka_python_clients.py seed PORT
        kafka_python_clients.py codecs BOOTSTRAP
+       kafka_python_clients.py at-rest BOOTSTRAP
 
 Exits non-zero (with a traceback saying what differed) when the broker misbehaves. Every wait is
 bounded.
@@ -12,6 +13,7 @@ import threading
 import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 WAIT_S = 60
 
@@ -110,12 +112,69 @@ def codecs(bootstrap):
     print('codecs: ok')
 
 
+def consume_all(bootstrap, topic, n):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset='earliest',
+                             consumer_timeout_ms=10_000)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    got = []
+    deadline = time.monotonic() + WAIT_S
+    while len(got) < n and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            got.extend(records)
+    consumer.close()
+    return got
+
+
+def at_rest(bootstrap):
+    """Topics with a compression.type: records an uncompressed producer sends (one per request
+    and in batches) are stored compressed and come back whole, in the topic's codec."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    codecs_ = ['gzip', 'lz4', 'snappy', 'zstd']
+    admin.create_topics([NewTopic(f'at-rest-{c}', 1, 1, topic_configs={'compression.type': c})
+                         for c in codecs_])
+    for codec in codecs_:
+        topic = f'at-rest-{codec}'
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        entries = next(iter(described.values()))[topic]
+        value = entries.get('compression.type')
+        value = value.get('value') if isinstance(value, dict) else value
+        assert value == codec, f'{topic}: {entries}'
+        single = KafkaProducer(bootstrap_servers=bootstrap, acks='all')  # linger 0: one per request
+        for i in range(5):
+            single.send(topic, key=b'k', value=f'{{"n":{i},"single":true}}'.encode(),
+                        partition=0).get(timeout=WAIT_S)
+        single.close(timeout=WAIT_S)
+        batched = KafkaProducer(bootstrap_servers=bootstrap, acks='all', linger_ms=20)
+        for i in range(5, 505):
+            batched.send(topic, key=f'k{i % 9}'.encode(),
+                         value=f'{{"n":{i},"region":"eu-west-1","status":"created"}}'.encode(),
+                         headers=[('n', str(i).encode())], partition=0)
+        batched.flush(timeout=WAIT_S)
+        batched.close(timeout=WAIT_S)
+        got = consume_all(bootstrap, topic, 505)
+        assert len(got) == 505, f'{topic}: consumed {len(got)} of 505'
+        for i, m in enumerate(got):
+            assert m.offset == i, f'{topic}: record {i} has offset {m.offset}'
+            if i < 5:
+                assert m.value == f'{{"n":{i},"single":true}}'.encode(), f'{topic}: {m.value!r}'
+            else:
+                assert m.key == f'k{i % 9}'.encode(), f'{topic}: record {i} key {m.key!r}'
+                assert m.headers == [('n', str(i).encode())], f'{topic}: {m.headers!r}'
+        print(f'{topic}: 505 records round trip')
+    admin.close()
+    print('at-rest: ok')
+
+
 def main():
     cmd, arg = sys.argv[1], sys.argv[2]
     if cmd == 'seed':
         seed(int(arg))
     elif cmd == 'codecs':
         codecs(arg)
+    elif cmd == 'at-rest':
+        at_rest(arg)
     else:
         sys.exit(f'unknown command {cmd!r}')
 

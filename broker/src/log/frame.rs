@@ -1,41 +1,106 @@
-//! One stored batch: a fixed header (length, CRC32C, batch facts) followed by one Arrow IPC
-//! record-batch message without a schema (the schema is always the envelope).
+//! One stored batch: a fixed header (length, CRC32C, batch facts) followed by its body.
 //!
 //! ```text
 //!  0 u32 frame_len       whole frame, header included; a multiple of 8
 //!  4 u32 crc32c          of bytes 8..frame_len
-//!  8 u8  version (1)   9 u8 reserved   10 i16 attributes (Kafka's: timestamp type, transactional, control)
+//!  8 u8  version (1 or 2)
+//!  9 u8  form (version 2): layout << 4 | codec     10 i16 attributes (Kafka's)
 //! 12 i32 record_count
 //! 16 i64 base_offset
 //! 24 i32 last_offset_delta  28 i32 base_sequence
 //! 32 i64 first_timestamp   40 i64 max_timestamp
-//! 48 i64 producer_id       56 i16 producer_epoch  58 u16 reserved
-//! 60 u32 ipc_meta_len      64 u64 ipc_body_len
-//! 72 IPC message (metadata + body), 8-byte aligned
+//! 48 i64 producer_id       56 i16 producer_epoch  58 u16 padding (version 2: bytes after the body)
+//! 60 u32 ipc_meta_len      64 u64 body_len (uncompressed)
+//! 72 body, then zero padding to a multiple of 8
 //! ```
-//! All integers little-endian. The header size keeps the IPC body 8-byte aligned inside a
-//! 64-byte aligned read buffer, so decoding is zero-copy.
+//! All integers little-endian.
+//!
+//! A version 1 frame (the first format, still written for large uncompressed batches) holds one
+//! Arrow IPC record-batch message without a schema (the schema is always the envelope). The
+//! header size keeps the IPC body 8-byte aligned inside a 64-byte aligned read buffer, so
+//! decoding is zero-copy.
+//!
+//! A version 2 frame names its body's form in byte 9:
+//! - layout 0: the Arrow IPC message, as in version 1;
+//! - layout 1, for small batches: the first row's offset and timestamp (two i64) followed by the
+//!   rows in Kafka's v2 record encoding (varint deltas). An Arrow message carries a few hundred
+//!   bytes of metadata and padding, seven times a 100-byte record; this costs 16.
+//! - codec 0: stored as is; 1: LZ4 block; 2: Zstandard (compression at rest, per topic). The CRC
+//!   covers the compressed bytes, so damage is found before anything is decompressed.
 
+use std::cell::RefCell;
 use std::sync::LazyLock;
 
-use arrow::buffer::Buffer;
+use arrow::array::Int64Array;
+use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::ipc::reader::FileDecoder;
 use arrow::ipc::writer::{
     DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
 };
 use arrow::ipc::{Block, MetadataVersion};
 use arrow::record_batch::RecordBatch;
+use quiver_common::kafka::{compression, records as kafka_records};
+use quiver_common::record::{EnvelopeBuilder, EnvelopeColumns};
 
 use crate::error::{BrokerError, Result};
 use crate::record::envelope_schema;
 
 /// Bytes of the fixed frame header.
 pub const HEADER_LEN: usize = 72;
-const VERSION: u8 = 1;
+/// The first format: a plain Arrow IPC message.
+const VERSION_ARROW: u8 = 1;
+/// Byte 9 names the body's layout and codec.
+const VERSION_FORMS: u8 = 2;
 /// A frame larger than this is treated as damage (no batch is ever this large).
 pub const MAX_FRAME_LEN: u64 = 1 << 31;
+/// The largest body a compressed frame may declare (it is decompressed into one buffer).
+const MAX_BODY_LEN: u64 = 1 << 31;
+/// Batches of at most this many rows are stored in the Kafka layout: below it Arrow's fixed
+/// metadata outweighs the records.
+pub const SMALL_BATCH_ROWS: usize = 8;
+/// Bytes before the rows of a Kafka-layout body: the first row's offset and timestamp.
+const KAFKA_PREFIX_LEN: usize = 16;
+/// Kafka's default `compression.zstd.level`.
+const ZSTD_LEVEL: i32 = 3;
 
 pub use quiver_common::batch::{BatchHeader, ProducerInfo, attributes};
+
+/// How a frame's body is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One Arrow IPC record-batch message.
+    Arrow,
+    /// The rows in Kafka's record encoding, after the first row's offset and timestamp.
+    Kafka,
+}
+
+/// How a frame's body is compressed on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    /// The codec at rest for a batch whose Kafka attributes name `kafka_codec` (the codec its
+    /// consumers are sent): LZ4 for the fast codecs, Zstandard for those that trade CPU for size.
+    pub fn at_rest(kafka_codec: i16) -> Codec {
+        match kafka_codec {
+            compression::codec::NONE => Codec::None,
+            compression::codec::SNAPPY | compression::codec::LZ4 => Codec::Lz4,
+            _ => Codec::Zstd,
+        }
+    }
+
+    fn id(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Lz4 => 1,
+            Codec::Zstd => 2,
+        }
+    }
+}
 
 /// The header fields that can be read without the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +108,21 @@ pub struct FrameHeader {
     pub frame_len: u64,
     pub crc: u32,
     pub batch: BatchHeader,
+    pub layout: Layout,
+    pub codec: Codec,
+    /// Bytes of the Arrow IPC metadata (0 in the Kafka layout).
     pub ipc_meta_len: u32,
+    /// Bytes of the body after the metadata, uncompressed.
     pub ipc_body_len: u64,
+    /// Bytes the body takes in the frame (compressed, if it is).
+    pub stored_len: u64,
 }
 
 fn le_i16(b: &[u8], at: usize) -> i16 {
     i16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
 }
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -72,9 +146,53 @@ impl FrameHeader {
         if frame_len < HEADER_LEN as u64 || frame_len % 8 != 0 || frame_len > MAX_FRAME_LEN {
             return Err(format!("implausible frame length {frame_len}"));
         }
-        if bytes[8] != VERSION {
-            return Err(format!("unknown frame version {}", bytes[8]));
-        }
+        let ipc_meta_len = le_u32(bytes, 60);
+        let ipc_body_len = le_u64(bytes, 64);
+        let uncompressed = u64::from(ipc_meta_len).saturating_add(ipc_body_len);
+        let room = frame_len - HEADER_LEN as u64;
+        let (layout, codec, stored_len) = match bytes[8] {
+            VERSION_ARROW => {
+                if uncompressed > room {
+                    return Err("IPC lengths exceed the frame".into());
+                }
+                (Layout::Arrow, Codec::None, uncompressed)
+            }
+            VERSION_FORMS => {
+                let form = bytes[9];
+                let layout = match form >> 4 {
+                    0 => Layout::Arrow,
+                    1 => Layout::Kafka,
+                    other => return Err(format!("unknown frame layout {other}")),
+                };
+                let codec = match form & 0x0f {
+                    0 => Codec::None,
+                    1 => Codec::Lz4,
+                    2 => Codec::Zstd,
+                    other => return Err(format!("unknown frame codec {other}")),
+                };
+                let pad = u64::from(le_u16(bytes, 58));
+                if pad >= 8 || pad > room {
+                    return Err(format!("implausible frame padding {pad}"));
+                }
+                let stored_len = room - pad;
+                let sound = match codec {
+                    Codec::None => uncompressed == stored_len,
+                    _ => uncompressed <= MAX_BODY_LEN && stored_len > 0,
+                };
+                if !sound {
+                    return Err(format!(
+                        "a body of {uncompressed} bytes does not fit {stored_len} stored bytes"
+                    ));
+                }
+                if layout == Layout::Kafka
+                    && (ipc_meta_len != 0 || ipc_body_len < KAFKA_PREFIX_LEN as u64)
+                {
+                    return Err("a Kafka-layout body is too short".into());
+                }
+                (layout, codec, stored_len)
+            }
+            other => return Err(format!("unknown frame version {other}")),
+        };
         let header = FrameHeader {
             frame_len,
             crc: le_u32(bytes, 4),
@@ -91,15 +209,15 @@ impl FrameHeader {
                 first_timestamp: le_u64(bytes, 32) as i64,
                 max_timestamp: le_u64(bytes, 40) as i64,
             },
-            ipc_meta_len: le_u32(bytes, 60),
-            ipc_body_len: le_u64(bytes, 64),
+            layout,
+            codec,
+            ipc_meta_len,
+            ipc_body_len,
+            stored_len,
         };
         let b = &header.batch;
         if b.record_count < 0 || b.last_offset_delta < 0 || b.base_offset < 0 {
             return Err("negative offsets or counts".into());
-        }
-        if HEADER_LEN as u64 + u64::from(header.ipc_meta_len) + header.ipc_body_len > frame_len {
-            return Err("IPC lengths exceed the frame".into());
         }
         Ok(header)
     }
@@ -110,11 +228,16 @@ pub fn crc_matches(frame: &[u8], header: &FrameHeader) -> bool {
     frame.len() as u64 == header.frame_len && crc32c::crc32c(&frame[8..]) == header.crc
 }
 
-/// Reusable state for encoding frames (IPC scratch buffers).
+/// Reusable state for encoding frames (IPC and compression scratch space).
 pub struct FrameEncoder {
     generator: IpcDataGenerator,
     options: IpcWriteOptions,
     context: IpcWriteContext,
+    /// The uncompressed body of a version 2 frame.
+    body: Vec<u8>,
+    /// A Kafka batch being encoded, whose rows become a Kafka-layout body.
+    kafka: Vec<u8>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl std::fmt::Debug for FrameEncoder {
@@ -133,34 +256,85 @@ impl Default for FrameEncoder {
             generator: IpcDataGenerator::default(),
             options,
             context,
+            body: Vec::new(),
+            kafka: Vec::new(),
+            zstd: None,
         }
     }
 }
 
+fn too_large(len: usize) -> BrokerError {
+    BrokerError::InvalidRecords(format!("batch of {len} bytes is too large to store"))
+}
+
 impl FrameEncoder {
-    /// Encodes `batch` (envelope schema, offsets already assigned) as one frame appended to `out`.
+    /// Encodes `batch` (envelope schema, offsets already assigned) as one frame appended to
+    /// `out`. Small batches take the Kafka layout; the body is compressed as the codec in
+    /// `header`'s attributes asks ([`Codec::at_rest`]).
     pub fn encode(
         &mut self,
         header: &BatchHeader,
         batch: &RecordBatch,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        let layout = if batch.num_rows() <= SMALL_BATCH_ROWS {
+            Layout::Kafka
+        } else {
+            Layout::Arrow
+        };
+        let codec = Codec::at_rest(header.producer.attributes & attributes::COMPRESSION);
+        self.encode_as(header, batch, layout, codec, out)
+    }
+
+    /// Encodes `batch` in the given form.
+    pub fn encode_as(
+        &mut self,
+        header: &BatchHeader,
+        batch: &RecordBatch,
+        layout: Layout,
+        codec: Codec,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let start = out.len();
         out.resize(start + HEADER_LEN, 0);
-        let mut tracker = DictionaryTracker::new(false);
-        let (_dicts, encoded) =
-            self.generator
-                .encode(batch, &mut tracker, &self.options, &mut self.context)?;
-        let (meta_len, body_len) = write_message(&mut *out, encoded, &self.options)?;
+        let (version, meta_len, body_len) = if layout == Layout::Arrow && codec == Codec::None {
+            // The first format, written straight into `out`.
+            let (meta_len, body_len) = self.write_ipc(batch, out)?;
+            (VERSION_ARROW, meta_len, body_len)
+        } else {
+            let mut body = std::mem::take(&mut self.body);
+            body.clear();
+            let lengths = match layout {
+                Layout::Arrow => self.write_ipc(batch, &mut body),
+                Layout::Kafka => self.write_kafka_rows(header, batch, &mut body),
+            };
+            let stored = match lengths {
+                Ok(lengths) => self.store(&body, codec, out).map(|()| lengths),
+                Err(e) => Err(e),
+            };
+            self.body = body;
+            let (meta_len, body_len) = stored?;
+            (VERSION_FORMS, meta_len, body_len)
+        };
         let pad = (8 - (out.len() - start) % 8) % 8;
         out.resize(out.len() + pad, 0);
         let frame_len = out.len() - start;
-        let frame_len_u32 = u32::try_from(frame_len).map_err(|_| {
-            BrokerError::InvalidRecords(format!("batch of {frame_len} bytes is too large to store"))
-        })?;
+        let frame_len_u32 = u32::try_from(frame_len)
+            .ok()
+            .filter(|&l| u64::from(l) <= MAX_FRAME_LEN)
+            .ok_or_else(|| too_large(frame_len))?;
+        let meta_len = u32::try_from(meta_len).map_err(|_| too_large(meta_len))?;
         let h = &mut out[start..start + HEADER_LEN];
         h[0..4].copy_from_slice(&frame_len_u32.to_le_bytes());
-        h[8] = VERSION;
+        h[8] = version;
+        if version == VERSION_FORMS {
+            let layout_id: u8 = match layout {
+                Layout::Arrow => 0,
+                Layout::Kafka => 1,
+            };
+            h[9] = layout_id << 4 | codec.id();
+            h[58..60].copy_from_slice(&(pad as u16).to_le_bytes());
+        }
         h[10..12].copy_from_slice(&header.producer.attributes.to_le_bytes());
         h[12..16].copy_from_slice(&header.record_count.to_le_bytes());
         h[16..24].copy_from_slice(&header.base_offset.to_le_bytes());
@@ -170,10 +344,76 @@ impl FrameEncoder {
         h[40..48].copy_from_slice(&header.max_timestamp.to_le_bytes());
         h[48..56].copy_from_slice(&header.producer.producer_id.to_le_bytes());
         h[56..58].copy_from_slice(&header.producer.producer_epoch.to_le_bytes());
-        h[60..64].copy_from_slice(&(meta_len as u32).to_le_bytes());
+        h[60..64].copy_from_slice(&meta_len.to_le_bytes());
         h[64..72].copy_from_slice(&(body_len as u64).to_le_bytes());
         let crc = crc32c::crc32c(&out[start + 8..]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
+    }
+
+    /// Appends the IPC message of `batch` to `out`; returns its metadata and body lengths.
+    fn write_ipc(&mut self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(usize, usize)> {
+        let mut tracker = DictionaryTracker::new(false);
+        let (_dicts, encoded) =
+            self.generator
+                .encode(batch, &mut tracker, &self.options, &mut self.context)?;
+        Ok(write_message(&mut *out, encoded, &self.options)?)
+    }
+
+    /// Appends a Kafka-layout body to `out`: the first row's offset and timestamp, then the rows
+    /// as a Kafka batch holds them.
+    fn write_kafka_rows(
+        &mut self,
+        header: &BatchHeader,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, usize)> {
+        let start = out.len();
+        let (first_offset, first_ts) = if batch.num_rows() == 0 {
+            (header.base_offset, header.first_timestamp)
+        } else {
+            let cols = EnvelopeColumns::try_new(batch)?;
+            (cols.offsets.value(0), cols.timestamps.value(0))
+        };
+        out.extend_from_slice(&first_offset.to_le_bytes());
+        out.extend_from_slice(&first_ts.to_le_bytes());
+        self.kafka.clear();
+        kafka_records::encode_batch(&mut self.kafka, header, batch)?;
+        if let Some(rows) = self.kafka.get(kafka_records::BATCH_HEADER_LEN..) {
+            out.extend_from_slice(rows);
+        }
+        Ok((0, out.len() - start))
+    }
+
+    /// Appends `body` to `out` compressed with `codec`.
+    fn store(&mut self, body: &[u8], codec: Codec, out: &mut Vec<u8>) -> Result<()> {
+        let failed = |e: std::io::Error| {
+            BrokerError::Internal(format!("compressing a batch of {} bytes: {e}", body.len()))
+        };
+        let at = out.len();
+        match codec {
+            Codec::None => out.extend_from_slice(body),
+            Codec::Lz4 => {
+                let bound = lz4::block::compress_bound(body.len()).map_err(failed)?;
+                out.resize(at + bound, 0);
+                let n = lz4::block::compress_to_buffer(body, None, false, &mut out[at..])
+                    .map_err(failed)?;
+                out.truncate(at + n);
+            }
+            Codec::Zstd => {
+                let zstd = match &mut self.zstd {
+                    Some(z) => z,
+                    None => self
+                        .zstd
+                        .insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(failed)?),
+                };
+                out.resize(at + zstd::zstd_safe::compress_bound(body.len()), 0);
+                let n = zstd
+                    .compress_to_buffer(body, &mut out[at..])
+                    .map_err(failed)?;
+                out.truncate(at + n);
+            }
+        }
         Ok(())
     }
 }
@@ -181,64 +421,303 @@ impl FrameEncoder {
 static DECODER: LazyLock<FileDecoder> =
     LazyLock::new(|| FileDecoder::new(envelope_schema(), MetadataVersion::V5));
 
+thread_local! {
+    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// Decodes the record batch of a frame. `frame` must start at the frame header and hold the
-/// whole frame; slices of a 64-byte aligned buffer decode without copying.
+/// whole frame; uncompressed Arrow frames in a 64-byte aligned buffer decode without copying.
 pub fn decode(frame: &Buffer, header: &FrameHeader) -> Result<RecordBatch> {
-    let ipc_len = u64::from(header.ipc_meta_len) + header.ipc_body_len;
-    if (frame.len() as u64) < HEADER_LEN as u64 + ipc_len || header.ipc_meta_len < 8 {
-        return Err(BrokerError::Internal(
-            "frame shorter than its IPC message".into(),
-        ));
+    let uncompressed = u64::from(header.ipc_meta_len) + header.ipc_body_len;
+    if (frame.len() as u64) < HEADER_LEN as u64 + header.stored_len {
+        return Err(BrokerError::Internal("frame shorter than its body".into()));
     }
-    let ipc = frame.slice_with_length(HEADER_LEN, ipc_len as usize);
+    let stored = frame.slice_with_length(HEADER_LEN, header.stored_len as usize);
+    let body = match header.codec {
+        Codec::None => stored,
+        codec => decompress(&stored, codec, uncompressed as usize)?,
+    };
+    match header.layout {
+        Layout::Arrow => decode_ipc(&body, header),
+        Layout::Kafka => decode_kafka_rows(&body, header),
+    }
+}
+
+fn decompress(stored: &[u8], codec: Codec, len: usize) -> Result<Buffer> {
+    let failed = |e: std::io::Error| {
+        BrokerError::Internal(format!(
+            "a stored batch does not decompress to its {len} bytes: {e}"
+        ))
+    };
+    let mut out = MutableBuffer::from_len_zeroed(len);
+    let n = match codec {
+        Codec::None => {
+            out.as_slice_mut().copy_from_slice(stored);
+            len
+        }
+        Codec::Lz4 => {
+            let size = i32::try_from(len).map_err(|_| {
+                BrokerError::Internal(format!("an LZ4 body of {len} bytes is too large"))
+            })?;
+            lz4::block::decompress_to_buffer(stored, Some(size), out.as_slice_mut())
+                .map_err(failed)?
+        }
+        Codec::Zstd => ZSTD.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let zstd = match &mut *cell {
+                Some(z) => z,
+                None => cell.insert(zstd::bulk::Decompressor::new().map_err(failed)?),
+            };
+            zstd.decompress_to_buffer(stored, out.as_slice_mut())
+                .map_err(failed)
+        })?,
+    };
+    if n != len {
+        return Err(BrokerError::Internal(format!(
+            "a stored batch decompressed to {n} bytes, not its {len}"
+        )));
+    }
+    Ok(out.into())
+}
+
+fn decode_ipc(ipc: &Buffer, header: &FrameHeader) -> Result<RecordBatch> {
+    if header.ipc_meta_len < 8 {
+        return Err(BrokerError::Internal("frame holds no IPC message".into()));
+    }
     let block = Block::new(0, header.ipc_meta_len as i32, header.ipc_body_len as i64);
     DECODER
-        .read_record_batch(&block, &ipc)?
+        .read_record_batch(&block, ipc)?
         .ok_or_else(|| BrokerError::Internal("frame holds no record batch".into()))
+}
+
+fn decode_kafka_rows(body: &[u8], header: &FrameHeader) -> Result<RecordBatch> {
+    let corrupt = |reason: String| BrokerError::Internal(format!("a stored small batch: {reason}"));
+    let (prefix, rows) = body
+        .split_at_checked(KAFKA_PREFIX_LEN)
+        .ok_or_else(|| corrupt("shorter than its prefix".into()))?;
+    let le_i64 = |at: usize| le_u64(prefix, at) as i64;
+    let count = header.batch.record_count;
+    let batch = kafka_records::KafkaBatch {
+        base_offset: le_i64(0),
+        attributes: 0,
+        last_offset_delta: header.batch.last_offset_delta,
+        base_timestamp: le_i64(8),
+        max_timestamp: header.batch.max_timestamp,
+        producer_id: header.batch.producer.producer_id,
+        producer_epoch: header.batch.producer.producer_epoch,
+        base_sequence: header.batch.producer.base_sequence,
+        record_count: count,
+        raw: rows,
+        records: rows,
+    };
+    let n = kafka_records::records_bound(count, rows.len());
+    let mut builder = EnvelopeBuilder::with_capacity(n, rows.len());
+    let mut offsets = Vec::with_capacity(n);
+    kafka_records::decode_records_with_offsets(
+        &batch,
+        &mut builder,
+        &mut kafka_records::DecodeScratch::default(),
+        rows.len(),
+        &mut offsets,
+    )
+    .map_err(|e| corrupt(e.to_string()))?;
+    let decoded = builder.finish();
+    let mut columns = decoded.columns().to_vec();
+    columns[0] = std::sync::Arc::new(Int64Array::from(offsets));
+    Ok(RecordBatch::try_new(decoded.schema(), columns)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::{Record, batch_to_records, records_to_batch};
+    use std::sync::Arc;
 
-    #[test]
-    fn frame_round_trip() {
-        let batch =
-            records_to_batch(
-                &[Record::new(5, Some(b"k"), Some(b"v")).with_header("a", Some(b"b"))],
-            );
-        let header = BatchHeader {
-            base_offset: 0,
-            last_offset_delta: 0,
-            record_count: 1,
-            first_timestamp: 5,
-            max_timestamp: 5,
+    fn batch_at(records: &[Record], base: i64) -> RecordBatch {
+        let batch = records_to_batch(records);
+        let mut cols = batch.columns().to_vec();
+        cols[0] = Arc::new(Int64Array::from_iter_values(
+            base..base + records.len() as i64,
+        ));
+        RecordBatch::try_new(batch.schema(), cols).unwrap_or(batch)
+    }
+
+    fn header_for(records: &[Record], base: i64, attributes: i16) -> BatchHeader {
+        let ts = records.iter().map(|r| r.timestamp_ms);
+        BatchHeader {
+            base_offset: base,
+            last_offset_delta: records.len().saturating_sub(1) as i32,
+            record_count: records.len() as i32,
+            first_timestamp: records.first().map_or(0, |r| r.timestamp_ms),
+            max_timestamp: ts.max().unwrap_or(0),
             producer: ProducerInfo {
                 producer_id: 7,
                 producer_epoch: 1,
                 base_sequence: 3,
-                attributes: 0,
+                attributes,
             },
-        };
+        }
+    }
+
+    fn sample(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| match i % 3 {
+                0 => Record::new(1_000 + i as i64, Some(b"k"), Some(b"v"))
+                    .with_header("a", Some(b"b"))
+                    .with_header("n", None),
+                1 => Record::new(900 - i as i64, None, None),
+                _ => Record::new(5, Some(b""), Some(&[i as u8; 300])),
+            })
+            .collect()
+    }
+
+    /// Encodes, checks the header and CRC, decodes, and returns the frame.
+    fn round_trip(records: &[Record], layout: Layout, codec: Codec) -> Vec<u8> {
+        let header = header_for(records, 40, 0);
+        let batch = batch_at(records, 40);
+        let mut out = vec![0xAA; 8]; // frames are appended after what is there
+        FrameEncoder::default()
+            .encode_as(&header, &batch, layout, codec, &mut out)
+            .unwrap_or_else(|e| panic!("encode {layout:?} {codec:?}: {e}"));
+        let out = out.split_off(8);
+        assert_eq!(out.len() % 8, 0);
+        let parsed = FrameHeader::parse(&out).unwrap_or_else(|e| panic!("parse: {e}"));
+        assert_eq!(parsed.batch, header);
+        assert_eq!((parsed.layout, parsed.codec), (layout, codec));
+        assert_eq!(parsed.frame_len as usize, out.len());
+        assert!(crc_matches(&out, &parsed));
+        let decoded = decode(&Buffer::from_vec(out.clone()), &parsed)
+            .unwrap_or_else(|e| panic!("decode {layout:?} {codec:?}: {e}"));
+        assert_eq!(decoded.column(0).as_ref(), batch.column(0).as_ref());
+        assert_eq!(
+            batch_to_records(&decoded).unwrap_or_default(),
+            batch_to_records(&batch).unwrap_or_default()
+        );
+        out
+    }
+
+    #[test]
+    fn every_form_round_trips() {
+        for n in [0, 1, 3, 20] {
+            for layout in [Layout::Arrow, Layout::Kafka] {
+                for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+                    if n == 0 && layout == Layout::Arrow {
+                        continue; // the log never stores an empty Arrow batch
+                    }
+                    let out = round_trip(&sample(n), layout, codec);
+                    let version = out[8];
+                    assert_eq!(
+                        version == 1,
+                        layout == Layout::Arrow && codec == Codec::None
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn small_batches_take_the_kafka_layout_and_few_bytes() {
+        let one = [Record::new(
+            1_700_000_000_000,
+            Some(b"key-0001"),
+            Some(&[b'x'; 100]),
+        )];
+        let mut out = Vec::new();
+        let header = header_for(&one, 12, 0);
+        FrameEncoder::default()
+            .encode(&header, &batch_at(&one, 12), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let parsed = FrameHeader::parse(&out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.layout, Layout::Kafka);
+        let mut wire = Vec::new();
+        kafka_records::encode_batch(&mut wire, &header, &batch_at(&one, 12))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.len() <= 2 * wire.len(),
+            "a 1-record frame takes {} bytes, its Kafka batch {}",
+            out.len(),
+            wire.len()
+        );
+        let many = sample(SMALL_BATCH_ROWS + 1);
         let mut out = Vec::new();
         FrameEncoder::default()
-            .encode(&header, &batch, &mut out)
-            .ok();
-        assert_eq!(out.len() % 8, 0);
-        let parsed = FrameHeader::parse(&out).ok();
-        let Some(parsed) = parsed else {
-            panic!("header parses")
-        };
-        assert_eq!(parsed.batch, header);
-        assert!(crc_matches(&out, &parsed));
-        let buf = Buffer::from_vec(out.clone());
-        let decoded = decode(&buf, &parsed).ok();
+            .encode(&header_for(&many, 0, 0), &batch_at(&many, 0), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let parsed = FrameHeader::parse(&out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((parsed.layout, parsed.codec), (Layout::Arrow, Codec::None));
         assert_eq!(
-            decoded.map(|b| batch_to_records(&b).unwrap_or_default()),
-            Some(batch_to_records(&batch).unwrap_or_default())
+            out[8], 1,
+            "large uncompressed batches keep the first format"
         );
-        out[HEADER_LEN + 3] ^= 1;
-        assert!(!crc_matches(&out, &parsed));
+    }
+
+    #[test]
+    fn the_kafka_codec_in_the_attributes_picks_the_codec_at_rest() {
+        let rows = sample(50);
+        for (kafka, at_rest) in [
+            (compression::codec::NONE, Codec::None),
+            (compression::codec::GZIP, Codec::Zstd),
+            (compression::codec::SNAPPY, Codec::Lz4),
+            (compression::codec::LZ4, Codec::Lz4),
+            (compression::codec::ZSTD, Codec::Zstd),
+        ] {
+            let header = header_for(&rows, 0, kafka | attributes::TRANSACTIONAL);
+            let mut out = Vec::new();
+            FrameEncoder::default()
+                .encode(&header, &batch_at(&rows, 0), &mut out)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let parsed = FrameHeader::parse(&out).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parsed.codec, at_rest);
+            assert_eq!(parsed.batch.producer.attributes, header.producer.attributes);
+        }
+    }
+
+    #[test]
+    fn compressible_records_are_stored_compressed() {
+        let rows: Vec<Record> = (0..1_000)
+            .map(|i| {
+                let json = format!(
+                    r#"{{"order_id":{i},"region":"eu-west","amount":{}.5}}"#,
+                    i % 97
+                );
+                Record::new(
+                    1_700_000_000_000 + i,
+                    Some(b"customer-1"),
+                    Some(json.as_bytes()),
+                )
+            })
+            .collect();
+        let plain = round_trip(&rows, Layout::Arrow, Codec::None).len();
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            let packed = round_trip(&rows, Layout::Arrow, codec).len();
+            assert!(packed * 3 < plain, "{codec:?}: {packed} bytes of {plain}");
+        }
+    }
+
+    #[test]
+    fn damage_is_found_before_decompression() {
+        for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+            let mut out = round_trip(&sample(20), Layout::Arrow, codec);
+            let parsed = FrameHeader::parse(&out).unwrap_or_else(|e| panic!("{e}"));
+            out[HEADER_LEN + 3] ^= 1;
+            assert!(!crc_matches(&out, &parsed), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_forms_and_bad_padding_are_refused() {
+        let out = round_trip(&sample(3), Layout::Kafka, Codec::Lz4);
+        let mut bad = out.clone();
+        bad[9] = 0x21;
+        assert!(FrameHeader::parse(&bad).is_err_and(|e| e.contains("layout")));
+        let mut bad = out.clone();
+        bad[9] = 0x13;
+        assert!(FrameHeader::parse(&bad).is_err_and(|e| e.contains("codec")));
+        let mut bad = out.clone();
+        bad[58] = 9;
+        assert!(FrameHeader::parse(&bad).is_err_and(|e| e.contains("padding")));
+        let mut bad = out;
+        bad[8] = 3;
+        assert!(FrameHeader::parse(&bad).is_err_and(|e| e.contains("version")));
     }
 }

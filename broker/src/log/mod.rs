@@ -803,8 +803,20 @@ impl Log {
         let n = batch.num_rows();
         let now = now_ms();
         let mut producer = producer;
-        producer.attributes &=
-            attributes::LOG_APPEND_TIME | attributes::TRANSACTIONAL | attributes::CONTROL;
+        producer.attributes &= attributes::LOG_APPEND_TIME
+            | attributes::TRANSACTIONAL
+            | attributes::CONTROL
+            | attributes::COMPRESSION;
+        // The codec consumers are sent, which also picks the codec at rest (see `frame`).
+        // Transaction markers are never compressed, as in Kafka.
+        let codec = if producer.attributes & attributes::CONTROL != 0 {
+            0
+        } else {
+            config
+                .compression
+                .codec_for(producer.attributes & attributes::COMPRESSION)
+        };
+        producer.attributes = (producer.attributes & !attributes::COMPRESSION) | codec;
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         let log_append_time = match config.timestamp_type {
             TimestampType::LogAppendTime => {

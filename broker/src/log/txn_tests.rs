@@ -78,9 +78,12 @@ fn read_values(log: &Log, mut offset: i64, isolation: Isolation) -> (Vec<String>
             Ok(r) => r,
             Err(e) => panic!("read at {offset}: {e}"),
         };
-        let mut aborted = res.aborted.clone();
-        // Each read lists the aborted transactions overlapping it, so a transaction spanning
-        // reads is listed by each.
+        // Kafka's consumer rule: a listed transaction applies from its first offset until its
+        // producer's next marker (one producer may have several aborted transactions listed).
+        let mut pending = res.aborted.clone();
+        pending.sort_by_key(|a| a.first_offset);
+        let mut pending = pending.into_iter().peekable();
+        let mut active = Vec::new();
         for a in &res.aborted {
             if !aborted_all.contains(a) {
                 aborted_all.push(*a);
@@ -88,15 +91,14 @@ fn read_values(log: &Log, mut offset: i64, isolation: Isolation) -> (Vec<String>
         }
         for b in &res.batches {
             let p = &b.header.producer;
+            while let Some(a) = pending.next_if(|a| a.first_offset <= b.header.base_offset) {
+                active.push(a.producer_id);
+            }
             if p.attributes & attributes::CONTROL != 0 {
-                aborted.retain(|a| a.producer_id != p.producer_id);
+                active.retain(|&pid| pid != p.producer_id);
                 continue;
             }
-            let dropped = p.attributes & attributes::TRANSACTIONAL != 0
-                && aborted.iter().any(|a| {
-                    a.producer_id == p.producer_id && a.first_offset <= b.header.base_offset
-                });
-            if dropped {
+            if p.attributes & attributes::TRANSACTIONAL != 0 && active.contains(&p.producer_id) {
                 continue;
             }
             for r in batch_to_records(&b.records).unwrap_or_default() {
@@ -236,7 +238,7 @@ fn mixed_history(log: &Log) -> i64 {
 async fn transactions_survive_clean_and_unclean_restarts_and_lost_indexes() {
     let dir = tempdir();
     let (expected, open_at) = {
-        let log = open(dir.path(), config(2048), Shutdown::Unclean);
+        let log = open(dir.path(), config(700), Shutdown::Unclean);
         let open_at = mixed_history(&log);
         assert!(log.offsets().segments > 3, "the history spans segments");
         let expected = read_values(&log, 0, Isolation::ReadCommitted);
@@ -261,7 +263,7 @@ async fn transactions_survive_clean_and_unclean_restarts_and_lost_indexes() {
             "{what}"
         );
     };
-    let log = open(dir.path(), config(2048), Shutdown::Clean);
+    let log = open(dir.path(), config(700), Shutdown::Clean);
     check(&log, "clean restart");
     // More appends, then a crash: the snapshot of the clean close is mid-segment.
     append(&log, &records("late", 1), txn(4, 0, 0));
@@ -271,7 +273,7 @@ async fn transactions_survive_clean_and_unclean_restarts_and_lost_indexes() {
         panic!("flush: {e}");
     }
     drop(log);
-    let log = open(dir.path(), config(2048), Shutdown::Unclean);
+    let log = open(dir.path(), config(700), Shutdown::Unclean);
     assert_eq!(log.last_stable_offset(), open_at, "unclean restart");
     assert_eq!(
         read_values(&log, 0, Isolation::ReadCommitted),
@@ -289,7 +291,7 @@ async fn transactions_survive_clean_and_unclean_restarts_and_lost_indexes() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let log = open(dir.path(), config(2048), Shutdown::Unclean);
+    let log = open(dir.path(), config(700), Shutdown::Unclean);
     assert_eq!(log.last_stable_offset(), open_at, "rebuilt");
     assert_eq!(
         read_values(&log, 0, Isolation::ReadCommitted),

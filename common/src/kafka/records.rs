@@ -375,15 +375,27 @@ pub fn encode_batch_compressed(
     records: &RecordBatch,
     codec_id: i16,
 ) -> crate::Result<()> {
+    encode_batch_compressed_in_epoch(out, header, records, 0, codec_id)
+}
+
+/// [`encode_batch_compressed`] with the partition leader epoch the batch was written in: what
+/// Fetch sends for a batch stored with a codec.
+pub fn encode_batch_compressed_in_epoch(
+    out: &mut Vec<u8>,
+    header: &BatchHeader,
+    records: &RecordBatch,
+    leader_epoch: i32,
+    codec_id: i16,
+) -> crate::Result<()> {
     if codec_id == compression::codec::NONE {
-        return encode_batch(out, header, records);
+        return encode_batch_in_epoch(out, header, records, leader_epoch);
     }
-    let mut plain = Vec::new();
-    encode_batch(&mut plain, header, records)?;
-    if plain.is_empty() {
+    let start = out.len();
+    encode_batch_in_epoch(out, header, records, leader_epoch)?;
+    if out.len() == start {
         return Ok(());
     }
-    let compressed = compression::compress(codec_id, &plain[BATCH_HEADER_LEN..])
+    let compressed = compression::compress(codec_id, &out[start + BATCH_HEADER_LEN..])
         .map_err(crate::Error::InvalidRecords)?;
     let batch_length = i32::try_from(BATCH_HEADER_LEN - 12 + compressed.len()).map_err(|_| {
         crate::Error::InvalidRecords(format!(
@@ -391,8 +403,7 @@ pub fn encode_batch_compressed(
             compressed.len()
         ))
     })?;
-    let start = out.len();
-    out.extend_from_slice(&plain[..BATCH_HEADER_LEN]);
+    out.truncate(start + BATCH_HEADER_LEN);
     out.extend_from_slice(&compressed);
     let h = &mut out[start..start + BATCH_HEADER_LEN];
     h[8..12].copy_from_slice(&batch_length.to_be_bytes());

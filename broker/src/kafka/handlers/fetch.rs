@@ -20,8 +20,8 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::{BrokerId, ProducerId};
 
 use super::{Ctx, check_leader_epoch, error_code};
-use crate::kafka::records;
-use crate::log::Isolation;
+use crate::kafka::{compression, records};
+use crate::log::{Isolation, attributes};
 
 /// Longest wait a client may ask for.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -123,9 +123,15 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                     for b in &result.batches {
                         let before = out.len();
                         let epoch = result.epochs.epoch_for(b.header.base_offset);
-                        if let Err(e) =
-                            records::encode_batch_in_epoch(&mut out, &b.header, &b.records, epoch)
-                        {
+                        // Sent with the codec it was stored for; zstd only to clients that
+                        // asked with Fetch v10+ (older ones cannot read it), the rest plain.
+                        let mut codec = b.header.producer.attributes & attributes::COMPRESSION;
+                        if codec == compression::codec::ZSTD && version < 10 {
+                            codec = compression::codec::NONE;
+                        }
+                        if let Err(e) = records::encode_batch_compressed_in_epoch(
+                            &mut out, &b.header, &b.records, epoch, codec,
+                        ) {
                             tracing::error!(topic = %t.topic.0.as_str(), partition = p.partition, error = %e, "cannot encode a stored batch");
                             any_error = true;
                             data = data.with_error_code(ResponseError::CorruptMessage.code());

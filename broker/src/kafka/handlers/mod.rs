@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod api_versions;
 #[cfg(test)]
+mod compression_tests;
+#[cfg(test)]
 mod durability_tests;
 pub mod fetch;
 pub mod fetch_encode;

@@ -245,7 +245,9 @@ fn produce_partition(
             producer_id: batch.producer_id,
             producer_epoch: batch.producer_epoch,
             base_sequence: batch.base_sequence,
-            attributes: batch.attributes & (attributes::TRANSACTIONAL | attributes::CONTROL),
+            // The producer's codec is kept when the topic's `compression.type` is `producer`.
+            attributes: batch.attributes
+                & (attributes::TRANSACTIONAL | attributes::CONTROL | attributes::COMPRESSION),
         };
         decoded.push((builder.finish(), producer));
     }
