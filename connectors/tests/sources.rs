@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use common::{broker, connector, start};
+use common::{broker, connector, fence_source, start};
 use quiver_broker::{Broker, PartitionSplit};
 use quiver_connectors::{Connector, ConnectorConfig};
 use quiver_engine::{Format, KafkaType, Source, StartFrom, TopicSource};
@@ -161,6 +161,7 @@ async fn datagen_killed_at_any_point_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         running.kill().await;
     }
+    fence_source(&b, "crashy", 2).await;
     let so_far = committed(&b, "events").await.len() as u64;
     assert!(so_far > 0, "some transactions committed before the kills");
     // Each task makes `iterations` records in all; ids are task + 2 × its record number.
@@ -291,6 +292,7 @@ async fn file_source_killed_at_any_point_keeps_every_line_once_and_in_order() {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         running.kill().await;
     }
+    fence_source(&b, "log", 1).await;
     let so_far = committed(&b, "log").await.len();
     eprintln!("{so_far} lines committed before the last run");
     assert!(so_far < lines.len(), "the kills came before the end");

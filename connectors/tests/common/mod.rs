@@ -27,6 +27,17 @@ pub fn connector(text: &str) -> Arc<Connector> {
     Arc::new(Connector::from_config(config).unwrap())
 }
 
+/// Takes over the transactional ids of a source connector's `tasks` tasks, as its next start
+/// does: what a killed run left open is aborted (else it holds `read_committed` readers back
+/// until its transaction timeout).
+pub async fn fence_source(b: &Broker, name: &str, tasks: u32) {
+    for task in 0..tasks {
+        b.transactional_producer(&format!("connect-{name}-{task}"), 60_000)
+            .await
+            .unwrap();
+    }
+}
+
 /// A running connector.
 pub struct Running {
     pub stop: watch::Sender<bool>,
