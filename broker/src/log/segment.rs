@@ -5,6 +5,7 @@
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::buffer::{Buffer, MutableBuffer};
 
@@ -48,6 +49,9 @@ pub struct Segment {
     pub scanned: bool,
     /// The aborted transactions whose markers are in this segment (its `.txnindex`).
     pub aborted: crate::txn::index::AbortedTxnIndex,
+    /// Frames before this position are known whole: this process wrote them or checked their
+    /// CRC (when recovery scanned them, or on a first read), so reads do not check them again.
+    pub verified: Arc<AtomicU64>,
     bytes_since_index: u64,
     index_interval_bytes: u64,
 }
@@ -60,6 +64,23 @@ pub struct SegmentView {
     pub file: Arc<dyn StorageFile>,
     /// Reads stop here (the segment's size when the view was taken).
     pub end: u64,
+    /// The segment's [`Segment::verified`].
+    pub verified: Arc<AtomicU64>,
+}
+
+impl SegmentView {
+    /// Whether the frame of `len` bytes at `pos` is known whole.
+    pub fn is_verified(&self, pos: u64, len: u64) -> bool {
+        pos + len <= self.verified.load(Ordering::Acquire)
+    }
+
+    /// Notes that the frame of `len` bytes at `pos` passed its CRC check; the verified prefix
+    /// grows when the frame continues it.
+    pub fn note_verified(&self, pos: u64, len: u64) {
+        if pos <= self.verified.load(Ordering::Acquire) {
+            self.verified.fetch_max(pos + len, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Segment {
@@ -120,6 +141,7 @@ impl Segment {
             time_index: TimeIndex::default(),
             scanned: false,
             aborted: Default::default(),
+            verified: Arc::new(AtomicU64::new(0)),
             bytes_since_index: 0,
             index_interval_bytes,
         }
@@ -150,6 +172,7 @@ impl Segment {
             time_index: TimeIndex::default(),
             scanned: false,
             aborted: Default::default(),
+            verified: Arc::new(AtomicU64::new(0)),
             bytes_since_index: 0,
             index_interval_bytes,
         };
@@ -158,6 +181,8 @@ impl Segment {
         }
         segment.scanned = true;
         let truncation = segment.recover(len)?;
+        // Recovery checked every frame it kept.
+        segment.verified.store(segment.size, Ordering::Release);
         Ok((segment, truncation))
     }
 
@@ -301,6 +326,10 @@ impl Segment {
         }
         self.note_frame(pos, batch, frame_bytes.len() as u64);
         self.size = pos + frame_bytes.len() as u64;
+        // What this process wrote is whole (as Kafka, reads trust the log's own writes).
+        if self.verified.load(Ordering::Acquire) >= pos {
+            self.verified.fetch_max(self.size, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -368,6 +397,7 @@ impl Segment {
             path: self.path.clone(),
             file: self.file.clone(),
             end: self.size,
+            verified: self.verified.clone(),
         }
     }
 

@@ -739,3 +739,94 @@ fn compaction_does_not_stall_the_async_runtime() {
         );
     });
 }
+
+/// Reads check a frame's CRC until it is known whole, then trust it: the log's own writes and
+/// what recovery scanned are known; a closed segment trusted at a clean start is checked on its
+/// first read, and damage there is reported, not served.
+#[tokio::test]
+async fn reads_check_each_frame_once_and_find_damage_in_a_trusted_segment() {
+    let dir = tempdir();
+    let config = LogConfig {
+        segment_bytes: 1024,
+        flush_on_ack: false,
+        timestamp_after_max_ms: None,
+        ..small_segments()
+    };
+    {
+        let log = match Log::open_after(
+            dir.path(),
+            "t",
+            0,
+            Arc::new(config.clone()),
+            Shutdown::Unclean,
+        ) {
+            Ok(log) => log,
+            Err(e) => panic!("open: {e}"),
+        };
+        for chunk in (0..200).map(rec).collect::<Vec<_>>().chunks(7) {
+            append(&log, chunk);
+        }
+        {
+            let inner = log.inner.lock();
+            assert!(inner.segments.len() > 3);
+            for s in inner.segments.values() {
+                assert_eq!(
+                    s.verified.load(Ordering::Acquire),
+                    s.size,
+                    "own writes are known"
+                );
+            }
+        }
+        if let Err(e) = log.close().await {
+            panic!("close: {e}");
+        }
+    }
+    // Damage the second frame of the second segment, inside its body.
+    let second = {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "log"));
+        names.sort();
+        names[1].clone()
+    };
+    let mut bytes = std::fs::read(&second).unwrap_or_default();
+    let first_len = frame::FrameHeader::parse(&bytes).map_or(0, |h| h.frame_len as usize);
+    bytes[first_len + frame::HEADER_LEN + 4] ^= 0x40;
+    if let Err(e) = std::fs::write(&second, &bytes) {
+        panic!("{e}");
+    }
+    let log = match Log::open_after(dir.path(), "t", 0, Arc::new(config), Shutdown::Clean) {
+        Ok(log) => log,
+        Err(e) => panic!("reopen: {e}"),
+    };
+    let (first_size, first_verified) = {
+        let inner = log.inner.lock();
+        let s = inner
+            .segments
+            .values()
+            .next()
+            .map(|s| (s.size, s.verified.clone()));
+        s.unwrap_or_else(|| panic!("a segment"))
+    };
+    assert_eq!(
+        first_verified.load(Ordering::Acquire),
+        0,
+        "trusted indexes, frames unchecked"
+    );
+    // Reading the first segment checks its frames once.
+    let mut offset = 0;
+    loop {
+        match log.read(offset, 64) {
+            Ok(r) if r.next_offset > offset => offset = r.next_offset,
+            Ok(_) => panic!("the damage stops the read at {offset} first"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("CRC mismatch"), "{msg}");
+                assert!(msg.contains(&second.display().to_string()), "{msg}");
+                break;
+            }
+        }
+    }
+    assert_eq!(first_verified.load(Ordering::Acquire), first_size);
+}
