@@ -14,7 +14,8 @@
 //! - `compression`: appends of 1,000 JSON events (about 110 bytes each) to topics whose
 //!   `compression.type` is `none`, `lz4`, `zstd` or `gzip`, no fsync: the CPU cost of
 //!   compression at rest. Each case notes the bytes it stores per record and what the
-//!   producer's own batch compressed with that codec weighs (Kafka stores that as sent).
+//!   producer's own batch compressed with that codec weighs (Kafka stores that as sent);
+//!   `read_<codec>` reads one such batch back (decompressed and decoded to Arrow).
 //!
 //! Every append case also notes the bytes of the same records as one Kafka batch on the wire, so
 //! the script can print stored bytes against wire bytes (small batches are stored compactly).
@@ -290,6 +291,10 @@ impl ReadFixture {
             log.append_unflushed(&batch, ProducerInfo::NONE)
                 .expect("prefill append");
         }
+        // Reads stop at the high watermark, which is the durable offset.
+        runtime()
+            .block_on(log.flush())
+            .expect("flush the prefilled log");
         let stored_bytes = log.offsets().size_bytes;
         let raw_path = dir.path().join("raw");
         let mut raw = File::create_new(&raw_path)
@@ -329,6 +334,10 @@ fn read(c: &mut Criterion) {
                 let (mut offset, mut seen) = (0, 0);
                 while offset < f.end {
                     let result = f.log.read(offset, READ_MAX_BYTES).expect("read");
+                    assert!(
+                        result.next_offset > offset,
+                        "the read moved on from {offset}"
+                    );
                     seen += result.record_count();
                     offset = result.next_offset;
                     black_box(result);
@@ -436,11 +445,24 @@ fn compression(c: &mut Criterion) {
         let log = open_log_compressed(dir.path(), None, name);
         log.append_unflushed(&batch, ProducerInfo::NONE)
             .expect("append");
+        // Reads stop at the high watermark, which is the durable offset.
+        runtime().block_on(log.flush()).expect("flush");
         // scripts/bench-log reads these lines.
         eprintln!(
             "note: compression case {name} stores {} bytes per 1000 records; the producer's batch is {} bytes",
             log.offsets().size_bytes,
             kafka_wire_len(&batch, codec)
+        );
+        // Reading it back: decompression and decoding, per batch of 1,000.
+        group.bench_function(
+            BenchmarkId::new(format!("read_{name}"), "json_x1000"),
+            |b| {
+                b.iter(|| {
+                    let read = log.read(0, 1).expect("read");
+                    assert_eq!(read.record_count(), 1_000, "one batch read whole");
+                    black_box(read)
+                })
+            },
         );
         group.bench_function(BenchmarkId::new(name, "json_x1000"), |b| {
             b.iter_custom(|iters| {

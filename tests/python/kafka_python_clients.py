@@ -71,6 +71,21 @@ def seed(port):
     print("seed snippets: ok")
 
 
+def consume_all(bootstrap, topic, n):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset='earliest',
+                             consumer_timeout_ms=10_000)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    got = []
+    deadline = time.monotonic() + WAIT_S
+    while len(got) < n and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            got.extend(records)
+    consumer.close()
+    return got
+
+
 def codecs(bootstrap):
     """Keyed records with headers round trip in every codec kafka-python speaks."""
     n = 300
@@ -90,17 +105,7 @@ def codecs(bootstrap):
         assert offsets == list(range(n)), f'{codec}: acknowledged offsets {offsets[:10]}...'
         producer.close(timeout=WAIT_S)
 
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset='earliest',
-                                 consumer_timeout_ms=10_000)
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        got = []
-        deadline = time.monotonic() + WAIT_S
-        while len(got) < n and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                got.extend(records)
-        consumer.close()
+        got = consume_all(bootstrap, topic, n)
         assert len(got) == n, f'{codec}: consumed {len(got)} of {n}'
         for i, m in enumerate(got):
             assert m.offset == i, f'{codec}: record {i} has offset {m.offset}'
@@ -110,21 +115,6 @@ def codecs(bootstrap):
                 f'{codec}: record {i} headers {m.headers!r}'
         print(f'{codec}: {n} records round trip')
     print('codecs: ok')
-
-
-def consume_all(bootstrap, topic, n):
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset='earliest',
-                             consumer_timeout_ms=10_000)
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    got = []
-    deadline = time.monotonic() + WAIT_S
-    while len(got) < n and time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            got.extend(records)
-    consumer.close()
-    return got
 
 
 def at_rest(bootstrap):

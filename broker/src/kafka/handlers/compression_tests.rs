@@ -4,9 +4,6 @@
 use bytes::Bytes;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
-use kafka_protocol::messages::produce_request::{
-    PartitionProduceData, ProduceRequest, TopicProduceData,
-};
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, fetch, produce};
@@ -52,18 +49,7 @@ fn wire_batch(records: &[Record], codec_id: i16) -> Bytes {
 }
 
 async fn produce_to(ctx: &Ctx, topic: &'static str, wire: Bytes) {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str(topic)))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(wire)),
-                ]),
-        ]);
+    let req = super::produce_tests::partition_0_acks_all(topic, wire);
     let Some(resp) = produce::handle(ctx, 9, req).await else {
         panic!("acks=all gets a response")
     };

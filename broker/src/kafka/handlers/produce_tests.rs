@@ -35,6 +35,22 @@ fn kafka_batch(value: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// An acks=all produce of `records` to partition 0 of `topic`.
+pub(super) fn partition_0_acks_all(topic: &'static str, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str(topic)))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records)),
+                ]),
+        ])
+}
+
 /// One acks=all produce of one record to each of `partitions`; the responses in that order.
 async fn produce_acks_all(ctx: &Ctx, partitions: &[i32]) -> Vec<PartitionProduceResponse> {
     let data = partitions
@@ -304,18 +320,7 @@ async fn clients_cannot_produce_to_the_internal_topics() {
     }
     for topic in crate::topic::INTERNAL_TOPICS {
         let end = broker.offsets(topic, 0).map(|o| o.log_end_offset).ok();
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str(topic)))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(kafka_batch("forged"))),
-                    ]),
-            ]);
+        let req = partition_0_acks_all(topic, kafka_batch("forged"));
         let Some(resp) = produce::handle(&ctx, 9, req).await else {
             panic!("acks=all gets a response")
         };
