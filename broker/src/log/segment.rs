@@ -49,8 +49,9 @@ pub struct Segment {
     pub scanned: bool,
     /// The aborted transactions whose markers are in this segment (its `.txnindex`).
     pub aborted: crate::txn::index::AbortedTxnIndex,
-    /// Frames before this position are known whole: this process wrote them or checked their
-    /// CRC (when recovery scanned them, or on a first read), so reads do not check them again.
+    /// Frames before this position are known to hold what the frame encoder wrote: this
+    /// process wrote them, or a read checked their CRC and decoded them with every check; so
+    /// reads check them no more (see `frame::decode_known`).
     pub verified: Arc<AtomicU64>,
     bytes_since_index: u64,
     index_interval_bytes: u64,
@@ -74,8 +75,8 @@ impl SegmentView {
         pos + len <= self.verified.load(Ordering::Acquire)
     }
 
-    /// Notes that the frame of `len` bytes at `pos` passed its CRC check; the verified prefix
-    /// grows when the frame continues it.
+    /// Notes that the frame of `len` bytes at `pos` passed its CRC check and decoded with every
+    /// check; the verified prefix grows when the frame continues it.
     pub fn note_verified(&self, pos: u64, len: u64) {
         if pos <= self.verified.load(Ordering::Acquire) {
             self.verified.fetch_max(pos + len, Ordering::AcqRel);
@@ -180,9 +181,8 @@ impl Segment {
             return Ok((segment, None));
         }
         segment.scanned = true;
+        // Recovery checks CRCs only; the first read of each frame checks the rest.
         let truncation = segment.recover(len)?;
-        // Recovery checked every frame it kept.
-        segment.verified.store(segment.size, Ordering::Release);
         Ok((segment, truncation))
     }
 

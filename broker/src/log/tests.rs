@@ -740,9 +740,9 @@ fn compaction_does_not_stall_the_async_runtime() {
     });
 }
 
-/// Reads check a frame's CRC until it is known whole, then trust it: the log's own writes and
-/// what recovery scanned are known; a closed segment trusted at a clean start is checked on its
-/// first read, and damage there is reported, not served.
+/// Reads check a frame (CRC and Arrow's checks) until it is known whole, then trust it: the
+/// log's own writes are known; a segment opened from disk is checked on its first read, and
+/// damage there is reported, not served.
 #[tokio::test]
 async fn reads_check_each_frame_once_and_find_damage_in_a_trusted_segment() {
     let dir = tempdir();
