@@ -16,7 +16,7 @@ use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::sum;
 use datafusion::prelude::{col, lit};
 use quiver_broker::{Broker, BrokerConfig, NewTopic, Record};
-use quiver_engine::dsl::StreamsBuilder;
+use quiver_engine::dsl::{StreamsBuilder, Table};
 use quiver_engine::{
     CheckpointConfig, CheckpointStorage, Collector, EngineError, Format, KafkaType, MemorySource,
     QueryOptions, Runtime, TableStore,
@@ -86,6 +86,19 @@ fn last_per_key(batches: &[RecordBatch]) -> Vec<String> {
     last.into_values().collect()
 }
 
+/// The orders' amounts summed per customer, materialized as the store `name`.
+fn customer_totals(builder: &StreamsBuilder, name: &str) -> Table {
+    builder
+        .stream("orders", source(600))
+        .unwrap()
+        .group_by([col("customer")])
+        .unwrap()
+        .aggregate([sum(col("amount")).alias("total")])
+        .unwrap()
+        .materialize(name)
+        .unwrap()
+}
+
 fn key(k: &str) -> Vec<ScalarValue> {
     vec![ScalarValue::Utf8(Some(k.to_owned()))]
 }
@@ -97,15 +110,7 @@ async fn a_store_holds_the_changelogs_last_row_per_key_and_serves_keys_ranges_an
         ..QueryOptions::default()
     });
     let collector = Collector::new();
-    builder
-        .stream("orders", source(600))
-        .unwrap()
-        .group_by([col("customer")])
-        .unwrap()
-        .aggregate([sum(col("amount")).alias("total")])
-        .unwrap()
-        .materialize("totals")
-        .unwrap()
+    customer_totals(&builder, "totals")
         .to_stream()
         .to_collector(&collector);
     let topology = builder.build().unwrap();
@@ -150,15 +155,7 @@ async fn a_store_holds_the_changelogs_last_row_per_key_and_serves_keys_ranges_an
 #[tokio::test]
 async fn a_table_that_is_only_materialized_runs_into_its_store() {
     let builder = StreamsBuilder::new();
-    builder
-        .stream("orders", source(600))
-        .unwrap()
-        .group_by([col("customer")])
-        .unwrap()
-        .aggregate([sum(col("amount")).alias("total")])
-        .unwrap()
-        .materialize("only-totals")
-        .unwrap();
+    customer_totals(&builder, "only-totals");
     let topology = builder.build().unwrap();
     assert_eq!(topology.queries().len(), 1);
     let runtime = Runtime::without_broker();

@@ -1613,20 +1613,10 @@ impl SqlEngine {
         let Some(selection) = &select.selection else {
             return Ok(None);
         };
-        let mut conjuncts = vec![selection];
         let mut equalities = 0;
-        while let Some(e) = conjuncts.pop() {
+        for e in conjuncts(selection) {
             use sqlparser::ast::{BinaryOperator, Expr as E};
             match e {
-                E::BinaryOp {
-                    left,
-                    op: BinaryOperator::And,
-                    right,
-                } => {
-                    conjuncts.push(left);
-                    conjuncts.push(right);
-                }
-                E::Nested(inner) => conjuncts.push(inner),
                 E::BinaryOp {
                     left,
                     op: BinaryOperator::Eq,
@@ -2418,18 +2408,10 @@ fn no_partition_by(query: &StreamingQuery) -> Result<(), SqlError> {
     }
 }
 
-/// The values a query's WHERE gives every key column of `info` (`k = 'v' AND …`), cast to the
-/// key's types; `None` when it does not fix them all.
-fn key_lookup(query: &StreamingQuery, info: &SourceInfo) -> Option<Vec<ScalarValue>> {
+/// The terms of `e` joined by AND (parentheses looked through).
+fn conjuncts(e: &sqlparser::ast::Expr) -> Vec<&sqlparser::ast::Expr> {
     use sqlparser::ast::{BinaryOperator, Expr as E};
-    let SetExpr::Select(select) = query.query.body.as_ref() else {
-        return None;
-    };
-    if select.from.len() != 1 || !select.from[0].joins.is_empty() {
-        return None;
-    }
-    let mut found: BTreeMap<String, String> = BTreeMap::new();
-    let mut pending = vec![select.selection.as_ref()?];
+    let (mut pending, mut terms) = (vec![e], Vec::new());
     while let Some(e) = pending.pop() {
         match e {
             E::BinaryOp {
@@ -2441,40 +2423,56 @@ fn key_lookup(query: &StreamingQuery, info: &SourceInfo) -> Option<Vec<ScalarVal
                 pending.push(right);
             }
             E::Nested(inner) => pending.push(inner),
-            E::BinaryOp {
-                left,
-                op: BinaryOperator::Eq,
-                right,
-            } => {
-                let column = |e: &E| match e {
-                    E::Identifier(i) => Some(normalize(i)),
-                    E::CompoundIdentifier(parts) => parts.last().map(normalize),
-                    // A column named like a niladic SQL function (`user`) parses as a call.
-                    E::Function(f) if matches!(f.args, sqlparser::ast::FunctionArguments::None) => {
-                        match f.name.0.last() {
-                            Some(sqlparser::ast::ObjectNamePart::Identifier(i)) => {
-                                Some(normalize(i))
-                            }
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                };
-                let value = |e: &E| match e {
-                    E::Value(v) => match &v.value {
-                        sqlparser::ast::Value::SingleQuotedString(s) => Some(s.clone()),
-                        sqlparser::ast::Value::Number(n, _) => Some(n.clone()),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                if let (Some(c), Some(v)) = (column(left), value(right)) {
-                    found.insert(c, v);
-                } else if let (Some(c), Some(v)) = (column(right), value(left)) {
-                    found.insert(c, v);
-                }
+            term => terms.push(term),
+        }
+    }
+    terms
+}
+
+/// The values a query's WHERE gives every key column of `info` (`k = 'v' AND …`), cast to the
+/// key's types; `None` when it does not fix them all.
+fn key_lookup(query: &StreamingQuery, info: &SourceInfo) -> Option<Vec<ScalarValue>> {
+    use sqlparser::ast::{BinaryOperator, Expr as E};
+    let SetExpr::Select(select) = query.query.body.as_ref() else {
+        return None;
+    };
+    if select.from.len() != 1 || !select.from[0].joins.is_empty() {
+        return None;
+    }
+    let column = |e: &E| match e {
+        E::Identifier(i) => Some(normalize(i)),
+        E::CompoundIdentifier(parts) => parts.last().map(normalize),
+        // A column named like a niladic SQL function (`user`) parses as a call.
+        E::Function(f) if matches!(f.args, sqlparser::ast::FunctionArguments::None) => {
+            match f.name.0.last() {
+                Some(sqlparser::ast::ObjectNamePart::Identifier(i)) => Some(normalize(i)),
+                _ => None,
             }
-            _ => {}
+        }
+        _ => None,
+    };
+    let value = |e: &E| match e {
+        E::Value(v) => match &v.value {
+            sqlparser::ast::Value::SingleQuotedString(s) => Some(s.clone()),
+            sqlparser::ast::Value::Number(n, _) => Some(n.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    for e in conjuncts(select.selection.as_ref()?) {
+        let E::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } = e
+        else {
+            continue;
+        };
+        if let (Some(c), Some(v)) = (column(left), value(right)) {
+            found.insert(c, v);
+        } else if let (Some(c), Some(v)) = (column(right), value(left)) {
+            found.insert(c, v);
         }
     }
     info.key_columns

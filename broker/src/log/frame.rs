@@ -236,10 +236,8 @@ pub struct FrameEncoder {
     generator: IpcDataGenerator,
     options: IpcWriteOptions,
     context: IpcWriteContext,
-    /// The uncompressed body of a version 2 frame.
+    /// The uncompressed body of a version 2 frame (after `skip` bytes, see `encode_as`).
     body: Vec<u8>,
-    /// A Kafka batch being encoded, whose rows become a Kafka-layout body.
-    kafka: Vec<u8>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
@@ -260,10 +258,32 @@ impl Default for FrameEncoder {
             options,
             context,
             body: Vec::new(),
-            kafka: Vec::new(),
             zstd: None,
         }
     }
+}
+
+/// Writes a Kafka-layout body into the empty `body`: the rows as a Kafka batch holds them,
+/// after the first row's offset and timestamp. Returns where the layout's body starts in
+/// `body`: the prefix overwrites the end of the Kafka batch header, so the rows stay in place.
+fn write_kafka_rows(
+    header: &BatchHeader,
+    batch: &RecordBatch,
+    body: &mut Vec<u8>,
+) -> Result<usize> {
+    let (first_offset, first_ts) = if batch.num_rows() == 0 {
+        (header.base_offset, header.first_timestamp)
+    } else {
+        let cols = EnvelopeColumns::try_new(batch)?;
+        (cols.offsets.value(0), cols.timestamps.value(0))
+    };
+    kafka_records::encode_batch(body, header, batch)?;
+    // No rows: the encoder writes nothing, and the body is the prefix alone.
+    body.resize(body.len().max(kafka_records::BATCH_HEADER_LEN), 0);
+    let skip = kafka_records::BATCH_HEADER_LEN - KAFKA_PREFIX_LEN;
+    body[skip..skip + 8].copy_from_slice(&first_offset.to_le_bytes());
+    body[skip + 8..kafka_records::BATCH_HEADER_LEN].copy_from_slice(&first_ts.to_le_bytes());
+    Ok(skip)
 }
 
 /// Whether Arrow's per-batch metadata would outweigh `batch`'s records: at most
@@ -323,12 +343,16 @@ impl FrameEncoder {
         } else {
             let mut body = std::mem::take(&mut self.body);
             body.clear();
+            // (bytes of `body` before the frame's body, metadata length, body length)
             let lengths = match layout {
-                Layout::Arrow => self.write_ipc(batch, &mut body),
-                Layout::Kafka => self.write_kafka_rows(header, batch, &mut body),
+                Layout::Arrow => self.write_ipc(batch, &mut body).map(|(m, b)| (0, m, b)),
+                Layout::Kafka => write_kafka_rows(header, batch, &mut body)
+                    .map(|skip| (skip, 0, body.len() - skip)),
             };
             let stored = match lengths {
-                Ok(lengths) => self.store(&body, codec, out).map(|()| lengths),
+                Ok((skip, meta_len, body_len)) => self
+                    .store(&body[skip..], codec, out)
+                    .map(|()| (meta_len, body_len)),
                 Err(e) => Err(e),
             };
             self.body = body;
@@ -377,31 +401,6 @@ impl FrameEncoder {
             self.generator
                 .encode(batch, &mut tracker, &self.options, &mut self.context)?;
         Ok(write_message(&mut *out, encoded, &self.options)?)
-    }
-
-    /// Appends a Kafka-layout body to `out`: the first row's offset and timestamp, then the rows
-    /// as a Kafka batch holds them.
-    fn write_kafka_rows(
-        &mut self,
-        header: &BatchHeader,
-        batch: &RecordBatch,
-        out: &mut Vec<u8>,
-    ) -> Result<(usize, usize)> {
-        let start = out.len();
-        let (first_offset, first_ts) = if batch.num_rows() == 0 {
-            (header.base_offset, header.first_timestamp)
-        } else {
-            let cols = EnvelopeColumns::try_new(batch)?;
-            (cols.offsets.value(0), cols.timestamps.value(0))
-        };
-        out.extend_from_slice(&first_offset.to_le_bytes());
-        out.extend_from_slice(&first_ts.to_le_bytes());
-        self.kafka.clear();
-        kafka_records::encode_batch(&mut self.kafka, header, batch)?;
-        if let Some(rows) = self.kafka.get(kafka_records::BATCH_HEADER_LEN..) {
-            out.extend_from_slice(rows);
-        }
-        Ok((0, out.len() - start))
     }
 
     /// Appends `body` to `out` compressed with `codec`.
@@ -483,17 +482,18 @@ fn decode_with(frame: &Buffer, header: &FrameHeader, decoder: &FileDecoder) -> R
         return Err(BrokerError::Internal("frame shorter than its body".into()));
     }
     let stored = frame.slice_with_length(HEADER_LEN, header.stored_len as usize);
-    let body = match header.codec {
-        Codec::None => stored,
-        codec => decompress(&stored, codec, uncompressed as usize)?,
-    };
+    let body = decompress(stored, header.codec, uncompressed as usize)?;
     match header.layout {
         Layout::Arrow => decode_ipc(&body, header, decoder),
         Layout::Kafka => decode_kafka_rows(&body, header),
     }
 }
 
-fn decompress(stored: &[u8], codec: Codec, len: usize) -> Result<Buffer> {
+/// The body of a frame stored as `stored` with `codec`, `len` bytes uncompressed.
+fn decompress(stored: Buffer, codec: Codec, len: usize) -> Result<Buffer> {
+    if codec == Codec::None {
+        return Ok(stored);
+    }
     let failed = |e: std::io::Error| {
         BrokerError::Internal(format!(
             "a stored batch does not decompress to its {len} bytes: {e}"
@@ -501,15 +501,12 @@ fn decompress(stored: &[u8], codec: Codec, len: usize) -> Result<Buffer> {
     };
     let mut out = MutableBuffer::from_len_zeroed(len);
     let n = match codec {
-        Codec::None => {
-            out.as_slice_mut().copy_from_slice(stored);
-            len
-        }
+        Codec::None => len,
         Codec::Lz4 => {
             let size = i32::try_from(len).map_err(|_| {
                 BrokerError::Internal(format!("an LZ4 body of {len} bytes is too large"))
             })?;
-            lz4::block::decompress_to_buffer(stored, Some(size), out.as_slice_mut())
+            lz4::block::decompress_to_buffer(&stored, Some(size), out.as_slice_mut())
                 .map_err(failed)?
         }
         Codec::Zstd => ZSTD.with(|cell| {
@@ -518,7 +515,7 @@ fn decompress(stored: &[u8], codec: Codec, len: usize) -> Result<Buffer> {
                 Some(z) => z,
                 None => cell.insert(zstd::bulk::Decompressor::new().map_err(failed)?),
             };
-            zstd.decompress_to_buffer(stored, out.as_slice_mut())
+            zstd.decompress_to_buffer(&stored, out.as_slice_mut())
                 .map_err(failed)
         })?,
     };
