@@ -418,10 +418,6 @@ impl Operator for ForeignKeySubscribe {
         Ok(())
     }
 
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
-        Ok(())
-    }
-
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }
@@ -731,10 +727,6 @@ impl Operator for ForeignKeyMatch {
         Ok(())
     }
 
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
-        Ok(())
-    }
-
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }
@@ -931,10 +923,6 @@ impl Operator for ForeignKeyResolve {
         let out_batch = RecordBatch::try_new(self.spec.schema.clone(), columns)?;
         self.metrics.rows_out += out_batch.num_rows() as u64;
         out.batches.push(out_batch);
-        Ok(())
-    }
-
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
         Ok(())
     }
 

@@ -240,10 +240,6 @@ impl Operator for MapBatches {
         Ok(())
     }
 
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
-        Ok(())
-    }
-
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }

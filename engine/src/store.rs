@@ -377,10 +377,6 @@ impl Operator for MaterializeOperator {
         Ok(())
     }
 
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
-        Ok(())
-    }
-
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }

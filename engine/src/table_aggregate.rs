@@ -389,10 +389,6 @@ impl Operator for Regroup {
         Ok(())
     }
 
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
-        Ok(())
-    }
-
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }
@@ -570,12 +566,12 @@ impl Operator for TableAggregate {
         let mut order: Vec<Touched> = Vec::new();
         let mut at: HashMap<Box<[u8]>, usize> = HashMap::new();
         for i in 0..n {
-            let key: Box<[u8]> = keys
-                .as_ref()
-                .map_or_else(|| Box::from([] as [u8; 0]), |k| k.row(i).as_ref().into());
-            let slot = match at.get(&key) {
+            // Looked up by slice: a key is copied only for a group new to this batch.
+            let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
+            let slot = match at.get(key) {
                 Some(&s) => s,
                 None => {
+                    let key: Box<[u8]> = key.into();
                     at.insert(key.clone(), order.len());
                     order.push((key, i as u32, Vec::new(), Vec::new()));
                     order.len() - 1
@@ -640,10 +636,6 @@ impl Operator for TableAggregate {
         let batch = RecordBatch::try_new(self.spec.schema.clone(), columns)?;
         self.metrics.rows_out += batch.num_rows() as u64;
         out.batches.push(batch);
-        Ok(())
-    }
-
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
         Ok(())
     }
 

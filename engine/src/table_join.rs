@@ -263,10 +263,6 @@ impl Operator for TableTableJoin {
         Ok(())
     }
 
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
-        Ok(())
-    }
-
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }

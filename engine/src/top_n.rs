@@ -197,10 +197,10 @@ impl TopNOperator {
     }
 
     /// Output rows: each (group, rank) with its row.
-    fn emit(&self, changed: &[(Box<[u8]>, usize)]) -> Result<RecordBatch> {
+    fn emit(&self, changed: &[(&[u8], usize)]) -> Result<RecordBatch> {
         let rows: Vec<_> = changed
             .iter()
-            .map(|(g, rank)| self.groups[g][*rank].row.row())
+            .map(|(g, rank)| self.groups[*g][*rank].row.row())
             .collect();
         let mut columns = self.value_rows.convert_rows(rows)?;
         columns.push(Arc::new(Int64Array::from_iter_values(
@@ -239,8 +239,9 @@ impl Operator for TopNOperator {
             .sort_rows
             .convert_columns(&[batch.column(self.order_by).clone()])?;
         let values = self.value_rows.convert_columns(batch.columns())?;
-        // The lowest rank that changed, per touched group.
-        let mut touched: HashMap<Box<[u8]>, usize> = HashMap::new();
+        // The lowest rank that changed, per touched group (keys borrowed from this batch's
+        // rows: nothing is copied per row).
+        let mut touched: HashMap<&[u8], usize> = HashMap::new();
         for i in 0..n {
             let sort = sorts.row(i);
             let group = groups.row(i);
@@ -266,32 +267,26 @@ impl Operator for TopNOperator {
                     self.groups.insert(group.as_ref().into(), vec![ranked]);
                 }
             }
-            match touched.get_mut(group.as_ref()) {
-                Some(from) => *from = (*from).min(at),
-                None => {
-                    touched.insert(group.as_ref().into(), at);
-                }
-            }
+            touched
+                .entry(group.data())
+                .and_modify(|from| *from = (*from).min(at))
+                .or_insert(at);
         }
-        self.groups.retain(|_, v| !v.is_empty());
+        // A group, once it has a row, always keeps one: rows only come in.
         self.metrics.groups = self.groups.len() as u64;
         if touched.is_empty() {
             return Ok(());
         }
         let mut changed = Vec::new();
         for (g, from) in touched {
-            let len = self.groups.get(&g).map_or(0, Vec::len);
-            changed.extend((from..len).map(|rank| (g.clone(), rank)));
+            let len = self.groups.get(g).map_or(0, Vec::len);
+            changed.extend((from..len).map(|rank| (g, rank)));
         }
         // In group and rank order, whatever the hash map's.
         changed.sort_unstable();
         let batch = self.emit(&changed)?;
         self.metrics.rows_out += batch.num_rows() as u64;
         out.batches.push(batch);
-        Ok(())
-    }
-
-    fn advance(&mut self, _watermark: i64, _out: &mut Emit) -> Result<()> {
         Ok(())
     }
 

@@ -18,7 +18,8 @@
 //! - A condition on top of the key equality is evaluated on each pair; a pair that fails it
 //!   does not count as a match.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use datafusion::common::HashMap;
 use std::fmt;
@@ -46,13 +47,49 @@ struct Entry {
     matched: bool,
 }
 
+/// A buffered entry's place in the expiry order: its time and its key (shared with the
+/// buffer's map, so queuing an entry copies no key). Ordered by time alone.
+#[derive(Debug)]
+struct Expiry {
+    time: i64,
+    key: Arc<[u8]>,
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Self) -> bool {
+        self.time == other.time
+    }
+}
+
+impl Eq for Expiry {}
+
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Expiry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.time.cmp(&other.time)
+    }
+}
+
+/// A key's buffered entries, with the key itself to queue them under.
+#[derive(Debug)]
+struct Slot {
+    key: Arc<[u8]>,
+    /// In time order, so the watermark expires them from the front.
+    entries: VecDeque<Entry>,
+}
+
 /// One side's buffer.
 #[derive(Debug, Default)]
 struct Buffer {
-    /// Each key's entries in time order, so the watermark expires them from the front.
-    by_key: HashMap<Box<[u8]>, VecDeque<Entry>>,
-    /// Keys by the time of their records, to find what the watermark expires.
-    by_time: BTreeMap<i64, Vec<Box<[u8]>>>,
+    by_key: HashMap<Arc<[u8]>, Slot>,
+    /// Every entry's time and key, earliest first, to find what the watermark expires (a
+    /// key appears once per entry; one entry per record, no allocation per record).
+    by_time: BinaryHeap<Reverse<Expiry>>,
     rows: usize,
     bytes: usize,
 }
@@ -61,49 +98,66 @@ impl Buffer {
     fn insert(&mut self, key: &[u8], entry: Entry) {
         self.rows += 1;
         self.bytes += key.len() + entry.row.as_ref().len() + std::mem::size_of::<Entry>();
-        self.by_time.entry(entry.time).or_default().push(key.into());
-        match self.by_key.get_mut(key) {
-            Some(entries) => {
+        let time = entry.time;
+        let key = match self.by_key.get_mut(key) {
+            Some(slot) => {
+                let entries = &mut slot.entries;
                 let at = if entries.back().is_none_or(|last| last.time <= entry.time) {
                     entries.len()
                 } else {
                     entries.partition_point(|e| e.time <= entry.time)
                 };
                 entries.insert(at, entry);
+                slot.key.clone()
             }
             None => {
-                self.by_key.insert(key.into(), VecDeque::from([entry]));
+                let key: Arc<[u8]> = key.into();
+                let slot = Slot {
+                    key: key.clone(),
+                    entries: VecDeque::from([entry]),
+                };
+                self.by_key.insert(key.clone(), slot);
+                key
             }
-        }
+        };
+        self.by_time.push(Reverse(Expiry { time, key }));
     }
 
     /// Removes the entries older than `before`, returning those that never matched.
     fn expire(&mut self, before: i64) -> Vec<OwnedRow> {
         let mut unmatched = Vec::new();
-        let later = self.by_time.split_off(&before);
-        let expired = std::mem::replace(&mut self.by_time, later);
-        for (_, keys) in expired {
-            for key in keys {
-                let Some(entries) = self.by_key.get_mut(&key) else {
-                    continue;
+        while self
+            .by_time
+            .peek()
+            .is_some_and(|Reverse(next)| next.time < before)
+        {
+            let Some(Reverse(Expiry { key, .. })) = self.by_time.pop() else {
+                break;
+            };
+            let Some(slot) = self.by_key.get_mut(&key) else {
+                continue;
+            };
+            // A key queued at several expired times is emptied of them the first time.
+            while slot.entries.front().is_some_and(|e| e.time < before) {
+                let Some(e) = slot.entries.pop_front() else {
+                    break;
                 };
-                // A key listed at several expired times is emptied of them the first time.
-                while entries.front().is_some_and(|e| e.time < before) {
-                    let Some(e) = entries.pop_front() else {
-                        break;
-                    };
-                    self.rows -= 1;
-                    self.bytes -= key.len() + e.row.as_ref().len() + std::mem::size_of::<Entry>();
-                    if !e.matched {
-                        unmatched.push(e.row);
-                    }
+                self.rows -= 1;
+                self.bytes -= key.len() + e.row.as_ref().len() + std::mem::size_of::<Entry>();
+                if !e.matched {
+                    unmatched.push(e.row);
                 }
-                if entries.is_empty() {
-                    self.by_key.remove(&key);
-                }
+            }
+            if slot.entries.is_empty() {
+                self.by_key.remove(&key);
             }
         }
         unmatched
+    }
+
+    /// A key's entries, in time order.
+    fn entries(&self, key: &[u8]) -> Option<&VecDeque<Entry>> {
+        self.by_key.get(key).map(|s| &s.entries)
     }
 }
 
@@ -275,7 +329,7 @@ impl StreamStreamJoin {
             }
             let t = times.value(i);
             let key = keys.row(i);
-            if !null_key && let Some(entries) = self.buffers[other].by_key.get(key.as_ref()) {
+            if !null_key && let Some(entries) = self.buffers[other].entries(key.as_ref()) {
                 for (j, e) in entries.iter().enumerate() {
                     if self.within(side, t, e.time) {
                         pairs.push((i, j));
@@ -317,8 +371,7 @@ impl StreamStreamJoin {
                 .iter()
                 .filter_map(|(i, j)| {
                     self.buffers[other]
-                        .by_key
-                        .get(keys.row(*i).as_ref())
+                        .entries(keys.row(*i).as_ref())
                         .map(|entries| entries[*j].row.row())
                 })
                 .collect();
@@ -350,9 +403,8 @@ impl StreamStreamJoin {
             for (p, (i, j)) in pairs.iter().enumerate() {
                 if keep[p] {
                     matched_this[*i] = true;
-                    if let Some(entries) = self.buffers[other].by_key.get_mut(keys.row(*i).as_ref())
-                    {
-                        entries[*j].matched = true;
+                    if let Some(slot) = self.buffers[other].by_key.get_mut(keys.row(*i).as_ref()) {
+                        slot.entries[*j].matched = true;
                     }
                 }
             }
@@ -447,8 +499,8 @@ impl Operator for StreamStreamJoin {
         let mut rows: Vec<&[u8]> = Vec::new();
         let mut matched = Vec::new();
         for (side, buffer) in self.buffers.iter().enumerate() {
-            for (key, entries) in &buffer.by_key {
-                for e in entries {
+            for (key, slot) in &buffer.by_key {
+                for e in &slot.entries {
                     sides.push(side as u8);
                     keys.push(key);
                     times.push(e.time);

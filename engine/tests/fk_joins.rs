@@ -2,9 +2,11 @@
 //! are deleted, joined with customers who change and leave, fold into the join of the two
 //! final tables computed once by DataFusion (inner and left, at one and at several tasks);
 //! and across a checkpointed restart at another parallelism, the compacted output topic ends
-//! as that join.
+//! as that join. Each order's changes on the way are states its inputs pass through.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +14,6 @@ use std::time::Duration;
 
 use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 use quiver_broker::{
@@ -243,47 +244,89 @@ async fn oracle(o: &[Order], c: &[Customer], join: &str) -> Vec<String> {
     .unwrap();
     let sql =
         format!("SELECT o.id, o.customer, o.amount, c.name FROM o {join} c ON o.customer = c.id");
-    let out = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-    let mut rows = Vec::new();
-    for b in &out {
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| array_value_to_string(c, r).unwrap())
-                .collect();
-            rows.push(cells.join(" | "));
-        }
-    }
-    rows.sort();
-    rows
+    common::rows(&ctx.sql(&sql).await.unwrap().collect().await.unwrap())
 }
 
 const COLUMNS: [&str; 4] = ["id", "customer", "amount", "name"];
 
-/// Folds a changelog of joined orders into its final rows.
-fn fold(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = BTreeMap::new();
-    for b in batches {
-        let deleted = b.column_by_name(DELETED).unwrap();
-        let deleted = deleted.as_any().downcast_ref::<BooleanArray>().unwrap();
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = COLUMNS
-                .iter()
-                .map(|c| array_value_to_string(b.column_by_name(c).unwrap(), r).unwrap())
-                .collect();
-            if deleted.value(r) {
-                assert!(
-                    out.remove(&cells[0]).is_some(),
-                    "a delete of {} that was not in the table",
-                    cells[0]
+/// An order's joined row, as the changelog prints it: the order's state and its customer's
+/// name (`None`: the customer is absent).
+fn joined(
+    kind: JoinKind,
+    id: &str,
+    order: &Option<(Option<String>, i64)>,
+    name: &Option<String>,
+) -> Option<String> {
+    let (customer, amount) = order.as_ref()?;
+    if kind == JoinKind::Inner && (customer.is_none() || name.is_none()) {
+        return None;
+    }
+    let cell = |v: &Option<String>| v.clone().unwrap_or_default();
+    Some(format!(
+        "{id} | {} | {amount} | {}",
+        cell(customer),
+        cell(name)
+    ))
+}
+
+/// Asserts that each order's changes pass only through states its inputs pass through: an
+/// upsert is the order as of a change no earlier than the last one matched, joined with its
+/// customer's name as of a change of that customer no earlier than the last one matched for
+/// this order (the two inputs, and customers in different partitions, interleave in any way);
+/// a delete comes when the order, or in an inner join its customer, can be absent.
+fn assert_follows_inputs(
+    emitted: &BTreeMap<String, Vec<Option<String>>>,
+    o: &[Order],
+    c: &[Customer],
+    kind: JoinKind,
+    what: &str,
+) {
+    let orders = common::histories(o);
+    let customers = common::histories(c);
+    let (no_order, no_customer) = (vec![None], vec![None]);
+    for (id, changes) in emitted {
+        let order = orders.get(id).unwrap_or(&no_order);
+        let names = |customer: &Option<String>| {
+            customer
+                .as_ref()
+                .and_then(|c| customers.get(c))
+                .unwrap_or(&no_customer)
+        };
+        let mut at = 0;
+        let mut seen: BTreeMap<Option<String>, usize> = BTreeMap::new();
+        let mut held = false;
+        for (n, change) in changes.iter().enumerate() {
+            // The first order state at or after `at` and its customer's first name state at or
+            // after the last matched that give this change. An upsert's cells fix both the
+            // order's state and the name, so the earliest of each leaves every later change
+            // its widest choice; a delete moves neither.
+            let found = (at..order.len()).find_map(|i| {
+                let customer = order[i].as_ref().and_then(|r| r.0.clone());
+                let from = seen.get(&customer).copied().unwrap_or(0);
+                let names = names(&customer);
+                (from..names.len())
+                    .find(|&j| joined(kind, id, &order[i], &names[j]) == *change)
+                    .map(|j| (i, customer, j))
+            });
+            let Some((i, customer, j)) = found else {
+                panic!(
+                    "{what}: order {id} emitted {change:?}, which its inputs never give after the \
+                     changes before it; changes {:?}, order {order:?}",
+                    &changes[..=n]
                 );
-            } else {
-                out.insert(cells[0].clone(), cells.join(" | "));
+            };
+            assert!(
+                change.is_some() || held,
+                "{what}: order {id} deleted when it held no row; changes {:?}",
+                &changes[..=n]
+            );
+            if change.is_some() {
+                at = i;
+                seen.insert(customer, j);
             }
+            held = change.is_some();
         }
     }
-    out.into_values().collect()
 }
 
 #[tokio::test]
@@ -323,13 +366,17 @@ async fn foreign_key_joins_end_as_the_join_of_the_final_tables() {
             let batches = collector.batches();
             let changes: usize = batches.iter().map(RecordBatch::num_rows).sum();
             assert!(changes > want.len(), "{kind:?}: {changes} changes");
-            assert_eq!(
-                fold(&batches),
-                want,
-                "{kind:?} at parallelism {parallelism}"
-            );
+            let emitted = common::changes_by_key(&batches, &COLUMNS);
+            let what = format!("{kind:?} at parallelism {parallelism}");
+            assert_eq!(common::fold(&emitted), want, "{what}");
+            assert_follows_inputs(&emitted, &o, &c, kind, &what);
             let scan = runtime.store(&store).unwrap().scan().unwrap();
-            assert_eq!(fold(&[scan]), want, "{kind:?} store at {parallelism}");
+            let stored = common::changes_by_key(&[scan], &COLUMNS);
+            assert_eq!(
+                common::fold(&stored),
+                want,
+                "{kind:?} store at {parallelism}"
+            );
         }
     }
 }

@@ -1,16 +1,17 @@
 //! Table–table joins against a batch oracle: two changelogs with updates and deletes joined
 //! by the streaming join, folded into their final table, equal the inner, left and full outer
 //! join of the two final tables computed once by DataFusion; at one and at several tasks, and
-//! in a store.
+//! in a store; and each key's changes on the way are states the inputs pass through.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 use quiver_engine::dsl::StreamsBuilder;
@@ -125,42 +126,21 @@ async fn oracle(
         ctx.register_table(name, Arc::new(t)).unwrap();
     }
     let sql = format!("SELECT coalesce(a.id, b.id), a.x, b.y FROM a {join} b ON a.id = b.id");
-    let out = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-    let mut rows = Vec::new();
-    for b in &out {
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| array_value_to_string(c, r).unwrap())
-                .collect();
-            rows.push(cells.join(" | "));
-        }
-    }
-    rows.sort();
-    rows
+    common::rows(&ctx.sql(&sql).await.unwrap().collect().await.unwrap())
 }
 
-/// Folds a changelog (id, x, y, deleted) into its final rows.
-fn fold(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = BTreeMap::new();
-    for b in batches {
-        let deleted = b.column_by_name(DELETED).unwrap();
-        let deleted = deleted.as_any().downcast_ref::<BooleanArray>().unwrap();
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = ["id", "x", "y"]
-                .iter()
-                .map(|c| array_value_to_string(b.column_by_name(c).unwrap(), r).unwrap())
-                .collect();
-            if deleted.value(r) {
-                out.remove(&cells[0]);
-            } else {
-                out.insert(cells[0].clone(), cells.join(" | "));
-            }
-        }
-    }
-    out.into_values().collect()
+/// The joined row of a key whose inputs hold `x` and `y`, as the changelog prints it.
+fn joined_row(kind: JoinKind, key: &str, x: &Option<i64>, y: &Option<i64>) -> Option<String> {
+    let present = match kind {
+        JoinKind::Inner => x.is_some() && y.is_some(),
+        JoinKind::Left => x.is_some(),
+        JoinKind::Full => x.is_some() || y.is_some(),
+    };
+    let cell = |v: &Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+    present.then(|| format!("{key} | {} | {}", cell(x), cell(y)))
 }
+
+const COLUMNS: [&str; 3] = ["id", "x", "y"];
 
 #[tokio::test]
 async fn inner_left_and_full_table_joins_end_as_the_join_of_the_final_tables() {
@@ -203,16 +183,49 @@ async fn inner_left_and_full_table_joins_end_as_the_join_of_the_final_tables() {
             // Updates and deletes flowed through: the changelog is longer than the result.
             let changes: usize = batches.iter().map(RecordBatch::num_rows).sum();
             assert!(changes > want.len(), "{kind:?}: {changes} changes");
-            assert_eq!(
-                fold(&batches),
-                want,
-                "{kind:?} at parallelism {parallelism}"
+            let emitted = common::changes_by_key(&batches, &COLUMNS);
+            let what = format!("{kind:?} at parallelism {parallelism}");
+            assert_eq!(common::fold(&emitted), want, "{what}");
+            common::assert_join_history(
+                &emitted,
+                &common::histories(&a),
+                &common::histories(&b),
+                |key, x, y| joined_row(kind, key, x, y),
+                &what,
             );
             // The store holds the same final table.
             let scan = runtime.store(&store).unwrap().scan().unwrap();
-            assert_eq!(fold(&[scan]), want, "{kind:?} store");
+            let stored = common::changes_by_key(&[scan], &COLUMNS);
+            assert_eq!(common::fold(&stored), want, "{kind:?} store");
         }
     }
+}
+
+#[test]
+fn the_history_check_refuses_a_change_no_interleaving_gives() {
+    // Key k: x goes 1 then 2, y is 5. A join that emitted the row with x = 1 after the one
+    // with x = 2 (a stale row) is refused; the two in order pass.
+    let x = common::histories(&[("k".to_string(), Some(1)), ("k".to_string(), Some(2))]);
+    let y = common::histories(&[("k".to_string(), Some(5))]);
+    let row = |v: i64| Some(format!("k | {v} | 5"));
+    let check = |changes: Vec<Option<String>>| {
+        let emitted = BTreeMap::from([("k".to_string(), changes)]);
+        std::panic::catch_unwind(|| {
+            common::assert_join_history(
+                &emitted,
+                &x,
+                &y,
+                |key, x, y| joined_row(JoinKind::Inner, key, x, y),
+                "inner",
+            )
+        })
+        .is_ok()
+    };
+    assert!(check(vec![row(1), row(2)]));
+    assert!(check(vec![row(2)]));
+    assert!(!check(vec![row(2), row(1)]), "a stale row passed");
+    assert!(!check(vec![row(3)]), "a row no input gives passed");
+    assert!(!check(vec![None]), "a delete of nothing passed");
 }
 
 #[test]
@@ -262,5 +275,6 @@ async fn map_values_keeps_the_key_and_deletes_of_a_table() {
         .into_iter()
         .map(|(k, v)| format!("{k} | {} | {v}", v * 2))
         .collect();
-    assert_eq!(fold(&collector.batches()), want);
+    let emitted = common::changes_by_key(&collector.batches(), &COLUMNS);
+    assert_eq!(common::fold(&emitted), want);
 }

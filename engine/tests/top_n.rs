@@ -1,6 +1,7 @@
 //! Top-N per key against a batch oracle: the changelog of the top bids per auction, folded by
 //! (auction, rank), ends as `ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) <= 3`
-//! over the whole input, at one and at several tasks, and in a store.
+//! over the whole input, at one and at several tasks, and in a store; on the way, each rank
+//! holds real bids of its auction at prices that only rise.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
@@ -79,6 +80,9 @@ async fn the_top_bids_per_auction_end_as_row_number_over_the_whole_input() {
     }
     want.sort();
     assert_eq!(want.len(), 36);
+    let sent: std::collections::BTreeSet<String> = (0..all.num_rows())
+        .map(|r| cells(&all, r, &["auction", "bidder", "price"]).join(" | "))
+        .collect();
 
     for parallelism in [1, 3] {
         let batches = (0..30)
@@ -113,10 +117,23 @@ async fn the_top_bids_per_auction_end_as_row_number_over_the_whole_input() {
             .unwrap();
         let mut last = BTreeMap::new();
         let mut changes = 0;
+        // Bids only arrive, so the k-th highest price of an auction never falls: each rank's
+        // changes (one task emits all of an auction's, in order) are real bids at rising prices.
+        let mut price_of_rank: BTreeMap<(String, String), i64> = BTreeMap::new();
         for b in collector.batches() {
             for r in 0..b.num_rows() {
                 let row = cells(&b, r, &["auction", "rank", "bidder", "price"]);
-                last.insert((row[0].clone(), row[1].clone()), row.join(" | "));
+                let bid = format!("{} | {} | {}", row[0], row[2], row[3]);
+                assert!(sent.contains(&bid), "{bid} is not a bid that was sent");
+                let price: i64 = row[3].parse().unwrap();
+                let rank = (row[0].clone(), row[1].clone());
+                if let Some(before) = price_of_rank.insert(rank.clone(), price) {
+                    assert!(
+                        price > before,
+                        "rank {rank:?} fell from {before} to {price} at parallelism {parallelism}"
+                    );
+                }
+                last.insert(rank, row.join(" | "));
                 changes += 1;
             }
         }
