@@ -18,8 +18,7 @@
 //! - A condition on top of the key equality is evaluated on each pair; a pair that fails it
 //!   does not count as a match.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 use datafusion::common::HashMap;
 use std::fmt;
@@ -47,31 +46,56 @@ struct Entry {
     matched: bool,
 }
 
-/// A buffered entry's place in the expiry order: its time and its key (shared with the
-/// buffer's map, so queuing an entry copies no key). Ordered by time alone.
-#[derive(Debug)]
-struct Expiry {
-    time: i64,
-    key: Arc<[u8]>,
-}
-
-impl PartialEq for Expiry {
-    fn eq(&self, other: &Self) -> bool {
-        self.time == other.time
+/// Where an entry of time `time` goes in a sequence sorted by time, after the entries of the
+/// same time: found from the back, as records come nearly in time order (tasks feeding a join
+/// run a little apart), with a binary search when it is far from the back.
+fn place<T>(items: &VecDeque<T>, time: i64, time_of: impl Fn(&T) -> i64) -> usize {
+    let mut at = items.len();
+    while at > 0 && time_of(&items[at - 1]) > time {
+        at -= 1;
+        if items.len() - at == 32 {
+            return items.partition_point(|e| time_of(e) <= time);
+        }
     }
+    at
 }
 
-impl Eq for Expiry {}
+/// The keys of a buffer's entries by the entries' times, earliest first: one bucket per
+/// millisecond that has entries, a key once per entry. Emptied buckets are kept for reuse, so
+/// queuing allocates nothing once the buffer's size is steady.
+#[derive(Debug, Default)]
+struct TimeQueue {
+    buckets: VecDeque<(i64, Vec<Arc<[u8]>>)>,
+    spare: Vec<Vec<Arc<[u8]>>>,
+}
 
-impl PartialOrd for Expiry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+impl TimeQueue {
+    fn push(&mut self, time: i64, key: Arc<[u8]>) {
+        let at = place(&self.buckets, time, |b| b.0);
+        if at > 0 && self.buckets[at - 1].0 == time {
+            self.buckets[at - 1].1.push(key);
+        } else {
+            let mut keys = self.spare.pop().unwrap_or_default();
+            keys.push(key);
+            self.buckets.insert(at, (time, keys));
+        }
     }
-}
 
-impl Ord for Expiry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.time.cmp(&other.time)
+    /// The keys of the earliest bucket, when it is older than `before`.
+    fn pop_before(&mut self, before: i64) -> Option<Vec<Arc<[u8]>>> {
+        if self.buckets.front().is_some_and(|b| b.0 < before) {
+            self.buckets.pop_front().map(|b| b.1)
+        } else {
+            None
+        }
+    }
+
+    /// A popped bucket back, for reuse.
+    fn recycle(&mut self, mut keys: Vec<Arc<[u8]>>) {
+        keys.clear();
+        if self.spare.len() < 64 {
+            self.spare.push(keys);
+        }
     }
 }
 
@@ -87,9 +111,8 @@ struct Slot {
 #[derive(Debug, Default)]
 struct Buffer {
     by_key: HashMap<Arc<[u8]>, Slot>,
-    /// Every entry's time and key, earliest first, to find what the watermark expires (a
-    /// key appears once per entry; one entry per record, no allocation per record).
-    by_time: BinaryHeap<Reverse<Expiry>>,
+    /// Keys by the times of their entries, to find what the watermark expires.
+    by_time: TimeQueue,
     rows: usize,
     bytes: usize,
 }
@@ -101,13 +124,8 @@ impl Buffer {
         let time = entry.time;
         let key = match self.by_key.get_mut(key) {
             Some(slot) => {
-                let entries = &mut slot.entries;
-                let at = if entries.back().is_none_or(|last| last.time <= entry.time) {
-                    entries.len()
-                } else {
-                    entries.partition_point(|e| e.time <= entry.time)
-                };
-                entries.insert(at, entry);
+                let at = place(&slot.entries, entry.time, |e| e.time);
+                slot.entries.insert(at, entry);
                 slot.key.clone()
             }
             None => {
@@ -120,37 +138,33 @@ impl Buffer {
                 key
             }
         };
-        self.by_time.push(Reverse(Expiry { time, key }));
+        self.by_time.push(time, key);
     }
 
     /// Removes the entries older than `before`, returning those that never matched.
     fn expire(&mut self, before: i64) -> Vec<OwnedRow> {
         let mut unmatched = Vec::new();
-        while self
-            .by_time
-            .peek()
-            .is_some_and(|Reverse(next)| next.time < before)
-        {
-            let Some(Reverse(Expiry { key, .. })) = self.by_time.pop() else {
-                break;
-            };
-            let Some(slot) = self.by_key.get_mut(&key) else {
-                continue;
-            };
-            // A key queued at several expired times is emptied of them the first time.
-            while slot.entries.front().is_some_and(|e| e.time < before) {
-                let Some(e) = slot.entries.pop_front() else {
-                    break;
+        while let Some(keys) = self.by_time.pop_before(before) {
+            for key in &keys {
+                let Some(slot) = self.by_key.get_mut(key) else {
+                    continue;
                 };
-                self.rows -= 1;
-                self.bytes -= key.len() + e.row.as_ref().len() + std::mem::size_of::<Entry>();
-                if !e.matched {
-                    unmatched.push(e.row);
+                // A key queued at several expired times is emptied of them the first time.
+                while slot.entries.front().is_some_and(|e| e.time < before) {
+                    let Some(e) = slot.entries.pop_front() else {
+                        break;
+                    };
+                    self.rows -= 1;
+                    self.bytes -= key.len() + e.row.as_ref().len() + std::mem::size_of::<Entry>();
+                    if !e.matched {
+                        unmatched.push(e.row);
+                    }
+                }
+                if slot.entries.is_empty() {
+                    self.by_key.remove(key);
                 }
             }
-            if slot.entries.is_empty() {
-                self.by_key.remove(&key);
-            }
+            self.by_time.recycle(keys);
         }
         unmatched
     }
@@ -562,5 +576,44 @@ impl Operator for StreamStreamJoin {
 
     fn partition_keys(&self) -> Option<Vec<Arc<dyn PhysicalExpr>>> {
         Some(crate::join::key_columns(self.spec.keys))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+    use super::*;
+
+    #[test]
+    fn the_time_queue_gives_keys_back_in_time_order_however_far_back_they_came() {
+        // Mostly in order, some a little behind, some far behind (past the scan from the back).
+        let mut times: Vec<i64> = (0..500).collect();
+        for i in (0..500).step_by(7) {
+            times.swap(i, (i + 3).min(499));
+        }
+        times.swap(450, 5);
+        times.extend([2, 2, 499, 250]);
+        let mut queue = TimeQueue::default();
+        for (n, &t) in times.iter().enumerate() {
+            queue.push(t, Arc::from(format!("{t}/{n}").into_bytes()));
+        }
+        let mut popped = Vec::new();
+        while let Some(keys) = queue.pop_before(300) {
+            popped.extend(keys.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()));
+            queue.recycle(keys);
+        }
+        let mut want: Vec<(i64, usize)> = times
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t < 300)
+            .map(|(n, t)| (*t, n))
+            .collect();
+        // Stable by time: a bucket keeps its keys in arrival order.
+        want.sort_by_key(|(t, _)| *t);
+        let want: Vec<String> = want.iter().map(|(t, n)| format!("{t}/{n}")).collect();
+        assert_eq!(popped, want);
+        assert!(queue.buckets.front().is_some_and(|b| b.0 == 300));
+        assert!(!queue.spare.is_empty(), "popped buckets are kept for reuse");
     }
 }

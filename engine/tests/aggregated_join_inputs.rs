@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::array_value_to_string;
 use datafusion::functions_aggregate::expr_fn::{count, max, sum};
 use datafusion::prelude::{Expr, col, lit};
-use quiver_broker::{
-    Broker, BrokerConfig, Isolation, NewTopic, ReaderOptions, Record, StartAt, batch_to_records,
-};
+use quiver_broker::{Broker, BrokerConfig, NewTopic, Record};
 use quiver_engine::dsl::{RunningTopology, Stream, StreamsBuilder};
 use quiver_engine::format::DELETED;
 use quiver_engine::{
@@ -293,42 +293,10 @@ async fn views_and_clicks(
     Runtime::new(b).run(builder.build()?).await
 }
 
-/// The latest value per user of `joined` as a `read_committed` reader sees it.
-async fn committed(b: &Broker) -> Vec<String> {
-    let options = ReaderOptions {
-        isolation: Isolation::ReadCommitted,
-        ..ReaderOptions::default()
-    };
-    let mut reader = b
-        .topic_reader("joined", StartAt::Earliest, options)
-        .unwrap();
-    let mut last = BTreeMap::new();
-    loop {
-        let batches = reader.next_batches(Duration::ZERO).await.unwrap();
-        if batches.is_empty() {
-            break;
-        }
-        for batch in batches {
-            for r in batch_to_records(&batch.records).unwrap() {
-                let user = String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap();
-                let v: serde_json::Value =
-                    serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-                let row = format!("{user} | {} | {}", v["views"], v["clicked"]);
-                last.insert(user, row);
-            }
-        }
-    }
-    last.into_values().collect()
-}
-
 async fn wait(b: &Broker, want: &[String], what: &str) {
-    for _ in 0..400 {
-        if committed(b).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(committed(b).await, want, "timed out waiting until {what}");
+    let row =
+        |user: &str, v: &serde_json::Value| format!("{user} | {} | {}", v["views"], v["clicked"]);
+    common::wait_for_table(b, "joined", want, row, what).await;
 }
 
 #[tokio::test]

@@ -16,9 +16,7 @@ use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray, Timestamp
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
-use quiver_broker::{
-    Broker, BrokerConfig, Isolation, NewTopic, ReaderOptions, Record, StartAt, batch_to_records,
-};
+use quiver_broker::{Broker, BrokerConfig, NewTopic, Record};
 use quiver_engine::dsl::{RunningTopology, StreamsBuilder, Table};
 use quiver_engine::format::DELETED;
 use quiver_engine::{
@@ -470,44 +468,25 @@ async fn enrich(
     Runtime::new(b).run(builder.build()?).await
 }
 
-/// The latest value per key of a topic a `read_committed` reader sees (tombstones delete),
-/// as `id | customer | amount | name`.
-async fn committed(b: &Broker) -> Vec<String> {
-    let options = ReaderOptions {
-        isolation: Isolation::ReadCommitted,
-        ..ReaderOptions::default()
+/// An enriched order as the topic's JSON reads back (`id | customer | amount | name`; the
+/// oracle prints a null as "", as a missing JSON field reads here).
+fn enriched_row(id: &str, v: &serde_json::Value) -> String {
+    let cell = |c: &str| match &v[c] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     };
-    let mut reader = b
-        .topic_reader("enriched", StartAt::Earliest, options)
-        .unwrap();
-    let mut last = BTreeMap::new();
-    loop {
-        let batches = reader.next_batches(Duration::ZERO).await.unwrap();
-        if batches.is_empty() {
-            break;
-        }
-        for batch in batches {
-            for r in batch_to_records(&batch.records).unwrap() {
-                let id = String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap();
-                match r.value {
-                    None => {
-                        last.remove(&id);
-                    }
-                    Some(v) => {
-                        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
-                        let cell = |c: &str| match &v[c] {
-                            serde_json::Value::Null => String::new(),
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        let row = [id.clone(), cell("customer"), cell("amount"), cell("name")];
-                        last.insert(id, row.join(" | "));
-                    }
-                }
-            }
-        }
-    }
-    last.into_values().collect()
+    [
+        id.to_string(),
+        cell("customer"),
+        cell("amount"),
+        cell("name"),
+    ]
+    .join(" | ")
+}
+
+async fn wait(b: &Broker, want: &[String], what: &str) {
+    common::wait_for_table(b, "enriched", want, enriched_row, what).await;
 }
 
 #[tokio::test]
@@ -543,15 +522,4 @@ async fn a_foreign_key_join_resumes_from_its_checkpoint_at_another_parallelism()
     assert!(want.len() > 10, "{want:?}");
     wait(&b, &want, "everything is joined after the restart").await;
     running.stop().await.unwrap();
-}
-
-async fn wait(b: &Broker, want: &[String], what: &str) {
-    // The oracle prints a null as "": as the topic's JSON reads back.
-    for _ in 0..400 {
-        if committed(b).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(committed(b).await, want, "timed out waiting until {what}");
 }

@@ -654,44 +654,12 @@ async fn a_filtered_tables_changelog_is_written_with_tombstones_for_rows_that_le
 }
 
 async fn read_all(b: &Broker, topic: &str) -> Vec<Record> {
-    let mut reader = b
-        .topic_reader(
-            topic,
-            quiver_broker::StartAt::Earliest,
-            quiver_broker::ReaderOptions::default(),
-        )
-        .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let batches = reader.next_batches(Duration::ZERO).await.unwrap();
-        if batches.is_empty() {
-            return out;
-        }
-        for batch in batches {
-            out.extend(quiver_broker::batch_to_records(&batch.records).unwrap());
-        }
-    }
+    common::records(b, topic, quiver_broker::Isolation::ReadUncommitted).await
 }
 
 /// Every record of `topic` a read_committed reader sees.
 async fn read_committed(b: &Broker, topic: &str) -> Vec<Record> {
-    let options = quiver_broker::ReaderOptions {
-        isolation: quiver_broker::Isolation::ReadCommitted,
-        ..quiver_broker::ReaderOptions::default()
-    };
-    let mut reader = b
-        .topic_reader(topic, quiver_broker::StartAt::Earliest, options)
-        .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let batches = reader.next_batches(Duration::ZERO).await.unwrap();
-        if batches.is_empty() {
-            return out;
-        }
-        for batch in batches {
-            out.extend(quiver_broker::batch_to_records(&batch.records).unwrap());
-        }
-    }
+    common::records(b, topic, quiver_broker::Isolation::ReadCommitted).await
 }
 
 /// Orders joined with customer names to `enriched`, exactly once.

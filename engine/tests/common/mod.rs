@@ -132,3 +132,73 @@ pub fn assert_join_history<L: std::fmt::Debug, R: std::fmt::Debug>(
         }
     }
 }
+
+/// Every record of `topic` from its start, as a reader at `isolation` sees it now.
+pub async fn records(
+    b: &quiver_broker::Broker,
+    topic: &str,
+    isolation: quiver_broker::Isolation,
+) -> Vec<quiver_broker::Record> {
+    let options = quiver_broker::ReaderOptions {
+        isolation,
+        ..quiver_broker::ReaderOptions::default()
+    };
+    let mut reader = b
+        .topic_reader(topic, quiver_broker::StartAt::Earliest, options)
+        .expect("a reader of the topic");
+    let mut out = Vec::new();
+    loop {
+        let batches = reader
+            .next_batches(std::time::Duration::ZERO)
+            .await
+            .expect("a read of the topic");
+        if batches.is_empty() {
+            return out;
+        }
+        for batch in batches {
+            out.extend(quiver_broker::batch_to_records(&batch.records).expect("its records"));
+        }
+    }
+}
+
+/// The latest value per key of a keyed topic of JSON values, as a `read_committed` reader
+/// sees it now (a tombstone deletes its key): each as `row(key, value)`, in key order.
+pub async fn committed_table(
+    b: &quiver_broker::Broker,
+    topic: &str,
+    row: impl Fn(&str, &serde_json::Value) -> String,
+) -> Vec<String> {
+    let mut last = BTreeMap::new();
+    for r in records(b, topic, quiver_broker::Isolation::ReadCommitted).await {
+        let key = String::from_utf8(r.key.expect("a keyed record").to_vec()).expect("a text key");
+        match r.value {
+            None => {
+                last.remove(&key);
+            }
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_slice(&v).expect("a JSON value");
+                let row = row(&key, &v);
+                last.insert(key, row);
+            }
+        }
+    }
+    last.into_values().collect()
+}
+
+/// Waits (up to 10 s) until [`committed_table`] of `topic` is `want`.
+pub async fn wait_for_table(
+    b: &quiver_broker::Broker,
+    topic: &str,
+    want: &[String],
+    row: impl Fn(&str, &serde_json::Value) -> String,
+    what: &str,
+) {
+    for _ in 0..400 {
+        if committed_table(b, topic, &row).await == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let got = committed_table(b, topic, &row).await;
+    assert_eq!(got, want, "timed out waiting until {what}");
+}
