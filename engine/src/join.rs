@@ -14,7 +14,11 @@
 //!   hold the watermark back (the source's idle timeout).
 //! - **Versions**: per key, the versions newer than `watermark - grace`, and the latest one at
 //!   or before it (pruned when the key is next written). A tombstone is a version that says
-//!   the key has no row.
+//!   the key has no row. A table without event time (an aggregate's: its rows carry none) is
+//!   not versioned: it keeps each key's latest row, and a stream record meets the row its key
+//!   has when the watermark releases the record, as Kafka Streams' joins with a non-versioned
+//!   store do. Its updates up to the watermark have arrived by then, so the record sees every
+//!   update of an earlier time, and may see some of a later one.
 //! - **Keys**: both inputs are re-keyed through the exchange by the join key (the table's key
 //!   columns, and the stream expressions paired with them), so a key's rows meet in one task.
 //!   [`JoinTag`] runs first, in the source tasks: it runs each side's operators and puts the
@@ -729,7 +733,8 @@ pub struct StreamTableJoin {
     /// The table side's tagged layout, where [`DELETED`] is in it (if it has one), and how many
     /// of its columns (after the tag and keys) are output.
     table_schema: SchemaRef,
-    table_time: usize,
+    /// `None`: the table has no event time (an aggregate's), so it is not versioned.
+    table_time: Option<usize>,
     table_deleted: Option<usize>,
     table_out: usize,
     filter: Option<Arc<dyn PhysicalExpr>>,
@@ -792,7 +797,9 @@ impl StreamTableJoin {
             })
         };
         let stream_time = time_of(&spec.stream_schema, "stream")?;
-        let table_time = time_of(&spec.table_schema, "table")?;
+        // A table without event time (an aggregate's carries none) keeps one version per key,
+        // its latest row.
+        let table_time = spec.table_schema.index_of(ROWTIME).ok();
         let table_deleted = spec.table_schema.index_of(DELETED).ok();
         let key_fields: Vec<_> = spec.stream_schema.fields()[1..=spec.keys].to_vec();
         let table_fields: Vec<_> = spec.table_schema.fields()[1 + spec.keys..].to_vec();
@@ -850,9 +857,9 @@ impl StreamTableJoin {
         let values = self
             .table_rows
             .convert_columns(&batch.columns()[1 + self.keys..])?;
-        let times = batch
-            .column(self.table_time)
-            .as_primitive::<TimestampMillisecondType>();
+        let times = self
+            .table_time
+            .map(|t| batch.column(t).as_primitive::<TimestampMillisecondType>());
         let deleted = self
             .table_deleted
             .map(|i| batch.column(i).as_boolean().clone());
@@ -863,10 +870,10 @@ impl StreamTableJoin {
             if key_columns.iter().any(|k| k.is_null(i)) {
                 continue;
             }
-            let time = if times.is_valid(i) {
-                times.value(i)
-            } else {
-                i64::MIN
+            // Without a time, the version holds from the start: the latest row wins.
+            let time = match times {
+                Some(times) if times.is_valid(i) => times.value(i),
+                _ => i64::MIN,
             };
             let gone = deleted
                 .as_ref()

@@ -153,6 +153,58 @@ async fn two_aggregated_tables_join_as_the_join_of_their_group_bys() {
 }
 
 #[tokio::test]
+async fn a_stream_joined_with_an_aggregated_table_meets_its_latest_rows() {
+    // Views up to 33 s, of 20 users of 25; then orders, from 40 s: each order meets its user's
+    // count of views (an aggregate's table, which has no event time, so it is not versioned).
+    let views: Vec<_> = events(900, 7)
+        .into_iter()
+        .filter(|e| e.0.as_str() < "u20")
+        .collect();
+    let orders: Vec<_> = events(200, 8)
+        .into_iter()
+        .map(|(user, amount, t)| (user, amount, 40_000 + t))
+        .collect();
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for v in &views {
+        *counts.entry(v.0.as_str()).or_default() += 1;
+    }
+    for (left, parallelism) in [(false, 1), (true, 1), (false, 3), (true, 3)] {
+        let mut want: Vec<String> = orders
+            .iter()
+            .filter_map(|(user, amount, _)| match counts.get(user.as_str()) {
+                Some(n) => Some(format!("{user} | {amount} | {n}")),
+                None => left.then(|| format!("{user} | {amount} | ")),
+            })
+            .collect();
+        want.sort();
+        let builder = StreamsBuilder::new().with_options(options(parallelism));
+        let per_user = stream(&builder, "views", &views)
+            .group_by([col("user")])
+            .unwrap()
+            .aggregate([count(lit(1)).alias("views")])
+            .unwrap();
+        let orders = stream(&builder, "orders", &orders);
+        let joined = if left {
+            orders.left_join(&per_user, [col("user")])
+        } else {
+            orders.join(&per_user, [col("user")])
+        }
+        .unwrap();
+        let collector = Collector::new();
+        joined
+            .select([col("user"), col("amount"), col("views")])
+            .unwrap()
+            .to_collector(&collector);
+        run(&builder).await;
+        assert_eq!(
+            common::rows(&collector.batches()),
+            want,
+            "left {left} at parallelism {parallelism}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn each_windows_highest_price_joined_back_to_its_bids_finds_the_winning_bids() {
     let bids = events(1500, 42);
     // The oracle: per 10 s window, the bids at its highest amount.
