@@ -339,28 +339,36 @@ impl Operator for MaterializeOperator {
         let shard = self.shard();
         let limit = self.store.inner.max_bytes;
         let mut start = 0;
+        // Rows are copied before the lock is taken and replaced ones freed after it is let go,
+        // so readers wait only for the map's own work.
+        let mut slice: Vec<(RowBytes, Option<RowBytes>)> = Vec::with_capacity(SLICE);
+        let mut replaced: Vec<RowBytes> = Vec::with_capacity(SLICE);
         while start < n {
             let end = (start + SLICE).min(n);
-            let mut s = shard.write();
-            for i in start..end {
-                let key: Box<[u8]> = keys.row(i).as_ref().into();
+            slice.extend((start..end).map(|i| {
                 let gone = deleted
                     .as_ref()
                     .is_some_and(|d| d.is_valid(i) && d.value(i));
-                let old = if gone {
-                    s.rows.remove(&key).map(|v| (key.len(), v))
-                } else {
-                    let value: Box<[u8]> = values.row(i).as_ref().into();
-                    let added = key.len() + value.len();
-                    s.bytes += added;
-                    let klen = key.len();
-                    s.rows.insert(key, value).map(|v| (klen, v))
+                let value = (!gone).then(|| values.row(i).as_ref().into());
+                (keys.row(i).as_ref().into(), value)
+            }));
+            let mut s = shard.write();
+            for (key, value) in slice.drain(..) {
+                let klen = key.len();
+                let old = match value {
+                    None => s.rows.remove(&key),
+                    Some(value) => {
+                        s.bytes += klen + value.len();
+                        s.rows.insert(key, value)
+                    }
                 };
-                if let Some((klen, v)) = old {
+                if let Some(v) = old {
                     s.bytes -= klen + v.len();
+                    replaced.push(v);
                 }
             }
             drop(s);
+            replaced.clear();
             start = end;
         }
         let held = self.store.bytes();
