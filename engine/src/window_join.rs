@@ -99,18 +99,11 @@ impl TimeQueue {
     }
 }
 
-/// A key's buffered entries, with the key itself to queue them under.
-#[derive(Debug)]
-struct Slot {
-    key: Arc<[u8]>,
-    /// In time order, so the watermark expires them from the front.
-    entries: VecDeque<Entry>,
-}
-
 /// One side's buffer.
 #[derive(Debug, Default)]
 struct Buffer {
-    by_key: HashMap<Arc<[u8]>, Slot>,
+    /// Each key's entries in time order, so the watermark expires them from the front.
+    by_key: HashMap<Arc<[u8]>, VecDeque<Entry>>,
     /// Keys by the times of their entries, to find what the watermark expires.
     by_time: TimeQueue,
     rows: usize,
@@ -122,19 +115,15 @@ impl Buffer {
         self.rows += 1;
         self.bytes += key.len() + entry.row.as_ref().len() + std::mem::size_of::<Entry>();
         let time = entry.time;
-        let key = match self.by_key.get_mut(key) {
-            Some(slot) => {
-                let at = place(&slot.entries, entry.time, |e| e.time);
-                slot.entries.insert(at, entry);
-                slot.key.clone()
+        let key = match self.by_key.get_key_value_mut(key) {
+            Some((key, entries)) => {
+                let at = place(entries, entry.time, |e| e.time);
+                entries.insert(at, entry);
+                key.clone()
             }
             None => {
                 let key: Arc<[u8]> = key.into();
-                let slot = Slot {
-                    key: key.clone(),
-                    entries: VecDeque::from([entry]),
-                };
-                self.by_key.insert(key.clone(), slot);
+                self.by_key.insert(key.clone(), VecDeque::from([entry]));
                 key
             }
         };
@@ -146,12 +135,12 @@ impl Buffer {
         let mut unmatched = Vec::new();
         while let Some(keys) = self.by_time.pop_before(before) {
             for key in &keys {
-                let Some(slot) = self.by_key.get_mut(key) else {
+                let Some(entries) = self.by_key.get_mut(key) else {
                     continue;
                 };
                 // A key queued at several expired times is emptied of them the first time.
-                while slot.entries.front().is_some_and(|e| e.time < before) {
-                    let Some(e) = slot.entries.pop_front() else {
+                while entries.front().is_some_and(|e| e.time < before) {
+                    let Some(e) = entries.pop_front() else {
                         break;
                     };
                     self.rows -= 1;
@@ -160,18 +149,13 @@ impl Buffer {
                         unmatched.push(e.row);
                     }
                 }
-                if slot.entries.is_empty() {
+                if entries.is_empty() {
                     self.by_key.remove(key);
                 }
             }
             self.by_time.recycle(keys);
         }
         unmatched
-    }
-
-    /// A key's entries, in time order.
-    fn entries(&self, key: &[u8]) -> Option<&VecDeque<Entry>> {
-        self.by_key.get(key).map(|s| &s.entries)
     }
 }
 
@@ -343,7 +327,7 @@ impl StreamStreamJoin {
             }
             let t = times.value(i);
             let key = keys.row(i);
-            if !null_key && let Some(entries) = self.buffers[other].entries(key.as_ref()) {
+            if !null_key && let Some(entries) = self.buffers[other].by_key.get(key.as_ref()) {
                 for (j, e) in entries.iter().enumerate() {
                     if self.within(side, t, e.time) {
                         pairs.push((i, j));
@@ -385,7 +369,8 @@ impl StreamStreamJoin {
                 .iter()
                 .filter_map(|(i, j)| {
                     self.buffers[other]
-                        .entries(keys.row(*i).as_ref())
+                        .by_key
+                        .get(keys.row(*i).as_ref())
                         .map(|entries| entries[*j].row.row())
                 })
                 .collect();
@@ -417,8 +402,9 @@ impl StreamStreamJoin {
             for (p, (i, j)) in pairs.iter().enumerate() {
                 if keep[p] {
                     matched_this[*i] = true;
-                    if let Some(slot) = self.buffers[other].by_key.get_mut(keys.row(*i).as_ref()) {
-                        slot.entries[*j].matched = true;
+                    if let Some(entries) = self.buffers[other].by_key.get_mut(keys.row(*i).as_ref())
+                    {
+                        entries[*j].matched = true;
                     }
                 }
             }
@@ -513,8 +499,8 @@ impl Operator for StreamStreamJoin {
         let mut rows: Vec<&[u8]> = Vec::new();
         let mut matched = Vec::new();
         for (side, buffer) in self.buffers.iter().enumerate() {
-            for (key, slot) in &buffer.by_key {
-                for e in &slot.entries {
+            for (key, entries) in &buffer.by_key {
+                for e in entries {
                     sides.push(side as u8);
                     keys.push(key);
                     times.push(e.time);

@@ -76,11 +76,17 @@ impl SegmentView {
     }
 
     /// Notes that the frame of `len` bytes at `pos` passed its CRC check and decoded with every
-    /// check; the verified prefix grows when the frame continues it.
+    /// check.
     pub fn note_verified(&self, pos: u64, len: u64) {
-        if pos <= self.verified.load(Ordering::Acquire) {
-            self.verified.fetch_max(pos + len, Ordering::AcqRel);
-        }
+        extend_verified(&self.verified, pos, len);
+    }
+}
+
+/// Grows a verified prefix by the whole frame of `len` bytes at `pos`, when the frame continues
+/// it.
+fn extend_verified(verified: &AtomicU64, pos: u64, len: u64) {
+    if pos <= verified.load(Ordering::Acquire) {
+        verified.fetch_max(pos + len, Ordering::AcqRel);
     }
 }
 
@@ -327,9 +333,7 @@ impl Segment {
         self.note_frame(pos, batch, frame_bytes.len() as u64);
         self.size = pos + frame_bytes.len() as u64;
         // What this process wrote is whole (as Kafka, reads trust the log's own writes).
-        if self.verified.load(Ordering::Acquire) >= pos {
-            self.verified.fetch_max(self.size, Ordering::AcqRel);
-        }
+        extend_verified(&self.verified, pos, frame_bytes.len() as u64);
         Ok(())
     }
 
