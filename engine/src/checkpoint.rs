@@ -14,7 +14,9 @@
 //! 2. **State.** Each later task aligns the barrier over its inputs (see the exchange), so
 //!    its operators hold exactly the effect of the records before it; it writes each stateful
 //!    operator's rows as one Arrow IPC file, `epoch-n/<operator>-<task>.arrow`, adds the file to
-//!    the barrier and sends it on.
+//!    the barrier and sends it on. A task whose operators have seen nothing since its last
+//!    checkpoint (no rows, no watermark move) names that checkpoint's files again instead of
+//!    writing them anew, so a quiet table of a million rows costs nothing per checkpoint.
 //! 3. **Manifest.** When the barrier reaches the sink task, every result of epoch `n` has been
 //!    written to the sinks and every state file exists. The sink task flushes its sinks, then
 //!    writes `epoch-n/manifest.json`: the offsets, watermarks and state files.
@@ -23,7 +25,8 @@
 //!    source offsets to the application's group, with `quiver.epoch=n` as their metadata, and
 //!    commits the transaction. At-least-once: the output was written as it came; the offsets
 //!    are committed with the same metadata.
-//! 5. **Prune.** Checkpoints before `n-1` are deleted.
+//! 5. **Prune.** Checkpoints before `n-1` are deleted, but for the state files that `n-1`'s and
+//!    `n`'s manifests still name.
 //!
 //! # Recovery
 //!
@@ -188,12 +191,13 @@ impl CheckpointStorage {
         task: usize,
         state: &RecordBatch,
     ) -> Result<StateFile> {
-        let mut bytes = Vec::new();
-        {
+        let bytes = crate::runtime::blocking(|| -> Result<Vec<u8>> {
+            let mut bytes = Vec::new();
             let mut writer = StreamWriter::try_new(&mut bytes, &state.schema())?;
             writer.write(state)?;
             writer.finish()?;
-        }
+            Ok(bytes)
+        })?;
         let name = format!("{operator}-{task}.arrow");
         let path = self.epoch_dir(query, epoch).join(name.as_str());
         // The epoch's directory entry itself is synced with the manifest.
@@ -203,17 +207,33 @@ impl CheckpointStorage {
             task,
             file: name,
             rows: state.num_rows(),
+            epoch: None,
         })
     }
 
-    /// Reads a state file of an epoch.
+    /// Where a state file named by epoch `epoch`'s manifest is.
+    fn state_path(&self, query: &str, epoch: u64, file: &StateFile) -> Path {
+        self.epoch_dir(query, file.epoch.unwrap_or(epoch))
+            .join(file.file.as_str())
+    }
+
+    /// Where the state files `manifest` names are.
+    fn named_files(&self, query: &str, manifest: &Manifest) -> std::collections::HashSet<Path> {
+        manifest
+            .state
+            .iter()
+            .map(|f| self.state_path(query, manifest.epoch, f))
+            .collect()
+    }
+
+    /// Reads a state file named by epoch `epoch`'s manifest.
     pub(crate) async fn read_state(
         &self,
         query: &str,
         epoch: u64,
         file: &StateFile,
     ) -> Result<Vec<RecordBatch>> {
-        let path = self.epoch_dir(query, epoch).join(file.file.as_str());
+        let path = self.state_path(query, epoch, file);
         let bytes = self
             .store
             .get(&path)
@@ -273,8 +293,14 @@ impl CheckpointStorage {
         Ok(epochs)
     }
 
-    /// Deletes every epoch below `keep_from`.
-    pub(crate) async fn prune(&self, query: &str, keep_from: u64) -> Result<()> {
+    /// Deletes every epoch below `keep_from`, but for the files in `keep` (state files that
+    /// later manifests name).
+    pub(crate) async fn prune(
+        &self,
+        query: &str,
+        keep_from: u64,
+        keep: &std::collections::HashSet<Path>,
+    ) -> Result<()> {
         for epoch in self.epochs(query).await? {
             if epoch >= keep_from {
                 break;
@@ -286,13 +312,21 @@ impl CheckpointStorage {
                 .try_collect()
                 .await
                 .map_err(|e| self.failed(&format!("cannot list {dir}"), e))?;
-            for f in files {
+            for f in files.iter().filter(|f| !keep.contains(&f.location)) {
                 match self.store.delete(&f.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => {
                         return Err(self.failed(&format!("cannot delete {}", f.location), e));
                     }
                 }
+            }
+            // Object stores have no directories; a local one does, and an epoch's would be
+            // left behind empty, one more for every listing to walk.
+            if let Some(local) = &self.local
+                && let Ok(path) = local.path_to_filesystem(&dir)
+            {
+                // Not empty while it holds kept files: it goes at a later prune.
+                let _ = tokio::fs::remove_dir(path).await;
             }
         }
         Ok(())
@@ -353,6 +387,10 @@ pub(crate) struct StateFile {
     /// The file's name in the epoch's directory.
     pub file: String,
     pub rows: usize,
+    /// The epoch whose directory holds the file, when it is an earlier one's: a task whose
+    /// state had not changed since that checkpoint names its file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A task's watermark at a barrier: a restored task starts from it, so rows that were late
@@ -651,6 +689,8 @@ pub(crate) struct Checkpointing {
     pub transaction: Option<SharedTransaction>,
     /// The checkpoint restored at start, if any.
     pub restored: Option<Manifest>,
+    /// The state files the last manifest written (or restored) names: pruning keeps them.
+    named: parking_lot::Mutex<std::collections::HashSet<Path>>,
 }
 
 impl Checkpointing {
@@ -693,7 +733,14 @@ impl Checkpointing {
                 "restoring the query from its checkpoint"
             );
         }
+        let named = parking_lot::Mutex::new(
+            restored
+                .as_ref()
+                .map(|m| config.storage.named_files(query, m))
+                .unwrap_or_default(),
+        );
         Ok(Checkpointing {
+            named,
             config,
             query: query.to_owned(),
             topics,
@@ -754,8 +801,15 @@ impl Checkpointing {
             }
             None => self.cluster.commit_offsets(&self.query, &offsets).await?,
         }
+        // What this manifest and the one before it name stays; the rest of older epochs goes.
+        let named = self.config.storage.named_files(&self.query, &manifest);
+        let mut keep = std::mem::replace(&mut *self.named.lock(), named.clone());
+        keep.extend(named);
         if epoch >= 2 {
-            self.config.storage.prune(&self.query, epoch - 1).await?;
+            self.config
+                .storage
+                .prune(&self.query, epoch - 1, &keep)
+                .await?;
         }
         Ok(())
     }

@@ -363,6 +363,7 @@ mod tests {
             task,
             file: format!("join_1-{task}.arrow"),
             rows: 1,
+            epoch: None,
         };
         let watermark = |task| TaskWatermark {
             stage: 1,

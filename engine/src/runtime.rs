@@ -694,19 +694,56 @@ struct TaskCheckpoint {
     query: String,
 }
 
+/// Runs `f`, which may take a while (copying a large state), on this thread, letting the
+/// runtime hand the worker's other tasks to another thread meanwhile, so that they (an HTTP
+/// request, another query) do not wait behind it. On a runtime of one thread (tests), there is
+/// no other thread: `f` just runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// A task's last checkpointed state, and whether its operators have seen anything since.
+#[derive(Debug)]
+struct LastSnapshot {
+    changed: bool,
+    /// The files written for it, each with the epoch whose directory holds it.
+    files: Option<Vec<StateFile>>,
+}
+
+impl LastSnapshot {
+    fn new() -> LastSnapshot {
+        LastSnapshot {
+            changed: true,
+            files: None,
+        }
+    }
+}
+
 /// Writes the state of `ops` for `epoch` (step 2 of the protocol in [`crate::checkpoint`]).
+/// Operators change state only on rows and watermark moves: when they have seen neither since
+/// the last checkpoint, its files are named again and nothing is written.
 async fn snapshot_state(
     checkpoint: Option<&TaskCheckpoint>,
     epoch: u64,
     task: usize,
     ops: &mut [Box<dyn Operator>],
+    last: &mut LastSnapshot,
 ) -> Result<Vec<StateFile>> {
     let Some(ck) = checkpoint else {
         return Ok(Vec::new());
     };
+    if !last.changed
+        && let Some(files) = &last.files
+    {
+        return Ok(files.clone());
+    }
     let mut files = Vec::new();
     for op in ops.iter_mut() {
-        if let Some(state) = op.snapshot()?
+        // Copying a large state takes a while: other tasks of this worker move on meanwhile.
+        if let Some(state) = blocking(|| op.snapshot())?
             && state.num_rows() > 0
         {
             files.push(
@@ -716,6 +753,16 @@ async fn snapshot_state(
             );
         }
     }
+    last.changed = false;
+    last.files = Some(
+        files
+            .iter()
+            .map(|f| StateFile {
+                epoch: Some(epoch),
+                ..f.clone()
+            })
+            .collect(),
+    );
     Ok(files)
 }
 
@@ -933,11 +980,19 @@ async fn source_task(t: SourceTask) -> Result<()> {
     }
     let mut idle = false;
     let mut injected = 0u64;
+    let mut last_snapshot = LastSnapshot::new();
     loop {
         let request = *requests.borrow_and_update();
         if request.epoch > injected {
             injected = request.epoch;
-            let state = snapshot_state(checkpoint.as_ref(), request.epoch, task, &mut ops).await?;
+            let state = snapshot_state(
+                checkpoint.as_ref(),
+                request.epoch,
+                task,
+                &mut ops,
+                &mut last_snapshot,
+            )
+            .await?;
             let barrier = Barrier {
                 epoch: request.epoch,
                 positions: reader.positions(),
@@ -974,6 +1029,7 @@ async fn source_task(t: SourceTask) -> Result<()> {
         let mut records = 0u64;
         for (input, batch) in poll.batches {
             records += batch.num_rows() as u64;
+            last_snapshot.changed = true;
             let mut late = Vec::new();
             let mut outputs = Vec::new();
             run_input(&mut ops, input, batch, watermark, &mut outputs, &mut late)?;
@@ -993,6 +1049,7 @@ async fn source_task(t: SourceTask) -> Result<()> {
             && next > watermark
         {
             watermark = next;
+            last_snapshot.changed = true;
             let mut outputs = Vec::new();
             let mut late = Vec::new();
             advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
@@ -1064,6 +1121,7 @@ async fn stage_task(t: StageTask) -> Result<()> {
         mut meter,
         shared,
     } = t;
+    let mut last_snapshot = LastSnapshot::new();
     while let Some(event) = inputs.next().await? {
         let mut outputs = Vec::new();
         let mut late = Vec::new();
@@ -1074,18 +1132,26 @@ async fn stage_task(t: StageTask) -> Result<()> {
         };
         match event {
             Event::Batch(batch) => {
+                last_snapshot.changed = true;
                 run_chain(&mut ops, 0, vec![batch], watermark, &mut outputs, &mut late)?
             }
             Event::Side(side) => output.side(side).await?,
             Event::Watermark(w) => {
                 if w > watermark {
                     watermark = w;
+                    last_snapshot.changed = true;
                     advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
                 }
             }
             Event::Barrier(mut barrier) => {
-                let files =
-                    snapshot_state(checkpoint.as_ref(), barrier.epoch, task, &mut ops).await?;
+                let files = snapshot_state(
+                    checkpoint.as_ref(),
+                    barrier.epoch,
+                    task,
+                    &mut ops,
+                    &mut last_snapshot,
+                )
+                .await?;
                 barrier.state.extend(files);
                 barrier.watermarks.push(TaskWatermark {
                     stage,

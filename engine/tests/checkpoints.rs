@@ -473,3 +473,94 @@ async fn an_at_least_once_query_on_an_external_cluster_commits_its_offsets_there
         Some(&[1][..])
     );
 }
+
+/// The epoch directories under a checkpoint directory (any query), oldest first, each with
+/// the state files in it and whether it has a manifest.
+fn epoch_dirs(dir: &std::path::Path) -> Vec<(u64, Vec<String>, bool)> {
+    let mut out = Vec::new();
+    for query in std::fs::read_dir(dir).unwrap() {
+        for epoch in std::fs::read_dir(query.unwrap().path()).unwrap() {
+            let epoch = epoch.unwrap();
+            let name = epoch.file_name().into_string().unwrap();
+            let Some(n) = name.strip_prefix("epoch-") else {
+                continue;
+            };
+            let files: Vec<String> = std::fs::read_dir(epoch.path())
+                .unwrap()
+                .map(|f| f.unwrap().file_name().into_string().unwrap())
+                .collect();
+            let manifest = files.iter().any(|f| f == "manifest.json");
+            let state = files
+                .into_iter()
+                .filter(|f| f.ends_with(".arrow"))
+                .collect();
+            out.push((n.parse().unwrap(), state, manifest));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_quiet_query_names_its_last_state_files_again_and_resumes_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = setup(dir.path()).await;
+    let checkpoints = dir.path().join("checkpoints");
+    let storage = CheckpointStorage::local(&checkpoints).unwrap();
+    let config = CheckpointConfig::exactly_once(storage).with_interval(Duration::from_millis(50));
+    let running = word_count(&b, config.clone(), 2).await.unwrap();
+    produce_words(&b, &["a", "b", "a"]).await;
+    wait_until("the counts are committed", async || {
+        let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+        committed.get("a").and_then(|u| u.last()) == Some(&2)
+    })
+    .await;
+
+    // Nothing comes for a dozen checkpoints.
+    let taken = || running.metrics()[0].1.checkpoints;
+    let quiet_from = taken();
+    wait_until("a dozen more checkpoints", async || {
+        taken() >= quiet_from + 12
+    })
+    .await;
+    let dirs = epoch_dirs(&checkpoints);
+    let newest = dirs.iter().filter(|d| d.2).map(|d| d.0).max().unwrap();
+    let written: Vec<(u64, &String)> = dirs
+        .iter()
+        .flat_map(|(e, files, _)| files.iter().map(move |f| (*e, f)))
+        .collect();
+    // The counts' state is on disk, in files written before the quiet checkpoints, which
+    // name them again.
+    assert!(!written.is_empty(), "{dirs:?}");
+    assert!(
+        written.iter().all(|(e, _)| e + 8 < newest),
+        "a quiet query rewrote its state: {dirs:?}"
+    );
+    // Pruning keeps the two newest epochs and the files they name, nothing else.
+    let holding: std::collections::BTreeSet<u64> = written.iter().map(|(e, _)| *e).collect();
+    assert!(dirs.len() <= 2 + holding.len(), "{dirs:?}");
+    assert!(
+        dirs.iter().filter(|d| d.0 + 1 < newest).all(|d| !d.2),
+        "old manifests were not pruned: {dirs:?}"
+    );
+
+    // A restart restores the state from those files.
+    running.stop().await.unwrap();
+    produce_words(&b, &["a", "c"]).await;
+    let running = word_count(&b, config, 2).await.unwrap();
+    wait_until("the counts after the restart are committed", async || {
+        let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+        committed.get("c").and_then(|u| u.last()) == Some(&1)
+            && committed.get("a").and_then(|u| u.last()) == Some(&3)
+    })
+    .await;
+    running.stop().await.unwrap();
+    let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+    // Each count once (one batch may give only its last), on top of the restored ones.
+    let a = &committed["a"];
+    assert!(
+        a.ends_with(&[2, 3]) && a.windows(2).all(|w| w[0] < w[1]),
+        "{a:?}"
+    );
+    assert_eq!(committed["b"], vec![1]);
+}
