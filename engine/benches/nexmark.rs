@@ -7,23 +7,9 @@
 //! NEXMARK_QUERIES=q11 scripts/bench-nexmark   # only these (queries, `lookups`, `broker`)
 //! ```
 //!
-//! q0 passes bids through, q1 converts their price, q2 selects some auctions, q5 counts bids
-//! per auction in hopping windows (10 s every 2 s; the hot-items count, without the join to the
-//! per-window maximum, which needs joins), q11 counts bids per bidder in sessions (gap 10 s).
-//!
-//! q3 joins auctions of category 10 with their seller as of the auction's time (a stream–table
-//! join; persons as a table keyed by id; the generator has no person state, so the standard
-//! state filter is left out). q8 pairs new persons with the auctions they opened in the same
-//! 10 s tumbling window (a stream–stream join on id and window start, one row per auction).
-//!
-//! q4 averages the winning price per category: each auction's highest bid of its first 10 s
-//! (an updating table), then the average of that table per category, which takes an auction's
-//! old maximum back as it rises (a table aggregation). q7 finds the highest bids of each 10 s
-//! tumbling window: the window's maximum price joined back to the bids (a join whose right
-//! side is aggregated).
-//!
-//! q9 finds each auction's winning bid: auctions joined with their bids of the auction's first
-//! 10 s (the generator has no expiry time), then the highest per auction (a top-1 table).
+//! The queries are the DSL programs of `quiver_engine::nexmark::query` (its `QUERIES` docs
+//! say what each computes); `sql/benches/nexmark_sql.rs` runs them next to the same queries
+//! written in Quiver SQL.
 //!
 //! Then lookups in a materialized table of 1,000,000 keys while the query keeps updating it
 //! (point reads from another task: p50, p99, max).
@@ -42,13 +28,10 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use datafusion::functions_aggregate::expr_fn::{avg, max};
 use datafusion::prelude::{cast, col, lit};
-use quiver_engine::dsl::{Stream, StreamsBuilder};
-use quiver_engine::nexmark::{AUCTION, BID, NexmarkConfig, NexmarkSource, PERSON};
-use quiver_engine::{
-    JoinKind, JoinWindow, MemorySource, QueryOptions, Runtime, Sink, WindowKind, WindowSpec,
-};
+use quiver_engine::dsl::StreamsBuilder;
+use quiver_engine::nexmark::{self, BID, NexmarkConfig, NexmarkSource};
+use quiver_engine::{MemorySource, QueryOptions, Runtime, Sink};
 
 /// Counts rows, keeps nothing.
 #[derive(Debug, Clone, Default)]
@@ -81,235 +64,6 @@ fn cpu_time() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn bids(b: &StreamsBuilder, events: u64) -> Stream {
-    let source = NexmarkSource::new(NexmarkConfig {
-        events,
-        ..NexmarkConfig::default()
-    })
-    .unwrap();
-    b.stream("nexmark", Arc::new(source))
-        .unwrap()
-        .filter(col("event_type").eq(lit(BID)))
-        .unwrap()
-}
-
-fn nexmark(b: &StreamsBuilder, events: u64) -> Stream {
-    let source = NexmarkSource::new(NexmarkConfig {
-        events,
-        ..NexmarkConfig::default()
-    })
-    .unwrap();
-    b.stream("nexmark", Arc::new(source)).unwrap()
-}
-
-fn query(name: &str, b: &StreamsBuilder, events: u64) -> Stream {
-    if name == "q4" {
-        // Average winning price per category: each auction's highest bid of its first 10 s
-        // (an updating table per auction), then the average per category of that table, which
-        // takes back an auction's old maximum whenever it rises.
-        let all = nexmark(b, events);
-        let auctions = all
-            .filter(col("event_type").eq(lit(AUCTION)))
-            .unwrap()
-            .select([col("id"), col("category"), col("rowtime")])
-            .unwrap();
-        let bids = all
-            .filter(col("event_type").eq(lit(BID)))
-            .unwrap()
-            .select([col("auction"), col("price"), col("rowtime")])
-            .unwrap();
-        return auctions
-            .window_join_with(
-                &bids,
-                [col("id")],
-                [col("auction")],
-                10_000,
-                JoinKind::Inner,
-                Some(col("nexmark_2.rowtime").gt_eq(col("nexmark.rowtime"))),
-                0,
-            )
-            .unwrap()
-            .group_by([col("id"), col("category")])
-            .unwrap()
-            .aggregate([max(col("price")).alias("final")])
-            .unwrap()
-            .group_by([col("category")])
-            .unwrap()
-            .aggregate([avg(col("final")).alias("average")])
-            .unwrap()
-            .to_stream();
-    }
-    if name == "q9" {
-        // Winning bids: each auction's bids in its first 10 s (the generator has no expiry
-        // time), the highest per auction (a top-1 table).
-        let all = nexmark(b, events);
-        let auctions = all
-            .filter(col("event_type").eq(lit(AUCTION)))
-            .unwrap()
-            .select([col("id"), col("seller"), col("category"), col("rowtime")])
-            .unwrap();
-        let bids = all
-            .filter(col("event_type").eq(lit(BID)))
-            .unwrap()
-            .select([col("auction"), col("bidder"), col("price"), col("rowtime")])
-            .unwrap();
-        let won = auctions
-            .window_join_with(
-                &bids,
-                [col("id")],
-                [col("auction")],
-                10_000,
-                JoinKind::Inner,
-                Some(col("nexmark_2.rowtime").gt_eq(col("nexmark.rowtime"))),
-                0,
-            )
-            .unwrap();
-        return won.top_n(["id"], "price", true, 1).unwrap().to_stream();
-    }
-    if name == "q3" || name == "q8" {
-        let all = nexmark(b, events);
-        let persons = all
-            .filter(col("event_type").eq(lit(PERSON)))
-            .unwrap()
-            .select([col("id"), col("name"), col("rowtime")])
-            .unwrap();
-        let auctions = all
-            .filter(col("event_type").eq(lit(AUCTION)))
-            .unwrap()
-            .select([
-                col("id").alias("auction_id"),
-                col("seller"),
-                col("category"),
-                col("rowtime"),
-            ])
-            .unwrap();
-        if name == "q3" {
-            let persons = persons.to_table(["id"]).unwrap();
-            return auctions
-                .filter(col("category").eq(lit(10i64)))
-                .unwrap()
-                .join(&persons, [col("seller")])
-                .unwrap()
-                .select([col("name"), col("auction_id")])
-                .unwrap();
-        }
-        let start = |s: &Stream| {
-            let mut columns: Vec<_> = s.schema().fields().iter().map(|f| col(f.name())).collect();
-            columns.push(
-                (cast(col("rowtime"), arrow::datatypes::DataType::Int64) / lit(10_000i64))
-                    .alias("window"),
-            );
-            s.select(columns).unwrap()
-        };
-        return start(&persons)
-            .window_join(
-                &start(&auctions),
-                [col("id"), col("window")],
-                [col("seller"), col("window")],
-                10_000,
-                JoinKind::Inner,
-            )
-            .unwrap()
-            .select([col("id"), col("name"), col("window")])
-            .unwrap();
-    }
-    let bids = bids(b, events);
-    match name {
-        "q0" => bids
-            .select([
-                col("auction"),
-                col("bidder"),
-                col("price"),
-                col("channel"),
-                col("url"),
-                col("rowtime"),
-            ])
-            .unwrap(),
-        "q1" => bids
-            .select([
-                col("auction"),
-                col("bidder"),
-                (cast(col("price"), arrow::datatypes::DataType::Float64) * lit(0.908))
-                    .alias("price"),
-                col("rowtime"),
-            ])
-            .unwrap(),
-        "q2" => bids
-            .filter((col("auction") % lit(123i64)).eq(lit(0i64)))
-            .unwrap()
-            .select([col("auction"), col("price")])
-            .unwrap(),
-        "q5" => bids
-            .group_by([col("auction")])
-            .unwrap()
-            .window(WindowSpec {
-                kind: WindowKind::Hopping {
-                    size_ms: 10_000,
-                    advance_ms: 2_000,
-                },
-                grace_ms: 0,
-            })
-            .unwrap()
-            .emit_final()
-            .count()
-            .unwrap()
-            .to_stream(),
-        "q7" => {
-            // The highest bid of each 10 s tumbling window: the window's maximum price (one
-            // global aggregate), joined back to the bids of that window at that price.
-            let maxima = bids
-                .group_by(Vec::<datafusion::prelude::Expr>::new())
-                .unwrap()
-                .window(WindowSpec {
-                    kind: WindowKind::Tumbling { size_ms: 10_000 },
-                    grace_ms: 0,
-                })
-                .unwrap()
-                .emit_final()
-                .aggregate([max(col("price")).alias("top")])
-                .unwrap()
-                .to_stream()
-                .select([
-                    col("top"),
-                    col("window_start"),
-                    (col("window_end")
-                        - lit(datafusion::scalar::ScalarValue::DurationMillisecond(Some(
-                            1,
-                        ))))
-                    .alias("rowtime"),
-                ])
-                .unwrap();
-            bids.select([col("auction"), col("bidder"), col("price"), col("rowtime")])
-                .unwrap()
-                .window_join_with(
-                    &maxima,
-                    [col("price")],
-                    [col("top")],
-                    JoinWindow::new(0, 10_000),
-                    JoinKind::Inner,
-                    Some(col("nexmark.rowtime").gt_eq(col("stream.window_start"))),
-                    10_000,
-                )
-                .unwrap()
-                .select([col("auction"), col("bidder"), col("price"), col("rowtime")])
-                .unwrap()
-        }
-        "q11" => bids
-            .group_by([col("bidder")])
-            .unwrap()
-            .window(WindowSpec {
-                kind: WindowKind::Session { gap_ms: 10_000 },
-                grace_ms: 0,
-            })
-            .unwrap()
-            .emit_final()
-            .count()
-            .unwrap()
-            .to_stream(),
-        other => panic!("unknown query {other}"),
-    }
 }
 
 /// The bids of `events` Nexmark events, as JSON records timestamped with their event time.
@@ -518,13 +272,19 @@ fn main() {
         .ok()
         .map(|q| q.split(',').map(str::to_owned).collect());
     let runs = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|q| q == name));
-    for name in ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8", "q9", "q11"] {
+    for name in nexmark::QUERIES {
         if !runs(name) {
             continue;
         }
         let builder = StreamsBuilder::new().with_options(QueryOptions::default());
         let sink = CountSink::default();
-        query(name, &builder, events).to_sink(Box::new(sink.clone()));
+        let config = NexmarkConfig {
+            events,
+            ..NexmarkConfig::default()
+        };
+        nexmark::query(name, &builder, config)
+            .unwrap()
+            .to_sink(Box::new(sink.clone()));
         let topology = builder.build().unwrap();
         let (cpu0, wall0) = (cpu_time(), Instant::now());
         rt.block_on(async {

@@ -22,9 +22,14 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use quiver_broker::PartitionSplit;
 
+use datafusion::functions_aggregate::expr_fn::{avg, max};
+use datafusion::prelude::{cast, col, lit};
+
+use crate::dsl::{Stream, StreamsBuilder};
 use crate::error::{EngineError, Result};
 use crate::format::ROWTIME;
 use crate::source::{Source, SourcePoll, SourceReader};
+use crate::{JoinKind, JoinWindow, WindowKind, WindowSpec};
 
 pub const PERSON: i8 = 0;
 pub const AUCTION: i8 = 1;
@@ -194,6 +199,224 @@ impl NexmarkSource {
             ],
         )?)
     }
+}
+
+// ---- The standard queries, written in the DSL ----
+
+/// The Nexmark queries [`query`] writes, by their standard names:
+///
+/// - q0 passes bids through, q1 converts their price, q2 selects some auctions;
+/// - q3 joins auctions of category 10 with their seller as of the auction's time (a
+///   stream–table join; persons as a table keyed by id; the generator has no person state, so
+///   the standard state filter is left out);
+/// - q4 averages the winning price per category: each auction's highest bid of its first
+///   10 s (an updating table), then the average of that table per category, which takes an
+///   auction's old maximum back as it rises (a table aggregation);
+/// - q5 counts bids per auction in hopping windows (10 s every 2 s; the hot-items count,
+///   without the join to the per-window maximum);
+/// - q7 finds the highest bids of each 10 s tumbling window: the window's maximum price joined
+///   back to the bids (a join whose right side is aggregated);
+/// - q8 pairs new persons with the auctions they opened in the same 10 s tumbling window (a
+///   stream–stream join on id and window start, one row per auction);
+/// - q9 finds each auction's winning bid: auctions joined with their bids of the auction's
+///   first 10 s (the generator has no expiry time), then the highest per auction (a top-1
+///   table);
+/// - q11 counts bids per bidder in sessions (gap 10 s).
+pub const QUERIES: [&str; 10] = ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8", "q9", "q11"];
+
+/// The bids of a generator's events.
+fn bids(b: &StreamsBuilder, config: NexmarkConfig) -> Result<Stream> {
+    let source = NexmarkSource::new(config)?;
+    b.stream("nexmark", Arc::new(source))?
+        .filter(col("event_type").eq(lit(BID)))
+}
+
+/// All of a generator's events, as one stream named `nexmark`.
+fn events(b: &StreamsBuilder, config: NexmarkConfig) -> Result<Stream> {
+    let source = NexmarkSource::new(config)?;
+    b.stream("nexmark", Arc::new(source))
+}
+
+/// Nexmark query `name` (one of [`QUERIES`]) written in the DSL, over a generator of `config`'s
+/// events; the result stream, for the caller to send to a sink. See [`QUERIES`] for what each
+/// computes.
+pub fn query(name: &str, b: &StreamsBuilder, config: NexmarkConfig) -> Result<Stream> {
+    if name == "q4" {
+        // Average winning price per category: each auction's highest bid of its first 10 s
+        // (an updating table per auction), then the average per category of that table, which
+        // takes back an auction's old maximum whenever it rises.
+        let all = events(b, config)?;
+        let auctions = all.filter(col("event_type").eq(lit(AUCTION)))?.select([
+            col("id"),
+            col("category"),
+            col("rowtime"),
+        ])?;
+        let bids = all.filter(col("event_type").eq(lit(BID)))?.select([
+            col("auction"),
+            col("price"),
+            col("rowtime"),
+        ])?;
+        return Ok(auctions
+            .window_join_with(
+                &bids,
+                [col("id")],
+                [col("auction")],
+                10_000,
+                JoinKind::Inner,
+                Some(col("nexmark_2.rowtime").gt_eq(col("nexmark.rowtime"))),
+                0,
+            )?
+            .group_by([col("id"), col("category")])?
+            .aggregate([max(col("price")).alias("final")])?
+            .group_by([col("category")])?
+            .aggregate([avg(col("final")).alias("average")])?
+            .to_stream());
+    }
+    if name == "q9" {
+        // Winning bids: each auction's bids in its first 10 s (the generator has no expiry
+        // time), the highest per auction (a top-1 table).
+        let all = events(b, config)?;
+        let auctions = all.filter(col("event_type").eq(lit(AUCTION)))?.select([
+            col("id"),
+            col("seller"),
+            col("category"),
+            col("rowtime"),
+        ])?;
+        let bids = all.filter(col("event_type").eq(lit(BID)))?.select([
+            col("auction"),
+            col("bidder"),
+            col("price"),
+            col("rowtime"),
+        ])?;
+        let won = auctions.window_join_with(
+            &bids,
+            [col("id")],
+            [col("auction")],
+            10_000,
+            JoinKind::Inner,
+            Some(col("nexmark_2.rowtime").gt_eq(col("nexmark.rowtime"))),
+            0,
+        )?;
+        return Ok(won.top_n(["id"], "price", true, 1)?.to_stream());
+    }
+    if name == "q3" || name == "q8" {
+        let all = events(b, config)?;
+        let persons = all.filter(col("event_type").eq(lit(PERSON)))?.select([
+            col("id"),
+            col("name"),
+            col("rowtime"),
+        ])?;
+        let auctions = all.filter(col("event_type").eq(lit(AUCTION)))?.select([
+            col("id").alias("auction_id"),
+            col("seller"),
+            col("category"),
+            col("rowtime"),
+        ])?;
+        if name == "q3" {
+            let persons = persons.to_table(["id"])?;
+            return auctions
+                .filter(col("category").eq(lit(10i64)))?
+                .join(&persons, [col("seller")])?
+                .select([col("name"), col("auction_id")]);
+        }
+        let start = |s: &Stream| -> Result<Stream> {
+            let mut columns: Vec<_> = s.schema().fields().iter().map(|f| col(f.name())).collect();
+            columns.push(
+                (cast(col("rowtime"), arrow::datatypes::DataType::Int64) / lit(10_000i64))
+                    .alias("window"),
+            );
+            s.select(columns)
+        };
+        return start(&persons)?
+            .window_join(
+                &start(&auctions)?,
+                [col("id"), col("window")],
+                [col("seller"), col("window")],
+                10_000,
+                JoinKind::Inner,
+            )?
+            .select([col("id"), col("name"), col("window")]);
+    }
+    let bids = bids(b, config)?;
+    Ok(match name {
+        "q0" => bids.select([
+            col("auction"),
+            col("bidder"),
+            col("price"),
+            col("channel"),
+            col("url"),
+            col("rowtime"),
+        ])?,
+        "q1" => bids.select([
+            col("auction"),
+            col("bidder"),
+            (cast(col("price"), arrow::datatypes::DataType::Float64) * lit(0.908)).alias("price"),
+            col("rowtime"),
+        ])?,
+        "q2" => bids
+            .filter((col("auction") % lit(123i64)).eq(lit(0i64)))?
+            .select([col("auction"), col("price")])?,
+        "q5" => bids
+            .group_by([col("auction")])?
+            .window(WindowSpec {
+                kind: WindowKind::Hopping {
+                    size_ms: 10_000,
+                    advance_ms: 2_000,
+                },
+                grace_ms: 0,
+            })?
+            .emit_final()
+            .count()?
+            .to_stream(),
+        "q7" => {
+            // The highest bid of each 10 s tumbling window: the window's maximum price (one
+            // global aggregate), joined back to the bids of that window at that price.
+            let maxima = bids
+                .group_by(Vec::<datafusion::prelude::Expr>::new())?
+                .window(WindowSpec {
+                    kind: WindowKind::Tumbling { size_ms: 10_000 },
+                    grace_ms: 0,
+                })?
+                .emit_final()
+                .aggregate([max(col("price")).alias("top")])?
+                .to_stream()
+                .select([
+                    col("top"),
+                    col("window_start"),
+                    (col("window_end")
+                        - lit(datafusion::scalar::ScalarValue::DurationMillisecond(Some(
+                            1,
+                        ))))
+                    .alias("rowtime"),
+                ])?;
+            bids.select([col("auction"), col("bidder"), col("price"), col("rowtime")])?
+                .window_join_with(
+                    &maxima,
+                    [col("price")],
+                    [col("top")],
+                    JoinWindow::new(0, 10_000),
+                    JoinKind::Inner,
+                    Some(col("nexmark.rowtime").gt_eq(col("stream.window_start"))),
+                    10_000,
+                )?
+                .select([col("auction"), col("bidder"), col("price"), col("rowtime")])?
+        }
+        "q11" => bids
+            .group_by([col("bidder")])?
+            .window(WindowSpec {
+                kind: WindowKind::Session { gap_ms: 10_000 },
+                grace_ms: 0,
+            })?
+            .emit_final()
+            .count()?
+            .to_stream(),
+        other => {
+            return Err(EngineError::config(format!(
+                "no Nexmark query '{other}'; the queries are {}",
+                QUERIES.join(", ")
+            )));
+        }
+    })
 }
 
 /// A small, fast generator of well-mixed numbers (SplitMix64), seeded per event so that an
