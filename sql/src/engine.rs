@@ -178,6 +178,8 @@ struct Persistent {
 #[derive(Debug, Default)]
 struct State {
     sources: BTreeMap<String, SourceInfo>,
+    /// Streams the embedding program registered (`register_stream`): not in the command log.
+    registered: BTreeMap<String, Arc<dyn quiver_engine::Source>>,
     queries: BTreeMap<String, Persistent>,
     properties: BTreeMap<String, String>,
 }
@@ -256,6 +258,100 @@ impl SqlEngine {
     /// back with the command log), and any the caller adds.
     pub fn connectors(&self) -> &quiver_connectors::Worker {
         &self.inner.connectors
+    }
+
+    /// Registers `source` as the stream `name` for continuous queries, as DataFusion's
+    /// `register_table` does for batch queries: an in-process source (a generator, a program's
+    /// own data) that SQL reads without a topic. The name is kept as given (SQL folds unquoted
+    /// names to lower case). It is not written to the command log, so it
+    /// lasts as long as this engine: persistent queries (`CREATE … AS SELECT`, `INSERT INTO …
+    /// SELECT`), which must restart with the server, may not read it, and neither may queries
+    /// over history, which read topics. Push queries and [`SqlEngine::continuous_query`] may.
+    pub fn register_stream(
+        &self,
+        name: &str,
+        source: Arc<dyn quiver_engine::Source>,
+    ) -> Result<(), SqlError> {
+        let name = name.to_owned();
+        let mut state = self.inner.state.lock();
+        if state.sources.contains_key(&name) || state.registered.contains_key(&name) {
+            return Err(SqlError::plan(
+                format!("a stream or table named '{name}' exists already"),
+                Position::default(),
+            ));
+        }
+        state.registered.insert(name, source);
+        Ok(())
+    }
+
+    /// Plans one continuous query (`SELECT … EMIT CHANGES` or `EMIT FINAL`) into an engine
+    /// [`Query`] that writes its rows to `sinks`, for the caller to run on a
+    /// [`quiver_engine::Runtime`]: what a push query runs, with the caller's sinks in place of
+    /// the push query's channel. The properties `SET` gave apply.
+    pub async fn continuous_query(
+        &self,
+        name: &str,
+        sql: &str,
+        sinks: Vec<Box<dyn Sink>>,
+    ) -> Result<Query, SqlError> {
+        let parsed = parse(sql)?;
+        let [p] = parsed.as_slice() else {
+            return Err(SqlError::plan(
+                format!("give one query, not {} statements", parsed.len()),
+                Position::default(),
+            ));
+        };
+        let Statement::Select(query) = &p.statement else {
+            return Err(SqlError::plan(
+                "a continuous query is a SELECT … EMIT CHANGES (or EMIT FINAL)",
+                p.position,
+            ));
+        };
+        if query.emit.is_none() {
+            return Err(SqlError::plan(
+                "a continuous query needs EMIT CHANGES (or EMIT FINAL); without it a SELECT \
+                 reads the history once",
+                p.position,
+            ));
+        }
+        no_partition_by(query)?;
+        let properties = self.inner.state.lock().properties.clone();
+        let (plan, options) = self.continuous(query, &properties).await?;
+        Ok(Query::new(name, &plan, sinks, options)?)
+    }
+
+    /// The plan and options of a continuous query's run (a push query's, or a caller's).
+    async fn continuous(
+        &self,
+        query: &StreamingQuery,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<(LogicalPlan, QueryOptions), SqlError> {
+        let (plan, emit) = self.plan_streaming(query, properties)?;
+        let late_data_topic = self.late_data_topic(query, &plan).await?;
+        let options = QueryOptions {
+            plan: PlanOptions { emit },
+            late_data_topic,
+            ..QueryOptions::default()
+        };
+        Ok((plan, options))
+    }
+
+    /// Refuses a persistent query that reads a registered stream: it could not restart.
+    fn not_registered(&self, query: &StreamingQuery) -> Result<(), SqlError> {
+        let state = self.inner.state.lock();
+        match names_in(&query.query)
+            .into_iter()
+            .find(|n| state.registered.contains_key(n))
+        {
+            Some(name) => Err(SqlError::plan(
+                format!(
+                    "'{name}' is a stream this program registered, not a topic: a persistent \
+                     query cannot restart from it; read it with a push query (EMIT CHANGES)"
+                ),
+                query.position,
+            )),
+            None => Ok(()),
+        }
     }
 
     async fn replay(&self) -> Result<(), SqlError> {
@@ -554,6 +650,7 @@ impl SqlEngine {
                 };
                 let id = format!("INSERTQUERY_{offset}");
                 no_partition_by(query)?;
+                self.not_registered(query)?;
                 let (plan, emit) = self.plan_streaming(query, properties)?;
                 if find_aggregate(&plan).is_some() {
                     return Err(SqlError::plan(
@@ -1106,6 +1203,12 @@ impl SqlEngine {
                 StreamTable::new(name.clone(), Arc::new(source)) as Arc<dyn TableSource>,
             );
         }
+        for (name, source) in &state.registered {
+            tables.insert(
+                name.clone(),
+                StreamTable::new(name.clone(), source.clone()) as Arc<dyn TableSource>,
+            );
+        }
         Ok(Context {
             state: &self.inner.functions,
             tables,
@@ -1179,6 +1282,7 @@ impl SqlEngine {
             select_window_bounds(&mut query);
         }
         let query = &query;
+        self.not_registered(query)?;
         let (plan, emit) = self.plan_streaming(query, properties)?;
         let output = plan.schema().as_arrow().clone();
         let aggregated = find_aggregate(&plan).is_some();
@@ -1429,14 +1533,12 @@ impl SqlEngine {
             }
             return self.history(query).await;
         }
-        let (plan, emit) = self.plan_streaming(query, properties)?;
-        let late_data_topic = self.late_data_topic(query, &plan).await?;
+        let (plan, options) = self.continuous(query, properties).await?;
         let (tx, rx) = mpsc::channel(16);
+        // Rows reach the client sooner than the default poll would bring them.
         let options = QueryOptions {
-            plan: PlanOptions { emit },
             poll_wait: Duration::from_millis(50),
-            late_data_topic,
-            ..QueryOptions::default()
+            ..options
         };
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let schema = match schema.index_of(DELETED) {
@@ -1450,13 +1552,27 @@ impl SqlEngine {
         let sink = ChannelSink { tx: tx.clone() };
         let q = Query::new("push", &plan, vec![Box::new(sink)], options)?;
         let handle = self.inner.runtime.start(q).await?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            tokio::select! {
-                _ = stop_rx => {
-                    let _ = handle.stop().await;
+            // Until cancelled, the reader gone, or the query ended: a bounded source (a
+            // registered one) ends it, and then the rows end, after a failure's error.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => {
+                        let _ = handle.stop().await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {
+                        if handle.is_finished() {
+                            if let Err(e) = handle.wait().await {
+                                let _ = tx.send(Err(SqlError::from(e))).await;
+                            }
+                            return;
+                        }
+                    }
                 }
-                _ = tx.closed() => {}
             }
         });
         Ok(Output::Push(PushQuery {
@@ -1480,6 +1596,21 @@ impl SqlEngine {
         }
         if let Some(output) = self.point_lookup(query).await? {
             return Ok(output);
+        }
+        {
+            let state = self.inner.state.lock();
+            if let Some(name) = names_in(&query.query)
+                .into_iter()
+                .find(|n| state.registered.contains_key(n))
+            {
+                return Err(SqlError::plan(
+                    format!(
+                        "'{name}' is a stream this program registered, not a topic: it has no \
+                         history to read; add EMIT CHANGES to read it as it comes"
+                    ),
+                    query.position,
+                ));
+            }
         }
         let mut tables: std::collections::HashMap<String, Arc<dyn TableSource>> =
             std::collections::HashMap::new();
