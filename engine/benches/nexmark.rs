@@ -22,37 +22,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark: failing loudly is right.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
-use async_trait::async_trait;
 use datafusion::prelude::{cast, col, lit};
 use quiver_engine::dsl::StreamsBuilder;
 use quiver_engine::nexmark::{self, BID, NexmarkConfig, NexmarkSource};
-use quiver_engine::{MemorySource, QueryOptions, Runtime, Sink};
-
-/// Counts rows, keeps nothing.
-#[derive(Debug, Clone, Default)]
-struct CountSink(Arc<AtomicU64>);
-
-#[async_trait]
-impl Sink for CountSink {
-    fn describe(&self) -> String {
-        "count".into()
-    }
-    async fn open(&mut self, _schema: SchemaRef) -> quiver_engine::Result<()> {
-        Ok(())
-    }
-    async fn write(&mut self, batch: RecordBatch) -> quiver_engine::Result<()> {
-        self.0.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-    async fn flush(&mut self) -> quiver_engine::Result<()> {
-        Ok(())
-    }
-}
+use quiver_engine::{CountSink, MemorySource, QueryOptions, Runtime};
 
 fn cpu_time() -> Duration {
     // SAFETY: getrusage writes the struct it is given; a zeroed rusage is a valid value.
@@ -203,7 +179,7 @@ fn q1_through_the_broker(rt: &tokio::runtime::Runtime, events: u64) {
                 col("rowtime"),
             ])
             .unwrap();
-        let sink = CountSink::default();
+        let sink = CountSink::new();
         if to_topic {
             q1.to_topic("q1", quiver_engine::TopicFormat::json())
                 .unwrap();
@@ -277,7 +253,7 @@ fn main() {
             continue;
         }
         let builder = StreamsBuilder::new().with_options(QueryOptions::default());
-        let sink = CountSink::default();
+        let sink = CountSink::new();
         let config = NexmarkConfig {
             events,
             ..NexmarkConfig::default()
@@ -297,7 +273,7 @@ fn main() {
             name,
             events as f64 / wall.as_secs_f64(),
             events as f64 / cpu.as_secs_f64(),
-            sink.0.load(Ordering::Relaxed),
+            sink.rows(),
             wall.as_secs_f64()
         );
     }
@@ -352,7 +328,7 @@ fn store_lookups(rt: &tokio::runtime::Runtime) {
         .materialize("kv")
         .unwrap()
         .to_stream()
-        .to_sink(Box::new(CountSink::default()));
+        .to_sink(Box::new(CountSink::new()));
     let runtime = Runtime::without_broker();
     let (latencies, len) = rt.block_on(async {
         let running = runtime.run(builder.build().unwrap()).await.unwrap();

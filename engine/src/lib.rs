@@ -41,7 +41,7 @@ pub use format::{Format, KafkaType};
 pub use join::{JoinKind, JoinWindow};
 pub use kafka::{KafkaCluster, KafkaSink, KafkaSource};
 pub use runtime::{Query, QueryHandle, QueryMetrics, QueryOptions, Runtime};
-pub use sink::{Collector, Sink, StdoutSink, TopicFormat, TopicSink};
+pub use sink::{Collector, CountSink, Sink, StdoutSink, TopicFormat, TopicSink};
 pub use source::{MemorySource, Source, SourceReader, StartFrom, TopicSource};
 pub use store::TableStore;
 pub use window::{WindowKind, WindowSpec};

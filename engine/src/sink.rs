@@ -65,6 +65,48 @@ pub trait Sink: Send + Debug {
     }
 }
 
+/// A sink that keeps nothing and counts the rows it is given (a black hole, as Flink's
+/// `blackhole` connector): a query measured without the cost of its output. Clones share the
+/// count.
+#[derive(Debug, Clone, Default)]
+pub struct CountSink {
+    rows: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountSink {
+    pub fn new() -> CountSink {
+        CountSink::default()
+    }
+
+    /// The rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl Sink for CountSink {
+    fn describe(&self) -> String {
+        "count".into()
+    }
+
+    async fn open(&mut self, _schema: SchemaRef) -> Result<()> {
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.rows.fetch_add(
+            batch.num_rows() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Batches collected in memory, shared between the sink (in the running query) and the
 /// caller (a test, an embedding program).
 #[derive(Debug, Clone, Default)]

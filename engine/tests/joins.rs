@@ -761,7 +761,10 @@ async fn a_join_killed_and_restarted_commits_each_enriched_order_once() {
     }
     // Every order before the last, once (the last may still wait for event time to pass it).
     let missing: Vec<i64> = (0..next).filter(|i| !seen.contains_key(i)).collect();
-    assert!(missing.is_empty(), "orders missing: {missing:?}; seen {seen:?}");
+    assert!(
+        missing.is_empty(),
+        "orders missing: {missing:?}; seen {seen:?}"
+    );
     assert!(seen.keys().all(|&i| i <= next), "{seen:?}");
     assert!(seen.values().all(|&n| n == 1), "duplicates: {seen:?}");
     for (id, name) in names {

@@ -20,16 +20,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark: failing loudly is right.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use quiver_broker::{Broker, BrokerConfig};
-use quiver_engine::arrow::array::RecordBatch;
-use quiver_engine::arrow::datatypes::SchemaRef;
 use quiver_engine::dsl::StreamsBuilder;
 use quiver_engine::nexmark::{self, NexmarkConfig, NexmarkSource};
-use quiver_engine::{QueryOptions, Runtime, Sink};
+use quiver_engine::{CountSink, QueryOptions, Runtime};
 use quiver_sql::SqlEngine;
 
 /// The queries in SQL, as `quiver_engine::nexmark::query` writes them in the DSL.
@@ -74,27 +70,6 @@ const QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Counts rows, keeps nothing.
-#[derive(Debug, Clone, Default)]
-struct CountSink(Arc<AtomicU64>);
-
-#[async_trait]
-impl Sink for CountSink {
-    fn describe(&self) -> String {
-        "count".into()
-    }
-    async fn open(&mut self, _schema: SchemaRef) -> quiver_engine::Result<()> {
-        Ok(())
-    }
-    async fn write(&mut self, batch: RecordBatch) -> quiver_engine::Result<()> {
-        self.0.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-    async fn flush(&mut self) -> quiver_engine::Result<()> {
-        Ok(())
-    }
-}
-
 /// The process's user + system CPU time, from /proc/self/stat (in USER_HZ, 100 per second on
 /// Linux).
 fn cpu_time() -> Duration {
@@ -120,7 +95,7 @@ async fn run(query: quiver_engine::Query, sink: &CountSink) -> Run {
     let handle = Runtime::without_broker().start(query).await.unwrap();
     handle.wait().await.unwrap();
     Run {
-        rows: sink.0.load(Ordering::Relaxed),
+        rows: sink.rows(),
         cpu: cpu_time() - cpu0,
         wall: wall0.elapsed(),
     }
@@ -128,7 +103,7 @@ async fn run(query: quiver_engine::Query, sink: &CountSink) -> Run {
 
 async fn dsl(name: &str, config: NexmarkConfig) -> Run {
     let builder = StreamsBuilder::new().with_options(QueryOptions::default());
-    let sink = CountSink::default();
+    let sink = CountSink::new();
     nexmark::query(name, &builder, config)
         .unwrap()
         .to_sink(Box::new(sink.clone()));
@@ -138,7 +113,7 @@ async fn dsl(name: &str, config: NexmarkConfig) -> Run {
 }
 
 async fn sql(engine: &SqlEngine, name: &str, text: &str) -> Run {
-    let sink = CountSink::default();
+    let sink = CountSink::new();
     let query = engine
         .continuous_query(name, text, vec![Box::new(sink.clone())])
         .await
