@@ -937,6 +937,15 @@ impl SqlEngine {
         or_replace: bool,
     ) -> Result<Option<Output>, SqlError> {
         let state = self.inner.state.lock();
+        if state.registered.contains_key(name_s) {
+            return Err(SqlError::plan(
+                format!(
+                    "'{name_s}' is a stream this program registered; give the new one another \
+                     name"
+                ),
+                Position::from(name.span.start),
+            ));
+        }
         let Some(existing) = state.sources.get(name_s) else {
             return Ok(None);
         };

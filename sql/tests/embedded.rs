@@ -116,6 +116,11 @@ async fn a_registered_stream_is_read_by_push_and_continuous_queries_and_nothing_
                 "SELECT * FROM payments;",
                 "it has no history to read; add EMIT CHANGES",
             ),
+            (
+                "CREATE STREAM payments (user STRING) WITH (KAFKA_TOPIC='payments', \
+                 PARTITIONS=1);",
+                "'payments' is a stream this program registered; give the new one another name",
+            ),
         ],
     )
     .await;
