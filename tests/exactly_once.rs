@@ -422,6 +422,8 @@ async fn local_worker(dir: &Path, finish: bool) -> i32 {
     let running = start(&b, dir, None).await;
     println!("worker: started");
     let feeding = tokio::spawn(feed(b.clone()));
+    // What the last check saw, printed if the worker gives up.
+    let seen = std::cell::RefCell::new(String::from("nothing checked yet"));
     let code = run_worker(running, finish, async || {
         if !feeding.is_finished() {
             return false;
@@ -441,9 +443,21 @@ async fn local_worker(dir: &Path, finish: bool) -> i32 {
         // Offsets are committed with the state that holds the views still waiting in the join
         // for the teams table's watermark: a stop then keeps them for a next run, and leaves
         // the last windows unwritten. Finishing waits for the results too.
-        consumed && read(&b, "counts", Isolation::ReadCommitted).await.len() >= expected().len()
+        let results = read(&b, "counts", Isolation::ReadCommitted).await.len();
+        let ends: Vec<i64> = (0..PARTITIONS)
+            .map(|p| b.offsets("views", p).unwrap().log_end_offset)
+            .collect();
+        *seen.borrow_mut() = format!(
+            "committed input offsets {committed:?} of log ends {ends:?}; {results} of {} results \
+             committed",
+            expected().len()
+        );
+        consumed && results >= expected().len()
     })
     .await;
+    if code != 0 {
+        println!("worker: the last check saw {}", seen.borrow());
+    }
     b.shutdown().await.unwrap();
     code
 }
@@ -462,7 +476,10 @@ async fn run_worker(
             break;
         }
         if finish && started.elapsed() > Duration::from_secs(240) {
-            println!("worker: the input was not consumed in 240 s");
+            println!(
+                "worker: the input was not consumed in 240 s; the query's metrics: {:?}",
+                running.metrics()
+            );
             return 1;
         }
     }
