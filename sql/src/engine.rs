@@ -336,13 +336,17 @@ impl SqlEngine {
         Ok((plan, options))
     }
 
-    /// Refuses a persistent query that reads a registered stream: it could not restart.
-    fn not_registered(&self, query: &StreamingQuery) -> Result<(), SqlError> {
+    /// The first registered stream `query` reads, if any.
+    fn registered_in(&self, query: &StreamingQuery) -> Option<String> {
         let state = self.inner.state.lock();
-        match names_in(&query.query)
+        names_in(&query.query)
             .into_iter()
             .find(|n| state.registered.contains_key(n))
-        {
+    }
+
+    /// Refuses a persistent query that reads a registered stream: it could not restart.
+    fn not_registered(&self, query: &StreamingQuery) -> Result<(), SqlError> {
+        match self.registered_in(query) {
             Some(name) => Err(SqlError::plan(
                 format!(
                     "'{name}' is a stream this program registered, not a topic: a persistent \
@@ -1606,20 +1610,14 @@ impl SqlEngine {
         if let Some(output) = self.point_lookup(query).await? {
             return Ok(output);
         }
-        {
-            let state = self.inner.state.lock();
-            if let Some(name) = names_in(&query.query)
-                .into_iter()
-                .find(|n| state.registered.contains_key(n))
-            {
-                return Err(SqlError::plan(
-                    format!(
-                        "'{name}' is a stream this program registered, not a topic: it has no \
-                         history to read; add EMIT CHANGES to read it as it comes"
-                    ),
-                    query.position,
-                ));
-            }
+        if let Some(name) = self.registered_in(query) {
+            return Err(SqlError::plan(
+                format!(
+                    "'{name}' is a stream this program registered, not a topic: it has no \
+                     history to read; add EMIT CHANGES to read it as it comes"
+                ),
+                query.position,
+            ));
         }
         let mut tables: std::collections::HashMap<String, Arc<dyn TableSource>> =
             std::collections::HashMap::new();
