@@ -321,7 +321,11 @@ fn kill_9_while_sinking_never_loses_or_duplicates_a_record() {
                 stack.push(p);
             } else {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                assert!(name.ends_with(".parquet"), "a stray file {}", p.display());
+                assert!(
+                    name.ends_with(".parquet") && !name.starts_with('.'),
+                    "a stray file {}",
+                    p.display()
+                );
             }
         }
     }

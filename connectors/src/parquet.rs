@@ -7,10 +7,13 @@
 //! `<topics.dir>/<topic>/<path>/<topic>+<partition>+<start offset>.parquet`, the offset
 //! zero-padded to `filename.offset.zero.pad.width` digits, as Confluent's S3 sink names them. A
 //! file is streamed to the store as it fills (a multipart upload, parts of 5 MiB) and becomes
-//! visible only when it is complete; on the local filesystem it is fsynced before it counts.
-//! A file cut off by a crash is never visible: on the local filesystem its partial upload is
-//! removed when the connector starts again; on S3 its parts stay as an incomplete multipart
-//! upload until a bucket lifecycle rule (`AbortIncompleteMultipartUpload`) removes them.
+//! visible only when it is complete. On the local filesystem a file is written under a hidden
+//! name (`.<name>.inprogress`, which pyarrow, Spark, DuckDB's `*.parquet` globs and DataFusion's
+//! listing all pass over), fsynced, and renamed to its name; a reader scanning the tree while
+//! files are written, or after a crash, never meets a partial file. What a crash left there is
+//! removed when the connector starts again. On S3 a cut-off file's parts stay as an incomplete
+//! multipart upload until a bucket lifecycle rule (`AbortIncompleteMultipartUpload`) removes
+//! them.
 //!
 //! A file rolls (is completed) when it holds `flush.size` records, when a record's event time is
 //! `rotate.interval.ms` past the file's first (or the partition's event time is), when it
@@ -268,6 +271,8 @@ struct FileKey {
 
 struct OpenFile {
     object: Path,
+    /// Where it is written until it is complete, when that is not `object` (local disk).
+    staged: Option<Path>,
     start: i64,
     /// One past the offset of its last record.
     next: i64,
@@ -373,9 +378,15 @@ impl ParquetSink {
             if !self.files.contains_key(key) {
                 let start = offsets.value(0);
                 let object = self.object(key, start);
+                let staged = self
+                    .config
+                    .location
+                    .local_root
+                    .as_ref()
+                    .map(|_| staging_name(&object));
                 let upload = BufWriter::with_capacity(
                     self.config.location.store.clone(),
-                    object.clone(),
+                    staged.clone().unwrap_or_else(|| object.clone()),
                     PART_BYTES,
                 )
                 .with_max_concurrency(2);
@@ -388,6 +399,7 @@ impl ParquetSink {
                     key.clone(),
                     OpenFile {
                         object,
+                        staged,
                         start,
                         next: start,
                         records: 0,
@@ -446,8 +458,8 @@ impl ParquetSink {
                 object, self.config.location.describe
             ))
         })?;
-        if let Some(root) = &self.config.location.local_root {
-            fsync(root.clone(), object.to_string()).await?;
+        if let (Some(root), Some(staged)) = (&self.config.location.local_root, &file.staged) {
+            publish(root.clone(), staged.to_string(), object.to_string()).await?;
         }
         let written = self
             .config
@@ -807,12 +819,28 @@ impl Sink for ParquetSink {
     }
 }
 
-/// Makes a completed local file durable: the file, then its directories up to the root.
-async fn fsync(root: std::path::PathBuf, object: String) -> Result<()> {
+/// Where a local file is written until it is complete: beside it, under a hidden name that
+/// does not end in `.parquet`.
+fn staging_name(object: &Path) -> Path {
+    let mut parts: Vec<_> = object.parts().collect();
+    let name = parts
+        .pop()
+        .map(|p| p.as_ref().to_owned())
+        .unwrap_or_default();
+    Path::from_iter(parts).join(format!(".{name}{STAGING_SUFFIX}").as_str())
+}
+
+const STAGING_SUFFIX: &str = ".inprogress";
+
+/// Makes a completed local file durable and visible: the staged file is fsynced, renamed to
+/// its name, and its directories up to the root are fsynced.
+async fn publish(root: std::path::PathBuf, staged: String, object: String) -> Result<()> {
     let name = object.clone();
     let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let from = root.join(&staged);
+        std::fs::File::open(&from)?.sync_all()?;
         let file = root.join(&name);
-        std::fs::File::open(&file)?.sync_all()?;
+        std::fs::rename(&from, &file)?;
         let mut dir = file.parent();
         while let Some(d) = dir {
             std::fs::File::open(d)?.sync_all()?;
@@ -825,11 +853,12 @@ async fn fsync(root: std::path::PathBuf, object: String) -> Result<()> {
     })
     .await
     .map_err(|e| ConnectError::Store(format!("an fsync task failed: {e}")))?;
-    done.map_err(|e| ConnectError::Store(format!("cannot fsync {object}: {e}")))
+    done.map_err(|e| ConnectError::Store(format!("cannot complete {object}: {e}")))
 }
 
-/// Removes what a crash left of local uploads (object_store's local store writes a file as
-/// `<name>#<n>` and renames it when complete); readers would trip on them.
+/// Removes what a crash left of local uploads: staged files (`.<name>.inprogress`, and
+/// object_store's `.<name>.inprogress#<n>` while one was being written), and the `<name>#<n>`
+/// that versions before staging left where readers look.
 async fn remove_partial_uploads(dir: std::path::PathBuf, topic: String, partitions: BTreeSet<i32>) {
     let _ = tokio::task::spawn_blocking(move || {
         let mut stack = vec![dir];
@@ -857,9 +886,20 @@ async fn remove_partial_uploads(dir: std::path::PathBuf, topic: String, partitio
 }
 
 /// The partition of a partial upload of one of `topic`'s files
-/// (`<topic>+<partition>+<offset>.parquet#<n>`), if `name` is one.
+/// (`.<topic>+<partition>+<offset>.parquet.inprogress`, with or without `#<n>`, or
+/// `<topic>+<partition>+<offset>.parquet#<n>`), if `name` is one.
 fn partial_upload_partition(name: &str, topic: &str) -> Option<i32> {
-    let (file, _) = name.split_once(".parquet#")?;
+    let file = match name.strip_prefix('.') {
+        Some(hidden) => {
+            let (file, rest) = hidden.split_once(".parquet")?;
+            let rest = rest.strip_prefix(STAGING_SUFFIX)?;
+            if !(rest.is_empty() || rest.starts_with('#')) {
+                return None;
+            }
+            file
+        }
+        None => name.split_once(".parquet#")?.0,
+    };
     let rest = file.strip_prefix(topic)?.strip_prefix('+')?;
     let (partition, offset) = rest.split_once('+')?;
     offset.parse::<i64>().ok()?;
@@ -869,6 +909,7 @@ fn partial_upload_partition(name: &str, topic: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::partial_upload_partition;
+    use object_store::path::Path;
 
     #[test]
     fn partial_uploads_are_told_apart_by_topic_and_partition() {
@@ -890,5 +931,34 @@ mod tests {
             None
         );
         assert_eq!(partial_upload_partition("notes.txt", "orders"), None);
+        // Staged files, being written or complete but not yet renamed.
+        assert_eq!(
+            partial_upload_partition(".orders+7+0000.parquet.inprogress#12", "orders"),
+            Some(7)
+        );
+        assert_eq!(
+            partial_upload_partition(".orders+7+0000.parquet.inprogress", "orders"),
+            Some(7)
+        );
+        assert_eq!(
+            partial_upload_partition(".orders+7+0000.parquet.other", "orders"),
+            None
+        );
+        assert_eq!(
+            partial_upload_partition(".orders2+7+0000.parquet.inprogress", "orders"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_local_file_is_staged_beside_it_under_a_hidden_name() {
+        assert_eq!(
+            super::staging_name(&Path::from("lake/topics/o/partition=1/o+1+0005.parquet")).as_ref(),
+            "lake/topics/o/partition=1/.o+1+0005.parquet.inprogress"
+        );
+        assert_eq!(
+            super::staging_name(&Path::from("o+1+0005.parquet")).as_ref(),
+            ".o+1+0005.parquet.inprogress"
+        );
     }
 }

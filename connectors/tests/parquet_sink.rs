@@ -238,8 +238,16 @@ async fn crash_rounds(rolling: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // The schedule rolls the last files, after which every offset is committed.
     while running.status.progress().lag != Some(0) {
-        let lag = running.status.progress().lag;
-        assert!(tokio::time::Instant::now() < deadline, "lag stays {lag:?}");
+        if running.task.is_finished() {
+            let ended = running.task.await;
+            panic!("the connector ended before it caught up: {ended:?}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag stays: {:?}, with {} files in the lake",
+            running.status.progress(),
+            files(lake.path()).len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     running.stop().await;
@@ -282,6 +290,75 @@ async fn hourly_paths_follow_record_time() {
             "lake/clicks/year=2026/month=11/day=30/hour=13/clicks+0+0000000030.parquet",
         ]
     );
+}
+
+#[tokio::test]
+async fn readers_never_meet_a_partial_local_file_while_it_is_written_or_after_a_crash() {
+    let data = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let b = broker(data.path()).await;
+    b.create_topic(NewTopic::new("big", 1)).await.unwrap();
+    // 12 MiB of incompressible values in one file that never rolls on its own: its upload
+    // goes past the first 5 MiB part, so a partial file is on disk while it is written.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let records: Vec<Record> = (0..3_000i64)
+        .map(|i| {
+            let value: Vec<u8> = (0..4_096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            Record::new(1_700_000_000_000 + i, None, Some(&value))
+        })
+        .collect();
+    for chunk in records.chunks(100) {
+        b.produce("big", chunk).await.unwrap();
+    }
+    let c = connector(&format!(
+        "name=big\nconnector.class=ParquetSink\ntopics=big\nstore.url=file://{}\n\
+         flush.size=1000000\nparquet.codec=none\nparquet.row.group.rows=100\n",
+        lake.path().display()
+    ));
+    let running = start(&b, &c);
+    running.wait_records(3_000).await;
+    let all = |root: &Path| -> Vec<String> { files(root).into_keys().collect() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let partial = loop {
+        if let Some(f) = all(lake.path()).into_iter().find(|f| f.contains('#')) {
+            break f;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upload never started: {:?}",
+            all(lake.path())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // What readers see while the file is written: a name they pass over (hidden, and not
+    // `*.parquet`), and nothing else.
+    let name = partial.rsplit('/').next().unwrap();
+    assert!(
+        name.starts_with('.') && !name.ends_with(".parquet"),
+        "a partial file where readers look: {partial}"
+    );
+    assert_eq!(all(lake.path()), vec![partial.clone()]);
+    // A process killed with SIGKILL leaves its staged file behind (an aborted task removes
+    // its own): stand one in for it, then crash this run too.
+    let dead = lake.path().join(partial.replace('#', "#9"));
+    std::fs::copy(lake.path().join(&partial), &dead).unwrap();
+    running.kill().await;
+    // The next run removes what the crash left and writes the file whole.
+    let running = start(&b, &c);
+    running.wait_records(3_000).await;
+    running.stop().await;
+    assert_eq!(
+        all(lake.path()),
+        vec!["topics/big/partition=0/big+0+0000000000.parquet".to_owned()]
+    );
+    assert_eq!(rows(lake.path()), expected(&b, "big"));
 }
 
 #[tokio::test]
