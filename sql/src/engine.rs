@@ -630,7 +630,7 @@ impl SqlEngine {
                 };
                 let id = format!("{prefix}_{}_{offset}", name_s.to_uppercase());
                 let message = self
-                    .create_as(*kind, &name_s, with, query, &id, &p.text, properties)
+                    .create_as(*kind, &name_s, with, query, &id, &p.text, properties, false)
                     .await?;
                 if replay.is_none() {
                     self.log(&p.text, properties).await?;
@@ -702,6 +702,62 @@ impl SqlEngine {
                     .create_connector(*kind, name, *if_not_exists, with, p.position)
                     .await?;
                 if replay.is_none() && !message.ends_with("exists") {
+                    self.log(&p.text, properties).await?;
+                }
+                Ok(Output::Message(message))
+            }
+            Statement::CreateSinkAs {
+                name,
+                if_not_exists,
+                properties: with,
+                query,
+            } => {
+                let message = self
+                    .create_sink_as(
+                        name,
+                        *if_not_exists,
+                        with,
+                        query,
+                        replay,
+                        &p.text,
+                        properties,
+                    )
+                    .await?;
+                if replay.is_none() && !message.ends_with("exists") {
+                    self.log(&p.text, properties).await?;
+                }
+                Ok(Output::Message(message))
+            }
+            Statement::DropSink {
+                name,
+                if_exists,
+                delete_topic,
+            } => {
+                let name_s = normalize(name);
+                let made_by_sink = self
+                    .inner
+                    .state
+                    .lock()
+                    .sources
+                    .get(&name_s)
+                    .is_some_and(|info| is_create_sink(&info.statement));
+                let connector = self.inner.connectors.names().contains(&name_s);
+                if !made_by_sink && !connector {
+                    if *if_exists {
+                        return Ok(Output::Message(format!("no sink named '{name_s}'")));
+                    }
+                    return Err(SqlError::plan(
+                        format!(
+                            "no sink named '{name_s}' (a sink is what CREATE SINK … AS SELECT \
+                             made; SHOW CONNECTORS lists the connectors)"
+                        ),
+                        Position::from(name.span.start),
+                    ));
+                }
+                let message = self
+                    .remove_sink(&name_s, made_by_sink, *delete_topic)
+                    .await?;
+                if replay.is_none() {
                     self.log(&p.text, properties).await?;
                 }
                 Ok(Output::Message(message))
@@ -1277,6 +1333,7 @@ impl SqlEngine {
         id: &str,
         text: &str,
         properties: &BTreeMap<String, String>,
+        json_key: bool,
     ) -> Result<String, SqlError> {
         check_properties(
             with,
@@ -1367,7 +1424,11 @@ impl SqlEngine {
             }
         }
         let topic = get("KAFKA_TOPIC").map_or_else(|| name.to_owned(), |p| p.value.text());
-        let key_default = key_format_for(&key_columns);
+        let key_default = if json_key && !key_columns.is_empty() {
+            FormatName::Json
+        } else {
+            key_format_for(&key_columns)
+        };
         let format = |k: &str, default| match get(k).or_else(|| get("FORMAT")) {
             None => Ok(default),
             Some(p) => FormatName::parse(&p.value.text()).ok_or_else(|| {
@@ -2238,12 +2299,23 @@ impl SqlEngine {
             ));
         }
         let connector = quiver_connectors::Connector::from_config(config).map_err(refused)?;
+        self.add_connector(connector, &name_s, at)
+    }
+
+    /// Adds a connector to the worker: started now, or after the replay of the command log
+    /// (unless the log says it was paused).
+    fn add_connector(
+        &self,
+        connector: quiver_connectors::Connector,
+        name_s: &str,
+        at: Position,
+    ) -> Result<String, SqlError> {
         let describe = connector.describe();
         let replaying = {
             let mut replayed = self.inner.replayed_connectors.lock();
             match replayed.as_mut() {
                 Some(r) => {
-                    r.insert(name_s.clone(), false);
+                    r.insert(name_s.to_owned(), false);
                     true
                 }
                 None => false,
@@ -2264,6 +2336,203 @@ impl SqlEngine {
             SqlError::plan(message, at)
         })?;
         Ok(format!("connector '{name_s}' created: {describe}"))
+    }
+
+    /// `CREATE SINK name WITH (…) AS SELECT …`: the query writes a stream (or a table, for an
+    /// aggregation) named like the sink, over a topic of JSON keys and values, and a sink
+    /// connector of that name reads the topic with the query's columns. One config model: the
+    /// WITH keys are a sink connector's, checked by the same code as a config file's.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_sink_as(
+        &self,
+        name: &sqlparser::ast::Ident,
+        if_not_exists: bool,
+        with: &[Property],
+        query: &StreamingQuery,
+        replay: Option<i64>,
+        text: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<String, SqlError> {
+        let name_s = normalize(name);
+        let at = Position::from(name.span.start);
+        let connector_exists = self.inner.connectors.names().contains(&name_s);
+        if connector_exists || self.inner.state.lock().sources.contains_key(&name_s) {
+            if if_not_exists {
+                return Ok(format!("sink '{name_s}' exists"));
+            }
+            return Err(SqlError::plan(
+                format!(
+                    "a {} named '{name_s}' exists; a sink takes a name no stream, table or \
+                     connector has",
+                    if connector_exists {
+                        "connector"
+                    } else {
+                        "stream or table"
+                    }
+                ),
+                at,
+            ));
+        }
+        let (topic_with, connector_with): (Vec<Property>, Vec<Property>) = with
+            .iter()
+            .cloned()
+            .partition(|p| matches!(p.name.as_str(), "KAFKA_TOPIC" | "PARTITIONS" | "REPLICAS"));
+        let mut settings = BTreeMap::new();
+        for p in &connector_with {
+            if SINK_SETS.contains(&p.written.as_str()) {
+                return Err(SqlError::plan(
+                    format!(
+                        "CREATE SINK … AS SELECT sets '{}' itself (it sinks the query's rows \
+                         and columns); leave it out",
+                        p.written
+                    ),
+                    p.position,
+                ));
+            }
+            settings.insert(p.written.clone(), p.value.text());
+        }
+        settings
+            .entry("connector.class".to_owned())
+            .or_insert_with(|| "ParquetSink".to_owned());
+        settings.insert("name".to_owned(), name_s.clone());
+        let topic = topic_with
+            .iter()
+            .find(|p| p.name == "KAFKA_TOPIC")
+            .map_or_else(|| name_s.clone(), |p| p.value.text());
+        settings.insert("topics".to_owned(), topic.clone());
+        let origin = format!("CREATE SINK {name_s}");
+        let position = query.position;
+        let build = |settings: BTreeMap<String, String>| {
+            let refused = |e: quiver_connectors::ConnectError| SqlError::plan(e.to_string(), at);
+            let config = quiver_connectors::ConnectorConfig::from_settings(settings, &origin)
+                .map_err(refused)?;
+            if config.class.is_source() {
+                return Err(SqlError::plan(
+                    format!(
+                        "{:?} is a source connector; a sink writes out with a sink connector \
+                         (ParquetSink, S3Sink)",
+                        config.class
+                    ),
+                    at,
+                ));
+            }
+            quiver_connectors::Connector::from_config(config).map_err(refused)
+        };
+        // The config is checked before anything is made.
+        build(settings.clone())?;
+        self.not_registered(query)?;
+        let (plan, _) = self.plan_streaming(query, properties)?;
+        let is_table = find_aggregate(&plan).is_some()
+            || (plan.schema().as_arrow().field_with_name(DELETED).is_ok()
+                && crate::join::result_key(&plan).is_some());
+        let (kind, prefix) = if is_table {
+            (SourceKind::Table, "CTAS")
+        } else {
+            (SourceKind::Stream, "CSAS")
+        };
+        let offset = match replay {
+            Some(o) => o,
+            None => self.next_command_offset()?,
+        };
+        let id = format!("{prefix}_{}_{offset}", name_s.to_uppercase());
+        let topic_existed = self.inner.broker.partition_count(&topic).is_ok();
+        self.create_as(
+            kind,
+            &name_s,
+            &topic_with,
+            query,
+            &id,
+            text,
+            properties,
+            true,
+        )
+        .await?;
+        let made = (|| {
+            let info = self
+                .inner
+                .state
+                .lock()
+                .sources
+                .get(&name_s)
+                .cloned()
+                .ok_or_else(|| SqlError::plan("the sink's stream went missing", position))?;
+            let columns =
+                |fields: &[FieldRef]| schema_text(fields).map_err(|m| SqlError::plan(m, position));
+            if info.key_columns.is_empty() {
+                settings.insert("key.format".to_owned(), "none".to_owned());
+            } else {
+                settings.insert("key.format".to_owned(), "json".to_owned());
+                settings.insert("key.schema".to_owned(), columns(&info.key_columns)?);
+            }
+            settings.insert("value.format".to_owned(), "json".to_owned());
+            settings.insert("value.schema".to_owned(), columns(&info.value_columns)?);
+            let connector = build(settings)?;
+            let describe = connector.describe();
+            self.add_connector(connector, &name_s, at)?;
+            Ok(describe)
+        })();
+        match made {
+            Ok(describe) => Ok(format!(
+                "sink '{name_s}' created: query {id} writes its rows to the topic '{topic}', \
+                 and the connector '{name_s}' sinks them ({describe})"
+            )),
+            Err(e) => {
+                // Nothing half made stays behind (the topic, when this statement made it).
+                let made_topic = !topic_existed && replay.is_none();
+                if let Err(undo) = self.remove_sink(&name_s, true, made_topic).await {
+                    tracing::warn!(sink = %name_s, "cannot undo a failed CREATE SINK: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what `CREATE SINK … AS SELECT` made: its connector (which commits what it
+    /// had), then the query and the stream (`stream`), and the topic when asked.
+    async fn remove_sink(
+        &self,
+        name_s: &str,
+        stream: bool,
+        delete_topic: bool,
+    ) -> Result<String, SqlError> {
+        let mut parts = vec![];
+        if self.inner.connectors.delete(name_s).await.is_ok() {
+            parts.push(format!("connector '{name_s}' dropped"));
+        }
+        if let Some(replayed) = self.inner.replayed_connectors.lock().as_mut() {
+            replayed.remove(name_s);
+        }
+        if !stream {
+            return Ok(parts.join(", "));
+        }
+        let writers: Vec<String> = self
+            .inner
+            .state
+            .lock()
+            .queries
+            .iter()
+            .filter(|(_, q)| q.sink == name_s)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in writers {
+            let query = self.inner.state.lock().queries.remove(&id);
+            if let Some(handle) = query.and_then(|q| q.handle) {
+                handle.stop().await?;
+            }
+            parts.push(format!("query {id} terminated"));
+        }
+        let info = self.inner.state.lock().sources.remove(name_s);
+        if let Some(info) = info {
+            parts.push(format!(
+                "{} '{name_s}' dropped",
+                info.kind.as_str().to_lowercase()
+            ));
+            if delete_topic && self.inner.broker.partition_count(&info.topic).is_ok() {
+                self.inner.broker.delete_topic(&info.topic).await?;
+                parts.push(format!("topic '{}' deleted", info.topic));
+            }
+        }
+        Ok(parts.join(", "))
     }
 
     fn show(&self, what: ShowWhat, properties: &BTreeMap<String, String>) -> Output {
@@ -2408,6 +2677,65 @@ impl SqlEngine {
 
 /// The key format when none is given: KAFKA for one column it can hold, JSON for several, NONE
 /// without key columns.
+/// The connector keys `CREATE SINK … AS SELECT` sets from its query.
+const SINK_SETS: &[&str] = &[
+    "name",
+    "topics",
+    "topics.regex",
+    "key.format",
+    "key.schema",
+    "value.format",
+    "value.schema",
+];
+
+/// Whether `statement` (a catalog entry's) is a `CREATE SINK … AS SELECT`.
+fn is_create_sink(statement: &str) -> bool {
+    crate::parser::parse(statement).is_ok_and(|p| {
+        p.first()
+            .is_some_and(|p| matches!(p.statement, Statement::CreateSinkAs { .. }))
+    })
+}
+
+/// Columns as a connector's `key.schema`/`value.schema` (`id BIGINT, region STRING`).
+fn schema_text(fields: &[FieldRef]) -> Result<String, String> {
+    let mut out = Vec::with_capacity(fields.len());
+    for f in fields {
+        let name = f.name();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || ",()`\"".contains(c)) {
+            return Err(format!(
+                "the column '{name}' cannot be sunk under that name; give it a plain one \
+                 (… AS {})",
+                name.replace(|c: char| !c.is_alphanumeric(), "_")
+            ));
+        }
+        let ty = match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "STRING".to_owned(),
+            DataType::Int64 => "BIGINT".to_owned(),
+            DataType::Int32 => "INT".to_owned(),
+            DataType::Int16 => "SMALLINT".to_owned(),
+            DataType::Int8 => "TINYINT".to_owned(),
+            DataType::Float64 => "DOUBLE".to_owned(),
+            DataType::Float32 => "FLOAT".to_owned(),
+            DataType::Boolean => "BOOLEAN".to_owned(),
+            DataType::Timestamp(_, _) => "TIMESTAMP".to_owned(),
+            DataType::Date32 => "DATE".to_owned(),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BYTES".to_owned(),
+            DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
+            other => {
+                return Err(format!(
+                    "the column '{name}' is {other}, which a sink does not write yet; CAST it \
+                     to STRING, BIGINT, DOUBLE, BOOLEAN, TIMESTAMP or DECIMAL"
+                ));
+            }
+        };
+        out.push(format!(
+            "{name} {ty}{}",
+            if f.is_nullable() { "" } else { " NOT NULL" }
+        ));
+    }
+    Ok(out.join(", "))
+}
+
 fn key_format_for(key_columns: &[FieldRef]) -> FormatName {
     match key_columns {
         [] => FormatName::None,

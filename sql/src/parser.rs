@@ -284,6 +284,23 @@ pub enum Statement {
         if_not_exists: bool,
         properties: Vec<Property>,
     },
+    /// `CREATE SINK [IF NOT EXISTS] name [WITH (…)] AS SELECT …`: a persistent query whose
+    /// rows a sink connector writes out (to Parquet, by default). The WITH keys are a sink
+    /// connector's config keys, plus `kafka_topic` and `partitions` for the topic between the
+    /// two.
+    CreateSinkAs {
+        name: Ident,
+        if_not_exists: bool,
+        properties: Vec<Property>,
+        query: StreamingQuery,
+    },
+    /// `DROP SINK [IF EXISTS] name [DELETE TOPIC]`: the connector, the query and the stream
+    /// `CREATE SINK … AS SELECT` made.
+    DropSink {
+        name: Ident,
+        if_exists: bool,
+        delete_topic: bool,
+    },
     /// `DESCRIBE CONNECTOR name`.
     DescribeConnector(Ident),
     /// `DROP CONNECTOR [IF EXISTS] name`.
@@ -1065,12 +1082,28 @@ fn parse_statement(
                 p.end()?;
                 return Ok(Statement::DropConnector { name, if_exists });
             }
+            if p.word("SINK") {
+                let if_exists = p.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+                let name = p.ident()?;
+                let delete_topic = if p.word("DELETE") {
+                    p.expect_word("TOPIC")?;
+                    true
+                } else {
+                    false
+                };
+                p.end()?;
+                return Ok(Statement::DropSink {
+                    name,
+                    if_exists,
+                    delete_topic,
+                });
+            }
             let kind = if p.word("STREAM") {
                 SourceKind::Stream
             } else if p.word("TABLE") {
                 SourceKind::Table
             } else {
-                return Err(p.expected("STREAM, TABLE or CONNECTOR"));
+                return Err(p.expected("STREAM, TABLE, SINK or CONNECTOR"));
             };
             let if_exists = p.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = p.ident()?;
@@ -1172,6 +1205,9 @@ fn create(p: &mut P, tokens: Vec<TokenWithSpan>) -> Result<Statement, ParseError
     };
     if let Some(kind) = connector {
         p.parser.next_token();
+        if kind == ConnectorKind::Sink && !p.peek_word("CONNECTOR") {
+            return create_sink_as(p, tokens, or_replace.then_some(or_at));
+        }
         p.expect_word("CONNECTOR")?;
         if or_replace {
             return Err(ParseError::at(
@@ -1201,7 +1237,7 @@ fn create(p: &mut P, tokens: Vec<TokenWithSpan>) -> Result<Statement, ParseError
     } else if p.word("TABLE") {
         SourceKind::Table
     } else {
-        return Err(p.expected("STREAM, TABLE, SOURCE CONNECTOR or SINK CONNECTOR"));
+        return Err(p.expected("STREAM, TABLE, SINK, SOURCE CONNECTOR or SINK CONNECTOR"));
     };
     let if_not_exists = p
         .parser
@@ -1278,6 +1314,39 @@ fn create(p: &mut P, tokens: Vec<TokenWithSpan>) -> Result<Statement, ParseError
         if_not_exists,
         columns,
         properties,
+    })
+}
+
+/// After `CREATE SINK`, when `CONNECTOR` does not follow.
+fn create_sink_as(
+    p: &mut P,
+    tokens: Vec<TokenWithSpan>,
+    or_replace: Option<Position>,
+) -> Result<Statement, ParseError> {
+    if let Some(at) = or_replace {
+        return Err(ParseError::at(
+            "a sink cannot be created OR REPLACE: DROP SINK it, then CREATE it again",
+            at,
+        ));
+    }
+    let if_not_exists = p
+        .parser
+        .parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.ident()?;
+    let properties = p.properties()?;
+    if !p.parser.parse_keyword(Keyword::AS) {
+        return Err(p.expected(
+            "AS SELECT … (CREATE SINK name WITH (…) AS SELECT …), or CONNECTOR (CREATE SINK \
+             CONNECTOR name WITH (…))",
+        ));
+    }
+    let from = p.parser.index();
+    let query = streaming_query(tokens[from..].to_vec(), p.here())?;
+    Ok(Statement::CreateSinkAs {
+        name,
+        if_not_exists,
+        properties,
+        query,
     })
 }
 

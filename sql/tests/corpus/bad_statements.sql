@@ -365,3 +365,15 @@ CREATE SINK CONNECTOR lake WITH ('connector.class' = 'ParquetSink', 'topics' = '
 DESCRIBE CONNECTOR nope;
 
 DROP CONNECTOR nope;
+
+CREATE SINK lake WITH ('store.url' = 'file:///tmp/lake');
+
+CREATE SINK lake WITH ('store.url' = 'file:///tmp/lake', 'value.format' = 'json') AS SELECT * FROM pageviews EMIT CHANGES;
+
+CREATE SINK lake WITH ('store.url' = 'ftp://x') AS SELECT * FROM pageviews EMIT CHANGES;
+
+CREATE SINK pageviews WITH ('store.url' = 'file:///tmp/lake') AS SELECT * FROM pageviews EMIT CHANGES;
+
+CREATE SINK lake WITH ('store.url' = 'file:///tmp/lake') AS SELECT nope FROM pageviews EMIT CHANGES;
+
+DROP SINK pageviews;
