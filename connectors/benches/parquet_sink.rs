@@ -62,6 +62,9 @@ fn value(i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Rounds of each, alternating, so that the machine's slow spells fall on both sides.
+const ROUNDS: usize = 5;
+
 fn rss_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -196,18 +199,18 @@ fn main() {
         let bytes: u64 = (0..1000).map(|i| value(i).len() as u64).sum::<u64>() * n / 1000;
         let mut direct = vec![];
         let mut ours = vec![];
-        for round in 0..3 {
+        for round in 0..ROUNDS {
             direct.push(baseline(n, &dir.path().join(format!("baseline-{round}.parquet"))));
             let lake = dir.path().join(format!("lake-{round}"));
             ours.push(sink(&b, &format!("bench-{round}"), "events", &lake, n).await);
         }
         direct.sort();
         ours.sort();
-        let (d, o) = (direct[1], ours[1]);
+        let (d, o) = (direct[ROUNDS / 2], ours[ROUNDS / 2]);
         let rate = |t: Duration| n as f64 / t.as_secs_f64();
         println!(
             "{n} records, {:.0} B each: arrow-json + ArrowWriter {:.0} records/s ({:.1} MiB/s); \
-             Quiver topic -> Parquet sink {:.0} records/s ({:.1} MiB/s); ratio {:.2} (medians of 3)",
+             Quiver topic -> Parquet sink {:.0} records/s ({:.1} MiB/s); ratio {:.2} (medians of {ROUNDS}, alternating)",
             bytes as f64 / n as f64,
             rate(d),
             bytes as f64 / d.as_secs_f64() / (1 << 20) as f64,

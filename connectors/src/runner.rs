@@ -802,7 +802,7 @@ impl Session {
         mut sink: ParquetSink,
         owned: &[(String, i32)],
         committed: &BTreeMap<(String, i32), Committed>,
-        mut readers: Vec<(String, Box<dyn SourceReader>)>,
+        readers: Vec<(String, Box<dyn SourceReader>)>,
     ) -> Result<Ended> {
         sink.open(&self.schemas, owned, committed).await?;
         let mut stop = self.stop.clone();
@@ -817,9 +817,33 @@ impl Session {
             }
         };
         tokio::pin!(rebalance);
-        let wait = Duration::from_millis(200 / readers.len().max(1) as u64);
+        let wait = Duration::from_millis(200);
         let mut last_tick = Instant::now();
         let mut bad_seen = 0u64;
+        // Each reader polls in a task of its own, one poll ahead of the sink, so that the next
+        // records are read and decoded while the sink encodes the last ones: the two halves of
+        // a sink's work run on two cores. A poll comes with the positions after it, and the
+        // sink takes polls in order, so it never learns of a position before its records.
+        // The tasks end with the session (the set aborts them when dropped).
+        let topics: Vec<String> = readers.iter().map(|(t, _)| t.clone()).collect();
+        let (polled, mut polls) = tokio::sync::mpsc::channel::<PollAhead>(readers.len().max(1));
+        let mut pollers = JoinSet::new();
+        for (index, (_, mut reader)) in readers.into_iter().enumerate() {
+            let polled = polled.clone();
+            pollers.spawn(async move {
+                loop {
+                    let poll = reader
+                        .poll(wait)
+                        .await
+                        .map(|poll| (index, poll, reader.positions()));
+                    let failed = poll.is_err();
+                    if polled.send(poll).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(polled);
         let ended = 'session: loop {
             if *stop.borrow() {
                 break Ended::Stopped;
@@ -827,36 +851,41 @@ impl Session {
             if membership.as_ref().is_some_and(|m| m.rebalance_needed()) {
                 break Ended::Rebalance;
             }
-            if readers.is_empty() {
+            if topics.is_empty() {
                 tokio::select! {
                     _ = stop.changed() => {}
                     _ = &mut rebalance => {}
                 }
                 continue;
             }
-            for (topic, reader) in &mut readers {
-                let poll = tokio::select! {
-                    poll = reader.poll(wait) => poll?,
-                    _ = stop.changed() => continue 'session,
-                    _ = &mut rebalance => continue 'session,
-                };
-                for batch in poll.batches {
-                    sink.write(topic, batch).await?;
-                    // Commit what rolled before the next write: see the Parquet sink's docs
-                    // on exactly-once for why no write may wait for the next poll.
-                    let commits = sink.prepare().await?;
-                    if !self.commit(&commits).await? {
-                        break 'session Ended::Rebalance;
-                    }
-                    sink.committed(&commits);
+            let next = tokio::select! {
+                next = polls.recv() => next,
+                _ = stop.changed() => continue 'session,
+                _ = &mut rebalance => continue 'session,
+            };
+            let Some(next) = next else {
+                return Err(ConnectError::Record(
+                    "every reader of the sink's topics ended".into(),
+                ));
+            };
+            let (index, poll, positions) = next?;
+            let topic = &topics[index];
+            for batch in poll.batches {
+                sink.write(topic, batch).await?;
+                // Commit what rolled before the next write: see the Parquet sink's docs
+                // on exactly-once for why no write may wait for the next poll.
+                let commits = sink.prepare().await?;
+                if !self.commit(&commits).await? {
+                    break 'session Ended::Rebalance;
                 }
-                if !poll.bad.is_empty() {
-                    bad_seen += poll.bad.len() as u64;
-                    skip_bad(&self.connector, &self.cluster, topic, &poll.bad, bad_seen).await?;
-                }
-                for (partition, next) in reader.positions() {
-                    sink.read_up_to(topic, partition, next);
-                }
+                sink.committed(&commits);
+            }
+            if !poll.bad.is_empty() {
+                bad_seen += poll.bad.len() as u64;
+                skip_bad(&self.connector, &self.cluster, topic, &poll.bad, bad_seen).await?;
+            }
+            for (partition, next) in positions {
+                sink.read_up_to(topic, partition, next);
             }
             if last_tick.elapsed() >= Duration::from_millis(500) {
                 last_tick = Instant::now();
@@ -868,6 +897,9 @@ impl Session {
             }
             sink.committed(&commits);
         };
+        // Nothing more is read: the readers' tasks end here.
+        drop(pollers);
+        drop(polls);
         if membership.as_ref().is_some_and(|m| m.partitions_lost()) {
             // Another member may own them already: complete nothing, commit nothing.
             tracing::warn!(
@@ -941,6 +973,12 @@ impl Session {
 
 /// Records that did not decode: the connector stops (errors.tolerance=none), or they are
 /// logged and go to the dead letter queue.
+/// A reader task's poll: the reader's index, what it read, and its positions after it.
+type PollAhead = std::result::Result<
+    (usize, quiver_engine::source::SourcePoll, BTreeMap<i32, i64>),
+    EngineError,
+>;
+
 async fn skip_bad(
     connector: &SinkConnector,
     cluster: &Cluster,
