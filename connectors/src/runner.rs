@@ -371,19 +371,27 @@ pub struct Progress {
     pub files: u64,
     pub bytes: u64,
     pub open_files: u64,
-    /// Records not yet committed: each partition's end less its committed offset (the
-    /// in-process broker only).
+    /// Records not yet committed: each partition's end less its committed offset. On a remote
+    /// cluster, the ends are what the tasks' last fetches saw, over the partitions this
+    /// process's tasks own; none before the first fetch.
     pub lag: Option<i64>,
     /// A source: records and bytes are what it has committed to its topic, in this many
     /// transactions.
     pub source_transactions: Option<u64>,
 }
 
+/// Topic partitions, as `(topic, partition)`.
+type Partitions = Vec<(String, i32)>;
+
 /// A handle on a running connector's counters.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
     stats: Arc<parking_lot::Mutex<Vec<Arc<SinkStats>>>>,
     committed: Arc<parking_lot::Mutex<BTreeMap<(String, i32), i64>>>,
+    /// Partitions' ends as a remote cluster's last fetches reported them.
+    ends: Arc<parking_lot::Mutex<BTreeMap<(String, i32), i64>>>,
+    /// Each task's partitions, by task index.
+    assigned: Arc<parking_lot::Mutex<BTreeMap<u32, Partitions>>>,
     cluster: Arc<parking_lot::Mutex<Option<Cluster>>>,
     source: Arc<parking_lot::Mutex<Option<Arc<SourceStats>>>>,
 }
@@ -394,6 +402,19 @@ impl Status {
             .lock()
             .get_or_insert_with(Default::default)
             .clone()
+    }
+
+    /// Each sink task's partitions now (`topic-partition`), by task index; a task that has
+    /// none (more tasks than partitions, or not yet joined) is absent or empty.
+    pub fn assigned(&self) -> BTreeMap<u32, Vec<String>> {
+        self.assigned
+            .lock()
+            .iter()
+            .map(|(task, owned)| {
+                let names = owned.iter().map(|(t, p)| format!("{t}-{p}")).collect();
+                (*task, names)
+            })
+            .collect()
     }
 
     pub fn progress(&self) -> Progress {
@@ -419,6 +440,18 @@ impl Status {
                 }
             }
             p.lag = Some(lag);
+        } else {
+            // A remote cluster: its ends as the tasks' last fetches saw them, against the
+            // offsets committed (partitions with both).
+            let committed = self.committed.lock();
+            let ends = self.ends.lock();
+            let mut lag = None;
+            for (key, end) in ends.iter() {
+                if let Some(offset) = committed.get(key) {
+                    *lag.get_or_insert(0) += (end - offset).max(0);
+                }
+            }
+            p.lag = lag;
         }
         p
     }
@@ -504,6 +537,7 @@ pub async fn run(
                             .map(|p| (t.clone(), p))
                     })
                     .collect();
+                status.assigned.lock().insert(index, owned.clone());
                 let mine: BTreeMap<(String, i32), Committed> = committed
                     .iter()
                     .filter(|((_, p), _)| split.contains(*p))
@@ -683,6 +717,7 @@ async fn run_member(mut m: Member) -> Result<()> {
         stop: m.stop.clone(),
         status: m.status.clone(),
     };
+    let mut previously: Vec<(String, i32)> = Vec::new();
     loop {
         let assignment = membership.assignment();
         tracing::info!(
@@ -728,11 +763,19 @@ async fn run_member(mut m: Member) -> Result<()> {
             }
         }
         {
+            // Partitions this task gave up are another member's now: their lag is not ours.
             let mut c = m.status.committed.lock();
+            let mut ends = m.status.ends.lock();
+            for gone in previously.iter().filter(|k| !owned.contains(k)) {
+                c.remove(gone);
+                ends.remove(gone);
+            }
             for (k, v) in &committed {
                 c.insert(k.clone(), v.offset);
             }
         }
+        previously.clone_from(&owned);
+        m.status.assigned.lock().insert(m.index, owned.clone());
         let mut readers = Vec::new();
         for (topic, source) in &m.sources {
             let partitions: Vec<i32> = owned
@@ -832,10 +875,12 @@ impl Session {
             let polled = polled.clone();
             pollers.spawn(async move {
                 loop {
-                    let poll = reader
-                        .poll(wait)
-                        .await
-                        .map(|poll| (index, poll, reader.positions()));
+                    let poll = reader.poll(wait).await.map(|poll| Polled {
+                        index,
+                        poll,
+                        positions: reader.positions(),
+                        ends: reader.ends(),
+                    });
                     let failed = poll.is_err();
                     if polled.send(poll).await.is_err() || failed {
                         return;
@@ -868,7 +913,12 @@ impl Session {
                     "every reader of the sink's topics ended".into(),
                 ));
             };
-            let (index, poll, positions) = next?;
+            let Polled {
+                index,
+                poll,
+                positions,
+                ends,
+            } = next?;
             let topic = &topics[index];
             for batch in poll.batches {
                 sink.write(topic, batch).await?;
@@ -886,6 +936,12 @@ impl Session {
             }
             for (partition, next) in positions {
                 sink.read_up_to(topic, partition, next);
+            }
+            if !ends.is_empty() {
+                let mut known = self.status.ends.lock();
+                for (partition, end) in ends {
+                    known.insert((topic.clone(), partition), end);
+                }
             }
             if last_tick.elapsed() >= Duration::from_millis(500) {
                 last_tick = Instant::now();
@@ -973,11 +1029,16 @@ impl Session {
 
 /// Records that did not decode: the connector stops (errors.tolerance=none), or they are
 /// logged and go to the dead letter queue.
-/// A reader task's poll: the reader's index, what it read, and its positions after it.
-type PollAhead = std::result::Result<
-    (usize, quiver_engine::source::SourcePoll, BTreeMap<i32, i64>),
-    EngineError,
->;
+/// A reader task's poll: the reader's index, what it read, and its positions and the
+/// partitions' ends after it.
+struct Polled {
+    index: usize,
+    poll: quiver_engine::source::SourcePoll,
+    positions: BTreeMap<i32, i64>,
+    ends: BTreeMap<i32, i64>,
+}
+
+type PollAhead = std::result::Result<Polled, EngineError>;
 
 async fn skip_bad(
     connector: &SinkConnector,

@@ -225,10 +225,14 @@ impl Worker {
         if let State::Failed(why) | State::Unassigned(why) = &state {
             connector["trace"] = json!(why);
         }
+        let assigned = e.status.assigned();
         let tasks: Vec<Value> = (0..tasks_of(&e.connector))
             .map(|t| {
                 let mut task = connector.clone();
                 task["id"] = json!(t);
+                if let Some(partitions) = assigned.get(&t) {
+                    task["partitions"] = json!(partitions);
+                }
                 task
             })
             .collect();

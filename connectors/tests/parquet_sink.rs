@@ -117,11 +117,20 @@ async fn records_land_once_in_files_named_by_partition_and_start_offset() {
     produce(&b, "orders", 0, 1000, 1_700_000_000_000, 10).await;
     let c = connector(&format!(
         "name=lake\nconnector.class=ParquetSink\ntopics=orders\nstore.url=file://{}\nflush.size=100\n\
-         value.format=json\nvalue.schema=id BIGINT, region STRING, amount DOUBLE\nparquet.codec=zstd\n",
+         value.format=json\nvalue.schema=id BIGINT, region STRING, amount DOUBLE\nparquet.codec=zstd\n\
+         tasks.max=2\n",
         lake.path().display()
     ));
     let running = start(&b, &c);
     running.wait_records(1000).await;
+    // Two tasks split the three partitions, and status says which has which.
+    assert_eq!(
+        running.status.assigned(),
+        BTreeMap::from([
+            (0, vec!["orders-0".to_owned(), "orders-2".to_owned()]),
+            (1, vec!["orders-1".to_owned()]),
+        ])
+    );
     running.stop().await;
 
     assert_eq!(rows(lake.path()), expected(&b, "orders"));

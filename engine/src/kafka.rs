@@ -314,6 +314,8 @@ struct PartitionState {
     position: i64,
     /// The last fetch reached the end the broker lets `read_committed` readers see.
     caught_up: bool,
+    /// That end, as the last fetch saw it.
+    end: Option<i64>,
     last_data: Instant,
 }
 
@@ -407,6 +409,7 @@ impl SourceReader for KafkaSourceReader {
             state.position = state.position.max(f.next_offset);
             let end = f.last_stable_offset.unwrap_or(f.high_watermark);
             state.caught_up = state.position >= end;
+            state.end = Some(end);
         }
         let idle_after = self.source.idle_after;
         let idle = |s: &PartitionState| s.caught_up && now - s.last_data >= idle_after;
@@ -422,6 +425,13 @@ impl SourceReader for KafkaSourceReader {
         self.partitions
             .iter()
             .map(|(p, s)| (*p, s.position))
+            .collect()
+    }
+
+    fn ends(&self) -> BTreeMap<i32, i64> {
+        self.partitions
+            .iter()
+            .filter_map(|(p, s)| Some((*p, s.end?)))
             .collect()
     }
 }
@@ -463,6 +473,7 @@ impl KafkaSourceReader {
                 PartitionState {
                     position,
                     caught_up: false,
+                    end: None,
                     last_data: now,
                 },
             );

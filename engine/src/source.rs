@@ -123,6 +123,12 @@ pub trait SourceReader: Send + Debug {
     /// Each partition's next offset (for checkpoints and committed offsets); empty for sources
     /// without offsets.
     fn positions(&self) -> BTreeMap<i32, i64>;
+
+    /// Each partition's end as the last read saw it (the high watermark, or the last stable
+    /// offset for `read_committed` readers), for lag; empty when the source does not know.
+    fn ends(&self) -> BTreeMap<i32, i64> {
+        BTreeMap::new()
+    }
 }
 
 /// Per-partition watermarks merged as the minimum (see the module docs).
