@@ -385,3 +385,66 @@ fn every_bad_statement_of_the_corpus_is_refused_over_http_and_in_the_shell() {
     assert_eq!(counts, [2, 1, 0], "{streams}");
     drop(server);
 }
+
+#[test]
+fn the_parquet_sink_example_puts_the_big_orders_in_a_lake_duckdb_reads() {
+    let data = DataDir::new();
+    let lake = data.tmp().join("lake");
+    // The example writes to /tmp/quiver-lake; this run writes to its own directory.
+    let example = std::fs::read_to_string("examples/sql/orders_to_parquet.sql").unwrap();
+    assert!(example.contains("'file:///tmp/quiver-lake'"), "{example}");
+    let script = example.replace(
+        "file:///tmp/quiver-lake",
+        &format!("file://{}", lake.display()),
+    );
+    let path = data.tmp().join("orders_to_parquet.sql");
+    std::fs::write(&path, script).unwrap();
+    let server = Server::start(&["--data-dir", data.arg()], &[]);
+    let sql = sql_address(&server.ready);
+    let mut cmd = common::quiver();
+    cmd.args([
+        "shell",
+        "--server",
+        &format!("http://{sql}"),
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    let out = run_bounded(cmd, b"", COMMAND_TIMEOUT).ok();
+    assert!(
+        out.stdout
+            .contains("sink 'big_orders' created: query CSAS_BIG_ORDERS_"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.lines()
+            .iter()
+            .any(|l| l.starts_with("big_orders") && l.contains("ParquetSink")),
+        "{}",
+        out.stdout
+    );
+    // DuckDB reads the directory tree as a table partitioned by region.
+    let root = lake.join("topics/big_orders");
+    let query = "SELECT region, order_id, amount, tax FROM lake ORDER BY order_id";
+    let want = serde_json::json!([
+        ["eu", "o-1", 120.0, 24.0],
+        ["eu", "o-3", 410.0, 82.0],
+        ["us", "o-5", 250.0, 50.0],
+        ["ap", "o-6", 180.0, 36.0]
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let out = common::python::run(
+            "lake_query.py",
+            &["--root", root.to_str().unwrap(), "--sql", query],
+            Duration::from_secs(60),
+        );
+        got = serde_json::from_str(out.trim()).unwrap();
+        if got == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(got, want);
+}
