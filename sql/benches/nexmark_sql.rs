@@ -11,11 +11,14 @@
 //! stream `nexmark` (`SqlEngine::register_stream`). The two alternate, `ROUNDS` times each
 //! (default 3), and the best of each side counts. The figure is events per second of CPU time
 //! (the process's user + system time while the query ran, from /proc), so it holds on a
-//! noisy machine; the SQL / DSL ratio is the result. Both must emit the same number of rows.
+//! noisy machine; the SQL / DSL ratio is the result. Both must emit the same number of rows,
+//! except for q4, whose output is a table's changelog: updates to one key within a batch are
+//! coalesced, so its row count depends on how the input happened to be batched
+//! (`sql/tests/nexmark.rs` checks that its final rows are the DSL's and DataFusion's).
 //!
-//! q3, q4, q7 and q9 have no SQL form here: q3 needs a table from the generator (SQL reads
-//! tables from topics); q4 and q7 join inside a subquery, where Quiver SQL does not take
-//! `WITHIN` and `WINDOW` yet; q9 needs top-N, which it has no clause for.
+//! q3, q7 and q9 have no SQL form here: q3 needs a table from the generator (SQL reads tables
+//! from topics); q7 joins a windowed aggregation inside a subquery, where Quiver SQL does not
+//! take `WINDOW` yet; q9 needs top-N, which it has no clause for.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark: failing loudly is right.
 
@@ -27,6 +30,9 @@ use quiver_engine::dsl::StreamsBuilder;
 use quiver_engine::nexmark::{self, NexmarkConfig, NexmarkSource};
 use quiver_engine::{CountSink, QueryOptions, Runtime};
 use quiver_sql::SqlEngine;
+
+/// Queries whose output is a table's changelog (see the module docs).
+const CHANGELOGS: &[&str] = &["q4"];
 
 /// The queries in SQL, as `quiver_engine::nexmark::query` writes them in the DSL.
 const QUERIES: &[(&str, &str)] = &[
@@ -44,6 +50,16 @@ const QUERIES: &[(&str, &str)] = &[
         "q2",
         "SELECT auction, price FROM nexmark WHERE event_type = 2 AND auction % 123 = 0 \
          EMIT CHANGES",
+    ),
+    (
+        "q4",
+        "SELECT category, AVG(final) AS average FROM
+           (SELECT a.id, a.category, MAX(b.price) AS final
+            FROM (SELECT id, category, rowtime FROM nexmark WHERE event_type = 1) a
+            JOIN (SELECT auction, price, rowtime FROM nexmark WHERE event_type = 2) b
+            WITHIN 10 SECONDS ON a.id = b.auction AND b.rowtime >= a.rowtime
+            GROUP BY a.id, a.category)
+         GROUP BY category EMIT CHANGES",
     ),
     (
         "q5",
@@ -178,11 +194,13 @@ async fn main() {
                 let b = sql(&engine, name, text).await;
                 (dsl(name, config).await, b)
             };
-            assert_eq!(
-                a.rows, b.rows,
-                "{name}: the DSL emitted {} rows, SQL {}",
-                a.rows, b.rows
-            );
+            if !CHANGELOGS.contains(name) {
+                assert_eq!(
+                    a.rows, b.rows,
+                    "{name}: the DSL emitted {} rows, SQL {}",
+                    a.rows, b.rows
+                );
+            }
             rows = Some(a.rows);
             eprintln!(
                 "{name} round {round}: DSL {:.2} s CPU ({:.2} s wall), SQL {:.2} s CPU ({:.2} s \

@@ -77,8 +77,22 @@ pub(crate) fn plan_table_aggregates(
         let LogicalPlan::Aggregate(aggregate) = node else {
             return Ok(Transformed::no(node));
         };
-        let Some(key) = table_key(&aggregate.input) else {
-            return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
+        let key = match table_key(&aggregate.input) {
+            Some(key) => key,
+            // An aggregation of an aggregation: the inner one's result is a table keyed by its
+            // GROUP BY columns, each row replacing the last of its key.
+            None => match aggregate_key(&aggregate.input) {
+                None => return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate))),
+                Some(Ok(key)) => key,
+                Some(Err(message)) => {
+                    error = Some(SqlError::plan(message, position));
+                    return Ok(Transformed::new(
+                        LogicalPlan::Aggregate(aggregate),
+                        false,
+                        TreeNodeRecursion::Stop,
+                    ));
+                }
+            },
         };
         match TableAggregateNode::new(
             aggregate.input.as_ref().clone(),
@@ -128,6 +142,51 @@ pub(crate) fn plan_table_aggregates(
         })?
         .data;
     Ok(plan)
+}
+
+/// The key of an aggregation's result under select lists, filters and aliases: its GROUP BY
+/// columns, by the names `plan` gives them; `Some(Err)` when a select list leaves one out (the
+/// result's rows could not be told apart).
+fn aggregate_key(plan: &LogicalPlan) -> Option<Result<Vec<String>, String>> {
+    match plan {
+        LogicalPlan::Aggregate(a) => Some(Ok(a
+            .schema
+            .fields()
+            .iter()
+            .take(a.group_expr.len())
+            .map(|f| f.name().clone())
+            .collect())),
+        LogicalPlan::SubqueryAlias(a) => aggregate_key(&a.input),
+        LogicalPlan::Filter(f) => aggregate_key(&f.input),
+        LogicalPlan::Projection(p) => {
+            let inner = aggregate_key(&p.input)?;
+            Some(inner.and_then(|key| {
+                key.iter()
+                    .map(|k| {
+                        p.expr
+                            .iter()
+                            .zip(p.schema.fields())
+                            .find_map(|(e, f)| {
+                                let e = match e {
+                                    Expr::Alias(a) => a.expr.as_ref(),
+                                    e => e,
+                                };
+                                matches!(e, Expr::Column(c) if &c.name == k)
+                                    .then(|| f.name().clone())
+                            })
+                            .ok_or_else(|| {
+                                format!(
+                                    "an aggregation over an aggregation follows the inner \
+                                     one's groups, and its GROUP BY column '{k}' is not \
+                                     selected: select it in the inner query"
+                                )
+                            })
+                    })
+                    .collect()
+            }))
+        }
+        _ => None,
+    }
 }
 
 /// Whether `plan` is an aggregation of a table, under select lists, filters and aliases.

@@ -719,8 +719,8 @@ impl P {
 }
 
 /// Takes `WINDOW TUMBLING|HOPPING|SESSION (…)` and `EMIT CHANGES|FINAL` out of a query's
-/// tokens (at the query's own level: not inside parentheses), then parses the rest as
-/// standard SQL.
+/// tokens (at the query's own level: not inside parentheses), and every join's `WITHIN` (at
+/// any level), then parses the rest as standard SQL.
 fn streaming_query(
     tokens: Vec<TokenWithSpan>,
     position: Position,
@@ -802,18 +802,23 @@ fn streaming_query(
                 continue;
             }
         }
-        // `WITHIN GROUP (…)` is standard SQL; a join's WITHIN is followed by a duration.
-        if depth == 0 && word_is(&t.token, "WITHIN") {
+        // `WITHIN GROUP (…)` is standard SQL; a join's WITHIN is followed by a duration. A
+        // join in a subquery takes one too: the clauses are kept in the order they are
+        // written, which is the order a bottom-up walk of the plan meets their joins (a
+        // join's WITHIN comes after both of its inputs).
+        if word_is(&t.token, "WITHIN") {
             let what = next_word(&tokens, i + 1);
             if let Some(k) =
                 what.filter(|&k| matches!(tokens[k].token, Token::Number(..) | Token::LParen))
             {
-                // The clause runs to the ON, USING or the next clause keyword.
+                // The clause runs to the ON, USING or the next clause keyword (or the end of
+                // the subquery it is in).
                 let mut end = k;
                 let mut d = 0;
                 while end < tokens.len() {
                     match &tokens[end].token {
                         Token::LParen => d += 1,
+                        Token::RParen if d == 0 => break,
                         Token::RParen => d -= 1,
                         tok if d == 0
                             && [

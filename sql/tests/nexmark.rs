@@ -1,0 +1,189 @@
+//! Nexmark queries written in Quiver SQL end where the same work ends done at once over all
+//! the events by DataFusion (and, for q4, where the DSL's q4 ends): the same generator's
+//! events, the continuous queries' outputs folded to their final rows.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use quiver_broker::{Broker, BrokerConfig};
+use quiver_engine::arrow::array::RecordBatch;
+use quiver_engine::arrow::util::display::array_value_to_string;
+use quiver_engine::datafusion::datasource::MemTable;
+use quiver_engine::datafusion::prelude::SessionContext;
+use quiver_engine::dsl::StreamsBuilder;
+use quiver_engine::nexmark::{self, NexmarkConfig, NexmarkSource};
+use quiver_engine::{Collector, QueryOptions, Runtime};
+use quiver_sql::SqlEngine;
+
+fn config() -> NexmarkConfig {
+    NexmarkConfig {
+        events: 50_000,
+        ..NexmarkConfig::default()
+    }
+}
+
+/// Rows as `key -> value` text (the first `keys` columns name a row, the rest are its value):
+/// the last row per key, keys deleted on the way left out.
+fn fold(batches: &[RecordBatch], keys: usize) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let deleted = b.schema().index_of("__deleted").ok();
+        let columns: Vec<usize> = (0..b.num_columns())
+            .filter(|i| Some(*i) != deleted)
+            .collect();
+        for row in 0..b.num_rows() {
+            let text: Vec<String> = columns
+                .iter()
+                .map(|&i| array_value_to_string(b.column(i), row).unwrap())
+                .collect();
+            let key = text[..keys].join("|");
+            let gone =
+                deleted.is_some_and(|i| array_value_to_string(b.column(i), row).unwrap() == "true");
+            if gone {
+                out.remove(&key);
+            } else {
+                out.insert(key, text[keys..].join("|"));
+            }
+        }
+    }
+    out
+}
+
+async fn run(query: quiver_engine::Query) {
+    let handle = Runtime::without_broker().start(query).await.unwrap();
+    handle.wait().await.unwrap();
+}
+
+/// Every event of the generator, as DataFusion's table `ev`.
+async fn all_events() -> SessionContext {
+    let builder = StreamsBuilder::new().with_options(QueryOptions::default());
+    let all = Collector::new();
+    builder
+        .stream("nexmark", Arc::new(NexmarkSource::new(config()).unwrap()))
+        .unwrap()
+        .to_sink(Box::new(all.sink()));
+    run(builder.build().unwrap().into_queries().remove(0)).await;
+    let batches = all.batches();
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
+    ctx.register_table("ev", Arc::new(table)).unwrap();
+    ctx
+}
+
+async fn truth(ctx: &SessionContext, sql: &str, keys: usize) -> BTreeMap<String, String> {
+    let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    fold(&out, keys)
+}
+
+async fn engine(dir: &std::path::Path) -> (Broker, SqlEngine) {
+    let broker = Broker::open(BrokerConfig {
+        data_dir: dir.join("data"),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    let engine = SqlEngine::open(&broker, &dir.join("data")).await.unwrap();
+    engine
+        .register_stream("nexmark", Arc::new(NexmarkSource::new(config()).unwrap()))
+        .unwrap();
+    (broker, engine)
+}
+
+async fn continuous(engine: &SqlEngine, sql: &str, keys: usize) -> BTreeMap<String, String> {
+    let collector = Collector::new();
+    let query = engine
+        .continuous_query("q", sql, vec![Box::new(collector.sink())])
+        .await
+        .unwrap();
+    run(query).await;
+    fold(&collector.batches(), keys)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn q4_a_window_join_in_a_subquery_then_an_aggregation_of_its_aggregation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = engine(dir.path()).await;
+    // Each auction's highest bid of its first 10 s, then their average per category: the
+    // outer aggregation follows the inner one's updates (an auction's old maximum leaves the
+    // average when a higher bid comes).
+    let by_sql = continuous(
+        &engine,
+        "SELECT category, AVG(final) AS average FROM
+           (SELECT a.id, a.category, MAX(b.price) AS final
+            FROM (SELECT id, category, rowtime FROM nexmark WHERE event_type = 1) a
+            JOIN (SELECT auction, price, rowtime FROM nexmark WHERE event_type = 2) b
+            WITHIN 10 SECONDS ON a.id = b.auction AND b.rowtime >= a.rowtime
+            GROUP BY a.id, a.category)
+         GROUP BY category EMIT CHANGES",
+        1,
+    )
+    .await;
+    let want = truth(
+        &all_events().await,
+        "SELECT category, AVG(final) FROM
+           (SELECT a.id, a.category, MAX(b.price) AS final FROM ev a JOIN ev b
+              ON a.id = b.auction AND b.rowtime >= a.rowtime
+             AND CAST(b.rowtime AS BIGINT) - CAST(a.rowtime AS BIGINT) <= 10000
+            WHERE a.event_type = 1 AND b.event_type = 2 GROUP BY a.id, a.category)
+         GROUP BY category",
+        1,
+    )
+    .await;
+    assert_eq!(want.len(), 5, "{want:?}");
+    assert_eq!(by_sql, want);
+    // The DSL's q4 ends there too.
+    let builder = StreamsBuilder::new().with_options(QueryOptions::default());
+    let by_dsl = Collector::new();
+    nexmark::query("q4", &builder, config())
+        .unwrap()
+        .to_sink(Box::new(by_dsl.sink()));
+    run(builder.build().unwrap().into_queries().remove(0)).await;
+    assert_eq!(fold(&by_dsl.batches(), 1), want);
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregation_of_an_aggregation_follows_its_groups_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = engine(dir.path()).await;
+    // How many auctions got n bids: an auction moves from n to n + 1 with each bid.
+    let by_sql = continuous(
+        &engine,
+        "SELECT n, COUNT(*) AS auctions FROM
+           (SELECT auction, COUNT(*) AS n FROM nexmark WHERE event_type = 2 GROUP BY auction)
+         GROUP BY n EMIT CHANGES",
+        1,
+    )
+    .await;
+    let want = truth(
+        &all_events().await,
+        "SELECT n, COUNT(*) FROM
+           (SELECT auction, COUNT(*) AS n FROM ev WHERE event_type = 2 GROUP BY auction)
+         GROUP BY n",
+        1,
+    )
+    .await;
+    assert!(want.len() > 3, "{want:?}");
+    assert_eq!(by_sql, want);
+    // Without the inner groups' key its rows cannot be told apart.
+    let e = engine
+        .continuous_query(
+            "bad",
+            "SELECT n, COUNT(*) AS auctions FROM
+               (SELECT COUNT(*) AS n FROM nexmark WHERE event_type = 2 GROUP BY auction)
+             GROUP BY n EMIT CHANGES",
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("its GROUP BY column 'auction' is not selected"),
+        "{e}"
+    );
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
