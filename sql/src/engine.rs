@@ -1307,6 +1307,7 @@ impl SqlEngine {
         let plan = crate::join::plan_table_aggregates(plan, query.position)?;
         let plan = crate::join::plan_joins(plan, &query.within, query.position)?;
         let plan = crate::join::plan_table_aggregates(plan, query.position)?;
+        let plan = crate::top_n::plan_top_n(plan, query.position)?;
         let emit = match query.emit {
             Some(Emit::Final) => {
                 if query.window.is_none() {
@@ -1362,7 +1363,11 @@ impl SqlEngine {
         } else {
             crate::join::result_key(&plan)
         };
-        let is_table = aggregated || joined_tables.is_some();
+        // A top-N is a table too, keyed by its groups and rank.
+        let top_n = crate::top_n::result_key(&plan)
+            .transpose()
+            .map_err(|m| SqlError::plan(m, query.position))?;
+        let is_table = aggregated || joined_tables.is_some() || top_n.is_some();
         let key = match &query.partition_by {
             Some((_, at)) if is_table => {
                 return Err(SqlError::plan(
@@ -1372,7 +1377,7 @@ impl SqlEngine {
                 ));
             }
             Some((columns, at)) => partition_key(columns, &output, *at)?,
-            None if is_table => joined_tables.unwrap_or_else(|| output_key(&plan)),
+            None if is_table => top_n.or(joined_tables).unwrap_or_else(|| output_key(&plan)),
             None => self.source_key(&plan, &output),
         };
         if kind == SourceKind::Table
@@ -1391,14 +1396,14 @@ impl SqlEngine {
         }
         if kind == SourceKind::Table && !is_table {
             return Err(SqlError::plan(
-                "CREATE TABLE … AS SELECT needs an aggregation (GROUP BY): a query without one is \
-                 a stream; write CREATE STREAM … AS SELECT",
+                "CREATE TABLE … AS SELECT needs an aggregation (GROUP BY), a join of tables or a \
+                 top-N: a query without one is a stream; write CREATE STREAM … AS SELECT",
                 query.position,
             ));
         }
         if kind == SourceKind::Stream && is_table {
             return Err(SqlError::plan(
-                "an aggregation (GROUP BY) gives a table: write CREATE TABLE … AS SELECT",
+                "an aggregation (GROUP BY) or a top-N gives a table: write CREATE TABLE … AS SELECT",
                 query.position,
             ));
         }
@@ -2423,6 +2428,7 @@ impl SqlEngine {
         self.not_registered(query)?;
         let (plan, _) = self.plan_streaming(query, properties)?;
         let is_table = find_aggregate(&plan).is_some()
+            || crate::top_n::result_key(&plan).is_some()
             || (plan.schema().as_arrow().field_with_name(DELETED).is_ok()
                 && crate::join::result_key(&plan).is_some());
         let (kind, prefix) = if is_table {

@@ -14,6 +14,7 @@ mod history;
 mod join;
 pub mod parser;
 pub mod plan;
+mod top_n;
 pub mod types;
 
 pub use engine::{COMMAND_TOPIC, Output, PushQuery, SqlEngine};

@@ -187,3 +187,84 @@ async fn an_aggregation_of_an_aggregation_follows_its_groups_updates() {
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn q9_and_top_n_rank_as_row_number_does_over_all_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = engine(dir.path()).await;
+    let ctx = all_events().await;
+    // q9: each auction's winning bid among its bids of its first 10 s (top 1 per auction).
+    let by_sql = continuous(
+        &engine,
+        "SELECT id, price FROM
+           (SELECT a.id, a.seller, b.bidder, b.price,
+                   ROW_NUMBER() OVER (PARTITION BY a.id ORDER BY b.price DESC) AS rn
+            FROM (SELECT id, seller, rowtime FROM nexmark WHERE event_type = 1) a
+            JOIN (SELECT auction, bidder, price, rowtime FROM nexmark WHERE event_type = 2) b
+            WITHIN 10 SECONDS ON a.id = b.auction AND b.rowtime >= a.rowtime)
+         WHERE rn = 1 EMIT CHANGES",
+        1,
+    )
+    .await;
+    let want = truth(
+        &ctx,
+        "SELECT a.id, MAX(b.price) FROM ev a JOIN ev b
+           ON a.id = b.auction AND b.rowtime >= a.rowtime
+          AND CAST(b.rowtime AS BIGINT) - CAST(a.rowtime AS BIGINT) <= 10000
+         WHERE a.event_type = 1 AND b.event_type = 2 GROUP BY a.id",
+        1,
+    )
+    .await;
+    assert!(want.len() > 100, "{}", want.len());
+    assert_eq!(by_sql, want);
+    // The three lowest bids of each bidder, by rank (ties rank in arrival order, and have the
+    // same price whichever comes first).
+    let by_sql = continuous(
+        &engine,
+        "SELECT bidder, rn, price FROM
+           (SELECT bidder, price, auction,
+                   ROW_NUMBER() OVER (PARTITION BY bidder ORDER BY price) AS rn
+            FROM nexmark WHERE event_type = 2)
+         WHERE rn < 4 EMIT CHANGES",
+        2,
+    )
+    .await;
+    let want = truth(
+        &ctx,
+        "SELECT bidder, rn, price FROM
+           (SELECT bidder, price,
+                   ROW_NUMBER() OVER (PARTITION BY bidder ORDER BY price) AS rn
+            FROM ev WHERE event_type = 2)
+         WHERE rn < 4",
+        2,
+    )
+    .await;
+    assert!(want.len() > 100, "{}", want.len());
+    assert_eq!(by_sql, want);
+    // What a top-N cannot be.
+    for (sql, message) in [
+        (
+            "SELECT * FROM (SELECT bidder, price, ROW_NUMBER() OVER (PARTITION BY bidder \
+             ORDER BY price, auction) AS rn FROM nexmark) WHERE rn <= 2 EMIT CHANGES",
+            "orders by one column",
+        ),
+        (
+            "SELECT * FROM (SELECT bidder, price, ROW_NUMBER() OVER (PARTITION BY bidder \
+             ORDER BY price * 2) AS rn FROM nexmark) WHERE rn <= 2 EMIT CHANGES",
+            "orders by a column",
+        ),
+        (
+            "SELECT * FROM (SELECT bidder, price, ROW_NUMBER() OVER (PARTITION BY bidder \
+             ORDER BY price) AS rn FROM nexmark) EMIT CHANGES",
+            "OVER (...) window functions cannot run on a stream",
+        ),
+    ] {
+        let e = engine
+            .continuous_query("bad", sql, vec![Box::new(Collector::new().sink())])
+            .await
+            .unwrap_err();
+        assert!(e.message.contains(message), "{sql}: {e}");
+    }
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}

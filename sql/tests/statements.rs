@@ -1074,3 +1074,82 @@ async fn history_queries_with_pseudo_column_predicates_agree_with_a_full_scan() 
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_n_is_a_table_of_each_groups_first_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = open(dir.path()).await;
+    ok(
+        &engine,
+        "CREATE STREAM bids (auction STRING KEY, bidder STRING, price BIGINT) \
+         WITH (KAFKA_TOPIC='bids', VALUE_FORMAT='JSON', PARTITIONS=2);",
+    )
+    .await;
+    ok(&engine, "SET 'auto.offset.reset' = 'earliest';").await;
+    ok(
+        &engine,
+        "INSERT INTO bids VALUES ('a1', 'ann', 10), ('a1', 'bob', 30), ('a2', 'cy', 5), \
+         ('a1', 'dee', 20), ('a1', 'eve', 25), ('a2', 'fay', 7);",
+    )
+    .await;
+    let created = ok(
+        &engine,
+        "CREATE TABLE top_bids AS SELECT auction, rn, bidder, price FROM \
+           (SELECT auction, bidder, price, \
+                   ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn \
+            FROM bids) \
+         WHERE rn <= 2 EMIT CHANGES;",
+    )
+    .await;
+    assert!(created.contains("CTAS_TOP_BIDS_"), "{created}");
+    let described = rows(&engine, "DESCRIBE top_bids;").await;
+    assert_eq!(
+        described,
+        [
+            "rowtime|TIMESTAMP (record time)",
+            "auction|STRING (primary key)",
+            "rn|UInt64 (unsigned) (primary key)",
+            "bidder|STRING",
+            "price|BIGINT"
+        ]
+    );
+    // Each auction's two highest bids, from its store, as the ranks settled.
+    let want = ["a1|1|bob|30", "a1|2|eve|25", "a2|1|fay|7", "a2|2|cy|5"];
+    let got = wait_for(
+        &engine,
+        "SELECT auction, rn, bidder, price FROM top_bids ORDER BY auction, rn;",
+        |got| got == want,
+    )
+    .await;
+    assert_eq!(got, want);
+    // A higher bid moves the others down a rank.
+    ok(&engine, "INSERT INTO bids VALUES ('a2', 'gus', 9);").await;
+    let want = ["a1|1|bob|30", "a1|2|eve|25", "a2|1|gus|9", "a2|2|fay|7"];
+    let got = wait_for(
+        &engine,
+        "SELECT auction, rn, bidder, price FROM top_bids ORDER BY auction, rn;",
+        |got| got == want,
+    )
+    .await;
+    assert_eq!(got, want);
+    refused(
+        &engine,
+        &[
+            (
+                "CREATE STREAM top_stream AS SELECT * FROM (SELECT auction, price, ROW_NUMBER() \
+                 OVER (PARTITION BY auction ORDER BY price) AS rn FROM bids) WHERE rn = 1 \
+                 EMIT CHANGES;",
+                "an aggregation (GROUP BY) or a top-N gives a table",
+            ),
+            (
+                "CREATE TABLE top_no_rank AS SELECT auction, price FROM (SELECT auction, price, \
+                 ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price) AS rn FROM bids) \
+                 WHERE rn = 1 EMIT CHANGES;",
+                "'rn' is not selected",
+            ),
+        ],
+    )
+    .await;
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
