@@ -435,7 +435,15 @@ fn stream_join(
     let (left_name, right_name) = (relation(&left), relation(&right));
     let name = format!("join{number}-{left_name}-{right_name}");
     let filter = conjunction(rest);
-    let (node, later_time) = match (table_key(&left), table_key(&right)) {
+    // An aggregating subquery is a table, keyed by its groups (the right side of a
+    // stream–table join: FROM s JOIN (SELECT id, LATEST_BY_OFFSET(name) … GROUP BY id) t).
+    let right_key = table_key(&right).or_else(|| {
+        if table_key(&left).is_some() || aggregate_key(&left).is_some() {
+            return None;
+        }
+        aggregate_key(&right).and_then(Result::ok)
+    });
+    let (node, later_time) = match (table_key(&left), right_key) {
         (None, Some(key)) => {
             if let Some((_, p)) = within {
                 return Err(SqlError::plan(

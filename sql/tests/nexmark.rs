@@ -268,3 +268,34 @@ async fn q9_and_top_n_rank_as_row_number_does_over_all_the_events() {
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn q3_a_stream_joined_with_a_table_an_aggregating_subquery_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, engine) = engine(dir.path()).await;
+    // Auctions of category 10 with their seller's name: the persons as a table keyed by id,
+    // each auction meeting its seller's row as of the auction's time.
+    let by_sql = continuous(
+        &engine,
+        "SELECT a.auction_id, p.name FROM
+           (SELECT id AS auction_id, seller, category, rowtime FROM nexmark
+            WHERE event_type = 1) a
+         JOIN (SELECT id, LATEST_BY_OFFSET(name) AS name FROM nexmark WHERE event_type = 0
+               GROUP BY id) p
+         ON a.seller = p.id
+         WHERE a.category = 10 EMIT CHANGES",
+        1,
+    )
+    .await;
+    let want = truth(
+        &all_events().await,
+        "SELECT a.id, p.name FROM ev a JOIN ev p ON a.seller = p.id AND p.rowtime <= a.rowtime
+         WHERE a.event_type = 1 AND p.event_type = 0 AND a.category = 10",
+        1,
+    )
+    .await;
+    assert!(want.len() > 50, "{}", want.len());
+    assert_eq!(by_sql, want);
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
