@@ -17,7 +17,10 @@
 //! (`sql/tests/nexmark.rs` checks their final rows against DataFusion's over all the events).
 //!
 //! q3's persons are a table made by an aggregating subquery (`LATEST_BY_OFFSET(name) … GROUP
-//! BY id`), where the DSL turns the persons' stream into a table directly. q7 has no SQL form
+//! BY id`), where the DSL turns the persons' stream into a table directly; its category filter
+//! is in the auctions' subquery, before the join, where the DSL has it (continuous plans are
+//! not rewritten by DataFusion's optimizer, so a `WHERE` above the join would filter after
+//! it). q7 has no SQL form
 //! here: it joins a windowed aggregation inside a subquery, where Quiver SQL does not take
 //! `WINDOW` yet.
 
@@ -56,11 +59,11 @@ const QUERIES: &[(&str, &str)] = &[
         "q3",
         "SELECT p.name, a.auction_id FROM
            (SELECT id AS auction_id, seller, category, rowtime FROM nexmark
-            WHERE event_type = 1) a
+            WHERE event_type = 1 AND category = 10) a
          JOIN (SELECT id, LATEST_BY_OFFSET(name) AS name FROM nexmark WHERE event_type = 0
                GROUP BY id) p
          ON a.seller = p.id
-         WHERE a.category = 10 EMIT CHANGES",
+         EMIT CHANGES",
     ),
     (
         "q4",

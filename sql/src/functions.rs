@@ -23,11 +23,12 @@ use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Expr, LogicalPlan,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, Expr, GroupsAccumulator,
+    LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 use quiver_engine::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, ListArray, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
 };
 use quiver_engine::arrow::compute::{SortOptions, cast, sort_limit};
 use quiver_engine::arrow::datatypes::{DataType, Field, FieldRef, Schema};
@@ -263,6 +264,186 @@ impl AggregateUDFImpl for ByOffset {
             value: ScalarValue::try_from(args.return_field.data_type())?,
             set: false,
         }))
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        let ignore_nulls = match constant(&args, 1)? {
+            None => true,
+            Some(ScalarValue::Boolean(Some(b))) => b,
+            Some(other) => {
+                return plan_err!(
+                    "{}()'s second argument says whether nulls are skipped: true or false, not \
+                     {other}",
+                    self.name()
+                );
+            }
+        };
+        Ok(Box::new(ByOffsetGroups {
+            latest: self.latest,
+            ignore_nulls,
+            null: ScalarValue::try_from(args.return_field.data_type())?,
+            values: Vec::new(),
+            heap: 0,
+            chosen: Vec::new(),
+            touched: Vec::new(),
+        }))
+    }
+}
+
+/// `LATEST_BY_OFFSET` / `EARLIEST_BY_OFFSET` over many groups at once: per group, the value
+/// taken (`None` before one is). A batch takes, per group, only the row that counts (its last,
+/// or its first while the group has none), so a group pays one copy per batch, not per row.
+#[derive(Debug)]
+struct ByOffsetGroups {
+    latest: bool,
+    ignore_nulls: bool,
+    /// A null of the result's type, for groups with no value.
+    null: ScalarValue,
+    values: Vec<Option<ScalarValue>>,
+    /// Heap bytes held by `values`.
+    heap: usize,
+    /// Per group, the row of the batch at hand that counts (`usize::MAX`: none).
+    chosen: Vec<usize>,
+    /// The groups with a row chosen in the batch at hand.
+    touched: Vec<usize>,
+}
+
+impl ByOffsetGroups {
+    /// Takes, for each group, the row of `values` that counts among those `take` allows.
+    fn offer(
+        &mut self,
+        values: &ArrayRef,
+        group_indices: &[usize],
+        total_num_groups: usize,
+        take: impl Fn(usize) -> bool,
+    ) -> Result<()> {
+        self.values.resize(total_num_groups, None);
+        self.chosen.resize(total_num_groups, usize::MAX);
+        for (row, &group) in group_indices.iter().enumerate() {
+            if !take(row) {
+                continue;
+            }
+            let chosen = &mut self.chosen[group];
+            if *chosen == usize::MAX {
+                if !self.latest && self.values[group].is_some() {
+                    continue;
+                }
+                self.touched.push(group);
+                *chosen = row;
+            } else if self.latest {
+                *chosen = row;
+            }
+        }
+        for group in std::mem::take(&mut self.touched) {
+            let row = std::mem::replace(&mut self.chosen[group], usize::MAX);
+            let value = ScalarValue::try_from_array(values, row)?;
+            self.heap += value.size();
+            if let Some(old) = self.values[group].replace(value) {
+                self.heap = self.heap.saturating_sub(old.size());
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, emit_to: EmitTo) -> Vec<Option<ScalarValue>> {
+        let taken = emit_to.take_needed(&mut self.values);
+        let freed: usize = taken.iter().flatten().map(ScalarValue::size).sum();
+        self.heap = self.heap.saturating_sub(freed);
+        taken
+    }
+}
+
+impl GroupsAccumulator for ByOffsetGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let Some(v) = values.first() else {
+            return Ok(());
+        };
+        let ignore_nulls = self.ignore_nulls;
+        let v2 = v.clone();
+        self.offer(v, group_indices, total_num_groups, |row| {
+            opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+                && !(ignore_nulls && v2.is_null(row))
+        })
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let [v, set] = values else {
+            return exec_err!("{} state has two columns", "by-offset");
+        };
+        // A merged state is a value that was taken (a null that counted, too).
+        let set = set.as_boolean().clone();
+        self.offer(v, group_indices, total_num_groups, |row| {
+            set.is_valid(row) && set.value(row)
+        })
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let null = self.null.clone();
+        let taken = self.take(emit_to);
+        if taken.is_empty() {
+            return Ok(quiver_engine::arrow::array::new_empty_array(
+                &null.data_type(),
+            ));
+        }
+        ScalarValue::iter_to_array(taken.into_iter().map(|v| v.unwrap_or_else(|| null.clone())))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let null = self.null.clone();
+        let taken = self.take(emit_to);
+        let set = BooleanArray::from(taken.iter().map(|v| Some(v.is_some())).collect::<Vec<_>>());
+        let values: ArrayRef = if taken.is_empty() {
+            quiver_engine::arrow::array::new_empty_array(&null.data_type())
+        } else {
+            ScalarValue::iter_to_array(
+                taken.into_iter().map(|v| v.unwrap_or_else(|| null.clone())),
+            )?
+        };
+        Ok(vec![values, Arc::new(set)])
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let Some(v) = values.first() else {
+            return exec_err!("{} takes a value", "by-offset");
+        };
+        // Each row its own group: taken unless filtered out (or a null that is skipped).
+        let set: BooleanArray = (0..v.len())
+            .map(|row| {
+                Some(
+                    opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+                        && !(self.ignore_nulls && v.is_null(row)),
+                )
+            })
+            .collect();
+        Ok(vec![v.clone(), Arc::new(set)])
+    }
+
+    fn size(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<Option<ScalarValue>>()
+            + self.chosen.capacity() * std::mem::size_of::<usize>()
+            + self.heap
     }
 }
 
@@ -867,6 +1048,74 @@ mod tests {
     #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
     use super::*;
+
+    fn groups(latest: bool, ignore_nulls: bool) -> ByOffsetGroups {
+        ByOffsetGroups {
+            latest,
+            ignore_nulls,
+            null: ScalarValue::Utf8(None),
+            values: Vec::new(),
+            heap: 0,
+            chosen: Vec::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    fn texts(a: &ArrayRef) -> Vec<Option<String>> {
+        a.as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn by_offset_over_groups_takes_each_groups_last_or_first_row() {
+        let batch = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        let one = batch(vec![Some("a1"), Some("b1"), None, Some("a2"), None]);
+        let two = batch(vec![None, Some("b2"), Some("c1")]);
+        let (g1, g2) = ([0, 1, 0, 0, 1], [0, 1, 2]);
+        // Latest, nulls skipped: a null does not replace a value, in a batch or after it.
+        let mut latest = groups(true, true);
+        latest.update_batch(&[one.clone()], &g1, None, 2).unwrap();
+        latest.update_batch(&[two.clone()], &g2, None, 3).unwrap();
+        let out = latest.evaluate(EmitTo::All).unwrap();
+        assert_eq!(
+            texts(&out),
+            [Some("a2".into()), Some("b2".into()), Some("c1".into())]
+        );
+        // Latest, nulls taken.
+        let mut with_nulls = groups(true, false);
+        with_nulls
+            .update_batch(&[one.clone()], &g1, None, 2)
+            .unwrap();
+        with_nulls
+            .update_batch(&[two.clone()], &g2, None, 3)
+            .unwrap();
+        let out = with_nulls.evaluate(EmitTo::All).unwrap();
+        assert_eq!(texts(&out), [None, Some("b2".into()), Some("c1".into())]);
+        // Earliest: the first value stays; a filtered-out row is not a candidate.
+        let mut earliest = groups(false, true);
+        let filter = BooleanArray::from(vec![false, true, true, true, true]);
+        earliest
+            .update_batch(&[one.clone()], &g1, Some(&filter), 2)
+            .unwrap();
+        earliest.update_batch(&[two.clone()], &g2, None, 3).unwrap();
+        // The first group's first emitted, the others kept.
+        let first = earliest.evaluate(EmitTo::First(1)).unwrap();
+        assert_eq!(texts(&first), [Some("a2".into())]);
+        let rest = earliest.evaluate(EmitTo::All).unwrap();
+        assert_eq!(texts(&rest), [Some("b1".into()), Some("c1".into())]);
+        // States merge: a set null counts, an unset row does not.
+        let mut partial = groups(true, false);
+        partial.update_batch(&[one], &g1, None, 2).unwrap();
+        let state = partial.state(EmitTo::All).unwrap();
+        let mut merged = groups(true, true);
+        merged.update_batch(&[two], &g2, None, 3).unwrap();
+        merged.merge_batch(&state, &[0, 1], 3).unwrap();
+        let out = merged.evaluate(EmitTo::All).unwrap();
+        assert_eq!(texts(&out), [Some("a2".into()), None, Some("c1".into())]);
+        assert_eq!(merged.heap, 0);
+    }
 
     #[test]
     fn java_patterns_become_chrono_formats() {
