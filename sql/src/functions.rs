@@ -1076,8 +1076,12 @@ mod tests {
         let (g1, g2) = ([0, 1, 0, 0, 1], [0, 1, 2]);
         // Latest, nulls skipped: a null does not replace a value, in a batch or after it.
         let mut latest = groups(true, true);
-        latest.update_batch(&[one.clone()], &g1, None, 2).unwrap();
-        latest.update_batch(&[two.clone()], &g2, None, 3).unwrap();
+        latest
+            .update_batch(std::slice::from_ref(&one), &g1, None, 2)
+            .unwrap();
+        latest
+            .update_batch(std::slice::from_ref(&two), &g2, None, 3)
+            .unwrap();
         let out = latest.evaluate(EmitTo::All).unwrap();
         assert_eq!(
             texts(&out),
@@ -1086,10 +1090,10 @@ mod tests {
         // Latest, nulls taken.
         let mut with_nulls = groups(true, false);
         with_nulls
-            .update_batch(&[one.clone()], &g1, None, 2)
+            .update_batch(std::slice::from_ref(&one), &g1, None, 2)
             .unwrap();
         with_nulls
-            .update_batch(&[two.clone()], &g2, None, 3)
+            .update_batch(std::slice::from_ref(&two), &g2, None, 3)
             .unwrap();
         let out = with_nulls.evaluate(EmitTo::All).unwrap();
         assert_eq!(texts(&out), [None, Some("b2".into()), Some("c1".into())]);
@@ -1097,9 +1101,11 @@ mod tests {
         let mut earliest = groups(false, true);
         let filter = BooleanArray::from(vec![false, true, true, true, true]);
         earliest
-            .update_batch(&[one.clone()], &g1, Some(&filter), 2)
+            .update_batch(std::slice::from_ref(&one), &g1, Some(&filter), 2)
             .unwrap();
-        earliest.update_batch(&[two.clone()], &g2, None, 3).unwrap();
+        earliest
+            .update_batch(std::slice::from_ref(&two), &g2, None, 3)
+            .unwrap();
         // The first group's first emitted, the others kept.
         let first = earliest.evaluate(EmitTo::First(1)).unwrap();
         assert_eq!(texts(&first), [Some("a2".into())]);
