@@ -701,10 +701,7 @@ impl SqlEngine {
                 let message = self
                     .create_connector(*kind, name, *if_not_exists, with, p.position)
                     .await?;
-                if replay.is_none() && !message.ends_with("exists") {
-                    self.log(&p.text, properties).await?;
-                }
-                Ok(Output::Message(message))
+                self.created(message, replay, &p.text, properties).await
             }
             Statement::CreateSinkAs {
                 name,
@@ -723,10 +720,7 @@ impl SqlEngine {
                         properties,
                     )
                     .await?;
-                if replay.is_none() && !message.ends_with("exists") {
-                    self.log(&p.text, properties).await?;
-                }
-                Ok(Output::Message(message))
+                self.created(message, replay, &p.text, properties).await
             }
             Statement::DropSink {
                 name,
@@ -2341,6 +2335,21 @@ impl SqlEngine {
             SqlError::plan(message, at)
         })?;
         Ok(format!("connector '{name_s}' created: {describe}"))
+    }
+
+    /// Logs a `CREATE` that made something (not one that found it there, nor a replayed one)
+    /// and says what it did.
+    async fn created(
+        &self,
+        message: String,
+        replay: Option<i64>,
+        text: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Output, SqlError> {
+        if replay.is_none() && !message.ends_with("exists") {
+            self.log(text, properties).await?;
+        }
+        Ok(Output::Message(message))
     }
 
     /// `CREATE SINK name WITH (…) AS SELECT …`: the query writes a stream (or a table, for an

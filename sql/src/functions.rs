@@ -216,6 +216,21 @@ fn constant(args: &AccumulatorArgs, i: usize) -> Result<Option<ScalarValue>> {
     }
 }
 
+impl ByOffset {
+    /// The call's second argument: whether nulls are skipped (true when left out).
+    fn ignore_nulls(&self, args: &AccumulatorArgs) -> Result<bool> {
+        match constant(args, 1)? {
+            None => Ok(true),
+            Some(ScalarValue::Boolean(Some(b))) => Ok(b),
+            Some(other) => plan_err!(
+                "{}()'s second argument says whether nulls are skipped: true or false, not \
+                 {other}",
+                self.name()
+            ),
+        }
+    }
+}
+
 impl AggregateUDFImpl for ByOffset {
     fn name(&self) -> &str {
         if self.latest {
@@ -247,17 +262,7 @@ impl AggregateUDFImpl for ByOffset {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let ignore_nulls = match constant(&args, 1)? {
-            None => true,
-            Some(ScalarValue::Boolean(Some(b))) => b,
-            Some(other) => {
-                return plan_err!(
-                    "{}()'s second argument says whether nulls are skipped: true or false, not \
-                     {other}",
-                    self.name()
-                );
-            }
-        };
+        let ignore_nulls = self.ignore_nulls(&args)?;
         Ok(Box::new(ByOffsetAccumulator {
             latest: self.latest,
             ignore_nulls,
@@ -274,17 +279,7 @@ impl AggregateUDFImpl for ByOffset {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        let ignore_nulls = match constant(&args, 1)? {
-            None => true,
-            Some(ScalarValue::Boolean(Some(b))) => b,
-            Some(other) => {
-                return plan_err!(
-                    "{}()'s second argument says whether nulls are skipped: true or false, not \
-                     {other}",
-                    self.name()
-                );
-            }
-        };
+        let ignore_nulls = self.ignore_nulls(&args)?;
         Ok(Box::new(ByOffsetGroups {
             latest: self.latest,
             ignore_nulls,

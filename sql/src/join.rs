@@ -161,32 +161,44 @@ fn aggregate_key(plan: &LogicalPlan) -> Option<Result<Vec<String>, String>> {
         LogicalPlan::Projection(p) => {
             let inner = aggregate_key(&p.input)?;
             Some(inner.and_then(|key| {
-                key.iter()
-                    .map(|k| {
-                        p.expr
-                            .iter()
-                            .zip(p.schema.fields())
-                            .find_map(|(e, f)| {
-                                let e = match e {
-                                    Expr::Alias(a) => a.expr.as_ref(),
-                                    e => e,
-                                };
-                                matches!(e, Expr::Column(c) if &c.name == k)
-                                    .then(|| f.name().clone())
-                            })
-                            .ok_or_else(|| {
-                                format!(
-                                    "an aggregation over an aggregation follows the inner \
-                                     one's groups, and its GROUP BY column '{k}' is not \
-                                     selected: select it in the inner query"
-                                )
-                            })
-                    })
-                    .collect()
+                selected_as(p, &key, |k| {
+                    format!(
+                        "an aggregation over an aggregation follows the inner one's groups, and \
+                         its GROUP BY column '{k}' is not selected: select it in the inner query"
+                    )
+                })
             }))
         }
         _ => None,
     }
+}
+
+/// The names a select list gives the columns `key` (each selected as it is, or renamed or
+/// cast); `missing(column)` says why when one is not selected.
+pub(crate) fn selected_as(
+    p: &datafusion::logical_expr::Projection,
+    key: &[String],
+    missing: impl Fn(&str) -> String,
+) -> Result<Vec<String>, String> {
+    key.iter()
+        .map(|k| {
+            p.expr
+                .iter()
+                .zip(p.schema.fields())
+                .find_map(|(e, f)| {
+                    let mut e = e;
+                    loop {
+                        e = match e {
+                            Expr::Alias(a) => a.expr.as_ref(),
+                            Expr::Cast(c) => c.expr.as_ref(),
+                            _ => break,
+                        };
+                    }
+                    matches!(e, Expr::Column(c) if &c.name == k).then(|| f.name().clone())
+                })
+                .ok_or_else(|| missing(k))
+        })
+        .collect()
 }
 
 /// Whether `plan` is an aggregation of a table, under select lists, filters and aliases.

@@ -468,6 +468,15 @@ impl P {
         }
     }
 
+    /// `DELETE TOPIC`, if it comes next.
+    fn delete_topic(&mut self) -> Result<bool, ParseError> {
+        if !self.word("DELETE") {
+            return Ok(false);
+        }
+        self.expect_word("TOPIC")?;
+        Ok(true)
+    }
+
     fn expect_word(&mut self, word: &str) -> Result<(), ParseError> {
         if self.word(word) {
             Ok(())
@@ -1090,12 +1099,7 @@ fn parse_statement(
             if p.word("SINK") {
                 let if_exists = p.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
                 let name = p.ident()?;
-                let delete_topic = if p.word("DELETE") {
-                    p.expect_word("TOPIC")?;
-                    true
-                } else {
-                    false
-                };
+                let delete_topic = p.delete_topic()?;
                 p.end()?;
                 return Ok(Statement::DropSink {
                     name,
@@ -1112,12 +1116,7 @@ fn parse_statement(
             };
             let if_exists = p.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = p.ident()?;
-            let delete_topic = if p.word("DELETE") {
-                p.expect_word("TOPIC")?;
-                true
-            } else {
-                false
-            };
+            let delete_topic = p.delete_topic()?;
             p.end()?;
             Ok(Statement::Drop {
                 kind,

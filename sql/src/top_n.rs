@@ -234,31 +234,12 @@ pub(crate) fn result_key(plan: &LogicalPlan) -> Option<Result<Vec<String>, Strin
         LogicalPlan::Projection(p) => {
             let inner = result_key(&p.input)?;
             Some(inner.and_then(|key| {
-                key.iter()
-                    .map(|k| {
-                        p.expr
-                            .iter()
-                            .zip(p.schema.fields())
-                            .find_map(|(e, f)| {
-                                let mut e = e;
-                                loop {
-                                    e = match e {
-                                        Expr::Alias(a) => a.expr.as_ref(),
-                                        Expr::Cast(c) => c.expr.as_ref(),
-                                        _ => break,
-                                    };
-                                }
-                                matches!(e, Expr::Column(c) if &c.name == k)
-                                    .then(|| f.name().clone())
-                            })
-                            .ok_or_else(|| {
-                                format!(
-                                    "a top-N's rows are told apart by its PARTITION BY columns \
-                                     and its row number, and '{k}' is not selected: select it"
-                                )
-                            })
-                    })
-                    .collect()
+                crate::join::selected_as(p, &key, |k| {
+                    format!(
+                        "a top-N's rows are told apart by its PARTITION BY columns and its row \
+                         number, and '{k}' is not selected: select it"
+                    )
+                })
             }))
         }
         _ => None,
