@@ -656,11 +656,11 @@ impl SqlEngine {
                 no_partition_by(query)?;
                 self.not_registered(query)?;
                 let (plan, emit) = self.plan_streaming(query, properties)?;
-                if find_aggregate(&plan).is_some() {
+                if find_aggregate(&plan).is_some() || crate::top_n::result_key(&plan).is_some() {
                     return Err(SqlError::plan(
                         format!(
-                            "an aggregation (GROUP BY) gives a table, and INSERT INTO writes \
-                             to the stream '{target_s}': write CREATE TABLE … AS SELECT"
+                            "an aggregation (GROUP BY) or a top-N gives a table, and INSERT INTO \
+                             writes to the stream '{target_s}': write CREATE TABLE … AS SELECT"
                         ),
                         query.position,
                     ));
@@ -923,20 +923,7 @@ impl SqlEngine {
                     }
                 };
                 for id in &ids {
-                    let query = self.inner.state.lock().queries.remove(id);
-                    if let Some(handle) = query.and_then(|q| q.handle) {
-                        handle.stop().await?;
-                    }
-                    if let Some(source) = self
-                        .inner
-                        .state
-                        .lock()
-                        .sources
-                        .values_mut()
-                        .find(|s| s.written_by.as_deref() == Some(id))
-                    {
-                        source.written_by = None;
-                    }
+                    self.terminate(id).await?;
                 }
                 if replay.is_none() {
                     self.log(&p.text, properties).await?;
@@ -2502,6 +2489,26 @@ impl SqlEngine {
         }
     }
 
+    /// Stops the persistent query `id` and forgets it; what it wrote is no longer written by
+    /// a query.
+    async fn terminate(&self, id: &str) -> Result<(), SqlError> {
+        let query = self.inner.state.lock().queries.remove(id);
+        if let Some(handle) = query.and_then(|q| q.handle) {
+            handle.stop().await?;
+        }
+        if let Some(source) = self
+            .inner
+            .state
+            .lock()
+            .sources
+            .values_mut()
+            .find(|s| s.written_by.as_deref() == Some(id))
+        {
+            source.written_by = None;
+        }
+        Ok(())
+    }
+
     /// Removes what `CREATE SINK … AS SELECT` made: its connector (which commits what it
     /// had), then the query and the stream (`stream`), and the topic when asked.
     async fn remove_sink(
@@ -2530,10 +2537,7 @@ impl SqlEngine {
             .map(|(id, _)| id.clone())
             .collect();
         for id in writers {
-            let query = self.inner.state.lock().queries.remove(&id);
-            if let Some(handle) = query.and_then(|q| q.handle) {
-                handle.stop().await?;
-            }
+            self.terminate(&id).await?;
             parts.push(format!("query {id} terminated"));
         }
         let info = self.inner.state.lock().sources.remove(name_s);

@@ -377,3 +377,7 @@ CREATE SINK pageviews WITH ('store.url' = 'file:///tmp/lake') AS SELECT * FROM p
 CREATE SINK lake WITH ('store.url' = 'file:///tmp/lake') AS SELECT nope FROM pageviews EMIT CHANGES;
 
 DROP SINK pageviews;
+
+INSERT INTO pageviews SELECT user_id, page, ms FROM (SELECT user_id, page, ms, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ms DESC) AS rn FROM pageviews) WHERE rn = 1 EMIT CHANGES;
+
+SELECT * FROM (SELECT user_id, ms, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ms, page) AS rn FROM pageviews) WHERE rn <= 2 EMIT CHANGES;
