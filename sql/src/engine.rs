@@ -858,15 +858,7 @@ impl SqlEngine {
                         Position::from(name.span.start),
                     ));
                 }
-                let writers: Vec<String> = self
-                    .inner
-                    .state
-                    .lock()
-                    .queries
-                    .iter()
-                    .filter(|(_, q)| q.sink == name_s)
-                    .map(|(id, _)| id.clone())
-                    .collect();
+                let writers = self.writers_of(&name_s);
                 if !writers.is_empty() {
                     return Err(SqlError::plan(
                         format!(
@@ -2489,6 +2481,18 @@ impl SqlEngine {
         }
     }
 
+    /// The persistent queries writing to the stream or table `name`.
+    fn writers_of(&self, name: &str) -> Vec<String> {
+        self.inner
+            .state
+            .lock()
+            .queries
+            .iter()
+            .filter(|(_, q)| q.sink == name)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Stops the persistent query `id` and forgets it; what it wrote is no longer written by
     /// a query.
     async fn terminate(&self, id: &str) -> Result<(), SqlError> {
@@ -2527,15 +2531,7 @@ impl SqlEngine {
         if !stream {
             return Ok(parts.join(", "));
         }
-        let writers: Vec<String> = self
-            .inner
-            .state
-            .lock()
-            .queries
-            .iter()
-            .filter(|(_, q)| q.sink == name_s)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let writers = self.writers_of(name_s);
         for id in writers {
             self.terminate(&id).await?;
             parts.push(format!("query {id} terminated"));

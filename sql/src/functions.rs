@@ -367,10 +367,9 @@ impl GroupsAccumulator for ByOffsetGroups {
             return Ok(());
         };
         let ignore_nulls = self.ignore_nulls;
-        let v2 = v.clone();
         self.offer(v, group_indices, total_num_groups, |row| {
             opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row))
-                && !(ignore_nulls && v2.is_null(row))
+                && !(ignore_nulls && v.is_null(row))
         })
     }
 
@@ -384,7 +383,7 @@ impl GroupsAccumulator for ByOffsetGroups {
             return exec_err!("{} state has two columns", "by-offset");
         };
         // A merged state is a value that was taken (a null that counted, too).
-        let set = set.as_boolean().clone();
+        let set = set.as_boolean();
         self.offer(v, group_indices, total_num_groups, |row| {
             set.is_valid(row) && set.value(row)
         })
