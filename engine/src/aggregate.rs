@@ -511,6 +511,11 @@ impl Operator for AggregateOperator {
         self.spec.schema.clone()
     }
 
+    /// A watermark closes windows; an aggregation without windows keeps every group.
+    fn state_follows_watermark(&self) -> bool {
+        self.spec.window.is_some()
+    }
+
     fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {

@@ -309,6 +309,10 @@ impl Operator for ForeignKeySubscribe {
         self.schema.clone()
     }
 
+    fn state_follows_watermark(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -701,6 +705,10 @@ impl Operator for ForeignKeyMatch {
         self.schema.clone()
     }
 
+    fn state_follows_watermark(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -879,6 +887,10 @@ impl Operator for ForeignKeyResolve {
 
     fn schema(&self) -> SchemaRef {
         self.spec.schema.clone()
+    }
+
+    fn state_follows_watermark(&self) -> bool {
+        false
     }
 
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {

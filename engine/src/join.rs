@@ -638,6 +638,13 @@ impl Operator for JoinTag {
         self.sides[0].schema.clone()
     }
 
+    fn state_follows_watermark(&self) -> bool {
+        self.sides
+            .iter()
+            .flat_map(|b| &b.operators)
+            .any(|o| o.state_follows_watermark())
+    }
+
     fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()> {
         self.process_input(0, batch, watermark, out)
     }

@@ -85,6 +85,15 @@ pub trait Operator: Send + std::fmt::Debug {
         Ok(())
     }
 
+    /// Whether a watermark move alone can change what [`Operator::snapshot`] returns: true
+    /// for operators whose [`Operator::advance`] closes, expires or releases state. A task
+    /// whose operators all say no, and that has seen no rows since its last checkpoint, names
+    /// that checkpoint's state files again instead of writing its whole state once more (a
+    /// table of a million keys whose source went idle). The default, true, is always safe.
+    fn state_follows_watermark(&self) -> bool {
+        true
+    }
+
     /// Its counters.
     fn metrics(&self) -> OperatorMetrics;
 
@@ -280,6 +289,10 @@ impl Operator for Stateless {
 
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    fn state_follows_watermark(&self) -> bool {
+        false
     }
 
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {

@@ -219,6 +219,10 @@ impl Operator for MapBatches {
         self.schema.clone()
     }
 
+    fn state_follows_watermark(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
         let result = (self.function)(batch)?;
@@ -300,6 +304,13 @@ impl Operator for Merge {
 
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    fn state_follows_watermark(&self) -> bool {
+        self.branches
+            .iter()
+            .flat_map(|b| &b.operators)
+            .any(|o| o.state_follows_watermark())
     }
 
     fn process(&mut self, batch: &RecordBatch, watermark: i64, out: &mut Emit) -> Result<()> {

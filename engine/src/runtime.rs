@@ -722,9 +722,15 @@ impl LastSnapshot {
     }
 }
 
+/// Whether a watermark move can change the state of any of a task's operators.
+fn follows_watermark(ops: &[Box<dyn Operator>]) -> bool {
+    ops.iter().any(|o| o.state_follows_watermark())
+}
+
 /// Writes the state of `ops` for `epoch` (step 2 of the protocol in [`crate::checkpoint`]).
-/// Operators change state only on rows and watermark moves: when they have seen neither since
-/// the last checkpoint, its files are named again and nothing is written.
+/// Operators change state only on rows and watermark moves (only for those whose state follows
+/// the watermark): when they have seen neither since the last checkpoint, its files are named
+/// again and nothing is written.
 async fn snapshot_state(
     checkpoint: Option<&TaskCheckpoint>,
     epoch: u64,
@@ -981,6 +987,7 @@ async fn source_task(t: SourceTask) -> Result<()> {
     let mut idle = false;
     let mut injected = 0u64;
     let mut last_snapshot = LastSnapshot::new();
+    let timed = follows_watermark(&ops);
     loop {
         let request = *requests.borrow_and_update();
         if request.epoch > injected {
@@ -1049,7 +1056,7 @@ async fn source_task(t: SourceTask) -> Result<()> {
             && next > watermark
         {
             watermark = next;
-            last_snapshot.changed = true;
+            last_snapshot.changed |= timed;
             let mut outputs = Vec::new();
             let mut late = Vec::new();
             advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
@@ -1122,6 +1129,7 @@ async fn stage_task(t: StageTask) -> Result<()> {
         shared,
     } = t;
     let mut last_snapshot = LastSnapshot::new();
+    let timed = follows_watermark(&ops);
     while let Some(event) = inputs.next().await? {
         let mut outputs = Vec::new();
         let mut late = Vec::new();
@@ -1139,7 +1147,7 @@ async fn stage_task(t: StageTask) -> Result<()> {
             Event::Watermark(w) => {
                 if w > watermark {
                     watermark = w;
-                    last_snapshot.changed = true;
+                    last_snapshot.changed |= timed;
                     advance_chain(&mut ops, watermark, &mut outputs, &mut late)?;
                 }
             }

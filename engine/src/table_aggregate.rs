@@ -313,6 +313,10 @@ impl Operator for Regroup {
         self.schema.clone()
     }
 
+    fn state_follows_watermark(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -547,6 +551,10 @@ impl Operator for TableAggregate {
 
     fn schema(&self) -> SchemaRef {
         self.spec.schema.clone()
+    }
+
+    fn state_follows_watermark(&self) -> bool {
+        false
     }
 
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {

@@ -197,6 +197,10 @@ impl Operator for TableTableJoin {
         self.spec.schema.clone()
     }
 
+    fn state_follows_watermark(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {

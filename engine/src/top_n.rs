@@ -226,6 +226,10 @@ impl Operator for TopNOperator {
         self.schema.clone()
     }
 
+    fn state_follows_watermark(&self) -> bool {
+        false
+    }
+
     fn process(&mut self, batch: &RecordBatch, _watermark: i64, out: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         self.metrics.rows_in += n as u64;

@@ -17,7 +17,7 @@ use quiver_broker::{
 use quiver_engine::dsl::{RunningTopology, StreamsBuilder};
 use quiver_engine::{
     CheckpointConfig, CheckpointStorage, Format, KafkaCluster, KafkaSink, KafkaSource,
-    QueryOptions, Runtime, TopicFormat,
+    QueryOptions, Runtime, TopicFormat, TopicSource,
 };
 
 async fn broker(dir: &std::path::Path) -> Broker {
@@ -77,6 +77,16 @@ async fn word_count(
     checkpoint: CheckpointConfig,
     parallelism: usize,
 ) -> quiver_engine::Result<RunningTopology> {
+    word_count_from(b, checkpoint, parallelism, |source| source).await
+}
+
+/// [`word_count`] with its source as `configure` leaves it.
+async fn word_count_from(
+    b: &Broker,
+    checkpoint: CheckpointConfig,
+    parallelism: usize,
+    configure: impl FnOnce(TopicSource) -> TopicSource,
+) -> quiver_engine::Result<RunningTopology> {
     let builder = StreamsBuilder::with_broker(b)
         .with_application_id("word-count")
         .with_options(QueryOptions {
@@ -86,8 +96,14 @@ async fn word_count(
             ..QueryOptions::default()
         });
     let value = Arc::new(Schema::new(vec![Field::new("word", DataType::Utf8, false)]));
+    let source = configure(TopicSource::new(
+        b,
+        "words",
+        Format::None,
+        Format::Json(value),
+    )?);
     builder
-        .topic("words", Format::None, Format::Json(value))?
+        .stream("words", Arc::new(source))?
         .group_by([col("word")])?
         .count()?
         .to_stream()
@@ -563,4 +579,54 @@ async fn a_quiet_query_names_its_last_state_files_again_and_resumes_from_them() 
         "{a:?}"
     );
     assert_eq!(committed["b"], vec![1]);
+}
+
+#[tokio::test]
+async fn a_watermark_moving_alone_does_not_rewrite_a_count_without_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = setup(dir.path()).await;
+    let checkpoints = dir.path().join("checkpoints");
+    let storage = CheckpointStorage::local(&checkpoints).unwrap();
+    let config = CheckpointConfig::exactly_once(storage).with_interval(Duration::from_millis(50));
+    // Once the topic is idle, event time follows the wall clock: the watermark moves at every
+    // poll, though no row comes.
+    let running = word_count_from(&b, config, 2, |source| {
+        source
+            .with_idle_timeout(Duration::from_millis(100))
+            .with_wall_clock_advance(Duration::ZERO)
+    })
+    .await
+    .unwrap();
+    produce_words(&b, &["a", "b", "a"]).await;
+    wait_until("the counts are committed", async || {
+        let committed = updates(&read(&b, "counts", Isolation::ReadCommitted).await);
+        committed.get("a").and_then(|u| u.last()) == Some(&2)
+    })
+    .await;
+    let metrics = || running.metrics()[0].1.clone();
+    let (quiet_from, watermark) = (metrics().checkpoints, metrics().watermark);
+    wait_until("a dozen more checkpoints", async || {
+        metrics().checkpoints >= quiet_from + 12
+    })
+    .await;
+    assert!(
+        metrics().watermark > watermark && metrics().watermark.is_some(),
+        "the watermark did not move: {watermark:?} then {:?}",
+        metrics().watermark
+    );
+    // The counts keep every group whatever the watermark: their files from before are named
+    // again, none written since.
+    let dirs = epoch_dirs(&checkpoints);
+    let newest = dirs.iter().filter(|d| d.2).map(|d| d.0).max().unwrap();
+    let written: Vec<u64> = dirs
+        .iter()
+        .filter(|d| !d.1.is_empty())
+        .map(|d| d.0)
+        .collect();
+    assert!(!written.is_empty(), "{dirs:?}");
+    assert!(
+        written.iter().all(|e| e + 8 < newest),
+        "a watermark move rewrote the counts: {dirs:?}"
+    );
+    running.stop().await.unwrap();
 }
