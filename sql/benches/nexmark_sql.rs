@@ -6,23 +6,15 @@
 //! ```
 //!
 //! Each query runs over the Nexmark generator (EVENTS events, default 10,000,000) into a
-//! counting sink, once as the DSL program of `quiver_engine::nexmark::query` and once as the
-//! SQL below, planned by `SqlEngine::continuous_query` over the generator registered as the
-//! stream `nexmark` (`SqlEngine::register_stream`). The two alternate, `ROUNDS` times each
+//! counting sink, once as the DSL program of `quiver_engine::nexmark::query` and once as its
+//! SQL (`quiver_sql::nexmark::QUERIES`), planned by `SqlEngine::continuous_query` over the
+//! generator registered as the stream `nexmark` (`SqlEngine::register_stream`). The two alternate, `ROUNDS` times each
 //! (default 3), and the best of each side counts. The figure is events per second of CPU time
 //! (the process's user + system time while the query ran, from /proc), so it holds on a
 //! noisy machine; the SQL / DSL ratio is the result. Both must emit the same number of rows,
 //! except for q4 and q9, whose outputs are tables' changelogs: updates to one key within a
 //! batch are coalesced, so their row counts depend on how the input happened to be batched
 //! (`sql/tests/nexmark.rs` checks their final rows against DataFusion's over all the events).
-//!
-//! q3's persons are a table made by an aggregating subquery (`LATEST_BY_OFFSET(name) … GROUP
-//! BY id`), where the DSL turns the persons' stream into a table directly; its category filter
-//! is in the auctions' subquery, before the join, where the DSL has it (continuous plans are
-//! not rewritten by DataFusion's optimizer, so a `WHERE` above the join would filter after
-//! it). q7 has no SQL form
-//! here: it joins a windowed aggregation inside a subquery, where Quiver SQL does not take
-//! `WINDOW` yet.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark: failing loudly is right.
 
@@ -37,78 +29,6 @@ use quiver_sql::SqlEngine;
 
 /// Queries whose output is a table's changelog (see the module docs).
 const CHANGELOGS: &[&str] = &["q4", "q9"];
-
-/// The queries in SQL, as `quiver_engine::nexmark::query` writes them in the DSL.
-const QUERIES: &[(&str, &str)] = &[
-    (
-        "q0",
-        "SELECT auction, bidder, price, channel, url, rowtime FROM nexmark WHERE event_type = 2 \
-         EMIT CHANGES",
-    ),
-    (
-        "q1",
-        "SELECT auction, bidder, CAST(price AS DOUBLE) * 0.908 AS price, rowtime FROM nexmark \
-         WHERE event_type = 2 EMIT CHANGES",
-    ),
-    (
-        "q2",
-        "SELECT auction, price FROM nexmark WHERE event_type = 2 AND auction % 123 = 0 \
-         EMIT CHANGES",
-    ),
-    (
-        "q3",
-        "SELECT p.name, a.auction_id FROM
-           (SELECT id AS auction_id, seller, category, rowtime FROM nexmark
-            WHERE event_type = 1 AND category = 10) a
-         JOIN (SELECT id, LATEST_BY_OFFSET(name) AS name FROM nexmark WHERE event_type = 0
-               GROUP BY id) p
-         ON a.seller = p.id
-         EMIT CHANGES",
-    ),
-    (
-        "q4",
-        "SELECT category, AVG(final) AS average FROM
-           (SELECT a.id, a.category, MAX(b.price) AS final
-            FROM (SELECT id, category, rowtime FROM nexmark WHERE event_type = 1) a
-            JOIN (SELECT auction, price, rowtime FROM nexmark WHERE event_type = 2) b
-            WITHIN 10 SECONDS ON a.id = b.auction AND b.rowtime >= a.rowtime
-            GROUP BY a.id, a.category)
-         GROUP BY category EMIT CHANGES",
-    ),
-    (
-        "q5",
-        "SELECT auction, COUNT(*) AS n FROM nexmark
-         WINDOW HOPPING (SIZE 10 SECONDS, ADVANCE BY 2 SECONDS)
-         WHERE event_type = 2 GROUP BY auction EMIT FINAL",
-    ),
-    (
-        "q8",
-        "SELECT p.id, p.name, p.w FROM
-           (SELECT id, name, rowtime, CAST(rowtime AS BIGINT) / 10000 AS w
-            FROM nexmark WHERE event_type = 0) p
-         JOIN
-           (SELECT id AS auction_id, seller, category, rowtime,
-                   CAST(rowtime AS BIGINT) / 10000 AS w
-            FROM nexmark WHERE event_type = 1) a
-         WITHIN 10 SECONDS ON p.id = a.seller AND p.w = a.w
-         EMIT CHANGES",
-    ),
-    (
-        "q9",
-        "SELECT * FROM
-           (SELECT a.id, a.seller, a.category, b.bidder, b.price,
-                   ROW_NUMBER() OVER (PARTITION BY a.id ORDER BY b.price DESC) AS rn
-            FROM (SELECT id, seller, category, rowtime FROM nexmark WHERE event_type = 1) a
-            JOIN (SELECT auction, bidder, price, rowtime FROM nexmark WHERE event_type = 2) b
-            WITHIN 10 SECONDS ON a.id = b.auction AND b.rowtime >= a.rowtime)
-         WHERE rn <= 1 EMIT CHANGES",
-    ),
-    (
-        "q11",
-        "SELECT bidder, COUNT(*) AS n FROM nexmark WINDOW SESSION (10 SECONDS)
-         WHERE event_type = 2 GROUP BY bidder EMIT FINAL",
-    ),
-];
 
 /// The process's user + system CPU time, from /proc/self/stat (in USER_HZ, 100 per second on
 /// Linux).
@@ -203,7 +123,7 @@ async fn main() {
         "query", "DSL events/s/core", "SQL events/s/core", "SQL/DSL", "rows out"
     );
     let mut ratios = Vec::new();
-    for (name, text) in QUERIES {
+    for (name, text) in quiver_sql::nexmark::QUERIES {
         if only.as_ref().is_some_and(|o| !o.iter().any(|q| q == name)) {
             continue;
         }

@@ -1272,7 +1272,8 @@ impl SqlEngine {
         properties: &BTreeMap<String, String>,
     ) -> Result<(LogicalPlan, EmitMode), SqlError> {
         let mut query = query.clone();
-        rewrite_window(&mut query)?;
+        let functions = self.inner.functions.aggregate_functions();
+        rewrite_window(&mut query, &|name| functions.contains_key(name))?;
         let context = self.context(&Self::start_from(properties))?;
         let plan = plan_query(&context, &query)?;
         // Aggregations of tables before the joins (an aggregated table may be joined), and
@@ -1283,7 +1284,7 @@ impl SqlEngine {
         let plan = crate::top_n::plan_top_n(plan, query.position)?;
         let emit = match query.emit {
             Some(Emit::Final) => {
-                if query.window.is_none() {
+                if query.window.is_none() && query.inner_windows.is_empty() {
                     return Err(SqlError::plan(
                         "EMIT FINAL needs a windowed aggregation (a WINDOW clause): a window's \
                          final result is known when it closes",
@@ -1519,7 +1520,7 @@ impl SqlEngine {
         let Some((topic, at)) = &query.late_data else {
             return Ok(None);
         };
-        if query.window.is_none() && query.within.is_empty() {
+        if query.window.is_none() && query.inner_windows.is_empty() && query.within.is_empty() {
             return Err(SqlError::plan(
                 "LATE DATA TO goes with a WINDOW or a join WITHIN a time bound: only they have \
                  records that come too late",
@@ -1640,7 +1641,11 @@ impl SqlEngine {
     /// A query without EMIT: over the streams' history and the tables' current rows, as
     /// one batch query.
     async fn history(&self, query: &StreamingQuery) -> Result<Output, SqlError> {
-        if let Some((_, position)) = query.window {
+        if let Some(position) = query
+            .window
+            .map(|(_, p)| p)
+            .or(query.inner_windows.first().map(|w| w.position))
+        {
             return Err(SqlError::plan(
                 "a WINDOW clause makes a continuous query: add EMIT CHANGES (or EMIT FINAL)",
                 position,
@@ -2047,6 +2052,7 @@ impl SqlEngine {
                 pipe_operators: vec![],
             }),
             window: None,
+            inner_windows: Vec::new(),
             within: Vec::new(),
             partition_by: None,
             late_data: None,

@@ -448,9 +448,10 @@ fn stream_join(
     let name = format!("join{number}-{left_name}-{right_name}");
     let filter = conjunction(rest);
     // An aggregating subquery is a table, keyed by its groups (the right side of a
-    // stream–table join: FROM s JOIN (SELECT id, LATEST_BY_OFFSET(name) … GROUP BY id) t).
+    // stream–table join: FROM s JOIN (SELECT id, LATEST_BY_OFFSET(name) … GROUP BY id) t);
+    // with WITHIN, it is the stream of its results (a windowed aggregation's, EMIT FINAL).
     let right_key = table_key(&right).or_else(|| {
-        if table_key(&left).is_some() || aggregate_key(&left).is_some() {
+        if within.is_some() || table_key(&left).is_some() || aggregate_key(&left).is_some() {
             return None;
         }
         aggregate_key(&right).and_then(Result::ok)
@@ -609,6 +610,15 @@ fn stream_join(
                      that far apart)"
                 ));
             };
+            for (side, name) in [(&left, &left_name), (&right, &right_name)] {
+                if !side.schema().has_column_with_unqualified_name(ROWTIME) {
+                    return fail(format!(
+                        "'{name}' has no event time to join WITHIN a time bound: select its \
+                         rowtime (a windowed aggregation's is its window's: WINDOWEND AS \
+                         rowtime)"
+                    ));
+                }
+            }
             let (l, r): (Vec<Expr>, Vec<Expr>) = pairs.into_iter().unzip();
             (
                 WindowJoinNode::plan(

@@ -12,6 +12,7 @@ pub mod error;
 mod functions;
 mod history;
 mod join;
+pub mod nexmark;
 pub mod parser;
 pub mod plan;
 mod top_n;

@@ -178,12 +178,29 @@ pub enum Emit {
     Final,
 }
 
+/// The `WINDOW` clause of a subquery (`FROM s JOIN (SELECT MAX(price) … WINDOW TUMBLING (…)
+/// GROUP BY …) m …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerWindow {
+    /// Where the `SELECT` of the subquery it belongs to is: the clause's window groups that
+    /// select's rows.
+    pub select: Position,
+    /// How many parentheses deep that select is.
+    pub depth: usize,
+    pub window: WindowClause,
+    /// Where the clause is.
+    pub position: Position,
+}
+
 /// A `SELECT` with the streaming clauses taken out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamingQuery {
     /// The standard part, as sqlparser parsed it (without its `LIMIT`, see `limit`).
     pub query: Box<Query>,
+    /// The query's own `WINDOW` clause.
     pub window: Option<(WindowClause, Position)>,
+    /// The `WINDOW` clauses of its subqueries, in the order they are written.
+    pub inner_windows: Vec<InnerWindow>,
     /// The joins' `WITHIN` clauses, in the order the joins are written.
     pub within: Vec<(JoinWithin, Position)>,
     /// `PARTITION BY column, …`: the output's key columns (where the clause is).
@@ -727,15 +744,18 @@ impl P {
     }
 }
 
-/// Takes `WINDOW TUMBLING|HOPPING|SESSION (…)` and `EMIT CHANGES|FINAL` out of a query's
-/// tokens (at the query's own level: not inside parentheses), and every join's `WITHIN` (at
-/// any level), then parses the rest as standard SQL.
+/// Takes `EMIT CHANGES|FINAL` out of a query's tokens (at the query's own level: not inside
+/// parentheses), and every `WINDOW TUMBLING|HOPPING|SESSION (…)` and join's `WITHIN` (at any
+/// level), then parses the rest as standard SQL.
 fn streaming_query(
     tokens: Vec<TokenWithSpan>,
     position: Position,
 ) -> Result<StreamingQuery, ParseError> {
     let mut rest = Vec::with_capacity(tokens.len());
     let mut window = None;
+    let mut inner_windows: Vec<InnerWindow> = Vec::new();
+    // Where the SELECT of each open level of parentheses is (index: depth), if it has one.
+    let mut selects: Vec<Option<Position>> = vec![None];
     let mut within = Vec::new();
     let mut partition_by = None;
     let mut late_data = None;
@@ -751,11 +771,25 @@ fn streaming_query(
     while i < tokens.len() {
         let t = &tokens[i];
         match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
+            Token::LParen => {
+                depth += 1;
+                selects.push(None);
+            }
+            Token::RParen => {
+                depth -= 1;
+                selects.pop();
+                if selects.is_empty() {
+                    selects.push(None);
+                }
+            }
+            tok if word_is(tok, "SELECT") => {
+                if let Some(level) = selects.last_mut() {
+                    *level = Some(Position::from(t.span.start));
+                }
+            }
             _ => {}
         }
-        if depth == 0 && word_is(&t.token, "WINDOW") {
+        if word_is(&t.token, "WINDOW") {
             let kind = next_word(&tokens, i + 1);
             // `WINDOW name AS (…)` is standard SQL; `WINDOW NAME (…)` is a window kind.
             if let Some(k) = kind
@@ -778,7 +812,13 @@ fn streaming_query(
                     .iter()
                     .any(|w| word_is(&tokens[k].token, w))
             }) {
-                if window.is_some() {
+                let select = selects.last().copied().flatten();
+                let taken = if depth == 0 {
+                    window.is_some()
+                } else {
+                    inner_windows.iter().any(|w| Some(w.select) == select)
+                };
+                if taken {
                     return Err(ParseError::at(
                         "a query has one WINDOW clause",
                         t.span.start,
@@ -806,7 +846,22 @@ fn streaming_query(
                 let mut p = P::new(clause, at);
                 let w = p.window()?;
                 p.end()?;
-                window = Some((w, at));
+                if depth == 0 {
+                    window = Some((w, at));
+                } else {
+                    let Some(select) = select else {
+                        return Err(ParseError::at(
+                            "a WINDOW clause belongs to a SELECT … GROUP BY",
+                            t.span.start,
+                        ));
+                    };
+                    inner_windows.push(InnerWindow {
+                        select,
+                        depth: depth.unsigned_abs() as usize,
+                        window: w,
+                        position: at,
+                    });
+                }
                 i = end + 1;
                 continue;
             }
@@ -988,6 +1043,7 @@ fn streaming_query(
     Ok(StreamingQuery {
         query,
         window,
+        inner_windows,
         within,
         partition_by,
         late_data,

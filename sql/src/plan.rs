@@ -27,8 +27,8 @@ use quiver_engine::format::ROWTIME;
 use quiver_engine::window::window_udfs;
 use sqlparser::ast::{
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
-    GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, TableFactor, Value,
-    visit_expressions_mut,
+    GroupByExpr, Ident, ObjectName, ObjectNamePart, Select, SelectItem, SetExpr, TableFactor,
+    Value, VisitMut, VisitorMut, visit_expressions, visit_expressions_mut,
 };
 
 use crate::error::SqlError;
@@ -236,22 +236,54 @@ pub(crate) fn select_window_bounds(query: &mut StreamingQuery) {
     }
 }
 
-/// Rewrites the streaming clauses of `query` into standard SQL the engine plans: the window
-/// joins GROUP BY, `WINDOWSTART`/`WINDOWEND` become its bounds.
-pub(crate) fn rewrite_window(query: &mut StreamingQuery) -> Result<(), SqlError> {
+/// Rewrites the streaming clauses of `query` into standard SQL the engine plans: each window
+/// joins its select's GROUP BY, and `WINDOWSTART`/`WINDOWEND` become its bounds.
+/// `is_aggregate` tells aggregate functions by name: a window over a select without GROUP BY
+/// groups its aggregates by window alone.
+pub(crate) fn rewrite_window(
+    query: &mut StreamingQuery,
+    is_aggregate: &dyn Fn(&str) -> bool,
+) -> Result<(), SqlError> {
+    // The innermost first: a WINDOWSTART belongs to the window of the nearest select around
+    // it, and a select's rewrite reaches into its subqueries.
+    let mut inner = query.inner_windows.clone();
+    inner.sort_by_key(|w| std::cmp::Reverse(w.depth));
+    for w in inner {
+        let mut finder = SelectAt {
+            at: w.select,
+            found: None,
+            apply: |select: &mut Select| window_select(select, w.window, w.position, is_aggregate),
+        };
+        let _ = query.query.visit(&mut finder);
+        match finder.found {
+            Some(result) => result?,
+            None => {
+                return Err(SqlError::plan(
+                    "a WINDOW clause belongs to a single SELECT … GROUP BY",
+                    w.position,
+                ));
+            }
+        }
+    }
     let Some((window, position)) = query.window else {
         // WINDOWSTART without a window: say so instead of "no column windowstart".
-        let mut found = false;
+        let mut found = None;
         let _ = visit_expressions_mut(&mut query.query, |e| {
-            if is_word(e, "WINDOWSTART") || is_word(e, "WINDOWEND") {
-                found = true;
+            if let Expr::Identifier(i) = e
+                && i.quote_style.is_none()
+                && ["WINDOWSTART", "WINDOWEND"]
+                    .iter()
+                    .any(|w| i.value.eq_ignore_ascii_case(w))
+            {
+                found = Some(Position::from(i.span.start));
+                return ControlFlow::Break(());
             }
             ControlFlow::<()>::Continue(())
         });
-        if found {
+        if let Some(at) = found {
             return Err(SqlError::plan(
                 "WINDOWSTART and WINDOWEND exist only in a query with a WINDOW clause",
-                query.position,
+                at,
             ));
         }
         return Ok(());
@@ -262,10 +294,44 @@ pub(crate) fn rewrite_window(query: &mut StreamingQuery) -> Result<(), SqlError>
             position,
         ));
     };
+    window_select(select, window, position, is_aggregate)
+}
+
+/// Finds the select whose `SELECT` keyword is at `at` (the body of a query or subquery) and
+/// applies `apply` to it.
+struct SelectAt<F> {
+    at: Position,
+    found: Option<Result<(), SqlError>>,
+    apply: F,
+}
+
+impl<F: FnMut(&mut Select) -> Result<(), SqlError>> VisitorMut for SelectAt<F> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut sqlparser::ast::Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut()
+            && Position::from(select.select_token.0.span.start) == self.at
+        {
+            self.found = Some((self.apply)(select));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Groups `select` by `window` too: the window call joins its GROUP BY (or is all of it, for
+/// a select of aggregates without one), and its `WINDOWSTART`/`WINDOWEND` become the bounds.
+fn window_select(
+    select: &mut Select,
+    window: WindowClause,
+    position: Position,
+    is_aggregate: &dyn Fn(&str) -> bool,
+) -> Result<(), SqlError> {
     let call = window_call(window, event_time(select));
+    let aggregating = aggregates(select, is_aggregate);
     match &mut select.group_by {
         GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => {
-            if exprs.is_empty() {
+            if exprs.is_empty() && !aggregating {
                 return Err(SqlError::plan(
                     "a WINDOW clause needs an aggregation: add GROUP BY (a windowed count is \
                      SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k)",
@@ -283,7 +349,7 @@ pub(crate) fn rewrite_window(query: &mut StreamingQuery) -> Result<(), SqlError>
         }
     }
     let bound = |field: &str| call_field(call.clone(), field);
-    let _ = visit_expressions_mut(select.as_mut(), |e| {
+    let _ = visit_expressions_mut(select, |e| {
         if is_word(e, "WINDOWSTART") {
             *e = bound("start");
         } else if is_word(e, "WINDOWEND") {
@@ -292,6 +358,22 @@ pub(crate) fn rewrite_window(query: &mut StreamingQuery) -> Result<(), SqlError>
         ControlFlow::<()>::Continue(())
     });
     Ok(())
+}
+
+/// Whether the select list of `select` calls an aggregate function.
+fn aggregates(select: &Select, is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(&select.projection, |e| {
+        if let Expr::Function(f) = e
+            && let Some(ObjectNamePart::Identifier(name)) = f.name.0.last()
+            && is_aggregate(&name.value.to_lowercase())
+        {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
 }
 
 fn call_field(window: Expr, field: &str) -> Expr {

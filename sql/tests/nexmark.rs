@@ -1,5 +1,5 @@
 //! Nexmark queries written in Quiver SQL end where the same work ends done at once over all
-//! the events by DataFusion (and, for q4, where the DSL's q4 ends): the same generator's
+//! the events by DataFusion (and, for q4 and q7, where the DSL's ends): the same generator's
 //! events, the continuous queries' outputs folded to their final rows.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
@@ -58,10 +58,14 @@ async fn run(query: quiver_engine::Query) {
 
 /// Every event of the generator, as DataFusion's table `ev`.
 async fn all_events() -> SessionContext {
+    all_events_of(config()).await
+}
+
+async fn all_events_of(config: NexmarkConfig) -> SessionContext {
     let builder = StreamsBuilder::new().with_options(QueryOptions::default());
     let all = Collector::new();
     builder
-        .stream("nexmark", Arc::new(NexmarkSource::new(config()).unwrap()))
+        .stream("nexmark", Arc::new(NexmarkSource::new(config).unwrap()))
         .unwrap()
         .to_sink(Box::new(all.sink()));
     run(builder.build().unwrap().into_queries().remove(0)).await;
@@ -78,6 +82,10 @@ async fn truth(ctx: &SessionContext, sql: &str, keys: usize) -> BTreeMap<String,
 }
 
 async fn engine(dir: &std::path::Path) -> (Broker, SqlEngine) {
+    engine_of(dir, config()).await
+}
+
+async fn engine_of(dir: &std::path::Path, config: NexmarkConfig) -> (Broker, SqlEngine) {
     let broker = Broker::open(BrokerConfig {
         data_dir: dir.join("data"),
         ..BrokerConfig::default()
@@ -86,7 +94,7 @@ async fn engine(dir: &std::path::Path) -> (Broker, SqlEngine) {
     .unwrap();
     let engine = SqlEngine::open(&broker, &dir.join("data")).await.unwrap();
     engine
-        .register_stream("nexmark", Arc::new(NexmarkSource::new(config()).unwrap()))
+        .register_stream("nexmark", Arc::new(NexmarkSource::new(config).unwrap()))
         .unwrap();
     (broker, engine)
 }
@@ -108,18 +116,7 @@ async fn q4_a_window_join_in_a_subquery_then_an_aggregation_of_its_aggregation()
     // Each auction's highest bid of its first 10 s, then their average per category: the
     // outer aggregation follows the inner one's updates (an auction's old maximum leaves the
     // average when a higher bid comes).
-    let by_sql = continuous(
-        &engine,
-        "SELECT category, AVG(final) AS average FROM
-           (SELECT a.id, a.category, MAX(b.price) AS final
-            FROM (SELECT id, category, rowtime FROM nexmark WHERE event_type = 1) a
-            JOIN (SELECT auction, price, rowtime FROM nexmark WHERE event_type = 2) b
-            WITHIN 10 SECONDS ON a.id = b.auction AND b.rowtime >= a.rowtime
-            GROUP BY a.id, a.category)
-         GROUP BY category EMIT CHANGES",
-        1,
-    )
-    .await;
+    let by_sql = continuous(&engine, quiver_sql::nexmark::query("q4").unwrap(), 1).await;
     let want = truth(
         &all_events().await,
         "SELECT category, AVG(final) FROM
@@ -141,6 +138,77 @@ async fn q4_a_window_join_in_a_subquery_then_an_aggregation_of_its_aggregation()
         .to_sink(Box::new(by_dsl.sink()));
     run(builder.build().unwrap().into_queries().remove(0)).await;
     assert_eq!(fold(&by_dsl.batches(), 1), want);
+    engine.shutdown().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn q7_a_window_in_a_subquery_joined_back_to_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    // 500 events per second of event time: the events span a hundred seconds, ten windows.
+    let config = NexmarkConfig {
+        inter_event_us: 2_000,
+        ..config()
+    };
+    let (broker, engine) = engine_of(dir.path(), config).await;
+    // The highest bids of each 10 s tumbling window: the window's maximum (its final value,
+    // once the window closes) joined back to the window's bids at that price.
+    let q7 = quiver_sql::nexmark::query("q7").unwrap();
+    let by_sql = continuous(&engine, q7, 3).await;
+    let want = truth(
+        &all_events_of(config).await,
+        "SELECT b.auction, b.bidder, b.price FROM ev b JOIN
+           (SELECT MAX(price) AS top, CAST(rowtime AS BIGINT) / 10000 AS w FROM ev
+            WHERE event_type = 2 GROUP BY CAST(rowtime AS BIGINT) / 10000) m
+           ON b.price = m.top AND CAST(b.rowtime AS BIGINT) / 10000 = m.w
+         WHERE b.event_type = 2",
+        3,
+    )
+    .await;
+    assert!(want.len() > 10, "{want:?}");
+    assert_eq!(by_sql, want);
+    // The DSL's q7 ends there too.
+    let builder = StreamsBuilder::new().with_options(QueryOptions::default());
+    let by_dsl = Collector::new();
+    nexmark::query("q7", &builder, config)
+        .unwrap()
+        .to_sink(Box::new(by_dsl.sink()));
+    run(builder.build().unwrap().into_queries().remove(0)).await;
+    // (Its rows carry their time as well: the pair's, the later of the two.)
+    let by_dsl: Vec<String> = fold(&by_dsl.batches(), 3).into_keys().collect();
+    assert_eq!(by_dsl, want.into_keys().collect::<Vec<_>>());
+    // A window belongs to the select it is written in: its bounds are that select's, and
+    // another select's WINDOWSTART has none.
+    for (sql, message) in [
+        (
+            "SELECT WINDOWSTART AS w, best FROM (SELECT MAX(price) AS best FROM nexmark \
+             WINDOW TUMBLING (SIZE 10 SECONDS)) EMIT FINAL",
+            "WINDOWSTART and WINDOWEND exist only in a query with a WINDOW clause",
+        ),
+        (
+            "SELECT best FROM (SELECT price AS best FROM nexmark \
+             WINDOW TUMBLING (SIZE 10 SECONDS)) EMIT FINAL",
+            "a WINDOW clause needs an aggregation",
+        ),
+        (
+            "SELECT best FROM (SELECT MAX(price) AS best FROM nexmark \
+             WINDOW TUMBLING (SIZE 10 SECONDS) WINDOW TUMBLING (SIZE 5 SECONDS)) EMIT FINAL",
+            "a query has one WINDOW clause",
+        ),
+        (
+            "SELECT b.auction FROM nexmark b JOIN (SELECT MAX(price) AS best FROM nexmark \
+             WINDOW TUMBLING (SIZE 10 SECONDS)) m WITHIN 10 SECONDS ON b.price = m.best \
+             EMIT FINAL",
+            "'m' has no event time to join WITHIN a time bound: select its rowtime (a \
+             windowed aggregation's is its window's: WINDOWEND AS rowtime)",
+        ),
+    ] {
+        let e = engine
+            .continuous_query("bad", sql, vec![])
+            .await
+            .unwrap_err();
+        assert!(e.message.contains(message), "{sql}: {e}");
+    }
     engine.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
 }

@@ -343,7 +343,7 @@ async fn bad_statements_get_errors_with_their_position_and_change_nothing() {
             "SELECT user_id, WINDOWSTART FROM pageviews EMIT CHANGES;",
             ErrorKind::Statement,
             "WINDOW clause",
-            (1, 1),
+            (1, 17),
         ),
         (
             "SELECT user_id FROM pageviews EMIT FINAL;",
@@ -1108,7 +1108,7 @@ async fn a_top_n_is_a_table_of_each_groups_first_rows() {
         [
             "rowtime|TIMESTAMP (record time)",
             "auction|STRING (primary key)",
-            "rn|UInt64 (unsigned) (primary key)",
+            "rn|BIGINT UNSIGNED (primary key)",
             "bidder|STRING",
             "price|BIGINT"
         ]
