@@ -1276,6 +1276,7 @@ impl SqlEngine {
         rewrite_window(&mut query, &|name| functions.contains_key(name))?;
         let context = self.context(&Self::start_from(properties))?;
         let plan = plan_query(&context, &query)?;
+        let plan = crate::join::push_filters_to_streams(plan)?;
         // Aggregations of tables before the joins (an aggregated table may be joined), and
         // again after them (a join of tables may be aggregated).
         let plan = crate::join::plan_table_aggregates(plan, query.position)?;
@@ -2670,11 +2671,48 @@ impl SqlEngine {
             ]);
             if let Some(q) = &info.written_by {
                 rows.push(vec!["written by".into(), q.clone()]);
+                rows.extend(self.query_statistics(q));
             }
             let statement: Vec<&str> = info.statement.split_whitespace().collect();
             rows.push(vec!["statement".into(), statement.join(" ")]);
         }
         table(&["field", "type"], rows)
+    }
+
+    /// What a running query has done since it started, as `DESCRIBE EXTENDED` shows it (as
+    /// ksqlDB's runtime statistics): one `[name, value]` row each; none when it is not running.
+    fn query_statistics(&self, id: &str) -> Vec<Vec<String>> {
+        let metrics = {
+            let state = self.inner.state.lock();
+            match state.queries.get(id).and_then(|q| q.handle.as_ref()) {
+                Some(handle) => handle.metrics(),
+                None => return Vec::new(),
+            }
+        };
+        let watermark = metrics.watermark.map_or_else(
+            || "none yet".to_owned(),
+            |w| match chrono::DateTime::from_timestamp_millis(w) {
+                Some(t) if w > i64::MIN && w < i64::MAX => {
+                    t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+                }
+                _ => w.to_string(),
+            },
+        );
+        [
+            ("records read", metrics.records_in.to_string()),
+            (
+                "records that did not decode",
+                metrics.bad_records.to_string(),
+            ),
+            ("late rows", metrics.late_rows.to_string()),
+            ("rows written", metrics.rows_out.to_string()),
+            ("checkpoints", metrics.checkpoints.to_string()),
+            ("watermark", watermark),
+            ("state bytes", metrics.state_bytes.to_string()),
+        ]
+        .into_iter()
+        .map(|(name, value)| vec![name.to_owned(), value])
+        .collect()
     }
 
     /// Stops every persistent query (they resume from their checkpoints at the next open).

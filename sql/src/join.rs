@@ -12,13 +12,16 @@
 //! the two sides are the join keys (a stream–table join must equate one stream expression with
 //! each of the table's primary key columns); its other conditions are checked on each joined
 //! row. The node is wrapped in a projection that gives back exactly the columns the SQL planner
-//! gave the join, so the rest of the plan stands as it was planned.
+//! gave the join, so the rest of the plan stands as it was planned. Before that, conditions
+//! that read one stream's columns move below the join ([`push_filters_to_streams`]).
+
+use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchema};
+use datafusion::common::{Column, DFSchema, DFSchemaRef};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
-    BinaryExpr, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    BinaryExpr, Expr, Filter, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
 };
 use quiver_engine::fk_join::ForeignKeyJoinNode;
 use quiver_engine::format::{DELETED, ROWTIME};
@@ -271,6 +274,162 @@ fn split_on(
         rest.push(e);
     }
     (pairs, rest)
+}
+
+/// Moves the conditions of a continuous query that read one stream's columns below the join
+/// that brings the stream in, so that records are dropped before the join buffers or looks
+/// them up, not after (DataFusion's optimizer does not run on continuous plans: its rules
+/// assume bounded inputs). Only what filters the same rows either way moves:
+/// - a `WHERE` conjunct right above a join, onto a side whose every row the join keeps (both
+///   of an inner join, the left of a left join, the right of a right join), when it does not
+///   read `rowtime` (above the join, that is the pair's time);
+/// - an `ON` conjunct, onto a side whose unmatched rows the join drops (both of an inner join,
+///   the right of a left join, the left of a right join);
+///
+/// and only onto a side that is a stream, whose rows are records: a filter below a table, an
+/// aggregation or a ranking would drop updates and retractions of rows that pass it.
+pub(crate) fn push_filters_to_streams(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+    let out = plan.transform_down(|node| {
+        Ok(match node {
+            LogicalPlan::Filter(filter) => {
+                let LogicalPlan::Join(join) = filter.input.as_ref() else {
+                    return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+                };
+                let (keeps_left, keeps_right) = match join.join_type {
+                    JoinType::Inner => (true, true),
+                    JoinType::Left => (true, false),
+                    JoinType::Right => (false, true),
+                    _ => (false, false),
+                };
+                let mut moved = Moved::new(join);
+                let mut kept = Vec::new();
+                for e in split_conjunction_owned(filter.predicate.clone()) {
+                    let reads_time = e.column_refs().iter().any(|c| c.name == ROWTIME);
+                    if reads_time || !moved.take(&e, keeps_left, keeps_right) {
+                        kept.push(e);
+                    }
+                }
+                if moved.is_empty() {
+                    return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+                }
+                let join = push_on(moved.apply(join.clone())?)?.data;
+                Transformed::yes(match conjunction(kept) {
+                    Some(predicate) => {
+                        LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(join))?)
+                    }
+                    None => join,
+                })
+            }
+            LogicalPlan::Join(join) => push_on(join)?,
+            other => Transformed::no(other),
+        })
+    });
+    Ok(out?.data)
+}
+
+/// Moves the conditions of `join`'s `ON` that read one side's columns onto that side, where
+/// the join drops the side's unmatched rows (see [`push_filters_to_streams`]).
+fn push_on(
+    mut join: datafusion::logical_expr::Join,
+) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+    let (drops_left, drops_right) = match join.join_type {
+        JoinType::Inner => (true, true),
+        JoinType::Left => (false, true),
+        JoinType::Right => (true, false),
+        _ => (false, false),
+    };
+    let Some(on) = join.filter.take() else {
+        return Ok(Transformed::no(LogicalPlan::Join(join)));
+    };
+    let mut moved = Moved::new(&join);
+    let mut kept = Vec::new();
+    for e in split_conjunction_owned(on) {
+        if !moved.take(&e, drops_left, drops_right) {
+            kept.push(e);
+        }
+    }
+    join.filter = conjunction(kept);
+    if moved.is_empty() {
+        return Ok(Transformed::no(LogicalPlan::Join(join)));
+    }
+    Ok(Transformed::yes(LogicalPlan::Join(moved.apply(join)?)))
+}
+
+/// Conditions on their way below a join, per side.
+struct Moved {
+    streams: [bool; 2],
+    schemas: [DFSchemaRef; 2],
+    sides: [Vec<Expr>; 2],
+}
+
+impl Moved {
+    fn new(join: &datafusion::logical_expr::Join) -> Moved {
+        Moved {
+            streams: [is_stream(&join.left), is_stream(&join.right)],
+            schemas: [join.left.schema().clone(), join.right.schema().clone()],
+            sides: [Vec::new(), Vec::new()],
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sides.iter().all(Vec::is_empty)
+    }
+
+    /// Takes `e` when it reads columns of one side only, a stream that `left`/`right` allows.
+    fn take(&mut self, e: &Expr, left: bool, right: bool) -> bool {
+        if e.is_volatile() {
+            return false;
+        }
+        let side = match side_of(e, &self.schemas[0], &self.schemas[1]) {
+            SideOf::Left if left => 0,
+            SideOf::Right if right => 1,
+            _ => return false,
+        };
+        if !self.streams[side] {
+            return false;
+        }
+        self.sides[side].push(e.clone());
+        true
+    }
+
+    fn apply(
+        self,
+        mut join: datafusion::logical_expr::Join,
+    ) -> datafusion::error::Result<datafusion::logical_expr::Join> {
+        let [left, right] = self.sides;
+        let below = |input: Arc<LogicalPlan>, conditions: Vec<Expr>| match conjunction(conditions) {
+            Some(p) => Filter::try_new(p, input).map(|f| Arc::new(LogicalPlan::Filter(f))),
+            None => Ok(input),
+        };
+        join.left = below(join.left, left)?;
+        join.right = below(join.right, right)?;
+        Ok(join)
+    }
+}
+
+/// Whether every row of `plan` is a record of a stream: no table, aggregation, ranking or
+/// distinct is under it.
+fn is_stream(plan: &LogicalPlan) -> bool {
+    if plan.schema().has_column_with_unqualified_name(DELETED) {
+        return false;
+    }
+    let mut stream = true;
+    let _ = plan.apply(|node| {
+        if matches!(
+            node,
+            LogicalPlan::Aggregate(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::Extension(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::Sort(_)
+        ) {
+            stream = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    stream
 }
 
 /// Replaces every `Join` in a continuous query's plan by the engine's join for its inputs.

@@ -5,9 +5,8 @@
 //!
 //! - q3's persons are a table made by an aggregating subquery (`LATEST_BY_OFFSET(name) …
 //!   GROUP BY id`), where the DSL turns the persons' stream into a table directly; its category
-//!   filter is in the auctions' subquery, before the join, where the DSL has it (continuous
-//!   plans are not rewritten by DataFusion's optimizer, so a `WHERE` above the join would
-//!   filter after it).
+//!   filter is in the auctions' subquery, before the join, where the DSL has it (a `WHERE` on
+//!   the auctions' columns above the join would move there too).
 //! - q7's maxima are a windowed aggregation in a subquery, joined back to the bids as the
 //!   stream of each window's final maximum (`EMIT FINAL`), at the window's end (`WINDOWEND AS
 //!   rowtime`).
