@@ -8,7 +8,8 @@
 //! into a data directory; `quiver server` (this checkout's binary, release) is started on it,
 //! and over HTTP: `CREATE STREAM orders`, then `CREATE TABLE totals AS SELECT customer,
 //! COUNT(*), SUM(amount) … GROUP BY customer`. Once the table has counted every record and
-//! its query has checkpointed the final state (3 s later), 10,000 point queries `SELECT … FROM totals WHERE customer = '…'` go to `POST
+//! its query has checkpointed the final state (two more checkpoints, as `DESCRIBE EXTENDED`
+//! counts them), 10,000 point queries `SELECT … FROM totals WHERE customer = '…'` go to `POST
 //! /query-stream`, one at a time on one keep-alive connection: p50, p99, max. The baseline in
 //! the same run is `GET /healthcheck` on the same connection: the cost of an HTTP round trip
 //! with nothing behind it, measured both before any query exists (an idle server) and next to
@@ -163,6 +164,22 @@ fn rows(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The checkpoints the query writing `totals` has completed (`DESCRIBE EXTENDED`).
+async fn checkpoints(client: &reqwest::Client, url: &str) -> u64 {
+    let text = post(
+        client,
+        url,
+        "/ksql",
+        &json!({ "ksql": "DESCRIBE EXTENDED totals;" }),
+    )
+    .await;
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let rows = answer[0]["rows"].as_array().unwrap();
+    let row = rows.iter().find(|r| r[0] == "checkpoints");
+    row.and_then(|r| r[1].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoints in {text}"))
+}
+
 /// `LOOKUPS` round trips of `GET /healthcheck`: an HTTP request with nothing behind it.
 async fn round_trips(client: &reqwest::Client, url: &str) -> Vec<Duration> {
     let mut times = Vec::with_capacity(LOOKUPS as usize);
@@ -254,8 +271,19 @@ async fn main() {
     );
     // The first checkpoint after the last change copies the whole state (a million groups and
     // rows, a second or so of CPU on this machine); the quiet ones after it name its files
-    // again. Lookups start once it has passed, so that the figure is a quiet table's.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // again. Lookups start once two more checkpoints have completed (the one under way when
+    // the last record was counted, and the one after it, which took the final state), so
+    // that the figure is a quiet table's.
+    let t = Instant::now();
+    let counted_at = checkpoints(&client, &url).await;
+    while checkpoints(&client, &url).await < counted_at + 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the table's query took no two checkpoints in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("its state is checkpointed, after {:.1?}", t.elapsed());
 
     // The baseline: an HTTP round trip to the same server with no query behind it.
     let health = round_trips(&client, &url).await;

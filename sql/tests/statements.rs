@@ -185,6 +185,28 @@ async fn a_windowed_table_query_resumes_after_a_restart_without_duplicates_or_ga
         )
         .await;
         wait_for_total(&engine, 3).await;
+        // DESCRIBE EXTENDED shows what the query writing the table has done.
+        let extended = rows(&engine, "DESCRIBE EXTENDED views_per_minute;").await;
+        let stat = |name: &str| {
+            extended
+                .iter()
+                .find_map(|r| r.strip_prefix(&format!("{name}|")))
+                .unwrap_or_else(|| panic!("no {name} in {extended:#?}"))
+                .to_owned()
+        };
+        assert!(stat("written by").starts_with("CTAS_VIEWS_PER_MINUTE_"));
+        assert_eq!(stat("records read"), "3");
+        assert_eq!(stat("records that did not decode"), "0");
+        assert_eq!(stat("rows written"), "3");
+        // The lowest of the partitions' times (bob's 2 s), or alice's 61 s once bob's partition
+        // has been idle for a while.
+        let watermark = stat("watermark");
+        assert!(
+            ["1970-01-01T00:00:02.000", "1970-01-01T00:01:01.000"].contains(&watermark.as_str()),
+            "{watermark}"
+        );
+        assert!(stat("state bytes").parse::<u64>().unwrap() > 0);
+        stat("checkpoints").parse::<u64>().unwrap();
         let running = rows(&engine, "SHOW QUERIES;").await;
         assert_eq!(running.len(), 1, "{running:?}");
         assert!(
