@@ -96,6 +96,17 @@ async fn a_stream_joined_with_a_table_sees_each_row_as_of_the_records_time() {
     broker.shutdown().await.unwrap();
 }
 
+/// Moves both streams' time on past every join's bound (an order o8 shipped at once, at
+/// 99,000 s), so the unmatched orders are known to be unmatched.
+async fn past_every_bound(engine: &quiver_sql::SqlEngine) {
+    ok(
+        engine,
+        "INSERT INTO orders (order_id, customer_id, amount, ms) VALUES ('o8', 'c2', 1, 99000000);
+         INSERT INTO shipments (order_id, carrier, ms) VALUES ('o8', 'van', 99000000);",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_streams_join_within_a_time_bound() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,13 +127,7 @@ async fn two_streams_join_within_a_time_bound() {
              EMIT CHANGES;",
     )
     .await;
-    // Time moves on past every bound, so the unmatched orders are known to be unmatched.
-    ok(
-        &engine,
-        "INSERT INTO orders (order_id, customer_id, amount, ms) VALUES ('o8', 'c2', 1, 99000000);
-         INSERT INTO shipments (order_id, carrier, ms) VALUES ('o8', 'van', 99000000);",
-    )
-    .await;
+    past_every_bound(&engine).await;
     let got = wait_rows(
         &engine,
         "SELECT order_id, carrier, after_s FROM shipped ORDER BY order_id;",
@@ -213,13 +218,7 @@ async fn conditions_on_one_stream_run_before_its_join() {
              WHERE o.amount >= 10 EMIT CHANGES;",
     )
     .await;
-    // Time moves on past every bound, so the unmatched orders are known to be unmatched.
-    ok(
-        &engine,
-        "INSERT INTO orders (order_id, customer_id, amount, ms) VALUES ('o8', 'c2', 1, 99000000);
-         INSERT INTO shipments (order_id, carrier, ms) VALUES ('o8', 'van', 99000000);",
-    )
-    .await;
+    past_every_bound(&engine).await;
     let got = wait_rows(
         &engine,
         "SELECT order_id, carrier FROM unshipped ORDER BY order_id;",
@@ -264,13 +263,7 @@ async fn two_streams_join_within_bounds_before_and_after() {
              ON s.order_id = o.order_id EMIT CHANGES;",
     )
     .await;
-    // Time moves on past every bound, so the unmatched orders are known to be unmatched.
-    ok(
-        &engine,
-        "INSERT INTO orders (order_id, customer_id, amount, ms) VALUES ('o8', 'c2', 1, 99000000);
-         INSERT INTO shipments (order_id, carrier, ms) VALUES ('o8', 'van', 99000000);",
-    )
-    .await;
+    past_every_bound(&engine).await;
     for stream in ["shipped", "shipped_right"] {
         let got = wait_rows(
             &engine,
