@@ -717,7 +717,6 @@ async fn run_member(mut m: Member) -> Result<()> {
         stop: m.stop.clone(),
         status: m.status.clone(),
     };
-    let mut previously: Vec<(String, i32)> = Vec::new();
     loop {
         let assignment = membership.assignment();
         tracing::info!(
@@ -764,9 +763,10 @@ async fn run_member(mut m: Member) -> Result<()> {
         }
         {
             // Partitions this task gave up are another member's now: their lag is not ours.
+            let previously = m.status.assigned.lock().insert(m.index, owned.clone());
             let mut c = m.status.committed.lock();
             let mut ends = m.status.ends.lock();
-            for gone in previously.iter().filter(|k| !owned.contains(k)) {
+            for gone in previously.iter().flatten().filter(|k| !owned.contains(k)) {
                 c.remove(gone);
                 ends.remove(gone);
             }
@@ -774,8 +774,6 @@ async fn run_member(mut m: Member) -> Result<()> {
                 c.insert(k.clone(), v.offset);
             }
         }
-        previously.clone_from(&owned);
-        m.status.assigned.lock().insert(m.index, owned.clone());
         let mut readers = Vec::new();
         for (topic, source) in &m.sources {
             let partitions: Vec<i32> = owned
