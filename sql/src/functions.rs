@@ -1068,29 +1068,22 @@ mod tests {
         let one = batch(vec![Some("a1"), Some("b1"), None, Some("a2"), None]);
         let two = batch(vec![None, Some("b2"), Some("c1")]);
         let (g1, g2) = ([0, 1, 0, 0, 1], [0, 1, 2]);
+        // The latest of both batches, per group.
+        let latest = |ignore_nulls: bool| {
+            let mut g = groups(true, ignore_nulls);
+            g.update_batch(std::slice::from_ref(&one), &g1, None, 2)
+                .unwrap();
+            g.update_batch(std::slice::from_ref(&two), &g2, None, 3)
+                .unwrap();
+            texts(&g.evaluate(EmitTo::All).unwrap())
+        };
         // Latest, nulls skipped: a null does not replace a value, in a batch or after it.
-        let mut latest = groups(true, true);
-        latest
-            .update_batch(std::slice::from_ref(&one), &g1, None, 2)
-            .unwrap();
-        latest
-            .update_batch(std::slice::from_ref(&two), &g2, None, 3)
-            .unwrap();
-        let out = latest.evaluate(EmitTo::All).unwrap();
         assert_eq!(
-            texts(&out),
+            latest(true),
             [Some("a2".into()), Some("b2".into()), Some("c1".into())]
         );
         // Latest, nulls taken.
-        let mut with_nulls = groups(true, false);
-        with_nulls
-            .update_batch(std::slice::from_ref(&one), &g1, None, 2)
-            .unwrap();
-        with_nulls
-            .update_batch(std::slice::from_ref(&two), &g2, None, 3)
-            .unwrap();
-        let out = with_nulls.evaluate(EmitTo::All).unwrap();
-        assert_eq!(texts(&out), [None, Some("b2".into()), Some("c1".into())]);
+        assert_eq!(latest(false), [None, Some("b2".into()), Some("c1".into())]);
         // Earliest: the first value stays; a filtered-out row is not a candidate.
         let mut earliest = groups(false, true);
         let filter = BooleanArray::from(vec![false, true, true, true, true]);

@@ -295,20 +295,8 @@ pub(crate) fn push_filters_to_streams(plan: LogicalPlan) -> Result<LogicalPlan, 
                 let LogicalPlan::Join(join) = filter.input.as_ref() else {
                     return Ok(Transformed::no(LogicalPlan::Filter(filter)));
                 };
-                let (keeps_left, keeps_right) = match join.join_type {
-                    JoinType::Inner => (true, true),
-                    JoinType::Left => (true, false),
-                    JoinType::Right => (false, true),
-                    _ => (false, false),
-                };
-                let mut moved = Moved::new(join);
-                let mut kept = Vec::new();
-                for e in split_conjunction_owned(filter.predicate.clone()) {
-                    let reads_time = e.column_refs().iter().any(|c| c.name == ROWTIME);
-                    if reads_time || !moved.take(&e, keeps_left, keeps_right) {
-                        kept.push(e);
-                    }
-                }
+                let mut moved = Moved::new(join, Clause::Where);
+                let kept = moved.take_all(filter.predicate.clone());
                 if moved.is_empty() {
                     return Ok(Transformed::no(LogicalPlan::Filter(filter)));
                 }
@@ -332,40 +320,51 @@ pub(crate) fn push_filters_to_streams(plan: LogicalPlan) -> Result<LogicalPlan, 
 fn push_on(
     mut join: datafusion::logical_expr::Join,
 ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
-    let (drops_left, drops_right) = match join.join_type {
-        JoinType::Inner => (true, true),
-        JoinType::Left => (false, true),
-        JoinType::Right => (true, false),
-        _ => (false, false),
-    };
     let Some(on) = join.filter.take() else {
         return Ok(Transformed::no(LogicalPlan::Join(join)));
     };
-    let mut moved = Moved::new(&join);
-    let mut kept = Vec::new();
-    for e in split_conjunction_owned(on) {
-        if !moved.take(&e, drops_left, drops_right) {
-            kept.push(e);
-        }
-    }
-    join.filter = conjunction(kept);
+    let mut moved = Moved::new(&join, Clause::On);
+    join.filter = conjunction(moved.take_all(on));
     if moved.is_empty() {
         return Ok(Transformed::no(LogicalPlan::Join(join)));
     }
     Ok(Transformed::yes(LogicalPlan::Join(moved.apply(join)?)))
 }
 
+/// Where a join's conditions are written.
+#[derive(Clone, Copy, PartialEq)]
+enum Clause {
+    /// Right above the join: they filter its output.
+    Where,
+    /// In its `ON`: they decide which pairs match.
+    On,
+}
+
 /// Conditions on their way below a join, per side.
 struct Moved {
-    streams: [bool; 2],
+    clause: Clause,
+    /// Per side: whether conditions may move onto it.
+    open: [bool; 2],
     schemas: [DFSchemaRef; 2],
     sides: [Vec<Expr>; 2],
 }
 
 impl Moved {
-    fn new(join: &datafusion::logical_expr::Join) -> Moved {
+    fn new(join: &datafusion::logical_expr::Join, clause: Clause) -> Moved {
+        // A WHERE moves onto a side whose every row the join keeps; an ON onto a side whose
+        // unmatched rows it drops.
+        let (left, right) = match (clause, join.join_type) {
+            (_, JoinType::Inner) => (true, true),
+            (Clause::Where, JoinType::Left) | (Clause::On, JoinType::Right) => (true, false),
+            (Clause::Where, JoinType::Right) | (Clause::On, JoinType::Left) => (false, true),
+            _ => (false, false),
+        };
         Moved {
-            streams: [is_stream(&join.left), is_stream(&join.right)],
+            clause,
+            open: [
+                left && is_stream(&join.left),
+                right && is_stream(&join.right),
+            ],
             schemas: [join.left.schema().clone(), join.right.schema().clone()],
             sides: [Vec::new(), Vec::new()],
         }
@@ -375,21 +374,31 @@ impl Moved {
         self.sides.iter().all(Vec::is_empty)
     }
 
-    /// Takes `e` when it reads columns of one side only, a stream that `left`/`right` allows.
-    fn take(&mut self, e: &Expr, left: bool, right: bool) -> bool {
-        if e.is_volatile() {
-            return false;
+    /// Takes the conjuncts of `conditions` that may move; the others, which stay.
+    fn take_all(&mut self, conditions: Expr) -> Vec<Expr> {
+        split_conjunction_owned(conditions)
+            .into_iter()
+            .filter_map(|e| self.take(e))
+            .collect()
+    }
+
+    /// Takes `e` when it reads columns of one side only, a side it may move onto; gives it
+    /// back otherwise. Above a join, `rowtime` is the pair's time: a WHERE on it stays.
+    fn take(&mut self, e: Expr) -> Option<Expr> {
+        let reads_time = || e.column_refs().iter().any(|c| c.name == ROWTIME);
+        if e.is_volatile() || (self.clause == Clause::Where && reads_time()) {
+            return Some(e);
         }
-        let side = match side_of(e, &self.schemas[0], &self.schemas[1]) {
-            SideOf::Left if left => 0,
-            SideOf::Right if right => 1,
-            _ => return false,
+        let side = match side_of(&e, &self.schemas[0], &self.schemas[1]) {
+            SideOf::Left => 0,
+            SideOf::Right => 1,
+            SideOf::Neither => return Some(e),
         };
-        if !self.streams[side] {
-            return false;
+        if !self.open[side] {
+            return Some(e);
         }
-        self.sides[side].push(e.clone());
-        true
+        self.sides[side].push(e);
+        None
     }
 
     fn apply(

@@ -206,7 +206,12 @@ fn window_call(window: WindowClause, time: Expr) -> Expr {
 }
 
 fn is_word(e: &Expr, word: &str) -> bool {
-    matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case(word))
+    matches!(e, Expr::Identifier(i) if ident_is(i, word))
+}
+
+/// Whether `i` is the unquoted word `word`, in any case.
+fn ident_is(i: &Ident, word: &str) -> bool {
+    i.quote_style.is_none() && i.value.eq_ignore_ascii_case(word)
 }
 
 /// A windowed table's key is its GROUP BY columns and its window: `CREATE TABLE … AS SELECT`
@@ -270,10 +275,7 @@ pub(crate) fn rewrite_window(
         let mut found = None;
         let _ = visit_expressions_mut(&mut query.query, |e| {
             if let Expr::Identifier(i) = e
-                && i.quote_style.is_none()
-                && ["WINDOWSTART", "WINDOWEND"]
-                    .iter()
-                    .any(|w| i.value.eq_ignore_ascii_case(w))
+                && (ident_is(i, "WINDOWSTART") || ident_is(i, "WINDOWEND"))
             {
                 found = Some(Position::from(i.span.start));
                 return ControlFlow::Break(());
