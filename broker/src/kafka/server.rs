@@ -470,6 +470,10 @@ async fn read_requests(
     mut draining: watch::Receiver<bool>,
 ) -> ReaderEnd {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    // Requests are read into this buffer's spare room and split off it. Once a request's
+    // handler has dropped it, the next `reserve` takes the same memory back, so a connection
+    // does not allocate (and fault in) fresh pages for every large produce.
+    let mut pending = BytesMut::new();
     loop {
         // Wait for the next request. While one is in progress the connection is not idle; after
         // that, `idle` counts from its response.
@@ -515,18 +519,42 @@ async fn read_requests(
             return ReaderEnd::Closed;
         };
         let deadline = deadline.max(tokio::time::Instant::now() + idle);
-        let mut buf = BytesMut::zeroed(len);
-        match tokio::time::timeout_at(deadline, rd.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
+        if pending.capacity() > MAX_KEPT_READ_BUFFER {
+            pending = BytesMut::new();
+        }
+        pending.reserve(len);
+        match tokio::time::timeout_at(deadline, read_request(&mut rd, &mut pending, len)).await {
+            Ok(Ok(())) => {}
             Ok(Err(_)) => return ReaderEnd::Closed,
             Err(_) => return ReaderEnd::Idle,
         }
+        let buf = pending.split().freeze();
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.touch();
-        if tx.send((buf.freeze(), room)).await.is_err() {
+        if tx.send((buf, room)).await.is_err() {
             return ReaderEnd::Closed;
         }
     }
+}
+
+/// The largest read buffer a connection keeps between requests (a larger one is dropped once
+/// its request is read).
+const MAX_KEPT_READ_BUFFER: usize = 16 << 20;
+
+/// Reads the `len` bytes of a request into `buf`'s spare capacity, which the caller reserved
+/// (no zero-fill first). A connection closed early is `UnexpectedEof`.
+async fn read_request(
+    rd: &mut BufReader<OwnedReadHalf>,
+    buf: &mut BytesMut,
+    len: usize,
+) -> std::io::Result<()> {
+    let mut body = (&mut *rd).take(len as u64);
+    while buf.len() < len {
+        if body.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 /// Why a request frame was not decoded.

@@ -35,9 +35,7 @@ use std::sync::LazyLock;
 use arrow::array::Int64Array;
 use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::ipc::reader::FileDecoder;
-use arrow::ipc::writer::{
-    DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
-};
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::ipc::{Block, MetadataVersion};
 use arrow::record_batch::RecordBatch;
 use quiver_common::kafka::{compression, records as kafka_records};
@@ -233,9 +231,11 @@ pub fn crc_matches(frame: &[u8], header: &FrameHeader) -> bool {
 
 /// Reusable state for encoding frames (IPC and compression scratch space).
 pub struct FrameEncoder {
-    generator: IpcDataGenerator,
-    options: IpcWriteOptions,
-    context: IpcWriteContext,
+    /// Arrow's IPC writer, used for record-batch messages only: its output vector is swapped
+    /// with the frame's buffer for each batch, so the columns are copied once, straight into
+    /// the frame, where `IpcDataGenerator::encode` fills a fresh body vector and
+    /// `write_message` copies it again.
+    ipc: StreamWriter<Vec<u8>>,
     /// The uncompressed body of a version 2 frame (after `skip` bytes, see `encode_as`).
     body: Vec<u8>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
@@ -251,12 +251,12 @@ impl Default for FrameEncoder {
     fn default() -> Self {
         let options = IpcWriteOptions::try_new(8, false, MetadataVersion::V5)
             .unwrap_or_else(|e| unreachable!("8-byte alignment with V5 is valid: {e}"));
-        let mut context = IpcWriteContext::default();
-        context.set_reserve_scratch(true);
+        // The stream's schema message goes into this vector and is dropped with it: a frame
+        // holds a record-batch message only (the schema is always the envelope).
+        let ipc = StreamWriter::try_new_with_options(Vec::new(), &envelope_schema(), options)
+            .unwrap_or_else(|e| unreachable!("the envelope schema is writable: {e}"));
         FrameEncoder {
-            generator: IpcDataGenerator::default(),
-            options,
-            context,
+            ipc,
             body: Vec::new(),
             zstd: None,
         }
@@ -396,11 +396,24 @@ impl FrameEncoder {
 
     /// Appends the IPC message of `batch` to `out`; returns its metadata and body lengths.
     fn write_ipc(&mut self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(usize, usize)> {
-        let mut tracker = DictionaryTracker::new(false);
-        let (_dicts, encoded) =
-            self.generator
-                .encode(batch, &mut tracker, &self.options, &mut self.context)?;
-        Ok(write_message(&mut *out, encoded, &self.options)?)
+        let start = out.len();
+        std::mem::swap(self.ipc.get_mut(), out);
+        let written = self.ipc.write(batch);
+        std::mem::swap(self.ipc.get_mut(), out);
+        written?;
+        // The message: a continuation marker, the padded metadata's length, the metadata, then
+        // the body.
+        let message = &out[start..];
+        if message.len() < 8 {
+            return Err(BrokerError::Internal(
+                "the IPC writer wrote no message".into(),
+            ));
+        }
+        let meta_len = 8 + le_u32(message, 4) as usize;
+        let body_len = message.len().checked_sub(meta_len).ok_or_else(|| {
+            BrokerError::Internal("the IPC message is shorter than its metadata".into())
+        })?;
+        Ok((meta_len, body_len))
     }
 
     /// Appends `body` to `out` compressed with `codec`.

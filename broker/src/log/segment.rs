@@ -435,7 +435,8 @@ pub fn read_header(file: &dyn StorageFile, path: &Path, pos: u64, end: u64) -> R
 
 /// Reads `len` bytes at `pos` into a 64-byte aligned buffer (so Arrow decodes without copying).
 pub fn read_aligned(file: &dyn StorageFile, path: &Path, pos: u64, len: usize) -> Result<Buffer> {
-    let mut buf = MutableBuffer::from_len_zeroed(len);
-    file.read_exact_at(buf.as_slice_mut(), pos).at(path)?;
+    // Not zero-filled first: the read writes every byte, so the memory is touched once.
+    let mut buf = MutableBuffer::with_capacity(len);
+    file.read_exact_into(&mut buf, len, pos).at(path)?;
     Ok(buf.into())
 }

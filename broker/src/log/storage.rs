@@ -11,9 +11,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+
+use arrow::buffer::MutableBuffer;
 
 #[cfg(test)]
 pub(crate) mod fault;
@@ -77,6 +80,19 @@ pub trait StorageFile: Send + Sync + std::fmt::Debug {
             }
         }
         Ok(())
+    }
+
+    /// Appends exactly `len` bytes read at `pos` to `buf`; a short file is `UnexpectedEof` and
+    /// leaves `buf` as it was. The default fills the new bytes with zeros first; the real file
+    /// reads into the buffer's spare capacity, so a read touches its memory once.
+    fn read_exact_into(&self, buf: &mut MutableBuffer, len: usize, pos: u64) -> io::Result<()> {
+        let at = buf.len();
+        buf.resize(at + len, 0);
+        let read = self.read_exact_at(&mut buf.as_slice_mut()[at..], pos);
+        if read.is_err() {
+            buf.truncate(at);
+        }
+        read
     }
 
     /// Writes all of `buf` at `pos` (not durable until [`StorageFile::sync_data`]).
@@ -167,6 +183,51 @@ impl StorageFile for RealFile {
         self.0.read_exact_at(buf, pos)
     }
 
+    // The one unsafe function of this file: reads into spare capacity, proved below and tested
+    // by `reads_into_spare_capacity_fill_every_byte_or_fail`.
+    #[allow(unsafe_code)]
+    fn read_exact_into(&self, buf: &mut MutableBuffer, len: usize, pos: u64) -> io::Result<()> {
+        let at = buf.len();
+        buf.reserve(len);
+        let mut done = 0usize;
+        while done < len {
+            let offset = pos
+                .checked_add(done as u64)
+                .and_then(|p| libc::off_t::try_from(p).ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read past 2^63"))?;
+            // SAFETY: `reserve` made room for `len` bytes after the first `at`, so the
+            // `len - done` bytes from `at + done` lie inside the allocation; pread writes at
+            // most that many there and nothing else, and nothing else holds the buffer.
+            let n = unsafe {
+                libc::pread(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().add(at + done).cast::<libc::c_void>(),
+                    len - done,
+                    offset,
+                )
+            };
+            match n {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ends before the bytes asked for",
+                    ));
+                }
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // SAFETY: the loop above ran until pread had written all `len` bytes after `at`, so
+        // the first `at + len` bytes are initialized, and `reserve` made them fit the capacity.
+        unsafe { buf.set_len(at + len) };
+        Ok(())
+    }
+
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.0.write_all_at(buf, pos)
     }
@@ -216,5 +277,71 @@ impl io::Read for Reader<'_> {
         let n = self.file.read_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+    use super::*;
+
+    #[test]
+    fn reads_into_spare_capacity_fill_every_byte_or_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let file = FileStorage.open(&path, OpenMode::CreateNew).unwrap();
+        file.write_all_at(&bytes, 0).unwrap();
+
+        // After bytes already in the buffer, from the middle of the file, several times the
+        // size of one read of the kernel's page cache copy.
+        let mut buf = MutableBuffer::new(0);
+        buf.extend_from_slice(b"kept");
+        file.read_exact_into(&mut buf, 150_000, 25_000).unwrap();
+        assert_eq!(buf.len(), 4 + 150_000);
+        assert_eq!(&buf.as_slice()[..4], b"kept");
+        assert_eq!(&buf.as_slice()[4..], &bytes[25_000..175_000]);
+
+        // The default of the trait (zero-fill, then read) gives the same bytes.
+        struct Plain<'a>(&'a dyn StorageFile);
+        impl std::fmt::Debug for Plain<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("Plain")
+            }
+        }
+        impl StorageFile for Plain<'_> {
+            fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+                self.0.read_at(buf, pos)
+            }
+            fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+                self.0.write_all_at(buf, pos)
+            }
+            fn sync_data(&self) -> io::Result<()> {
+                self.0.sync_data()
+            }
+            fn size_bytes(&self) -> io::Result<u64> {
+                self.0.size_bytes()
+            }
+            fn truncate(&self, len_bytes: u64) -> io::Result<()> {
+                self.0.truncate(len_bytes)
+            }
+            fn created_ms(&self) -> io::Result<i64> {
+                self.0.created_ms()
+            }
+        }
+        let mut plain = MutableBuffer::new(0);
+        Plain(&*file)
+            .read_exact_into(&mut plain, 150_000, 25_000)
+            .unwrap();
+        assert_eq!(plain.as_slice(), &bytes[25_000..175_000]);
+
+        // Past the end: an error, and the buffer keeps only what it held.
+        for f in [&*file, &Plain(&*file) as &dyn StorageFile] {
+            let mut short = MutableBuffer::new(0);
+            short.extend_from_slice(b"kept");
+            let err = f.read_exact_into(&mut short, 1_000, 199_500).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+            assert_eq!(short.as_slice(), b"kept");
+        }
     }
 }

@@ -157,6 +157,13 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     #[inline]
     fn varlong(&mut self) -> Result<i64, RecordError> {
+        // Most fields of a record (attributes, deltas, short lengths) take one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(i64::from(b >> 1) ^ -i64::from(b & 1));
+        }
         let mut value: u64 = 0;
         let mut shift = 0;
         loop {
@@ -356,6 +363,44 @@ fn put_varint(out: &mut Vec<u8>, v: i64) {
     out.push(z as u8);
 }
 
+/// Up to five zigzag varints (at most ten bytes each) and single bytes, built on the stack.
+struct Varints {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for Varints {
+    fn default() -> Self {
+        Varints {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl Varints {
+    #[inline]
+    fn put_byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    #[inline]
+    fn put(&mut self, v: i64) {
+        let mut z = zigzag(v);
+        while z >= 0x80 {
+            self.put_byte((z as u8) | 0x80);
+            z >>= 7;
+        }
+        self.put_byte(z as u8);
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// Appends one v2 batch (uncompressed) holding the rows of `records` to `out`.
 /// `header` gives the batch-level facts; rows may start after its base offset (a sliced batch).
 pub fn encode_batch(
@@ -480,12 +525,24 @@ pub fn encode_batch_in_epoch(
         for (hk, hv) in header_indexes.clone().filter_map(header_at) {
             body += field_len(Some(hk)) + field_len(hv);
         }
-        put_varint(out, body as i64);
-        out.push(0);
-        put_varint(out, ts_delta);
-        put_varint(out, offset_delta);
-        put_field(out, key);
-        put_field(out, value);
+        // The fixed-size parts go through a stack buffer, so a record costs a few copies
+        // rather than a capacity check per byte.
+        let mut prefix = Varints::default();
+        prefix.put(body as i64);
+        prefix.put_byte(0);
+        prefix.put(ts_delta);
+        prefix.put(offset_delta);
+        prefix.put(key.map_or(-1, |k| k.len() as i64));
+        out.extend_from_slice(prefix.bytes());
+        if let Some(k) = key {
+            out.extend_from_slice(k);
+        }
+        let mut middle = Varints::default();
+        middle.put(value.map_or(-1, |v| v.len() as i64));
+        out.extend_from_slice(middle.bytes());
+        if let Some(v) = value {
+            out.extend_from_slice(v);
+        }
         put_varint(out, header_indexes.len() as i64);
         for (hk, hv) in header_indexes.filter_map(header_at) {
             put_field(out, Some(hk));
