@@ -5,10 +5,11 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, Int64Array, ListArray, ListBuilder, StringArray,
-    StringBuilder, StructArray, StructBuilder, TimestampMillisecondArray,
+    Array, ArrayRef, BinaryArray, BooleanBufferBuilder, Int64Array, ListArray, StringArray,
+    StructArray, TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 
@@ -24,11 +25,15 @@ pub mod col {
 }
 
 fn header_fields() -> Fields {
+    HEADER_FIELDS.clone()
+}
+
+static HEADER_FIELDS: LazyLock<Fields> = LazyLock::new(|| {
     Fields::from(vec![
         Field::new("key", DataType::Utf8, false),
         Field::new("value", DataType::Binary, true),
     ])
-}
+});
 
 static ENVELOPE: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -107,13 +112,99 @@ impl Record {
     }
 }
 
+/// A nullable binary (or UTF-8) column built in plain vectors: a record appends with a copy
+/// and two pushes, where Arrow's generic builders branch and check more per value.
+#[derive(Debug)]
+struct BytesColumn {
+    /// Starts at 0; one more entry per row.
+    offsets: Vec<i32>,
+    data: Vec<u8>,
+    /// Made at the first null (every earlier row valid), so a column without nulls has none.
+    nulls: Option<BooleanBufferBuilder>,
+}
+
+impl BytesColumn {
+    fn with_capacity(rows: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        BytesColumn {
+            offsets,
+            data: Vec::with_capacity(bytes),
+            nulls: None,
+        }
+    }
+
+    #[inline]
+    fn end(&self) -> i32 {
+        // Arrow's own builders refuse more than 2 GiB of values the same way; a batch this
+        // large cannot reach a builder (requests and decompressed batches are capped far below).
+        i32::try_from(self.data.len())
+            .unwrap_or_else(|_| unreachable!("more than 2 GiB of values in one batch column"))
+    }
+
+    #[inline]
+    fn append(&mut self, value: Option<&[u8]>) {
+        match value {
+            Some(v) => {
+                self.data.extend_from_slice(v);
+                if let Some(nulls) = &mut self.nulls {
+                    nulls.append(true);
+                }
+            }
+            None => {
+                let rows = self.offsets.len() - 1;
+                self.nulls
+                    .get_or_insert_with(|| {
+                        let mut nulls = BooleanBufferBuilder::new(self.offsets.capacity());
+                        nulls.append_n(rows, true);
+                        nulls
+                    })
+                    .append(false);
+            }
+        }
+        let end = self.end();
+        self.offsets.push(end);
+    }
+
+    /// The column's offsets, values and nulls; the column starts over empty.
+    fn take(&mut self) -> (OffsetBuffer<i32>, Buffer, Option<NullBuffer>) {
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let data = std::mem::take(&mut self.data);
+        let nulls = self.nulls.take().map(|mut b| NullBuffer::new(b.finish()));
+        // Offsets start at 0 and never decrease, by construction.
+        (
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(data),
+            nulls,
+        )
+    }
+
+    fn finish_binary(&mut self) -> BinaryArray {
+        let (offsets, data, nulls) = self.take();
+        BinaryArray::new(offsets, data, nulls)
+    }
+
+    /// Only for columns whose every value was appended from a `&str`.
+    fn finish_utf8(&mut self) -> StringArray {
+        let (offsets, data, nulls) = self.take();
+        StringArray::new(offsets, data, nulls)
+    }
+}
+
+/// The item field of the headers list.
+static HEADER_ITEM: LazyLock<FieldRef> =
+    LazyLock::new(|| Arc::new(Field::new("item", DataType::Struct(header_fields()), false)));
+
 /// Builds envelope batches row by row. Offsets are left at 0; the log assigns them.
 #[derive(Debug)]
 pub struct EnvelopeBuilder {
     timestamps: Vec<i64>,
-    keys: BinaryBuilder,
-    values: BinaryBuilder,
-    headers: ListBuilder<StructBuilder>,
+    keys: BytesColumn,
+    values: BytesColumn,
+    /// Offsets of each row's headers in the two header columns.
+    header_lists: Vec<i32>,
+    header_keys: BytesColumn,
+    header_values: BytesColumn,
 }
 
 impl Default for EnvelopeBuilder {
@@ -125,19 +216,15 @@ impl Default for EnvelopeBuilder {
 impl EnvelopeBuilder {
     /// Room for `rows` records with `data_bytes` of keys and values in all.
     pub fn with_capacity(rows: usize, data_bytes: usize) -> Self {
-        let header_builder = StructBuilder::new(
-            header_fields(),
-            vec![
-                Box::new(StringBuilder::new()),
-                Box::new(BinaryBuilder::new()),
-            ],
-        );
-        let item = Arc::new(Field::new("item", DataType::Struct(header_fields()), false));
+        let mut header_lists = Vec::with_capacity(rows + 1);
+        header_lists.push(0);
         EnvelopeBuilder {
             timestamps: Vec::with_capacity(rows),
-            keys: BinaryBuilder::with_capacity(rows, data_bytes / 8),
-            values: BinaryBuilder::with_capacity(rows, data_bytes),
-            headers: ListBuilder::with_capacity(header_builder, rows).with_field(item),
+            keys: BytesColumn::with_capacity(rows, data_bytes / 8),
+            values: BytesColumn::with_capacity(rows, data_bytes),
+            header_lists,
+            header_keys: BytesColumn::with_capacity(0, 0),
+            header_values: BytesColumn::with_capacity(0, 0),
         }
     }
 
@@ -152,6 +239,7 @@ impl EnvelopeBuilder {
     }
 
     /// Appends one record from its parts.
+    #[inline]
     pub fn append(
         &mut self,
         timestamp_ms: i64,
@@ -160,19 +248,15 @@ impl EnvelopeBuilder {
         headers: &[(&str, Option<&[u8]>)],
     ) {
         self.timestamps.push(timestamp_ms);
-        self.keys.append_option(key);
-        self.values.append_option(value);
-        let structs = self.headers.values();
+        self.keys.append(key);
+        self.values.append(value);
         for (k, v) in headers {
-            if let Some(b) = structs.field_builder::<StringBuilder>(0) {
-                b.append_value(k);
-            }
-            if let Some(b) = structs.field_builder::<BinaryBuilder>(1) {
-                b.append_option(*v);
-            }
-            structs.append(true);
+            self.header_keys.append(Some(k.as_bytes()));
+            self.header_values.append(*v);
         }
-        self.headers.append(true);
+        let headers_end = i32::try_from(self.header_keys.offsets.len() - 1)
+            .unwrap_or_else(|_| unreachable!("more than 2^31 headers in one batch"));
+        self.header_lists.push(headers_end);
     }
 
     /// Appends one `Record`.
@@ -193,14 +277,29 @@ impl EnvelopeBuilder {
     /// Finishes the batch (offsets all 0) and resets the builder.
     pub fn finish(&mut self) -> RecordBatch {
         let n = self.timestamps.len();
+        let header_pairs = StructArray::new(
+            header_fields(),
+            vec![
+                Arc::new(self.header_keys.finish_utf8()) as ArrayRef,
+                Arc::new(self.header_values.finish_binary()),
+            ],
+            None,
+        );
+        let lists = std::mem::replace(&mut self.header_lists, vec![0]);
+        let headers = ListArray::new(
+            HEADER_ITEM.clone(),
+            OffsetBuffer::new(ScalarBuffer::from(lists)),
+            Arc::new(header_pairs),
+            None,
+        );
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![0i64; n])),
             Arc::new(TimestampMillisecondArray::from(std::mem::take(
                 &mut self.timestamps,
             ))),
-            Arc::new(self.keys.finish()),
-            Arc::new(self.values.finish()),
-            Arc::new(self.headers.finish()),
+            Arc::new(self.keys.finish_binary()),
+            Arc::new(self.values.finish_binary()),
+            Arc::new(headers),
         ];
         // The columns match the schema by construction.
         RecordBatch::try_new(envelope_schema(), columns)
@@ -296,7 +395,7 @@ impl<'a> EnvelopeColumns<'a> {
 
     /// The header keys and values of all rows (the list's child columns), if the batch has any
     /// header column data.
-    fn header_children(&self) -> Option<(&'a StringArray, &'a BinaryArray)> {
+    pub fn header_children(&self) -> Option<(&'a StringArray, &'a BinaryArray)> {
         let structs = self
             .headers
             .values()

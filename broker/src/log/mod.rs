@@ -671,7 +671,14 @@ impl Log {
         if config.timestamp_type == TimestampType::CreateTime {
             self.check_timestamps(config, cols.timestamps.values(), now_ms())?;
         }
-        for (i, size) in cols.record_sizes().enumerate() {
+        // No record can be larger than all of them together: most batches skip the per-row pass.
+        let header_bytes = cols
+            .header_children()
+            .map_or(0, |(k, v)| k.value_data().len() + v.value_data().len());
+        let all_bytes =
+            cols.keys.value_data().len() + cols.values.value_data().len() + header_bytes;
+        let sizes = (all_bytes > config.max_message_bytes).then(|| cols.record_sizes());
+        for (i, size) in sizes.into_iter().flatten().enumerate() {
             if size > config.max_message_bytes {
                 return Err(BrokerError::RecordTooLarge {
                     topic: self.topic.clone(),

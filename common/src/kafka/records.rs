@@ -157,30 +157,40 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     #[inline]
     fn varlong(&mut self) -> Result<i64, RecordError> {
-        // Most fields of a record (attributes, deltas, short lengths) take one byte.
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return Ok(i64::from(b >> 1) ^ -i64::from(b & 1));
+        match self.zigzag() {
+            Some(z) => Ok(((z >> 1) as i64) ^ -((z & 1) as i64)),
+            None => Err(self.varint_error()),
         }
-        let mut value: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(RecordError::InvalidRecord(
-                    "varint runs past the end of the batch".into(),
-                ));
-            };
+    }
+
+    /// The next varint's raw (zigzag) value; `None` if it runs past the end or past ten bytes.
+    #[inline]
+    fn zigzag(&mut self) -> Option<u64> {
+        let rest = self.buf.get(self.pos..)?;
+        // Most fields of a record (attributes, deltas, short lengths) take one byte.
+        let &first = rest.first()?;
+        if first < 0x80 {
             self.pos += 1;
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            return Some(u64::from(first));
+        }
+        let mut value = 0u64;
+        for (i, &b) in rest.iter().take(10).enumerate() {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                self.pos += i + 1;
+                return Some(value);
             }
-            shift += 7;
-            if shift > 63 {
-                return Err(RecordError::InvalidRecord("varint is too long".into()));
-            }
+        }
+        None
+    }
+
+    /// Why the varint at the cursor did not decode.
+    #[cold]
+    fn varint_error(&self) -> RecordError {
+        if self.buf.len().saturating_sub(self.pos) >= 10 {
+            RecordError::InvalidRecord("varint is too long".into())
+        } else {
+            RecordError::InvalidRecord("varint runs past the end of the batch".into())
         }
     }
 
@@ -363,7 +373,9 @@ fn put_varint(out: &mut Vec<u8>, v: i64) {
     out.push(z as u8);
 }
 
-/// Up to five zigzag varints (at most ten bytes each) and single bytes, built on the stack.
+/// A record's length and fixed fields, built on the stack: the fields (a byte and up to four
+/// zigzag varints of at most ten bytes) after [`Varints::ROOM`] bytes, into whose end the
+/// record's length goes once the fields are known.
 struct Varints {
     buf: [u8; 48],
     len: usize,
@@ -373,12 +385,15 @@ impl Default for Varints {
     fn default() -> Self {
         Varints {
             buf: [0; 48],
-            len: 0,
+            len: Varints::ROOM,
         }
     }
 }
 
 impl Varints {
+    /// Room for the record length's varint (a record is shorter than 2^31 bytes).
+    const ROOM: usize = 5;
+
     #[inline]
     fn put_byte(&mut self, b: u8) {
         self.buf[self.len] = b;
@@ -395,9 +410,23 @@ impl Varints {
         self.put_byte(z as u8);
     }
 
+    /// Bytes of the fields so far.
     #[inline]
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+    fn fields_len(&self) -> usize {
+        self.len - Varints::ROOM
+    }
+
+    /// The record's length `body` as a varint, followed by the fields.
+    #[inline]
+    fn with_length(&mut self, body: i64) -> &[u8] {
+        let start = Varints::ROOM - varint_len(body).min(Varints::ROOM);
+        let mut z = zigzag(body);
+        for b in &mut self.buf[start..Varints::ROOM] {
+            *b = (z as u8 & 0x7f) | 0x80;
+            z >>= 7;
+        }
+        self.buf[Varints::ROOM - 1] &= 0x7f;
+        &self.buf[start..self.len]
     }
 }
 
@@ -486,6 +515,9 @@ pub fn encode_batch_in_epoch(
     let value_offsets = cols.values.value_offsets();
     let key_data = cols.keys.value_data();
     let value_data = cols.values.value_data();
+    let offsets = cols.offsets.values();
+    let lists = cols.headers.value_offsets();
+    let any_headers = lists[n] != lists[0];
     let field_len =
         |f: Option<&[u8]>| f.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len());
     let put_field = |out: &mut Vec<u8>, f: Option<&[u8]>| match f {
@@ -507,39 +539,43 @@ pub fn encode_batch_in_epoch(
             Some(&value_data[value_offsets[row] as usize..value_offsets[row + 1] as usize])
         };
         let ts_delta = ts[row].wrapping_sub(base_ts);
-        let offset_delta = cols.offsets.value(row) - base_offset;
+        let offset_delta = offsets[row] - base_offset;
         // Headers are read in place from the Arrow columns: no per-record allocation.
-        let headers = cols.header_range(row);
+        let headers = if any_headers {
+            cols.header_range(row)
+        } else {
+            None
+        };
         let header_at = |j: usize| {
             headers
                 .as_ref()
                 .map(|(k, v, _)| (k.value(j).as_bytes(), v.is_valid(j).then(|| v.value(j))))
         };
         let header_indexes = headers.as_ref().map_or(0..0, |(_, _, r)| r.clone());
-        let mut body = 1
-            + varint_len(ts_delta)
-            + varint_len(offset_delta)
-            + field_len(key)
-            + field_len(value)
+        // The record's fixed fields, and the value's length when no key sits between them, go
+        // through one stack buffer (after room for the record's length, which depends on
+        // them), so a record costs a few copies rather than a capacity check per byte.
+        let value_len = value.map_or(-1, |v| v.len() as i64);
+        let mut fixed = Varints::default();
+        fixed.put_byte(0); // attributes
+        fixed.put(ts_delta);
+        fixed.put(offset_delta);
+        fixed.put(key.map_or(-1, |k| k.len() as i64));
+        if key.is_none() {
+            fixed.put(value_len);
+        }
+        let mut body = fixed.fields_len()
+            + key.map_or(0, |k| k.len() + varint_len(value_len))
+            + value.map_or(0, <[u8]>::len)
             + varint_len(header_indexes.len() as i64);
         for (hk, hv) in header_indexes.clone().filter_map(header_at) {
             body += field_len(Some(hk)) + field_len(hv);
         }
-        // The fixed-size parts go through a stack buffer, so a record costs a few copies
-        // rather than a capacity check per byte.
-        let mut prefix = Varints::default();
-        prefix.put(body as i64);
-        prefix.put_byte(0);
-        prefix.put(ts_delta);
-        prefix.put(offset_delta);
-        prefix.put(key.map_or(-1, |k| k.len() as i64));
-        out.extend_from_slice(prefix.bytes());
+        out.extend_from_slice(fixed.with_length(body as i64));
         if let Some(k) = key {
             out.extend_from_slice(k);
+            put_varint(out, value_len);
         }
-        let mut middle = Varints::default();
-        middle.put(value.map_or(-1, |v| v.len() as i64));
-        out.extend_from_slice(middle.bytes());
         if let Some(v) = value {
             out.extend_from_slice(v);
         }
