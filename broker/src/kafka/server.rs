@@ -471,24 +471,34 @@ async fn read_requests(
 ) -> ReaderEnd {
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     // Requests are read into this buffer's spare room and split off it. Once a request's
-    // handler has dropped it, the next `reserve` takes the same memory back, so a connection
-    // does not allocate (and fault in) fresh pages for every large produce.
+    // handler has dropped it, the next `reserve` takes the same memory back, so a busy
+    // connection does not allocate (and fault in) fresh pages for every large produce. A
+    // connection gives it back after `RELEASE_READ_BUFFER` without a request, and never keeps
+    // the memory of a request over `MAX_KEPT_READ_BUFFER`.
     let mut pending = BytesMut::new();
+    let mut holding = false;
     loop {
         // Wait for the next request. While one is in progress the connection is not idle; after
         // that, `idle` counts from its response.
         loop {
             let busy = activity.busy();
-            let wait = if busy {
+            let mut wait = if busy {
                 idle
             } else {
                 idle.saturating_sub(activity.idle_for())
             };
+            if holding {
+                wait = wait.min(RELEASE_READ_BUFFER);
+            }
             // A stopping server reads no new request; those already read are answered.
             let next = tokio::select! {
                 _ = stopped(&mut draining) => return ReaderEnd::Closed,
                 next = tokio::time::timeout(wait, rd.fill_buf()) => next,
             };
+            if next.is_err() && holding {
+                pending = BytesMut::new();
+                holding = false;
+            }
             match next {
                 Ok(Ok([])) | Ok(Err(_)) => return ReaderEnd::Closed,
                 Ok(Ok(_)) => break,
@@ -519,9 +529,6 @@ async fn read_requests(
             return ReaderEnd::Closed;
         };
         let deadline = deadline.max(tokio::time::Instant::now() + idle);
-        if pending.capacity() > MAX_KEPT_READ_BUFFER {
-            pending = BytesMut::new();
-        }
         pending.reserve(len);
         match tokio::time::timeout_at(deadline, read_request(&mut rd, &mut pending, len)).await {
             Ok(Ok(())) => {}
@@ -529,6 +536,10 @@ async fn read_requests(
             Err(_) => return ReaderEnd::Idle,
         }
         let buf = pending.split().freeze();
+        holding = len <= MAX_KEPT_READ_BUFFER;
+        if !holding {
+            pending = BytesMut::new();
+        }
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.touch();
         if tx.send((buf, room)).await.is_err() {
@@ -537,9 +548,10 @@ async fn read_requests(
     }
 }
 
-/// The largest read buffer a connection keeps between requests (a larger one is dropped once
-/// its request is read).
+/// The largest request whose memory a connection keeps for the next one.
 const MAX_KEPT_READ_BUFFER: usize = 16 << 20;
+/// How long a connection keeps its read buffer without a new request.
+const RELEASE_READ_BUFFER: Duration = Duration::from_secs(1);
 
 /// Reads the `len` bytes of a request into `buf`'s spare capacity, which the caller reserved
 /// (no zero-fill first). A connection closed early is `UnexpectedEof`.
