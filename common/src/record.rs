@@ -45,15 +45,7 @@ static ENVELOPE: LazyLock<SchemaRef> = LazyLock::new(|| {
         ),
         Field::new("key", DataType::Binary, true),
         Field::new("value", DataType::Binary, true),
-        Field::new(
-            "headers",
-            DataType::List(Arc::new(Field::new(
-                "item",
-                DataType::Struct(header_fields()),
-                false,
-            ))),
-            false,
-        ),
+        Field::new("headers", DataType::List(HEADER_ITEM.clone()), false),
     ]))
 });
 

@@ -374,23 +374,23 @@ fn put_varint(out: &mut Vec<u8>, v: i64) {
 }
 
 /// A record's length and fixed fields, built on the stack: the fields (a byte and up to four
-/// zigzag varints of at most ten bytes) after [`Varints::ROOM`] bytes, into whose end the
+/// zigzag varints of at most ten bytes) after [`RecordPrefix::ROOM`] bytes, into whose end the
 /// record's length goes once the fields are known.
-struct Varints {
+struct RecordPrefix {
     buf: [u8; 48],
     len: usize,
 }
 
-impl Default for Varints {
+impl Default for RecordPrefix {
     fn default() -> Self {
-        Varints {
+        RecordPrefix {
             buf: [0; 48],
-            len: Varints::ROOM,
+            len: RecordPrefix::ROOM,
         }
     }
 }
 
-impl Varints {
+impl RecordPrefix {
     /// Room for the record length's varint (a record is shorter than 2^31 bytes).
     const ROOM: usize = 5;
 
@@ -413,19 +413,19 @@ impl Varints {
     /// Bytes of the fields so far.
     #[inline]
     fn fields_len(&self) -> usize {
-        self.len - Varints::ROOM
+        self.len - RecordPrefix::ROOM
     }
 
     /// The record's length `body` as a varint, followed by the fields.
     #[inline]
     fn with_length(&mut self, body: i64) -> &[u8] {
-        let start = Varints::ROOM - varint_len(body).min(Varints::ROOM);
+        let start = RecordPrefix::ROOM - varint_len(body).min(RecordPrefix::ROOM);
         let mut z = zigzag(body);
-        for b in &mut self.buf[start..Varints::ROOM] {
+        for b in &mut self.buf[start..RecordPrefix::ROOM] {
             *b = (z as u8 & 0x7f) | 0x80;
             z >>= 7;
         }
-        self.buf[Varints::ROOM - 1] &= 0x7f;
+        self.buf[RecordPrefix::ROOM - 1] &= 0x7f;
         &self.buf[start..self.len]
     }
 }
@@ -556,7 +556,7 @@ pub fn encode_batch_in_epoch(
         // through one stack buffer (after room for the record's length, which depends on
         // them), so a record costs a few copies rather than a capacity check per byte.
         let value_len = value.map_or(-1, |v| v.len() as i64);
-        let mut fixed = Varints::default();
+        let mut fixed = RecordPrefix::default();
         fixed.put_byte(0); // attributes
         fixed.put(ts_delta);
         fixed.put(offset_delta);
