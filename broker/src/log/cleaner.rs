@@ -111,7 +111,7 @@ impl Log {
                 .map(|s| (s.view(), s.max_timestamp))
                 .collect();
             let aborted = AbortedRanges::of(inner.segments.values().map(|s| s.aborted.entries()));
-            (inner.config.clone(), closed, Arc::new(aborted))
+            (self.config(), closed, Arc::new(aborted))
         };
         if !config.cleanup_policy.compact {
             return Ok(CleanStats::default());

@@ -2,25 +2,24 @@
 //!
 //! ```text
 //!  0 u32 frame_len       whole frame, header included; a multiple of 8
-//!  4 u32 crc32c          of bytes 8..frame_len
-//!  8 u8  version (1 or 2)
-//!  9 u8  form (version 2): layout << 4 | codec     10 i16 attributes (Kafka's)
+//!  4 u32 crc32c          of bytes 8..frame_len (version 3: of the body, then bytes 8..72)
+//!  8 u8  version (1, 2 or 3)
+//!  9 u8  form (versions 2, 3): layout << 4 | codec     10 i16 attributes (Kafka's)
 //! 12 i32 record_count
 //! 16 i64 base_offset
 //! 24 i32 last_offset_delta  28 i32 base_sequence
 //! 32 i64 first_timestamp   40 i64 max_timestamp
-//! 48 i64 producer_id       56 i16 producer_epoch  58 u16 padding (version 2: bytes after the body)
+//! 48 i64 producer_id       56 i16 producer_epoch  58 u16 padding (versions 2, 3: after the body)
 //! 60 u32 ipc_meta_len      64 u64 body_len (uncompressed)
 //! 72 body, then zero padding to a multiple of 8
 //! ```
 //! All integers little-endian.
 //!
-//! A version 1 frame (the first format, still written for large uncompressed batches) holds one
-//! Arrow IPC record-batch message without a schema (the schema is always the envelope). The
-//! header size keeps the IPC body 8-byte aligned inside a 64-byte aligned read buffer, so
-//! decoding is zero-copy.
+//! A version 1 frame (the first format) holds one Arrow IPC record-batch message without a
+//! schema (the schema is always the envelope). The header size keeps the IPC body 8-byte aligned
+//! inside a 64-byte aligned read buffer, so decoding is zero-copy.
 //!
-//! A version 2 frame names its body's form in byte 9:
+//! Versions 2 and 3 name their body's form in byte 9:
 //! - layout 0: the Arrow IPC message, as in version 1;
 //! - layout 1, for small batches and compressed ones: the first row's offset and timestamp (two
 //!   i64) followed by the rows in Kafka's v2 record encoding (varint deltas). An Arrow message
@@ -28,9 +27,18 @@
 //!   costs 16. Compressed, the deltas weigh what the producer's own compressed batch does.
 //! - codec 0: stored as is; 1: LZ4 block; 2: Zstandard (compression at rest, per topic). The CRC
 //!   covers the compressed bytes, so damage is found before anything is decompressed.
+//!
+//! Versions 1 and 2 hold offsets as they are. Version 3, the one written now, holds them relative
+//! to `base_offset`: the Arrow offset column, or a Kafka-layout body's first offset, is `offset -
+//! base_offset`. So the body does not depend on where the batch lands: an append encodes (and
+//! compresses) it before taking the partition's lock, and under the lock writes the base offset
+//! and the CRC (see [`Unsealed::seal`]). Reads add the base back. Its CRC runs over the body
+//! first and the header after it, so sealing extends the body's CRC by 64 header bytes, where
+//! combining a header CRC with a body CRC costs microseconds (`crc32c_combine` squares GF(2)
+//! matrices) and reading the body again under the lock costs its length.
 
 use std::cell::RefCell;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::Int64Array;
 use arrow::buffer::{Buffer, MutableBuffer};
@@ -42,7 +50,7 @@ use quiver_common::kafka::{compression, records as kafka_records};
 use quiver_common::record::{EnvelopeBuilder, EnvelopeColumns};
 
 use crate::error::{BrokerError, Result};
-use crate::record::envelope_schema;
+use crate::record::{col, envelope_schema};
 
 /// Bytes of the fixed frame header.
 pub const HEADER_LEN: usize = 72;
@@ -50,6 +58,8 @@ pub const HEADER_LEN: usize = 72;
 const VERSION_ARROW: u8 = 1;
 /// Byte 9 names the body's layout and codec.
 const VERSION_FORMS: u8 = 2;
+/// As version 2, with offsets relative to the frame's base offset.
+const VERSION_RELATIVE: u8 = 3;
 /// A frame larger than this is treated as damage (no batch is ever this large).
 pub const MAX_FRAME_LEN: u64 = 1 << 31;
 /// The largest body a compressed frame may declare (it is decompressed into one buffer).
@@ -117,6 +127,8 @@ pub struct FrameHeader {
     pub ipc_body_len: u64,
     /// Bytes the body takes in the frame (compressed, if it is).
     pub stored_len: u64,
+    /// Whether the body's offsets are relative to the base offset (version 3).
+    pub relative_offsets: bool,
 }
 
 fn le_i16(b: &[u8], at: usize) -> i16 {
@@ -158,7 +170,7 @@ impl FrameHeader {
                 }
                 (Layout::Arrow, Codec::None, uncompressed)
             }
-            VERSION_FORMS => {
+            VERSION_FORMS | VERSION_RELATIVE => {
                 let form = bytes[9];
                 let layout = match form >> 4 {
                     0 => Layout::Arrow,
@@ -215,6 +227,7 @@ impl FrameHeader {
             ipc_meta_len,
             ipc_body_len,
             stored_len,
+            relative_offsets: bytes[8] == VERSION_RELATIVE,
         };
         let b = &header.batch;
         if b.record_count < 0 || b.last_offset_delta < 0 || b.base_offset < 0 {
@@ -226,7 +239,15 @@ impl FrameHeader {
 
 /// Checks the CRC of a whole frame (header included).
 pub fn crc_matches(frame: &[u8], header: &FrameHeader) -> bool {
-    frame.len() as u64 == header.frame_len && crc32c::crc32c(&frame[8..]) == header.crc
+    if frame.len() as u64 != header.frame_len {
+        return false;
+    }
+    let crc = if header.relative_offsets {
+        crc32c::crc32c_append(crc32c::crc32c(&frame[HEADER_LEN..]), &frame[8..HEADER_LEN])
+    } else {
+        crc32c::crc32c(&frame[8..])
+    };
+    crc == header.crc
 }
 
 /// Reusable state for encoding frames (IPC and compression scratch space).
@@ -264,15 +285,16 @@ impl Default for FrameEncoder {
 }
 
 /// Writes a Kafka-layout body into the empty `body`: the rows as a Kafka batch holds them,
-/// after the first row's offset and timestamp. Returns where the layout's body starts in
-/// `body`: the prefix overwrites the end of the Kafka batch header, so the rows stay in place.
+/// after the first row's offset (relative, as `batch`'s are) and timestamp. Returns where the
+/// layout's body starts in `body`: the prefix overwrites the end of the Kafka batch header, so
+/// the rows stay in place.
 fn write_kafka_rows(
     header: &BatchHeader,
     batch: &RecordBatch,
     body: &mut Vec<u8>,
 ) -> Result<usize> {
     let (first_offset, first_ts) = if batch.num_rows() == 0 {
-        (header.base_offset, header.first_timestamp)
+        (0, header.first_timestamp)
     } else {
         let cols = EnvelopeColumns::try_new(batch)?;
         (cols.offsets.value(0), cols.timestamps.value(0))
@@ -296,13 +318,50 @@ fn is_small(batch: &RecordBatch) -> bool {
         })
 }
 
+/// `batch` with `delta` added to its offsets (wrapping: offsets never come near the ends).
+fn shift_offsets(batch: &RecordBatch, delta: i64) -> Result<RecordBatch> {
+    if delta == 0 {
+        return Ok(batch.clone());
+    }
+    let cols = EnvelopeColumns::try_new(batch)?;
+    let shifted: Int64Array = cols.offsets.unary(|o| o.wrapping_add(delta));
+    let mut columns = batch.columns().to_vec();
+    columns[col::OFFSET] = Arc::new(shifted);
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
 fn too_large(len: usize) -> BrokerError {
     BrokerError::InvalidRecords(format!("batch of {len} bytes is too large to store"))
 }
 
+/// A frame encoded before its base offset is known, its offsets relative to it:
+/// [`Unsealed::seal`] makes it whole. An append encodes (and compresses) outside the
+/// partition's lock and seals under it, so appenders to one partition encode in parallel.
+#[derive(Debug)]
+#[must_use = "a frame is whole once sealed"]
+pub struct Unsealed {
+    /// Where the frame starts in the vector it was encoded into, and its length.
+    start: usize,
+    len: usize,
+    /// CRC32C of the frame after its header (the body and its padding).
+    body_crc: u32,
+}
+
+impl Unsealed {
+    /// Writes `base_offset` into the frame (in `out`, the vector it was encoded into) and the
+    /// frame's CRC: the body's, computed when it was encoded, extended by the header's bytes.
+    pub fn seal(self, out: &mut [u8], base_offset: i64) {
+        let frame = &mut out[self.start..self.start + self.len];
+        frame[16..24].copy_from_slice(&base_offset.to_le_bytes());
+        let crc = crc32c::crc32c_append(self.body_crc, &frame[8..HEADER_LEN]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 impl FrameEncoder {
-    /// Encodes `batch` (envelope schema, offsets already assigned) as one frame appended to
-    /// `out`, compressed as the codec in `header`'s attributes asks ([`Codec::at_rest`]).
+    /// Encodes `batch` (envelope schema, offsets assigned, `header.base_offset` the first) as
+    /// one frame appended to `out`, compressed as the codec in `header`'s attributes asks
+    /// ([`Codec::at_rest`]).
     ///
     /// Small batches and compressed ones take the Kafka layout. Compressed, Arrow's
     /// fixed-width offset and timestamp columns weigh 1.85 times what the producer's own
@@ -316,16 +375,31 @@ impl FrameEncoder {
         batch: &RecordBatch,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        let relative = shift_offsets(batch, header.base_offset.wrapping_neg())?;
+        self.encode_unsealed(header, &relative, out)?
+            .seal(out, header.base_offset);
+        Ok(())
+    }
+
+    /// [`FrameEncoder::encode`] of a batch whose offsets are relative to a base offset not yet
+    /// known (`header.base_offset` is not used): the frame is whole once sealed with it.
+    pub fn encode_unsealed(
+        &mut self,
+        header: &BatchHeader,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<Unsealed> {
         let codec = Codec::at_rest(header.producer.attributes & attributes::COMPRESSION);
         let layout = if codec != Codec::None || is_small(batch) {
             Layout::Kafka
         } else {
             Layout::Arrow
         };
-        self.encode_as(header, batch, layout, codec, out)
+        self.encode_relative(header, batch, layout, codec, out)
     }
 
-    /// Encodes `batch` in the given form.
+    /// Encodes `batch` (offsets assigned, `header.base_offset` the first) in the given form.
+    #[cfg(test)]
     pub fn encode_as(
         &mut self,
         header: &BatchHeader,
@@ -334,12 +408,25 @@ impl FrameEncoder {
         codec: Codec,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        let relative = shift_offsets(batch, header.base_offset.wrapping_neg())?;
+        self.encode_relative(header, &relative, layout, codec, out)?
+            .seal(out, header.base_offset);
+        Ok(())
+    }
+
+    /// Encodes `batch`, its offsets relative to the base offset, in the given form, unsealed.
+    fn encode_relative(
+        &mut self,
+        header: &BatchHeader,
+        batch: &RecordBatch,
+        layout: Layout,
+        codec: Codec,
+        out: &mut Vec<u8>,
+    ) -> Result<Unsealed> {
         let start = out.len();
         out.resize(start + HEADER_LEN, 0);
-        let (version, meta_len, body_len) = if layout == Layout::Arrow && codec == Codec::None {
-            // The first format, written straight into `out`.
-            let (meta_len, body_len) = self.write_ipc(batch, out)?;
-            (VERSION_ARROW, meta_len, body_len)
+        let (meta_len, body_len) = if layout == Layout::Arrow && codec == Codec::None {
+            self.write_ipc(batch, out)?
         } else {
             let mut body = std::mem::take(&mut self.body);
             body.clear();
@@ -356,8 +443,7 @@ impl FrameEncoder {
                 Err(e) => Err(e),
             };
             self.body = body;
-            let (meta_len, body_len) = stored?;
-            (VERSION_FORMS, meta_len, body_len)
+            stored?
         };
         let pad = (8 - (out.len() - start) % 8) % 8;
         out.resize(out.len() + pad, 0);
@@ -369,18 +455,15 @@ impl FrameEncoder {
         let meta_len = u32::try_from(meta_len).map_err(|_| too_large(meta_len))?;
         let h = &mut out[start..start + HEADER_LEN];
         h[0..4].copy_from_slice(&frame_len_u32.to_le_bytes());
-        h[8] = version;
-        if version == VERSION_FORMS {
-            let layout_id: u8 = match layout {
-                Layout::Arrow => 0,
-                Layout::Kafka => 1,
-            };
-            h[9] = layout_id << 4 | codec.id();
-            h[58..60].copy_from_slice(&(pad as u16).to_le_bytes());
-        }
+        h[8] = VERSION_RELATIVE;
+        let layout_id: u8 = match layout {
+            Layout::Arrow => 0,
+            Layout::Kafka => 1,
+        };
+        h[9] = layout_id << 4 | codec.id();
+        h[58..60].copy_from_slice(&(pad as u16).to_le_bytes());
         h[10..12].copy_from_slice(&header.producer.attributes.to_le_bytes());
         h[12..16].copy_from_slice(&header.record_count.to_le_bytes());
-        h[16..24].copy_from_slice(&header.base_offset.to_le_bytes());
         h[24..28].copy_from_slice(&header.last_offset_delta.to_le_bytes());
         h[28..32].copy_from_slice(&header.producer.base_sequence.to_le_bytes());
         h[32..40].copy_from_slice(&header.first_timestamp.to_le_bytes());
@@ -389,9 +472,11 @@ impl FrameEncoder {
         h[56..58].copy_from_slice(&header.producer.producer_epoch.to_le_bytes());
         h[60..64].copy_from_slice(&meta_len.to_le_bytes());
         h[64..72].copy_from_slice(&(body_len as u64).to_le_bytes());
-        let crc = crc32c::crc32c(&out[start + 8..]);
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        Ok(())
+        Ok(Unsealed {
+            start,
+            len: frame_len,
+            body_crc: crc32c::crc32c(&out[start + HEADER_LEN..]),
+        })
     }
 
     /// Appends the IPC message of `batch` to `out`; returns its metadata and body lengths.
@@ -497,6 +582,10 @@ fn decode_with(frame: &Buffer, header: &FrameHeader, decoder: &FileDecoder) -> R
     let stored = frame.slice_with_length(HEADER_LEN, header.stored_len as usize);
     let body = decompress(stored, header.codec, uncompressed as usize)?;
     match header.layout {
+        Layout::Arrow if header.relative_offsets => shift_offsets(
+            &decode_ipc(&body, header, decoder)?,
+            header.batch.base_offset,
+        ),
         Layout::Arrow => decode_ipc(&body, header, decoder),
         Layout::Kafka => decode_kafka_rows(&body, header),
     }
@@ -557,8 +646,13 @@ fn decode_kafka_rows(body: &[u8], header: &FrameHeader) -> Result<RecordBatch> {
         .ok_or_else(|| corrupt("shorter than its prefix".into()))?;
     let le_i64 = |at: usize| le_u64(prefix, at) as i64;
     let count = header.batch.record_count;
+    let base = if header.relative_offsets {
+        header.batch.base_offset
+    } else {
+        0
+    };
     let batch = kafka_records::KafkaBatch {
-        base_offset: le_i64(0),
+        base_offset: le_i64(0).wrapping_add(base),
         attributes: 0,
         last_offset_delta: header.batch.last_offset_delta,
         base_timestamp: le_i64(8),
@@ -583,7 +677,7 @@ fn decode_kafka_rows(body: &[u8], header: &FrameHeader) -> Result<RecordBatch> {
     .map_err(|e| corrupt(e.to_string()))?;
     let decoded = builder.finish();
     let mut columns = decoded.columns().to_vec();
-    columns[0] = std::sync::Arc::new(Int64Array::from(offsets));
+    columns[col::OFFSET] = Arc::new(Int64Array::from(offsets));
     Ok(RecordBatch::try_new(decoded.schema(), columns)?)
 }
 
@@ -665,11 +759,7 @@ mod tests {
                         continue; // the log never stores an empty Arrow batch
                     }
                     let out = round_trip(&sample(n), layout, codec);
-                    let version = out[8];
-                    assert_eq!(
-                        version == 1,
-                        layout == Layout::Arrow && codec == Codec::None
-                    );
+                    assert_eq!(out[8], VERSION_RELATIVE, "every new frame is version 3");
                 }
             }
         }
@@ -728,10 +818,100 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let parsed = FrameHeader::parse(&out).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((parsed.layout, parsed.codec), (Layout::Arrow, Codec::None));
-        assert_eq!(
-            out[8], 1,
-            "large uncompressed batches keep the first format"
-        );
+    }
+
+    /// Rewrites a frame's version (and form), base offset, last offset delta and CRC in place.
+    fn rewrite(frame: &mut [u8], version: u8, form: u8, base: i64, last_delta: i32) {
+        frame[8] = version;
+        frame[9] = form;
+        frame[16..24].copy_from_slice(&base.to_le_bytes());
+        frame[24..28].copy_from_slice(&last_delta.to_le_bytes());
+        let crc = crc32c::crc32c(&frame[8..]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn frames_sealed_after_encoding_are_the_frames_encoded_whole() {
+        for (records, attrs) in [
+            (sample(1), 0),
+            (sample(20), 0),
+            (sample(20), compression::codec::LZ4),
+            (sample(0), compression::codec::ZSTD),
+        ] {
+            let base = 1_234_567;
+            let mut whole = vec![0xAA; 8];
+            FrameEncoder::default()
+                .encode(
+                    &header_for(&records, base, attrs),
+                    &batch_at(&records, base),
+                    &mut whole,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut sealed = vec![0xAA; 8];
+            let unsealed = FrameEncoder::default()
+                .encode_unsealed(
+                    &header_for(&records, 0, attrs),
+                    &batch_at(&records, 0),
+                    &mut sealed,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            unsealed.seal(&mut sealed, base);
+            assert_eq!(
+                sealed,
+                whole,
+                "{} records, attributes {attrs}",
+                records.len()
+            );
+            let frame = sealed.split_off(8);
+            let parsed = FrameHeader::parse(&frame).unwrap_or_else(|e| panic!("{e}"));
+            assert!(parsed.relative_offsets && crc_matches(&frame, &parsed));
+            assert_eq!(parsed.batch.base_offset, base);
+            let decoded =
+                decode(&Buffer::from_vec(frame), &parsed).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                decoded.column(0).as_ref(),
+                batch_at(&records, base).column(0).as_ref()
+            );
+        }
+    }
+
+    #[test]
+    fn frames_of_earlier_versions_hold_offsets_as_they_are() {
+        let records = sample(20);
+        for (layout, codec, version) in [
+            (Layout::Arrow, Codec::None, VERSION_ARROW),
+            (Layout::Arrow, Codec::Zstd, VERSION_FORMS),
+            (Layout::Kafka, Codec::None, VERSION_FORMS),
+            (Layout::Kafka, Codec::Lz4, VERSION_FORMS),
+        ] {
+            // Encoded at base 0, the body holds the offsets 40.. as they are: what versions 1
+            // and 2 wrote for a batch at 40.
+            let mut frame = Vec::new();
+            let header = BatchHeader {
+                last_offset_delta: 59,
+                ..header_for(&records, 0, 0)
+            };
+            FrameEncoder::default()
+                .encode_as(&header, &batch_at(&records, 40), layout, codec, &mut frame)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let form = if version == VERSION_ARROW {
+                0
+            } else {
+                frame[9]
+            };
+            rewrite(&mut frame, version, form, 40, 19);
+            let parsed = FrameHeader::parse(&frame).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!parsed.relative_offsets && crc_matches(&frame, &parsed));
+            let buf = Buffer::from_vec(frame);
+            for decoded in [decode(&buf, &parsed), decode_known(&buf, &parsed)] {
+                let decoded = decoded.unwrap_or_else(|e| panic!("{layout:?} {codec:?}: {e}"));
+                assert_eq!(
+                    decoded.column(0).as_ref(),
+                    batch_at(&records, 40).column(0).as_ref(),
+                    "version {version}, {layout:?} {codec:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -791,8 +971,12 @@ mod tests {
         for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
             let mut out = round_trip(&sample(20), Layout::Arrow, codec);
             let parsed = FrameHeader::parse(&out).unwrap_or_else(|e| panic!("{e}"));
+            let mut header_hit = out.clone();
             out[HEADER_LEN + 3] ^= 1;
             assert!(!crc_matches(&out, &parsed), "{codec:?}");
+            // The CRC covers the header too, after the body: a changed base offset is found.
+            header_hit[17] ^= 1;
+            assert!(!crc_matches(&header_hit, &parsed), "{codec:?} header");
         }
     }
 
@@ -809,7 +993,7 @@ mod tests {
         bad[58] = 9;
         assert!(FrameHeader::parse(&bad).is_err_and(|e| e.contains("padding")));
         let mut bad = out;
-        bad[8] = 3;
+        bad[8] = 4;
         assert!(FrameHeader::parse(&bad).is_err_and(|e| e.contains("version")));
     }
 }

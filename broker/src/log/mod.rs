@@ -29,6 +29,7 @@ mod txn_tests;
 #[cfg(test)]
 mod visibility_tests;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -48,8 +49,8 @@ use crate::txn::records::{marker_key, marker_value};
 use crate::txn::state::TxnResult;
 pub use cleaner::{CleanStats, CrashPoint};
 pub use epoch::LeaderEpochs;
-use frame::FrameEncoder;
 pub use frame::{BatchHeader, ProducerInfo, attributes};
+use frame::{FrameEncoder, Unsealed};
 use producer_state::{ProducerStates, SequenceCheck};
 use segment::{Segment, SegmentView, Truncation};
 use storage::{FileStorage, Storage};
@@ -178,13 +179,35 @@ pub struct LogOffsets {
     pub segments: usize,
 }
 
+/// The largest frame buffer a thread keeps between appends.
+const KEPT_FRAME_BUFFER: usize = 16 << 20;
+
+/// Runs `f` with this thread's frame encoder and an empty frame buffer. Appends encode before
+/// taking their partition's lock, on whichever thread runs them, so a thread keeps one encoder
+/// and one buffer for every partition it appends to.
+fn with_frame_encoder<R>(f: impl FnOnce(&mut FrameEncoder, &mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static ENCODING: Cell<Option<(FrameEncoder, Vec<u8>)>> = const { Cell::new(None) };
+    }
+    // Taken out for the call, so a nested use (or one while the thread exits) gets fresh ones.
+    let (mut encoder, mut frame) = ENCODING
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    frame.clear();
+    let result = f(&mut encoder, &mut frame);
+    if frame.capacity() > KEPT_FRAME_BUFFER {
+        frame = Vec::new();
+    }
+    let _ = ENCODING.try_with(|cell| cell.set(Some((encoder, frame))));
+    result
+}
+
 struct Inner {
-    config: Arc<LogConfig>,
     segments: BTreeMap<i64, Segment>,
     next_offset: i64,
     log_start_offset: i64,
-    encoder: FrameEncoder,
-    scratch: Vec<u8>,
     /// A segment file was created or removed since the last directory fsync.
     /// Bumped whenever a segment file is created or removed; the directory needs an fsync
     /// while it is ahead of `dir_synced_gen`.
@@ -224,6 +247,9 @@ pub struct Log {
     partition: i32,
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// The topic's config: a lock of its own, held only to clone it, so that appends and
+    /// acknowledgements read it without waiting for an append's write under `inner`.
+    config: Mutex<Arc<LogConfig>>,
     durable_offset: AtomicI64,
     last_flush_ms: AtomicI64,
     /// Fsync rounds that may run at once (see [`Log::flush_to`]).
@@ -430,18 +456,16 @@ impl Log {
             partition,
             dir: dir.to_owned(),
             inner: Mutex::new(Inner {
-                config,
                 segments,
                 next_offset,
                 log_start_offset,
-                encoder: FrameEncoder::default(),
-                scratch: Vec::new(),
                 dir_gen: 1,
                 dir_synced_gen: 0,
                 producers,
                 txns,
                 swapping: None,
             }),
+            config: Mutex::new(config),
             // What survived recovery is what the disk holds; a crash cannot lose it again.
             durable_offset: AtomicI64::new(next_offset),
             last_flush_ms: AtomicI64::new(now_ms()),
@@ -512,12 +536,12 @@ impl Log {
     }
 
     pub fn config(&self) -> Arc<LogConfig> {
-        self.inner.lock().config.clone()
+        self.config.lock().clone()
     }
 
     /// Replaces the config (takes effect on the next append, roll, retention or clean).
     pub fn set_config(&self, config: Arc<LogConfig>) {
-        self.inner.lock().config = config;
+        *self.config.lock() = config;
     }
 
     /// Current offsets and size.
@@ -805,7 +829,7 @@ impl Log {
         if let Some(e) = self.offline_error() {
             return Err(e);
         }
-        let config = self.inner.lock().config.clone();
+        let config = self.config();
         self.validate(&config, batch)?;
         let n = batch.num_rows();
         let now = now_ms();
@@ -847,6 +871,38 @@ impl Log {
             )
         };
 
+        columns[col::OFFSET] = Arc::new(Int64Array::from_iter_values(0..n as i64));
+        let relative = RecordBatch::try_new(batch.schema(), columns)?;
+        let header = BatchHeader {
+            base_offset: 0, // assigned under the lock
+            last_offset_delta: (n - 1) as i32,
+            record_count: n as i32,
+            first_timestamp: first_ts,
+            max_timestamp: max_ts,
+            producer,
+        };
+        // Encoded (and compressed) before the lock, so appenders to this partition encode in
+        // parallel; under the lock the frame gets its offsets and CRC, and is written.
+        with_frame_encoder(|encoder, frame| {
+            let unsealed = encoder.encode_unsealed(&header, &relative, frame)?;
+            self.append_frame(frame, unsealed, header, marker, log_append_time, now)
+        })
+    }
+
+    /// The part of an append under the partition lock: the producer's checks, the offsets,
+    /// the write, and the producer and transaction state. `frame` holds the batch encoded
+    /// with offsets relative to its base, which is assigned here.
+    fn append_frame(
+        &self,
+        frame: &mut [u8],
+        unsealed: Unsealed,
+        mut header: BatchHeader,
+        marker: Option<TxnResult>,
+        log_append_time: Option<i64>,
+        now: i64,
+    ) -> Result<AppendInfo> {
+        let producer = header.producer;
+        let n = header.record_count;
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         // Checked under the lock `close` takes, so no append lands after a close.
@@ -873,7 +929,7 @@ impl Log {
                 producer.producer_id,
                 producer.producer_epoch,
                 producer.base_sequence,
-                n as i32,
+                n,
             )?;
             if let SequenceCheck::Duplicate(dup) = check {
                 return Ok(AppendInfo {
@@ -885,34 +941,17 @@ impl Log {
             }
         }
         let base = inner.next_offset;
-        columns[col::OFFSET] = Arc::new(Int64Array::from_iter_values(base..base + n as i64));
-        let stamped = RecordBatch::try_new(batch.schema(), columns)?;
-        let header = BatchHeader {
-            base_offset: base,
-            last_offset_delta: (n - 1) as i32,
-            record_count: n as i32,
-            first_timestamp: first_ts,
-            max_timestamp: max_ts,
-            producer,
-        };
-        let mut scratch = std::mem::take(&mut inner.scratch);
-        scratch.clear();
-        let encoded = inner.encoder.encode(&header, &stamped, &mut scratch);
-        let result = encoded.and_then(|()| {
-            self.maybe_roll(inner, scratch.len() as u64, now)?;
-            inner.active()?.append(&scratch, &header)
-        });
-        if scratch.capacity() <= 16 << 20 {
-            inner.scratch = scratch;
-        }
-        result?;
+        header.base_offset = base;
+        unsealed.seal(frame, base);
+        self.maybe_roll(inner, frame.len() as u64, now)?;
+        inner.active()?.append(frame, &header)?;
         inner.next_offset = header.next_offset();
         if idempotent {
             inner.producers.update(
                 producer.producer_id,
                 producer.producer_epoch,
                 producer.base_sequence,
-                n as i32,
+                n,
                 (base, header.last_offset()),
                 now,
             );
@@ -938,7 +977,7 @@ impl Log {
             log_start_offset: inner.log_start_offset,
         };
         let end = inner.next_offset;
-        let flush_on_ack = inner.config.flush_on_ack;
+        let flush_on_ack = self.config().flush_on_ack;
         self.log_end.store(end, Ordering::Release);
         drop(guard);
         if flush_on_ack {
@@ -1017,9 +1056,9 @@ impl Log {
     /// Rolls to a new segment when the frame would push the active one past `segment.bytes`, or
     /// the active one is older than `segment.ms`. The closed segment's indexes are persisted.
     fn maybe_roll(&self, inner: &mut Inner, frame_len: u64, now: i64) -> Result<()> {
-        let segment_bytes = inner.config.segment_bytes;
-        let segment_ms = inner.config.segment_ms;
-        let interval = inner.config.index_interval_bytes;
+        let config = self.config();
+        let (segment_bytes, segment_ms) = (config.segment_bytes, config.segment_ms);
+        let interval = config.index_interval_bytes;
         let next = inner.next_offset;
         let active = inner.active()?;
         let full = active.size + frame_len > segment_bytes;
@@ -1090,7 +1129,7 @@ impl Log {
             let dir = (inner.dir_gen > inner.dir_synced_gen).then(|| self.dir.clone());
             let end = inner.next_offset;
             self.in_flight.lock().push((round, end));
-            (files, dir, inner.dir_gen, end, inner.config.flush_on_ack)
+            (files, dir, inner.dir_gen, end, self.config().flush_on_ack)
         };
         let syncs_dir = dir.is_some();
         let storage = self.storage.clone();
@@ -1329,8 +1368,8 @@ impl Log {
     /// larger than `retention.bytes`, oldest first. The active segment is never deleted.
     /// Returns the number of segments deleted.
     pub fn enforce_retention(&self, now: i64) -> Result<usize> {
+        let config = self.config();
         let mut inner = self.inner.lock();
-        let config = inner.config.clone();
         if !config.cleanup_policy.delete {
             return Ok(0);
         }
