@@ -111,8 +111,19 @@ struct BytesColumn {
     /// Starts at 0; one more entry per row.
     offsets: Vec<i32>,
     data: Vec<u8>,
-    /// Made at the first null (every earlier row valid), so a column without nulls has none.
-    nulls: Option<BooleanBufferBuilder>,
+    nulls: Nulls,
+}
+
+/// The validity of a [`BytesColumn`]'s rows so far. The two common columns, keys that are all
+/// null and values that are all set, need no bitmap while they are built.
+#[derive(Debug)]
+enum Nulls {
+    /// Every row is valid (or there is none).
+    None,
+    /// Every row is null, and there is at least one.
+    All,
+    /// Some of each: a bit per row.
+    Mixed(BooleanBufferBuilder),
 }
 
 impl BytesColumn {
@@ -122,7 +133,7 @@ impl BytesColumn {
         BytesColumn {
             offsets,
             data: Vec::with_capacity(bytes),
-            nulls: None,
+            nulls: Nulls::None,
         }
     }
 
@@ -134,35 +145,49 @@ impl BytesColumn {
             .unwrap_or_else(|_| unreachable!("more than 2 GiB of values in one batch column"))
     }
 
-    #[inline]
+    #[inline(always)]
     fn append(&mut self, value: Option<&[u8]>) {
-        match value {
-            Some(v) => {
+        match (value, &mut self.nulls) {
+            (Some(v), Nulls::None) => self.data.extend_from_slice(v),
+            (None, Nulls::All) => {}
+            (Some(v), Nulls::Mixed(bits)) => {
+                bits.append(true);
                 self.data.extend_from_slice(v);
-                if let Some(nulls) = &mut self.nulls {
-                    nulls.append(true);
-                }
             }
-            None => {
-                let rows = self.offsets.len() - 1;
-                self.nulls
-                    .get_or_insert_with(|| {
-                        let mut nulls = BooleanBufferBuilder::new(self.offsets.capacity());
-                        nulls.append_n(rows, true);
-                        nulls
-                    })
-                    .append(false);
-            }
+            (None, Nulls::Mixed(bits)) => bits.append(false),
+            (value, _) => self.start_mixed(value),
         }
         let end = self.end();
         self.offsets.push(end);
+    }
+
+    /// Appends the first row that breaks a run of valid or of null rows (or the first row).
+    #[cold]
+    fn start_mixed(&mut self, value: Option<&[u8]>) {
+        let rows = self.offsets.len() - 1;
+        if rows == 0 && value.is_none() {
+            self.nulls = Nulls::All;
+            return;
+        }
+        let mut bits = BooleanBufferBuilder::new(self.offsets.capacity());
+        bits.append_n(rows, matches!(self.nulls, Nulls::None));
+        bits.append(value.is_some());
+        if let Some(v) = value {
+            self.data.extend_from_slice(v);
+        }
+        self.nulls = Nulls::Mixed(bits);
     }
 
     /// The column's offsets, values and nulls; the column starts over empty.
     fn take(&mut self) -> (OffsetBuffer<i32>, Buffer, Option<NullBuffer>) {
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
         let data = std::mem::take(&mut self.data);
-        let nulls = self.nulls.take().map(|mut b| NullBuffer::new(b.finish()));
+        let rows = offsets.len() - 1;
+        let nulls = match std::mem::replace(&mut self.nulls, Nulls::None) {
+            Nulls::None => None,
+            Nulls::All => Some(NullBuffer::new_null(rows)),
+            Nulls::Mixed(mut bits) => Some(NullBuffer::new(bits.finish())),
+        };
         // Offsets start at 0 and never decrease, by construction.
         (
             OffsetBuffer::new(ScalarBuffer::from(offsets)),

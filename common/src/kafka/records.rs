@@ -5,6 +5,7 @@
 //! allocation. `kafka-protocol`'s `Record` type is not used on these paths.
 
 use arrow::array::Array;
+use arrow::buffer::NullBuffer;
 use arrow::record_batch::RecordBatch;
 
 use super::compression;
@@ -155,7 +156,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    #[inline]
+    #[inline(always)]
     fn varlong(&mut self) -> Result<i64, RecordError> {
         match self.zigzag() {
             Some(z) => Ok(((z >> 1) as i64) ^ -((z & 1) as i64)),
@@ -164,7 +165,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The next varint's raw (zigzag) value; `None` if it runs past the end or past ten bytes.
-    #[inline]
+    #[inline(always)]
     fn zigzag(&mut self) -> Option<u64> {
         let rest = self.buf.get(self.pos..)?;
         // Most fields of a record (attributes, deltas, short lengths) take one byte.
@@ -172,6 +173,13 @@ impl<'a> Cursor<'a> {
         if first < 0x80 {
             self.pos += 1;
             return Some(u64::from(first));
+        }
+        // Lengths of records and values up to 8 KiB, and offset deltas up to 8,191, take two.
+        if let Some(&second) = rest.get(1)
+            && second < 0x80
+        {
+            self.pos += 2;
+            return Some(u64::from(first & 0x7f) | u64::from(second) << 7);
         }
         let mut value = 0u64;
         for (i, &b) in rest.iter().take(10).enumerate() {
@@ -194,33 +202,53 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<i32, RecordError> {
         let v = self.varlong()?;
-        i32::try_from(v)
-            .map_err(|_| RecordError::InvalidRecord(format!("varint {v} is out of range")))
+        i32::try_from(v).map_err(|_| Self::out_of_range(v))
     }
 
-    #[inline]
-    fn bytes(&mut self, len: usize) -> Result<&'a [u8], RecordError> {
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len());
-        let Some(end) = end else {
-            return Err(RecordError::InvalidRecord(format!(
-                "a field of {len} bytes runs past the end of its record"
-            )));
-        };
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
+    #[cold]
+    fn out_of_range(v: i64) -> RecordError {
+        RecordError::InvalidRecord(format!("varint {v} is out of range"))
     }
 
-    /// A length-prefixed field; `None` for length -1.
-    #[inline]
+    /// A length-prefixed field; `None` for length -1. Read from the zigzag value directly: a
+    /// length n ≥ 0 is 2n, and -1 is 1.
+    #[inline(always)]
     fn nullable(&mut self) -> Result<Option<&'a [u8]>, RecordError> {
-        match self.varint()? {
-            -1 => Ok(None),
-            n if n >= 0 => self.bytes(n as usize).map(Some),
-            n => Err(RecordError::InvalidRecord(format!("negative length {n}"))),
+        let Some(z) = self.zigzag() else {
+            return Err(self.varint_error());
+        };
+        if z & 1 == 1 {
+            return if z == 1 {
+                Ok(None)
+            } else {
+                Err(Self::bad_length(z))
+            };
+        }
+        let len = (z >> 1) as usize;
+        match self.buf.get(self.pos..).and_then(|rest| rest.get(..len)) {
+            Some(field) if z >> 1 <= i32::MAX as u64 => {
+                self.pos += len;
+                Ok(Some(field))
+            }
+            _ => Err(Self::bad_length(z)),
+        }
+    }
+
+    /// Why a field of zigzag length `z` cannot be read.
+    #[cold]
+    fn bad_length(z: u64) -> RecordError {
+        let n = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        if i32::try_from(n).is_err() {
+            RecordError::InvalidRecord(format!("varint {n} is out of range"))
+        } else if n < 0 {
+            RecordError::InvalidRecord(format!("negative length {n}"))
+        } else {
+            RecordError::InvalidRecord(format!(
+                "a field of {n} bytes runs past the end of its record"
+            ))
         }
     }
 }
@@ -303,7 +331,13 @@ fn decode_into(
             buf: &records[..end],
             pos: start,
         };
-        rec.bytes(1)?; // attributes (unused in v2)
+        // Attributes: unused in v2, and the record is not empty.
+        if start == end {
+            return Err(RecordError::InvalidRecord(
+                "an empty record has no attributes byte".into(),
+            ));
+        }
+        rec.pos += 1;
         let ts_delta = rec.varlong()?;
         let offset_delta = rec.varint()?;
         let key = rec.nullable()?;
@@ -375,16 +409,17 @@ fn put_varint(out: &mut Vec<u8>, v: i64) {
 
 /// A record's length and fixed fields, built on the stack: the fields (a byte and up to four
 /// zigzag varints of at most ten bytes) after [`RecordPrefix::ROOM`] bytes, into whose end the
-/// record's length goes once the fields are known.
+/// record's length goes once the fields are known. The buffer is reused from record to record
+/// and indexed modulo its size, which the fields never reach, so writes need no bounds checks.
 struct RecordPrefix {
-    buf: [u8; 48],
+    buf: [u8; RecordPrefix::SIZE],
     len: usize,
 }
 
 impl Default for RecordPrefix {
     fn default() -> Self {
         RecordPrefix {
-            buf: [0; 48],
+            buf: [0; RecordPrefix::SIZE],
             len: RecordPrefix::ROOM,
         }
     }
@@ -393,16 +428,30 @@ impl Default for RecordPrefix {
 impl RecordPrefix {
     /// Room for the record length's varint (a record is shorter than 2^31 bytes).
     const ROOM: usize = 5;
+    /// A power of two above `ROOM` + 1 + 4 × 10, the most the fields take.
+    const SIZE: usize = 64;
+    /// Prefixes up to this long are copied out as a fixed-size block, without a `memcpy` call.
+    const SHORT: usize = 16;
+
+    /// Starts the next record's fields.
+    #[inline]
+    fn clear(&mut self) {
+        self.len = RecordPrefix::ROOM;
+    }
 
     #[inline]
     fn put_byte(&mut self, b: u8) {
-        self.buf[self.len] = b;
+        self.buf[self.len & (RecordPrefix::SIZE - 1)] = b;
         self.len += 1;
     }
 
     #[inline]
     fn put(&mut self, v: i64) {
         let mut z = zigzag(v);
+        if z < 0x80 {
+            self.put_byte(z as u8);
+            return;
+        }
         while z >= 0x80 {
             self.put_byte((z as u8) | 0x80);
             z >>= 7;
@@ -416,9 +465,9 @@ impl RecordPrefix {
         self.len - RecordPrefix::ROOM
     }
 
-    /// The record's length `body` as a varint, followed by the fields.
+    /// Appends the record's length `body` as a varint, then the fields, to `out`.
     #[inline]
-    fn with_length(&mut self, body: i64) -> &[u8] {
+    fn write_with_length(&mut self, body: i64, out: &mut Vec<u8>) {
         let start = RecordPrefix::ROOM - varint_len(body).min(RecordPrefix::ROOM);
         let mut z = zigzag(body);
         for b in &mut self.buf[start..RecordPrefix::ROOM] {
@@ -426,7 +475,66 @@ impl RecordPrefix {
             z >>= 7;
         }
         self.buf[RecordPrefix::ROOM - 1] &= 0x7f;
-        &self.buf[start..self.len]
+        let len = self.len.min(RecordPrefix::SIZE) - start;
+        if len <= RecordPrefix::SHORT && start + RecordPrefix::SHORT <= RecordPrefix::SIZE {
+            // A fixed-size copy compiles to two moves; the bytes past the prefix are cut off.
+            let at = out.len();
+            out.extend_from_slice(&self.buf[start..start + RecordPrefix::SHORT]);
+            out.truncate(at + len);
+        } else {
+            out.extend_from_slice(&self.buf[start..start + len]);
+        }
+    }
+}
+
+/// The rows of a batch in the most common shape, encoded by a loop of their own: no headers,
+/// every value set, and keys either all null or all set.
+struct PlainRows<'a> {
+    timestamps: &'a [i64],
+    base_ts: i64,
+    offsets: &'a [i64],
+    base_offset: i64,
+    /// Key offsets and data; `None` when every key is null.
+    keys: Option<(&'a [i32], &'a [u8])>,
+    value_offsets: &'a [i32],
+    value_data: &'a [u8],
+}
+
+impl PlainRows<'_> {
+    fn encode(&self, fixed: &mut RecordPrefix, out: &mut Vec<u8>) {
+        let values = self.value_offsets.windows(2);
+        let rows = self.timestamps.iter().zip(self.offsets).zip(values);
+        for (row, ((&ts, &offset), bounds)) in rows.enumerate() {
+            let value = &self.value_data[bounds[0] as usize..bounds[1] as usize];
+            fixed.clear();
+            fixed.put_byte(0); // attributes
+            fixed.put(ts.wrapping_sub(self.base_ts));
+            fixed.put(offset - self.base_offset);
+            let key = self
+                .keys
+                .map(|(offsets, data)| &data[offsets[row] as usize..offsets[row + 1] as usize]);
+            // The body: the fields, the key and the value's length after it, the value, and
+            // a header count of 0 (one byte).
+            let body = match key {
+                None => {
+                    fixed.put_byte(1); // a null key: -1
+                    fixed.put(value.len() as i64);
+                    fixed.fields_len() + value.len() + 1
+                }
+                Some(key) => {
+                    fixed.put(key.len() as i64);
+                    let value_len = value.len() as i64;
+                    fixed.fields_len() + key.len() + varint_len(value_len) + value.len() + 1
+                }
+            };
+            fixed.write_with_length(body as i64, out);
+            if let Some(key) = key {
+                out.extend_from_slice(key);
+                put_varint(out, value.len() as i64);
+            }
+            out.extend_from_slice(value);
+            out.push(0);
+        }
     }
 }
 
@@ -506,7 +614,8 @@ pub fn encode_batch_in_epoch(
     let base_ts = ts[0];
     let start = out.len();
     let data_bytes = cols.values.values().len() + cols.keys.values().len();
-    out.reserve(BATCH_HEADER_LEN + data_bytes + n * 16);
+    // Each row adds its fixed fields and length (a short prefix is written 16 bytes wide).
+    out.reserve(BATCH_HEADER_LEN + data_bytes + n * 24);
     out.resize(start + BATCH_HEADER_LEN, 0);
 
     let key_nulls = cols.keys.nulls().cloned();
@@ -527,7 +636,32 @@ pub fn encode_batch_in_epoch(
             out.extend_from_slice(b);
         }
     };
-    for row in 0..n {
+    let mut fixed = RecordPrefix::default();
+    let all_or_none = |nulls: &Option<NullBuffer>| {
+        nulls
+            .as_ref()
+            .is_none_or(|b| b.null_count() == 0 || b.null_count() == n)
+    };
+    let plain = !any_headers
+        && value_nulls.as_ref().is_none_or(|b| b.null_count() == 0)
+        && all_or_none(&key_nulls);
+    if plain {
+        let keys = key_nulls
+            .as_ref()
+            .is_none_or(|b| b.null_count() == 0)
+            .then_some((key_offsets, key_data));
+        let rows = PlainRows {
+            timestamps: &ts[..n],
+            base_ts,
+            offsets: &offsets[..n],
+            base_offset,
+            keys,
+            value_offsets,
+            value_data,
+        };
+        rows.encode(&mut fixed, out);
+    }
+    for row in (0..n).filter(|_| !plain) {
         let key = if key_nulls.as_ref().is_some_and(|b| b.is_null(row)) {
             None
         } else {
@@ -556,7 +690,7 @@ pub fn encode_batch_in_epoch(
         // through one stack buffer (after room for the record's length, which depends on
         // them), so a record costs a few copies rather than a capacity check per byte.
         let value_len = value.map_or(-1, |v| v.len() as i64);
-        let mut fixed = RecordPrefix::default();
+        fixed.clear();
         fixed.put_byte(0); // attributes
         fixed.put(ts_delta);
         fixed.put(offset_delta);
@@ -571,7 +705,7 @@ pub fn encode_batch_in_epoch(
         for (hk, hv) in header_indexes.clone().filter_map(header_at) {
             body += field_len(Some(hk)) + field_len(hv);
         }
-        out.extend_from_slice(fixed.with_length(body as i64));
+        fixed.write_with_length(body as i64, out);
         if let Some(k) = key {
             out.extend_from_slice(k);
             put_varint(out, value_len);
@@ -824,6 +958,72 @@ mod tests {
         assert_eq!(records_bound(3, 70), 3);
         assert_eq!(records_bound(-5, 70), 0);
         assert_eq!(records_bound(i32::MAX, 0), 0);
+    }
+
+    /// Batches without headers take their own encoding loop when their keys are all null or all
+    /// set; it must write what the general loop writes, for our decoder and kafka-protocol's.
+    #[test]
+    fn batches_without_headers_decode_the_same_in_every_key_shape() {
+        for shape in ["null keys", "keys", "mixed keys", "a null value"] {
+            let values: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; i * 37 % 300]).collect();
+            let records: Vec<Record> = (0..200)
+                .map(|i| {
+                    let key = format!("key-{i}");
+                    let key = match shape {
+                        "null keys" | "a null value" => None,
+                        "keys" => Some(key.as_bytes()),
+                        _ => (i % 3 == 0).then_some(key.as_bytes()),
+                    };
+                    let value = (shape != "a null value" || i != 7).then_some(&values[i][..]);
+                    // Timestamps jump back and forth, so some deltas take several bytes.
+                    Record::new(1_000_000 + (i as i64 % 7 - 3) * 100_000, key, value)
+                })
+                .collect();
+            let whole = with_offsets(records_to_batch(&records), 40);
+            for (batch, skip) in [(whole.clone(), 0), (whole.slice(5, 150), 5)] {
+                let header = BatchHeader {
+                    base_offset: 40,
+                    last_offset_delta: 199,
+                    record_count: 200,
+                    first_timestamp: 0,
+                    max_timestamp: 1_300_000,
+                    producer: ProducerInfo::NONE,
+                };
+                let mut out = Vec::new();
+                encode_batch(&mut out, &header, &batch).unwrap_or_else(|e| panic!("{e}"));
+                let expected = &records[skip..skip + batch.num_rows()];
+                let parsed = parse_batches(&out).unwrap_or_else(|e| panic!("{shape}: {e}"));
+                let mut builder = EnvelopeBuilder::default();
+                decode_records(
+                    &parsed[0],
+                    &mut builder,
+                    &mut DecodeScratch::default(),
+                    1 << 20,
+                )
+                .unwrap_or_else(|e| panic!("{shape}: {e}"));
+                let ours = batch_to_records(&builder.finish()).unwrap_or_default();
+                assert_eq!(ours.len(), expected.len(), "{shape}");
+                for (got, want) in ours.iter().zip(expected) {
+                    assert_eq!(
+                        (got.timestamp_ms, &got.key, &got.value),
+                        (want.timestamp_ms, &want.key, &want.value),
+                        "{shape}"
+                    );
+                }
+                let mut bytes = bytes::Bytes::from(out);
+                let theirs = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes)
+                    .unwrap_or_else(|e| panic!("{shape}: {e}"));
+                let theirs: Vec<_> = theirs.into_iter().flat_map(|b| b.records).collect();
+                assert_eq!(theirs.len(), expected.len(), "{shape}");
+                for (i, (got, want)) in theirs.iter().zip(expected).enumerate() {
+                    assert_eq!(got.offset, 40 + (skip + i) as i64, "{shape}");
+                    assert_eq!(got.timestamp, want.timestamp_ms, "{shape}");
+                    assert_eq!(got.key.as_deref(), want.key.as_deref(), "{shape}");
+                    assert_eq!(got.value.as_deref(), want.value.as_deref(), "{shape}");
+                    assert!(got.headers.is_empty());
+                }
+            }
+        }
     }
 
     #[test]
