@@ -186,21 +186,24 @@ const KEPT_FRAME_BUFFER: usize = 16 << 20;
 /// taking their partition's lock, on whichever thread runs them, so a thread keeps one encoder
 /// and one buffer for every partition it appends to.
 fn with_frame_encoder<R>(f: impl FnOnce(&mut FrameEncoder, &mut Vec<u8>) -> R) -> R {
+    // Boxed, so taking it out and putting it back moves a pointer, not the encoder.
+    type Encoding = Box<(FrameEncoder, Vec<u8>)>;
     thread_local! {
-        static ENCODING: Cell<Option<(FrameEncoder, Vec<u8>)>> = const { Cell::new(None) };
+        static ENCODING: Cell<Option<Encoding>> = const { Cell::new(None) };
     }
     // Taken out for the call, so a nested use (or one while the thread exits) gets fresh ones.
-    let (mut encoder, mut frame) = ENCODING
+    let mut encoding: Encoding = ENCODING
         .try_with(Cell::take)
         .ok()
         .flatten()
         .unwrap_or_default();
+    let (encoder, frame) = &mut *encoding;
     frame.clear();
-    let result = f(&mut encoder, &mut frame);
+    let result = f(encoder, frame);
     if frame.capacity() > KEPT_FRAME_BUFFER {
-        frame = Vec::new();
+        *frame = Vec::new();
     }
-    let _ = ENCODING.try_with(|cell| cell.set(Some((encoder, frame))));
+    let _ = ENCODING.try_with(|cell| cell.set(Some(encoding)));
     result
 }
 
