@@ -38,10 +38,14 @@ async fn open(dir: &Path) -> Broker {
 }
 
 fn read_all(broker: &Broker, partition: i32) -> Vec<Record> {
+    read_topic(broker, "orders", partition)
+}
+
+fn read_topic(broker: &Broker, topic: &str, partition: i32) -> Vec<Record> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let read = broker.read("orders", partition, offset, 1 << 20).unwrap();
+        let read = broker.read(topic, partition, offset, 1 << 20).unwrap();
         for b in &read.batches {
             out.extend(batch_to_records(&b.records).unwrap());
         }
@@ -50,6 +54,19 @@ fn read_all(broker: &Broker, partition: i32) -> Vec<Record> {
         }
         offset = read.next_offset;
     }
+}
+
+/// A copy of the data directory `tests/data/<name>`, at `data` inside the returned directory.
+fn fixture(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+        &data,
+    );
+    (dir, data)
 }
 
 fn at(offset: i64, mut record: Record) -> Record {
@@ -90,12 +107,7 @@ fn expected_partition_1() -> Vec<Record> {
 
 #[tokio::test]
 async fn a_data_directory_of_the_first_format_is_served_and_extended() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-v1"),
-        &data,
-    );
+    let (_dir, data) = fixture("format-v1");
     let broker = open(&data).await;
     assert_eq!(read_all(&broker, 0), expected_partition_0());
     assert_eq!(read_all(&broker, 1), expected_partition_1());
@@ -186,29 +198,9 @@ fn expected_v2(topic: &str, partition: i32) -> Vec<Record> {
     }
 }
 
-fn read_topic(broker: &Broker, topic: &str, partition: i32) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let read = broker.read(topic, partition, offset, 1 << 20).unwrap();
-        for b in &read.batches {
-            out.extend(batch_to_records(&b.records).unwrap());
-        }
-        if read.next_offset == offset {
-            return out;
-        }
-        offset = read.next_offset;
-    }
-}
-
 #[tokio::test]
 async fn a_data_directory_of_the_second_format_is_served_and_extended() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-v2"),
-        &data,
-    );
+    let (_dir, data) = fixture("format-v2");
     let parts = [("orders", 0), ("orders", 1), ("zipped", 0)];
     let broker = open(&data).await;
     for (topic, partition) in parts {

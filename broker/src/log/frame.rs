@@ -318,6 +318,18 @@ fn is_small(batch: &RecordBatch) -> bool {
         })
 }
 
+/// The form a batch is stored in: the codec its attributes ask for ([`Codec::at_rest`]), and
+/// the Kafka layout when it is small or compressed (see [`FrameEncoder::encode`]).
+fn form_of(header: &BatchHeader, batch: &RecordBatch) -> (Layout, Codec) {
+    let codec = Codec::at_rest(header.producer.attributes & attributes::COMPRESSION);
+    let layout = if codec != Codec::None || is_small(batch) {
+        Layout::Kafka
+    } else {
+        Layout::Arrow
+    };
+    (layout, codec)
+}
+
 /// `batch` with `delta` added to its offsets (wrapping: offsets never come near the ends).
 fn shift_offsets(batch: &RecordBatch, delta: i64) -> Result<RecordBatch> {
     if delta == 0 {
@@ -375,10 +387,8 @@ impl FrameEncoder {
         batch: &RecordBatch,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let relative = shift_offsets(batch, header.base_offset.wrapping_neg())?;
-        self.encode_unsealed(header, &relative, out)?
-            .seal(out, header.base_offset);
-        Ok(())
+        let (layout, codec) = form_of(header, batch);
+        self.encode_as(header, batch, layout, codec, out)
     }
 
     /// [`FrameEncoder::encode`] of a batch whose offsets are relative to a base offset not yet
@@ -389,17 +399,10 @@ impl FrameEncoder {
         batch: &RecordBatch,
         out: &mut Vec<u8>,
     ) -> Result<Unsealed> {
-        let codec = Codec::at_rest(header.producer.attributes & attributes::COMPRESSION);
-        let layout = if codec != Codec::None || is_small(batch) {
-            Layout::Kafka
-        } else {
-            Layout::Arrow
-        };
-        self.encode_relative(header, batch, layout, codec, out)
+        self.encode_relative(header, batch, form_of(header, batch), out)
     }
 
     /// Encodes `batch` (offsets assigned, `header.base_offset` the first) in the given form.
-    #[cfg(test)]
     pub fn encode_as(
         &mut self,
         header: &BatchHeader,
@@ -409,7 +412,7 @@ impl FrameEncoder {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let relative = shift_offsets(batch, header.base_offset.wrapping_neg())?;
-        self.encode_relative(header, &relative, layout, codec, out)?
+        self.encode_relative(header, &relative, (layout, codec), out)?
             .seal(out, header.base_offset);
         Ok(())
     }
@@ -419,8 +422,7 @@ impl FrameEncoder {
         &mut self,
         header: &BatchHeader,
         batch: &RecordBatch,
-        layout: Layout,
-        codec: Codec,
+        (layout, codec): (Layout, Codec),
         out: &mut Vec<u8>,
     ) -> Result<Unsealed> {
         let start = out.len();

@@ -761,6 +761,13 @@ mod tests {
     use arrow::array::Int64Array;
     use std::sync::Arc;
 
+    /// Our decoder's records of one batch (offsets left at 0).
+    fn decode_to_records(batch: &KafkaBatch<'_>) -> Result<Vec<Record>, RecordError> {
+        let mut builder = EnvelopeBuilder::default();
+        decode_records(batch, &mut builder, &mut DecodeScratch::default(), 1 << 20)?;
+        Ok(batch_to_records(&builder.finish()).unwrap_or_default())
+    }
+
     fn with_offsets(batch: RecordBatch, base: i64) -> RecordBatch {
         let mut cols = batch.columns().to_vec();
         cols[0] = Arc::new(Int64Array::from_iter_values(
@@ -937,15 +944,8 @@ mod tests {
             assert_eq!(parsed.len(), 1);
             assert_eq!(parsed[0].compression(), codec);
             assert_eq!((parsed[0].producer_id, parsed[0].base_sequence), (4, 10));
-            let mut builder = EnvelopeBuilder::default();
-            decode_records(
-                &parsed[0],
-                &mut builder,
-                &mut DecodeScratch::default(),
-                1 << 20,
-            )
-            .unwrap_or_else(|e| panic!("codec {codec}: {e}"));
-            let decoded = batch_to_records(&builder.finish()).unwrap_or_default();
+            let decoded =
+                decode_to_records(&parsed[0]).unwrap_or_else(|e| panic!("codec {codec}: {e}"));
             assert_eq!(decoded.len(), 200);
             assert_eq!(decoded[199].key.as_deref(), Some(&b"k199"[..]));
             assert_eq!(decoded[5].headers.len(), 1);
@@ -993,15 +993,7 @@ mod tests {
                 encode_batch(&mut out, &header, &batch).unwrap_or_else(|e| panic!("{e}"));
                 let expected = &records[skip..skip + batch.num_rows()];
                 let parsed = parse_batches(&out).unwrap_or_else(|e| panic!("{shape}: {e}"));
-                let mut builder = EnvelopeBuilder::default();
-                decode_records(
-                    &parsed[0],
-                    &mut builder,
-                    &mut DecodeScratch::default(),
-                    1 << 20,
-                )
-                .unwrap_or_else(|e| panic!("{shape}: {e}"));
-                let ours = batch_to_records(&builder.finish()).unwrap_or_default();
+                let ours = decode_to_records(&parsed[0]).unwrap_or_else(|e| panic!("{shape}: {e}"));
                 assert_eq!(ours.len(), expected.len(), "{shape}");
                 for (got, want) in ours.iter().zip(expected) {
                     assert_eq!(
