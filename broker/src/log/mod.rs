@@ -852,17 +852,13 @@ impl Log {
         };
         producer.attributes = (producer.attributes & !attributes::COMPRESSION) | codec;
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        let log_append_time = match config.timestamp_type {
+        match config.timestamp_type {
             TimestampType::LogAppendTime => {
                 columns[col::TIMESTAMP] = Arc::new(TimestampMillisecondArray::from(vec![now; n]));
                 producer.attributes |= attributes::LOG_APPEND_TIME;
-                Some(now)
             }
-            TimestampType::CreateTime => {
-                producer.attributes &= !attributes::LOG_APPEND_TIME;
-                None
-            }
-        };
+            TimestampType::CreateTime => producer.attributes &= !attributes::LOG_APPEND_TIME,
+        }
         let (first_ts, max_ts) = {
             let ts = columns[col::TIMESTAMP]
                 .as_any()
@@ -888,24 +884,27 @@ impl Log {
         // parallel; under the lock the frame gets its offsets and CRC, and is written.
         with_frame_encoder(|encoder, frame| {
             let unsealed = encoder.encode_unsealed(&header, &relative, frame)?;
-            self.append_frame(frame, unsealed, header, marker, log_append_time, now)
+            self.append_frame(frame, unsealed, header, marker, &config, now)
         })
     }
 
     /// The part of an append under the partition lock: the producer's checks, the offsets,
     /// the write, and the producer and transaction state. `frame` holds the batch encoded
-    /// with offsets relative to its base, which is assigned here.
+    /// with offsets relative to its base, which is assigned here; `config` is the one the
+    /// batch was checked and encoded with.
     fn append_frame(
         &self,
         frame: &mut [u8],
         unsealed: Unsealed,
         mut header: BatchHeader,
         marker: Option<TxnResult>,
-        log_append_time: Option<i64>,
+        config: &LogConfig,
         now: i64,
     ) -> Result<AppendInfo> {
         let producer = header.producer;
         let n = header.record_count;
+        let log_append_time =
+            (producer.attributes & attributes::LOG_APPEND_TIME != 0).then_some(now);
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         // Checked under the lock `close` takes, so no append lands after a close.
@@ -946,7 +945,7 @@ impl Log {
         let base = inner.next_offset;
         header.base_offset = base;
         unsealed.seal(frame, base);
-        self.maybe_roll(inner, frame.len() as u64, now)?;
+        self.maybe_roll(inner, config, frame.len() as u64, now)?;
         inner.active()?.append(frame, &header)?;
         inner.next_offset = header.next_offset();
         if idempotent {
@@ -980,7 +979,7 @@ impl Log {
             log_start_offset: inner.log_start_offset,
         };
         let end = inner.next_offset;
-        let flush_on_ack = self.config().flush_on_ack;
+        let flush_on_ack = config.flush_on_ack;
         self.log_end.store(end, Ordering::Release);
         drop(guard);
         if flush_on_ack {
@@ -1058,8 +1057,13 @@ impl Log {
 
     /// Rolls to a new segment when the frame would push the active one past `segment.bytes`, or
     /// the active one is older than `segment.ms`. The closed segment's indexes are persisted.
-    fn maybe_roll(&self, inner: &mut Inner, frame_len: u64, now: i64) -> Result<()> {
-        let config = self.config();
+    fn maybe_roll(
+        &self,
+        inner: &mut Inner,
+        config: &LogConfig,
+        frame_len: u64,
+        now: i64,
+    ) -> Result<()> {
         let (segment_bytes, segment_ms) = (config.segment_bytes, config.segment_ms);
         let interval = config.index_interval_bytes;
         let next = inner.next_offset;

@@ -637,19 +637,11 @@ pub fn encode_batch_in_epoch(
         }
     };
     let mut fixed = RecordPrefix::default();
-    let all_or_none = |nulls: &Option<NullBuffer>| {
-        nulls
-            .as_ref()
-            .is_none_or(|b| b.null_count() == 0 || b.null_count() == n)
-    };
-    let plain = !any_headers
-        && value_nulls.as_ref().is_none_or(|b| b.null_count() == 0)
-        && all_or_none(&key_nulls);
+    let null_keys = key_nulls.as_ref().map_or(0, NullBuffer::null_count);
+    let null_values = value_nulls.as_ref().map_or(0, NullBuffer::null_count);
+    let plain = !any_headers && null_values == 0 && (null_keys == 0 || null_keys == n);
     if plain {
-        let keys = key_nulls
-            .as_ref()
-            .is_none_or(|b| b.null_count() == 0)
-            .then_some((key_offsets, key_data));
+        let keys = (null_keys == 0).then_some((key_offsets, key_data));
         let rows = PlainRows {
             timestamps: &ts[..n],
             base_ts,
@@ -661,7 +653,9 @@ pub fn encode_batch_in_epoch(
         };
         rows.encode(&mut fixed, out);
     }
-    for row in (0..n).filter(|_| !plain) {
+    // The general loop, for the batches `PlainRows` does not take.
+    let general_rows = if plain { 0 } else { n };
+    for row in 0..general_rows {
         let key = if key_nulls.as_ref().is_some_and(|b| b.is_null(row)) {
             None
         } else {
