@@ -38,12 +38,13 @@
 //! matrices) and reading the body again under the lock costs its length.
 
 use std::cell::RefCell;
+use std::io::IoSlice;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::Int64Array;
 use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::ipc::reader::FileDecoder;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow::ipc::{Block, MetadataVersion};
 use arrow::record_batch::RecordBatch;
 use quiver_common::kafka::{compression, records as kafka_records};
@@ -73,6 +74,9 @@ pub const SMALL_BATCH_BYTES: usize = 16 << 10;
 const KAFKA_PREFIX_LEN: usize = 16;
 /// Kafka's default `compression.zstd.level`.
 const ZSTD_LEVEL: i32 = 3;
+/// Buffers of a batch at least this long go into an appended frame as they lie, written from
+/// the batch's own memory (see [`Unsealed`]); shorter ones are copied, as cheap as a piece.
+const BORROWED_MIN: usize = 1 << 10;
 
 pub use quiver_common::batch::{BatchHeader, ProducerInfo, attributes};
 
@@ -252,11 +256,10 @@ pub fn crc_matches(frame: &[u8], header: &FrameHeader) -> bool {
 
 /// Reusable state for encoding frames (IPC and compression scratch space).
 pub struct FrameEncoder {
-    /// Arrow's IPC writer, used for record-batch messages only: its output vector is swapped
-    /// with the frame's buffer for each batch, so the columns are copied once, straight into
-    /// the frame, where `IpcDataGenerator::encode` fills a fresh body vector and
-    /// `write_message` copies it again.
-    ipc: StreamWriter<Vec<u8>>,
+    /// Arrow's IPC encoder, used for record-batch messages only (its schema message was taken
+    /// when it was made). It hands a message back as a list of buffers, the batch's own column
+    /// buffers among them, so an append writes those without copying them into the frame.
+    ipc: StreamEncoder,
     /// The uncompressed body of a version 2 frame (after `skip` bytes, see `encode_as`).
     body: Vec<u8>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
@@ -272,10 +275,13 @@ impl Default for FrameEncoder {
     fn default() -> Self {
         let options = IpcWriteOptions::try_new(8, false, MetadataVersion::V5)
             .unwrap_or_else(|e| unreachable!("8-byte alignment with V5 is valid: {e}"));
-        // The stream's schema message goes into this vector and is dropped with it: a frame
-        // holds a record-batch message only (the schema is always the envelope).
-        let ipc = StreamWriter::try_new_with_options(Vec::new(), &envelope_schema(), options)
+        // The stream's schema message comes with the first batch encoded, so an empty batch
+        // takes it here: a frame holds a record-batch message only (the schema is always the
+        // envelope).
+        let mut ipc = StreamEncoder::try_new_with_options(&envelope_schema(), options)
             .unwrap_or_else(|e| unreachable!("the envelope schema is writable: {e}"));
+        ipc.encode(&RecordBatch::new_empty(envelope_schema()))
+            .unwrap_or_else(|e| unreachable!("an empty envelope batch encodes: {e}"));
         FrameEncoder {
             ipc,
             body: Vec::new(),
@@ -349,24 +355,57 @@ fn too_large(len: usize) -> BrokerError {
 /// A frame encoded before its base offset is known, its offsets relative to it:
 /// [`Unsealed::seal`] makes it whole. An append encodes (and compresses) outside the
 /// partition's lock and seals under it, so appenders to one partition encode in parallel.
+///
+/// An Arrow-layout frame encoded for an append is not all in the vector: the batch's larger
+/// column buffers ([`BORROWED_MIN`] bytes or more) are held here and written from where they
+/// lie ([`Unsealed::io_slices`], one vectored write), so a record's bytes are not copied
+/// between the batch and the write. The frame's bytes are the vector's and these buffers,
+/// interleaved; they are what [`FrameEncoder::encode`] would have written in one piece.
 #[derive(Debug)]
 #[must_use = "a frame is whole once sealed"]
 pub struct Unsealed {
-    /// Where the frame starts in the vector it was encoded into, and its length.
+    /// Where the frame starts in the vector it was encoded into, and how many of its bytes
+    /// the vector holds (the header always among them).
     start: usize,
+    in_vec: usize,
+    /// The frame's buffers not in the vector, each after the vector's bytes up to the first
+    /// number (counted from `start`).
+    borrowed: Vec<(usize, Buffer)>,
+    /// The frame's length.
     len: usize,
     /// CRC32C of the frame after its header (the body and its padding).
     body_crc: u32,
 }
 
 impl Unsealed {
-    /// Writes `base_offset` into the frame (in `out`, the vector it was encoded into) and the
-    /// frame's CRC: the body's, computed when it was encoded, extended by the header's bytes.
-    pub fn seal(self, out: &mut [u8], base_offset: i64) {
-        let frame = &mut out[self.start..self.start + self.len];
-        frame[16..24].copy_from_slice(&base_offset.to_le_bytes());
-        let crc = crc32c::crc32c_append(self.body_crc, &frame[8..HEADER_LEN]);
-        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Writes `base_offset` into the frame's header (in `out`, the vector it was encoded into)
+    /// and the frame's CRC: the body's, computed when it was encoded, extended by the header's
+    /// bytes.
+    pub fn seal(&self, out: &mut [u8], base_offset: i64) {
+        let header = &mut out[self.start..self.start + HEADER_LEN];
+        header[16..24].copy_from_slice(&base_offset.to_le_bytes());
+        let crc = crc32c::crc32c_append(self.body_crc, &header[8..HEADER_LEN]);
+        header[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The frame's bytes in order, for one vectored write: runs of `out` (the vector it was
+    /// encoded into) and the borrowed buffers between them.
+    pub fn io_slices<'a>(&'a self, out: &'a [u8]) -> Vec<IoSlice<'a>> {
+        let mut slices = Vec::with_capacity(2 * self.borrowed.len() + 1);
+        let mut at = self.start;
+        for (before, buffer) in &self.borrowed {
+            let end = self.start + before;
+            slices.push(IoSlice::new(&out[at..end]));
+            slices.push(IoSlice::new(buffer.as_slice()));
+            at = end;
+        }
+        slices.push(IoSlice::new(&out[at..self.start + self.in_vec]));
+        slices
     }
 }
 
@@ -392,14 +431,15 @@ impl FrameEncoder {
     }
 
     /// [`FrameEncoder::encode`] of a batch whose offsets are relative to a base offset not yet
-    /// known (`header.base_offset` is not used): the frame is whole once sealed with it.
+    /// known (`header.base_offset` is not used): the frame is whole once sealed with it, and
+    /// its bytes are [`Unsealed::io_slices`] (`out` holds only part of them).
     pub fn encode_unsealed(
         &mut self,
         header: &BatchHeader,
         batch: &RecordBatch,
         out: &mut Vec<u8>,
     ) -> Result<Unsealed> {
-        self.encode_relative(header, batch, form_of(header, batch), out)
+        self.encode_relative(header, batch, form_of(header, batch), out, true)
     }
 
     /// Encodes `batch` (offsets assigned, `header.base_offset` the first) in the given form.
@@ -412,29 +452,36 @@ impl FrameEncoder {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let relative = shift_offsets(batch, header.base_offset.wrapping_neg())?;
-        self.encode_relative(header, &relative, (layout, codec), out)?
+        self.encode_relative(header, &relative, (layout, codec), out, false)?
             .seal(out, header.base_offset);
         Ok(())
     }
 
-    /// Encodes `batch`, its offsets relative to the base offset, in the given form, unsealed.
+    /// Encodes `batch`, its offsets relative to the base offset, in the given form, unsealed;
+    /// with `borrow`, an uncompressed Arrow body keeps the batch's larger buffers out of `out`
+    /// (see [`Unsealed`]).
     fn encode_relative(
         &mut self,
         header: &BatchHeader,
         batch: &RecordBatch,
         (layout, codec): (Layout, Codec),
         out: &mut Vec<u8>,
+        borrow: bool,
     ) -> Result<Unsealed> {
         let start = out.len();
         out.resize(start + HEADER_LEN, 0);
+        let mut borrowed = Vec::new();
         let (meta_len, body_len) = if layout == Layout::Arrow && codec == Codec::None {
-            self.write_ipc(batch, out)?
+            let into = borrow.then_some((&mut borrowed, start));
+            self.write_ipc(batch, out, into)?
         } else {
             let mut body = std::mem::take(&mut self.body);
             body.clear();
             // (bytes of `body` before the frame's body, metadata length, body length)
             let lengths = match layout {
-                Layout::Arrow => self.write_ipc(batch, &mut body).map(|(m, b)| (0, m, b)),
+                Layout::Arrow => self
+                    .write_ipc(batch, &mut body, None)
+                    .map(|(m, b)| (0, m, b)),
                 Layout::Kafka => write_kafka_rows(header, batch, &mut body)
                     .map(|skip| (skip, 0, body.len() - skip)),
             };
@@ -447,9 +494,11 @@ impl FrameEncoder {
             self.body = body;
             stored?
         };
-        let pad = (8 - (out.len() - start) % 8) % 8;
+        let borrowed_len: usize = borrowed.iter().map(|(_, b)| b.len()).sum();
+        let pad = (8 - (out.len() - start + borrowed_len) % 8) % 8;
         out.resize(out.len() + pad, 0);
-        let frame_len = out.len() - start;
+        let in_vec = out.len() - start;
+        let frame_len = in_vec + borrowed_len;
         let frame_len_u32 = u32::try_from(frame_len)
             .ok()
             .filter(|&l| u64::from(l) <= MAX_FRAME_LEN)
@@ -474,32 +523,60 @@ impl FrameEncoder {
         h[56..58].copy_from_slice(&header.producer.producer_epoch.to_le_bytes());
         h[60..64].copy_from_slice(&meta_len.to_le_bytes());
         h[64..72].copy_from_slice(&(body_len as u64).to_le_bytes());
-        Ok(Unsealed {
+        let mut unsealed = Unsealed {
             start,
+            in_vec,
+            borrowed,
             len: frame_len,
-            body_crc: crc32c::crc32c(&out[start + HEADER_LEN..]),
-        })
+            body_crc: 0,
+        };
+        // The CRC of the bytes after the header (the header lies in the first slice).
+        let mut body_crc = 0;
+        let mut skip = HEADER_LEN;
+        for slice in unsealed.io_slices(out) {
+            let from = skip.min(slice.len());
+            skip -= from;
+            body_crc = crc32c::crc32c_append(body_crc, &slice[from..]);
+        }
+        unsealed.body_crc = body_crc;
+        Ok(unsealed)
     }
 
     /// Appends the IPC message of `batch` to `out`; returns its metadata and body lengths.
-    fn write_ipc(&mut self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(usize, usize)> {
+    /// With `borrowed` (a list and where the frame starts in `out`), buffers of
+    /// [`BORROWED_MIN`] bytes or more are listed there instead, each after the frame's bytes in
+    /// `out` so far, as [`Unsealed`] holds them.
+    fn write_ipc(
+        &mut self,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+        mut borrowed: Option<(&mut Vec<(usize, Buffer)>, usize)>,
+    ) -> Result<(usize, usize)> {
         let start = out.len();
-        std::mem::swap(self.ipc.get_mut(), out);
-        let written = self.ipc.write(batch);
-        std::mem::swap(self.ipc.get_mut(), out);
-        written?;
-        // The message: a continuation marker, the padded metadata's length, the metadata, then
-        // the body.
+        let mut borrowed_len = 0;
+        for buffer in self.ipc.encode(batch)? {
+            match &mut borrowed {
+                Some((list, frame_start)) if buffer.len() >= BORROWED_MIN => {
+                    borrowed_len += buffer.len();
+                    list.push((out.len() - *frame_start, buffer));
+                }
+                _ => out.extend_from_slice(buffer.as_slice()),
+            }
+        }
+        // The message: a continuation marker, the padded metadata's length (the two are one
+        // 8-byte buffer, always copied), the metadata, then the body.
         let message = &out[start..];
         if message.len() < 8 {
             return Err(BrokerError::Internal(
-                "the IPC writer wrote no message".into(),
+                "the IPC encoder wrote no message".into(),
             ));
         }
         let meta_len = 8 + le_u32(message, 4) as usize;
-        let body_len = message.len().checked_sub(meta_len).ok_or_else(|| {
-            BrokerError::Internal("the IPC message is shorter than its metadata".into())
-        })?;
+        let body_len = (message.len() + borrowed_len)
+            .checked_sub(meta_len)
+            .ok_or_else(|| {
+                BrokerError::Internal("the IPC message is shorter than its metadata".into())
+            })?;
         Ok((meta_len, body_len))
     }
 
@@ -834,11 +911,13 @@ mod tests {
 
     #[test]
     fn frames_sealed_after_encoding_are_the_frames_encoded_whole() {
-        for (records, attrs) in [
-            (sample(1), 0),
-            (sample(20), 0),
-            (sample(20), compression::codec::LZ4),
-            (sample(0), compression::codec::ZSTD),
+        // (records, attributes, whether column buffers are written from the batch)
+        for (records, attrs, borrows) in [
+            (sample(1), 0, false),
+            (sample(20), 0, true),
+            (sample(1_000), 0, true),
+            (sample(20), compression::codec::LZ4, false),
+            (sample(0), compression::codec::ZSTD, false),
         ] {
             let base = 1_234_567;
             let mut whole = vec![0xAA; 8];
@@ -859,12 +938,24 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             unsealed.seal(&mut sealed, base);
             assert_eq!(
+                !unsealed.borrowed.is_empty(),
+                borrows,
+                "{} records",
+                records.len()
+            );
+            let sealed: Vec<u8> = sealed[..8]
+                .iter()
+                .chain(unsealed.io_slices(&sealed).iter().flat_map(|s| s.iter()))
+                .copied()
+                .collect();
+            assert_eq!(unsealed.len(), sealed.len() - 8);
+            assert_eq!(
                 sealed,
                 whole,
                 "{} records, attributes {attrs}",
                 records.len()
             );
-            let frame = sealed.split_off(8);
+            let frame = sealed[8..].to_vec();
             let parsed = FrameHeader::parse(&frame).unwrap_or_else(|e| panic!("{e}"));
             assert!(parsed.relative_offsets && crc_matches(&frame, &parsed));
             assert_eq!(parsed.batch.base_offset, base);

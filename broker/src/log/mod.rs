@@ -889,8 +889,8 @@ impl Log {
     }
 
     /// The part of an append under the partition lock: the producer's checks, the offsets,
-    /// the write, and the producer and transaction state. `frame` holds the batch encoded
-    /// with offsets relative to its base, which is assigned here; `config` is the one the
+    /// the write, and the producer and transaction state. `frame` (with the buffers `unsealed`
+    /// holds) is the batch encoded with offsets relative to its base, which is assigned here; `config` is the one the
     /// batch was checked and encoded with.
     fn append_frame(
         &self,
@@ -945,8 +945,10 @@ impl Log {
         let base = inner.next_offset;
         header.base_offset = base;
         unsealed.seal(frame, base);
-        self.maybe_roll(inner, config, frame.len() as u64, now)?;
-        inner.active()?.append(frame, &header)?;
+        self.maybe_roll(inner, config, unsealed.len() as u64, now)?;
+        inner
+            .active()?
+            .append_slices(&mut unsealed.io_slices(frame), &header)?;
         inner.next_offset = header.next_offset();
         if idempotent {
             inner.producers.update(

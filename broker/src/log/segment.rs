@@ -2,7 +2,7 @@
 //! Only the partition's last segment (the active one) is appended to; the others are closed and
 //! immutable, except that compaction may replace one wholesale.
 
-use std::io::{BufReader, Read};
+use std::io::{BufReader, IoSlice, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -324,16 +324,23 @@ impl Segment {
 
     /// Appends one encoded frame. On a write error the file is cut back, so nothing partial stays.
     pub fn append(&mut self, frame_bytes: &[u8], batch: &BatchHeader) -> Result<()> {
+        self.append_slices(&mut [IoSlice::new(frame_bytes)], batch)
+    }
+
+    /// [`Segment::append`] of a frame in pieces (see [`super::frame::Unsealed::io_slices`]),
+    /// written with one vectored write.
+    pub fn append_slices(&mut self, frame: &mut [IoSlice<'_>], batch: &BatchHeader) -> Result<()> {
         let pos = self.size;
-        if let Err(e) = self.file.write_all_at(frame_bytes, pos) {
+        let len: u64 = frame.iter().map(|s| s.len() as u64).sum();
+        if let Err(e) = self.file.write_all_vectored_at(frame, pos) {
             // Best effort: the partial frame would also be cut by recovery.
             let _ = self.file.truncate(pos);
             return Err(BrokerError::io(&self.path, e));
         }
-        self.note_frame(pos, batch, frame_bytes.len() as u64);
-        self.size = pos + frame_bytes.len() as u64;
+        self.note_frame(pos, batch, len);
+        self.size = pos + len;
         // What this process wrote is whole (as Kafka, reads trust the log's own writes).
-        extend_verified(&self.verified, pos, frame_bytes.len() as u64);
+        extend_verified(&self.verified, pos, len);
         Ok(())
     }
 
