@@ -186,6 +186,23 @@ impl Storage for FileStorage {
 #[derive(Debug)]
 struct RealFile(File);
 
+/// The bytes a `pread`/`pwritev` that returned `n` moved: 0 after an interrupted call (to be
+/// repeated), the error `nothing` when it moved none, the OS error when it failed.
+fn transferred(n: isize, nothing: (io::ErrorKind, &str)) -> io::Result<usize> {
+    match usize::try_from(n) {
+        Ok(0) => Err(io::Error::new(nothing.0, nothing.1)),
+        Ok(n) => Ok(n),
+        Err(_) => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 impl StorageFile for RealFile {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         self.0.read_at(buf, pos)
@@ -218,21 +235,11 @@ impl StorageFile for RealFile {
                     offset,
                 )
             };
-            match n {
-                0 => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file ends before the bytes asked for",
-                    ));
-                }
-                n if n > 0 => done += n as usize,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
+            let eof = (
+                io::ErrorKind::UnexpectedEof,
+                "file ends before the bytes asked for",
+            );
+            done += transferred(n, eof)?;
         }
         // SAFETY: the loop above ran until pread had written all `len` bytes after `at`, so
         // the first `at + len` bytes are initialized, and `reserve` made them fit the capacity.
@@ -267,24 +274,13 @@ impl StorageFile for RealFile {
                     offset,
                 )
             };
-            match n {
-                0 => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the file took none of the bytes written",
-                    ));
-                }
-                n if n > 0 => {
-                    IoSlice::advance_slices(&mut slices, n as usize);
-                    pos += n as u64;
-                }
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
+            let none = (
+                io::ErrorKind::WriteZero,
+                "the file took none of the bytes written",
+            );
+            let n = transferred(n, none)?;
+            IoSlice::advance_slices(&mut slices, n);
+            pos += n as u64;
         }
         Ok(())
     }
