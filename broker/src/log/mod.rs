@@ -1131,8 +1131,9 @@ impl Log {
         // its sockets hands over meanwhile) write first and join this round, where otherwise
         // the first of them would start a round of its own record alone and the rest wait
         // for the next. With nothing else to run this costs one trip through the scheduler.
-        // 64 appenders with an fsync per append: 21-27 times one appender's rate with it,
-        // 15-23 times without, alternating runs of `benches/log.rs` `group_commit`.
+        // 64 appenders with an fsync per append: 21-27 times one appender's rate with it
+        // (median 24), 15-24 times without (median 20), in 14 alternating pairs of runs of
+        // `benches/log.rs` `group_commit`.
         tokio::task::yield_now().await;
         let durable = self.durable_offset.load(Ordering::Acquire);
         let (files, dir, dir_gen, end, flush_on_ack) = {
