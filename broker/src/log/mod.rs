@@ -890,8 +890,8 @@ impl Log {
 
     /// The part of an append under the partition lock: the producer's checks, the offsets,
     /// the write, and the producer and transaction state. `frame` (with the buffers `unsealed`
-    /// holds) is the batch encoded with offsets relative to its base, which is assigned here; `config` is the one the
-    /// batch was checked and encoded with.
+    /// holds) is the batch encoded with offsets relative to its base, which is assigned here;
+    /// `config` is the one the batch was checked and encoded with.
     fn append_frame(
         &self,
         frame: &mut [u8],
