@@ -176,6 +176,21 @@ fn log_append_unflushed(iters: u64, batch: &RecordBatch) -> Duration {
     start.elapsed()
 }
 
+/// Times `iters` appends of `batch` to a fresh log as a Produce with acks=all makes them, its
+/// fsync rounds aside: small batches wait in the write buffer, written when it fills.
+fn log_append_acks_all(iters: u64, batch: &RecordBatch) -> Duration {
+    let dir = scratch_dir();
+    let log = open_log(dir.path(), None);
+    let start = Instant::now();
+    for _ in 0..iters {
+        black_box(
+            log.append_for(batch, ProducerInfo::NONE, Ack::All)
+                .expect("append"),
+        );
+    }
+    start.elapsed()
+}
+
 /// Times `iters` appends of `batch` to a fresh log that fsyncs every append.
 fn log_append_fsync(rt: &Runtime, iters: u64, batch: &RecordBatch) -> Duration {
     let dir = scratch_dir();
@@ -252,6 +267,17 @@ fn append(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
     append_cases(&mut group, log_append_unflushed, false);
+    // The same appends as acks=all makes them, through the write buffer.
+    for (value_size, label) in VALUE_SIZES {
+        for records in BATCH_RECORDS {
+            let batch = envelope_batch(records, value_size);
+            group.throughput(Throughput::BytesDecimal((records * value_size) as u64));
+            group.bench_function(
+                BenchmarkId::new("log_acks_all", format!("{label}_x{records}")),
+                |b| b.iter_custom(|iters| log_append_acks_all(iters, &batch)),
+            );
+        }
+    }
     group.finish();
 }
 
@@ -362,7 +388,8 @@ fn read(c: &mut Criterion) {
     group.finish();
 }
 
-/// Times `iters` appends of `batch`, fsynced each, spread over `appenders` tasks on one log.
+/// Times `iters` appends of `batch` with acks=all, each waiting for its (group-committed)
+/// fsync, spread over `appenders` tasks on one log.
 fn concurrent_appends(rt: &Runtime, appenders: usize, iters: u64, batch: &RecordBatch) -> Duration {
     let dir = scratch_dir();
     let log = Arc::new(open_log(dir.path(), Some(1)));
@@ -375,7 +402,7 @@ fn concurrent_appends(rt: &Runtime, appenders: usize, iters: u64, batch: &Record
             let (log, batch) = (log.clone(), batch.clone());
             tasks.spawn(async move {
                 for _ in 0..appends {
-                    log.append(&batch, ProducerInfo::NONE, Ack::Written)
+                    log.append(&batch, ProducerInfo::NONE, Ack::All)
                         .await
                         .expect("append");
                 }

@@ -129,16 +129,19 @@ pub enum BrokerError {
         source: std::io::Error,
     },
 
-    /// A failed fsync took the partition offline for writes (as Kafka takes a failed log
-    /// directory offline); it stays so until the broker restarts.
+    /// A failed fsync (or a failed write of buffered records) took the partition offline for
+    /// writes (as Kafka takes a failed log directory offline); it stays so until the broker
+    /// restarts.
     #[error(
-        "partition {topic}-{partition} is offline: fsync of {path} failed ({cause}), so writes \
+        "partition {topic}-{partition} is offline: {op} of {path} failed ({cause}), so writes \
          since the last successful fsync may not be on disk and the partition takes no more \
-         writes; fix the disk, then restart the broker"
+         writes; fix the disk (or free space on it), then restart the broker"
     )]
     PartitionOffline {
         topic: String,
         partition: i32,
+        /// What failed: "fsync" or "write".
+        op: &'static str,
         path: PathBuf,
         cause: String,
     },

@@ -347,7 +347,9 @@ pub struct EnvelopeColumns<'a> {
 impl<'a> EnvelopeColumns<'a> {
     /// Checks the batch has the envelope schema and borrows its columns.
     pub fn try_new(batch: &'a RecordBatch) -> Result<Self> {
-        if batch.schema().fields() != envelope_schema().fields() {
+        // Batches built here share the envelope's schema, which spares comparing its fields.
+        let schema = batch.schema_ref();
+        if !Arc::ptr_eq(schema, &ENVELOPE) && schema.fields() != ENVELOPE.fields() {
             return Err(Error::InvalidRecords(format!(
                 "batch schema does not match the record envelope; expected {:?}, got {:?}",
                 envelope_schema().fields(),

@@ -157,7 +157,7 @@ impl Log {
             track = returned;
             let (cleaned, segment_stats) = match rewritten {
                 Ok(r) => r,
-                Err((path, e)) => return Err(self.go_offline(path, &e)),
+                Err((path, e)) => return Err(self.go_offline("fsync", path, &e)),
             };
             stats.records_kept += segment_stats.records_kept;
             stats.records_removed += segment_stats.records_removed;
@@ -240,7 +240,7 @@ impl Log {
         .await;
         let swapped = match swapped {
             Ok(Ok(())) => Ok(()),
-            Ok(Err((dir, e))) => Err(self.go_offline(dir, &e)),
+            Ok(Err((dir, e))) => Err(self.go_offline("fsync", dir, &e)),
             Err(e) => Err(e),
         };
         if swapped.is_err() || crash == Some(CrashPoint::AfterSwap) {

@@ -28,6 +28,8 @@ mod tests;
 mod txn_tests;
 #[cfg(test)]
 mod visibility_tests;
+#[cfg(test)]
+mod write_buffer_tests;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -52,7 +54,7 @@ pub use epoch::LeaderEpochs;
 pub use frame::{BatchHeader, ProducerInfo, attributes};
 use frame::{FrameEncoder, Unsealed};
 use producer_state::{ProducerStates, SequenceCheck};
-use segment::{Segment, SegmentView, Truncation};
+use segment::{Segment, SegmentView, Truncation, WriteFailure};
 use storage::{FileStorage, Storage};
 
 /// Fsync rounds of one partition that may run at once: one syncing, and one more started by
@@ -254,6 +256,9 @@ pub struct Log {
     /// acknowledgements read it without waiting for an append's write under `inner`.
     config: Mutex<Arc<LogConfig>>,
     durable_offset: AtomicI64,
+    /// Records below this offset are in the segment files: none of them waits in the active
+    /// segment's write buffer (see [`Segment::append_slices`]).
+    file_end: AtomicI64,
     last_flush_ms: AtomicI64,
     /// Fsync rounds that may run at once (see [`Log::flush_to`]).
     flush_slots: tokio::sync::Semaphore,
@@ -318,6 +323,8 @@ impl Drop for Log {
 /// Why a partition went offline.
 #[derive(Debug, Clone)]
 struct Offline {
+    /// What failed: "fsync" or "write".
+    op: &'static str,
     path: PathBuf,
     cause: String,
 }
@@ -471,6 +478,7 @@ impl Log {
             config: Mutex::new(config),
             // What survived recovery is what the disk holds; a crash cannot lose it again.
             durable_offset: AtomicI64::new(next_offset),
+            file_end: AtomicI64::new(next_offset),
             last_flush_ms: AtomicI64::new(now_ms()),
             flush_slots: tokio::sync::Semaphore::new(FLUSH_ROUNDS_IN_FLIGHT),
             in_flight: Mutex::new(Vec::with_capacity(FLUSH_ROUNDS_IN_FLIGHT)),
@@ -650,18 +658,22 @@ impl Log {
         self.offline.get().map(|o| BrokerError::PartitionOffline {
             topic: self.topic.clone(),
             partition: self.partition,
+            op: o.op,
             path: o.path.clone(),
             cause: o.cause.clone(),
         })
     }
 
-    /// Takes the partition offline after a failed sync of `path`. After a failed fsync the
-    /// kernel may have dropped the dirty pages and marked them clean, so a retry could
-    /// succeed without the data being on disk: nothing written since the last good sync can
-    /// be called durable, and only a restart (which re-reads what the disk really holds)
-    /// brings the partition back, as Kafka does for a failed log directory.
-    fn go_offline(&self, path: PathBuf, error: &std::io::Error) -> BrokerError {
+    /// Takes the partition offline after `op` of `path` failed: an fsync, or a write of
+    /// buffered records (which already had their offsets, so the log in memory no longer
+    /// matches the file). After a failed fsync the kernel may have dropped the dirty pages and
+    /// marked them clean, so a retry could succeed without the data being on disk: nothing
+    /// written since the last good sync can be called durable, and only a restart (which
+    /// re-reads what the disk really holds) brings the partition back, as Kafka does for a
+    /// failed log directory.
+    fn go_offline(&self, op: &'static str, path: PathBuf, error: &std::io::Error) -> BrokerError {
         let offline = Offline {
+            op,
             path,
             cause: error.to_string(),
         };
@@ -669,7 +681,8 @@ impl Log {
             tracing::error!(
                 topic = %self.topic, partition = self.partition, file = %offline.path.display(),
                 error = %offline.cause, durable_offset = self.durable_offset.load(Ordering::Acquire),
-                "fsync failed: partition is offline for writes until the broker is restarted after the disk is fixed"
+                "{} failed: partition is offline for writes until the broker is restarted after the disk is fixed",
+                offline.op
             );
         }
         self.offline_error()
@@ -677,7 +690,8 @@ impl Log {
     }
 
     /// Checks a batch against the envelope schema and the topic's limits before anything is written.
-    fn validate(&self, config: &LogConfig, batch: &RecordBatch) -> Result<()> {
+    /// `now` is the broker's clock, which bounds producer timestamps.
+    fn validate(&self, config: &LogConfig, batch: &RecordBatch, now: i64) -> Result<()> {
         let cols = EnvelopeColumns::try_new(batch)?;
         if batch.num_rows() == 0 {
             return Err(BrokerError::InvalidRecords(
@@ -696,7 +710,7 @@ impl Log {
             ));
         }
         if config.timestamp_type == TimestampType::CreateTime {
-            self.check_timestamps(config, cols.timestamps.values(), now_ms())?;
+            self.check_timestamps(config, cols.timestamps.values(), now)?;
         }
         // No record can be larger than all of them together: most batches skip the per-row pass.
         let header_bytes = cols
@@ -776,7 +790,25 @@ impl Log {
                     .into(),
             ));
         }
-        self.append_inner(batch, producer, None)
+        self.append_inner(batch, producer, None, false)
+    }
+
+    /// [`Log::append_unflushed`] of a batch its caller will acknowledge with `ack` (see
+    /// [`Log::acknowledge`]). For [`Ack::All`] with `log.flush.on.ack` (the default), a small
+    /// batch may wait in the active segment's write buffer: no one reads it before the fsync
+    /// round that makes it durable, and that round writes it, with every other buffered batch,
+    /// in one write. Until then a crash of the process loses it, as it would lose an
+    /// acks=all batch not yet answered anyway.
+    pub fn append_for(
+        &self,
+        batch: &RecordBatch,
+        producer: ProducerInfo,
+        ack: Ack,
+    ) -> Result<AppendInfo> {
+        if producer.attributes & attributes::CONTROL != 0 {
+            return self.append_unflushed(batch, producer);
+        }
+        self.append_inner(batch, producer, None, ack == Ack::All)
     }
 
     /// Writes a transaction marker (a control batch) for `producer_id` at `producer_epoch`
@@ -802,7 +834,7 @@ impl Log {
             base_sequence: -1,
             attributes: attributes::TRANSACTIONAL | attributes::CONTROL,
         };
-        self.append_inner(&b.finish(), producer, Some(result))
+        self.append_inner(&b.finish(), producer, Some(result), false)
     }
 
     /// [`Log::append_marker_unflushed`], then waits until the marker is durable (the acks=all
@@ -820,11 +852,13 @@ impl Log {
         Ok(info)
     }
 
+    /// An append; `buffer` lets a small frame wait in the write buffer (see [`Log::append_for`]).
     fn append_inner(
         &self,
         batch: &RecordBatch,
         producer: ProducerInfo,
         marker: Option<TxnResult>,
+        buffer: bool,
     ) -> Result<AppendInfo> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(BrokerError::UnknownTopic(self.topic.clone()));
@@ -833,9 +867,9 @@ impl Log {
             return Err(e);
         }
         let config = self.config();
-        self.validate(&config, batch)?;
-        let n = batch.num_rows();
         let now = now_ms();
+        self.validate(&config, batch, now)?;
+        let n = batch.num_rows();
         let mut producer = producer;
         producer.attributes &= attributes::LOG_APPEND_TIME
             | attributes::TRANSACTIONAL
@@ -884,14 +918,17 @@ impl Log {
         // parallel; under the lock the frame gets its offsets and CRC, and is written.
         with_frame_encoder(|encoder, frame| {
             let unsealed = encoder.encode_unsealed(&header, &relative, frame)?;
-            self.append_frame(frame, unsealed, header, marker, &config, now)
+            let buffer = buffer && config.flush_on_ack;
+            self.append_frame(frame, unsealed, header, marker, &config, now, buffer)
         })
     }
 
     /// The part of an append under the partition lock: the producer's checks, the offsets,
     /// the write, and the producer and transaction state. `frame` (with the buffers `unsealed`
     /// holds) is the batch encoded with offsets relative to its base, which is assigned here;
-    /// `config` is the one the batch was checked and encoded with.
+    /// `config` is the one the batch was checked and encoded with; `buffer` lets a small frame
+    /// wait in the write buffer.
+    #[allow(clippy::too_many_arguments)]
     fn append_frame(
         &self,
         frame: &mut [u8],
@@ -900,6 +937,7 @@ impl Log {
         marker: Option<TxnResult>,
         config: &LogConfig,
         now: i64,
+        buffer: bool,
     ) -> Result<AppendInfo> {
         let producer = header.producer;
         let n = header.record_count;
@@ -946,10 +984,19 @@ impl Log {
         header.base_offset = base;
         unsealed.seal(frame, base);
         self.maybe_roll(inner, config, unsealed.len() as u64, now)?;
-        inner
-            .active()?
-            .append_slices(&mut unsealed.io_slices(frame), &header)?;
+        let active = inner.active()?;
+        match active.append_slices(&mut unsealed.io_slices(frame), &header, buffer) {
+            Ok(()) => {}
+            Err(WriteFailure::Frame(e)) => return Err(e),
+            Err(WriteFailure::Buffered(path, e)) => {
+                return Err(self.go_offline("write", path, &e));
+            }
+        }
+        let in_file = !active.has_buffered();
         inner.next_offset = header.next_offset();
+        if in_file {
+            self.file_end.store(inner.next_offset, Ordering::Release);
+        }
         if idempotent {
             inner.producers.update(
                 producer.producer_id,
@@ -1037,7 +1084,7 @@ impl Log {
         producer: ProducerInfo,
         ack: Ack,
     ) -> Result<AppendInfo> {
-        let info = self.append_unflushed(batch, producer)?;
+        let info = self.append_for(batch, producer, ack)?;
         self.acknowledge(info.last_offset + 1, ack).await?;
         Ok(info)
     }
@@ -1052,8 +1099,33 @@ impl Log {
             .flush_messages
             .is_some_and(|every| (end - durable).max(0) as u64 >= every);
         if policy_due || (ack == Ack::All && config.flush_on_ack) {
-            self.flush_to(end).await?;
+            self.flush_to(end).await
+        } else {
+            // Written to the file (the page cache) before the answer, so a crash of the process
+            // does not lose what it acknowledged.
+            self.write_through(end)
         }
+    }
+
+    /// Writes the active segment's write buffer if it holds records below `end`.
+    fn write_through(&self, end: i64) -> Result<()> {
+        if self.file_end.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let mut inner = self.inner.lock();
+        self.write_buffered(&mut inner)
+    }
+
+    /// Writes the active segment's write buffer, under the partition lock. A failed write
+    /// takes the partition offline: the buffered records already have their offsets.
+    fn write_buffered(&self, inner: &mut Inner) -> Result<()> {
+        if let Some(e) = self.offline_error() {
+            return Err(e);
+        }
+        if let Err((path, e)) = inner.active()?.write_buffered() {
+            return Err(self.go_offline("write", path, &e));
+        }
+        self.file_end.store(inner.next_offset, Ordering::Release);
         Ok(())
     }
 
@@ -1075,7 +1147,8 @@ impl Log {
         if active.is_empty() || !(full || old) {
             return Ok(());
         }
-        active.save_indexes(&*self.storage)?;
+        self.write_buffered(inner)?;
+        inner.active()?.save_indexes(&*self.storage)?;
         inner.producers.save(&self.dir, next, inner.txns.open())?;
         let seg = Segment::create(&*self.storage, &self.dir, next, interval, now)?;
         inner.segments.insert(next, seg);
@@ -1137,7 +1210,9 @@ impl Log {
         tokio::task::yield_now().await;
         let durable = self.durable_offset.load(Ordering::Acquire);
         let (files, dir, dir_gen, end, flush_on_ack) = {
-            let inner = self.inner.lock();
+            let mut inner = self.inner.lock();
+            // The appends this round covers are in the file before it is fsynced.
+            self.write_buffered(&mut inner)?;
             let files: Vec<SegmentView> = inner
                 .segments
                 .values()
@@ -1163,7 +1238,7 @@ impl Log {
         .await
         .map_err(|e| BrokerError::Internal(format!("fsync task failed: {e}")))?;
         if let Err((path, e)) = synced {
-            return Err(self.go_offline(path, &e));
+            return Err(self.go_offline("fsync", path, &e));
         }
         if syncs_dir {
             let mut inner = self.inner.lock();

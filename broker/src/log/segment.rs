@@ -19,6 +19,24 @@ pub fn file_name(base_offset: i64, suffix: &str) -> String {
     format!("{base_offset:020}.{suffix}")
 }
 
+/// Frames of at most this many bytes may wait in the active segment's write buffer (see
+/// [`Segment::append_slices`]); larger ones are written at once, from their own buffers.
+pub const BUFFERED_FRAME_MAX: usize = 4 << 10;
+
+/// The most bytes of frames a segment's write buffer holds before they are written.
+pub const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
+/// A segment write that failed.
+#[derive(Debug)]
+pub enum WriteFailure {
+    /// The frame being appended was not written, and the file is cut back to where it began;
+    /// everything before it stands.
+    Frame(BrokerError),
+    /// Buffered frames, which already had their offsets, could not be written: what the
+    /// partition holds in memory no longer matches the file, so it must take no more writes.
+    Buffered(PathBuf, std::io::Error),
+}
+
 /// What recovery cut off a damaged segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncation {
@@ -34,8 +52,11 @@ pub struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
     pub file: Arc<dyn StorageFile>,
-    /// Bytes of whole frames; appends go here.
+    /// Bytes of whole frames, the write buffer's included; appends go here.
     pub size: u64,
+    /// Frames appended but not yet written to the file, which ends where they begin
+    /// (`size - buffered.len()`). See [`Segment::append_slices`].
+    buffered: Vec<u8>,
     /// One past the last offset stored; `base_offset` when empty.
     pub next_offset: i64,
     /// Largest record timestamp; `i64::MIN` when empty.
@@ -63,7 +84,7 @@ pub struct SegmentView {
     pub base_offset: i64,
     pub path: PathBuf,
     pub file: Arc<dyn StorageFile>,
-    /// Reads stop here (the segment's size when the view was taken).
+    /// Reads stop here (where the segment's file ended when the view was taken).
     pub end: u64,
     /// The segment's [`Segment::verified`].
     pub verified: Arc<AtomicU64>,
@@ -141,6 +162,7 @@ impl Segment {
             path,
             file,
             size: 0,
+            buffered: Vec::new(),
             next_offset: base_offset,
             max_timestamp: i64::MIN,
             created_ms: now_ms,
@@ -172,6 +194,7 @@ impl Segment {
             path,
             file,
             size: 0,
+            buffered: Vec::new(),
             next_offset: base_offset,
             max_timestamp: i64::MIN,
             created_ms,
@@ -322,25 +345,90 @@ impl Segment {
         self.max_timestamp = self.max_timestamp.max(batch.max_timestamp);
     }
 
-    /// Appends one encoded frame. On a write error the file is cut back, so nothing partial stays.
+    /// Appends one encoded frame, written at once. On a write error the file is cut back, so
+    /// nothing partial stays.
     pub fn append(&mut self, frame_bytes: &[u8], batch: &BatchHeader) -> Result<()> {
-        self.append_slices(&mut [IoSlice::new(frame_bytes)], batch)
+        match self.append_slices(&mut [IoSlice::new(frame_bytes)], batch, false) {
+            Ok(()) => Ok(()),
+            Err(WriteFailure::Frame(e)) => Err(e),
+            Err(WriteFailure::Buffered(path, e)) => Err(BrokerError::io(path, e)),
+        }
     }
 
-    /// [`Segment::append`] of a frame in pieces (see [`super::frame::Unsealed::io_slices`]),
-    /// written with one vectored write.
-    pub fn append_slices(&mut self, frame: &mut [IoSlice<'_>], batch: &BatchHeader) -> Result<()> {
+    /// Appends a frame given in pieces (see [`super::frame::Unsealed::io_slices`]).
+    ///
+    /// With `buffer`, a frame of at most [`BUFFERED_FRAME_MAX`] bytes is copied to the write
+    /// buffer instead of the file, while the buffer has room: small appends then cost a copy
+    /// each and share one write, where each would otherwise be a system call of its own. The
+    /// buffer must be written ([`Segment::write_buffered`]) before anyone relies on its frames
+    /// being in the file: before they are fsynced, acknowledged as written, or read.
+    /// Otherwise the buffered frames and this one go to the file in one vectored write.
+    pub fn append_slices(
+        &mut self,
+        frame: &mut [IoSlice<'_>],
+        batch: &BatchHeader,
+        buffer: bool,
+    ) -> std::result::Result<(), WriteFailure> {
         let pos = self.size;
         let len: u64 = frame.iter().map(|s| s.len() as u64).sum();
-        if let Err(e) = self.file.write_all_vectored_at(frame, pos) {
-            // Best effort: the partial frame would also be cut by recovery.
-            let _ = self.file.truncate(pos);
-            return Err(BrokerError::io(&self.path, e));
+        let fits = (len as usize) <= BUFFERED_FRAME_MAX
+            && self.buffered.len() + len as usize <= WRITE_BUFFER_BYTES;
+        if buffer && fits {
+            if self.buffered.capacity() == 0 {
+                self.buffered.reserve_exact(WRITE_BUFFER_BYTES);
+            }
+            for piece in frame.iter() {
+                self.buffered.extend_from_slice(piece);
+            }
+        } else if self.buffered.is_empty() {
+            if let Err(e) = self.file.write_all_vectored_at(frame, pos) {
+                // Best effort: the partial frame would also be cut by recovery.
+                let _ = self.file.truncate(pos);
+                return Err(WriteFailure::Frame(BrokerError::io(&self.path, e)));
+            }
+        } else {
+            let at = self.written();
+            let mut pieces = Vec::with_capacity(frame.len() + 1);
+            pieces.push(IoSlice::new(&self.buffered));
+            pieces.extend(frame.iter().map(|s| IoSlice::new(s)));
+            if let Err(e) = self.file.write_all_vectored_at(&mut pieces, at) {
+                let _ = self.file.truncate(at);
+                return Err(WriteFailure::Buffered(self.path.clone(), e));
+            }
+            // Kept for the next buffered frames: this partition is appended to in small batches.
+            self.buffered.clear();
         }
         self.note_frame(pos, batch, len);
         self.size = pos + len;
         // What this process wrote is whole (as Kafka, reads trust the log's own writes).
         extend_verified(&self.verified, pos, len);
+        Ok(())
+    }
+
+    /// Where the file ends: every frame before it is in the file; the write buffer's follow.
+    pub fn written(&self) -> u64 {
+        self.size - self.buffered.len() as u64
+    }
+
+    /// Whether frames wait in the write buffer.
+    pub fn has_buffered(&self) -> bool {
+        !self.buffered.is_empty()
+    }
+
+    /// Writes the frames in the write buffer to the file, and lets the buffer's memory go (a
+    /// partition appended to again soon takes it back with its next small frame). On an error
+    /// the file is cut back to where the buffer began and the buffer is kept, but the caller
+    /// must treat the partition as failed (see [`WriteFailure::Buffered`]).
+    pub fn write_buffered(&mut self) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
+        let at = self.written();
+        if let Err(e) = self.file.write_all_at(&self.buffered, at) {
+            let _ = self.file.truncate(at);
+            return Err((self.path.clone(), e));
+        }
+        self.buffered = Vec::new();
         Ok(())
     }
 
@@ -407,7 +495,9 @@ impl Segment {
             base_offset: self.base_offset,
             path: self.path.clone(),
             file: self.file.clone(),
-            end: self.size,
+            // The write buffer's frames are not in the file yet; the high watermark never
+            // passes them (a round writes them before it fsyncs).
+            end: self.written(),
             verified: self.verified.clone(),
         }
     }

@@ -59,6 +59,7 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
         for p in topic.partition_data {
             let (response, wait) = produce_partition(
                 ctx,
+                ack,
                 req.transactional_id.as_ref().map(|t| t.0.as_str()),
                 &name,
                 p.index,
@@ -180,6 +181,7 @@ fn check_transactional<'a>(
 /// appended, its log and the offset after the records (what acknowledging waits for).
 fn produce_partition(
     ctx: &Ctx,
+    ack: Ack,
     transactional_id: Option<&str>,
     topic: &str,
     index: i32,
@@ -255,7 +257,7 @@ fn produce_partition(
         let mut first = None;
         let mut end = None;
         for (batch, producer) in &decoded {
-            match log.append_unflushed(batch, *producer) {
+            match log.append_for(batch, *producer, ack) {
                 Ok(info) => {
                     first.get_or_insert(info);
                     end = Some(info.last_offset + 1);

@@ -72,6 +72,8 @@ struct State {
     /// Syncs of these paths fail; with `true`, also of everything under them.
     failing: Vec<(PathBuf, bool)>,
     syncs_failed: u64,
+    /// Writes to files under these paths fail (ENOSPC), until [`FaultyStorage::heal_writes`].
+    failing_writes: Vec<PathBuf>,
 }
 
 fn power_failed() -> io::Error {
@@ -162,6 +164,16 @@ impl FaultyStorage {
     }
 
     /// From now on every sync of `path` itself (a file, or a directory's names) fails with EIO.
+    /// Writes to files under `path` fail from now on, as on a full disk.
+    pub(crate) fn fail_writes_under(&self, path: &Path) {
+        self.state.lock().failing_writes.push(path.to_owned());
+    }
+
+    /// Writes succeed again (space was freed).
+    pub(crate) fn heal_writes(&self) {
+        self.state.lock().failing_writes.clear();
+    }
+
     pub(crate) fn fail_syncs_of(&self, path: &Path) {
         self.state.lock().failing.push((path.to_owned(), false));
     }
@@ -381,6 +393,18 @@ impl StorageFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let mut st = self.state.lock();
         st.tick()?;
+        if !st.failing_writes.is_empty() {
+            let ino = self.ino;
+            let failing = st.failing_writes.clone();
+            if st
+                .names
+                .iter()
+                .any(|(p, i)| *i == ino && failing.iter().any(|f| p.starts_with(f)))
+            {
+                // ENOSPC: nothing of this write reached the file.
+                return Err(io::Error::from_raw_os_error(28));
+            }
+        }
         self.file.write_all_at(buf, pos)
     }
 
