@@ -41,7 +41,7 @@ use std::cell::RefCell;
 use std::io::IoSlice;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::Int64Array;
+use arrow::array::{BinaryArray, Int64Array};
 use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::ipc::reader::FileDecoder;
 use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
@@ -143,6 +143,11 @@ fn le_u16(b: &[u8], at: usize) -> u16 {
 }
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(x)
 }
 fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
@@ -299,14 +304,14 @@ fn write_kafka_rows(
     batch: &RecordBatch,
     body: &mut Vec<u8>,
 ) -> Result<usize> {
-    let (first_offset, first_ts) = if batch.num_rows() == 0 {
-        (0, header.first_timestamp)
-    } else {
-        let cols = EnvelopeColumns::try_new(batch)?;
-        (cols.offsets.value(0), cols.timestamps.value(0))
+    // The Kafka batch's CRC is not kept (the frame has its own), so it is not computed.
+    kafka_records::encode_batch_without_crc(body, header, batch, 0)?;
+    // The first row's offset and timestamp, as the Kafka batch header holds them. No rows:
+    // the encoder writes nothing, and the body is the prefix alone.
+    let (first_offset, first_ts) = match body.get(..kafka_records::BATCH_HEADER_LEN) {
+        Some(h) => (be_i64(h, 0), be_i64(h, 27)),
+        None => (0, header.first_timestamp),
     };
-    kafka_records::encode_batch(body, header, batch)?;
-    // No rows: the encoder writes nothing, and the body is the prefix alone.
     body.resize(body.len().max(kafka_records::BATCH_HEADER_LEN), 0);
     let skip = kafka_records::BATCH_HEADER_LEN - KAFKA_PREFIX_LEN;
     body[skip..skip + 8].copy_from_slice(&first_offset.to_le_bytes());
@@ -318,10 +323,16 @@ fn write_kafka_rows(
 /// [`SMALL_BATCH_ROWS`] rows of at most [`SMALL_BATCH_BYTES`] of keys and values. Larger
 /// values keep the Arrow layout, which reads without copying them.
 fn is_small(batch: &RecordBatch) -> bool {
+    let data_len = |i: usize| {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .map(|a| a.value_data().len())
+    };
     batch.num_rows() <= SMALL_BATCH_ROWS
-        && EnvelopeColumns::try_new(batch).is_ok_and(|cols| {
-            cols.keys.value_data().len() + cols.values.value_data().len() <= SMALL_BATCH_BYTES
-        })
+        && matches!((data_len(col::KEY), data_len(col::VALUE)),
+            (Some(k), Some(v)) if k + v <= SMALL_BATCH_BYTES)
 }
 
 /// The form a batch is stored in: the codec its attributes ask for ([`Codec::at_rest`]), and

@@ -885,16 +885,36 @@ impl Log {
                 .codec_for(producer.attributes & attributes::COMPRESSION)
         };
         producer.attributes = (producer.attributes & !attributes::COMPRESSION) | codec;
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        match config.timestamp_type {
-            TimestampType::LogAppendTime => {
-                columns[col::TIMESTAMP] = Arc::new(TimestampMillisecondArray::from(vec![now; n]));
-                producer.attributes |= attributes::LOG_APPEND_TIME;
-            }
-            TimestampType::CreateTime => producer.attributes &= !attributes::LOG_APPEND_TIME,
+        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
+        if log_append_time {
+            producer.attributes |= attributes::LOG_APPEND_TIME;
+        } else {
+            producer.attributes &= !attributes::LOG_APPEND_TIME;
         }
+        // The frame holds offsets relative to its base. A batch that has them already (a
+        // single record at 0, as Produce builds it) is encoded as it is.
+        let relative_already = batch
+            .column(col::OFFSET)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .is_some_and(|o| {
+                o.null_count() == 0 && o.values().iter().zip(0..).all(|(&v, i)| v == i)
+            });
+        let rebuilt;
+        let relative = if relative_already && !log_append_time {
+            batch
+        } else {
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            if log_append_time {
+                columns[col::TIMESTAMP] = Arc::new(TimestampMillisecondArray::from(vec![now; n]));
+            }
+            columns[col::OFFSET] = Arc::new(Int64Array::from_iter_values(0..n as i64));
+            rebuilt = RecordBatch::try_new(batch.schema(), columns)?;
+            &rebuilt
+        };
         let (first_ts, max_ts) = {
-            let ts = columns[col::TIMESTAMP]
+            let ts = relative
+                .column(col::TIMESTAMP)
                 .as_any()
                 .downcast_ref::<TimestampMillisecondArray>()
                 .ok_or_else(|| BrokerError::Internal("timestamp column type".into()))?;
@@ -903,9 +923,6 @@ impl Log {
                 ts.values().iter().copied().max().unwrap_or(i64::MIN),
             )
         };
-
-        columns[col::OFFSET] = Arc::new(Int64Array::from_iter_values(0..n as i64));
-        let relative = RecordBatch::try_new(batch.schema(), columns)?;
         let header = BatchHeader {
             base_offset: 0, // assigned under the lock
             last_offset_delta: (n - 1) as i32,
@@ -917,7 +934,7 @@ impl Log {
         // Encoded (and compressed) before the lock, so appenders to this partition encode in
         // parallel; under the lock the frame gets its offsets and CRC, and is written.
         with_frame_encoder(|encoder, frame| {
-            let unsealed = encoder.encode_unsealed(&header, &relative, frame)?;
+            let unsealed = encoder.encode_unsealed(&header, relative, frame)?;
             let buffer = buffer && config.flush_on_ack;
             self.append_frame(frame, unsealed, header, marker, &config, now, buffer)
         })

@@ -577,7 +577,13 @@ fn assert_disk_full_offline(e: &BrokerError) {
     );
     assert_eq!(error_code(e), 56, "KAFKA_STORAGE_ERROR");
     let msg = e.to_string();
-    for needle in ["t-0", "write of", "os error 28", "free space", "restart the broker"] {
+    for needle in [
+        "t-0",
+        "write of",
+        "os error 28",
+        "free space",
+        "restart the broker",
+    ] {
         assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
     }
 }

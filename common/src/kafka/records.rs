@@ -604,6 +604,24 @@ pub fn encode_batch_in_epoch(
     records: &RecordBatch,
     leader_epoch: i32,
 ) -> crate::Result<()> {
+    let start = out.len();
+    encode_batch_without_crc(out, header, records, leader_epoch)?;
+    if out.len() > start {
+        let crc = crc32c::crc32c(&out[start + CRC_START..]);
+        out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// [`encode_batch_in_epoch`] with the batch's CRC left zero: for a caller that keeps the
+/// records and not the batch header (the log's Kafka-layout frames, which have a CRC of their
+/// own). Nothing is written for a batch without rows.
+pub fn encode_batch_without_crc(
+    out: &mut Vec<u8>,
+    header: &BatchHeader,
+    records: &RecordBatch,
+    leader_epoch: i32,
+) -> crate::Result<()> {
     let cols = EnvelopeColumns::try_new(records)?;
     let n = records.num_rows();
     if n == 0 {
@@ -742,8 +760,6 @@ pub fn encode_batch_in_epoch(
     h[51..53].copy_from_slice(&header.producer.producer_epoch.to_be_bytes());
     h[53..57].copy_from_slice(&base_sequence.to_be_bytes());
     h[57..61].copy_from_slice(&(n as i32).to_be_bytes());
-    let crc = crc32c::crc32c(&out[start + CRC_START..]);
-    out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
     Ok(())
 }
 
