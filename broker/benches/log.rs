@@ -162,29 +162,16 @@ fn runtime() -> Runtime {
         .expect("tokio runtime")
 }
 
-/// Times `iters` appends of `batch` to a fresh log, without fsync.
-fn log_append_unflushed(iters: u64, batch: &RecordBatch) -> Duration {
+/// Times `iters` appends of `batch` to a fresh log, without fsync, as a Produce acknowledged
+/// with `ack` makes them: written one by one for acks=0/1; for acks=all (its fsync rounds aside)
+/// small batches wait in the write buffer, written when it fills.
+fn log_append_unflushed(iters: u64, batch: &RecordBatch, ack: Ack) -> Duration {
     let dir = scratch_dir();
     let log = open_log(dir.path(), None);
     let start = Instant::now();
     for _ in 0..iters {
         black_box(
-            log.append_unflushed(batch, ProducerInfo::NONE)
-                .expect("append"),
-        );
-    }
-    start.elapsed()
-}
-
-/// Times `iters` appends of `batch` to a fresh log as a Produce with acks=all makes them, its
-/// fsync rounds aside: small batches wait in the write buffer, written when it fills.
-fn log_append_acks_all(iters: u64, batch: &RecordBatch) -> Duration {
-    let dir = scratch_dir();
-    let log = open_log(dir.path(), None);
-    let start = Instant::now();
-    for _ in 0..iters {
-        black_box(
-            log.append_for(batch, ProducerInfo::NONE, Ack::All)
+            log.append_for(batch, ProducerInfo::NONE, ack)
                 .expect("append"),
         );
     }
@@ -266,7 +253,11 @@ fn append(c: &mut Criterion) {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    append_cases(&mut group, log_append_unflushed, false);
+    append_cases(
+        &mut group,
+        |iters, batch| log_append_unflushed(iters, batch, Ack::Written),
+        false,
+    );
     // The same appends as acks=all makes them, through the write buffer.
     for (value_size, label) in VALUE_SIZES {
         for records in BATCH_RECORDS {
@@ -274,7 +265,7 @@ fn append(c: &mut Criterion) {
             group.throughput(Throughput::BytesDecimal((records * value_size) as u64));
             group.bench_function(
                 BenchmarkId::new("log_acks_all", format!("{label}_x{records}")),
-                |b| b.iter_custom(|iters| log_append_acks_all(iters, &batch)),
+                |b| b.iter_custom(|iters| log_append_unflushed(iters, &batch, Ack::All)),
             );
         }
     }

@@ -280,31 +280,59 @@ async fn append_acked(log: &Log, i: i64) -> Result<AppendInfo> {
     Ok(info)
 }
 
-fn assert_offline(e: &BrokerError) {
+/// `e` is the partition's offline error, its message holding each of `needles`.
+fn assert_offline_because(e: &BrokerError, needles: &[&str]) {
     assert!(
         matches!(e, BrokerError::PartitionOffline { .. }),
         "expected the partition offline, got {e}"
     );
     assert_eq!(error_code(e), 56, "KAFKA_STORAGE_ERROR");
     let msg = e.to_string();
-    for needle in ["t-0", "os error 5", "restart the broker"] {
+    for needle in needles {
         assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fsync_failure_takes_the_partition_offline() {
+fn assert_offline(e: &BrokerError) {
+    assert_offline_because(e, &["t-0", "os error 5", "restart the broker"]);
+}
+
+/// A log on a simulated disk holding `n` acknowledged records (`rec(0..n)`).
+async fn log_with_acked(n: i64) -> (tempfile::TempDir, FaultyStorage, Log) {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => panic!("tempdir: {e}"),
     };
     let storage = FaultyStorage::new();
-    let log = Arc::new(open_on(dir.path(), &storage));
-    for i in 0..5 {
+    let log = open_on(dir.path(), &storage);
+    for i in 0..n {
         if let Err(e) = append_acked(&log, i).await {
             panic!("append before the failure: {e}");
         }
     }
+    (dir, storage, log)
+}
+
+/// Closes nothing (as a crash), reopens the log and checks that its first records are
+/// `rec(0..n)`, the acknowledged ones.
+fn reopen_holding_acked(dir: &Path, storage: &FaultyStorage, log: Arc<Log>, n: usize) -> Log {
+    match Arc::try_unwrap(log) {
+        Ok(log) => drop(log),
+        Err(_) => panic!("the log is still shared"),
+    }
+    let log = open_on(dir, storage);
+    let records = read_everything(&log);
+    assert!(records.len() >= n);
+    for (i, r) in records.iter().take(n).enumerate() {
+        assert_eq!(kv(r), kv(&rec(i as i64)), "acknowledged record {i}");
+    }
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_failure_takes_the_partition_offline() {
+    let (dir, storage, log) = log_with_acked(5).await;
+    let log = Arc::new(log);
     let durable = log.offsets().durable_offset;
     assert_eq!(durable, 5);
 
@@ -357,19 +385,10 @@ async fn fsync_failure_takes_the_partition_offline() {
     // A restart (after the worst a power loss can do) recovers normally.
     storage.crash_now();
     drop(res);
-    match Arc::try_unwrap(log) {
-        Ok(log) => drop(log),
-        Err(_) => panic!("the log is still shared"),
-    }
     if let Err(e) = storage.power_loss(&mut Rng::new(7)) {
         panic!("power loss: {e}");
     }
-    let log = open_on(dir.path(), &storage);
-    let records = read_everything(&log);
-    assert!(records.len() >= 5);
-    for (i, r) in records.iter().take(5).enumerate() {
-        assert_eq!(kv(r), kv(&rec(i as i64)), "acknowledged record {i}");
-    }
+    let log = reopen_holding_acked(dir.path(), &storage, log, 5);
     assert!(!log.is_offline());
     if let Err(e) = append_acked(&log, 200).await {
         panic!("append after restart: {e}");
@@ -571,36 +590,20 @@ async fn append_acked_buffered(log: &Log, i: i64) -> Result<AppendInfo> {
 }
 
 fn assert_disk_full_offline(e: &BrokerError) {
-    assert!(
-        matches!(e, BrokerError::PartitionOffline { .. }),
-        "expected the partition offline, got {e}"
-    );
-    assert_eq!(error_code(e), 56, "KAFKA_STORAGE_ERROR");
-    let msg = e.to_string();
-    for needle in [
+    let needles = [
         "t-0",
         "write of",
         "os error 28",
         "free space",
         "restart the broker",
-    ] {
-        assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
-    }
+    ];
+    assert_offline_because(e, &needles);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_of_buffered_batches_takes_the_partition_offline() {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("tempdir: {e}"),
-    };
-    let storage = FaultyStorage::new();
-    let log = Arc::new(open_on(dir.path(), &storage));
-    for i in 0..5 {
-        if let Err(e) = append_acked_buffered(&log, i).await {
-            panic!("append before the failure: {e}");
-        }
-    }
+    let (dir, storage, log) = log_with_acked(5).await;
+    let log = Arc::new(log);
     // Buffered, with offsets, not yet written: then the disk fills.
     for i in 5..8 {
         if let Err(e) = log.append_for(&records_to_batch(&[rec(i)]), ProducerInfo::NONE, Ack::All) {
@@ -627,17 +630,9 @@ async fn a_failed_write_of_buffered_batches_takes_the_partition_offline() {
     assert_eq!(res.record_count(), 5, "what was durable is still read");
     drop(res);
 
-    // A restart serves what was acknowledged and takes writes again.
-    match Arc::try_unwrap(log) {
-        Ok(log) => drop(log),
-        Err(_) => panic!("the log is still shared"),
-    }
-    let log = open_on(dir.path(), &storage);
-    let records = read_everything(&log);
-    assert_eq!(records.len(), 5);
-    for (i, r) in records.iter().enumerate() {
-        assert_eq!(kv(r), kv(&rec(i as i64)), "acknowledged record {i}");
-    }
+    // A restart serves what was acknowledged, and nothing else, and takes writes again.
+    let log = reopen_holding_acked(dir.path(), &storage, log, 5);
+    assert_eq!(log.end_offset(), 5);
     match append_acked_buffered(&log, 10).await {
         Ok(info) => assert_eq!(info.base_offset, 5),
         Err(e) => panic!("append after restart: {e}"),
@@ -646,17 +641,7 @@ async fn a_failed_write_of_buffered_batches_takes_the_partition_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_of_a_batch_of_its_own_fails_that_append_only() {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("tempdir: {e}"),
-    };
-    let storage = FaultyStorage::new();
-    let log = open_on(dir.path(), &storage);
-    for i in 0..3 {
-        if let Err(e) = append_acked(&log, i).await {
-            panic!("append before the failure: {e}");
-        }
-    }
+    let (dir, storage, log) = log_with_acked(3).await;
     storage.fail_writes_under(dir.path());
     match log.append_unflushed(&records_to_batch(&[rec(3)]), ProducerInfo::NONE) {
         Ok(info) => panic!("appended {info:?} although its write failed"),
