@@ -208,6 +208,10 @@ impl BytesColumn {
     }
 }
 
+/// The child of a headers column whose lists are all empty: no header pairs.
+static NO_HEADER_PAIRS: LazyLock<ArrayRef> =
+    LazyLock::new(|| arrow::array::new_empty_array(&DataType::Struct(header_fields())));
+
 /// The item field of the headers list.
 static HEADER_ITEM: LazyLock<FieldRef> =
     LazyLock::new(|| Arc::new(Field::new("item", DataType::Struct(header_fields()), false)));
@@ -294,19 +298,25 @@ impl EnvelopeBuilder {
     /// Finishes the batch (offsets all 0) and resets the builder.
     pub fn finish(&mut self) -> RecordBatch {
         let n = self.timestamps.len();
-        let header_pairs = StructArray::new(
-            header_fields(),
-            vec![
-                Arc::new(self.header_keys.finish_utf8()) as ArrayRef,
-                Arc::new(self.header_values.finish_binary()),
-            ],
-            None,
-        );
+        let header_pairs: ArrayRef = if self.header_keys.offsets.len() == 1 {
+            // No record has a header (most batches): they all share one empty list child, which
+            // spares building, checking and dropping its arrays for each batch.
+            NO_HEADER_PAIRS.clone()
+        } else {
+            Arc::new(StructArray::new(
+                header_fields(),
+                vec![
+                    Arc::new(self.header_keys.finish_utf8()) as ArrayRef,
+                    Arc::new(self.header_values.finish_binary()),
+                ],
+                None,
+            ))
+        };
         let lists = std::mem::replace(&mut self.header_lists, vec![0]);
         let headers = ListArray::new(
             HEADER_ITEM.clone(),
             OffsetBuffer::new(ScalarBuffer::from(lists)),
-            Arc::new(header_pairs),
+            header_pairs,
             None,
         );
         let columns: Vec<ArrayRef> = vec![
