@@ -407,16 +407,22 @@ impl Unsealed {
     /// The frame's bytes in order, for one vectored write: runs of `out` (the vector it was
     /// encoded into) and the borrowed buffers between them.
     pub fn io_slices<'a>(&'a self, out: &'a [u8]) -> Vec<IoSlice<'a>> {
-        let mut slices = Vec::with_capacity(2 * self.borrowed.len() + 1);
+        self.pieces(out).map(IoSlice::new).collect()
+    }
+
+    /// [`Unsealed::io_slices`] as byte slices, without collecting them.
+    fn pieces<'a>(&'a self, out: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
         let mut at = self.start;
-        for (before, buffer) in &self.borrowed {
+        let runs = self.borrowed.iter().flat_map(move |(before, buffer)| {
             let end = self.start + before;
-            slices.push(IoSlice::new(&out[at..end]));
-            slices.push(IoSlice::new(buffer.as_slice()));
+            let run = &out[at..end];
             at = end;
-        }
-        slices.push(IoSlice::new(&out[at..self.start + self.in_vec]));
-        slices
+            [run, buffer.as_slice()]
+        });
+        let last = self.borrowed.last().map_or(0, |(before, _)| *before);
+        runs.chain(std::iter::once(
+            &out[self.start + last..self.start + self.in_vec],
+        ))
     }
 }
 
@@ -544,7 +550,7 @@ impl FrameEncoder {
         // The CRC of the bytes after the header (the header lies in the first slice).
         let mut body_crc = 0;
         let mut skip = HEADER_LEN;
-        for slice in unsealed.io_slices(out) {
+        for slice in unsealed.pieces(out) {
             let from = skip.min(slice.len());
             skip -= from;
             body_crc = crc32c::crc32c_append(body_crc, &slice[from..]);

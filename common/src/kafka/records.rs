@@ -573,7 +573,8 @@ pub fn encode_batch_compressed_in_epoch(
         return encode_batch_in_epoch(out, header, records, leader_epoch);
     }
     let start = out.len();
-    encode_batch_in_epoch(out, header, records, leader_epoch)?;
+    // The CRC covers the compressed records, so it is computed once they are.
+    encode_batch_without_crc(out, header, records, leader_epoch)?;
     if out.len() == start {
         return Ok(());
     }
@@ -591,9 +592,14 @@ pub fn encode_batch_compressed_in_epoch(
     h[8..12].copy_from_slice(&batch_length.to_be_bytes());
     let attributes = (be_i16(h, 21) & !0x07) | (codec_id & 0x07);
     h[21..23].copy_from_slice(&attributes.to_be_bytes());
-    let crc = crc32c::crc32c(&out[start + CRC_START..]);
-    out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+    write_crc(&mut out[start..]);
     Ok(())
+}
+
+/// Writes the CRC of the batch that `batch` holds (its header and records, complete).
+fn write_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// [`encode_batch`] with the partition leader epoch the batch was written in (what Fetch
@@ -607,8 +613,7 @@ pub fn encode_batch_in_epoch(
     let start = out.len();
     encode_batch_without_crc(out, header, records, leader_epoch)?;
     if out.len() > start {
-        let crc = crc32c::crc32c(&out[start + CRC_START..]);
-        out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+        write_crc(&mut out[start..]);
     }
     Ok(())
 }
