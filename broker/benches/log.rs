@@ -4,7 +4,10 @@
 //! Ids are `<group>/<function>/<value size>_x<records per batch>`:
 //! - `append`: `log` is `Log::append_unflushed` (no fsync); `raw_frame` writes a buffer as large as
 //!   the frame the log stores for that batch, `raw_payload` one as large as the values, with
-//!   `File::write_all` and no fsync.
+//!   `File::write_all` and no fsync. `log_acks_all` appends through the write buffer as Produce
+//!   does (`Log::append_buffered`), never answered; `log_acks_1` the same with an acks=1 answer
+//!   (`Log::acknowledge`, which writes the buffer) after each append, and
+//!   `log_acks_1_pipelined_8` after every eight appends.
 //! - `append_fsync`: the same with fsync per append: `log` is `Log::append` with
 //!   `flush.messages=1`; the raw baselines call `sync_data` after each write.
 //! - `read`: `log` reads a pre-filled log from offset 0 to its end in 1 MiB chunks; `raw_pread`
@@ -43,6 +46,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
+use futures::FutureExt;
 use quiver_broker::kafka::records as kafka_records;
 use quiver_broker::log::BatchHeader;
 use quiver_broker::{Ack, EnvelopeBuilder, Log, LogConfig, ProducerInfo, now_ms};
@@ -162,18 +166,42 @@ fn runtime() -> Runtime {
         .expect("tokio runtime")
 }
 
-/// Times `iters` appends of `batch` to a fresh log, without fsync, as a Produce acknowledged
-/// with `ack` makes them: written one by one for acks=0/1; for acks=all (its fsync rounds aside)
-/// small batches wait in the write buffer, written when it fills.
-fn log_append_unflushed(iters: u64, batch: &RecordBatch, ack: Ack) -> Duration {
+/// How a case's appends are made and answered, as Produce makes them.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Written at once (`Log::append_unflushed`), the baseline for the buffered cases.
+    AtOnce,
+    /// Through the write buffer and never answered within the sample: acks=all, its fsync
+    /// rounds aside (small batches are written when the buffer fills).
+    Round,
+    /// Through the write buffer, with an acks=0/1 answer (`Log::acknowledge`, which writes the
+    /// buffer) after every `n` appends: a connection that appends `n` pipelined requests
+    /// before answering them.
+    Every(u64),
+}
+
+/// Times `iters` appends of `batch` to a fresh log, without fsync, made and answered as `how`
+/// says.
+fn log_append_unflushed(iters: u64, batch: &RecordBatch, how: Answer) -> Duration {
     let dir = scratch_dir();
     let log = open_log(dir.path(), None);
     let start = Instant::now();
-    for _ in 0..iters {
-        black_box(
-            log.append_for(batch, ProducerInfo::NONE, ack)
-                .expect("append"),
-        );
+    for i in 1..=iters {
+        let info = match how {
+            Answer::AtOnce => log.append_unflushed(batch, ProducerInfo::NONE),
+            Answer::Round | Answer::Every(_) => log.append_buffered(batch, ProducerInfo::NONE),
+        }
+        .expect("append");
+        if let Answer::Every(n) = how
+            && (i % n == 0 || i == iters)
+        {
+            // An acks=0/1 answer only writes: it never waits.
+            log.acknowledge(info.last_offset + 1, Ack::Written)
+                .now_or_never()
+                .expect("an acks=1 answer does not wait")
+                .expect("write");
+        }
+        black_box(info);
     }
     start.elapsed()
 }
@@ -255,18 +283,26 @@ fn append(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     append_cases(
         &mut group,
-        |iters, batch| log_append_unflushed(iters, batch, Ack::Written),
+        |iters, batch| log_append_unflushed(iters, batch, Answer::AtOnce),
         false,
     );
-    // The same appends as acks=all makes them, through the write buffer.
+    // The same appends through the write buffer, as Produce makes them: for acks=all; for
+    // acks=0/1 answered one by one; and for acks=0/1 on a connection with eight requests
+    // pipelined.
     for (value_size, label) in VALUE_SIZES {
         for records in BATCH_RECORDS {
             let batch = envelope_batch(records, value_size);
             group.throughput(Throughput::BytesDecimal((records * value_size) as u64));
-            group.bench_function(
-                BenchmarkId::new("log_acks_all", format!("{label}_x{records}")),
-                |b| b.iter_custom(|iters| log_append_unflushed(iters, &batch, Ack::All)),
-            );
+            for (function, how) in [
+                ("log_acks_all", Answer::Round),
+                ("log_acks_1", Answer::Every(1)),
+                ("log_acks_1_pipelined_8", Answer::Every(8)),
+            ] {
+                group.bench_function(
+                    BenchmarkId::new(function, format!("{label}_x{records}")),
+                    |b| b.iter_custom(|iters| log_append_unflushed(iters, &batch, how)),
+                );
+            }
         }
     }
     group.finish();

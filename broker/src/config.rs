@@ -124,7 +124,9 @@ pub struct LogConfig {
     pub compression: CompressionType,
     /// Server key `log.flush.on.ack` (no topic key): acks=all is answered after the fsync, and
     /// the high watermark is the durable offset (consumers never see what a power loss could
-    /// take away). Off: acks=all is answered after the write, as Kafka does on one node.
+    /// take away). Small produced batches then wait in the partition's write buffer until an
+    /// fsync round or an acks=0/1 answer writes them. Off: acks=all is answered after the
+    /// write, as Kafka does on one node, and every batch is written as it is appended.
     pub flush_on_ack: bool,
 }
 

@@ -188,9 +188,13 @@ fn kafka_batch(count: usize, value_bytes: usize) -> Bytes {
 
 /// acks=all: answered once the records are durable, so they are visible to the fetches that follow.
 fn produce(topic: &str, records: Bytes) -> RequestKind {
+    produce_acks(topic, records, -1)
+}
+
+fn produce_acks(topic: &str, records: Bytes, acks: i16) -> RequestKind {
     RequestKind::Produce(
         ProduceRequest::default()
-            .with_acks(-1)
+            .with_acks(acks)
             .with_timeout_ms(5000)
             .with_topic_data(vec![
                 TopicProduceData::default()
@@ -415,4 +419,58 @@ async fn pipelined_acks_all_produces_are_appended_and_answered_in_order() {
         offsets.durable_offset, next_base,
         "every answered record is durable"
     );
+}
+
+/// acks=0 and acks=1 requests pipelined on one connection are appended in the order sent and
+/// answered in that order (acks=0 not at all), and each answer comes after its records were
+/// written: a copy of the partition's files taken then, as a crash of the process would leave
+/// them, holds every record answered so far. (The partition's flusher may write them first;
+/// `handlers::produce`'s `an_acks_1_answer_writes_every_batch_staged_before_it` shows that the
+/// answer does it without the flusher.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_acks_1_produces_are_written_before_they_are_answered() {
+    let (s, dir) = start(&[]).await;
+    let mut conn = Conn::open(s.addr()).await;
+    let mut answered = 0;
+    for round in 0..5 {
+        // 40 one-record requests sent before any answer is read; every fourth is acks=0.
+        let acks = |i: i64| if i % 4 == 1 { 0 } else { 1 };
+        for i in 0..40 {
+            conn.send(9, produce_acks("pipe", kafka_batch(1, 100), acks(i)))
+                .await;
+            if acks(i) == 0 {
+                conn.sent.pop_back(); // no response comes
+            }
+        }
+        for i in (0..40).filter(|&i| acks(i) == 1) {
+            let Some(ResponseKind::Produce(r)) = conn.recv().await else {
+                panic!("round {round}: produce {i} unanswered")
+            };
+            let p = &r.responses[0].partition_responses[0];
+            assert_eq!(
+                (p.error_code, p.base_offset),
+                (0, round * 40 + i),
+                "round {round}: produce {i}"
+            );
+            answered = round * 40 + i + 1;
+        }
+        // What a crash of the process now would leave: the files as they are.
+        let copy = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        for entry in std::fs::read_dir(dir.path().join("pipe-0")).unwrap_or_else(|e| panic!("{e}"))
+        {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            if path.is_file() {
+                let to = copy.path().join(path.file_name().unwrap_or_default());
+                std::fs::copy(&path, &to).unwrap_or_else(|e| panic!("copy: {e}"));
+            }
+        }
+        let log = quiver_broker::Log::open(copy.path(), "pipe", 0, Default::default())
+            .unwrap_or_else(|e| panic!("open the copy: {e}"));
+        assert!(
+            log.end_offset() >= answered,
+            "round {round}: {answered} records answered, {} in the files",
+            log.end_offset()
+        );
+    }
+    assert_eq!(answered, 5 * 40, "the last request of each round is acks=1");
 }

@@ -2,9 +2,12 @@
 //! [`LocalServer`] runs a broker with one listener on a loopback port (tests, embedding).
 //!
 //! Each connection has a reader task that reads frames ahead (bounded) and a processor that
-//! handles them one at a time, in order, writing each response before taking the next request.
-//! That is Kafka's per-connection contract: an idempotent producer's pipelined batches are
-//! appended in the order sent, and responses come back in request order.
+//! handles them one at a time, in order, and writes their responses in the same order. That is
+//! Kafka's per-connection contract: an idempotent producer's pipelined batches are appended in
+//! the order sent, and responses come back in request order. A Produce is answered once its
+//! records may be acknowledged (see [`process_staged`]); meanwhile the processor handles the
+//! requests behind it, and it handles every request already read before it writes any
+//! response, so pipelined acks=0/1 Produces share one write of a partition's write buffer.
 //!
 //! A frame whose length prefix exceeds `socket.request.max.bytes` is refused before anything
 //! is allocated for it, and the connection is closed, as Kafka does. So is a frame that does not
@@ -375,22 +378,40 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
     // keeps its room in the read-ahead budget until its response is written.
     let mut staged = futures::stream::FuturesOrdered::new();
     let mut reading = true;
+    // A request the wait below received, staged next.
+    let mut arrived: Option<Queued> = None;
+    // A staged request closes the connection: none after it is handled.
+    let mut closing = false;
     loop {
+        // Every request already read is staged before any answer is written: pipelined acks=0/1
+        // Produces then share one write of the partition's write buffer (the first answer
+        // writes it), and their answers leave in one flush.
+        while !closing && staged.len() < READ_AHEAD {
+            let (frame, room) = match arrived.take() {
+                Some(queued) => queued,
+                None if !reading => break,
+                None => match rx.try_recv() {
+                    Ok(queued) => queued,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        reading = false;
+                        break;
+                    }
+                },
+            };
+            let (outcome, closes) = process_staged(&ctx, frame, Some(peer)).await;
+            closing = closes;
+            staged.push_back(outcome.map(move |o| (o, room)));
+        }
         let (outcome, room) = tokio::select! {
             biased;
             Some(done) = staged.next(), if !staged.is_empty() => done,
-            next = rx.recv(), if reading && staged.len() < READ_AHEAD => {
+            next = rx.recv(), if reading && !closing && staged.len() < READ_AHEAD => {
                 match next {
-                    Some((frame, room)) => {
-                        let outcome = process_staged(&ctx, frame, Some(peer)).await;
-                        staged.push_back(outcome.map(move |o| (o, room)));
-                        continue;
-                    }
-                    None => {
-                        reading = false;
-                        continue;
-                    }
+                    Some(queued) => arrived = Some(queued),
+                    None => reading = false,
                 }
+                continue;
             }
             else => break,
         };
@@ -626,18 +647,28 @@ pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind), 
 /// over a socket).
 #[cfg(test)]
 pub(crate) async fn process(ctx: &Ctx, frame: Bytes, peer: Option<SocketAddr>) -> Outcome {
-    process_staged(ctx, frame, peer).await.await
+    process_staged(ctx, frame, peer).await.0.await
 }
 
-/// A request's outcome, ready or still to come (an acks=all Produce waiting for its fsync).
+/// A request's outcome, ready or still to come (a Produce still to be acknowledged).
 type Staged = futures::future::BoxFuture<'static, Outcome>;
 
-/// Handles a request up to the point where only waiting is left: an acks=all Produce is
-/// appended here and the returned future waits for its acknowledgement; every other request
-/// is handled here in full. The connection stages requests in order and writes the outcomes in
-/// the same order, so a pipelined acks=all Produce no longer holds back the next one's append.
-pub(crate) async fn process_staged(ctx: &Ctx, frame: Bytes, peer: Option<SocketAddr>) -> Staged {
-    let ready = |outcome: Outcome| futures::future::ready(outcome).boxed();
+/// Handles a request up to the point where only acknowledging is left: a Produce is appended
+/// here and the returned future acknowledges it (waits for its fsync with acks=all, writes the
+/// write buffer with acks=0/1); every other request is handled here in full. The connection
+/// stages requests in order and writes the outcomes in the same order, so a pipelined acks=all
+/// Produce no longer holds back the next one's append, and pipelined acks=0/1 Produces share
+/// one write. Also says whether the outcome closes the connection, which is known here: such a
+/// request is refused before it does anything, and no request after it may be handled.
+pub(crate) async fn process_staged(
+    ctx: &Ctx,
+    frame: Bytes,
+    peer: Option<SocketAddr>,
+) -> (Staged, bool) {
+    let ready = |outcome: Outcome| {
+        let closes = matches!(outcome, Outcome::Close(_));
+        (futures::future::ready(outcome).boxed(), closes)
+    };
     let (header, request) = match decode_request(frame) {
         Ok(x) => x,
         Err(DecodeError::UnsupportedApiVersions { correlation_id }) => {
@@ -656,26 +687,33 @@ pub(crate) async fn process_staged(ctx: &Ctx, frame: Bytes, peer: Option<SocketA
     let version = header.request_api_version;
     let correlation_id = header.correlation_id;
     let request = match request {
-        RequestKind::Produce(req) if req.acks == -1 => {
+        RequestKind::Produce(req) => {
             let staged = handlers::produce::stage(ctx, version, req);
-            // A task of its own: the wait may take its turn at the partition's fsync, which
-            // must not stall while this connection handles its next request. Boxed first, so
-            // spawning moves a pointer rather than the whole future (a few hundred bytes,
-            // copied several times on the way into the task).
-            let acked = tokio::spawn(Box::pin(async move {
+            let waits = staged.may_wait_for_fsync();
+            let answer = async move {
                 match staged.acknowledge().await {
                     Some(r) => {
                         encode_response(correlation_id, api_key, version, &ResponseKind::Produce(r))
                     }
                     None => Outcome::Silent,
                 }
-            }));
-            return async move {
+            };
+            if !waits {
+                // acks=0/1: the answer only writes the partitions' write buffers, when the
+                // connection gets to it. Requests staged before then share that write.
+                return (answer.boxed(), false);
+            }
+            // A task of its own: the wait may take its turn at the partition's fsync, which
+            // must not stall while this connection handles its next request. Boxed first, so
+            // spawning moves a pointer rather than the whole future (a few hundred bytes,
+            // copied several times on the way into the task).
+            let acked = tokio::spawn(Box::pin(answer));
+            let answered = async move {
                 acked
                     .await
                     .unwrap_or_else(|e| Outcome::Close(format!("the produce task failed: {e}")))
-            }
-            .boxed();
+            };
+            return (answered.boxed(), false);
         }
         other => other,
     };

@@ -793,22 +793,24 @@ impl Log {
         self.append_inner(batch, producer, None, false)
     }
 
-    /// [`Log::append_unflushed`] of a batch its caller will acknowledge with `ack` (see
-    /// [`Log::acknowledge`]). For [`Ack::All`] with `log.flush.on.ack` (the default), a small
-    /// batch may wait in the active segment's write buffer: no one reads it before the fsync
-    /// round that makes it durable, and that round writes it, with every other buffered batch,
-    /// in one write. Until then a crash of the process loses it, as it would lose an
-    /// acks=all batch not yet answered anyway.
-    pub fn append_for(
+    /// [`Log::append_unflushed`] of a batch its caller acknowledges (see [`Log::acknowledge`])
+    /// before answering for it. With `log.flush.on.ack` (the default), a small batch may wait
+    /// in the active segment's write buffer, whatever the producer's acks: no one reads
+    /// it before the fsync round that makes it durable, and that round writes it, with every
+    /// other buffered batch, in one write. An acks=0/1 answer writes the buffer first
+    /// ([`Log::acknowledge`] with [`Ack::Written`]), so a connection that appends several
+    /// pipelined requests before answering any of them shares one write among them. Until its
+    /// write a crash of the process loses the batch, as it would lose any batch not yet
+    /// answered.
+    pub fn append_buffered(
         &self,
         batch: &RecordBatch,
         producer: ProducerInfo,
-        ack: Ack,
     ) -> Result<AppendInfo> {
         if producer.attributes & attributes::CONTROL != 0 {
             return self.append_unflushed(batch, producer);
         }
-        self.append_inner(batch, producer, None, ack == Ack::All)
+        self.append_inner(batch, producer, None, true)
     }
 
     /// Writes a transaction marker (a control batch) for `producer_id` at `producer_epoch`
@@ -852,7 +854,8 @@ impl Log {
         Ok(info)
     }
 
-    /// An append; `buffer` lets a small frame wait in the write buffer (see [`Log::append_for`]).
+    /// An append; `buffer` lets a small frame wait in the write buffer (see
+    /// [`Log::append_buffered`]).
     fn append_inner(
         &self,
         batch: &RecordBatch,
@@ -1101,7 +1104,7 @@ impl Log {
         producer: ProducerInfo,
         ack: Ack,
     ) -> Result<AppendInfo> {
-        let info = self.append_for(batch, producer, ack)?;
+        let info = self.append_buffered(batch, producer)?;
         self.acknowledge(info.last_offset + 1, ack).await?;
         Ok(info)
     }
@@ -1124,22 +1127,26 @@ impl Log {
         }
     }
 
-    /// Writes the active segment's write buffer if it holds records below `end`.
-    fn write_through(&self, end: i64) -> Result<()> {
+    /// Writes the active segment's write buffer if it holds records below `end`: what an
+    /// acks=0/1 answer for records ending at `end` waits for. Never waits for an fsync.
+    pub(crate) fn write_through(&self, end: i64) -> Result<()> {
         if self.file_end.load(Ordering::Acquire) >= end {
             return Ok(());
         }
         let mut inner = self.inner.lock();
-        self.write_buffered(&mut inner)
+        // The buffer's memory is kept: more answers are likely to come. The next round lets
+        // it go.
+        self.write_buffered(&mut inner, false)
     }
 
-    /// Writes the active segment's write buffer, under the partition lock. A failed write
-    /// takes the partition offline: the buffered records already have their offsets.
-    fn write_buffered(&self, inner: &mut Inner) -> Result<()> {
+    /// Writes the active segment's write buffer, under the partition lock, releasing its memory
+    /// with `release`. A failed write takes the partition offline: the buffered records
+    /// already have their offsets.
+    fn write_buffered(&self, inner: &mut Inner, release: bool) -> Result<()> {
         if let Some(e) = self.offline_error() {
             return Err(e);
         }
-        if let Err((path, e)) = inner.active()?.write_buffered() {
+        if let Err((path, e)) = inner.active()?.write_buffered(release) {
             return Err(self.go_offline("write", path, &e));
         }
         self.file_end.store(inner.next_offset, Ordering::Release);
@@ -1164,7 +1171,7 @@ impl Log {
         if active.is_empty() || !(full || old) {
             return Ok(());
         }
-        self.write_buffered(inner)?;
+        self.write_buffered(inner, true)?;
         inner.active()?.save_indexes(&*self.storage)?;
         inner.producers.save(&self.dir, next, inner.txns.open())?;
         let seg = Segment::create(&*self.storage, &self.dir, next, interval, now)?;
@@ -1229,7 +1236,7 @@ impl Log {
         let (files, dir, dir_gen, end, flush_on_ack) = {
             let mut inner = self.inner.lock();
             // The appends this round covers are in the file before it is fsynced.
-            self.write_buffered(&mut inner)?;
+            self.write_buffered(&mut inner, true)?;
             let files: Vec<SegmentView> = inner
                 .segments
                 .values()

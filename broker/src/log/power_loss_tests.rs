@@ -66,8 +66,8 @@ fn read_everything(log: &Log) -> Vec<Record> {
 
 /// One acks=all producer: appends batches and counts one acknowledged when `flush_to` says it
 /// is durable. Stops at the first error, which only a crash may cause. With `buffered`, its
-/// batches may wait in the write buffer until the fsync round (as a Produce with acks=all
-/// appends them); otherwise each is written as it is appended.
+/// batches may wait in the write buffer until the fsync round (as a Produce appends them);
+/// otherwise each is written as it is appended.
 async fn producer(
     log: Arc<Log>,
     storage: FaultyStorage,
@@ -88,7 +88,7 @@ async fn producer(
             .collect();
         let batch = records_to_batch(&records);
         let appended = if buffered {
-            log.append_for(&batch, ProducerInfo::NONE, Ack::All)
+            log.append_buffered(&batch, ProducerInfo::NONE)
         } else {
             log.append_unflushed(&batch, ProducerInfo::NONE)
         };
@@ -584,7 +584,7 @@ async fn a_small_read_inside_an_emptied_batch_reaches_the_next_records() {
 /// Appends one record through the write buffer and waits until it is durable, as a Produce
 /// with acks=all does.
 async fn append_acked_buffered(log: &Log, i: i64) -> Result<AppendInfo> {
-    let info = log.append_for(&records_to_batch(&[rec(i)]), ProducerInfo::NONE, Ack::All)?;
+    let info = log.append_buffered(&records_to_batch(&[rec(i)]), ProducerInfo::NONE)?;
     log.acknowledge(info.last_offset + 1, Ack::All).await?;
     Ok(info)
 }
@@ -606,7 +606,7 @@ async fn a_failed_write_of_buffered_batches_takes_the_partition_offline() {
     let log = Arc::new(log);
     // Buffered, with offsets, not yet written: then the disk fills.
     for i in 5..8 {
-        if let Err(e) = log.append_for(&records_to_batch(&[rec(i)]), ProducerInfo::NONE, Ack::All) {
+        if let Err(e) = log.append_buffered(&records_to_batch(&[rec(i)]), ProducerInfo::NONE) {
             panic!("buffered append: {e}");
         }
     }

@@ -415,20 +415,27 @@ impl Segment {
         !self.buffered.is_empty()
     }
 
-    /// Writes the frames in the write buffer to the file, and lets the buffer's memory go (a
-    /// partition appended to again soon takes it back with its next small frame). On an error
-    /// the file is cut back to where the buffer began and the buffer is kept, but the caller
-    /// must treat the partition as failed (see [`WriteFailure::Buffered`]).
-    pub fn write_buffered(&mut self) -> std::result::Result<(), (PathBuf, std::io::Error)> {
-        if self.buffered.is_empty() {
-            return Ok(());
+    /// Writes the frames in the write buffer to the file. With `release` the buffer's memory
+    /// goes too (a partition appended to again soon takes it back with its next small frame);
+    /// without, it is kept for the next frames. On an error the file is cut back to where the
+    /// buffer began and the buffer is kept, but the caller must treat the partition as failed
+    /// (see [`WriteFailure::Buffered`]).
+    pub fn write_buffered(
+        &mut self,
+        release: bool,
+    ) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+        if !self.buffered.is_empty() {
+            let at = self.written();
+            if let Err(e) = self.file.write_all_at(&self.buffered, at) {
+                let _ = self.file.truncate(at);
+                return Err((self.path.clone(), e));
+            }
         }
-        let at = self.written();
-        if let Err(e) = self.file.write_all_at(&self.buffered, at) {
-            let _ = self.file.truncate(at);
-            return Err((self.path.clone(), e));
+        if release {
+            self.buffered = Vec::new();
+        } else {
+            self.buffered.clear();
         }
-        self.buffered = Vec::new();
         Ok(())
     }
 

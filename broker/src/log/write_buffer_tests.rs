@@ -1,4 +1,4 @@
-//! The active segment's write buffer: small batches appended for acks=all wait in memory until
+//! The active segment's write buffer: small batches appended by Produce wait in memory until
 //! the fsync round that makes them durable writes them, all in one write; an acks=0/1 answer,
 //! a batch written at once, a full buffer and a roll write them sooner.
 
@@ -20,10 +20,23 @@ fn rec(i: i64, value_len: usize) -> Record {
     Record::new(1_000 + i, Some(b"k"), Some(value.as_bytes()))
 }
 
-/// Appends record `i` alone, as a Produce acknowledged with `ack` does.
-fn append_one(log: &Log, i: i64, value_len: usize, ack: Ack) -> AppendInfo {
+/// How a test appends a record.
+#[derive(Clone, Copy)]
+enum Append {
+    /// As Produce does, acknowledged later ([`Log::append_buffered`]).
+    Buffered,
+    /// Written at once ([`Log::append_unflushed`]).
+    AtOnce,
+}
+
+/// Appends record `i` alone.
+fn append_one(log: &Log, i: i64, value_len: usize, how: Append) -> AppendInfo {
     let batch = records_to_batch(&[rec(i, value_len)]);
-    log.append_for(&batch, ProducerInfo::NONE, ack).unwrap()
+    match how {
+        Append::Buffered => log.append_buffered(&batch, ProducerInfo::NONE),
+        Append::AtOnce => log.append_unflushed(&batch, ProducerInfo::NONE),
+    }
+    .unwrap()
 }
 
 /// Bytes in the partition's segment files.
@@ -71,7 +84,7 @@ async fn buffered_batches_reach_the_file_with_their_round() {
     let dir = tempdir();
     let log = open_with(dir.path(), LogConfig::default(), Shutdown::Unclean);
     for i in 0..10 {
-        assert_eq!(append_one(&log, i, 100, Ack::All).base_offset, i);
+        assert_eq!(append_one(&log, i, 100, Append::Buffered).base_offset, i);
     }
     assert_eq!(log.end_offset(), 10);
     assert_eq!(
@@ -103,7 +116,7 @@ async fn an_acks_1_answer_writes_the_buffer_before_it_and_a_crash_keeps_it() {
     let dir = tempdir();
     let log = open_with(dir.path(), LogConfig::default(), Shutdown::Unclean);
     for i in 0..3 {
-        append_one(&log, i, 100, Ack::All);
+        append_one(&log, i, 100, Append::Buffered);
     }
     assert_eq!(bytes_in_files(dir.path()), 0);
     // An acks=1 answer covering them: they are written (the page cache) before it.
@@ -121,16 +134,16 @@ fn a_batch_written_at_once_takes_the_buffered_ones_with_it() {
     let dir = tempdir();
     let log = open_with(dir.path(), LogConfig::default(), Shutdown::Unclean);
     for i in 0..3 {
-        append_one(&log, i, 100, Ack::All);
+        append_one(&log, i, 100, Append::Buffered);
     }
     assert_eq!(bytes_in_files(dir.path()), 0);
-    // acks=1 writes at once, and the three buffered batches go to the file before it.
-    append_one(&log, 3, 100, Ack::Written);
+    // A batch written at once takes the three buffered batches to the file before it.
+    append_one(&log, 3, 100, Append::AtOnce);
     let four = bytes_in_files(dir.path());
     assert!(four > 4 * 100);
-    // So does a batch too large for the buffer, appended for acks=all.
-    append_one(&log, 4, 100, Ack::All);
-    append_one(&log, 5, 10_000, Ack::All);
+    // So does a batch too large for the buffer.
+    append_one(&log, 4, 100, Append::Buffered);
+    append_one(&log, 5, 10_000, Append::Buffered);
     assert!(bytes_in_files(dir.path()) > four + 100 + 10_000);
     drop(log); // a crash: everything was written
     let log = open_with(dir.path(), LogConfig::default(), Shutdown::Unclean);
@@ -146,7 +159,7 @@ fn a_full_buffer_is_written_without_waiting_for_a_round() {
     let log = open_with(dir.path(), LogConfig::default(), Shutdown::Unclean);
     // 290 batches of about 1.1 KiB each: several buffers' worth, and some left in the last.
     for i in 0..290 {
-        append_one(&log, i, 1_000, Ack::All);
+        append_one(&log, i, 1_000, Append::Buffered);
     }
     let in_files = bytes_in_files(dir.path());
     assert!(in_files > 290 * 1_000 - segment::WRITE_BUFFER_BYTES as u64);
@@ -172,7 +185,7 @@ async fn rolls_and_a_clean_close_write_the_buffer() {
     };
     let log = open_with(dir.path(), config.clone(), Shutdown::Unclean);
     for i in 0..200 {
-        append_one(&log, i, 100, Ack::All);
+        append_one(&log, i, 100, Append::Buffered);
     }
     assert!(
         bytes_in_files(dir.path()) > 100 * 100,
@@ -198,7 +211,7 @@ fn without_flush_on_ack_nothing_waits_in_memory() {
         ..LogConfig::default()
     };
     let log = open_with(dir.path(), config, Shutdown::Unclean);
-    append_one(&log, 0, 100, Ack::All);
+    append_one(&log, 0, 100, Append::Buffered);
     // Readers see it at once (the high watermark is the log's end), so it is in the file.
     assert!(bytes_in_files(dir.path()) > 100);
     assert_eq!(values(&log), expected(0..1, 100));

@@ -8,7 +8,10 @@
 //! request order, so an idempotent producer's pipelined batches land in the order sent), and
 //! [`StagedProduce::acknowledge`] waits until the records may be acknowledged. The connection
 //! can stage the next request while one waits for its fsync, so pipelined acks=all requests
-//! share fsyncs instead of each waiting out its own.
+//! share fsyncs instead of each waiting out its own. Small batches wait in the partition's
+//! write buffer whatever the acks, and an acks=0/1 answer writes the buffer first: a connection
+//! that stages its pipelined acks=0/1 requests before answering them shares one write among
+//! them.
 
 use std::sync::Arc;
 
@@ -39,6 +42,8 @@ pub struct StagedProduce {
     version: i16,
     acks: i16,
     ack: Ack,
+    /// Whether acknowledging may wait for an fsync (see [`StagedProduce::may_wait_for_fsync`]).
+    may_flush: bool,
     /// Per topic, its partitions' responses and what each must wait for: its log and the
     /// offset after its records.
     topics: Vec<(TopicProduceResponse, Vec<AckWait>)>,
@@ -59,7 +64,6 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
         for p in topic.partition_data {
             let (response, wait) = produce_partition(
                 ctx,
-                ack,
                 req.transactional_id.as_ref().map(|t| t.0.as_str()),
                 &name,
                 p.index,
@@ -75,15 +79,35 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
             waits,
         ));
     }
+    // Decided here, once: a reply that only writes is never spawned, so it must not start an
+    // fsync round (which would then wait on the connection's turn) if a partition's
+    // `flush.messages` is set meanwhile.
+    let may_flush = topics
+        .iter()
+        .flat_map(|(_, waits)| waits.iter().flatten())
+        .any(|(log, _)| {
+            let config = log.config();
+            (ack == Ack::All && config.flush_on_ack) || config.flush_messages.is_some()
+        });
     StagedProduce {
         version,
         acks: req.acks,
         ack,
+        may_flush,
         topics,
     }
 }
 
 impl StagedProduce {
+    /// Whether acknowledging may wait for an fsync: acks=all with `log.flush.on.ack`, or a
+    /// partition whose `flush.messages` policy may ask for one. Otherwise
+    /// [`StagedProduce::acknowledge`] only writes what waits in the partitions' write buffers
+    /// (for acks=0/1: their answer must not come before the records are written), and never
+    /// waits.
+    pub fn may_wait_for_fsync(&self) -> bool {
+        self.may_flush
+    }
+
     /// The second stage: waits until every partition's records may be acknowledged (durable
     /// for acks=all), and answers; a partition that fails here gets its error instead.
     /// `None` for acks=0.
@@ -91,13 +115,23 @@ impl StagedProduce {
         let ack = self.ack;
         let mut responses = Vec::with_capacity(self.topics.len());
         for (mut topic, waits) in self.topics {
-            let results = futures::future::join_all(waits.iter().map(|w| async move {
-                match w {
-                    Some((log, end)) => log.acknowledge(*end, ack).await,
-                    None => Ok(()),
-                }
-            }))
-            .await;
+            let results: Vec<crate::Result<()>> = if self.may_flush {
+                futures::future::join_all(waits.iter().map(|w| async move {
+                    match w {
+                        Some((log, end)) => log.acknowledge(*end, ack).await,
+                        None => Ok(()),
+                    }
+                }))
+                .await
+            } else {
+                waits
+                    .iter()
+                    .map(|w| match w {
+                        Some((log, end)) => log.write_through(*end),
+                        None => Ok(()),
+                    })
+                    .collect()
+            };
             for (p, result) in topic.partition_responses.iter_mut().zip(results) {
                 if let Err(e) = result {
                     *p = failed(p.index, error_code(&e), e.to_string());
@@ -181,7 +215,6 @@ fn check_transactional<'a>(
 /// appended, its log and the offset after the records (what acknowledging waits for).
 fn produce_partition(
     ctx: &Ctx,
-    ack: Ack,
     transactional_id: Option<&str>,
     topic: &str,
     index: i32,
@@ -257,7 +290,7 @@ fn produce_partition(
         let mut first = None;
         let mut end = None;
         for (batch, producer) in &decoded {
-            match log.append_for(batch, *producer, ack) {
+            match log.append_buffered(batch, *producer) {
                 Ok(info) => {
                     first.get_or_insert(info);
                     end = Some(info.last_offset + 1);
@@ -394,5 +427,80 @@ mod tests {
         };
         let p = &resp.responses[0].partition_responses[0];
         assert_eq!((p.error_code, p.base_offset), (0, 0));
+    }
+
+    /// Bytes in the segment files of partition `t-0` under `data`.
+    fn bytes_in_segments(data: &std::path::Path) -> u64 {
+        std::fs::read_dir(data.join("t-0"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|e| e.unwrap_or_else(|e| panic!("{e}")).path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// Small acks=1 batches wait in the write buffer once staged; the first answer writes them
+    /// all, before it is given. A single-threaded runtime that this test never yields keeps the
+    /// partition's background flusher from writing them first.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_acks_1_answer_writes_every_batch_staged_before_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let broker = Broker::open(BrokerConfig {
+            data_dir: dir.path().to_owned(),
+            ..BrokerConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
+        broker
+            .create_topic(NewTopic::new("t", 1))
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let ctx = Ctx::for_tests(broker);
+        let produce = |acks: i16| {
+            ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_static_str("t")))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(batch_claiming(1))),
+                        ]),
+                ])
+        };
+        let before = bytes_in_segments(dir.path());
+        // Pipelined: acks=1, acks=1, acks=0, acks=1, all staged before any is answered.
+        let acks = [1, 1, 0, 1];
+        let staged: Vec<StagedProduce> = acks.iter().map(|&a| stage(&ctx, 9, produce(a))).collect();
+        assert!(staged.iter().all(|s| !s.may_wait_for_fsync()));
+        assert_eq!(
+            bytes_in_segments(dir.path()),
+            before,
+            "staged, not yet written"
+        );
+        let mut written = 0;
+        for (i, staged) in staged.into_iter().enumerate() {
+            let answer = staged.acknowledge().await;
+            if i == 0 {
+                // Four one-record frames of over 80 bytes each are in the file.
+                written = bytes_in_segments(dir.path()) - before;
+                assert!(written > 4 * 80, "{written} bytes written");
+            }
+            match answer {
+                Some(resp) => {
+                    let p = &resp.responses[0].partition_responses[0];
+                    assert_eq!((p.error_code, p.base_offset), (0, i as i64));
+                }
+                None => assert_eq!(acks[i], 0, "only acks=0 goes unanswered"),
+            }
+        }
+        assert_eq!(
+            bytes_in_segments(dir.path()) - before,
+            written,
+            "nothing left to write"
+        );
+        assert!(stage(&ctx, 9, produce(-1)).may_wait_for_fsync());
     }
 }
