@@ -5,7 +5,7 @@
 //! handles them one at a time, in order, and writes their responses in the same order. That is
 //! Kafka's per-connection contract: an idempotent producer's pipelined batches are appended in
 //! the order sent, and responses come back in request order. A Produce is answered once its
-//! records may be acknowledged (see [`process_staged`]); meanwhile the processor handles the
+//! records may be acknowledged (see `process_staged`); meanwhile the processor handles the
 //! requests behind it, and it handles every request already read before it writes any
 //! response, so pipelined acks=0/1 Produces share one write of a partition's write buffer.
 //!
