@@ -10,6 +10,11 @@
 //!   `log_acks_1_pipelined_8` after every eight appends.
 //! - `append_fsync`: the same with fsync per append: `log` is `Log::append` with
 //!   `flush.messages=1`; the raw baselines call `sync_data` after each write.
+//! - `produce`: what Produce does with a producer's uncompressed Kafka batch, from its bytes to
+//!   its append through the write buffer (never answered): `from_wire` as Produce does it (a
+//!   batch of a few records is checked in place and stored as sent, a larger one decoded into
+//!   columns), `from_wire_via_columns` with the small batch decoded into columns too, as before.
+//!   One record a batch against 1,000: the per-record cost of a producer that does not batch.
 //! - `read`: `log` reads a pre-filled log from offset 0 to its end in 1 MiB chunks; `raw_pread`
 //!   reads as many bytes from a file with `read_exact_at`.
 //! - `group_commit`: `appenders_1` and `appenders_64` tasks append 1-record batches with fsync per
@@ -41,14 +46,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::Int64Array;
 use arrow::record_batch::RecordBatch;
 use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
 use futures::FutureExt;
-use quiver_broker::kafka::records as kafka_records;
-use quiver_broker::log::BatchHeader;
+use quiver_broker::kafka::records::{self as kafka_records, DecodeScratch};
+use quiver_broker::log::{BatchHeader, PreparedBatch};
 use quiver_broker::{Ack, EnvelopeBuilder, Log, LogConfig, ProducerInfo, now_ms};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
@@ -323,6 +329,100 @@ fn append_fsync(c: &mut Criterion) {
     group.finish();
 }
 
+/// How the `produce` group makes a producer's batch ready to append.
+#[derive(Clone, Copy)]
+enum Prepare {
+    /// As Produce does ([`PreparedBatch::from_kafka`]): a small batch checked in place and
+    /// stored as sent, any other decoded into columns.
+    AsProduce,
+    /// Always decoded into columns, as every batch was before small ones were stored as sent.
+    Columns,
+}
+
+/// `records` records of `value_size` bytes as one uncompressed Kafka batch from a producer
+/// (offset deltas 0, 1, 2, ...).
+fn producer_batch(records: usize, value_size: usize) -> Vec<u8> {
+    let batch = envelope_batch(records, value_size);
+    let mut columns = batch.columns().to_vec();
+    columns[0] = Arc::new(Int64Array::from_iter_values(0..records as i64));
+    let batch = RecordBatch::try_new(batch.schema(), columns).expect("offsets 0, 1, 2, ...");
+    let n = records as i32;
+    let header = BatchHeader {
+        base_offset: 0,
+        last_offset_delta: n - 1,
+        record_count: n,
+        first_timestamp: now_ms(),
+        max_timestamp: now_ms(),
+        producer: ProducerInfo::NONE,
+    };
+    let mut out = Vec::new();
+    kafka_records::encode_batch(&mut out, &header, &batch).expect("encode a Kafka batch");
+    out
+}
+
+/// Times `iters` appends of the Kafka batch `wire` as Produce makes them: the batch parsed (its
+/// CRC checked), made ready as `how` says and appended through the write buffer (acks=all, the
+/// fsync rounds aside).
+fn produce_appends(iters: u64, wire: &[u8], how: Prepare) -> Duration {
+    let dir = scratch_dir();
+    let log = open_log(dir.path(), None);
+    let config = log.config();
+    let mut scratch = DecodeScratch::default();
+    let start = Instant::now();
+    for _ in 0..iters {
+        let batches = kafka_records::parse_batches(wire).expect("a sound batch");
+        for batch in &batches {
+            let prepared = match how {
+                Prepare::AsProduce => {
+                    PreparedBatch::from_kafka(batch, &config, &mut scratch, 1 << 20)
+                        .expect("records to append")
+                        .expect("records to append")
+                }
+                Prepare::Columns => {
+                    let mut builder = EnvelopeBuilder::with_capacity(
+                        batch.record_count as usize,
+                        batch.records.len(),
+                    );
+                    kafka_records::decode_records(batch, &mut builder, &mut scratch, 1 << 20)
+                        .expect("records to decode");
+                    PreparedBatch::Columns(builder.finish())
+                }
+            };
+            black_box(
+                log.append_prepared(&prepared, ProducerInfo::NONE)
+                    .expect("append"),
+            );
+        }
+    }
+    start.elapsed()
+}
+
+/// Produce's work per record on a batch from a producer, from its bytes to its append: one
+/// record a batch (a producer that does not batch) against 1,000.
+fn produce(c: &mut Criterion) {
+    let mut group = c.benchmark_group("produce");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (value_size, label) in VALUE_SIZES {
+        for records in BATCH_RECORDS {
+            let wire = producer_batch(records, value_size);
+            group.throughput(Throughput::BytesDecimal((records * value_size) as u64));
+            let id = format!("{label}_x{records}");
+            group.bench_function(BenchmarkId::new("from_wire", &id), |b| {
+                b.iter_custom(|iters| produce_appends(iters, &wire, Prepare::AsProduce))
+            });
+            if records == 1 {
+                group.bench_function(BenchmarkId::new("from_wire_via_columns", &id), |b| {
+                    b.iter_custom(|iters| produce_appends(iters, &wire, Prepare::Columns))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 /// A pre-filled log and a raw file of the same size, for the read group.
 struct ReadFixture {
     log: Log,
@@ -543,6 +643,7 @@ criterion_group!(
     group_commit,
     append_fsync,
     append,
+    produce,
     read,
     compression
 );

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use quiver_broker::alloc::GuardedAlloc;
 use quiver_broker::kafka::handlers::supported;
-use quiver_broker::kafka::records::{DecodeScratch, decode_records, encode_batch, parse_batches};
+use quiver_broker::kafka::records::{
+    DecodeScratch, check_records, decode_records, encode_batch, parse_batches,
+};
 use quiver_broker::kafka::server::decode_request;
 use quiver_broker::log::{BatchHeader, ProducerInfo};
 use quiver_broker::{EnvelopeBuilder, Record, records_to_batch};
@@ -78,7 +80,17 @@ proptest! {
         bytes.truncate(cut.max(1).min(bytes.len()));
         if let Ok(batches) = parse_batches(&bytes) {
             for b in &batches {
-                let _ = decode_records(b, &mut EnvelopeBuilder::default(), &mut DecodeScratch::default(), 1 << 20);
+                let mut builder = EnvelopeBuilder::default();
+                let decoded = decode_records(b, &mut builder, &mut DecodeScratch::default(), 1 << 20);
+                // A small batch stored as sent is checked in place: the check refuses exactly
+                // what decoding refuses, with the same error, and counts what it decodes.
+                if b.compression() == 0 {
+                    let checked = check_records(b);
+                    prop_assert_eq!(checked.as_ref().err(), decoded.as_ref().err());
+                    if let Ok(facts) = checked {
+                        prop_assert_eq!(facts.count, builder.finish().num_rows());
+                    }
+                }
             }
         }
     }

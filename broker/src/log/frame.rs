@@ -24,7 +24,9 @@
 //! - layout 1, for small batches and compressed ones: the first row's offset and timestamp (two
 //!   i64) followed by the rows in Kafka's v2 record encoding (varint deltas). An Arrow message
 //!   carries a few hundred bytes of metadata and padding, seven times a 100-byte record; this
-//!   costs 16. Compressed, the deltas weigh what the producer's own compressed batch does.
+//!   costs 16. Compressed, the deltas weigh what the producer's own compressed batch does. A
+//!   small uncompressed batch from a producer keeps the rows as the producer encoded them
+//!   ([`FrameEncoder::encode_kafka_rows_unsealed`]), so its append decodes nothing.
 //! - codec 0: stored as is; 1: LZ4 block; 2: Zstandard (compression at rest, per topic). The CRC
 //!   covers the compressed bytes, so damage is found before anything is decompressed.
 //!
@@ -511,52 +513,57 @@ impl FrameEncoder {
             self.body = body;
             stored?
         };
-        let borrowed_len: usize = borrowed.iter().map(|(_, b)| b.len()).sum();
-        let pad = (8 - (out.len() - start + borrowed_len) % 8) % 8;
-        out.resize(out.len() + pad, 0);
-        let in_vec = out.len() - start;
-        let frame_len = in_vec + borrowed_len;
-        let frame_len_u32 = u32::try_from(frame_len)
-            .ok()
-            .filter(|&l| u64::from(l) <= MAX_FRAME_LEN)
-            .ok_or_else(|| too_large(frame_len))?;
-        let meta_len = u32::try_from(meta_len).map_err(|_| too_large(meta_len))?;
-        let h = &mut out[start..start + HEADER_LEN];
-        h[0..4].copy_from_slice(&frame_len_u32.to_le_bytes());
-        h[8] = VERSION_RELATIVE;
-        let layout_id: u8 = match layout {
-            Layout::Arrow => 0,
-            Layout::Kafka => 1,
-        };
-        h[9] = layout_id << 4 | codec.id();
-        h[58..60].copy_from_slice(&(pad as u16).to_le_bytes());
-        h[10..12].copy_from_slice(&header.producer.attributes.to_le_bytes());
-        h[12..16].copy_from_slice(&header.record_count.to_le_bytes());
-        h[24..28].copy_from_slice(&header.last_offset_delta.to_le_bytes());
-        h[28..32].copy_from_slice(&header.producer.base_sequence.to_le_bytes());
-        h[32..40].copy_from_slice(&header.first_timestamp.to_le_bytes());
-        h[40..48].copy_from_slice(&header.max_timestamp.to_le_bytes());
-        h[48..56].copy_from_slice(&header.producer.producer_id.to_le_bytes());
-        h[56..58].copy_from_slice(&header.producer.producer_epoch.to_le_bytes());
-        h[60..64].copy_from_slice(&meta_len.to_le_bytes());
-        h[64..72].copy_from_slice(&(body_len as u64).to_le_bytes());
-        let mut unsealed = Unsealed {
+        finish_frame(
+            out,
             start,
-            in_vec,
             borrowed,
-            len: frame_len,
-            body_crc: 0,
-        };
-        // The CRC of the bytes after the header (the header lies in the first slice).
-        let mut body_crc = 0;
-        let mut skip = HEADER_LEN;
-        for slice in unsealed.pieces(out) {
-            let from = skip.min(slice.len());
-            skip -= from;
-            body_crc = crc32c::crc32c_append(body_crc, &slice[from..]);
+            header,
+            (layout, codec),
+            meta_len,
+            body_len,
+        )
+    }
+
+    /// Encodes the rows of a small batch as its producer sent them (Kafka's record encoding,
+    /// offset deltas 0, 1, 2, ... and timestamps as deltas from `base_timestamp`) as a
+    /// Kafka-layout frame, unsealed, compressed as `header`'s attributes ask: the records
+    /// [`FrameEncoder::encode_unsealed`] would store, without decoding them into columns and
+    /// encoding them again. `header.first_timestamp` and `max_timestamp` must be the rows'.
+    pub fn encode_kafka_rows_unsealed(
+        &mut self,
+        header: &BatchHeader,
+        base_timestamp: i64,
+        rows: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Unsealed> {
+        let codec = Codec::at_rest(header.producer.attributes & attributes::COMPRESSION);
+        let start = out.len();
+        out.resize(start + HEADER_LEN, 0);
+        // The first row's offset (relative: 0) and the timestamp the deltas count from.
+        let mut prefix = [0u8; KAFKA_PREFIX_LEN];
+        prefix[8..].copy_from_slice(&base_timestamp.to_le_bytes());
+        if codec == Codec::None {
+            out.extend_from_slice(&prefix);
+            out.extend_from_slice(rows);
+        } else {
+            let mut body = std::mem::take(&mut self.body);
+            body.clear();
+            body.extend_from_slice(&prefix);
+            body.extend_from_slice(rows);
+            let stored = self.store(&body, codec, out);
+            self.body = body;
+            stored?;
         }
-        unsealed.body_crc = body_crc;
-        Ok(unsealed)
+        let body_len = KAFKA_PREFIX_LEN + rows.len();
+        finish_frame(
+            out,
+            start,
+            Vec::new(),
+            header,
+            (Layout::Kafka, codec),
+            0,
+            body_len,
+        )
     }
 
     /// Appends the IPC message of `batch` to `out`; returns its metadata and body lengths.
@@ -628,6 +635,65 @@ impl FrameEncoder {
         }
         Ok(())
     }
+}
+
+/// Ends a frame encoded into `out` from `start` (its header's bytes reserved, its body after
+/// them, `borrowed` buffers aside): pads it, fills in its header and computes its body's CRC.
+fn finish_frame(
+    out: &mut Vec<u8>,
+    start: usize,
+    borrowed: Vec<(usize, Buffer)>,
+    header: &BatchHeader,
+    (layout, codec): (Layout, Codec),
+    meta_len: usize,
+    body_len: usize,
+) -> Result<Unsealed> {
+    let borrowed_len: usize = borrowed.iter().map(|(_, b)| b.len()).sum();
+    let pad = (8 - (out.len() - start + borrowed_len) % 8) % 8;
+    out.resize(out.len() + pad, 0);
+    let in_vec = out.len() - start;
+    let frame_len = in_vec + borrowed_len;
+    let frame_len_u32 = u32::try_from(frame_len)
+        .ok()
+        .filter(|&l| u64::from(l) <= MAX_FRAME_LEN)
+        .ok_or_else(|| too_large(frame_len))?;
+    let meta_len = u32::try_from(meta_len).map_err(|_| too_large(meta_len))?;
+    let h = &mut out[start..start + HEADER_LEN];
+    h[0..4].copy_from_slice(&frame_len_u32.to_le_bytes());
+    h[8] = VERSION_RELATIVE;
+    let layout_id: u8 = match layout {
+        Layout::Arrow => 0,
+        Layout::Kafka => 1,
+    };
+    h[9] = layout_id << 4 | codec.id();
+    h[58..60].copy_from_slice(&(pad as u16).to_le_bytes());
+    h[10..12].copy_from_slice(&header.producer.attributes.to_le_bytes());
+    h[12..16].copy_from_slice(&header.record_count.to_le_bytes());
+    h[24..28].copy_from_slice(&header.last_offset_delta.to_le_bytes());
+    h[28..32].copy_from_slice(&header.producer.base_sequence.to_le_bytes());
+    h[32..40].copy_from_slice(&header.first_timestamp.to_le_bytes());
+    h[40..48].copy_from_slice(&header.max_timestamp.to_le_bytes());
+    h[48..56].copy_from_slice(&header.producer.producer_id.to_le_bytes());
+    h[56..58].copy_from_slice(&header.producer.producer_epoch.to_le_bytes());
+    h[60..64].copy_from_slice(&meta_len.to_le_bytes());
+    h[64..72].copy_from_slice(&(body_len as u64).to_le_bytes());
+    let mut unsealed = Unsealed {
+        start,
+        in_vec,
+        borrowed,
+        len: frame_len,
+        body_crc: 0,
+    };
+    // The CRC of the bytes after the header (the header lies in the first slice).
+    let mut body_crc = 0;
+    let mut skip = HEADER_LEN;
+    for slice in unsealed.pieces(out) {
+        let from = skip.min(slice.len());
+        skip -= from;
+        body_crc = crc32c::crc32c_append(body_crc, &slice[from..]);
+    }
+    unsealed.body_crc = body_crc;
+    Ok(unsealed)
 }
 
 static DECODER: LazyLock<FileDecoder> =

@@ -19,6 +19,9 @@ pub(crate) mod frame;
 pub(crate) mod index;
 #[cfg(test)]
 mod power_loss_tests;
+pub mod prepared;
+#[cfg(test)]
+mod prepared_tests;
 pub(crate) mod producer_state;
 pub(crate) mod segment;
 pub(crate) mod storage;
@@ -53,6 +56,7 @@ pub use cleaner::{CleanStats, CrashPoint};
 pub use epoch::LeaderEpochs;
 pub use frame::{BatchHeader, ProducerInfo, attributes};
 use frame::{FrameEncoder, Unsealed};
+pub use prepared::{PreparedBatch, SmallRows};
 use producer_state::{ProducerStates, SequenceCheck};
 use segment::{Segment, SegmentView, Truncation, WriteFailure};
 use storage::{FileStorage, Storage};
@@ -873,27 +877,8 @@ impl Log {
         let now = now_ms();
         self.validate(&config, batch, now)?;
         let n = batch.num_rows();
-        let mut producer = producer;
-        producer.attributes &= attributes::LOG_APPEND_TIME
-            | attributes::TRANSACTIONAL
-            | attributes::CONTROL
-            | attributes::COMPRESSION;
-        // The codec consumers are sent, which also picks the codec at rest (see `frame`).
-        // Transaction markers are never compressed, as in Kafka.
-        let codec = if producer.attributes & attributes::CONTROL != 0 {
-            0
-        } else {
-            config
-                .compression
-                .codec_for(producer.attributes & attributes::COMPRESSION)
-        };
-        producer.attributes = (producer.attributes & !attributes::COMPRESSION) | codec;
+        let producer = stored_attributes(&config, producer);
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
-        if log_append_time {
-            producer.attributes |= attributes::LOG_APPEND_TIME;
-        } else {
-            producer.attributes &= !attributes::LOG_APPEND_TIME;
-        }
         // The frame holds offsets relative to its base. A batch that has them already (a
         // single record at 0, as Produce builds it) is encoded as it is.
         let relative_already = batch
@@ -940,6 +925,55 @@ impl Log {
             let unsealed = encoder.encode_unsealed(&header, relative, frame)?;
             let buffer = buffer && config.flush_on_ack;
             self.append_frame(frame, unsealed, header, marker, &config, now, buffer)
+        })
+    }
+
+    /// [`Log::append_buffered`] of a producer's batch as [`PreparedBatch::from_kafka`] made it
+    /// ready: a small uncompressed batch is stored as the bytes it came in.
+    pub fn append_prepared(
+        &self,
+        batch: &PreparedBatch<'_>,
+        producer: ProducerInfo,
+    ) -> Result<AppendInfo> {
+        let rows = match batch {
+            PreparedBatch::Columns(batch) => return self.append_buffered(batch, producer),
+            PreparedBatch::Rows(rows) => rows,
+        };
+        if producer.attributes & attributes::CONTROL != 0 {
+            return self.append_unflushed(&rows.decode()?, producer);
+        }
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(BrokerError::UnknownTopic(self.topic.clone()));
+        }
+        if let Some(e) = self.offline_error() {
+            return Err(e);
+        }
+        let config = self.config();
+        let now = now_ms();
+        if !rows.fit(&config, now) {
+            // The topic's configuration changed since the rows were checked: the append of
+            // their columns says why they are refused, or stores them as the topic now asks.
+            return self.append_inner(&rows.decode()?, producer, None, true);
+        }
+        let facts = rows.facts();
+        let n = rows.count() as i32;
+        let header = BatchHeader {
+            base_offset: 0, // assigned under the lock
+            last_offset_delta: n - 1,
+            record_count: n,
+            first_timestamp: facts.first_timestamp,
+            max_timestamp: facts.max_timestamp,
+            producer: stored_attributes(&config, producer),
+        };
+        with_frame_encoder(|encoder, frame| {
+            let unsealed = encoder.encode_kafka_rows_unsealed(
+                &header,
+                rows.base_timestamp(),
+                rows.rows(),
+                frame,
+            )?;
+            let buffer = config.flush_on_ack;
+            self.append_frame(frame, unsealed, header, None, &config, now, buffer)
         })
     }
 
@@ -1618,6 +1652,30 @@ impl Log {
 }
 
 const LOG_START_FILE: &str = "log-start-offset";
+
+/// `producer` with the attributes its batch is stored with under `config`: the codec consumers
+/// are sent, which also picks the codec at rest (see `frame`; transaction markers are never
+/// compressed, as in Kafka), and whose timestamps the records carry.
+fn stored_attributes(config: &LogConfig, mut producer: ProducerInfo) -> ProducerInfo {
+    producer.attributes &= attributes::LOG_APPEND_TIME
+        | attributes::TRANSACTIONAL
+        | attributes::CONTROL
+        | attributes::COMPRESSION;
+    let codec = if producer.attributes & attributes::CONTROL != 0 {
+        0
+    } else {
+        config
+            .compression
+            .codec_for(producer.attributes & attributes::COMPRESSION)
+    };
+    producer.attributes = (producer.attributes & !attributes::COMPRESSION) | codec;
+    if config.timestamp_type == TimestampType::LogAppendTime {
+        producer.attributes |= attributes::LOG_APPEND_TIME;
+    } else {
+        producer.attributes &= !attributes::LOG_APPEND_TIME;
+    }
+    producer
+}
 
 fn read_log_start(dir: &Path) -> Result<Option<i64>> {
     let path = dir.join(LOG_START_FILE);

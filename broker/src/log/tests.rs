@@ -22,7 +22,7 @@ fn small_segments() -> LogConfig {
 /// Opens a log whose high watermark is its end (`log.flush.on.ack` off), so these storage tests
 /// read what they append without a flusher, and that takes any timestamp (these tests store
 /// extreme ones); visibility and timestamp bounds are tested in `visibility_tests`.
-fn open(dir: &Path, config: LogConfig) -> Log {
+pub(super) fn open(dir: &Path, config: LogConfig) -> Log {
     let config = LogConfig {
         flush_on_ack: false,
         timestamp_after_max_ms: None,
@@ -50,7 +50,7 @@ fn append(log: &Log, records: &[Record]) -> AppendInfo {
 }
 
 /// Every record from `offset` to the end, reading in small chunks.
-fn read_all(log: &Log, mut offset: i64) -> Vec<Record> {
+pub(super) fn read_all(log: &Log, mut offset: i64) -> Vec<Record> {
     let mut out = Vec::new();
     loop {
         let res = match log.read(offset, 700) {
@@ -71,7 +71,7 @@ fn read_all(log: &Log, mut offset: i64) -> Vec<Record> {
     }
 }
 
-fn tempdir() -> tempfile::TempDir {
+pub(super) fn tempdir() -> tempfile::TempDir {
     match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => panic!("tempdir: {e}"),

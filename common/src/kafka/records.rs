@@ -267,7 +267,7 @@ pub fn decode_records(
     scratch: &mut DecodeScratch,
     max_uncompressed: usize,
 ) -> Result<(), RecordError> {
-    decode_into(batch, builder, scratch, max_uncompressed, None)
+    decode_into(batch, builder, scratch, max_uncompressed)
 }
 
 /// Like [`decode_records`], and pushes each record's offset (base offset plus its offset delta)
@@ -279,15 +279,137 @@ pub fn decode_records_with_offsets(
     max_uncompressed: usize,
     offsets: &mut Vec<i64>,
 ) -> Result<(), RecordError> {
-    decode_into(batch, builder, scratch, max_uncompressed, Some(offsets))
+    let mut sink = WithOffsets {
+        builder,
+        offsets,
+        base_offset: batch.base_offset,
+    };
+    decode_into(batch, &mut sink, scratch, max_uncompressed)
+}
+
+/// What a check of an uncompressed batch's records found ([`check_records`]): the facts a log
+/// needs to store the records as they came, without decoding them into columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// Records in the batch.
+    pub count: usize,
+    /// The first record's timestamp.
+    pub first_timestamp: i64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+    /// The largest record's key, value and header bytes together (what `max.message.bytes`
+    /// bounds per record).
+    pub max_record_size: usize,
+    /// Whether some record has a null key (refused by compacted topics).
+    pub null_key: bool,
+    /// Whether the records' offset deltas are 0, 1, 2, ... as producers write them: only then
+    /// do the bytes read back as the offsets the log assigns.
+    pub offsets_in_order: bool,
+}
+
+/// Checks every record of an uncompressed `batch` as [`decode_records`] does (the same errors
+/// for the same bytes) without decoding them anywhere: what storing a small batch as the bytes
+/// it came in needs. A compressed batch is refused: decode it.
+pub fn check_records(batch: &KafkaBatch<'_>) -> Result<RecordFacts, RecordError> {
+    if batch.compression() != compression::codec::NONE {
+        return Err(RecordError::InvalidRecord(
+            "a compressed batch is decoded, not checked in place".into(),
+        ));
+    }
+    let mut facts = RecordFacts {
+        count: 0,
+        first_timestamp: batch.base_timestamp,
+        min_timestamp: i64::MAX,
+        max_timestamp: i64::MIN,
+        max_record_size: 0,
+        null_key: false,
+        offsets_in_order: true,
+    };
+    decode_into(batch, &mut facts, &mut DecodeScratch::default(), 0)?;
+    Ok(facts)
+}
+
+/// Where decoded records go.
+trait RecordSink {
+    fn record(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    );
+}
+
+impl RecordSink for EnvelopeBuilder {
+    #[inline(always)]
+    fn record(
+        &mut self,
+        _offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        self.append(timestamp, key, value, headers);
+    }
+}
+
+/// A builder that also keeps each record's offset.
+struct WithOffsets<'b> {
+    builder: &'b mut EnvelopeBuilder,
+    offsets: &'b mut Vec<i64>,
+    base_offset: i64,
+}
+
+impl RecordSink for WithOffsets<'_> {
+    #[inline(always)]
+    fn record(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        self.offsets
+            .push(self.base_offset.wrapping_add(i64::from(offset_delta)));
+        self.builder.append(timestamp, key, value, headers);
+    }
+}
+
+impl RecordSink for RecordFacts {
+    #[inline(always)]
+    fn record(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        if self.count == 0 {
+            self.first_timestamp = timestamp;
+        }
+        self.offsets_in_order &= i64::from(offset_delta) == self.count as i64;
+        self.count += 1;
+        self.min_timestamp = self.min_timestamp.min(timestamp);
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        self.null_key |= key.is_none();
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+            .sum();
+        let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + header_bytes;
+        self.max_record_size = self.max_record_size.max(size);
+    }
 }
 
 fn decode_into(
     batch: &KafkaBatch<'_>,
-    builder: &mut EnvelopeBuilder,
+    sink: &mut impl RecordSink,
     scratch: &mut DecodeScratch,
     max_uncompressed: usize,
-    mut offsets: Option<&mut Vec<i64>>,
 ) -> Result<(), RecordError> {
     let records: &[u8] = match batch.compression() {
         compression::codec::NONE => batch.records,
@@ -366,10 +488,8 @@ fn decode_into(
             )));
         }
         cur.pos = end;
-        if let Some(offsets) = offsets.as_deref_mut() {
-            offsets.push(batch.base_offset.wrapping_add(i64::from(offset_delta)));
-        }
-        builder.append(
+        sink.record(
+            offset_delta,
             batch.base_timestamp.wrapping_add(ts_delta),
             key,
             value,
@@ -973,6 +1093,70 @@ mod tests {
         assert_eq!(records_bound(3, 70), 3);
         assert_eq!(records_bound(-5, 70), 0);
         assert_eq!(records_bound(i32::MAX, 0), 0);
+    }
+
+    #[test]
+    fn a_check_finds_what_the_log_needs_without_decoding() {
+        let records = vec![
+            Record::new(1000, Some(b"k1"), Some(b"v1"))
+                .with_header("h1", Some(b"xy"))
+                .with_header("h2", None),
+            Record::new(990, None, Some(&[7u8; 300])),
+            Record::new(1005, Some(b""), None),
+        ];
+        let header = BatchHeader {
+            base_offset: 0,
+            last_offset_delta: 2,
+            record_count: 3,
+            first_timestamp: 1000,
+            max_timestamp: 1005,
+            producer: ProducerInfo::NONE,
+        };
+        let encode = |offsets: [i64; 3]| {
+            let batch = records_to_batch(&records);
+            let mut cols = batch.columns().to_vec();
+            cols[0] = Arc::new(Int64Array::from(offsets.to_vec()));
+            let header = BatchHeader {
+                last_offset_delta: offsets[2] as i32,
+                ..header
+            };
+            let mut out = Vec::new();
+            if let Ok(batch) = RecordBatch::try_new(batch.schema(), cols) {
+                encode_batch(&mut out, &header, &batch).ok();
+            }
+            out
+        };
+        let in_order = encode([0, 1, 2]);
+        let parsed = parse_batches(&in_order).unwrap_or_default();
+        assert_eq!(
+            check_records(&parsed[0]),
+            Ok(RecordFacts {
+                count: 3,
+                first_timestamp: 1000,
+                min_timestamp: 990,
+                max_timestamp: 1005,
+                // "k1" "v1" "h1" "xy" "h2" against 300 bytes of value.
+                max_record_size: 300,
+                null_key: true,
+                offsets_in_order: true,
+            })
+        );
+        // Offset deltas with gaps (a compacted batch) are not the ones the log assigns.
+        let gaps = encode([0, 2, 5]);
+        let parsed = parse_batches(&gaps).unwrap_or_default();
+        let facts = check_records(&parsed[0]);
+        assert_eq!(facts.map(|f| f.offsets_in_order), Ok(false));
+        // A compressed batch is never checked in place.
+        let mut lz4 = Vec::new();
+        encode_batch_compressed(
+            &mut lz4,
+            &header,
+            &with_offsets(records_to_batch(&records), 0),
+            compression::codec::LZ4,
+        )
+        .ok();
+        let parsed = parse_batches(&lz4).unwrap_or_default();
+        assert!(check_records(&parsed[0]).is_err());
     }
 
     /// Batches without headers take their own encoding loop when their keys are all null or all

@@ -1,5 +1,6 @@
 //! Produce: record batches from clients are checked (CRC, magic, sizes, every record), decoded
-//! straight into Arrow and appended. All batches of a partition are decoded before any is
+//! straight into Arrow (a small uncompressed batch is checked in place and stored as sent, see
+//! [`PreparedBatch`]) and appended. All batches of a partition are decoded before any is
 //! appended, so a bad batch leaves the partition untouched. acks=all is answered once the
 //! partition's records are durable (with `log.flush.on.ack`, the default: one group-committed
 //! fsync shared with every concurrent producer); acks=0/1 once they are written.
@@ -25,8 +26,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, error_code};
 use crate::kafka::records::{self, DecodeScratch, RecordError};
-use crate::log::{Ack, Log, ProducerInfo, attributes};
-use crate::record::EnvelopeBuilder;
+use crate::log::{Ack, Log, PreparedBatch, ProducerInfo, attributes};
 
 /// Returns `None` for acks=0 (no response is sent).
 pub async fn handle(ctx: &Ctx, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
@@ -183,7 +183,7 @@ type Refusal = (i16, String);
 fn check_transactional<'a>(
     transactional_id: Option<&'a str>,
     producer: ProducerInfo,
-    decoded: &[(arrow::record_batch::RecordBatch, ProducerInfo)],
+    decoded: &[(PreparedBatch<'_>, ProducerInfo)],
     topic: &str,
     index: i32,
 ) -> Result<&'a str, Refusal> {
@@ -265,17 +265,12 @@ fn produce_partition(
                 None,
             );
         }
-        // The count is the client's; the bytes bound it (for a compressed batch the hint is low
-        // and the builder grows).
-        let rows = records::records_bound(batch.record_count, batch.records.len());
-        let mut builder = EnvelopeBuilder::with_capacity(rows, batch.records.len());
-        if let Err(e) = records::decode_records(batch, &mut builder, &mut scratch, max_uncompressed)
-        {
-            return (failed(index, record_error_code(&e), e.to_string()), None);
-        }
-        if builder.is_empty() {
-            continue;
-        }
+        let prepared =
+            match PreparedBatch::from_kafka(batch, &config, &mut scratch, max_uncompressed) {
+                Ok(Some(prepared)) => prepared,
+                Ok(None) => continue,
+                Err(e) => return (failed(index, record_error_code(&e), e.to_string()), None),
+            };
         let producer = ProducerInfo {
             producer_id: batch.producer_id,
             producer_epoch: batch.producer_epoch,
@@ -284,13 +279,13 @@ fn produce_partition(
             attributes: batch.attributes
                 & (attributes::TRANSACTIONAL | attributes::CONTROL | attributes::COMPRESSION),
         };
-        decoded.push((builder.finish(), producer));
+        decoded.push((prepared, producer));
     }
     let append_all = || {
         let mut first = None;
         let mut end = None;
         for (batch, producer) in &decoded {
-            match log.append_buffered(batch, *producer) {
+            match log.append_prepared(batch, *producer) {
                 Ok(info) => {
                     first.get_or_insert(info);
                     end = Some(info.last_offset + 1);
