@@ -412,6 +412,16 @@ impl Unsealed {
         self.pieces(out).map(IoSlice::new).collect()
     }
 
+    /// Calls `f` with [`Unsealed::io_slices`], collected only when the frame is in more than
+    /// one piece (a frame all in the vector, as every small one is, costs no allocation).
+    pub fn with_io_slices<R>(&self, out: &[u8], f: impl FnOnce(&mut [IoSlice<'_>]) -> R) -> R {
+        if self.borrowed.is_empty() {
+            f(&mut [IoSlice::new(&out[self.start..self.start + self.in_vec])])
+        } else {
+            f(&mut self.io_slices(out))
+        }
+    }
+
     /// [`Unsealed::io_slices`] as byte slices, without collecting them.
     fn pieces<'a>(&'a self, out: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
         let mut at = self.start;

@@ -949,7 +949,9 @@ impl Log {
             return Err(e);
         }
         let config = self.config();
-        let now = now_ms();
+        // The clock as the rows were checked, a moment ago: reading it again costs a tenth of
+        // such an append on some machines.
+        let now = rows.checked_at();
         if !rows.fit(&config, now) {
             // The topic's configuration changed since the rows were checked: the append of
             // their columns says why they are refused, or stores them as the topic now asks.
@@ -1039,7 +1041,9 @@ impl Log {
         unsealed.seal(frame, base);
         self.maybe_roll(inner, config, unsealed.len() as u64, now)?;
         let active = inner.active()?;
-        match active.append_slices(&mut unsealed.io_slices(frame), &header, buffer) {
+        match unsealed.with_io_slices(frame, |slices| {
+            active.append_slices(slices, &header, buffer)
+        }) {
             Ok(()) => {}
             Err(WriteFailure::Frame(e)) => return Err(e),
             Err(WriteFailure::Buffered(path, e)) => {

@@ -33,6 +33,8 @@ pub enum PreparedBatch<'a> {
 pub struct SmallRows<'a> {
     batch: KafkaBatch<'a>,
     facts: RecordFacts,
+    /// The clock (ms since the epoch) the rows were checked against.
+    checked_at: i64,
 }
 
 impl<'a> PreparedBatch<'a> {
@@ -89,6 +91,7 @@ impl<'a> SmallRows<'a> {
         let rows = SmallRows {
             batch: *batch,
             facts: kafka_records::check_records(batch)?,
+            checked_at: now,
         };
         Ok(rows.fit(config, now).then_some(rows))
     }
@@ -110,6 +113,11 @@ impl<'a> SmallRows<'a> {
             && timestamps_fit
             && f.max_record_size <= config.max_message_bytes
             && !(config.cleanup_policy.compact && f.null_key)
+    }
+
+    /// The clock (ms since the epoch) the rows were checked against.
+    pub fn checked_at(&self) -> i64 {
+        self.checked_at
     }
 
     /// Records in the batch.
