@@ -8,7 +8,6 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, fetch, produce};
 use crate::broker::{Broker, NewTopic};
-use crate::config::BrokerConfig;
 use crate::kafka::compression::codec;
 use crate::kafka::records::{self, DecodeScratch};
 use crate::log::{BatchHeader, ProducerInfo};
@@ -90,12 +89,7 @@ async fn fetch_all(ctx: &Ctx, topic: &'static str, version: i16) -> (Vec<i16>, V
 }
 
 async fn open(dir: &std::path::Path) -> (Broker, Ctx) {
-    let broker = Broker::open(BrokerConfig {
-        data_dir: dir.to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("open: {e}"));
+    let broker = Ctx::open_test_broker(dir).await;
     let ctx = Ctx::for_tests(broker.clone());
     (broker, ctx)
 }

@@ -19,7 +19,6 @@ use kafka_protocol::messages::produce_request::{
 
 use super::{Ctx, fetch, list_offsets, produce};
 use crate::broker::{Broker, NewTopic};
-use crate::config::BrokerConfig;
 use crate::log::ProducerInfo;
 use crate::record::{Record, records_to_batch};
 
@@ -32,12 +31,7 @@ fn topic() -> TopicName {
 }
 
 async fn open(dir: &std::path::Path) -> Broker {
-    Broker::open(BrokerConfig {
-        data_dir: dir.to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("open: {e}"))
+    Ctx::open_test_broker(dir).await
 }
 
 async fn append(broker: &Broker, n: usize) {

@@ -144,18 +144,12 @@ fn describe(ctx: &Ctx, version: i16, name: &str) -> MetadataResponseTopic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Broker, BrokerConfig};
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 
     #[tokio::test]
     async fn metadata_v12_by_topic_id_with_an_empty_name_resolves_the_topic() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_owned(),
-            ..BrokerConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("open: {e}"));
+        let broker = Ctx::open_test_broker(dir.path()).await;
         broker.create_topic(NewTopic::new("orders", 2)).await.ok();
         let id = broker
             .describe_topic("orders")

@@ -51,6 +51,19 @@ impl Ctx {
         }
     }
 
+    /// A broker on `data_dir` with the default configuration, for handler tests.
+    #[cfg(test)]
+    pub(crate) async fn open_test_broker(data_dir: &std::path::Path) -> Broker {
+        let config = crate::BrokerConfig {
+            data_dir: data_dir.to_owned(),
+            ..crate::BrokerConfig::default()
+        };
+        match Broker::open(config).await {
+            Ok(broker) => broker,
+            Err(e) => panic!("open a broker on {}: {e}", data_dir.display()),
+        }
+    }
+
     /// A context for handler tests: `broker` advertised as `localhost:9092`.
     #[cfg(test)]
     pub(crate) fn for_tests(broker: Broker) -> Ctx {

@@ -353,7 +353,7 @@ mod tests {
     use super::*;
     use crate::log::BatchHeader;
     use crate::record::{Record, records_to_batch};
-    use crate::{Broker, BrokerConfig, NewTopic};
+    use crate::NewTopic;
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 
@@ -376,34 +376,32 @@ mod tests {
         Bytes::from(out)
     }
 
+    /// A Produce of `records` to partition 0 of topic `t`.
+    fn produce_to_t0(acks: i16, records: Bytes) -> ProduceRequest {
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(records)),
+                    ]),
+            ])
+    }
+
     // This test binary runs on the system allocator, not `crate::alloc::GuardedAlloc`: a
     // capacity taken from the count (2^31 rows) would abort it or commit gigabytes.
     #[tokio::test]
     async fn produce_with_a_record_count_its_bytes_cannot_hold_is_refused_without_allocating_for_it()
      {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_owned(),
-            ..BrokerConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("open: {e}"));
+        let broker = Ctx::open_test_broker(dir.path()).await;
         broker.create_topic(NewTopic::new("t", 1)).await.ok();
         let ctx = Ctx::for_tests(broker);
-        let produce = |records: Bytes| {
-            ProduceRequest::default()
-                .with_acks(1)
-                .with_timeout_ms(1000)
-                .with_topic_data(vec![
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_static_str("t")))
-                        .with_partition_data(vec![
-                            PartitionProduceData::default()
-                                .with_index(0)
-                                .with_records(Some(records)),
-                        ]),
-                ])
-        };
+        let produce = |records: Bytes| produce_to_t0(1, records);
         let Some(resp) = handle(&ctx, 9, produce(batch_claiming(i32::MAX))).await else {
             panic!("acks=1 gets a response")
         };
@@ -440,31 +438,13 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_acks_1_answer_writes_every_batch_staged_before_it() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.path().to_owned(),
-            ..BrokerConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("open: {e}"));
+        let broker = Ctx::open_test_broker(dir.path()).await;
         broker
             .create_topic(NewTopic::new("t", 1))
             .await
             .unwrap_or_else(|e| panic!("create: {e}"));
         let ctx = Ctx::for_tests(broker);
-        let produce = |acks: i16| {
-            ProduceRequest::default()
-                .with_acks(acks)
-                .with_timeout_ms(1000)
-                .with_topic_data(vec![
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_static_str("t")))
-                        .with_partition_data(vec![
-                            PartitionProduceData::default()
-                                .with_index(0)
-                                .with_records(Some(batch_claiming(1))),
-                        ]),
-                ])
-        };
+        let produce = |acks: i16| produce_to_t0(acks, batch_claiming(1));
         let before = bytes_in_segments(dir.path());
         // Pipelined: acks=1, acks=1, acks=0, acks=1, all staged before any is answered.
         let acks = [1, 1, 0, 1];

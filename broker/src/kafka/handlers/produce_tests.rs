@@ -207,12 +207,7 @@ async fn produce_one(
 #[tokio::test]
 async fn transactional_produce_is_let_in_only_to_the_partitions_of_an_open_transaction() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let broker = Broker::open(BrokerConfig {
-        data_dir: dir.path().to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("open: {e}"));
+    let broker = Ctx::open_test_broker(dir.path()).await;
     if let Err(e) = broker.create_topic(NewTopic::new("t", 2)).await {
         panic!("create topic: {e}");
     }
@@ -304,12 +299,7 @@ async fn transactional_produce_is_let_in_only_to_the_partitions_of_an_open_trans
 #[tokio::test]
 async fn clients_cannot_produce_to_the_internal_topics() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let broker = Broker::open(BrokerConfig {
-        data_dir: dir.path().to_owned(),
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("open: {e}"));
+    let broker = Ctx::open_test_broker(dir.path()).await;
     let ctx = Ctx::for_tests(broker.clone());
     // Make both internal topics exist, as they do once groups and transactions are used.
     if let Err(e) = broker.groups().ensure_ready().await {

@@ -68,17 +68,11 @@ pub async fn handle(ctx: &Ctx, version: i16, req: InitProducerIdRequest) -> Init
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Broker, BrokerConfig};
     use kafka_protocol::messages::TransactionalId;
     use kafka_protocol::protocol::StrBytes;
 
     async fn ctx(dir: &std::path::Path) -> Ctx {
-        let broker = Broker::open(BrokerConfig {
-            data_dir: dir.to_owned(),
-            ..BrokerConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("open: {e}"));
+        let broker = Ctx::open_test_broker(dir).await;
         Ctx::for_tests(broker)
     }
 
