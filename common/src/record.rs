@@ -260,7 +260,9 @@ impl EnvelopeBuilder {
     }
 
     /// Appends one record from its parts.
-    #[inline]
+    // Always inlined: the record decoder's loop (Produce's work per record) calls it through
+    // its sinks, and there `#[inline]` left it a call, 7% more instructions per produce.
+    #[inline(always)]
     pub fn append(
         &mut self,
         timestamp_ms: i64,
