@@ -351,9 +351,9 @@ fn produce_partition(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NewTopic;
     use crate::log::BatchHeader;
     use crate::record::{Record, records_to_batch};
-    use crate::NewTopic;
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 
