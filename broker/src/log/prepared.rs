@@ -72,7 +72,7 @@ impl<'a> PreparedBatch<'a> {
 
 impl<'a> SmallRows<'a> {
     /// `batch`'s records, checked, when they may be stored as sent: an uncompressed batch of at
-    /// most [`SMALL_BATCH_ROWS`] records and [`SMALL_BATCH_BYTES`] whose records pass every check
+    /// most 8 records and 16 KiB (the frame's small-batch limits) whose records pass every check
     /// of the log under `config` at `now` ([`SmallRows::fit`]). `None` when the batch is of
     /// another kind, or one of the log's checks fails (decoding it lets the append say why).
     /// An error when a record is malformed.
