@@ -858,6 +858,17 @@ impl Log {
         Ok(info)
     }
 
+    /// Refuses an append to a deleted partition or one taken offline by a disk error.
+    fn check_writable(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(BrokerError::UnknownTopic(self.topic.clone()));
+        }
+        match self.offline_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// An append; `buffer` lets a small frame wait in the write buffer (see
     /// [`Log::append_buffered`]).
     fn append_inner(
@@ -867,12 +878,7 @@ impl Log {
         marker: Option<TxnResult>,
         buffer: bool,
     ) -> Result<AppendInfo> {
-        if self.deleted.load(Ordering::Acquire) {
-            return Err(BrokerError::UnknownTopic(self.topic.clone()));
-        }
-        if let Some(e) = self.offline_error() {
-            return Err(e);
-        }
+        self.check_writable()?;
         let config = self.config();
         let now = now_ms();
         self.validate(&config, batch, now)?;
@@ -942,12 +948,7 @@ impl Log {
         if producer.attributes & attributes::CONTROL != 0 {
             return self.append_unflushed(&rows.decode()?, producer);
         }
-        if self.deleted.load(Ordering::Acquire) {
-            return Err(BrokerError::UnknownTopic(self.topic.clone()));
-        }
-        if let Some(e) = self.offline_error() {
-            return Err(e);
-        }
+        self.check_writable()?;
         let config = self.config();
         // The clock as the rows were checked, a moment ago: reading it again costs a tenth of
         // such an append on some machines.

@@ -81,10 +81,13 @@ impl<'a> SmallRows<'a> {
         config: &LogConfig,
         now: i64,
     ) -> Result<Option<SmallRows<'a>>, RecordError> {
+        // A topic that stamps its own timestamps rewrites every batch: checking one in place
+        // first would only add a pass before its decoding.
         let small = batch.compression() == compression::codec::NONE
             && (1..=SMALL_BATCH_ROWS as i32).contains(&batch.record_count)
             && batch.records.len() <= SMALL_BATCH_BYTES
-            && !batch.is_control();
+            && !batch.is_control()
+            && config.timestamp_type == TimestampType::CreateTime;
         if !small {
             return Ok(None);
         }
