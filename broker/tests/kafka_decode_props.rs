@@ -74,7 +74,7 @@ proptest! {
         }
         if fix_crc && bytes.len() > 61 {
             // Keep the CRC valid so the record decoder itself sees the damage.
-            let crc = crc32c::crc32c(&bytes[21..]);
+            let crc = quiver_common::crc::crc32c(&bytes[21..]);
             bytes[17..21].copy_from_slice(&crc.to_be_bytes());
         }
         bytes.truncate(cut.max(1).min(bytes.len()));

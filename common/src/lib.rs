@@ -8,6 +8,7 @@
 //! coordinators.
 
 pub mod batch;
+pub mod crc;
 pub mod error;
 pub mod kafka;
 pub mod names;

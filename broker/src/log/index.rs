@@ -146,7 +146,7 @@ pub(crate) fn encode_rows<const N: usize>(
             buf.extend_from_slice(&v.to_le_bytes());
         }
     }
-    let crc = crc32c::crc32c(&buf);
+    let crc = quiver_common::crc::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
     buf
 }
@@ -162,7 +162,7 @@ pub(crate) fn decode_rows<const N: usize>(
         return None;
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32c::crc32c(body).to_le_bytes() != crc {
+    if quiver_common::crc::crc32c(body).to_le_bytes() != crc {
         return None;
     }
     let word = |at: usize| {

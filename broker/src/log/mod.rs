@@ -1685,7 +1685,7 @@ fn stored_attributes(config: &LogConfig, mut producer: ProducerInfo) -> Producer
 fn read_log_start(dir: &Path) -> Result<Option<i64>> {
     let path = dir.join(LOG_START_FILE);
     match std::fs::read(&path) {
-        Ok(b) if b.len() == 12 && crc32c::crc32c(&b[..8]).to_le_bytes() == b[8..12] => {
+        Ok(b) if b.len() == 12 && quiver_common::crc::crc32c(&b[..8]).to_le_bytes() == b[8..12] => {
             let mut x = [0u8; 8];
             x.copy_from_slice(&b[..8]);
             Ok(Some(i64::from_le_bytes(x)))
@@ -1704,7 +1704,7 @@ fn write_log_start(dir: &Path, offset: i64) -> Result<()> {
     let path = dir.join(LOG_START_FILE);
     let tmp = dir.join(format!("{LOG_START_FILE}.tmp"));
     let mut b = offset.to_le_bytes().to_vec();
-    let crc = crc32c::crc32c(&b);
+    let crc = quiver_common::crc::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     let f = std::fs::File::create(&tmp).at(&tmp)?;
     std::os::unix::fs::FileExt::write_all_at(&f, &b, 0).at(&tmp)?;

@@ -160,7 +160,7 @@ fn batches_the_log_would_refuse_or_rewrite_are_decoded() {
         }
         shuffled[deltas_at[1]] = 4; // zigzag 2
         shuffled[deltas_at[2]] = 2; // zigzag 1
-        let crc = crc32c::crc32c(&shuffled[21..]);
+        let crc = quiver_common::crc::crc32c(&shuffled[21..]);
         shuffled[17..21].copy_from_slice(&crc.to_be_bytes());
     }
     let many: Vec<Record> = (0..9)

@@ -261,7 +261,7 @@ impl ProducerStates {
             buf.extend_from_slice(&pid.to_le_bytes());
             buf.extend_from_slice(&first_offset.to_le_bytes());
         }
-        let crc = crc32c::crc32c(&buf);
+        let crc = quiver_common::crc::crc32c(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
         let path = snapshot_path(dir, offset);
         let tmp = path.with_extension("snapshot.tmp");
@@ -328,7 +328,7 @@ fn parse(bytes: &[u8]) -> Option<(ProducerStates, Vec<(i64, i64)>)> {
         return None;
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32c::crc32c(body).to_le_bytes() != crc {
+    if quiver_common::crc::crc32c(body).to_le_bytes() != crc {
         return None;
     }
     let mut at = 8 + 8;

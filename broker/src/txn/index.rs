@@ -579,7 +579,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap_or_default();
         bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         let body = bytes.len() - 4;
-        let crc = crc32c::crc32c(&bytes[..body]);
+        let crc = quiver_common::crc::crc32c(&bytes[..body]);
         bytes[body..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(AbortedTxnIndex::decode(&bytes, 1), None);
         for n in 0..bytes.len() {

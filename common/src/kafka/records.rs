@@ -122,7 +122,7 @@ pub fn parse_batches(mut bytes: &[u8]) -> Result<Vec<KafkaBatch<'_>>, RecordErro
         };
         let raw = &bytes[..total];
         let crc = be_i32(raw, 17) as u32;
-        if crc32c::crc32c(&raw[CRC_START..]) != crc {
+        if crate::crc::crc32c(&raw[CRC_START..]) != crc {
             return Err(RecordError::Corrupt("CRC mismatch".into()));
         }
         let record_count = be_i32(raw, 57);
@@ -718,7 +718,7 @@ pub fn encode_batch_compressed_in_epoch(
 
 /// Writes the CRC of the batch that `batch` holds (its header and records, complete).
 fn write_crc(batch: &mut [u8]) {
-    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    let crc = crate::crc::crc32c(&batch[CRC_START..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
@@ -1018,7 +1018,7 @@ mod tests {
         // A record count far beyond the bytes, with a valid CRC.
         let mut lying = good.clone();
         lying[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
-        let crc = crc32c::crc32c(&lying[CRC_START..]);
+        let crc = crate::crc::crc32c(&lying[CRC_START..]);
         lying[17..21].copy_from_slice(&crc.to_be_bytes());
         let parsed = parse_batches(&lying).unwrap_or_default();
         let res = decode_records(

@@ -371,7 +371,7 @@ mod tests {
         let mut out = Vec::new();
         records::encode_batch(&mut out, &header, &batch).ok();
         out[57..61].copy_from_slice(&count.to_be_bytes());
-        let crc = crc32c::crc32c(&out[21..]);
+        let crc = quiver_common::crc::crc32c(&out[21..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         Bytes::from(out)
     }
