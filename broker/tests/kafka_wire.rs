@@ -280,26 +280,20 @@ async fn garbage_never_takes_the_server_down() {
     s.stop().await.ok();
 }
 
-/// A long-poll Fetch in flight when the server stops is answered (at once, not after its wait),
-/// and only then does the broker close its logs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_answers_a_long_poll_in_flight_instead_of_cutting_it_off() {
+/// A Fetch v12 (without its length prefix) of `topic`'s partition 0 from offset 0 that waits up
+/// to 60 s for a byte.
+fn long_poll_fetch(topic: &'static str, correlation: i32) -> bytes::BytesMut {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
     use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
-    let (s, _dir) = start().await;
-    s.broker()
-        .create_topic(quiver_broker::NewTopic::new("quiet", 1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     let version = 12;
     let mut body = bytes::BytesMut::new();
     RequestHeader::default()
         .with_request_api_key(ApiKey::Fetch as i16)
         .with_request_api_version(version)
-        .with_correlation_id(77)
-        .with_client_id(Some(StrBytes::from_static_str("drain")))
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str("long-poll")))
         .encode(&mut body, ApiKey::Fetch.request_header_version(version))
         .unwrap_or_else(|e| panic!("{e}"));
     FetchRequest::default()
@@ -308,7 +302,7 @@ async fn stop_answers_a_long_poll_in_flight_instead_of_cutting_it_off() {
         .with_max_bytes(1 << 20)
         .with_topics(vec![
             FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_static_str("quiet")))
+                .with_topic(TopicName(StrBytes::from_static_str(topic)))
                 .with_partitions(vec![
                     FetchPartition::default()
                         .with_partition(0)
@@ -318,6 +312,68 @@ async fn stop_answers_a_long_poll_in_flight_instead_of_cutting_it_off() {
         ])
         .encode(&mut body, version)
         .unwrap_or_else(|e| panic!("{e}"));
+    body
+}
+
+/// Reads one response frame and returns its correlation id.
+fn read_correlation(conn: &mut TcpStream) -> std::io::Result<i32> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len)?;
+    let mut resp = vec![0u8; i32::from_be_bytes(len).max(4) as usize];
+    conn.read_exact(&mut resp)?;
+    Ok(i32::from_be_bytes([resp[0], resp[1], resp[2], resp[3]]))
+}
+
+/// A request answered at once and a long-poll Fetch sent behind it on one connection: the first
+/// answer reaches the client while the Fetch waits (it used to sit unflushed until the Fetch
+/// returned), and the Fetch is answered after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_ahead_of_a_long_poll_does_not_wait_for_it() {
+    let (s, _dir) = start().await;
+    s.broker()
+        .create_topic(quiver_broker::NewTopic::new("quiet", 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fetch = long_poll_fetch("quiet", 78);
+    let mut pipelined = api_versions_frame(77);
+    pipelined.extend_from_slice(&(fetch.len() as i32).to_be_bytes());
+    pipelined.extend_from_slice(&fetch);
+    let addr = s.addr();
+    let client = std::thread::spawn(move || -> std::io::Result<(i32, TcpStream)> {
+        let mut conn = TcpStream::connect(addr)?;
+        // Far below the Fetch's 60 s wait: the first answer must not be behind it.
+        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+        conn.write_all(&pipelined)?;
+        Ok((read_correlation(&mut conn)?, conn))
+    });
+    let first = tokio::task::spawn_blocking(move || client.join())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|_| panic!("client thread panicked"));
+    let (correlation, mut conn) =
+        first.unwrap_or_else(|e| panic!("no answer to ApiVersions while the Fetch waits: {e}"));
+    assert_eq!(correlation, 77);
+    // The Fetch is still waiting; stopping the server answers it at once.
+    s.stop().await.unwrap_or_else(|e| panic!("stop: {e}"));
+    let fetched = tokio::task::spawn_blocking(move || read_correlation(&mut conn))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        fetched.unwrap_or_else(|e| panic!("no answer to the Fetch: {e}")),
+        78
+    );
+}
+
+/// A long-poll Fetch in flight when the server stops is answered (at once, not after its wait),
+/// and only then does the broker close its logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_answers_a_long_poll_in_flight_instead_of_cutting_it_off() {
+    let (s, _dir) = start().await;
+    s.broker()
+        .create_topic(quiver_broker::NewTopic::new("quiet", 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body = long_poll_fetch("quiet", 77);
     let addr = s.addr();
     let started = std::time::Instant::now();
     let client = std::thread::spawn(move || -> std::io::Result<(i32, i32)> {

@@ -7,7 +7,9 @@
 //! the order sent, and responses come back in request order. A Produce is answered once its
 //! records may be acknowledged (see `process_staged`); meanwhile the processor handles the
 //! requests behind it, and it handles every request already read before it writes any
-//! response, so pipelined acks=0/1 Produces share one write of a partition's write buffer.
+//! response, so pipelined acks=0/1 Produces share one write of a partition's write buffer. A
+//! request that may wait for others (a Fetch long poll, a JoinGroup or SyncGroup) is handled only
+//! once the answers before it have been written, so they do not wait with it.
 //!
 //! A frame whose length prefix exceeds `socket.request.max.bytes` is refused before anything
 //! is allocated for it, and the connection is closed, as Kafka does. So is a frame that does not
@@ -399,6 +401,12 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
                     }
                 },
             };
+            if !staged.is_empty() && may_wait(&frame) {
+                // It is handled once every answer before it has been written and flushed, or
+                // those answers would wait as long as it does.
+                arrived = Some((frame, room));
+                break;
+            }
             let (outcome, closes) = process_staged(&ctx, frame, Some(peer)).await;
             closing = closes;
             staged.push_back(outcome.map(move |o| (o, room)));
@@ -406,7 +414,8 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
         let (outcome, room) = tokio::select! {
             biased;
             Some(done) = staged.next(), if !staged.is_empty() => done,
-            next = rx.recv(), if reading && !closing && staged.len() < READ_AHEAD => {
+            next = rx.recv(), if reading && !closing && arrived.is_none()
+                && staged.len() < READ_AHEAD => {
                 match next {
                     Some(queued) => arrived = Some(queued),
                     None => reading = false,
@@ -415,7 +424,9 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
             }
             else => break,
         };
-        let more_queued = !rx.is_empty() || !staged.is_empty();
+        // A request held back until the answers before it are out (see `may_wait`) is not
+        // one to wait for before flushing them.
+        let more_queued = !staged.is_empty() || (arrived.is_none() && !rx.is_empty());
         // Handled: its bytes leave the read-ahead budget (the response is not request bytes).
         drop(room);
         match outcome {
@@ -450,6 +461,20 @@ async fn serve(ctx: Arc<Ctx>, budget: Arc<RequestBudget>, stream: TcpStream, pee
         }
         Ok(ReaderEnd::Closed) | Err(_) => {}
     }
+}
+
+/// Whether a request (its frame, without the length prefix) may be answered only after others
+/// act: a Fetch long poll waits for records, a JoinGroup or SyncGroup for the group's other
+/// members. The connection handles such a request only once the answers before it have left,
+/// as a Kafka broker (one request at a time per connection) would have sent them.
+fn may_wait(frame: &[u8]) -> bool {
+    let Some(&[hi, lo]) = frame.first_chunk::<2>() else {
+        return false;
+    };
+    let api_key = i16::from_be_bytes([hi, lo]);
+    api_key == ApiKey::Fetch as i16
+        || api_key == ApiKey::JoinGroup as i16
+        || api_key == ApiKey::SyncGroup as i16
 }
 
 /// Writes one response. A client that takes no bytes of it for `idle` is treated as gone.
