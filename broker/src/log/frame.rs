@@ -722,7 +722,7 @@ fn trusting_decoder() -> FileDecoder {
     // byte what `FrameEncoder::encode` wrote in this process, or that an earlier read decoded
     // with every check (`decode`) and whose CRC it matched (see `SegmentView::is_verified`).
     // The encoder writes the IPC message of a `RecordBatch`, whose arrays were built through
-    // Arrow's checked constructors (this workspace has no other `unsafe`), so its offsets lie
+    // Arrow's checked constructors (nothing here builds an array unchecked), so its offsets lie
     // within their buffers and its strings are UTF-8: the checks skipped here would pass.
     // This rests on storage returning the bytes written to it (the file system's contract; a
     // frame's CRC is checked on its first read from disk, not on later ones), as Kafka's reads

@@ -72,6 +72,40 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Milliseconds since the Unix epoch as of the kernel's last timer tick
+/// (`CLOCK_REALTIME_COARSE`): never ahead of [`now_ms`], at most a tick (1-10 ms) behind it, and
+/// a sixth of its cost (on the 2-core VM 11 ns a read against 65 ns, which was 8% of a
+/// one-record append). For checks of a batch against bounds seconds to hours wide, where it
+/// reads as if the clock had been read a moment earlier, when the request arrived. Elsewhere
+/// than Linux, [`now_ms`].
+pub fn coarse_now_ms() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        coarse_realtime().unwrap_or_else(now_ms)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        now_ms()
+    }
+}
+
+/// `CLOCK_REALTIME_COARSE` in ms, or `None` if the kernel refuses it. Tested by
+/// `the_coarse_clock_trails_the_precise_one_by_at_most_a_tick`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+// `time_t` and `c_long` are i64 here and i32 on 32-bit targets.
+#[allow(clippy::unnecessary_cast)]
+fn coarse_realtime() -> Option<i64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one `timespec` through the pointer, which is to a local
+    // that lives across the call and that nothing else refers to; it reads no other memory.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000)
+}
+
 /// When an append is acknowledged (Kafka's `acks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
@@ -950,8 +984,8 @@ impl Log {
         }
         self.check_writable()?;
         let config = self.config();
-        // The clock as the rows were checked, a moment ago: reading it again costs a tenth of
-        // such an append on some machines.
+        // The clock as the rows were checked, a moment ago (coarsely: see `coarse_now_ms`):
+        // reading it again costs a tenth of such an append on some machines.
         let now = rows.checked_at();
         if !rows.fit(&config, now) {
             // The topic's configuration changed since the rows were checked: the append of

@@ -47,7 +47,7 @@ impl<'a> PreparedBatch<'a> {
         scratch: &mut DecodeScratch,
         max_uncompressed: usize,
     ) -> Result<Option<Self>, RecordError> {
-        if let Some(rows) = SmallRows::check(batch, config, crate::log::now_ms())? {
+        if let Some(rows) = SmallRows::check(batch, config, crate::log::coarse_now_ms())? {
             return Ok(Some(PreparedBatch::Rows(rows)));
         }
         // The count is the client's; the bytes bound it (for a compressed batch the hint is low

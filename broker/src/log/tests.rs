@@ -830,3 +830,20 @@ async fn reads_check_each_frame_once_and_find_damage_in_a_trusted_segment() {
     }
     assert_eq!(first_verified.load(Ordering::Acquire), first_size);
 }
+
+/// The coarse clock small batches are checked against is never ahead of the precise one and
+/// trails it by at most a timer tick (10 ms at the slowest kernel tick rate; 50 ms of slack for a
+/// descheduled test thread).
+#[test]
+fn the_coarse_clock_trails_the_precise_one_by_at_most_a_tick() {
+    for _ in 0..1000 {
+        let before = now_ms();
+        let coarse = coarse_now_ms();
+        let after = now_ms();
+        assert!(coarse <= after, "coarse {coarse} ahead of precise {after}");
+        assert!(
+            coarse >= before - 50,
+            "coarse {coarse} trails {before} by more than a tick"
+        );
+    }
+}
