@@ -47,7 +47,16 @@ impl<'a> PreparedBatch<'a> {
         scratch: &mut DecodeScratch,
         max_uncompressed: usize,
     ) -> Result<Option<Self>, RecordError> {
-        if let Some(rows) = SmallRows::check(batch, config, crate::log::coarse_now_ms())? {
+        // The clock the rows are checked against is also the append's: an idempotent
+        // producer's last write time (DescribeProducers) comes from it, so that one is read
+        // precisely; for others only the timestamp bounds and a time-based roll use it, which a
+        // tick does not move (see `coarse_now_ms`).
+        let now = if batch.producer_id >= 0 {
+            crate::log::now_ms()
+        } else {
+            crate::log::coarse_now_ms()
+        };
+        if let Some(rows) = SmallRows::check(batch, config, now)? {
             return Ok(Some(PreparedBatch::Rows(rows)));
         }
         // The count is the client's; the bytes bound it (for a compressed batch the hint is low
