@@ -370,8 +370,8 @@ fn produce_appends(iters: u64, wire: &[u8], how: Prepare) -> Duration {
     let mut scratch = DecodeScratch::default();
     let start = Instant::now();
     for _ in 0..iters {
-        let batches = kafka_records::parse_batches(wire).expect("a sound batch");
-        for batch in &batches {
+        for batch in kafka_records::batches(wire) {
+            let batch = &batch.expect("a sound batch");
             let prepared = match how {
                 Prepare::AsProduce => {
                     PreparedBatch::from_kafka(batch, &config, &mut scratch, 1 << 20)

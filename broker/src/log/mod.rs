@@ -37,7 +37,7 @@ mod write_buffer_tests;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -293,6 +293,10 @@ pub struct Log {
     /// The topic's config: a lock of its own, held only to clone it, so that appends and
     /// acknowledgements read it without waiting for an append's write under `inner`.
     config: Mutex<Arc<LogConfig>>,
+    /// Where the current config lies (its `Arc`'s pointer), set with it under its lock: an
+    /// append handed the config its batch was checked against tells without the lock whether
+    /// it is still the current one ([`Log::is_current_config`]).
+    config_at: AtomicUsize,
     durable_offset: AtomicI64,
     /// Records below this offset are in the segment files: none of them waits in the active
     /// segment's write buffer (see [`Segment::append_slices`]).
@@ -513,6 +517,7 @@ impl Log {
                 txns,
                 swapping: None,
             }),
+            config_at: AtomicUsize::new(Arc::as_ptr(&config) as usize),
             config: Mutex::new(config),
             // What survived recovery is what the disk holds; a crash cannot lose it again.
             durable_offset: AtomicI64::new(next_offset),
@@ -590,7 +595,16 @@ impl Log {
 
     /// Replaces the config (takes effect on the next append, roll, retention or clean).
     pub fn set_config(&self, config: Arc<LogConfig>) {
-        *self.config.lock() = config;
+        let mut current = self.config.lock();
+        self.config_at
+            .store(Arc::as_ptr(&config) as usize, Ordering::Release);
+        *current = config;
+    }
+
+    /// Whether `config` is the current config ([`Log::config`]) itself, read without taking
+    /// its lock. A config handed in is alive, so no later config can lie where it does.
+    fn is_current_config(&self, config: &LogConfig) -> bool {
+        std::ptr::from_ref(config) as usize == self.config_at.load(Ordering::Acquire)
     }
 
     /// Current offsets and size.
@@ -983,15 +997,25 @@ impl Log {
             return self.append_unflushed(&rows.decode()?, producer);
         }
         self.check_writable()?;
-        let config = self.config();
         // The clock as the rows were checked, a moment ago (coarsely: see `coarse_now_ms`):
         // reading it again costs a tenth of such an append on some machines.
         let now = rows.checked_at();
-        if !rows.fit(&config, now) {
-            // The topic's configuration changed since the rows were checked: the append of
-            // their columns says why they are refused, or stores them as the topic now asks.
-            return self.append_inner(&rows.decode()?, producer, None, true);
-        }
+        // Taking the config's lock and a reference to it again costs as much as a tenth of
+        // such an append too, so the one the rows were checked against serves while it is the
+        // current one (a change landing after this is as if it came after the append).
+        let current;
+        let config = if self.is_current_config(rows.config()) {
+            rows.config()
+        } else {
+            current = self.config();
+            if !rows.fit(&current, now) {
+                // The topic's configuration changed since the rows were checked: the append of
+                // their columns says why they are refused, or stores them as the topic now
+                // asks.
+                return self.append_inner(&rows.decode()?, producer, None, true);
+            }
+            &current
+        };
         let facts = rows.facts();
         let n = rows.count() as i32;
         let header = BatchHeader {
@@ -1000,7 +1024,7 @@ impl Log {
             record_count: n,
             first_timestamp: facts.first_timestamp,
             max_timestamp: facts.max_timestamp,
-            producer: stored_attributes(&config, producer),
+            producer: stored_attributes(config, producer),
         };
         with_frame_encoder(|encoder, frame| {
             let unsealed = encoder.encode_kafka_rows_unsealed(
@@ -1010,7 +1034,7 @@ impl Log {
                 frame,
             )?;
             let buffer = config.flush_on_ack;
-            self.append_frame(frame, unsealed, header, None, &config, now, buffer)
+            self.append_frame(frame, unsealed, header, None, config, now, buffer)
         })
     }
 

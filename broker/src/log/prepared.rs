@@ -33,6 +33,8 @@ pub enum PreparedBatch<'a> {
 pub struct SmallRows<'a> {
     batch: KafkaBatch<'a>,
     facts: RecordFacts,
+    /// The config they were checked against.
+    config: &'a LogConfig,
     /// The clock (ms since the epoch) the rows were checked against.
     checked_at: i64,
 }
@@ -41,9 +43,13 @@ impl<'a> PreparedBatch<'a> {
     /// Checks every record of `batch` for a partition configured as `config`: a small
     /// uncompressed batch in place, any other by decoding it (a compressed one expands to at
     /// most `max_uncompressed` bytes). `None` for a batch with no records.
+    ///
+    /// `config` is best the partition's own, as [`Log::config`](super::Log::config) hands it
+    /// out: the append of a small batch then stores it under that config without reading the
+    /// partition's again, unless it has been replaced since.
     pub fn from_kafka(
         batch: &KafkaBatch<'a>,
-        config: &LogConfig,
+        config: &'a LogConfig,
         scratch: &mut DecodeScratch,
         max_uncompressed: usize,
     ) -> Result<Option<Self>, RecordError> {
@@ -87,7 +93,7 @@ impl<'a> SmallRows<'a> {
     /// An error when a record is malformed.
     pub fn check(
         batch: &KafkaBatch<'a>,
-        config: &LogConfig,
+        config: &'a LogConfig,
         now: i64,
     ) -> Result<Option<SmallRows<'a>>, RecordError> {
         // A topic that stamps its own timestamps rewrites every batch: checking one in place
@@ -103,6 +109,7 @@ impl<'a> SmallRows<'a> {
         let rows = SmallRows {
             batch: *batch,
             facts: kafka_records::check_records(batch)?,
+            config,
             checked_at: now,
         };
         Ok(rows.fit(config, now).then_some(rows))
@@ -125,6 +132,11 @@ impl<'a> SmallRows<'a> {
             && timestamps_fit
             && f.max_record_size <= config.max_message_bytes
             && !(config.cleanup_policy.compact && f.null_key)
+    }
+
+    /// The config the rows were checked against.
+    pub fn config(&self) -> &'a LogConfig {
+        self.config
     }
 
     /// The clock (ms since the epoch) the rows were checked against.

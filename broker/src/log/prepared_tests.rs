@@ -42,7 +42,7 @@ fn parsed(bytes: &[u8]) -> KafkaBatch<'_> {
     }
 }
 
-fn prepare<'a>(batch: &KafkaBatch<'a>, config: &LogConfig) -> PreparedBatch<'a> {
+fn prepare<'a>(batch: &KafkaBatch<'a>, config: &'a LogConfig) -> PreparedBatch<'a> {
     match PreparedBatch::from_kafka(batch, config, &mut DecodeScratch::default(), 1 << 20) {
         Ok(Some(p)) => p,
         other => panic!("prepare: {other:?}"),
@@ -222,7 +222,8 @@ fn a_topic_config_changed_after_the_check_is_honoured() {
     let records = now_records();
     let bytes = wire(&records, 0);
     let batch = parsed(&bytes);
-    let prepared = prepare(&batch, &log.config());
+    let checked_with = log.config();
+    let prepared = prepare(&batch, &checked_with);
     assert!(matches!(prepared, PreparedBatch::Rows(_)));
     // The topic becomes compacted between the check and the append: the record without a key
     // is refused as it would have been had the batch come after the change.

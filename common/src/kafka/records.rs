@@ -97,56 +97,87 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
 }
 
 /// Splits a produce payload into its batches, checking length, magic and CRC of each.
-pub fn parse_batches(mut bytes: &[u8]) -> Result<Vec<KafkaBatch<'_>>, RecordError> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        if bytes.len() < BATCH_HEADER_LEN {
-            return Err(RecordError::Corrupt(format!(
-                "{} bytes are too few for a batch header",
-                bytes.len()
-            )));
+pub fn parse_batches(bytes: &[u8]) -> Result<Vec<KafkaBatch<'_>>, RecordError> {
+    batches(bytes).collect()
+}
+
+/// [`parse_batches`] one batch at a time, without collecting them (clients send one batch per
+/// partition and request, which a vector would cost an allocation to hold). It ends after the
+/// first error.
+pub fn batches(bytes: &[u8]) -> Batches<'_> {
+    Batches { bytes }
+}
+
+/// The batches of a produce payload ([`batches`]).
+#[derive(Debug, Clone)]
+pub struct Batches<'a> {
+    /// What is left to split; emptied by an error.
+    bytes: &'a [u8],
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = Result<KafkaBatch<'a>, RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.bytes.is_empty() {
+            return None;
         }
-        let batch_length = be_i32(bytes, 8);
-        let magic = bytes[16] as i8;
-        if magic != 2 {
-            return Err(RecordError::UnsupportedMagic(magic));
-        }
-        let total = usize::try_from(batch_length)
-            .ok()
-            .and_then(|l| l.checked_add(12));
-        let Some(total) = total.filter(|&t| t >= BATCH_HEADER_LEN && t <= bytes.len()) else {
-            return Err(RecordError::Corrupt(format!(
-                "batch length {batch_length} does not fit the {} bytes sent",
-                bytes.len()
-            )));
+        let parsed = split_batch(self.bytes);
+        self.bytes = match &parsed {
+            Ok((_, rest)) => rest,
+            Err(_) => &[],
         };
-        let raw = &bytes[..total];
-        let crc = be_i32(raw, 17) as u32;
-        if crate::crc::crc32c(&raw[CRC_START..]) != crc {
-            return Err(RecordError::Corrupt("CRC mismatch".into()));
-        }
-        let record_count = be_i32(raw, 57);
-        if record_count < 0 {
-            return Err(RecordError::Corrupt(format!(
-                "negative record count {record_count}"
-            )));
-        }
-        out.push(KafkaBatch {
-            base_offset: be_i64(raw, 0),
-            attributes: be_i16(raw, 21),
-            last_offset_delta: be_i32(raw, 23),
-            base_timestamp: be_i64(raw, 27),
-            max_timestamp: be_i64(raw, 35),
-            producer_id: be_i64(raw, 43),
-            producer_epoch: be_i16(raw, 51),
-            base_sequence: be_i32(raw, 53),
-            record_count,
-            raw,
-            records: &raw[BATCH_HEADER_LEN..],
-        });
-        bytes = &bytes[total..];
+        Some(parsed.map(|(batch, _)| batch))
     }
-    Ok(out)
+}
+
+/// The first batch of `bytes`, checked, and the bytes after it.
+fn split_batch(bytes: &[u8]) -> Result<(KafkaBatch<'_>, &[u8]), RecordError> {
+    if bytes.len() < BATCH_HEADER_LEN {
+        return Err(RecordError::Corrupt(format!(
+            "{} bytes are too few for a batch header",
+            bytes.len()
+        )));
+    }
+    let batch_length = be_i32(bytes, 8);
+    let magic = bytes[16] as i8;
+    if magic != 2 {
+        return Err(RecordError::UnsupportedMagic(magic));
+    }
+    let total = usize::try_from(batch_length)
+        .ok()
+        .and_then(|l| l.checked_add(12));
+    let Some(total) = total.filter(|&t| t >= BATCH_HEADER_LEN && t <= bytes.len()) else {
+        return Err(RecordError::Corrupt(format!(
+            "batch length {batch_length} does not fit the {} bytes sent",
+            bytes.len()
+        )));
+    };
+    let (raw, rest) = bytes.split_at(total);
+    let crc = be_i32(raw, 17) as u32;
+    if crate::crc::crc32c(&raw[CRC_START..]) != crc {
+        return Err(RecordError::Corrupt("CRC mismatch".into()));
+    }
+    let record_count = be_i32(raw, 57);
+    if record_count < 0 {
+        return Err(RecordError::Corrupt(format!(
+            "negative record count {record_count}"
+        )));
+    }
+    let batch = KafkaBatch {
+        base_offset: be_i64(raw, 0),
+        attributes: be_i16(raw, 21),
+        last_offset_delta: be_i32(raw, 23),
+        base_timestamp: be_i64(raw, 27),
+        max_timestamp: be_i64(raw, 35),
+        producer_id: be_i64(raw, 43),
+        producer_epoch: be_i16(raw, 51),
+        base_sequence: be_i32(raw, 53),
+        record_count,
+        raw,
+        records: &raw[BATCH_HEADER_LEN..],
+    };
+    Ok((batch, rest))
 }
 
 /// A cursor over record bytes with Kafka's zigzag varints.
@@ -993,6 +1024,35 @@ mod tests {
         // Damage is caught by the CRC.
         out[70] ^= 1;
         assert!(matches!(parse_batches(&out), Err(RecordError::Corrupt(_))));
+    }
+
+    #[test]
+    fn batches_one_at_a_time_end_after_the_first_error() {
+        let batch = records_to_batch(&[Record::new(1, Some(b"k"), Some(b"v"))]);
+        let header = BatchHeader {
+            base_offset: 0,
+            last_offset_delta: 0,
+            record_count: 1,
+            first_timestamp: 1,
+            max_timestamp: 1,
+            producer: ProducerInfo::NONE,
+        };
+        let mut one = Vec::new();
+        encode_batch(&mut one, &header, &batch).ok();
+        let mut payload = [one.as_slice(), one.as_slice()].concat();
+        let split: Vec<_> = batches(&payload).collect();
+        assert_eq!(split.len(), 2);
+        assert!(split.iter().all(|b| b.as_ref().is_ok_and(|b| b.raw == one)));
+        // Damage in the second batch: the first still comes, then the error, then nothing (the
+        // bytes after it are not taken for batches).
+        let second_crc_covered = one.len() + CRC_START + 1;
+        payload[second_crc_covered] ^= 1;
+        payload.extend_from_slice(&one);
+        let mut split = batches(&payload);
+        assert!(split.next().is_some_and(|b| b.is_ok()));
+        assert!(matches!(split.next(), Some(Err(RecordError::Corrupt(_)))));
+        assert!(split.next().is_none());
+        assert!(batches(&[]).next().is_none());
     }
 
     #[test]

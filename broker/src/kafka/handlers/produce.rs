@@ -236,15 +236,17 @@ fn produce_partition(
         Err(e) => return (failed(index, error_code(&e), e.to_string()), None),
     };
     let bytes = records.unwrap_or_default();
-    let batches = match records::parse_batches(&bytes) {
-        Ok(b) => b,
-        Err(e) => return (failed(index, record_error_code(&e), e.to_string()), None),
-    };
     let config = log.config();
     let max_uncompressed = ctx.broker.config().kafka.socket_request_max_bytes;
-    let mut decoded = Vec::with_capacity(batches.len());
+    let mut decoded = Vec::with_capacity(1);
     let mut scratch = DecodeScratch::default();
-    for batch in &batches {
+    // Every batch is checked before any is appended, so a bad one leaves the partition as it
+    // was.
+    for batch in records::batches(&bytes) {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => return (failed(index, record_error_code(&e), e.to_string()), None),
+        };
         if batch.raw.len() > config.max_message_bytes {
             let msg = format!(
                 "record batch of {} bytes is larger than max.message.bytes={} of topic '{topic}'",
@@ -266,7 +268,7 @@ fn produce_partition(
             );
         }
         let prepared =
-            match PreparedBatch::from_kafka(batch, &config, &mut scratch, max_uncompressed) {
+            match PreparedBatch::from_kafka(&batch, &config, &mut scratch, max_uncompressed) {
                 Ok(Some(prepared)) => prepared,
                 Ok(None) => continue,
                 Err(e) => return (failed(index, record_error_code(&e), e.to_string()), None),
