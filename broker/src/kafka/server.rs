@@ -773,7 +773,14 @@ fn encode_response(
         out.extend(chunks);
         return Outcome::Respond(out);
     }
-    if let Err(e) = body.encode(&mut head, version) {
+    // Produce answers are written by hand too: the general encoder costs more than the append.
+    let written_by_hand = match body {
+        ResponseKind::Produce(produce) => {
+            handlers::produce_encode::encode(produce, version, &mut head)
+        }
+        _ => false,
+    };
+    if !written_by_hand && let Err(e) = body.encode(&mut head, version) {
         tracing::error!(?api_key, version, error = %e, "a response does not encode (a bug in Quiver)");
         return Outcome::Close(format!(
             "{api_key:?} v{version} response does not encode: {e}"

@@ -334,18 +334,21 @@ fn produce_partition(
         Ok(done) => done,
         Err((code, message)) => return (failed(index, code, message), None),
     };
-    let offsets = log.offsets();
     let response = match first {
+        // The log start offset as the append saw it, as Kafka reports it.
         Some(info) => PartitionProduceResponse::default()
             .with_index(index)
             .with_base_offset(info.base_offset)
             .with_log_append_time_ms(info.log_append_time_ms.unwrap_or(-1))
-            .with_log_start_offset(offsets.log_start_offset),
-        None => PartitionProduceResponse::default()
-            .with_index(index)
-            .with_base_offset(offsets.log_end_offset)
-            .with_log_append_time_ms(-1)
-            .with_log_start_offset(offsets.log_start_offset),
+            .with_log_start_offset(info.log_start_offset),
+        None => {
+            let offsets = log.offsets();
+            PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(offsets.log_end_offset)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(offsets.log_start_offset)
+        }
     };
     (response, end.map(|end| (log, end)))
 }
