@@ -524,9 +524,10 @@ async fn read_requests(
     let mut pending = BytesMut::new();
     let mut holding = false;
     loop {
-        // Wait for the next request. While one is in progress the connection is not idle; after
-        // that, `idle` counts from its response.
-        loop {
+        // Wait for the next request (unless its first bytes are in the buffer already). While
+        // one is in progress the connection is not idle; after that, `idle` counts from its
+        // response.
+        while rd.buffer().is_empty() {
             let busy = activity.busy();
             let mut wait = if busy {
                 idle
@@ -555,13 +556,19 @@ async fn read_requests(
             }
         }
         // The whole request must arrive within `idle` of its first bytes: a client trickling
-        // bytes cannot hold its room in the budget for longer.
-        let deadline = tokio::time::Instant::now() + idle;
+        // bytes cannot hold its room in the budget for longer. A part already in the buffer (a
+        // small request usually arrives whole) is taken from it without arming a timer.
         let mut len = [0u8; 4];
-        match tokio::time::timeout_at(deadline, rd.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return ReaderEnd::Closed,
-            Err(_) => return ReaderEnd::Idle,
+        if let Some(prefix) = rd.buffer().get(..4) {
+            len.copy_from_slice(prefix);
+            rd.consume(4);
+        } else {
+            let deadline = tokio::time::Instant::now() + idle;
+            match tokio::time::timeout_at(deadline, rd.read_exact(&mut len)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return ReaderEnd::Closed,
+                Err(_) => return ReaderEnd::Idle,
+            }
         }
         let len = i32::from_be_bytes(len);
         let Some(len) = usize::try_from(len).ok().filter(|&l| l <= max) else {
@@ -574,12 +581,19 @@ async fn read_requests(
         let Some(room) = budget.reserve(len).await else {
             return ReaderEnd::Closed;
         };
-        let deadline = deadline.max(tokio::time::Instant::now() + idle);
         pending.reserve(len);
-        match tokio::time::timeout_at(deadline, read_request(&mut rd, &mut pending, len)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return ReaderEnd::Closed,
-            Err(_) => return ReaderEnd::Idle,
+        if let Some(body) = rd.buffer().get(..len) {
+            pending.extend_from_slice(body);
+            rd.consume(len);
+        } else {
+            // `idle` from now: the wait for room in the budget is not the client's.
+            let deadline = tokio::time::Instant::now() + idle;
+            match tokio::time::timeout_at(deadline, read_request(&mut rd, &mut pending, len)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return ReaderEnd::Closed,
+                Err(_) => return ReaderEnd::Idle,
+            }
         }
         let buf = pending.split().freeze();
         holding = len <= MAX_KEPT_READ_BUFFER;
