@@ -24,7 +24,7 @@
 //! it). mimalloc's plain entry points already align every block of 16 bytes or more to 16, and
 //! smaller ones to their size class, as malloc does; so, as Rust's own system allocator decides
 //! for malloc, a request whose alignment is at most 16 and at most its size goes to those
-//! ([`plain`]), and only larger alignments (Arrow's 64-byte buffers) take the aligned path.
+//! (`plain`), and only larger alignments (Arrow's 64-byte buffers) take the aligned path.
 //!
 //! Register it in a binary with `#[global_allocator] static A: GuardedAlloc = GuardedAlloc;`.
 //!

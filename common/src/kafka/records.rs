@@ -1026,9 +1026,12 @@ mod tests {
         assert!(matches!(parse_batches(&out), Err(RecordError::Corrupt(_))));
     }
 
-    #[test]
-    fn batches_one_at_a_time_end_after_the_first_error() {
-        let batch = records_to_batch(&[Record::new(1, Some(b"k"), Some(b"v"))]);
+    /// A Kafka batch of one record (key "k", value "v") at offset 0.
+    fn one_record_batch() -> Vec<u8> {
+        let batch = with_offsets(
+            records_to_batch(&[Record::new(1, Some(b"k"), Some(b"v"))]),
+            0,
+        );
         let header = BatchHeader {
             base_offset: 0,
             last_offset_delta: 0,
@@ -1037,8 +1040,14 @@ mod tests {
             max_timestamp: 1,
             producer: ProducerInfo::NONE,
         };
-        let mut one = Vec::new();
-        encode_batch(&mut one, &header, &batch).ok();
+        let mut out = Vec::new();
+        encode_batch(&mut out, &header, &batch).ok();
+        out
+    }
+
+    #[test]
+    fn batches_one_at_a_time_end_after_the_first_error() {
+        let one = one_record_batch();
         let mut payload = [one.as_slice(), one.as_slice()].concat();
         let split: Vec<_> = batches(&payload).collect();
         assert_eq!(split.len(), 2);
@@ -1057,20 +1066,7 @@ mod tests {
 
     #[test]
     fn hostile_batches_are_refused_without_panics() {
-        let batch = with_offsets(
-            records_to_batch(&[Record::new(1, Some(b"k"), Some(b"v"))]),
-            0,
-        );
-        let header = BatchHeader {
-            base_offset: 0,
-            last_offset_delta: 0,
-            record_count: 1,
-            first_timestamp: 1,
-            max_timestamp: 1,
-            producer: ProducerInfo::NONE,
-        };
-        let mut good = Vec::new();
-        encode_batch(&mut good, &header, &batch).ok();
+        let good = one_record_batch();
         // Truncations at every length.
         for cut in 0..good.len() {
             assert!(parse_batches(&good[..cut]).is_err() || cut == 0);

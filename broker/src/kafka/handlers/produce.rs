@@ -58,14 +58,14 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
     };
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
-        let name = topic.name.0.to_string();
+        let name = topic.name.0.as_str();
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         let mut waits = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
             let (response, wait) = produce_partition(
                 ctx,
                 req.transactional_id.as_ref().map(|t| t.0.as_str()),
-                &name,
+                name,
                 p.index,
                 p.records,
             );
