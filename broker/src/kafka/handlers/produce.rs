@@ -116,13 +116,14 @@ impl StagedProduce {
         let mut responses = Vec::with_capacity(self.topics.len());
         for (mut topic, waits) in self.topics {
             let results: Vec<crate::Result<()>> = if self.may_flush {
-                futures::future::join_all(waits.iter().map(|w| async move {
-                    match w {
-                        Some((log, end)) => log.acknowledge(*end, ack).await,
-                        None => Ok(()),
+                match waits.as_slice() {
+                    // Most requests write one partition: awaited as it is, without the
+                    // joining's allocations and polling of every partition on each wake-up.
+                    [only] => vec![acknowledge_one(only, ack).await],
+                    all => {
+                        futures::future::join_all(all.iter().map(|w| acknowledge_one(w, ack))).await
                     }
-                }))
-                .await
+                }
             } else {
                 waits
                     .iter()
@@ -141,6 +142,14 @@ impl StagedProduce {
             responses.push(topic);
         }
         (self.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    }
+}
+
+/// Waits until one partition's records may be acknowledged ([`Log::acknowledge`]).
+async fn acknowledge_one(wait: &AckWait, ack: Ack) -> crate::Result<()> {
+    match wait {
+        Some((log, end)) => log.acknowledge(*end, ack).await,
+        None => Ok(()),
     }
 }
 
