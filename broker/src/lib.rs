@@ -29,8 +29,8 @@ pub use broker::{Broker, NewTopic, PartitionInfo, TopicDescription};
 pub use config::{BrokerConfig, CleanupPolicy, CompressionType, LogConfig, TimestampType};
 pub use error::{BrokerError, Result};
 pub use log::{
-    Ack, AppendInfo, BatchHeader, CleanStats, Isolation, Log, LogOffsets, ProducerInfo, ReadResult,
-    Shutdown, StoredBatch, now_ms,
+    Ack, AppendInfo, BatchHeader, CleanStats, FetchBatch, Isolation, KafkaRows, Log, LogOffsets,
+    ProducerInfo, ReadResult, Shutdown, StoredBatch, now_ms,
 };
 pub use partition::PartitionHandle;
 pub use partitioner::{Partitioner, murmur2, partition_for_key};

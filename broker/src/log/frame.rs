@@ -816,6 +816,44 @@ fn decode_ipc(ipc: &Buffer, header: &FrameHeader, decoder: &FileDecoder) -> Resu
         .ok_or_else(|| BrokerError::Internal("frame holds no record batch".into()))
 }
 
+/// The rows of a version 3 Kafka-layout frame as stored (decompressed if they were
+/// compressed at rest), with the offset of the first row and the timestamp their deltas count
+/// from: what a Kafka batch holds, so Fetch sends them without decoding them. `None` for a frame
+/// of another form. `frame` must start at the frame header, hold the whole frame and be known to
+/// be what [`FrameEncoder`] wrote (see [`decode_known`]): the rows are not checked here.
+pub fn kafka_rows(frame: &Buffer, header: &FrameHeader) -> Result<Option<KafkaRows>> {
+    if header.layout != Layout::Kafka || !header.relative_offsets {
+        return Ok(None);
+    }
+    if (frame.len() as u64) < HEADER_LEN as u64 + header.stored_len {
+        return Err(BrokerError::Internal("frame shorter than its body".into()));
+    }
+    let stored = frame.slice_with_length(HEADER_LEN, header.stored_len as usize);
+    let body = decompress(stored, header.codec, header.ipc_body_len as usize)?;
+    if body.len() < KAFKA_PREFIX_LEN {
+        return Err(BrokerError::Internal(
+            "a stored small batch is shorter than its prefix".into(),
+        ));
+    }
+    Ok(Some(KafkaRows {
+        first_offset: (le_u64(&body, 0) as i64).wrapping_add(header.batch.base_offset),
+        base_timestamp: le_u64(&body, 8) as i64,
+        rows: body.slice(KAFKA_PREFIX_LEN),
+    }))
+}
+
+/// A Kafka-layout frame's rows, as Fetch reads them
+/// ([`Log::read_for_fetch`](super::Log::read_for_fetch)).
+#[derive(Debug, Clone)]
+pub struct KafkaRows {
+    /// The offset of the first row; the rows' offset deltas count from it.
+    pub first_offset: i64,
+    /// The timestamp the rows' timestamp deltas count from.
+    pub base_timestamp: i64,
+    /// The rows in Kafka's v2 record encoding.
+    pub rows: Buffer,
+}
+
 fn decode_kafka_rows(body: &[u8], header: &FrameHeader) -> Result<RecordBatch> {
     let corrupt = |reason: String| BrokerError::Internal(format!("a stored small batch: {reason}"));
     let (prefix, rows) = body

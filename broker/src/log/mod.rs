@@ -15,6 +15,8 @@
 
 pub(crate) mod cleaner;
 pub(crate) mod epoch;
+#[cfg(test)]
+mod fetch_tests;
 pub(crate) mod frame;
 pub(crate) mod index;
 #[cfg(test)]
@@ -42,8 +44,10 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray};
+use arrow::buffer::Buffer;
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
+use quiver_common::kafka::records as kafka_records;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{LogConfig, TimestampType};
@@ -54,7 +58,7 @@ use crate::txn::records::{marker_key, marker_value};
 use crate::txn::state::TxnResult;
 pub use cleaner::{CleanStats, CrashPoint};
 pub use epoch::LeaderEpochs;
-pub use frame::{BatchHeader, ProducerInfo, attributes};
+pub use frame::{BatchHeader, KafkaRows, ProducerInfo, attributes};
 use frame::{FrameEncoder, Unsealed};
 pub use prepared::{PreparedBatch, SmallRows};
 use producer_state::{ProducerStates, SequenceCheck};
@@ -155,10 +159,70 @@ pub struct StoredBatch {
     pub records: RecordBatch,
 }
 
-/// The answer to a read.
+/// A stored batch as Fetch reads it ([`Log::read_for_fetch`]).
 #[derive(Debug, Clone)]
-pub struct ReadResult {
-    pub batches: Vec<StoredBatch>,
+pub enum FetchBatch {
+    /// Decoded into the envelope's columns: an Arrow-layout frame, or one read from its middle.
+    Columns(StoredBatch),
+    /// A small batch's rows as the log keeps them, in Kafka's v2 record encoding: a Kafka batch
+    /// holds them as they are, so they are neither decoded nor encoded again.
+    Rows {
+        header: BatchHeader,
+        rows: KafkaRows,
+    },
+}
+
+impl FetchBatch {
+    /// The stored batch's facts.
+    pub fn header(&self) -> &BatchHeader {
+        match self {
+            FetchBatch::Columns(b) => &b.header,
+            FetchBatch::Rows { header, .. } => header,
+        }
+    }
+
+    /// Appends the batch to `out` as one Kafka batch written in `leader_epoch`, its records
+    /// compressed with the Kafka codec `codec_id`.
+    pub fn encode_kafka(
+        &self,
+        out: &mut Vec<u8>,
+        leader_epoch: i32,
+        codec_id: i16,
+    ) -> quiver_common::Result<()> {
+        match self {
+            FetchBatch::Columns(b) => kafka_records::encode_batch_compressed_in_epoch(
+                out,
+                &b.header,
+                &b.records,
+                leader_epoch,
+                codec_id,
+            ),
+            FetchBatch::Rows { header, rows } => kafka_records::encode_rows_in_epoch(
+                out,
+                header,
+                rows.first_offset,
+                rows.base_timestamp,
+                &rows.rows,
+                leader_epoch,
+                codec_id,
+            ),
+        }
+    }
+
+    /// Bytes of its Kafka encoding, about.
+    pub fn kafka_len_estimate(&self) -> usize {
+        match self {
+            FetchBatch::Columns(b) => b.records.get_array_memory_size() / 2 + 64,
+            FetchBatch::Rows { rows, .. } => rows.rows.len() + kafka_records::BATCH_HEADER_LEN,
+        }
+    }
+}
+
+/// The answer to a read: batches decoded into columns ([`StoredBatch`]), or as Fetch takes them
+/// ([`FetchBatch`]).
+#[derive(Debug, Clone)]
+pub struct ReadResult<B = StoredBatch> {
+    pub batches: Vec<B>,
     /// Where the next read should start (after the last batch returned, or the requested offset).
     pub next_offset: i64,
     pub log_start_offset: i64,
@@ -1422,6 +1486,28 @@ impl Log {
         max_bytes: usize,
         isolation: Isolation,
     ) -> Result<ReadResult> {
+        self.read_as(offset, max_bytes, isolation)
+    }
+
+    /// [`Log::read_isolated`] for Fetch: a small batch read whole comes as the rows the log
+    /// keeps ([`FetchBatch::Rows`]), which a Kafka batch carries unchanged, once its frame is
+    /// known whole (this process wrote it, or an earlier read checked it); any other batch as
+    /// its columns, sliced to `offset`.
+    pub fn read_for_fetch(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadResult<FetchBatch>> {
+        self.read_as(offset, max_bytes, isolation)
+    }
+
+    fn read_as<B: ReadBatch>(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadResult<B>> {
         let (views, start_pos, log_start, hw, lso, mut aborted) = {
             let mut inner = self.inner.lock();
             if offset < inner.log_start_offset || offset > inner.next_offset {
@@ -1967,13 +2053,88 @@ fn replay_producers(
 
 /// Reads frames of one segment from `pos`, skipping those that end before `offset`, into
 /// `result` until `budget` runs out. Returns false when the budget stopped it.
-fn read_segment(
+/// A batch as a read returns it, made from one frame.
+trait ReadBatch: Sized {
+    /// The batch in the frame `bytes` (whose header is `h`), read at `pos` of `view`, from
+    /// `offset` on; `None` when none of its rows are left (compaction's end marker).
+    fn from_frame(
+        view: &SegmentView,
+        pos: u64,
+        bytes: &Buffer,
+        h: &frame::FrameHeader,
+        offset: i64,
+    ) -> Result<Option<Self>>;
+}
+
+impl ReadBatch for StoredBatch {
+    fn from_frame(
+        view: &SegmentView,
+        pos: u64,
+        bytes: &Buffer,
+        h: &frame::FrameHeader,
+        offset: i64,
+    ) -> Result<Option<Self>> {
+        let known = view.is_verified(pos, h.frame_len);
+        if !known && !frame::crc_matches(bytes, h) {
+            return Err(BrokerError::Corrupt {
+                path: view.path.clone(),
+                reason: format!("CRC mismatch in batch at offset {}", h.batch.base_offset),
+            });
+        }
+        let mut records = if known {
+            frame::decode_known(bytes, h)?
+        } else {
+            let checked = frame::decode(bytes, h)?;
+            view.note_verified(pos, h.frame_len);
+            checked
+        };
+        if h.batch.base_offset < offset {
+            let offsets = records
+                .column(col::OFFSET)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| BrokerError::Internal("offset column type".into()))?;
+            let skip = offsets.values().partition_point(|&o| o < offset);
+            records = records.slice(skip, records.num_rows() - skip);
+        }
+        Ok((records.num_rows() > 0).then_some(StoredBatch {
+            header: h.batch,
+            records,
+        }))
+    }
+}
+
+impl ReadBatch for FetchBatch {
+    fn from_frame(
+        view: &SegmentView,
+        pos: u64,
+        bytes: &Buffer,
+        h: &frame::FrameHeader,
+        offset: i64,
+    ) -> Result<Option<Self>> {
+        // The rows go out unchecked, so only from a frame known whole; a frame's first read
+        // since the log opened checks it by decoding it.
+        let whole = h.batch.base_offset >= offset && h.batch.record_count > 0;
+        if whole
+            && view.is_verified(pos, h.frame_len)
+            && let Some(rows) = frame::kafka_rows(bytes, h)?
+        {
+            return Ok(Some(FetchBatch::Rows {
+                header: h.batch,
+                rows,
+            }));
+        }
+        Ok(StoredBatch::from_frame(view, pos, bytes, h, offset)?.map(FetchBatch::Columns))
+    }
+}
+
+fn read_segment<B: ReadBatch>(
     view: &SegmentView,
     mut pos: u64,
     offset: i64,
     high_watermark: i64,
     budget: &mut usize,
-    result: &mut ReadResult,
+    result: &mut ReadResult<B>,
 ) -> Result<bool> {
     // Skip frames that end before the requested offset (at most one index interval of them).
     let first = loop {
@@ -1993,6 +2154,12 @@ fn read_segment(
         .max(*budget)
         .min((view.end - pos) as usize);
     let chunk = segment::read_aligned(&*view.file, &view.path, pos, want)?;
+    // A partition's frames are mostly alike in size: room for as many as the chunk holds of the
+    // first one's, so a read of many small batches does not grow (and copy) its list again and
+    // again. A frame takes at least its 72-byte header, so the room is about the chunk's size.
+    result
+        .batches
+        .reserve(chunk.len() / (first.frame_len as usize).max(1));
     let mut at = 0usize;
     while at + frame::HEADER_LEN <= chunk.len() {
         let h = frame::FrameHeader::parse(&chunk[at..]).map_err(|reason| BrokerError::Corrupt {
@@ -2007,39 +2174,13 @@ fn read_segment(
             break;
         }
         let bytes = chunk.slice_with_length(at, len);
-        let frame_pos = pos + at as u64;
-        let known = view.is_verified(frame_pos, h.frame_len);
-        if !known && !frame::crc_matches(&bytes, &h) {
-            return Err(BrokerError::Corrupt {
-                path: view.path.clone(),
-                reason: format!("CRC mismatch in batch at offset {}", h.batch.base_offset),
-            });
-        }
-        let mut records = if known {
-            frame::decode_known(&bytes, &h)?
-        } else {
-            let checked = frame::decode(&bytes, &h)?;
-            view.note_verified(frame_pos, h.frame_len);
-            checked
-        };
-        if h.batch.base_offset < offset {
-            let offsets = records
-                .column(col::OFFSET)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| BrokerError::Internal("offset column type".into()))?;
-            let skip = offsets.values().partition_point(|&o| o < offset);
-            records = records.slice(skip, records.num_rows() - skip);
-        }
+        let batch = B::from_frame(view, pos + at as u64, &bytes, &h, offset)?;
         result.next_offset = h.batch.next_offset();
         // An emptied batch (compaction's end marker) costs no budget, so a small read still
         // reaches the records after it.
-        if records.num_rows() > 0 {
+        if let Some(batch) = batch {
             *budget = budget.saturating_sub(len);
-            result.batches.push(StoredBatch {
-                header: h.batch,
-                records,
-            });
+            result.batches.push(batch);
         }
         at += len;
         if *budget == 0 {

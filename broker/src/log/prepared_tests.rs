@@ -9,7 +9,7 @@ use crate::kafka::records::{self as kafka_records, DecodeScratch, KafkaBatch};
 use crate::record::{Record, records_to_batch};
 
 /// `records` as a producer's uncompressed Kafka batch (offset deltas 0, 1, 2, ...).
-fn wire(records: &[Record], codec: i16) -> Vec<u8> {
+pub(super) fn wire(records: &[Record], codec: i16) -> Vec<u8> {
     let built = records_to_batch(records);
     let mut columns = built.columns().to_vec();
     columns[crate::record::col::OFFSET] = Arc::new(arrow::array::Int64Array::from_iter_values(
@@ -35,21 +35,21 @@ fn wire(records: &[Record], codec: i16) -> Vec<u8> {
     out
 }
 
-fn parsed(bytes: &[u8]) -> KafkaBatch<'_> {
+pub(super) fn parsed(bytes: &[u8]) -> KafkaBatch<'_> {
     match kafka_records::parse_batches(bytes) {
         Ok(batches) if batches.len() == 1 => batches[0],
         other => panic!("one batch expected: {other:?}"),
     }
 }
 
-fn prepare<'a>(batch: &KafkaBatch<'a>, config: &'a LogConfig) -> PreparedBatch<'a> {
+pub(super) fn prepare<'a>(batch: &KafkaBatch<'a>, config: &'a LogConfig) -> PreparedBatch<'a> {
     match PreparedBatch::from_kafka(batch, config, &mut DecodeScratch::default(), 1 << 20) {
         Ok(Some(p)) => p,
         other => panic!("prepare: {other:?}"),
     }
 }
 
-fn now_records() -> Vec<Record> {
+pub(super) fn now_records() -> Vec<Record> {
     let t = now_ms();
     vec![
         Record::new(t, Some(b"k"), Some(b"v"))

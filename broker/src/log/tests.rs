@@ -386,7 +386,7 @@ fn retention_by_bytes_keeps_the_newest() {
     assert_eq!(after.log_end_offset, 600);
 }
 
-fn compacted_config() -> LogConfig {
+pub(super) fn compacted_config() -> LogConfig {
     LogConfig {
         cleanup_policy: CleanupPolicy {
             compact: true,
@@ -399,7 +399,9 @@ fn compacted_config() -> LogConfig {
 
 /// Writes 50 keys x 6 versions, with tombstones for keys 0..5 at the end; returns the latest
 /// offset and value of each key.
-fn fill_compacted(log: &Log) -> std::collections::BTreeMap<String, (i64, Option<String>)> {
+pub(super) fn fill_compacted(
+    log: &Log,
+) -> std::collections::BTreeMap<String, (i64, Option<String>)> {
     let mut latest = std::collections::BTreeMap::new();
     let mut offset = 0;
     for version in 0..6 {

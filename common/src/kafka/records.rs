@@ -892,30 +892,116 @@ pub fn encode_batch_without_crc(
     } else {
         ts.iter().copied().max().unwrap_or(base_ts)
     };
-    // A sliced batch keeps its producer's sequence numbering.
-    let skipped = (base_offset - header.base_offset).max(0);
-    let base_sequence = if header.producer.base_sequence >= 0 {
-        ((i64::from(header.producer.base_sequence) + skipped) % (i64::from(i32::MAX) + 1)) as i32
-    } else {
-        -1
-    };
     // The stored batch may end past its last surviving row (compaction); its end is kept.
     debug_assert!(header.last_offset() >= cols.offsets.value(n - 1));
-    let last_offset_delta = (header.last_offset() - base_offset) as i32;
     let batch_length = (out.len() - start - 12) as i32;
-    let h = &mut out[start..start + BATCH_HEADER_LEN];
-    h[0..8].copy_from_slice(&base_offset.to_be_bytes());
-    h[8..12].copy_from_slice(&batch_length.to_be_bytes());
-    h[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
-    h[16] = 2;
-    h[21..23].copy_from_slice(&(header.producer.attributes & !0x07).to_be_bytes());
-    h[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
-    h[27..35].copy_from_slice(&base_ts.to_be_bytes());
-    h[35..43].copy_from_slice(&max_ts.to_be_bytes());
-    h[43..51].copy_from_slice(&header.producer.producer_id.to_be_bytes());
-    h[51..53].copy_from_slice(&header.producer.producer_epoch.to_be_bytes());
-    h[53..57].copy_from_slice(&base_sequence.to_be_bytes());
-    h[57..61].copy_from_slice(&(n as i32).to_be_bytes());
+    let rows = BatchRows {
+        first_offset: base_offset,
+        base_timestamp: base_ts,
+        max_timestamp: max_ts,
+        count: n as i32,
+    };
+    rows.write_header(
+        header,
+        batch_length,
+        leader_epoch,
+        &mut out[start..start + BATCH_HEADER_LEN],
+    );
+    Ok(())
+}
+
+/// What a Kafka batch header says of the rows it holds, beyond the stored batch's own header.
+struct BatchRows {
+    /// Offset of the first row (the batch's base offset).
+    first_offset: i64,
+    /// The timestamp the rows' deltas count from.
+    base_timestamp: i64,
+    max_timestamp: i64,
+    count: i32,
+}
+
+impl BatchRows {
+    /// Fills in the 61 header bytes of a batch (of `batch_length` bytes after its first 12)
+    /// holding these rows of the stored batch `header`, the CRC left zero and the codec none.
+    fn write_header(
+        &self,
+        header: &BatchHeader,
+        batch_length: i32,
+        leader_epoch: i32,
+        h: &mut [u8],
+    ) {
+        // A sliced batch keeps its producer's sequence numbering.
+        let skipped = (self.first_offset - header.base_offset).max(0);
+        let base_sequence = if header.producer.base_sequence >= 0 {
+            ((i64::from(header.producer.base_sequence) + skipped) % (i64::from(i32::MAX) + 1))
+                as i32
+        } else {
+            -1
+        };
+        let last_offset_delta = (header.last_offset() - self.first_offset) as i32;
+        h[0..8].copy_from_slice(&self.first_offset.to_be_bytes());
+        h[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        h[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+        h[16] = 2;
+        h[17..21].fill(0);
+        h[21..23].copy_from_slice(&(header.producer.attributes & !0x07).to_be_bytes());
+        h[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+        h[27..35].copy_from_slice(&self.base_timestamp.to_be_bytes());
+        h[35..43].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        h[43..51].copy_from_slice(&header.producer.producer_id.to_be_bytes());
+        h[51..53].copy_from_slice(&header.producer.producer_epoch.to_be_bytes());
+        h[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+        h[57..61].copy_from_slice(&self.count.to_be_bytes());
+    }
+}
+
+/// Writes one Kafka batch (with its CRC) holding rows already in Kafka's v2 record encoding, as
+/// the log keeps a small batch: `header`'s `record_count` rows, their offset deltas counting
+/// from `first_offset` and their timestamp deltas from `base_timestamp`, the largest timestamp
+/// `header.max_timestamp`. Compressed with `codec_id`: what Fetch sends for such a batch
+/// without decoding its rows. Nothing is written for a batch without rows.
+pub fn encode_rows_in_epoch(
+    out: &mut Vec<u8>,
+    header: &BatchHeader,
+    first_offset: i64,
+    base_timestamp: i64,
+    rows: &[u8],
+    leader_epoch: i32,
+    codec_id: i16,
+) -> crate::Result<()> {
+    if header.record_count <= 0 {
+        return Ok(());
+    }
+    let compressed;
+    let records = if codec_id == compression::codec::NONE {
+        rows
+    } else {
+        compressed = compression::compress(codec_id, rows).map_err(crate::Error::InvalidRecords)?;
+        &compressed[..]
+    };
+    let batch_length = i32::try_from(BATCH_HEADER_LEN - 12 + records.len()).map_err(|_| {
+        crate::Error::InvalidRecords(format!(
+            "a batch of {} bytes of records is too large for Kafka",
+            records.len()
+        ))
+    })?;
+    let start = out.len();
+    out.reserve(BATCH_HEADER_LEN + records.len());
+    out.resize(start + BATCH_HEADER_LEN, 0);
+    let batch = BatchRows {
+        first_offset,
+        base_timestamp,
+        max_timestamp: header.max_timestamp,
+        count: header.record_count,
+    };
+    batch.write_header(header, batch_length, leader_epoch, &mut out[start..]);
+    out.extend_from_slice(records);
+    if codec_id != compression::codec::NONE {
+        let h = &mut out[start..start + BATCH_HEADER_LEN];
+        let attributes = (be_i16(h, 21) & !0x07) | (codec_id & 0x07);
+        h[21..23].copy_from_slice(&attributes.to_be_bytes());
+    }
+    write_crc(&mut out[start..]);
     Ok(())
 }
 

@@ -1,7 +1,10 @@
-//! Fetch: reads Arrow batches from the logs and encodes them as Kafka record batches. When less
-//! than `min_bytes` is available, the request waits (up to `max_wait_ms`) on the logs' append
-//! notifications — it wakes when the high watermark moves (with `log.flush.on.ack`, once new
-//! records are durable), it does not poll.
+//! Fetch: reads stored batches from the logs and encodes them as Kafka record batches: Arrow
+//! frames from their columns, small batches (kept in Kafka's record encoding) by putting a Kafka
+//! batch header before their rows, without decoding them.
+//!
+//! When less than `min_bytes` is available, the request waits (up to `max_wait_ms`) on the logs'
+//! append notifications — it wakes when the high watermark moves (with `log.flush.on.ack`, once
+//! new records are durable), it does not poll.
 //!
 //! With `isolation_level=READ_COMMITTED` a partition is read up to its last stable offset and
 //! answers the aborted transactions of the range read, so the client drops their records. The
@@ -20,8 +23,8 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::{BrokerId, ProducerId};
 
 use super::{Ctx, check_leader_epoch, error_code};
-use crate::kafka::{compression, records};
-use crate::log::{Isolation, attributes};
+use crate::kafka::compression;
+use crate::log::{FetchBatch, Isolation, attributes};
 
 /// Longest wait a client may ask for.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -102,14 +105,14 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                 Isolation::ReadUncommitted
             };
             let read = if max == 0 {
-                log.read_isolated(p.fetch_offset, 0, isolation)
+                log.read_for_fetch(p.fetch_offset, 0, isolation)
                     .map(|mut r| {
                         r.batches.clear();
                         r.aborted.clear();
                         r
                     })
             } else {
-                log.read_isolated(p.fetch_offset, max, isolation)
+                log.read_for_fetch(p.fetch_offset, max, isolation)
             };
             match read {
                 Ok(result) => {
@@ -117,21 +120,20 @@ fn read_once(ctx: &Ctx, version: i16, req: &FetchRequest) -> (FetchResponse, usi
                     let estimate: usize = result
                         .batches
                         .iter()
-                        .map(|b| b.records.get_array_memory_size() / 2 + 64)
+                        .map(FetchBatch::kafka_len_estimate)
                         .sum();
                     let mut out = Vec::with_capacity(estimate.min(max));
                     for b in &result.batches {
                         let before = out.len();
-                        let epoch = result.epochs.epoch_for(b.header.base_offset);
+                        let header = b.header();
+                        let epoch = result.epochs.epoch_for(header.base_offset);
                         // Sent with the codec it was stored for; zstd only to clients that
                         // asked with Fetch v10+ (older ones cannot read it), the rest plain.
-                        let mut codec = b.header.producer.attributes & attributes::COMPRESSION;
+                        let mut codec = header.producer.attributes & attributes::COMPRESSION;
                         if codec == compression::codec::ZSTD && version < 10 {
                             codec = compression::codec::NONE;
                         }
-                        if let Err(e) = records::encode_batch_compressed_in_epoch(
-                            &mut out, &b.header, &b.records, epoch, codec,
-                        ) {
+                        if let Err(e) = b.encode_kafka(&mut out, epoch, codec) {
                             tracing::error!(topic = %t.topic.0.as_str(), partition = p.partition, error = %e, "cannot encode a stored batch");
                             any_error = true;
                             data = data.with_error_code(ResponseError::CorruptMessage.code());
