@@ -10,47 +10,25 @@ use crate::kafka::compression;
 use crate::record::{Record, records_to_batch};
 use crate::txn::state::TxnResult;
 
-/// How a Fetch of the whole log from `offset` reads it.
-#[derive(Clone, Copy)]
-enum Read {
-    /// As Fetch does: small batches as their stored rows.
-    ForFetch,
-    /// Every batch decoded into columns, then encoded.
-    Columns,
-}
-
-/// The Kafka batches a Fetch sends for the log from `offset` on, read 700 bytes at a time, each
-/// with the codec it was stored for; and how many went out as stored rows.
-fn fetched(log: &Log, mut offset: i64, how: Read) -> (Vec<u8>, usize) {
+/// The Kafka batches a Fetch sends for the log from `offset` on, read 700 bytes at a time as
+/// `B` (as Fetch does, [`FetchBatch`], or every batch decoded into columns, [`StoredBatch`]),
+/// each with the codec it was stored for; and how many went out as stored rows.
+fn fetched<B: ReadBatch + Into<FetchBatch>>(log: &Log, mut offset: i64) -> (Vec<u8>, usize) {
     let mut out = Vec::new();
     let mut as_rows = 0;
     loop {
-        let batches: Vec<FetchBatch> = match how {
-            Read::ForFetch => {
-                let read = log.read_for_fetch(offset, 700, Isolation::ReadUncommitted);
-                let read = read.unwrap_or_else(|e| panic!("read at {offset}: {e}"));
-                if read.next_offset == offset {
-                    return (out, as_rows);
-                }
-                offset = read.next_offset;
-                read.batches
-            }
-            Read::Columns => {
-                let read = log.read_isolated(offset, 700, Isolation::ReadUncommitted);
-                let read = read.unwrap_or_else(|e| panic!("read at {offset}: {e}"));
-                if read.next_offset == offset {
-                    return (out, as_rows);
-                }
-                offset = read.next_offset;
-                read.batches.into_iter().map(FetchBatch::Columns).collect()
-            }
-        };
-        let epochs = log.leader_epochs();
-        for b in &batches {
+        let read = log.read_as::<B>(offset, 700, Isolation::ReadUncommitted);
+        let read = read.unwrap_or_else(|e| panic!("read at {offset}: {e}"));
+        if read.next_offset == offset {
+            return (out, as_rows);
+        }
+        offset = read.next_offset;
+        for b in read.batches {
+            let b: FetchBatch = b.into();
             as_rows += usize::from(matches!(b, FetchBatch::Rows { .. }));
             let header = b.header();
             let codec = header.producer.attributes & attributes::COMPRESSION;
-            let epoch = epochs.epoch_for(header.base_offset);
+            let epoch = read.epochs.epoch_for(header.base_offset);
             if let Err(e) = b.encode_kafka(&mut out, epoch, codec) {
                 panic!("encode at {}: {e}", header.base_offset);
             }
@@ -61,8 +39,8 @@ fn fetched(log: &Log, mut offset: i64, how: Read) -> (Vec<u8>, usize) {
 /// Fetch from `offset` as stored rows and as columns: the same bytes. Returns how many batches
 /// went out as rows.
 fn same_as_columns(log: &Log, offset: i64, what: &str) -> usize {
-    let (as_fetched, as_rows) = fetched(log, offset, Read::ForFetch);
-    let (as_columns, none) = fetched(log, offset, Read::Columns);
+    let (as_fetched, as_rows) = fetched::<FetchBatch>(log, offset);
+    let (as_columns, none) = fetched::<StoredBatch>(log, offset);
     assert_eq!(none, 0);
     assert!(!as_columns.is_empty(), "{what}: the log reads empty");
     assert!(

@@ -172,6 +172,12 @@ pub enum FetchBatch {
     },
 }
 
+impl From<StoredBatch> for FetchBatch {
+    fn from(batch: StoredBatch) -> Self {
+        FetchBatch::Columns(batch)
+    }
+}
+
 impl FetchBatch {
     /// The stored batch's facts.
     pub fn header(&self) -> &BatchHeader {
