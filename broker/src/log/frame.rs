@@ -752,20 +752,25 @@ pub fn decode_known(frame: &Buffer, header: &FrameHeader) -> Result<RecordBatch>
 }
 
 fn decode_with(frame: &Buffer, header: &FrameHeader, decoder: &FileDecoder) -> Result<RecordBatch> {
-    let uncompressed = u64::from(header.ipc_meta_len) + header.ipc_body_len;
-    if (frame.len() as u64) < HEADER_LEN as u64 + header.stored_len {
-        return Err(BrokerError::Internal("frame shorter than its body".into()));
-    }
-    let stored = frame.slice_with_length(HEADER_LEN, header.stored_len as usize);
-    let body = decompress(stored, header.codec, uncompressed as usize)?;
+    let body = body(frame, header)?;
     match header.layout {
         Layout::Arrow if header.relative_offsets => shift_offsets(
             &decode_ipc(&body, header, decoder)?,
             header.batch.base_offset,
         ),
         Layout::Arrow => decode_ipc(&body, header, decoder),
-        Layout::Kafka => decode_kafka_rows(&body, header),
+        Layout::Kafka => decode_kafka_rows(&split_kafka_body(&body, header)?, header),
     }
+}
+
+/// The body of `frame` (whose header is `header`), decompressed if it was compressed at rest.
+fn body(frame: &Buffer, header: &FrameHeader) -> Result<Buffer> {
+    let uncompressed = u64::from(header.ipc_meta_len) + header.ipc_body_len;
+    if (frame.len() as u64) < HEADER_LEN as u64 + header.stored_len {
+        return Err(BrokerError::Internal("frame shorter than its body".into()));
+    }
+    let stored = frame.slice_with_length(HEADER_LEN, header.stored_len as usize);
+    decompress(stored, header.codec, uncompressed as usize)
 }
 
 /// The body of a frame stored as `stored` with `codec`, `len` bytes uncompressed.
@@ -825,21 +830,26 @@ pub fn kafka_rows(frame: &Buffer, header: &FrameHeader) -> Result<Option<KafkaRo
     if header.layout != Layout::Kafka || !header.relative_offsets {
         return Ok(None);
     }
-    if (frame.len() as u64) < HEADER_LEN as u64 + header.stored_len {
-        return Err(BrokerError::Internal("frame shorter than its body".into()));
-    }
-    let stored = frame.slice_with_length(HEADER_LEN, header.stored_len as usize);
-    let body = decompress(stored, header.codec, header.ipc_body_len as usize)?;
+    split_kafka_body(&body(frame, header)?, header).map(Some)
+}
+
+/// A Kafka-layout `body` split into its prefix's facts and its rows (no copy).
+fn split_kafka_body(body: &Buffer, header: &FrameHeader) -> Result<KafkaRows> {
     if body.len() < KAFKA_PREFIX_LEN {
         return Err(BrokerError::Internal(
             "a stored small batch is shorter than its prefix".into(),
         ));
     }
-    Ok(Some(KafkaRows {
-        first_offset: (le_u64(&body, 0) as i64).wrapping_add(header.batch.base_offset),
-        base_timestamp: le_u64(&body, 8) as i64,
+    let base = if header.relative_offsets {
+        header.batch.base_offset
+    } else {
+        0
+    };
+    Ok(KafkaRows {
+        first_offset: (le_u64(body, 0) as i64).wrapping_add(base),
+        base_timestamp: le_u64(body, 8) as i64,
         rows: body.slice(KAFKA_PREFIX_LEN),
-    }))
+    })
 }
 
 /// A Kafka-layout frame's rows, as Fetch reads them
@@ -854,23 +864,15 @@ pub struct KafkaRows {
     pub rows: Buffer,
 }
 
-fn decode_kafka_rows(body: &[u8], header: &FrameHeader) -> Result<RecordBatch> {
+fn decode_kafka_rows(stored: &KafkaRows, header: &FrameHeader) -> Result<RecordBatch> {
     let corrupt = |reason: String| BrokerError::Internal(format!("a stored small batch: {reason}"));
-    let (prefix, rows) = body
-        .split_at_checked(KAFKA_PREFIX_LEN)
-        .ok_or_else(|| corrupt("shorter than its prefix".into()))?;
-    let le_i64 = |at: usize| le_u64(prefix, at) as i64;
+    let rows: &[u8] = &stored.rows;
     let count = header.batch.record_count;
-    let base = if header.relative_offsets {
-        header.batch.base_offset
-    } else {
-        0
-    };
     let batch = kafka_records::KafkaBatch {
-        base_offset: le_i64(0).wrapping_add(base),
+        base_offset: stored.first_offset,
         attributes: 0,
         last_offset_delta: header.batch.last_offset_delta,
-        base_timestamp: le_i64(8),
+        base_timestamp: stored.base_timestamp,
         max_timestamp: header.batch.max_timestamp,
         producer_id: header.batch.producer.producer_id,
         producer_epoch: header.batch.producer.producer_epoch,

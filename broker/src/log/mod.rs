@@ -2057,8 +2057,6 @@ fn replay_producers(
     Ok(())
 }
 
-/// Reads frames of one segment from `pos`, skipping those that end before `offset`, into
-/// `result` until `budget` runs out. Returns false when the budget stopped it.
 /// A batch as a read returns it, made from one frame.
 trait ReadBatch: Sized {
     /// The batch in the frame `bytes` (whose header is `h`), read at `pos` of `view`, from
@@ -2134,6 +2132,8 @@ impl ReadBatch for FetchBatch {
     }
 }
 
+/// Reads frames of one segment from `pos`, skipping those that end before `offset`, into
+/// `result` until `budget` runs out. Returns false when the budget stopped it.
 fn read_segment<B: ReadBatch>(
     view: &SegmentView,
     mut pos: u64,

@@ -905,6 +905,7 @@ pub fn encode_batch_without_crc(
         header,
         batch_length,
         leader_epoch,
+        compression::codec::NONE,
         &mut out[start..start + BATCH_HEADER_LEN],
     );
     Ok(())
@@ -922,12 +923,14 @@ struct BatchRows {
 
 impl BatchRows {
     /// Fills in the 61 header bytes of a batch (of `batch_length` bytes after its first 12)
-    /// holding these rows of the stored batch `header`, the CRC left zero and the codec none.
+    /// holding these rows of the stored batch `header`, compressed with `codec_id`, the CRC left
+    /// zero.
     fn write_header(
         &self,
         header: &BatchHeader,
         batch_length: i32,
         leader_epoch: i32,
+        codec_id: i16,
         h: &mut [u8],
     ) {
         // A sliced batch keeps its producer's sequence numbering.
@@ -944,7 +947,8 @@ impl BatchRows {
         h[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
         h[16] = 2;
         h[17..21].fill(0);
-        h[21..23].copy_from_slice(&(header.producer.attributes & !0x07).to_be_bytes());
+        let attributes = (header.producer.attributes & !0x07) | (codec_id & 0x07);
+        h[21..23].copy_from_slice(&attributes.to_be_bytes());
         h[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
         h[27..35].copy_from_slice(&self.base_timestamp.to_be_bytes());
         h[35..43].copy_from_slice(&self.max_timestamp.to_be_bytes());
@@ -994,13 +998,14 @@ pub fn encode_rows_in_epoch(
         max_timestamp: header.max_timestamp,
         count: header.record_count,
     };
-    batch.write_header(header, batch_length, leader_epoch, &mut out[start..]);
+    batch.write_header(
+        header,
+        batch_length,
+        leader_epoch,
+        codec_id,
+        &mut out[start..],
+    );
     out.extend_from_slice(records);
-    if codec_id != compression::codec::NONE {
-        let h = &mut out[start..start + BATCH_HEADER_LEN];
-        let attributes = (be_i16(h, 21) & !0x07) | (codec_id & 0x07);
-        h[21..23].copy_from_slice(&attributes.to_be_bytes());
-    }
     write_crc(&mut out[start..]);
     Ok(())
 }
