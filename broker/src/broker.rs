@@ -1060,6 +1060,7 @@ fn is_partition_dir(dir: &Path) -> Result<bool> {
         ".log",
         ".index",
         ".timeindex",
+        ".txnindex",
         ".snapshot",
         ".cleaned",
         ".tmp",
@@ -1070,7 +1071,11 @@ fn is_partition_dir(dir: &Path) -> Result<bool> {
             return Ok(false);
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let own = ["log-start-offset", crate::log::epoch::FILE];
+        let own = [
+            crate::log::LOG_START_FILE,
+            crate::log::RECOVERY_POINT_FILE,
+            crate::log::epoch::FILE,
+        ];
         if !own.contains(&name.as_str()) && !SUFFIXES.iter().any(|s| name.ends_with(s)) {
             return Ok(false);
         }

@@ -344,10 +344,51 @@ async fn foreign_directories_in_the_data_dir_are_left_alone() {
     let foreign = dir.path().join("backup-2024");
     std::fs::create_dir_all(&foreign).ok();
     std::fs::write(foreign.join("notes.txt"), b"keep me").ok();
-    // A real leftover of a deleted topic: only partition files.
+    // A real leftover of a deleted topic: a partition log with every file a log writes
+    // (several segments with their indexes, the log start and recovery point checkpoints,
+    // the producer snapshot and the leader epochs).
     let leftover = dir.path().join("gone-0");
-    std::fs::create_dir_all(&leftover).ok();
-    std::fs::write(leftover.join("00000000000000000000.log"), b"").ok();
+    {
+        let log_config = std::sync::Arc::new(quiver_broker::LogConfig {
+            segment_bytes: 1024,
+            ..quiver_broker::LogConfig::default()
+        });
+        let log = quiver_broker::log::Log::open(&leftover, "gone", 0, log_config)
+            .unwrap_or_else(|e| panic!("open log: {e}"));
+        for i in 0..40 {
+            let value = format!("{i:0>100}");
+            let batch = records_to_batch(&[Record::new(i, Some(b"k"), Some(value.as_bytes()))]);
+            if let Err(e) = log.append_unflushed(&batch, ProducerInfo::NONE) {
+                panic!("append: {e}");
+            }
+            if let Err(e) = log.flush().await {
+                panic!("flush: {e}");
+            }
+        }
+        if let Err(e) = log.delete_records(3) {
+            panic!("delete records: {e}");
+        }
+        if let Err(e) = log.close().await {
+            panic!("close: {e}");
+        }
+    }
+    let files: Vec<String> = std::fs::read_dir(&leftover)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in [
+        "recovery-point-offset",
+        "log-start-offset",
+        ".txnindex",
+        ".snapshot",
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(name)),
+            "{files:?} lack {name}"
+        );
+    }
     let broker = open(dir.path()).await;
     assert!(
         foreign.join("notes.txt").exists(),

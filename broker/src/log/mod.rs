@@ -136,8 +136,8 @@ pub enum Shutdown {
     /// The last process closed the log cleanly: its persisted indexes are trusted and the
     /// active segment is not rescanned.
     Clean,
-    /// It may have crashed: the active segment is checked frame by frame, and the leader epoch
-    /// is bumped.
+    /// It may have crashed: every segment past the recovery point (the active one at least) is
+    /// checked frame by frame and fsynced, and the leader epoch is bumped.
     #[default]
     Unclean,
 }
@@ -368,6 +368,9 @@ pub struct Log {
     /// it is still the current one ([`Log::is_current_config`]).
     config_at: AtomicUsize,
     durable_offset: AtomicI64,
+    /// The recovery point last persisted (see [`RECOVERY_POINT_FILE`]); held while a newer
+    /// one is written, so fsync rounds finishing together write it one at a time.
+    recovery_point: Arc<Mutex<i64>>,
     /// Records below this offset are in the segment files: none of them waits in the active
     /// segment's write buffer (see [`Segment::append_slices`]).
     file_end: AtomicI64,
@@ -507,20 +510,46 @@ impl Log {
             }
         }
         bases.sort_unstable();
+        // After an unclean shutdown every segment that may hold records at or past the recovery
+        // point is checked frame by frame: not only the active one, since a segment closed by
+        // a roll after the last fsync round may have lost its tail (or had it garbled at its
+        // full length, which its indexes written at the roll would not tell). Without a
+        // checkpoint (a log written before there was one, or whose checkpoint a crash lost)
+        // every segment is. After a clean shutdown the indexes saved at close are trusted,
+        // the active segment's too (they are checked against the file length).
+        let recovery_point = match shutdown {
+            Shutdown::Unclean => read_offset_checkpoint(&*storage, dir, RECOVERY_POINT_FILE)?,
+            Shutdown::Clean => Some(i64::MAX),
+        };
         let mut segments = BTreeMap::new();
         let mut truncations: Vec<Truncation> = Vec::new();
+        let mut scanned = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
-            // After a clean shutdown the active segment's indexes were saved at close and are
-            // trusted like a closed segment's (they are checked against the file length).
-            let scan = i + 1 == bases.len() && shutdown == Shutdown::Unclean;
+            let end = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+            let scan = match (shutdown, recovery_point) {
+                (Shutdown::Clean, _) => false,
+                (Shutdown::Unclean, None) => true,
+                (Shutdown::Unclean, Some(point)) => end > point,
+            };
             let (seg, cut) =
                 Segment::open(&*storage, dir, base, scan, config.index_interval_bytes)?;
             if let Some(cut) = cut {
                 truncations.push(cut);
             }
+            if scan {
+                scanned.push(base);
+            }
             segments.insert(base, seg);
         }
         drop_segments_after_gap(&*storage, dir, &mut segments, &mut truncations)?;
+        let recovery_point = match shutdown {
+            Shutdown::Unclean => {
+                make_recovered_durable(&*storage, dir, &segments, &scanned, recovery_point)?
+            }
+            Shutdown::Clean => {
+                read_offset_checkpoint(&*storage, dir, RECOVERY_POINT_FILE)?.unwrap_or(i64::MIN)
+            }
+        };
         for t in &truncations {
             tracing::warn!(
                 file = %t.path.display(), kept_bytes = t.valid_bytes, dropped_bytes = t.dropped_bytes,
@@ -535,7 +564,7 @@ impl Log {
         }
         let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
         let first_base = segments.keys().next().copied().unwrap_or(0);
-        let log_start_offset = read_log_start(dir)?
+        let log_start_offset = read_offset_checkpoint(&*storage, dir, LOG_START_FILE)?
             .unwrap_or(first_base)
             .clamp(first_base, next_offset);
         let (mut producers, replay_from, open_txns) = match ProducerStates::load(dir, next_offset)?
@@ -591,6 +620,9 @@ impl Log {
             config: Mutex::new(config),
             // What survived recovery is what the disk holds; a crash cannot lose it again.
             durable_offset: AtomicI64::new(next_offset),
+            // A recovery point at the first segment is as good as none: rounds write the first
+            // one after a roll.
+            recovery_point: Arc::new(Mutex::new(recovery_point.max(first_base))),
             file_end: AtomicI64::new(next_offset),
             last_flush_ms: AtomicI64::new(now_ms()),
             flush_slots: tokio::sync::Semaphore::new(FLUSH_ROUNDS_IN_FLIGHT),
@@ -1400,7 +1432,7 @@ impl Log {
         // `benches/log.rs` `group_commit`.
         tokio::task::yield_now().await;
         let durable = self.durable_offset.load(Ordering::Acquire);
-        let (files, dir, dir_gen, end, flush_on_ack) = {
+        let (files, dir, dir_gen, end, active_base, flush_on_ack) = {
             let mut inner = self.inner.lock();
             // The appends this round covers are in the file before it is fsynced.
             self.write_buffered(&mut inner, true)?;
@@ -1412,17 +1444,40 @@ impl Log {
                 .collect();
             let dir = (inner.dir_gen > inner.dir_synced_gen).then(|| self.dir.clone());
             let end = inner.next_offset;
+            let active_base = inner.segments.keys().next_back().copied().unwrap_or(0);
             self.in_flight.lock().push((round, end));
-            (files, dir, inner.dir_gen, end, self.config().flush_on_ack)
+            let flush_on_ack = self.config().flush_on_ack;
+            (files, dir, inner.dir_gen, end, active_base, flush_on_ack)
         };
         let syncs_dir = dir.is_some();
         let storage = self.storage.clone();
+        let log_dir = self.dir.clone();
+        let recovery_point = self.recovery_point.clone();
         let synced = tokio::task::spawn_blocking(move || {
             for view in &files {
                 view.file.sync_data().map_err(|e| (view.path.clone(), e))?;
             }
             if let Some(dir) = dir {
                 storage.sync_dir(&dir).map_err(|e| (dir, e))?;
+            }
+            // Every segment below the active one is now durable whole, its name too (segments
+            // wholly below the durable offset were synced by earlier rounds, the rest and the
+            // directory by this one): after a roll, the first round moves the recovery point
+            // up, so the next recovery checks no segment this one closed.
+            let mut point = recovery_point.lock();
+            if active_base > *point {
+                match write_offset_checkpoint(
+                    &*storage,
+                    &log_dir,
+                    RECOVERY_POINT_FILE,
+                    active_base,
+                    false,
+                ) {
+                    Ok(()) => *point = active_base,
+                    // A recovery point left behind only makes the next recovery check more.
+                    Err(e) => tracing::warn!(dir = %log_dir.display(), error = %e,
+                        "could not persist the recovery point"),
+                }
             }
             Ok(())
         })
@@ -1775,7 +1830,7 @@ impl Log {
         if target <= inner.log_start_offset {
             return Ok(inner.log_start_offset);
         }
-        write_log_start(&self.dir, target)?;
+        write_offset_checkpoint(&*self.storage, &self.dir, LOG_START_FILE, target, true)?;
         inner.log_start_offset = target;
         let n = inner.segments.len();
         let doomed: Vec<i64> = inner
@@ -1806,7 +1861,11 @@ impl Log {
     }
 }
 
-const LOG_START_FILE: &str = "log-start-offset";
+pub(crate) const LOG_START_FILE: &str = "log-start-offset";
+
+/// Where the log's recovery point is persisted: every segment wholly below it was fsynced
+/// whole (and its name with it), so recovery after an unclean shutdown need not check it.
+pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point-offset";
 
 /// `producer` with the attributes its batch is stored with under `config`: the codec consumers
 /// are sent, which also picks the codec at rest (see `frame`; transaction markers are never
@@ -1832,16 +1891,18 @@ fn stored_attributes(config: &LogConfig, mut producer: ProducerInfo) -> Producer
     producer
 }
 
-fn read_log_start(dir: &Path) -> Result<Option<i64>> {
-    let path = dir.join(LOG_START_FILE);
-    match std::fs::read(&path) {
+/// An offset persisted in `dir/name` (8 bytes little-endian and their CRC32C); `None` when the
+/// file is missing, or damaged (which is logged).
+fn read_offset_checkpoint(storage: &dyn Storage, dir: &Path, name: &str) -> Result<Option<i64>> {
+    let path = dir.join(name);
+    match storage::read_file(storage, &path, 64) {
         Ok(b) if b.len() == 12 && quiver_common::crc::crc32c(&b[..8]).to_le_bytes() == b[8..12] => {
             let mut x = [0u8; 8];
             x.copy_from_slice(&b[..8]);
             Ok(Some(i64::from_le_bytes(x)))
         }
         Ok(_) => {
-            tracing::warn!(file = %path.display(), "ignoring an unreadable log start offset checkpoint");
+            tracing::warn!(file = %path.display(), "ignoring an unreadable offset checkpoint");
             Ok(None)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -1849,18 +1910,61 @@ fn read_log_start(dir: &Path) -> Result<Option<i64>> {
     }
 }
 
-/// Persists the log start offset atomically (write, fsync, rename, fsync directory).
-fn write_log_start(dir: &Path, offset: i64) -> Result<()> {
-    let path = dir.join(LOG_START_FILE);
-    let tmp = dir.join(format!("{LOG_START_FILE}.tmp"));
+/// Persists `offset` in `dir/name` atomically: written to a temporary file, fsynced, renamed
+/// over the old one, and with `sync_dir` the directory fsynced. Without it, a crash may bring
+/// back the previous checkpoint (or none), which must then be as good an answer.
+fn write_offset_checkpoint(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    offset: i64,
+    sync_dir: bool,
+) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut b = offset.to_le_bytes().to_vec();
     let crc = quiver_common::crc::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
-    let f = std::fs::File::create(&tmp).at(&tmp)?;
-    std::os::unix::fs::FileExt::write_all_at(&f, &b, 0).at(&tmp)?;
-    f.sync_all().at(&tmp)?;
-    std::fs::rename(&tmp, &path).at(&path)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    let f = storage
+        .open(&tmp, storage::OpenMode::CreateTruncate)
+        .at(&tmp)?;
+    f.write_all_at(&b, 0).at(&tmp)?;
+    f.sync_data().at(&tmp)?;
+    storage.rename(&tmp, &path).at(&path)?;
+    if sync_dir {
+        storage.sync_dir(dir).at(dir)?;
+    }
+    Ok(())
+}
+
+/// Fsyncs the segments recovery checked (what a crashed process wrote may still be only in the
+/// page cache, and from now on it counts as durable) and the directory, then moves the
+/// recovery point to the last segment if it is not there yet (and there is more than one).
+/// Returns the recovery point persisted.
+fn make_recovered_durable(
+    storage: &dyn Storage,
+    dir: &Path,
+    segments: &BTreeMap<i64, Segment>,
+    scanned: &[i64],
+    recovery_point: Option<i64>,
+) -> Result<i64> {
+    if segments.is_empty() {
+        return Ok(i64::MIN);
+    }
+    for base in scanned {
+        if let Some(seg) = segments.get(base) {
+            let view = seg.view();
+            view.file.sync_data().at(&view.path)?;
+        }
+    }
+    storage.sync_dir(dir).at(dir)?;
+    let last = segments.keys().next_back().copied().unwrap_or(0);
+    // With one segment there is nothing below it to spare from the next recovery.
+    if recovery_point == Some(last) || segments.len() == 1 {
+        return Ok(recovery_point.unwrap_or(i64::MIN));
+    }
+    write_offset_checkpoint(storage, dir, RECOVERY_POINT_FILE, last, false)?;
+    Ok(last)
 }
 
 /// Keeps the segments' offsets contiguous after recovery. A closed segment whose unsynced

@@ -45,14 +45,14 @@ fn kv(r: &Record) -> Kv {
     (r.key.clone(), r.value.clone())
 }
 
-/// Every record from the log start to the end.
-fn read_everything(log: &Log) -> Vec<Record> {
+/// Every record from the log start to the end; a failed read panics naming `context`.
+fn read_everything(log: &Log, context: &str) -> Vec<Record> {
     let mut out = Vec::new();
     let mut offset = log.offsets().log_start_offset;
     loop {
         let res = match log.read(offset, 64 << 10) {
             Ok(r) => r,
-            Err(e) => panic!("read at {offset}: {e}"),
+            Err(e) => panic!("{context}: read at {offset}: {e}"),
         };
         for b in &res.batches {
             out.extend(batch_to_records(&b.records).unwrap_or_default());
@@ -159,7 +159,7 @@ impl Model {
     }
 
     fn check(&self, log: &Log, context: &str) {
-        let records = read_everything(log);
+        let records = read_everything(log, context);
         let start = log.offsets().log_start_offset;
         for (i, r) in records.iter().enumerate() {
             assert_eq!(
@@ -321,7 +321,7 @@ fn reopen_holding_acked(dir: &Path, storage: &FaultyStorage, log: Arc<Log>, n: u
         Err(_) => panic!("the log is still shared"),
     }
     let log = open_on(dir, storage);
-    let records = read_everything(&log);
+    let records = read_everything(&log, "reopened log");
     assert!(records.len() >= n);
     for (i, r) in records.iter().take(n).enumerate() {
         assert_eq!(kv(r), kv(&rec(i as i64)), "acknowledged record {i}");
@@ -444,7 +444,7 @@ fn a_segment_after_a_lost_tail_is_dropped_at_recovery() {
         f.set_len(len - 8).ok();
     }
     let log = open_on(dir.path(), &storage);
-    let records = read_everything(&log);
+    let records = read_everything(&log, "reopened log");
     assert!(!records.is_empty());
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.offset, i as i64, "offsets are contiguous");
@@ -456,6 +456,136 @@ fn a_segment_after_a_lost_tail_is_dropped_at_recovery() {
         Ok(info) => assert_eq!(info.base_offset, records.len() as i64),
         Err(e) => panic!("append after recovery: {e}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_segments_whose_tails_were_not_synced_are_recovered() {
+    // Segments rolled after the last fsync round: the power loss may leave a closed segment
+    // at its full length with its unsynced tail garbled or zeroed, and its indexes (written at
+    // the roll) whole, so they match the file. Every such segment must be checked at
+    // recovery, not only the last one.
+    for seed in 0..2000 {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let storage = FaultyStorage::new();
+        let mut rng = Rng::new(seed);
+        let acked = 1 + rng.below(6) as i64;
+        {
+            let log = open_on(dir.path(), &storage);
+            for i in 0..acked {
+                if let Err(e) = append_acked(&log, i).await {
+                    panic!("seed {seed}: acked append: {e}");
+                }
+            }
+            // Unsynced appends that roll to a new segment four times.
+            let segments = log.offsets().segments;
+            let mut i = acked;
+            while log.offsets().segments < segments + 4 {
+                let value = format!("{i}-{}", "v".repeat(300 + rng.below(300) as usize));
+                let r = Record::new(i, Some(b"k"), Some(value.as_bytes()));
+                if let Err(e) = log.append_unflushed(&records_to_batch(&[r]), ProducerInfo::NONE) {
+                    panic!("seed {seed}: append: {e}");
+                }
+                i += 1;
+            }
+            storage.crash_now();
+        }
+        if let Err(e) = storage.power_loss(&mut rng) {
+            panic!("seed {seed}: power loss: {e}");
+        }
+        let log = open_on(dir.path(), &storage);
+        let mut model = Model::default();
+        for i in 0..acked {
+            model.require(i, &rec(i), "acknowledged");
+        }
+        model.check(&log, &format!("seed {seed}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_checks_every_segment_past_the_recovery_point() {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let checkpoint = || match read_offset_checkpoint(&FileStorage, dir.path(), RECOVERY_POINT_FILE)
+    {
+        Ok(point) => point,
+        Err(e) => panic!("read the recovery point: {e}"),
+    };
+    let config = Arc::new(config());
+    let append = |log: &Log, i: i64| {
+        let value = format!("{i}-{}", "v".repeat(400));
+        let batch = records_to_batch(&[Record::new(i, Some(b"k"), Some(value.as_bytes()))]);
+        match log.append_unflushed(&batch, ProducerInfo::NONE) {
+            Ok(info) => info,
+            Err(e) => panic!("append {i}: {e}"),
+        }
+    };
+    let second = {
+        let log = match Log::open(dir.path(), "t", 0, config.clone()) {
+            Ok(log) => log,
+            Err(e) => panic!("open: {e}"),
+        };
+        // Acknowledged appends that roll once: the round after the roll persists the new
+        // segment's base as the recovery point.
+        let mut i = 0;
+        while log.offsets().segments < 2 {
+            append(&log, i);
+            if let Err(e) = log.flush().await {
+                panic!("flush: {e}");
+            }
+            i += 1;
+        }
+        let second = log.next_segment_base(0).unwrap_or(-1);
+        assert_eq!(checkpoint(), Some(second));
+        // Then unsynced appends roll twice more; the process dies without a round.
+        while log.offsets().segments < 4 {
+            append(&log, i);
+            i += 1;
+        }
+        assert_eq!(
+            checkpoint(),
+            Some(second),
+            "no round, no new recovery point"
+        );
+        second
+    };
+    // The power loss garbled the second segment's unsynced tail at its full length, so its
+    // indexes written at the roll still match it.
+    let path = dir.path().join(segment::file_name(second, "log"));
+    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => {
+            if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 64], len - 64) {
+                panic!("garble: {e}");
+            }
+        }
+        Err(e) => panic!("open {}: {e}", path.display()),
+    }
+    let log = match Log::open(dir.path(), "t", 0, config) {
+        Ok(log) => log,
+        Err(e) => panic!("reopen: {e}"),
+    };
+    let records = read_everything(&log, "recovered log");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset, i as i64, "offsets are contiguous");
+    }
+    assert!(
+        records.len() as i64 > second,
+        "the acknowledged records stay"
+    );
+    assert_eq!(
+        log.offsets().segments,
+        2,
+        "the segment after the cut is dropped"
+    );
+    // Recovery made what it kept durable and moved the recovery point to the last segment.
+    assert_eq!(checkpoint(), Some(second));
+    let o = log.offsets();
+    assert_eq!(o.durable_offset, o.log_end_offset);
 }
 
 #[tokio::test]
@@ -507,7 +637,7 @@ async fn a_compacted_log_reopened_without_its_indexes_keeps_every_segment() {
         Err(e) => panic!("compact: {e}"),
     };
     assert!(stats.segments_cleaned > 0, "{stats:?}");
-    let before = read_everything(&log);
+    let before = read_everything(&log, "compacted log");
     let end = log.end_offset();
     drop(log);
     for entry in std::fs::read_dir(dir.path())
@@ -523,7 +653,7 @@ async fn a_compacted_log_reopened_without_its_indexes_keeps_every_segment() {
     let log = open(&storage);
     assert_eq!(log.offsets().segments, segments);
     assert_eq!(log.end_offset(), end);
-    let after = read_everything(&log);
+    let after = read_everything(&log, "reopened log");
     assert_eq!(after.len(), before.len());
     assert!(
         after
@@ -657,7 +787,10 @@ async fn a_failed_write_of_a_batch_of_its_own_fails_that_append_only() {
         Ok(info) => assert_eq!(info.base_offset, 3),
         Err(e) => panic!("append after space was freed: {e}"),
     }
-    let values: Vec<Kv> = read_everything(&log).iter().map(kv).collect();
+    let values: Vec<Kv> = read_everything(&log, "log after the disk had room again")
+        .iter()
+        .map(kv)
+        .collect();
     let want: Vec<Kv> = [0, 1, 2, 4].iter().map(|&i| kv(&rec(i))).collect();
     assert_eq!(values, want);
 }
