@@ -44,6 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::handlers::produce_decode::{self, ProduceData};
 use super::handlers::{self, Ctx};
 use super::limits::{ConnectionLimits, RequestBudget};
 use crate::broker::{Broker, stopped};
@@ -638,10 +639,20 @@ pub enum DecodeError {
     Refused(String),
 }
 
+/// A request's body as decoded: a Produce read by hand (see [`handlers::produce_decode`]),
+/// every other request by `kafka-protocol`. Unboxed: a box would cost every other request an
+/// allocation, and the value only moves from the decoder to its handler.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Request {
+    Produce(ProduceData),
+    Other(RequestKind),
+}
+
 /// Decodes one request frame (the bytes after the length prefix): header and body, checked
 /// against the supported API versions. Never panics and never allocates by a count it read
 /// before checking it (see `crate::alloc` for the allocation guard the server runs under).
-pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind), DecodeError> {
+pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, Request), DecodeError> {
     if frame.len() < 8 {
         return Err(DecodeError::Refused(format!(
             "frame of {} bytes is too short for a request header",
@@ -667,7 +678,12 @@ pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind), 
     let header_version = api_key.request_header_version(version);
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let header = RequestHeader::decode(&mut frame, header_version)?;
-        let body = RequestKind::decode(api_key, &mut frame, version)?;
+        let body = if api_key == ApiKey::Produce {
+            let body = std::mem::take(&mut frame);
+            Request::Produce(produce_decode::decode(body, version).map_err(anyhow::Error::msg)?)
+        } else {
+            Request::Other(RequestKind::decode(api_key, &mut frame, version)?)
+        };
         anyhow::Ok((header, body))
     }));
     match decoded {
@@ -726,14 +742,12 @@ pub(crate) async fn process_staged(
     let version = header.request_api_version;
     let correlation_id = header.correlation_id;
     let request = match request {
-        RequestKind::Produce(req) => {
+        Request::Produce(req) => {
             let staged = handlers::produce::stage(ctx, version, req);
             let waits = staged.may_wait_for_fsync();
             let answer = async move {
                 match staged.acknowledge().await {
-                    Some(r) => {
-                        encode_response(correlation_id, api_key, version, &ResponseKind::Produce(r))
-                    }
+                    Some(answer) => encode_produce_response(correlation_id, api_key, &answer),
                     None => Outcome::Silent,
                 }
             };
@@ -754,7 +768,7 @@ pub(crate) async fn process_staged(
             };
             return (answered.boxed(), false);
         }
-        other => other,
+        Request::Other(other) => other,
     };
     ready(match handlers::handle(ctx, &header, request, peer).await {
         Ok(Some(response)) => encode_response(correlation_id, api_key, version, &response),
@@ -763,19 +777,53 @@ pub(crate) async fn process_staged(
     })
 }
 
+/// A response buffer holding room for the length and the response header.
+fn response_head(correlation_id: i32, api_key: ApiKey, version: i16) -> Result<BytesMut, Outcome> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = api_key.response_header_version(version);
+    let mut head = BytesMut::with_capacity(256);
+    head.put_i32(0);
+    match header.encode(&mut head, header_version) {
+        Ok(()) => Ok(head),
+        Err(e) => Err(Outcome::Close(format!(
+            "response header does not encode: {e}"
+        ))),
+    }
+}
+
+/// A Produce's answer, written by hand ([`handlers::produce_encode`]): the general encoder
+/// costs more than the append.
+fn encode_produce_response(
+    correlation_id: i32,
+    api_key: ApiKey,
+    answer: &handlers::produce::ProduceAnswer,
+) -> Outcome {
+    let version = answer.version;
+    let mut head = match response_head(correlation_id, api_key, version) {
+        Ok(head) => head,
+        Err(outcome) => return outcome,
+    };
+    if !handlers::produce_encode::encode(answer, &mut head) {
+        // Unreachable: the request was decoded only in a version the writer covers.
+        return Outcome::Close(format!(
+            "Produce v{version} response is not written by this broker"
+        ));
+    }
+    let len = (head.len() - 4) as i32;
+    head[0..4].copy_from_slice(&len.to_be_bytes());
+    Outcome::Respond(vec![head.freeze()])
+}
+
 fn encode_response(
     correlation_id: i32,
     api_key: ApiKey,
     version: i16,
     body: &ResponseKind,
 ) -> Outcome {
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let header_version = api_key.response_header_version(version);
-    let mut head = BytesMut::with_capacity(256);
-    head.put_i32(0);
-    if let Err(e) = header.encode(&mut head, header_version) {
-        return Outcome::Close(format!("response header does not encode: {e}"));
-    }
+    let mut head = match response_head(correlation_id, api_key, version) {
+        Ok(head) => head,
+        Err(outcome) => return outcome,
+    };
     // Fetch bodies are written as chunks so their record bytes are not copied again.
     if let ResponseKind::Fetch(fetch) = body
         && let Some(chunks) = handlers::fetch_encode::encode_chunks(fetch, version)
@@ -787,14 +835,7 @@ fn encode_response(
         out.extend(chunks);
         return Outcome::Respond(out);
     }
-    // Produce answers are written by hand too: the general encoder costs more than the append.
-    let written_by_hand = match body {
-        ResponseKind::Produce(produce) => {
-            handlers::produce_encode::encode(produce, version, &mut head)
-        }
-        _ => false,
-    };
-    if !written_by_hand && let Err(e) = body.encode(&mut head, version) {
+    if let Err(e) = body.encode(&mut head, version) {
         tracing::error!(?api_key, version, error = %e, "a response does not encode (a bug in Quiver)");
         return Outcome::Close(format!(
             "{api_key:?} v{version} response does not encode: {e}"

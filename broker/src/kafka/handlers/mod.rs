@@ -13,6 +13,7 @@ pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod produce_decode;
 pub mod produce_encode;
 #[cfg(test)]
 mod produce_tests;

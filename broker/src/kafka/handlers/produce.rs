@@ -18,23 +18,94 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::produce_decode::ProduceData;
 use super::{Ctx, error_code};
 use crate::kafka::records::{self, DecodeScratch, RecordError};
 use crate::log::{Ack, Log, PreparedBatch, ProducerInfo, attributes};
 
 /// Returns `None` for acks=0 (no response is sent).
-pub async fn handle(ctx: &Ctx, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
-    stage(ctx, version, req).acknowledge().await
+pub async fn handle(
+    ctx: &Ctx,
+    version: i16,
+    req: impl Into<ProduceData>,
+) -> Option<ProduceResponse> {
+    let answer = stage(ctx, version, req.into()).acknowledge().await?;
+    Some(answer.into())
 }
 
 /// What acknowledging a partition's records waits for: its log and the offset after them.
 type AckWait = Option<(Arc<Log>, i64)>;
+
+/// A Produce's answer, as the connection writes it ([`super::produce_encode`]): only the fields
+/// the broker sets, without building `kafka-protocol`'s response (and dropping it again), which
+/// cost a one-record Produce as much as its decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceAnswer {
+    pub version: i16,
+    pub topics: Vec<TopicAnswer>,
+}
+
+/// The answer for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicAnswer {
+    pub name: StrBytes,
+    pub partitions: Vec<PartitionAnswer>,
+}
+
+/// The answer for one partition: where its records landed, or why they did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionAnswer {
+    pub index: i32,
+    pub error_code: i16,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    pub error_message: Option<String>,
+}
+
+impl From<ProduceAnswer> for ProduceResponse {
+    /// The response as `kafka-protocol` holds it, with only the fields of the answer's version.
+    fn from(answer: ProduceAnswer) -> Self {
+        let version = answer.version;
+        let responses = answer
+            .topics
+            .into_iter()
+            .map(|t| {
+                TopicProduceResponse::default()
+                    .with_name(TopicName(t.name))
+                    .with_partition_responses(
+                        t.partitions
+                            .into_iter()
+                            .map(|p| {
+                                PartitionProduceResponse::default()
+                                    .with_index(p.index)
+                                    .with_error_code(p.error_code)
+                                    .with_base_offset(p.base_offset)
+                                    .with_log_append_time_ms(p.log_append_time_ms)
+                                    .with_log_start_offset(if version >= 5 {
+                                        p.log_start_offset
+                                    } else {
+                                        -1
+                                    })
+                                    .with_error_message(
+                                        p.error_message
+                                            .filter(|_| version >= 8)
+                                            .map(StrBytes::from_string),
+                                    )
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        ProduceResponse::default().with_responses(responses)
+    }
+}
 
 /// A Produce whose records are appended (or refused), waiting to be acknowledged.
 #[derive(Debug)]
@@ -44,27 +115,27 @@ pub struct StagedProduce {
     ack: Ack,
     /// Whether acknowledging may wait for an fsync (see [`StagedProduce::may_wait_for_fsync`]).
     may_flush: bool,
-    /// Per topic, its partitions' responses and what each must wait for: its log and the
-    /// offset after its records.
-    topics: Vec<(TopicProduceResponse, Vec<AckWait>)>,
+    /// Per topic, its partitions' answers and what each must wait for: its log and the offset
+    /// after its records.
+    topics: Vec<(TopicAnswer, Vec<AckWait>)>,
 }
 
 /// The first stage of a Produce: checks and appends every partition's records, in order.
-pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
+pub fn stage(ctx: &Ctx, version: i16, req: ProduceData) -> StagedProduce {
     let ack = if req.acks == -1 {
         Ack::All
     } else {
         Ack::Written
     };
-    let mut topics = Vec::with_capacity(req.topic_data.len());
-    for topic in req.topic_data {
-        let name = topic.name.0.as_str();
-        let mut partitions = Vec::with_capacity(topic.partition_data.len());
-        let mut waits = Vec::with_capacity(topic.partition_data.len());
-        for p in topic.partition_data {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for topic in req.topics {
+        let name = topic.name.as_str();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let mut waits = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
             let (response, wait) = produce_partition(
                 ctx,
-                req.transactional_id.as_ref().map(|t| t.0.as_str()),
+                req.transactional_id.as_deref(),
                 name,
                 p.index,
                 p.records,
@@ -73,9 +144,10 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceRequest) -> StagedProduce {
             waits.push(wait);
         }
         topics.push((
-            TopicProduceResponse::default()
-                .with_name(topic.name)
-                .with_partition_responses(partitions),
+            TopicAnswer {
+                name: topic.name,
+                partitions,
+            },
             waits,
         ));
     }
@@ -111,9 +183,9 @@ impl StagedProduce {
     /// The second stage: waits until every partition's records may be acknowledged (durable
     /// for acks=all), and answers; a partition that fails here gets its error instead.
     /// `None` for acks=0.
-    pub async fn acknowledge(self) -> Option<ProduceResponse> {
+    pub async fn acknowledge(self) -> Option<ProduceAnswer> {
         let ack = self.ack;
-        let mut responses = Vec::with_capacity(self.topics.len());
+        let mut answers = Vec::with_capacity(self.topics.len());
         for (mut topic, waits) in self.topics {
             let results: Vec<crate::Result<()>> = if self.may_flush {
                 match waits.as_slice() {
@@ -133,15 +205,17 @@ impl StagedProduce {
                     })
                     .collect()
             };
-            for (p, result) in topic.partition_responses.iter_mut().zip(results) {
+            for (p, result) in topic.partitions.iter_mut().zip(results) {
                 if let Err(e) = result {
                     *p = failed(p.index, error_code(&e), e.to_string());
                 }
-                *p = for_version(self.version, std::mem::take(p));
             }
-            responses.push(topic);
+            answers.push(topic);
         }
-        (self.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+        (self.acks != 0).then_some(ProduceAnswer {
+            version: self.version,
+            topics: answers,
+        })
     }
 }
 
@@ -153,26 +227,15 @@ async fn acknowledge_one(wait: &AckWait, ack: Ack) -> crate::Result<()> {
     }
 }
 
-/// Clears fields the response version does not have.
-fn for_version(version: i16, mut r: PartitionProduceResponse) -> PartitionProduceResponse {
-    if version < 5 {
-        r.log_start_offset = -1;
+fn failed(index: i32, code: i16, message: String) -> PartitionAnswer {
+    PartitionAnswer {
+        index,
+        error_code: code,
+        base_offset: -1,
+        log_append_time_ms: -1,
+        log_start_offset: -1,
+        error_message: Some(message),
     }
-    if version < 8 {
-        r.error_message = None;
-        r.record_errors.clear();
-    }
-    r
-}
-
-fn failed(index: i32, code: i16, message: String) -> PartitionProduceResponse {
-    PartitionProduceResponse::default()
-        .with_index(index)
-        .with_error_code(code)
-        .with_base_offset(-1)
-        .with_log_append_time_ms(-1)
-        .with_log_start_offset(-1)
-        .with_error_message(Some(StrBytes::from_string(message)))
 }
 
 fn record_error_code(e: &RecordError) -> i16 {
@@ -228,7 +291,7 @@ fn produce_partition(
     topic: &str,
     index: i32,
     records: Option<Bytes>,
-) -> (PartitionProduceResponse, AckWait) {
+) -> (PartitionAnswer, AckWait) {
     if crate::topic::is_internal(topic) {
         // Kafka's rule: only the broker's coordinators write their internal topics.
         let msg = format!(
@@ -345,18 +408,24 @@ fn produce_partition(
     };
     let response = match first {
         // The log start offset as the append saw it, as Kafka reports it.
-        Some(info) => PartitionProduceResponse::default()
-            .with_index(index)
-            .with_base_offset(info.base_offset)
-            .with_log_append_time_ms(info.log_append_time_ms.unwrap_or(-1))
-            .with_log_start_offset(info.log_start_offset),
+        Some(info) => PartitionAnswer {
+            index,
+            error_code: 0,
+            base_offset: info.base_offset,
+            log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
+            log_start_offset: info.log_start_offset,
+            error_message: None,
+        },
         None => {
             let offsets = log.offsets();
-            PartitionProduceResponse::default()
-                .with_index(index)
-                .with_base_offset(offsets.log_end_offset)
-                .with_log_append_time_ms(-1)
-                .with_log_start_offset(offsets.log_start_offset)
+            PartitionAnswer {
+                index,
+                error_code: 0,
+                base_offset: offsets.log_end_offset,
+                log_append_time_ms: -1,
+                log_start_offset: offsets.log_start_offset,
+                error_message: None,
+            }
         }
     };
     (response, end.map(|end| (log, end)))
@@ -368,8 +437,9 @@ mod tests {
     use crate::NewTopic;
     use crate::log::BatchHeader;
     use crate::record::{Record, records_to_batch};
-    use kafka_protocol::messages::TopicName;
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::produce_request::{
+        PartitionProduceData, ProduceRequest, TopicProduceData,
+    };
 
     /// A valid one-record batch whose record count is then rewritten to `count` (CRC fixed up).
     fn batch_claiming(count: i32) -> Bytes {
@@ -462,7 +532,10 @@ mod tests {
         let before = bytes_in_segments(dir.path());
         // Pipelined: acks=1, acks=1, acks=0, acks=1, all staged before any is answered.
         let acks = [1, 1, 0, 1];
-        let staged: Vec<StagedProduce> = acks.iter().map(|&a| stage(&ctx, 9, produce(a))).collect();
+        let staged: Vec<StagedProduce> = acks
+            .iter()
+            .map(|&a| stage(&ctx, 9, produce(a).into()))
+            .collect();
         assert!(staged.iter().all(|s| !s.may_wait_for_fsync()));
         assert_eq!(
             bytes_in_segments(dir.path()),
@@ -479,7 +552,7 @@ mod tests {
             }
             match answer {
                 Some(resp) => {
-                    let p = &resp.responses[0].partition_responses[0];
+                    let p = &resp.topics[0].partitions[0];
                     assert_eq!((p.error_code, p.base_offset), (0, i as i64));
                 }
                 None => assert_eq!(acks[i], 0, "only acks=0 goes unanswered"),
@@ -490,6 +563,6 @@ mod tests {
             written,
             "nothing left to write"
         );
-        assert!(stage(&ctx, 9, produce(-1)).may_wait_for_fsync());
+        assert!(stage(&ctx, 9, produce(-1).into()).may_wait_for_fsync());
     }
 }

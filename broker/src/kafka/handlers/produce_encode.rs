@@ -1,12 +1,14 @@
-//! Writes Produce responses (v3 to v11) by hand, in one append to the response buffer.
-//! `kafka-protocol`'s encoder sizes every nested structure before writing it, and in v10+
-//! compares each partition's leader field with a default it builds for the purpose: for a
-//! one-record Produce that was a tenth of the broker's instructions. The layout is Kafka's; a
-//! test checks every version byte for byte against `kafka-protocol`'s own encoder.
+//! Writes Produce responses (v3 to v11) by hand, in one append to the response buffer, from
+//! the handler's own [`ProduceAnswer`]. `kafka-protocol`'s encoder sizes every nested
+//! structure before writing it, and in v10+ compares each partition's leader field with a
+//! default it builds for the purpose: for a one-record Produce that was a tenth of the
+//! broker's instructions, and building its response structures and dropping them again
+//! another twentieth. The layout is Kafka's; a test checks every version byte for byte against
+//! `kafka-protocol`'s own encoder.
 
 use bytes::BytesMut;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse};
-use kafka_protocol::protocol::StrBytes;
+
+use super::produce::ProduceAnswer;
 
 /// Versions written here (v12 changes nothing in the response, but no client sends it to a
 /// broker that does not advertise it; v13 names topics by id).
@@ -50,15 +52,22 @@ impl Body {
         }
     }
 
-    /// A nullable string: compact (length + 1, 0 for null) in flexible versions.
-    fn string(&mut self, s: Option<&StrBytes>) {
+    /// A nullable string: compact (length + 1, 0 for null) in flexible versions. A string
+    /// longer than a non-flexible length can say is cut at a character boundary (only an error
+    /// message could be: a topic name came in the request with a length of the same kind).
+    fn string(&mut self, s: Option<&str>) {
         match s {
             None if self.flexible => self.uvarint(0),
             None => self.i16(-1),
-            Some(s) => {
+            Some(mut s) => {
                 if self.flexible {
                     self.uvarint(s.len() as u64 + 1);
                 } else {
+                    let mut end = s.len().min(i16::MAX as usize);
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    s = &s[..end];
                     self.i16(s.len() as i16);
                 }
                 self.out.extend_from_slice(s.as_bytes());
@@ -74,46 +83,22 @@ impl Body {
     }
 }
 
-/// Whether `resp` holds only what this writer writes: no tagged field is set (the broker sets
-/// none: no current leader, no node endpoints, no unknown fields) and every string fits a
-/// non-flexible 16-bit length.
-fn plain(resp: &ProduceResponse) -> bool {
-    let short = |s: &StrBytes| s.len() <= i16::MAX as usize;
-    let partition_plain = |p: &PartitionProduceResponse| {
-        p.unknown_tagged_fields.is_empty()
-            && p.current_leader.leader_id.0 == -1
-            && p.current_leader.leader_epoch == -1
-            && p.current_leader.unknown_tagged_fields.is_empty()
-            && p.error_message.as_ref().is_none_or(short)
-            && p.record_errors.iter().all(|e| {
-                e.unknown_tagged_fields.is_empty()
-                    && e.batch_index_error_message.as_ref().is_none_or(short)
-            })
-    };
-    resp.unknown_tagged_fields.is_empty()
-        && resp.node_endpoints.is_empty()
-        && resp.responses.iter().all(|t| {
-            t.unknown_tagged_fields.is_empty()
-                && short(&t.name.0)
-                && t.partition_responses.iter().all(partition_plain)
-        })
-}
-
-/// Appends the body of `resp` at `version` to `buf`. `false` (and nothing written) for a
-/// version or a response this writer does not cover: the caller encodes it the general way.
-pub fn encode(resp: &ProduceResponse, version: i16, buf: &mut BytesMut) -> bool {
-    if !VERSIONS.contains(&version) || !plain(resp) {
+/// Appends the body of `answer` to `buf`, in the answer's version. `false` (and nothing
+/// written) for a version this writer does not cover (the handler speaks no other).
+pub fn encode(answer: &ProduceAnswer, buf: &mut BytesMut) -> bool {
+    let version = answer.version;
+    if !VERSIONS.contains(&version) {
         return false;
     }
     let mut body = Body {
         out: Vec::with_capacity(128),
         flexible: version >= 9,
     };
-    body.array_len(resp.responses.len());
-    for topic in &resp.responses {
-        body.string(Some(&topic.name.0));
-        body.array_len(topic.partition_responses.len());
-        for p in &topic.partition_responses {
+    body.array_len(answer.topics.len());
+    for topic in &answer.topics {
+        body.string(Some(topic.name.as_str()));
+        body.array_len(topic.partitions.len());
+        for p in &topic.partitions {
             body.i32(p.index);
             body.i16(p.error_code);
             body.i64(p.base_offset);
@@ -122,19 +107,16 @@ pub fn encode(resp: &ProduceResponse, version: i16, buf: &mut BytesMut) -> bool 
                 body.i64(p.log_start_offset);
             }
             if version >= 8 {
-                body.array_len(p.record_errors.len());
-                for e in &p.record_errors {
-                    body.i32(e.batch_index);
-                    body.string(e.batch_index_error_message.as_ref());
-                    body.no_tags();
-                }
-                body.string(p.error_message.as_ref());
+                // No record errors: a bad record refuses its whole partition.
+                body.array_len(0);
+                body.string(p.error_message.as_deref());
             }
             body.no_tags();
         }
         body.no_tags();
     }
-    body.i32(resp.throttle_time_ms);
+    // No throttling.
+    body.i32(0);
     body.no_tags();
     buf.extend_from_slice(&body.out);
     true
@@ -143,84 +125,82 @@ pub fn encode(resp: &ProduceResponse, version: i16, buf: &mut BytesMut) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::produce_response::{
-        BatchIndexAndErrorMessage, LeaderIdAndEpoch, TopicProduceResponse,
-    };
-    use kafka_protocol::messages::{BrokerId, TopicName};
-    use kafka_protocol::protocol::Encodable;
+    use crate::kafka::handlers::produce::{PartitionAnswer, TopicAnswer};
+    use kafka_protocol::messages::produce_response::ProduceResponse;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
 
-    /// Topics and partitions in the shapes the broker answers with: success, errors with a
-    /// message, record errors, a log append time, an empty topic.
-    fn sample() -> ProduceResponse {
-        let ok = PartitionProduceResponse::default()
-            .with_index(0)
-            .with_base_offset(41)
-            .with_log_append_time_ms(-1)
-            .with_log_start_offset(3);
-        let failed = PartitionProduceResponse::default()
-            .with_index(2)
-            .with_error_code(87)
-            .with_base_offset(-1)
-            .with_log_append_time_ms(1_700_000_000_000)
-            .with_log_start_offset(-1)
-            .with_record_errors(vec![
-                BatchIndexAndErrorMessage::default()
-                    .with_batch_index(1)
-                    .with_batch_index_error_message(Some(StrBytes::from_static_str("no key"))),
-                BatchIndexAndErrorMessage::default().with_batch_index(4),
-            ])
-            .with_error_message(Some(StrBytes::from_static_str(
-                "record 1 has no key; a compacted topic needs one",
-            )));
-        ProduceResponse::default()
-            .with_throttle_time_ms(5)
-            .with_responses(vec![
-                TopicProduceResponse::default()
-                    .with_name(TopicName(StrBytes::from_static_str("orders")))
-                    .with_partition_responses(vec![ok, failed]),
-                TopicProduceResponse::default()
-                    .with_name(TopicName(StrBytes::from_static_str("x")))
-                    .with_partition_responses(vec![]),
-            ])
+    /// Topics and partitions in the shapes the broker answers with: success, an error with a
+    /// message, a log append time, an empty topic.
+    fn sample(version: i16) -> ProduceAnswer {
+        let ok = PartitionAnswer {
+            index: 0,
+            error_code: 0,
+            base_offset: 41,
+            log_append_time_ms: -1,
+            log_start_offset: 3,
+            error_message: None,
+        };
+        let failed = PartitionAnswer {
+            index: 2,
+            error_code: 87,
+            base_offset: -1,
+            log_append_time_ms: 1_700_000_000_000,
+            log_start_offset: -1,
+            error_message: Some("record 1 has no key; a compacted topic needs one".into()),
+        };
+        ProduceAnswer {
+            version,
+            topics: vec![
+                TopicAnswer {
+                    name: StrBytes::from_static_str("orders"),
+                    partitions: vec![ok, failed],
+                },
+                TopicAnswer {
+                    name: StrBytes::from_static_str("x"),
+                    partitions: vec![],
+                },
+            ],
+        }
     }
 
     #[test]
     fn produce_responses_match_kafka_protocol_byte_for_byte() {
         for version in VERSIONS {
-            let mut resp = sample();
-            if version < 8 {
-                // Older versions carry no record errors (the handler clears them).
-                for t in &mut resp.responses {
-                    for p in &mut t.partition_responses {
-                        p.record_errors.clear();
-                    }
-                }
-            }
+            let answer = sample(version);
             let mut theirs = BytesMut::new();
-            let encoded = resp.encode(&mut theirs, version);
+            let encoded = ProduceResponse::from(answer.clone()).encode(&mut theirs, version);
             assert!(encoded.is_ok(), "v{version}: {encoded:?}");
             let mut ours = BytesMut::from(&b"head"[..]);
-            assert!(encode(&resp, version, &mut ours), "v{version} is covered");
+            assert!(encode(&answer, &mut ours), "v{version} is covered");
             assert_eq!(&ours[4..], &theirs[..], "Produce v{version}");
         }
     }
 
     #[test]
-    fn responses_it_does_not_cover_are_left_to_kafka_protocol() {
+    fn a_message_too_long_for_its_version_is_cut_at_a_character() {
+        let mut answer = sample(8);
+        answer.topics[0].partitions[1].error_message = Some("é".repeat(20_000));
         let mut buf = BytesMut::new();
-        assert!(!encode(&sample(), 2, &mut buf));
-        assert!(!encode(&sample(), 12, &mut buf));
-        let mut led = sample();
-        led.responses[0].partition_responses[0].current_leader = LeaderIdAndEpoch::default()
-            .with_leader_id(BrokerId(1))
-            .with_leader_epoch(4);
-        assert!(!encode(&led, 10, &mut buf));
-        let mut long_name = sample();
-        long_name.responses[0].name = TopicName(StrBytes::from_string("t".repeat(40_000)));
-        assert!(!encode(&long_name, 8, &mut buf));
-        assert!(
-            buf.is_empty(),
-            "nothing is written for a response left to the general way"
+        assert!(encode(&answer, &mut buf));
+        let cut = "é".repeat(16_383);
+        let at = buf
+            .windows(cut.len())
+            .position(|w| w == cut.as_bytes())
+            .unwrap_or_else(|| panic!("the message is not written"));
+        assert_eq!(&buf[at - 2..at], &(cut.len() as i16).to_be_bytes());
+        let next = at + cut.len();
+        assert_eq!(
+            &buf[next..next + 3],
+            &[0, 1, b'x'],
+            "the next topic follows"
         );
+    }
+
+    #[test]
+    fn versions_it_does_not_cover_write_nothing() {
+        let mut buf = BytesMut::new();
+        assert!(!encode(&sample(2), &mut buf));
+        assert!(!encode(&sample(12), &mut buf));
+        assert!(buf.is_empty());
     }
 }
