@@ -377,7 +377,7 @@ impl Broker {
             .ok()
             .and_then(|p| t.logs.get(p))
             .cloned()
-            .ok_or(BrokerError::UnknownPartition {
+            .ok_or_else(|| BrokerError::UnknownPartition {
                 topic: topic.to_owned(),
                 partition,
                 partitions: t.meta.partitions,

@@ -777,41 +777,30 @@ pub(crate) async fn process_staged(
     })
 }
 
-/// A response buffer holding room for the length and the response header.
-fn response_head(correlation_id: i32, api_key: ApiKey, version: i16) -> Result<BytesMut, Outcome> {
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let header_version = api_key.response_header_version(version);
-    let mut head = BytesMut::with_capacity(256);
-    head.put_i32(0);
-    match header.encode(&mut head, header_version) {
-        Ok(()) => Ok(head),
-        Err(e) => Err(Outcome::Close(format!(
-            "response header does not encode: {e}"
-        ))),
-    }
-}
-
-/// A Produce's answer, written by hand ([`handlers::produce_encode`]): the general encoder
-/// costs more than the append.
+/// A Produce's answer, written by hand ([`handlers::produce_encode`]) into one buffer with its
+/// length and header: the general encoder costs more than the append.
 fn encode_produce_response(
     correlation_id: i32,
     api_key: ApiKey,
     answer: &handlers::produce::ProduceAnswer,
 ) -> Outcome {
     let version = answer.version;
-    let mut head = match response_head(correlation_id, api_key, version) {
-        Ok(head) => head,
-        Err(outcome) => return outcome,
-    };
-    if !handlers::produce_encode::encode(answer, &mut head) {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&correlation_id.to_be_bytes());
+    if api_key.response_header_version(version) >= 1 {
+        // The flexible response header's tagged fields: none.
+        out.push(0);
+    }
+    if !handlers::produce_encode::encode(answer, &mut out) {
         // Unreachable: the request was decoded only in a version the writer covers.
         return Outcome::Close(format!(
             "Produce v{version} response is not written by this broker"
         ));
     }
-    let len = (head.len() - 4) as i32;
-    head[0..4].copy_from_slice(&len.to_be_bytes());
-    Outcome::Respond(vec![head.freeze()])
+    let len = (out.len() - 4) as i32;
+    out[0..4].copy_from_slice(&len.to_be_bytes());
+    Outcome::Respond(vec![Bytes::from(out)])
 }
 
 fn encode_response(
@@ -820,10 +809,13 @@ fn encode_response(
     version: i16,
     body: &ResponseKind,
 ) -> Outcome {
-    let mut head = match response_head(correlation_id, api_key, version) {
-        Ok(head) => head,
-        Err(outcome) => return outcome,
-    };
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = api_key.response_header_version(version);
+    let mut head = BytesMut::with_capacity(256);
+    head.put_i32(0);
+    if let Err(e) = header.encode(&mut head, header_version) {
+        return Outcome::Close(format!("response header does not encode: {e}"));
+    }
     // Fetch bodies are written as chunks so their record bytes are not copied again.
     if let ResponseKind::Fetch(fetch) = body
         && let Some(chunks) = handlers::fetch_encode::encode_chunks(fetch, version)

@@ -307,6 +307,22 @@ async fn every_advertised_version_answers() {
                         &9i32.to_be_bytes(),
                         "{api:?} v{version}: correlation id"
                     );
+                    // A client's decoder reads the whole frame as this version's response.
+                    let mut body = Bytes::from(resp).slice(4..);
+                    let header =
+                        ResponseHeader::decode(&mut body, api.response_header_version(version));
+                    assert!(header.is_ok(), "{api:?} v{version}: header {header:?}");
+                    let decoded = ResponseKind::decode(api, &mut body, version);
+                    assert!(decoded.is_ok(), "{api:?} v{version}: body {decoded:?}");
+                    assert!(
+                        body.is_empty(),
+                        "{api:?} v{version}: {} bytes left over",
+                        body.len()
+                    );
+                    if let Ok(ResponseKind::Produce(p)) = decoded {
+                        let answer = &p.responses[0].partition_responses[0];
+                        assert_eq!(answer.error_code, 0, "Produce v{version}: {answer:?}");
+                    }
                     checked += 1;
                 }
                 Outcome::Silent => panic!("{api:?} v{version}: no response"),

@@ -117,31 +117,66 @@ struct Reader {
     flexible: bool,
 }
 
+/// The message for a request that ends inside `what`; out of line, so the reads that may
+/// fail this way stay small enough to inline.
+#[cold]
+#[inline(never)]
+fn ends_inside(what: &str) -> String {
+    format!("the request ends inside {what}")
+}
+
+#[cold]
+#[inline(never)]
+fn too_long(what: &str, len: usize, left: usize) -> String {
+    format!("{what} says {len} bytes but {left} are left in the request")
+}
+
 impl Reader {
+    #[inline]
     fn left(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    #[inline]
     fn take<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
-        let bytes = self
+        match self
             .buf
             .get(self.pos..self.pos + N)
             .and_then(|s| <[u8; N]>::try_from(s).ok())
-            .ok_or_else(|| format!("the request ends inside {what}"))?;
-        self.pos += N;
-        Ok(bytes)
+        {
+            Some(bytes) => {
+                self.pos += N;
+                Ok(bytes)
+            }
+            None => Err(ends_inside(what)),
+        }
     }
 
+    #[inline]
     fn i16(&mut self, what: &str) -> Result<i16, String> {
         self.take::<2>(what).map(i16::from_be_bytes)
     }
 
+    #[inline]
     fn i32(&mut self, what: &str) -> Result<i32, String> {
         self.take::<4>(what).map(i32::from_be_bytes)
     }
 
-    /// An unsigned varint of at most 32 bits.
+    /// An unsigned varint of at most 32 bits; one byte (every count and length under 128)
+    /// is read inline.
+    #[inline]
     fn uvarint(&mut self, what: &str) -> Result<u32, String> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u32::from(b))
+            }
+            _ => self.long_uvarint(what),
+        }
+    }
+
+    #[inline(never)]
+    fn long_uvarint(&mut self, what: &str) -> Result<u32, String> {
         let mut value = 0u32;
         for i in 0..5 {
             let [b] = self.take::<1>(what)?;
@@ -157,12 +192,10 @@ impl Reader {
     }
 
     /// The next `len` bytes, as a slice of the request.
+    #[inline]
     fn slice(&mut self, len: usize, what: &str) -> Result<Bytes, String> {
         if len > self.left() {
-            return Err(format!(
-                "{what} says {len} bytes but {} are left in the request",
-                self.left()
-            ));
+            return Err(too_long(what, len, self.left()));
         }
         let s = self.buf.slice(self.pos..self.pos + len);
         self.pos += len;
@@ -171,6 +204,7 @@ impl Reader {
 
     /// A nullable length: `None` for null; compact (length + 1, 0 for null) when flexible,
     /// else `wide` (an `i32` length) or an `i16` one, -1 for null.
+    #[inline]
     fn length(&mut self, wide: bool, what: &str) -> Result<Option<usize>, String> {
         if self.flexible {
             return Ok(self.uvarint(what)?.checked_sub(1).map(|n| n as usize));
@@ -188,6 +222,7 @@ impl Reader {
     }
 
     /// A nullable UTF-8 string.
+    #[inline]
     fn string(&mut self, what: &str) -> Result<Option<StrBytes>, String> {
         let Some(len) = self.length(false, what)? else {
             return Ok(None);
@@ -199,6 +234,7 @@ impl Reader {
     }
 
     /// Nullable bytes.
+    #[inline]
     fn bytes(&mut self, what: &str) -> Result<Option<Bytes>, String> {
         match self.length(true, what)? {
             None => Ok(None),
@@ -209,6 +245,7 @@ impl Reader {
     /// An array's length, refused unless the bytes left could hold that many entries of at
     /// least `min_entry` bytes each (so a forged count allocates nothing). Null is refused:
     /// no array of a Produce request is nullable.
+    #[inline]
     fn array_len(&mut self, what: &str, min_entry: usize) -> Result<usize, String> {
         let len = if self.flexible {
             self.uvarint(what)?.checked_sub(1).map(|n| n as usize)
@@ -229,11 +266,19 @@ impl Reader {
     }
 
     /// Skips a tagged-field section (flexible versions; Produce defines no tagged fields).
+    #[inline]
     fn skip_tags(&mut self) -> Result<(), String> {
         if !self.flexible {
             return Ok(());
         }
-        let count = self.uvarint("tagged fields")?;
+        match self.uvarint("tagged fields")? {
+            0 => Ok(()),
+            count => self.skip_tagged_fields(count),
+        }
+    }
+
+    #[inline(never)]
+    fn skip_tagged_fields(&mut self, count: u32) -> Result<(), String> {
         for _ in 0..count {
             self.uvarint("a tag")?;
             let size = self.uvarint("a tagged field's size")? as usize;
