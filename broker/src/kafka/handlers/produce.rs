@@ -23,6 +23,7 @@ use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use smallvec::SmallVec;
 
 use super::produce_decode::ProduceData;
 use super::{Ctx, error_code};
@@ -48,14 +49,14 @@ type AckWait = Option<(Arc<Log>, i64)>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProduceAnswer {
     pub version: i16,
-    pub topics: Vec<TopicAnswer>,
+    pub topics: SmallVec<[TopicAnswer; 1]>,
 }
 
 /// The answer for one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicAnswer {
     pub name: StrBytes,
-    pub partitions: Vec<PartitionAnswer>,
+    pub partitions: SmallVec<[PartitionAnswer; 1]>,
 }
 
 /// The answer for one partition: where its records landed, or why they did not.
@@ -110,14 +111,15 @@ impl From<ProduceAnswer> for ProduceResponse {
 /// A Produce whose records are appended (or refused), waiting to be acknowledged.
 #[derive(Debug)]
 pub struct StagedProduce {
-    version: i16,
     acks: i16,
     ack: Ack,
     /// Whether acknowledging may wait for an fsync (see [`StagedProduce::may_wait_for_fsync`]).
     may_flush: bool,
-    /// Per topic, its partitions' answers and what each must wait for: its log and the offset
-    /// after its records.
-    topics: Vec<(TopicAnswer, Vec<AckWait>)>,
+    /// The answer as the appends left it (acknowledging may still put an error in it).
+    answer: ProduceAnswer,
+    /// Per topic and partition of the answer, what acknowledging it waits for: its log and
+    /// the offset after its records.
+    waits: SmallVec<[SmallVec<[AckWait; 1]>; 1]>,
 }
 
 /// The first stage of a Produce: checks and appends every partition's records, in order.
@@ -127,11 +129,12 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceData) -> StagedProduce {
     } else {
         Ack::Written
     };
-    let mut topics = Vec::with_capacity(req.topics.len());
+    let mut topics = SmallVec::with_capacity(req.topics.len());
+    let mut waits = SmallVec::with_capacity(req.topics.len());
     for topic in req.topics {
         let name = topic.name.as_str();
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        let mut waits = Vec::with_capacity(topic.partitions.len());
+        let mut partitions = SmallVec::with_capacity(topic.partitions.len());
+        let mut topic_waits = SmallVec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
             let (response, wait) = produce_partition(
                 ctx,
@@ -141,32 +144,30 @@ pub fn stage(ctx: &Ctx, version: i16, req: ProduceData) -> StagedProduce {
                 p.records,
             );
             partitions.push(response);
-            waits.push(wait);
+            topic_waits.push(wait);
         }
-        topics.push((
-            TopicAnswer {
-                name: topic.name,
-                partitions,
-            },
-            waits,
-        ));
+        topics.push(TopicAnswer {
+            name: topic.name,
+            partitions,
+        });
+        waits.push(topic_waits);
     }
     // Decided here, once: a reply that only writes is never spawned, so it must not start an
     // fsync round (which would then wait on the connection's turn) if a partition's
     // `flush.messages` is set meanwhile.
-    let may_flush = topics
+    let may_flush = waits
         .iter()
-        .flat_map(|(_, waits)| waits.iter().flatten())
+        .flat_map(|w: &SmallVec<[AckWait; 1]>| w.iter().flatten())
         .any(|(log, _)| {
             let config = log.config();
             (ack == Ack::All && config.flush_on_ack) || config.flush_messages.is_some()
         });
     StagedProduce {
-        version,
         acks: req.acks,
         ack,
         may_flush,
-        topics,
+        answer: ProduceAnswer { version, topics },
+        waits,
     }
 }
 
@@ -184,38 +185,44 @@ impl StagedProduce {
     /// for acks=all), and answers; a partition that fails here gets its error instead.
     /// `None` for acks=0.
     pub async fn acknowledge(self) -> Option<ProduceAnswer> {
-        let ack = self.ack;
-        let mut answers = Vec::with_capacity(self.topics.len());
-        for (mut topic, waits) in self.topics {
-            let results: Vec<crate::Result<()>> = if self.may_flush {
-                match waits.as_slice() {
-                    // Most requests write one partition: awaited as it is, without the
-                    // joining's allocations and polling of every partition on each wake-up.
-                    [only] => vec![acknowledge_one(only, ack).await],
-                    all => {
-                        futures::future::join_all(all.iter().map(|w| acknowledge_one(w, ack))).await
+        let StagedProduce {
+            acks,
+            ack,
+            may_flush,
+            mut answer,
+            waits,
+        } = self;
+        for (topic, waits) in answer.topics.iter_mut().zip(&waits) {
+            let partitions = topic.partitions.iter_mut();
+            if !may_flush {
+                for (p, wait) in partitions.zip(waits) {
+                    if let Some((log, end)) = wait {
+                        settle(p, log.write_through(*end));
                     }
                 }
+            } else if let [only] = waits.as_slice() {
+                // Most requests write one partition: awaited as it is, without the joining's
+                // allocations and polling of every partition on each wake-up.
+                let result = acknowledge_one(only, ack).await;
+                if let Some(p) = topic.partitions.first_mut() {
+                    settle(p, result);
+                }
             } else {
-                waits
-                    .iter()
-                    .map(|w| match w {
-                        Some((log, end)) => log.write_through(*end),
-                        None => Ok(()),
-                    })
-                    .collect()
-            };
-            for (p, result) in topic.partitions.iter_mut().zip(results) {
-                if let Err(e) = result {
-                    *p = failed(p.index, error_code(&e), e.to_string());
+                let results =
+                    futures::future::join_all(waits.iter().map(|w| acknowledge_one(w, ack))).await;
+                for (p, result) in partitions.zip(results) {
+                    settle(p, result);
                 }
             }
-            answers.push(topic);
         }
-        (self.acks != 0).then_some(ProduceAnswer {
-            version: self.version,
-            topics: answers,
-        })
+        (acks != 0).then_some(answer)
+    }
+}
+
+/// A partition's answer once acknowledging it ended with `result`: its error if it failed.
+fn settle(p: &mut PartitionAnswer, result: crate::Result<()>) {
+    if let Err(e) = result {
+        *p = failed(p.index, error_code(&e), e.to_string());
     }
 }
 
@@ -310,7 +317,7 @@ fn produce_partition(
     let bytes = records.unwrap_or_default();
     let config = log.config();
     let max_uncompressed = ctx.broker.config().kafka.socket_request_max_bytes;
-    let mut decoded = Vec::with_capacity(1);
+    let mut decoded: SmallVec<[_; 1]> = SmallVec::new();
     let mut scratch = DecodeScratch::default();
     // Every batch is checked before any is appended, so a bad one leaves the partition as it
     // was.

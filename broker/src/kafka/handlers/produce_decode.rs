@@ -8,24 +8,26 @@
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::protocol::StrBytes;
+use smallvec::SmallVec;
 
 /// Versions read here: every Produce version the broker speaks.
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 3..=11;
 
-/// A Produce request's body.
+/// A Produce request's body. Most requests name one topic and one partition, which it holds
+/// without allocating.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProduceData {
     pub transactional_id: Option<StrBytes>,
     pub acks: i16,
     pub timeout_ms: i32,
-    pub topics: Vec<TopicData>,
+    pub topics: SmallVec<[TopicData; 1]>,
 }
 
 /// One topic of a Produce request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicData {
     pub name: StrBytes,
-    pub partitions: Vec<PartitionData>,
+    pub partitions: SmallVec<[PartitionData; 1]>,
 }
 
 /// One partition of a Produce request: its index and its record batches.
@@ -77,14 +79,14 @@ pub fn decode(body: Bytes, version: i16) -> Result<ProduceData, String> {
     let timeout_ms = r.i32("timeout_ms")?;
     // A topic takes at least its name's length, its partitions' count and, flexible, its tags.
     let topic_count = r.array_len("topic_data", 3)?;
-    let mut topics = Vec::with_capacity(topic_count);
+    let mut topics = SmallVec::with_capacity(topic_count);
     for _ in 0..topic_count {
         let name = r
             .string("topic name")?
             .ok_or("a topic name is null: every topic of a Produce request needs its name")?;
         // A partition takes at least its index, its records' length and, flexible, its tags.
         let partition_count = r.array_len("partition_data", 5)?;
-        let mut partitions = Vec::with_capacity(partition_count);
+        let mut partitions = SmallVec::with_capacity(partition_count);
         for _ in 0..partition_count {
             let index = r.i32("partition index")?;
             let records = r.bytes("records")?;

@@ -149,14 +149,14 @@ mod tests {
         };
         ProduceAnswer {
             version,
-            topics: vec![
+            topics: smallvec::smallvec![
                 TopicAnswer {
                     name: StrBytes::from_static_str("orders"),
-                    partitions: vec![ok, failed],
+                    partitions: smallvec::smallvec![ok, failed],
                 },
                 TopicAnswer {
                     name: StrBytes::from_static_str("x"),
-                    partitions: vec![],
+                    partitions: smallvec::SmallVec::new(),
                 },
             ],
         }
