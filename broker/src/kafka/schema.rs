@@ -111,39 +111,72 @@ pub(crate) struct Reader<'a> {
     pub flexible: bool,
 }
 
+/// The error of a read past the end; out of line, so the reads stay small enough to inline
+/// (Produce requests are read with them, once per field).
+#[cold]
+#[inline(never)]
+fn short(wanted: usize, left: usize) -> SchemaError {
+    SchemaError(format!("wanted {wanted} more bytes, {left} left"))
+}
+
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8], flexible: bool) -> Reader<'a> {
         Reader { buf, flexible }
     }
+    /// The bytes not read yet.
+    #[inline]
+    pub fn left(&self) -> usize {
+        self.buf.len()
+    }
+    #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() < n {
-            return Err(SchemaError(format!(
-                "wanted {n} more bytes, {} left",
-                self.buf.len()
-            )));
+        match self.buf.split_at_checked(n) {
+            Some((head, tail)) => {
+                self.buf = tail;
+                Ok(head)
+            }
+            None => Err(short(n, self.buf.len())),
         }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
     }
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+        match self.buf.split_first_chunk::<N>() {
+            Some((head, tail)) => {
+                self.buf = tail;
+                Ok(*head)
+            }
+            None => Err(short(N, self.buf.len())),
+        }
     }
+    #[inline]
     pub fn i8(&mut self) -> Result<i8> {
         Ok(i8::from_be_bytes(self.array()?))
     }
+    #[inline]
     pub fn i16(&mut self) -> Result<i16> {
         Ok(i16::from_be_bytes(self.array()?))
     }
+    #[inline]
     pub fn i32(&mut self) -> Result<i32> {
         Ok(i32::from_be_bytes(self.array()?))
     }
+    #[inline]
     pub fn i64(&mut self) -> Result<i64> {
         Ok(i64::from_be_bytes(self.array()?))
     }
+    /// An unsigned varint; one byte (every count and length under 128) is read inline.
+    #[inline]
     pub fn uvarint(&mut self) -> Result<u64> {
+        match self.buf.split_first() {
+            Some((&b, tail)) if b < 0x80 => {
+                self.buf = tail;
+                Ok(u64::from(b))
+            }
+            _ => self.long_uvarint(),
+        }
+    }
+    #[inline(never)]
+    fn long_uvarint(&mut self) -> Result<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.take(1)?[0];
@@ -154,9 +187,11 @@ impl<'a> Reader<'a> {
         }
         Err(SchemaError("varint is too long".into()))
     }
-    /// A length: `None` for null. Outside flexible versions strings have an `i16` length and
-    /// bytes and arrays (`wide`) an `i32` one.
-    fn len(&mut self, wide: bool) -> Result<Option<usize>> {
+    /// A length: `None` for null (-1, or 0 in its compact form). Outside flexible versions
+    /// strings have an `i16` length and bytes and arrays (`wide`) an `i32` one; a negative
+    /// length other than -1 is an error.
+    #[inline]
+    pub fn len(&mut self, wide: bool) -> Result<Option<usize>> {
         let n = if self.flexible {
             match self.uvarint()?.checked_sub(1) {
                 None => return Ok(None),
@@ -168,9 +203,14 @@ impl<'a> Reader<'a> {
             } else {
                 i64::from(self.i16()?)
             };
-            match u64::try_from(n) {
-                Err(_) => return Ok(None),
-                Ok(n) => n,
+            match n {
+                -1 => return Ok(None),
+                n if n < 0 => {
+                    return Err(SchemaError(format!(
+                        "a negative length ({n}) that is not null"
+                    )));
+                }
+                n => n as u64,
             }
         };
         Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)))
@@ -210,6 +250,7 @@ impl<'a> Reader<'a> {
     }
     /// Reads a tagged-field section (nothing in a version that is not flexible), handing each
     /// field to `field` as (tag, bytes); a caller skips the tags it does not know, as Kafka does.
+    #[inline]
     pub fn tagged_fields<E: From<SchemaError>>(
         &mut self,
         mut field: impl FnMut(u64, &'a [u8]) -> Result<(), E>,
@@ -218,6 +259,18 @@ impl<'a> Reader<'a> {
             return Ok(());
         }
         let n = self.uvarint()?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.tagged_fields_slow(n, &mut field)
+    }
+
+    #[inline(never)]
+    fn tagged_fields_slow<E: From<SchemaError>>(
+        &mut self,
+        n: u64,
+        field: &mut impl FnMut(u64, &'a [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         for _ in 0..n {
             let tag = self.uvarint()?;
             let size = usize::try_from(self.uvarint()?).unwrap_or(usize::MAX);
@@ -226,6 +279,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
     /// Skips a tagged-field section.
+    #[inline]
     pub fn skip_tagged_fields(&mut self) -> Result<()> {
         self.tagged_fields(|_, _| Ok::<(), SchemaError>(()))
     }

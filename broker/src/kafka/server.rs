@@ -747,7 +747,7 @@ pub(crate) async fn process_staged(
             let waits = staged.may_wait_for_fsync();
             let answer = async move {
                 match staged.acknowledge().await {
-                    Some(answer) => encode_produce_response(correlation_id, api_key, &answer),
+                    Some(answer) => encode_produce_response(correlation_id, &answer),
                     None => Outcome::Silent,
                 }
             };
@@ -771,8 +771,7 @@ pub(crate) async fn process_staged(
         Request::Other(other) => other,
     };
     ready(match handlers::handle(ctx, &header, request, peer).await {
-        Ok(Some(response)) => encode_response(correlation_id, api_key, version, &response),
-        Ok(None) => Outcome::Silent,
+        Ok(response) => encode_response(correlation_id, api_key, version, &response),
         Err(reason) => Outcome::Close(reason),
     })
 }
@@ -781,14 +780,13 @@ pub(crate) async fn process_staged(
 /// length and header: the general encoder costs more than the append.
 fn encode_produce_response(
     correlation_id: i32,
-    api_key: ApiKey,
     answer: &handlers::produce::ProduceAnswer,
 ) -> Outcome {
     let version = answer.version;
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&correlation_id.to_be_bytes());
-    if api_key.response_header_version(version) >= 1 {
+    if ApiKey::Produce.response_header_version(version) >= 1 {
         // The flexible response header's tagged fields: none.
         out.push(0);
     }

@@ -107,21 +107,18 @@ pub fn is_supported(api: ApiKey, version: i16) -> bool {
 
 /// Runs the handler of a request. `peer` is the address of the client that sent it (`None`
 /// when it did not come over a socket); Kafka reports it as a group member's client host.
-/// `Ok(None)` means no response is sent (acks=0); `Err` closes the connection with that reason.
+/// `Err` closes the connection with that reason. Produce never comes here: the server reads it
+/// by hand and stages it (`produce::stage`, `server::process_staged`).
 pub async fn handle(
     ctx: &Ctx,
     header: &RequestHeader,
     request: RequestKind,
     peer: Option<SocketAddr>,
-) -> Result<Option<ResponseKind>, String> {
+) -> Result<ResponseKind, String> {
     let v = header.request_api_version;
-    Ok(Some(match request {
+    Ok(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(ctx, v, req).await),
-        RequestKind::Produce(req) => match produce::handle(ctx, v, req).await {
-            Some(resp) => ResponseKind::Produce(resp),
-            None => return Ok(None),
-        },
         RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(ctx, v, req).await),
         RequestKind::ListOffsets(req) => {
             ResponseKind::ListOffsets(list_offsets::handle(ctx, v, req))
@@ -147,7 +144,7 @@ pub async fn handle(
                 },
             },
         },
-    }))
+    })
 }
 
 /// Kafka's check of the leader epoch a client names (`current_leader_epoch`, -1 for none): an

@@ -193,24 +193,21 @@ impl StagedProduce {
             waits,
         } = self;
         for (topic, waits) in answer.topics.iter_mut().zip(&waits) {
-            let partitions = topic.partitions.iter_mut();
+            let partitions = topic.partitions.as_mut_slice();
             if !may_flush {
-                for (p, wait) in partitions.zip(waits) {
+                for (p, wait) in partitions.iter_mut().zip(waits) {
                     if let Some((log, end)) = wait {
                         settle(p, log.write_through(*end));
                     }
                 }
-            } else if let [only] = waits.as_slice() {
+            } else if let ([p], [only]) = (&mut *partitions, waits.as_slice()) {
                 // Most requests write one partition: awaited as it is, without the joining's
                 // allocations and polling of every partition on each wake-up.
-                let result = acknowledge_one(only, ack).await;
-                if let Some(p) = topic.partitions.first_mut() {
-                    settle(p, result);
-                }
+                settle(p, acknowledge_one(only, ack).await);
             } else {
                 let results =
                     futures::future::join_all(waits.iter().map(|w| acknowledge_one(w, ack))).await;
-                for (p, result) in partitions.zip(results) {
+                for (p, result) in partitions.iter_mut().zip(results) {
                     settle(p, result);
                 }
             }

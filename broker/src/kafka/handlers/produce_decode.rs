@@ -10,6 +10,8 @@ use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::protocol::StrBytes;
 use smallvec::SmallVec;
 
+use crate::kafka::schema::{Reader, SchemaError};
+
 /// Versions read here: every Produce version the broker speaks.
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 3..=11;
 
@@ -62,45 +64,47 @@ impl From<ProduceRequest> for ProduceData {
     }
 }
 
-/// Decodes the body of a Produce request of `version` (the bytes after the request header).
+/// Decodes the body of a Produce request of `version` (the bytes after the request header),
+/// with the field readers of [`crate::kafka::schema`]; names and records are slices of `body`.
 /// Never panics, and never allocates by a count before checking that the bytes left could
 /// hold that many entries.
 pub fn decode(body: Bytes, version: i16) -> Result<ProduceData, String> {
     if !VERSIONS.contains(&version) {
         return Err(format!("Produce version {version} is not read here"));
     }
-    let mut r = Reader {
-        buf: body,
-        pos: 0,
-        flexible: version >= 9,
-    };
-    let transactional_id = r.string("transactional_id")?;
-    let acks = r.i16("acks")?;
-    let timeout_ms = r.i32("timeout_ms")?;
+    let mut r = Reader::new(&body, version >= 9);
+    let transactional_id = string(&body, &mut r, "transactional_id")?;
+    let acks = r.i16().map_err(at("acks"))?;
+    let timeout_ms = r.i32().map_err(at("timeout_ms"))?;
     // A topic takes at least its name's length, its partitions' count and, flexible, its tags.
-    let topic_count = r.array_len("topic_data", 3)?;
+    let topic_count = array_len(&mut r, "topic_data", 3)?;
     let mut topics = SmallVec::with_capacity(topic_count);
     for _ in 0..topic_count {
-        let name = r
-            .string("topic name")?
+        let name = string(&body, &mut r, "topic name")?
             .ok_or("a topic name is null: every topic of a Produce request needs its name")?;
         // A partition takes at least its index, its records' length and, flexible, its tags.
-        let partition_count = r.array_len("partition_data", 5)?;
+        let partition_count = array_len(&mut r, "partition_data", 5)?;
         let mut partitions = SmallVec::with_capacity(partition_count);
         for _ in 0..partition_count {
-            let index = r.i32("partition index")?;
-            let records = r.bytes("records")?;
-            r.skip_tags()?;
+            let index = r.i32().map_err(at("partition index"))?;
+            let records = match r.len(true).map_err(at("records"))? {
+                None => None,
+                Some(len) => Some(slice(&body, &mut r, len, "records")?),
+            };
+            r.skip_tagged_fields()
+                .map_err(at("a partition's tagged fields"))?;
             partitions.push(PartitionData { index, records });
         }
-        r.skip_tags()?;
+        r.skip_tagged_fields()
+            .map_err(at("a topic's tagged fields"))?;
         topics.push(TopicData { name, partitions });
     }
-    r.skip_tags()?;
-    if r.pos != r.buf.len() {
+    r.skip_tagged_fields()
+        .map_err(at("the request's tagged fields"))?;
+    if r.left() != 0 {
         return Err(format!(
             "{} bytes follow the end of the Produce request",
-            r.buf.len() - r.pos
+            r.left()
         ));
     }
     Ok(ProduceData {
@@ -111,183 +115,60 @@ pub fn decode(body: Bytes, version: i16) -> Result<ProduceData, String> {
     })
 }
 
-/// A cursor over the body; every read checks the bytes left.
-struct Reader {
-    buf: Bytes,
-    pos: usize,
-    /// Compact lengths and tagged fields (v9+).
-    flexible: bool,
+/// Names the field a schema error came from.
+fn at(what: &'static str) -> impl FnOnce(SchemaError) -> String {
+    move |e| format!("{what}: {}", e.0)
 }
 
-/// The message for a request that ends inside `what`; out of line, so the reads that may
-/// fail this way stay small enough to inline.
-#[cold]
-#[inline(never)]
-fn ends_inside(what: &str) -> String {
-    format!("the request ends inside {what}")
+/// The next `len` bytes, as a slice of `body`.
+#[inline]
+fn slice(
+    body: &Bytes,
+    r: &mut Reader<'_>,
+    len: usize,
+    what: &'static str,
+) -> Result<Bytes, String> {
+    if len > r.left() {
+        return Err(format!(
+            "{what} says {len} bytes but {} are left in the request",
+            r.left()
+        ));
+    }
+    r.take(len).map(|s| body.slice_ref(s)).map_err(at(what))
 }
 
-#[cold]
-#[inline(never)]
-fn too_long(what: &str, len: usize, left: usize) -> String {
-    format!("{what} says {len} bytes but {left} are left in the request")
+/// A nullable UTF-8 string, as a slice of `body`.
+#[inline]
+fn string(
+    body: &Bytes,
+    r: &mut Reader<'_>,
+    what: &'static str,
+) -> Result<Option<StrBytes>, String> {
+    let Some(len) = r.len(false).map_err(at(what))? else {
+        return Ok(None);
+    };
+    let bytes = slice(body, r, len, what)?;
+    StrBytes::try_from(bytes)
+        .map(Some)
+        .map_err(|e| format!("{what} is not UTF-8: {e}"))
 }
 
-impl Reader {
-    #[inline]
-    fn left(&self) -> usize {
-        self.buf.len() - self.pos
+/// An array's length, refused unless the bytes left could hold that many entries of at least
+/// `min_entry` bytes each (so a forged count allocates nothing). Null is refused: no array of
+/// a Produce request is nullable.
+#[inline]
+fn array_len(r: &mut Reader<'_>, what: &'static str, min_entry: usize) -> Result<usize, String> {
+    let len = r
+        .len(true)
+        .map_err(at(what))?
+        .ok_or_else(|| format!("{what} is null, which it may not be"))?;
+    if len > r.left() / min_entry {
+        return Err(format!(
+            "{what} says {len} entries but only {} bytes are left in the request",
+            r.left()
+        ));
     }
-
-    #[inline]
-    fn take<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
-        match self
-            .buf
-            .get(self.pos..self.pos + N)
-            .and_then(|s| <[u8; N]>::try_from(s).ok())
-        {
-            Some(bytes) => {
-                self.pos += N;
-                Ok(bytes)
-            }
-            None => Err(ends_inside(what)),
-        }
-    }
-
-    #[inline]
-    fn i16(&mut self, what: &str) -> Result<i16, String> {
-        self.take::<2>(what).map(i16::from_be_bytes)
-    }
-
-    #[inline]
-    fn i32(&mut self, what: &str) -> Result<i32, String> {
-        self.take::<4>(what).map(i32::from_be_bytes)
-    }
-
-    /// An unsigned varint of at most 32 bits; one byte (every count and length under 128)
-    /// is read inline.
-    #[inline]
-    fn uvarint(&mut self, what: &str) -> Result<u32, String> {
-        match self.buf.get(self.pos) {
-            Some(&b) if b < 0x80 => {
-                self.pos += 1;
-                Ok(u32::from(b))
-            }
-            _ => self.long_uvarint(what),
-        }
-    }
-
-    #[inline(never)]
-    fn long_uvarint(&mut self, what: &str) -> Result<u32, String> {
-        let mut value = 0u32;
-        for i in 0..5 {
-            let [b] = self.take::<1>(what)?;
-            if i == 4 && b > 0x0f {
-                return Err(format!("{what} is a varint longer than 32 bits"));
-            }
-            value |= u32::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(format!("{what} is a varint longer than 32 bits"))
-    }
-
-    /// The next `len` bytes, as a slice of the request.
-    #[inline]
-    fn slice(&mut self, len: usize, what: &str) -> Result<Bytes, String> {
-        if len > self.left() {
-            return Err(too_long(what, len, self.left()));
-        }
-        let s = self.buf.slice(self.pos..self.pos + len);
-        self.pos += len;
-        Ok(s)
-    }
-
-    /// A nullable length: `None` for null; compact (length + 1, 0 for null) when flexible,
-    /// else `wide` (an `i32` length) or an `i16` one, -1 for null.
-    #[inline]
-    fn length(&mut self, wide: bool, what: &str) -> Result<Option<usize>, String> {
-        if self.flexible {
-            return Ok(self.uvarint(what)?.checked_sub(1).map(|n| n as usize));
-        }
-        let len = if wide {
-            self.i32(what)?
-        } else {
-            i32::from(self.i16(what)?)
-        };
-        match len {
-            -1 => Ok(None),
-            n if n < 0 => Err(format!("{what} has the negative length {n}")),
-            n => Ok(Some(n as usize)),
-        }
-    }
-
-    /// A nullable UTF-8 string.
-    #[inline]
-    fn string(&mut self, what: &str) -> Result<Option<StrBytes>, String> {
-        let Some(len) = self.length(false, what)? else {
-            return Ok(None);
-        };
-        let bytes = self.slice(len, what)?;
-        StrBytes::try_from(bytes)
-            .map(Some)
-            .map_err(|e| format!("{what} is not UTF-8: {e}"))
-    }
-
-    /// Nullable bytes.
-    #[inline]
-    fn bytes(&mut self, what: &str) -> Result<Option<Bytes>, String> {
-        match self.length(true, what)? {
-            None => Ok(None),
-            Some(len) => self.slice(len, what).map(Some),
-        }
-    }
-
-    /// An array's length, refused unless the bytes left could hold that many entries of at
-    /// least `min_entry` bytes each (so a forged count allocates nothing). Null is refused:
-    /// no array of a Produce request is nullable.
-    #[inline]
-    fn array_len(&mut self, what: &str, min_entry: usize) -> Result<usize, String> {
-        let len = if self.flexible {
-            self.uvarint(what)?.checked_sub(1).map(|n| n as usize)
-        } else {
-            match self.i32(what)? {
-                n if n < 0 => None,
-                n => Some(n as usize),
-            }
-        };
-        let len = len.ok_or_else(|| format!("{what} is null, which it may not be"))?;
-        if len > self.left() / min_entry {
-            return Err(format!(
-                "{what} says {len} entries but only {} bytes are left in the request",
-                self.left()
-            ));
-        }
-        Ok(len)
-    }
-
-    /// Skips a tagged-field section (flexible versions; Produce defines no tagged fields).
-    #[inline]
-    fn skip_tags(&mut self) -> Result<(), String> {
-        if !self.flexible {
-            return Ok(());
-        }
-        match self.uvarint("tagged fields")? {
-            0 => Ok(()),
-            count => self.skip_tagged_fields(count),
-        }
-    }
-
-    #[inline(never)]
-    fn skip_tagged_fields(&mut self, count: u32) -> Result<(), String> {
-        for _ in 0..count {
-            self.uvarint("a tag")?;
-            let size = self.uvarint("a tagged field's size")? as usize;
-            self.slice(size, "a tagged field")?;
-        }
-        Ok(())
-    }
+    Ok(len)
 }
 
 #[cfg(test)]
