@@ -29,22 +29,27 @@ impl Writer {
             flexible,
         }
     }
+    #[inline]
     pub fn i8(&mut self, v: i8) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
+    #[inline]
     pub fn i16(&mut self, v: i16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
+    #[inline]
     pub fn i32(&mut self, v: i32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
+    #[inline]
     pub fn i64(&mut self, v: i64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
+    #[inline]
     pub fn uvarint(&mut self, mut v: u64) -> &mut Self {
         while v >= 0x80 {
             self.buf.push((v as u8) | 0x80);
@@ -54,6 +59,7 @@ impl Writer {
         self
     }
     /// An array or bytes length; `None` is null.
+    #[inline]
     pub fn len(&mut self, n: Option<usize>) -> &mut Self {
         if self.flexible {
             self.uvarint(n.map_or(0, |n| n as u64 + 1))
@@ -63,6 +69,7 @@ impl Writer {
     }
     /// A string of at most `i16::MAX` bytes (longer input is cut at a char boundary; callers
     /// only pass strings that came in as Kafka strings, which fit).
+    #[inline]
     pub fn string(&mut self, s: &str) -> &mut Self {
         let mut end = s.len().min(i16::MAX as usize);
         while !s.is_char_boundary(end) {
@@ -76,6 +83,7 @@ impl Writer {
         self.buf.extend_from_slice(&s.as_bytes()[..end]);
         self
     }
+    #[inline]
     pub fn nullable_string(&mut self, s: Option<&str>) -> &mut Self {
         match s {
             Some(s) => self.string(s),
@@ -83,6 +91,7 @@ impl Writer {
             None => self.i16(-1),
         }
     }
+    #[inline]
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.len(Some(b.len()));
         self.buf.extend_from_slice(b);
@@ -90,6 +99,7 @@ impl Writer {
     }
     /// A tagged-field section with the given `(tag, bytes)` fields, in tag order (nothing in
     /// a version that is not flexible).
+    #[inline]
     pub fn tagged_fields(&mut self, fields: &[(u64, Vec<u8>)]) -> &mut Self {
         if !self.flexible {
             return self;

@@ -7,79 +7,11 @@
 //! `kafka-protocol`'s own encoder.
 
 use super::produce::ProduceAnswer;
+use crate::kafka::schema::Writer;
 
 /// Versions written here (v12 changes nothing in the response, but no client sends it to a
 /// broker that does not advertise it; v13 names topics by id).
 const VERSIONS: std::ops::RangeInclusive<i16> = 3..=11;
-
-/// The body as it is written, in a vector: appending a fixed-size array to it compiles to a
-/// few moves, where `BufMut`'s integer writers on a `BytesMut` each made a `memcpy` call.
-struct Body {
-    out: Vec<u8>,
-    /// Compact lengths and tagged fields (v9+).
-    flexible: bool,
-}
-
-impl Body {
-    fn i16(&mut self, v: i16) {
-        self.out.extend_from_slice(&v.to_be_bytes());
-    }
-
-    fn i32(&mut self, v: i32) {
-        self.out.extend_from_slice(&v.to_be_bytes());
-    }
-
-    fn i64(&mut self, v: i64) {
-        self.out.extend_from_slice(&v.to_be_bytes());
-    }
-
-    fn uvarint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.out.push(v as u8);
-    }
-
-    /// An array's length: compact (length + 1 as a varint) in flexible versions.
-    fn array_len(&mut self, len: usize) {
-        if self.flexible {
-            self.uvarint(len as u64 + 1);
-        } else {
-            self.i32(len as i32);
-        }
-    }
-
-    /// A nullable string: compact (length + 1, 0 for null) in flexible versions. A string
-    /// longer than a non-flexible length can say is cut at a character boundary (only an error
-    /// message could be: a topic name came in the request with a length of the same kind).
-    fn string(&mut self, s: Option<&str>) {
-        match s {
-            None if self.flexible => self.uvarint(0),
-            None => self.i16(-1),
-            Some(mut s) => {
-                if self.flexible {
-                    self.uvarint(s.len() as u64 + 1);
-                } else {
-                    let mut end = s.len().min(i16::MAX as usize);
-                    while !s.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    s = &s[..end];
-                    self.i16(s.len() as i16);
-                }
-                self.out.extend_from_slice(s.as_bytes());
-            }
-        }
-    }
-
-    /// No tagged fields (flexible versions).
-    fn no_tags(&mut self) {
-        if self.flexible {
-            self.out.push(0);
-        }
-    }
-}
 
 /// Appends the body of `answer` to `out`, in the answer's version. `false` (and nothing
 /// written) for a version this writer does not cover (the handler speaks no other).
@@ -88,35 +20,36 @@ pub fn encode(answer: &ProduceAnswer, out: &mut Vec<u8>) -> bool {
     if !VERSIONS.contains(&version) {
         return false;
     }
-    let mut body = Body {
-        out: std::mem::take(out),
+    // The schema writer of the internal topics' records: it appends to a vector, where
+    // `BufMut`'s integer writers on a `BytesMut` each made a `memcpy` call.
+    let mut w = Writer {
+        buf: std::mem::take(out),
         flexible: version >= 9,
     };
-    body.array_len(answer.topics.len());
+    w.len(Some(answer.topics.len()));
     for topic in &answer.topics {
-        body.string(Some(topic.name.as_str()));
-        body.array_len(topic.partitions.len());
+        w.string(topic.name.as_str());
+        w.len(Some(topic.partitions.len()));
         for p in &topic.partitions {
-            body.i32(p.index);
-            body.i16(p.error_code);
-            body.i64(p.base_offset);
-            body.i64(p.log_append_time_ms);
+            w.i32(p.index)
+                .i16(p.error_code)
+                .i64(p.base_offset)
+                .i64(p.log_append_time_ms);
             if version >= 5 {
-                body.i64(p.log_start_offset);
+                w.i64(p.log_start_offset);
             }
             if version >= 8 {
-                // No record errors: a bad record refuses its whole partition.
-                body.array_len(0);
-                body.string(p.error_message.as_deref());
+                // No record errors: a bad record refuses its whole partition. A message longer
+                // than a non-flexible length can say is cut at a character boundary.
+                w.len(Some(0)).nullable_string(p.error_message.as_deref());
             }
-            body.no_tags();
+            w.tagged_fields(&[]);
         }
-        body.no_tags();
+        w.tagged_fields(&[]);
     }
     // No throttling.
-    body.i32(0);
-    body.no_tags();
-    *out = body.out;
+    w.i32(0).tagged_fields(&[]);
+    *out = w.buf;
     true
 }
 
