@@ -65,7 +65,7 @@ impl From<ProduceRequest> for ProduceData {
 }
 
 /// Decodes the body of a Produce request of `version` (the bytes after the request header),
-/// with the field readers of [`crate::kafka::schema`]; names and records are slices of `body`.
+/// with the field readers of `kafka::schema`; names and records are slices of `body`.
 /// Never panics, and never allocates by a count before checking that the bytes left could
 /// hold that many entries.
 pub fn decode(body: Bytes, version: i16) -> Result<ProduceData, String> {
