@@ -517,20 +517,13 @@ impl Log {
         // checkpoint (a log written before there was one, or whose checkpoint a crash lost)
         // every segment is. After a clean shutdown the indexes saved at close are trusted,
         // the active segment's too (they are checked against the file length).
-        let recovery_point = match shutdown {
-            Shutdown::Unclean => read_offset_checkpoint(&*storage, dir, RECOVERY_POINT_FILE)?,
-            Shutdown::Clean => Some(i64::MAX),
-        };
+        let checkpoint = read_offset_checkpoint(&*storage, dir, RECOVERY_POINT_FILE)?;
         let mut segments = BTreeMap::new();
         let mut truncations: Vec<Truncation> = Vec::new();
         let mut scanned = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let end = bases.get(i + 1).copied().unwrap_or(i64::MAX);
-            let scan = match (shutdown, recovery_point) {
-                (Shutdown::Clean, _) => false,
-                (Shutdown::Unclean, None) => true,
-                (Shutdown::Unclean, Some(point)) => end > point,
-            };
+            let scan = shutdown == Shutdown::Unclean && checkpoint.is_none_or(|point| end > point);
             let (seg, cut) =
                 Segment::open(&*storage, dir, base, scan, config.index_interval_bytes)?;
             if let Some(cut) = cut {
@@ -544,11 +537,9 @@ impl Log {
         drop_segments_after_gap(&*storage, dir, &mut segments, &mut truncations)?;
         let recovery_point = match shutdown {
             Shutdown::Unclean => {
-                make_recovered_durable(&*storage, dir, &segments, &scanned, recovery_point)?
+                make_recovered_durable(&*storage, dir, &segments, &scanned, checkpoint)?
             }
-            Shutdown::Clean => {
-                read_offset_checkpoint(&*storage, dir, RECOVERY_POINT_FILE)?.unwrap_or(i64::MIN)
-            }
+            Shutdown::Clean => checkpoint.unwrap_or(i64::MIN),
         };
         for t in &truncations {
             tracing::warn!(
